@@ -1,0 +1,171 @@
+"""The catalogue: SQLAlchemy 2 models and the engine/session helpers.
+
+The schema is created and upgraded only by the Alembic migrations under ``migrations/``.
+Nothing here depends on SQLite: the same models run on PostgreSQL (``DATATOOL_DB_URL``).
+No column holds a patient name, ID, birth date, accession number, institution, original UID
+or original file path: patients are pseudonyms, UIDs are keyed replacements, paths are keyed
+hashes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pseudonym: Mapped[str] = mapped_column(String(32), unique=True, nullable=False)
+    sex: Mapped[str | None] = mapped_column(String(1))
+    age_years: Mapped[int | None] = mapped_column(Integer)  # at the first exam, capped at 90
+    bmi: Mapped[float | None] = mapped_column(Float)
+    asa_class: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    studies: Mapped[list[Study]] = relationship(back_populates="patient")
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), nullable=False, index=True)
+    uid: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)  # pseudonymous
+    study_date: Mapped[dt.date | None] = mapped_column(Date)  # shifted per patient
+    age_at_exam: Mapped[int | None] = mapped_column(Integer)
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), nullable=False, index=True)
+    uid: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)  # pseudonymous
+    modality: Mapped[str | None] = mapped_column(String(16))
+    side: Mapped[str | None] = mapped_column(String(1))  # L, R or None
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    study: Mapped[Study] = relationship(back_populates="series")
+    images: Mapped[list[Image]] = relationship(back_populates="series")
+
+
+class SourceFile(Base):
+    """One DICOM file seen by ingest. ``status`` is ``ingested``, ``quarantined`` or
+    ``conflict``; rejected (unreadable) files leave no row, only a line in the report."""
+
+    __tablename__ = "source_files"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    path_key: Mapped[str] = mapped_column(String(64), nullable=False, index=True)  # keyed hash
+    sop_uid: Mapped[str] = mapped_column(String(64), nullable=False, index=True)  # pseudonymous
+    sop_class_uid: Mapped[str] = mapped_column(String(64), nullable=False)
+    transfer_syntax: Mapped[str] = mapped_column(String(64), nullable=False)
+    photometric: Mapped[str | None] = mapped_column(String(32))
+    bits_allocated: Mapped[int | None] = mapped_column(Integer)
+    n_frames: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    aside: Mapped[Any] = mapped_column(JSON, nullable=True)  # store hashes of a conflicting version's frames
+    ingested_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    images: Mapped[list[Image]] = relationship(back_populates="source_file")
+
+
+class Image(Base):
+    """One frame used as a dataset image: de-identified 8-bit grayscale in the store."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("source_file_id", "frame_index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), nullable=False, index=True)
+    source_file_id: Mapped[int] = mapped_column(ForeignKey("source_files.id"), nullable=False)
+    frame_index: Mapped[int] = mapped_column(Integer, nullable=False)
+    store_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    rows: Mapped[int] = mapped_column(Integer, nullable=False)
+    cols: Mapped[int] = mapped_column(Integer, nullable=False)
+    mm_per_px_x: Mapped[float | None] = mapped_column(Float)
+    mm_per_px_y: Mapped[float | None] = mapped_column(Float)
+    regions: Mapped[Any] = mapped_column(JSON, nullable=True)  # clipped ultrasound regions
+    pixel_handling: Mapped[str] = mapped_column(String(24), nullable=False)
+    series: Mapped[Series] = relationship(back_populates="images")
+    source_file: Mapped[SourceFile] = relationship(back_populates="images")
+
+    @property
+    def calibrated(self) -> bool:
+        return self.mm_per_px_x is not None and self.mm_per_px_y is not None
+
+
+class AuditEntry(Base):
+    """Append-only: rows are inserted, never updated or deleted."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    who: Mapped[str] = mapped_column(String(64), nullable=False)
+    command: Mapped[str] = mapped_column(String(64), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    details: Mapped[Any] = mapped_column(JSON, nullable=True)
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in some containers
+        return "unknown"
+
+
+def audit(session: Session, command: str, action: str, **details: Any) -> None:
+    """Add an audit entry in the caller's transaction. Details must not hold identity."""
+    json.dumps(details)  # fail early on something that cannot be stored
+    session.add(AuditEntry(who=current_user(), command=command, action=action, details=details))
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        # The driver's own transaction handling is switched off (isolation_level=None) so that
+        # every transaction starts with BEGIN IMMEDIATE: concurrent writers then queue on the
+        # busy timeout instead of failing when a read lock cannot be upgraded.
+        engine = create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):  # pragma: no cover - exercised by every test
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - exercised by every test
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)

@@ -1,0 +1,93 @@
+"""De-identification: keyed pseudonyms, UID replacement, date shifts, pixel blanking.
+
+The catalogue keeps an allow-list of attributes (PS3.15 Annex E Basic Profile in spirit:
+identifying attributes are removed, UIDs replaced consistently, dates shifted, private tags
+never read). Everything identifying goes through a keyed HMAC-SHA256 with the workspace key,
+so the same patient gets the same pseudonym in every run and process with the same key, and
+nobody without the key can recompute one from a patient ID.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import re
+
+import numpy as np
+from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
+
+MAX_AGE = 90  # ages above are reported as 90 (HIPAA Safe Harbor groups 90+)
+DATE_SHIFT_MAX_DAYS = 365
+
+
+def keyed_digest(key: bytes, purpose: str, value: str) -> bytes:
+    return hmac.new(key, f"{purpose}\x1f{value}".encode("utf-8"), hashlib.sha256).digest()
+
+
+def pseudonym_for(key: bytes, patient_id: str) -> str:
+    """A stable pseudonym such as ``P-7KQ2M4XD9A`` for an original patient ID."""
+    digest = keyed_digest(key, "patient", patient_id.strip())
+    return "P-" + base64.b32encode(digest).decode("ascii")[:10]
+
+
+def uid_for(key: bytes, original_uid: str) -> str:
+    """A replacement UID, the same for the same original UID and key (PS3.15 action U)."""
+    return generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=[key.hex(), str(original_uid)])
+
+
+def path_key(key: bytes, path: str) -> str:
+    """A keyed hash of a file's path: finds the same file again without storing its name."""
+    return keyed_digest(key, "path", path).hex()
+
+
+def date_shift_days(key: bytes, patient_id: str) -> int:
+    """Days to move this patient's dates back by: 1..365, the same for all their studies."""
+    digest = keyed_digest(key, "date-shift", patient_id.strip())
+    return 1 + int.from_bytes(digest[:4], "big") % DATE_SHIFT_MAX_DAYS
+
+
+def parse_da(value: object) -> dt.date | None:
+    text = str(value or "").strip()
+    if not re.fullmatch(r"\d{8}", text):
+        return None
+    try:
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return None
+
+
+def shifted_date(value: object, shift_days: int) -> dt.date | None:
+    date = parse_da(value)
+    return None if date is None else date - dt.timedelta(days=shift_days)
+
+
+def age_at_exam(patient_age: object, birth_date: object, study_date: object) -> int | None:
+    """Age in whole years from PatientAge (``047Y``) or else from the two dates; capped at 90."""
+    text = str(patient_age or "").strip().upper()
+    match = re.fullmatch(r"(\d{1,3})([DWMY])", text)
+    age: int | None = None
+    if match:
+        n, unit = int(match.group(1)), match.group(2)
+        age = n if unit == "Y" else n // {"M": 12, "W": 52, "D": 365}[unit]
+    else:
+        born, seen = parse_da(birth_date), parse_da(study_date)
+        if born and seen and seen >= born:
+            age = seen.year - born.year - ((seen.month, seen.day) < (born.month, born.day))
+    return None if age is None else min(age, MAX_AGE)
+
+
+def normalise_sex(value: object) -> str | None:
+    text = str(value or "").strip().upper()
+    return {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F"}.get(text)
+
+
+def blank_outside_regions(pixels: np.ndarray, regions: list[dict]) -> np.ndarray:
+    """Zero every pixel outside the union of the (clipped, inclusive) region boxes."""
+    keep = np.zeros(pixels.shape[:2], dtype=bool)
+    for r in regions:
+        keep[r["y0"]: r["y1"] + 1, r["x0"]: r["x1"] + 1] = True
+    out = pixels.copy()
+    out[~keep] = 0
+    return out

@@ -1,0 +1,1 @@
+"""Alembic migrations of the datatool catalogue (applied when a workspace is opened)."""
