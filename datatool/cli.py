@@ -140,8 +140,11 @@ def ingest(
     Exit code 0 when every file was ingested (or already present), 1 when some were rejected,
     quarantined or in conflict; each of those gets a one-line reason.
     """
+    from .dicom import FRAME_MODES
     from .ingest import ingest as run_ingest
 
+    if frames not in FRAME_MODES:
+        raise typer.BadParameter(f"choose one of {', '.join(FRAME_MODES)}", param_hint="--frames")
     ws = workspace(ws_path)
     with progress_bar("ingest", enabled=not json_out) as progress:
         report = run_ingest(ws, paths, workers=workers or None, frames=frames,

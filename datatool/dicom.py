@@ -54,8 +54,8 @@ class Region:
 
 def read_dataset(data: bytes) -> Dataset:
     """Parse a DICOM file's bytes, rejecting what is not a usable DICOM image file."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         try:
             ds = pydicom.dcmread(io.BytesIO(data))
         except InvalidDicomError:
@@ -69,6 +69,10 @@ def read_dataset(data: bytes) -> Dataset:
                 raise BadDicom("not a DICOM file (no DICM preamble, no SOP Class/Instance UID)")
         except Exception as exc:
             raise BadDicom(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
+        if any("End of file" in str(w.message) for w in caught):
+            raise BadDicom("truncated file: it ends inside the pixel data")
+        if len(ds) == 0:
+            raise BadDicom("no readable DICOM elements (truncated or corrupt file)")
         try:
             for keyword in ("SOPClassUID", "SOPInstanceUID"):
                 if not str(ds.get(keyword, "") or "").strip():

@@ -137,6 +137,8 @@ def process_file(path: str) -> FileResult:
         regions = ultrasound_regions(ds)
         meta["regions"] = [r.as_dict() for r in regions]
         meta["mm_per_px_x"], meta["mm_per_px_y"] = calibration(regions)
+        # decode first: an undecodable file is rejected, never merely quarantined
+        decoded = [(i, decode_frame(ds, i)) for i in frame_indices(meta["n_frames"], options.frames)]
         burned = burned_in(ds)
         if burned and not regions:
             if not options.allow_burned_in:
@@ -150,8 +152,7 @@ def process_file(path: str) -> FileResult:
             meta["pixel_handling"] = "not_burned_in"
         frames = []
         store: Store = _worker["store"]
-        for index in frame_indices(meta["n_frames"], options.frames):
-            gray = decode_frame(ds, index)
+        for index, gray in decoded:
             if meta["pixel_handling"] == "blanked_outside_regions":
                 gray = deid.blank_outside_regions(gray, meta["regions"])
             frames.append({"index": index, "hash": store.put_array(gray),

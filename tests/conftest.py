@@ -1,0 +1,65 @@
+"""Shared fixtures: workspaces, the real pydicom-data ultrasound files, the demo dataset."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from datatool.workspace import init_workspace, open_workspace
+
+PYDICOM_DATA_US = [
+    "US1_UNCR.dcm", "US1_J2KR.dcm", "US1_J2KI.dcm", "OBXXXX1A.dcm", "OBXXXX1A_2frame.dcm",
+    "OBXXXX1A_expb.dcm", "OBXXXX1A_rle.dcm", "gdcm-US-ALOKA-16.dcm",
+    "gdcm-US-ALOKA-16_big.dcm", "color3d_jpeg_baseline.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm",
+]
+
+
+@pytest.fixture(scope="session")
+def pydicom_data() -> Path:
+    data_store = pytest.importorskip("data_store")
+    return Path(data_store.__file__).parent / "data"
+
+
+@pytest.fixture()
+def us_file(pydicom_data, tmp_path):
+    """Copy one named pydicom-data file into a fresh folder; returns its path."""
+
+    def copy(name: str, folder: str = "in") -> Path:
+        dest = tmp_path / folder
+        dest.mkdir(exist_ok=True)
+        return Path(shutil.copy(pydicom_data / name, dest / name))
+
+    return copy
+
+
+@pytest.fixture()
+def ws(tmp_path):
+    root = tmp_path / "ws"
+    init_workspace(root)
+    workspace = open_workspace(root)
+    yield workspace
+    workspace.close()
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """A small demo dataset (3 patients), made once per test session."""
+    from datatool.demo_data import write_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo")
+    write_demo_dataset(out, patients=3, seed=7, images_per_side=(2, 2))
+    return out
+
+
+@pytest.fixture()
+def cli_env(tmp_path):
+    """Environment for running the datatool CLI as a subprocess."""
+    env = dict(os.environ)
+    env.pop("DATATOOL_WORKSPACE", None)
+    env.pop("DATATOOL_DB_URL", None)
+    env.pop("DATATOOL_KEY_FILE", None)
+    env["COLUMNS"] = "200"
+    return env
