@@ -1,0 +1,84 @@
+"""Ingest throughput against a baseline measured in the same run.
+
+Baseline: plain pydicom read + decode (``dcmread`` + ``pixel_array``) of the same files in one
+process. Then the whole ingest (decode, de-identification, store, catalogue) with 1 and with
+2 workers, each into a fresh workspace. Prints images/s and the ratios.
+
+Goals (issue 2): 1-worker ingest time <= 1.5 x bare decode; 2 workers >= 1.6 x 1 worker;
+the study's 3000-image scale (``--patients 200 --images-per-side 7-8``) in under a minute.
+
+    python bench/ingest.py                       # 40 patients, about 600 images
+    python bench/ingest.py --patients 200 --images-per-side 7-8   # the study's scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+
+from datatool.demo_data import parse_images_per_side, write_demo_dataset
+from datatool.ingest import ingest, iter_files
+from datatool.workspace import init_workspace, open_workspace
+
+
+def bare_decode(files: list[Path]) -> tuple[float, int]:
+    start = time.perf_counter()
+    frames = 0
+    for path in files:
+        ds = pydicom.dcmread(path)
+        arr = ds.pixel_array
+        frames += arr.shape[0] if int(ds.get("NumberOfFrames", 1) or 1) > 1 else 1
+    return time.perf_counter() - start, frames
+
+
+def timed_ingest(data: Path, workers: int, scratch: Path) -> tuple[float, int]:
+    root = scratch / f"ws-{workers}"
+    init_workspace(root)
+    ws = open_workspace(root)
+    start = time.perf_counter()
+    report = ingest(ws, [data], workers=workers)
+    elapsed = time.perf_counter() - start
+    ws.close()
+    if not report.ok:
+        sys.exit(f"ingest was not clean: {report.as_dict()}")
+    return elapsed, report.images_added
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patients", type=int, default=40)
+    parser.add_argument("--images-per-side", default="7-8")
+    parser.add_argument("--data", type=Path, help="ingest this DICOM folder instead of demo data")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="datatool-bench-") as tmp:
+        scratch = Path(tmp)
+        data = args.data
+        if data is None:
+            data = scratch / "demo"
+            t = time.perf_counter()
+            write_demo_dataset(data, patients=args.patients, seed=1,
+                               images_per_side=parse_images_per_side(args.images_per_side))
+            print(f"demo data: {time.perf_counter() - t:.1f} s to generate")
+            data = data / "dicom"
+        files = list(iter_files([data]))
+        bare_decode(files[:20])  # warm the page cache and imports
+        t_bare, n_bare = bare_decode(files)
+        t1, n1 = timed_ingest(data, 1, scratch)
+        t2, n2 = timed_ingest(data, 2, scratch)
+    print(f"files: {len(files)}, images: {n1}")
+    print(f"bare decode (1 process): {t_bare:6.2f} s  {n_bare / t_bare:7.1f} images/s")
+    print(f"ingest, 1 worker:        {t1:6.2f} s  {n1 / t1:7.1f} images/s")
+    print(f"ingest, 2 workers:       {t2:6.2f} s  {n2 / t2:7.1f} images/s")
+    print(f"ratio ingest(1)/bare decode time: {t1 / t_bare:.2f}  (goal <= 1.5)")
+    print(f"ratio 2 workers/1 worker speed:   {t1 / t2:.2f}  (goal >= 1.6)")
+    per_3000 = t2 / n2 * 3000
+    print(f"projected 3000 images with 2 workers: {per_3000:.1f} s  (goal < 60 s)")
+
+
+if __name__ == "__main__":
+    main()
