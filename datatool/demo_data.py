@@ -13,10 +13,10 @@
 
 The images are simulated the way a scanner makes them: tissue reflectivity, attenuation and
 specular reflectors are laid out on the polar (beam) grid of a convex probe, complex speckle is
-blurred by a point-spread function, the envelope is log-compressed and then scan-converted into
-the fan. Acoustic shadowing below the femur and posterior enhancement below the artery fall out
-of the attenuation along each beam. The label maps are drawn from the same shapes on the pixel
-grid, so they sit on what the image shows.
+blurred by a point-spread function, the envelope is compressed to grey levels and then
+scan-converted into the fan. Acoustic shadowing below the femur and posterior enhancement below
+the artery fall out of the attenuation along each beam. The label maps are drawn from the same
+shapes on the pixel grid, so they sit on what the image shows.
 
 All PHI is fake; every fake person name and identifier carries :data:`PHI_TOKEN` (the record
 numbers are ``MRN`` + 6 digits), so a de-identification test can search for leaks.
@@ -128,7 +128,15 @@ def parse_images_per_side(text: str) -> tuple[int, int]:
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, *[int(k) for k in keys]])
+    return np.random.default_rng([int(seed) % (1 << 64), *[int(k) for k in keys]])
+
+
+@lru_cache(maxsize=1)
+def _file_mode() -> int:
+    """Mode of a newly created file under the current umask (mkstemp would give 0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -137,6 +145,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -153,6 +162,7 @@ def _atomic_write_nifti(path: Path, mask: np.ndarray, spacing_mm: tuple[float, f
     os.close(fd)
     try:
         sitk.WriteImage(img, tmp, True)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -200,12 +210,15 @@ def _geometry() -> _Geometry:
     pz = (rr * np.cos(tt) + _APEX_Y - _Y_SKIN).astype(np.float32)
     region = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
     assert region[1] >= BANNER_ROWS
-    return _Geometry(fan, idx, coords, np.arange(COLUMNS) - _CX, np.arange(ROWS) - _Y_SKIN,
-                     px, pz, region)
+    return _Geometry(fan, idx, coords, (np.arange(COLUMNS) - _CX).astype(np.float32),
+                     (np.arange(ROWS) - _Y_SKIN).astype(np.float32), px, pz, region)
 
 
 # --------------------------------------------------------------------------------------------
 # Shapes
+
+
+_LUT_N = 2048  # angular resolution of a blob's tabulated boundary
 
 
 @dataclass(frozen=True)
@@ -229,17 +242,22 @@ class _Blob:
     def q(self, X: np.ndarray, Z: np.ndarray) -> np.ndarray:
         """Normalised radius: <= 1 inside the blob."""
         c, s = math.cos(self.rot), math.sin(self.rot)
-        dx, dz = X - self.m, Z - self.z
-        u = (dx * c + dz * s) / self.a
-        v = (dz * c - dx * s) / self.b
+        dx, dz = X - np.float32(self.m), Z - np.float32(self.z)
+        u = (dx * np.float32(c / self.a) + dz * np.float32(s / self.a))
+        v = (dz * np.float32(c / self.b) - dx * np.float32(s / self.b))
         rr = np.hypot(u, v)
         if self.harm:
-            phi = np.arctan2(v, u)
-            f = np.ones_like(rr)
-            for k, amp, ph in self.harm:
-                f += amp * np.cos(k * phi + ph)
-            rr = rr / np.maximum(f, 0.2)
+            # The boundary factor is a function of the angle only: tabulate it.
+            idx = ((np.arctan2(v, u) + np.float32(math.pi)) * np.float32(_LUT_N / (2 * math.pi)))
+            rr /= self._lut()[np.minimum(idx.astype(np.intp), _LUT_N)]
         return rr
+
+    def _lut(self) -> np.ndarray:
+        phi = np.linspace(-math.pi, math.pi, _LUT_N + 1)
+        f = np.ones_like(phi)
+        for k, amp, ph in self.harm:
+            f += amp * np.cos(k * phi + ph)
+        return np.maximum(f, 0.2).astype(np.float32)
 
     def scaled(self, k: float) -> "_Blob":
         return replace(self, m=self.m * k, z=self.z * k, a=self.a * k, b=self.b * k)
@@ -336,9 +354,10 @@ def _make_patient(seed: int, index: int, used_mrns: set[str]) -> _Patient:
                         int(rng.integers(0, 60)))
     # Birth date consistent with the age on the study date.
     birth = date(day.year - age, day.month, day.day) - timedelta(days=int(rng.integers(0, 365)))
-    fat = float(np.clip(0.8 + 0.09 * (bmi - 20) + rng.normal(0, 0.25), 0.5, 3.6))
-    nerve_depth = fat + 4.3
-    depth = float(np.clip(round(nerve_depth + rng.uniform(2.2, 3.8), 1), 7.2, 13.0))
+    fat = float(np.clip(0.7 + 0.1 * (bmi - 20) + (0.3 if sex == "F" else 0.0)
+                        + rng.normal(0, 0.3), 0.5, 4.0))
+    nerve_depth = fat + 4.3  # the sides' anatomy varies around this
+    depth = float(np.clip(round(nerve_depth + rng.uniform(2.0, 5.0), 1), 7.2, 13.0))
     given = (_GIVEN_F if sex == "F" else _GIVEN_M)[int(rng.integers(0, 10))]
     return _Patient(
         index=index,
@@ -362,10 +381,6 @@ def _make_patient(seed: int, index: int, used_mrns: set[str]) -> _Patient:
     )
 
 
-def _age_on(birth: date, on: date) -> int:
-    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
-
-
 @dataclass(frozen=True)
 class _Anatomy:
     """One image's anatomy in centimetres (canonical frame, positive m = medial)."""
@@ -383,13 +398,13 @@ def _side_anatomy(rng: np.random.Generator, pt: _Patient) -> dict:
     nerve = _Blob(m=rng.uniform(0.2, 0.9), z=nz, a=rng.uniform(0.6, 0.95),
                   b=rng.uniform(0.26, 0.42), rot=rng.normal(0, 0.25),
                   harm=_harmonics(rng, 5, 0.06))
-    fem_a, fem_b = rng.uniform(1.2, 1.5), rng.uniform(1.0, 1.2)
+    fem_a, fem_b = rng.uniform(1.0, 1.3), rng.uniform(0.8, 1.0)
     fem_top = nz - rng.uniform(1.3, 1.9)
-    fem_m = min(-rng.uniform(1.8, 2.6), nerve.m - nerve.a - fem_a - 0.2)
+    fem_m = min(-rng.uniform(1.4, 2.1), nerve.m - nerve.a - fem_a - 0.15)
     femur = _Blob(m=fem_m, z=fem_top + fem_b, a=fem_a, b=fem_b, rot=rng.normal(0, 0.12),
                   harm=_harmonics(rng, 4, 0.04))
     art_r = rng.uniform(0.3, 0.42)
-    art = _Blob(m=rng.uniform(1.8, 2.8), z=fat + rng.uniform(1.2, 1.9), a=art_r,
+    art = _Blob(m=rng.uniform(1.2, 2.2), z=fat + rng.uniform(1.2, 1.9), a=art_r,
                 b=art_r * rng.uniform(0.9, 1.0), rot=rng.uniform(0, math.pi),
                 harm=_harmonics(rng, 3, 0.015))
     vein = _Blob(m=art.m + rng.uniform(0.65, 0.9), z=art.z + rng.uniform(0.1, 0.35),
@@ -418,7 +433,7 @@ def _image_anatomy(rng: np.random.Generator, base: dict) -> _Anatomy:
     """Per-image variation of a side's anatomy: the probe slides, tilts and presses."""
     shift_m = rng.normal(0, 0.25)
     shift_z = rng.normal(0, 0.12)
-    tilt = rng.normal(0, 0.06)  # rad
+    tilt = rng.normal(0, 0.05)  # rad, about the skin point on the centre line
     press = rng.uniform(0.96, 1.03)  # compression: depth scale
     ct, st = math.cos(tilt), math.sin(tilt)
     blobs = {}
@@ -426,7 +441,7 @@ def _image_anatomy(rng: np.random.Generator, base: dict) -> _Anatomy:
         if name == "fat":
             continue
         m, z = b.m + shift_m, b.z * press + shift_z
-        m, z = m * ct - z * st * 0.3, z  # lateral shear, small
+        m, z = m * ct - z * st, m * st + z * ct
         m += rng.normal(0, 0.08)
         z += rng.normal(0, 0.06)
         size = rng.uniform(0.94, 1.06)
@@ -436,14 +451,14 @@ def _image_anatomy(rng: np.random.Generator, base: dict) -> _Anatomy:
                               rot=b.rot + tilt + rng.normal(0, 0.06), harm=harm)
     nerve = blobs["sciatic nerve"]
     fasc = []
-    for _ in range(int(rng.integers(6, 13))):
+    for _ in range(int(rng.integers(5, 10))):
         for _try in range(8):
             u, v = rng.uniform(-0.72, 0.72), rng.uniform(-0.6, 0.6)
             if u * u + v * v < 0.5:
                 break
         c, s = math.cos(nerve.rot), math.sin(nerve.rot)
         du, dv = u * nerve.a, v * nerve.b
-        r = rng.uniform(0.07, 0.15)
+        r = nerve.b * rng.uniform(0.2, 0.36)
         fasc.append(_Blob(m=nerve.m + du * c - dv * s, z=nerve.z + du * s + dv * c, a=r,
                           b=r * rng.uniform(0.6, 1.0), rot=rng.uniform(0, math.pi)))
     return _Anatomy(fat=base["fat"] * press, blobs=blobs, fascicles=tuple(fasc),
@@ -452,6 +467,10 @@ def _image_anatomy(rng: np.random.Generator, base: dict) -> _Anatomy:
 
 # --------------------------------------------------------------------------------------------
 # B-mode simulation (on the polar grid, then scan-converted)
+
+
+_PSF = (1.4, 2.0)  # point-spread function (axial samples, lateral beams)
+_WHITE, _COMPRESS = 1.6, 0.6  # envelope shown white; power-law compression
 
 
 def _smooth_noise(rng, shape, sigma) -> np.ndarray:
@@ -475,7 +494,8 @@ def _render_bmode(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm:
     # (fibro-adipose septa), elongated across the beam.
     fine = _smooth_noise(rng, shape, (0.9, 3.2))
     coarse = _smooth_noise(rng, shape, (14, 10))
-    refl = (0.3 * np.exp(0.3 * coarse) + 1.4 * np.clip(fine - 1.1, 0, None) ** 1.5).astype(np.float32)
+    refl = 0.3 * np.exp(0.3 * coarse) + 1.4 * np.clip(fine - 1.1, 0, None) ** 1.5
+    refl = refl.astype(np.float32)
 
     # Subcutaneous fat: hypoechoic lobules with bright septa, a bright dermis band on top.
     und = ndimage.gaussian_filter1d(rng.standard_normal(_NT), 14)
@@ -514,15 +534,15 @@ def _render_bmode(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm:
             interface(sl, q, Z, blob, fascia)
         return fn
 
-    region(b["_sartorius"], muscle(1.05, 1.3))
-    region(b["_biceps"], muscle(0.95, 1.2))
-    region(b["adductor magnus"], muscle(1.0, 1.5))
-    region(b["semitendinosus"], muscle(0.85, 1.4))
+    region(b["_sartorius"], muscle(1.05, 2.0))
+    region(b["_biceps"], muscle(0.95, 1.8))
+    region(b["adductor magnus"], muscle(1.0, 2.4))
+    region(b["semitendinosus"], muscle(0.85, 2.2))
 
     def femur_fn(sl, q, Z, blob):
         inside = q <= 1.0
         t = np.clip((Z - blob.z) / (blob.b * np.maximum(q, 0.3)), -1.0, 1.0)
-        up = np.clip(-t + 0.25, 0.0, 1.0) ** 0.7
+        up = np.clip(1.6 * (-t - 0.05), 0.0, 1.0) ** 0.6
         r_mean = 0.5 * (blob.a + blob.b)
         band = np.exp(-(((q - 0.985) * r_mean) / 1.6) ** 2) * up
         spec[sl] += 7.0 * band * (0.7 + 0.3 * patch[sl])
@@ -539,18 +559,18 @@ def _render_bmode(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm:
             interface(sl, q, Z, blob, wall, 1.2)
         return fn
 
-    region(b["_vein"], vessel(-0.010, 0.5))
+    region(b["_vein"], vessel(-0.014, 0.5))
     if anat.artery_visible:
-        region(b["femoral artery"], vessel(-0.018, 2.4))
+        region(b["femoral artery"], vessel(-0.025, 2.4))
 
     def nerve_fn(sl, q, Z, blob):
-        refl[sl] = np.where(q <= 1.0, 1.3 * (0.8 + 0.2 * patch[sl]), refl[sl])
+        refl[sl] = np.where(q <= 1.0, 3.2 * (0.8 + 0.2 * patch[sl]), refl[sl])
         interface(sl, q, Z, blob, 1.6, 1.6)
 
     region(b["sciatic nerve"], nerve_fn)
 
     def fasc_fn(sl, q, Z, blob):
-        refl[sl] = np.where(q <= 1.0, refl[sl] * 0.1, refl[sl])
+        refl[sl] = np.where(q <= 1.0, refl[sl] * 0.2, refl[sl])
 
     for f in anat.fascicles:
         region(f.scaled(cm), fasc_fn)
@@ -565,13 +585,12 @@ def _render_bmode(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm:
     n1 = rng.standard_normal(shape, dtype=np.float32)
     n2 = rng.standard_normal(shape, dtype=np.float32)
     sr = np.sqrt(np.maximum(refl, 0.0)) * amp
-    psf = (1.4, 2.0)
+    psf = _PSF
     re_ = ndimage.gaussian_filter(n1 * sr + spec * amp, psf)
     im_ = ndimage.gaussian_filter(n2 * sr, psf)
     env = np.hypot(re_, im_) + 0.006 * np.abs(rng.standard_normal(shape, dtype=np.float32))
-    # Log compression (50 dB dynamic range) and a soft grey map.
-    db = 20 * np.log10(env + 1e-6)
-    disp = np.clip((db + 34.0) / 50.0, 0.0, 1.0) ** 1.6 * 255.0
+    # Amplitude compression to grey levels.
+    disp = np.clip((env / _WHITE) ** _COMPRESS, 0.0, 1.0) * 255.0
     # Scan conversion into the fan, slight blur.
     out = np.zeros(ROWS * COLUMNS, np.float32)
     out[g.fan_idx] = ndimage.map_coordinates(disp.astype(np.float32), g.fan_coords, order=1,
@@ -610,7 +629,8 @@ def _label_maps(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm: f
     for rater in (1, 2):
         lab = np.zeros((ROWS, COLUMNS), np.uint8)
         for name in _PAINT_ORDER:
-            if name == "femoral artery" and (not anat.artery_visible or (rater == 2 and miss_artery)):
+            if name == "femoral artery" and (
+                    not anat.artery_visible or (rater == 2 and miss_artery)):
                 continue
             value = protocol.by_label(name).value
             blob = anat.blobs[name].scaled(cm)
@@ -622,7 +642,8 @@ def _label_maps(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm: f
             else:
                 d = rng.uniform(1.0, 4.0) * (1 if rng.random() < 0.6 else -1)
                 small = name in ("sciatic nerve", "femoral artery")
-                rb = _rater_blob(rng, blob, d * (0.7 if small else 1.0), 3.0, 1.4)
+                rb = _rater_blob(rng, blob, d * (0.7 if small else 1.0), 3.0,
+                                 1.2 if small else 2.4)
             box = _cart_box(rb, sign)
             if box is None:
                 continue
@@ -847,8 +868,11 @@ def write_demo_dataset(out_dir: Path, patients: int = 10, seed: int = 0,
                        progress: Callable[[int, int], None] | None = None) -> dict:
     """Write the synthetic demo dataset into ``out_dir`` and return a summary.
 
-    Deterministic: the same arguments give byte-identical files. Patient ``k``'s data depend
-    only on ``seed`` and ``k``, so a smaller dataset is a prefix of a larger one.
+    Deterministic: the same arguments give byte-identical files (no clock anywhere). Patient
+    ``k``'s identifiers, anatomy, pixels and label maps depend only on ``seed`` and ``k`` (and
+    the image counts on ``images_per_side``); the transfer syntax cycles over the whole run.
+    Files are written atomically and overwrite an earlier run's; stale files of a larger
+    earlier run into the same folder are not removed.
     """
     out_dir = Path(out_dir)
     if int(patients) < 1:
@@ -879,7 +903,8 @@ def write_demo_dataset(out_dir: Path, patients: int = 10, seed: int = 0,
             srng = _rng(seed, 5, pt.index, s_i)
             base = _side_anatomy(srng, pt)
             sign = 1 if side == "L" else -1
-            series_dt = pt.study_dt + timedelta(minutes=1 + 6 * s_i, seconds=int(srng.integers(0, 60)))
+            series_dt = pt.study_dt + timedelta(minutes=1 + 6 * s_i,
+                                                seconds=int(srng.integers(0, 60)))
             when = series_dt
             for k in range(1, n + 1):
                 irng = _rng(seed, 6, pt.index, s_i, k)

@@ -55,3 +55,63 @@ def test_blank_outside_regions():
     out = deid.blank_outside_regions(pixels, [{"x0": 2, "y0": 3, "x1": 5, "y1": 7}])
     assert out[3:8, 2:6].min() == 200 and out.sum() == 200 * 4 * 5
     assert pixels.min() == 200  # input untouched
+
+
+def _phi_strings(dicom_dir) -> set[str]:
+    """Every identifying value in the demo files: header, private tags, UIDs, folder names."""
+    from pathlib import Path
+
+    values: set[str] = set()
+    for path in Path(dicom_dir).rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+                        "InstitutionName", "ReferringPhysicianName", "OperatorsName",
+                        "StationName", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            value = str(ds.get(keyword, "") or "")
+            if value:
+                values.add(value)
+                values.update(part for part in value.split("^") if len(part) > 3)
+        for element in ds:
+            if element.tag.is_private and isinstance(element.value, str) and len(element.value) > 3:
+                values.add(element.value)
+        values.add(path.parent.name)  # the folder is named by the record number
+    return values
+
+
+def test_no_identity_reaches_the_workspace_or_the_output(demo_dir, tmp_path, cli_env):
+    from pathlib import Path
+
+    from datatool.demo_data import BANNER_ROWS, PHI_TOKEN
+    from datatool.workspace import init_workspace, open_workspace
+
+    root, _ = init_workspace(tmp_path / "w")
+    clinical = demo_dir / "clinical.csv"
+    outputs = []
+    for args in (["ingest", str(demo_dir / "dicom"), "--json"],
+                 ["ingest-clinical", str(clinical)], ["status", "--json"], ["images", "--json"],
+                 ["cohort", "--json"]):
+        res = subprocess.run([sys.executable, "-m", "datatool", *args, "--workspace", str(root)],
+                             capture_output=True, env=cli_env)
+        assert res.returncode == 0, res.stderr
+        outputs.append(res.stdout + res.stderr)
+    phi = _phi_strings(demo_dir / "dicom")
+    phi.add(PHI_TOKEN)
+    assert len(phi) > 20
+    blobs = [p.read_bytes() for p in Path(root).rglob("*") if p.is_file()
+             and p.name != "secret.key"]
+    blobs += outputs
+    for value in phi:
+        needle = value.encode()
+        for blob in blobs:
+            assert needle not in blob, f"{value!r} leaked"
+    ws = open_workspace(root)
+    with ws.session() as s:
+        from sqlalchemy import select
+
+        from datatool.catalogue import Image
+
+        hashes = list(s.scalars(select(Image.store_hash)))
+    assert hashes
+    for digest in hashes:  # the burned-in banner is blanked in every stored image
+        assert not ws.store.get_array(digest)[:BANNER_ROWS].any()
+    ws.close()
