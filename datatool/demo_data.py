@@ -341,12 +341,14 @@ def _make_patient(seed: int, index: int, used_mrns: set[str]) -> _Patient:
         bump += 1
         mrn = f"MRN{int(_rng(seed, 2, index, bump).integers(100000, 1000000)):06d}"
     used_mrns.add(mrn)
-    sex = "F" if rng.random() < 0.5 else "M"
-    age = int(np.clip(round(rng.normal(56, 16)), 18, 92))
-    bmi = round(float(np.clip(rng.normal(27.5, 5.0), 17.0, 47.0)), 1)
+    # The reference study's cohort: 56 % female, age 18-69 (47.2 +- 16.8), BMI 18.5-25.9
+    # (BMI >= 26 was an exclusion criterion), ASA I-III.
+    sex = "F" if rng.random() < 0.56 else "M"
+    age = int(np.clip(round(rng.normal(47.2, 16.8)), 18, 69))
+    bmi = round(float(np.clip(rng.normal(22.5, 1.9), 18.5, 25.9)), 1)
     height = float(np.clip(rng.normal(1.64 if sex == "F" else 1.78, 0.07), 1.45, 2.05))
     weight = bmi * height * height
-    score = (age - 45) / 20 + (bmi - 27) / 6 + rng.normal(0, 0.8)
+    score = (age - 45) / 20 + (bmi - 22) / 3 + rng.normal(0, 0.8)
     asa = 1 if score < -0.6 else (2 if score < 1.0 else 3)
     day = date(2025, 1, 2) + timedelta(days=int(rng.integers(0, 360)))
     minute = int(rng.integers(7 * 60 + 30, 17 * 60 + 30))

@@ -140,7 +140,7 @@ def init_workspace(root: Path, protocol: str = DEFAULT_PROTOCOL) -> tuple[Path, 
     settings_path = meta / "workspace.json"
     if not settings_path.exists():
         write_text_atomic(settings_path, json.dumps({"protocol": protocol, "format": 1}, indent=2))
-    open_workspace(root).close()
+    open_workspace(root, announce=False).close()
     return root, created
 
 
@@ -160,11 +160,13 @@ def migrate(engine: Engine, url: str, announce: bool = True) -> tuple[str | None
     return current, head
 
 
-def open_workspace(root: Path | str | None = None, start: Path | None = None) -> Workspace:
+def open_workspace(root: Path | str | None = None, start: Path | None = None,
+                   announce: bool = True) -> Workspace:
+    """Open a workspace, applying pending migrations (announced on stderr)."""
     root = find_workspace(start=start, explicit=root)
     url = db_url_for(root)
     engine = make_engine(url)
-    current, _ = migrate(engine, url, announce=True)
+    migrate(engine, url, announce=announce)
     settings_path = root / MARKER / "workspace.json"
     settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
     return Workspace(root=root, engine=engine, key=read_key(key_path_for(root)), settings=settings)
