@@ -124,7 +124,10 @@ def init(
 @guarded
 def ingest(
     paths: list[Path] = typer.Argument(..., help="DICOM files and folders (searched recursively)."),
-    workers: int = typer.Option(0, "--workers", "-j", help="Worker processes (0: all cores)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", "-j", show_default="all cores",
+        help="Decoding processes beside the one writing the catalogue (0: do all in one)."),
+    batch: int = typer.Option(64, min=1, help="Files per catalogue transaction."),
     frames: str = typer.Option(
         "auto", help="Frames of a multi-frame cine to use: first, middle, all, or auto "
                      "(all frames of a cine up to 32 frames, the middle frame of a longer one)."),
@@ -147,8 +150,9 @@ def ingest(
         raise typer.BadParameter(f"choose one of {', '.join(FRAME_MODES)}", param_hint="--frames")
     ws = workspace(ws_path)
     with progress_bar("ingest", enabled=not json_out) as progress:
-        report = run_ingest(ws, paths, workers=workers or None, frames=frames,
-                            allow_burned_in=allow_burned_in, progress=progress)
+        report = run_ingest(ws, paths, workers=workers, frames=frames,
+                            allow_burned_in=allow_burned_in, progress=progress,
+                            batch_size=batch)
     if json_out:
         print_json(report.as_dict())
     else:

@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import hmac
 import re
+from functools import lru_cache
 
 import numpy as np
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
@@ -26,12 +27,14 @@ def keyed_digest(key: bytes, purpose: str, value: str) -> bytes:
     return hmac.new(key, f"{purpose}\x1f{value}".encode("utf-8"), hashlib.sha256).digest()
 
 
+@lru_cache(maxsize=4096)
 def pseudonym_for(key: bytes, patient_id: str) -> str:
     """A stable pseudonym such as ``P-7KQ2M4XD9A`` for an original patient ID."""
     digest = keyed_digest(key, "patient", patient_id.strip())
     return "P-" + base64.b32encode(digest).decode("ascii")[:10]
 
 
+@lru_cache(maxsize=4096)
 def uid_for(key: bytes, original_uid: str) -> str:
     """A replacement UID, the same for the same original UID and key (PS3.15 action U)."""
     return generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=[key.hex(), str(original_uid)])
@@ -42,6 +45,7 @@ def path_key(key: bytes, path: str) -> str:
     return keyed_digest(key, "path", path).hex()
 
 
+@lru_cache(maxsize=4096)
 def date_shift_days(key: bytes, patient_id: str) -> int:
     """Days to move this patient's dates back by: 1..365, the same for all their studies."""
     digest = keyed_digest(key, "date-shift", patient_id.strip())

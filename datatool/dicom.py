@@ -217,9 +217,16 @@ def to_gray8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
             arr = (arr >> 8).astype(np.uint8)
         elif arr.dtype != np.uint8:
             arr = _rescale(arr, 0, None)
-        rgb = arr.astype(np.uint16)
-        # ITU-R BT.601 luma in integer arithmetic: (77 R + 150 G + 29 B) / 256
-        return ((77 * rgb[..., 0] + 150 * rgb[..., 1] + 29 * rgb[..., 2] + 128) >> 8).astype(np.uint8)
+        # ITU-R BT.601 luma in integer arithmetic: (77 R + 150 G + 29 B + 128) / 256
+        luma = arr[..., 0].astype(np.uint16)
+        luma *= 77
+        luma += 128
+        for channel, weight in ((1, 150), (2, 29)):
+            part = arr[..., channel].astype(np.uint16)
+            part *= weight
+            luma += part
+        luma >>= 8
+        return luma.astype(np.uint8)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.dtype == np.uint8:
         gray = arr

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +38,8 @@ US_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.6",  # retired
     "1.2.840.10008.5.1.4.1.1.3",  # retired
 }
-SKIPPED_NAMES = {"DICOMDIR"}  # the index of a DICOMDIR tree; its files are found by walking
+SKIPPED_NAMES = {"DICOMDIR"}
+BATCH_SECONDS = 1.0  # a batch is committed at the latest this long after the last commit  # the index of a DICOMDIR tree; its files are found by walking
 
 
 @dataclass
@@ -225,84 +227,140 @@ def known_hashes(session: Session) -> frozenset[str]:
     return frozenset(rows)
 
 
-def record(session: Session, result: FileResult) -> tuple[str, str]:
-    """Write one worker result to the catalogue (the caller holds the transaction). Returns
-    the outcome (``ingested``, ``already_present``, ``quarantined``, ``conflict``) and a
-    reason, for the caller to count once the transaction has committed."""
-    meta = result.meta
-    existing = session.scalar(select(SourceFile).where(SourceFile.sha256 == result.sha256))
-    if result.kind == "quarantined":
-        if existing is None:
-            session.add(_source_row(result, status="quarantined", reason=result.reason))
-        return "quarantined", result.reason
-    if existing is not None and existing.status != "quarantined":
-        return "already_present", ""  # another ingest got there first
-    same_uid = session.scalar(select(SourceFile).where(
-        SourceFile.sop_uid == meta["sop_uid"], SourceFile.status == "ingested"))
-    if same_uid is not None:
-        reason = ("conflict: this SOP Instance UID is already catalogued with different bytes; "
-                  "the new version is kept aside, nothing was overwritten")
-        session.add(_source_row(result, status="conflict", reason=reason,
-                                aside=[f["hash"] for f in result.frames]))
-        return "conflict", reason
-    series = _series_for(session, meta)
-    if existing is not None:  # a quarantined file now let in
-        source = existing
-        source.status, source.reason = "ingested", None
-    else:
-        source = _source_row(result, status="ingested")
-        session.add(source)
-    session.flush()
-    for frame in result.frames:
-        session.add(Image(series_id=series.id, source_file_id=source.id,
-                          frame_index=frame["index"], store_hash=frame["hash"],
-                          rows=frame["rows"], cols=frame["cols"],
-                          mm_per_px_x=meta["mm_per_px_x"], mm_per_px_y=meta["mm_per_px_y"],
-                          regions=meta["regions"], pixel_handling=meta["pixel_handling"]))
-    return "ingested", ""
+class CatalogueBatch:
+    """Writes a batch of worker results in one transaction.
 
+    Lookups for the whole batch are made up front (one query per kind, not per file), and
+    patients, studies and series are cached for the transaction, which on SQLite holds the
+    write lock (BEGIN IMMEDIATE), so nobody else can add them meanwhile. On PostgreSQL a
+    concurrent ingest can still win a race on a unique key: the caller retries the batch.
+    """
 
-def _source_row(result: FileResult, status: str, reason: str | None = None,
-                aside: list | None = None) -> SourceFile:
-    meta = result.meta
-    return SourceFile(sha256=result.sha256, size=result.size, path_key=meta["path_key"],
-                      sop_uid=meta["sop_uid"], sop_class_uid=meta["sop_class_uid"],
-                      transfer_syntax=meta["transfer_syntax"], photometric=meta["photometric"],
-                      bits_allocated=meta["bits_allocated"], n_frames=meta["n_frames"],
-                      status=status, reason=reason, aside=aside)
+    def __init__(self, session: Session, results: list[FileResult]):
+        self.session = session
+        shas = [r.sha256 for r in results]
+        uids = [r.meta["sop_uid"] for r in results if r.meta]
+        self.by_sha = {f.sha256: f for f in session.scalars(
+            select(SourceFile).where(SourceFile.sha256.in_(shas)))} if shas else {}
+        self.ingested_uids = set(session.scalars(select(SourceFile.sop_uid).where(
+            SourceFile.sop_uid.in_(uids), SourceFile.status == "ingested"))) if uids else set()
+        self.patients: dict[str, Patient] = {}
+        self.studies: dict[str, Study] = {}
+        self.series: dict[str, Series] = {}
 
+    def record(self, result: FileResult) -> tuple[str, str]:
+        """Add one result's rows; returns its outcome (``ingested``, ``already_present``,
+        ``quarantined``, ``conflict``) and reason, to be counted once the batch commits."""
+        meta = result.meta
+        existing = self.by_sha.get(result.sha256)
+        if result.kind == "quarantined":
+            if existing is None:
+                self._add_source(result, status="quarantined", reason=result.reason)
+            return "quarantined", result.reason
+        if existing is not None and existing.status != "quarantined":
+            return "already_present", ""  # another ingest, or this batch, got there first
+        if meta["sop_uid"] in self.ingested_uids:
+            reason = ("conflict: this SOP Instance UID is already catalogued with different "
+                      "bytes; the new version is kept aside, nothing was overwritten")
+            self._add_source(result, status="conflict", reason=reason,
+                             aside=[f["hash"] for f in result.frames])
+            return "conflict", reason
+        series = self._series_for(meta)
+        if existing is not None:  # a quarantined file now let in
+            source = existing
+            source.status, source.reason = "ingested", None
+        else:
+            source = self._add_source(result, status="ingested")
+        self.ingested_uids.add(meta["sop_uid"])
+        self.session.add_all(
+            Image(series=series, source_file=source, frame_index=f["index"],
+                  store_hash=f["hash"], rows=f["rows"], cols=f["cols"],
+                  mm_per_px_x=meta["mm_per_px_x"], mm_per_px_y=meta["mm_per_px_y"],
+                  regions=meta["regions"], pixel_handling=meta["pixel_handling"])
+            for f in result.frames)
+        return "ingested", ""
 
-def _series_for(session: Session, meta: dict) -> Series:
-    patient = session.scalar(select(Patient).where(Patient.pseudonym == meta["pseudonym"]))
-    if patient is None:
-        patient = Patient(pseudonym=meta["pseudonym"], sex=meta["sex"], age_years=meta["age"])
-        session.add(patient)
-        session.flush()
-    else:
-        patient.sex = patient.sex or meta["sex"]
-        if patient.age_years is None:
-            patient.age_years = meta["age"]
-    study = session.scalar(select(Study).where(Study.uid == meta["study_uid"]))
-    if study is None:
-        study = Study(patient_id=patient.id, uid=meta["study_uid"],
-                      study_date=meta["study_date"], age_at_exam=meta["age"])
-        session.add(study)
-        session.flush()
-    series = session.scalar(select(Series).where(Series.uid == meta["series_uid"]))
-    if series is None:
-        series = Series(study_id=study.id, uid=meta["series_uid"], modality=meta["modality"],
+    def _add_source(self, result: FileResult, status: str, reason: str | None = None,
+                    aside: list | None = None) -> SourceFile:
+        meta = result.meta
+        source = SourceFile(sha256=result.sha256, size=result.size, path_key=meta["path_key"],
+                            sop_uid=meta["sop_uid"], sop_class_uid=meta["sop_class_uid"],
+                            transfer_syntax=meta["transfer_syntax"],
+                            photometric=meta["photometric"],
+                            bits_allocated=meta["bits_allocated"], n_frames=meta["n_frames"],
+                            status=status, reason=reason, aside=aside)
+        self.session.add(source)
+        self.by_sha[result.sha256] = source
+        return source
+
+    def _series_for(self, meta: dict) -> Series:
+        s = self.session
+        series = self.series.get(meta["series_uid"]) or s.scalar(
+            select(Series).where(Series.uid == meta["series_uid"]))
+        if series is not None:
+            self.series[meta["series_uid"]] = series
+            return series
+        study = self.studies.get(meta["study_uid"]) or s.scalar(
+            select(Study).where(Study.uid == meta["study_uid"]))
+        if study is None:
+            patient = self.patients.get(meta["pseudonym"]) or s.scalar(
+                select(Patient).where(Patient.pseudonym == meta["pseudonym"]))
+            if patient is None:
+                patient = Patient(pseudonym=meta["pseudonym"], sex=meta["sex"],
+                                  age_years=meta["age"])
+                s.add(patient)
+            else:
+                patient.sex = patient.sex or meta["sex"]
+                if patient.age_years is None:
+                    patient.age_years = meta["age"]
+            self.patients[meta["pseudonym"]] = patient
+            study = Study(patient=patient, uid=meta["study_uid"], study_date=meta["study_date"],
+                          age_at_exam=meta["age"])
+            s.add(study)
+        self.studies[meta["study_uid"]] = study
+        series = Series(study=study, uid=meta["series_uid"], modality=meta["modality"],
                         side=meta["side"], manufacturer=meta["manufacturer"],
                         model_name=meta["model_name"])
-        session.add(series)
-        session.flush()
-    return series
+        s.add(series)
+        self.series[meta["series_uid"]] = series
+        return series
+
+
+def record_batch(ws: Workspace, results: list[FileResult], report: IngestReport) -> None:
+    """Write a batch in one transaction and count its outcomes once it has committed. On a
+    unique-key race with a concurrent ingest (PostgreSQL; SQLite serialises writers) the batch
+    is rolled back and written again against what the other ingest committed."""
+    for attempt in range(3):
+        try:
+            with ws.session() as session, session.no_autoflush:
+                # no autoflush: the batch's own caches know what it has added
+                batch = CatalogueBatch(session, results)
+                outcomes = [batch.record(r) for r in results]
+            break
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    for result, (outcome, reason) in zip(results, outcomes):
+        if outcome == "ingested":
+            report.ingested += 1
+            report.images_added += len(result.frames)
+        elif outcome == "already_present":
+            report.already_present += 1
+        elif outcome == "quarantined":
+            report.quarantined.append((result.path, reason))
+        else:
+            report.conflicts.append((result.path, reason))
 
 
 def ingest(ws: Workspace, paths: Iterable[Path], *, workers: int | None = None,
            frames: str = "auto", allow_burned_in: bool = False,
            progress: Callable[[int, int], None] | None = None,
-           command: str = "ingest") -> IngestReport:
-    """Ingest files and folders into the workspace; see the module docstring."""
+           batch_size: int = 64, command: str = "ingest") -> IngestReport:
+    """Ingest files and folders into the workspace; see the module docstring.
+
+    ``workers`` processes decode (default: all cores) while this process writes the
+    catalogue, ``batch_size`` files per transaction (or what arrived within a second);
+    ``workers=0`` does everything in this process."""
     frame_indices(1, frames)  # validates the mode before any work
     options = Options(frames=frames, allow_burned_in=allow_burned_in)
     report = IngestReport(frames_mode=frames)
@@ -316,10 +374,12 @@ def ingest(ws: Workspace, paths: Iterable[Path], *, workers: int | None = None,
     with ws.session() as session:
         known = known_hashes(session)
     init_args = (ws.key, str(ws.store.root), options, known)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(files) or 1))
+    if workers is None:
+        workers = os.cpu_count() or 1
+    workers = max(0, min(workers, len(files)))
 
     def results() -> Iterator[FileResult]:
-        if workers == 1:  # in this process: keep its warning and validation settings as found
+        if workers == 0:  # in this process: keep its warning and validation settings as found
             mode = pydicom.config.settings.reading_validation_mode
             with warnings.catch_warnings():
                 _init_worker(*init_args)
@@ -330,44 +390,28 @@ def ingest(ws: Workspace, paths: Iterable[Path], *, workers: int | None = None,
             return
         ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
         with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
-            yield from pool.imap_unordered(process_file, files, chunksize=2)
+            yield from pool.imap_unordered(process_file, files, chunksize=4)
 
-    done = 0
+    done, pending, last_commit = 0, [], time.monotonic()
     for result in results():
         if result.kind == "known":
             report.already_present += 1
         elif result.kind == "rejected":
             report.rejected.append((result.path, result.reason))
         else:
-            _record_with_retry(ws, result, report)
+            pending.append(result)
+        if pending and (len(pending) >= batch_size
+                        or time.monotonic() - last_commit > BATCH_SECONDS):
+            record_batch(ws, pending, report)
+            pending, last_commit = [], time.monotonic()
         done += 1
         if progress:
             progress(done, len(files))
+    if pending:
+        record_batch(ws, pending, report)
     with ws.session() as session:
         audit(session, command, "ingest", files=report.files_seen, ingested=report.ingested,
               images_added=report.images_added, already_present=report.already_present,
               rejected=len(report.rejected), quarantined=len(report.quarantined),
               conflicts=len(report.conflicts), frames=frames, allow_burned_in=allow_burned_in)
     return report
-
-
-def _record_with_retry(ws: Workspace, result: FileResult, report: IngestReport) -> None:
-    """One transaction per file. On a unique-key race with a concurrent ingest (possible on
-    PostgreSQL; SQLite serialises writers) the file is recorded again against the winner."""
-    for attempt in range(3):
-        try:
-            with ws.session() as session:
-                outcome, reason = record(session, result)
-            break
-        except IntegrityError:
-            if attempt == 2:
-                raise
-    if outcome == "ingested":
-        report.ingested += 1
-        report.images_added += len(result.frames)
-    elif outcome == "already_present":
-        report.already_present += 1
-    elif outcome == "quarantined":
-        report.quarantined.append((result.path, reason))
-    else:
-        report.conflicts.append((result.path, reason))

@@ -1,14 +1,17 @@
 """A content-addressed store for derived images and masks.
 
-Files are named by the SHA-256 of their bytes (``store/ab/cdef...png``), written atomically,
-and never changed once written: putting the same bytes twice is a no-op, and two processes
-putting the same object at once both succeed.
+Objects are 2D uint8 arrays saved as lossless PNG files named by the SHA-256 of their
+*pixels* (with their shape), not of the encoded file: the address of an image is the same on
+every machine whatever zlib version wrote it. Files are written atomically and never changed
+once written: putting the same pixels twice is a no-op, and two processes putting the same
+object at once both succeed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,27 +19,35 @@ from PIL import Image
 
 from .atomic import write_bytes_atomic
 
-# zlib level 1: lossless like any PNG, several times faster to write than the default 6.
-PNG_COMPRESS_LEVEL = 1
+try:  # Intel ISA-L's deflate: a zlib stream, four times faster than zlib at level 1
+    from isal import isal_zlib as _deflate
+
+    def _compress(data) -> bytes:
+        return _deflate.compress(data, 1)
+except ImportError:  # pragma: no cover - isal is a dependency; plain zlib still works
+    def _compress(data) -> bytes:
+        packer = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+        return packer.compress(data) + packer.flush()
 
 
 class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._folders: set[str] = set()  # fan-out folders known to exist
 
     def path_for(self, digest: str) -> Path:
         return self.root / digest[:2] / f"{digest[2:]}.png"
 
-    def put_bytes(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        path = self.path_for(digest)
-        if not path.exists():
-            write_bytes_atomic(path, data)
-        return digest
-
     def put_array(self, array: np.ndarray) -> str:
         """Store a 2D uint8 array as a lossless PNG; returns its content hash."""
-        return self.put_bytes(encode_png(array))
+        digest = pixel_digest(array)
+        path = self.path_for(digest)
+        if not path.exists():
+            if digest[:2] not in self._folders:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._folders.add(digest[:2])
+            write_bytes_atomic(path, encode_png(array), make_parents=False)
+        return digest
 
     def get_array(self, digest: str) -> np.ndarray:
         path = self.path_for(digest)
@@ -45,13 +56,40 @@ class Store:
         with Image.open(path) as img:
             return np.asarray(img)
 
+    def verify(self, digest: str) -> bool:
+        """True when the object's pixels still hash to its name."""
+        return pixel_digest(self.get_array(digest)) == digest
+
     def __contains__(self, digest: str) -> bool:
         return self.path_for(digest).exists()
 
 
-def encode_png(array: np.ndarray) -> bytes:
+def pixel_digest(array: np.ndarray) -> str:
+    _check(array)
+    h = hashlib.sha256(f"u8:{array.shape[0]}x{array.shape[1]}:".encode())
+    h.update(np.ascontiguousarray(array).data)
+    return h.hexdigest()
+
+
+def _check(array: np.ndarray) -> None:
     if array.dtype != np.uint8 or array.ndim != 2:
-        raise ValueError(f"store holds 2D uint8 arrays, got {array.dtype} {array.shape}")
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
+        raise ValueError(f"the store holds 2D uint8 arrays, got {array.dtype} {array.shape}")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """8-bit grayscale PNG, rows unfiltered, deflate level 1 (ISA-L): several times faster than
+    Pillow's fastest setting, and ultrasound's black background still packs well. Any PNG
+    reader opens it."""
+    _check(array)
+    rows, cols = array.shape
+    raw = np.zeros((rows, cols + 1), np.uint8)  # a 0 (no filter) byte before each row
+    raw[:, 1:] = array
+    idat = _compress(raw.data)
+    header = struct.pack(">IIBBBBB", cols, rows, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + \
+        _chunk(b"IEND", b"")

@@ -53,7 +53,7 @@ def test_real_vendor_ultrasound_decodes_to_8bit_gray(ws, pydicom_data, tmp_path)
     folder.mkdir()
     for name in PYDICOM_DATA_US:
         shutil.copy(pydicom_data / name, folder / name)
-    report = ingest(ws, [folder], workers=1, allow_burned_in=True)
+    report = ingest(ws, [folder], workers=0, allow_burned_in=True)
     assert not report.rejected, report.rejected
     # several files share SOP Instance UIDs (the same image in other encodings): conflicts
     assert report.ingested + len(report.conflicts) == len(PYDICOM_DATA_US)
@@ -67,8 +67,8 @@ def test_real_vendor_ultrasound_decodes_to_8bit_gray(ws, pydicom_data, tmp_path)
 def test_encodings_of_one_image_decode_identically(ws, us_file, variant):
     """Big endian and RLE versions of the palette image give the very same pixels (their
     shared SOP Instance UID makes the second a conflict, kept aside with its frames)."""
-    ingest(ws, [us_file("OBXXXX1A.dcm")], workers=1)
-    report = ingest(ws, [us_file(variant, "other")], workers=1)
+    ingest(ws, [us_file("OBXXXX1A.dcm")], workers=0)
+    report = ingest(ws, [us_file(variant, "other")], workers=0)
     assert len(report.conflicts) == 1
     with ws.session() as s:
         aside = s.scalar(select(SourceFile).where(SourceFile.status == "conflict")).aside
@@ -77,10 +77,10 @@ def test_encodings_of_one_image_decode_identically(ws, us_file, variant):
 
 def test_jpeg2000_lossless_matches_uncompressed_and_independent_decode(ws, us_file):
     path = us_file("US1_UNCR.dcm")
-    ingest(ws, [path], workers=1, allow_burned_in=True)
+    ingest(ws, [path], workers=0, allow_burned_in=True)
     stored = ws.store.get_array(images_of(ws)[0].store_hash)
     np.testing.assert_array_equal(stored, reference_gray(path))
-    report = ingest(ws, [us_file("US1_J2KR.dcm", "j2k")], workers=1, allow_burned_in=True)
+    report = ingest(ws, [us_file("US1_J2KR.dcm", "j2k")], workers=0, allow_burned_in=True)
     assert report.ingested == 1
     first, second = images_of(ws)
     assert first.store_hash == second.store_hash  # content-addressed: the very same pixels
@@ -88,7 +88,7 @@ def test_jpeg2000_lossless_matches_uncompressed_and_independent_decode(ws, us_fi
 
 def test_palette_16bit_and_jpeg_lossless(ws, us_file):
     report = ingest(ws, [us_file("gdcm-US-ALOKA-16.dcm"),
-                         us_file("JPGLosslessP14SV1_1s_1f_8b.dcm")], workers=1)
+                         us_file("JPGLosslessP14SV1_1s_1f_8b.dcm")], workers=0)
     assert report.ingested == 2 and report.ok
     for img in images_of(ws):
         assert img.mm_per_px_x is not None and img.pixel_handling in (
@@ -97,7 +97,7 @@ def test_palette_16bit_and_jpeg_lossless(ws, us_file):
 
 def test_calibration_and_blanking_outside_regions(ws, us_file):
     path = us_file("OBXXXX1A.dcm")
-    ingest(ws, [path], workers=1)
+    ingest(ws, [path], workers=0)
     ds = pydicom.dcmread(path)
     (img,) = images_of(ws)
     region = max(ds.SequenceOfUltrasoundRegions,
@@ -118,10 +118,10 @@ def test_calibration_and_blanking_outside_regions(ws, us_file):
 
 def test_no_region_means_no_mm_and_quarantine_until_allowed(ws, us_file):
     path = us_file("US1_UNCR.dcm")
-    report = ingest(ws, [path], workers=1)
+    report = ingest(ws, [path], workers=0)
     assert report.quarantined and report.exit_code == 1 and not images_of(ws)
     assert "--allow-burned-in" in report.quarantined[0][1]
-    report = ingest(ws, [path], workers=1, allow_burned_in=True)
+    report = ingest(ws, [path], workers=0, allow_burned_in=True)
     assert report.ingested == 1 and report.ok
     (img,) = images_of(ws)
     assert img.mm_per_px_x is None and img.pixel_handling == "kept_burned_in_allowed"
@@ -130,12 +130,12 @@ def test_no_region_means_no_mm_and_quarantine_until_allowed(ws, us_file):
 @pytest.mark.parametrize("mode,expected", [("auto", [60]), ("first", [0]), ("middle", [60]),
                                            ("all", list(range(120)))])
 def test_long_cine_frames(ws, us_file, mode, expected):
-    ingest(ws, [us_file("color3d_jpeg_baseline.dcm")], workers=1, frames=mode)
+    ingest(ws, [us_file("color3d_jpeg_baseline.dcm")], workers=0, frames=mode)
     assert [i.frame_index for i in images_of(ws)] == expected
 
 
 def test_short_cine_gives_all_frames_by_default(ws, us_file):
-    ingest(ws, [us_file("OBXXXX1A_2frame.dcm")], workers=1)
+    ingest(ws, [us_file("OBXXXX1A_2frame.dcm")], workers=0)
     assert [i.frame_index for i in images_of(ws)] == [0, 1]
 
 
@@ -167,7 +167,7 @@ def test_bad_input_is_rejected_one_line_each_and_the_batch_goes_on(ws, us_file, 
 def test_rerun_is_a_no_op_and_originals_are_untouched(ws, us_file):
     paths = [us_file("OBXXXX1A.dcm"), us_file("gdcm-US-ALOKA-16.dcm")]
     before = {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in paths}
-    first = ingest(ws, [paths[0].parent], workers=1)
+    first = ingest(ws, [paths[0].parent], workers=0)
     db_rows = len(images_of(ws))
     second = ingest(ws, [paths[0].parent], workers=2)
     assert first.ingested == 2 and second.ingested == 0 and second.already_present == 2
@@ -178,14 +178,14 @@ def test_rerun_is_a_no_op_and_originals_are_untouched(ws, us_file):
 
 def test_same_uid_different_bytes_is_a_conflict_never_an_overwrite(ws, us_file, tmp_path):
     path = us_file("OBXXXX1A.dcm")
-    ingest(ws, [path], workers=1)
+    ingest(ws, [path], workers=0)
     original = images_of(ws)[0]
     ds = pydicom.dcmread(path)
     ds.PixelData = bytes(255 - b for b in ds.PixelData)  # a different image, same UID
     changed = tmp_path / "changed" / "x.dcm"
     changed.parent.mkdir()
     ds.save_as(changed)
-    report = ingest(ws, [changed], workers=1)
+    report = ingest(ws, [changed], workers=0)
     assert len(report.conflicts) == 1 and report.exit_code == 1
     assert "kept aside" in report.conflicts[0][1]
     (img,) = images_of(ws)
@@ -195,7 +195,7 @@ def test_same_uid_different_bytes_is_a_conflict_never_an_overwrite(ws, us_file, 
     assert conflict.aside and conflict.aside[0] != original.store_hash
     assert conflict.aside[0] in ws.store
     # a conflict is also remembered: the same conflicting file again is no news
-    again = ingest(ws, [changed], workers=1)
+    again = ingest(ws, [changed], workers=0)
     assert again.already_present == 1 and not again.conflicts
 
 
@@ -230,7 +230,7 @@ def test_interrupted_ingest_leaves_a_consistent_catalogue_and_resumes(ws, pydico
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.save_as(folder / f"f{i:03d}.dcm")
     proc = subprocess.Popen([sys.executable, "-m", "datatool", "ingest", str(folder), "-j", "1",
-                             "--workspace", str(ws.root)], env=cli_env,
+                             "--batch", "3", "--workspace", str(ws.root)], env=cli_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     db = ws.root / ".datatool" / "catalogue.sqlite"
@@ -259,7 +259,7 @@ def test_dicomdir_and_hidden_files_are_skipped(ws, us_file):
     path = us_file("OBXXXX1A.dcm")
     (path.parent / "DICOMDIR").write_bytes(b"not read")
     (path.parent / ".DS_Store").write_bytes(b"\x00\x01")
-    report = ingest(ws, [path.parent], workers=1)
+    report = ingest(ws, [path.parent], workers=0)
     assert report.ok and report.ingested == 1 and report.skipped == 1
 
 
