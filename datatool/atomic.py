@@ -1,32 +1,40 @@
-"""Atomic file writes: a temp file in the target's folder, then ``os.replace``."""
+"""Atomic file writes: a temp file in the target's folder, then ``os.replace``. Readers see
+the old file or the new one, never half of one; a killed writer leaves at most a hidden
+``.NAME.*`` temp file beside the target."""
 
 from __future__ import annotations
 
 import itertools
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 _counter = itertools.count()
 
 
-def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None,
-                       make_parents: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+def full_suffix(path: Path) -> str:
+    """``.nii.gz`` for ``x.nii.gz``, else the last suffix: what writers pick a format by."""
+    name = path.name.lower()
+    for double in (".nii.gz", ".seg.nrrd"):
+        if name.endswith(double):
+            return path.name[-len(double):]
+    return path.suffix
 
-    The temp file's name is unique to this process, thread and call, so concurrent writers
-    (processes or threads) never share one; a killed writer leaves at most a ``.*.tmp`` file."""
+
+@contextmanager
+def atomic_path(path: Path, make_parents: bool = True) -> Iterator[Path]:
+    """Yields a temp path beside ``path`` with the same suffix (for writers that only take a
+    path, such as SimpleITK); it replaces ``path`` when the block ends without error. The
+    name is unique to this process, thread and call, so concurrent writers never share one."""
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(
-        f".{path.name}.{os.getpid()}.{threading.get_ident()}.{next(_counter)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}."
+                         f"{next(_counter)}{full_suffix(path)}")
     try:
-        if mode is not None:
-            os.fchmod(fd, mode)  # whatever the umask says
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -34,6 +42,17 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None,
         except FileNotFoundError:
             pass
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None,
+                       make_parents: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically; ``mode`` is set whatever the umask says."""
+    with atomic_path(path, make_parents) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
 
 
 def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:

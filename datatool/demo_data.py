@@ -27,9 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -54,6 +52,7 @@ from pydicom.uid import (
 )
 from scipy import ndimage
 
+from .atomic import atomic_path, write_bytes_atomic
 from .protocol import Protocol, load_protocol
 
 __all__ = [
@@ -131,43 +130,12 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) % (1 << 64), *[int(k) for k in keys]])
 
 
-@lru_cache(maxsize=1)
-def _file_mode() -> int:
-    """Mode of a newly created file under the current umask (mkstemp would give 0600)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _atomic_write_nifti(path: Path, mask: np.ndarray, spacing_mm: tuple[float, float]) -> None:
     img = sitk.GetImageFromArray(mask)  # 2D, size (W, H)
     img.SetSpacing(spacing_mm)
     img.SetOrigin((0.0, 0.0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:-7]}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(img, tmp, True)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), True)
 
 
 @lru_cache(maxsize=8)
@@ -928,7 +896,7 @@ def write_demo_dataset(out_dir: Path, patients: int = 10, seed: int = 0,
                 buf = io.BytesIO()
                 ds.save_as(buf, enforce_file_format=True)
                 rel = Path(pt.mrn) / f"{side}_{k:02d}"
-                _atomic_write_bytes(dicom_dir / rel.with_suffix(".dcm"), buf.getvalue())
+                write_bytes_atomic(dicom_dir / rel.with_suffix(".dcm"), buf.getvalue())
                 spacing = (pt.depth_cm / _FAN_PX * 10.0, pt.depth_cm / _FAN_PX * 10.0)
                 for rater, lab in (("rater1", r1), ("rater2", r2)):
                     _atomic_write_nifti(labels_dir / rater / f"{rel}.nii.gz", lab, spacing)
@@ -938,7 +906,7 @@ def write_demo_dataset(out_dir: Path, patients: int = 10, seed: int = 0,
                 if progress is not None:
                     progress(done, total)
 
-    _atomic_write_bytes(labels_dir / "itksnap_labels.txt",
+    write_bytes_atomic(labels_dir / "itksnap_labels.txt",
                         protocol.itksnap_label_description().encode())
     rows = io.StringIO()
     w = csv.writer(rows, lineterminator="\n")
@@ -946,8 +914,8 @@ def write_demo_dataset(out_dir: Path, patients: int = 10, seed: int = 0,
     for pt, _ in plan:
         w.writerow([pt.mrn, pt.sex, pt.age, f"{pt.bmi:.1f}", pt.asa])
     clinical = out_dir / "clinical.csv"
-    _atomic_write_bytes(clinical, rows.getvalue().encode())
-    _atomic_write_bytes(out_dir / "README.txt", _README.format(
+    write_bytes_atomic(clinical, rows.getvalue().encode())
+    write_bytes_atomic(out_dir / "README.txt", _README.format(
         seed=seed, token=PHI_TOKEN, banner=BANNER_ROWS, group=PRIVATE_GROUP,
         creator=PRIVATE_CREATOR, patients=len(plan), images=total,
         protocol=protocol.name).encode())

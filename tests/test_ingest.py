@@ -22,7 +22,6 @@ from sqlalchemy import func, select
 
 from datatool.catalogue import Image, Patient, SourceFile
 from datatool.ingest import ingest
-from datatool.workspace import open_workspace
 
 from .badfiles import make_bad_files
 from .conftest import PYDICOM_DATA_US
@@ -219,8 +218,9 @@ def test_concurrent_ingests_into_one_workspace(ws, pydicom_data, tmp_path, cli_e
         assert s.scalar(select(func.count(Patient.id))) == 4
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_interrupted_ingest_leaves_a_consistent_catalogue_and_resumes(ws, pydicom_data, tmp_path,
-                                                                      cli_env):
+                                                                      cli_env, sig):
     folder = tmp_path / "big"
     folder.mkdir()
     src = pydicom_data / "OBXXXX1A.dcm"
@@ -242,8 +242,10 @@ def test_interrupted_ingest_leaves_a_consistent_catalogue_and_resumes(ws, pydico
         if n >= 5:
             break
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.killpg(proc.pid, sig)  # the whole process group, as a terminal's Ctrl-C does
+    code = proc.wait(timeout=60)
+    if sig == signal.SIGINT:
+        assert code == 130
     con = sqlite3.connect(db)
     assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
     partial = con.execute("select count(*) from images").fetchone()[0]
@@ -253,6 +255,16 @@ def test_interrupted_ingest_leaves_a_consistent_catalogue_and_resumes(ws, pydico
     report = ingest(ws, [folder], workers=2)
     assert report.already_present == partial and report.ingested == 60 - partial
     assert len(images_of(ws)) == 60
+
+
+def test_pydicom_examples(ws, tmp_path):
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    for name in ("palette_color", "ybr_color", "jpeg2k"):
+        shutil.copy(pydicom.examples.get_path(name), folder / f"{name}.dcm")
+    report = ingest(ws, [folder], workers=2, allow_burned_in=True)
+    assert report.ok and report.ingested == 3
+    assert len(images_of(ws)) == 1 + 30 + 1  # the YBR example is a 30-frame cine
 
 
 def test_dicomdir_and_hidden_files_are_skipped(ws, us_file):

@@ -12,7 +12,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pydicom
 import pytest
 from sqlalchemy import func, select
 
