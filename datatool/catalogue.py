@@ -121,6 +121,85 @@ class Image(Base):
         return self.mm_per_px_x is not None and self.mm_per_px_y is not None
 
 
+class Rater(Base):
+    """Who drew a label: a person (``human``), or a label made from others (``consensus``,
+    named ``consensus:METHOD``) or by a model (``model``, named ``model:RUN``)."""
+
+    __tablename__ = "raters"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False, default="human")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+class Annotation(Base):
+    """One version of one rater's label map for one image. Never updated: a changed label
+    is a new row with the next version number."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (UniqueConstraint("image_id", "rater_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), nullable=False, index=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id"), nullable=False, index=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)  # itksnap, labelstudio, ...
+    source_ref: Mapped[str | None] = mapped_column(String(256))
+    mask_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    protocol: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    image: Mapped[Image] = relationship()
+    rater: Mapped[Rater] = relationship()
+    structures: Mapped[list[StructureStats]] = relationship(back_populates="annotation")
+
+
+class StructureStats(Base):
+    """Per-structure statistics of an annotation, one row for every structure of the protocol
+    (area 0 when the rater left it empty)."""
+
+    __tablename__ = "structure_stats"
+    __table_args__ = (UniqueConstraint("annotation_id", "structure"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id"), nullable=False,
+                                               index=True)
+    structure: Mapped[str] = mapped_column(String(64), nullable=False)
+    value: Mapped[int] = mapped_column(Integer, nullable=False)
+    area_px: Mapped[int] = mapped_column(Integer, nullable=False)
+    area_mm2: Mapped[float | None] = mapped_column(Float)
+    components: Mapped[int] = mapped_column(Integer, nullable=False)
+    x0: Mapped[int | None] = mapped_column(Integer)
+    y0: Mapped[int | None] = mapped_column(Integer)
+    x1: Mapped[int | None] = mapped_column(Integer)
+    y1: Mapped[int | None] = mapped_column(Integer)
+    annotation: Mapped[Annotation] = relationship(back_populates="structures")
+
+
+class LabelStudioProject(Base):
+    """A rater's own Label Studio project (one per rater: Community Label Studio cannot hide
+    one rater's annotations from another inside a project). The server's URL and token are
+    never stored."""
+
+    __tablename__ = "labelstudio_projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(Integer, unique=True, nullable=False)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id"), nullable=False, index=True)
+    title: Mapped[str] = mapped_column(String(256), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    rater: Mapped[Rater] = relationship()
+
+
+class LabelStudioTask(Base):
+    """Which image a task of a rater's project shows."""
+
+    __tablename__ = "labelstudio_tasks"
+    __table_args__ = (UniqueConstraint("project_id", "task_id"),
+                      UniqueConstraint("project_id", "image_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("labelstudio_projects.id"),
+                                            nullable=False, index=True)
+    task_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), nullable=False)
+
+
 class AuditEntry(Base):
     """Append-only: rows are inserted, never updated or deleted."""
 

@@ -74,6 +74,16 @@ class Protocol:
         return "\n".join(lines) + "\n"
 
 
+    def labelstudio_config(self, from_name: str = "label", to_name: str = "image") -> str:
+        """The Label Studio labelling config: brush labels over the image, one per structure."""
+        labels = "\n".join(
+            f'    <Label value="{s.name}" background="#{s.color[0]:02x}{s.color[1]:02x}'
+            f'{s.color[2]:02x}"/>' for s in self.structures)
+        return (f'<View>\n  <Image name="{to_name}" value="${to_name}" zoom="true"/>\n'
+                f'  <BrushLabels name="{from_name}" toName="{to_name}">\n{labels}\n'
+                f'  </BrushLabels>\n</View>\n')
+
+
 def load_protocol_file(path: Path) -> Protocol:
     data = yaml.safe_load(Path(path).read_text())
     if not isinstance(data, dict) or "structures" not in data:

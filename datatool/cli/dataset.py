@@ -1,105 +1,16 @@
-"""The ``datatool`` command line: thin Typer commands over the library functions.
-
-Each command parses its options, calls one service function, and prints a table for people
-or JSON for scripts (``--json``). Exit codes: 0 all well, 1 something was rejected,
-2 usage errors (bad options, no workspace).
-"""
+"""Dataset commands: init, ingest, status, images, ingest-clinical, cohort, demo-data."""
 
 from __future__ import annotations
 
-import functools
-import json
-import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-    TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import __version__
-from .errors import DatatoolError
+from .common import JsonOpt, WorkspaceOpt, _fmt, app, err, guarded, out, print_json, \
+    progress_bar, workspace
 
-app = typer.Typer(
-    name="datatool",
-    help="Turn a folder of ultrasound DICOM exams into a versioned, double-blind-labelled "
-         "segmentation dataset. Start with 'datatool init', then 'datatool ingest DIR'.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-out = Console()
-err = Console(stderr=True)
-
-WorkspaceOpt = typer.Option(
-    None, "--workspace", "-w", envvar="DATATOOL_WORKSPACE",
-    help="Workspace folder (default: the current folder or the first parent holding .datatool/).")
-JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts instead of tables.")
-
-
-def guarded(func: Callable) -> Callable:
-    """Turn DatatoolError (and a few others the user can fix) into one line and an exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except DatatoolError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except FileNotFoundError as exc:
-            err.print(f"[red]error:[/red] {exc.args[0] if exc.args else exc}", highlight=False)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err.print("interrupted: the catalogue holds only whole files; run the same command "
-                      "again to finish the work")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-def workspace(path: Optional[Path]):
-    from .workspace import open_workspace
-
-    return open_workspace(path)
-
-
-@contextmanager
-def progress_bar(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr; yields a ``progress(done, total)`` callback."""
-    if not enabled or not err.is_terminal and not sys.stderr.isatty():
-        # still show something in logs and pipes, without redraw noise
-        enabled = err.is_terminal
-    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                   console=err, transient=False, disable=not enabled)
-    task = None
-    with bar:
-        def update(done: int, total: int) -> None:
-            nonlocal task
-            if task is None:
-                task = bar.add_task(label, total=total)
-            bar.update(task, completed=done, total=total)
-
-        yield update
-
-
-def print_json(data) -> None:
-    out.print_json(json.dumps(data, default=str))
-
-
-def _fmt(value, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-# --------------------------------------------------------------------------- commands
 
 @app.command()
 @guarded
@@ -111,8 +22,8 @@ def init(
 
     Back up .datatool/secret.key apart from the data: the same key gives the same pseudonyms.
     """
-    from .protocol import load_protocol
-    from .workspace import init_workspace
+    from ..protocol import load_protocol
+    from ..workspace import init_workspace
 
     load_protocol(protocol)
     root, created = init_workspace(directory, protocol=protocol)
@@ -143,8 +54,8 @@ def ingest(
     Exit code 0 when every file was ingested (or already present), 1 when some were rejected,
     quarantined or in conflict; each of those gets a one-line reason.
     """
-    from .dicom import FRAME_MODES
-    from .ingest import ingest as run_ingest
+    from ..dicom import FRAME_MODES
+    from ..ingest import ingest as run_ingest
 
     if frames not in FRAME_MODES:
         raise typer.BadParameter(f"choose one of {', '.join(FRAME_MODES)}", param_hint="--frames")
@@ -181,7 +92,7 @@ def ingest(
 @guarded
 def status(json_out: bool = JsonOpt, ws_path: Optional[Path] = WorkspaceOpt):
     """What the catalogue holds: patients, studies, series, images, calibration, pixel handling."""
-    from .inventory import status as get_status
+    from ..inventory import status as get_status
 
     data = get_status(workspace(ws_path))
     if json_out:
@@ -218,7 +129,7 @@ def images(
     ws_path: Optional[Path] = WorkspaceOpt,
 ):
     """List the catalogued images, with filters."""
-    from .inventory import ImageFilter, list_images
+    from ..inventory import ImageFilter, list_images
 
     rows = list_images(workspace(ws_path), ImageFilter(patient, side, calibrated, limit))
     if json_out:
@@ -243,7 +154,7 @@ def ingest_clinical(
     ws_path: Optional[Path] = WorkspaceOpt,
 ):
     """Add clinical fields keyed by the original patient ID (pseudonymised on the way in)."""
-    from .clinical import ingest_clinical as run
+    from ..clinical import ingest_clinical as run
 
     report = run(workspace(ws_path), csv_file)
     if json_out:
@@ -266,7 +177,7 @@ def cohort(
     ws_path: Optional[Path] = WorkspaceOpt,
 ):
     """The cohort table a study reports: n, female %, age mean ± SD, BMI range, ASA class."""
-    from .clinical import cohort as get_cohort
+    from ..clinical import cohort as get_cohort
 
     data = get_cohort(workspace(ws_path), imaged_only=not all_patients)
     if json_out:
@@ -306,7 +217,7 @@ def demo_data(
 ):
     """Write a synthetic anterior-sciatic ultrasound dataset: DICOM exams with fake PHI, two
     raters' ITK-SNAP label maps, the label description file and a clinical CSV."""
-    from .demo_data import parse_images_per_side, write_demo_dataset
+    from ..demo_data import parse_images_per_side, write_demo_dataset
 
     try:
         per_side = parse_images_per_side(images_per_side)
@@ -323,10 +234,3 @@ def demo_data(
               f"clinical table {summary['clinical_csv']}")
     encodings = ", ".join(f"{k}: {v}" for k, v in sorted(summary["encodings"].items()))
     out.print(f"encodings: {encodings}")
-
-
-@app.callback(invoke_without_command=True)
-def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
-    if version:
-        out.print(f"datatool {__version__}")
-        raise typer.Exit(0)

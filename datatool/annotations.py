@@ -1,0 +1,133 @@
+"""Raters and versioned annotations.
+
+An annotation is one rater's label map for one image, stored as a lossless mask in the store.
+Versions form one chain per (image, rater): storing a map identical to the rater's latest
+version is a no-op; a different map becomes the next version. Nothing is ever overwritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .catalogue import Annotation, Image, Rater, StructureStats, audit
+from .errors import DatatoolError, UsageError
+from .masks import structure_stats
+from .protocol import Protocol, load_protocol
+from .store import Store
+from .workspace import Workspace
+
+SOURCES = ("itksnap", "labelstudio", "model", "consensus")
+RATER_KINDS = ("human", "consensus", "model")
+
+
+def add_rater(ws: Workspace, name: str, kind: str = "human") -> tuple[Rater, bool]:
+    """Register a rater; returns (rater, created). Registering twice changes nothing."""
+    name = name.strip()
+    if not name or len(name) > 64 or any(c in name for c in "/\\\n\t,"):
+        raise UsageError(f"rater name {name!r} must be 1-64 characters without / \\ , or tabs")
+    if kind not in RATER_KINDS:
+        raise UsageError(f"rater kind must be one of {', '.join(RATER_KINDS)}")
+    with ws.session() as s:
+        rater = s.scalar(select(Rater).where(Rater.name == name))
+        if rater is not None:
+            return rater, False
+        rater = Rater(name=name, kind=kind)
+        s.add(rater)
+        audit(s, "rater add", "rater", name=name, kind=kind)
+    return rater, True
+
+
+def get_rater(session: Session, name: str) -> Rater:
+    rater = session.scalar(select(Rater).where(Rater.name == name))
+    if rater is None:
+        raise DatatoolError(f"rater {name!r} is not registered: run 'datatool rater add {name}'")
+    return rater
+
+
+def list_raters(ws: Workspace) -> list[dict]:
+    with ws.session() as s:
+        rows = s.execute(select(Rater, func.count(func.distinct(Annotation.image_id)))
+                         .outerjoin(Annotation, Annotation.rater_id == Rater.id)
+                         .group_by(Rater.id).order_by(Rater.name)).all()
+    return [{"name": r.name, "kind": r.kind, "images_labelled": n,
+             "registered": r.created_at.isoformat(timespec="seconds")} for r, n in rows]
+
+
+def latest_annotation(session: Session, image_id: int, rater_id: int) -> Annotation | None:
+    return session.scalar(select(Annotation).where(
+        Annotation.image_id == image_id, Annotation.rater_id == rater_id)
+        .order_by(Annotation.version.desc()).limit(1))
+
+
+@dataclass
+class Stored:
+    annotation: Annotation
+    created: bool  # False: identical to the latest version, nothing written
+
+
+def store_annotation(session: Session, store: Store, image: Image, rater: Rater,
+                     mask: np.ndarray, source: str, source_ref: str | None,
+                     protocol: Protocol) -> Stored:
+    """Store a validated mask as the rater's next version for the image (or do nothing if it
+    equals the latest). The caller holds the transaction and has validated the mask."""
+    if source not in SOURCES and not source.startswith("model:"):
+        raise ValueError(f"unknown annotation source {source!r}")
+    digest = store.put_array(mask)
+    latest = latest_annotation(session, image.id, rater.id)
+    if latest is not None and latest.mask_hash == digest:
+        return Stored(latest, False)
+    annotation = Annotation(image_id=image.id, rater_id=rater.id,
+                            version=(latest.version + 1) if latest else 1, source=source,
+                            source_ref=source_ref, mask_hash=digest, protocol=protocol.name)
+    session.add(annotation)
+    for row in structure_stats(mask, protocol, image.mm_per_px_x, image.mm_per_px_y):
+        session.add(StructureStats(annotation=annotation, **row))
+    session.flush()
+    return Stored(annotation, True)
+
+
+def latest_annotations_query(rater_ids=None):
+    """Select the latest version of every (image, rater) chain."""
+    newest = (select(Annotation.image_id, Annotation.rater_id,
+                     func.max(Annotation.version).label("version"))
+              .group_by(Annotation.image_id, Annotation.rater_id))
+    if rater_ids is not None:
+        newest = newest.where(Annotation.rater_id.in_(rater_ids))
+    newest = newest.subquery()
+    return select(Annotation).join(newest, (Annotation.image_id == newest.c.image_id)
+                                   & (Annotation.rater_id == newest.c.rater_id)
+                                   & (Annotation.version == newest.c.version))
+
+
+def label_coverage(ws: Workspace, rater: str | None = None) -> dict:
+    """Per rater: images labelled (latest versions), versions, and per structure how many
+    images have it present or absent."""
+    protocol = load_protocol(ws.protocol_name)
+    with ws.session() as s:
+        total_images = s.scalar(select(func.count(Image.id))) or 0
+        raters = [get_rater(s, rater)] if rater else list(
+            s.scalars(select(Rater).order_by(Rater.name)))
+        result = []
+        for r in raters:
+            latest = latest_annotations_query([r.id]).subquery()
+            labelled = s.scalar(select(func.count()).select_from(latest)) or 0
+            versions = s.scalar(select(func.count(Annotation.id)).where(
+                Annotation.rater_id == r.id)) or 0
+            present = dict(s.execute(
+                select(StructureStats.structure, func.count())
+                .join(latest, StructureStats.annotation_id == latest.c.id)
+                .where(StructureStats.area_px > 0).group_by(StructureStats.structure)).all())
+            by_source = dict(s.execute(select(latest.c.source, func.count())
+                                       .group_by(latest.c.source)).all())
+            result.append({
+                "rater": r.name, "kind": r.kind, "images_labelled": labelled,
+                "images_total": total_images, "versions": versions, "sources": by_source,
+                "structures": {st.name: {"present": present.get(st.name, 0),
+                                         "absent": labelled - present.get(st.name, 0)}
+                               for st in protocol.structures},
+            })
+    return {"protocol": protocol.name, "raters": result}
