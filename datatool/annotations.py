@@ -7,7 +7,7 @@ version is a no-op; a different map becomes the next version. Nothing is ever ov
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import func, select
@@ -88,6 +88,30 @@ def store_annotation(session: Session, store: Store, image: Image, rater: Rater,
         session.add(StructureStats(annotation=annotation, **row))
     session.flush()
     return Stored(annotation, True)
+
+
+@dataclass
+class SyncReport:
+    """What a sync (ITK-SNAP files, a Label Studio project or export) did."""
+
+    source: str
+    rater: str
+    seen: int = 0  # label files or tasks looked at
+    new_versions: int = 0
+    unchanged: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (file or task, reason)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # reported, not errors
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.rejected else 0
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "rater": self.rater, "seen": self.seen,
+                "new_versions": self.new_versions, "unchanged": self.unchanged,
+                "rejected": [{"item": i, "reason": r} for i, r in self.rejected],
+                "notes": [{"item": i, "note": n} for i, n in self.notes],
+                "exit_code": self.exit_code}
 
 
 def latest_annotations_query(rater_ids=None):

@@ -2,11 +2,17 @@
 
 Each command parses its options, calls one service function, and prints a table for people
 or JSON for scripts (``--json``). Exit codes: 0 all well, 1 something was rejected,
-2 usage errors (bad options, no workspace). One module per concern registers its commands on
-the shared apps in ``common``.
+2 usage errors (bad options, no workspace). Every module of this package registers its
+commands on the shared apps in ``common`` when imported; all of them are imported here.
 """
 
-from . import dataset, labels  # noqa: F401  (they register their commands)
+import importlib
+import pkgutil
+
 from .common import app
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module != "common":
+        importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["app"]
