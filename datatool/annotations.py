@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from .catalogue import Annotation, Image, Rater, StructureStats, audit
+from .catalogue import Annotation, Image, Rater, StructureStats, audit, utcnow
 from .errors import DatatoolError, UsageError
 from .masks import structure_stats
 from .protocol import Protocol, load_protocol
@@ -65,29 +65,60 @@ def latest_annotation(session: Session, image_id: int, rater_id: int) -> Annotat
 
 @dataclass
 class Stored:
-    annotation: Annotation
+    annotation_id: int
+    version: int
+    mask_hash: str
     created: bool  # False: identical to the latest version, nothing written
+
+
+def store_annotations(session: Session, store: Store, rater: Rater,
+                      entries: list[tuple[Image, np.ndarray, str, str | None]],
+                      protocol: Protocol) -> list[Stored]:
+    """Store validated masks ``(image, mask, source, source_ref)`` as the rater's next
+    versions (a mask equal to the latest version is a no-op), with one query for the latest
+    versions and two bulk inserts, in the caller's transaction."""
+    for _, _, source, _ in entries:
+        if source not in SOURCES and not source.startswith("model:"):
+            raise ValueError(f"unknown annotation source {source!r}")
+    ids = [image.id for image, _, _, _ in entries]
+    if len(set(ids)) != len(ids):
+        raise ValueError("one batch holds two masks for the same image")
+    latest = {a.image_id: a for a in session.scalars(
+        latest_annotations_query([rater.id]).where(Annotation.image_id.in_(ids)))} if ids else {}
+    results: list[Stored | None] = []
+    rows, stats = [], []
+    for image, mask, source, ref in entries:
+        digest = store.put_array(mask)
+        old = latest.get(image.id)
+        if old is not None and old.mask_hash == digest:
+            results.append(Stored(old.id, old.version, digest, False))
+            continue
+        version = old.version + 1 if old is not None else 1
+        rows.append(dict(image_id=image.id, rater_id=rater.id, version=version, source=source,
+                         source_ref=ref, mask_hash=digest, protocol=protocol.name,
+                         created_at=utcnow()))
+        stats.append(structure_stats(mask, protocol, image.mm_per_px_x, image.mm_per_px_y))
+        results.append(None)
+    if rows:
+        new_ids = session.execute(insert(Annotation).returning(
+            Annotation.id, sort_by_parameter_order=True), rows).scalars().all()
+        session.execute(insert(StructureStats), [dict(annotation_id=i, **r) for i, st in
+                                                 zip(new_ids, stats) for r in st])
+        fresh = iter(zip(new_ids, rows))
+        for k, result in enumerate(results):
+            if result is None:
+                new_id, row = next(fresh)
+                results[k] = Stored(new_id, row["version"], row["mask_hash"], True)
+    return results  # type: ignore[return-value]
 
 
 def store_annotation(session: Session, store: Store, image: Image, rater: Rater,
                      mask: np.ndarray, source: str, source_ref: str | None,
                      protocol: Protocol) -> Stored:
-    """Store a validated mask as the rater's next version for the image (or do nothing if it
-    equals the latest). The caller holds the transaction and has validated the mask."""
-    if source not in SOURCES and not source.startswith("model:"):
-        raise ValueError(f"unknown annotation source {source!r}")
-    digest = store.put_array(mask)
-    latest = latest_annotation(session, image.id, rater.id)
-    if latest is not None and latest.mask_hash == digest:
-        return Stored(latest, False)
-    annotation = Annotation(image_id=image.id, rater_id=rater.id,
-                            version=(latest.version + 1) if latest else 1, source=source,
-                            source_ref=source_ref, mask_hash=digest, protocol=protocol.name)
-    session.add(annotation)
-    for row in structure_stats(mask, protocol, image.mm_per_px_x, image.mm_per_px_y):
-        session.add(StructureStats(annotation=annotation, **row))
-    session.flush()
-    return Stored(annotation, True)
+    """Store one validated mask as the rater's next version for the image (or do nothing if
+    it equals the latest). The caller holds the transaction."""
+    return store_annotations(session, store, rater, [(image, mask, source, source_ref)],
+                             protocol)[0]
 
 
 @dataclass

@@ -58,11 +58,11 @@ def test_versions_chain_and_no_op(ws, us_file):
         mask[160:170, 200:210] = 1
         second = store_annotation(s, ws.store, image, rater, mask, "itksnap", "a.nii.gz", P)
     assert first.created and not same.created and second.created
-    assert (first.annotation.version, second.annotation.version) == (1, 2)
-    assert same.annotation.id == first.annotation.id
+    assert (first.version, second.version) == (1, 2)
+    assert same.annotation_id == first.annotation_id
     with ws.session() as s:
         assert len(s.scalars(select(Annotation)).all()) == 2
-    np.testing.assert_array_equal(ws.store.get_array(second.annotation.mask_hash), mask)
+    np.testing.assert_array_equal(ws.store.get_array(second.mask_hash), mask)
     cov = label_coverage(ws)["raters"][0]
     assert cov["images_labelled"] == 1 and cov["versions"] == 2
     assert cov["structures"]["femur"] == {"present": 1, "absent": 0}

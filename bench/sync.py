@@ -1,0 +1,104 @@
+"""ITK-SNAP sync throughput against a baseline measured in the same run.
+
+Baseline: SimpleITK ``ReadImage`` + ``GetArrayFromImage`` of the same label files, nothing
+else, in one process. Then ``sync_itksnap`` of one rater's demo folder with ``--dicom-root``
+(match each label to its DICOM's SOP Instance UID, read, validate, per-structure statistics,
+store the mask, catalogue the version) for a fresh rater, and again for the same rater (every
+label unchanged). Prints label maps/s and the ratio of sync to bare reading speed.
+
+Goal (issue 3): sync of new labels >= 0.7 x the speed of bare reading.
+
+    python bench/sync.py                              # 30 patients, about 450 maps per rater
+    python bench/sync.py --patients 200               # the study's scale (about 3000)
+    python bench/sync.py --profile                    # where the sync's time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from datatool.annotations import add_rater
+from datatool.demo_data import parse_images_per_side, write_demo_dataset
+from datatool.ingest import ingest
+from datatool.sync_itksnap import find_label_files, sync_itksnap
+from datatool.workspace import init_workspace, open_workspace
+
+
+def bare_read(files: list[Path]) -> float:
+    start = time.perf_counter()
+    for path in files:
+        sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    return time.perf_counter() - start
+
+
+def timed_sync(ws, labels: Path, dicom: Path, rater: str, profile: bool = False):
+    profiler = cProfile.Profile() if profile else None
+    start = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    report = sync_itksnap(ws, labels, rater, dicom_root=dicom)
+    if profiler:
+        profiler.disable()
+    elapsed = time.perf_counter() - start
+    if report.rejected:
+        sys.exit(f"sync was not clean: {report.rejected[:3]}")
+    if profiler:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(30)
+        print(text.getvalue())
+    return elapsed, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patients", type=int, default=30)
+    parser.add_argument("--images-per-side", default="7-8")
+    parser.add_argument("--data", type=Path,
+                        help="use this demo dataset (dicom/, labels/) instead of making one")
+    parser.add_argument("--profile", action="store_true", help="profile the first sync")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="datatool-bench-") as tmp:
+        scratch = Path(tmp)
+        data = args.data
+        if data is None:
+            data = scratch / "demo"
+            t = time.perf_counter()
+            write_demo_dataset(data, patients=args.patients, seed=1,
+                               images_per_side=parse_images_per_side(args.images_per_side))
+            print(f"demo data: {time.perf_counter() - t:.1f} s to generate")
+        root, _ = init_workspace(scratch / "ws")
+        ws = open_workspace(root)
+        t = time.perf_counter()
+        ingest(ws, [data / "dicom"], workers=2)
+        print(f"ingest: {time.perf_counter() - t:.1f} s")
+        labels = data / "labels" / "rater1"
+        files, _ = find_label_files(labels)
+        bare_read(files[:20])  # warm the page cache and imports
+        t_bare = bare_read(files)
+        rater = f"bench-{time.strftime('%H%M%S')}"
+        add_rater(ws, rater)
+        t_new, report = timed_sync(ws, labels, data / "dicom", rater, args.profile)
+        assert report.new_versions == len(files)
+        t_same, again = timed_sync(ws, labels, data / "dicom", rater)
+        assert again.unchanged == len(files)
+        ws.close()
+    n = len(files)
+    print(f"label maps: {n}")
+    print(f"bare SimpleITK read (baseline): {t_bare:6.2f} s  {n / t_bare:7.1f} maps/s")
+    print(f"sync, new labels:               {t_new:6.2f} s  {n / t_new:7.1f} maps/s")
+    print(f"sync again, all unchanged:      {t_same:6.2f} s  {n / t_same:7.1f} maps/s")
+    print(f"ratio sync/bare speed, new labels: {t_bare / t_new:.2f}  (goal >= 0.7)")
+    print(f"ratio sync/bare speed, unchanged:  {t_bare / t_same:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""A real Label Studio server for the tests, one per test session.
+
+The server runs from its own virtual environment (``.lsvenv``, built by ``make test``; or
+``$DATATOOL_LS_VENV``): it pins its own label-studio-sdk, which must not meet the project's.
+It listens on 127.0.0.1 only, on a free port, with a fresh data folder, offline settings,
+local files serving from a temp document root, and a random legacy API token.
+
+Binding: ``--host`` only sets the hostname Label Studio writes into URLs; the address it
+binds is ``--internal-host``, which defaults to 0.0.0.0 (every interface). The fixture passes
+``--internal-host 127.0.0.1`` and checks the listening sockets in /proc/net/tcp{,6}.
+Label Studio also silently moves to the next port when the asked one is busy; the fixture
+detects that in the log and retries on another port.
+
+Test modules use it with ``from .labelstudio_server import labelstudio_server  # noqa: F401``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT_S = 240
+OFFLINE_ENV = {"SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "", "LATEST_VERSION_CHECK": "false",
+               "COLLECT_ANALYTICS": "false"}
+
+
+@dataclass
+class LabelStudioServer:
+    url: str
+    token: str = field(repr=False)
+    local_root: Path
+    data_dir: Path
+    log: Path
+    username: str
+    password: str = field(repr=False)
+
+
+def ls_venv() -> Path:
+    given = os.environ.get("DATATOOL_LS_VENV")
+    return Path(given) if given else Path(__file__).resolve().parents[1] / ".lsvenv"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex as in /proc/net/tcp*) with a socket listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            address, hex_port = cols[1].rsplit(":", 1)
+            if cols[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+LOOPBACK = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1, ::1
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+
+
+def _start(exe: Path, base: Path, attempt: int) -> tuple[subprocess.Popen, LabelStudioServer]:
+    port = _free_port()
+    data_dir = base / f"data{attempt}"
+    local_root = base / "files"
+    local_root.mkdir(exist_ok=True)
+    log = base / f"server{attempt}.log"
+    token = secrets.token_hex(20)
+    password = secrets.token_urlsafe(12)
+    username = "datatool-tests@example.org"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LABEL_STUDIO_", "DJANGO_", "PYTHON", "VIRTUAL_ENV"))}
+    env.update(OFFLINE_ENV)
+    env.update({
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(local_root),
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        "PATH": f"{exe.parent}{os.pathsep}{env.get('PATH', '')}",
+    })
+    cmd = [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
+           "--data-dir", str(data_dir), "--username", username, "--password", password,
+           "--user-token", token, "--enable-legacy-api-token", "--log-level", "WARNING"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=base, start_new_session=True)
+    server = LabelStudioServer(url=f"http://127.0.0.1:{port}", token=token,
+                               local_root=local_root, data_dir=data_dir, log=log,
+                               username=username, password=password)
+    return proc, server
+
+
+@pytest.fixture(scope="session")
+def labelstudio_server(tmp_path_factory):
+    """A running Label Studio server: ``.url``, ``.token``, ``.local_root``."""
+    exe = ls_venv() / "bin" / "label-studio"
+    if not exe.exists():
+        message = (f"the Label Studio server is not installed ({exe} is missing): run "
+                   "'make test', which builds .lsvenv")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    base = tmp_path_factory.mktemp("labelstudio")
+    proc = server = None
+    try:
+        for attempt in range(3):
+            proc, server = _start(exe, base, attempt)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            moved = False
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    break
+                if "is in use" in server.log.read_text(errors="replace"):
+                    moved = True  # it went to another port than ours
+                    break
+                if _healthy(server.url):
+                    break
+                time.sleep(1)
+            if moved:
+                _stop(proc)
+                continue
+            if proc.poll() is not None or not _healthy(server.url):
+                tail = server.log.read_text(errors="replace")[-3000:]
+                pytest.fail(f"Label Studio did not start within {START_TIMEOUT_S} s "
+                            f"(exit code {proc.poll()}); log:\n{tail}")
+            break
+        else:
+            pytest.fail("Label Studio kept finding its port in use")
+        port = int(server.url.rsplit(":", 1)[1])
+        addresses = listening_addresses(port)
+        if addresses and not addresses <= LOOPBACK:
+            pytest.fail(f"Label Studio listens beyond loopback on port {port}: {addresses}")
+        yield server
+    finally:
+        if proc is not None:
+            _stop(proc)
