@@ -200,6 +200,64 @@ class LabelStudioTask(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), nullable=False)
 
 
+class AgreementSample(Base):
+    """A saved draw of doubly labelled images, with the annotation versions it used, so the
+    same agreement numbers can be printed again later."""
+
+    __tablename__ = "agreement_samples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rater_a_id: Mapped[int] = mapped_column(ForeignKey("raters.id"), nullable=False)
+    rater_b_id: Mapped[int] = mapped_column(ForeignKey("raters.id"), nullable=False)
+    size: Mapped[int | None] = mapped_column(Integer)  # None: every doubly labelled image
+    seed: Mapped[int] = mapped_column(Integer, nullable=False)
+    n_images: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    items: Mapped[list[AgreementItem]] = relationship(back_populates="sample",
+                                                      order_by="AgreementItem.id")
+
+
+class AgreementItem(Base):
+    __tablename__ = "agreement_items"
+    __table_args__ = (UniqueConstraint("sample_id", "image_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("agreement_samples.id"), nullable=False,
+                                           index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), nullable=False)
+    annotation_a_id: Mapped[int] = mapped_column(ForeignKey("annotations.id"), nullable=False)
+    annotation_b_id: Mapped[int] = mapped_column(ForeignKey("annotations.id"), nullable=False)
+    sample: Mapped[AgreementSample] = relationship(back_populates="items")
+
+
+class Split(Base):
+    """A frozen patient-level split: never changed once created (new data, new split)."""
+
+    __tablename__ = "splits"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    content_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    seed: Mapped[int] = mapped_column(Integer, nullable=False)
+    ratios: Mapped[str] = mapped_column(String(32), nullable=False)
+    folds: Mapped[int] = mapped_column(Integer, nullable=False)
+    stratify: Mapped[str | None] = mapped_column(String(16))
+    reference: Mapped[str | None] = mapped_column(String(64))  # rater name of the labels
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    members: Mapped[list[SplitMember]] = relationship(back_populates="split")
+
+
+class SplitMember(Base):
+    __tablename__ = "split_members"
+    __table_args__ = (UniqueConstraint("split_id", "image_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    split_id: Mapped[int] = mapped_column(ForeignKey("splits.id"), nullable=False, index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), nullable=False)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), nullable=False)
+    subset: Mapped[str] = mapped_column(String(8), nullable=False)  # train, val, test
+    fold: Mapped[int | None] = mapped_column(Integer)  # cross-validation fold of non-test
+    # the reference label version frozen with the split (None: the image had none)
+    annotation_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
+    split: Mapped[Split] = relationship(back_populates="members")
+
+
 class AuditEntry(Base):
     """Append-only: rows are inserted, never updated or deleted."""
 

@@ -38,3 +38,16 @@ def test_atomic_write_replaces_whole_and_leaves_no_temp(tmp_path):
     write_bytes_atomic(target, b"two", mode=0o600)
     assert target.read_bytes() == b"two" and (target.stat().st_mode & 0o777) == 0o600
     assert [p.name for p in target.parent.iterdir()] == ["f.bin"]
+
+
+def test_fast_reader_agrees_with_pillow_and_falls_back(tmp_path):
+    import io
+
+    from datatool.store import decode_png
+
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 256, (31, 17), dtype=np.uint8)
+    np.testing.assert_array_equal(decode_png(encode_png(arr)), arr)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=9)  # filtered rows: Pillow
+    np.testing.assert_array_equal(decode_png(buf.getvalue()), arr)

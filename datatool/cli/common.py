@@ -101,7 +101,10 @@ export_app = typer.Typer(help="Write images (and a rater's own labels) out for a
                          no_args_is_help=True)
 labelstudio_app = typer.Typer(help="Work with a Label Studio server (one project per rater).",
                               no_args_is_help=True)
+split_app = typer.Typer(help="Frozen, versioned patient-level train/validation/test splits.",
+                        no_args_is_help=True)
 app.add_typer(rater_app, name="rater")
+app.add_typer(split_app, name="split")
 app.add_typer(sync_app, name="sync")
 app.add_typer(export_app, name="export")
 app.add_typer(labelstudio_app, name="labelstudio")
