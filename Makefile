@@ -1,5 +1,7 @@
 # datatool: `make demo` sets up and runs the main job on the embedded demo data;
 # `make test` runs the tests. Both create .venv on first use; nothing is installed by hand.
+# The Label Studio server lives in its own environment, .lsvenv (it pins its own
+# label-studio-sdk): built once for `make test` (its tests start a server) and `make labelstudio`.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -7,30 +9,82 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 DEMO_PATIENTS ?= 10
+LSVENV  := .lsvenv
+LSSTAMP := $(LSVENV)/.installed
+LS_PORT ?= 8080
+# A fixed token and password are fine for this local demo server (it listens on 127.0.0.1
+# only); never use them on a shared server.
+LS_USER  ?= demo@datatool.local
+LS_PASS  ?= datatool-demo
+LS_TOKEN ?= d0d0d0d0datatooldemotoken0000000000000000
+LS_OFFLINE := SENTRY_DSN= FRONTEND_SENTRY_DSN= LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean labelstudio
 
+# torch==2.13.0 first: on this kind of machine it is a CPU wheel on local disk (a plain
+# "torch" would pull a multi-GB CUDA build); on a GPU machine install the CUDA build you need.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+$(LSSTAMP):
+	$(PYTHON) -m venv $(LSVENV)
+	$(LSVENV)/bin/python -m pip install -q "label-studio>=1.23,<1.24"
+	touch $(LSSTAMP)
+
 install: $(STAMP)
 
+# The whole job on the demo data, from a fresh workspace each time: DICOM exams in, two
+# raters' ITK-SNAP labels synced, agreement, consensus, a frozen split, the tiny model trained
+# on the CPU and scored like the study.
+DT := cd $(DEMO)/workspace && ../../$(BIN)/datatool
 demo: $(STAMP)
 	$(BIN)/datatool demo-data $(DEMO)/data --patients $(DEMO_PATIENTS) --seed 0
+	rm -rf $(DEMO)/workspace
 	$(BIN)/datatool init $(DEMO)/workspace
-	cd $(DEMO)/workspace && ../../$(BIN)/datatool ingest ../data/dicom
-	cd $(DEMO)/workspace && ../../$(BIN)/datatool ingest-clinical ../data/clinical.csv
-	cd $(DEMO)/workspace && ../../$(BIN)/datatool status
-	cd $(DEMO)/workspace && ../../$(BIN)/datatool cohort
+	$(DT) ingest ../data/dicom
+	$(DT) ingest-clinical ../data/clinical.csv
+	$(DT) status
+	$(DT) cohort
+	$(DT) rater add rater1
+	$(DT) rater add rater2
+	$(DT) sync itksnap ../data/labels/rater1 --rater rater1 --dicom-root ../data/dicom
+	$(DT) sync itksnap ../data/labels/rater2 --rater rater2 --dicom-root ../data/dicom
+	$(DT) labels
+	$(DT) agreement
+	$(DT) consensus --method staple
+	$(DT) split create demo --ratios 6:2:2 --folds 5 --seed 0
+	$(DT) split check demo
+	$(DT) train --split demo --preset tiny
+	$(DT) score 1
 
-test: $(STAMP)
+test: $(STAMP) $(LSSTAMP)
 	$(BIN)/python -m pytest -q
+
+# A Label Studio server for people, in the foreground (Ctrl-C stops it), on 127.0.0.1 only.
+labelstudio: $(LSSTAMP)
+	mkdir -p $(DEMO)/labelstudio-files $(DEMO)/labelstudio-data
+	@echo "Label Studio: http://127.0.0.1:$(LS_PORT)  (log in as $(LS_USER) / $(LS_PASS))"
+	@echo "For datatool, in another shell:"
+	@echo "  export LABEL_STUDIO_URL=http://127.0.0.1:$(LS_PORT)"
+	@echo "  export LABEL_STUDIO_API_KEY=$(LS_TOKEN)   # fixed demo token: local demo server only"
+	@echo "  export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=$(CURDIR)/$(DEMO)/labelstudio-files"
+	@echo "  cd $(DEMO)/workspace   # made by 'make demo'"
+	@echo "  ../../$(BIN)/datatool rater add AN1 && ../../$(BIN)/datatool labelstudio push --rater AN1"
+	$(LS_OFFLINE) LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true \
+	LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=$(CURDIR)/$(DEMO)/labelstudio-files \
+	$(LSVENV)/bin/label-studio start --no-browser --internal-host 127.0.0.1 -p $(LS_PORT) \
+		--data-dir $(CURDIR)/$(DEMO)/labelstudio-data --username $(LS_USER) \
+		--password $(LS_PASS) --user-token $(LS_TOKEN) --enable-legacy-api-token
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/sync.py
+	$(BIN)/python bench/agreement.py
+	$(BIN)/python bench/model.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -258,6 +258,57 @@ class SplitMember(Base):
     split: Mapped[Split] = relationship(back_populates="members")
 
 
+class Run(Base):
+    """One training run of the segmentation model on a split (and fold)."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    split_id: Mapped[int] = mapped_column(ForeignKey("splits.id"), nullable=False, index=True)
+    split_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    fold: Mapped[int | None] = mapped_column(Integer)  # None: train on train, select on val
+    cv_group: Mapped[str | None] = mapped_column(String(64), index=True)
+    preset: Mapped[str] = mapped_column(String(16), nullable=False)
+    config: Mapped[Any] = mapped_column(JSON, nullable=False)
+    seed: Mapped[int] = mapped_column(Integer, nullable=False)
+    code_version: Mapped[str] = mapped_column(String(64), nullable=False)
+    device: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # running, done, failed
+    epochs_done: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    best_epoch: Mapped[int | None] = mapped_column(Integer)
+    best_val_miou: Mapped[float | None] = mapped_column(Float)
+    best_checkpoint: Mapped[str | None] = mapped_column(String(64))
+    last_checkpoint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    epochs: Mapped[list[RunEpoch]] = relationship(back_populates="run",
+                                                  order_by="RunEpoch.epoch")
+
+
+class RunEpoch(Base):
+    __tablename__ = "run_epochs"
+    __table_args__ = (UniqueConstraint("run_id", "epoch"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), nullable=False, index=True)
+    epoch: Mapped[int] = mapped_column(Integer, nullable=False)
+    train_loss: Mapped[float] = mapped_column(Float, nullable=False)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_miou: Mapped[float | None] = mapped_column(Float)  # pooled over the set
+    val_miou_per_image: Mapped[float | None] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float, nullable=False)
+    run: Mapped[Run] = relationship(back_populates="epochs")
+
+
+class Score(Base):
+    """The scores of a run on a set (test, val or a fold), as the study reports them."""
+
+    __tablename__ = "scores"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), nullable=False, index=True)
+    subset: Mapped[str] = mapped_column(String(16), nullable=False)
+    results: Mapped[Any] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
 class AuditEntry(Base):
     """Append-only: rows are inserted, never updated or deleted."""
 

@@ -1,0 +1,125 @@
+"""Triplet Attention Net throughput at 473x473: inference (batched and single image) and
+training, on the GPU when there is one, else the CPU.
+
+Baselines measured in the same run: the plain model (float32, eager, contiguous) for
+inference; the study's 218 ms per image (A100, metrics included) as a fixed reference.
+Goals on a GPU (issue 5): inference >= 1500 images/s batched and < 10 ms for one image;
+training >= 400 images/s.
+
+    python bench/model.py                       # auto device, paper preset
+    python bench/model.py --device cpu --batch 2 --iters 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from model import build_model
+
+STUDY_MS = 218.0
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, iters: int, device) -> list[float]:
+    out = []
+    for _ in range(iters):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--batch", type=int, default=None, help="inference batch (GPU 64)")
+    parser.add_argument("--train-batch", type=int, default=None, help="training batch (GPU 32)")
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="also try torch.compile")
+    parser.add_argument("--size", type=int, default=473)
+    args = parser.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    gpu = device.type == "cuda"
+    batch = args.batch or (64 if gpu else 2)
+    train_batch = args.train_batch or (32 if gpu else 2)
+    iters = args.iters or (20 if gpu else 3)
+    torch.backends.cudnn.benchmark = True
+    net = build_model(6, args.preset).to(device).eval()
+    x1 = torch.randn(1, 3, args.size, args.size, device=device)
+    xb = torch.randn(batch, 3, args.size, args.size, device=device)
+    name = torch.cuda.get_device_name(device) if gpu else "CPU"
+    print(f"device: {name}, preset {args.preset}, {args.size}x{args.size}, torch "
+          f"{torch.__version__}, threads {torch.get_num_threads()}")
+
+    with torch.no_grad():  # baseline: float32, eager, contiguous
+        net(xb[:1])
+        base_b = timed(lambda: net(xb), iters, device)
+        base_1 = timed(lambda: net(x1), iters * 2, device)
+    fast = net
+    if gpu:
+        fast = net.to(memory_format=torch.channels_last)
+        if args.compile:
+            fast = torch.compile(fast, mode="max-autotune-no-cudagraphs")
+    xb_fast = xb.contiguous(memory_format=torch.channels_last) if gpu else xb
+    x1_fast = x1.contiguous(memory_format=torch.channels_last) if gpu else x1
+    ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if gpu else \
+        (lambda: torch.autocast("cpu", enabled=False))
+    with torch.no_grad(), ctx():
+        for _ in range(3):
+            fast(xb_fast)
+            fast(x1_fast)
+        fast_b = timed(lambda: fast(xb_fast), iters, device)
+        fast_1 = timed(lambda: fast(x1_fast), iters * 2, device)
+
+    train_net = build_model(6, args.preset).to(device).train()
+    if gpu:
+        train_net = train_net.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(train_net.parameters(), lr=5e-5)
+    xt = torch.randn(train_batch, 3, args.size, args.size, device=device)
+    if gpu:
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    yt = torch.randint(0, 6, (train_batch, args.size, args.size), device=device)
+
+    def step():
+        with ctx():
+            out = train_net(xt)
+            loss = F.cross_entropy(out[0].float(), yt) + 0.4 * F.cross_entropy(
+                out[1].float(), yt) if isinstance(out, tuple) else F.cross_entropy(out.float(), yt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    train_t = timed(step, iters, device)
+
+    def rate(ts, n):
+        return n / statistics.median(ts)
+
+    ms1 = [t * 1000 for t in fast_1]
+    print(f"inference, batch {batch}, baseline fp32:   {rate(base_b, batch):9.1f} images/s")
+    print(f"inference, batch {batch}, optimised:      {rate(fast_b, batch):9.1f} images/s  "
+          f"(x{rate(fast_b, batch) / rate(base_b, batch):.2f} the baseline; GPU goal >= 1500)")
+    print(f"single image, baseline fp32:         {statistics.median(base_1) * 1000:9.2f} ms")
+    print(f"single image, optimised:             {statistics.mean(ms1):9.2f} ± "
+          f"{statistics.pstdev(ms1):.2f} ms  (GPU goal < 10 ms)")
+    print(f"ratio to the study's 218 ms:         {statistics.mean(ms1) / STUDY_MS:9.3f}  "
+          f"({STUDY_MS / statistics.mean(ms1):.1f}x faster)")
+    print(f"training, batch {train_batch}:                 {rate(train_t, train_batch):9.1f} "
+          "images/s  (GPU goal >= 400)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""The Triplet Attention Net: ResNet-50 with triplet attention in every bottleneck and a
+pyramid-pooling head, for semantic segmentation. Depends on torch only: it takes tensors and
+returns tensors, so ``datatool train``, a notebook or ``torchrun`` can all drive it."""
+
+from .network import PRESETS, Preset, TripletAttentionNet, build_model, load_torchvision_resnet50
+from .resnet import ResNet, resnet50
+from .triplet_attention import AttentionGate, TripletAttention, ZPool
+
+__all__ = ["AttentionGate", "PRESETS", "Preset", "ResNet", "TripletAttention", "TripletAttentionNet",
+           "ZPool", "build_model", "load_torchvision_resnet50", "resnet50"]
