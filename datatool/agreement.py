@@ -9,6 +9,8 @@ See ``metrics`` for the conventions (Dice/IoU of two empty maps, ICC rows, descr
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import re
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from .catalogue import AgreementItem, AgreementSample, Annotation, Image, Rater,
 from .errors import DatatoolError, UsageError
 from .plots import bland_altman_png
 from .protocol import load_protocol
+from .store import Store
 from .workspace import Workspace
 
 MEASURES = ("area_mm2", "area_px")
@@ -217,22 +220,37 @@ def _icc_or_note(long: pd.DataFrame, what: str, notes: list[str]) -> dict | None
     return icc.as_dict()
 
 
+POOL_FROM = 400  # items; below this, counting in this process is faster than a pool
+
+
+def _overlap_one(job: tuple) -> list[int]:
+    """Overlaps of one item's two masks, for each (value, box) (box None: 0)."""
+    store_root, hash_a, hash_b, boxes = job
+    if all(box is None for _, box in boxes):
+        return [0] * len(boxes)
+    store = Store(Path(store_root))
+    a, b = store.get_array(hash_a), store.get_array(hash_b)
+    return [0 if box is None else metrics.overlap(a, b, value, box) for value, box in boxes]
+
+
 def _overlaps(ws: Workspace, items, masks: dict, by_ann: dict, wanted) -> dict[str, list[int]]:
     """Per structure, the overlap in pixels of the two raters' maps of each item, counted only
-    where the two structures' bounding boxes meet."""
-    store = ws.store
-    out = {st.name: [] for st in wanted}
+    where the two structures' bounding boxes meet; large samples in worker processes."""
+    jobs = []
     for _, ia, ib in items:
-        boxes = {}
+        boxes = []
         for st in wanted:
             ra, rb = by_ann[(ia, st.name)], by_ann[(ib, st.name)]
-            boxes[st] = metrics.box_intersection(
+            box = metrics.box_intersection(
                 None if ra.area_px == 0 else (ra.x0, ra.y0, ra.x1, ra.y1),
                 None if rb.area_px == 0 else (rb.x0, rb.y0, rb.x1, rb.y1))
-        if any(box is not None for box in boxes.values()):
-            mask_a, mask_b = store.get_array(masks[ia]), store.get_array(masks[ib])
-        for st in wanted:
-            box = boxes[st]
-            out[st.name].append(0 if box is None else
-                                metrics.overlap(mask_a, mask_b, st.value, tuple(map(int, box))))
-    return out
+            boxes.append((st.value, None if box is None else tuple(int(v) for v in box)))
+        jobs.append((str(ws.store.root), masks[ia], masks[ib], boxes))
+    workers = min(os.cpu_count() or 1, 8)
+    if len(jobs) >= POOL_FROM and workers > 1:
+        ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        with ctx.Pool(workers) as pool:
+            counts = pool.map(_overlap_one, jobs, chunksize=64)
+    else:
+        counts = [_overlap_one(job) for job in jobs]
+    return {st.name: [c[k] for c in counts] for k, st in enumerate(wanted)}

@@ -36,7 +36,7 @@ def bland_altman_png(path: Path, a, b, stats: dict, title: str, unit: str,
     ax.set_xlabel(f"mean of {labels[0]} and {labels[1]} ({unit})")
     ax.set_ylabel(f"{labels[0]} - {labels[1]} ({unit})")
     ax.set_title(f"{title} (n = {stats['n']})")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.13, right=0.97, top=0.92, bottom=0.12)  # tight_layout: slow
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

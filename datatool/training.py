@@ -405,7 +405,10 @@ def train(ws: Workspace, split: str | None = None, fold: int | None = None,
     gpu_x = torch.as_tensor(train_x).to(device)  # held on the device, augmented there
     gpu_y = torch.as_tensor(train_y).to(device)
     n, batch, crop = len(train_x), conf["batch"], conf["crop"]
-    steps = max(1, math.ceil(n / (batch * world)))
+    # one process: every sample once per epoch. Under DDP every rank must take the same
+    # number of full steps (an empty step would leave the others waiting in all-reduce), so
+    # ranks take batches round the shuffled order, wrapping at its end.
+    steps = max(1, math.ceil(n / batch)) if world == 1 else max(1, n // (batch * world))
     try:
         for epoch in range(start_epoch, conf["epochs"]):
             started = time.perf_counter()
@@ -418,9 +421,10 @@ def train(ws: Workspace, split: str | None = None, fold: int | None = None,
             angles_all = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(conf["rotation"])
             total, count = 0.0, 0
             for step in range(steps):
-                idx = order[(step * world + rank) * batch:(step * world + rank + 1) * batch]
-                if len(idx) == 0:
-                    continue
+                if world == 1:
+                    idx = order[step * batch:(step + 1) * batch]
+                else:
+                    idx = order[(torch.arange(batch) + (step * world + rank) * batch) % n]
                 x, y = to_input(gpu_x[idx.to(device)], crop, angles_all[idx].to(device),
                                 gpu_y[idx.to(device)])
                 if device.type == "cuda":

@@ -148,3 +148,23 @@ def test_cli_train_runs_score(ready, cli_env):
     bad = subprocess.run(base + ["train", "--split", "nope", "--preset", "tiny"] + ws,
                          capture_output=True, text=True, env=cli_env)
     assert bad.returncode == 1 and "no split 'nope'" in bad.stderr
+
+
+def test_distributed_data_parallel_under_torchrun(ready, cli_env, tmp_path):
+    """Two CPU processes (gloo) train one run together; rank 0 alone records it."""
+    import shutil
+
+    torchrun = shutil.which("torchrun") or str(__import__("pathlib").Path(sys.executable).parent
+                                               / "torchrun")
+    with ready.session() as s:
+        before = s.query(Run).count()
+    res = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m",
+                          "datatool", "train", "--split", "s", "--preset", "tiny", "--epochs",
+                          "2", "--batch", "2", "--device", "cpu", "--json", "--workspace",
+                          str(ready.root)], capture_output=True, text=True, env=cli_env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = json.loads(res.stdout)
+    assert run["device"].endswith("x2") and run["epochs_done"] == 2 and run["status"] == "done"
+    with ready.session() as s:
+        assert s.query(Run).count() == before + 1

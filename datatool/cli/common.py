@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
     TimeElapsedColumn, TimeRemainingColumn
 
@@ -92,6 +93,29 @@ def _fmt(value, digits: int = 1) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def print_sync_report(report, title: str, unit: str, json_out: bool) -> None:
+    """A sync's report: one stderr line per rejected item (always) and per note, then a table
+    for people or JSON for scripts; exits with the report's exit code (1: something rejected).
+    """
+    for item, reason in report.rejected:
+        err.print(f"[yellow]rejected:[/yellow] {item}: {reason}", highlight=False,
+                  soft_wrap=True)
+    if json_out:
+        print_json(report.as_dict())
+    else:
+        for item, note in report.notes:
+            err.print(f"note: {item}: {note}", highlight=False, soft_wrap=True)
+        table = Table(title=title)
+        table.add_column("outcome")
+        table.add_column(unit, justify="right")
+        for label, value in (("seen", report.seen), ("new versions", report.new_versions),
+                             ("unchanged", report.unchanged),
+                             ("rejected", len(report.rejected)), ("notes", len(report.notes))):
+            table.add_row(label, str(value))
+        out.print(table)
+    raise typer.Exit(report.exit_code)
 
 
 rater_app = typer.Typer(help="Register and list raters.", no_args_is_help=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from .common import JsonOpt, WorkspaceOpt, err, export_app, guarded, out, print_json, \
+    print_sync_report, \
     progress_bar, sync_app, workspace
 
 
@@ -111,20 +111,4 @@ def sync_itksnap(
     with progress_bar("sync itksnap", enabled=not json_out) as progress:
         report = run(ws, label_dir, rater, dicom_root=dicom_root, manifest=manifest,
                      allow_empty=allow_empty, progress=progress)
-    if json_out:
-        print_json(report.as_dict())
-    else:
-        for item, reason in report.rejected:
-            err.print(f"[yellow]rejected:[/yellow] {item}: {reason}", highlight=False,
-                      soft_wrap=True)
-        for item, note in report.notes:
-            err.print(f"note: {item}: {note}", highlight=False, soft_wrap=True)
-        table = Table(title=f"sync itksnap ({report.rater})")
-        table.add_column("outcome")
-        table.add_column("label files", justify="right")
-        table.add_row("seen", str(report.seen))
-        table.add_row("new versions", str(report.new_versions))
-        table.add_row("unchanged", str(report.unchanged))
-        table.add_row("rejected", str(len(report.rejected)))
-        out.print(table)
-    raise typer.Exit(report.exit_code)
+    print_sync_report(report, f"sync itksnap ({report.rater})", "label files", json_out)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from .common import JsonOpt, WorkspaceOpt, err, guarded, labelstudio_app, out, print_json, \
+    print_sync_report, \
     progress_bar, sync_app, workspace
 
 UrlOpt = typer.Option(None, "--url", envvar="LABEL_STUDIO_URL", show_default=False,
@@ -19,26 +20,7 @@ TokenOpt = typer.Option(None, "--token", envvar="LABEL_STUDIO_API_KEY", show_def
 
 
 def _print_report(report, json_out: bool) -> None:
-    """The sync report: JSON or a table; one stderr line per rejected task; exit code."""
-    for item, reason in report.rejected:
-        err.print(f"[yellow]rejected:[/yellow] {item}: {reason}", highlight=False,
-                  soft_wrap=True)
-    if json_out:
-        print_json(report.as_dict())
-    else:
-        for item, note in report.notes:
-            err.print(f"note: {item}: {note}", highlight=False, soft_wrap=True)
-        table = Table(title=f"sync labelstudio: rater {report.rater}")
-        table.add_column("outcome")
-        table.add_column("tasks", justify="right")
-        table.add_row("looked at", str(report.seen))
-        table.add_row("new label versions", str(report.new_versions))
-        table.add_row("unchanged", str(report.unchanged))
-        table.add_row("rejected", str(len(report.rejected)))
-        table.add_row("notes (skipped, unlabelled, overlaps, deleted)", str(len(report.notes)))
-        out.print(table)
-    if report.exit_code:
-        raise typer.Exit(report.exit_code)
+    print_sync_report(report, f"sync labelstudio: rater {report.rater}", "tasks", json_out)
 
 
 @labelstudio_app.command("push")

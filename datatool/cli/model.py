@@ -80,6 +80,8 @@ def train(
         else:
             results = [run_train(ws, split, fold=fold, config=config, resume=resume,
                                  progress=progress)]
+    if any(r.get("run") is None for r in results):
+        return  # a torchrun worker other than rank 0: rank 0 reports
     if json_out:
         print_json(results if cv is not None else results[0])
         return
