@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
+from demo import make_demo  # bench/demo.py, beside this script
 from datatool.agreement import run_agreement
 from datatool.annotations import add_rater, latest_annotations_query
 from datatool.catalogue import Rater
-from datatool.demo_data import parse_images_per_side, write_demo_dataset
 from datatool.ingest import ingest
 from datatool.protocol import load_protocol
 from datatool.sync_itksnap import sync_itksnap
@@ -31,8 +31,7 @@ from datatool.workspace import init_workspace, open_workspace
 def build(root: Path, patients: int, per_side: str) -> None:
     data = root / "data"
     t = time.perf_counter()
-    write_demo_dataset(data, patients=patients, seed=2,
-                       images_per_side=parse_images_per_side(per_side))
+    make_demo(data, patients, per_side, seed=2)
     init_workspace(root / "ws")
     ws = open_workspace(root / "ws")
     ingest(ws, [data / "dicom"])

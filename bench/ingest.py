@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pydicom
 
-from datatool.demo_data import parse_images_per_side, write_demo_dataset
+from demo import make_demo  # bench/demo.py, beside this script
 from datatool.ingest import ingest, iter_files
 from datatool.workspace import init_workspace, open_workspace
 
@@ -60,11 +60,7 @@ def main() -> None:
         scratch = Path(tmp)
         data = args.data
         if data is None:
-            data = scratch / "demo"
-            t = time.perf_counter()
-            write_demo_dataset(data, patients=args.patients, seed=1,
-                               images_per_side=parse_images_per_side(args.images_per_side))
-            print(f"demo data: {time.perf_counter() - t:.1f} s to generate")
+            data = make_demo(scratch / "demo", args.patients, args.images_per_side)
             data = data / "dicom"
         files = list(iter_files([data]))
         bare_decode(files[:20])  # warm the page cache and imports

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from demo import make_demo  # bench/demo.py, beside this script
 from datatool.annotations import add_rater
-from datatool.demo_data import parse_images_per_side, write_demo_dataset
 from datatool.ingest import ingest
 from datatool.sync_itksnap import find_label_files, sync_itksnap
 from datatool.workspace import init_workspace, open_workspace
@@ -70,11 +70,7 @@ def main() -> None:
         scratch = Path(tmp)
         data = args.data
         if data is None:
-            data = scratch / "demo"
-            t = time.perf_counter()
-            write_demo_dataset(data, patients=args.patients, seed=1,
-                               images_per_side=parse_images_per_side(args.images_per_side))
-            print(f"demo data: {time.perf_counter() - t:.1f} s to generate")
+            data = make_demo(scratch / "demo", args.patients, args.images_per_side)
         root, _ = init_workspace(scratch / "ws")
         ws = open_workspace(root)
         t = time.perf_counter()
