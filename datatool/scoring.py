@@ -67,8 +67,10 @@ def _anova(long: pd.DataFrame) -> dict | None:
         warnings.simplefilter("ignore")
         table = pingouin.anova(data=long, dv="iou", between="structure", detailed=False)
         pairs = pingouin.pairwise_tests(data=long, dv="iou", between="structure")
+    p_col = next((c for c in ("p-unc", "p_unc", "p-val") if c in table), None)
+    if "F" not in table or p_col is None:
+        return None  # no variance at all (e.g. an untrained model: every IoU 0): no test
     row = table.iloc[0]
-    p_col = next(c for c in ("p-unc", "p_unc", "p-val") if c in table)
     pu = next(c for c in ("p-unc", "p_unc") if c in pairs)
     m = len(pairs)  # Bonferroni: each p times the number of comparisons, at most 1
     return {"F": float(row["F"]), "df_between": int(row["ddof1"]), "df_within": int(row["ddof2"]),

@@ -123,6 +123,20 @@ def test_score_reports_like_the_study_and_stores_predictions(ready, tmp_path):
         assert result["anova_iou"]["df_between"] >= 1
 
 
+def test_anova_without_variance_is_no_test():
+    import pandas as pd
+
+    from datatool.scoring import _anova
+
+    flat = pd.DataFrame({"structure": ["a"] * 3 + ["b"] * 3, "iou": [0.0] * 6})
+    assert _anova(flat) is None
+    varied = pd.DataFrame({"structure": ["a"] * 3 + ["b"] * 3,
+                           "iou": [0.1, 0.2, 0.3, 0.6, 0.7, 0.9]})
+    result = _anova(varied)
+    assert result["df_between"] == 1 and result["p"] < 0.05
+    assert result["pairwise_bonferroni"][0]["p_bonf"] == result["pairwise_bonferroni"][0]["p_unc"]
+
+
 def test_cross_validation_runs_and_scores_every_fold(ready):
     runs = train_cv(ready, "s", 2, TrainConfig(epochs=1, seed=2, **FAST))
     assert [r["fold"] for r in runs] == [0, 1] and runs[0]["cv_group"] == runs[1]["cv_group"]

@@ -162,6 +162,9 @@ def score(
         p = "< 0.001" if a["p"] < 0.001 else f"{a['p']:.3f}"
         out.print(f"one-way ANOVA of per-image IoU across structures: F({a['df_between']}, "
                   f"{a['df_within']}) = {a['F']:.3f}, p {p}; Bonferroni pairs in score.json")
+    else:
+        out.print("one-way ANOVA of per-image IoU across structures: not computed (fewer than "
+                  "two structures with two values, or no variance at all)")
     t = result["inference_ms"]
     out.print(f"inference, model alone, batch 1 on {result['device']}: {t['mean']:.1f} ± "
               f"{t['sd']:.1f} ms per image (the study: 218 ± 51 ms, metrics included)")
