@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,8 +28,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# In a terminal rich fits its width; in logs and pipes (make, CI) it would squeeze wide tables
+# into 80 columns, so there it uses COLUMNS or 160.
+_PIPE_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS") or 160)
+out = Console(width=_PIPE_WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
 
 WorkspaceOpt = typer.Option(
     None, "--workspace", "-w", envvar="DATATOOL_WORKSPACE",
