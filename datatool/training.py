@@ -209,21 +209,6 @@ def miou_from_confusion(cm: np.ndarray) -> float | None:
     return float((tp[present] / union[present]).mean()) if present.any() else None
 
 
-def predict_logits(model, images_u8, crop: int, device, batch: int = 16):
-    """Logits (float32, CPU) of the centre crops of uint8 images; the model in eval mode."""
-    import torch
-
-    outs = []
-    model.eval()
-    with torch.no_grad(), _autocast(device):
-        for i in range(0, len(images_u8), batch):
-            x, _ = to_input(torch.as_tensor(images_u8[i:i + batch]).to(device), crop)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            outs.append(model(x).float().cpu())
-    return torch.cat(outs) if outs else torch.empty(0)
-
-
 def _autocast(device):
     import contextlib
 
