@@ -53,9 +53,6 @@ def _pick_raters(session, raters: list[str] | None) -> tuple[Rater, Rater]:
 def _draw(session, a: Rater, b: Rater, size: int | None, seed: int, resample: bool
           ) -> tuple[AgreementSample, bool]:
     """The saved sample for these parameters, or a new one. Returns (sample, reused)."""
-    latest = {(ann.image_id, ann.rater_id): ann.id
-              for ann in session.scalars(latest_annotations_query([a.id, b.id]))}
-    both = sorted({i for (i, r) in latest if r == a.id} & {i for (i, r) in latest if r == b.id})
     if size is not None and not resample:
         saved = session.scalar(select(AgreementSample).where(
             AgreementSample.rater_a_id == a.id, AgreementSample.rater_b_id == b.id,
@@ -63,6 +60,9 @@ def _draw(session, a: Rater, b: Rater, size: int | None, seed: int, resample: bo
             .order_by(AgreementSample.id.desc()).limit(1))
         if saved is not None:
             return saved, True
+    latest = {(ann.image_id, ann.rater_id): ann.id
+              for ann in session.scalars(latest_annotations_query([a.id, b.id]))}
+    both = sorted({i for (i, r) in latest if r == a.id} & {i for (i, r) in latest if r == b.id})
     if len(both) < MIN_IMAGES:
         raise DatatoolError(f"only {len(both)} images are labelled by both {a.name} and "
                             f"{b.name}; agreement needs at least {MIN_IMAGES}")

@@ -8,10 +8,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from . import deid
-from .catalogue import Patient, audit
+from .catalogue import Image, Patient, Series, Study, audit
 from .errors import DatatoolError
 from .workspace import Workspace
 
@@ -104,9 +104,6 @@ def ingest_clinical(ws: Workspace, csv_path: Path) -> ClinicalReport:
 
 def cohort(ws: Workspace, imaged_only: bool = True) -> dict:
     """n, sex, age mean ± SD (range), BMI range, ASA counts, images per patient."""
-    from .catalogue import Image, Series, Study
-    from sqlalchemy import func
-
     with ws.session() as s:
         query = select(Patient, func.count(Image.id)).outerjoin(
             Study, Study.patient_id == Patient.id).outerjoin(

@@ -240,8 +240,10 @@ def _figures(ws, run_id, out: Path, table, names, items, images, refs, preds, pr
         files.append(str(loss_curve_png(out / "loss.png", epochs, f"run {run_id}")))
     if len(table):
         files.append(str(iou_box_png(out / "iou_per_structure.png", table, names)))
-        nerve = protocol.structures[[s.name for s in protocol.structures].index(
-            "sciatic nerve")] if "sciatic nerve" in names else protocol.structures[0]
+        try:  # the study ranks its overlays by the nerve; other protocols by their first
+            nerve = protocol.by_label("sciatic nerve")
+        except KeyError:
+            nerve = protocol.structures[0]
         sub = table[table["structure"] == nerve.name].sort_values("iou")
         if len(sub):
             picks = []

@@ -28,6 +28,7 @@ import numpy as np
 from sqlalchemy import select
 
 from . import __version__
+from .atomic import write_bytes_atomic
 from .catalogue import Annotation, Image, Run, RunEpoch, Split, SplitMember, audit, utcnow
 from .errors import DatatoolError, UsageError
 from .protocol import Protocol, load_protocol
@@ -139,8 +140,6 @@ def load_arrays(ws: Workspace, items: Items, resize: tuple[int, int], lut: np.nd
     cache.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, images=images, masks=masks)
-    from .atomic import write_bytes_atomic
-
     write_bytes_atomic(cache, buf.getvalue())
     return images, masks
 

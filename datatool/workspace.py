@@ -91,11 +91,13 @@ class Workspace:
     def protocol_name(self) -> str:
         return self.settings.get("protocol", DEFAULT_PROTOCOL)
 
+    def __post_init__(self) -> None:
+        self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on any error."""
-        maker = sessionmaker(bind=self.engine, expire_on_commit=False)
-        with maker() as session, session.begin():
+        with self._sessions() as session, session.begin():
             yield session
 
     def close(self) -> None:

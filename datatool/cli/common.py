@@ -70,9 +70,7 @@ def workspace(path: Optional[Path]):
 @contextmanager
 def progress_bar(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar on stderr; yields a ``progress(done, total)`` callback."""
-    if not enabled or not err.is_terminal and not sys.stderr.isatty():
-        # still show something in logs and pipes, without redraw noise
-        enabled = err.is_terminal
+    enabled = enabled and err.is_terminal  # no redraw noise in logs and pipes
     bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                    console=err, transient=False, disable=not enabled)

@@ -10,12 +10,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
     TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .common import _fmt as fmt
 from .common import JsonOpt, WorkspaceOpt, app, err, guarded, out, print_json, progress_bar, \
     workspace
 
 
-def _fmt(v, digits=3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+def _fmt(value, digits: int = 3) -> str:
+    return fmt(value, digits)
 
 
 @app.command()
