@@ -19,13 +19,13 @@ import numpy as np
 from sqlalchemy import select
 
 from demo import make_demo  # bench/demo.py, beside this script
-from datatool.agreement import run_agreement
-from datatool.annotations import add_rater, latest_annotations_query
-from datatool.catalogue import Rater
-from datatool.ingest import ingest
-from datatool.protocol import load_protocol
-from datatool.sync_itksnap import sync_itksnap
-from datatool.workspace import init_workspace, open_workspace
+from datatool.analysis.agreement import run_agreement
+from datatool.labels.annotations import add_rater, latest_annotations_query
+from datatool.core.catalogue import Rater
+from datatool.ingest.pipeline import ingest
+from datatool.core.protocol import load_protocol
+from datatool.labels.itksnap.sync import sync_itksnap
+from datatool.core.workspace import init_workspace, open_workspace
 
 
 def build(root: Path, patients: int, per_side: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from datatool.demo_data import parse_images_per_side, write_demo_dataset
+from datatool.demo.generator import parse_images_per_side, write_demo_dataset
 
 
 def make_demo(out: Path, patients: int, images_per_side: str, seed: int = 1) -> Path:

@@ -13,18 +13,13 @@ training >= 400 images/s.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
-# this file is bench/model.py: keep its folder from shadowing the model package
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from model import build_model  # noqa: E402
+from datatool.model import build_model
 
 STUDY_MS = 218.0
 

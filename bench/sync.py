@@ -27,10 +27,10 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from demo import make_demo  # bench/demo.py, beside this script
-from datatool.annotations import add_rater
-from datatool.ingest import ingest
-from datatool.sync_itksnap import find_label_files, sync_itksnap
-from datatool.workspace import init_workspace, open_workspace
+from datatool.labels.annotations import add_rater
+from datatool.ingest.pipeline import ingest
+from datatool.labels.itksnap.sync import find_label_files, sync_itksnap
+from datatool.core.workspace import init_workspace, open_workspace
 
 
 def bare_read(files: list[Path]) -> float:

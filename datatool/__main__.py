@@ -1,3 +1,3 @@
-from .cli import app
+from datatool.cli import app
 
 app(prog_name="datatool")

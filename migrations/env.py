@@ -4,7 +4,7 @@ in the config (``sqlalchemy.url``) when run from the alembic command line."""
 from alembic import context
 from sqlalchemy import create_engine
 
-from datatool.catalogue import Base
+from datatool.core.catalogue import Base
 
 config = context.config
 target_metadata = Base.metadata

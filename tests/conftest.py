@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from datatool.workspace import init_workspace, open_workspace
+from datatool.core.workspace import init_workspace, open_workspace
 
 PYDICOM_DATA_US = [
     "US1_UNCR.dcm", "US1_J2KR.dcm", "US1_J2KI.dcm", "OBXXXX1A.dcm", "OBXXXX1A_2frame.dcm",
@@ -47,7 +47,7 @@ def ws(tmp_path):
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """A small demo dataset (3 patients), made once per test session."""
-    from datatool.demo_data import write_demo_dataset
+    from datatool.demo.generator import write_demo_dataset
 
     out = tmp_path_factory.mktemp("demo")
     write_demo_dataset(out, patients=3, seed=7, images_per_side=(2, 2))

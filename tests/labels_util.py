@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from datatool.annotations import add_rater, get_rater, store_annotation
-from datatool.ingest import ingest
-from datatool.matching import image_for_dicom
-from datatool.protocol import load_protocol
+from datatool.labels.annotations import add_rater, get_rater, store_annotation
+from datatool.ingest.pipeline import ingest
+from datatool.labels.matching import image_for_dicom
+from datatool.core.protocol import load_protocol
 
 
 def ingest_demo_with_labels(ws, demo_dir: Path, raters=("rater1", "rater2")) -> None:

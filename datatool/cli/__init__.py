@@ -9,7 +9,7 @@ commands on the shared apps in ``common`` when imported; all of them are importe
 import importlib
 import pkgutil
 
-from .common import app
+from datatool.cli.common import app
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if _module != "common":

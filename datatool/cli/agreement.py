@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import JsonOpt, WorkspaceOpt, app, guarded, out, print_json, progress_bar, workspace
+from datatool.cli.common import JsonOpt, WorkspaceOpt, app, guarded, out, print_json, progress_bar, workspace
 
 
 def _split_list(text: Optional[str]) -> Optional[list[str]]:
@@ -58,7 +58,7 @@ def agreement(
 ):
     """Inter-rater agreement: ICC(2,1) with 95 % CI per structure and over all, Dice and IoU,
     Bland-Altman plots. The sample is saved: the same command prints the same numbers again."""
-    from ..agreement import run_agreement
+    from datatool.analysis.agreement import run_agreement
 
     report = run_agreement(workspace(ws_path), sample=sample, seed=seed,
                            raters=_split_list(raters), structures=_split_list(structures),
@@ -98,7 +98,7 @@ def consensus(
 ):
     """Make the reference label of each image from the raters' labels (stored as annotations
     of rater consensus:METHOD; training and splits use them)."""
-    from ..consensus import make_consensus
+    from datatool.analysis.consensus import make_consensus
 
     with progress_bar("consensus", enabled=not json_out) as progress:
         result = make_consensus(workspace(ws_path), method, _split_list(raters),

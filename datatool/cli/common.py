@@ -17,8 +17,8 @@ from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
     TimeElapsedColumn, TimeRemainingColumn
 
-from .. import __version__
-from ..errors import DatatoolError
+from datatool import __version__
+from datatool.core.errors import DatatoolError
 
 app = typer.Typer(
     name="datatool",
@@ -62,7 +62,7 @@ def guarded(func: Callable) -> Callable:
 
 
 def workspace(path: Optional[Path]):
-    from ..workspace import open_workspace
+    from datatool.core.workspace import open_workspace
 
     return open_workspace(path)
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import JsonOpt, WorkspaceOpt, _fmt, app, err, guarded, out, print_json, \
+from datatool.cli.common import JsonOpt, WorkspaceOpt, _fmt, app, err, guarded, out, print_json, \
     progress_bar, workspace
 
 
@@ -22,8 +22,8 @@ def init(
 
     Back up .datatool/secret.key apart from the data: the same key gives the same pseudonyms.
     """
-    from ..protocol import load_protocol
-    from ..workspace import init_workspace
+    from datatool.core.protocol import load_protocol
+    from datatool.core.workspace import init_workspace
 
     load_protocol(protocol)
     root, created = init_workspace(directory, protocol=protocol)
@@ -54,8 +54,8 @@ def ingest(
     Exit code 0 when every file was ingested (or already present), 1 when some were rejected,
     quarantined or in conflict; each of those gets a one-line reason.
     """
-    from ..dicom import FRAME_MODES
-    from ..ingest import ingest as run_ingest
+    from datatool.ingest.dicom import FRAME_MODES
+    from datatool.ingest.pipeline import ingest as run_ingest
 
     if frames not in FRAME_MODES:
         raise typer.BadParameter(f"choose one of {', '.join(FRAME_MODES)}", param_hint="--frames")
@@ -92,7 +92,7 @@ def ingest(
 @guarded
 def status(json_out: bool = JsonOpt, ws_path: Optional[Path] = WorkspaceOpt):
     """What the catalogue holds: patients, studies, series, images, calibration, pixel handling."""
-    from ..inventory import status as get_status
+    from datatool.ingest.inventory import status as get_status
 
     data = get_status(workspace(ws_path))
     if json_out:
@@ -129,7 +129,7 @@ def images(
     ws_path: Optional[Path] = WorkspaceOpt,
 ):
     """List the catalogued images, with filters."""
-    from ..inventory import ImageFilter, list_images
+    from datatool.ingest.inventory import ImageFilter, list_images
 
     rows = list_images(workspace(ws_path), ImageFilter(patient, side, calibrated, limit))
     if json_out:
@@ -154,7 +154,7 @@ def ingest_clinical(
     ws_path: Optional[Path] = WorkspaceOpt,
 ):
     """Add clinical fields keyed by the original patient ID (pseudonymised on the way in)."""
-    from ..clinical import ingest_clinical as run
+    from datatool.ingest.clinical import ingest_clinical as run
 
     report = run(workspace(ws_path), csv_file)
     if json_out:
@@ -177,7 +177,7 @@ def cohort(
     ws_path: Optional[Path] = WorkspaceOpt,
 ):
     """The cohort table a study reports: n, female %, age mean ± SD, BMI range, ASA class."""
-    from ..clinical import cohort as get_cohort
+    from datatool.ingest.clinical import cohort as get_cohort
 
     data = get_cohort(workspace(ws_path), imaged_only=not all_patients)
     if json_out:
@@ -217,7 +217,7 @@ def demo_data(
 ):
     """Write a synthetic anterior-sciatic ultrasound dataset: DICOM exams with fake PHI, two
     raters' ITK-SNAP label maps, the label description file and a clinical CSV."""
-    from ..demo_data import parse_images_per_side, write_demo_dataset
+    from datatool.demo.generator import parse_images_per_side, write_demo_dataset
 
     try:
         per_side = parse_images_per_side(images_per_side)

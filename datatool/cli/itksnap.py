@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import JsonOpt, WorkspaceOpt, err, export_app, guarded, out, print_json, \
+from datatool.cli.common import JsonOpt, WorkspaceOpt, err, export_app, guarded, out, print_json, \
     print_sync_report, \
     progress_bar, sync_app, workspace
 
@@ -57,7 +57,7 @@ def export_itksnap(
     'datatool sync itksnap DIR --rater R'. Re-exporting is safe: a segmentation with edits not
     synced yet is never overwritten.
     """
-    from ..sync_itksnap import export_itksnap as run
+    from datatool.labels.itksnap.sync import export_itksnap as run
 
     ids = _parse_images(images)
     ws = workspace(ws_path)
@@ -105,7 +105,7 @@ def sync_itksnap(
     reason: wrong size, unknown label value, not a label file, no such image), 2 for usage
     errors such as an unknown rater.
     """
-    from ..sync_itksnap import sync_itksnap as run
+    from datatool.labels.itksnap.sync import sync_itksnap as run
 
     ws = workspace(ws_path)
     with progress_bar("sync itksnap", enabled=not json_out) as progress:

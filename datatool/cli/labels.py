@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import JsonOpt, WorkspaceOpt, app, guarded, out, print_json, rater_app, workspace
+from datatool.cli.common import JsonOpt, WorkspaceOpt, app, guarded, out, print_json, rater_app, workspace
 
 
 @rater_app.command("add")
@@ -16,7 +16,7 @@ from .common import JsonOpt, WorkspaceOpt, app, guarded, out, print_json, rater_
 def rater_add(name: str = typer.Argument(..., help="The rater's name or initials, e.g. AN1."),
               ws_path: Optional[Path] = WorkspaceOpt):
     """Register a rater. Each rater labels on their own and never sees another's labels."""
-    from ..annotations import add_rater
+    from datatool.labels.annotations import add_rater
 
     rater, created = add_rater(workspace(ws_path), name)
     out.print(f"{'Registered' if created else 'Already registered:'} rater {rater.name}")
@@ -26,7 +26,7 @@ def rater_add(name: str = typer.Argument(..., help="The rater's name or initials
 @guarded
 def rater_list(json_out: bool = JsonOpt, ws_path: Optional[Path] = WorkspaceOpt):
     """List raters and how many images each has labelled."""
-    from ..annotations import list_raters
+    from datatool.labels.annotations import list_raters
 
     rows = list_raters(workspace(ws_path))
     if json_out:
@@ -45,7 +45,7 @@ def rater_list(json_out: bool = JsonOpt, ws_path: Optional[Path] = WorkspaceOpt)
 def labels(rater: Optional[str] = typer.Option(None, help="Only this rater."),
            json_out: bool = JsonOpt, ws_path: Optional[Path] = WorkspaceOpt):
     """Label coverage: per rater, images labelled and, per structure, present or absent."""
-    from ..annotations import label_coverage
+    from datatool.labels.annotations import label_coverage
 
     data = label_coverage(workspace(ws_path), rater)
     if json_out:

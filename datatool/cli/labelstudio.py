@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import JsonOpt, WorkspaceOpt, err, guarded, labelstudio_app, out, print_json, \
+from datatool.cli.common import JsonOpt, WorkspaceOpt, err, guarded, labelstudio_app, out, print_json, \
     print_sync_report, \
     progress_bar, sync_app, workspace
 
@@ -50,7 +50,7 @@ def push(
 ):
     """Put images into the rater's own Label Studio project (made on first use), one task per
     image not yet there. Re-running adds nothing. One project per rater: double-blind."""
-    from ..sync_labelstudio import push as run_push
+    from datatool.labels.labelstudio.sync import push as run_push
 
     ids = [p for p in images.split(",") if p.strip()] if images else None
     result = run_push(workspace(ws_path), rater, url=url, token=token, title=title,
@@ -105,7 +105,7 @@ def sync_labelstudio(
     image (nothing when unchanged). Exit code 1 when a task was rejected (one line each on
     stderr); skipped and unlabelled tasks are noted.
     """
-    from ..sync_labelstudio import sync_from_export, sync_from_server
+    from datatool.labels.labelstudio.sync import sync_from_export, sync_from_server
 
     ws = workspace(ws_path)
     if export is None and (dicom_root is not None or field is not None):

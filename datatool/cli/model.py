@@ -10,8 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
     TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .common import _fmt as fmt
-from .common import JsonOpt, WorkspaceOpt, app, err, guarded, out, print_json, progress_bar, \
+from datatool.cli.common import _fmt as fmt
+from datatool.cli.common import JsonOpt, WorkspaceOpt, app, err, guarded, out, print_json, progress_bar, \
     workspace
 
 
@@ -43,7 +43,7 @@ def train(
 ):
     """Train the Triplet Attention Net on a split's reference labels; the run, its history and
     checkpoints are recorded. Runs under torchrun with DistributedDataParallel as well."""
-    from ..training import TrainConfig, train as run_train, train_cv
+    from datatool.learning.training import TrainConfig, train as run_train, train_cv
 
     if fold is not None and cv is not None:
         raise typer.BadParameter("use --fold K or --cv N, not both")
@@ -116,7 +116,7 @@ def score(
     """Score a run like the study: per structure IoU, Dice, precision, recall, F1 (mean ± SD,
     median (P25, P75)), pooled IoU and Dice, ANOVA with Bonferroni pairs, inference time,
     loss curves, IoU plots and overlays."""
-    from ..scoring import score_cv, score_run
+    from datatool.learning.scoring import score_cv, score_run
 
     ws = workspace(ws_path)
     if cv:
@@ -179,7 +179,7 @@ def score(
 @guarded
 def runs(json_out: bool = JsonOpt, ws_path: Optional[Path] = WorkspaceOpt):
     """List training runs."""
-    from ..training import list_runs
+    from datatool.learning.training import list_runs
 
     rows = list_runs(workspace(ws_path))
     if json_out:

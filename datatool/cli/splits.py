@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import JsonOpt, WorkspaceOpt, err, guarded, out, print_json, split_app, workspace
+from datatool.cli.common import JsonOpt, WorkspaceOpt, err, guarded, out, print_json, split_app, workspace
 
 
 def _print_split(info: dict) -> None:
@@ -46,7 +46,7 @@ def split_create(
     ws_path: Optional[Path] = WorkspaceOpt,
 ):
     """Assign whole patients to train/val/test (and folds) and freeze it with a content hash."""
-    from ..splits import create_split
+    from datatool.learning.splits import create_split
 
     info = create_split(workspace(ws_path), name, ratios=ratios, folds=folds, seed=seed,
                         stratify=stratify, reference=reference)
@@ -57,7 +57,7 @@ def split_create(
 @guarded
 def split_show(name: str, json_out: bool = JsonOpt, ws_path: Optional[Path] = WorkspaceOpt):
     """Patients and images per set and fold, with sex and side balance."""
-    from ..splits import show_split
+    from datatool.learning.splits import show_split
 
     info = show_split(workspace(ws_path), name)
     print_json(info) if json_out else _print_split(info)
@@ -68,7 +68,7 @@ def split_show(name: str, json_out: bool = JsonOpt, ws_path: Optional[Path] = Wo
 def split_check(name: str, json_out: bool = JsonOpt, ws_path: Optional[Path] = WorkspaceOpt):
     """No patient in two sets or folds, every image with a reference label, hash intact.
     Exit code 1 when a problem is found."""
-    from ..splits import check_split
+    from datatool.learning.splits import check_split
 
     result = check_split(workspace(ws_path), name)
     if json_out:
@@ -96,7 +96,7 @@ def split_export(
 ):
     """Write the split for training elsewhere: an nnU-Net v2 dataset folder or a CSV manifest,
     with the images and their reference labels as PNG."""
-    from ..splits import export_split
+    from datatool.learning.splits import export_split
 
     result = export_split(workspace(ws_path), name, fmt, out_dir)
     if json_out:

@@ -1,0 +1,1 @@
+"""Inter-rater agreement, consensus labels, metrics and plots."""

@@ -1,0 +1,95 @@
+"""``datatool consensus``: one reference label per image, made from the raters' labels.
+
+Methods: ``staple`` (SimpleITK's multi-label STAPLE, which weighs each rater by estimated
+performance), ``majority`` (label voting; with two raters a pixel they disagree on is a tie,
+and ties go to background, so two raters' majority is their per-structure intersection), and
+``rater:NAME`` (that rater's labels taken as the reference). The result is stored as
+annotations of rater ``consensus:METHOD`` (kind ``consensus``, source ``consensus``), versioned
+like any other: running it again after no change is a no-op. Training uses these labels.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+from sqlalchemy import select
+
+from datatool.labels.annotations import get_rater, latest_annotations_query, store_annotation
+from datatool.core.catalogue import Annotation, Image, Rater, audit
+from datatool.core.errors import DatatoolError, UsageError
+from datatool.core.protocol import load_protocol
+from datatool.core.workspace import Workspace
+
+METHODS = ("staple", "majority")
+
+
+def consensus_rater_name(method: str) -> str:
+    return f"consensus:{method}"
+
+
+def fuse(masks: list[np.ndarray], method: str) -> np.ndarray:
+    """Fuse label maps (2D uint8) into one; undecided pixels are background (0)."""
+    if len(masks) == 1:
+        return masks[0].copy()
+    images = [sitk.GetImageFromArray(m.astype(np.uint8)) for m in masks]
+    if method == "staple":
+        fused = sitk.MultiLabelSTAPLE(images, 0)
+    elif method == "majority":
+        fused = sitk.LabelVoting(images, 0)
+    else:
+        raise UsageError(f"unknown fusion method {method!r}")
+    return sitk.GetArrayFromImage(fused).astype(np.uint8)
+
+
+def make_consensus(ws: Workspace, method: str, raters: list[str] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
+    """Make (or update) the reference label of every image with enough rater labels."""
+    protocol = load_protocol(ws.protocol_name)
+    single = method.startswith("rater:")
+    if not single and method not in METHODS:
+        raise UsageError(f"--method must be staple, majority or rater:NAME, not {method!r}")
+    with ws.session() as s:
+        if single:
+            sources = [get_rater(s, method.split(":", 1)[1])]
+        elif raters:
+            sources = [get_rater(s, r) for r in raters]
+        else:
+            sources = list(s.scalars(select(Rater).where(Rater.kind == "human")
+                                     .order_by(Rater.name)))
+        needed = 1 if single else 2
+        if len(sources) < needed:
+            raise DatatoolError(f"consensus by {method} needs labels of at least {needed} "
+                                f"raters; {len(sources)} registered (datatool rater add)")
+        latest = list(s.scalars(latest_annotations_query([r.id for r in sources])))
+        target = s.scalar(select(Rater).where(Rater.name == consensus_rater_name(method)))
+        if target is None:
+            target = Rater(name=consensus_rater_name(method), kind="consensus")
+            s.add(target)
+            s.flush()
+        target_id = target.id
+    by_image: dict[int, list[Annotation]] = {}
+    for ann in latest:
+        by_image.setdefault(ann.image_id, []).append(ann)
+    todo = sorted(i for i, anns in by_image.items() if len(anns) >= needed)
+    skipped = len(by_image) - len(todo)
+    created = unchanged = 0
+    for done, image_id in enumerate(todo, start=1):
+        anns = sorted(by_image[image_id], key=lambda a: a.rater_id)
+        fused = fuse([ws.store.get_array(a.mask_hash) for a in anns],
+                     "staple" if single else method)
+        ref = ", ".join(f"annotation {a.id} (v{a.version})" for a in anns)
+        with ws.session() as s:
+            stored = store_annotation(s, ws.store, s.get(Image, image_id), s.get(Rater, target_id),
+                                      fused, "consensus", f"{method} of {ref}", protocol)
+        created += stored.created
+        unchanged += not stored.created
+        if progress:
+            progress(done, len(todo))
+    with ws.session() as s:
+        audit(s, "consensus", "consensus", method=method, images=len(todo), new_versions=created,
+              unchanged=unchanged, raters=[r.name for r in sources])
+    return {"method": method, "reference_rater": consensus_rater_name(method),
+            "raters": [r.name for r in sources], "images": len(todo), "new_versions": created,
+            "unchanged": unchanged, "skipped_too_few_raters": skipped}

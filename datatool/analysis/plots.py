@@ -1,0 +1,112 @@
+"""Figures as PNG files (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from datatool.core.atomic import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bland_altman_png(path: Path, a, b, stats: dict, title: str, unit: str,
+                     labels: tuple[str, str]) -> Path:
+    """Difference (a - b) against the mean of the two, with bias and 95 % limits."""
+    plt = _pyplot()
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    mean, diff = (a + b) / 2, a - b
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    ax.scatter(mean, diff, s=14, alpha=0.6, color="#1f5fa8", edgecolors="none")
+    for y, style, text in ((stats["bias"], "-", "bias"), (stats["loa_high"], "--", "+1.96 SD"),
+                           (stats["loa_low"], "--", "-1.96 SD")):
+        ax.axhline(y, color="#c0392b", linestyle=style, linewidth=1)
+        ax.annotate(f"{text} {y:.2f}", xy=(1.0, y), xycoords=("axes fraction", "data"),
+                    xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8,
+                    color="#c0392b")
+    ax.axhline(0, color="#888888", linewidth=0.6)
+    ax.set_xlabel(f"mean of {labels[0]} and {labels[1]} ({unit})")
+    ax.set_ylabel(f"{labels[0]} - {labels[1]} ({unit})")
+    ax.set_title(f"{title} (n = {stats['n']})")
+    fig.subplots_adjust(left=0.13, right=0.97, top=0.92, bottom=0.12)  # tight_layout: slow
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def loss_curve_png(path: Path, epochs: list[tuple[int, float, float | None]], title: str) -> Path:
+    """Training and validation loss per epoch."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    x = [e + 1 for e, _, _ in epochs]
+    ax.plot(x, [t for _, t, _ in epochs], marker="o", markersize=3, label="training")
+    if any(v is not None for _, _, v in epochs):
+        ax.plot(x, [v for _, _, v in epochs], marker="o", markersize=3, label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title(f"Loss per epoch, {title}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def iou_box_png(path: Path, table, names: list[str]) -> Path:
+    """Per-image IoU per structure: violins with a box plot inside."""
+    plt = _pyplot()
+    data = [table.loc[table["structure"] == n, "iou"].to_numpy() for n in names]
+    keep = [(n, d) for n, d in zip(names, data) if len(d)]
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=110)
+    if keep:
+        pos = list(range(1, len(keep) + 1))
+        parts = ax.violinplot([d for _, d in keep], positions=pos, showextrema=False)
+        for body in parts["bodies"]:
+            body.set_alpha(0.35)
+        ax.boxplot([d for _, d in keep], positions=pos, widths=0.15, showfliers=True)
+        ax.set_xticks(pos, [n for n, _ in keep], rotation=15)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("IoU per image")
+    ax.set_title("IoU per structure")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def overlays_png(path: Path, picks: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+                 protocol) -> Path:
+    """Image with the reference (solid) and predicted (dashed) outlines of each structure.
+    ``picks``: (title, image, reference classes, predicted classes)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.6), dpi=110)
+    axes = np.atleast_1d(axes)
+    for ax, (title, image, ref, pred) in zip(axes, picks):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        for c, s in enumerate(protocol.structures, start=1):
+            colour = tuple(v / 255 for v in s.color)
+            for mask, style in ((ref, "solid"), (pred, "dashed")):
+                if (mask == c).any():
+                    ax.contour(mask == c, levels=[0.5], colors=[colour], linestyles=style,
+                               linewidths=1.0)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.suptitle("reference: solid, prediction: dashed", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

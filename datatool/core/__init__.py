@@ -1,0 +1,1 @@
+"""The workspace core: workspace, catalogue, store, atomic writes, label protocols, errors."""

@@ -1,0 +1,137 @@
+"""The optional clinical table (``datatool ingest-clinical``) and the cohort description
+(``datatool cohort``) that a study's first table reports."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from datatool.ingest import deid
+from datatool.core.catalogue import Image, Patient, Series, Study, audit
+from datatool.core.errors import DatatoolError
+from datatool.core.workspace import Workspace
+
+ID_COLUMNS = ("patient_id", "PatientID", "patientid", "mrn")
+
+
+@dataclass
+class ClinicalReport:
+    rows: int = 0
+    updated: int = 0
+    created: int = 0
+    unchanged: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.rejected else 0
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, "updated": self.updated, "created": self.created,
+                "unchanged": self.unchanged, "exit_code": self.exit_code,
+                "rejected": [{"where": w, "reason": r} for w, r in self.rejected]}
+
+
+def _parse_row(row: dict) -> dict:
+    """Validated clinical values of one CSV row; raises ValueError with the reason."""
+    out: dict = {}
+    sex = (row.get("sex") or "").strip()
+    if sex:
+        out["sex"] = deid.normalise_sex(sex)
+        if out["sex"] is None:
+            raise ValueError(f"sex {sex!r} is not F, M or O")
+    for column, name, cast, lo, hi in (("age", "age_years", int, 0, 130),
+                                       ("bmi", "bmi", float, 8.0, 100.0),
+                                       ("asa", "asa_class", int, 1, 6)):
+        text = (row.get(column) or "").strip()
+        if not text:
+            continue
+        if column == "asa":
+            text = text.upper().removeprefix("ASA").strip()
+            text = {"I": "1", "II": "2", "III": "3", "IV": "4", "V": "5", "VI": "6"}.get(text, text)
+        try:
+            value = cast(float(text)) if cast is int else cast(text)
+        except ValueError:
+            raise ValueError(f"{column} {text!r} is not a number") from None
+        if not lo <= value <= hi or (isinstance(value, float) and math.isnan(value)):
+            raise ValueError(f"{column} {value} is outside {lo}..{hi}")
+        out[name] = min(value, deid.MAX_AGE) if column == "age" else value
+    return out
+
+
+def ingest_clinical(ws: Workspace, csv_path: Path) -> ClinicalReport:
+    """Add sex, age, BMI and ASA class from a CSV keyed by the original patient ID. The ID is
+    turned into the pseudonym on the way in and kept nowhere."""
+    report = ClinicalReport()
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        id_column = next((c for c in ID_COLUMNS if c in (reader.fieldnames or [])), None)
+        if id_column is None:
+            raise DatatoolError(f"{csv_path}: no patient ID column (one of "
+                                f"{', '.join(ID_COLUMNS)}); columns: sex, age, bmi, asa")
+        parsed = []
+        for line, row in enumerate(reader, start=2):
+            report.rows += 1
+            pid = (row.get(id_column) or "").strip()
+            where = f"{csv_path.name}:{line}"
+            if not pid:
+                report.rejected.append((where, "empty patient ID"))
+                continue
+            try:
+                parsed.append((deid.pseudonym_for(ws.key, pid), _parse_row(row)))
+            except ValueError as exc:
+                report.rejected.append((where, str(exc)))
+    with ws.session() as s:
+        for pseudonym, values in parsed:
+            patient = s.scalar(select(Patient).where(Patient.pseudonym == pseudonym))
+            if patient is None:
+                s.add(Patient(pseudonym=pseudonym, **values))
+                report.created += 1
+                continue
+            changed = {k: v for k, v in values.items() if getattr(patient, k) != v}
+            for k, v in changed.items():
+                setattr(patient, k, v)
+            report.updated += bool(changed)
+            report.unchanged += not changed
+        audit(s, "ingest-clinical", "clinical", rows=report.rows, created=report.created,
+              updated=report.updated, rejected=len(report.rejected))
+    return report
+
+
+def cohort(ws: Workspace, imaged_only: bool = True) -> dict:
+    """n, sex, age mean ± SD (range), BMI range, ASA counts, images per patient."""
+    with ws.session() as s:
+        query = select(Patient, func.count(Image.id)).outerjoin(
+            Study, Study.patient_id == Patient.id).outerjoin(
+            Series, Series.study_id == Study.id).outerjoin(
+            Image, Image.series_id == Series.id).group_by(Patient.id)
+        rows = [(p, n) for p, n in s.execute(query).all() if n or not imaged_only]
+    n = len(rows)
+    sexes = [p.sex for p, _ in rows]
+    ages = [p.age_years for p, _ in rows if p.age_years is not None]
+    bmis = [p.bmi for p, _ in rows if p.bmi is not None]
+    asa = [p.asa_class for p, _ in rows if p.asa_class is not None]
+    images = [k for _, k in rows]
+
+    def mean_sd(values: list[float]) -> dict | None:
+        if not values:
+            return None
+        m = sum(values) / len(values)
+        sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        return {"mean": m, "sd": sd, "min": min(values), "max": max(values), "n": len(values)}
+
+    return {
+        "patients": n,
+        "female": sexes.count("F"), "male": sexes.count("M"),
+        "sex_unknown": n - sexes.count("F") - sexes.count("M"),
+        "female_pct": 100.0 * sexes.count("F") / n if n else None,
+        "age": mean_sd([float(a) for a in ages]),
+        "bmi": mean_sd(bmis),
+        "asa": {str(k): asa.count(k) for k in sorted(set(asa))},
+        "images": sum(images),
+        "images_per_patient": mean_sd([float(k) for k in images]),
+    }

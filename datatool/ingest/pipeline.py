@@ -1,0 +1,417 @@
+"""``datatool ingest``: DICOM files in, de-identified images and catalogue rows out.
+
+The way of one file: read its bytes once (SHA-256 over them), skip it if those bytes are
+already catalogued, parse and validate the header, pseudonymise, decode the chosen frames to
+8-bit grayscale, blank everything outside the ultrasound regions, put the frames in the store
+(atomic, content-addressed) and then write all its catalogue rows in one transaction. Workers
+(processes) do everything up to the store; the parent alone writes the catalogue. An
+interrupted run leaves whole files or nothing in the catalogue (store objects without rows are
+harmless and reused), so a re-run completes the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import pydicom
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from datatool.ingest import deid
+from datatool.core.catalogue import Image, Patient, Series, SourceFile, Study, audit
+from datatool.ingest.dicom import BadDicom, calibration, decode_frame, frame_indices, n_frames, read_dataset, \
+    ultrasound_regions
+from datatool.core.store import Store
+from datatool.core.workspace import Workspace
+
+US_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image Storage
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image Storage
+    "1.2.840.10008.5.1.4.1.1.6",  # retired
+    "1.2.840.10008.5.1.4.1.1.3",  # retired
+}
+SKIPPED_NAMES = {"DICOMDIR"}
+BATCH_SECONDS = 1.0  # a batch is committed at the latest this long after the last commit  # the index of a DICOMDIR tree; its files are found by walking
+
+
+@dataclass
+class Options:
+    frames: str = "auto"
+    allow_burned_in: bool = False
+
+
+@dataclass
+class FileResult:
+    """What a worker found out about one file (no identity leaves the worker)."""
+
+    path: str
+    kind: str  # known | rejected | quarantined | decoded
+    sha256: str = ""
+    size: int = 0
+    reason: str = ""
+    meta: dict = field(default_factory=dict)
+    frames: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class IngestReport:
+    files_seen: int = 0
+    ingested: int = 0  # files newly catalogued
+    images_added: int = 0
+    already_present: int = 0
+    skipped: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
+    conflicts: list[tuple[str, str]] = field(default_factory=list)
+    frames_mode: str = "auto"
+
+    @property
+    def ok(self) -> bool:
+        return not (self.rejected or self.quarantined or self.conflicts)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        for name in ("rejected", "quarantined", "conflicts"):
+            out[name] = [{"file": p, "reason": r} for p, r in out[name]]
+        out["exit_code"] = self.exit_code
+        return out
+
+
+# --------------------------------------------------------------------------- file discovery
+
+def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Every file under the given files and folders, sorted, without hidden files and the
+    DICOMDIR index itself. A path that does not exist raises FileNotFoundError."""
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        if path.is_file():
+            yield path
+            continue
+        for folder, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if not name.startswith("."):
+                    yield Path(folder) / name
+
+
+# --------------------------------------------------------------------------- worker side
+
+_worker: dict = {}
+
+
+def _init_worker(key: bytes, store_root: str, options: Options, known: frozenset[str]) -> None:
+    # pydicom's validation warnings quote header values, which may be identifying: a worker
+    # never prints them (a bad file is reported by its one-line reason instead).
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    warnings.simplefilter("ignore")
+    _worker.update(key=key, store=Store(Path(store_root)), options=options, known=known)
+
+
+def process_file(path: str) -> FileResult:
+    """Read, validate, de-identify, decode and store one file (runs in a worker)."""
+    key: bytes = _worker["key"]
+    options: Options = _worker["options"]
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return FileResult(path, "rejected", reason=f"cannot read ({exc.strerror or exc})")
+    sha = hashlib.sha256(data).hexdigest()
+    if sha in _worker["known"]:
+        return FileResult(path, "known", sha, len(data))
+    try:
+        ds = read_dataset(data)
+        meta = clean_metadata(ds, key)
+        meta["path_key"] = deid.path_key(key, str(Path(path).resolve()))
+        regions = ultrasound_regions(ds)
+        meta["regions"] = [r.as_dict() for r in regions]
+        meta["mm_per_px_x"], meta["mm_per_px_y"] = calibration(regions)
+        # decode first: an undecodable file is rejected, never merely quarantined
+        decoded = [(i, decode_frame(ds, i)) for i in frame_indices(meta["n_frames"], options.frames)]
+        burned = burned_in(ds)
+        if burned and not regions:
+            if not options.allow_burned_in:
+                return FileResult(path, "quarantined", sha, len(data), meta=meta, reason=(
+                    "pixels may hold burned-in identity and there is no ultrasound region to "
+                    "keep: quarantined (check the image, then re-run with --allow-burned-in)"))
+            meta["pixel_handling"] = "kept_burned_in_allowed"
+        elif burned:
+            meta["pixel_handling"] = "blanked_outside_regions"
+        else:
+            meta["pixel_handling"] = "not_burned_in"
+        frames = []
+        store: Store = _worker["store"]
+        for index, gray in decoded:
+            if meta["pixel_handling"] == "blanked_outside_regions":
+                gray = deid.blank_outside_regions(gray, meta["regions"])
+            frames.append({"index": index, "hash": store.put_array(gray),
+                           "rows": int(gray.shape[0]), "cols": int(gray.shape[1])})
+    except BadDicom as exc:
+        return FileResult(path, "rejected", sha, len(data), reason=str(exc))
+    return FileResult(path, "decoded", sha, len(data), meta=meta, frames=frames)
+
+
+def burned_in(ds) -> bool:
+    """Ultrasound counts as burned-in unless BurnedInAnnotation is NO; other modalities
+    only when they say YES."""
+    flag = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if str(ds.SOPClassUID) in US_SOP_CLASSES or str(ds.get("Modality", "")).upper() == "US":
+        return flag != "NO"
+    return flag == "YES"
+
+
+def patient_identity(ds) -> str:
+    """What makes a patient the same patient: PatientID, else name + birth date, else the
+    study (one pseudonymous patient per study)."""
+    pid = str(ds.get("PatientID", "") or "").strip()
+    if pid:
+        return pid
+    name = str(ds.get("PatientName", "") or "").strip()
+    if name:
+        return f"name:{name}|{ds.get('PatientBirthDate', '')}"
+    return f"study:{ds.get('StudyInstanceUID', '')}"
+
+
+def clean_metadata(ds, key: bytes) -> dict:
+    """The allow-listed, de-identified attributes the catalogue keeps for one file."""
+    identity = patient_identity(ds)
+    shift = deid.date_shift_days(key, identity)
+    study_date = ds.get("StudyDate") or ds.get("ContentDate") or ds.get("AcquisitionDate")
+    study_uid = str(ds.get("StudyInstanceUID", "") or f"nostudy:{identity}")
+    series_uid = str(ds.get("SeriesInstanceUID", "") or f"noseries:{study_uid}")
+    side = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or "").strip().upper()
+    return {
+        "pseudonym": deid.pseudonym_for(key, identity),
+        "sex": deid.normalise_sex(ds.get("PatientSex")),
+        "age": deid.age_at_exam(ds.get("PatientAge"), ds.get("PatientBirthDate"), study_date),
+        "study_uid": deid.uid_for(key, study_uid),
+        "study_date": deid.shifted_date(study_date, shift),
+        "series_uid": deid.uid_for(key, series_uid),
+        "sop_uid": deid.uid_for(key, str(ds.SOPInstanceUID)),
+        "sop_class_uid": str(ds.SOPClassUID),
+        "modality": _clip(ds.get("Modality"), 16),
+        "side": side if side in ("L", "R") else None,
+        "manufacturer": _clip(ds.get("Manufacturer"), 64),
+        "model_name": _clip(ds.get("ManufacturerModelName"), 64),
+        "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
+        "photometric": _clip(ds.get("PhotometricInterpretation"), 32),
+        "bits_allocated": int(ds.BitsAllocated),
+        "n_frames": n_frames(ds),
+    }
+
+
+def _clip(value: object, size: int) -> str | None:
+    text = str(value or "").strip()
+    return text[:size] or None
+
+
+# --------------------------------------------------------------------------- parent side
+
+def known_hashes(session: Session) -> frozenset[str]:
+    """Files whose bytes need no second look (quarantined ones are looked at again, since
+    --allow-burned-in may now let them in)."""
+    rows = session.scalars(select(SourceFile.sha256).where(SourceFile.status != "quarantined"))
+    return frozenset(rows)
+
+
+class CatalogueBatch:
+    """Writes a batch of worker results in one transaction.
+
+    Lookups for the whole batch are made up front (one query per kind, not per file), and
+    patients, studies and series are cached for the transaction, which on SQLite holds the
+    write lock (BEGIN IMMEDIATE), so nobody else can add them meanwhile. On PostgreSQL a
+    concurrent ingest can still win a race on a unique key: the caller retries the batch.
+    """
+
+    def __init__(self, session: Session, results: list[FileResult]):
+        self.session = session
+        shas = [r.sha256 for r in results]
+        uids = [r.meta["sop_uid"] for r in results if r.meta]
+        self.by_sha = {f.sha256: f for f in session.scalars(
+            select(SourceFile).where(SourceFile.sha256.in_(shas)))} if shas else {}
+        self.ingested_uids = set(session.scalars(select(SourceFile.sop_uid).where(
+            SourceFile.sop_uid.in_(uids), SourceFile.status == "ingested"))) if uids else set()
+        self.patients: dict[str, Patient] = {}
+        self.studies: dict[str, Study] = {}
+        self.series: dict[str, Series] = {}
+
+    def record(self, result: FileResult) -> tuple[str, str]:
+        """Add one result's rows; returns its outcome (``ingested``, ``already_present``,
+        ``quarantined``, ``conflict``) and reason, to be counted once the batch commits."""
+        meta = result.meta
+        existing = self.by_sha.get(result.sha256)
+        if result.kind == "quarantined":
+            if existing is None:
+                self._add_source(result, status="quarantined", reason=result.reason)
+            return "quarantined", result.reason
+        if existing is not None and existing.status != "quarantined":
+            return "already_present", ""  # another ingest, or this batch, got there first
+        if meta["sop_uid"] in self.ingested_uids:
+            reason = ("conflict: this SOP Instance UID is already catalogued with different "
+                      "bytes; the new version is kept aside, nothing was overwritten")
+            self._add_source(result, status="conflict", reason=reason,
+                             aside=[f["hash"] for f in result.frames])
+            return "conflict", reason
+        series = self._series_for(meta)
+        if existing is not None:  # a quarantined file now let in
+            source = existing
+            source.status, source.reason = "ingested", None
+        else:
+            source = self._add_source(result, status="ingested")
+        self.ingested_uids.add(meta["sop_uid"])
+        self.session.add_all(
+            Image(series=series, source_file=source, frame_index=f["index"],
+                  store_hash=f["hash"], rows=f["rows"], cols=f["cols"],
+                  mm_per_px_x=meta["mm_per_px_x"], mm_per_px_y=meta["mm_per_px_y"],
+                  regions=meta["regions"], pixel_handling=meta["pixel_handling"])
+            for f in result.frames)
+        return "ingested", ""
+
+    def _add_source(self, result: FileResult, status: str, reason: str | None = None,
+                    aside: list | None = None) -> SourceFile:
+        meta = result.meta
+        source = SourceFile(sha256=result.sha256, size=result.size, path_key=meta["path_key"],
+                            sop_uid=meta["sop_uid"], sop_class_uid=meta["sop_class_uid"],
+                            transfer_syntax=meta["transfer_syntax"],
+                            photometric=meta["photometric"],
+                            bits_allocated=meta["bits_allocated"], n_frames=meta["n_frames"],
+                            status=status, reason=reason, aside=aside)
+        self.session.add(source)
+        self.by_sha[result.sha256] = source
+        return source
+
+    def _series_for(self, meta: dict) -> Series:
+        s = self.session
+        series = self.series.get(meta["series_uid"]) or s.scalar(
+            select(Series).where(Series.uid == meta["series_uid"]))
+        if series is not None:
+            self.series[meta["series_uid"]] = series
+            return series
+        study = self.studies.get(meta["study_uid"]) or s.scalar(
+            select(Study).where(Study.uid == meta["study_uid"]))
+        if study is None:
+            patient = self.patients.get(meta["pseudonym"]) or s.scalar(
+                select(Patient).where(Patient.pseudonym == meta["pseudonym"]))
+            if patient is None:
+                patient = Patient(pseudonym=meta["pseudonym"], sex=meta["sex"],
+                                  age_years=meta["age"])
+                s.add(patient)
+            else:
+                patient.sex = patient.sex or meta["sex"]
+                if patient.age_years is None:
+                    patient.age_years = meta["age"]
+            self.patients[meta["pseudonym"]] = patient
+            study = Study(patient=patient, uid=meta["study_uid"], study_date=meta["study_date"],
+                          age_at_exam=meta["age"])
+            s.add(study)
+        self.studies[meta["study_uid"]] = study
+        series = Series(study=study, uid=meta["series_uid"], modality=meta["modality"],
+                        side=meta["side"], manufacturer=meta["manufacturer"],
+                        model_name=meta["model_name"])
+        s.add(series)
+        self.series[meta["series_uid"]] = series
+        return series
+
+
+def record_batch(ws: Workspace, results: list[FileResult], report: IngestReport) -> None:
+    """Write a batch in one transaction and count its outcomes once it has committed. On a
+    unique-key race with a concurrent ingest (PostgreSQL; SQLite serialises writers) the batch
+    is rolled back and written again against what the other ingest committed."""
+    for attempt in range(3):
+        try:
+            with ws.session() as session, session.no_autoflush:
+                # no autoflush: the batch's own caches know what it has added
+                batch = CatalogueBatch(session, results)
+                outcomes = [batch.record(r) for r in results]
+            break
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    for result, (outcome, reason) in zip(results, outcomes):
+        if outcome == "ingested":
+            report.ingested += 1
+            report.images_added += len(result.frames)
+        elif outcome == "already_present":
+            report.already_present += 1
+        elif outcome == "quarantined":
+            report.quarantined.append((result.path, reason))
+        else:
+            report.conflicts.append((result.path, reason))
+
+
+def ingest(ws: Workspace, paths: Iterable[Path], *, workers: int | None = None,
+           frames: str = "auto", allow_burned_in: bool = False,
+           progress: Callable[[int, int], None] | None = None,
+           batch_size: int = 64, command: str = "ingest") -> IngestReport:
+    """Ingest files and folders into the workspace; see the module docstring.
+
+    ``workers`` processes decode (default: all cores) while this process writes the
+    catalogue, ``batch_size`` files per transaction (or what arrived within a second);
+    ``workers=0`` does everything in this process."""
+    frame_indices(1, frames)  # validates the mode before any work
+    options = Options(frames=frames, allow_burned_in=allow_burned_in)
+    report = IngestReport(frames_mode=frames)
+    files: list[str] = []
+    for path in iter_files(paths):
+        if path.name in SKIPPED_NAMES:
+            report.skipped += 1
+        else:
+            files.append(str(path))
+    report.files_seen = len(files)
+    with ws.session() as session:
+        known = known_hashes(session)
+    init_args = (ws.key, str(ws.store.root), options, known)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    workers = max(0, min(workers, len(files)))
+
+    def results() -> Iterator[FileResult]:
+        if workers == 0:  # in this process: keep its warning and validation settings as found
+            mode = pydicom.config.settings.reading_validation_mode
+            with warnings.catch_warnings():
+                _init_worker(*init_args)
+                try:
+                    yield from map(process_file, files)
+                finally:
+                    pydicom.config.settings.reading_validation_mode = mode
+            return
+        ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+            yield from pool.imap_unordered(process_file, files, chunksize=4)
+
+    done, pending, last_commit = 0, [], time.monotonic()
+    for result in results():
+        if result.kind == "known":
+            report.already_present += 1
+        elif result.kind == "rejected":
+            report.rejected.append((result.path, result.reason))
+        else:
+            pending.append(result)
+        if pending and (len(pending) >= batch_size
+                        or time.monotonic() - last_commit > BATCH_SECONDS):
+            record_batch(ws, pending, report)
+            pending, last_commit = [], time.monotonic()
+        done += 1
+        if progress:
+            progress(done, len(files))
+    if pending:
+        record_batch(ws, pending, report)
+    with ws.session() as session:
+        audit(session, command, "ingest", files=report.files_seen, ingested=report.ingested,
+              images_added=report.images_added, already_present=report.already_present,
+              rejected=len(report.rejected), quarantined=len(report.quarantined),
+              conflicts=len(report.conflicts), frames=frames, allow_burned_in=allow_burned_in)
+    return report

@@ -1,0 +1,188 @@
+"""Raters and versioned annotations.
+
+An annotation is one rater's label map for one image, stored as a lossless mask in the store.
+Versions form one chain per (image, rater): storing a map identical to the rater's latest
+version is a no-op; a different map becomes the next version. Nothing is ever overwritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from datatool.core.catalogue import Annotation, Image, Rater, StructureStats, audit, utcnow
+from datatool.core.errors import DatatoolError, UsageError
+from datatool.labels.masks import structure_stats
+from datatool.core.protocol import Protocol, load_protocol
+from datatool.core.store import Store
+from datatool.core.workspace import Workspace
+
+SOURCES = ("itksnap", "labelstudio", "model", "consensus")
+RATER_KINDS = ("human", "consensus", "model")
+
+
+def add_rater(ws: Workspace, name: str, kind: str = "human") -> tuple[Rater, bool]:
+    """Register a rater; returns (rater, created). Registering twice changes nothing."""
+    name = name.strip()
+    if not name or len(name) > 64 or any(c in name for c in "/\\\n\t,"):
+        raise UsageError(f"rater name {name!r} must be 1-64 characters without / \\ , or tabs")
+    if kind not in RATER_KINDS:
+        raise UsageError(f"rater kind must be one of {', '.join(RATER_KINDS)}")
+    with ws.session() as s:
+        rater = s.scalar(select(Rater).where(Rater.name == name))
+        if rater is not None:
+            return rater, False
+        rater = Rater(name=name, kind=kind)
+        s.add(rater)
+        audit(s, "rater add", "rater", name=name, kind=kind)
+    return rater, True
+
+
+def get_rater(session: Session, name: str) -> Rater:
+    rater = session.scalar(select(Rater).where(Rater.name == name))
+    if rater is None:
+        raise DatatoolError(f"rater {name!r} is not registered: run 'datatool rater add {name}'")
+    return rater
+
+
+def list_raters(ws: Workspace) -> list[dict]:
+    with ws.session() as s:
+        rows = s.execute(select(Rater, func.count(func.distinct(Annotation.image_id)))
+                         .outerjoin(Annotation, Annotation.rater_id == Rater.id)
+                         .group_by(Rater.id).order_by(Rater.name)).all()
+    return [{"name": r.name, "kind": r.kind, "images_labelled": n,
+             "registered": r.created_at.isoformat(timespec="seconds")} for r, n in rows]
+
+
+def latest_annotation(session: Session, image_id: int, rater_id: int) -> Annotation | None:
+    return session.scalar(select(Annotation).where(
+        Annotation.image_id == image_id, Annotation.rater_id == rater_id)
+        .order_by(Annotation.version.desc()).limit(1))
+
+
+@dataclass
+class Stored:
+    annotation_id: int
+    version: int
+    mask_hash: str
+    created: bool  # False: identical to the latest version, nothing written
+
+
+def store_annotations(session: Session, store: Store, rater: Rater,
+                      entries: list[tuple[Image, np.ndarray, str, str | None]],
+                      protocol: Protocol) -> list[Stored]:
+    """Store validated masks ``(image, mask, source, source_ref)`` as the rater's next
+    versions (a mask equal to the latest version is a no-op), with one query for the latest
+    versions and two bulk inserts, in the caller's transaction."""
+    for _, _, source, _ in entries:
+        if source not in SOURCES and not source.startswith("model:"):
+            raise ValueError(f"unknown annotation source {source!r}")
+    ids = [image.id for image, _, _, _ in entries]
+    if len(set(ids)) != len(ids):
+        raise ValueError("one batch holds two masks for the same image")
+    latest = {a.image_id: a for a in session.scalars(
+        latest_annotations_query([rater.id]).where(Annotation.image_id.in_(ids)))} if ids else {}
+    results: list[Stored | None] = []
+    rows, stats = [], []
+    for image, mask, source, ref in entries:
+        digest = store.put_array(mask)
+        old = latest.get(image.id)
+        if old is not None and old.mask_hash == digest:
+            results.append(Stored(old.id, old.version, digest, False))
+            continue
+        version = old.version + 1 if old is not None else 1
+        rows.append(dict(image_id=image.id, rater_id=rater.id, version=version, source=source,
+                         source_ref=ref, mask_hash=digest, protocol=protocol.name,
+                         created_at=utcnow()))
+        stats.append(structure_stats(mask, protocol, image.mm_per_px_x, image.mm_per_px_y))
+        results.append(None)
+    if rows:
+        new_ids = session.execute(insert(Annotation).returning(
+            Annotation.id, sort_by_parameter_order=True), rows).scalars().all()
+        session.execute(insert(StructureStats), [dict(annotation_id=i, **r) for i, st in
+                                                 zip(new_ids, stats) for r in st])
+        fresh = iter(zip(new_ids, rows))
+        for k, result in enumerate(results):
+            if result is None:
+                new_id, row = next(fresh)
+                results[k] = Stored(new_id, row["version"], row["mask_hash"], True)
+    return results  # type: ignore[return-value]
+
+
+def store_annotation(session: Session, store: Store, image: Image, rater: Rater,
+                     mask: np.ndarray, source: str, source_ref: str | None,
+                     protocol: Protocol) -> Stored:
+    """Store one validated mask as the rater's next version for the image (or do nothing if
+    it equals the latest). The caller holds the transaction."""
+    return store_annotations(session, store, rater, [(image, mask, source, source_ref)],
+                             protocol)[0]
+
+
+@dataclass
+class SyncReport:
+    """What a sync (ITK-SNAP files, a Label Studio project or export) did."""
+
+    source: str
+    rater: str
+    seen: int = 0  # label files or tasks looked at
+    new_versions: int = 0
+    unchanged: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (file or task, reason)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # reported, not errors
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.rejected else 0
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "rater": self.rater, "seen": self.seen,
+                "new_versions": self.new_versions, "unchanged": self.unchanged,
+                "rejected": [{"item": i, "reason": r} for i, r in self.rejected],
+                "notes": [{"item": i, "note": n} for i, n in self.notes],
+                "exit_code": self.exit_code}
+
+
+def latest_annotations_query(rater_ids=None):
+    """Select the latest version of every (image, rater) chain."""
+    newest = (select(Annotation.image_id, Annotation.rater_id,
+                     func.max(Annotation.version).label("version"))
+              .group_by(Annotation.image_id, Annotation.rater_id))
+    if rater_ids is not None:
+        newest = newest.where(Annotation.rater_id.in_(rater_ids))
+    newest = newest.subquery()
+    return select(Annotation).join(newest, (Annotation.image_id == newest.c.image_id)
+                                   & (Annotation.rater_id == newest.c.rater_id)
+                                   & (Annotation.version == newest.c.version))
+
+
+def label_coverage(ws: Workspace, rater: str | None = None) -> dict:
+    """Per rater: images labelled (latest versions), versions, and per structure how many
+    images have it present or absent."""
+    protocol = load_protocol(ws.protocol_name)
+    with ws.session() as s:
+        total_images = s.scalar(select(func.count(Image.id))) or 0
+        raters = [get_rater(s, rater)] if rater else list(
+            s.scalars(select(Rater).order_by(Rater.name)))
+        result = []
+        for r in raters:
+            latest = latest_annotations_query([r.id]).subquery()
+            labelled = s.scalar(select(func.count()).select_from(latest)) or 0
+            versions = s.scalar(select(func.count(Annotation.id)).where(
+                Annotation.rater_id == r.id)) or 0
+            present = dict(s.execute(
+                select(StructureStats.structure, func.count())
+                .join(latest, StructureStats.annotation_id == latest.c.id)
+                .where(StructureStats.area_px > 0).group_by(StructureStats.structure)).all())
+            by_source = dict(s.execute(select(latest.c.source, func.count())
+                                       .group_by(latest.c.source)).all())
+            result.append({
+                "rater": r.name, "kind": r.kind, "images_labelled": labelled,
+                "images_total": total_images, "versions": versions, "sources": by_source,
+                "structures": {st.name: {"present": present.get(st.name, 0),
+                                         "absent": labelled - present.get(st.name, 0)}
+                               for st in protocol.structures},
+            })
+    return {"protocol": protocol.name, "raters": result}

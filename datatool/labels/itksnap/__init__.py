@@ -1,0 +1,1 @@
+"""ITK-SNAP: file formats (formats) and export + sync (sync)."""

@@ -1,0 +1,348 @@
+"""ITK-SNAP files: images and segmentations as NIfTI, workspace files, label maps read back.
+
+Pure functions of arrays and files, no database. Every 2D array is written and read in the
+same orientation: array row 0 is the top row of the image, column 0 its left column (index
+(x, y) of the ITK image is ``array[y, x]``; direction identity, origin 0), with the pixel
+spacing in mm so that ITK-SNAP shows true sizes (1 mm when the image is not calibrated).
+A segmentation is written exactly like its image (same size, spacing, origin, direction), as
+ITK-SNAP requires; ITK-SNAP saves it back as W x H x 1, which :func:`read_label_map` accepts.
+
+Label maps are read by content, not by name alone: a file is read with the reader of its
+extension only (a PNG renamed ``.nii.gz`` is not silently read as a PNG), and a NIfTI file
+cut short (which ITK would read, filling the rest with garbage) is refused.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+import SimpleITK as sitk
+
+from datatool.core.atomic import atomic_path, write_text_atomic
+from datatool.labels.masks import BadLabel
+from datatool.core.protocol import Protocol
+
+#: Label map file endings, longest first (``x.seg.nrrd`` is a ``.seg.nrrd``, not a ``.nrrd``).
+LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
+_FORMATS = {  # suffix -> (ITK ImageIO, name for people)
+    ".nii.gz": ("NiftiImageIO", "NIfTI"),
+    ".nii": ("NiftiImageIO", "NIfTI"),
+    ".seg.nrrd": ("NrrdImageIO", "NRRD"),
+    ".nrrd": ("NrrdImageIO", "NRRD"),
+    ".mha": ("MetaImageIO", "MetaImage"),
+    ".mhd": ("MetaImageIO", "MetaImage"),
+}
+#: The version date written into workspace files: that of ITK-SNAP 3.4's workspaces, which
+#: every later ITK-SNAP opens.
+WORKSPACE_VERSION = "20151215"
+_HEAD_BYTES = 4096
+
+
+def label_suffix(name: str) -> str | None:
+    """The label map ending of a file name (case-insensitive, returned lower-case), or None."""
+    lower = name.lower()
+    for suffix in LABEL_SUFFIXES:
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            return suffix
+    return None
+
+
+def strip_label_suffix(name: str) -> str:
+    suffix = label_suffix(name)
+    return name[: -len(suffix)] if suffix else name
+
+
+def spacing_mm(mm_per_px_x: float | None, mm_per_px_y: float | None) -> tuple[float, float]:
+    """(x, y) pixel spacing in mm; (1.0, 1.0) when the image is not calibrated."""
+    if mm_per_px_x and mm_per_px_y:
+        return float(mm_per_px_x), float(mm_per_px_y)
+    return 1.0, 1.0
+
+
+# --------------------------------------------------------------------------- writing
+
+def _write_2d(path: Path, array: np.ndarray, spacing: tuple[float, float]) -> None:
+    array = np.asarray(array)
+    if array.ndim != 2 or array.dtype != np.uint8:
+        raise ValueError(f"expected a 2D uint8 array, got {array.dtype} {array.shape}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))  # size (W, H)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetOrigin((0.0, 0.0))
+    with atomic_path(Path(path)) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
+
+
+def write_image(path: Path, pixels: np.ndarray, spacing: tuple[float, float]) -> None:
+    """Write a 2D 8-bit grayscale image as (compressed) NIfTI, atomically. The same pixels
+    and spacing give the same bytes."""
+    _write_2d(path, pixels, spacing)
+
+
+def write_segmentation(path: Path, mask: np.ndarray, spacing: tuple[float, float]) -> None:
+    """Write a 2D label map (uint8) as NIfTI with the geometry of its image, atomically."""
+    _write_2d(path, mask, spacing)
+
+
+def workspace_xml(image_file: str, segmentation_file: str, size: tuple[int, int],
+                  protocol: Protocol) -> str:
+    """An ITK-SNAP workspace (``.itksnap``): the main image layer, the segmentation layer and
+    the protocol's label table, with the layers' paths relative to the workspace's folder.
+
+    ITK-SNAP finds the layers of a workspace whose folder differs from its ``SaveLocation``
+    by taking each layer path's part below ``SaveLocation`` and looking for it beside the
+    workspace file. ``SaveLocation`` is ``.`` and the paths are ``./NAME``: never a real
+    folder, so ITK-SNAP always looks beside the workspace file, wherever it was copied."""
+    width, height = size
+    lines: list[str] = []
+
+    def entry(depth: int, key: str, value) -> None:
+        lines.append(f'{"  " * depth}<entry key={quoteattr(key)} value={quoteattr(str(value))} />')
+
+    def folder(depth: int, key: str) -> None:
+        lines.append(f'{"  " * depth}<folder key={quoteattr(key)} >')
+
+    def end(depth: int) -> None:
+        lines.append(f'{"  " * depth}</folder>')
+
+    lines += [
+        '<?xml version="1.0" encoding="UTF-8" ?>',
+        "<!--ITK-SNAP (itksnap.org) Project File",
+        "",
+        "Made by datatool. The image and segmentation paths are relative to this file's",
+        "folder: keep the three files together and the folder can be moved or copied.",
+        "-->",
+        "<!DOCTYPE registry [",
+        "<!ELEMENT registry (entry*,folder*)>",
+        "<!ELEMENT folder (entry*,folder*)>",
+        "<!ELEMENT entry EMPTY>",
+        "<!ATTLIST folder key CDATA #REQUIRED>",
+        "<!ATTLIST entry key CDATA #REQUIRED>",
+        "<!ATTLIST entry value CDATA #REQUIRED>",
+        "]>",
+        "<registry>",
+    ]
+    entry(1, "SaveLocation", ".")
+    entry(1, "Version", WORKSPACE_VERSION)
+    folder(1, "Layers")
+    folder(2, "Layer[000]")
+    entry(3, "AbsolutePath", f"./{image_file}")
+    entry(3, "Role", "MainRole")
+    entry(3, "Tags", "")
+    folder(3, "LayerMetaData")
+    entry(4, "Alpha", 255)
+    entry(4, "CustomNickName", "")
+    entry(4, "Sticky", 0)
+    entry(4, "Tags", "")
+    end(3)
+    folder(3, "ProjectMetaData")
+    folder(4, "Files")
+    folder(5, "Grey")
+    entry(6, "Dimensions", f"{width} {height} 1")
+    end(5)
+    end(4)
+    folder(4, "IRIS")
+    folder(5, "LabelState")
+    entry(6, "DrawingLabel", protocol.structures[0].value if protocol.structures else 1)
+    entry(6, "OverwriteLabel", 0)
+    entry(6, "SegmentationAlpha", 0.5)
+    end(5)
+    folder(5, "LabelTable")
+    entry(6, "NumberOfElements", len(protocol.structures))
+    for i, s in enumerate(protocol.structures):
+        folder(6, f"Element[{i}]")
+        entry(7, "Alpha", 255)
+        entry(7, "Color", " ".join(str(c) for c in s.color))
+        entry(7, "Flags", "1 1")
+        entry(7, "Index", s.value)
+        entry(7, "Label", s.name)
+        end(6)
+    end(5)
+    end(4)
+    end(3)
+    end(2)
+    folder(2, "Layer[001]")
+    entry(3, "AbsolutePath", f"./{segmentation_file}")
+    entry(3, "Role", "SegmentationRole")
+    entry(3, "Tags", "")
+    folder(3, "LayerMetaData")
+    entry(4, "Alpha", 0)
+    entry(4, "CustomNickName", "")
+    entry(4, "Sticky", 1)
+    entry(4, "Tags", "")
+    end(3)
+    end(2)
+    end(1)
+    lines.append("</registry>")
+    return "\n".join(lines) + "\n"
+
+
+def write_workspace(path: Path, image_path: Path, segmentation_path: Path,
+                    size: tuple[int, int], protocol: Protocol) -> None:
+    """Write an ITK-SNAP workspace for an image and its segmentation, which must lie in the
+    workspace file's folder (the paths inside are relative to it)."""
+    path = Path(path)
+    for layer in (image_path, segmentation_path):
+        if Path(layer).parent.resolve() != path.parent.resolve():
+            raise ValueError(f"{layer} is not in the workspace's folder {path.parent}")
+    write_text_atomic(path, workspace_xml(Path(image_path).name, Path(segmentation_path).name,
+                                          size, protocol))
+
+
+def workspace_layers(path: Path) -> dict[str, Path]:
+    """The layer files a workspace written by :func:`write_workspace` names, resolved against
+    its folder: ``{"MainRole": path, "SegmentationRole": path}``."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot()
+    layers = {}
+    for layer in root.iterfind("./folder[@key='Layers']/folder"):
+        values = {e.get("key"): e.get("value") for e in layer.iterfind("entry")}
+        if "Role" in values and "AbsolutePath" in values:
+            layers[values["Role"]] = Path(path).parent / values["AbsolutePath"]
+    return layers
+
+
+# --------------------------------------------------------------------------- reading
+
+_MAGICS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+           (b"GIF8", "a GIF image"), (b"BM", "a BMP image"), (b"%PDF", "a PDF document"),
+           (b"PK\x03\x04", "a ZIP archive"), (b"II*\x00", "a TIFF image"),
+           (b"MM\x00*", "a TIFF image"))
+
+
+def _what_is(head: bytes) -> str:
+    """A few words on what a file that is not the expected format seems to be."""
+    if not head:
+        return "an empty file"
+    if len(head) > 132 and head[128:132] == b"DICM":
+        return "a DICOM file"
+    for magic, name in _MAGICS:
+        if head.startswith(magic):
+            return name
+    if head[:2] == b"\x1f\x8b":
+        return "gzip data"
+    sample = head[:512]
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in sample):
+        return "a text file"
+    return "an unknown kind of file"
+
+
+def _nifti_payload(header: bytes) -> int | None:
+    """Bytes a single-file NIfTI-1/2 stream must hold (header, extensions and voxels), from
+    its header; None when the bytes are not a NIfTI header."""
+    if len(header) < 348:
+        return None
+    for order in "<>":
+        (size,) = struct.unpack(order + "i", header[:4])
+        if size == 348 and header[344:348] == b"n+1\x00":
+            dims = struct.unpack(order + "8h", header[40:56])
+            (bitpix,) = struct.unpack(order + "h", header[72:74])
+            (offset,) = struct.unpack(order + "f", header[108:112])
+            offset = max(int(offset), 352)
+        elif size == 540 and len(header) >= 540 and header[4:8] == b"n+2\x00":
+            (bitpix,) = struct.unpack(order + "h", header[14:16])
+            dims = struct.unpack(order + "8q", header[16:80])
+            (offset,) = struct.unpack(order + "q", header[168:176])
+            offset = max(int(offset), 544)
+        else:
+            continue
+        if not 1 <= dims[0] <= 7 or bitpix <= 0 or any(d < 0 for d in dims[1:dims[0] + 1]):
+            return None
+        return offset + int(np.prod([max(int(d), 1) for d in dims[1:dims[0] + 1]])) * bitpix // 8
+    return None
+
+
+def _check_nifti(path: Path, head: bytes) -> None:
+    """Refuse a file that is not NIfTI, or whose data is cut short (ITK reads such a file
+    without complaint and makes up the missing voxels)."""
+    gz = head[:2] == b"\x1f\x8b"
+    if gz:
+        try:
+            header = zlib.decompressobj(47).decompress(head, 1024)
+        except zlib.error:
+            raise BadLabel("not a readable NIfTI file (corrupt gzip data)") from None
+    else:
+        header = head
+    payload = _nifti_payload(header)
+    if payload is None:
+        if gz and len(header) < 348:
+            raise BadLabel("NIfTI file cut short (the header is incomplete)")
+        raise BadLabel(f"not a NIfTI file: it looks like {_what_is(header if gz else head)}")
+    if gz:
+        with open(path, "rb") as handle:
+            handle.seek(-4, 2)
+            (isize,) = struct.unpack("<I", handle.read(4))
+        if isize != payload % (1 << 32) and not _gzip_complete(path, payload):
+            raise BadLabel("NIfTI file cut short or corrupt (its gzip data is incomplete)")
+    elif path.stat().st_size < payload:
+        raise BadLabel(f"NIfTI file cut short: {path.stat().st_size} bytes for {payload} "
+                       "expected")
+
+
+def _gzip_complete(path: Path, payload: int) -> bool:
+    """Decompress a whole gzip file: True when its first member ends properly and holds at
+    least ``payload`` bytes (the slow check, for files whose size trailer is unusual)."""
+    inflater = zlib.decompressobj(47)
+    total = 0
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                total += len(inflater.decompress(chunk))
+                if inflater.eof:
+                    break
+    except zlib.error:
+        return False
+    return inflater.eof and total >= payload
+
+
+def _check_header(path: Path, suffix: str, head: bytes) -> None:
+    name = _FORMATS[suffix][1]
+    if not head:
+        raise BadLabel(f"empty file (0 bytes), not a {name} file")
+    if name == "NIfTI":
+        _check_nifti(path, head)
+    elif name == "NRRD" and not head.startswith(b"NRRD000"):
+        raise BadLabel(f"not a NRRD file: it looks like {_what_is(head)}")
+    elif name == "MetaImage" and not re.search(rb"(?m)^\s*NDims\s*=", head[:_HEAD_BYTES]):
+        raise BadLabel(f"not a MetaImage file: it looks like {_what_is(head)}")
+
+
+def read_label_map(path: Path) -> np.ndarray:
+    """Read a label map (.nii.gz, .nii, .nrrd, .seg.nrrd, .mha, .mhd) as a 2D array of its
+    stored pixel type, row 0 the top row: W x H, or W x H x 1 as ITK-SNAP saves a 2D
+    segmentation. Raises :class:`BadLabel` with a one-line reason for a file of another type,
+    an unreadable or truncated file, a multi-component (colour) image or a volume of more
+    than one slice. Values are not checked here (see ``masks.validate_mask``)."""
+    path = Path(path)
+    suffix = label_suffix(path.name)
+    if suffix is None:
+        raise BadLabel(f"not a label map file (expected one of {', '.join(LABEL_SUFFIXES)})")
+    io_name, kind = _FORMATS[suffix]
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_HEAD_BYTES)
+    except OSError as exc:
+        raise BadLabel(f"cannot read the file: {exc.strerror or exc}") from None
+    _check_header(path, suffix, head)
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(io_name)
+    reader.SetFileName(str(path))
+    try:
+        image = reader.Execute()
+    except RuntimeError:
+        raise BadLabel(f"not a readable {kind} file (corrupt, or its data file is missing)") \
+            from None
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise BadLabel(f"{kind} file holds {components} values per pixel (a colour or vector "
+                       "image), not a label map")
+    size = image.GetSize()
+    if len(size) < 2 or any(n != 1 for n in size[2:]):
+        shape = " x ".join(str(n) for n in size)
+        raise BadLabel(f"label map is a {shape} volume; expected a 2D map (W x H, or W x H x 1)")
+    return sitk.GetArrayFromImage(image).reshape(size[1], size[0])

@@ -1,0 +1,545 @@
+"""ITK-SNAP round trips: export images (with a rater's own labels) for ITK-SNAP, and sync the
+label files raters save back into versioned annotations.
+
+Export writes, per image, a folder ``img000123/`` holding the de-identified image
+(``img000123.nii.gz``, from the store), its segmentation (``img000123_seg.nii.gz``: the
+rater's own latest labels, or empty; never another rater's) and an ITK-SNAP workspace
+(``img000123.itksnap``) that opens both with the protocol's label names and colours; beside
+the folders, ``itksnap_labels.txt`` (the label description) and ``datatool-export.json``
+(whose export this is). Re-exporting gives the same files, and never overwrites a
+segmentation holding edits that were not synced yet.
+
+Sync finds the label files under a folder and matches each to its catalogued image:
+
+* by name: an exported file's name holds its image (``img000123_seg.nii.gz``);
+* by a manifest CSV (``label_file,dicom_file``) naming the original DICOM file of each label;
+* by ``dicom_root``: a label at ``MRN/L_01.nii.gz`` belongs to the DICOM file at
+  ``DICOM_ROOT/MRN/L_01.dcm`` (or without extension, or with any other one).
+
+Only the SOP Instance UID of an original DICOM file is read, and only its keyed replacement is
+looked up: nothing of the file is stored. The label file's path is kept as the annotation's
+``source_ref`` when it is an exported name (``img000123/img000123_seg.nii.gz``), otherwise
+only as a keyed hash (original paths often hold record numbers). Each file is validated
+(size, label values, file type) and a bad one gets a one-line reason while the rest go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pydicom
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from datatool.ingest import deid
+from datatool.labels.annotations import SyncReport, get_rater, latest_annotations_query, store_annotations
+from datatool.core.atomic import write_text_atomic
+from datatool.core.catalogue import Annotation, Image, Rater, SourceFile, audit
+from datatool.core.errors import DatatoolError, UsageError
+from datatool.labels.itksnap.formats import (LABEL_SUFFIXES, label_suffix, read_label_map, spacing_mm,
+                      strip_label_suffix, write_image, write_segmentation, write_workspace)
+from datatool.labels.masks import BadLabel, validate_mask
+from datatool.labels.matching import NoImage, image_by_id, image_for_dicom, image_id_from_name, image_name
+from datatool.core.protocol import Protocol, load_protocol
+from datatool.core.store import pixel_digest
+from datatool.core.workspace import Workspace
+
+EXPORT_MARKER = "datatool-export.json"
+LABELS_FILE = "itksnap_labels.txt"
+BATCH_SIZE = 64
+_SUFFIX_RE = r"(?:\.seg\.nrrd|\.nii\.gz|\.nrrd|\.nii|\.mha|\.mhd)"
+_EXPORTED_NAME = re.compile(r"img\d{6,}_seg" + _SUFFIX_RE, re.IGNORECASE)
+_EXPORTED_REL = re.compile(r"(?:img\d{6,}/)?img\d{6,}(?:_seg)?" + _SUFFIX_RE, re.IGNORECASE)
+_IMAGE_STEM = re.compile(r"img\d{6,}", re.IGNORECASE)
+_KNOWN_OTHERS = (".itksnap", ".raw", ".zraw", ".json", EXPORT_MARKER, LABELS_FILE)
+
+
+def _rater(session: Session, name: str) -> Rater:
+    """The registered rater; an unknown name is a usage error (exit code 2)."""
+    try:
+        return get_rater(session, name)
+    except UsageError:
+        raise
+    except DatatoolError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _marker_owner(folder: Path) -> str | None:
+    """The rater whose export ``folder`` is (from its marker file), or None."""
+    try:
+        data = json.loads((folder / EXPORT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("rater") if isinstance(data, dict) else None
+
+
+# --------------------------------------------------------------------------- export
+
+def _segmentation_action(path: Path, mask: np.ndarray, synced: set[str]) -> str:
+    """What to do with an existing segmentation file: ``write`` it (missing, empty, or one of
+    the rater's synced versions), leave it as it is (``same``: already these labels) or
+    ``keep`` it (edits not synced yet, or unreadable: never overwritten)."""
+    if not path.exists():
+        return "write"
+    try:
+        current = read_label_map(path)
+    except BadLabel:
+        return "keep"
+    if current.shape != mask.shape or current.min(initial=0) < 0 or current.max(initial=0) > 255:
+        return "keep"
+    current = current.astype(np.uint8, copy=False)
+    if np.array_equal(current, mask):
+        return "same"
+    if not current.any() or pixel_digest(np.ascontiguousarray(current)) in synced:
+        return "write"
+    return "keep"
+
+
+def export_itksnap(ws: Workspace, rater: str, out_dir: Path, image_ids: list[int] | None = None,
+                   prefill: bool = True,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
+    """Export images for one rater to label in ITK-SNAP (see the module docstring).
+
+    ``image_ids`` picks images (default: all); ``prefill`` puts the rater's own latest labels
+    into the segmentations. A folder exported for one rater cannot be reused for another.
+    Returns a summary: images, prefilled, kept (segmentations with unsynced edits left as
+    they were, and their paths), out_dir."""
+    out_dir = Path(out_dir)
+    protocol = load_protocol(ws.protocol_name)
+    columns = (Image.id, Image.store_hash, Image.rows, Image.cols, Image.mm_per_px_x,
+               Image.mm_per_px_y)
+    with ws.session() as s:
+        rater_row = _rater(s, rater)
+        query = select(*columns).order_by(Image.id)
+        if image_ids is not None:
+            wanted = sorted({int(i) for i in image_ids})
+            rows = [] if not wanted else s.execute(query.where(Image.id.in_(wanted))).all()
+            missing = sorted(set(wanted) - {row.id for row in rows})
+            if missing:
+                names = ", ".join(image_name(i) for i in missing[:5])
+                more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+                raise UsageError(f"no image {names}{more} in this catalogue "
+                                 "(see 'datatool images')")
+        else:
+            rows = s.execute(query).all()
+        versions: dict[int, set[str]] = {}
+        latest: dict[int, str] = {}
+        for image_id, digest in s.execute(
+                select(Annotation.image_id, Annotation.mask_hash)
+                .where(Annotation.rater_id == rater_row.id)
+                .order_by(Annotation.image_id, Annotation.version)):
+            versions.setdefault(image_id, set()).add(digest)
+            latest[image_id] = digest
+    owner = _marker_owner(out_dir)
+    if owner is not None and owner != rater_row.name:
+        raise UsageError(f"{out_dir} holds rater {owner}'s ITK-SNAP export; export rater "
+                         f"{rater_row.name}'s images into another folder (raters never see "
+                         "each other's labels)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / EXPORT_MARKER, json.dumps(
+        {"format": 1, "tool": "itksnap", "rater": rater_row.name, "protocol": protocol.name},
+        indent=2) + "\n")
+
+    store = ws.store
+    prefilled = 0
+    kept: list[str] = []
+    for done, row in enumerate(rows, start=1):
+        name = image_name(row.id)
+        folder = out_dir / name
+        spacing = spacing_mm(row.mm_per_px_x, row.mm_per_px_y)
+        image_path = folder / f"{name}.nii.gz"
+        seg_path = folder / f"{name}_seg.nii.gz"
+        write_image(image_path, store.get_array(row.store_hash), spacing)
+        digest = latest.get(row.id) if prefill else None
+        mask = store.get_array(digest) if digest else np.zeros((row.rows, row.cols), np.uint8)
+        action = _segmentation_action(seg_path, mask, versions.get(row.id, set()))
+        if action == "keep":
+            kept.append(str(seg_path))
+        else:
+            if action == "write":
+                write_segmentation(seg_path, mask, spacing)
+            prefilled += digest is not None
+        write_workspace(folder / f"{name}.itksnap", image_path, seg_path, (row.cols, row.rows),
+                        protocol)
+        if progress:
+            progress(done, len(rows))
+    write_text_atomic(out_dir / LABELS_FILE, protocol.itksnap_label_description())
+    with ws.session() as s:
+        audit(s, "export itksnap", "export", rater=rater_row.name, images=len(rows),
+              prefilled=prefilled, kept=len(kept), prefill=prefill)
+    return {"rater": rater_row.name, "out_dir": str(out_dir), "images": len(rows),
+            "prefilled": prefilled, "kept": len(kept), "kept_files": kept,
+            "labels_file": str(out_dir / LABELS_FILE)}
+
+
+# --------------------------------------------------------------------------- finding files
+
+def _is_export_image(name: str, suffix: str, present: set[str]) -> bool:
+    """``img000123.nii.gz`` beside ``img000123_seg.*`` or ``img000123.itksnap``: the image of
+    an export, not a label map."""
+    stem = name[: -len(suffix)]
+    if not _IMAGE_STEM.fullmatch(stem):
+        return False
+    stem = stem.lower()
+    return f"{stem}.itksnap" in present or any(
+        f"{stem}_seg{s}" in present for s in LABEL_SUFFIXES)
+
+
+def find_label_files(label_dir: Path) -> tuple[list[Path], Counter]:
+    """The label map files under ``label_dir`` (recursively, sorted, hidden files and the
+    images of an export left out), and a count by extension of the other files ignored."""
+    files: list[Path] = []
+    ignored: Counter = Counter()
+    for folder, dirs, names in os.walk(label_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        names = [n for n in names if not n.startswith(".")]
+        present = {n.lower() for n in names}
+        for name in sorted(names):
+            suffix = label_suffix(name)
+            if suffix is None:
+                if not name.lower().endswith(_KNOWN_OTHERS):
+                    ignored[Path(name).suffix.lower() or "(no extension)"] += 1
+            elif not _is_export_image(name, suffix, present):
+                files.append(Path(folder) / name)
+    return files, ignored
+
+
+def _absolute(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
+
+
+@dataclass
+class _Listed:
+    dicom: Path | None  # None: listed twice with different DICOM files
+    where: str
+
+
+def read_manifest(path: Path) -> tuple[dict[Path, _Listed], list[tuple[str, str]]]:
+    """A manifest CSV (``label_file,dicom_file``; relative paths against the CSV's folder):
+    label file (absolute) -> its DICOM file, and one (where, reason) per bad row."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such manifest file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the manifest ({exc})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
+    if "label_file" not in fields or "dicom_file" not in fields:
+        raise UsageError(f"{path}: a manifest needs the columns label_file,dicom_file "
+                         f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
+    base = path.parent
+    listed: dict[Path, _Listed] = {}
+    problems: list[tuple[str, str]] = []
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        label = (row.get(fields["label_file"]) or "").strip()
+        dicom = (row.get(fields["dicom_file"]) or "").strip()
+        if not label and not dicom:
+            continue
+        if not label or not dicom:
+            problems.append((where, "manifest row needs both label_file and dicom_file"))
+            continue
+        label_path, dicom_path = _absolute(base, label), _absolute(base, dicom)
+        before = listed.get(label_path)
+        if before is not None and before.dicom != dicom_path:
+            listed[label_path] = _Listed(None, before.where)
+        elif before is None:
+            listed[label_path] = _Listed(dicom_path, where)
+    return listed, problems
+
+
+class _DicomFinder:
+    """The DICOM file mirroring a label file's relative path under a root folder."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._listings: dict[Path, list[str]] = {}
+
+    def _names(self, folder: Path) -> list[str]:
+        if folder not in self._listings:
+            try:
+                with os.scandir(folder) as entries:
+                    self._listings[folder] = sorted(
+                        e.name for e in entries if not e.name.startswith(".") and e.is_file())
+            except OSError:
+                self._listings[folder] = []
+        return self._listings[folder]
+
+    def find(self, rel: Path) -> Path:
+        stem = strip_label_suffix(rel.name)
+        folder = self.root / rel.parent
+        names = self._names(folder)
+        by_lower = {n.lower(): n for n in names}
+        if f"{stem}.dcm".lower() in by_lower:
+            return folder / by_lower[f"{stem}.dcm".lower()]
+        if stem in names:
+            return folder / stem
+        others = [n for n in names if n.startswith(stem + ".") and label_suffix(n) is None]
+        if len(others) == 1:
+            return folder / others[0]
+        if others:
+            raise NoImage(f"several files under {self.root} could be its DICOM file "
+                          f"({', '.join(others[:3])}); name it in a --manifest")
+        raise NoImage(f"no DICOM file {rel.parent / stem}[.dcm] under {self.root} to match "
+                      "it to")
+
+
+# --------------------------------------------------------------------------- sync
+
+@dataclass
+class _Match:
+    path: Path
+    rel: str  # relative to the label folder, with forward slashes
+    image_id: int
+    rows: int
+    cols: int
+    exported: bool  # an exported segmentation, found by its name
+
+
+def _source_ref(key: bytes, rel: str) -> str:
+    """The label file's relative path when it is an exported name (nothing but image ids);
+    otherwise a keyed hash of it, as original paths often hold record numbers."""
+    if _EXPORTED_REL.fullmatch(rel):
+        return rel
+    return "path-key:" + deid.path_key(key, rel)
+
+
+def _owner_for(path: Path, owners: dict[Path, str | None]) -> str | None:
+    """The rater of the nearest export marker in the folders above ``path``."""
+    for folder in path.parents:
+        if folder not in owners:
+            owners[folder] = _marker_owner(folder)
+        if owners[folder] is not None:
+            return owners[folder]
+        if folder == folder.parent:
+            break
+    return None
+
+
+def sync_itksnap(ws: Workspace, label_dir: Path, rater: str, dicom_root: Path | None = None,
+                 manifest: Path | None = None, allow_empty: bool = False,
+                 progress: Callable[[int, int], None] | None = None,
+                 batch_size: int = BATCH_SIZE) -> SyncReport:
+    """Sync one rater's ITK-SNAP label files under ``label_dir`` into versioned annotations
+    (see the module docstring). Unchanged labels are a no-op, changed ones a new version;
+    every bad file is a line in ``report.rejected`` and the rest go on.
+
+    An exported segmentation that is still empty, for an image the rater has no labels of,
+    is "not labelled yet": skipped (one note), not rejected. Any other empty map is rejected
+    unless ``allow_empty``."""
+    label_dir = Path(label_dir)
+    if not label_dir.is_dir():
+        raise UsageError(f"{label_dir}: no such folder")
+    if dicom_root is not None and not Path(dicom_root).is_dir():
+        raise UsageError(f"{dicom_root}: no such folder (--dicom-root)")
+    protocol = load_protocol(ws.protocol_name)
+    report = SyncReport(source="itksnap", rater=rater)
+    with ws.session() as s:
+        rater_row = _rater(s, rater)
+        rater_id, rater = rater_row.id, rater_row.name
+    report.rater = rater
+    root = Path(os.path.normpath(os.path.abspath(label_dir)))
+    owners: dict[Path, str | None] = {}
+    owner = _owner_for(root / EXPORT_MARKER, owners)
+    if owner is not None and owner != rater:
+        raise UsageError(f"{label_dir} is rater {owner}'s ITK-SNAP export ({EXPORT_MARKER}); "
+                         f"sync it with --rater {owner}")
+    listed, problems = read_manifest(Path(manifest)) if manifest else ({}, [])
+    report.rejected.extend(problems)
+    files, ignored = find_label_files(label_dir)
+    discovered = {Path(os.path.normpath(os.path.abspath(p))) for p in files}
+    for label_path, entry in sorted(listed.items()):
+        if not label_path.exists():
+            report.rejected.append((entry.where, f"label file {label_path} does not exist"))
+        elif label_path not in discovered and label_path.is_relative_to(root):
+            files.append(label_path)  # listed explicitly: read whatever its extension
+    report.seen = len(files)
+    finder = _DicomFinder(Path(dicom_root)) if dicom_root is not None else None
+
+    targets: list[_Target] = []
+    for path in files:  # outside any transaction: reading DICOM headers takes a while
+        full = Path(os.path.normpath(os.path.abspath(path)))
+        owner = _owner_for(full, owners)
+        if owner is not None and owner != rater:
+            report.rejected.append((str(path), f"this is rater {owner}'s ITK-SNAP export "
+                                    f"({EXPORT_MARKER}); sync it with --rater {owner}"))
+            continue
+        try:
+            targets.append(_target(ws.key, path, full, full.relative_to(root), listed, finder))
+        except NoImage as exc:
+            report.rejected.append((str(path), str(exc)))
+    matches: list[_Match] = []
+    with ws.session() as s:
+        had_labels = {a.image_id for a in s.scalars(latest_annotations_query([rater_id]))}
+        for t, found in _resolve(s, ws.key, targets):
+            if isinstance(found, NoImage):
+                report.rejected.append((str(t.path), str(found)))
+            else:
+                matches.append(_Match(t.path, t.rel.as_posix(), found.id, found.rows,
+                                      found.cols, t.image_id is not None
+                                      and bool(_EXPORTED_NAME.fullmatch(t.full.name))))
+
+    by_image: dict[int, list[_Match]] = {}
+    for m in matches:
+        by_image.setdefault(m.image_id, []).append(m)
+    todo = []
+    for m in matches:
+        twins = by_image[m.image_id]
+        if len(twins) > 1:
+            others = ", ".join(t.rel for t in twins if t is not m)
+            report.rejected.append((str(m.path), f"{len(twins)} label files for image "
+                                    f"{image_name(m.image_id)} in this folder (also {others}): "
+                                    "keep one"))
+        else:
+            todo.append(m)
+
+    done = len(files) - len(todo)
+    if progress:
+        progress(done, len(files))
+    not_labelled = 0
+    for start in range(0, len(todo), batch_size):
+        ready = []
+        for m in todo[start:start + batch_size]:
+            try:
+                mask = validate_mask(read_label_map(m.path), protocol, (m.rows, m.cols),
+                                     allow_empty=True)
+                if not allow_empty and not mask.any():
+                    if m.exported and m.image_id not in had_labels:
+                        not_labelled += 1
+                        continue
+                    validate_mask(mask, protocol, (m.rows, m.cols), allow_empty=False)
+            except BadLabel as exc:
+                report.rejected.append((str(m.path), str(exc)))
+                continue
+            ready.append((m, np.ascontiguousarray(mask)))
+        if ready:
+            _store_batch(ws, rater_id, protocol, ready, report)
+        done += min(batch_size, len(todo) - start)
+        if progress:
+            progress(done, len(files))
+
+    if not_labelled:
+        report.notes.append((str(label_dir), f"{not_labelled} exported segmentations are still "
+                             "empty (not labelled yet): skipped (--allow-empty stores them)"))
+    if ignored:
+        kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(ignored.items()))
+        report.notes.append((str(label_dir), f"ignored {sum(ignored.values())} files that are "
+                             f"not label maps ({kinds})"))
+    with ws.session() as s:
+        audit(s, "sync itksnap", "sync", rater=rater, seen=report.seen,
+              new_versions=report.new_versions, unchanged=report.unchanged,
+              rejected=len(report.rejected), not_labelled=not_labelled,
+              manifest=manifest is not None, dicom_root=dicom_root is not None,
+              allow_empty=allow_empty)
+    return report
+
+
+@dataclass
+class _Target:
+    """The image a label file names (``image_id``), or its original DICOM file and that
+    file's keyed SOP Instance UID (None when it could not be read)."""
+
+    path: Path
+    full: Path
+    rel: Path
+    image_id: int | None = None
+    dicom: Path | None = None
+    uid: str | None = None
+
+
+def _keyed_sop_uid(key: bytes, dicom: Path) -> str | None:
+    """The keyed replacement of a DICOM file's SOP Instance UID, reading nothing else."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(dicom, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return deid.uid_for(key, str(ds.SOPInstanceUID).strip())
+    except Exception:  # unreadable: image_for_dicom gives the reason
+        return None
+
+
+def _target(key: bytes, path: Path, full: Path, rel: Path, listed: dict[Path, _Listed],
+            finder: _DicomFinder | None) -> _Target:
+    """Where a label file points: the manifest's DICOM file, else the image id in its name,
+    else the DICOM file its path mirrors under the DICOM root."""
+    target = _Target(path, full, rel)
+    entry = listed.get(full)
+    if entry is not None:
+        if entry.dicom is None:
+            raise NoImage("listed twice in the manifest with different DICOM files")
+        target.dicom = entry.dicom
+    else:
+        target.image_id = image_id_from_name(full.name)
+        if target.image_id is None and len(rel.parts) > 1:
+            target.image_id = image_id_from_name(rel.parent.name)
+        if target.image_id is not None:
+            return target
+        if finder is None:
+            raise NoImage("cannot tell which image it labels: its name holds no image id "
+                          "(imgNNNNNN, as exported) and no --dicom-root or --manifest was given")
+        target.dicom = finder.find(rel)
+    if target.dicom.is_file():
+        target.uid = _keyed_sop_uid(key, target.dicom)
+    return target
+
+
+def _chunks(values: list, size: int = 500):
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def _resolve(session: Session, key: bytes, targets: list[_Target]):
+    """Yield (target, image row or NoImage) for every target, asking the catalogue in bulk.
+    What the bulk queries do not settle (no such image, never ingested, a cine, an
+    unreadable DICOM file) goes through ``matching``, which says why."""
+    ids = sorted({t.image_id for t in targets if t.image_id is not None})
+    uids = sorted({t.uid for t in targets if t.uid is not None})
+    by_id, by_uid = {}, {}
+    for chunk in _chunks(ids):
+        by_id.update((row.id, row) for row in session.execute(
+            select(Image.id, Image.rows, Image.cols).where(Image.id.in_(chunk))))
+    for chunk in _chunks(uids):
+        for row in session.execute(
+                select(SourceFile.sop_uid, Image.id, Image.rows, Image.cols)
+                .join(Image, Image.source_file_id == SourceFile.id)
+                .where(SourceFile.status == "ingested", SourceFile.sop_uid.in_(chunk))):
+            by_uid.setdefault(row.sop_uid, []).append(row)
+    for t in targets:
+        try:
+            if t.image_id is not None:
+                found = by_id.get(t.image_id) or image_by_id(session, t.image_id)
+            elif t.uid is not None and len(by_uid.get(t.uid, ())) == 1:
+                found = by_uid[t.uid][0]
+            else:
+                found = image_for_dicom(session, key, t.dicom)
+        except NoImage as exc:
+            found = exc
+        yield t, found
+
+
+def _store_batch(ws: Workspace, rater_id: int, protocol: Protocol,
+                 ready: list[tuple[_Match, np.ndarray]], report: SyncReport) -> None:
+    """Store a batch of validated masks in one transaction: a mask equal to the rater's
+    latest version is counted unchanged, any other becomes the next version."""
+    ids = [m.image_id for m, _ in ready]
+    with ws.session() as s:
+        rater = s.get(Rater, rater_id)
+        images = {im.id: im for im in s.scalars(select(Image).where(Image.id.in_(ids)))}
+        stored = store_annotations(s, ws.store, rater, [
+            (images[m.image_id], mask, "itksnap", _source_ref(ws.key, m.rel))
+            for m, mask in ready], protocol)
+    report.new_versions += sum(r.created for r in stored)
+    report.unchanged += sum(not r.created for r in stored)

@@ -1,0 +1,1 @@
+"""Label Studio: brush RLE and configs (formats) and push + sync (sync)."""

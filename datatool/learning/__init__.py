@@ -1,0 +1,1 @@
+"""Patient-level splits, the data pipeline, training and scoring of the model."""

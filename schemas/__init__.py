@@ -1,0 +1,1 @@
+"""Label protocols of datatool: one YAML file per study (installed as package data)."""

@@ -1,0 +1,142 @@
+"""Agreement on the demo raters, saved samples, errors; consensus; CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from datatool.analysis.agreement import run_agreement
+from datatool.labels.annotations import add_rater, get_rater, store_annotation
+from datatool.core.catalogue import Annotation, Image
+from datatool.analysis.consensus import fuse, make_consensus
+from datatool.core.errors import DatatoolError
+from datatool.core.protocol import load_protocol
+
+from tests.labels_util import ingest_demo_with_labels
+
+
+@pytest.fixture()
+def labelled(ws, demo_dir):
+    ingest_demo_with_labels(ws, demo_dir)
+    return ws
+
+
+def test_agreement_reports_every_structure_and_saves_the_sample(labelled, tmp_path):
+    ws = labelled
+    report = run_agreement(ws, sample=8, seed=3, out_dir=tmp_path / "r")
+    assert report["sample"]["images"] == 8 and not report["sample"]["reused"]
+    assert report["measure"] == "area_mm2" and report["raters"] == ["rater1", "rater2"]
+    names = [r["structure"] for r in report["structures"]]
+    assert names == [s.name for s in load_protocol().structures]
+    for r in report["structures"]:
+        assert -1 <= r["icc"]["icc"] <= 1 and r["icc"]["df1"] == 7
+        assert 0.5 < r["dice"]["mean"] <= 1 and r["iou"]["median"] <= r["dice"]["median"]
+    assert (tmp_path / "r" / "bland_altman_sciatic_nerve.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "r" / "agreement.json").read_text())
+    assert saved["structures"][0]["icc"] == report["structures"][0]["icc"]
+    # the same command again: the same sample and numbers, even after a new label version
+    with ws.session() as s:
+        ann = s.scalars(select(Annotation)).first()
+        image = s.get(Image, ann.image_id)
+        mask = ws.store.get_array(ann.mask_hash).copy()
+        mask[mask == 3] = 0
+        store_annotation(s, ws.store, image, ann.rater, mask, "itksnap", "edit", load_protocol())
+    again = run_agreement(ws, sample=8, seed=3, out_dir=tmp_path / "r2", plots=False)
+    assert again["sample"]["reused"] and again["sample"]["id"] == report["sample"]["id"]
+    assert again["structures"] == report["structures"]
+    other = run_agreement(ws, sample=8, seed=4, plots=False)
+    assert other["sample"]["id"] != report["sample"]["id"]
+
+
+def test_dice_matches_a_whole_image_computation(labelled):
+    ws = labelled
+    report = run_agreement(ws, plots=False)  # all 12 doubly labelled images
+    value = load_protocol().by_label("sciatic nerve").value
+    dices = []
+    with ws.session() as s:
+        latest = {}
+        for ann in s.scalars(select(Annotation).order_by(Annotation.version)):
+            latest[(ann.image_id, ann.rater.name)] = ann.mask_hash
+    for image_id in sorted({i for i, _ in latest}):
+        a = ws.store.get_array(latest[(image_id, "rater1")]) == value
+        b = ws.store.get_array(latest[(image_id, "rater2")]) == value
+        if a.any() or b.any():
+            dices.append(2 * (a & b).sum() / (a.sum() + b.sum()))
+    nerve = next(r for r in report["structures"] if r["structure"] == "sciatic nerve")
+    assert nerve["dice"]["mean"] == pytest.approx(np.mean(dices))
+    assert report["sample"]["images"] == 12
+
+
+def test_agreement_errors(ws, labelled):
+    with pytest.raises(DatatoolError, match="more than the 12 images"):
+        run_agreement(labelled, sample=300)
+    with pytest.raises(DatatoolError, match="rater add NOBODY"):
+        run_agreement(labelled, raters=["rater1", "NOBODY"])
+    with pytest.raises(DatatoolError, match="tibia"):
+        run_agreement(labelled, structures=["tibia"])
+
+
+def test_agreement_needs_two_raters_and_labelled_structures(ws, demo_dir):
+    ingest_demo_with_labels(ws, demo_dir, raters=("rater1",))
+    with pytest.raises(DatatoolError, match="two raters"):
+        run_agreement(ws)
+    add_rater(ws, "copy")
+    protocol = load_protocol()
+    with ws.session() as s:  # a second rater who labelled only the femur
+        rater = get_rater(s, "copy")
+        for ann in s.scalars(select(Annotation)).all():
+            mask = ws.store.get_array(ann.mask_hash)
+            store_annotation(s, ws.store, s.get(Image, ann.image_id), rater,
+                             np.where(mask == 1, 1, 0).astype(np.uint8), "itksnap", "x", protocol)
+    with ws.session() as s:  # and nobody labels the artery
+        for ann in s.scalars(select(Annotation).where(Annotation.rater_id != rater.id)).all():
+            mask = ws.store.get_array(ann.mask_hash)
+            store_annotation(s, ws.store, s.get(Image, ann.image_id), ann.rater,
+                             np.where(mask == 6, 0, mask).astype(np.uint8), "itksnap", "y",
+                             protocol)
+    report = run_agreement(ws, raters=["rater1", "copy"], plots=False)
+    assert any("femoral artery" in n for n in report["notes"])
+    with pytest.raises(DatatoolError, match="neither rater labelled it"):
+        run_agreement(ws, raters=["rater1", "copy"], structures=["femoral artery"], plots=False)
+
+
+def test_fusion_methods():
+    a = np.zeros((4, 4), np.uint8)
+    b = np.zeros((4, 4), np.uint8)
+    a[0:2, 0:3] = 3
+    b[0:2, 1:4] = 3
+    np.testing.assert_array_equal(fuse([a, b], "majority"), np.where((a == 3) & (b == 3), 3, 0))
+    assert set(np.unique(fuse([a, b], "staple"))) <= {0, 3}
+    np.testing.assert_array_equal(fuse([a, a, b], "majority"), a)
+
+
+def test_consensus_is_versioned_and_idempotent(labelled):
+    ws = labelled
+    first = make_consensus(ws, "staple")
+    assert first["images"] == 12 and first["new_versions"] == 12
+    assert make_consensus(ws, "staple")["unchanged"] == 12
+    copied = make_consensus(ws, "rater:rater1")
+    assert copied["images"] == 12 and copied["reference_rater"] == "consensus:rater:rater1"
+    with ws.session() as s:
+        ref = {a.image_id: a.mask_hash for a in s.scalars(select(Annotation).where(
+            Annotation.rater.has(name="consensus:rater:rater1")))}
+        own = {a.image_id: a.mask_hash for a in s.scalars(select(Annotation).where(
+            Annotation.rater.has(name="rater1")))}
+    assert ref == own
+
+
+def test_cli_agreement_json(labelled, cli_env):
+    res = subprocess.run([sys.executable, "-m", "datatool", "agreement", "--sample", "5",
+                          "--json", "--workspace", str(labelled.root)],
+                         capture_output=True, text=True, env=cli_env)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["sample"]["images"] == 5
+    table = subprocess.run([sys.executable, "-m", "datatool", "agreement", "--sample", "5",
+                            "--workspace", str(labelled.root)], capture_output=True, text=True,
+                           env=cli_env)
+    assert "ICC(2,1)" in table.stdout and "saved, reused" in table.stdout

@@ -1,0 +1,85 @@
+"""ICC against published values and an independent formula; Dice/IoU by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from datatool.analysis import metrics
+
+# Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges
+SF = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9],
+               [6, 2, 4, 7]], float)
+
+
+def long_format(matrix: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame([(t, f"j{j}", v) for t, row in enumerate(matrix)
+                         for j, v in enumerate(row)], columns=["target", "rater", "rating"])
+
+
+def icc21_by_hand(x: np.ndarray) -> float:
+    """Shrout & Fleiss ICC(2,1) from the two-way ANOVA mean squares."""
+    n, k = x.shape
+    grand = x.mean()
+    ss_rows = k * ((x.mean(axis=1) - grand) ** 2).sum()
+    ss_cols = n * ((x.mean(axis=0) - grand) ** 2).sum()
+    ss_err = ((x - grand) ** 2).sum() - ss_rows - ss_cols
+    bms, jms, ems = ss_rows / (n - 1), ss_cols / (k - 1), ss_err / ((n - 1) * (k - 1))
+    return (bms - ems) / (bms + (k - 1) * ems + k * (jms - ems) / n)
+
+
+def test_icc21_matches_shrout_fleiss_published_value():
+    result = metrics.icc21(long_format(SF))
+    assert round(result.icc, 2) == 0.29
+    assert result.df1 == 5 and result.df2 == 15 and result.n_targets == 6
+    assert result.ci_low < 0.29 < result.ci_high
+    assert result.ci_low != round(result.ci_low, 2)  # the CI is not rounded
+
+
+def test_icc21_matches_an_independent_formula_on_random_data():
+    rng = np.random.default_rng(3)
+    truth = rng.normal(100, 20, 40)
+    x = np.stack([truth + rng.normal(0, 8, 40), truth + 5 + rng.normal(0, 8, 40)], axis=1)
+    assert metrics.icc21(long_format(x)).icc == pytest.approx(icc21_by_hand(x), abs=1e-9)
+    assert icc21_by_hand(SF) == pytest.approx(0.2898, abs=1e-3)
+
+
+def test_icc_guards():
+    with pytest.raises(ValueError, match="duplicate"):
+        metrics.icc21(pd.concat([long_format(SF), long_format(SF).head(1)]))
+    missing = long_format(SF)
+    missing.loc[3, "rating"] = np.nan
+    with pytest.raises(ValueError, match="missing"):
+        metrics.icc21(missing)
+    with pytest.raises(ValueError, match="at least 3 targets"):
+        metrics.icc21(long_format(SF[:2]))
+    perfect = metrics.icc21(long_format(np.array([[1, 1], [2, 2], [5, 5], [3, 3.0]])))
+    assert perfect.icc == pytest.approx(1.0)
+
+
+def test_dice_iou_by_hand_and_the_empty_convention():
+    a = np.zeros((10, 10), np.uint8)
+    b = np.zeros((10, 10), np.uint8)
+    a[0:4, 0:5] = 3  # 20 px
+    b[2:6, 0:5] = 3  # 20 px, overlap rows 2-3: 10 px
+    box = metrics.box_intersection((0, 0, 4, 3), (0, 2, 4, 5))
+    inter = metrics.overlap(a, b, 3, box)
+    assert inter == 10
+    dice, iou = metrics.dice_iou(20, 20, inter)
+    assert dice == pytest.approx(0.5) and iou == pytest.approx(10 / 30)
+    assert metrics.dice_iou(0, 0, 0) is None  # both empty: excluded
+    assert metrics.dice_iou(20, 0, 0) == (0.0, 0.0)  # one empty: 0
+    assert metrics.box_intersection((0, 0, 1, 1), (5, 5, 6, 6)) is None
+    assert metrics.overlap(a, b, 3, None) == 0
+
+
+def test_describe_and_bland_altman():
+    d = metrics.describe([1, 2, 3, 4, None, float("nan")])
+    assert d["n"] == 4 and d["mean"] == 2.5 and d["median"] == 2.5
+    assert d["sd"] == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
+    assert (d["p25"], d["p75"]) == (1.75, 3.25)
+    assert metrics.describe([])["mean"] is None
+    ba = metrics.bland_altman([10, 12, 14], [9, 12, 16])
+    assert ba["bias"] == pytest.approx(-1 / 3)
+    assert ba["loa_high"] - ba["bias"] == pytest.approx(1.96 * np.std([1, 0, -2], ddof=1))

@@ -1,0 +1,45 @@
+"""The clinical table and the cohort description."""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from datatool.core.catalogue import Patient
+from datatool.ingest.clinical import cohort, ingest_clinical
+from datatool.core.errors import DatatoolError
+from datatool.ingest.pipeline import ingest
+
+
+def test_clinical_csv_is_keyed_by_pseudonym_and_feeds_the_cohort(ws, us_file, tmp_path):
+    path = us_file("OBXXXX1A.dcm")
+    pid = str(pydicom.dcmread(path, stop_before_pixels=True).PatientID)
+    ingest(ws, [path], workers=1)
+    csv = tmp_path / "clinical.csv"
+    csv.write_text("patient_id,sex,age,bmi,asa\n"
+                   f"{pid},F,47,22.5,II\n"
+                   "OTHER1,M,30,24.0,1\n"
+                   "BAD1,X,30,24.0,1\n"
+                   "BAD2,F,thirty,24,1\n"
+                   ",F,30,24,1\n")
+    report = ingest_clinical(ws, csv)
+    assert (report.updated, report.created) == (1, 1)
+    assert [w for w, _ in report.rejected] == ["clinical.csv:4", "clinical.csv:5", "clinical.csv:6"]
+    assert report.exit_code == 1
+    with ws.session() as s:
+        ids = [p.pseudonym for p in s.scalars(select(Patient))]
+    assert pid not in ids and "OTHER1" not in ids
+    again = ingest_clinical(ws, csv)
+    assert again.unchanged == 2 and again.updated == 0 and again.created == 0
+    data = cohort(ws)
+    assert data["patients"] == 1 and data["female"] == 1 and data["asa"] == {"2": 1}
+    assert data["age"]["mean"] == 47 and data["bmi"]["min"] == 22.5
+    assert cohort(ws, imaged_only=False)["patients"] == 2
+
+
+def test_clinical_csv_without_an_id_column(ws, tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("name,sex\nX,F\n")
+    with pytest.raises(DatatoolError, match="no patient ID column"):
+        ingest_clinical(ws, csv)

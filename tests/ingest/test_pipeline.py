@@ -1,0 +1,296 @@
+"""Ingest over real vendor ultrasound (pydicom-data), bad input, idempotency, conflicts,
+concurrency and interruption."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pydicom.examples
+import pytest
+from sqlalchemy import func, select
+
+from datatool.core.catalogue import Image, Patient, SourceFile
+from datatool.ingest.pipeline import ingest
+
+from tests.badfiles import make_bad_files
+from tests.conftest import PYDICOM_DATA_US
+
+
+def images_of(ws) -> list[Image]:
+    with ws.session() as s:
+        return list(s.scalars(select(Image).order_by(Image.id)))
+
+
+def reference_gray(path: Path, index: int = 0) -> np.ndarray:
+    """Independent decode: pydicom pixel_array, palette LUT, BT.601 luma in floats."""
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        arr = arr[index]
+    if ds.PhotometricInterpretation == "PALETTE COLOR":
+        arr = pydicom.pixels.apply_color_lut(arr, ds)
+        arr = arr // 256 if arr.max() > 255 else arr
+    if arr.ndim == 3:
+        rgb = arr.astype(float)
+        arr = np.floor((77 * rgb[..., 0] + 150 * rgb[..., 1] + 29 * rgb[..., 2] + 128) / 256)
+    return arr.astype(np.uint8)
+
+
+def test_real_vendor_ultrasound_decodes_to_8bit_gray(ws, pydicom_data, tmp_path):
+    folder = tmp_path / "us"
+    folder.mkdir()
+    for name in PYDICOM_DATA_US:
+        shutil.copy(pydicom_data / name, folder / name)
+    report = ingest(ws, [folder], workers=0, allow_burned_in=True)
+    assert not report.rejected, report.rejected
+    # several files share SOP Instance UIDs (the same image in other encodings): conflicts
+    assert report.ingested + len(report.conflicts) == len(PYDICOM_DATA_US)
+    for img in images_of(ws):
+        pixels = ws.store.get_array(img.store_hash)
+        assert pixels.dtype == np.uint8 and pixels.shape == (img.rows, img.cols)
+        assert pixels.max() > 0
+
+
+@pytest.mark.parametrize("variant", ["OBXXXX1A_expb.dcm", "OBXXXX1A_rle.dcm"])
+def test_encodings_of_one_image_decode_identically(ws, us_file, variant):
+    """Big endian and RLE versions of the palette image give the very same pixels (their
+    shared SOP Instance UID makes the second a conflict, kept aside with its frames)."""
+    ingest(ws, [us_file("OBXXXX1A.dcm")], workers=0)
+    report = ingest(ws, [us_file(variant, "other")], workers=0)
+    assert len(report.conflicts) == 1
+    with ws.session() as s:
+        aside = s.scalar(select(SourceFile).where(SourceFile.status == "conflict")).aside
+    assert aside == [images_of(ws)[0].store_hash]
+
+
+def test_jpeg2000_lossless_matches_uncompressed_and_independent_decode(ws, us_file):
+    path = us_file("US1_UNCR.dcm")
+    ingest(ws, [path], workers=0, allow_burned_in=True)
+    stored = ws.store.get_array(images_of(ws)[0].store_hash)
+    np.testing.assert_array_equal(stored, reference_gray(path))
+    report = ingest(ws, [us_file("US1_J2KR.dcm", "j2k")], workers=0, allow_burned_in=True)
+    assert report.ingested == 1
+    first, second = images_of(ws)
+    assert first.store_hash == second.store_hash  # content-addressed: the very same pixels
+
+
+def test_palette_16bit_and_jpeg_lossless(ws, us_file):
+    report = ingest(ws, [us_file("gdcm-US-ALOKA-16.dcm"),
+                         us_file("JPGLosslessP14SV1_1s_1f_8b.dcm")], workers=0)
+    assert report.ingested == 2 and report.ok
+    for img in images_of(ws):
+        assert img.mm_per_px_x is not None and img.pixel_handling in (
+            "blanked_outside_regions", "not_burned_in")
+
+
+def test_calibration_and_blanking_outside_regions(ws, us_file):
+    path = us_file("OBXXXX1A.dcm")
+    ingest(ws, [path], workers=0)
+    ds = pydicom.dcmread(path)
+    (img,) = images_of(ws)
+    region = max(ds.SequenceOfUltrasoundRegions,
+                 key=lambda r: (r.RegionLocationMaxX1 - r.RegionLocationMinX0)
+                 * (r.RegionLocationMaxY1 - r.RegionLocationMinY0))
+    assert img.mm_per_px_x == pytest.approx(float(region.PhysicalDeltaX) * 10)
+    assert img.pixel_handling == "blanked_outside_regions"
+    pixels = ws.store.get_array(img.store_hash)
+    keep = np.zeros(pixels.shape, bool)
+    for r in img.regions:
+        assert 0 <= r["x0"] <= r["x1"] < img.cols and 0 <= r["y0"] <= r["y1"] < img.rows
+        keep[r["y0"]: r["y1"] + 1, r["x0"]: r["x1"] + 1] = True
+    assert not pixels[~keep].any()
+    original = reference_gray(path)
+    assert original[~keep].any(), "the test needs text outside the regions to blank"
+    np.testing.assert_array_equal(pixels[keep], original[keep])
+
+
+def test_no_region_means_no_mm_and_quarantine_until_allowed(ws, us_file):
+    path = us_file("US1_UNCR.dcm")
+    report = ingest(ws, [path], workers=0)
+    assert report.quarantined and report.exit_code == 1 and not images_of(ws)
+    assert "--allow-burned-in" in report.quarantined[0][1]
+    report = ingest(ws, [path], workers=0, allow_burned_in=True)
+    assert report.ingested == 1 and report.ok
+    (img,) = images_of(ws)
+    assert img.mm_per_px_x is None and img.pixel_handling == "kept_burned_in_allowed"
+
+
+@pytest.mark.parametrize("mode,expected", [("auto", [60]), ("first", [0]), ("middle", [60]),
+                                           ("all", list(range(120)))])
+def test_long_cine_frames(ws, us_file, mode, expected):
+    ingest(ws, [us_file("color3d_jpeg_baseline.dcm")], workers=0, frames=mode)
+    assert [i.frame_index for i in images_of(ws)] == expected
+
+
+def test_short_cine_gives_all_frames_by_default(ws, us_file):
+    ingest(ws, [us_file("OBXXXX1A_2frame.dcm")], workers=0)
+    assert [i.frame_index for i in images_of(ws)] == [0, 1]
+
+
+def test_bad_input_is_rejected_one_line_each_and_the_batch_goes_on(ws, us_file, tmp_path):
+    folder = tmp_path / "batch"
+    bad = make_bad_files(us_file("OBXXXX1A.dcm", "src"), us_file("color3d_jpeg_baseline.dcm", "src"),
+                         us_file("US1_J2KR.dcm", "src"), folder)
+    good = shutil.copy(us_file("OBXXXX1A_rle.dcm", "src2"), folder / "good.dcm")
+    report = ingest(ws, [folder], workers=2)
+    assert report.ingested == 1, report.rejected
+    reasons = {Path(p).name: r for p, r in report.rejected}
+    assert set(reasons) == {p.name for p in bad.values()}, reasons
+    for reason in reasons.values():
+        assert "\n" not in reason and len(reason) < 300
+    assert "not a DICOM file" in reasons["notes.txt"]
+    assert "not a DICOM file" in reasons["random.dcm"]
+    assert "not a DICOM file" in reasons["forced.dcm"] or "missing" in reasons["forced.dcm"]
+    assert "truncated" in reasons["cut_header.dcm"]
+    assert "too short" in reasons["cut_pixels.dcm"]
+    assert "no pixel data" in reasons["no_pixels.dcm"]
+    assert "truncated" in reasons["cut_jpeg.dcm"]
+    assert "too short" in reasons["wrong_length.dcm"]
+    assert "absurd" in reasons["absurd.dcm"]
+    assert "cannot decode" in reasons["garbled_j2k.dcm"]
+    assert report.exit_code == 1
+    assert Path(good).exists()
+
+
+def test_rerun_is_a_no_op_and_originals_are_untouched(ws, us_file):
+    paths = [us_file("OBXXXX1A.dcm"), us_file("gdcm-US-ALOKA-16.dcm")]
+    before = {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in paths}
+    first = ingest(ws, [paths[0].parent], workers=0)
+    db_rows = len(images_of(ws))
+    second = ingest(ws, [paths[0].parent], workers=2)
+    assert first.ingested == 2 and second.ingested == 0 and second.already_present == 2
+    assert second.ok and len(images_of(ws)) == db_rows
+    after = {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in paths}
+    assert before == after
+
+
+def test_same_uid_different_bytes_is_a_conflict_never_an_overwrite(ws, us_file, tmp_path):
+    path = us_file("OBXXXX1A.dcm")
+    ingest(ws, [path], workers=0)
+    original = images_of(ws)[0]
+    ds = pydicom.dcmread(path)
+    ds.PixelData = bytes(255 - b for b in ds.PixelData)  # a different image, same UID
+    changed = tmp_path / "changed" / "x.dcm"
+    changed.parent.mkdir()
+    ds.save_as(changed)
+    report = ingest(ws, [changed], workers=0)
+    assert len(report.conflicts) == 1 and report.exit_code == 1
+    assert "kept aside" in report.conflicts[0][1]
+    (img,) = images_of(ws)
+    assert img.store_hash == original.store_hash
+    with ws.session() as s:
+        conflict = s.scalar(select(SourceFile).where(SourceFile.status == "conflict"))
+    assert conflict.aside and conflict.aside[0] != original.store_hash
+    assert conflict.aside[0] in ws.store
+    # a conflict is also remembered: the same conflicting file again is no news
+    again = ingest(ws, [changed], workers=0)
+    assert again.already_present == 1 and not again.conflicts
+
+
+def test_concurrent_ingests_into_one_workspace(ws, pydicom_data, tmp_path, cli_env):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for name in ("OBXXXX1A.dcm", "gdcm-US-ALOKA-16.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm"):
+        shutil.copy(pydicom_data / name, folder / name)
+    shutil.copy(pydicom.examples.get_path("ybr_color"), folder / "ybr.dcm")  # 30-frame cine
+    procs = [subprocess.Popen([sys.executable, "-m", "datatool", "ingest", str(folder), "-j", "1",
+                               "--json", "--workspace", str(ws.root)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env)
+             for _ in range(3)]
+    results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(r["ingested"] for r in results) == 4
+    assert sum(r["already_present"] for r in results) == 8
+    with ws.session() as s:
+        assert s.scalar(select(func.count(SourceFile.id))) == 4
+        assert s.scalar(select(func.count(Image.id))) == 3 + 30
+        assert s.scalar(select(func.count(Patient.id))) == 4
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_interrupted_ingest_leaves_a_consistent_catalogue_and_resumes(ws, pydicom_data, tmp_path,
+                                                                      cli_env, sig):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    src = pydicom_data / "OBXXXX1A.dcm"
+    for i in range(60):  # distinct files: new SOP Instance UIDs
+        ds = pydicom.dcmread(src)
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(folder / f"f{i:03d}.dcm")
+    proc = subprocess.Popen([sys.executable, "-m", "datatool", "ingest", str(folder), "-j", "1",
+                             "--batch", "3", "--workspace", str(ws.root)], env=cli_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    db = ws.root / ".datatool" / "catalogue.sqlite"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        con = sqlite3.connect(db, timeout=30)
+        n = con.execute("select count(*) from images").fetchone()[0]
+        con.close()
+        if n >= 5:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)  # the whole process group, as a terminal's Ctrl-C does
+    code = proc.wait(timeout=60)
+    if sig == signal.SIGINT:
+        assert code == 130
+    con = sqlite3.connect(db)
+    assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
+    partial = con.execute("select count(*) from images").fetchone()[0]
+    files = con.execute("select count(*) from source_files").fetchone()[0]
+    con.close()
+    assert 5 <= partial < 60 and files == partial  # whole files only
+    report = ingest(ws, [folder], workers=2)
+    assert report.already_present == partial and report.ingested == 60 - partial
+    assert len(images_of(ws)) == 60
+
+
+def test_pydicom_examples(ws, tmp_path):
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    for name in ("palette_color", "ybr_color", "jpeg2k"):
+        shutil.copy(pydicom.examples.get_path(name), folder / f"{name}.dcm")
+    report = ingest(ws, [folder], workers=2, allow_burned_in=True)
+    assert report.ok and report.ingested == 3
+    assert len(images_of(ws)) == 1 + 30 + 1  # the YBR example is a 30-frame cine
+
+
+def test_dicomdir_and_hidden_files_are_skipped(ws, us_file):
+    path = us_file("OBXXXX1A.dcm")
+    (path.parent / "DICOMDIR").write_bytes(b"not read")
+    (path.parent / ".DS_Store").write_bytes(b"\x00\x01")
+    report = ingest(ws, [path.parent], workers=0)
+    assert report.ok and report.ingested == 1 and report.skipped == 1
+
+
+def test_cli_exit_codes_and_json(us_file, tmp_path, cli_env):
+    root = tmp_path / "w"
+    run = lambda *a, cwd=tmp_path: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "datatool", *a], capture_output=True, text=True, env=cli_env,
+        cwd=cwd)
+    assert run("init", str(root)).returncode == 0
+    good = us_file("OBXXXX1A.dcm")
+    res = run("ingest", str(good), "--json", cwd=root)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["ingested"] == 1
+    (good.parent / "junk.dcm").write_bytes(b"junk" * 100)
+    res = run("ingest", str(good.parent), cwd=root)
+    assert res.returncode == 1
+    lines = [l for l in res.stderr.splitlines() if "junk.dcm" in l]
+    assert len(lines) == 1 and "not a DICOM file" in lines[0]
+    assert run("ingest", str(good), "--frames", "sideways", cwd=root).returncode == 2
+    assert run("ingest", str(tmp_path / "missing"), cwd=root).returncode == 2
+    assert run("status", cwd=tmp_path).returncode == 2  # no workspace here
+    assert "datatool init" in run("status", cwd=tmp_path).stderr

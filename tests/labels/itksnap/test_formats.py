@@ -1,0 +1,203 @@
+"""The ITK-SNAP format adapter: NIfTI images and segmentations, workspaces, label maps read
+back (datatool.labels.itksnap.formats)."""
+
+from __future__ import annotations
+
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image as PILImage
+
+from datatool.labels.itksnap.formats import (
+    label_suffix,
+    read_label_map,
+    spacing_mm,
+    strip_label_suffix,
+    workspace_layers,
+    write_image,
+    write_segmentation,
+    write_workspace,
+)
+from datatool.labels.masks import BadLabel
+from datatool.core.protocol import load_protocol
+
+P = load_protocol()
+
+
+def _mask(rows: int = 48, cols: int = 64) -> np.ndarray:
+    """A label map whose rows and columns are all different, so any flip or transpose shows."""
+    mask = np.zeros((rows, cols), np.uint8)
+    mask[0, :5] = 1  # top row, left
+    mask[5:12, 40:60] = 3
+    mask[-1, -1] = 6  # bottom right corner
+    mask[20:30, 2] = 4
+    mask[33, 10:20] = 2
+    return mask
+
+
+def test_segmentation_round_trip_is_exact_and_row_0_is_the_top(tmp_path):
+    mask = _mask()
+    path = tmp_path / "a_seg.nii.gz"
+    write_segmentation(path, mask, (0.1, 0.125))
+    back = read_label_map(path)
+    assert back.dtype == np.uint8 and back.shape == mask.shape
+    np.testing.assert_array_equal(back, mask)
+    image = sitk.ReadImage(str(path))  # what ITK-SNAP sees: x to the right, y down
+    assert image.GetSize() == (64, 48)
+    assert image.GetPixel(0, 0) == 1 and image.GetPixel(63, 47) == 6 and image.GetPixel(2, 25) == 4
+    assert image.GetSpacing() == pytest.approx((0.1, 0.125))
+    assert image.GetOrigin() == (0.0, 0.0)
+    assert image.GetDirection() == (1.0, 0.0, 0.0, 1.0)
+    assert sitk.GetArrayFromImage(image).dtype == np.uint8
+
+
+def test_itksnap_saves_2d_as_w_h_1_and_it_reads_back_the_same(tmp_path):
+    mask = _mask()
+    write_segmentation(tmp_path / "a.nii.gz", mask, (0.2, 0.2))
+    as_saved = sitk.JoinSeries(sitk.ReadImage(str(tmp_path / "a.nii.gz")))  # W x H x 1
+    assert as_saved.GetSize() == (64, 48, 1)
+    sitk.WriteImage(as_saved, str(tmp_path / "b.nii.gz"), True)
+    np.testing.assert_array_equal(read_label_map(tmp_path / "b.nii.gz"), mask)
+
+
+def test_image_is_written_with_true_mm_size_and_same_bytes_each_time(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 40), dtype=np.uint8)
+    write_image(tmp_path / "i.nii.gz", pixels, spacing_mm(0.21, 0.22))
+    write_image(tmp_path / "j.nii.gz", pixels, spacing_mm(0.21, 0.22))
+    image = sitk.ReadImage(str(tmp_path / "i.nii.gz"))
+    assert image.GetSpacing() == pytest.approx((0.21, 0.22))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), pixels)
+    assert (tmp_path / "i.nii.gz").read_bytes() == (tmp_path / "j.nii.gz").read_bytes()
+    assert spacing_mm(None, None) == (1.0, 1.0) and spacing_mm(0.3, None) == (1.0, 1.0)
+    with pytest.raises(ValueError):
+        write_image(tmp_path / "f.nii.gz", pixels.astype(float), (1.0, 1.0))
+    assert not list(tmp_path.glob(".*"))  # no temp files left behind
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd"])
+def test_other_formats_read_back_exactly(tmp_path, suffix):
+    mask = _mask()
+    image = sitk.GetImageFromArray(mask)
+    image.SetSpacing((0.3, 0.3))
+    path = tmp_path / f"label{suffix}"
+    sitk.WriteImage(image, str(path), True)
+    np.testing.assert_array_equal(read_label_map(path), mask)
+
+
+def test_label_suffixes():
+    assert label_suffix("a.seg.nrrd") == ".seg.nrrd" and label_suffix("A.NII.GZ") == ".nii.gz"
+    assert label_suffix("x.nrrd") == ".nrrd" and label_suffix("x.mhd") == ".mhd"
+    assert label_suffix("x.png") is None and label_suffix(".nii.gz") is None
+    assert strip_label_suffix("L_01.nii.gz") == "L_01" and strip_label_suffix("a.b.mha") == "a.b"
+
+
+def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (path, expected reason pattern)."""
+    mask = _mask()
+    good = tmp / "good.nii.gz"
+    write_segmentation(good, mask, (1.0, 1.0))
+    files = {}
+
+    def add(name, data, pattern):
+        (tmp / name).write_bytes(data)
+        files[name] = (tmp / name, pattern)
+
+    PILImage.fromarray(mask).save(tmp / "real.png")
+    add("png.nii.gz", (tmp / "real.png").read_bytes(), "not a NIfTI file: it looks like a PNG")
+    add("notes.nii.gz", b"rater notes, not a label map\n", "not a NIfTI file: it looks like a text")
+    add("empty.nii.gz", b"", "empty file")
+    data = good.read_bytes()
+    add("cut.nii.gz", data[: len(data) // 2], "cut short")
+    sitk.WriteImage(sitk.GetImageFromArray(mask), str(tmp / "plain.nii"))
+    add("cut.nii", (tmp / "plain.nii").read_bytes()[:-100], "cut short")
+    add("text.nrrd", b"hello\n", "not a NRRD file")
+    add("text.mha", b"hello\n", "not a MetaImage file")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 8, 9), np.uint8)), str(tmp / "vol.nii.gz"))
+    files["vol.nii.gz"] = (tmp / "vol.nii.gz", r"9 x 8 x 3 volume; expected a 2D map")
+    rgb = sitk.GetImageFromArray(np.zeros((8, 9, 3), np.uint8), isVector=True)
+    sitk.WriteImage(rgb, str(tmp / "rgb.nii.gz"))
+    files["rgb.nii.gz"] = (tmp / "rgb.nii.gz", "3 values per pixel")
+    files["real.png"] = (tmp / "real.png", "not a label map file")
+    sitk.WriteImage(sitk.GetImageFromArray(mask), str(tmp / "lost.mhd"))
+    (tmp / "lost.raw").unlink()
+    files["lost.mhd"] = (tmp / "lost.mhd", "not a readable MetaImage file")
+    return files
+
+
+def test_bad_files_are_refused_with_one_line_each(tmp_path):
+    for name, (path, pattern) in _bad_files(tmp_path).items():
+        with pytest.raises(BadLabel, match=pattern) as info:
+            read_label_map(path)
+        assert "\n" not in str(info.value), name
+    with pytest.raises(BadLabel, match="cannot read"):
+        read_label_map(tmp_path / "missing.nii.gz")
+
+
+def test_cut_gzip_with_an_odd_size_trailer_is_checked_in_full(tmp_path):
+    """A valid file whose gzip trailer does not give the NIfTI size (a second gzip member) is
+    still accepted, through the full decompression check."""
+    mask = _mask()
+    write_segmentation(tmp_path / "a.nii.gz", mask, (1.0, 1.0))
+    import gzip
+
+    with open(tmp_path / "a.nii.gz", "ab") as handle:
+        handle.write(gzip.compress(b"x"))  # a second member: ITK ignores it
+    np.testing.assert_array_equal(read_label_map(tmp_path / "a.nii.gz"), mask)
+
+
+def _itksnap_resolves(workspace: Path) -> dict[str, Path]:
+    """ITK-SNAP's own rule (IRISApplication::OpenProject) for finding a layer's file: when the
+    workspace's folder is not its SaveLocation, take the part of the layer path below
+    SaveLocation and look for it beside the workspace file."""
+    root = ET.parse(workspace).getroot()
+    saved = root.find("./entry[@key='SaveLocation']").get("value")
+    folder = str(workspace.parent.resolve())
+    found = {}
+    for layer in root.iterfind("./folder[@key='Layers']/folder"):
+        entries = {e.get("key"): e.get("value") for e in layer.iterfind("entry")}
+        path = entries["AbsolutePath"]
+        if saved != folder and path.startswith(saved):
+            moved = Path(folder) / path[len(saved):].lstrip("/")
+            if moved.is_file():
+                path = str(moved)
+        found[entries["Role"]] = Path(path)
+    return found
+
+
+def test_workspace_lists_both_layers_relative_and_survives_a_move(tmp_path):
+    folder = tmp_path / "img000007"
+    write_image(folder / "img000007.nii.gz", np.zeros((48, 64), np.uint8), (0.2, 0.2))
+    write_segmentation(folder / "img000007_seg.nii.gz", _mask(), (0.2, 0.2))
+    ws_file = folder / "img000007.itksnap"
+    write_workspace(ws_file, folder / "img000007.nii.gz", folder / "img000007_seg.nii.gz",
+                    (64, 48), P)
+    text = ws_file.read_text()
+    assert str(tmp_path) not in text  # nothing absolute
+    root = ET.fromstring(text.split("]>", 1)[1])
+    assert root.find("./entry[@key='Version']") is not None
+    layers = root.findall("./folder[@key='Layers']/folder")
+    roles = [{e.get("key"): e.get("value") for e in layer.iterfind("entry")} for layer in layers]
+    assert [(r["Role"], r["AbsolutePath"]) for r in roles] == [
+        ("MainRole", "./img000007.nii.gz"), ("SegmentationRole", "./img000007_seg.nii.gz")]
+    table = layers[0].find("./folder[@key='ProjectMetaData']/folder[@key='IRIS']"
+                           "/folder[@key='LabelTable']")
+    elements = [{e.get("key"): e.get("value") for e in el.iterfind("entry")}
+                for el in table.iterfind("folder")]
+    assert [(int(e["Index"]), e["Label"]) for e in elements] == [(s.value, s.name)
+                                                                 for s in P.structures]
+    assert elements[0]["Color"] == " ".join(map(str, P.structures[0].color))
+    moved = shutil.copytree(folder, tmp_path / "elsewhere" / "copy")
+    for where in (folder, moved):
+        ws_path = where / "img000007.itksnap"
+        expected = {"MainRole": where / "img000007.nii.gz",
+                    "SegmentationRole": where / "img000007_seg.nii.gz"}
+        assert {k: v.resolve() for k, v in _itksnap_resolves(ws_path).items()} == \
+            {k: v.resolve() for k, v in expected.items()}
+        assert workspace_layers(ws_path) == expected
+    with pytest.raises(ValueError, match="not in the workspace's folder"):
+        write_workspace(ws_file, tmp_path / "x.nii.gz", folder / "img000007_seg.nii.gz",
+                        (64, 48), P)

@@ -1,0 +1,357 @@
+"""ITK-SNAP export and sync (datatool.labels.itksnap.sync) and their commands, on the demo study."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.uid import generate_uid
+from sqlalchemy import func, select
+
+from datatool.labels.annotations import add_rater
+from datatool.core.catalogue import Annotation, AuditEntry, Image, Rater, StructureStats
+from datatool.core.errors import UsageError
+from datatool.ingest.pipeline import ingest
+from datatool.labels.itksnap.formats import read_label_map, write_segmentation
+from datatool.labels.matching import image_for_dicom
+from datatool.labels.itksnap.sync import EXPORT_MARKER, LABELS_FILE, export_itksnap, sync_itksnap
+
+N = 12  # the demo fixture: 3 patients x 2 sides x 2 images
+
+
+@pytest.fixture()
+def study(ws, demo_dir):
+    """The demo study ingested, raters rater1 and rater2 registered."""
+    report = ingest(ws, [demo_dir / "dicom"], workers=0)
+    assert report.images_added == N
+    add_rater(ws, "rater1")
+    add_rater(ws, "rater2")
+    return ws
+
+
+def _count(ws, model) -> int:
+    with ws.session() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def _latest(ws, rater: str) -> dict[int, Annotation]:
+    with ws.session() as s:
+        rows = s.scalars(select(Annotation).join(Rater).where(Rater.name == rater)
+                         .order_by(Annotation.version))
+        return {a.image_id: a for a in rows}
+
+
+def _image_ids(ws) -> list[int]:
+    with ws.session() as s:
+        return list(s.scalars(select(Image.id).order_by(Image.id)))
+
+
+def _itksnap_save(path: Path, mask: np.ndarray, like: Path) -> None:
+    """Save a segmentation the way ITK-SNAP does: W x H x 1, with its image's header."""
+    ref = sitk.ReadImage(str(like))
+    image = sitk.GetImageFromArray(mask[None])
+    image.SetSpacing((*ref.GetSpacing(), 1.0))
+    sitk.WriteImage(image, str(path), True)
+
+
+def test_sync_demo_raters_with_dicom_root_then_resync_is_a_no_op(study, demo_dir):
+    ws = study
+    for rater in ("rater1", "rater2"):
+        report = sync_itksnap(ws, demo_dir / "labels" / rater, rater,
+                              dicom_root=demo_dir / "dicom")
+        assert (report.seen, report.new_versions, report.unchanged, report.rejected) == \
+            (N, N, 0, []), report.as_dict()
+        assert report.exit_code == 0
+    assert _count(ws, Annotation) == 2 * N
+    assert _count(ws, StructureStats) == 2 * N * 5
+    with ws.session() as s:
+        present = dict(s.execute(select(StructureStats.structure, func.count())
+                                 .where(StructureStats.area_px > 0)
+                                 .group_by(StructureStats.structure)).all())
+        mm = s.scalar(select(func.count()).select_from(StructureStats)
+                      .where(StructureStats.area_mm2 > 0))
+    assert present["femur"] == present["sciatic nerve"] == 2 * N and mm >= 2 * N * 4
+    # stored pixel for pixel as the files hold them, and nothing of the original path kept
+    with ws.session() as s:
+        images = {i.id: i for i in s.scalars(select(Image))}
+    for annotation in _latest(ws, "rater1").values():
+        assert annotation.source == "itksnap" and annotation.version == 1
+        assert annotation.source_ref.startswith("path-key:")
+        assert ws.store.get_array(annotation.mask_hash).shape == (
+            images[annotation.image_id].rows, images[annotation.image_id].cols)
+    stored = sorted(ws.store.get_array(a.mask_hash).tobytes()
+                    for a in _latest(ws, "rater1").values())
+    files = sorted(sitk.GetArrayFromImage(sitk.ReadImage(str(f))).astype(np.uint8).tobytes()
+                   for f in (demo_dir / "labels" / "rater1").rglob("*.nii.gz"))
+    assert stored == files
+    mrns = {p.name for p in (demo_dir / "dicom").iterdir()}
+    blobs = [p.read_bytes() for p in ws.root.rglob("*") if p.is_file()]
+    assert not [m for m in mrns for b in blobs if m.encode() in b]
+
+    again = sync_itksnap(ws, demo_dir / "labels" / "rater1", "rater1",
+                         dicom_root=demo_dir / "dicom")
+    assert (again.new_versions, again.unchanged, again.rejected) == (0, N, [])
+    assert _count(ws, Annotation) == 2 * N
+    with ws.session() as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.command == "sync itksnap")
+                          .order_by(AuditEntry.id.desc())).first()
+    assert entry.details["unchanged"] == N and entry.details["rater"] == "rater1"
+
+
+def test_changed_label_becomes_version_2(study, demo_dir, tmp_path):
+    ws = study
+    labels = shutil.copytree(demo_dir / "labels" / "rater1", tmp_path / "r1")
+    sync_itksnap(ws, labels, "rater1", dicom_root=demo_dir / "dicom")
+    changed = sorted(labels.rglob("*.nii.gz"))[3]
+    mask = read_label_map(changed)
+    mask[10:20, 100:140] = 3
+    image = sitk.ReadImage(str(changed))
+    write_segmentation(changed, mask, image.GetSpacing())
+    report = sync_itksnap(ws, labels, "rater1", dicom_root=demo_dir / "dicom")
+    assert (report.new_versions, report.unchanged, report.rejected) == (1, N - 1, [])
+    v2 = [a for a in _latest(ws, "rater1").values() if a.version == 2]
+    assert len(v2) == 1
+    np.testing.assert_array_equal(ws.store.get_array(v2[0].mask_hash), mask)
+    assert _count(ws, Annotation) == N + 1
+
+
+def test_export_edit_sync_round_trip_is_exact(study, demo_dir, tmp_path):
+    ws = study
+    sync_itksnap(ws, demo_dir / "labels" / "rater1", "rater1", dicom_root=demo_dir / "dicom")
+    out = tmp_path / "export"
+    summary = export_itksnap(ws, "rater1", out)
+    assert (summary["images"], summary["prefilled"], summary["kept"]) == (N, N, 0)
+    assert (out / LABELS_FILE).read_text() == \
+        (demo_dir / "labels" / "itksnap_labels.txt").read_text()
+    latest = _latest(ws, "rater1")
+    with ws.session() as s:
+        images = {i.id: i for i in s.scalars(select(Image))}
+    for image_id, annotation in latest.items():
+        folder = out / f"img{image_id:06d}"
+        assert sorted(p.name for p in folder.iterdir()) == [
+            f"img{image_id:06d}.itksnap", f"img{image_id:06d}.nii.gz",
+            f"img{image_id:06d}_seg.nii.gz"]
+        np.testing.assert_array_equal(read_label_map(folder / f"img{image_id:06d}_seg.nii.gz"),
+                                      ws.store.get_array(annotation.mask_hash))
+        picture = sitk.ReadImage(str(folder / f"img{image_id:06d}.nii.gz"))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(picture),
+                                      ws.store.get_array(images[image_id].store_hash))
+        assert picture.GetSpacing() == pytest.approx(
+            (images[image_id].mm_per_px_x, images[image_id].mm_per_px_y))
+    # the rater edits one image in ITK-SNAP and saves (Ctrl+S)
+    image_id = sorted(latest)[5]
+    seg = out / f"img{image_id:06d}" / f"img{image_id:06d}_seg.nii.gz"
+    edited = read_label_map(seg)
+    edited[edited == 2] = 0
+    edited[200:230, 300:330] = 4
+    _itksnap_save(seg, edited, seg)
+    report = sync_itksnap(ws, out, "rater1")
+    assert (report.seen, report.new_versions, report.unchanged, report.rejected) == \
+        (N, 1, N - 1, [])
+    new = _latest(ws, "rater1")[image_id]
+    assert new.version == 2 and new.source_ref == f"img{image_id:06d}/img{image_id:06d}_seg.nii.gz"
+    np.testing.assert_array_equal(ws.store.get_array(new.mask_hash), edited)
+
+
+def test_prefill_uses_only_the_raters_own_labels(study, demo_dir, tmp_path):
+    ws = study
+    sync_itksnap(ws, demo_dir / "labels" / "rater1", "rater1", dicom_root=demo_dir / "dicom")
+    summary = export_itksnap(ws, "rater2", tmp_path / "r2")
+    assert (summary["images"], summary["prefilled"]) == (N, 0)
+    segs = sorted((tmp_path / "r2").rglob("*_seg.nii.gz"))
+    assert len(segs) == N and not any(read_label_map(p).any() for p in segs)
+    assert json.loads((tmp_path / "r2" / EXPORT_MARKER).read_text())["rater"] == "rater2"
+    # rater2's untouched empty segmentations are "not labelled yet", not errors
+    report = sync_itksnap(ws, tmp_path / "r2", "rater2")
+    assert (report.new_versions, report.unchanged, report.rejected) == (0, 0, [])
+    assert "12 exported segmentations are still empty" in report.notes[0][1]
+    # nor can rater1's folder be re-exported for rater2, or synced as rater2's
+    export_itksnap(ws, "rater1", tmp_path / "r1", image_ids=_image_ids(ws)[:2])
+    with pytest.raises(UsageError, match="rater rater1's ITK-SNAP export"):
+        export_itksnap(ws, "rater2", tmp_path / "r1")
+    with pytest.raises(UsageError, match="sync it with --rater rater1"):
+        sync_itksnap(ws, tmp_path / "r1", "rater2")
+    with pytest.raises(UsageError, match="not registered"):
+        export_itksnap(ws, "nobody", tmp_path / "x")
+    with pytest.raises(UsageError, match="no image img000999"):
+        export_itksnap(ws, "rater1", tmp_path / "x", image_ids=[1, 999])
+
+
+def test_reexport_is_idempotent_and_keeps_unsynced_edits(study, demo_dir, tmp_path):
+    ws = study
+    sync_itksnap(ws, demo_dir / "labels" / "rater1", "rater1", dicom_root=demo_dir / "dicom")
+    out = tmp_path / "e"
+    export_itksnap(ws, "rater1", out)
+    first = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert export_itksnap(ws, "rater1", out)["kept"] == 0
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
+    seg = sorted(out.rglob("*_seg.nii.gz"))[0]
+    mask = read_label_map(seg)
+    mask[:5, :5] = 1
+    _itksnap_save(seg, mask, seg)
+    edited = seg.read_bytes()
+    summary = export_itksnap(ws, "rater1", out)
+    assert summary["kept"] == 1 and summary["kept_files"] == [str(seg)]
+    assert seg.read_bytes() == edited  # the edit survived
+    assert sync_itksnap(ws, out, "rater1").new_versions == 1
+    assert export_itksnap(ws, "rater1", out)["kept"] == 0
+    np.testing.assert_array_equal(read_label_map(seg), mask)
+    # export without prefill: empty segmentations, except where edits would be lost
+    empty = export_itksnap(ws, "rater1", tmp_path / "blank", prefill=False)
+    assert empty["prefilled"] == 0
+    assert not any(read_label_map(p).any() for p in (tmp_path / "blank").rglob("*_seg.nii.gz"))
+
+
+def test_manifest_matching(study, demo_dir, tmp_path):
+    ws = study
+    labels = demo_dir / "labels" / "rater2"
+    manifest = tmp_path / "lists" / "manifest.csv"
+    manifest.parent.mkdir()
+    with open(manifest, "w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["label_file", "dicom_file"])
+        for i, label in enumerate(sorted(labels.rglob("*.nii.gz"))):
+            rel = label.relative_to(labels)
+            dicom = demo_dir / "dicom" / rel.parent / (rel.name[:-len(".nii.gz")] + ".dcm")
+            if i % 2:  # relative to the CSV's folder, or absolute
+                label = os.path.relpath(label, manifest.parent)
+            else:
+                dicom = os.path.relpath(dicom, manifest.parent)
+            w.writerow([label, dicom])
+        w.writerow([tmp_path / "gone.nii.gz", demo_dir / "dicom" / "x.dcm"])
+        twice = sorted(labels.rglob("*.nii.gz"))[0]
+        w.writerow([twice, dicom])  # listed again, with another DICOM file
+    report = sync_itksnap(ws, labels, "rater2", manifest=manifest)
+    assert (report.seen, report.new_versions) == (N, N - 1)
+    assert report.rejected == [
+        (f"{manifest}:{N + 2}", f"label file {tmp_path / 'gone.nii.gz'} does not exist"),
+        (str(twice), "listed twice in the manifest with different DICOM files")]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,dicom\na,b\n")
+    with pytest.raises(UsageError, match="label_file,dicom_file"):
+        sync_itksnap(ws, labels, "rater2", manifest=bad)
+
+
+def _never_ingested(demo_dir: Path, dest: Path) -> Path:
+    ds = pydicom.dcmread(sorted((demo_dir / "dicom").rglob("*.dcm"))[0])
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dest)
+    return dest
+
+
+def test_every_bad_label_file_is_rejected_with_its_reason_and_the_rest_go_on(
+        study, demo_dir, tmp_path):
+    ws = study
+    ids = _image_ids(ws)
+    with ws.session() as s:
+        shape = {i.id: (i.rows, i.cols) for i in s.scalars(select(Image))}
+    labels = tmp_path / "labels"
+    orig = shutil.copytree(demo_dir / "dicom", tmp_path / "orig")
+    good = read_label_map(sorted((demo_dir / "labels" / "rater1").rglob("*.nii.gz"))[0])
+
+    def put(name: str, mask: np.ndarray) -> Path:
+        write_segmentation(labels / name, mask, (0.2, 0.2))
+        return labels / name
+
+    put(f"img{ids[0]:06d}_seg.nii.gz", good)  # the one good file
+    put(f"img{ids[1]:06d}_seg.nii.gz", np.ones((100, 120), np.uint8))
+    five = good.copy()
+    five[:3, :3] = 5
+    put(f"img{ids[2]:06d}_seg.nii.gz", five)
+    (labels / f"img{ids[3]:06d}_seg.nii.gz").write_text("not a label map\n")
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(good).save(labels / f"img{ids[4]:06d}_seg.nii.gz", format="PNG")
+    put("img999999_seg.nii.gz", good)
+    put("NEW/L_01.nii.gz", good)  # its DICOM was never ingested
+    _never_ingested(demo_dir, orig / "NEW" / "L_01.dcm")
+    put("NOPE/R_09.nii.gz", good)  # no DICOM at all
+    with ws.session() as s:  # an image none of the files above is for
+        empty_rel = next(rel for rel in (p.relative_to(orig) for p in sorted(orig.rglob("*.dcm")))
+                         if image_for_dicom(s, ws.key, orig / rel).id not in ids[:5])
+    empty_rel = empty_rel.parent / (empty_rel.stem + ".nii.gz")
+    put(str(empty_rel), np.zeros_like(good))
+    (labels / "notes.txt").write_text("ignored, with a note\n")
+    report = sync_itksnap(ws, labels, "rater1", dicom_root=orig)
+    reasons = {Path(item).name: reason for item, reason in report.rejected}
+    assert (report.seen, report.new_versions, report.unchanged) == (9, 1, 0)
+    assert report.exit_code == 1 and len(report.rejected) == 8
+    h, w = shape[ids[1]]
+    assert reasons[f"img{ids[1]:06d}_seg.nii.gz"] == (
+        f"size mismatch: label map is 120x100, the image is {w}x{h} (width x height)")
+    assert "unknown label value(s) [5]" in reasons[f"img{ids[2]:06d}_seg.nii.gz"]
+    assert "looks like a text file" in reasons[f"img{ids[3]:06d}_seg.nii.gz"]
+    assert "looks like a PNG image" in reasons[f"img{ids[4]:06d}_seg.nii.gz"]
+    assert reasons["img999999_seg.nii.gz"] == "image img999999 does not exist in this catalogue"
+    assert "never ingested" in reasons["L_01.nii.gz"]
+    assert "no DICOM file NOPE/R_09[.dcm] under" in reasons["R_09.nii.gz"]
+    assert "empty" in reasons[empty_rel.name] and "--allow-empty" in reasons[empty_rel.name]
+    assert all("\n" not in r for r in reasons.values())
+    assert report.notes == [(str(labels), "ignored 1 files that are not label maps (.txt 1)")]
+    assert _count(ws, Annotation) == 1
+
+    allowed = sync_itksnap(ws, labels, "rater1", dicom_root=orig, allow_empty=True)
+    assert (allowed.new_versions, allowed.unchanged, len(allowed.rejected)) == (1, 1, 7)
+    no_root = sync_itksnap(ws, labels, "rater1")
+    assert "no --dicom-root or --manifest" in dict(
+        (Path(i).name, r) for i, r in no_root.rejected)["R_09.nii.gz"]
+
+
+def test_two_files_for_one_image_are_both_rejected(study, demo_dir, tmp_path):
+    ws = study
+    image_id = _image_ids(ws)[0]
+    mask = read_label_map(sorted((demo_dir / "labels" / "rater1").rglob("*.nii.gz"))[0])
+    write_segmentation(tmp_path / "l" / f"img{image_id:06d}_seg.nii.gz", mask, (1.0, 1.0))
+    write_segmentation(tmp_path / "l" / f"img{image_id:06d}_seg_v2.nii.gz", mask, (1.0, 1.0))
+    report = sync_itksnap(ws, tmp_path / "l", "rater1")
+    assert report.new_versions == 0 and len(report.rejected) == 2
+    assert all("2 label files for image" in r for _, r in report.rejected)
+
+
+def _cli(args, env, ws):
+    return subprocess.run([sys.executable, "-m", "datatool", *args, "--workspace", str(ws.root)],
+                          capture_output=True, text=True, env=env)
+
+
+def test_cli_exit_codes_json_and_one_line_rejections(study, demo_dir, tmp_path, cli_env):
+    ws = study
+    labels = shutil.copytree(demo_dir / "labels" / "rater1", tmp_path / "r1")
+    ok = _cli(["sync", "itksnap", str(labels), "--rater", "rater1", "--dicom-root",
+               str(demo_dir / "dicom"), "--json"], cli_env, ws)
+    assert ok.returncode == 0, ok.stderr
+    data = json.loads(ok.stdout)
+    assert (data["seen"], data["new_versions"], data["exit_code"]) == (N, N, 0)
+
+    bad = sorted(labels.rglob("*.nii.gz"))[0]
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    one = _cli(["sync", "itksnap", str(labels), "--rater", "rater1", "--dicom-root",
+                str(demo_dir / "dicom")], cli_env, ws)
+    assert one.returncode == 1
+    assert one.stderr.strip().splitlines()[-1] == \
+        f"rejected: {bad}: not a NIfTI file: it looks like a PNG image"
+    assert "unchanged" in one.stdout and "11" in one.stdout
+
+    unknown = _cli(["sync", "itksnap", str(labels), "--rater", "nobody"], cli_env, ws)
+    assert unknown.returncode == 2 and "not registered" in unknown.stderr
+
+    out = tmp_path / "exp"
+    exp = _cli(["export", "itksnap", "--rater", "rater1", "--out", str(out), "--images",
+                "1,img000002", "--json"], cli_env, ws)
+    assert exp.returncode == 0, exp.stderr
+    assert json.loads(exp.stdout)["images"] == 2
+    assert sorted(p.name for p in out.iterdir()) == [EXPORT_MARKER, "img000001", "img000002",
+                                                     LABELS_FILE]
+    usage = _cli(["export", "itksnap", "--rater", "rater1", "--out", str(out), "--images",
+                  "one"], cli_env, ws)
+    assert usage.returncode == 2

@@ -1,0 +1,165 @@
+"""Label maps <-> Label Studio brush results (no server)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
+from datatool.labels.masks import BadLabel
+from datatool.core.protocol import load_protocol
+
+P = load_protocol()
+
+
+def _every_case_mask() -> np.ndarray:
+    """Every structure, holes, single pixels, regions touching each other and the edges."""
+    h, w = 37, 53  # odd sizes: no alignment luck
+    mask = np.zeros((h, w), np.uint8)
+    mask[0:10, 0:12] = 1  # femur in the top-left corner (touches two edges)
+    mask[3:6, 4:8] = 0  # a hole in it
+    mask[0:10, 12:20] = 2  # adductor touching the femur
+    mask[h - 1, w - 1] = 3  # single nerve pixel in the bottom-right corner
+    mask[20:30, 25:40] = 3
+    mask[24:26, 30:33] = 0  # hole in the nerve
+    mask[25, 31] = 4  # single semitendinosus pixel inside the nerve's hole
+    mask[h - 5:h, 0:w] = 6  # artery along the whole bottom edge
+    mask[h - 1, w - 1] = 3
+    mask[12, 0] = 4
+    mask[12, w - 1] = 6  # single pixels on the left and right edges
+    return mask
+
+
+def test_round_trip_every_structure_exact():
+    mask = _every_case_mask()
+    results = mask_to_results(mask, P)
+    assert [r["value"]["brushlabels"] for r in results] == [[s.name] for s in P.structures]
+    assert all(r["type"] == "brushlabels" and r["from_name"] == "label"
+               and r["to_name"] == "image" and r["original_width"] == 53
+               and r["original_height"] == 37 for r in results)
+    json.dumps(results)  # plain JSON for the API
+    back = results_to_mask(results, P, mask.shape)
+    assert back.notes == []
+    assert back.mask.dtype == np.uint8
+    np.testing.assert_array_equal(back.mask, mask)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (64, 64), (120, 160)])
+def test_round_trip_shapes(shape):
+    rng = np.random.default_rng(sum(shape))
+    mask = rng.choice(np.array([0, *P.values], np.uint8), size=shape)
+    back = results_to_mask(mask_to_results(mask, P), P, shape)
+    np.testing.assert_array_equal(back.mask, mask)
+
+
+def test_empty_map_gives_no_results_and_back():
+    mask = np.zeros((5, 6), np.uint8)
+    assert mask_to_results(mask, P) == []
+    assert not results_to_mask([], P, (5, 6)).mask.any()
+
+
+def test_full_image_single_label():
+    mask = np.full((30, 40), 3, np.uint8)
+    np.testing.assert_array_equal(results_to_mask(mask_to_results(mask, P), P, (30, 40)).mask, mask)
+
+
+def test_aliases_and_case_map_to_structures():
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:4, 2:4] = 3
+    results = mask_to_results(mask, P)
+    results[0]["value"]["brushlabels"] = ["  NERVE "]
+    np.testing.assert_array_equal(results_to_mask(results, P, (8, 8)).mask, mask)
+
+
+def test_same_structure_regions_merge_without_notes():
+    a = np.zeros((10, 10), np.uint8)
+    a[0:5, 0:5] = 1
+    b = np.zeros((10, 10), np.uint8)
+    b[3:8, 3:8] = 1
+    out = results_to_mask(mask_to_results(a, P) + mask_to_results(b, P), P, (10, 10))
+    assert out.notes == []
+    np.testing.assert_array_equal(out.mask, np.where((a > 0) | (b > 0), 1, 0))
+
+
+def test_overlap_later_wins_and_is_reported():
+    nerve = np.zeros((10, 10), np.uint8)
+    nerve[2:6, 2:6] = 3  # 16 px
+    artery = np.zeros((10, 10), np.uint8)
+    artery[4:8, 4:8] = 6  # 16 px, 4 of them on the nerve
+    results = mask_to_results(nerve, P) + mask_to_results(artery, P)
+    out = results_to_mask(results, P, (10, 10))
+    assert out.mask[4, 4] == 6 and out.mask[2, 2] == 3 and out.mask[7, 7] == 6
+    assert out.notes == ["sciatic nerve and femoral artery overlap on 4 px: the later region "
+                         "(femoral artery) wins"]
+    reverse = results_to_mask(results[::-1], P, (10, 10))
+    assert reverse.mask[4, 4] == 3 and "(sciatic nerve) wins" in reverse.notes[0]
+
+
+def test_unknown_label_rejected():
+    mask = np.zeros((6, 6), np.uint8)
+    mask[1, 1] = 1
+    results = mask_to_results(mask, P)
+    results[0]["value"]["brushlabels"] = ["tibia"]
+    with pytest.raises(BadLabel, match="unknown label 'tibia'"):
+        results_to_mask(results, P, (6, 6))
+
+
+def test_size_mismatch_rejected():
+    mask = np.zeros((6, 8), np.uint8)
+    mask[1, 1] = 1
+    results = mask_to_results(mask, P)
+    with pytest.raises(BadLabel, match="size mismatch.*8x6.*the image is 6x8"):
+        results_to_mask(results, P, (8, 6))
+    del results[0]["original_width"], results[0]["original_height"]  # the RLE still tells
+    with pytest.raises(BadLabel, match="size mismatch"):
+        results_to_mask(results, P, (6, 9))
+
+
+def test_non_brush_and_malformed_results_rejected():
+    rect = {"type": "rectanglelabels", "from_name": "label", "to_name": "image",
+            "value": {"x": 1, "y": 1, "width": 5, "height": 5, "rectanglelabels": ["femur"]}}
+    with pytest.raises(BadLabel, match="'rectanglelabels' result, not a brush mask"):
+        results_to_mask([rect], P, (6, 6))
+    mask = np.zeros((6, 6), np.uint8)
+    mask[1, 1] = 1
+    entry = mask_to_results(mask, P)[0]
+    two = json.loads(json.dumps(entry))
+    two["value"]["brushlabels"] = ["femur", "nerve"]
+    with pytest.raises(BadLabel, match="exactly one label"):
+        results_to_mask([two], P, (6, 6))
+    none = json.loads(json.dumps(entry))
+    none["value"]["brushlabels"] = []
+    with pytest.raises(BadLabel, match="exactly one label"):
+        results_to_mask([none], P, (6, 6))
+    no_rle = json.loads(json.dumps(entry))
+    del no_rle["value"]["rle"]
+    with pytest.raises(BadLabel, match="without an RLE"):
+        results_to_mask([no_rle], P, (6, 6))
+    cut = json.loads(json.dumps(entry))
+    cut["value"]["rle"] = cut["value"]["rle"][:3]
+    with pytest.raises(BadLabel, match="does not decode|size mismatch"):
+        results_to_mask([cut], P, (6, 6))
+
+
+def test_unknown_value_in_mask_refused():
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0, 0] = 5  # not in the protocol
+    with pytest.raises(BadLabel, match=r"unknown label value\(s\) \[5\]"):
+        mask_to_results(mask, P)
+
+
+def test_partial_alpha_counts_as_drawn():
+    """Label Studio's canvas can leave antialiased alpha below 255: any alpha > 0 is drawn."""
+    from label_studio_sdk.converter.brush import encode_rle
+
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[1, 2] = (10, 20, 30, 1)
+    rgba[3, 4] = (0, 0, 0, 200)
+    entry = {"type": "brushlabels", "from_name": "tag", "to_name": "img",
+             "original_width": 5, "original_height": 4,
+             "value": {"format": "rle", "rle": list(encode_rle(rgba.ravel())),
+                       "brushlabels": ["Femur"]}}
+    out = results_to_mask([entry], P, (4, 5)).mask
+    assert out[1, 2] == 1 and out[3, 4] == 1 and out.sum() == 2

@@ -1,0 +1,77 @@
+"""Label maps, per-structure statistics and versioned annotations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from datatool.labels.annotations import add_rater, get_rater, label_coverage, store_annotation
+from datatool.core.catalogue import Annotation, Image
+from datatool.core.errors import DatatoolError, UsageError
+from datatool.ingest.pipeline import ingest
+from datatool.labels.masks import BadLabel, structure_stats, validate_mask
+from datatool.core.protocol import load_protocol
+
+P = load_protocol()
+
+
+def test_validate_mask():
+    ok = np.zeros((4, 6), np.uint8)
+    ok[1, 1] = 3
+    assert validate_mask(ok[None], P, (4, 6)).shape == (4, 6)  # W x H x 1 is fine
+    with pytest.raises(BadLabel, match="size mismatch"):
+        validate_mask(ok, P, (6, 4))
+    bad = ok.copy()
+    bad[0, 0] = 5  # ITK-SNAP's label 5 is not in this protocol
+    with pytest.raises(BadLabel, match=r"unknown label value\(s\) \[5\]"):
+        validate_mask(bad, P, (4, 6))
+    with pytest.raises(BadLabel, match="empty"):
+        validate_mask(np.zeros((4, 6)), P, (4, 6))
+    assert not validate_mask(np.zeros((4, 6)), P, (4, 6), allow_empty=True).any()
+
+
+def test_structure_stats_area_components_bbox():
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:5, 3:7] = 1  # 12 px
+    mask[10:12, 20:22] = 3  # two nerve blobs, 4 + 1 px
+    mask[15, 25] = 3
+    stats = {r["structure"]: r for r in structure_stats(mask, P, 0.2, 0.25)}
+    assert stats["femur"]["area_px"] == 12 and stats["femur"]["area_mm2"] == pytest.approx(0.6)
+    assert (stats["femur"]["x0"], stats["femur"]["y0"], stats["femur"]["x1"],
+            stats["femur"]["y1"]) == (3, 2, 6, 4)
+    assert stats["sciatic nerve"]["components"] == 2 and stats["sciatic nerve"]["area_px"] == 5
+    assert stats["femoral artery"]["area_px"] == 0 and stats["femoral artery"]["x0"] is None
+    assert structure_stats(mask, P, None, None)[0]["area_mm2"] is None
+
+
+def test_versions_chain_and_no_op(ws, us_file):
+    ingest(ws, [us_file("OBXXXX1A.dcm")], workers=0)
+    add_rater(ws, "AN1")
+    with ws.session() as s:
+        image = s.scalar(select(Image))
+        mask = np.zeros((image.rows, image.cols), np.uint8)
+        mask[100:150, 200:260] = 3
+        rater = get_rater(s, "AN1")
+        first = store_annotation(s, ws.store, image, rater, mask, "itksnap", "a.nii.gz", P)
+        same = store_annotation(s, ws.store, image, rater, mask.copy(), "labelstudio", "t1", P)
+        mask[160:170, 200:210] = 1
+        second = store_annotation(s, ws.store, image, rater, mask, "itksnap", "a.nii.gz", P)
+    assert first.created and not same.created and second.created
+    assert (first.version, second.version) == (1, 2)
+    assert same.annotation_id == first.annotation_id
+    with ws.session() as s:
+        assert len(s.scalars(select(Annotation)).all()) == 2
+    np.testing.assert_array_equal(ws.store.get_array(second.mask_hash), mask)
+    cov = label_coverage(ws)["raters"][0]
+    assert cov["images_labelled"] == 1 and cov["versions"] == 2
+    assert cov["structures"]["femur"] == {"present": 1, "absent": 0}
+    assert cov["structures"]["femoral artery"] == {"present": 0, "absent": 1}
+
+
+def test_raters(ws):
+    assert add_rater(ws, "AN2")[1] and not add_rater(ws, "AN2")[1]
+    with pytest.raises(UsageError):
+        add_rater(ws, "a/b")
+    with ws.session() as s, pytest.raises(DatatoolError, match="rater add NOBODY"):
+        get_rater(s, "NOBODY")

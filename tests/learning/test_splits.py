@@ -1,0 +1,135 @@
+"""Splits: patient-level, deterministic, frozen; show, check, export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import select
+
+from datatool.core.catalogue import SplitMember
+from datatool.analysis.consensus import make_consensus
+from datatool.core.errors import DatatoolError, UsageError
+from datatool.learning.splits import check_split, create_split, deal, export_split, show_split
+
+from tests.labels_util import ingest_demo_with_labels
+
+
+@pytest.fixture()
+def ready(ws, demo_dir):
+    ingest_demo_with_labels(ws, demo_dir)
+    make_consensus(ws, "staple")
+    return ws
+
+
+def members(ws, name):
+    with ws.session() as s:
+        return sorted((m.image_id, m.patient_id, m.subset, m.fold) for m in s.scalars(
+            select(SplitMember).join(SplitMember.split).where(SplitMember.split.has(name=name))))
+
+
+def test_deal_is_close_to_the_ratios_in_images():
+    units = [(f"p{i}", n) for i, n in enumerate([16, 15, 14, 16, 15, 16, 14, 15, 16, 16] * 20)]
+    bins = deal(units, [0.6, 0.2, 0.2], seed=1)
+    total = sum(n for _, n in units)
+    share = [sum(n for u, n in units if bins[u] == k) / total for k in range(3)]
+    assert share == pytest.approx([0.6, 0.2, 0.2], abs=0.01)
+    assert deal(units, [0.6, 0.2, 0.2], seed=1) == bins
+    assert deal(units, [0.6, 0.2, 0.2], seed=2) != bins
+
+
+def test_split_is_deterministic_patient_level_and_frozen(ready, tmp_path):
+    ws = ready
+    info = create_split(ws, "s1", seed=5)
+    again = create_split(ws, "s1-copy", seed=5)
+    assert info["hash"] == again["hash"] and members(ws, "s1") == members(ws, "s1-copy")
+    rows = members(ws, "s1")
+    by_patient = {}
+    for _, patient, subset, fold in rows:
+        by_patient.setdefault(patient, set()).add((subset, fold))
+    assert all(len(v) == 1 for v in by_patient.values())  # one set and fold per patient
+    assert {sub for _, _, sub, _ in rows} == {"train", "val", "test"}
+    assert all(fold is None for _, _, sub, fold in rows if sub == "test")
+    assert all(info["subsets"][k]["patients"] == 1 for k in ("train", "val", "test"))  # 3 patients
+    assert check_split(ws, "s1")["ok"]
+    with pytest.raises(DatatoolError, match="never change"):
+        create_split(ws, "s1")
+
+
+def test_split_same_on_another_machine(ready, cli_env):
+    """Another process (a machine with other hash seeds) computes the same split hash."""
+    ws = ready
+    info = create_split(ws, "here", seed=9)
+    code = ("from datatool.core.workspace import open_workspace; from datatool.learning.splits import "
+            f"create_split; print(create_split(open_workspace({str(ws.root)!r}), 'there', "
+            "seed=9)['hash'])")
+    env = dict(cli_env, PYTHONHASHSEED="123")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.strip()
+    assert out.splitlines()[-1] == info["hash"]
+
+
+def test_check_finds_leakage_and_missing_reference_labels(ready):
+    ws = ready
+    create_split(ws, "s")
+    with ws.session() as s:  # someone edits the frozen split behind datatool's back
+        rows = list(s.scalars(select(SplitMember).where(SplitMember.split.has(name="s"))))
+        patient = rows[0].patient_id
+        other = next(m for m in rows if m.patient_id == patient and m.id != rows[0].id)
+        other.subset = "test" if rows[0].subset != "test" else "train"
+        rows[1].annotation_id = None
+    result = check_split(ws, "s")
+    assert not result["ok"]
+    text = " ".join(result["problems"])
+    assert "is in" in text and "no reference label" in text and "altered" in text
+
+
+def test_images_added_later_are_not_silently_added(ready, us_file):
+    from datatool.ingest.pipeline import ingest
+
+    ws = ready
+    create_split(ws, "s")
+    before = members(ws, "s")
+    ingest(ws, [us_file("OBXXXX1A.dcm")], workers=0)
+    assert members(ws, "s") == before
+    result = check_split(ws, "s")
+    assert result["ok"] and "not in this split" in result["notes"][0]
+
+
+def test_stratify_and_options(ready):
+    ws = ready
+    info = create_split(ws, "by-sex", stratify="sex", folds=0, ratios="2:1:1")
+    assert info["fold_sizes"] == {} and info["stratify"] == "sex"
+    with pytest.raises(UsageError):
+        create_split(ws, "bad", ratios="6:2")
+    with pytest.raises(UsageError):
+        create_split(ws, "bad", stratify="age")
+    with pytest.raises(DatatoolError, match="no split"):
+        show_split(ws, "missing")
+
+
+def test_export_nnunet_and_csv(ready, tmp_path):
+    ws = ready
+    create_split(ws, "s", folds=3)
+    nn = export_split(ws, "s", "nnunet", tmp_path / "nn")
+    dataset = json.loads((tmp_path / "nn" / "dataset.json").read_text())
+    assert dataset["labels"]["femoral artery"] == 5 and dataset["file_ending"] == ".png"
+    folds = json.loads((tmp_path / "nn" / "splits_final.json").read_text())
+    assert len(folds) == 3
+    train_cases = {p.name[:-9] for p in (tmp_path / "nn" / "imagesTr").iterdir()}
+    assert len(train_cases) == dataset["numTraining"] == nn["images"] - nn["test"]
+    for fold in folds:
+        assert set(fold["train"]) | set(fold["val"]) == train_cases
+        assert not set(fold["train"]) & set(fold["val"])
+        assert not {c.split("_img")[0] for c in fold["train"]} & {
+            c.split("_img")[0] for c in fold["val"]}  # patients never on both sides
+    import numpy as np
+    from PIL import Image as PILImage
+
+    label = np.asarray(PILImage.open(next((tmp_path / "nn" / "labelsTr").iterdir())))
+    assert set(np.unique(label)) <= {0, 1, 2, 3, 4, 5}
+    export_split(ws, "s", "csv", tmp_path / "csv")
+    lines = (tmp_path / "csv" / "manifest.csv").read_text().splitlines()
+    assert lines[0].startswith("case,image_id,patient") and len(lines) == 13

@@ -1,0 +1,99 @@
+"""The network: triplet attention against a direct implementation, ResNet-50 parameter names
+and count, output shapes, loading torchvision-format weights."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+from datatool.model import TripletAttention, build_model, load_torchvision_resnet50, resnet50  # noqa: E402
+
+
+def direct_triplet_attention(x, ta, training: bool):
+    """Written from the paper, not from the module: for each branch pool over one axis, a 7x7
+    conv on the two pooled maps, batch norm, sigmoid, and scale x along the other two axes."""
+
+    def gate(pooled_max, pooled_mean, g):
+        z = torch.stack([pooled_max, pooled_mean], dim=1)  # B x 2 x P x Q
+        z = F.conv2d(z, g.conv.weight, padding=3)
+        if training:
+            mean = z.mean(dim=(0, 2, 3), keepdim=True)
+            var = z.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+            z = (z - mean) / torch.sqrt(var + g.bn.eps)
+        else:
+            z = (z - g.bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(
+                g.bn.running_var.view(1, -1, 1, 1) + g.bn.eps)
+        z = z * g.bn.weight.view(1, -1, 1, 1) + g.bn.bias.view(1, -1, 1, 1)
+        return torch.sigmoid(z)[:, 0]  # B x P x Q
+
+    b, c, h, w = x.shape
+    s_cw = gate(x.amax(dim=2), x.mean(dim=2), ta.cw)  # pool over H: B x C x W
+    s_hc = gate(x.amax(dim=3).transpose(1, 2), x.mean(dim=3).transpose(1, 2), ta.hc)  # B x H x C
+    s_hw = gate(x.amax(dim=1), x.mean(dim=1), ta.hw)  # pool over C: B x H x W
+    out = torch.empty_like(x)
+    for bi in range(b):
+        for ci in range(c):
+            out[bi, ci] = x[bi, ci] * (s_cw[bi, ci][None, :] + s_hc[bi, :, ci][:, None]
+                                       + s_hw[bi]) / 3
+    return out
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_triplet_attention_equals_the_direct_implementation(training):
+    torch.manual_seed(0)
+    ta = TripletAttention()
+    for g in (ta.cw, ta.hc, ta.hw):  # non-trivial batch-norm state
+        g.bn.running_mean.fill_(0.3)
+        g.bn.running_var.fill_(2.0)
+        g.bn.weight.data.fill_(1.5)
+        g.bn.bias.data.fill_(-0.2)
+    ta.train(training)
+    x = torch.randn(2, 5, 6, 7)
+    torch.testing.assert_close(ta(x), direct_triplet_attention(x, ta, training), atol=1e-5,
+                               rtol=1e-5)
+    assert sum(p.numel() for p in ta.parameters()) == 300
+
+
+def test_resnet50_with_triplet_attention_has_the_published_size_and_names():
+    net = resnet50(num_classes=1000)
+    assert round(sum(p.numel() for p in net.parameters()) / 1e6, 2) == 25.56
+    modules = [m for m in net.modules() if isinstance(m, TripletAttention)]
+    assert len(modules) == 16
+    names = set(net.state_dict())
+    for key in ("conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight",
+                "layer3.5.conv2.weight", "layer4.2.bn3.bias", "fc.weight"):
+        assert key in names
+    without_ta = {k for k in names if ".ta." not in k}
+    plain = resnet50(num_classes=1000, attention=False)
+    assert without_ta == set(plain.state_dict())  # torchvision's key set exactly
+
+
+@pytest.mark.parametrize("stride,feature", [(16, 30), (8, 60)])
+def test_output_shapes_at_473(stride, feature):
+    net = build_model(6, "paper", output_stride=stride).eval()
+    x = torch.randn(1, 3, 473, 473)
+    with torch.no_grad():
+        _, x4 = net.backbone.features(x)
+        assert x4.shape[-2:] == (feature, feature) and x4.shape[1] == 2048
+        assert net(x).shape == (1, 6, 473, 473)
+    net.train()  # training adds the auxiliary head's output (checked at a smaller size)
+    main, aux = net(torch.randn(2, 3, 97, 97))
+    assert main.shape == aux.shape == (2, 6, 97, 97)
+
+
+def test_torchvision_weights_load_from_a_file(tmp_path):
+    source = resnet50(num_classes=1000, attention=False)  # stands in for torchvision's
+    with torch.no_grad():
+        source.layer2[1].conv2.weight.fill_(0.125)
+    path = tmp_path / "resnet50.pth"
+    torch.save(source.state_dict(), path)
+    net = build_model(6, "paper")
+    counts = load_torchvision_resnet50(net, path)
+    assert counts["loaded"] == len(source.state_dict()) - 2  # fc dropped
+    assert torch.all(net.backbone.layer2[1].conv2.weight == 0.125)
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="not a torchvision resnet50"):
+        load_torchvision_resnet50(net, bad)
