@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from demo import make_demo  # bench/demo.py, beside this script
 from sqlalchemy import select
 
-from demo import make_demo  # bench/demo.py, beside this script
 from datatool.analysis.agreement import run_agreement
-from datatool.labels.annotations import add_rater, latest_annotations_query
 from datatool.core.catalogue import Rater
-from datatool.ingest.pipeline import ingest
 from datatool.core.protocol import load_protocol
-from datatool.labels.itksnap.sync import sync_itksnap
 from datatool.core.workspace import init_workspace, open_workspace
+from datatool.ingest.pipeline import ingest
+from datatool.labels.annotations import add_rater, latest_annotations_query
+from datatool.labels.itksnap.sync import sync_itksnap
 
 
 def build(root: Path, patients: int, per_side: str) -> None:
@@ -44,11 +44,16 @@ def build(root: Path, patients: int, per_side: str) -> None:
 def naive_dice(ws) -> tuple[float, int]:
     protocol = load_protocol(ws.protocol_name)
     with ws.session() as s:
-        raters = list(s.scalars(select(Rater).where(Rater.kind == "human").order_by(Rater.name)))[:2]
-        latest = {(a.image_id, a.rater_id): a.mask_hash
-                  for a in s.scalars(latest_annotations_query([r.id for r in raters]))}
-    images = sorted({i for i, r in latest if r == raters[0].id}
-                    & {i for i, r in latest if r == raters[1].id})
+        raters = list(s.scalars(select(Rater).where(Rater.kind == "human").order_by(Rater.name)))[
+            :2
+        ]
+        latest = {
+            (a.image_id, a.rater_id): a.mask_hash
+            for a in s.scalars(latest_annotations_query([r.id for r in raters]))
+        }
+    images = sorted(
+        {i for i, r in latest if r == raters[0].id} & {i for i, r in latest if r == raters[1].id}
+    )
     start = time.perf_counter()
     for i in images:
         a = ws.store.get_array(latest[(i, raters[0].id)])
@@ -81,8 +86,10 @@ def main() -> None:
         t_again = time.perf_counter() - start
     print(f"images labelled by both raters: {n}, structures: {len(report['structures'])}")
     print(f"naive whole-image Dice loop (baseline): {t_naive:6.2f} s")
-    print(f"datatool agreement (new sample):        {t_agree:6.2f} s  "
-          f"ratio {t_agree / t_naive:.2f} of the baseline (goal: under 5 s)")
+    print(
+        f"datatool agreement (new sample):        {t_agree:6.2f} s  "
+        f"ratio {t_agree / t_naive:.2f} of the baseline (goal: under 5 s)"
+    )
     print(f"datatool agreement (saved sample):      {t_again:6.2f} s")
 
 

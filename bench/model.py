@@ -50,8 +50,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also try torch.compile")
     parser.add_argument("--size", type=int, default=473)
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     gpu = device.type == "cuda"
     batch = args.batch or (64 if gpu else 2)
     train_batch = args.train_batch or (32 if gpu else 2)
@@ -61,8 +64,10 @@ def main() -> None:
     x1 = torch.randn(1, 3, args.size, args.size, device=device)
     xb = torch.randn(batch, 3, args.size, args.size, device=device)
     name = torch.cuda.get_device_name(device) if gpu else "CPU"
-    print(f"device: {name}, preset {args.preset}, {args.size}x{args.size}, torch "
-          f"{torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"device: {name}, preset {args.preset}, {args.size}x{args.size}, torch "
+        f"{torch.__version__}, threads {torch.get_num_threads()}"
+    )
 
     with torch.no_grad():  # baseline: float32, eager, contiguous
         net(xb[:1])
@@ -75,8 +80,11 @@ def main() -> None:
             fast = torch.compile(fast, mode="max-autotune-no-cudagraphs")
     xb_fast = xb.contiguous(memory_format=torch.channels_last) if gpu else xb
     x1_fast = x1.contiguous(memory_format=torch.channels_last) if gpu else x1
-    ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if gpu else \
-        (lambda: torch.autocast("cpu", enabled=False))
+    ctx = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if gpu
+        else (lambda: torch.autocast("cpu", enabled=False))
+    )
     with torch.no_grad(), ctx():
         for _ in range(3):
             fast(xb_fast)
@@ -96,8 +104,11 @@ def main() -> None:
     def step():
         with ctx():
             out = train_net(xt)
-            loss = F.cross_entropy(out[0].float(), yt) + 0.4 * F.cross_entropy(
-                out[1].float(), yt) if isinstance(out, tuple) else F.cross_entropy(out.float(), yt)
+            loss = (
+                F.cross_entropy(out[0].float(), yt) + 0.4 * F.cross_entropy(out[1].float(), yt)
+                if isinstance(out, tuple)
+                else F.cross_entropy(out.float(), yt)
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -110,15 +121,23 @@ def main() -> None:
 
     ms1 = [t * 1000 for t in fast_1]
     print(f"inference, batch {batch}, baseline fp32:   {rate(base_b, batch):9.1f} images/s")
-    print(f"inference, batch {batch}, optimised:      {rate(fast_b, batch):9.1f} images/s  "
-          f"(x{rate(fast_b, batch) / rate(base_b, batch):.2f} the baseline; GPU goal >= 1500)")
+    print(
+        f"inference, batch {batch}, optimised:      {rate(fast_b, batch):9.1f} images/s  "
+        f"(x{rate(fast_b, batch) / rate(base_b, batch):.2f} the baseline; GPU goal >= 1500)"
+    )
     print(f"single image, baseline fp32:         {statistics.median(base_1) * 1000:9.2f} ms")
-    print(f"single image, optimised:             {statistics.mean(ms1):9.2f} ± "
-          f"{statistics.pstdev(ms1):.2f} ms  (GPU goal < 10 ms)")
-    print(f"ratio to the study's 218 ms:         {statistics.mean(ms1) / STUDY_MS:9.3f}  "
-          f"(speed x{STUDY_MS / statistics.mean(ms1):.2f} the study's)")
-    print(f"training, batch {train_batch}:                 {rate(train_t, train_batch):9.1f} "
-          "images/s  (GPU goal >= 400)")
+    print(
+        f"single image, optimised:             {statistics.mean(ms1):9.2f} ± "
+        f"{statistics.pstdev(ms1):.2f} ms  (GPU goal < 10 ms)"
+    )
+    print(
+        f"ratio to the study's 218 ms:         {statistics.mean(ms1) / STUDY_MS:9.3f}  "
+        f"(speed x{STUDY_MS / statistics.mean(ms1):.2f} the study's)"
+    )
+    print(
+        f"training, batch {train_batch}:                 {rate(train_t, train_batch):9.1f} "
+        "images/s  (GPU goal >= 400)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 
 import SimpleITK as sitk
-
 from demo import make_demo  # bench/demo.py, beside this script
-from datatool.labels.annotations import add_rater
-from datatool.ingest.pipeline import ingest
-from datatool.labels.itksnap.sync import find_label_files, sync_itksnap
+
 from datatool.core.workspace import init_workspace, open_workspace
+from datatool.ingest.pipeline import ingest
+from datatool.labels.annotations import add_rater
+from datatool.labels.itksnap.sync import find_label_files, sync_itksnap
 
 
 def bare_read(files: list[Path]) -> float:
@@ -62,8 +62,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=30)
     parser.add_argument("--images-per-side", default="7-8")
-    parser.add_argument("--data", type=Path,
-                        help="use this demo dataset (dicom/, labels/) instead of making one")
+    parser.add_argument(
+        "--data", type=Path, help="use this demo dataset (dicom/, labels/) instead of making one"
+    )
     parser.add_argument("--profile", action="store_true", help="profile the first sync")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="datatool-bench-") as tmp:
@@ -71,7 +72,7 @@ def main() -> None:
         data = args.data
         if data is None:
             data = make_demo(scratch / "demo", args.patients, args.images_per_side)
-        root, _ = init_workspace(scratch / "ws")
+        root = init_workspace(scratch / "ws").root
         ws = open_workspace(root)
         t = time.perf_counter()
         ingest(ws, [data / "dicom"], workers=2)

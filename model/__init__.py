@@ -6,5 +6,15 @@ from .network import PRESETS, Preset, TripletAttentionNet, build_model, load_tor
 from .resnet import ResNet, resnet50
 from .triplet_attention import AttentionGate, TripletAttention, ZPool
 
-__all__ = ["AttentionGate", "PRESETS", "Preset", "ResNet", "TripletAttention", "TripletAttentionNet",
-           "ZPool", "build_model", "load_torchvision_resnet50", "resnet50"]
+__all__ = [
+    "PRESETS",
+    "AttentionGate",
+    "Preset",
+    "ResNet",
+    "TripletAttention",
+    "TripletAttentionNet",
+    "ZPool",
+    "build_model",
+    "load_torchvision_resnet50",
+    "resnet50",
+]

@@ -37,13 +37,33 @@ class Preset:
 PRESETS = {
     # the study's recipe: ResNet-50 + TA, PSP head, resize 480x640, crop 473, Adam 5e-5,
     # batch 8, 100 epochs, random rotation
-    "paper": Preset(layers=(3, 4, 6, 3), width=64, output_stride=16, aux=True,
-                    resize=(480, 640), crop=473, epochs=100, batch=8, lr=5e-5, rotation=15.0,
-                    head_channels=512),
+    "paper": Preset(
+        layers=(3, 4, 6, 3),
+        width=64,
+        output_stride=16,
+        aux=True,
+        resize=(480, 640),
+        crop=473,
+        epochs=100,
+        batch=8,
+        lr=5e-5,
+        rotation=15.0,
+        head_channels=512,
+    ),
     # the same architecture, thin and shallow, on small images: a CPU trains it in a minute
-    "tiny": Preset(layers=(1, 1, 1, 1), width=8, output_stride=8, aux=False,
-                   resize=(240, 320), crop=224, epochs=30, batch=8, lr=3e-3, rotation=15.0,
-                   head_channels=32),
+    "tiny": Preset(
+        layers=(1, 1, 1, 1),
+        width=8,
+        output_stride=8,
+        aux=False,
+        resize=(240, 320),
+        crop=224,
+        epochs=30,
+        batch=8,
+        lr=3e-3,
+        rotation=15.0,
+        head_channels=32,
+    ),
 }
 
 
@@ -52,26 +72,48 @@ class PyramidPooling(nn.Module):
         super().__init__()
         reduction = reduction or in_channels // len(bins)
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(in_channels, reduction, 1,
-                                                             bias=False),
-                          nn.BatchNorm2d(reduction), nn.ReLU(inplace=True)) for b in bins)
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(b),
+                nn.Conv2d(in_channels, reduction, 1, bias=False),
+                nn.BatchNorm2d(reduction),
+                nn.ReLU(inplace=True),
+            )
+            for b in bins
+        )
         self.out_channels = in_channels + reduction * len(bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        return torch.cat([x] + [F.interpolate(stage(x), size=size, mode="bilinear",
-                                              align_corners=False) for stage in self.stages], 1)
+        return torch.cat(
+            [x]
+            + [
+                F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False)
+                for stage in self.stages
+            ],
+            1,
+        )
 
 
 def _classifier(in_channels: int, mid: int, num_classes: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, mid, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(mid), nn.ReLU(inplace=True), nn.Dropout2d(dropout),
-                         nn.Conv2d(mid, num_classes, 1))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, mid, 3, padding=1, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
+        nn.Dropout2d(dropout),
+        nn.Conv2d(mid, num_classes, 1),
+    )
 
 
 class TripletAttentionNet(nn.Module):
-    def __init__(self, num_classes: int, layers=(3, 4, 6, 3), width: int = 64,
-                 output_stride: int = 16, aux: bool = True, head_channels: int = 512):
+    def __init__(
+        self,
+        num_classes: int,
+        layers=(3, 4, 6, 3),
+        width: int = 64,
+        output_stride: int = 16,
+        aux: bool = True,
+        head_channels: int = 512,
+    ):
         super().__init__()
         if output_stride not in (8, 16):
             raise ValueError("output_stride must be 8 or 16")
@@ -79,29 +121,41 @@ class TripletAttentionNet(nn.Module):
         channels = self.backbone.out_channels
         self.ppm = PyramidPooling(channels, reduction=max(channels // 4, 8))
         self.head = _classifier(self.ppm.out_channels, head_channels, num_classes, 0.1)
-        self.aux_head = _classifier(channels // 2, max(head_channels // 2, 8), num_classes,
-                                    0.1) if aux else None
+        self.aux_head = (
+            _classifier(channels // 2, max(head_channels // 2, 8), num_classes, 0.1)
+            if aux
+            else None
+        )
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits at the input's size; in training with the auxiliary head, (main, aux)."""
         size = x.shape[-2:]
         x3, x4 = self.backbone.features(x)
-        out = F.interpolate(self.head(self.ppm(x4)), size=size, mode="bilinear",
-                            align_corners=False)
+        out = F.interpolate(
+            self.head(self.ppm(x4)), size=size, mode="bilinear", align_corners=False
+        )
         if self.training and self.aux_head is not None:
-            aux = F.interpolate(self.aux_head(x3), size=size, mode="bilinear",
-                                align_corners=False)
+            aux = F.interpolate(self.aux_head(x3), size=size, mode="bilinear", align_corners=False)
             return out, aux
         return out
 
 
-def build_model(num_classes: int, preset: str | Preset = "paper",
-                output_stride: int | None = None, aux: bool | None = None) -> TripletAttentionNet:
+def build_model(
+    num_classes: int,
+    preset: str | Preset = "paper",
+    output_stride: int | None = None,
+    aux: bool | None = None,
+) -> TripletAttentionNet:
     p = PRESETS[preset] if isinstance(preset, str) else preset
-    return TripletAttentionNet(num_classes, p.layers, p.width,
-                               output_stride or p.output_stride,
-                               p.aux if aux is None else aux, p.head_channels)
+    return TripletAttentionNet(
+        num_classes,
+        p.layers,
+        p.width,
+        output_stride or p.output_stride,
+        p.aux if aux is None else aux,
+        p.head_channels,
+    )
 
 
 def load_torchvision_resnet50(model: TripletAttentionNet, path: Path | str) -> dict:
@@ -116,8 +170,10 @@ def load_torchvision_resnet50(model: TripletAttentionNet, path: Path | str) -> d
     unknown = sorted(k for k in state if k not in own)
     mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
     if unknown or mismatched:
-        raise ValueError(f"{path}: not a torchvision resnet50 state dict for this backbone "
-                         f"(unknown {unknown[:3]}, shape mismatch {mismatched[:3]})")
+        raise ValueError(
+            f"{path}: not a torchvision resnet50 state dict for this backbone "
+            f"(unknown {unknown[:3]}, shape mismatch {mismatched[:3]})"
+        )
     result = model.backbone.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if ".ta." not in k]
     if missing:

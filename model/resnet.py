@@ -14,13 +14,21 @@ from .triplet_attention import TripletAttention
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None, attention: bool = True):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
+        attention: bool = True,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation,
-                               dilation=dilation, bias=False)
+        self.conv2 = nn.Conv2d(
+            planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -39,13 +47,23 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, layers=(3, 4, 6, 3), width: int = 64, output_stride: int | None = None,
-                 num_classes: int | None = 1000, attention: bool = True):
+    def __init__(
+        self,
+        layers=(3, 4, 6, 3),
+        width: int = 64,
+        output_stride: int | None = None,
+        num_classes: int | None = 1000,
+        attention: bool = True,
+    ):
         """``output_stride`` 8 or 16 dilates the last stages (None: 32, a classifier);
         ``num_classes`` None leaves out the pooling and classifier (a backbone)."""
         super().__init__()
-        dilate = {None: (False, False, False), 32: (False, False, False),
-                  16: (False, False, True), 8: (False, True, True)}[output_stride]
+        dilate = {
+            None: (False, False, False),
+            32: (False, False, False),
+            16: (False, False, True),
+            8: (False, True, True),
+        }[output_stride]
         self.inplanes, self.dilation, self.attention = width, 1, attention
         self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -78,13 +96,17 @@ class ResNet(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride,
-                          bias=False),
-                nn.BatchNorm2d(planes * Bottleneck.expansion))
+                nn.Conv2d(
+                    self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False
+                ),
+                nn.BatchNorm2d(planes * Bottleneck.expansion),
+            )
         layers = [Bottleneck(self.inplanes, planes, stride, previous, downsample, self.attention)]
         self.inplanes = planes * Bottleneck.expansion
-        layers += [Bottleneck(self.inplanes, planes, dilation=self.dilation,
-                              attention=self.attention) for _ in range(1, blocks)]
+        layers += [
+            Bottleneck(self.inplanes, planes, dilation=self.dilation, attention=self.attention)
+            for _ in range(1, blocks)
+        ]
         return nn.Sequential(*layers)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,19 +15,23 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
-def make_bad_files(good_native: Path, good_jpeg: Path, good_j2k: Path, folder: Path) -> dict[str, Path]:
+def make_bad_files(
+    good_native: Path, good_jpeg: Path, good_j2k: Path, folder: Path
+) -> dict[str, Path]:
     """name -> path of files that ingest must reject (with the reason's keyword as name)."""
     native = good_native.read_bytes()
     files = {
         "not a DICOM file": write(folder / "notes.txt", b"patient notes, not an image\n" * 20),
         "random bytes": write(folder / "random.dcm", os.urandom(4096)),
         # no preamble but a plausible first element: pydicom's force=True reads it
-        "forced": write(folder / "forced.dcm",
-                        b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + b"\x00" * 64),
+        "forced": write(
+            folder / "forced.dcm", b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + b"\x00" * 64
+        ),
         "truncated header": write(folder / "cut_header.dcm", native[:400]),
         "truncated pixels": write(folder / "cut_pixels.dcm", native[: len(native) - 5000]),
-        "truncated encapsulated": write(folder / "cut_jpeg.dcm",
-                                        good_jpeg.read_bytes()[: len(good_jpeg.read_bytes()) // 2]),
+        "truncated encapsulated": write(
+            folder / "cut_jpeg.dcm", good_jpeg.read_bytes()[: len(good_jpeg.read_bytes()) // 2]
+        ),
     }
     ds = pydicom.dcmread(good_native)
     del ds.PixelData

@@ -11,9 +11,17 @@ import pytest
 from datatool.core.workspace import init_workspace, open_workspace
 
 PYDICOM_DATA_US = [
-    "US1_UNCR.dcm", "US1_J2KR.dcm", "US1_J2KI.dcm", "OBXXXX1A.dcm", "OBXXXX1A_2frame.dcm",
-    "OBXXXX1A_expb.dcm", "OBXXXX1A_rle.dcm", "gdcm-US-ALOKA-16.dcm",
-    "gdcm-US-ALOKA-16_big.dcm", "color3d_jpeg_baseline.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm",
+    "US1_UNCR.dcm",
+    "US1_J2KR.dcm",
+    "US1_J2KI.dcm",
+    "OBXXXX1A.dcm",
+    "OBXXXX1A_2frame.dcm",
+    "OBXXXX1A_expb.dcm",
+    "OBXXXX1A_rle.dcm",
+    "gdcm-US-ALOKA-16.dcm",
+    "gdcm-US-ALOKA-16_big.dcm",
+    "color3d_jpeg_baseline.dcm",
+    "JPGLosslessP14SV1_1s_1f_8b.dcm",
 ]
 
 

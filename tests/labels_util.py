@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from datatool.labels.annotations import add_rater, get_rater, store_annotation
-from datatool.ingest.pipeline import ingest
-from datatool.labels.matching import image_for_dicom
 from datatool.core.protocol import load_protocol
+from datatool.ingest.pipeline import ingest
+from datatool.labels.annotations import add_rater, get_rater, store_annotation
+from datatool.labels.matching import image_for_dicom
 
 
 def ingest_demo_with_labels(ws, demo_dir: Path, raters=("rater1", "rater2")) -> None:
@@ -23,7 +23,8 @@ def ingest_demo_with_labels(ws, demo_dir: Path, raters=("rater1", "rater2")) -> 
             rater = get_rater(s, name)
             for f in sorted((demo_dir / "labels" / name).rglob("*.nii.gz")):
                 rel = f.relative_to(demo_dir / "labels" / name)
-                image = image_for_dicom(s, ws.key,
-                                        demo_dir / "dicom" / str(rel).replace(".nii.gz", ".dcm"))
+                image = image_for_dicom(
+                    s, ws.key, demo_dir / "dicom" / str(rel).replace(".nii.gz", ".dcm")
+                )
                 mask = sitk.GetArrayFromImage(sitk.ReadImage(str(f))).astype(np.uint8)
                 store_annotation(s, ws.store, image, rater, mask, "itksnap", str(rel), protocol)

@@ -29,8 +29,12 @@ from pathlib import Path
 import pytest
 
 START_TIMEOUT_S = 240
-OFFLINE_ENV = {"SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "", "LATEST_VERSION_CHECK": "false",
-               "COLLECT_ANALYTICS": "false"}
+OFFLINE_ENV = {
+    "SENTRY_DSN": "",
+    "FRONTEND_SENTRY_DSN": "",
+    "LATEST_VERSION_CHECK": "false",
+    "COLLECT_ANALYTICS": "false",
+}
 
 
 @dataclass
@@ -104,24 +108,59 @@ def _start(exe: Path, base: Path, attempt: int) -> tuple[subprocess.Popen, Label
     token = secrets.token_hex(20)
     password = secrets.token_urlsafe(12)
     username = "datatool-tests@example.org"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("LABEL_STUDIO_", "DJANGO_", "PYTHON", "VIRTUAL_ENV"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LABEL_STUDIO_", "DJANGO_", "PYTHON", "VIRTUAL_ENV"))
+    }
     env.update(OFFLINE_ENV)
-    env.update({
-        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(local_root),
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
-        "PATH": f"{exe.parent}{os.pathsep}{env.get('PATH', '')}",
-    })
-    cmd = [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
-           "--data-dir", str(data_dir), "--username", username, "--password", password,
-           "--user-token", token, "--enable-legacy-api-token", "--log-level", "WARNING"]
+    env.update(
+        {
+            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(local_root),
+            "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+            "PATH": f"{exe.parent}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
+    cmd = [
+        str(exe),
+        "start",
+        "--no-browser",
+        "--internal-host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--username",
+        username,
+        "--password",
+        password,
+        "--user-token",
+        token,
+        "--enable-legacy-api-token",
+        "--log-level",
+        "WARNING",
+    ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=base, start_new_session=True)
-    server = LabelStudioServer(url=f"http://127.0.0.1:{port}", token=token,
-                               local_root=local_root, data_dir=data_dir, log=log,
-                               username=username, password=password)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=base,
+            start_new_session=True,
+        )
+    server = LabelStudioServer(
+        url=f"http://127.0.0.1:{port}",
+        token=token,
+        local_root=local_root,
+        data_dir=data_dir,
+        log=log,
+        username=username,
+        password=password,
+    )
     return proc, server
 
 
@@ -130,8 +169,10 @@ def labelstudio_server(tmp_path_factory):
     """A running Label Studio server: ``.url``, ``.token``, ``.local_root``."""
     exe = ls_venv() / "bin" / "label-studio"
     if not exe.exists():
-        message = (f"the Label Studio server is not installed ({exe} is missing): run "
-                   "'make test', which builds .lsvenv")
+        message = (
+            f"the Label Studio server is not installed ({exe} is missing): run "
+            "'make test', which builds .lsvenv"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -156,8 +197,10 @@ def labelstudio_server(tmp_path_factory):
                 continue
             if proc.poll() is not None or not _healthy(server.url):
                 tail = server.log.read_text(errors="replace")[-3000:]
-                pytest.fail(f"Label Studio did not start within {START_TIMEOUT_S} s "
-                            f"(exit code {proc.poll()}); log:\n{tail}")
+                pytest.fail(
+                    f"Label Studio did not start within {START_TIMEOUT_S} s "
+                    f"(exit code {proc.poll()}); log:\n{tail}"
+                )
             break
         else:
             pytest.fail("Label Studio kept finding its port in use")

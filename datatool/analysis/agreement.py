@@ -19,15 +19,22 @@ import pandas as pd
 from sqlalchemy import func, select
 
 from datatool.analysis import metrics
-from datatool.labels.annotations import get_rater, latest_annotations_query
-from datatool.core.atomic import write_text_atomic
-from datatool.core.catalogue import AgreementItem, AgreementSample, Annotation, Image, Rater, \
-    StructureStats, audit
-from datatool.core.errors import DatatoolError, UsageError
 from datatool.analysis.plots import bland_altman_png
+from datatool.core.atomic import write_text_atomic
+from datatool.core.catalogue import (
+    AgreementItem,
+    AgreementSample,
+    Annotation,
+    Image,
+    Rater,
+    StructureStats,
+    audit,
+)
+from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
+from datatool.labels.annotations import get_rater, latest_annotations_query, mask_hashes
 
 MEASURES = ("area_mm2", "area_px")
 MIN_IMAGES = 3
@@ -40,56 +47,91 @@ def _pick_raters(session, raters: list[str] | None) -> tuple[Rater, Rater]:
         return get_rater(session, raters[0]), get_rater(session, raters[1])
     humans = session.execute(
         select(Rater, func.count(func.distinct(Annotation.image_id)).label("n"))
-        .join(Annotation, Annotation.rater_id == Rater.id).where(Rater.kind == "human")
-        .group_by(Rater.id).order_by(func.count(func.distinct(Annotation.image_id)).desc(),
-                                     Rater.name)).all()
+        .join(Annotation, Annotation.rater_id == Rater.id)
+        .where(Rater.kind == "human")
+        .group_by(Rater.id)
+        .order_by(func.count(func.distinct(Annotation.image_id)).desc(), Rater.name)
+    ).all()
     if len(humans) < 2:
-        raise DatatoolError("agreement needs two raters with labels; "
-                            f"found {len(humans)} (sync both raters' labels first)")
+        raise DatatoolError(
+            "agreement needs two raters with labels; "
+            f"found {len(humans)} (sync both raters' labels first)"
+        )
     a, b = sorted([humans[0][0], humans[1][0]], key=lambda r: r.name)
     return a, b
 
 
-def _draw(session, a: Rater, b: Rater, size: int | None, seed: int, resample: bool
-          ) -> tuple[AgreementSample, bool]:
+def _draw(
+    session, a: Rater, b: Rater, size: int | None, seed: int, resample: bool
+) -> tuple[AgreementSample, bool]:
     """The saved sample for these parameters, or a new one. Returns (sample, reused)."""
     if size is not None and not resample:
-        saved = session.scalar(select(AgreementSample).where(
-            AgreementSample.rater_a_id == a.id, AgreementSample.rater_b_id == b.id,
-            AgreementSample.size == size, AgreementSample.seed == seed)
-            .order_by(AgreementSample.id.desc()).limit(1))
+        saved = session.scalar(
+            select(AgreementSample)
+            .where(
+                AgreementSample.rater_a_id == a.id,
+                AgreementSample.rater_b_id == b.id,
+                AgreementSample.size == size,
+                AgreementSample.seed == seed,
+            )
+            .order_by(AgreementSample.id.desc())
+            .limit(1)
+        )
         if saved is not None:
             return saved, True
-    latest = {(ann.image_id, ann.rater_id): ann.id
-              for ann in session.scalars(latest_annotations_query([a.id, b.id]))}
+    latest = {
+        (ann.image_id, ann.rater_id): ann.id
+        for ann in session.scalars(latest_annotations_query([a.id, b.id]))
+    }
     both = sorted({i for (i, r) in latest if r == a.id} & {i for (i, r) in latest if r == b.id})
     if len(both) < MIN_IMAGES:
-        raise DatatoolError(f"only {len(both)} images are labelled by both {a.name} and "
-                            f"{b.name}; agreement needs at least {MIN_IMAGES}")
+        raise DatatoolError(
+            f"only {len(both)} images are labelled by both {a.name} and "
+            f"{b.name}; agreement needs at least {MIN_IMAGES}"
+        )
     if size is not None:
         if size > len(both):
-            raise DatatoolError(f"--sample {size} is more than the {len(both)} images labelled "
-                                f"by both {a.name} and {b.name}: use --sample {len(both)} or "
-                                "leave --sample out for all of them")
+            raise DatatoolError(
+                f"--sample {size} is more than the {len(both)} images labelled "
+                f"by both {a.name} and {b.name}: use --sample {len(both)} or "
+                "leave --sample out for all of them"
+            )
         if size < MIN_IMAGES:
             raise UsageError(f"--sample must be at least {MIN_IMAGES}")
         rng = np.random.default_rng(seed)
         chosen = sorted(int(i) for i in rng.choice(np.asarray(both), size=size, replace=False))
     else:
         chosen = both
-        saved = session.scalar(select(AgreementSample).where(
-            AgreementSample.rater_a_id == a.id, AgreementSample.rater_b_id == b.id,
-            AgreementSample.size.is_(None)).order_by(AgreementSample.id.desc()).limit(1))
-        if saved is not None and not resample and [
-                (it.image_id, it.annotation_a_id, it.annotation_b_id) for it in saved.items] == [
-                (i, latest[(i, a.id)], latest[(i, b.id)]) for i in chosen]:
+        saved = session.scalar(
+            select(AgreementSample)
+            .where(
+                AgreementSample.rater_a_id == a.id,
+                AgreementSample.rater_b_id == b.id,
+                AgreementSample.size.is_(None),
+            )
+            .order_by(AgreementSample.id.desc())
+            .limit(1)
+        )
+        if (
+            saved is not None
+            and not resample
+            and [(it.image_id, it.annotation_a_id, it.annotation_b_id) for it in saved.items]
+            == [(i, latest[(i, a.id)], latest[(i, b.id)]) for i in chosen]
+        ):
             return saved, True
-    sample = AgreementSample(rater_a_id=a.id, rater_b_id=b.id, size=size, seed=seed,
-                             n_images=len(chosen))
+    sample = AgreementSample(
+        rater_a_id=a.id, rater_b_id=b.id, size=size, seed=seed, n_images=len(chosen)
+    )
     session.add(sample)
     for i in chosen:
-        session.add(AgreementItem(sample=sample, image_id=i, annotation_a_id=latest[(i, a.id)],
-                                  annotation_b_id=latest[(i, b.id)]))
+        session.add(
+            AgreementItem(
+                sample=sample,
+                image_id=i,
+                annotation_a_id=latest[(i, a.id)],
+                annotation_b_id=latest[(i, b.id)],
+            )
+        )
     session.flush()
     return sample, False
 
@@ -98,10 +140,17 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def run_agreement(ws: Workspace, sample: int | None = None, seed: int = 0,
-                  raters: list[str] | None = None, structures: list[str] | None = None,
-                  measure: str | None = None, out_dir: Path | None = None,
-                  resample: bool = False, plots: bool = True) -> dict:
+def run_agreement(
+    ws: Workspace,
+    sample: int | None = None,
+    seed: int = 0,
+    raters: list[str] | None = None,
+    structures: list[str] | None = None,
+    measure: str | None = None,
+    out_dir: Path | None = None,
+    resample: bool = False,
+    plots: bool = True,
+) -> dict:
     """Agreement between two raters: ICC(2,1) per structure and over all structures, Dice
     and IoU, Bland-Altman plots. Returns a JSON-ready dict (also written to out_dir)."""
     protocol = load_protocol(ws.protocol_name)
@@ -112,38 +161,72 @@ def run_agreement(ws: Workspace, sample: int | None = None, seed: int = 0,
         try:
             wanted = [protocol.by_label(n) for n in structures]
         except KeyError as exc:
-            raise UsageError(f"{exc.args[0]}; the protocol has: "
-                             f"{', '.join(s.name for s in protocol.structures)}") from None
+            raise UsageError(
+                f"{exc.args[0]}; the protocol has: {', '.join(s.name for s in protocol.structures)}"
+            ) from None
     with ws.session() as s:
         a, b = _pick_raters(s, raters)
         smp, reused = _draw(s, a, b, sample, seed, resample)
         if not reused:
-            audit(s, "agreement", "sample", sample_id=smp.id, raters=[a.name, b.name],
-                  size=sample, seed=seed, images=smp.n_images)
+            audit(
+                s,
+                "agreement",
+                "sample",
+                sample_id=smp.id,
+                raters=[a.name, b.name],
+                size=sample,
+                seed=seed,
+                images=smp.n_images,
+            )
         items = [(it.image_id, it.annotation_a_id, it.annotation_b_id) for it in smp.items]
         ann_ids = [x for _, ia, ib in items for x in (ia, ib)]
-        stats = pd.DataFrame(s.execute(
-            select(StructureStats.annotation_id, StructureStats.structure,
-                   StructureStats.value, StructureStats.area_px, StructureStats.area_mm2,
-                   StructureStats.x0, StructureStats.y0, StructureStats.x1, StructureStats.y1)
-            .where(StructureStats.annotation_id.in_(ann_ids))).all(),
-            columns=["annotation_id", "structure", "value", "area_px", "area_mm2",
-                     "x0", "y0", "x1", "y1"])
-        masks = dict(s.execute(select(Annotation.id, Annotation.mask_hash)
-                               .where(Annotation.id.in_(ann_ids))).all())
-        calibrated = s.scalar(select(func.count(Image.id)).where(
-            Image.id.in_([i for i, _, _ in items]), Image.mm_per_px_x.is_not(None)))
+        stats = pd.DataFrame(
+            s.execute(
+                select(
+                    StructureStats.annotation_id,
+                    StructureStats.structure,
+                    StructureStats.value,
+                    StructureStats.area_px,
+                    StructureStats.area_mm2,
+                    StructureStats.x0,
+                    StructureStats.y0,
+                    StructureStats.x1,
+                    StructureStats.y1,
+                ).where(StructureStats.annotation_id.in_(ann_ids))
+            ).all(),
+            columns=[
+                "annotation_id",
+                "structure",
+                "value",
+                "area_px",
+                "area_mm2",
+                "x0",
+                "y0",
+                "x1",
+                "y1",
+            ],
+        )
+        masks = mask_hashes(s, ann_ids)
+        calibrated = s.scalar(
+            select(func.count(Image.id)).where(
+                Image.id.in_([i for i, _, _ in items]), Image.mm_per_px_x.is_not(None)
+            )
+        )
         sample_id, sample_created = smp.id, smp.created_at
     notes: list[str] = []
     all_calibrated = calibrated == len(items)
     if measure is None:
         measure = "area_mm2" if all_calibrated else "area_px"
         if not all_calibrated:
-            notes.append(f"{len(items) - calibrated} of {len(items)} images have no mm "
-                         "calibration: areas in pixels")
+            notes.append(
+                f"{len(items) - calibrated} of {len(items)} images have no mm "
+                "calibration: areas in pixels"
+            )
     elif measure == "area_mm2" and not all_calibrated:
-        raise DatatoolError(f"{len(items) - calibrated} of {len(items)} images have no mm "
-                            "calibration: use --measure area_px")
+        raise DatatoolError(
+            f"{len(items) - calibrated} of {len(items)} images have no mm "
+            "calibration: use --measure area_px"
+        )
     unit = "mm²" if measure == "area_mm2" else "px"
 
     by_ann = {(r.annotation_id, r.structure): r for r in stats.itertuples(index=False)}
@@ -160,50 +243,82 @@ def run_agreement(ws: Workspace, sample: int | None = None, seed: int = 0,
                 raise DatatoolError(message)
             notes.append(message + " (left out)")
             continue
-        long = pd.DataFrame({"target": np.tile(np.arange(len(items)), 2),
-                             "rater": [a.name] * len(items) + [b.name] * len(items),
-                             "rating": np.concatenate([ra, rb])})
+        long = pd.DataFrame(
+            {
+                "target": np.tile(np.arange(len(items)), 2),
+                "rater": [a.name] * len(items) + [b.name] * len(items),
+                "rating": np.concatenate([ra, rb]),
+            }
+        )
         long_all.append(long.assign(target=long["target"].astype(str) + "|" + st.name))
-        pairs = [metrics.dice_iou(int(x), int(y), overlaps[st.name][k])
-                 for k, (x, y) in enumerate(zip(pa, pb))]
+        pairs = [
+            metrics.dice_iou(int(x), int(y), overlaps[st.name][k])
+            for k, (x, y) in enumerate(zip(pa, pb))
+        ]
         ba = metrics.bland_altman(ra, rb)
-        results.append({
-            "structure": st.name,
-            "icc": _icc_or_note(long, st.name, notes),
-            "dice": metrics.describe([p[0] for p in pairs if p]),
-            "iou": metrics.describe([p[1] for p in pairs if p]),
-            "both_absent": int(sum(p is None for p in pairs)),
-            "one_absent": int(sum(1 for x, y in zip(pa, pb) if (x == 0) != (y == 0))),
-            "bland_altman": ba,
-            "mean_rating": {a.name: float(ra.mean()), b.name: float(rb.mean())},
-            "_ratings": (ra, rb),
-        })
+        results.append(
+            {
+                "structure": st.name,
+                "icc": _icc_or_note(long, st.name, notes),
+                "dice": metrics.describe([p[0] for p in pairs if p]),
+                "iou": metrics.describe([p[1] for p in pairs if p]),
+                "both_absent": int(sum(p is None for p in pairs)),
+                "one_absent": int(sum(1 for x, y in zip(pa, pb) if (x == 0) != (y == 0))),
+                "bland_altman": ba,
+                "mean_rating": {a.name: float(ra.mean()), b.name: float(rb.mean())},
+                "_ratings": (ra, rb),
+            }
+        )
     if not results:
         raise DatatoolError("no structure was labelled by either rater in these images")
-    overall = _icc_or_note(pd.concat(long_all), "all structures", notes) if len(results) > 1 \
+    overall = (
+        _icc_or_note(pd.concat(long_all), "all structures", notes)
+        if len(results) > 1
         else results[0]["icc"]
+    )
     out = Path(out_dir) if out_dir else ws.root / "reports" / f"agreement-{sample_id}"
     out.mkdir(parents=True, exist_ok=True)
     figures = []
     for r in results:
         ra, rb = r.pop("_ratings")
         if plots:
-            figures.append(str(bland_altman_png(
-                out / f"bland_altman_{_slug(r['structure'])}.png", ra, rb, r["bland_altman"],
-                f"Bland-Altman: {r['structure']}", unit, (a.name, b.name))))
+            figures.append(
+                str(
+                    bland_altman_png(
+                        out / f"bland_altman_{_slug(r['structure'])}.png",
+                        ra,
+                        rb,
+                        r["bland_altman"],
+                        f"Bland-Altman: {r['structure']}",
+                        unit,
+                        (a.name, b.name),
+                    )
+                )
+            )
     report = {
-        "sample": {"id": sample_id, "size": sample, "seed": seed, "images": len(items),
-                   "reused": reused, "created": sample_created.isoformat(timespec="seconds")},
-        "raters": [a.name, b.name], "measure": measure, "unit": unit,
-        "structures": results, "overall_icc": overall, "notes": notes,
+        "sample": {
+            "id": sample_id,
+            "size": sample,
+            "seed": seed,
+            "images": len(items),
+            "reused": reused,
+            "created": sample_created.isoformat(timespec="seconds"),
+        },
+        "raters": [a.name, b.name],
+        "measure": measure,
+        "unit": unit,
+        "structures": results,
+        "overall_icc": overall,
+        "notes": notes,
         "conventions": {
             "icc": "ICC(2,1): two-way random effects, absolute agreement, single measure "
-                   "(pingouin); an empty structure is a rating of 0, so no image is dropped",
+            "(pingouin); an empty structure is a rating of 0, so no image is dropped",
             "overall": "ICC over all (image, structure) pairs of the listed structures",
             "dice_iou": "pairs where both raters left the structure empty are excluded "
-                        "(both_absent); one empty gives 0",
+            "(both_absent); one empty gives 0",
         },
-        "out_dir": str(out), "figures": figures,
+        "out_dir": str(out),
+        "figures": figures,
     }
     write_text_atomic(out / "agreement.json", json.dumps(report, indent=2))
     return report
@@ -243,7 +358,8 @@ def _overlaps(ws: Workspace, items, masks: dict, by_ann: dict, wanted) -> dict[s
             ra, rb = by_ann[(ia, st.name)], by_ann[(ib, st.name)]
             box = metrics.box_intersection(
                 None if ra.area_px == 0 else (ra.x0, ra.y0, ra.x1, ra.y1),
-                None if rb.area_px == 0 else (rb.x0, rb.y0, rb.x1, rb.y1))
+                None if rb.area_px == 0 else (rb.x0, rb.y0, rb.x1, rb.y1),
+            )
             boxes.append((st.value, None if box is None else tuple(int(v) for v in box)))
         jobs.append((str(ws.store.root), masks[ia], masks[ib], boxes))
     workers = min(os.cpu_count() or 1, 8)

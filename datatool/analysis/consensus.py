@@ -10,17 +10,17 @@ like any other: running it again after no change is a no-op. Training uses these
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import SimpleITK as sitk
 from sqlalchemy import select
 
-from datatool.labels.annotations import get_rater, latest_annotations_query, store_annotation
 from datatool.core.catalogue import Annotation, Image, Rater, audit
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
+from datatool.labels.annotations import get_rater, latest_annotations_query, store_annotation
 
 METHODS = ("staple", "majority")
 
@@ -43,8 +43,12 @@ def fuse(masks: list[np.ndarray], method: str) -> np.ndarray:
     return sitk.GetArrayFromImage(fused).astype(np.uint8)
 
 
-def make_consensus(ws: Workspace, method: str, raters: list[str] | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> dict:
+def make_consensus(
+    ws: Workspace,
+    method: str,
+    raters: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Make (or update) the reference label of every image with enough rater labels."""
     protocol = load_protocol(ws.protocol_name)
     single = method.startswith("rater:")
@@ -56,12 +60,15 @@ def make_consensus(ws: Workspace, method: str, raters: list[str] | None = None,
         elif raters:
             sources = [get_rater(s, r) for r in raters]
         else:
-            sources = list(s.scalars(select(Rater).where(Rater.kind == "human")
-                                     .order_by(Rater.name)))
+            sources = list(
+                s.scalars(select(Rater).where(Rater.kind == "human").order_by(Rater.name))
+            )
         needed = 1 if single else 2
         if len(sources) < needed:
-            raise DatatoolError(f"consensus by {method} needs labels of at least {needed} "
-                                f"raters; {len(sources)} registered (datatool rater add)")
+            raise DatatoolError(
+                f"consensus by {method} needs labels of at least {needed} "
+                f"raters; {len(sources)} registered (datatool rater add)"
+            )
         latest = list(s.scalars(latest_annotations_query([r.id for r in sources])))
         target = s.scalar(select(Rater).where(Rater.name == consensus_rater_name(method)))
         if target is None:
@@ -77,19 +84,42 @@ def make_consensus(ws: Workspace, method: str, raters: list[str] | None = None,
     created = unchanged = 0
     for done, image_id in enumerate(todo, start=1):
         anns = sorted(by_image[image_id], key=lambda a: a.rater_id)
-        fused = fuse([ws.store.get_array(a.mask_hash) for a in anns],
-                     "staple" if single else method)
+        fused = fuse(
+            [ws.store.get_array(a.mask_hash) for a in anns], "staple" if single else method
+        )
         ref = ", ".join(f"annotation {a.id} (v{a.version})" for a in anns)
         with ws.session() as s:
-            stored = store_annotation(s, ws.store, s.get(Image, image_id), s.get(Rater, target_id),
-                                      fused, "consensus", f"{method} of {ref}", protocol)
+            stored = store_annotation(
+                s,
+                ws.store,
+                s.get(Image, image_id),
+                s.get(Rater, target_id),
+                fused,
+                "consensus",
+                f"{method} of {ref}",
+                protocol,
+            )
         created += stored.created
         unchanged += not stored.created
         if progress:
             progress(done, len(todo))
     with ws.session() as s:
-        audit(s, "consensus", "consensus", method=method, images=len(todo), new_versions=created,
-              unchanged=unchanged, raters=[r.name for r in sources])
-    return {"method": method, "reference_rater": consensus_rater_name(method),
-            "raters": [r.name for r in sources], "images": len(todo), "new_versions": created,
-            "unchanged": unchanged, "skipped_too_few_raters": skipped}
+        audit(
+            s,
+            "consensus",
+            "consensus",
+            method=method,
+            images=len(todo),
+            new_versions=created,
+            unchanged=unchanged,
+            raters=[r.name for r in sources],
+        )
+    return {
+        "method": method,
+        "reference_rater": consensus_rater_name(method),
+        "raters": [r.name for r in sources],
+        "images": len(todo),
+        "new_versions": created,
+        "unchanged": unchanged,
+        "skipped_too_few_raters": skipped,
+    }

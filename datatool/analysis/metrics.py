@@ -21,15 +21,14 @@ import numpy as np
 import pandas as pd
 
 
-def overlap(a: np.ndarray, b: np.ndarray, value: int, box: tuple[int, int, int, int] | None
-            ) -> int:
+def overlap(a: np.ndarray, b: np.ndarray, value: int, box: tuple[int, int, int, int] | None) -> int:
     """Pixels where both maps hold ``value``; ``box`` (x0, y0, x1, y1, inclusive) limits the
     count to where the two structures' bounding boxes meet (None: nowhere, so 0)."""
     if box is None:
         return 0
     x0, y0, x1, y1 = box
-    sa = a[y0:y1 + 1, x0:x1 + 1]
-    sb = b[y0:y1 + 1, x0:x1 + 1]
+    sa = a[y0 : y1 + 1, x0 : x1 + 1]
+    sb = b[y0 : y1 + 1, x0 : x1 + 1]
     return int(np.count_nonzero((sa == value) & (sb == value)))
 
 
@@ -53,13 +52,26 @@ def describe(values) -> dict:
     """n, mean, SD, median, P25, P75, min, max of the finite values (None when n == 0)."""
     arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     if arr.size == 0:
-        return {"n": 0, "mean": None, "sd": None, "median": None, "p25": None, "p75": None,
-                "min": None, "max": None}
-    return {"n": int(arr.size), "mean": float(arr.mean()),
-            "sd": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
-            "median": float(np.median(arr)), "p25": float(np.percentile(arr, 25)),
-            "p75": float(np.percentile(arr, 75)), "min": float(arr.min()),
-            "max": float(arr.max())}
+        return {
+            "n": 0,
+            "mean": None,
+            "sd": None,
+            "median": None,
+            "p25": None,
+            "p75": None,
+            "min": None,
+            "max": None,
+        }
+    return {
+        "n": int(arr.size),
+        "mean": float(arr.mean()),
+        "sd": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+        "median": float(np.median(arr)),
+        "p25": float(np.percentile(arr, 25)),
+        "p75": float(np.percentile(arr, 75)),
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+    }
 
 
 @dataclass
@@ -81,8 +93,9 @@ class ICC:
 ICC21_LABELS = ("ICC2", "ICC(A,1)")  # pingouin < 0.7 and >= 0.7
 
 
-def icc21(long: pd.DataFrame, targets: str = "target", raters: str = "rater",
-          ratings: str = "rating") -> ICC:
+def icc21(
+    long: pd.DataFrame, targets: str = "target", raters: str = "rater", ratings: str = "rating"
+) -> ICC:
     """ICC(2,1) with 95 % CI, F, df and p from pingouin, guarded against its pitfalls."""
     import pingouin
 
@@ -99,8 +112,9 @@ def icc21(long: pd.DataFrame, targets: str = "target", raters: str = "rater",
     try:
         with warnings.catch_warnings():  # perfect agreement divides by zero inside; handled
             warnings.simplefilter("ignore")
-            table = pingouin.intraclass_corr(data=long, targets=targets, raters=raters,
-                                             ratings=ratings)
+            table = pingouin.intraclass_corr(
+                data=long, targets=targets, raters=raters, ratings=ratings
+            )
     finally:
         pingouin.options["round.column.CI95"] = old
     row = table[table["Type"].isin(ICC21_LABELS)]
@@ -112,10 +126,17 @@ def icc21(long: pd.DataFrame, targets: str = "target", raters: str = "rater",
     ci = row.get("CI95", row.get("CI95%"))
     low, high = (float(ci[0]), float(ci[1])) if ci is not None else (math.nan, math.nan)
     value = float(row["ICC"])
-    return ICC(icc=value,
-               ci_low=None if math.isnan(low) else low, ci_high=None if math.isnan(high) else high,
-               f=float(row["F"]), df1=int(row["df1"]), df2=int(row["df2"]), p=float(row["pval"]),
-               n_targets=int(n_t), n_raters=int(n_r))
+    return ICC(
+        icc=value,
+        ci_low=None if math.isnan(low) else low,
+        ci_high=None if math.isnan(high) else high,
+        f=float(row["F"]),
+        df1=int(row["df1"]),
+        df2=int(row["df2"]),
+        p=float(row["pval"]),
+        n_targets=int(n_t),
+        n_raters=int(n_r),
+    )
 
 
 def bland_altman(a, b) -> dict:
@@ -124,5 +145,10 @@ def bland_altman(a, b) -> dict:
     diff = a - b
     bias = float(diff.mean())
     sd = float(diff.std(ddof=1)) if diff.size > 1 else 0.0
-    return {"n": int(diff.size), "bias": bias, "sd": sd,
-            "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd}
+    return {
+        "n": int(diff.size),
+        "bias": bias,
+        "sd": sd,
+        "loa_low": bias - 1.96 * sd,
+        "loa_high": bias + 1.96 * sd,
+    }

@@ -18,20 +18,31 @@ def _pyplot():
     return plt
 
 
-def bland_altman_png(path: Path, a, b, stats: dict, title: str, unit: str,
-                     labels: tuple[str, str]) -> Path:
+def bland_altman_png(
+    path: Path, a, b, stats: dict, title: str, unit: str, labels: tuple[str, str]
+) -> Path:
     """Difference (a - b) against the mean of the two, with bias and 95 % limits."""
     plt = _pyplot()
     a, b = np.asarray(a, float), np.asarray(b, float)
     mean, diff = (a + b) / 2, a - b
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     ax.scatter(mean, diff, s=14, alpha=0.6, color="#1f5fa8", edgecolors="none")
-    for y, style, text in ((stats["bias"], "-", "bias"), (stats["loa_high"], "--", "+1.96 SD"),
-                           (stats["loa_low"], "--", "-1.96 SD")):
+    for y, style, text in (
+        (stats["bias"], "-", "bias"),
+        (stats["loa_high"], "--", "+1.96 SD"),
+        (stats["loa_low"], "--", "-1.96 SD"),
+    ):
         ax.axhline(y, color="#c0392b", linestyle=style, linewidth=1)
-        ax.annotate(f"{text} {y:.2f}", xy=(1.0, y), xycoords=("axes fraction", "data"),
-                    xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8,
-                    color="#c0392b")
+        ax.annotate(
+            f"{text} {y:.2f}",
+            xy=(1.0, y),
+            xycoords=("axes fraction", "data"),
+            xytext=(-4, 3),
+            textcoords="offset points",
+            ha="right",
+            fontsize=8,
+            color="#c0392b",
+        )
     ax.axhline(0, color="#888888", linewidth=0.6)
     ax.set_xlabel(f"mean of {labels[0]} and {labels[1]} ({unit})")
     ax.set_ylabel(f"{labels[0]} - {labels[1]} ({unit})")
@@ -87,8 +98,9 @@ def iou_box_png(path: Path, table, names: list[str]) -> Path:
     return path
 
 
-def overlays_png(path: Path, picks: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
-                 protocol) -> Path:
+def overlays_png(
+    path: Path, picks: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], protocol
+) -> Path:
     """Image with the reference (solid) and predicted (dashed) outlines of each structure.
     ``picks``: (title, image, reference classes, predicted classes)."""
     plt = _pyplot()
@@ -100,8 +112,9 @@ def overlays_png(path: Path, picks: list[tuple[str, np.ndarray, np.ndarray, np.n
             colour = tuple(v / 255 for v in s.color)
             for mask, style in ((ref, "solid"), (pred, "dashed")):
                 if (mask == c).any():
-                    ax.contour(mask == c, levels=[0.5], colors=[colour], linestyles=style,
-                               linewidths=1.0)
+                    ax.contour(
+                        mask == c, levels=[0.5], colors=[colour], linestyles=style, linewidths=1.0
+                    )
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.suptitle("reference: solid, prediction: dashed", fontsize=9)

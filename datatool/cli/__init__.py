@@ -1,18 +1,28 @@
 """The ``datatool`` command line: thin Typer commands over the library functions.
 
-Each command parses its options, calls one service function, and prints a table for people
-or JSON for scripts (``--json``). Exit codes: 0 all well, 1 something was rejected,
-2 usage errors (bad options, no workspace). Every module of this package registers its
-commands on the shared apps in ``common`` when imported; all of them are imported here.
+Each command parses its options, calls one service function that returns a dataclass, and
+renders it (``render``): a table for people, ``--json`` for scripts, ``--csv`` for statistics
+packages. Exit codes: 0 all well, 1 something was rejected or a check failed, 2 usage errors
+(bad options, no workspace). The modules below register their commands on the shared apps
+of ``common``, each in its help panel; ``common.COMMAND_ORDER`` orders ``--help``.
 """
 
-import importlib
-import pkgutil
+from datatool.cli import agreement, dataset, itksnap, labels, labelstudio, model, splits
+from datatool.cli.common import (
+    PANEL_LABELS,
+    PANEL_MODEL,
+    app,
+    export_app,
+    labelstudio_app,
+    rater_app,
+    split_app,
+    sync_app,
+)
 
-from datatool.cli.common import app
+app.add_typer(rater_app, name="rater", rich_help_panel=PANEL_LABELS)
+app.add_typer(export_app, name="export", rich_help_panel=PANEL_LABELS)
+app.add_typer(labelstudio_app, name="labelstudio", rich_help_panel=PANEL_LABELS)
+app.add_typer(sync_app, name="sync", rich_help_panel=PANEL_LABELS)
+app.add_typer(split_app, name="split", rich_help_panel=PANEL_MODEL)
 
-for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    if _module != "common":
-        importlib.import_module(f"{__name__}.{_module}")
-
-__all__ = ["app"]
+__all__ = ["agreement", "app", "dataset", "itksnap", "labels", "labelstudio", "model", "splits"]

@@ -1,67 +1,144 @@
-"""What every command shares: the Typer apps, options, error handling, progress bars,
-JSON output."""
+"""What every command shares: the Typer apps and help panels, the common options, error
+handling, progress bars. Output (tables, --json, --csv, problem lines) lives in ``render``."""
 
 from __future__ import annotations
 
 import functools
-import json
-import os
-import sys
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+import click
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-    TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from datatool import __version__
+from datatool.cli.render import err, error_line, out, print_json  # noqa: F401 (transitional)
 from datatool.core.errors import DatatoolError
 
-app = typer.Typer(
+if TYPE_CHECKING:
+    from datatool.core.workspace import Workspace
+
+# Help panels, in the order of the work; commands appear in them in the order they are
+# registered (datatool/cli/__init__.py imports the command modules in that order).
+PANEL_DATA = "Workspace and data"
+PANEL_LABELS = "Labels"
+PANEL_AGREEMENT = "Agreement and consensus"
+PANEL_MODEL = "Splits and model"
+
+
+# The order of `datatool --help`: the work's order, not the alphabet. A command not listed
+# here comes last in its panel.
+COMMAND_ORDER = [
+    "init", "demo-data", "ingest", "ingest-clinical", "status", "images", "cohort",
+    "rater", "export", "labelstudio", "sync", "labels",
+    "agreement", "consensus",
+    "split", "train", "score", "runs",
+]  # fmt: skip
+
+
+class PipelineGroup(typer.core.TyperGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: k for k, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda n: rank.get(n, len(rank)))
+
+
+def _typer(help_text: str, **kwargs: Any) -> typer.Typer:
+    return typer.Typer(
+        help=help_text,
+        no_args_is_help=True,
+        rich_markup_mode="rich",
+        context_settings={"help_option_names": ["-h", "--help"]},
+        **kwargs,
+    )
+
+
+app = _typer(
+    "Turn a folder of ultrasound DICOM exams into a versioned, double-blind-labelled "
+    "segmentation dataset, and train the model that pre-labels and checks the next batch. "
+    "The panels below follow the work: start with 'datatool init', then 'datatool ingest DIR'.",
     name="datatool",
-    help="Turn a folder of ultrasound DICOM exams into a versioned, double-blind-labelled "
-         "segmentation dataset. Start with 'datatool init', then 'datatool ingest DIR'.",
-    no_args_is_help=True,
-    add_completion=False,
+    cls=PipelineGroup,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
-# In a terminal rich fits its width; in logs and pipes (make, CI) it would squeeze wide tables
-# into 80 columns, so there it uses COLUMNS or 160.
-_PIPE_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS") or 160)
-out = Console(width=_PIPE_WIDTH)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
+rater_app = _typer("Register and list raters.")
+sync_app = _typer("Bring raters' labels in from ITK-SNAP or Label Studio.")
+export_app = _typer("Write images (and a rater's own labels) out for a labelling tool.")
+labelstudio_app = _typer("Work with a Label Studio server (one project per rater).")
+split_app = _typer("Frozen, versioned patient-level train/validation/test splits.")
 
 WorkspaceOpt = typer.Option(
-    None, "--workspace", "-w", envvar="DATATOOL_WORKSPACE",
-    help="Workspace folder (default: the current folder or the first parent holding .datatool/).")
+    None,
+    "--workspace",
+    "-w",
+    envvar="DATATOOL_WORKSPACE",
+    help="Workspace folder (default: the current folder or the first parent holding .datatool/).",
+)
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts instead of tables.")
+CsvOpt = typer.Option(
+    None,
+    "--csv",
+    dir_okay=False,
+    help="Also write the table(s) to this CSV file (raw numbers, for R, SPSS or Excel); a "
+    "second table goes beside it as FILE-NAME.csv.",
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def guarded(func: Callable) -> Callable:
-    """Turn DatatoolError (and a few others the user can fix) into one line and an exit code."""
+def reflow(doc: str | None) -> str | None:
+    """A docstring as help text: the lines of each paragraph joined, so the terminal wraps
+    them (instead of breaking where the source wrapped); paragraphs stay apart."""
+    if not doc:
+        return doc
+    import inspect
+
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(doc))
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def guarded(func: F) -> F:
+    """Turn DatatoolError (and a few others the user can fix) into one line and an exit code;
+    reflow the command's docstring for ``--help``."""
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except DatatoolError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            error_line(exc)
             raise typer.Exit(exc.exit_code) from None
         except FileNotFoundError as exc:
-            err.print(f"[red]error:[/red] {exc.args[0] if exc.args else exc}", highlight=False)
+            error_line(exc.args[0] if exc.args else exc)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err.print("interrupted: the catalogue holds only whole files; run the same command "
-                      "again to finish the work")
+            err.print(
+                "interrupted: the catalogue holds only whole files; run the same command "
+                "again to finish the work"
+            )
             raise typer.Exit(130) from None
 
-    return wrapper
+    wrapper.__doc__ = reflow(func.__doc__)
+    return wrapper  # type: ignore[return-value]
 
 
-def workspace(path: Optional[Path]):
+def finish(code: int) -> NoReturn:
+    """End the command with this exit code (0 all well, 1 something rejected or failed)."""
+    raise typer.Exit(code)
+
+
+def workspace(path: Path | None) -> Workspace:
     from datatool.core.workspace import open_workspace
 
     return open_workspace(path)
@@ -71,11 +148,20 @@ def workspace(path: Optional[Path]):
 def progress_bar(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar on stderr; yields a ``progress(done, total)`` callback."""
     enabled = enabled and err.is_terminal  # no redraw noise in logs and pipes
-    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                   console=err, transient=False, disable=not enabled)
+    bar = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=not enabled,
+    )
     task = None
     with bar:
+
         def update(done: int, total: int) -> None:
             nonlocal task
             if task is None:
@@ -85,11 +171,18 @@ def progress_bar(label: str, enabled: bool = True) -> Iterator[Callable[[int, in
         yield update
 
 
-def print_json(data) -> None:
-    out.print_json(json.dumps(data, default=str))
+@app.callback(invoke_without_command=True)
+def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
+    if version:
+        out.print(f"datatool {__version__}")
+        raise typer.Exit(0)
 
 
-def _fmt(value, digits: int = 1) -> str:
+# --------------------------------------------------------------------------- transitional
+# Helpers of the modules not yet moved to ``render`` views; removed when the last one moves.
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -97,47 +190,24 @@ def _fmt(value, digits: int = 1) -> str:
     return str(value)
 
 
-def print_sync_report(report, title: str, unit: str, json_out: bool) -> None:
-    """A sync's report: one stderr line per rejected item (always) and per note, then a table
-    for people or JSON for scripts; exits with the report's exit code (1: something rejected).
-    """
-    for item, reason in report.rejected:
-        err.print(f"[yellow]rejected:[/yellow] {item}: {reason}", highlight=False,
-                  soft_wrap=True)
-    if json_out:
-        print_json(report.as_dict())
-    else:
-        for item, note in report.notes:
-            err.print(f"note: {item}: {note}", highlight=False, soft_wrap=True)
-        table = Table(title=title)
-        table.add_column("outcome")
-        table.add_column(unit, justify="right")
-        for label, value in (("seen", report.seen), ("new versions", report.new_versions),
-                             ("unchanged", report.unchanged),
-                             ("rejected", len(report.rejected)), ("notes", len(report.notes))):
-            table.add_row(label, str(value))
-        out.print(table)
+def print_sync_report(report: Any, title: str, unit: str, json_out: bool) -> None:
+    from datatool.cli import render
+
+    render.problems(report.rejected, "rejected")
+    if not json_out:
+        render.notes(report.notes)
+
+    def view(r: Any) -> Iterator[render.Block]:
+        table = render.Table(title, ["outcome", unit])
+        for label, value in (
+            ("seen", r.seen),
+            ("new versions", r.new_versions),
+            ("unchanged", r.unchanged),
+            ("rejected", len(r.rejected)),
+            ("notes", len(r.notes)),
+        ):
+            table.add(label, value)
+        yield table
+
+    render.show(report, view, json_out)
     raise typer.Exit(report.exit_code)
-
-
-rater_app = typer.Typer(help="Register and list raters.", no_args_is_help=True)
-sync_app = typer.Typer(help="Bring raters' labels in from ITK-SNAP or Label Studio.",
-                       no_args_is_help=True)
-export_app = typer.Typer(help="Write images (and a rater's own labels) out for a labelling tool.",
-                         no_args_is_help=True)
-labelstudio_app = typer.Typer(help="Work with a Label Studio server (one project per rater).",
-                              no_args_is_help=True)
-split_app = typer.Typer(help="Frozen, versioned patient-level train/validation/test splits.",
-                        no_args_is_help=True)
-app.add_typer(rater_app, name="rater")
-app.add_typer(split_app, name="split")
-app.add_typer(sync_app, name="sync")
-app.add_typer(export_app, name="export")
-app.add_typer(labelstudio_app, name="labelstudio")
-
-
-@app.callback(invoke_without_command=True)
-def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
-    if version:
-        out.print(f"datatool {__version__}")
-        raise typer.Exit(0)

@@ -1,22 +1,52 @@
-"""Dataset commands: init, ingest, status, images, ingest-clinical, cohort, demo-data."""
+"""Workspace and data: init, demo-data, ingest, ingest-clinical, status, images, cohort."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
-from datatool.cli.common import JsonOpt, WorkspaceOpt, _fmt, app, err, guarded, out, print_json, \
-    progress_bar, workspace
+from datatool.cli import render
+from datatool.cli.common import (
+    PANEL_DATA,
+    CsvOpt,
+    JsonOpt,
+    WorkspaceOpt,
+    app,
+    finish,
+    guarded,
+    progress_bar,
+    workspace,
+)
+from datatool.cli.render import Block, CountPct, Table
+from datatool.ingest.dicom import FrameMode
+
+if TYPE_CHECKING:  # result types; the services load when a command runs
+    from datatool.core.workspace import InitResult
+    from datatool.demo.generator import DemoDataset
+    from datatool.ingest.clinical import ClinicalReport, Cohort
+    from datatool.ingest.inventory import ImageRow, Status
+    from datatool.ingest.pipeline import IngestReport
 
 
-@app.command()
+def _init_view(r: InitResult) -> Iterator[Block]:
+    word = "Created" if r.created else "Already a workspace:"
+    yield f"{word} {r.root} (catalogue, store, key in {r.key_file.parent})"
+    if r.created:
+        yield (
+            f"Back up the pseudonym key {r.key_file} apart from the data: without it the same "
+            "patients get new pseudonyms."
+        )
+
+
+@app.command(rich_help_panel=PANEL_DATA)
 @guarded
 def init(
     directory: Path = typer.Argument(Path("."), help="Folder to make a workspace of."),
     protocol: str = typer.Option("anterior_sciatic", help="Label protocol (schemas/NAME.yaml)."),
+    json_out: bool = JsonOpt,
 ):
     """Create a workspace: catalogue, content-addressed store and pseudonym key (like git init).
 
@@ -26,192 +56,232 @@ def init(
     from datatool.core.workspace import init_workspace
 
     load_protocol(protocol)
-    root, created = init_workspace(directory, protocol=protocol)
-    word = "Created" if created else "Already a workspace:"
-    out.print(f"{word} {root} (catalogue, store, key in {root / '.datatool'})")
+    render.show(init_workspace(directory, protocol=protocol), _init_view, json_out)
 
 
-@app.command()
+def _ingest_view(report: IngestReport) -> Iterator[Block]:
+    table = Table("ingest", ["outcome", "files"])
+    table.add("ingested", report.ingested)
+    table.add("images added", report.images_added)
+    table.add("already present", report.already_present)
+    table.add("rejected", len(report.rejected))
+    table.add("quarantined (burned-in)", len(report.quarantined))
+    table.add("conflicts (kept aside)", len(report.conflicts))
+    if report.skipped:
+        table.add("skipped (DICOMDIR index)", report.skipped)
+    yield table
+    yield f"frames: {report.frames_mode}"
+
+
+@app.command(rich_help_panel=PANEL_DATA)
 @guarded
 def ingest(
     paths: list[Path] = typer.Argument(..., help="DICOM files and folders (searched recursively)."),
-    workers: Optional[int] = typer.Option(
-        None, "--workers", "-j", show_default="all cores",
-        help="Decoding processes beside the one writing the catalogue (0: do all in one)."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        "-j",
+        show_default="all cores",
+        help="Decoding processes beside the one writing the catalogue (0: do all in one).",
+    ),
     batch: int = typer.Option(64, min=1, help="Files per catalogue transaction."),
-    frames: str = typer.Option(
-        "auto", help="Frames of a multi-frame cine to use: first, middle, all, or auto "
-                     "(all frames of a cine up to 32 frames, the middle frame of a longer one)."),
+    frames: FrameMode = typer.Option(
+        FrameMode.auto,
+        help="Frames of a multi-frame cine to use: auto (all frames of a cine up to 32 frames, "
+        "the middle frame of a longer one), all, first or middle.",
+    ),
     allow_burned_in: bool = typer.Option(
-        False, "--allow-burned-in",
+        False,
+        "--allow-burned-in",
         help="Ingest ultrasound images that have no region information as they are, burned-in "
-             "text included (otherwise they are quarantined). Check the images first."),
+        "text included (otherwise they are quarantined). Check the images first.",
+    ),
     json_out: bool = JsonOpt,
-    ws_path: Optional[Path] = WorkspaceOpt,
+    csv_out: Path | None = CsvOpt,
+    ws_path: Path | None = WorkspaceOpt,
 ):
     """Ingest DICOM exams: decode, de-identify, store, catalogue. Re-running is a no-op.
 
     Exit code 0 when every file was ingested (or already present), 1 when some were rejected,
     quarantined or in conflict; each of those gets a one-line reason.
     """
-    from datatool.ingest.dicom import FRAME_MODES
     from datatool.ingest.pipeline import ingest as run_ingest
 
-    if frames not in FRAME_MODES:
-        raise typer.BadParameter(f"choose one of {', '.join(FRAME_MODES)}", param_hint="--frames")
     ws = workspace(ws_path)
     with progress_bar("ingest", enabled=not json_out) as progress:
-        report = run_ingest(ws, paths, workers=workers, frames=frames,
-                            allow_burned_in=allow_burned_in, progress=progress,
-                            batch_size=batch)
-    if json_out:
-        print_json(report.as_dict())
-    else:
-        for label, items in (("rejected", report.rejected), ("quarantined", report.quarantined),
-                             ("conflict", report.conflicts)):
-            for path, reason in items:
-                err.print(f"[yellow]{label}:[/yellow] {path}: {reason}", highlight=False,
-                          soft_wrap=True)
-        table = Table(title="ingest", show_header=True)
-        table.add_column("outcome")
-        table.add_column("files", justify="right")
-        table.add_row("ingested", str(report.ingested))
-        table.add_row("images added", str(report.images_added))
-        table.add_row("already present", str(report.already_present))
-        table.add_row("rejected", str(len(report.rejected)))
-        table.add_row("quarantined (burned-in)", str(len(report.quarantined)))
-        table.add_row("conflicts (kept aside)", str(len(report.conflicts)))
-        if report.skipped:
-            table.add_row("skipped (DICOMDIR index)", str(report.skipped))
-        out.print(table)
-        out.print(f"frames: {report.frames_mode}")
-    raise typer.Exit(report.exit_code)
+        report = run_ingest(
+            ws,
+            paths,
+            workers=workers,
+            frames=frames,
+            allow_burned_in=allow_burned_in,
+            progress=progress,
+            batch_size=batch,
+        )
+    render.problems(report.rejected, "rejected")
+    render.problems(report.quarantined, "quarantined")
+    render.problems(report.conflicts, "conflict")
+    render.show(report, _ingest_view, json_out, csv_out)
+    finish(report.exit_code)
 
 
-@app.command()
+def _status_view(data: Status) -> Iterator[Block]:
+    cov = data.calibration_coverage
+    yield f"workspace {data.workspace}"
+    yield (
+        f"{data.patients} patients, {data.studies} studies, {data.series} series, "
+        f"{data.images} images; calibrated (mm): {data.calibrated_images}"
+        f" ({'-' if cov is None else f'{100 * cov:.1f}'} %)"
+    )
+    files = data.files
+    yield (
+        f"files: {files['ingested']} ingested, {files['quarantined']} quarantined, "
+        f"{files['conflict']} conflicts kept aside"
+    )
+    handling = ", ".join(f"{k}: {v}" for k, v in sorted(data.pixel_handling.items())) or "-"
+    yield f"pixels: {handling}"
+    table = Table("per patient", ["patient", "sex", "age", "studies", "series", "sides", "images"])
+    for row in data.per_patient:
+        table.add(row.patient, row.sex, row.age, row.studies, row.series, row.sides, row.images)
+    yield table
+
+
+@app.command(rich_help_panel=PANEL_DATA)
 @guarded
-def status(json_out: bool = JsonOpt, ws_path: Optional[Path] = WorkspaceOpt):
+def status(
+    json_out: bool = JsonOpt, csv_out: Path | None = CsvOpt, ws_path: Path | None = WorkspaceOpt
+):
     """What the catalogue holds: patients, studies, series, images, calibration, pixel handling."""
     from datatool.ingest.inventory import status as get_status
 
-    data = get_status(workspace(ws_path))
-    if json_out:
-        print_json(data)
-        return
-    cov = data["calibration_coverage"]
-    out.print(f"workspace {data['workspace']}")
-    out.print(f"{data['patients']} patients, {data['studies']} studies, {data['series']} series, "
-              f"{data['images']} images; calibrated (mm): {data['calibrated_images']}"
-              f" ({_fmt(None if cov is None else 100 * cov)} %)")
-    files = data["files"]
-    out.print(f"files: {files['ingested']} ingested, {files['quarantined']} quarantined, "
-              f"{files['conflict']} conflicts kept aside")
-    handling = ", ".join(f"{k}: {v}" for k, v in sorted(data["pixel_handling"].items())) or "-"
-    out.print(f"pixels: {handling}")
-    table = Table(title="per patient")
-    for col in ("patient", "sex", "age", "studies", "series", "sides", "images"):
-        table.add_column(col, justify="left" if col == "patient" else "right")
-    for row in data["per_patient"]:
-        table.add_row(row["patient"], _fmt(row["sex"]), _fmt(row["age"]), str(row["studies"]),
-                      str(row["series"]), str(row["sides"]), str(row["images"]))
-    out.print(table)
+    render.show(get_status(workspace(ws_path)), _status_view, json_out, csv_out)
 
 
-@app.command()
+def _images_view(rows: list[ImageRow]) -> Iterator[Block]:
+    table = Table(
+        f"{len(rows)} images",
+        ["id", "patient", "side", "date", "frame", "cols", "rows", "mm/px", "pixels"],
+    )
+    for r in rows:
+        table.add(
+            r.id,
+            r.patient,
+            r.side,
+            r.study_date,
+            r.frame,
+            r.cols,
+            r.rows,
+            r.mm_per_px_x,
+            r.pixel_handling,
+        )
+    yield table
+
+
+@app.command(rich_help_panel=PANEL_DATA)
 @guarded
 def images(
-    patient: Optional[str] = typer.Option(None, help="Only this patient (pseudonym)."),
-    side: Optional[str] = typer.Option(None, help="Only this side: L or R."),
-    calibrated: Optional[bool] = typer.Option(None, "--calibrated/--uncalibrated",
-                                              help="Only images with (without) mm calibration."),
-    limit: Optional[int] = typer.Option(None, help="At most this many rows."),
+    patient: str | None = typer.Option(None, help="Only this patient (pseudonym)."),
+    side: str | None = typer.Option(None, help="Only this side: L or R."),
+    calibrated: bool | None = typer.Option(
+        None, "--calibrated/--uncalibrated", help="Only images with (without) mm calibration."
+    ),
+    limit: int | None = typer.Option(None, min=1, help="At most this many rows."),
     json_out: bool = JsonOpt,
-    ws_path: Optional[Path] = WorkspaceOpt,
+    csv_out: Path | None = CsvOpt,
+    ws_path: Path | None = WorkspaceOpt,
 ):
     """List the catalogued images, with filters."""
     from datatool.ingest.inventory import ImageFilter, list_images
 
     rows = list_images(workspace(ws_path), ImageFilter(patient, side, calibrated, limit))
-    if json_out:
-        print_json(rows)
-        return
-    table = Table(title=f"{len(rows)} images")
-    for col in ("id", "patient", "side", "date", "frame", "size", "mm/px", "pixels"):
-        table.add_column(col)
-    for r in rows:
-        mm = f"{r['mm_per_px_x']:.3f}" if r["mm_per_px_x"] else "-"
-        table.add_row(str(r["id"]), r["patient"], r["side"] or "-", r["study_date"] or "-",
-                      str(r["frame"]), f"{r['cols']}x{r['rows']}", mm, r["pixel_handling"])
-    out.print(table)
+    render.show(rows, _images_view, json_out, csv_out)
 
 
-@app.command("ingest-clinical")
+def _clinical_view(report: ClinicalReport) -> Iterator[Block]:
+    yield (
+        f"{report.rows} rows: {report.updated} patients updated, {report.created} "
+        f"added (not imaged yet), {report.unchanged} unchanged, "
+        f"{len(report.rejected)} rejected"
+    )
+
+
+@app.command("ingest-clinical", rich_help_panel=PANEL_DATA)
 @guarded
 def ingest_clinical(
-    csv_file: Path = typer.Argument(..., exists=True, dir_okay=False,
-                                    help="CSV with patient_id and any of sex, age, bmi, asa."),
+    csv_file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="CSV with patient_id and any of sex, age, bmi, asa."
+    ),
     json_out: bool = JsonOpt,
-    ws_path: Optional[Path] = WorkspaceOpt,
+    ws_path: Path | None = WorkspaceOpt,
 ):
     """Add clinical fields keyed by the original patient ID (pseudonymised on the way in)."""
     from datatool.ingest.clinical import ingest_clinical as run
 
     report = run(workspace(ws_path), csv_file)
-    if json_out:
-        print_json(report.as_dict())
-    else:
-        for where, reason in report.rejected:
-            err.print(f"[yellow]rejected:[/yellow] {where}: {reason}", highlight=False,
-                      soft_wrap=True)
-        out.print(f"{report.rows} rows: {report.updated} patients updated, {report.created} "
-                  f"added (not imaged yet), {report.unchanged} unchanged, "
-                  f"{len(report.rejected)} rejected")
-    raise typer.Exit(report.exit_code)
+    render.problems(report.rejected, "rejected")
+    render.show(report, _clinical_view, json_out)
+    finish(report.exit_code)
 
 
-@app.command()
+def _roman(cls: str) -> str:
+    return "I" * int(cls) if cls.isdigit() and int(cls) <= 3 else cls
+
+
+def _cohort_view(data: Cohort) -> Iterator[Block]:
+    table = Table("cohort", ["", "value"], digits=1)
+    n = data.patients
+    table.add("patients, n", n)
+    if n:
+        table.add("female, n (%)", CountPct(data.female, data.female_pct))
+        table.add("male, n (%)", CountPct(data.male, 100 * data.male / n))
+    age, bmi, ipp = data.age, data.bmi, data.images_per_patient
+    table.add(
+        "age, years, mean ± SD",
+        None if not age else f"{age.mean:.1f} ± {age.sd:.1f} ({age.min:.0f}-{age.max:.0f})",
+    )
+    table.add("BMI, kg/m², range", None if not bmi else f"{bmi.min:.1f}-{bmi.max:.1f}")
+    for cls, count in data.asa.items():
+        table.add(f"ASA {_roman(cls)}, n (%)", CountPct(count, 100 * count / n))
+    table.add("images, n", data.images)
+    if ipp:
+        table.add(
+            "images per patient, mean (range)", f"{ipp.mean:.1f} ({ipp.min:.0f}-{ipp.max:.0f})"
+        )
+    yield table
+
+
+@app.command(rich_help_panel=PANEL_DATA)
 @guarded
 def cohort(
     all_patients: bool = typer.Option(False, "--all", help="Include patients with no images."),
     json_out: bool = JsonOpt,
-    ws_path: Optional[Path] = WorkspaceOpt,
+    csv_out: Path | None = CsvOpt,
+    ws_path: Path | None = WorkspaceOpt,
 ):
     """The cohort table a study reports: n, female %, age mean ± SD, BMI range, ASA class."""
     from datatool.ingest.clinical import cohort as get_cohort
 
     data = get_cohort(workspace(ws_path), imaged_only=not all_patients)
-    if json_out:
-        print_json(data)
-        return
-    table = Table(title="cohort")
-    table.add_column("")
-    table.add_column("value", justify="right")
-    n = data["patients"]
-    table.add_row("patients, n", str(n))
-    if n:
-        table.add_row("female, n (%)", f"{data['female']} ({data['female_pct']:.1f} %)")
-        table.add_row("male, n (%)", f"{data['male']} ({100 * data['male'] / n:.1f} %)")
-    age, bmi, ipp = data["age"], data["bmi"], data["images_per_patient"]
-    table.add_row("age, years, mean ± SD", "-" if not age else
-                  f"{age['mean']:.1f} ± {age['sd']:.1f} ({age['min']:.0f}-{age['max']:.0f})")
-    table.add_row("BMI, kg/m², range", "-" if not bmi else f"{bmi['min']:.1f}-{bmi['max']:.1f}")
-    for cls, count in data["asa"].items():
-        table.add_row(f"ASA {'I' * int(cls) if int(cls) <= 3 else cls}, n (%)",
-                      f"{count} ({100 * count / n:.1f} %)")
-    table.add_row("images, n", str(data["images"]))
-    if ipp:
-        table.add_row("images per patient, mean (range)",
-                      f"{ipp['mean']:.1f} ({ipp['min']:.0f}-{ipp['max']:.0f})")
-    out.print(table)
+    render.show(data, _cohort_view, json_out, csv_out)
 
 
-@app.command("demo-data")
+def _demo_view(summary: DemoDataset) -> Iterator[Block]:
+    yield (
+        f"wrote {summary.images} images of {summary.patients} patients to "
+        f"{summary.dicom_dir}, labels of two raters to {summary.labels_dir}, "
+        f"clinical table {summary.clinical_csv}"
+    )
+    yield "encodings: " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.encodings.items()))
+
+
+@app.command("demo-data", rich_help_panel=PANEL_DATA)
 @guarded
 def demo_data(
     out_dir: Path = typer.Argument(..., help="Folder to write the demo dataset into."),
     patients: int = typer.Option(10, min=1, help="Number of patients."),
     images_per_side: str = typer.Option(
-        "4", help="Images per side: N or MIN-MAX (7-8 with 200 patients is the study's 3000)."),
+        "4", help="Images per side: N or MIN-MAX (7-8 with 200 patients is the study's 3000)."
+    ),
     seed: int = typer.Option(0, help="Random seed: the same seed writes the same files."),
     json_out: bool = JsonOpt,
 ):
@@ -224,13 +294,7 @@ def demo_data(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--images-per-side") from None
     with progress_bar("demo-data", enabled=not json_out) as progress:
-        summary = write_demo_dataset(out_dir, patients=patients, seed=seed,
-                                     images_per_side=per_side, progress=progress)
-    if json_out:
-        print_json(summary)
-        return
-    out.print(f"wrote {summary['images']} images of {summary['patients']} patients to "
-              f"{summary['dicom_dir']}, labels of two raters to {summary['labels_dir']}, "
-              f"clinical table {summary['clinical_csv']}")
-    encodings = ", ".join(f"{k}: {v}" for k, v in sorted(summary["encodings"].items()))
-    out.print(f"encodings: {encodings}")
+        summary = write_demo_dataset(
+            out_dir, patients=patients, seed=seed, images_per_side=per_side, progress=progress
+        )
+    render.show(summary, _demo_view, json_out)

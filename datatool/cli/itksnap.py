@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from datatool.cli.common import JsonOpt, WorkspaceOpt, err, export_app, guarded, out, print_json, \
-    print_sync_report, \
-    progress_bar, sync_app, workspace
+from datatool.cli.common import (
+    JsonOpt,
+    WorkspaceOpt,
+    err,
+    export_app,
+    guarded,
+    out,
+    print_json,
+    print_sync_report,
+    progress_bar,
+    sync_app,
+    workspace,
+)
 
 
-def _parse_images(text: Optional[str]) -> Optional[list[int]]:
+def _parse_images(text: str | None) -> list[int] | None:
     """``12,15,img000017`` -> [12, 15, 17]."""
     if text is None:
         return None
@@ -23,8 +32,9 @@ def _parse_images(text: Optional[str]) -> Optional[list[int]]:
             continue
         match = re.fullmatch(r"(?:img)?(\d+)", token, re.IGNORECASE)
         if match is None:
-            raise typer.BadParameter(f"{token!r} is not an image id (12 or img000012)",
-                                     param_hint="--images")
+            raise typer.BadParameter(
+                f"{token!r} is not an image id (12 or img000012)", param_hint="--images"
+            )
         value = int(match.group(1))
         ids.append(value)
     if not ids:
@@ -36,17 +46,22 @@ def _parse_images(text: Optional[str]) -> Optional[list[int]]:
 @guarded
 def export_itksnap(
     rater: str = typer.Option(..., "--rater", "-r", help="The rater the files are for."),
-    out_dir: Path = typer.Option(..., "--out", "-o", file_okay=False,
-                                 help="Folder to write into (made if missing)."),
-    images: Optional[str] = typer.Option(
-        None, "--images", help="Only these images: ids such as 12,15 or img000012 "
-                               "(default: every image)."),
+    out_dir: Path = typer.Option(
+        ..., "--out", "-o", file_okay=False, help="Folder to write into (made if missing)."
+    ),
+    images: str | None = typer.Option(
+        None,
+        "--images",
+        help="Only these images: ids such as 12,15 or img000012 (default: every image).",
+    ),
     prefill: bool = typer.Option(
-        True, "--prefill/--no-prefill",
+        True,
+        "--prefill/--no-prefill",
         help="Start each segmentation from the rater's own latest labels (never another "
-             "rater's); --no-prefill starts from empty ones."),
+        "rater's); --no-prefill starts from empty ones.",
+    ),
     json_out: bool = JsonOpt,
-    ws_path: Optional[Path] = WorkspaceOpt,
+    ws_path: Path | None = WorkspaceOpt,
 ):
     """Write images out for one rater to label in ITK-SNAP.
 
@@ -67,34 +82,50 @@ def export_itksnap(
         print_json(summary)
         return
     for path in summary["kept_files"]:
-        err.print(f"[yellow]kept:[/yellow] {path}: holds edits not synced yet; left as it was "
-                  "(sync it first)", highlight=False, soft_wrap=True)
-    out.print(f"exported {summary['images']} images for rater {summary['rater']} to "
-              f"{summary['out_dir']}: {summary['prefilled']} segmentations pre-filled with "
-              f"{summary['rater']}'s own labels, {summary['kept']} kept with unsynced edits; "
-              f"labels in {summary['labels_file']}", highlight=False, soft_wrap=True)
+        err.print(
+            f"[yellow]kept:[/yellow] {path}: holds edits not synced yet; left as it was "
+            "(sync it first)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    out.print(
+        f"exported {summary['images']} images for rater {summary['rater']} to "
+        f"{summary['out_dir']}: {summary['prefilled']} segmentations pre-filled with "
+        f"{summary['rater']}'s own labels, {summary['kept']} kept with unsynced edits; "
+        f"labels in {summary['labels_file']}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @sync_app.command("itksnap")
 @guarded
 def sync_itksnap(
-    label_dir: Path = typer.Argument(..., help="Folder holding the rater's label files "
-                                               "(searched recursively)."),
+    label_dir: Path = typer.Argument(
+        ..., help="Folder holding the rater's label files (searched recursively)."
+    ),
     rater: str = typer.Option(..., "--rater", "-r", help="Whose labels these are."),
-    dicom_root: Optional[Path] = typer.Option(
-        None, "--dicom-root",
+    dicom_root: Path | None = typer.Option(
+        None,
+        "--dicom-root",
         help="Folder of the original DICOM files that the label folder mirrors: "
-             "LABELS/MRN/L_01.nii.gz belongs to DICOM_ROOT/MRN/L_01.dcm (or no extension, or "
-             "any other). Only each file's SOP Instance UID is read."),
-    manifest: Optional[Path] = typer.Option(
-        None, "--manifest", dir_okay=False,
+        "LABELS/MRN/L_01.nii.gz belongs to DICOM_ROOT/MRN/L_01.dcm (or no extension, or "
+        "any other). Only each file's SOP Instance UID is read.",
+    ),
+    manifest: Path | None = typer.Option(
+        None,
+        "--manifest",
+        dir_okay=False,
         help="CSV with columns label_file,dicom_file (paths relative to the CSV's folder, or "
-             "absolute) naming the DICOM file each label belongs to."),
+        "absolute) naming the DICOM file each label belongs to.",
+    ),
     allow_empty: bool = typer.Option(
-        False, "--allow-empty",
-        help="Store empty label maps (nothing labelled) instead of rejecting them."),
+        False,
+        "--allow-empty",
+        help="Store empty label maps (nothing labelled) instead of rejecting them.",
+    ),
     json_out: bool = JsonOpt,
-    ws_path: Optional[Path] = WorkspaceOpt,
+    ws_path: Path | None = WorkspaceOpt,
 ):
     """Bring one rater's ITK-SNAP label maps in as versioned annotations.
 
@@ -109,6 +140,13 @@ def sync_itksnap(
 
     ws = workspace(ws_path)
     with progress_bar("sync itksnap", enabled=not json_out) as progress:
-        report = run(ws, label_dir, rater, dicom_root=dicom_root, manifest=manifest,
-                     allow_empty=allow_empty, progress=progress)
+        report = run(
+            ws,
+            label_dir,
+            rater,
+            dicom_root=dicom_root,
+            manifest=manifest,
+            allow_empty=allow_empty,
+            progress=progress,
+        )
     print_sync_report(report, f"sync itksnap ({report.rater})", "label files", json_out)

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
-from datatool.cli.common import JsonOpt, WorkspaceOpt, app, guarded, out, print_json, rater_app, workspace
+from datatool.cli.common import (
+    PANEL_LABELS,
+    JsonOpt,
+    WorkspaceOpt,
+    app,
+    guarded,
+    out,
+    print_json,
+    rater_app,
+    workspace,
+)
 
 
 @rater_app.command("add")
 @guarded
-def rater_add(name: str = typer.Argument(..., help="The rater's name or initials, e.g. AN1."),
-              ws_path: Optional[Path] = WorkspaceOpt):
+def rater_add(
+    name: str = typer.Argument(..., help="The rater's name or initials, e.g. AN1."),
+    ws_path: Path | None = WorkspaceOpt,
+):
     """Register a rater. Each rater labels on their own and never sees another's labels."""
     from datatool.labels.annotations import add_rater
 
@@ -24,7 +35,7 @@ def rater_add(name: str = typer.Argument(..., help="The rater's name or initials
 
 @rater_app.command("list")
 @guarded
-def rater_list(json_out: bool = JsonOpt, ws_path: Optional[Path] = WorkspaceOpt):
+def rater_list(json_out: bool = JsonOpt, ws_path: Path | None = WorkspaceOpt):
     """List raters and how many images each has labelled."""
     from datatool.labels.annotations import list_raters
 
@@ -40,10 +51,13 @@ def rater_list(json_out: bool = JsonOpt, ws_path: Optional[Path] = WorkspaceOpt)
     out.print(table)
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_LABELS)
 @guarded
-def labels(rater: Optional[str] = typer.Option(None, help="Only this rater."),
-           json_out: bool = JsonOpt, ws_path: Optional[Path] = WorkspaceOpt):
+def labels(
+    rater: str | None = typer.Option(None, help="Only this rater."),
+    json_out: bool = JsonOpt,
+    ws_path: Path | None = WorkspaceOpt,
+):
     """Label coverage: per rater, images labelled and, per structure, present or absent."""
     from datatool.labels.annotations import label_coverage
 
@@ -53,9 +67,11 @@ def labels(rater: Optional[str] = typer.Option(None, help="Only this rater."),
         return
     for r in data["raters"]:
         sources = ", ".join(f"{k}: {v}" for k, v in sorted(r["sources"].items())) or "-"
-        table = Table(title=f"{r['rater']} ({r['kind']}): {r['images_labelled']} of "
-                            f"{r['images_total']} images labelled, {r['versions']} versions; "
-                            f"from {sources}")
+        table = Table(
+            title=f"{r['rater']} ({r['kind']}): {r['images_labelled']} of "
+            f"{r['images_total']} images labelled, {r['versions']} versions; "
+            f"from {sources}"
+        )
         table.add_column("structure")
         table.add_column("present", justify="right")
         table.add_column("absent", justify="right")

@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
-from datatool.cli.common import JsonOpt, WorkspaceOpt, err, guarded, labelstudio_app, out, print_json, \
-    print_sync_report, \
-    progress_bar, sync_app, workspace
+from datatool.cli.common import (
+    JsonOpt,
+    WorkspaceOpt,
+    err,
+    guarded,
+    labelstudio_app,
+    out,
+    print_json,
+    print_sync_report,
+    progress_bar,
+    sync_app,
+    workspace,
+)
 
-UrlOpt = typer.Option(None, "--url", envvar="LABEL_STUDIO_URL", show_default=False,
-                      help="The Label Studio server, e.g. http://127.0.0.1:8080. Never stored.")
-TokenOpt = typer.Option(None, "--token", envvar="LABEL_STUDIO_API_KEY", show_default=False,
-                        help="Your Label Studio access token (Account & Settings). Prefer the "
-                             "environment variable; never stored or printed.")
+UrlOpt = typer.Option(
+    None,
+    "--url",
+    envvar="LABEL_STUDIO_URL",
+    show_default=False,
+    help="The Label Studio server, e.g. http://127.0.0.1:8080. Never stored.",
+)
+TokenOpt = typer.Option(
+    None,
+    "--token",
+    envvar="LABEL_STUDIO_API_KEY",
+    show_default=False,
+    help="Your Label Studio access token (Account & Settings). Prefer the "
+    "environment variable; never stored or printed.",
+)
 
 
 def _print_report(report, json_out: bool) -> None:
@@ -27,43 +46,71 @@ def _print_report(report, json_out: bool) -> None:
 @guarded
 def push(
     rater: str = typer.Option(..., "--rater", help="The rater whose own project gets the images."),
-    title: Optional[str] = typer.Option(None, help="Title of a new project (3-50 characters; "
-                                                   "default 'RATER (protocol)')."),
-    project_id: Optional[int] = typer.Option(
-        None, "--project-id", help="Use this existing project: the rater's recorded one, or an "
-                                   "empty one to adopt. Never another rater's."),
-    images: Optional[str] = typer.Option(
-        None, "--images", help="Only these images: comma-separated ids or names (1,2 or "
-                               "img000001). Default: every image in the catalogue."),
+    title: str | None = typer.Option(
+        None, help="Title of a new project (3-50 characters; default 'RATER (protocol)')."
+    ),
+    project_id: int | None = typer.Option(
+        None,
+        "--project-id",
+        help="Use this existing project: the rater's recorded one, or an "
+        "empty one to adopt. Never another rater's.",
+    ),
+    images: str | None = typer.Option(
+        None,
+        "--images",
+        help="Only these images: comma-separated ids or names (1,2 or "
+        "img000001). Default: every image in the catalogue.",
+    ),
     serve: str = typer.Option(
-        "local", "--serve", help="local: copy the PNGs under the server's local files root "
-                                 "(same machine); upload: upload them through the API."),
-    local_root: Optional[Path] = typer.Option(
-        None, "--local-root", envvar="LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT",
-        help="The server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (for --serve local)."),
+        "local",
+        "--serve",
+        help="local: copy the PNGs under the server's local files root "
+        "(same machine); upload: upload them through the API.",
+    ),
+    local_root: Path | None = typer.Option(
+        None,
+        "--local-root",
+        envvar="LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT",
+        help="The server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (for --serve local).",
+    ),
     new_project: bool = typer.Option(
-        False, "--new-project", help="Give a rater who has a project a second one."),
-    url: Optional[str] = UrlOpt,
-    token: Optional[str] = TokenOpt,
+        False, "--new-project", help="Give a rater who has a project a second one."
+    ),
+    url: str | None = UrlOpt,
+    token: str | None = TokenOpt,
     json_out: bool = JsonOpt,
-    ws_path: Optional[Path] = WorkspaceOpt,
+    ws_path: Path | None = WorkspaceOpt,
 ):
     """Put images into the rater's own Label Studio project (made on first use), one task per
     image not yet there. Re-running adds nothing. One project per rater: double-blind."""
     from datatool.labels.labelstudio.sync import push as run_push
 
     ids = [p for p in images.split(",") if p.strip()] if images else None
-    result = run_push(workspace(ws_path), rater, url=url, token=token, title=title,
-                      project_id=project_id, image_ids=ids, serve=serve, local_root=local_root,
-                      new_project=new_project)
+    result = run_push(
+        workspace(ws_path),
+        rater,
+        url=url,
+        token=token,
+        title=title,
+        project_id=project_id,
+        image_ids=ids,
+        serve=serve,
+        local_root=local_root,
+        new_project=new_project,
+    )
     if json_out:
         print_json(result)
         return
     for task_id in result["missing_on_server"]:
-        err.print(f"note: task {task_id} of project {result['project_id']} was deleted on the "
-                  "server; not re-created", highlight=False)
-    table = Table(title=f"rater {result['rater']}: project {result['project_id']}"
-                        + (" (new)" if result["project_created"] else ""))
+        err.print(
+            f"note: task {task_id} of project {result['project_id']} was deleted on the "
+            "server; not re-created",
+            highlight=False,
+        )
+    table = Table(
+        title=f"rater {result['rater']}: project {result['project_id']}"
+        + (" (new)" if result["project_created"] else "")
+    )
     table.add_column("outcome")
     table.add_column("images", justify="right")
     table.add_row("tasks created", str(result["tasks_created"]))
@@ -72,32 +119,45 @@ def push(
         table.add_row("recorded from an interrupted push", str(result["recovered"]))
     table.add_row("deleted on the server", str(len(result["missing_on_server"])))
     out.print(table)
-    out.print(f"project {result['project_id']} '{result['title']}'; images served by "
-              f"{'the local files storage' if result['serve'] == 'local' else 'upload'}",
-              highlight=False)
+    out.print(
+        f"project {result['project_id']} '{result['title']}'; images served by "
+        f"{'the local files storage' if result['serve'] == 'local' else 'upload'}",
+        highlight=False,
+    )
 
 
 @sync_app.command("labelstudio")
 @guarded
 def sync_labelstudio(
     rater: str = typer.Option(..., "--rater", help="The rater whose labels these are."),
-    export: Optional[Path] = typer.Option(
-        None, "--export", help="A Label Studio JSON export of a project made before datatool "
-                               "(instead of pulling from the server)."),
-    dicom_root: Optional[Path] = typer.Option(
-        None, "--dicom-root", help="With --export: the folder the tasks' DICOM paths are "
-                                   "relative to (the original exams)."),
-    field: Optional[str] = typer.Option(
-        None, "--field", help="With --export: the task data field naming the DICOM file or SOP "
-                              "Instance UID (default: found by its value)."),
-    project_id: Optional[int] = typer.Option(
-        None, "--project-id", help="Only this one of the rater's projects."),
-    url: Optional[str] = UrlOpt,
-    token: Optional[str] = TokenOpt,
+    export: Path | None = typer.Option(
+        None,
+        "--export",
+        help="A Label Studio JSON export of a project made before datatool "
+        "(instead of pulling from the server).",
+    ),
+    dicom_root: Path | None = typer.Option(
+        None,
+        "--dicom-root",
+        help="With --export: the folder the tasks' DICOM paths are "
+        "relative to (the original exams).",
+    ),
+    field: str | None = typer.Option(
+        None,
+        "--field",
+        help="With --export: the task data field naming the DICOM file or SOP "
+        "Instance UID (default: found by its value).",
+    ),
+    project_id: int | None = typer.Option(
+        None, "--project-id", help="Only this one of the rater's projects."
+    ),
+    url: str | None = UrlOpt,
+    token: str | None = TokenOpt,
     allow_empty: bool = typer.Option(
-        False, "--allow-empty", help="Store submitted annotations with nothing drawn."),
+        False, "--allow-empty", help="Store submitted annotations with nothing drawn."
+    ),
     json_out: bool = JsonOpt,
-    ws_path: Optional[Path] = WorkspaceOpt,
+    ws_path: Path | None = WorkspaceOpt,
 ):
     """Bring a rater's labels in from their Label Studio project (or a JSON export).
 
@@ -109,13 +169,26 @@ def sync_labelstudio(
 
     ws = workspace(ws_path)
     if export is None and (dicom_root is not None or field is not None):
-        raise typer.BadParameter("--dicom-root and --field go with --export",
-                                 param_hint="--export")
+        raise typer.BadParameter("--dicom-root and --field go with --export", param_hint="--export")
     with progress_bar("sync labelstudio", enabled=not json_out) as progress:
         if export is not None:
-            report = sync_from_export(ws, rater, export, dicom_root=dicom_root, field=field,
-                                      allow_empty=allow_empty, progress=progress)
+            report = sync_from_export(
+                ws,
+                rater,
+                export,
+                dicom_root=dicom_root,
+                field=field,
+                allow_empty=allow_empty,
+                progress=progress,
+            )
         else:
-            report = sync_from_server(ws, rater, url=url, token=token, allow_empty=allow_empty,
-                                      progress=progress, project_id=project_id)
+            report = sync_from_server(
+                ws,
+                rater,
+                url=url,
+                token=token,
+                allow_empty=allow_empty,
+                progress=progress,
+                project_id=project_id,
+            )
     _print_report(report, json_out)

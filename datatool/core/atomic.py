@@ -7,9 +7,9 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator
 
 _counter = itertools.count()
 
@@ -19,7 +19,7 @@ def full_suffix(path: Path) -> str:
     name = path.name.lower()
     for double in (".nii.gz", ".seg.nrrd"):
         if name.endswith(double):
-            return path.name[-len(double):]
+            return path.name[-len(double) :]
     return path.suffix
 
 
@@ -31,21 +31,21 @@ def atomic_path(path: Path, make_parents: bool = True) -> Iterator[Path]:
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}."
-                         f"{next(_counter)}{full_suffix(path)}")
+    tmp = path.with_name(
+        f".{path.name}.{os.getpid()}.{threading.get_ident()}.{next(_counter)}{full_suffix(path)}"
+    )
     try:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
-def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None,
-                       make_parents: bool = True) -> None:
+def write_bytes_atomic(
+    path: Path, data: bytes, mode: int | None = None, make_parents: bool = True
+) -> None:
     """Write ``data`` to ``path`` atomically; ``mode`` is set whatever the umask says."""
     with atomic_path(path, make_parents) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -31,8 +32,29 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 
+class FileStatus(StrEnum):
+    """What ingest made of a source file (rejected files leave no row)."""
+
+    ingested = "ingested"
+    quarantined = "quarantined"  # pixels may hold burned-in identity
+    conflict = "conflict"  # same SOP Instance UID, other bytes: kept aside
+
+
+class RaterKind(StrEnum):
+    human = "human"
+    consensus = "consensus"  # named consensus:METHOD
+    model = "model"  # named model:RUN
+
+
+class RunStatus(StrEnum):
+    running = "running"
+    done = "done"
+    failed = "failed"
+    interrupted = "interrupted"  # stopped (Ctrl-C, kill): 'datatool train --resume RUN'
+
+
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):
@@ -92,7 +114,9 @@ class SourceFile(Base):
     n_frames: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     status: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
     reason: Mapped[str | None] = mapped_column(Text)
-    aside: Mapped[Any] = mapped_column(JSON, nullable=True)  # store hashes of a conflicting version's frames
+    aside: Mapped[Any] = mapped_column(
+        JSON, nullable=True
+    )  # store hashes of a conflicting version's frames
     ingested_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     images: Mapped[list[Image]] = relationship(back_populates="source_file")
 
@@ -159,8 +183,9 @@ class StructureStats(Base):
     __tablename__ = "structure_stats"
     __table_args__ = (UniqueConstraint("annotation_id", "structure"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id"), nullable=False,
-                                               index=True)
+    annotation_id: Mapped[int] = mapped_column(
+        ForeignKey("annotations.id"), nullable=False, index=True
+    )
     structure: Mapped[str] = mapped_column(String(64), nullable=False)
     value: Mapped[int] = mapped_column(Integer, nullable=False)
     area_px: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -191,11 +216,14 @@ class LabelStudioTask(Base):
     """Which image a task of a rater's project shows."""
 
     __tablename__ = "labelstudio_tasks"
-    __table_args__ = (UniqueConstraint("project_id", "task_id"),
-                      UniqueConstraint("project_id", "image_id"))
+    __table_args__ = (
+        UniqueConstraint("project_id", "task_id"),
+        UniqueConstraint("project_id", "image_id"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("labelstudio_projects.id"),
-                                            nullable=False, index=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("labelstudio_projects.id"), nullable=False, index=True
+    )
     task_id: Mapped[int] = mapped_column(Integer, nullable=False)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), nullable=False)
 
@@ -212,16 +240,18 @@ class AgreementSample(Base):
     seed: Mapped[int] = mapped_column(Integer, nullable=False)
     n_images: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
-    items: Mapped[list[AgreementItem]] = relationship(back_populates="sample",
-                                                      order_by="AgreementItem.id")
+    items: Mapped[list[AgreementItem]] = relationship(
+        back_populates="sample", order_by="AgreementItem.id"
+    )
 
 
 class AgreementItem(Base):
     __tablename__ = "agreement_items"
     __table_args__ = (UniqueConstraint("sample_id", "image_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sample_id: Mapped[int] = mapped_column(ForeignKey("agreement_samples.id"), nullable=False,
-                                           index=True)
+    sample_id: Mapped[int] = mapped_column(
+        ForeignKey("agreement_samples.id"), nullable=False, index=True
+    )
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), nullable=False)
     annotation_a_id: Mapped[int] = mapped_column(ForeignKey("annotations.id"), nullable=False)
     annotation_b_id: Mapped[int] = mapped_column(ForeignKey("annotations.id"), nullable=False)
@@ -272,7 +302,7 @@ class Run(Base):
     seed: Mapped[int] = mapped_column(Integer, nullable=False)
     code_version: Mapped[str] = mapped_column(String(64), nullable=False)
     device: Mapped[str] = mapped_column(String(64), nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)  # running, done, failed
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # a RunStatus
     epochs_done: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
     best_val_miou: Mapped[float | None] = mapped_column(Float)
@@ -280,8 +310,7 @@ class Run(Base):
     last_checkpoint: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    epochs: Mapped[list[RunEpoch]] = relationship(back_populates="run",
-                                                  order_by="RunEpoch.epoch")
+    epochs: Mapped[list[RunEpoch]] = relationship(back_populates="run", order_by="RunEpoch.epoch")
 
 
 class RunEpoch(Base):

@@ -72,15 +72,18 @@ class Protocol:
             lines.append(f'{s.value:5d} {r:5d} {g:4d} {b:4d}        1  1  1    "{s.name}"')
         return "\n".join(lines) + "\n"
 
-
     def labelstudio_config(self, from_name: str = "label", to_name: str = "image") -> str:
         """The Label Studio labelling config: brush labels over the image, one per structure."""
         labels = "\n".join(
             f'    <Label value="{s.name}" background="#{s.color[0]:02x}{s.color[1]:02x}'
-            f'{s.color[2]:02x}"/>' for s in self.structures)
-        return (f'<View>\n  <Image name="{to_name}" value="${to_name}" zoom="true"/>\n'
-                f'  <BrushLabels name="{from_name}" toName="{to_name}">\n{labels}\n'
-                f'  </BrushLabels>\n</View>\n')
+            f'{s.color[2]:02x}"/>'
+            for s in self.structures
+        )
+        return (
+            f'<View>\n  <Image name="{to_name}" value="${to_name}" zoom="true"/>\n'
+            f'  <BrushLabels name="{from_name}" toName="{to_name}">\n{labels}\n'
+            f"  </BrushLabels>\n</View>\n"
+        )
 
 
 def load_protocol_file(path: Path) -> Protocol:
@@ -105,8 +108,11 @@ def load_protocol_file(path: Path) -> Protocol:
                 aliases=tuple(str(a) for a in entry.get("aliases", ()) or ()),
             )
         )
-    return Protocol(name=str(data.get("name", path.stem)), title=str(data.get("title", "")),
-                    structures=tuple(structures))
+    return Protocol(
+        name=str(data.get("name", path.stem)),
+        title=str(data.get("title", "")),
+        structures=tuple(structures),
+    )
 
 
 @lru_cache(maxsize=16)

@@ -28,6 +28,7 @@ try:  # Intel ISA-L's deflate: a zlib stream, four times faster than zlib at lev
 
     _decompress = _deflate.decompress
 except ImportError:  # pragma: no cover - isal is a dependency; plain zlib still works
+
     def _compress(data) -> bytes:
         packer = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
         return packer.compress(data) + packer.flush()
@@ -102,8 +103,12 @@ def _check(array: np.ndarray) -> None:
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(
-        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -116,8 +121,12 @@ def encode_png(array: np.ndarray) -> bytes:
     raw[:, 1:] = array
     idat = _compress(raw.data)
     header = struct.pack(">IIBBBBB", cols, rows, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + \
-        _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", idat)
+        + _chunk(b"IEND", b"")
+    )
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -126,8 +135,8 @@ def decode_png(data: bytes) -> np.ndarray:
     if data[:8] == _SIGNATURE and data[12:16] == b"IHDR" and data[37:41] == b"IDAT":
         cols, rows, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
         (size,) = struct.unpack(">I", data[33:37])
-        if depth == 8 and colour == 0 and interlace == 0 and data[41 + size + 8:][4:8] == b"IEND":
-            raw = np.frombuffer(_decompress(data[41:41 + size]), np.uint8)
+        if depth == 8 and colour == 0 and interlace == 0 and data[41 + size + 8 :][4:8] == b"IEND":
+            raw = np.frombuffer(_decompress(data[41 : 41 + size]), np.uint8)
             if raw.size == rows * (cols + 1):
                 raw = raw.reshape(rows, cols + 1)
                 if not raw[:, 0].any():  # every row unfiltered

@@ -18,10 +18,10 @@ import json
 import os
 import secrets
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from alembic import command as alembic_command
 from alembic.config import Config as AlembicConfig
@@ -61,7 +61,8 @@ def find_workspace(start: Path | None = None, explicit: Path | str | None = None
         root = Path(given).expanduser().resolve()
         if not (root / MARKER).is_dir():
             raise WorkspaceNotFound(
-                f"{root} is not a datatool workspace: run 'datatool init {given}' first")
+                f"{root} is not a datatool workspace: run 'datatool init {given}' first"
+            )
         return root
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
@@ -69,7 +70,8 @@ def find_workspace(start: Path | None = None, explicit: Path | str | None = None
             return folder
     raise WorkspaceNotFound(
         f"no datatool workspace in {here} or above: run 'datatool init' here, "
-        "or pass --workspace DIR")
+        "or pass --workspace DIR"
+    )
 
 
 @dataclass
@@ -85,7 +87,7 @@ class Workspace:
 
     @property
     def store(self) -> Store:
-        return Store(self.meta_dir / "store")
+        return self._store
 
     @property
     def protocol_name(self) -> str:
@@ -93,6 +95,7 @@ class Workspace:
 
     def __post_init__(self) -> None:
         self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self._store = Store(self.meta_dir / "store")  # one per workspace: it caches folders
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -117,20 +120,31 @@ def read_key(path: Path) -> bytes:
     if not path.exists():
         raise DatatoolError(
             f"{path}: the pseudonym key is missing. Restore it from your backup (without it the "
-            "same patients get new pseudonyms), or set DATATOOL_KEY_FILE to where it is kept")
+            "same patients get new pseudonyms), or set DATATOOL_KEY_FILE to where it is kept"
+        )
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise DatatoolError(f"{path}: the pseudonym key is readable by others (mode {mode:o}); "
-                            f"run 'chmod 600 {path}'")
+        raise DatatoolError(
+            f"{path}: the pseudonym key is readable by others (mode {mode:o}); "
+            f"run 'chmod 600 {path}'"
+        )
     key = bytes.fromhex(path.read_text().strip())
     if len(key) < 16:
         raise DatatoolError(f"{path}: the pseudonym key is too short")
     return key
 
 
-def init_workspace(root: Path, protocol: str = DEFAULT_PROTOCOL) -> tuple[Path, bool]:
-    """Create a workspace in ``root`` (made if missing). Returns (root, created); running it on
-    an existing workspace changes nothing but applies pending migrations."""
+@dataclass
+class InitResult:
+    root: Path
+    created: bool  # False: it was a workspace already (nothing changed but migrations)
+    protocol: str
+    key_file: Path
+
+
+def init_workspace(root: Path, protocol: str = DEFAULT_PROTOCOL) -> InitResult:
+    """Create a workspace in ``root`` (made if missing). Running it on an existing workspace
+    changes nothing but applies pending migrations."""
     root = Path(root).expanduser().resolve()
     meta = root / MARKER
     created = not meta.exists()
@@ -142,8 +156,9 @@ def init_workspace(root: Path, protocol: str = DEFAULT_PROTOCOL) -> tuple[Path, 
     settings_path = meta / "workspace.json"
     if not settings_path.exists():
         write_text_atomic(settings_path, json.dumps({"protocol": protocol, "format": 1}, indent=2))
-    open_workspace(root, announce=False).close()
-    return root, created
+    ws = open_workspace(root, announce=False)
+    ws.close()
+    return InitResult(root, created, ws.protocol_name, key_path)
 
 
 def migrate(engine: Engine, url: str, announce: bool = True) -> tuple[str | None, str]:
@@ -154,16 +169,19 @@ def migrate(engine: Engine, url: str, announce: bool = True) -> tuple[str | None
         current = MigrationContext.configure(conn).get_current_revision()
     if current != head:
         if announce:
-            print(f"datatool: upgrading the catalogue schema {current or '(new)'} -> {head}",
-                  file=sys.stderr)
+            print(
+                f"datatool: upgrading the catalogue schema {current or '(new)'} -> {head}",
+                file=sys.stderr,
+            )
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             alembic_command.upgrade(cfg, "head")
     return current, head
 
 
-def open_workspace(root: Path | str | None = None, start: Path | None = None,
-                   announce: bool = True) -> Workspace:
+def open_workspace(
+    root: Path | str | None = None, start: Path | None = None, announce: bool = True
+) -> Workspace:
     """Open a workspace, applying pending migrations (announced on stderr)."""
     root = find_workspace(start=start, explicit=root)
     url = db_url_for(root)

@@ -28,11 +28,11 @@ import csv
 import io
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -56,15 +56,15 @@ from datatool.core.atomic import atomic_path, write_bytes_atomic
 from datatool.core.protocol import Protocol, load_protocol
 
 __all__ = [
-    "PHI_TOKEN",
+    "BANNER_ROWS",
+    "COLUMNS",
+    "ENCODINGS",
     "INSTITUTION",
     "MANUFACTURER",
-    "PRIVATE_GROUP",
+    "PHI_TOKEN",
     "PRIVATE_CREATOR",
+    "PRIVATE_GROUP",
     "ROWS",
-    "COLUMNS",
-    "BANNER_ROWS",
-    "ENCODINGS",
     "parse_images_per_side",
     "write_demo_dataset",
 ]
@@ -117,12 +117,14 @@ def parse_images_per_side(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)\s*(?:-\s*(\d+))?", s)
     if not m:
         raise ValueError(
-            f"images per side must be a count like '4' or a range like '7-8', got {text!r}")
+            f"images per side must be a count like '4' or a range like '7-8', got {text!r}"
+        )
     lo = int(m.group(1))
     hi = int(m.group(2)) if m.group(2) is not None else lo
     if lo < 1 or hi < lo:
         raise ValueError(
-            f"images per side must satisfy 1 <= lo <= hi, got {text!r} (lo={lo}, hi={hi})")
+            f"images per side must satisfy 1 <= lo <= hi, got {text!r} (lo={lo}, hi={hi})"
+        )
     return lo, hi
 
 
@@ -178,8 +180,16 @@ def _geometry() -> _Geometry:
     pz = (rr * np.cos(tt) + _APEX_Y - _Y_SKIN).astype(np.float32)
     region = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
     assert region[1] >= BANNER_ROWS
-    return _Geometry(fan, idx, coords, (np.arange(COLUMNS) - _CX).astype(np.float32),
-                     (np.arange(ROWS) - _Y_SKIN).astype(np.float32), px, pz, region)
+    return _Geometry(
+        fan,
+        idx,
+        coords,
+        (np.arange(COLUMNS) - _CX).astype(np.float32),
+        (np.arange(ROWS) - _Y_SKIN).astype(np.float32),
+        px,
+        pz,
+        region,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,12 +221,12 @@ class _Blob:
         """Normalised radius: <= 1 inside the blob."""
         c, s = math.cos(self.rot), math.sin(self.rot)
         dx, dz = X - np.float32(self.m), Z - np.float32(self.z)
-        u = (dx * np.float32(c / self.a) + dz * np.float32(s / self.a))
-        v = (dz * np.float32(c / self.b) - dx * np.float32(s / self.b))
+        u = dx * np.float32(c / self.a) + dz * np.float32(s / self.a)
+        v = dz * np.float32(c / self.b) - dx * np.float32(s / self.b)
         rr = np.hypot(u, v)
         if self.harm:
             # The boundary factor is a function of the angle only: tabulate it.
-            idx = ((np.arctan2(v, u) + np.float32(math.pi)) * np.float32(_LUT_N / (2 * math.pi)))
+            idx = (np.arctan2(v, u) + np.float32(math.pi)) * np.float32(_LUT_N / (2 * math.pi))
             rr /= self._lut()[np.minimum(idx.astype(np.intp), _LUT_N)]
         return rr
 
@@ -227,7 +237,7 @@ class _Blob:
             f += amp * np.cos(k * phi + ph)
         return np.maximum(f, 0.2).astype(np.float32)
 
-    def scaled(self, k: float) -> "_Blob":
+    def scaled(self, k: float) -> _Blob:
         return replace(self, m=self.m * k, z=self.z * k, a=self.a * k, b=self.b * k)
 
 
@@ -267,7 +277,7 @@ def _polar_box(blob: _Blob, sign: int):
 def _harmonics(rng: np.random.Generator, kmax: int, amp: float, kmin: int = 2):
     out = []
     for k in range(kmin, kmax + 1):
-        out.append((k, float(rng.normal(0.0, amp / k ** 0.8)), float(rng.uniform(0, 2 * math.pi))))
+        out.append((k, float(rng.normal(0.0, amp / k**0.8)), float(rng.uniform(0, 2 * math.pi))))
     return tuple(out)
 
 
@@ -320,12 +330,16 @@ def _make_patient(seed: int, index: int, used_mrns: set[str]) -> _Patient:
     asa = 1 if score < -0.6 else (2 if score < 1.0 else 3)
     day = date(2025, 1, 2) + timedelta(days=int(rng.integers(0, 360)))
     minute = int(rng.integers(7 * 60 + 30, 17 * 60 + 30))
-    study_dt = datetime(day.year, day.month, day.day, minute // 60, minute % 60,
-                        int(rng.integers(0, 60)))
+    study_dt = datetime(
+        day.year, day.month, day.day, minute // 60, minute % 60, int(rng.integers(0, 60))
+    )
     # Birth date consistent with the age on the study date.
     birth = date(day.year - age, day.month, day.day) - timedelta(days=int(rng.integers(0, 365)))
-    fat = float(np.clip(0.7 + 0.1 * (bmi - 20) + (0.3 if sex == "F" else 0.0)
-                        + rng.normal(0, 0.3), 0.5, 4.0))
+    fat = float(
+        np.clip(
+            0.7 + 0.1 * (bmi - 20) + (0.3 if sex == "F" else 0.0) + rng.normal(0, 0.3), 0.5, 4.0
+        )
+    )
     nerve_depth = fat + 4.3  # the sides' anatomy varies around this
     depth = float(np.clip(round(nerve_depth + rng.uniform(2.0, 5.0), 1), 7.2, 13.0))
     given = (_GIVEN_F if sex == "F" else _GIVEN_M)[int(rng.integers(0, 10))]
@@ -365,38 +379,89 @@ def _side_anatomy(rng: np.random.Generator, pt: _Patient) -> dict:
     """Base anatomy of one side of one patient (cm)."""
     fat = pt.fat_cm * rng.uniform(0.93, 1.07)
     nz = fat + 4.3 + rng.normal(0, 0.35)
-    nerve = _Blob(m=rng.uniform(0.2, 0.9), z=nz, a=rng.uniform(0.6, 0.95),
-                  b=rng.uniform(0.26, 0.42), rot=rng.normal(0, 0.25),
-                  harm=_harmonics(rng, 5, 0.06))
+    nerve = _Blob(
+        m=rng.uniform(0.2, 0.9),
+        z=nz,
+        a=rng.uniform(0.6, 0.95),
+        b=rng.uniform(0.26, 0.42),
+        rot=rng.normal(0, 0.25),
+        harm=_harmonics(rng, 5, 0.06),
+    )
     fem_a, fem_b = rng.uniform(1.0, 1.3), rng.uniform(0.8, 1.0)
     fem_top = nz - rng.uniform(1.3, 1.9)
     fem_m = min(-rng.uniform(1.4, 2.1), nerve.m - nerve.a - fem_a - 0.15)
-    femur = _Blob(m=fem_m, z=fem_top + fem_b, a=fem_a, b=fem_b, rot=rng.normal(0, 0.12),
-                  harm=_harmonics(rng, 4, 0.04))
+    femur = _Blob(
+        m=fem_m,
+        z=fem_top + fem_b,
+        a=fem_a,
+        b=fem_b,
+        rot=rng.normal(0, 0.12),
+        harm=_harmonics(rng, 4, 0.04),
+    )
     art_r = rng.uniform(0.3, 0.42)
-    art = _Blob(m=rng.uniform(1.2, 2.2), z=fat + rng.uniform(1.2, 1.9), a=art_r,
-                b=art_r * rng.uniform(0.9, 1.0), rot=rng.uniform(0, math.pi),
-                harm=_harmonics(rng, 3, 0.015))
-    vein = _Blob(m=art.m + rng.uniform(0.65, 0.9), z=art.z + rng.uniform(0.1, 0.35),
-                 a=rng.uniform(0.4, 0.6), b=rng.uniform(0.18, 0.3), rot=rng.normal(0, 0.2),
-                 harm=_harmonics(rng, 4, 0.05))
+    art = _Blob(
+        m=rng.uniform(1.2, 2.2),
+        z=fat + rng.uniform(1.2, 1.9),
+        a=art_r,
+        b=art_r * rng.uniform(0.9, 1.0),
+        rot=rng.uniform(0, math.pi),
+        harm=_harmonics(rng, 3, 0.015),
+    )
+    vein = _Blob(
+        m=art.m + rng.uniform(0.65, 0.9),
+        z=art.z + rng.uniform(0.1, 0.35),
+        a=rng.uniform(0.4, 0.6),
+        b=rng.uniform(0.18, 0.3),
+        rot=rng.normal(0, 0.2),
+        harm=_harmonics(rng, 4, 0.05),
+    )
     am_top = art.z + art_r + rng.uniform(0.25, 0.5)
     am_bot = nz - rng.uniform(0.1, 0.25)
     am_b = max(0.5, (am_bot - am_top) / 2)
-    am = _Blob(m=rng.uniform(1.0, 1.8), z=am_bot - am_b, a=rng.uniform(2.2, 2.8), b=am_b,
-               rot=rng.normal(0.08, 0.08), harm=_harmonics(rng, 6, 0.08))
+    am = _Blob(
+        m=rng.uniform(1.0, 1.8),
+        z=am_bot - am_b,
+        a=rng.uniform(2.2, 2.8),
+        b=am_b,
+        rot=rng.normal(0.08, 0.08),
+        harm=_harmonics(rng, 6, 0.08),
+    )
     st_b = rng.uniform(0.9, 1.2)
-    st = _Blob(m=rng.uniform(1.2, 2.2), z=nz + rng.uniform(0.15, 0.3) + st_b,
-               a=rng.uniform(1.6, 2.2), b=st_b, rot=rng.normal(-0.1, 0.1),
-               harm=_harmonics(rng, 6, 0.08))
-    bf = _Blob(m=rng.uniform(-1.2, -0.4), z=nz + rng.uniform(1.0, 1.5), a=rng.uniform(1.4, 1.9),
-               b=rng.uniform(0.9, 1.2), rot=rng.normal(0.1, 0.1), harm=_harmonics(rng, 5, 0.08))
-    sart = _Blob(m=art.m - rng.uniform(0.3, 0.8), z=fat + rng.uniform(0.7, 1.0),
-                 a=rng.uniform(1.5, 2.0), b=rng.uniform(0.5, 0.7), rot=rng.normal(0.15, 0.1),
-                 harm=_harmonics(rng, 5, 0.06))
-    return {"fat": fat, "adductor magnus": am, "semitendinosus": st, "femur": femur,
-            "sciatic nerve": nerve, "femoral artery": art, "_vein": vein, "_biceps": bf,
-            "_sartorius": sart}
+    st = _Blob(
+        m=rng.uniform(1.2, 2.2),
+        z=nz + rng.uniform(0.15, 0.3) + st_b,
+        a=rng.uniform(1.6, 2.2),
+        b=st_b,
+        rot=rng.normal(-0.1, 0.1),
+        harm=_harmonics(rng, 6, 0.08),
+    )
+    bf = _Blob(
+        m=rng.uniform(-1.2, -0.4),
+        z=nz + rng.uniform(1.0, 1.5),
+        a=rng.uniform(1.4, 1.9),
+        b=rng.uniform(0.9, 1.2),
+        rot=rng.normal(0.1, 0.1),
+        harm=_harmonics(rng, 5, 0.08),
+    )
+    sart = _Blob(
+        m=art.m - rng.uniform(0.3, 0.8),
+        z=fat + rng.uniform(0.7, 1.0),
+        a=rng.uniform(1.5, 2.0),
+        b=rng.uniform(0.5, 0.7),
+        rot=rng.normal(0.15, 0.1),
+        harm=_harmonics(rng, 5, 0.06),
+    )
+    return {
+        "fat": fat,
+        "adductor magnus": am,
+        "semitendinosus": st,
+        "femur": femur,
+        "sciatic nerve": nerve,
+        "femoral artery": art,
+        "_vein": vein,
+        "_biceps": bf,
+        "_sartorius": sart,
+    }
 
 
 def _image_anatomy(rng: np.random.Generator, base: dict) -> _Anatomy:
@@ -416,9 +481,15 @@ def _image_anatomy(rng: np.random.Generator, base: dict) -> _Anatomy:
         z += rng.normal(0, 0.06)
         size = rng.uniform(0.94, 1.06)
         harm = tuple((k, a * rng.uniform(0.7, 1.3), p + rng.normal(0, 0.3)) for k, a, p in b.harm)
-        blobs[name] = replace(b, m=m, z=z, a=b.a * size * rng.uniform(0.96, 1.04),
-                              b=b.b * size * press * rng.uniform(0.96, 1.04),
-                              rot=b.rot + tilt + rng.normal(0, 0.06), harm=harm)
+        blobs[name] = replace(
+            b,
+            m=m,
+            z=z,
+            a=b.a * size * rng.uniform(0.96, 1.04),
+            b=b.b * size * press * rng.uniform(0.96, 1.04),
+            rot=b.rot + tilt + rng.normal(0, 0.06),
+            harm=harm,
+        )
     nerve = blobs["sciatic nerve"]
     fasc = []
     for _ in range(int(rng.integers(5, 10))):
@@ -429,10 +500,21 @@ def _image_anatomy(rng: np.random.Generator, base: dict) -> _Anatomy:
         c, s = math.cos(nerve.rot), math.sin(nerve.rot)
         du, dv = u * nerve.a, v * nerve.b
         r = nerve.b * rng.uniform(0.2, 0.36)
-        fasc.append(_Blob(m=nerve.m + du * c - dv * s, z=nerve.z + du * s + dv * c, a=r,
-                          b=r * rng.uniform(0.6, 1.0), rot=rng.uniform(0, math.pi)))
-    return _Anatomy(fat=base["fat"] * press, blobs=blobs, fascicles=tuple(fasc),
-                    artery_visible=bool(rng.random() >= 0.05))
+        fasc.append(
+            _Blob(
+                m=nerve.m + du * c - dv * s,
+                z=nerve.z + du * s + dv * c,
+                a=r,
+                b=r * rng.uniform(0.6, 1.0),
+                rot=rng.uniform(0, math.pi),
+            )
+        )
+    return _Anatomy(
+        fat=base["fat"] * press,
+        blobs=blobs,
+        fascicles=tuple(fasc),
+        artery_visible=bool(rng.random() >= 0.05),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,8 +530,9 @@ def _smooth_noise(rng, shape, sigma) -> np.ndarray:
     return n / (n.std() + 1e-6)
 
 
-def _render_bmode(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm: float,
-                  gain_db: float) -> np.ndarray:
+def _render_bmode(
+    rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm: float, gain_db: float
+) -> np.ndarray:
     """The grey-level B-mode image (uint8, ROWS x COLUMNS), black outside the fan."""
     g = _geometry()
     cm = _FAN_PX / depth_cm  # pixels per cm
@@ -473,12 +556,14 @@ def _render_bmode(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm:
     fat_i = anat.fat * cm + und[None, :].astype(np.float32)
     lob = _smooth_noise(rng, shape, (3.5, 4.5))
     in_fat = depth_i < fat_i
-    refl = np.where(in_fat, 0.07 + 0.8 * np.exp(-(lob / 0.2) ** 2), refl).astype(np.float32)
+    refl = np.where(in_fat, 0.07 + 0.8 * np.exp(-((lob / 0.2) ** 2)), refl).astype(np.float32)
     att -= np.where(in_fat, 0.0006, 0.0).astype(np.float32)
     skin = max(3, int(0.2 * cm))
     refl[:skin] = 1.2
     spec[:2] += 1.2
-    spec += (1.5 * np.exp(-((depth_i - fat_i) / 1.3) ** 2) * (0.4 + 0.6 * patch)).astype(np.float32)
+    spec += (1.5 * np.exp(-(((depth_i - fat_i) / 1.3) ** 2)) * (0.4 + 0.6 * patch)).astype(
+        np.float32
+    )
 
     b = {k: v.scaled(cm) for k, v in anat.blobs.items()}
 
@@ -491,7 +576,7 @@ def _render_bmode(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm:
     def interface(sl, q, Z, blob, amp, width_px=1.3, top_only=False):
         """Specular interface along a blob's outline, strongest where it faces the beam."""
         r_mean = 0.5 * (blob.a + blob.b)
-        band = np.exp(-(((q - 1.0) * r_mean) / width_px) ** 2)
+        band = np.exp(-((((q - 1.0) * r_mean) / width_px) ** 2))
         t = np.clip((Z - blob.z) / (blob.b * np.maximum(q, 0.3)), -1.0, 1.0)
         orient = 0.2 + 0.8 * t * t
         if top_only:
@@ -502,6 +587,7 @@ def _render_bmode(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm:
         def fn(sl, q, Z, blob):
             refl[sl] = np.where(q <= 1.0, refl[sl] * level, refl[sl])
             interface(sl, q, Z, blob, fascia)
+
         return fn
 
     region(b["_sartorius"], muscle(1.05, 2.0))
@@ -514,7 +600,7 @@ def _render_bmode(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm:
         t = np.clip((Z - blob.z) / (blob.b * np.maximum(q, 0.3)), -1.0, 1.0)
         up = np.clip(1.6 * (-t - 0.05), 0.0, 1.0) ** 0.6
         r_mean = 0.5 * (blob.a + blob.b)
-        band = np.exp(-(((q - 0.985) * r_mean) / 1.6) ** 2) * up
+        band = np.exp(-((((q - 0.985) * r_mean) / 1.6) ** 2)) * up
         spec[sl] += 7.0 * band * (0.7 + 0.3 * patch[sl])
         refl[sl] = np.where(inside, 0.2, refl[sl]) + 3.0 * band
         att[sl] += np.where(inside, 0.3 * np.clip(1.2 - q, 0.0, 1.0) + 0.05, 0.0).astype(np.float32)
@@ -527,6 +613,7 @@ def _render_bmode(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm:
             refl[sl] = np.where(inside, 0.0015, refl[sl])
             att[sl] += np.where(inside, lumen_att, 0.0).astype(np.float32)
             interface(sl, q, Z, blob, wall, 1.2)
+
         return fn
 
     region(b["_vein"], vessel(-0.014, 0.5))
@@ -549,8 +636,15 @@ def _render_bmode(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm:
     trans = np.exp(-np.cumsum(att, axis=0))
     d_cm = depth_i / cm
     focus = depth_cm * 0.6
-    gain = 10 ** ((gain_db - 1.2 * d_cm + 2.0 * np.exp(-((d_cm - focus) / 1.5) ** 2)
-                   + 3.0 * np.exp(-d_cm / 0.5)) / 20)
+    gain = 10 ** (
+        (
+            gain_db
+            - 1.2 * d_cm
+            + 2.0 * np.exp(-(((d_cm - focus) / 1.5) ** 2))
+            + 3.0 * np.exp(-d_cm / 0.5)
+        )
+        / 20
+    )
     amp = (trans * gain).astype(np.float32)
     n1 = rng.standard_normal(shape, dtype=np.float32)
     n2 = rng.standard_normal(shape, dtype=np.float32)
@@ -563,8 +657,9 @@ def _render_bmode(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm:
     disp = np.clip((env / _WHITE) ** _COMPRESS, 0.0, 1.0) * 255.0
     # Scan conversion into the fan, slight blur.
     out = np.zeros(ROWS * COLUMNS, np.float32)
-    out[g.fan_idx] = ndimage.map_coordinates(disp.astype(np.float32), g.fan_coords, order=1,
-                                             mode="nearest", prefilter=False)
+    out[g.fan_idx] = ndimage.map_coordinates(
+        disp.astype(np.float32), g.fan_coords, order=1, mode="nearest", prefilter=False
+    )
     out = ndimage.gaussian_filter(out.reshape(ROWS, COLUMNS), 0.6)
     out[~g.fan] = 0
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
@@ -574,22 +669,34 @@ def _render_bmode(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm:
 # Label maps
 
 
-def _rater_blob(rng: np.random.Generator, blob: _Blob, dilate_px: float, shift_px: float,
-                noise_px: float) -> _Blob:
+def _rater_blob(
+    rng: np.random.Generator, blob: _Blob, dilate_px: float, shift_px: float, noise_px: float
+) -> _Blob:
     ang = rng.uniform(0, 2 * math.pi)
     sh = rng.uniform(0, shift_px)
     r_mean = max(2.0, (blob.a + blob.b) / 2)
     harm = list(blob.harm)
     for k in range(2, 9):
-        harm.append((k, float(rng.normal(0, noise_px / r_mean / k ** 0.5)),
-                     float(rng.uniform(0, 2 * math.pi))))
-    return replace(blob, m=blob.m + sh * math.cos(ang), z=blob.z + sh * math.sin(ang),
-                   a=max(2.0, blob.a + dilate_px), b=max(1.5, blob.b + dilate_px),
-                   harm=tuple(harm))
+        harm.append(
+            (
+                k,
+                float(rng.normal(0, noise_px / r_mean / k**0.5)),
+                float(rng.uniform(0, 2 * math.pi)),
+            )
+        )
+    return replace(
+        blob,
+        m=blob.m + sh * math.cos(ang),
+        z=blob.z + sh * math.sin(ang),
+        a=max(2.0, blob.a + dilate_px),
+        b=max(1.5, blob.b + dilate_px),
+        harm=tuple(harm),
+    )
 
 
-def _label_maps(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm: float,
-                protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
+def _label_maps(
+    rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm: float, protocol: Protocol
+) -> tuple[np.ndarray, np.ndarray]:
     """Rater 1's and rater 2's label maps (uint8 ROWS x COLUMNS)."""
     g = _geometry()
     cm = _FAN_PX / depth_cm
@@ -600,20 +707,25 @@ def _label_maps(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm: f
         lab = np.zeros((ROWS, COLUMNS), np.uint8)
         for name in _PAINT_ORDER:
             if name == "femoral artery" and (
-                    not anat.artery_visible or (rater == 2 and miss_artery)):
+                not anat.artery_visible or (rater == 2 and miss_artery)
+            ):
                 continue
             value = protocol.by_label(name).value
             blob = anat.blobs[name].scaled(cm)
             if rater == 1:
                 rb = _rater_blob(rng, blob, rng.uniform(-0.4, 0.4), 0.6, 0.35)
             elif name == "sciatic nerve" and odd_nerve:
-                rb = _rater_blob(rng, replace(blob, rot=blob.rot + rng.normal(0, 0.2)),
-                                 rng.uniform(3.0, 6.0), 3.0, 2.5)
+                rb = _rater_blob(
+                    rng,
+                    replace(blob, rot=blob.rot + rng.normal(0, 0.2)),
+                    rng.uniform(3.0, 6.0),
+                    3.0,
+                    2.5,
+                )
             else:
                 d = rng.uniform(1.0, 4.0) * (1 if rng.random() < 0.6 else -1)
                 small = name in ("sciatic nerve", "femoral artery")
-                rb = _rater_blob(rng, blob, d * (0.7 if small else 1.0), 3.0,
-                                 1.2 if small else 2.4)
+                rb = _rater_blob(rng, blob, d * (0.7 if small else 1.0), 3.0, 1.2 if small else 2.4)
             box = _cart_box(rb, sign)
             if box is None:
                 continue
@@ -628,8 +740,15 @@ def _label_maps(rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm: f
 # Overlays (banner, vendor text, scale) and DICOM
 
 
-def _draw_overlays(grey: np.ndarray, colour: bool, pt: _Patient, side: str, when: datetime,
-                   depth_cm: float, gain_db: float) -> np.ndarray:
+def _draw_overlays(
+    grey: np.ndarray,
+    colour: bool,
+    pt: _Patient,
+    side: str,
+    when: datetime,
+    depth_cm: float,
+    gain_db: float,
+) -> np.ndarray:
     g = _geometry()
     if colour:
         img = Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
@@ -641,19 +760,33 @@ def _draw_overlays(grey: np.ndarray, colour: bool, pt: _Patient, side: str, when
 
         def c(_rgb, lvl):
             return lvl
+
     d = ImageDraw.Draw(img)
     d.rectangle((0, 0, COLUMNS - 1, BANNER_ROWS - 1), fill=c((18, 22, 40), 20))
     big, small = _font(14), _font(11)
-    d.text((6, 3), f"{pt.name.replace('^', ' ')}   ID: {pt.mrn}", font=big,
-           fill=c((255, 230, 80), 235))
+    d.text(
+        (6, 3), f"{pt.name.replace('^', ' ')}   ID: {pt.mrn}", font=big, fill=c((255, 230, 80), 235)
+    )
     d.text((440, 3), when.strftime("%d.%m.%Y %H:%M:%S"), font=big, fill=c((255, 230, 80), 235))
-    d.text((6, 21), f"{INSTITUTION}   Sciatic ant {side}   Acc {pt.accession}", font=small,
-           fill=c((120, 220, 255), 200))
+    d.text(
+        (6, 21),
+        f"{INSTITUTION}   Sciatic ant {side}   Acc {pt.accession}",
+        font=small,
+        fill=c((120, 220, 255), 200),
+    )
     d.text((500, 21), "MI 1.1  TIs 0.4", font=small, fill=c((120, 220, 255), 200))
     # Left vendor column (outside the fan's bounding box).
-    x0, y0, x1, y1 = g.region
-    lines = ["C5-2", "MSK", "Nerve", f"{3.5:.1f}MHz", f"Gn {52 + int(round(gain_db * 2))}",
-             "DR 52", "FR 24", f"D{depth_cm:.1f}cm"]
+    _x0, _y0, x1, _y1 = g.region
+    lines = [
+        "C5-2",
+        "MSK",
+        "Nerve",
+        f"{3.5:.1f}MHz",
+        f"Gn {52 + round(gain_db * 2)}",
+        "DR 52",
+        "FR 24",
+        f"D{depth_cm:.1f}cm",
+    ]
     for k, t in enumerate(lines):
         d.text((4, 62 + 16 * k), t, font=small, fill=c((230, 230, 230), 210))
     # Orientation marker.
@@ -676,13 +809,22 @@ def _draw_overlays(grey: np.ndarray, colour: bool, pt: _Patient, side: str, when
 
 
 def _uid(seed: int, *parts) -> str:
-    return generate_uid(prefix=PYDICOM_ROOT_UID,
-                        entropy_srcs=[f"demo-{seed}", *[str(p) for p in parts]])
+    return generate_uid(
+        prefix=PYDICOM_ROOT_UID, entropy_srcs=[f"demo-{seed}", *[str(p) for p in parts]]
+    )
 
 
-def _build_dataset(seed: int, pt: _Patient, side: str, series_no: int, inst: int,
-                   when: datetime, series_dt: datetime, depth_cm: float,
-                   gain_db: float) -> Dataset:
+def _build_dataset(
+    seed: int,
+    pt: _Patient,
+    side: str,
+    series_no: int,
+    inst: int,
+    when: datetime,
+    series_dt: datetime,
+    depth_cm: float,
+    gain_db: float,
+) -> Dataset:
     g = _geometry()
     sop_uid = _uid(seed, "image", pt.index, side, inst)
     meta = FileMetaDataset()
@@ -744,8 +886,8 @@ def _build_dataset(seed: int, pt: _Patient, side: str, series_no: int, inst: int
     reg.RegionLocationMaxY1 = y1
     reg.PhysicalUnitsXDirection = 3
     reg.PhysicalUnitsYDirection = 3
-    reg.ReferencePixelX0 = int(round(_CX)) - x0  # skin line on the centre line: (0 cm, 0 cm)
-    reg.ReferencePixelY0 = int(round(_Y_SKIN)) - y0
+    reg.ReferencePixelX0 = round(_CX) - x0  # skin line on the centre line: (0 cm, 0 cm)
+    reg.ReferencePixelY0 = round(_Y_SKIN) - y0
     reg.ReferencePixelPhysicalValueX = 0.0
     reg.ReferencePixelPhysicalValueY = 0.0
     reg.PhysicalDeltaX = delta
@@ -780,8 +922,9 @@ def _encode(ds: Dataset, kind: str, grey_arr: np.ndarray, rgb_arr: np.ndarray) -
         ds.PixelData = rgb_arr.tobytes()
     elif kind == "rle_rgb":
         _set_pixel_module(ds, 3)
-        ds.compress(RLELossless, rgb_arr, encoding_plugin=_rle_plugin(),
-                    generate_instance_uid=False)
+        ds.compress(
+            RLELossless, rgb_arr, encoding_plugin=_rle_plugin(), generate_instance_uid=False
+        )
     elif kind == "j2k":
         _set_pixel_module(ds, 1)
         ds.compress(JPEG2000Lossless, grey_arr, generate_instance_uid=False)
@@ -833,9 +976,25 @@ clinical.csv                           patient_id,sex,age,bmi,asa
 """
 
 
-def write_demo_dataset(out_dir: Path, patients: int = 10, seed: int = 0,
-                       images_per_side: tuple[int, int] = (4, 4),
-                       progress: Callable[[int, int], None] | None = None) -> dict:
+@dataclass
+class DemoDataset:
+    """What ``write_demo_dataset`` wrote."""
+
+    patients: int
+    images: int
+    dicom_dir: Path
+    labels_dir: Path
+    clinical_csv: Path
+    encodings: dict[str, int]  # transfer syntax name -> files
+
+
+def write_demo_dataset(
+    out_dir: Path,
+    patients: int = 10,
+    seed: int = 0,
+    images_per_side: tuple[int, int] = (4, 4),
+    progress: Callable[[int, int], None] | None = None,
+) -> DemoDataset:
     """Write the synthetic demo dataset into ``out_dir`` and return a summary.
 
     Deterministic: the same arguments give byte-identical files (no clock anywhere). Patient
@@ -873,8 +1032,9 @@ def write_demo_dataset(out_dir: Path, patients: int = 10, seed: int = 0,
             srng = _rng(seed, 5, pt.index, s_i)
             base = _side_anatomy(srng, pt)
             sign = 1 if side == "L" else -1
-            series_dt = pt.study_dt + timedelta(minutes=1 + 6 * s_i,
-                                                seconds=int(srng.integers(0, 60)))
+            series_dt = pt.study_dt + timedelta(
+                minutes=1 + 6 * s_i, seconds=int(srng.integers(0, 60))
+            )
             when = series_dt
             for k in range(1, n + 1):
                 irng = _rng(seed, 6, pt.index, s_i, k)
@@ -882,13 +1042,15 @@ def write_demo_dataset(out_dir: Path, patients: int = 10, seed: int = 0,
                 anat = _image_anatomy(irng, base)
                 gain_db = pt.gain + float(irng.normal(0, 0.4))
                 grey = _render_bmode(irng, anat, sign, pt.depth_cm, gain_db)
-                r1, r2 = _label_maps(_rng(seed, 7, pt.index, s_i, k), anat, sign,
-                                     pt.depth_cm, protocol)
+                r1, r2 = _label_maps(
+                    _rng(seed, 7, pt.index, s_i, k), anat, sign, pt.depth_cm, protocol
+                )
                 kind = ENCODINGS[order[done % len(ENCODINGS)]][0]
                 colour = kind in ("rgb", "rle_rgb")
                 pix = _draw_overlays(grey, colour, pt, side, when, pt.depth_cm, gain_db)
-                ds = _build_dataset(seed, pt, side, 1 + s_i, k, when, series_dt,
-                                    pt.depth_cm, gain_db)
+                ds = _build_dataset(
+                    seed, pt, side, 1 + s_i, k, when, series_dt, pt.depth_cm, gain_db
+                )
                 if colour:
                     _encode(ds, kind, None, np.ascontiguousarray(pix))
                 else:
@@ -906,8 +1068,9 @@ def write_demo_dataset(out_dir: Path, patients: int = 10, seed: int = 0,
                 if progress is not None:
                     progress(done, total)
 
-    write_bytes_atomic(labels_dir / "itksnap_labels.txt",
-                        protocol.itksnap_label_description().encode())
+    write_bytes_atomic(
+        labels_dir / "itksnap_labels.txt", protocol.itksnap_label_description().encode()
+    )
     rows = io.StringIO()
     w = csv.writer(rows, lineterminator="\n")
     w.writerow(["patient_id", "sex", "age", "bmi", "asa"])
@@ -915,15 +1078,24 @@ def write_demo_dataset(out_dir: Path, patients: int = 10, seed: int = 0,
         w.writerow([pt.mrn, pt.sex, pt.age, f"{pt.bmi:.1f}", pt.asa])
     clinical = out_dir / "clinical.csv"
     write_bytes_atomic(clinical, rows.getvalue().encode())
-    write_bytes_atomic(out_dir / "README.txt", _README.format(
-        seed=seed, token=PHI_TOKEN, banner=BANNER_ROWS, group=PRIVATE_GROUP,
-        creator=PRIVATE_CREATOR, patients=len(plan), images=total,
-        protocol=protocol.name).encode())
-    return {
-        "patients": len(plan),
-        "images": total,
-        "dicom_dir": str(dicom_dir),
-        "labels_dir": str(labels_dir),
-        "clinical_csv": str(clinical),
-        "encodings": dict(sorted(encodings.items())),
-    }
+    write_bytes_atomic(
+        out_dir / "README.txt",
+        _README.format(
+            seed=seed,
+            token=PHI_TOKEN,
+            banner=BANNER_ROWS,
+            group=PRIVATE_GROUP,
+            creator=PRIVATE_CREATOR,
+            patients=len(plan),
+            images=total,
+            protocol=protocol.name,
+        ).encode(),
+    )
+    return DemoDataset(
+        patients=len(plan),
+        images=total,
+        dicom_dir=dicom_dir,
+        labels_dir=labels_dir,
+        clinical_csv=clinical,
+        encodings=dict(sorted(encodings.items())),
+    )

@@ -1,1 +1,2 @@
-"""DICOM exams in: files, DICOM decoding, de-identification, the clinical table, the ingest pipeline."""
+"""DICOM exams in: files, DICOM decoding, de-identification, the clinical table and the
+ingest pipeline."""

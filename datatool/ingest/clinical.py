@@ -10,10 +10,10 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from datatool.ingest import deid
 from datatool.core.catalogue import Image, Patient, Series, Study, audit
 from datatool.core.errors import DatatoolError
 from datatool.core.workspace import Workspace
+from datatool.ingest import deid
 
 ID_COLUMNS = ("patient_id", "PatientID", "patientid", "mrn")
 
@@ -31,9 +31,14 @@ class ClinicalReport:
         return 1 if self.rejected else 0
 
     def as_dict(self) -> dict:
-        return {"rows": self.rows, "updated": self.updated, "created": self.created,
-                "unchanged": self.unchanged, "exit_code": self.exit_code,
-                "rejected": [{"where": w, "reason": r} for w, r in self.rejected]}
+        return {
+            "rows": self.rows,
+            "updated": self.updated,
+            "created": self.created,
+            "unchanged": self.unchanged,
+            "exit_code": self.exit_code,
+            "rejected": [{"where": w, "reason": r} for w, r in self.rejected],
+        }
 
 
 def _parse_row(row: dict) -> dict:
@@ -44,9 +49,11 @@ def _parse_row(row: dict) -> dict:
         out["sex"] = deid.normalise_sex(sex)
         if out["sex"] is None:
             raise ValueError(f"sex {sex!r} is not F, M or O")
-    for column, name, cast, lo, hi in (("age", "age_years", int, 0, 130),
-                                       ("bmi", "bmi", float, 8.0, 100.0),
-                                       ("asa", "asa_class", int, 1, 6)):
+    for column, name, cast, lo, hi in (
+        ("age", "age_years", int, 0, 130),
+        ("bmi", "bmi", float, 8.0, 100.0),
+        ("asa", "asa_class", int, 1, 6),
+    ):
         text = (row.get(column) or "").strip()
         if not text:
             continue
@@ -71,8 +78,10 @@ def ingest_clinical(ws: Workspace, csv_path: Path) -> ClinicalReport:
         reader = csv.DictReader(handle)
         id_column = next((c for c in ID_COLUMNS if c in (reader.fieldnames or [])), None)
         if id_column is None:
-            raise DatatoolError(f"{csv_path}: no patient ID column (one of "
-                                f"{', '.join(ID_COLUMNS)}); columns: sex, age, bmi, asa")
+            raise DatatoolError(
+                f"{csv_path}: no patient ID column (one of "
+                f"{', '.join(ID_COLUMNS)}); columns: sex, age, bmi, asa"
+            )
         parsed = []
         for line, row in enumerate(reader, start=2):
             report.rows += 1
@@ -97,41 +106,77 @@ def ingest_clinical(ws: Workspace, csv_path: Path) -> ClinicalReport:
                 setattr(patient, k, v)
             report.updated += bool(changed)
             report.unchanged += not changed
-        audit(s, "ingest-clinical", "clinical", rows=report.rows, created=report.created,
-              updated=report.updated, rejected=len(report.rejected))
+        audit(
+            s,
+            "ingest-clinical",
+            "clinical",
+            rows=report.rows,
+            created=report.created,
+            updated=report.updated,
+            rejected=len(report.rejected),
+        )
     return report
 
 
-def cohort(ws: Workspace, imaged_only: bool = True) -> dict:
-    """n, sex, age mean ± SD (range), BMI range, ASA counts, images per patient."""
-    with ws.session() as s:
-        query = select(Patient, func.count(Image.id)).outerjoin(
-            Study, Study.patient_id == Patient.id).outerjoin(
-            Series, Series.study_id == Study.id).outerjoin(
-            Image, Image.series_id == Series.id).group_by(Patient.id)
-        rows = [(p, n) for p, n in s.execute(query).all() if n or not imaged_only]
-    n = len(rows)
-    sexes = [p.sex for p, _ in rows]
-    ages = [p.age_years for p, _ in rows if p.age_years is not None]
-    bmis = [p.bmi for p, _ in rows if p.bmi is not None]
-    asa = [p.asa_class for p, _ in rows if p.asa_class is not None]
-    images = [k for _, k in rows]
+@dataclass
+class Summary:
+    mean: float
+    sd: float  # sample SD (n - 1); 0 for one value
+    min: float
+    max: float
+    n: int
 
-    def mean_sd(values: list[float]) -> dict | None:
+    @classmethod
+    def of(cls, values: list[float]) -> Summary | None:
         if not values:
             return None
         m = sum(values) / len(values)
-        sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-        return {"mean": m, "sd": sd, "min": min(values), "max": max(values), "n": len(values)}
+        sd = (
+            math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+            if len(values) > 1
+            else 0.0
+        )
+        return cls(m, sd, min(values), max(values), len(values))
 
-    return {
-        "patients": n,
-        "female": sexes.count("F"), "male": sexes.count("M"),
-        "sex_unknown": n - sexes.count("F") - sexes.count("M"),
-        "female_pct": 100.0 * sexes.count("F") / n if n else None,
-        "age": mean_sd([float(a) for a in ages]),
-        "bmi": mean_sd(bmis),
-        "asa": {str(k): asa.count(k) for k in sorted(set(asa))},
-        "images": sum(images),
-        "images_per_patient": mean_sd([float(k) for k in images]),
-    }
+
+@dataclass
+class Cohort:
+    patients: int
+    female: int
+    male: int
+    sex_unknown: int
+    female_pct: float | None
+    age: Summary | None  # years
+    bmi: Summary | None  # kg/m²
+    asa: dict[str, int]  # ASA class -> patients
+    images: int
+    images_per_patient: Summary | None
+
+
+def cohort(ws: Workspace, imaged_only: bool = True) -> Cohort:
+    """n, sex, age mean ± SD (range), BMI range, ASA counts, images per patient."""
+    with ws.session() as s:
+        query = (
+            select(Patient, func.count(Image.id))
+            .outerjoin(Study, Study.patient_id == Patient.id)
+            .outerjoin(Series, Series.study_id == Study.id)
+            .outerjoin(Image, Image.series_id == Series.id)
+            .group_by(Patient.id)
+        )
+        rows = [(p, n) for p, n in s.execute(query).all() if n or not imaged_only]
+    n = len(rows)
+    sexes = [p.sex for p, _ in rows]
+    asa = [p.asa_class for p, _ in rows if p.asa_class is not None]
+    images = [k for _, k in rows]
+    return Cohort(
+        patients=n,
+        female=sexes.count("F"),
+        male=sexes.count("M"),
+        sex_unknown=n - sexes.count("F") - sexes.count("M"),
+        female_pct=100.0 * sexes.count("F") / n if n else None,
+        age=Summary.of([float(p.age_years) for p, _ in rows if p.age_years is not None]),
+        bmi=Summary.of([p.bmi for p, _ in rows if p.bmi is not None]),
+        asa={str(k): asa.count(k) for k in sorted(set(asa))},
+        images=sum(images),
+        images_per_patient=Summary.of([float(k) for k in images]),
+    )

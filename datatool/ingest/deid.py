@@ -24,7 +24,7 @@ DATE_SHIFT_MAX_DAYS = 365
 
 
 def keyed_digest(key: bytes, purpose: str, value: str) -> bytes:
-    return hmac.new(key, f"{purpose}\x1f{value}".encode("utf-8"), hashlib.sha256).digest()
+    return hmac.new(key, f"{purpose}\x1f{value}".encode(), hashlib.sha256).digest()
 
 
 @lru_cache(maxsize=4096)
@@ -91,7 +91,7 @@ def blank_outside_regions(pixels: np.ndarray, regions: list[dict]) -> np.ndarray
     """Zero every pixel outside the union of the (clipped, inclusive) region boxes."""
     keep = np.zeros(pixels.shape[:2], dtype=bool)
     for r in regions:
-        keep[r["y0"]: r["y1"] + 1, r["x0"]: r["x1"] + 1] = True
+        keep[r["y0"] : r["y1"] + 1, r["x0"] : r["x1"] + 1] = True
     out = pixels.copy()
     out[~keep] = 0
     return out

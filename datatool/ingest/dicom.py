@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import pydicom
@@ -19,7 +20,18 @@ from pydicom.pixels import apply_color_lut, apply_voi_lut, pixel_array
 MAX_PIXELS_PER_FRAME = 8192 * 8192
 MAX_DECODED_BYTES = 4 * 1024**3  # a whole file's pixel data, decoded
 CM = 3  # PhysicalUnits code for centimetres
-FRAME_MODES = ("auto", "all", "first", "middle")
+
+
+class FrameMode(StrEnum):
+    """Which frames of a multi-frame cine become images."""
+
+    auto = "auto"  # every frame up to AUTO_ALL_FRAMES_MAX frames, else the middle one
+    all = "all"
+    first = "first"
+    middle = "middle"
+
+
+FRAME_MODES = tuple(m.value for m in FrameMode)
 AUTO_ALL_FRAMES_MAX = 32  # --frames auto: cines up to this many frames give every frame
 
 
@@ -66,7 +78,9 @@ def read_dataset(data: bytes) -> Dataset:
             except Exception as exc:
                 raise BadDicom(f"not a DICOM file ({type(exc).__name__})") from None
             if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
-                raise BadDicom("not a DICOM file (no DICM preamble, no SOP Class/Instance UID)")
+                raise BadDicom(
+                    "not a DICOM file (no DICM preamble, no SOP Class/Instance UID)"
+                ) from None
         except Exception as exc:
             raise BadDicom(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
         if any("End of file" in str(w.message) for w in caught):
@@ -84,8 +98,10 @@ def read_dataset(data: bytes) -> Dataset:
             if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
                 ds.file_meta = ds.file_meta if hasattr(ds, "file_meta") else Dataset()
                 ds.file_meta.TransferSyntaxUID = (
-                    pydicom.uid.ImplicitVRLittleEndian if ds.is_implicit_VR
-                    else pydicom.uid.ExplicitVRLittleEndian)
+                    pydicom.uid.ImplicitVRLittleEndian
+                    if ds.is_implicit_VR
+                    else pydicom.uid.ExplicitVRLittleEndian
+                )
             _check_geometry(ds)
         except BadDicom:
             raise
@@ -117,15 +133,23 @@ def _check_geometry(ds: Dataset) -> None:
     frames = n_frames(ds)
     if rows <= 0 or cols <= 0 or frames <= 0 or spp not in (1, 3) or bits not in (1, 8, 16, 32):
         raise BadDicom(f"absurd image size {rows}x{cols}x{spp}, {frames} frame(s), {bits} bits")
-    if rows * cols > MAX_PIXELS_PER_FRAME or rows * cols * spp * frames * bits // 8 > MAX_DECODED_BYTES:
-        raise BadDicom(f"absurd image size {rows}x{cols}x{spp}, {frames} frame(s) "
-                       f"(over the {MAX_DECODED_BYTES // 1024**3} GiB limit)")
+    if (
+        rows * cols > MAX_PIXELS_PER_FRAME
+        or rows * cols * spp * frames * bits // 8 > MAX_DECODED_BYTES
+    ):
+        raise BadDicom(
+            f"absurd image size {rows}x{cols}x{spp}, {frames} frame(s) "
+            f"(over the {MAX_DECODED_BYTES // 1024**3} GiB limit)"
+        )
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
-        expected = rows * cols * spp * frames * bits // 8 if bits != 1 else (rows * cols * frames + 7) // 8
+        expected = (
+            rows * cols * spp * frames * bits // 8 if bits != 1 else (rows * cols * frames + 7) // 8
+        )
         have = len(ds.PixelData)
         if have < expected:
-            raise BadDicom(f"pixel data too short: {have} bytes for {expected} expected "
-                           "(truncated file?)")
+            raise BadDicom(
+                f"pixel data too short: {have} bytes for {expected} expected (truncated file?)"
+            )
 
 
 def frame_indices(total: int, mode: str) -> list[int]:
@@ -156,16 +180,27 @@ def ultrasound_regions(ds: Dataset) -> list[Region]:
             continue  # lies wholly outside the image
         mm_x = mm_y = None
         try:
-            if int(item.get("PhysicalUnitsXDirection", 0)) == CM and int(
-                    item.get("PhysicalUnitsYDirection", 0)) == CM:
+            if (
+                int(item.get("PhysicalUnitsXDirection", 0)) == CM
+                and int(item.get("PhysicalUnitsYDirection", 0)) == CM
+            ):
                 dx, dy = abs(float(item.PhysicalDeltaX)), abs(float(item.PhysicalDeltaY))
                 if dx > 0 and dy > 0:
                     mm_x, mm_y = dx * 10.0, dy * 10.0
         except (AttributeError, TypeError, ValueError):
             pass
-        regions.append(Region(x0, y0, x1, y1, mm_x, mm_y,
-                              _int_or_none(item.get("RegionDataType")),
-                              _int_or_none(item.get("RegionSpatialFormat"))))
+        regions.append(
+            Region(
+                x0,
+                y0,
+                x1,
+                y1,
+                mm_x,
+                mm_y,
+                _int_or_none(item.get("RegionDataType")),
+                _int_or_none(item.get("RegionSpatialFormat")),
+            )
+        )
     return regions
 
 
@@ -199,8 +234,9 @@ def decode_frame(ds: Dataset, index: int) -> np.ndarray:
         raise
     except Exception as exc:
         tsyntax = ds.file_meta.TransferSyntaxUID
-        raise BadDicom(f"cannot decode pixel data ({tsyntax.name}): "
-                       f"{type(exc).__name__}: {_short(exc)}") from None
+        raise BadDicom(
+            f"cannot decode pixel data ({tsyntax.name}): {type(exc).__name__}: {_short(exc)}"
+        ) from None
     return to_gray8(arr, ds)
 
 

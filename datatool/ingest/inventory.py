@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime as dt
+from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
@@ -10,44 +11,77 @@ from datatool.core.catalogue import Image, Patient, Series, SourceFile, Study
 from datatool.core.workspace import Workspace
 
 
-def status(ws: Workspace) -> dict:
+@dataclass
+class PatientCounts:
+    patient: str  # pseudonym
+    sex: str | None
+    age: int | None
+    studies: int
+    series: int
+    images: int
+    sides: int
+
+
+@dataclass
+class Status:
+    workspace: str
+    patients: int
+    studies: int
+    series: int
+    images: int
+    files: dict[str, int]  # ingested, quarantined, conflict
+    calibrated_images: int
+    calibration_coverage: float | None  # share of images with mm calibration
+    pixel_handling: dict[str, int]
+    per_patient: list[PatientCounts] = field(default_factory=list)
+
+
+def status(ws: Workspace) -> Status:
     """Counts, calibration coverage and pixel handling, per patient and overall."""
     with ws.session() as s:
-        files = dict(s.execute(select(SourceFile.status, func.count()).group_by(
-            SourceFile.status)).all())
-        handling = dict(s.execute(select(Image.pixel_handling, func.count()).group_by(
-            Image.pixel_handling)).all())
+        files = dict(
+            s.execute(select(SourceFile.status, func.count()).group_by(SourceFile.status)).all()
+        )
+        handling = dict(
+            s.execute(
+                select(Image.pixel_handling, func.count()).group_by(Image.pixel_handling)
+            ).all()
+        )
         n_images = s.scalar(select(func.count(Image.id))) or 0
-        calibrated = s.scalar(select(func.count(Image.id)).where(
-            Image.mm_per_px_x.is_not(None))) or 0
+        calibrated = (
+            s.scalar(select(func.count(Image.id)).where(Image.mm_per_px_x.is_not(None))) or 0
+        )
         per_patient = s.execute(
-            select(Patient.pseudonym, Patient.sex, Patient.age_years,
-                   func.count(func.distinct(Study.id)), func.count(func.distinct(Series.id)),
-                   func.count(Image.id),
-                   func.count(func.distinct(Series.side)))
+            select(
+                Patient.pseudonym,
+                Patient.sex,
+                Patient.age_years,
+                func.count(func.distinct(Study.id)),
+                func.count(func.distinct(Series.id)),
+                func.count(Image.id),
+                func.count(func.distinct(Series.side)),
+            )
             .join(Study, Study.patient_id == Patient.id)
             .join(Series, Series.study_id == Study.id)
             .join(Image, Image.series_id == Series.id)
-            .group_by(Patient.id).order_by(Patient.pseudonym)).all()
+            .group_by(Patient.id)
+            .order_by(Patient.pseudonym)
+        ).all()
         n_patients = s.scalar(select(func.count(Patient.id))) or 0
         n_studies = s.scalar(select(func.count(Study.id))) or 0
         n_series = s.scalar(select(func.count(Series.id))) or 0
-    return {
-        "workspace": str(ws.root),
-        "patients": n_patients,
-        "studies": n_studies,
-        "series": n_series,
-        "images": n_images,
-        "files": {k: files.get(k, 0) for k in ("ingested", "quarantined", "conflict")},
-        "calibrated_images": calibrated,
-        "calibration_coverage": (calibrated / n_images) if n_images else None,
-        "pixel_handling": handling,
-        "per_patient": [
-            {"patient": p, "sex": sex, "age": age, "studies": st, "series": se, "images": im,
-             "sides": sides}
-            for p, sex, age, st, se, im, sides in per_patient
-        ],
-    }
+    return Status(
+        workspace=str(ws.root),
+        patients=n_patients,
+        studies=n_studies,
+        series=n_series,
+        images=n_images,
+        files={k: files.get(k, 0) for k in ("ingested", "quarantined", "conflict")},
+        calibrated_images=calibrated,
+        calibration_coverage=(calibrated / n_images) if n_images else None,
+        pixel_handling=handling,
+        per_patient=[PatientCounts(*row) for row in per_patient],
+    )
 
 
 @dataclass
@@ -58,13 +92,34 @@ class ImageFilter:
     limit: int | None = None
 
 
-def list_images(ws: Workspace, flt: ImageFilter | None = None) -> list[dict]:
+@dataclass
+class ImageRow:
+    id: int
+    patient: str  # pseudonym
+    side: str | None
+    study_date: dt.date | None  # shifted per patient
+    frame: int
+    rows: int
+    cols: int
+    mm_per_px_x: float | None
+    mm_per_px_y: float | None
+    pixel_handling: str
+    store_hash: str
+
+
+def list_images(ws: Workspace, flt: ImageFilter | None = None) -> list[ImageRow]:
     flt = flt or ImageFilter()
-    query = (select(Image, Series.side, Patient.pseudonym, Study.study_date)
-             .join(Series, Image.series_id == Series.id)
-             .join(Study, Series.study_id == Study.id)
-             .join(Patient, Study.patient_id == Patient.id)
-             .order_by(Patient.pseudonym, Series.side, Image.id))
+    query = (
+        select(
+            Image.id, Patient.pseudonym, Series.side, Study.study_date, Image.frame_index,
+            Image.rows, Image.cols, Image.mm_per_px_x, Image.mm_per_px_y,
+            Image.pixel_handling, Image.store_hash,
+        )
+        .join(Series, Image.series_id == Series.id)
+        .join(Study, Series.study_id == Study.id)
+        .join(Patient, Study.patient_id == Patient.id)
+        .order_by(Patient.pseudonym, Series.side, Image.id)
+    )  # fmt: skip
     if flt.patient:
         query = query.where(Patient.pseudonym == flt.patient)
     if flt.side:
@@ -76,12 +131,4 @@ def list_images(ws: Workspace, flt: ImageFilter | None = None) -> list[dict]:
     if flt.limit:
         query = query.limit(flt.limit)
     with ws.session() as s:
-        rows = s.execute(query).all()
-    return [
-        {"id": img.id, "patient": patient, "side": side,
-         "study_date": date.isoformat() if date else None, "frame": img.frame_index,
-         "rows": img.rows, "cols": img.cols, "mm_per_px_x": img.mm_per_px_x,
-         "mm_per_px_y": img.mm_per_px_y, "pixel_handling": img.pixel_handling,
-         "store_hash": img.store_hash}
-        for img, side, patient, date in rows
-    ]
+        return [ImageRow(*row) for row in s.execute(query).all()]

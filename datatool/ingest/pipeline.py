@@ -16,21 +16,28 @@ import multiprocessing
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import pydicom
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from datatool.ingest import deid
 from datatool.core.catalogue import Image, Patient, Series, SourceFile, Study, audit
-from datatool.ingest.dicom import BadDicom, calibration, decode_frame, frame_indices, n_frames, read_dataset, \
-    ultrasound_regions
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
+from datatool.ingest import deid
+from datatool.ingest.dicom import (
+    BadDicom,
+    calibration,
+    decode_frame,
+    frame_indices,
+    n_frames,
+    read_dataset,
+    ultrasound_regions,
+)
 
 US_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image Storage
@@ -38,8 +45,8 @@ US_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.6",  # retired
     "1.2.840.10008.5.1.4.1.1.3",  # retired
 }
-SKIPPED_NAMES = {"DICOMDIR"}
-BATCH_SECONDS = 1.0  # a batch is committed at the latest this long after the last commit  # the index of a DICOMDIR tree; its files are found by walking
+SKIPPED_NAMES = {"DICOMDIR"}  # the index of a DICOMDIR tree; its files are found by walking
+BATCH_SECONDS = 1.0  # a batch is committed at the latest this long after the last commit
 
 
 @dataclass
@@ -91,6 +98,7 @@ class IngestReport:
 
 # --------------------------------------------------------------------------- file discovery
 
+
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
     """Every file under the given files and folders, sorted, without hidden files and the
     DICOMDIR index itself. A path that does not exist raises FileNotFoundError."""
@@ -140,13 +148,23 @@ def process_file(path: str) -> FileResult:
         meta["regions"] = [r.as_dict() for r in regions]
         meta["mm_per_px_x"], meta["mm_per_px_y"] = calibration(regions)
         # decode first: an undecodable file is rejected, never merely quarantined
-        decoded = [(i, decode_frame(ds, i)) for i in frame_indices(meta["n_frames"], options.frames)]
+        decoded = [
+            (i, decode_frame(ds, i)) for i in frame_indices(meta["n_frames"], options.frames)
+        ]
         burned = burned_in(ds)
         if burned and not regions:
             if not options.allow_burned_in:
-                return FileResult(path, "quarantined", sha, len(data), meta=meta, reason=(
-                    "pixels may hold burned-in identity and there is no ultrasound region to "
-                    "keep: quarantined (check the image, then re-run with --allow-burned-in)"))
+                return FileResult(
+                    path,
+                    "quarantined",
+                    sha,
+                    len(data),
+                    meta=meta,
+                    reason=(
+                        "pixels may hold burned-in identity and there is no ultrasound region to "
+                        "keep: quarantined (check the image, then re-run with --allow-burned-in)"
+                    ),
+                )
             meta["pixel_handling"] = "kept_burned_in_allowed"
         elif burned:
             meta["pixel_handling"] = "blanked_outside_regions"
@@ -157,8 +175,14 @@ def process_file(path: str) -> FileResult:
         for index, gray in decoded:
             if meta["pixel_handling"] == "blanked_outside_regions":
                 gray = deid.blank_outside_regions(gray, meta["regions"])
-            frames.append({"index": index, "hash": store.put_array(gray),
-                           "rows": int(gray.shape[0]), "cols": int(gray.shape[1])})
+            frames.append(
+                {
+                    "index": index,
+                    "hash": store.put_array(gray),
+                    "rows": int(gray.shape[0]),
+                    "cols": int(gray.shape[1]),
+                }
+            )
     except BadDicom as exc:
         return FileResult(path, "rejected", sha, len(data), reason=str(exc))
     return FileResult(path, "decoded", sha, len(data), meta=meta, frames=frames)
@@ -220,6 +244,7 @@ def _clip(value: object, size: int) -> str | None:
 
 # --------------------------------------------------------------------------- parent side
 
+
 def known_hashes(session: Session) -> frozenset[str]:
     """Files whose bytes need no second look (quarantined ones are looked at again, since
     --allow-burned-in may now let them in)."""
@@ -240,10 +265,25 @@ class CatalogueBatch:
         self.session = session
         shas = [r.sha256 for r in results]
         uids = [r.meta["sop_uid"] for r in results if r.meta]
-        self.by_sha = {f.sha256: f for f in session.scalars(
-            select(SourceFile).where(SourceFile.sha256.in_(shas)))} if shas else {}
-        self.ingested_uids = set(session.scalars(select(SourceFile.sop_uid).where(
-            SourceFile.sop_uid.in_(uids), SourceFile.status == "ingested"))) if uids else set()
+        self.by_sha = (
+            {
+                f.sha256: f
+                for f in session.scalars(select(SourceFile).where(SourceFile.sha256.in_(shas)))
+            }
+            if shas
+            else {}
+        )
+        self.ingested_uids = (
+            set(
+                session.scalars(
+                    select(SourceFile.sop_uid).where(
+                        SourceFile.sop_uid.in_(uids), SourceFile.status == "ingested"
+                    )
+                )
+            )
+            if uids
+            else set()
+        )
         self.patients: dict[str, Patient] = {}
         self.studies: dict[str, Study] = {}
         self.series: dict[str, Series] = {}
@@ -260,10 +300,13 @@ class CatalogueBatch:
         if existing is not None and existing.status != "quarantined":
             return "already_present", ""  # another ingest, or this batch, got there first
         if meta["sop_uid"] in self.ingested_uids:
-            reason = ("conflict: this SOP Instance UID is already catalogued with different "
-                      "bytes; the new version is kept aside, nothing was overwritten")
-            self._add_source(result, status="conflict", reason=reason,
-                             aside=[f["hash"] for f in result.frames])
+            reason = (
+                "conflict: this SOP Instance UID is already catalogued with different "
+                "bytes; the new version is kept aside, nothing was overwritten"
+            )
+            self._add_source(
+                result, status="conflict", reason=reason, aside=[f["hash"] for f in result.frames]
+            )
             return "conflict", reason
         series = self._series_for(meta)
         if existing is not None:  # a quarantined file now let in
@@ -273,22 +316,40 @@ class CatalogueBatch:
             source = self._add_source(result, status="ingested")
         self.ingested_uids.add(meta["sop_uid"])
         self.session.add_all(
-            Image(series=series, source_file=source, frame_index=f["index"],
-                  store_hash=f["hash"], rows=f["rows"], cols=f["cols"],
-                  mm_per_px_x=meta["mm_per_px_x"], mm_per_px_y=meta["mm_per_px_y"],
-                  regions=meta["regions"], pixel_handling=meta["pixel_handling"])
-            for f in result.frames)
+            Image(
+                series=series,
+                source_file=source,
+                frame_index=f["index"],
+                store_hash=f["hash"],
+                rows=f["rows"],
+                cols=f["cols"],
+                mm_per_px_x=meta["mm_per_px_x"],
+                mm_per_px_y=meta["mm_per_px_y"],
+                regions=meta["regions"],
+                pixel_handling=meta["pixel_handling"],
+            )
+            for f in result.frames
+        )
         return "ingested", ""
 
-    def _add_source(self, result: FileResult, status: str, reason: str | None = None,
-                    aside: list | None = None) -> SourceFile:
+    def _add_source(
+        self, result: FileResult, status: str, reason: str | None = None, aside: list | None = None
+    ) -> SourceFile:
         meta = result.meta
-        source = SourceFile(sha256=result.sha256, size=result.size, path_key=meta["path_key"],
-                            sop_uid=meta["sop_uid"], sop_class_uid=meta["sop_class_uid"],
-                            transfer_syntax=meta["transfer_syntax"],
-                            photometric=meta["photometric"],
-                            bits_allocated=meta["bits_allocated"], n_frames=meta["n_frames"],
-                            status=status, reason=reason, aside=aside)
+        source = SourceFile(
+            sha256=result.sha256,
+            size=result.size,
+            path_key=meta["path_key"],
+            sop_uid=meta["sop_uid"],
+            sop_class_uid=meta["sop_class_uid"],
+            transfer_syntax=meta["transfer_syntax"],
+            photometric=meta["photometric"],
+            bits_allocated=meta["bits_allocated"],
+            n_frames=meta["n_frames"],
+            status=status,
+            reason=reason,
+            aside=aside,
+        )
         self.session.add(source)
         self.by_sha[result.sha256] = source
         return source
@@ -296,31 +357,44 @@ class CatalogueBatch:
     def _series_for(self, meta: dict) -> Series:
         s = self.session
         series = self.series.get(meta["series_uid"]) or s.scalar(
-            select(Series).where(Series.uid == meta["series_uid"]))
+            select(Series).where(Series.uid == meta["series_uid"])
+        )
         if series is not None:
             self.series[meta["series_uid"]] = series
             return series
         study = self.studies.get(meta["study_uid"]) or s.scalar(
-            select(Study).where(Study.uid == meta["study_uid"]))
+            select(Study).where(Study.uid == meta["study_uid"])
+        )
         if study is None:
             patient = self.patients.get(meta["pseudonym"]) or s.scalar(
-                select(Patient).where(Patient.pseudonym == meta["pseudonym"]))
+                select(Patient).where(Patient.pseudonym == meta["pseudonym"])
+            )
             if patient is None:
-                patient = Patient(pseudonym=meta["pseudonym"], sex=meta["sex"],
-                                  age_years=meta["age"])
+                patient = Patient(
+                    pseudonym=meta["pseudonym"], sex=meta["sex"], age_years=meta["age"]
+                )
                 s.add(patient)
             else:
                 patient.sex = patient.sex or meta["sex"]
                 if patient.age_years is None:
                     patient.age_years = meta["age"]
             self.patients[meta["pseudonym"]] = patient
-            study = Study(patient=patient, uid=meta["study_uid"], study_date=meta["study_date"],
-                          age_at_exam=meta["age"])
+            study = Study(
+                patient=patient,
+                uid=meta["study_uid"],
+                study_date=meta["study_date"],
+                age_at_exam=meta["age"],
+            )
             s.add(study)
         self.studies[meta["study_uid"]] = study
-        series = Series(study=study, uid=meta["series_uid"], modality=meta["modality"],
-                        side=meta["side"], manufacturer=meta["manufacturer"],
-                        model_name=meta["model_name"])
+        series = Series(
+            study=study,
+            uid=meta["series_uid"],
+            modality=meta["modality"],
+            side=meta["side"],
+            manufacturer=meta["manufacturer"],
+            model_name=meta["model_name"],
+        )
         s.add(series)
         self.series[meta["series_uid"]] = series
         return series
@@ -352,10 +426,17 @@ def record_batch(ws: Workspace, results: list[FileResult], report: IngestReport)
             report.conflicts.append((result.path, reason))
 
 
-def ingest(ws: Workspace, paths: Iterable[Path], *, workers: int | None = None,
-           frames: str = "auto", allow_burned_in: bool = False,
-           progress: Callable[[int, int], None] | None = None,
-           batch_size: int = 64, command: str = "ingest") -> IngestReport:
+def ingest(
+    ws: Workspace,
+    paths: Iterable[Path],
+    *,
+    workers: int | None = None,
+    frames: str = "auto",
+    allow_burned_in: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    batch_size: int = 64,
+    command: str = "ingest",
+) -> IngestReport:
     """Ingest files and folders into the workspace; see the module docstring.
 
     ``workers`` processes decode (default: all cores) while this process writes the
@@ -392,26 +473,36 @@ def ingest(ws: Workspace, paths: Iterable[Path], *, workers: int | None = None,
         with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
             yield from pool.imap_unordered(process_file, files, chunksize=4)
 
-    done, pending, last_commit = 0, [], time.monotonic()
-    for result in results():
+    pending, last_commit = [], time.monotonic()
+    for done, result in enumerate(results(), start=1):
         if result.kind == "known":
             report.already_present += 1
         elif result.kind == "rejected":
             report.rejected.append((result.path, result.reason))
         else:
             pending.append(result)
-        if pending and (len(pending) >= batch_size
-                        or time.monotonic() - last_commit > BATCH_SECONDS):
+        if pending and (
+            len(pending) >= batch_size or time.monotonic() - last_commit > BATCH_SECONDS
+        ):
             record_batch(ws, pending, report)
             pending, last_commit = [], time.monotonic()
-        done += 1
         if progress:
             progress(done, len(files))
     if pending:
         record_batch(ws, pending, report)
     with ws.session() as session:
-        audit(session, command, "ingest", files=report.files_seen, ingested=report.ingested,
-              images_added=report.images_added, already_present=report.already_present,
-              rejected=len(report.rejected), quarantined=len(report.quarantined),
-              conflicts=len(report.conflicts), frames=frames, allow_burned_in=allow_burned_in)
+        audit(
+            session,
+            command,
+            "ingest",
+            files=report.files_seen,
+            ingested=report.ingested,
+            images_added=report.images_added,
+            already_present=report.already_present,
+            rejected=len(report.rejected),
+            quarantined=len(report.quarantined),
+            conflicts=len(report.conflicts),
+            frames=frames,
+            allow_burned_in=allow_burned_in,
+        )
     return report

@@ -7,6 +7,7 @@ version is a no-op; a different map becomes the next version. Nothing is ever ov
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,10 +16,10 @@ from sqlalchemy.orm import Session
 
 from datatool.core.catalogue import Annotation, Image, Rater, StructureStats, audit, utcnow
 from datatool.core.errors import DatatoolError, UsageError
-from datatool.labels.masks import structure_stats
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
+from datatool.labels.masks import structure_stats
 
 SOURCES = ("itksnap", "labelstudio", "model", "consensus")
 RATER_KINDS = ("human", "consensus", "model")
@@ -50,17 +51,30 @@ def get_rater(session: Session, name: str) -> Rater:
 
 def list_raters(ws: Workspace) -> list[dict]:
     with ws.session() as s:
-        rows = s.execute(select(Rater, func.count(func.distinct(Annotation.image_id)))
-                         .outerjoin(Annotation, Annotation.rater_id == Rater.id)
-                         .group_by(Rater.id).order_by(Rater.name)).all()
-    return [{"name": r.name, "kind": r.kind, "images_labelled": n,
-             "registered": r.created_at.isoformat(timespec="seconds")} for r, n in rows]
+        rows = s.execute(
+            select(Rater, func.count(func.distinct(Annotation.image_id)))
+            .outerjoin(Annotation, Annotation.rater_id == Rater.id)
+            .group_by(Rater.id)
+            .order_by(Rater.name)
+        ).all()
+    return [
+        {
+            "name": r.name,
+            "kind": r.kind,
+            "images_labelled": n,
+            "registered": r.created_at.isoformat(timespec="seconds"),
+        }
+        for r, n in rows
+    ]
 
 
 def latest_annotation(session: Session, image_id: int, rater_id: int) -> Annotation | None:
-    return session.scalar(select(Annotation).where(
-        Annotation.image_id == image_id, Annotation.rater_id == rater_id)
-        .order_by(Annotation.version.desc()).limit(1))
+    return session.scalar(
+        select(Annotation)
+        .where(Annotation.image_id == image_id, Annotation.rater_id == rater_id)
+        .order_by(Annotation.version.desc())
+        .limit(1)
+    )
 
 
 @dataclass
@@ -71,9 +85,13 @@ class Stored:
     created: bool  # False: identical to the latest version, nothing written
 
 
-def store_annotations(session: Session, store: Store, rater: Rater,
-                      entries: list[tuple[Image, np.ndarray, str, str | None]],
-                      protocol: Protocol) -> list[Stored]:
+def store_annotations(
+    session: Session,
+    store: Store,
+    rater: Rater,
+    entries: list[tuple[Image, np.ndarray, str, str | None]],
+    protocol: Protocol,
+) -> list[Stored]:
     """Store validated masks ``(image, mask, source, source_ref)`` as the rater's next
     versions (a mask equal to the latest version is a no-op), with one query for the latest
     versions and two bulk inserts, in the caller's transaction."""
@@ -83,8 +101,16 @@ def store_annotations(session: Session, store: Store, rater: Rater,
     ids = [image.id for image, _, _, _ in entries]
     if len(set(ids)) != len(ids):
         raise ValueError("one batch holds two masks for the same image")
-    latest = {a.image_id: a for a in session.scalars(
-        latest_annotations_query([rater.id]).where(Annotation.image_id.in_(ids)))} if ids else {}
+    latest = (
+        {
+            a.image_id: a
+            for a in session.scalars(
+                latest_annotations_query([rater.id]).where(Annotation.image_id.in_(ids))
+            )
+        }
+        if ids
+        else {}
+    )
     results: list[Stored | None] = []
     rows, stats = [], []
     for image, mask, source, ref in entries:
@@ -94,16 +120,32 @@ def store_annotations(session: Session, store: Store, rater: Rater,
             results.append(Stored(old.id, old.version, digest, False))
             continue
         version = old.version + 1 if old is not None else 1
-        rows.append(dict(image_id=image.id, rater_id=rater.id, version=version, source=source,
-                         source_ref=ref, mask_hash=digest, protocol=protocol.name,
-                         created_at=utcnow()))
+        rows.append(
+            {
+                "image_id": image.id,
+                "rater_id": rater.id,
+                "version": version,
+                "source": source,
+                "source_ref": ref,
+                "mask_hash": digest,
+                "protocol": protocol.name,
+                "created_at": utcnow(),
+            }
+        )
         stats.append(structure_stats(mask, protocol, image.mm_per_px_x, image.mm_per_px_y))
         results.append(None)
     if rows:
-        new_ids = session.execute(insert(Annotation).returning(
-            Annotation.id, sort_by_parameter_order=True), rows).scalars().all()
-        session.execute(insert(StructureStats), [dict(annotation_id=i, **r) for i, st in
-                                                 zip(new_ids, stats) for r in st])
+        new_ids = (
+            session.execute(
+                insert(Annotation).returning(Annotation.id, sort_by_parameter_order=True), rows
+            )
+            .scalars()
+            .all()
+        )
+        session.execute(
+            insert(StructureStats),
+            [dict(annotation_id=i, **r) for i, st in zip(new_ids, stats) for r in st],
+        )
         fresh = iter(zip(new_ids, rows))
         for k, result in enumerate(results):
             if result is None:
@@ -112,13 +154,21 @@ def store_annotations(session: Session, store: Store, rater: Rater,
     return results  # type: ignore[return-value]
 
 
-def store_annotation(session: Session, store: Store, image: Image, rater: Rater,
-                     mask: np.ndarray, source: str, source_ref: str | None,
-                     protocol: Protocol) -> Stored:
+def store_annotation(
+    session: Session,
+    store: Store,
+    image: Image,
+    rater: Rater,
+    mask: np.ndarray,
+    source: str,
+    source_ref: str | None,
+    protocol: Protocol,
+) -> Stored:
     """Store one validated mask as the rater's next version for the image (or do nothing if
     it equals the latest). The caller holds the transaction."""
-    return store_annotations(session, store, rater, [(image, mask, source, source_ref)],
-                             protocol)[0]
+    return store_annotations(session, store, rater, [(image, mask, source, source_ref)], protocol)[
+        0
+    ]
 
 
 @dataclass
@@ -138,24 +188,49 @@ class SyncReport:
         return 1 if self.rejected else 0
 
     def as_dict(self) -> dict:
-        return {"source": self.source, "rater": self.rater, "seen": self.seen,
-                "new_versions": self.new_versions, "unchanged": self.unchanged,
-                "rejected": [{"item": i, "reason": r} for i, r in self.rejected],
-                "notes": [{"item": i, "note": n} for i, n in self.notes],
-                "exit_code": self.exit_code}
+        return {
+            "source": self.source,
+            "rater": self.rater,
+            "seen": self.seen,
+            "new_versions": self.new_versions,
+            "unchanged": self.unchanged,
+            "rejected": [{"item": i, "reason": r} for i, r in self.rejected],
+            "notes": [{"item": i, "note": n} for i, n in self.notes],
+            "exit_code": self.exit_code,
+        }
+
+
+IN_CHUNK = 5000  # ids per IN (...) list: far below SQLite's and PostgreSQL's limits
+
+
+def mask_hashes(session: Session, annotation_ids: Iterable[int]) -> dict[int, str]:
+    """Annotation id -> the store hash of its mask, for any number of ids."""
+    ids = sorted({int(i) for i in annotation_ids})
+    found: dict[int, str] = {}
+    for start in range(0, len(ids), IN_CHUNK):
+        chunk = ids[start : start + IN_CHUNK]
+        found.update(
+            session.execute(
+                select(Annotation.id, Annotation.mask_hash).where(Annotation.id.in_(chunk))
+            ).tuples()
+        )
+    return found
 
 
 def latest_annotations_query(rater_ids=None):
     """Select the latest version of every (image, rater) chain."""
-    newest = (select(Annotation.image_id, Annotation.rater_id,
-                     func.max(Annotation.version).label("version"))
-              .group_by(Annotation.image_id, Annotation.rater_id))
+    newest = select(
+        Annotation.image_id, Annotation.rater_id, func.max(Annotation.version).label("version")
+    ).group_by(Annotation.image_id, Annotation.rater_id)
     if rater_ids is not None:
         newest = newest.where(Annotation.rater_id.in_(rater_ids))
     newest = newest.subquery()
-    return select(Annotation).join(newest, (Annotation.image_id == newest.c.image_id)
-                                   & (Annotation.rater_id == newest.c.rater_id)
-                                   & (Annotation.version == newest.c.version))
+    return select(Annotation).join(
+        newest,
+        (Annotation.image_id == newest.c.image_id)
+        & (Annotation.rater_id == newest.c.rater_id)
+        & (Annotation.version == newest.c.version),
+    )
 
 
 def label_coverage(ws: Workspace, rater: str | None = None) -> dict:
@@ -164,25 +239,42 @@ def label_coverage(ws: Workspace, rater: str | None = None) -> dict:
     protocol = load_protocol(ws.protocol_name)
     with ws.session() as s:
         total_images = s.scalar(select(func.count(Image.id))) or 0
-        raters = [get_rater(s, rater)] if rater else list(
-            s.scalars(select(Rater).order_by(Rater.name)))
+        raters = (
+            [get_rater(s, rater)] if rater else list(s.scalars(select(Rater).order_by(Rater.name)))
+        )
         result = []
         for r in raters:
             latest = latest_annotations_query([r.id]).subquery()
             labelled = s.scalar(select(func.count()).select_from(latest)) or 0
-            versions = s.scalar(select(func.count(Annotation.id)).where(
-                Annotation.rater_id == r.id)) or 0
-            present = dict(s.execute(
-                select(StructureStats.structure, func.count())
-                .join(latest, StructureStats.annotation_id == latest.c.id)
-                .where(StructureStats.area_px > 0).group_by(StructureStats.structure)).all())
-            by_source = dict(s.execute(select(latest.c.source, func.count())
-                                       .group_by(latest.c.source)).all())
-            result.append({
-                "rater": r.name, "kind": r.kind, "images_labelled": labelled,
-                "images_total": total_images, "versions": versions, "sources": by_source,
-                "structures": {st.name: {"present": present.get(st.name, 0),
-                                         "absent": labelled - present.get(st.name, 0)}
-                               for st in protocol.structures},
-            })
+            versions = (
+                s.scalar(select(func.count(Annotation.id)).where(Annotation.rater_id == r.id)) or 0
+            )
+            present = dict(
+                s.execute(
+                    select(StructureStats.structure, func.count())
+                    .join(latest, StructureStats.annotation_id == latest.c.id)
+                    .where(StructureStats.area_px > 0)
+                    .group_by(StructureStats.structure)
+                ).all()
+            )
+            by_source = dict(
+                s.execute(select(latest.c.source, func.count()).group_by(latest.c.source)).all()
+            )
+            result.append(
+                {
+                    "rater": r.name,
+                    "kind": r.kind,
+                    "images_labelled": labelled,
+                    "images_total": total_images,
+                    "versions": versions,
+                    "sources": by_source,
+                    "structures": {
+                        st.name: {
+                            "present": present.get(st.name, 0),
+                            "absent": labelled - present.get(st.name, 0),
+                        }
+                        for st in protocol.structures
+                    },
+                }
+            )
     return {"protocol": protocol.name, "raters": result}

@@ -33,12 +33,15 @@ def _unknown_runs(protocol: Protocol) -> list[tuple[int, int]]:
 def _unknown_error(mask: np.ndarray, protocol: Protocol) -> BadLabel:
     values = np.unique(mask)
     unknown = [int(v) for v in values if v != 0 and int(v) not in protocol.values]
-    return BadLabel(f"unknown label value(s) {unknown or values.tolist()} "
-                    f"(protocol {protocol.name} knows {list(protocol.values)})")
+    return BadLabel(
+        f"unknown label value(s) {unknown or values.tolist()} "
+        f"(protocol {protocol.name} knows {list(protocol.values)})"
+    )
 
 
-def validate_mask(mask: np.ndarray, protocol: Protocol, shape: tuple[int, int],
-                  allow_empty: bool = False) -> np.ndarray:
+def validate_mask(
+    mask: np.ndarray, protocol: Protocol, shape: tuple[int, int], allow_empty: bool = False
+) -> np.ndarray:
     """Check size and values; returns the mask as 2D uint8. A few comparisons over the map
     (one per run of unknown values), not a sort of its values."""
     mask = np.asarray(mask)
@@ -47,8 +50,10 @@ def validate_mask(mask: np.ndarray, protocol: Protocol, shape: tuple[int, int],
     if mask.ndim != 2:
         raise BadLabel(f"label map is {mask.ndim}-D {mask.shape}, expected a 2D map")
     if tuple(mask.shape) != tuple(shape):
-        raise BadLabel(f"size mismatch: label map is {mask.shape[1]}x{mask.shape[0]}, "
-                       f"the image is {shape[1]}x{shape[0]} (width x height)")
+        raise BadLabel(
+            f"size mismatch: label map is {mask.shape[1]}x{mask.shape[0]}, "
+            f"the image is {shape[1]}x{shape[0]} (width x height)"
+        )
     if mask.dtype != np.uint8:
         if mask.dtype.kind == "f" and not np.all(np.mod(mask, 1) == 0):
             raise BadLabel("label map holds fractional values, not labels")
@@ -63,8 +68,9 @@ def validate_mask(mask: np.ndarray, protocol: Protocol, shape: tuple[int, int],
     return mask
 
 
-def structure_stats(mask: np.ndarray, protocol: Protocol, mm_per_px_x: float | None,
-                    mm_per_px_y: float | None) -> list[dict]:
+def structure_stats(
+    mask: np.ndarray, protocol: Protocol, mm_per_px_x: float | None, mm_per_px_y: float | None
+) -> list[dict]:
     """One dict per protocol structure: area in px and mm², 8-connected components, bbox.
     Components are labelled inside the structure's bounding box only."""
     px_area = mm_per_px_x * mm_per_px_y if mm_per_px_x and mm_per_px_y else None
@@ -72,18 +78,32 @@ def structure_stats(mask: np.ndarray, protocol: Protocol, mm_per_px_x: float | N
     for s in protocol.structures:
         binary = mask == s.value
         rows = np.flatnonzero(binary.any(axis=1))
-        row = {"structure": s.name, "value": s.value, "area_px": 0,
-               "area_mm2": None if px_area is None else 0.0,
-               "components": 0, "x0": None, "y0": None, "x1": None, "y1": None}
+        row = {
+            "structure": s.name,
+            "value": s.value,
+            "area_px": 0,
+            "area_mm2": None if px_area is None else 0.0,
+            "components": 0,
+            "x0": None,
+            "y0": None,
+            "x1": None,
+            "y1": None,
+        }
         if rows.size:
             y0, y1 = int(rows[0]), int(rows[-1])
-            band = binary[y0:y1 + 1]
+            band = binary[y0 : y1 + 1]
             cols = np.flatnonzero(band.any(axis=0))
             x0, x1 = int(cols[0]), int(cols[-1])
-            box = band[:, x0:x1 + 1]
+            box = band[:, x0 : x1 + 1]
             area = int(np.count_nonzero(box))
             _, row["components"] = ndimage.label(box, structure=EIGHT_CONNECTED)
-            row.update(area_px=area, area_mm2=None if px_area is None else area * px_area,
-                       x0=x0, y0=y0, x1=x1, y1=y1)
+            row.update(
+                area_px=area,
+                area_mm2=None if px_area is None else area * px_area,
+                x0=x0,
+                y0=y0,
+                x1=x1,
+                y1=y1,
+            )
         out.append(row)
     return out

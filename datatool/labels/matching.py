@@ -15,8 +15,8 @@ import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from datatool.ingest import deid
 from datatool.core.catalogue import Image, SourceFile
+from datatool.ingest import deid
 
 NAME_RE = re.compile(r"img(\d{6,})")
 
@@ -43,15 +43,21 @@ def image_by_id(session: Session, image_id: int) -> Image:
 
 def image_for_sop_uid(session: Session, key: bytes, sop_instance_uid: str) -> Image:
     keyed = deid.uid_for(key, sop_instance_uid.strip())
-    source = session.scalar(select(SourceFile).where(SourceFile.sop_uid == keyed,
-                                                     SourceFile.status == "ingested"))
+    source = session.scalar(
+        select(SourceFile).where(SourceFile.sop_uid == keyed, SourceFile.status == "ingested")
+    )
     if source is None:
         raise NoImage("its DICOM image was never ingested (run 'datatool ingest' on it first)")
-    images = list(session.scalars(select(Image).where(Image.source_file_id == source.id)
-                                  .order_by(Image.frame_index)))
+    images = list(
+        session.scalars(
+            select(Image).where(Image.source_file_id == source.id).order_by(Image.frame_index)
+        )
+    )
     if len(images) != 1:
-        raise NoImage(f"its DICOM file is a cine with {len(images)} images in the catalogue; "
-                      "label files for cines are not supported")
+        raise NoImage(
+            f"its DICOM file is a cine with {len(images)} images in the catalogue; "
+            "label files for cines are not supported"
+        )
     return images[0]
 
 
@@ -62,9 +68,12 @@ def image_for_dicom(session: Session, key: bytes, dicom_path: Path) -> Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(dicom_path, stop_before_pixels=True,
-                                 specific_tags=["SOPInstanceUID"])
+            ds = pydicom.dcmread(
+                dicom_path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
+            )
         uid = str(ds.SOPInstanceUID)
     except Exception:
-        raise NoImage(f"{dicom_path} is not a readable DICOM file with a SOP Instance UID") from None
+        raise NoImage(
+            f"{dicom_path} is not a readable DICOM file with a SOP Instance UID"
+        ) from None
     return image_for_sop_uid(session, key, uid)

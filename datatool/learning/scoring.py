@@ -15,26 +15,38 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
 from datatool.analysis import metrics
-from datatool.labels.annotations import store_annotation
 from datatool.core.atomic import write_text_atomic
 from datatool.core.catalogue import Image, Rater, Run, RunEpoch, Score, Split, audit
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import load_protocol
-from datatool.learning.training import build_for, class_lut, load_arrays, load_checkpoint, resolve_device, \
-    split_items, to_input
 from datatool.core.workspace import Workspace
+from datatool.labels.annotations import store_annotation
+from datatool.learning.training import (
+    build_for,
+    class_lut,
+    load_arrays,
+    load_checkpoint,
+    resolve_device,
+    split_items,
+    to_input,
+)
 
 MEASURES = ("iou", "dice", "precision", "recall", "f1")
-QUANTILES = (("top 10 %", 0.9), ("Q3", 0.75), ("Q2 (median)", 0.5), ("Q1", 0.25),
-             ("bottom 10 %", 0.1))
+QUANTILES = (
+    ("top 10 %", 0.9),
+    ("Q3", 0.75),
+    ("Q2 (median)", 0.5),
+    ("Q1", 0.25),
+    ("bottom 10 %", 0.1),
+)
 
 
 def per_image_metrics(pred: np.ndarray, ref: np.ndarray, k: int) -> list[dict | None]:
@@ -50,9 +62,18 @@ def per_image_metrics(pred: np.ndarray, ref: np.ndarray, k: int) -> list[dict | 
         precision = tp / (tp + fp) if tp + fp else None
         recall = tp / (tp + fn) if tp + fn else None
         f1 = (2 * precision * recall / (precision + recall)) if precision and recall else 0.0
-        out.append({"iou": tp / (tp + fp + fn), "dice": 2 * tp / (2 * tp + fp + fn),
-                    "precision": precision, "recall": recall, "f1": f1,
-                    "tp": tp, "fp": fp, "fn": fn})
+        out.append(
+            {
+                "iou": tp / (tp + fp + fn),
+                "dice": 2 * tp / (2 * tp + fp + fn),
+                "precision": precision,
+                "recall": recall,
+                "f1": f1,
+                "tp": tp,
+                "fp": fp,
+                "fn": fn,
+            }
+        )
     return out
 
 
@@ -73,11 +94,22 @@ def _anova(long: pd.DataFrame) -> dict | None:
     row = table.iloc[0]
     pu = next(c for c in ("p-unc", "p_unc") if c in pairs)
     m = len(pairs)  # Bonferroni: each p times the number of comparisons, at most 1
-    return {"F": float(row["F"]), "df_between": int(row["ddof1"]), "df_within": int(row["ddof2"]),
-            "p": float(row[p_col]),
-            "pairwise_bonferroni": [{"a": r["A"], "b": r["B"], "t": float(r["T"]),
-                                     "p_unc": float(r[pu]), "p_bonf": min(1.0, float(r[pu]) * m)}
-                                    for _, r in pairs.iterrows()]}
+    return {
+        "F": float(row["F"]),
+        "df_between": int(row["ddof1"]),
+        "df_within": int(row["ddof2"]),
+        "p": float(row[p_col]),
+        "pairwise_bonferroni": [
+            {
+                "a": r["A"],
+                "b": r["B"],
+                "t": float(r["T"]),
+                "p_unc": float(r[pu]),
+                "p_bonf": min(1.0, float(r[pu]) * m),
+            }
+            for _, r in pairs.iterrows()
+        ],
+    }
 
 
 def _items_for(ws: Workspace, run: dict, subset: str, fold: int | None):
@@ -88,10 +120,18 @@ def _items_for(ws: Workspace, run: dict, subset: str, fold: int | None):
     raise UsageError("--set must be test or val")
 
 
-def score_run(ws: Workspace, run_id: int, subset: str = "test", fold: int | None = None,
-              checkpoint: str = "best", device: str = "auto", store_predictions: bool = True,
-              out_dir: Path | None = None, figures: bool = True,
-              progress: Callable[[int, int], None] | None = None) -> dict:
+def score_run(
+    ws: Workspace,
+    run_id: int,
+    subset: str = "test",
+    fold: int | None = None,
+    checkpoint: str = "best",
+    device: str = "auto",
+    store_predictions: bool = True,
+    out_dir: Path | None = None,
+    figures: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     import torch
 
     from datatool.learning.training import run_summary
@@ -101,8 +141,10 @@ def score_run(ws: Workspace, run_id: int, subset: str = "test", fold: int | None
         raise UsageError("--checkpoint must be best or last")
     digest = run["best_checkpoint" if checkpoint == "best" else "last_checkpoint"]
     if digest is None:
-        raise DatatoolError(f"run {run_id} has no {checkpoint} checkpoint (still running, or "
-                            "it failed before its first epoch)")
+        raise DatatoolError(
+            f"run {run_id} has no {checkpoint} checkpoint (still running, or "
+            "it failed before its first epoch)"
+        )
     protocol = load_protocol(ws.protocol_name)
     names = [s.name for s in protocol.structures]
     k = len(names) + 1
@@ -125,13 +167,12 @@ def score_run(ws: Workspace, run_id: int, subset: str = "test", fold: int | None
         x0, _ = to_input(torch.as_tensor(images[:1]).to(dev), crop)
         model(x0)  # warm-up, not timed
         for i in range(len(images)):
-            x, _ = to_input(torch.as_tensor(images[i:i + 1]).to(dev), crop)
+            x, _ = to_input(torch.as_tensor(images[i : i + 1]).to(dev), crop)
             if dev.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            with (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-                  else _null()):
+            with torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null():
                 logits = model(x)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
@@ -153,36 +194,53 @@ def score_run(ws: Workspace, run_id: int, subset: str = "test", fold: int | None
         sub = table[table["structure"] == name] if len(table) else table
         tp, fp, fn = (int(sub[col].sum()) if len(sub) else 0 for col in ("tp", "fp", "fn"))
         pooled[c] = (tp, fp, fn)
-        per_structure.append({
-            "structure": name, "images": int(len(sub)),
-            **{m: metrics.describe(sub[m].tolist() if len(sub) else []) for m in MEASURES},
-            "pooled_iou": tp / (tp + fp + fn) if tp + fp + fn else None,
-            "pooled_dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
-        })
+        per_structure.append(
+            {
+                "structure": name,
+                "images": len(sub),
+                **{m: metrics.describe(sub[m].tolist() if len(sub) else []) for m in MEASURES},
+                "pooled_iou": tp / (tp + fp + fn) if tp + fp + fn else None,
+                "pooled_dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+            }
+        )
     t_ms = metrics.describe([t * 1000 for t in times])
     result = {
-        "run": run_id, "set": subset, "fold": fold if fold is not None else run["fold"],
-        "checkpoint": checkpoint, "images": len(images), "split": run["split"],
+        "run": run_id,
+        "set": subset,
+        "fold": fold if fold is not None else run["fold"],
+        "checkpoint": checkpoint,
+        "images": len(images),
+        "split": run["split"],
         "frame": f"resized to {resize[0]}x{resize[1]}, centre crop {crop}x{crop}",
         "structures": per_structure,
         "mean_iou_per_image": float(table["iou"].mean()) if len(table) else None,
         "anova_iou": _anova(table) if len(table) else None,
-        "inference_ms": t_ms, "device": str(dev),
-        "per_image": table.drop(columns=["tp", "fp", "fn"]).to_dict("records") if len(table) else [],
+        "inference_ms": t_ms,
+        "device": str(dev),
+        "per_image": table.drop(columns=["tp", "fp", "fn"]).to_dict("records")
+        if len(table)
+        else [],
     }
     if store_predictions:
-        result["stored_predictions"] = _store_predictions(ws, run_id, items, preds, protocol,
-                                                          resize, crop)
+        result["stored_predictions"] = _store_predictions(
+            ws, run_id, items, preds, protocol, resize, crop
+        )
     out = Path(out_dir) if out_dir else ws.root / "reports" / f"run-{run_id}-{subset}"
     out.mkdir(parents=True, exist_ok=True)
     if figures:
-        result["figures"] = _figures(ws, run_id, out, table, names, items, images, refs_c, preds,
-                                     protocol, crop)
+        result["figures"] = _figures(
+            ws, run_id, out, table, names, items, images, refs_c, preds, protocol, crop
+        )
     write_text_atomic(out / "score.json", json.dumps(result, indent=2, default=str))
     result["out_dir"] = str(out)
     with ws.session() as s:
-        s.add(Score(run_id=run_id, subset=subset,
-                    results={k2: v for k2, v in result.items() if k2 != "per_image"}))
+        s.add(
+            Score(
+                run_id=run_id,
+                subset=subset,
+                results={k2: v for k2, v in result.items() if k2 != "per_image"},
+            )
+        )
         audit(s, "score", "score", run=run_id, set=subset, images=len(images))
     return result
 
@@ -196,7 +254,7 @@ def _null():
 def _crop(a: np.ndarray, size: int) -> np.ndarray:
     h, w = a.shape
     top, left = max((h - size) // 2, 0), max((w - size) // 2, 0)
-    return a[top:top + size, left:left + size]
+    return a[top : top + size, left : left + size]
 
 
 def _store_predictions(ws: Workspace, run_id: int, items, preds, protocol, resize, crop) -> int:
@@ -218,24 +276,30 @@ def _store_predictions(ws: Workspace, run_id: int, items, preds, protocol, resiz
             canvas = np.zeros(resize, np.uint8)
             h, w = resize
             top, left = max((h - crop) // 2, 0), max((w - crop) // 2, 0)
-            canvas[top:top + pred.shape[0], left:left + pred.shape[1]] = values[pred]
+            canvas[top : top + pred.shape[0], left : left + pred.shape[1]] = values[pred]
             if canvas.shape != (image.rows, image.cols):
-                canvas = np.asarray(PILImage.fromarray(canvas).resize(
-                    (image.cols, image.rows), PILImage.NEAREST))
-            created += store_annotation(s, ws.store, image, rater, canvas, name,
-                                        f"run {run_id}", protocol).created
+                canvas = np.asarray(
+                    PILImage.fromarray(canvas).resize((image.cols, image.rows), PILImage.NEAREST)
+                )
+            created += store_annotation(
+                s, ws.store, image, rater, canvas, name, f"run {run_id}", protocol
+            ).created
     return created
 
 
-def _figures(ws, run_id, out: Path, table, names, items, images, refs, preds, protocol,
-             crop) -> list[str]:
+def _figures(
+    ws, run_id, out: Path, table, names, items, images, refs, preds, protocol, crop
+) -> list[str]:
     from datatool.analysis.plots import iou_box_png, loss_curve_png, overlays_png
 
     files = []
     with ws.session() as s:
-        epochs = [(e.epoch, e.train_loss, e.val_loss) for e in
-                  s.scalars(select(RunEpoch).where(RunEpoch.run_id == run_id)
-                            .order_by(RunEpoch.epoch))]
+        epochs = [
+            (e.epoch, e.train_loss, e.val_loss)
+            for e in s.scalars(
+                select(RunEpoch).where(RunEpoch.run_id == run_id).order_by(RunEpoch.epoch)
+            )
+        ]
     if epochs:
         files.append(str(loss_curve_png(out / "loss.png", epochs, f"run {run_id}")))
     if len(table):
@@ -248,11 +312,17 @@ def _figures(ws, run_id, out: Path, table, names, items, images, refs, preds, pr
         if len(sub):
             picks = []
             for label, q in QUANTILES:
-                pos = int(round(q * (len(sub) - 1)))
+                pos = round(q * (len(sub) - 1))
                 row = sub.iloc[pos]
                 idx = items.image_ids.index(int(row["image_id"]))
-                picks.append((f"{label}: {nerve.name} IoU {row['iou']:.3f}",
-                              _crop(images[idx], crop), refs[idx], preds[idx]))
+                picks.append(
+                    (
+                        f"{label}: {nerve.name} IoU {row['iou']:.3f}",
+                        _crop(images[idx], crop),
+                        refs[idx],
+                        preds[idx],
+                    )
+                )
             files.append(str(overlays_png(out / "overlays.png", picks, protocol)))
     return files
 
@@ -263,14 +333,27 @@ def score_cv(ws: Workspace, run_id: int, **kwargs) -> dict:
         run = s.get(Run, run_id)
         if run is None or run.cv_group is None:
             raise DatatoolError(f"run {run_id} is not part of a cross-validation")
-        runs = list(s.scalars(select(Run).where(Run.cv_group == run.cv_group)
-                              .order_by(Run.fold)))
+        runs = list(s.scalars(select(Run).where(Run.cv_group == run.cv_group).order_by(Run.fold)))
         split_name = s.get(Split, run.split_id).name
     folds = [score_run(ws, r.id, subset="val", **kwargs) for r in runs]
     names = [st["structure"] for st in folds[0]["structures"]]
-    per = {n: [next(st for st in f["structures"] if st["structure"] == n)["iou"]["mean"]
-               for f in folds] for n in names}
-    medians = {n: float(np.median([v for v in vals if v is not None])) if any(
-        v is not None for v in vals) else None for n, vals in per.items()}
-    return {"cv_group": run.cv_group, "split": split_name, "runs": [r.id for r in runs],
-            "per_fold_mean_iou": per, "median_over_folds_mean_iou": medians, "folds": folds}
+    per = {
+        n: [
+            next(st for st in f["structures"] if st["structure"] == n)["iou"]["mean"] for f in folds
+        ]
+        for n in names
+    }
+    medians = {
+        n: float(np.median([v for v in vals if v is not None]))
+        if any(v is not None for v in vals)
+        else None
+        for n, vals in per.items()
+    }
+    return {
+        "cv_group": run.cv_group,
+        "split": split_name,
+        "runs": [r.id for r in runs],
+        "per_fold_mean_iou": per,
+        "median_over_folds_mean_iou": medians,
+        "folds": folds,
+    }

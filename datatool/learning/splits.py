@@ -22,15 +22,24 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select
 
-from datatool.labels.annotations import latest_annotations_query
 from datatool.core.atomic import write_bytes_atomic, write_text_atomic
-from datatool.core.catalogue import Annotation, Image, Patient, Rater, Series, Split, SplitMember, Study, \
-    audit
+from datatool.core.catalogue import (
+    Annotation,
+    Image,
+    Patient,
+    Rater,
+    Series,
+    Split,
+    SplitMember,
+    Study,
+    audit,
+)
 from datatool.core.errors import DatatoolError, UsageError
-from datatool.labels.matching import image_name
 from datatool.core.protocol import load_protocol
 from datatool.core.store import encode_png
 from datatool.core.workspace import Workspace
+from datatool.labels.annotations import latest_annotations_query, mask_hashes
+from datatool.labels.matching import image_name
 
 SUBSETS = ("train", "val", "test")
 STRATA = ("sex", "side")
@@ -55,13 +64,19 @@ def deal(units: list[tuple[str, int]], weights: list[float], seed: int) -> dict[
     total = sum(n for _, n in units)
     targets = [w * total for w in weights]
     filled = [0] * len(weights)
-    order = sorted(units, key=lambda u: (-u[1], hashlib.sha256(f"{seed}:{u[0]}".encode())
-                                         .hexdigest()))
+    order = sorted(
+        units, key=lambda u: (-u[1], hashlib.sha256(f"{seed}:{u[0]}".encode()).hexdigest())
+    )
     out = {}
     for name, n in order:
         # the bin whose filling would leave it least over (most under) its target, relative
-        best = max(range(len(weights)), key=lambda k: (
-            (targets[k] - filled[k]) / targets[k] if targets[k] > 0 else float("-inf"), -k))
+        best = max(
+            range(len(weights)),
+            key=lambda k: (
+                (targets[k] - filled[k]) / targets[k] if targets[k] > 0 else float("-inf"),
+                -k,
+            ),
+        )
         out[name] = best
         filled[best] += n
     return out
@@ -69,28 +84,42 @@ def deal(units: list[tuple[str, int]], weights: list[float], seed: int) -> dict[
 
 def default_reference(session) -> Rater | None:
     """The consensus rater with the newest annotation, if any."""
-    return session.scalar(select(Rater).join(Annotation, Annotation.rater_id == Rater.id)
-                          .where(Rater.kind == "consensus")
-                          .order_by(Annotation.created_at.desc(), Annotation.id.desc()).limit(1))
+    return session.scalar(
+        select(Rater)
+        .join(Annotation, Annotation.rater_id == Rater.id)
+        .where(Rater.kind == "consensus")
+        .order_by(Annotation.created_at.desc(), Annotation.id.desc())
+        .limit(1)
+    )
 
 
 def _population(session):
     """(image id, patient id, pseudonym, sex, side, image store hash) of every image."""
     return session.execute(
-        select(Image.id, Patient.id, Patient.pseudonym, Patient.sex, Series.side,
-               Image.store_hash)
-        .join(Series, Image.series_id == Series.id).join(Study, Series.study_id == Study.id)
-        .join(Patient, Study.patient_id == Patient.id).order_by(Image.id)).all()
+        select(Image.id, Patient.id, Patient.pseudonym, Patient.sex, Series.side, Image.store_hash)
+        .join(Series, Image.series_id == Series.id)
+        .join(Study, Series.study_id == Study.id)
+        .join(Patient, Study.patient_id == Patient.id)
+        .order_by(Image.id)
+    ).all()
 
 
 def content_hash(params: dict, members: list[tuple]) -> str:
-    body = json.dumps({"params": params, "members": sorted(members)}, sort_keys=True,
-                      separators=(",", ":"))
+    body = json.dumps(
+        {"params": params, "members": sorted(members)}, sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def create_split(ws: Workspace, name: str, ratios: str = "6:2:2", folds: int = 5,
-                 seed: int = 0, stratify: str | None = None, reference: str | None = None) -> dict:
+def create_split(
+    ws: Workspace,
+    name: str,
+    ratios: str = "6:2:2",
+    folds: int = 5,
+    seed: int = 0,
+    stratify: str | None = None,
+    reference: str | None = None,
+) -> dict:
     if not NAME_RE.match(name):
         raise UsageError(f"split name {name!r}: letters, digits, '.', '_' or '-' (max 64)")
     weights = parse_ratios(ratios)
@@ -104,24 +133,31 @@ def create_split(ws: Workspace, name: str, ratios: str = "6:2:2", folds: int = 5
             raise DatatoolError(
                 f"split {name!r} exists (frozen since {old.created_at:%Y-%m-%d %H:%M}, hash "
                 f"{old.content_hash[:12]}); splits never change: create a new one, e.g. "
-                f"'datatool split create {name}-v2'")
+                f"'datatool split create {name}-v2'"
+            )
         ref = None
         if reference:
             ref = s.scalar(select(Rater).where(Rater.name == reference))
             if ref is None:
-                raise DatatoolError(f"no rater {reference!r} (reference labels come from "
-                                    "'datatool consensus' or a rater name)")
+                raise DatatoolError(
+                    f"no rater {reference!r} (reference labels come from "
+                    "'datatool consensus' or a rater name)"
+                )
         else:
             ref = default_reference(s)
         population = _population(s)
         if not population:
             raise DatatoolError("the catalogue has no images: run 'datatool ingest' first")
-        labels = {a.image_id: a for a in s.scalars(latest_annotations_query([ref.id]))} \
-            if ref is not None else {}
+        labels = (
+            {a.image_id: a for a in s.scalars(latest_annotations_query([ref.id]))}
+            if ref is not None
+            else {}
+        )
         patients: dict[str, dict] = {}
-        for image_id, patient_id, pseudonym, sex, side, _ in population:
-            p = patients.setdefault(pseudonym, {"id": patient_id, "sex": sex or "?",
-                                                "sides": set(), "images": 0})
+        for _image_id, patient_id, pseudonym, sex, side, _ in population:
+            p = patients.setdefault(
+                pseudonym, {"id": patient_id, "sex": sex or "?", "sides": set(), "images": 0}
+            )
             p["images"] += 1
             p["sides"].add(side or "?")
         strata: dict[str, list[tuple[str, int]]] = defaultdict(list)
@@ -136,20 +172,47 @@ def create_split(ws: Workspace, name: str, ratios: str = "6:2:2", folds: int = 5
             for key in sorted(strata):
                 rest = [u for u in strata[key] if subset_of[u[0]] != 2]
                 fold_of.update(deal(rest, [1.0 / folds] * folds, seed))
-        params = {"ratios": ratios, "folds": folds, "seed": seed, "stratify": stratify,
-                  "reference": ref.name if ref else None}
-        split = Split(name=name, content_hash="", seed=seed, ratios=ratios, folds=folds,
-                      stratify=stratify, reference=ref.name if ref else None)
+        params = {
+            "ratios": ratios,
+            "folds": folds,
+            "seed": seed,
+            "stratify": stratify,
+            "reference": ref.name if ref else None,
+        }
+        split = Split(
+            name=name,
+            content_hash="",
+            seed=seed,
+            ratios=ratios,
+            folds=folds,
+            stratify=stratify,
+            reference=ref.name if ref else None,
+        )
         s.add(split)
         hashed = []
         for image_id, patient_id, pseudonym, _, _, store_hash in population:
             subset = SUBSETS[subset_of[pseudonym]]
             fold = fold_of.get(pseudonym)
             ann = labels.get(image_id)
-            s.add(SplitMember(split=split, image_id=image_id, patient_id=patient_id,
-                              subset=subset, fold=fold, annotation_id=ann.id if ann else None))
-            hashed.append((store_hash, pseudonym, subset, -1 if fold is None else fold,
-                           ann.mask_hash if ann else ""))
+            s.add(
+                SplitMember(
+                    split=split,
+                    image_id=image_id,
+                    patient_id=patient_id,
+                    subset=subset,
+                    fold=fold,
+                    annotation_id=ann.id if ann else None,
+                )
+            )
+            hashed.append(
+                (
+                    store_hash,
+                    pseudonym,
+                    subset,
+                    -1 if fold is None else fold,
+                    ann.mask_hash if ann else "",
+                )
+            )
         split.content_hash = content_hash(params, hashed)
         audit(s, "split create", "split", name=name, hash=split.content_hash, **params)
     return show_split(ws, name)
@@ -161,15 +224,23 @@ def _members(session, split: Split):
         .join(Image, SplitMember.image_id == Image.id)
         .join(Series, Image.series_id == Series.id)
         .join(Patient, SplitMember.patient_id == Patient.id)
-        .where(SplitMember.split_id == split.id).order_by(SplitMember.image_id)).all()
+        .where(SplitMember.split_id == split.id)
+        .order_by(SplitMember.image_id)
+    ).all()
 
 
 def _get(session, name: str) -> Split:
     split = session.scalar(select(Split).where(Split.name == name))
     if split is None:
         names = list(session.scalars(select(Split.name).order_by(Split.name)))
-        raise DatatoolError(f"no split {name!r}" + (f"; splits: {', '.join(names)}" if names
-                                                    else "; create one with 'datatool split create'"))
+        raise DatatoolError(
+            f"no split {name!r}"
+            + (
+                f"; splits: {', '.join(names)}"
+                if names
+                else "; create one with 'datatool split create'"
+            )
+        )
     return split
 
 
@@ -177,24 +248,44 @@ def show_split(ws: Workspace, name: str) -> dict:
     with ws.session() as s:
         split = _get(s, name)
         rows = _members(s, split)
-        info = {"name": split.name, "hash": split.content_hash, "seed": split.seed,
-                "ratios": split.ratios, "folds": split.folds, "stratify": split.stratify,
-                "reference": split.reference,
-                "created": split.created_at.isoformat(timespec="seconds")}
+        info = {
+            "name": split.name,
+            "hash": split.content_hash,
+            "seed": split.seed,
+            "ratios": split.ratios,
+            "folds": split.folds,
+            "stratify": split.stratify,
+            "reference": split.reference,
+            "created": split.created_at.isoformat(timespec="seconds"),
+        }
+
     def summary(selected):
         patients = {pseudonym: sex for m, pseudonym, sex, _, _ in selected}
         sexes = Counter(patients.values())
         sides = Counter(side or "?" for _, _, _, side, _ in selected)
-        return {"patients": len(patients), "images": len(selected),
-                "female": sexes.get("F", 0), "male": sexes.get("M", 0),
-                "left_images": sides.get("L", 0), "right_images": sides.get("R", 0),
-                "with_reference": sum(1 for m, *_ in selected if m.annotation_id)}
+        return {
+            "patients": len(patients),
+            "images": len(selected),
+            "female": sexes.get("F", 0),
+            "male": sexes.get("M", 0),
+            "left_images": sides.get("L", 0),
+            "right_images": sides.get("R", 0),
+            "with_reference": sum(1 for m, *_ in selected if m.annotation_id),
+        }
+
     total = len(rows)
-    info["subsets"] = {sub: {**summary([r for r in rows if r[0].subset == sub]),
-                             "share": (sum(1 for r in rows if r[0].subset == sub) / total)
-                             if total else 0.0} for sub in SUBSETS}
-    info["fold_sizes"] = {str(k): summary([r for r in rows if r[0].fold == k])
-                          for k in range(split.folds)} if split.folds else {}
+    info["subsets"] = {
+        sub: {
+            **summary([r for r in rows if r[0].subset == sub]),
+            "share": (sum(1 for r in rows if r[0].subset == sub) / total) if total else 0.0,
+        }
+        for sub in SUBSETS
+    }
+    info["fold_sizes"] = (
+        {str(k): summary([r for r in rows if r[0].fold == k]) for k in range(split.folds)}
+        if split.folds
+        else {}
+    )
     info["total"] = summary(rows)
     return info
 
@@ -206,13 +297,22 @@ def check_split(ws: Workspace, name: str) -> dict:
     with ws.session() as s:
         split = _get(s, name)
         rows = _members(s, split)
-        mask_of = dict(s.execute(select(Annotation.id, Annotation.mask_hash).where(
-            Annotation.id.in_([m.annotation_id for m, *_ in rows if m.annotation_id]))).all())
-        params = {"ratios": split.ratios, "folds": split.folds, "seed": split.seed,
-                  "stratify": split.stratify, "reference": split.reference}
+        mask_of = mask_hashes(s, [m.annotation_id for m, *_ in rows if m.annotation_id])
+        params = {
+            "ratios": split.ratios,
+            "folds": split.folds,
+            "seed": split.seed,
+            "stratify": split.stratify,
+            "reference": split.reference,
+        }
         stored_hash = split.content_hash
-        extra = s.scalar(select(func.count(Image.id)).where(Image.id.not_in(
-            select(SplitMember.image_id).where(SplitMember.split_id == split.id))))
+        extra = s.scalar(
+            select(func.count(Image.id)).where(
+                Image.id.not_in(
+                    select(SplitMember.image_id).where(SplitMember.split_id == split.id)
+                )
+            )
+        )
     subsets, folds = defaultdict(set), defaultdict(set)
     for m, pseudonym, *_ in rows:
         subsets[pseudonym].add(m.subset)
@@ -228,18 +328,36 @@ def check_split(ws: Workspace, name: str) -> dict:
             problems.append(f"patient {pseudonym} is in folds {sorted(fs)}")
     missing = [image_name(m.image_id) for m, *_ in rows if m.annotation_id is None]
     if missing:
-        problems.append(f"{len(missing)} image(s) have no reference label"
-                        f"{' from ' + params['reference'] if params['reference'] else ''}: "
-                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
-                        "(run 'datatool consensus', then create a new split)")
-    hashed = [(store_hash, pseudonym, m.subset, -1 if m.fold is None else m.fold,
-               mask_of.get(m.annotation_id, "")) for m, pseudonym, _, _, store_hash in rows]
+        problems.append(
+            f"{len(missing)} image(s) have no reference label"
+            f"{' from ' + params['reference'] if params['reference'] else ''}: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+            "(run 'datatool consensus', then create a new split)"
+        )
+    hashed = [
+        (
+            store_hash,
+            pseudonym,
+            m.subset,
+            -1 if m.fold is None else m.fold,
+            mask_of.get(m.annotation_id, ""),
+        )
+        for m, pseudonym, _, _, store_hash in rows
+    ]
     if content_hash(params, hashed) != stored_hash:
         problems.append("the content hash no longer matches: the split was altered")
-    notes = [f"{extra} image(s) in the catalogue are not in this split (added after it)"] \
-        if extra else []
-    return {"name": name, "ok": not problems, "problems": problems, "notes": notes,
-            "images": len(rows)}
+    notes = (
+        [f"{extra} image(s) in the catalogue are not in this split (added after it)"]
+        if extra
+        else []
+    )
+    return {
+        "name": name,
+        "ok": not problems,
+        "problems": problems,
+        "notes": notes,
+        "images": len(rows),
+    }
 
 
 def export_split(ws: Workspace, name: str, fmt: str, out_dir: Path) -> dict:
@@ -251,13 +369,14 @@ def export_split(ws: Workspace, name: str, fmt: str, out_dir: Path) -> dict:
     with ws.session() as s:
         split = _get(s, name)
         rows = _members(s, split)
-        masks = dict(s.execute(select(Annotation.id, Annotation.mask_hash).where(
-            Annotation.id.in_([m.annotation_id for m, *_ in rows if m.annotation_id]))).all())
+        masks = mask_hashes(s, [m.annotation_id for m, *_ in rows if m.annotation_id])
         folds = split.folds
     unlabelled = [m for m, *_ in rows if m.annotation_id is None]
     if unlabelled:
-        raise DatatoolError(f"split {name!r}: {len(unlabelled)} image(s) have no reference "
-                            "label; 'datatool split check' lists them")
+        raise DatatoolError(
+            f"split {name!r}: {len(unlabelled)} image(s) have no reference "
+            "label; 'datatool split check' lists them"
+        )
     if "the content hash no longer matches" in " ".join(check["problems"]):
         raise DatatoolError(f"split {name!r} was altered; refusing to export it")
     out = Path(out_dir)
@@ -265,17 +384,19 @@ def export_split(ws: Workspace, name: str, fmt: str, out_dir: Path) -> dict:
     consecutive = {s.value: i + 1 for i, s in enumerate(protocol.structures)}
     lut = np.array([consecutive.get(v, 0) for v in range(256)], np.uint8)
     cases = []
-    for m, pseudonym, sex, side, store_hash in rows:
+    for m, pseudonym, _sex, side, store_hash in rows:
         case = f"{pseudonym}_{image_name(m.image_id)}"
         cases.append((case, m, pseudonym, side))
         image = store.get_array(store_hash)
         mask = store.get_array(masks[m.annotation_id])
         if fmt == "nnunet":
             test = m.subset == "test"
-            write_bytes_atomic(out / ("imagesTs" if test else "imagesTr") / f"{case}_0000.png",
-                               encode_png(image))
-            write_bytes_atomic(out / ("labelsTs" if test else "labelsTr") / f"{case}.png",
-                               encode_png(lut[mask]))
+            write_bytes_atomic(
+                out / ("imagesTs" if test else "imagesTr") / f"{case}_0000.png", encode_png(image)
+            )
+            write_bytes_atomic(
+                out / ("labelsTs" if test else "labelsTr") / f"{case}.png", encode_png(lut[mask])
+            )
         else:
             write_bytes_atomic(out / "images" / f"{case}.png", encode_png(image))
             write_bytes_atomic(out / "labels" / f"{case}.png", encode_png(mask))
@@ -283,36 +404,60 @@ def export_split(ws: Workspace, name: str, fmt: str, out_dir: Path) -> dict:
         training = [c for c, m, _, _ in cases if m.subset != "test"]
         dataset = {
             "channel_names": {"0": "US"},
-            "labels": {"background": 0, **{s.name: consecutive[s.value]
-                                           for s in protocol.structures}},
-            "numTraining": len(training), "file_ending": ".png",
-            "name": name, "description": f"datatool split {name} (hash {split.content_hash}); "
-            "label values renumbered 1..N in protocol order: " + ", ".join(
-                f"{s.name} {s.value}->{consecutive[s.value]}" for s in protocol.structures),
+            "labels": {
+                "background": 0,
+                **{s.name: consecutive[s.value] for s in protocol.structures},
+            },
+            "numTraining": len(training),
+            "file_ending": ".png",
+            "name": name,
+            "description": f"datatool split {name} (hash {split.content_hash}); "
+            "label values renumbered 1..N in protocol order: "
+            + ", ".join(f"{s.name} {s.value}->{consecutive[s.value]}" for s in protocol.structures),
         }
         if folds:
-            fold_list = [{"train": sorted(c for c, m, _, _ in cases
-                                          if m.subset != "test" and m.fold != k),
-                          "val": sorted(c for c, m, _, _ in cases
-                                        if m.subset != "test" and m.fold == k)}
-                         for k in range(folds)]
+            fold_list = [
+                {
+                    "train": sorted(
+                        c for c, m, _, _ in cases if m.subset != "test" and m.fold != k
+                    ),
+                    "val": sorted(c for c, m, _, _ in cases if m.subset != "test" and m.fold == k),
+                }
+                for k in range(folds)
+            ]
         else:
-            fold_list = [{"train": sorted(c for c, m, _, _ in cases if m.subset == "train"),
-                          "val": sorted(c for c, m, _, _ in cases if m.subset == "val")}]
+            fold_list = [
+                {
+                    "train": sorted(c for c, m, _, _ in cases if m.subset == "train"),
+                    "val": sorted(c for c, m, _, _ in cases if m.subset == "val"),
+                }
+            ]
         write_text_atomic(out / "dataset.json", json.dumps(dataset, indent=2))
         write_text_atomic(out / "splits_final.json", json.dumps(fold_list, indent=2))
     else:
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["case", "image_id", "patient", "side", "subset", "fold", "image",
-                         "label"])
+        writer.writerow(["case", "image_id", "patient", "side", "subset", "fold", "image", "label"])
         for case, m, pseudonym, side in cases:
-            writer.writerow([case, image_name(m.image_id), pseudonym, side or "", m.subset,
-                             "" if m.fold is None else m.fold, f"images/{case}.png",
-                             f"labels/{case}.png"])
+            writer.writerow(
+                [
+                    case,
+                    image_name(m.image_id),
+                    pseudonym,
+                    side or "",
+                    m.subset,
+                    "" if m.fold is None else m.fold,
+                    f"images/{case}.png",
+                    f"labels/{case}.png",
+                ]
+            )
         write_text_atomic(out / "manifest.csv", buf.getvalue())
     with ws.session() as s:
         audit(s, "split export", "export", name=name, format=fmt, images=len(cases))
-    return {"name": name, "format": fmt, "out_dir": str(out), "images": len(cases),
-            "test": sum(1 for _, m, _, _ in cases if m.subset == "test")}
-
+    return {
+        "name": name,
+        "format": fmt,
+        "out_dir": str(out),
+        "images": len(cases),
+        "test": sum(1 for _, m, _, _ in cases if m.subset == "test"),
+    }

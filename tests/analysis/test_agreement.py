@@ -11,12 +11,11 @@ import pytest
 from sqlalchemy import select
 
 from datatool.analysis.agreement import run_agreement
-from datatool.labels.annotations import add_rater, get_rater, store_annotation
-from datatool.core.catalogue import Annotation, Image
 from datatool.analysis.consensus import fuse, make_consensus
+from datatool.core.catalogue import Annotation, Image
 from datatool.core.errors import DatatoolError
 from datatool.core.protocol import load_protocol
-
+from datatool.labels.annotations import add_rater, get_rater, store_annotation
 from tests.labels_util import ingest_demo_with_labels
 
 
@@ -91,14 +90,29 @@ def test_agreement_needs_two_raters_and_labelled_structures(ws, demo_dir):
         rater = get_rater(s, "copy")
         for ann in s.scalars(select(Annotation)).all():
             mask = ws.store.get_array(ann.mask_hash)
-            store_annotation(s, ws.store, s.get(Image, ann.image_id), rater,
-                             np.where(mask == 1, 1, 0).astype(np.uint8), "itksnap", "x", protocol)
+            store_annotation(
+                s,
+                ws.store,
+                s.get(Image, ann.image_id),
+                rater,
+                np.where(mask == 1, 1, 0).astype(np.uint8),
+                "itksnap",
+                "x",
+                protocol,
+            )
     with ws.session() as s:  # and nobody labels the artery
         for ann in s.scalars(select(Annotation).where(Annotation.rater_id != rater.id)).all():
             mask = ws.store.get_array(ann.mask_hash)
-            store_annotation(s, ws.store, s.get(Image, ann.image_id), ann.rater,
-                             np.where(mask == 6, 0, mask).astype(np.uint8), "itksnap", "y",
-                             protocol)
+            store_annotation(
+                s,
+                ws.store,
+                s.get(Image, ann.image_id),
+                ann.rater,
+                np.where(mask == 6, 0, mask).astype(np.uint8),
+                "itksnap",
+                "y",
+                protocol,
+            )
     report = run_agreement(ws, raters=["rater1", "copy"], plots=False)
     assert any("femoral artery" in n for n in report["notes"])
     with pytest.raises(DatatoolError, match="neither rater labelled it"):
@@ -123,20 +137,51 @@ def test_consensus_is_versioned_and_idempotent(labelled):
     copied = make_consensus(ws, "rater:rater1")
     assert copied["images"] == 12 and copied["reference_rater"] == "consensus:rater:rater1"
     with ws.session() as s:
-        ref = {a.image_id: a.mask_hash for a in s.scalars(select(Annotation).where(
-            Annotation.rater.has(name="consensus:rater:rater1")))}
-        own = {a.image_id: a.mask_hash for a in s.scalars(select(Annotation).where(
-            Annotation.rater.has(name="rater1")))}
+        ref = {
+            a.image_id: a.mask_hash
+            for a in s.scalars(
+                select(Annotation).where(Annotation.rater.has(name="consensus:rater:rater1"))
+            )
+        }
+        own = {
+            a.image_id: a.mask_hash
+            for a in s.scalars(select(Annotation).where(Annotation.rater.has(name="rater1")))
+        }
     assert ref == own
 
 
 def test_cli_agreement_json(labelled, cli_env):
-    res = subprocess.run([sys.executable, "-m", "datatool", "agreement", "--sample", "5",
-                          "--json", "--workspace", str(labelled.root)],
-                         capture_output=True, text=True, env=cli_env)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "datatool",
+            "agreement",
+            "--sample",
+            "5",
+            "--json",
+            "--workspace",
+            str(labelled.root),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["sample"]["images"] == 5
-    table = subprocess.run([sys.executable, "-m", "datatool", "agreement", "--sample", "5",
-                            "--workspace", str(labelled.root)], capture_output=True, text=True,
-                           env=cli_env)
+    table = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "datatool",
+            "agreement",
+            "--sample",
+            "5",
+            "--workspace",
+            str(labelled.root),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+    )
     assert "ICC(2,1)" in table.stdout and "saved, reused" in table.stdout

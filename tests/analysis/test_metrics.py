@@ -9,13 +9,16 @@ import pytest
 from datatool.analysis import metrics
 
 # Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges
-SF = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9],
-               [6, 2, 4, 7]], float)
+SF = np.array(
+    [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], float
+)
 
 
 def long_format(matrix: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame([(t, f"j{j}", v) for t, row in enumerate(matrix)
-                         for j, v in enumerate(row)], columns=["target", "rater", "rating"])
+    return pd.DataFrame(
+        [(t, f"j{j}", v) for t, row in enumerate(matrix) for j, v in enumerate(row)],
+        columns=["target", "rater", "rating"],
+    )
 
 
 def icc21_by_hand(x: np.ndarray) -> float:

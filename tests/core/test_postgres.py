@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import func, select
 
 from datatool.core.catalogue import Image, SourceFile
-from datatool.ingest.pipeline import ingest
 from datatool.core.workspace import init_workspace, open_workspace
+from datatool.ingest.pipeline import ingest
 
 
 def _pg_bin() -> Path | None:
@@ -52,24 +52,65 @@ def postgres_url():
     data, sock, port = base / "data", base / "sock", _free_port()
     sock.mkdir()
     os.chmod(sock, 0o777)
-    subprocess.run([*run_as, str(bin_dir / "initdb"), "-D", str(data), "-U", "datatool",
-                    "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
-    subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l",
-                    str(base / "log"), "-o", f"-k {sock} -p {port} -c listen_addresses=''",
-                    "start"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *run_as,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "datatool",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *run_as,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(base / "log"),
+            "-o",
+            f"-k {sock} -p {port} -c listen_addresses=''",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run([*run_as, str(bin_dir / "createdb"), "-h", str(sock), "-p", str(port),
-                        "-U", "datatool", "catalogue"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *run_as,
+                str(bin_dir / "createdb"),
+                "-h",
+                str(sock),
+                "-p",
+                str(port),
+                "-U",
+                "datatool",
+                "catalogue",
+            ],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql+psycopg://datatool@/catalogue?host={sock}&port={port}"
     finally:
-        subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
 def test_catalogue_on_postgresql(postgres_url, monkeypatch, tmp_path, us_file):
     monkeypatch.setenv("DATATOOL_DB_URL", postgres_url)
-    root, _ = init_workspace(tmp_path / "w")
+    root = init_workspace(tmp_path / "w").root
     ws = open_workspace(root)
     assert ws.engine.dialect.name == "postgresql"
     assert not (root / ".datatool" / "catalogue.sqlite").exists()

@@ -16,18 +16,19 @@ from datatool.core.workspace import find_workspace, init_workspace, open_workspa
 
 
 def test_init_makes_catalogue_store_and_private_key(tmp_path):
-    root, created = init_workspace(tmp_path / "w")
+    made = init_workspace(tmp_path / "w")
+    root, created = made.root, made.created
     assert created
     meta = root / ".datatool"
     assert (meta / "catalogue.sqlite").is_file() and (meta / "store").is_dir()
     assert stat.S_IMODE((meta / "secret.key").stat().st_mode) == 0o600
     key = (meta / "secret.key").read_text()
-    again_root, created_again = init_workspace(tmp_path / "w")
+    created_again = init_workspace(tmp_path / "w").created
     assert not created_again and (meta / "secret.key").read_text() == key
 
 
 def test_found_from_a_subfolder_and_by_environment(tmp_path, monkeypatch):
-    root, _ = init_workspace(tmp_path / "w")
+    root = init_workspace(tmp_path / "w").root
     sub = root / "a" / "b"
     sub.mkdir(parents=True)
     assert find_workspace(start=sub) == root
@@ -47,7 +48,7 @@ def test_migrations_match_the_models_and_sqlite_is_wal_with_foreign_keys(ws):
 
 
 def test_opening_an_unmigrated_catalogue_upgrades_it_with_a_message(tmp_path, capsys):
-    root, _ = init_workspace(tmp_path / "w")
+    root = init_workspace(tmp_path / "w").root
     capsys.readouterr()
     (root / ".datatool" / "catalogue.sqlite").unlink()
     open_workspace(root).close()
@@ -57,7 +58,7 @@ def test_opening_an_unmigrated_catalogue_upgrades_it_with_a_message(tmp_path, ca
 def test_key_kept_apart_and_unsafe_key_refused(tmp_path, monkeypatch):
     key_file = tmp_path / "vault" / "datatool.key"
     monkeypatch.setenv("DATATOOL_KEY_FILE", str(key_file))
-    root, _ = init_workspace(tmp_path / "w")
+    root = init_workspace(tmp_path / "w").root
     assert key_file.is_file() and not (root / ".datatool" / "secret.key").exists()
     os.chmod(key_file, 0o644)
     with pytest.raises(DatatoolError, match="chmod 600"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 from datetime import date
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydicom.uid import (
 )
 from scipy import ndimage
 
+from datatool.core.protocol import load_protocol
 from datatool.demo.generator import (
     BANNER_ROWS,
     COLUMNS,
@@ -31,7 +33,6 @@ from datatool.demo.generator import (
     parse_images_per_side,
     write_demo_dataset,
 )
-from datatool.core.protocol import load_protocol
 
 PATIENTS, PER_SIDE, SEED = 2, (2, 2), 0
 N_IMAGES = PATIENTS * 2 * PER_SIDE[0]
@@ -41,8 +42,13 @@ N_IMAGES = PATIENTS * 2 * PER_SIDE[0]
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     calls = []
-    summary = write_demo_dataset(out, patients=PATIENTS, seed=SEED, images_per_side=PER_SIDE,
-                                 progress=lambda done, total: calls.append((done, total)))
+    summary = write_demo_dataset(
+        out,
+        patients=PATIENTS,
+        seed=SEED,
+        images_per_side=PER_SIDE,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     return out, summary, calls
 
 
@@ -54,8 +60,9 @@ def images(demo):
     for f in sorted((out / "dicom").rglob("*.dcm")):
         rel = f.relative_to(out / "dicom").with_suffix("")
         ds = pydicom.dcmread(f)
-        maps = [sitk.ReadImage(str(out / "labels" / r / f"{rel}.nii.gz"))
-                for r in ("rater1", "rater2")]
+        maps = [
+            sitk.ReadImage(str(out / "labels" / r / f"{rel}.nii.gz")) for r in ("rater1", "rater2")
+        ]
         rows.append((rel, ds, ds.pixel_array, maps[0], maps[1]))
     return rows
 
@@ -65,8 +72,9 @@ def _grey(arr: np.ndarray) -> np.ndarray:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -90,12 +98,12 @@ def test_bad_arguments(tmp_path):
 
 def test_layout_and_summary(demo):
     out, summary, calls = demo
-    assert summary["patients"] == PATIENTS
-    assert summary["images"] == N_IMAGES
-    assert Path(summary["dicom_dir"]) == out / "dicom"
-    assert Path(summary["labels_dir"]) == out / "labels"
-    assert Path(summary["clinical_csv"]) == out / "clinical.csv"
-    assert sum(summary["encodings"].values()) == N_IMAGES
+    assert summary.patients == PATIENTS
+    assert summary.images == N_IMAGES
+    assert Path(summary.dicom_dir) == out / "dicom"
+    assert Path(summary.labels_dir) == out / "labels"
+    assert Path(summary.clinical_csv) == out / "clinical.csv"
+    assert sum(summary.encodings.values()) == N_IMAGES
     assert calls == [(i, N_IMAGES) for i in range(1, N_IMAGES + 1)]
 
     dicoms = sorted((out / "dicom").rglob("*.dcm"))
@@ -106,14 +114,17 @@ def test_layout_and_summary(demo):
         names = sorted(p.name for p in (out / "dicom" / mrn).iterdir())
         assert names == ["L_01.dcm", "L_02.dcm", "R_01.dcm", "R_02.dcm"]
     for rater in ("rater1", "rater2"):
-        maps = sorted(str(p.relative_to(out / "labels" / rater)) for p in
-                      (out / "labels" / rater).rglob("*.nii.gz"))
+        maps = sorted(
+            str(p.relative_to(out / "labels" / rater))
+            for p in (out / "labels" / rater).rglob("*.nii.gz")
+        )
         assert maps == sorted(str(p.relative_to(out / "dicom"))[:-4] + ".nii.gz" for p in dicoms)
-    assert (out / "labels" / "itksnap_labels.txt").read_text() == \
-        load_protocol().itksnap_label_description()
+    assert (
+        out / "labels" / "itksnap_labels.txt"
+    ).read_text() == load_protocol().itksnap_label_description()
     assert "FAKE" in (out / "README.txt").read_text()
     # Atomic writes leave no temporary files behind.
-    assert not [p for p in out.rglob(".*")]
+    assert not list(out.rglob(".*"))
 
     with open(out / "clinical.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -183,7 +194,7 @@ def test_encodings(demo, images):
     assert len(seen) >= 4
     assert {ExplicitVRLittleEndian, RLELossless, JPEGBaseline8Bit, JPEG2000Lossless} <= set(seen)
     assert seen[ExplicitVRLittleEndian] == {"MONOCHROME2", "RGB"}
-    assert set(summary["encodings"]) == {uid.name for uid in seen}
+    assert set(summary.encodings) == {uid.name for uid in seen}
 
 
 def test_region_and_banner(images):
@@ -205,8 +216,8 @@ def test_region_and_banner(images):
         grey = _grey(arr).astype(np.int32)
         assert np.count_nonzero(grey[:BANNER_ROWS]) > 0.5 * BANNER_ROWS * COLUMNS  # banner
         assert (grey[:BANNER_ROWS] > 150).sum() > 300  # its text
-        assert (grey[y0:y1 + 1, :x0] > 150).sum() > 100  # vendor text left of the fan
-        inside = grey[y0:y1 + 1, x0:x1 + 1]
+        assert (grey[y0 : y1 + 1, :x0] > 150).sum() > 100  # vendor text left of the fan
+        inside = grey[y0 : y1 + 1, x0 : x1 + 1]
         assert (inside > 0).mean() > 0.6  # the fan fills most of its box
         # Corners of the region box lie outside the convex fan: black.
         assert grey[y1, x0] == 0 and grey[y1, x1] == 0
@@ -224,8 +235,11 @@ def test_fake_phi(images):
         block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
         elem = block[0x10]
         assert elem.VR == "LO" and name in elem.value and ds.PatientID in elem.value
-        birth = date(int(ds.PatientBirthDate[:4]), int(ds.PatientBirthDate[4:6]),
-                     int(ds.PatientBirthDate[6:]))
+        birth = date(
+            int(ds.PatientBirthDate[:4]),
+            int(ds.PatientBirthDate[4:6]),
+            int(ds.PatientBirthDate[6:]),
+        )
         study = date(int(ds.StudyDate[:4]), int(ds.StudyDate[4:6]), int(ds.StudyDate[6:]))
         age = study.year - birth.year - ((study.month, study.day) < (birth.month, birth.day))
         assert re.fullmatch(r"\d{3}Y", ds.PatientAge) and int(ds.PatientAge[:3]) == age
@@ -282,9 +296,14 @@ def test_deterministic_and_overwrites(demo, tmp_path):
     out, summary, _ = demo
     reference = _files(out)
     again = tmp_path / "again"
-    assert write_demo_dataset(again, patients=PATIENTS, seed=SEED, images_per_side=PER_SIDE) \
-        == {**summary, "dicom_dir": str(again / "dicom"), "labels_dir": str(again / "labels"),
-            "clinical_csv": str(again / "clinical.csv")}
+    assert write_demo_dataset(
+        again, patients=PATIENTS, seed=SEED, images_per_side=PER_SIDE
+    ) == dataclasses.replace(
+        summary,
+        dicom_dir=again / "dicom",
+        labels_dir=again / "labels",
+        clinical_csv=again / "clinical.csv",
+    )
     assert _files(again) == reference  # DICOM, label maps, CSV: byte-identical
     # Writing into an existing folder overwrites the demo files in place.
     write_demo_dataset(again, patients=PATIENTS, seed=SEED, images_per_side=PER_SIDE)

@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select
 
 from datatool.core.catalogue import Patient
-from datatool.ingest.clinical import cohort, ingest_clinical
 from datatool.core.errors import DatatoolError
+from datatool.ingest.clinical import cohort, ingest_clinical
 from datatool.ingest.pipeline import ingest
 
 
@@ -17,12 +17,14 @@ def test_clinical_csv_is_keyed_by_pseudonym_and_feeds_the_cohort(ws, us_file, tm
     pid = str(pydicom.dcmread(path, stop_before_pixels=True).PatientID)
     ingest(ws, [path], workers=1)
     csv = tmp_path / "clinical.csv"
-    csv.write_text("patient_id,sex,age,bmi,asa\n"
-                   f"{pid},F,47,22.5,II\n"
-                   "OTHER1,M,30,24.0,1\n"
-                   "BAD1,X,30,24.0,1\n"
-                   "BAD2,F,thirty,24,1\n"
-                   ",F,30,24,1\n")
+    csv.write_text(
+        "patient_id,sex,age,bmi,asa\n"
+        f"{pid},F,47,22.5,II\n"
+        "OTHER1,M,30,24.0,1\n"
+        "BAD1,X,30,24.0,1\n"
+        "BAD2,F,thirty,24,1\n"
+        ",F,30,24,1\n"
+    )
     report = ingest_clinical(ws, csv)
     assert (report.updated, report.created) == (1, 1)
     assert [w for w, _ in report.rejected] == ["clinical.csv:4", "clinical.csv:5", "clinical.csv:6"]
@@ -33,9 +35,9 @@ def test_clinical_csv_is_keyed_by_pseudonym_and_feeds_the_cohort(ws, us_file, tm
     again = ingest_clinical(ws, csv)
     assert again.unchanged == 2 and again.updated == 0 and again.created == 0
     data = cohort(ws)
-    assert data["patients"] == 1 and data["female"] == 1 and data["asa"] == {"2": 1}
-    assert data["age"]["mean"] == 47 and data["bmi"]["min"] == 22.5
-    assert cohort(ws, imaged_only=False)["patients"] == 2
+    assert data.patients == 1 and data.female == 1 and data.asa == {"2": 1}
+    assert data.age.mean == 47 and data.bmi.min == 22.5
+    assert cohort(ws, imaged_only=False).patients == 2
 
 
 def test_clinical_csv_without_an_id_column(ws, tmp_path):

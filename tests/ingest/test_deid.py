@@ -11,15 +11,15 @@ import pydicom
 
 from datatool.ingest import deid
 
-
 KEY = b"k" * 32
 
 
 def test_pseudonym_is_stable_across_processes_and_depends_on_the_key():
     here = deid.pseudonym_for(KEY, "MRN123456")
-    code = ("from datatool.ingest import deid; print(deid.pseudonym_for(b'k' * 32, ' MRN123456 '))")
-    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True).stdout.strip()
+    code = "from datatool.ingest import deid; print(deid.pseudonym_for(b'k' * 32, ' MRN123456 '))"
+    there = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert here == there and here.startswith("P-") and "123456" not in here
     assert deid.pseudonym_for(b"x" * 32, "MRN123456") != here
     assert deid.pseudonym_for(KEY, "MRN123457") != here
@@ -64,9 +64,19 @@ def _phi_strings(dicom_dir) -> set[str]:
     values: set[str] = set()
     for path in Path(dicom_dir).rglob("*.dcm"):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
-                        "InstitutionName", "ReferringPhysicianName", "OperatorsName",
-                        "StationName", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        for keyword in (
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "AccessionNumber",
+            "InstitutionName",
+            "ReferringPhysicianName",
+            "OperatorsName",
+            "StationName",
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
+            "SOPInstanceUID",
+        ):
             value = str(ds.get(keyword, "") or "")
             if value:
                 values.add(value)
@@ -81,24 +91,32 @@ def _phi_strings(dicom_dir) -> set[str]:
 def test_no_identity_reaches_the_workspace_or_the_output(demo_dir, tmp_path, cli_env):
     from pathlib import Path
 
-    from datatool.demo.generator import BANNER_ROWS, PHI_TOKEN
     from datatool.core.workspace import init_workspace, open_workspace
+    from datatool.demo.generator import BANNER_ROWS, PHI_TOKEN
 
-    root, _ = init_workspace(tmp_path / "w")
+    root = init_workspace(tmp_path / "w").root
     clinical = demo_dir / "clinical.csv"
     outputs = []
-    for args in (["ingest", str(demo_dir / "dicom"), "--json"],
-                 ["ingest-clinical", str(clinical)], ["status", "--json"], ["images", "--json"],
-                 ["cohort", "--json"]):
-        res = subprocess.run([sys.executable, "-m", "datatool", *args, "--workspace", str(root)],
-                             capture_output=True, env=cli_env)
+    for args in (
+        ["ingest", str(demo_dir / "dicom"), "--json"],
+        ["ingest-clinical", str(clinical)],
+        ["status", "--json"],
+        ["images", "--json"],
+        ["cohort", "--json"],
+    ):
+        res = subprocess.run(
+            [sys.executable, "-m", "datatool", *args, "--workspace", str(root)],
+            capture_output=True,
+            env=cli_env,
+        )
         assert res.returncode == 0, res.stderr
         outputs.append(res.stdout + res.stderr)
     phi = _phi_strings(demo_dir / "dicom")
     phi.add(PHI_TOKEN)
     assert len(phi) > 20
-    blobs = [p.read_bytes() for p in Path(root).rglob("*") if p.is_file()
-             and p.name != "secret.key"]
+    blobs = [
+        p.read_bytes() for p in Path(root).rglob("*") if p.is_file() and p.name != "secret.key"
+    ]
     blobs += outputs
     for value in phi:
         needle = value.encode()

@@ -22,7 +22,6 @@ from sqlalchemy import func, select
 
 from datatool.core.catalogue import Image, Patient, SourceFile
 from datatool.ingest.pipeline import ingest
-
 from tests.badfiles import make_bad_files
 from tests.conftest import PYDICOM_DATA_US
 
@@ -86,12 +85,15 @@ def test_jpeg2000_lossless_matches_uncompressed_and_independent_decode(ws, us_fi
 
 
 def test_palette_16bit_and_jpeg_lossless(ws, us_file):
-    report = ingest(ws, [us_file("gdcm-US-ALOKA-16.dcm"),
-                         us_file("JPGLosslessP14SV1_1s_1f_8b.dcm")], workers=0)
+    report = ingest(
+        ws, [us_file("gdcm-US-ALOKA-16.dcm"), us_file("JPGLosslessP14SV1_1s_1f_8b.dcm")], workers=0
+    )
     assert report.ingested == 2 and report.ok
     for img in images_of(ws):
         assert img.mm_per_px_x is not None and img.pixel_handling in (
-            "blanked_outside_regions", "not_burned_in")
+            "blanked_outside_regions",
+            "not_burned_in",
+        )
 
 
 def test_calibration_and_blanking_outside_regions(ws, us_file):
@@ -99,16 +101,20 @@ def test_calibration_and_blanking_outside_regions(ws, us_file):
     ingest(ws, [path], workers=0)
     ds = pydicom.dcmread(path)
     (img,) = images_of(ws)
-    region = max(ds.SequenceOfUltrasoundRegions,
-                 key=lambda r: (r.RegionLocationMaxX1 - r.RegionLocationMinX0)
-                 * (r.RegionLocationMaxY1 - r.RegionLocationMinY0))
+    region = max(
+        ds.SequenceOfUltrasoundRegions,
+        key=lambda r: (
+            (r.RegionLocationMaxX1 - r.RegionLocationMinX0)
+            * (r.RegionLocationMaxY1 - r.RegionLocationMinY0)
+        ),
+    )
     assert img.mm_per_px_x == pytest.approx(float(region.PhysicalDeltaX) * 10)
     assert img.pixel_handling == "blanked_outside_regions"
     pixels = ws.store.get_array(img.store_hash)
     keep = np.zeros(pixels.shape, bool)
     for r in img.regions:
         assert 0 <= r["x0"] <= r["x1"] < img.cols and 0 <= r["y0"] <= r["y1"] < img.rows
-        keep[r["y0"]: r["y1"] + 1, r["x0"]: r["x1"] + 1] = True
+        keep[r["y0"] : r["y1"] + 1, r["x0"] : r["x1"] + 1] = True
     assert not pixels[~keep].any()
     original = reference_gray(path)
     assert original[~keep].any(), "the test needs text outside the regions to blank"
@@ -126,8 +132,9 @@ def test_no_region_means_no_mm_and_quarantine_until_allowed(ws, us_file):
     assert img.mm_per_px_x is None and img.pixel_handling == "kept_burned_in_allowed"
 
 
-@pytest.mark.parametrize("mode,expected", [("auto", [60]), ("first", [0]), ("middle", [60]),
-                                           ("all", list(range(120)))])
+@pytest.mark.parametrize(
+    "mode,expected", [("auto", [60]), ("first", [0]), ("middle", [60]), ("all", list(range(120)))]
+)
 def test_long_cine_frames(ws, us_file, mode, expected):
     ingest(ws, [us_file("color3d_jpeg_baseline.dcm")], workers=0, frames=mode)
     assert [i.frame_index for i in images_of(ws)] == expected
@@ -140,8 +147,12 @@ def test_short_cine_gives_all_frames_by_default(ws, us_file):
 
 def test_bad_input_is_rejected_one_line_each_and_the_batch_goes_on(ws, us_file, tmp_path):
     folder = tmp_path / "batch"
-    bad = make_bad_files(us_file("OBXXXX1A.dcm", "src"), us_file("color3d_jpeg_baseline.dcm", "src"),
-                         us_file("US1_J2KR.dcm", "src"), folder)
+    bad = make_bad_files(
+        us_file("OBXXXX1A.dcm", "src"),
+        us_file("color3d_jpeg_baseline.dcm", "src"),
+        us_file("US1_J2KR.dcm", "src"),
+        folder,
+    )
     good = shutil.copy(us_file("OBXXXX1A_rle.dcm", "src2"), folder / "good.dcm")
     report = ingest(ws, [folder], workers=2)
     assert report.ingested == 1, report.rejected
@@ -204,10 +215,26 @@ def test_concurrent_ingests_into_one_workspace(ws, pydicom_data, tmp_path, cli_e
     for name in ("OBXXXX1A.dcm", "gdcm-US-ALOKA-16.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm"):
         shutil.copy(pydicom_data / name, folder / name)
     shutil.copy(pydicom.examples.get_path("ybr_color"), folder / "ybr.dcm")  # 30-frame cine
-    procs = [subprocess.Popen([sys.executable, "-m", "datatool", "ingest", str(folder), "-j", "1",
-                               "--json", "--workspace", str(ws.root)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "datatool",
+                "ingest",
+                str(folder),
+                "-j",
+                "1",
+                "--json",
+                "--workspace",
+                str(ws.root),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=cli_env,
+        )
+        for _ in range(3)
+    ]
     results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sum(r["ingested"] for r in results) == 4
@@ -219,8 +246,9 @@ def test_concurrent_ingests_into_one_workspace(ws, pydicom_data, tmp_path, cli_e
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
-def test_interrupted_ingest_leaves_a_consistent_catalogue_and_resumes(ws, pydicom_data, tmp_path,
-                                                                      cli_env, sig):
+def test_interrupted_ingest_leaves_a_consistent_catalogue_and_resumes(
+    ws, pydicom_data, tmp_path, cli_env, sig
+):
     folder = tmp_path / "big"
     folder.mkdir()
     src = pydicom_data / "OBXXXX1A.dcm"
@@ -229,10 +257,25 @@ def test_interrupted_ingest_leaves_a_consistent_catalogue_and_resumes(ws, pydico
         ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[str(i)])
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.save_as(folder / f"f{i:03d}.dcm")
-    proc = subprocess.Popen([sys.executable, "-m", "datatool", "ingest", str(folder), "-j", "1",
-                             "--batch", "3", "--workspace", str(ws.root)], env=cli_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "datatool",
+            "ingest",
+            str(folder),
+            "-j",
+            "1",
+            "--batch",
+            "3",
+            "--workspace",
+            str(ws.root),
+        ],
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     db = ws.root / ".datatool" / "catalogue.sqlite"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -278,8 +321,8 @@ def test_dicomdir_and_hidden_files_are_skipped(ws, us_file):
 def test_cli_exit_codes_and_json(us_file, tmp_path, cli_env):
     root = tmp_path / "w"
     run = lambda *a, cwd=tmp_path: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "datatool", *a], capture_output=True, text=True, env=cli_env,
-        cwd=cwd)
+        [sys.executable, "-m", "datatool", *a], capture_output=True, text=True, env=cli_env, cwd=cwd
+    )
     assert run("init", str(root)).returncode == 0
     good = us_file("OBXXXX1A.dcm")
     res = run("ingest", str(good), "--json", cwd=root)
@@ -288,7 +331,7 @@ def test_cli_exit_codes_and_json(us_file, tmp_path, cli_env):
     (good.parent / "junk.dcm").write_bytes(b"junk" * 100)
     res = run("ingest", str(good.parent), cwd=root)
     assert res.returncode == 1
-    lines = [l for l in res.stderr.splitlines() if "junk.dcm" in l]
+    lines = [line for line in res.stderr.splitlines() if "junk.dcm" in line]
     assert len(lines) == 1 and "not a DICOM file" in lines[0]
     assert run("ingest", str(good), "--frames", "sideways", cwd=root).returncode == 2
     assert run("ingest", str(tmp_path / "missing"), cwd=root).returncode == 2

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from datatool.labels.annotations import add_rater, get_rater, label_coverage, store_annotation
 from datatool.core.catalogue import Annotation, Image
 from datatool.core.errors import DatatoolError, UsageError
-from datatool.ingest.pipeline import ingest
-from datatool.labels.masks import BadLabel, structure_stats, validate_mask
 from datatool.core.protocol import load_protocol
+from datatool.ingest.pipeline import ingest
+from datatool.labels.annotations import add_rater, get_rater, label_coverage, store_annotation
+from datatool.labels.masks import BadLabel, structure_stats, validate_mask
 
 P = load_protocol()
 
@@ -38,8 +38,12 @@ def test_structure_stats_area_components_bbox():
     mask[15, 25] = 3
     stats = {r["structure"]: r for r in structure_stats(mask, P, 0.2, 0.25)}
     assert stats["femur"]["area_px"] == 12 and stats["femur"]["area_mm2"] == pytest.approx(0.6)
-    assert (stats["femur"]["x0"], stats["femur"]["y0"], stats["femur"]["x1"],
-            stats["femur"]["y1"]) == (3, 2, 6, 4)
+    assert (
+        stats["femur"]["x0"],
+        stats["femur"]["y0"],
+        stats["femur"]["x1"],
+        stats["femur"]["y1"],
+    ) == (3, 2, 6, 4)
     assert stats["sciatic nerve"]["components"] == 2 and stats["sciatic nerve"]["area_px"] == 5
     assert stats["femoral artery"]["area_px"] == 0 and stats["femoral artery"]["x0"] is None
     assert structure_stats(mask, P, None, None)[0]["area_mm2"] is None

@@ -9,11 +9,10 @@ import sys
 import pytest
 from sqlalchemy import select
 
-from datatool.core.catalogue import SplitMember
 from datatool.analysis.consensus import make_consensus
+from datatool.core.catalogue import SplitMember
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.learning.splits import check_split, create_split, deal, export_split, show_split
-
 from tests.labels_util import ingest_demo_with_labels
 
 
@@ -26,8 +25,12 @@ def ready(ws, demo_dir):
 
 def members(ws, name):
     with ws.session() as s:
-        return sorted((m.image_id, m.patient_id, m.subset, m.fold) for m in s.scalars(
-            select(SplitMember).join(SplitMember.split).where(SplitMember.split.has(name=name))))
+        return sorted(
+            (m.image_id, m.patient_id, m.subset, m.fold)
+            for m in s.scalars(
+                select(SplitMember).join(SplitMember.split).where(SplitMember.split.has(name=name))
+            )
+        )
 
 
 def test_deal_is_close_to_the_ratios_in_images():
@@ -62,12 +65,15 @@ def test_split_same_on_another_machine(ready, cli_env):
     """Another process (a machine with other hash seeds) computes the same split hash."""
     ws = ready
     info = create_split(ws, "here", seed=9)
-    code = ("from datatool.core.workspace import open_workspace; from datatool.learning.splits import "
-            f"create_split; print(create_split(open_workspace({str(ws.root)!r}), 'there', "
-            "seed=9)['hash'])")
+    code = (
+        "from datatool.core.workspace import open_workspace; from datatool.learning.splits import "
+        f"create_split; print(create_split(open_workspace({str(ws.root)!r}), 'there', "
+        "seed=9)['hash'])"
+    )
     env = dict(cli_env, PYTHONHASHSEED="123")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
     assert out.splitlines()[-1] == info["hash"]
 
 
@@ -124,7 +130,8 @@ def test_export_nnunet_and_csv(ready, tmp_path):
         assert set(fold["train"]) | set(fold["val"]) == train_cases
         assert not set(fold["train"]) & set(fold["val"])
         assert not {c.split("_img")[0] for c in fold["train"]} & {
-            c.split("_img")[0] for c in fold["val"]}  # patients never on both sides
+            c.split("_img")[0] for c in fold["val"]
+        }  # patients never on both sides
     import numpy as np
     from PIL import Image as PILImage
 

@@ -13,25 +13,31 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from datatool.core.catalogue import Annotation, Run  # noqa: E402
 from datatool.analysis.consensus import make_consensus  # noqa: E402
+from datatool.core.catalogue import Annotation, Run  # noqa: E402
 from datatool.core.protocol import load_protocol  # noqa: E402
 from datatool.learning.scoring import per_image_metrics, score_cv, score_run  # noqa: E402
 from datatool.learning.splits import create_split  # noqa: E402
-from datatool.learning.training import TrainConfig, class_lut, load_arrays, split_items, to_input, \
-    train, train_cv  # noqa: E402
+from datatool.learning.training import (  # noqa: E402
+    TrainConfig,
+    class_lut,
+    load_arrays,
+    split_items,
+    to_input,
+    train,
+    train_cv,
+)
 from datatool.model import PRESETS, build_model  # noqa: E402
-
 from tests.labels_util import ingest_demo_with_labels  # noqa: E402
 
-FAST = dict(preset="tiny", batch=4, device="cpu")
+FAST = {"preset": "tiny", "batch": 4, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
 def ready(tmp_path_factory, demo_dir):
     from datatool.core.workspace import init_workspace, open_workspace
 
-    root, _ = init_workspace(tmp_path_factory.mktemp("train") / "ws")
+    root = init_workspace(tmp_path_factory.mktemp("train") / "ws").root
     ws = open_workspace(root)
     ingest_demo_with_labels(ws, demo_dir)
     make_consensus(ws, "staple")
@@ -46,8 +52,7 @@ def test_tiny_preset_overfits_four_images(ready):
     preset = PRESETS["tiny"]
     _, items = split_items(ready, "s", "train", None)
     images, masks = load_arrays(ready, items, preset.resize, class_lut(protocol))
-    x, y = to_input(torch.as_tensor(images[:4]), preset.crop,
-                    masks_u8=torch.as_tensor(masks[:4]))
+    x, y = to_input(torch.as_tensor(images[:4]), preset.crop, masks_u8=torch.as_tensor(masks[:4]))
     torch.manual_seed(0)
     net = build_model(len(protocol.structures) + 1, "tiny")
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -98,7 +103,8 @@ def test_checkpoint_and_resume_give_the_uninterrupted_run(ready):
     assert resumed["run"] == cut_id and resumed["status"] == "done"
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
     assert [h["train_loss"] for h in resumed["history"]] == pytest.approx(
-        [h["train_loss"] for h in whole["history"]], rel=1e-5)
+        [h["train_loss"] for h in whole["history"]], rel=1e-5
+    )
 
 
 def test_score_reports_like_the_study_and_stores_predictions(ready, tmp_path):
@@ -111,11 +117,16 @@ def test_score_reports_like_the_study_and_stores_predictions(ready, tmp_path):
             assert set(st[m]) >= {"mean", "sd", "median", "p25", "p75"}
     assert result["images"] == 4 and result["inference_ms"]["n"] == 4
     assert result["stored_predictions"] == 4
-    assert {p.name for p in tmp_path.iterdir()} >= {"loss.png", "iou_per_structure.png",
-                                                    "overlays.png", "score.json"}
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "loss.png",
+        "iou_per_structure.png",
+        "overlays.png",
+        "score.json",
+    }
     with ready.session() as s:
-        stored = s.scalars(select(Annotation).where(
-            Annotation.rater.has(name=f"model:{run['run']}"))).all()
+        stored = s.scalars(
+            select(Annotation).where(Annotation.rater.has(name=f"model:{run['run']}"))
+        ).all()
         assert len(stored) == 4 and all(a.source == f"model:{run['run']}" for a in stored)
         image = stored[0].image
         assert ready.store.get_array(stored[0].mask_hash).shape == (image.rows, image.cols)
@@ -130,8 +141,9 @@ def test_anova_without_variance_is_no_test():
 
     flat = pd.DataFrame({"structure": ["a"] * 3 + ["b"] * 3, "iou": [0.0] * 6})
     assert _anova(flat) is None
-    varied = pd.DataFrame({"structure": ["a"] * 3 + ["b"] * 3,
-                           "iou": [0.1, 0.2, 0.3, 0.6, 0.7, 0.9]})
+    varied = pd.DataFrame(
+        {"structure": ["a"] * 3 + ["b"] * 3, "iou": [0.1, 0.2, 0.3, 0.6, 0.7, 0.9]}
+    )
     result = _anova(varied)
     assert result["df_between"] == 1 and result["p"] < 0.05
     assert result["pairwise_bonferroni"][0]["p_bonf"] == result["pairwise_bonferroni"][0]["p_unc"]
@@ -148,19 +160,47 @@ def test_cross_validation_runs_and_scores_every_fold(ready):
 def test_cli_train_runs_score(ready, cli_env):
     base = [sys.executable, "-m", "datatool"]
     ws = ["--workspace", str(ready.root)]
-    res = subprocess.run(base + ["train", "--split", "s", "--preset", "tiny", "--epochs", "1",
-                                 "--batch", "4", "--device", "cpu", "--json"] + ws,
-                         capture_output=True, text=True, env=cli_env)
+    res = subprocess.run(
+        [
+            *base,
+            "train",
+            "--split",
+            "s",
+            "--preset",
+            "tiny",
+            "--epochs",
+            "1",
+            "--batch",
+            "4",
+            "--device",
+            "cpu",
+            "--json",
+            *ws,
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+    )
     assert res.returncode == 0, res.stderr
     run = json.loads(res.stdout)["run"]
-    res = subprocess.run(base + ["score", str(run), "--no-store"] + ws, capture_output=True,
-                         text=True, env=dict(cli_env, COLUMNS="220"))
+    res = subprocess.run(
+        [*base, "score", str(run), "--no-store", *ws],
+        capture_output=True,
+        text=True,
+        env=dict(cli_env, COLUMNS="220"),
+    )
     assert res.returncode == 0, res.stderr
     assert "IoU mean ± SD" in res.stdout and "ANOVA" in res.stdout and "218" in res.stdout
-    assert "runs" in subprocess.run(base + ["runs"] + ws, capture_output=True, text=True,
-                                    env=cli_env).stdout
-    bad = subprocess.run(base + ["train", "--split", "nope", "--preset", "tiny"] + ws,
-                         capture_output=True, text=True, env=cli_env)
+    assert (
+        "runs"
+        in subprocess.run([*base, "runs", *ws], capture_output=True, text=True, env=cli_env).stdout
+    )
+    bad = subprocess.run(
+        [*base, "train", "--split", "nope", "--preset", "tiny", *ws],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+    )
     assert bad.returncode == 1 and "no split 'nope'" in bad.stderr
 
 
@@ -168,15 +208,40 @@ def test_distributed_data_parallel_under_torchrun(ready, cli_env, tmp_path):
     """Two CPU processes (gloo) train one run together; rank 0 alone records it."""
     import shutil
 
-    torchrun = shutil.which("torchrun") or str(__import__("pathlib").Path(sys.executable).parent
-                                               / "torchrun")
+    torchrun = shutil.which("torchrun") or str(
+        __import__("pathlib").Path(sys.executable).parent / "torchrun"
+    )
     with ready.session() as s:
         before = s.query(Run).count()
-    res = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m",
-                          "datatool", "train", "--split", "s", "--preset", "tiny", "--epochs",
-                          "2", "--batch", "2", "--device", "cpu", "--json", "--workspace",
-                          str(ready.root)], capture_output=True, text=True, env=cli_env,
-                         timeout=300)
+    res = subprocess.run(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "datatool",
+            "train",
+            "--split",
+            "s",
+            "--preset",
+            "tiny",
+            "--epochs",
+            "2",
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            "--workspace",
+            str(ready.root),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     run = json.loads(res.stdout)
     assert run["device"].endswith("x2") and run["epochs_done"] == 2 and run["status"] == "done"

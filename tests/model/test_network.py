@@ -24,19 +24,21 @@ def direct_triplet_attention(x, ta, training: bool):
             z = (z - mean) / torch.sqrt(var + g.bn.eps)
         else:
             z = (z - g.bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(
-                g.bn.running_var.view(1, -1, 1, 1) + g.bn.eps)
+                g.bn.running_var.view(1, -1, 1, 1) + g.bn.eps
+            )
         z = z * g.bn.weight.view(1, -1, 1, 1) + g.bn.bias.view(1, -1, 1, 1)
         return torch.sigmoid(z)[:, 0]  # B x P x Q
 
-    b, c, h, w = x.shape
+    b, c, _h, _w = x.shape
     s_cw = gate(x.amax(dim=2), x.mean(dim=2), ta.cw)  # pool over H: B x C x W
     s_hc = gate(x.amax(dim=3).transpose(1, 2), x.mean(dim=3).transpose(1, 2), ta.hc)  # B x H x C
     s_hw = gate(x.amax(dim=1), x.mean(dim=1), ta.hw)  # pool over C: B x H x W
     out = torch.empty_like(x)
     for bi in range(b):
         for ci in range(c):
-            out[bi, ci] = x[bi, ci] * (s_cw[bi, ci][None, :] + s_hc[bi, :, ci][:, None]
-                                       + s_hw[bi]) / 3
+            out[bi, ci] = (
+                x[bi, ci] * (s_cw[bi, ci][None, :] + s_hc[bi, :, ci][:, None] + s_hw[bi]) / 3
+            )
     return out
 
 
@@ -51,8 +53,9 @@ def test_triplet_attention_equals_the_direct_implementation(training):
         g.bn.bias.data.fill_(-0.2)
     ta.train(training)
     x = torch.randn(2, 5, 6, 7)
-    torch.testing.assert_close(ta(x), direct_triplet_attention(x, ta, training), atol=1e-5,
-                               rtol=1e-5)
+    torch.testing.assert_close(
+        ta(x), direct_triplet_attention(x, ta, training), atol=1e-5, rtol=1e-5
+    )
     assert sum(p.numel() for p in ta.parameters()) == 300
 
 
@@ -62,8 +65,14 @@ def test_resnet50_with_triplet_attention_has_the_published_size_and_names():
     modules = [m for m in net.modules() if isinstance(m, TripletAttention)]
     assert len(modules) == 16
     names = set(net.state_dict())
-    for key in ("conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight",
-                "layer3.5.conv2.weight", "layer4.2.bn3.bias", "fc.weight"):
+    for key in (
+        "conv1.weight",
+        "bn1.running_mean",
+        "layer1.0.downsample.0.weight",
+        "layer3.5.conv2.weight",
+        "layer4.2.bn3.bias",
+        "fc.weight",
+    ):
         assert key in names
     without_ta = {k for k in names if ".ta." not in k}
     plain = resnet50(num_classes=1000, attention=False)

@@ -24,8 +24,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from datatool.core.atomic import atomic_path, write_text_atomic
-from datatool.labels.masks import BadLabel
 from datatool.core.protocol import Protocol
+from datatool.labels.masks import BadLabel
 
 #: Label map file endings, longest first (``x.seg.nrrd`` is a ``.seg.nrrd``, not a ``.nrrd``).
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
@@ -66,6 +66,7 @@ def spacing_mm(mm_per_px_x: float | None, mm_per_px_y: float | None) -> tuple[fl
 
 # --------------------------------------------------------------------------- writing
 
+
 def _write_2d(path: Path, array: np.ndarray, spacing: tuple[float, float]) -> None:
     array = np.asarray(array)
     if array.ndim != 2 or array.dtype != np.uint8:
@@ -88,8 +89,9 @@ def write_segmentation(path: Path, mask: np.ndarray, spacing: tuple[float, float
     _write_2d(path, mask, spacing)
 
 
-def workspace_xml(image_file: str, segmentation_file: str, size: tuple[int, int],
-                  protocol: Protocol) -> str:
+def workspace_xml(
+    image_file: str, segmentation_file: str, size: tuple[int, int], protocol: Protocol
+) -> str:
     """An ITK-SNAP workspace (``.itksnap``): the main image layer, the segmentation layer and
     the protocol's label table, with the layers' paths relative to the workspace's folder.
 
@@ -101,13 +103,13 @@ def workspace_xml(image_file: str, segmentation_file: str, size: tuple[int, int]
     lines: list[str] = []
 
     def entry(depth: int, key: str, value) -> None:
-        lines.append(f'{"  " * depth}<entry key={quoteattr(key)} value={quoteattr(str(value))} />')
+        lines.append(f"{'  ' * depth}<entry key={quoteattr(key)} value={quoteattr(str(value))} />")
 
     def folder(depth: int, key: str) -> None:
-        lines.append(f'{"  " * depth}<folder key={quoteattr(key)} >')
+        lines.append(f"{'  ' * depth}<folder key={quoteattr(key)} >")
 
     def end(depth: int) -> None:
-        lines.append(f'{"  " * depth}</folder>')
+        lines.append(f"{'  ' * depth}</folder>")
 
     lines += [
         '<?xml version="1.0" encoding="UTF-8" ?>',
@@ -181,16 +183,18 @@ def workspace_xml(image_file: str, segmentation_file: str, size: tuple[int, int]
     return "\n".join(lines) + "\n"
 
 
-def write_workspace(path: Path, image_path: Path, segmentation_path: Path,
-                    size: tuple[int, int], protocol: Protocol) -> None:
+def write_workspace(
+    path: Path, image_path: Path, segmentation_path: Path, size: tuple[int, int], protocol: Protocol
+) -> None:
     """Write an ITK-SNAP workspace for an image and its segmentation, which must lie in the
     workspace file's folder (the paths inside are relative to it)."""
     path = Path(path)
     for layer in (image_path, segmentation_path):
         if Path(layer).parent.resolve() != path.parent.resolve():
             raise ValueError(f"{layer} is not in the workspace's folder {path.parent}")
-    write_text_atomic(path, workspace_xml(Path(image_path).name, Path(segmentation_path).name,
-                                          size, protocol))
+    write_text_atomic(
+        path, workspace_xml(Path(image_path).name, Path(segmentation_path).name, size, protocol)
+    )
 
 
 def workspace_layers(path: Path) -> dict[str, Path]:
@@ -209,10 +213,16 @@ def workspace_layers(path: Path) -> dict[str, Path]:
 
 # --------------------------------------------------------------------------- reading
 
-_MAGICS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
-           (b"GIF8", "a GIF image"), (b"BM", "a BMP image"), (b"%PDF", "a PDF document"),
-           (b"PK\x03\x04", "a ZIP archive"), (b"II*\x00", "a TIFF image"),
-           (b"MM\x00*", "a TIFF image"))
+_MAGICS = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+)
 
 
 def _what_is(head: bytes) -> str:
@@ -251,9 +261,9 @@ def _nifti_payload(header: bytes) -> int | None:
             offset = max(int(offset), 544)
         else:
             continue
-        if not 1 <= dims[0] <= 7 or bitpix <= 0 or any(d < 0 for d in dims[1:dims[0] + 1]):
+        if not 1 <= dims[0] <= 7 or bitpix <= 0 or any(d < 0 for d in dims[1 : dims[0] + 1]):
             return None
-        return offset + int(np.prod([max(int(d), 1) for d in dims[1:dims[0] + 1]])) * bitpix // 8
+        return offset + int(np.prod([max(int(d), 1) for d in dims[1 : dims[0] + 1]])) * bitpix // 8
     return None
 
 
@@ -280,8 +290,7 @@ def _check_nifti(path: Path, head: bytes) -> None:
         if isize != payload % (1 << 32) and not _gzip_complete(path, payload):
             raise BadLabel("NIfTI file cut short or corrupt (its gzip data is incomplete)")
     elif path.stat().st_size < payload:
-        raise BadLabel(f"NIfTI file cut short: {path.stat().st_size} bytes for {payload} "
-                       "expected")
+        raise BadLabel(f"NIfTI file cut short: {path.stat().st_size} bytes for {payload} expected")
 
 
 def _gzip_complete(path: Path, payload: int) -> bool:
@@ -335,12 +344,15 @@ def read_label_map(path: Path) -> np.ndarray:
     try:
         image = reader.Execute()
     except RuntimeError:
-        raise BadLabel(f"not a readable {kind} file (corrupt, or its data file is missing)") \
-            from None
+        raise BadLabel(
+            f"not a readable {kind} file (corrupt, or its data file is missing)"
+        ) from None
     components = image.GetNumberOfComponentsPerPixel()
     if components != 1:
-        raise BadLabel(f"{kind} file holds {components} values per pixel (a colour or vector "
-                       "image), not a label map")
+        raise BadLabel(
+            f"{kind} file holds {components} values per pixel (a colour or vector "
+            "image), not a label map"
+        )
     size = image.GetSize()
     if len(size) < 2 or any(n != 1 for n in size[2:]):
         shape = " x ".join(str(n) for n in size)

@@ -32,27 +32,46 @@ import os
 import re
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from datatool.ingest import deid
-from datatool.labels.annotations import SyncReport, get_rater, latest_annotations_query, store_annotations
 from datatool.core.atomic import write_text_atomic
 from datatool.core.catalogue import Annotation, Image, Rater, SourceFile, audit
 from datatool.core.errors import DatatoolError, UsageError
-from datatool.labels.itksnap.formats import (LABEL_SUFFIXES, label_suffix, read_label_map, spacing_mm,
-                      strip_label_suffix, write_image, write_segmentation, write_workspace)
-from datatool.labels.masks import BadLabel, validate_mask
-from datatool.labels.matching import NoImage, image_by_id, image_for_dicom, image_id_from_name, image_name
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.store import pixel_digest
 from datatool.core.workspace import Workspace
+from datatool.ingest import deid
+from datatool.labels.annotations import (
+    SyncReport,
+    get_rater,
+    latest_annotations_query,
+    store_annotations,
+)
+from datatool.labels.itksnap.formats import (
+    LABEL_SUFFIXES,
+    label_suffix,
+    read_label_map,
+    spacing_mm,
+    strip_label_suffix,
+    write_image,
+    write_segmentation,
+    write_workspace,
+)
+from datatool.labels.masks import BadLabel, validate_mask
+from datatool.labels.matching import (
+    NoImage,
+    image_by_id,
+    image_for_dicom,
+    image_id_from_name,
+    image_name,
+)
 
 EXPORT_MARKER = "datatool-export.json"
 LABELS_FILE = "itksnap_labels.txt"
@@ -85,6 +104,7 @@ def _marker_owner(folder: Path) -> str | None:
 
 # --------------------------------------------------------------------------- export
 
+
 def _segmentation_action(path: Path, mask: np.ndarray, synced: set[str]) -> str:
     """What to do with an existing segmentation file: ``write`` it (missing, empty, or one of
     the rater's synced versions), leave it as it is (``same``: already these labels) or
@@ -105,9 +125,14 @@ def _segmentation_action(path: Path, mask: np.ndarray, synced: set[str]) -> str:
     return "keep"
 
 
-def export_itksnap(ws: Workspace, rater: str, out_dir: Path, image_ids: list[int] | None = None,
-                   prefill: bool = True,
-                   progress: Callable[[int, int], None] | None = None) -> dict:
+def export_itksnap(
+    ws: Workspace,
+    rater: str,
+    out_dir: Path,
+    image_ids: list[int] | None = None,
+    prefill: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Export images for one rater to label in ITK-SNAP (see the module docstring).
 
     ``image_ids`` picks images (default: all); ``prefill`` puts the rater's own latest labels
@@ -116,8 +141,14 @@ def export_itksnap(ws: Workspace, rater: str, out_dir: Path, image_ids: list[int
     they were, and their paths), out_dir."""
     out_dir = Path(out_dir)
     protocol = load_protocol(ws.protocol_name)
-    columns = (Image.id, Image.store_hash, Image.rows, Image.cols, Image.mm_per_px_x,
-               Image.mm_per_px_y)
+    columns = (
+        Image.id,
+        Image.store_hash,
+        Image.rows,
+        Image.cols,
+        Image.mm_per_px_x,
+        Image.mm_per_px_y,
+    )
     with ws.session() as s:
         rater_row = _rater(s, rater)
         query = select(*columns).order_by(Image.id)
@@ -128,27 +159,36 @@ def export_itksnap(ws: Workspace, rater: str, out_dir: Path, image_ids: list[int
             if missing:
                 names = ", ".join(image_name(i) for i in missing[:5])
                 more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-                raise UsageError(f"no image {names}{more} in this catalogue "
-                                 "(see 'datatool images')")
+                raise UsageError(
+                    f"no image {names}{more} in this catalogue (see 'datatool images')"
+                )
         else:
             rows = s.execute(query).all()
         versions: dict[int, set[str]] = {}
         latest: dict[int, str] = {}
         for image_id, digest in s.execute(
-                select(Annotation.image_id, Annotation.mask_hash)
-                .where(Annotation.rater_id == rater_row.id)
-                .order_by(Annotation.image_id, Annotation.version)):
+            select(Annotation.image_id, Annotation.mask_hash)
+            .where(Annotation.rater_id == rater_row.id)
+            .order_by(Annotation.image_id, Annotation.version)
+        ):
             versions.setdefault(image_id, set()).add(digest)
             latest[image_id] = digest
     owner = _marker_owner(out_dir)
     if owner is not None and owner != rater_row.name:
-        raise UsageError(f"{out_dir} holds rater {owner}'s ITK-SNAP export; export rater "
-                         f"{rater_row.name}'s images into another folder (raters never see "
-                         "each other's labels)")
+        raise UsageError(
+            f"{out_dir} holds rater {owner}'s ITK-SNAP export; export rater "
+            f"{rater_row.name}'s images into another folder (raters never see "
+            "each other's labels)"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / EXPORT_MARKER, json.dumps(
-        {"format": 1, "tool": "itksnap", "rater": rater_row.name, "protocol": protocol.name},
-        indent=2) + "\n")
+    write_text_atomic(
+        out_dir / EXPORT_MARKER,
+        json.dumps(
+            {"format": 1, "tool": "itksnap", "rater": rater_row.name, "protocol": protocol.name},
+            indent=2,
+        )
+        + "\n",
+    )
 
     store = ws.store
     prefilled = 0
@@ -169,20 +209,36 @@ def export_itksnap(ws: Workspace, rater: str, out_dir: Path, image_ids: list[int
             if action == "write":
                 write_segmentation(seg_path, mask, spacing)
             prefilled += digest is not None
-        write_workspace(folder / f"{name}.itksnap", image_path, seg_path, (row.cols, row.rows),
-                        protocol)
+        write_workspace(
+            folder / f"{name}.itksnap", image_path, seg_path, (row.cols, row.rows), protocol
+        )
         if progress:
             progress(done, len(rows))
     write_text_atomic(out_dir / LABELS_FILE, protocol.itksnap_label_description())
     with ws.session() as s:
-        audit(s, "export itksnap", "export", rater=rater_row.name, images=len(rows),
-              prefilled=prefilled, kept=len(kept), prefill=prefill)
-    return {"rater": rater_row.name, "out_dir": str(out_dir), "images": len(rows),
-            "prefilled": prefilled, "kept": len(kept), "kept_files": kept,
-            "labels_file": str(out_dir / LABELS_FILE)}
+        audit(
+            s,
+            "export itksnap",
+            "export",
+            rater=rater_row.name,
+            images=len(rows),
+            prefilled=prefilled,
+            kept=len(kept),
+            prefill=prefill,
+        )
+    return {
+        "rater": rater_row.name,
+        "out_dir": str(out_dir),
+        "images": len(rows),
+        "prefilled": prefilled,
+        "kept": len(kept),
+        "kept_files": kept,
+        "labels_file": str(out_dir / LABELS_FILE),
+    }
 
 
 # --------------------------------------------------------------------------- finding files
+
 
 def _is_export_image(name: str, suffix: str, present: set[str]) -> bool:
     """``img000123.nii.gz`` beside ``img000123_seg.*`` or ``img000123.itksnap``: the image of
@@ -191,8 +247,7 @@ def _is_export_image(name: str, suffix: str, present: set[str]) -> bool:
     if not _IMAGE_STEM.fullmatch(stem):
         return False
     stem = stem.lower()
-    return f"{stem}.itksnap" in present or any(
-        f"{stem}_seg{s}" in present for s in LABEL_SUFFIXES)
+    return f"{stem}.itksnap" in present or any(f"{stem}_seg{s}" in present for s in LABEL_SUFFIXES)
 
 
 def find_label_files(label_dir: Path) -> tuple[list[Path], Counter]:
@@ -238,8 +293,10 @@ def read_manifest(path: Path) -> tuple[dict[Path, _Listed], list[tuple[str, str]
     reader = csv.DictReader(io.StringIO(text))
     fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
     if "label_file" not in fields or "dicom_file" not in fields:
-        raise UsageError(f"{path}: a manifest needs the columns label_file,dicom_file "
-                         f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
+        raise UsageError(
+            f"{path}: a manifest needs the columns label_file,dicom_file "
+            f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})"
+        )
     base = path.parent
     listed: dict[Path, _Listed] = {}
     problems: list[tuple[str, str]] = []
@@ -273,7 +330,8 @@ class _DicomFinder:
             try:
                 with os.scandir(folder) as entries:
                     self._listings[folder] = sorted(
-                        e.name for e in entries if not e.name.startswith(".") and e.is_file())
+                        e.name for e in entries if not e.name.startswith(".") and e.is_file()
+                    )
             except OSError:
                 self._listings[folder] = []
         return self._listings[folder]
@@ -291,13 +349,15 @@ class _DicomFinder:
         if len(others) == 1:
             return folder / others[0]
         if others:
-            raise NoImage(f"several files under {self.root} could be its DICOM file "
-                          f"({', '.join(others[:3])}); name it in a --manifest")
-        raise NoImage(f"no DICOM file {rel.parent / stem}[.dcm] under {self.root} to match "
-                      "it to")
+            raise NoImage(
+                f"several files under {self.root} could be its DICOM file "
+                f"({', '.join(others[:3])}); name it in a --manifest"
+            )
+        raise NoImage(f"no DICOM file {rel.parent / stem}[.dcm] under {self.root} to match it to")
 
 
 # --------------------------------------------------------------------------- sync
+
 
 @dataclass
 class _Match:
@@ -329,10 +389,16 @@ def _owner_for(path: Path, owners: dict[Path, str | None]) -> str | None:
     return None
 
 
-def sync_itksnap(ws: Workspace, label_dir: Path, rater: str, dicom_root: Path | None = None,
-                 manifest: Path | None = None, allow_empty: bool = False,
-                 progress: Callable[[int, int], None] | None = None,
-                 batch_size: int = BATCH_SIZE) -> SyncReport:
+def sync_itksnap(
+    ws: Workspace,
+    label_dir: Path,
+    rater: str,
+    dicom_root: Path | None = None,
+    manifest: Path | None = None,
+    allow_empty: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> SyncReport:
     """Sync one rater's ITK-SNAP label files under ``label_dir`` into versioned annotations
     (see the module docstring). Unchanged labels are a no-op, changed ones a new version;
     every bad file is a line in ``report.rejected`` and the rest go on.
@@ -355,8 +421,10 @@ def sync_itksnap(ws: Workspace, label_dir: Path, rater: str, dicom_root: Path | 
     owners: dict[Path, str | None] = {}
     owner = _owner_for(root / EXPORT_MARKER, owners)
     if owner is not None and owner != rater:
-        raise UsageError(f"{label_dir} is rater {owner}'s ITK-SNAP export ({EXPORT_MARKER}); "
-                         f"sync it with --rater {owner}")
+        raise UsageError(
+            f"{label_dir} is rater {owner}'s ITK-SNAP export ({EXPORT_MARKER}); "
+            f"sync it with --rater {owner}"
+        )
     listed, problems = read_manifest(Path(manifest)) if manifest else ({}, [])
     report.rejected.extend(problems)
     files, ignored = find_label_files(label_dir)
@@ -374,8 +442,13 @@ def sync_itksnap(ws: Workspace, label_dir: Path, rater: str, dicom_root: Path | 
         full = Path(os.path.normpath(os.path.abspath(path)))
         owner = _owner_for(full, owners)
         if owner is not None and owner != rater:
-            report.rejected.append((str(path), f"this is rater {owner}'s ITK-SNAP export "
-                                    f"({EXPORT_MARKER}); sync it with --rater {owner}"))
+            report.rejected.append(
+                (
+                    str(path),
+                    f"this is rater {owner}'s ITK-SNAP export "
+                    f"({EXPORT_MARKER}); sync it with --rater {owner}",
+                )
+            )
             continue
         try:
             targets.append(_target(ws.key, path, full, full.relative_to(root), listed, finder))
@@ -388,9 +461,16 @@ def sync_itksnap(ws: Workspace, label_dir: Path, rater: str, dicom_root: Path | 
             if isinstance(found, NoImage):
                 report.rejected.append((str(t.path), str(found)))
             else:
-                matches.append(_Match(t.path, t.rel.as_posix(), found.id, found.rows,
-                                      found.cols, t.image_id is not None
-                                      and bool(_EXPORTED_NAME.fullmatch(t.full.name))))
+                matches.append(
+                    _Match(
+                        t.path,
+                        t.rel.as_posix(),
+                        found.id,
+                        found.rows,
+                        found.cols,
+                        t.image_id is not None and bool(_EXPORTED_NAME.fullmatch(t.full.name)),
+                    )
+                )
 
     by_image: dict[int, list[_Match]] = {}
     for m in matches:
@@ -400,9 +480,14 @@ def sync_itksnap(ws: Workspace, label_dir: Path, rater: str, dicom_root: Path | 
         twins = by_image[m.image_id]
         if len(twins) > 1:
             others = ", ".join(t.rel for t in twins if t is not m)
-            report.rejected.append((str(m.path), f"{len(twins)} label files for image "
-                                    f"{image_name(m.image_id)} in this folder (also {others}): "
-                                    "keep one"))
+            report.rejected.append(
+                (
+                    str(m.path),
+                    f"{len(twins)} label files for image "
+                    f"{image_name(m.image_id)} in this folder (also {others}): "
+                    "keep one",
+                )
+            )
         else:
             todo.append(m)
 
@@ -412,10 +497,11 @@ def sync_itksnap(ws: Workspace, label_dir: Path, rater: str, dicom_root: Path | 
     not_labelled = 0
     for start in range(0, len(todo), batch_size):
         ready = []
-        for m in todo[start:start + batch_size]:
+        for m in todo[start : start + batch_size]:
             try:
-                mask = validate_mask(read_label_map(m.path), protocol, (m.rows, m.cols),
-                                     allow_empty=True)
+                mask = validate_mask(
+                    read_label_map(m.path), protocol, (m.rows, m.cols), allow_empty=True
+                )
                 if not allow_empty and not mask.any():
                     if m.exported and m.image_id not in had_labels:
                         not_labelled += 1
@@ -432,18 +518,36 @@ def sync_itksnap(ws: Workspace, label_dir: Path, rater: str, dicom_root: Path | 
             progress(done, len(files))
 
     if not_labelled:
-        report.notes.append((str(label_dir), f"{not_labelled} exported segmentations are still "
-                             "empty (not labelled yet): skipped (--allow-empty stores them)"))
+        report.notes.append(
+            (
+                str(label_dir),
+                f"{not_labelled} exported segmentations are still "
+                "empty (not labelled yet): skipped (--allow-empty stores them)",
+            )
+        )
     if ignored:
         kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(ignored.items()))
-        report.notes.append((str(label_dir), f"ignored {sum(ignored.values())} files that are "
-                             f"not label maps ({kinds})"))
+        report.notes.append(
+            (
+                str(label_dir),
+                f"ignored {sum(ignored.values())} files that are not label maps ({kinds})",
+            )
+        )
     with ws.session() as s:
-        audit(s, "sync itksnap", "sync", rater=rater, seen=report.seen,
-              new_versions=report.new_versions, unchanged=report.unchanged,
-              rejected=len(report.rejected), not_labelled=not_labelled,
-              manifest=manifest is not None, dicom_root=dicom_root is not None,
-              allow_empty=allow_empty)
+        audit(
+            s,
+            "sync itksnap",
+            "sync",
+            rater=rater,
+            seen=report.seen,
+            new_versions=report.new_versions,
+            unchanged=report.unchanged,
+            rejected=len(report.rejected),
+            not_labelled=not_labelled,
+            manifest=manifest is not None,
+            dicom_root=dicom_root is not None,
+            allow_empty=allow_empty,
+        )
     return report
 
 
@@ -471,8 +575,14 @@ def _keyed_sop_uid(key: bytes, dicom: Path) -> str | None:
         return None
 
 
-def _target(key: bytes, path: Path, full: Path, rel: Path, listed: dict[Path, _Listed],
-            finder: _DicomFinder | None) -> _Target:
+def _target(
+    key: bytes,
+    path: Path,
+    full: Path,
+    rel: Path,
+    listed: dict[Path, _Listed],
+    finder: _DicomFinder | None,
+) -> _Target:
     """Where a label file points: the manifest's DICOM file, else the image id in its name,
     else the DICOM file its path mirrors under the DICOM root."""
     target = _Target(path, full, rel)
@@ -488,8 +598,10 @@ def _target(key: bytes, path: Path, full: Path, rel: Path, listed: dict[Path, _L
         if target.image_id is not None:
             return target
         if finder is None:
-            raise NoImage("cannot tell which image it labels: its name holds no image id "
-                          "(imgNNNNNN, as exported) and no --dicom-root or --manifest was given")
+            raise NoImage(
+                "cannot tell which image it labels: its name holds no image id "
+                "(imgNNNNNN, as exported) and no --dicom-root or --manifest was given"
+            )
         target.dicom = finder.find(rel)
     if target.dicom.is_file():
         target.uid = _keyed_sop_uid(key, target.dicom)
@@ -498,7 +610,7 @@ def _target(key: bytes, path: Path, full: Path, rel: Path, listed: dict[Path, _L
 
 def _chunks(values: list, size: int = 500):
     for start in range(0, len(values), size):
-        yield values[start:start + size]
+        yield values[start : start + size]
 
 
 def _resolve(session: Session, key: bytes, targets: list[_Target]):
@@ -509,13 +621,18 @@ def _resolve(session: Session, key: bytes, targets: list[_Target]):
     uids = sorted({t.uid for t in targets if t.uid is not None})
     by_id, by_uid = {}, {}
     for chunk in _chunks(ids):
-        by_id.update((row.id, row) for row in session.execute(
-            select(Image.id, Image.rows, Image.cols).where(Image.id.in_(chunk))))
+        by_id.update(
+            (row.id, row)
+            for row in session.execute(
+                select(Image.id, Image.rows, Image.cols).where(Image.id.in_(chunk))
+            )
+        )
     for chunk in _chunks(uids):
         for row in session.execute(
-                select(SourceFile.sop_uid, Image.id, Image.rows, Image.cols)
-                .join(Image, Image.source_file_id == SourceFile.id)
-                .where(SourceFile.status == "ingested", SourceFile.sop_uid.in_(chunk))):
+            select(SourceFile.sop_uid, Image.id, Image.rows, Image.cols)
+            .join(Image, Image.source_file_id == SourceFile.id)
+            .where(SourceFile.status == "ingested", SourceFile.sop_uid.in_(chunk))
+        ):
             by_uid.setdefault(row.sop_uid, []).append(row)
     for t in targets:
         try:
@@ -530,16 +647,28 @@ def _resolve(session: Session, key: bytes, targets: list[_Target]):
         yield t, found
 
 
-def _store_batch(ws: Workspace, rater_id: int, protocol: Protocol,
-                 ready: list[tuple[_Match, np.ndarray]], report: SyncReport) -> None:
+def _store_batch(
+    ws: Workspace,
+    rater_id: int,
+    protocol: Protocol,
+    ready: list[tuple[_Match, np.ndarray]],
+    report: SyncReport,
+) -> None:
     """Store a batch of validated masks in one transaction: a mask equal to the rater's
     latest version is counted unchanged, any other becomes the next version."""
     ids = [m.image_id for m, _ in ready]
     with ws.session() as s:
         rater = s.get(Rater, rater_id)
         images = {im.id: im for im in s.scalars(select(Image).where(Image.id.in_(ids)))}
-        stored = store_annotations(s, ws.store, rater, [
-            (images[m.image_id], mask, "itksnap", _source_ref(ws.key, m.rel))
-            for m, mask in ready], protocol)
+        stored = store_annotations(
+            s,
+            ws.store,
+            rater,
+            [
+                (images[m.image_id], mask, "itksnap", _source_ref(ws.key, m.rel))
+                for m, mask in ready
+            ],
+            protocol,
+        )
     report.new_versions += sum(r.created for r in stored)
     report.unchanged += sum(not r.created for r in stored)

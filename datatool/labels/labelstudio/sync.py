@@ -32,8 +32,8 @@ import datetime as dt
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -42,16 +42,22 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from sqlalchemy import select
 
-from datatool.labels.annotations import SyncReport, get_rater, store_annotation
 from datatool.core.atomic import write_bytes_atomic
 from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask, Rater, audit
 from datatool.core.errors import DatatoolError, UsageError
-from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
-from datatool.labels.masks import BadLabel, validate_mask
-from datatool.labels.matching import NoImage, image_by_id, image_for_dicom, image_for_sop_uid, \
-    image_id_from_name, image_name
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
+from datatool.labels.annotations import SyncReport, get_rater, store_annotation
+from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
+from datatool.labels.masks import BadLabel, validate_mask
+from datatool.labels.matching import (
+    NoImage,
+    image_by_id,
+    image_for_dicom,
+    image_for_sop_uid,
+    image_id_from_name,
+    image_name,
+)
 
 URL_ENV = "LABEL_STUDIO_URL"
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
@@ -66,6 +72,7 @@ UID_RE = re.compile(r"^\d+(\.\d+){2,}$")
 
 
 # --------------------------------------------------------------------------- connection
+
 
 class Connection:
     """An SDK client, and how messages name the server (never by its URL or token)."""
@@ -91,7 +98,8 @@ class Connection:
             raise DatatoolError(
                 f"cannot reach {self.where} ({type(exc).__name__}) while "
                 f"trying to {what}: start the server (for a local one: 'make labelstudio') "
-                f"or fix --url / {URL_ENV}") from None
+                f"or fix --url / {URL_ENV}"
+            ) from None
 
     def _api_error(self, what: str, exc: ApiError) -> DatatoolError:
         status = exc.status_code
@@ -100,9 +108,11 @@ class Connection:
                 f"{_cap(self.where)} refused the token (HTTP {status}) when trying to "
                 f"{what}: pass a valid token with --token or {TOKEN_ENV} (Label Studio: "
                 "Account & Settings > Personal Access Token, or the legacy token where the "
-                "organisation allows legacy tokens)")
-        return DatatoolError(f"{_cap(self.where)} could not {what} (HTTP {status}): "
-                             f"{self.redact(_detail(exc.body))}")
+                "organisation allows legacy tokens)"
+            )
+        return DatatoolError(
+            f"{_cap(self.where)} could not {what} (HTTP {status}): {self.redact(_detail(exc.body))}"
+        )
 
     def request(self, what: str, method: str, path: str, check: bool = True, **kwargs):
         """A request (path relative to the server's root) through the SDK's authenticated
@@ -111,8 +121,9 @@ class Connection:
         try:
             response = http.request(path, method=method, **kwargs)
         except httpx.HTTPError as exc:
-            raise DatatoolError(f"cannot reach {self.where} "
-                                f"({type(exc).__name__}) while trying to {what}") from None
+            raise DatatoolError(
+                f"cannot reach {self.where} ({type(exc).__name__}) while trying to {what}"
+            ) from None
         if check and response.status_code >= 400:
             try:
                 body = response.json()
@@ -131,8 +142,10 @@ def _detail(body) -> str:
         errors = body.get("validation_errors")
         if errors:
             if isinstance(errors, dict):
-                return "; ".join(f"{' '.join(map(str, v)) if isinstance(v, list) else v}"
-                                 for v in errors.values())
+                return "; ".join(
+                    f"{' '.join(map(str, v)) if isinstance(v, list) else v}"
+                    for v in errors.values()
+                )
             return str(errors)
         if body.get("detail"):
             return str(body["detail"])
@@ -148,15 +161,21 @@ def connect(url: str | None = None, token: str | None = None) -> Connection:
     url = (url or os.environ.get(URL_ENV) or "").strip()
     token = (token or os.environ.get(TOKEN_ENV) or "").strip()
     if not url:
-        raise UsageError(f"no Label Studio server given: pass --url or set {URL_ENV} "
-                         "(for example http://127.0.0.1:8080)")
+        raise UsageError(
+            f"no Label Studio server given: pass --url or set {URL_ENV} "
+            "(for example http://127.0.0.1:8080)"
+        )
     if not token:
-        raise UsageError(f"no Label Studio token given: pass --token or set {TOKEN_ENV} "
-                         "(Label Studio: Account & Settings > Personal Access Token)")
+        raise UsageError(
+            f"no Label Studio token given: pass --token or set {TOKEN_ENV} "
+            "(Label Studio: Account & Settings > Personal Access Token)"
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError("the Label Studio URL must start with http:// or https:// and name a "
-                         "host (for example http://127.0.0.1:8080)")
+        raise UsageError(
+            "the Label Studio URL must start with http:// or https:// and name a "
+            "host (for example http://127.0.0.1:8080)"
+        )
     where = f"the Label Studio server of --url / {URL_ENV}"  # the URL itself is never printed
     client = LabelStudio(base_url=url.rstrip("/"), api_key=token, timeout=120)
     conn = Connection(client, where, token)
@@ -165,9 +184,11 @@ def connect(url: str | None = None, token: str | None = None) -> Connection:
     except DatatoolError:
         raise
     except Exception as exc:  # e.g. a malformed personal access token the SDK cannot refresh
-        raise DatatoolError(f"{_cap(where)} did not accept the token "
-                            f"({type(exc).__name__}): pass a valid token with --token or "
-                            f"{TOKEN_ENV}") from None
+        raise DatatoolError(
+            f"{_cap(where)} did not accept the token "
+            f"({type(exc).__name__}): pass a valid token with --token or "
+            f"{TOKEN_ENV}"
+        ) from None
     return conn
 
 
@@ -180,16 +201,22 @@ def _plain(obj) -> dict:
 
 
 def _server_tasks(conn: Connection, project_id: int, annotations: bool) -> list[dict]:
-    pager = conn.call("list the project's tasks", conn.client.tasks.list, project=project_id,
-                      fields="all" if annotations else "task_only", resolve_uri=False,
-                      page_size=PAGE_SIZE)
+    pager = conn.call(
+        "list the project's tasks",
+        conn.client.tasks.list,
+        project=project_id,
+        fields="all" if annotations else "task_only",
+        resolve_uri=False,
+        page_size=PAGE_SIZE,
+    )
     try:
         return [_plain(t) for t in pager]
     except ApiError as exc:  # later pages are fetched while iterating
         raise conn._api_error("list the project's tasks", exc) from None
     except httpx.HTTPError as exc:
-        raise DatatoolError(f"cannot reach {conn.where} "
-                            f"({type(exc).__name__}) while listing tasks") from None
+        raise DatatoolError(
+            f"cannot reach {conn.where} ({type(exc).__name__}) while listing tasks"
+        ) from None
 
 
 def _server_project(conn: Connection, project_id: int, rater: str | None = None):
@@ -200,15 +227,15 @@ def _server_project(conn: Connection, project_id: int, rater: str | None = None)
             whose = f" recorded for rater {rater}" if rater else ""
             raise DatatoolError(
                 f"Label Studio project {project_id}{whose} does not exist on {conn.where}: "
-                "it was deleted there, or that is another server than the one pushed to") \
-                from None
+                "it was deleted there, or that is another server than the one pushed to"
+            ) from None
         raise conn._api_error(f"read project {project_id}", exc) from None
     except httpx.HTTPError as exc:
-        raise DatatoolError(f"cannot reach {conn.where} "
-                            f"({type(exc).__name__})") from None
+        raise DatatoolError(f"cannot reach {conn.where} ({type(exc).__name__})") from None
 
 
 # --------------------------------------------------------------------------- push
+
 
 def _local_url(project_id: int, name: str) -> str:
     return f"/data/local-files/?d={LOCAL_PREFIX}/{project_id}/{name}.png"
@@ -222,14 +249,17 @@ def _is_our_task_data(data: dict, project_id: int, name: str) -> bool:
         return False
     image = str(data["image"])
     return image == _local_url(project_id, name) or (
-        image.startswith(f"/data/upload/{project_id}/") and image.endswith(f"{name}.png"))
+        image.startswith(f"/data/upload/{project_id}/") and image.endswith(f"{name}.png")
+    )
 
 
 def _check_title(title: str) -> str:
     title = title.strip()
     if not TITLE_LEN[0] <= len(title) <= TITLE_LEN[1]:
-        raise UsageError(f"a Label Studio project title must have {TITLE_LEN[0]}-{TITLE_LEN[1]} "
-                         f"characters, {title!r} has {len(title)}")
+        raise UsageError(
+            f"a Label Studio project title must have {TITLE_LEN[0]}-{TITLE_LEN[1]} "
+            f"characters, {title!r} has {len(title)}"
+        )
     return title
 
 
@@ -249,10 +279,18 @@ def _parse_image_ids(image_ids: Iterable | None) -> list[int] | None:
     return out
 
 
-def push(ws: Workspace, rater: str, url: str | None = None, token: str | None = None,
-         title: str | None = None, project_id: int | None = None,
-         image_ids: Iterable | None = None, serve: str = "local",
-         local_root: Path | str | None = None, new_project: bool = False) -> dict:
+def push(
+    ws: Workspace,
+    rater: str,
+    url: str | None = None,
+    token: str | None = None,
+    title: str | None = None,
+    project_id: int | None = None,
+    image_ids: Iterable | None = None,
+    serve: str = "local",
+    local_root: Path | str | None = None,
+    new_project: bool = False,
+) -> dict:
     """Put images (all, or ``image_ids``) into the rater's own Label Studio project, one task
     per image not yet pushed there; returns what was done (no URL, no token)."""
     if serve not in SERVE_MODES:
@@ -263,11 +301,14 @@ def push(ws: Workspace, rater: str, url: str | None = None, token: str | None = 
         if not given:
             raise UsageError(
                 f"--serve local needs the server's document root: pass --local-root DIR or set "
-                f"{ROOT_ENV} (the folder the server was started with), or use --serve upload")
+                f"{ROOT_ENV} (the folder the server was started with), or use --serve upload"
+            )
         root = Path(os.path.abspath(os.path.expanduser(str(given))))
         if not root.is_dir():
-            raise UsageError(f"local files root {root} is not a folder: pass the server's "
-                             f"{ROOT_ENV} with --local-root")
+            raise UsageError(
+                f"local files root {root} is not a folder: pass the server's "
+                f"{ROOT_ENV} with --local-root"
+            )
     protocol = load_protocol(ws.protocol_name)
     wanted = _parse_image_ids(image_ids)
 
@@ -275,22 +316,30 @@ def push(ws: Workspace, rater: str, url: str | None = None, token: str | None = 
     with ws.session() as s:
         r = get_rater(s, rater)
         rater_name, rater_id = r.name, r.id
-        recorded = list(s.scalars(select(LabelStudioProject).where(
-            LabelStudioProject.rater_id == r.id).order_by(LabelStudioProject.id)))
+        recorded = list(
+            s.scalars(
+                select(LabelStudioProject)
+                .where(LabelStudioProject.rater_id == r.id)
+                .order_by(LabelStudioProject.id)
+            )
+        )
         row = None
         if project_id is not None:
-            row = s.scalar(select(LabelStudioProject).where(
-                LabelStudioProject.project_id == int(project_id)))
+            row = s.scalar(
+                select(LabelStudioProject).where(LabelStudioProject.project_id == int(project_id))
+            )
             if row is not None and row.rater_id != r.id:
                 owner = s.get(Rater, row.rater_id).name
                 raise DatatoolError(
                     f"Label Studio project {project_id} belongs to rater {owner}: each rater "
                     f"labels in a project of their own (double-blind). Push {rater_name} "
-                    "without --project-id to use or create their own project")
+                    "without --project-id to use or create their own project"
+                )
             if row is None and recorded and not new_project:
                 raise DatatoolError(
                     f"rater {rater_name} already has Label Studio project "
-                    f"{recorded[-1].project_id}; pass --new-project to give them another one")
+                    f"{recorded[-1].project_id}; pass --new-project to give them another one"
+                )
         elif recorded and not new_project:
             row = recorded[-1]
         query = select(Image.id, Image.store_hash).order_by(Image.id)
@@ -300,12 +349,19 @@ def push(ws: Workspace, rater: str, url: str | None = None, token: str | None = 
         if wanted is not None:
             missing = sorted(set(wanted) - {i for i, _ in images})
             if missing:
-                raise UsageError("no such image(s) in this catalogue: "
-                                 + ", ".join(image_name(i) for i in missing))
+                raise UsageError(
+                    "no such image(s) in this catalogue: "
+                    + ", ".join(image_name(i) for i in missing)
+                )
         mapping = {}
         if row is not None:
-            mapping = dict(s.execute(select(LabelStudioTask.image_id, LabelStudioTask.task_id)
-                                     .where(LabelStudioTask.project_id == row.id)).all())
+            mapping = dict(
+                s.execute(
+                    select(LabelStudioTask.image_id, LabelStudioTask.task_id).where(
+                        LabelStudioTask.project_id == row.id
+                    )
+                ).all()
+            )
         row_id = row.id if row is not None else None
         pid = row.project_id if row is not None else None
         project_title = row.title if row is not None else None
@@ -325,17 +381,26 @@ def push(ws: Workspace, rater: str, url: str | None = None, token: str | None = 
             raise DatatoolError(
                 f"Label Studio project {project_id} already holds tasks that datatool did not "
                 "push: datatool adopts only an empty project (or leave out --project-id to "
-                "create the rater's own)")
+                "create the rater's own)"
+            )
         if (server.label_config or "").strip() != config.strip():
-            conn.call("set the labelling config", conn.client.projects.update, int(project_id),
-                      label_config=config)
+            conn.call(
+                "set the labelling config",
+                conn.client.projects.update,
+                int(project_id),
+                label_config=config,
+            )
         pid, project_title = int(project_id), server.title or title or ""
     else:
-        project_title = title or _check_title(f"{rater_name} ({protocol.name})"[:TITLE_LEN[1]])
-        project = conn.call("create a project", conn.client.projects.create,
-                            title=project_title, label_config=config,
-                            description=f"datatool: {protocol.title or protocol.name}. "
-                                        f"Labels of rater {rater_name} only.")
+        project_title = title or _check_title(f"{rater_name} ({protocol.name})"[: TITLE_LEN[1]])
+        project = conn.call(
+            "create a project",
+            conn.client.projects.create,
+            title=project_title,
+            label_config=config,
+            description=f"datatool: {protocol.title or protocol.name}. "
+            f"Labels of rater {rater_name} only.",
+        )
         pid, created_project = int(project.id), True
     if row_id is None:
         with ws.session() as s:
@@ -343,9 +408,15 @@ def push(ws: Workspace, rater: str, url: str | None = None, token: str | None = 
             s.add(row)
             s.flush()
             row_id = row.id
-            audit(s, "labelstudio push", "project " + ("create" if created_project else "adopt"),
-                  project_id=pid, rater=rater_name, title=project_title,
-                  protocol=protocol.name)
+            audit(
+                s,
+                "labelstudio push",
+                "project " + ("create" if created_project else "adopt"),
+                project_id=pid,
+                rater=rater_name,
+                title=project_title,
+                protocol=protocol.name,
+            )
 
     # 3. compare with the server: recorded tasks still there, tasks of an interrupted push
     names = {image_id: image_name(image_id) for image_id, _ in images}
@@ -354,78 +425,120 @@ def push(ws: Workspace, rater: str, url: str | None = None, token: str | None = 
     if mapping and len(missing_on_server) == len(mapping):
         raise DatatoolError(
             f"none of the {len(mapping)} tasks recorded for project {pid} is on {conn.where}: "
-            "is that the server datatool pushed to?")
+            "is that the server datatool pushed to?"
+        )
     known_tasks = set(mapping.values())
     adopted = {}
     for tid, data in server_tasks.items():
         if tid in known_tasks:
             continue
         image_id = image_id_from_name(str(data.get("image_id", "")))
-        if image_id in names and image_id not in mapping and image_id not in adopted \
-                and _is_our_task_data(data, pid, names[image_id]):
+        if (
+            image_id in names
+            and image_id not in mapping
+            and image_id not in adopted
+            and _is_our_task_data(data, pid, names[image_id])
+        ):
             adopted[image_id] = tid
     todo = [(i, h) for i, h in images if i not in mapping and i not in adopted]
     if adopted:
         with ws.session() as s:
-            s.add_all(LabelStudioTask(project_id=row_id, task_id=t, image_id=i)
-                      for i, t in adopted.items())
+            s.add_all(
+                LabelStudioTask(project_id=row_id, task_id=t, image_id=i)
+                for i, t in adopted.items()
+            )
 
     # 4. images where the server can show them
     urls: dict[int, str] = {}
     if todo:
-        urls = (_serve_local(conn, ws, pid, root, todo) if serve == "local"
-                else _serve_upload(conn, ws, pid, todo))
+        urls = (
+            _serve_local(conn, ws, pid, root, todo)
+            if serve == "local"
+            else _serve_upload(conn, ws, pid, todo)
+        )
 
     # 5. one task per image, recorded batch by batch
     created = 0
     for start in range(0, len(todo), IMPORT_BATCH):
-        batch = todo[start:start + IMPORT_BATCH]
+        batch = todo[start : start + IMPORT_BATCH]
         request = [{"data": {"image": urls[i], "image_id": names[i]}} for i, _ in batch]
-        answer = conn.call("import tasks", conn.client.projects.import_tasks, pid,
-                           request=request, return_task_ids=True)
+        answer = conn.call(
+            "import tasks",
+            conn.client.projects.import_tasks,
+            pid,
+            request=request,
+            return_task_ids=True,
+        )
         task_ids = list(answer.task_ids or [])
         if len(task_ids) != len(batch):
-            raise DatatoolError(f"Label Studio imported {len(task_ids)} tasks for "
-                                f"{len(batch)} images into project {pid}; run push again")
+            raise DatatoolError(
+                f"Label Studio imported {len(task_ids)} tasks for "
+                f"{len(batch)} images into project {pid}; run push again"
+            )
         with ws.session() as s:
-            s.add_all(LabelStudioTask(project_id=row_id, task_id=int(t), image_id=i)
-                      for (i, _), t in zip(batch, task_ids))
+            s.add_all(
+                LabelStudioTask(project_id=row_id, task_id=int(t), image_id=i)
+                for (i, _), t in zip(batch, task_ids)
+            )
         created += len(batch)
     with ws.session() as s:
-        audit(s, "labelstudio push", "tasks import", project_id=pid, rater=rater_name,
-              created=created, adopted=len(adopted), already=len(images) - len(todo)
-              - len(adopted), serve=serve)
-    return {"rater": rater_name, "project_id": pid, "title": project_title,
-            "project_created": created_project, "images": len(images),
-            "tasks_created": created, "already_pushed": len(images) - len(todo) - len(adopted),
-            "recovered": len(adopted), "missing_on_server": missing_on_server, "serve": serve}
+        audit(
+            s,
+            "labelstudio push",
+            "tasks import",
+            project_id=pid,
+            rater=rater_name,
+            created=created,
+            adopted=len(adopted),
+            already=len(images) - len(todo) - len(adopted),
+            serve=serve,
+        )
+    return {
+        "rater": rater_name,
+        "project_id": pid,
+        "title": project_title,
+        "project_created": created_project,
+        "images": len(images),
+        "tasks_created": created,
+        "already_pushed": len(images) - len(todo) - len(adopted),
+        "recovered": len(adopted),
+        "missing_on_server": missing_on_server,
+        "serve": serve,
+    }
 
 
-def _serve_local(conn: Connection, ws: Workspace, project_id: int, root: Path,
-                 todo: list[tuple[int, str]]) -> dict[int, str]:
+def _serve_local(
+    conn: Connection, ws: Workspace, project_id: int, root: Path, todo: list[tuple[int, str]]
+) -> dict[int, str]:
     folder = root / LOCAL_PREFIX / str(project_id)
     folder.mkdir(parents=True, exist_ok=True)
-    storages = conn.call("list local storages", conn.client.import_storage.local.list,
-                         project=project_id)
-    if not any(os.path.normpath(str(st.path or "")) == os.path.normpath(str(folder))
-               for st in storages):
+    storages = conn.call(
+        "list local storages", conn.client.import_storage.local.list, project=project_id
+    )
+    if not any(
+        os.path.normpath(str(st.path or "")) == os.path.normpath(str(folder)) for st in storages
+    ):
         try:
             # regex_filter '^$' matches no file: a 'Sync' in the web UI imports nothing
             conn.client.import_storage.local.create(
-                project=project_id, path=str(folder), title="datatool images",
-                regex_filter="^$", use_blob_urls=True,
-                description="images pushed by datatool; do not sync")
+                project=project_id,
+                path=str(folder),
+                title="datatool images",
+                regex_filter="^$",
+                use_blob_urls=True,
+                description="images pushed by datatool; do not sync",
+            )
         except ApiError as exc:
             if exc.status_code == 400:
                 raise DatatoolError(
                     f"{_cap(conn.where)} will not serve {folder}: "
                     f"{conn.redact(_detail(exc.body))}. --local-root must be the server's "
                     f"{ROOT_ENV}, with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true, on the "
-                    "machine that runs datatool; else use --serve upload") from None
+                    "machine that runs datatool; else use --serve upload"
+                ) from None
             raise conn._api_error("create the local files storage", exc) from None
         except httpx.HTTPError as exc:
-            raise DatatoolError(f"cannot reach {conn.where} "
-                                f"({type(exc).__name__})") from None
+            raise DatatoolError(f"cannot reach {conn.where} ({type(exc).__name__})") from None
     store = ws.store
     urls = {}
     for image_id, digest in todo:
@@ -437,33 +550,48 @@ def _serve_local(conn: Connection, ws: Workspace, project_id: int, root: Path,
         urls[image_id] = _local_url(project_id, name)
     # the server must find the files where it was told to look
     first = image_name(todo[0][0])
-    response = conn.request("read an image back", "GET", "data/local-files/", check=False,
-                            params={"d": f"{LOCAL_PREFIX}/{project_id}/{first}.png"})
+    response = conn.request(
+        "read an image back",
+        "GET",
+        "data/local-files/",
+        check=False,
+        params={"d": f"{LOCAL_PREFIX}/{project_id}/{first}.png"},
+    )
     if response.status_code != 200:
         raise DatatoolError(
             f"{_cap(conn.where)} does not serve {folder / (first + '.png')} "
             f"(HTTP {response.status_code}): --local-root must be the server's own {ROOT_ENV} "
-            "(not a folder inside it); no tasks were created")
+            "(not a folder inside it); no tasks were created"
+        )
     return urls
 
 
-def _serve_upload(conn: Connection, ws: Workspace, project_id: int,
-                  todo: list[tuple[int, str]]) -> dict[int, str]:
+def _serve_upload(
+    conn: Connection, ws: Workspace, project_id: int, todo: list[tuple[int, str]]
+) -> dict[int, str]:
     """Upload PNGs without making tasks of them, then read back where the server keeps them."""
     store = ws.store
     urls: dict[int, str] = {}
     for start in range(0, len(todo), UPLOAD_BATCH):
-        batch = todo[start:start + UPLOAD_BATCH]
+        batch = todo[start : start + UPLOAD_BATCH]
         files = {}
         for image_id, digest in batch:
             name = f"{image_name(image_id)}.png"
             files[name] = (name, store.path_for(digest).read_bytes(), "image/png")
-        answer = conn.request("upload images", "POST", f"api/projects/{project_id}/import",
-                              params={"commit_to_project": "false"}, files=files).json()
+        answer = conn.request(
+            "upload images",
+            "POST",
+            f"api/projects/{project_id}/import",
+            params={"commit_to_project": "false"},
+            files=files,
+        ).json()
         ids = answer.get("file_upload_ids") or []
-        listing = conn.request("list uploaded files", "GET",
-                               f"api/projects/{project_id}/file-uploads",
-                               params={"ids": json.dumps(ids)}).json()
+        listing = conn.request(
+            "list uploaded files",
+            "GET",
+            f"api/projects/{project_id}/file-uploads",
+            params={"ids": json.dumps(ids)},
+        ).json()
         by_name = {}
         for item in listing:
             stored = str(item.get("file", ""))
@@ -472,28 +600,44 @@ def _serve_upload(conn: Connection, ws: Workspace, project_id: int,
         for image_id, _ in batch:
             stored = by_name.get(f"{image_name(image_id)}.png")
             if stored is None:
-                raise DatatoolError(f"Label Studio did not keep the upload of "
-                                    f"{image_name(image_id)}; run push again")
+                raise DatatoolError(
+                    f"Label Studio did not keep the upload of "
+                    f"{image_name(image_id)}; run push again"
+                )
             urls[image_id] = "/data/" + stored.lstrip("/")
     return urls
 
 
 # --------------------------------------------------------------------------- annotate
 
-def annotate(url: str | None, token: str | None, project_id: int, task_id: int,
-             mask: np.ndarray, protocol: Protocol | None = None,
-             was_cancelled: bool = False) -> int:
+
+def annotate(
+    url: str | None,
+    token: str | None,
+    project_id: int,
+    task_id: int,
+    mask: np.ndarray,
+    protocol: Protocol | None = None,
+    was_cancelled: bool = False,
+) -> int:
     """Create an annotation of a task from a label map (to play a rater in tests, or to
     pre-fill); returns the annotation id."""
     protocol = protocol or load_protocol()
     conn = connect(url, token)
     results = mask_to_results(mask, protocol)
-    created = conn.call("create an annotation", conn.client.annotations.create, int(task_id),
-                        result=results, was_cancelled=was_cancelled, project=int(project_id))
+    created = conn.call(
+        "create an annotation",
+        conn.client.annotations.create,
+        int(task_id),
+        result=results,
+        was_cancelled=was_cancelled,
+        project=int(project_id),
+    )
     return int(created.id)
 
 
 # --------------------------------------------------------------------------- sync
+
 
 def _when(annotation: dict):
     value = annotation.get("updated_at") or annotation.get("created_at")
@@ -504,7 +648,7 @@ def _when(annotation: dict):
             value = None
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
+            value = value.replace(tzinfo=dt.UTC)
         return value.timestamp()
     return float("-inf")
 
@@ -515,17 +659,27 @@ def _pick_annotation(task: dict, item: str, report: SyncReport) -> dict | None:
     submitted = [a for a in annotations if not a.get("was_cancelled")]
     if not submitted:
         if annotations:
-            report.notes.append((item, "skipped by the rater (cancelled annotation): "
-                                       "nothing stored"))
+            report.notes.append(
+                (item, "skipped by the rater (cancelled annotation): nothing stored")
+            )
         else:
             report.notes.append((item, "no annotation yet"))
         return None
     return max(submitted, key=lambda a: (_when(a), int(a.get("id") or 0)))
 
 
-def _store_task(s, ws: Workspace, image: Image, rater: Rater, annotation: dict,
-                protocol: Protocol, item: str, ref: str, allow_empty: bool,
-                report: SyncReport) -> None:
+def _store_task(
+    s,
+    ws: Workspace,
+    image: Image,
+    rater: Rater,
+    annotation: dict,
+    protocol: Protocol,
+    item: str,
+    ref: str,
+    allow_empty: bool,
+    report: SyncReport,
+) -> None:
     shape = (image.rows, image.cols)
     try:
         converted = results_to_mask(annotation.get("result") or [], protocol, shape)
@@ -542,10 +696,15 @@ def _store_task(s, ws: Workspace, image: Image, rater: Rater, annotation: dict,
         report.unchanged += 1
 
 
-def sync_from_server(ws: Workspace, rater: str, url: str | None = None,
-                     token: str | None = None, allow_empty: bool = False,
-                     progress: Callable[[int, int], None] | None = None,
-                     project_id: int | None = None) -> SyncReport:
+def sync_from_server(
+    ws: Workspace,
+    rater: str,
+    url: str | None = None,
+    token: str | None = None,
+    allow_empty: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    project_id: int | None = None,
+) -> SyncReport:
     """Bring the rater's labels from their Label Studio project(s) into the catalogue."""
     protocol = load_protocol(ws.protocol_name)
     report = SyncReport(source="labelstudio", rater=rater)
@@ -553,30 +712,47 @@ def sync_from_server(ws: Workspace, rater: str, url: str | None = None,
         r = get_rater(s, rater)
         report.rater = r.name
         if project_id is not None:
-            row = s.scalar(select(LabelStudioProject).where(
-                LabelStudioProject.project_id == int(project_id)))
+            row = s.scalar(
+                select(LabelStudioProject).where(LabelStudioProject.project_id == int(project_id))
+            )
             if row is None:
                 raise DatatoolError(
                     f"Label Studio project {project_id} was not pushed by datatool: sync only "
                     "reads projects made by 'datatool labelstudio push' (for a project of your "
-                    "own, export it as JSON and use --export)")
+                    "own, export it as JSON and use --export)"
+                )
             if row.rater_id != r.id:
                 owner = s.get(Rater, row.rater_id).name
                 raise DatatoolError(
                     f"Label Studio project {project_id} belongs to rater {owner}, not "
                     f"{r.name}: a rater's labels come only from their own project "
-                    "(double-blind)")
+                    "(double-blind)"
+                )
             rows = [row]
         else:
-            rows = list(s.scalars(select(LabelStudioProject).where(
-                LabelStudioProject.rater_id == r.id).order_by(LabelStudioProject.id)))
+            rows = list(
+                s.scalars(
+                    select(LabelStudioProject)
+                    .where(LabelStudioProject.rater_id == r.id)
+                    .order_by(LabelStudioProject.id)
+                )
+            )
         if not rows:
-            raise DatatoolError(f"rater {r.name} has no Label Studio project yet: run "
-                                f"'datatool labelstudio push --rater {r.name}' first")
+            raise DatatoolError(
+                f"rater {r.name} has no Label Studio project yet: run "
+                f"'datatool labelstudio push --rater {r.name}' first"
+            )
         projects = [(row.id, row.project_id) for row in rows]
-        mappings = {row_id: dict(s.execute(
-            select(LabelStudioTask.task_id, LabelStudioTask.image_id)
-            .where(LabelStudioTask.project_id == row_id)).all()) for row_id, _ in projects}
+        mappings = {
+            row_id: dict(
+                s.execute(
+                    select(LabelStudioTask.task_id, LabelStudioTask.image_id).where(
+                        LabelStudioTask.project_id == row_id
+                    )
+                ).all()
+            )
+            for row_id, _ in projects
+        }
 
     conn = connect(url, token)
     fetched = []
@@ -597,34 +773,66 @@ def sync_from_server(ws: Workspace, rater: str, url: str | None = None,
                 item = f"project {pid} task {tid}"
                 data = task.get("data") or {}
                 if tid not in mapping:
-                    report.rejected.append((item, "not a task datatool pushed (made on the server "
-                                                  "or by a storage sync): not stored"))
+                    report.rejected.append(
+                        (
+                            item,
+                            "not a task datatool pushed (made on the server "
+                            "or by a storage sync): not stored",
+                        )
+                    )
                 elif str(data.get("image_id")) != image_name(mapping[tid]):
-                    report.rejected.append((item, f"its data names image "
-                                                  f"{data.get('image_id')!r}, but datatool "
-                                                  f"pushed {image_name(mapping[tid])} as this "
-                                                  "task: not stored"))
+                    report.rejected.append(
+                        (
+                            item,
+                            f"its data names image "
+                            f"{data.get('image_id')!r}, but datatool "
+                            f"pushed {image_name(mapping[tid])} as this "
+                            "task: not stored",
+                        )
+                    )
                 else:
                     item = f"{item} ({image_name(mapping[tid])})"
                     annotation = _pick_annotation(task, item, report)
                     if annotation is not None:
                         ref = f"project {pid} task {tid} annotation {annotation.get('id')}"
-                        _store_task(s, ws, image_by_id(s, mapping[tid]), r, annotation,
-                                    protocol, item, ref, allow_empty, report)
+                        _store_task(
+                            s,
+                            ws,
+                            image_by_id(s, mapping[tid]),
+                            r,
+                            annotation,
+                            protocol,
+                            item,
+                            ref,
+                            allow_empty,
+                            report,
+                        )
                 done += 1
                 if progress:
                     progress(done, total)
             for tid in sorted(set(mapping) - on_server):
-                report.notes.append((f"project {pid} task {tid} ({image_name(mapping[tid])})",
-                                     "recorded by datatool but deleted on the server"))
-        audit(s, "sync labelstudio", "server", rater=report.rater,
-              projects=[pid for _, pid in projects], seen=report.seen,
-              new_versions=report.new_versions, unchanged=report.unchanged,
-              rejected=len(report.rejected))
+                report.notes.append(
+                    (
+                        f"project {pid} task {tid} ({image_name(mapping[tid])})",
+                        "recorded by datatool but deleted on the server",
+                    )
+                )
+        audit(
+            s,
+            "sync labelstudio",
+            "server",
+            rater=report.rater,
+            projects=[pid for _, pid in projects],
+            seen=report.seen,
+            new_versions=report.new_versions,
+            unchanged=report.unchanged,
+            rejected=len(report.rejected),
+        )
     return report
 
 
 # --------------------------------------------------------------------------- export
+
 
 def _local_files_path(value: str) -> str | None:
     parts = urlsplit(value)
@@ -681,22 +889,32 @@ def _reference(data: dict, field: str | None, dicom_root: Path | None) -> tuple[
     found = strong or weak
     distinct = {(kind, ref) for _, kind, ref in found}
     if not distinct:
-        raise NoImage("no field names a DICOM file or SOP Instance UID "
-                      f"(fields: {', '.join(sorted(data)) or 'none'}); pass --field NAME")
+        raise NoImage(
+            "no field names a DICOM file or SOP Instance UID "
+            f"(fields: {', '.join(sorted(data)) or 'none'}); pass --field NAME"
+        )
     if len(distinct) > 1:
-        raise NoImage("several fields could name its DICOM image "
-                      f"({', '.join(sorted({k for k, _, _ in found}))}): pass --field NAME")
+        raise NoImage(
+            "several fields could name its DICOM image "
+            f"({', '.join(sorted({k for k, _, _ in found}))}): pass --field NAME"
+        )
     kind, ref = distinct.pop()
     if kind == "path" and not Path(ref).is_absolute() and dicom_root is None:
-        raise NoImage(f"it names the relative path {ref}: pass --dicom-root, the folder it is "
-                      "relative to")
+        raise NoImage(
+            f"it names the relative path {ref}: pass --dicom-root, the folder it is relative to"
+        )
     return kind, ref
 
 
-def sync_from_export(ws: Workspace, rater: str, export_file: Path | str,
-                     dicom_root: Path | str | None = None, field: str | None = None,
-                     allow_empty: bool = False,
-                     progress: Callable[[int, int], None] | None = None) -> SyncReport:
+def sync_from_export(
+    ws: Workspace,
+    rater: str,
+    export_file: Path | str,
+    dicom_root: Path | str | None = None,
+    field: str | None = None,
+    allow_empty: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> SyncReport:
     """Bring a rater's labels in from a Label Studio JSON export of a project made before
     datatool, matching each task to its image through the DICOM file (or SOP Instance UID)
     its data names. Paths from the export are used for matching only, never stored."""
@@ -727,28 +945,54 @@ def sync_from_export(ws: Workspace, rater: str, export_file: Path | str,
             data = task.get("data") if isinstance(task.get("data"), dict) else {}
             try:
                 kind, ref = _reference(data, field, root)
-                image = (image_for_sop_uid(s, ws.key, ref) if kind == "uid"
-                         else image_for_dicom(s, ws.key, Path(ref)))
+                image = (
+                    image_for_sop_uid(s, ws.key, ref)
+                    if kind == "uid"
+                    else image_for_dicom(s, ws.key, Path(ref))
+                )
             except NoImage as exc:
                 report.rejected.append((item, str(exc)))
             else:
                 name = image_name(image.id)
                 item = f"{item} ({name})"
                 if image.id in seen_images:
-                    report.rejected.append((item, f"{seen_images[image.id]} of this export "
-                                                  "already labels the same image: not stored"))
+                    report.rejected.append(
+                        (
+                            item,
+                            f"{seen_images[image.id]} of this export "
+                            "already labels the same image: not stored",
+                        )
+                    )
                 else:
                     seen_images[image.id] = f"task {tid}"
                     annotation = _pick_annotation(task, item, report)
                     if annotation is not None:
                         project = annotation.get("project") or task.get("project")
-                        ref_text = (f"export project {project} " if project else "export ") + \
-                            f"task {tid} annotation {annotation.get('id')}"
-                        _store_task(s, ws, image, r, annotation, protocol, item, ref_text,
-                                    allow_empty, report)
+                        ref_text = (
+                            f"export project {project} " if project else "export "
+                        ) + f"task {tid} annotation {annotation.get('id')}"
+                        _store_task(
+                            s,
+                            ws,
+                            image,
+                            r,
+                            annotation,
+                            protocol,
+                            item,
+                            ref_text,
+                            allow_empty,
+                            report,
+                        )
             if progress:
                 progress(n, len(tasks))
-        audit(s, "sync labelstudio", "export", rater=report.rater, seen=report.seen,
-              new_versions=report.new_versions, unchanged=report.unchanged,
-              rejected=len(report.rejected))
+        audit(
+            s,
+            "sync labelstudio",
+            "export",
+            rater=report.rater,
+            seen=report.seen,
+            new_versions=report.new_versions,
+            unchanged=report.unchanged,
+            rejected=len(report.rejected),
+        )
     return report

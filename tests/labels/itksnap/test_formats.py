@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image as PILImage
 
+from datatool.core.protocol import load_protocol
 from datatool.labels.itksnap.formats import (
     label_suffix,
     read_label_map,
@@ -23,7 +24,6 @@ from datatool.labels.itksnap.formats import (
     write_workspace,
 )
 from datatool.labels.masks import BadLabel
-from datatool.core.protocol import load_protocol
 
 P = load_protocol()
 
@@ -161,7 +161,7 @@ def _itksnap_resolves(workspace: Path) -> dict[str, Path]:
         entries = {e.get("key"): e.get("value") for e in layer.iterfind("entry")}
         path = entries["AbsolutePath"]
         if saved != folder and path.startswith(saved):
-            moved = Path(folder) / path[len(saved):].lstrip("/")
+            moved = Path(folder) / path[len(saved) :].lstrip("/")
             if moved.is_file():
                 path = str(moved)
         found[entries["Role"]] = Path(path)
@@ -173,8 +173,9 @@ def test_workspace_lists_both_layers_relative_and_survives_a_move(tmp_path):
     write_image(folder / "img000007.nii.gz", np.zeros((48, 64), np.uint8), (0.2, 0.2))
     write_segmentation(folder / "img000007_seg.nii.gz", _mask(), (0.2, 0.2))
     ws_file = folder / "img000007.itksnap"
-    write_workspace(ws_file, folder / "img000007.nii.gz", folder / "img000007_seg.nii.gz",
-                    (64, 48), P)
+    write_workspace(
+        ws_file, folder / "img000007.nii.gz", folder / "img000007_seg.nii.gz", (64, 48), P
+    )
     text = ws_file.read_text()
     assert str(tmp_path) not in text  # nothing absolute
     root = ET.fromstring(text.split("]>", 1)[1])
@@ -182,22 +183,32 @@ def test_workspace_lists_both_layers_relative_and_survives_a_move(tmp_path):
     layers = root.findall("./folder[@key='Layers']/folder")
     roles = [{e.get("key"): e.get("value") for e in layer.iterfind("entry")} for layer in layers]
     assert [(r["Role"], r["AbsolutePath"]) for r in roles] == [
-        ("MainRole", "./img000007.nii.gz"), ("SegmentationRole", "./img000007_seg.nii.gz")]
-    table = layers[0].find("./folder[@key='ProjectMetaData']/folder[@key='IRIS']"
-                           "/folder[@key='LabelTable']")
-    elements = [{e.get("key"): e.get("value") for e in el.iterfind("entry")}
-                for el in table.iterfind("folder")]
-    assert [(int(e["Index"]), e["Label"]) for e in elements] == [(s.value, s.name)
-                                                                 for s in P.structures]
+        ("MainRole", "./img000007.nii.gz"),
+        ("SegmentationRole", "./img000007_seg.nii.gz"),
+    ]
+    table = layers[0].find(
+        "./folder[@key='ProjectMetaData']/folder[@key='IRIS']/folder[@key='LabelTable']"
+    )
+    elements = [
+        {e.get("key"): e.get("value") for e in el.iterfind("entry")}
+        for el in table.iterfind("folder")
+    ]
+    assert [(int(e["Index"]), e["Label"]) for e in elements] == [
+        (s.value, s.name) for s in P.structures
+    ]
     assert elements[0]["Color"] == " ".join(map(str, P.structures[0].color))
     moved = shutil.copytree(folder, tmp_path / "elsewhere" / "copy")
     for where in (folder, moved):
         ws_path = where / "img000007.itksnap"
-        expected = {"MainRole": where / "img000007.nii.gz",
-                    "SegmentationRole": where / "img000007_seg.nii.gz"}
-        assert {k: v.resolve() for k, v in _itksnap_resolves(ws_path).items()} == \
-            {k: v.resolve() for k, v in expected.items()}
+        expected = {
+            "MainRole": where / "img000007.nii.gz",
+            "SegmentationRole": where / "img000007_seg.nii.gz",
+        }
+        assert {k: v.resolve() for k, v in _itksnap_resolves(ws_path).items()} == {
+            k: v.resolve() for k, v in expected.items()
+        }
         assert workspace_layers(ws_path) == expected
     with pytest.raises(ValueError, match="not in the workspace's folder"):
-        write_workspace(ws_file, tmp_path / "x.nii.gz", folder / "img000007_seg.nii.gz",
-                        (64, 48), P)
+        write_workspace(
+            ws_file, tmp_path / "x.nii.gz", folder / "img000007_seg.nii.gz", (64, 48), P
+        )

@@ -17,13 +17,13 @@ import SimpleITK as sitk
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from datatool.labels.annotations import add_rater
 from datatool.core.catalogue import Annotation, AuditEntry, Image, Rater, StructureStats
 from datatool.core.errors import UsageError
 from datatool.ingest.pipeline import ingest
+from datatool.labels.annotations import add_rater
 from datatool.labels.itksnap.formats import read_label_map, write_segmentation
-from datatool.labels.matching import image_for_dicom
 from datatool.labels.itksnap.sync import EXPORT_MARKER, LABELS_FILE, export_itksnap, sync_itksnap
+from datatool.labels.matching import image_for_dicom
 
 N = 12  # the demo fixture: 3 patients x 2 sides x 2 images
 
@@ -45,8 +45,9 @@ def _count(ws, model) -> int:
 
 def _latest(ws, rater: str) -> dict[int, Annotation]:
     with ws.session() as s:
-        rows = s.scalars(select(Annotation).join(Rater).where(Rater.name == rater)
-                         .order_by(Annotation.version))
+        rows = s.scalars(
+            select(Annotation).join(Rater).where(Rater.name == rater).order_by(Annotation.version)
+        )
         return {a.image_id: a for a in rows}
 
 
@@ -66,19 +67,27 @@ def _itksnap_save(path: Path, mask: np.ndarray, like: Path) -> None:
 def test_sync_demo_raters_with_dicom_root_then_resync_is_a_no_op(study, demo_dir):
     ws = study
     for rater in ("rater1", "rater2"):
-        report = sync_itksnap(ws, demo_dir / "labels" / rater, rater,
-                              dicom_root=demo_dir / "dicom")
-        assert (report.seen, report.new_versions, report.unchanged, report.rejected) == \
-            (N, N, 0, []), report.as_dict()
+        report = sync_itksnap(ws, demo_dir / "labels" / rater, rater, dicom_root=demo_dir / "dicom")
+        assert (report.seen, report.new_versions, report.unchanged, report.rejected) == (
+            N,
+            N,
+            0,
+            [],
+        ), report.as_dict()
         assert report.exit_code == 0
     assert _count(ws, Annotation) == 2 * N
     assert _count(ws, StructureStats) == 2 * N * 5
     with ws.session() as s:
-        present = dict(s.execute(select(StructureStats.structure, func.count())
-                                 .where(StructureStats.area_px > 0)
-                                 .group_by(StructureStats.structure)).all())
-        mm = s.scalar(select(func.count()).select_from(StructureStats)
-                      .where(StructureStats.area_mm2 > 0))
+        present = dict(
+            s.execute(
+                select(StructureStats.structure, func.count())
+                .where(StructureStats.area_px > 0)
+                .group_by(StructureStats.structure)
+            ).all()
+        )
+        mm = s.scalar(
+            select(func.count()).select_from(StructureStats).where(StructureStats.area_mm2 > 0)
+        )
     assert present["femur"] == present["sciatic nerve"] == 2 * N and mm >= 2 * N * 4
     # stored pixel for pixel as the files hold them, and nothing of the original path kept
     with ws.session() as s:
@@ -87,23 +96,32 @@ def test_sync_demo_raters_with_dicom_root_then_resync_is_a_no_op(study, demo_dir
         assert annotation.source == "itksnap" and annotation.version == 1
         assert annotation.source_ref.startswith("path-key:")
         assert ws.store.get_array(annotation.mask_hash).shape == (
-            images[annotation.image_id].rows, images[annotation.image_id].cols)
-    stored = sorted(ws.store.get_array(a.mask_hash).tobytes()
-                    for a in _latest(ws, "rater1").values())
-    files = sorted(sitk.GetArrayFromImage(sitk.ReadImage(str(f))).astype(np.uint8).tobytes()
-                   for f in (demo_dir / "labels" / "rater1").rglob("*.nii.gz"))
+            images[annotation.image_id].rows,
+            images[annotation.image_id].cols,
+        )
+    stored = sorted(
+        ws.store.get_array(a.mask_hash).tobytes() for a in _latest(ws, "rater1").values()
+    )
+    files = sorted(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(f))).astype(np.uint8).tobytes()
+        for f in (demo_dir / "labels" / "rater1").rglob("*.nii.gz")
+    )
     assert stored == files
     mrns = {p.name for p in (demo_dir / "dicom").iterdir()}
     blobs = [p.read_bytes() for p in ws.root.rglob("*") if p.is_file()]
     assert not [m for m in mrns for b in blobs if m.encode() in b]
 
-    again = sync_itksnap(ws, demo_dir / "labels" / "rater1", "rater1",
-                         dicom_root=demo_dir / "dicom")
+    again = sync_itksnap(
+        ws, demo_dir / "labels" / "rater1", "rater1", dicom_root=demo_dir / "dicom"
+    )
     assert (again.new_versions, again.unchanged, again.rejected) == (0, N, [])
     assert _count(ws, Annotation) == 2 * N
     with ws.session() as s:
-        entry = s.scalars(select(AuditEntry).where(AuditEntry.command == "sync itksnap")
-                          .order_by(AuditEntry.id.desc())).first()
+        entry = s.scalars(
+            select(AuditEntry)
+            .where(AuditEntry.command == "sync itksnap")
+            .order_by(AuditEntry.id.desc())
+        ).first()
     assert entry.details["unchanged"] == N and entry.details["rater"] == "rater1"
 
 
@@ -130,23 +148,30 @@ def test_export_edit_sync_round_trip_is_exact(study, demo_dir, tmp_path):
     out = tmp_path / "export"
     summary = export_itksnap(ws, "rater1", out)
     assert (summary["images"], summary["prefilled"], summary["kept"]) == (N, N, 0)
-    assert (out / LABELS_FILE).read_text() == \
-        (demo_dir / "labels" / "itksnap_labels.txt").read_text()
+    assert (out / LABELS_FILE).read_text() == (
+        demo_dir / "labels" / "itksnap_labels.txt"
+    ).read_text()
     latest = _latest(ws, "rater1")
     with ws.session() as s:
         images = {i.id: i for i in s.scalars(select(Image))}
     for image_id, annotation in latest.items():
         folder = out / f"img{image_id:06d}"
         assert sorted(p.name for p in folder.iterdir()) == [
-            f"img{image_id:06d}.itksnap", f"img{image_id:06d}.nii.gz",
-            f"img{image_id:06d}_seg.nii.gz"]
-        np.testing.assert_array_equal(read_label_map(folder / f"img{image_id:06d}_seg.nii.gz"),
-                                      ws.store.get_array(annotation.mask_hash))
+            f"img{image_id:06d}.itksnap",
+            f"img{image_id:06d}.nii.gz",
+            f"img{image_id:06d}_seg.nii.gz",
+        ]
+        np.testing.assert_array_equal(
+            read_label_map(folder / f"img{image_id:06d}_seg.nii.gz"),
+            ws.store.get_array(annotation.mask_hash),
+        )
         picture = sitk.ReadImage(str(folder / f"img{image_id:06d}.nii.gz"))
-        np.testing.assert_array_equal(sitk.GetArrayFromImage(picture),
-                                      ws.store.get_array(images[image_id].store_hash))
+        np.testing.assert_array_equal(
+            sitk.GetArrayFromImage(picture), ws.store.get_array(images[image_id].store_hash)
+        )
         assert picture.GetSpacing() == pytest.approx(
-            (images[image_id].mm_per_px_x, images[image_id].mm_per_px_y))
+            (images[image_id].mm_per_px_x, images[image_id].mm_per_px_y)
+        )
     # the rater edits one image in ITK-SNAP and saves (Ctrl+S)
     image_id = sorted(latest)[5]
     seg = out / f"img{image_id:06d}" / f"img{image_id:06d}_seg.nii.gz"
@@ -155,8 +180,12 @@ def test_export_edit_sync_round_trip_is_exact(study, demo_dir, tmp_path):
     edited[200:230, 300:330] = 4
     _itksnap_save(seg, edited, seg)
     report = sync_itksnap(ws, out, "rater1")
-    assert (report.seen, report.new_versions, report.unchanged, report.rejected) == \
-        (N, 1, N - 1, [])
+    assert (report.seen, report.new_versions, report.unchanged, report.rejected) == (
+        N,
+        1,
+        N - 1,
+        [],
+    )
     new = _latest(ws, "rater1")[image_id]
     assert new.version == 2 and new.source_ref == f"img{image_id:06d}/img{image_id:06d}_seg.nii.gz"
     np.testing.assert_array_equal(ws.store.get_array(new.mask_hash), edited)
@@ -221,7 +250,7 @@ def test_manifest_matching(study, demo_dir, tmp_path):
         w.writerow(["label_file", "dicom_file"])
         for i, label in enumerate(sorted(labels.rglob("*.nii.gz"))):
             rel = label.relative_to(labels)
-            dicom = demo_dir / "dicom" / rel.parent / (rel.name[:-len(".nii.gz")] + ".dcm")
+            dicom = demo_dir / "dicom" / rel.parent / (rel.name[: -len(".nii.gz")] + ".dcm")
             if i % 2:  # relative to the CSV's folder, or absolute
                 label = os.path.relpath(label, manifest.parent)
             else:
@@ -234,7 +263,8 @@ def test_manifest_matching(study, demo_dir, tmp_path):
     assert (report.seen, report.new_versions) == (N, N - 1)
     assert report.rejected == [
         (f"{manifest}:{N + 2}", f"label file {tmp_path / 'gone.nii.gz'} does not exist"),
-        (str(twice), "listed twice in the manifest with different DICOM files")]
+        (str(twice), "listed twice in the manifest with different DICOM files"),
+    ]
     bad = tmp_path / "bad.csv"
     bad.write_text("label,dicom\na,b\n")
     with pytest.raises(UsageError, match="label_file,dicom_file"):
@@ -251,7 +281,8 @@ def _never_ingested(demo_dir: Path, dest: Path) -> Path:
 
 
 def test_every_bad_label_file_is_rejected_with_its_reason_and_the_rest_go_on(
-        study, demo_dir, tmp_path):
+    study, demo_dir, tmp_path
+):
     ws = study
     ids = _image_ids(ws)
     with ws.session() as s:
@@ -278,8 +309,11 @@ def test_every_bad_label_file_is_rejected_with_its_reason_and_the_rest_go_on(
     _never_ingested(demo_dir, orig / "NEW" / "L_01.dcm")
     put("NOPE/R_09.nii.gz", good)  # no DICOM at all
     with ws.session() as s:  # an image none of the files above is for
-        empty_rel = next(rel for rel in (p.relative_to(orig) for p in sorted(orig.rglob("*.dcm")))
-                         if image_for_dicom(s, ws.key, orig / rel).id not in ids[:5])
+        empty_rel = next(
+            rel
+            for rel in (p.relative_to(orig) for p in sorted(orig.rglob("*.dcm")))
+            if image_for_dicom(s, ws.key, orig / rel).id not in ids[:5]
+        )
     empty_rel = empty_rel.parent / (empty_rel.stem + ".nii.gz")
     put(str(empty_rel), np.zeros_like(good))
     (labels / "notes.txt").write_text("ignored, with a note\n")
@@ -289,7 +323,8 @@ def test_every_bad_label_file_is_rejected_with_its_reason_and_the_rest_go_on(
     assert report.exit_code == 1 and len(report.rejected) == 8
     h, w = shape[ids[1]]
     assert reasons[f"img{ids[1]:06d}_seg.nii.gz"] == (
-        f"size mismatch: label map is 120x100, the image is {w}x{h} (width x height)")
+        f"size mismatch: label map is 120x100, the image is {w}x{h} (width x height)"
+    )
     assert "unknown label value(s) [5]" in reasons[f"img{ids[2]:06d}_seg.nii.gz"]
     assert "looks like a text file" in reasons[f"img{ids[3]:06d}_seg.nii.gz"]
     assert "looks like a PNG image" in reasons[f"img{ids[4]:06d}_seg.nii.gz"]
@@ -304,8 +339,10 @@ def test_every_bad_label_file_is_rejected_with_its_reason_and_the_rest_go_on(
     allowed = sync_itksnap(ws, labels, "rater1", dicom_root=orig, allow_empty=True)
     assert (allowed.new_versions, allowed.unchanged, len(allowed.rejected)) == (1, 1, 7)
     no_root = sync_itksnap(ws, labels, "rater1")
-    assert "no --dicom-root or --manifest" in dict(
-        (Path(i).name, r) for i, r in no_root.rejected)["R_09.nii.gz"]
+    assert (
+        "no --dicom-root or --manifest"
+        in {Path(i).name: r for i, r in no_root.rejected}["R_09.nii.gz"]
+    )
 
 
 def test_two_files_for_one_image_are_both_rejected(study, demo_dir, tmp_path):
@@ -320,38 +357,87 @@ def test_two_files_for_one_image_are_both_rejected(study, demo_dir, tmp_path):
 
 
 def _cli(args, env, ws):
-    return subprocess.run([sys.executable, "-m", "datatool", *args, "--workspace", str(ws.root)],
-                          capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "datatool", *args, "--workspace", str(ws.root)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 def test_cli_exit_codes_json_and_one_line_rejections(study, demo_dir, tmp_path, cli_env):
     ws = study
     labels = shutil.copytree(demo_dir / "labels" / "rater1", tmp_path / "r1")
-    ok = _cli(["sync", "itksnap", str(labels), "--rater", "rater1", "--dicom-root",
-               str(demo_dir / "dicom"), "--json"], cli_env, ws)
+    ok = _cli(
+        [
+            "sync",
+            "itksnap",
+            str(labels),
+            "--rater",
+            "rater1",
+            "--dicom-root",
+            str(demo_dir / "dicom"),
+            "--json",
+        ],
+        cli_env,
+        ws,
+    )
     assert ok.returncode == 0, ok.stderr
     data = json.loads(ok.stdout)
     assert (data["seen"], data["new_versions"], data["exit_code"]) == (N, N, 0)
 
     bad = sorted(labels.rglob("*.nii.gz"))[0]
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    one = _cli(["sync", "itksnap", str(labels), "--rater", "rater1", "--dicom-root",
-                str(demo_dir / "dicom")], cli_env, ws)
+    one = _cli(
+        [
+            "sync",
+            "itksnap",
+            str(labels),
+            "--rater",
+            "rater1",
+            "--dicom-root",
+            str(demo_dir / "dicom"),
+        ],
+        cli_env,
+        ws,
+    )
     assert one.returncode == 1
-    assert one.stderr.strip().splitlines()[-1] == \
-        f"rejected: {bad}: not a NIfTI file: it looks like a PNG image"
+    assert (
+        one.stderr.strip().splitlines()[-1]
+        == f"rejected: {bad}: not a NIfTI file: it looks like a PNG image"
+    )
     assert "unchanged" in one.stdout and "11" in one.stdout
 
     unknown = _cli(["sync", "itksnap", str(labels), "--rater", "nobody"], cli_env, ws)
     assert unknown.returncode == 2 and "not registered" in unknown.stderr
 
     out = tmp_path / "exp"
-    exp = _cli(["export", "itksnap", "--rater", "rater1", "--out", str(out), "--images",
-                "1,img000002", "--json"], cli_env, ws)
+    exp = _cli(
+        [
+            "export",
+            "itksnap",
+            "--rater",
+            "rater1",
+            "--out",
+            str(out),
+            "--images",
+            "1,img000002",
+            "--json",
+        ],
+        cli_env,
+        ws,
+    )
     assert exp.returncode == 0, exp.stderr
     assert json.loads(exp.stdout)["images"] == 2
-    assert sorted(p.name for p in out.iterdir()) == [EXPORT_MARKER, "img000001", "img000002",
-                                                     LABELS_FILE]
-    usage = _cli(["export", "itksnap", "--rater", "rater1", "--out", str(out), "--images",
-                  "one"], cli_env, ws)
+    assert sorted(p.name for p in out.iterdir()) == [
+        EXPORT_MARKER,
+        "img000001",
+        "img000002",
+        LABELS_FILE,
+    ]
+    usage = _cli(
+        ["export", "itksnap", "--rater", "rater1", "--out", str(out), "--images", "one"],
+        cli_env,
+        ws,
+    )
     assert usage.returncode == 2

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from datatool.core.protocol import load_protocol
 from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
 from datatool.labels.masks import BadLabel
-from datatool.core.protocol import load_protocol
 
 P = load_protocol()
 
@@ -25,7 +25,7 @@ def _every_case_mask() -> np.ndarray:
     mask[20:30, 25:40] = 3
     mask[24:26, 30:33] = 0  # hole in the nerve
     mask[25, 31] = 4  # single semitendinosus pixel inside the nerve's hole
-    mask[h - 5:h, 0:w] = 6  # artery along the whole bottom edge
+    mask[h - 5 : h, 0:w] = 6  # artery along the whole bottom edge
     mask[h - 1, w - 1] = 3
     mask[12, 0] = 4
     mask[12, w - 1] = 6  # single pixels on the left and right edges
@@ -36,9 +36,14 @@ def test_round_trip_every_structure_exact():
     mask = _every_case_mask()
     results = mask_to_results(mask, P)
     assert [r["value"]["brushlabels"] for r in results] == [[s.name] for s in P.structures]
-    assert all(r["type"] == "brushlabels" and r["from_name"] == "label"
-               and r["to_name"] == "image" and r["original_width"] == 53
-               and r["original_height"] == 37 for r in results)
+    assert all(
+        r["type"] == "brushlabels"
+        and r["from_name"] == "label"
+        and r["to_name"] == "image"
+        and r["original_width"] == 53
+        and r["original_height"] == 37
+        for r in results
+    )
     json.dumps(results)  # plain JSON for the API
     back = results_to_mask(results, P, mask.shape)
     assert back.notes == []
@@ -91,8 +96,9 @@ def test_overlap_later_wins_and_is_reported():
     results = mask_to_results(nerve, P) + mask_to_results(artery, P)
     out = results_to_mask(results, P, (10, 10))
     assert out.mask[4, 4] == 6 and out.mask[2, 2] == 3 and out.mask[7, 7] == 6
-    assert out.notes == ["sciatic nerve and femoral artery overlap on 4 px: the later region "
-                         "(femoral artery) wins"]
+    assert out.notes == [
+        "sciatic nerve and femoral artery overlap on 4 px: the later region (femoral artery) wins"
+    ]
     reverse = results_to_mask(results[::-1], P, (10, 10))
     assert reverse.mask[4, 4] == 3 and "(sciatic nerve) wins" in reverse.notes[0]
 
@@ -102,7 +108,7 @@ def test_unknown_label_rejected():
     mask[1, 1] = 1
     results = mask_to_results(mask, P)
     results[0]["value"]["brushlabels"] = ["tibia"]
-    with pytest.raises(BadLabel, match="unknown label 'tibia'"):
+    with pytest.raises(BadLabel, match=r"unknown label 'tibia'"):
         results_to_mask(results, P, (6, 6))
 
 
@@ -110,36 +116,40 @@ def test_size_mismatch_rejected():
     mask = np.zeros((6, 8), np.uint8)
     mask[1, 1] = 1
     results = mask_to_results(mask, P)
-    with pytest.raises(BadLabel, match="size mismatch.*8x6.*the image is 6x8"):
+    with pytest.raises(BadLabel, match=r"size mismatch.*8x6.*the image is 6x8"):
         results_to_mask(results, P, (8, 6))
     del results[0]["original_width"], results[0]["original_height"]  # the RLE still tells
-    with pytest.raises(BadLabel, match="size mismatch"):
+    with pytest.raises(BadLabel, match=r"size mismatch"):
         results_to_mask(results, P, (6, 9))
 
 
 def test_non_brush_and_malformed_results_rejected():
-    rect = {"type": "rectanglelabels", "from_name": "label", "to_name": "image",
-            "value": {"x": 1, "y": 1, "width": 5, "height": 5, "rectanglelabels": ["femur"]}}
-    with pytest.raises(BadLabel, match="'rectanglelabels' result, not a brush mask"):
+    rect = {
+        "type": "rectanglelabels",
+        "from_name": "label",
+        "to_name": "image",
+        "value": {"x": 1, "y": 1, "width": 5, "height": 5, "rectanglelabels": ["femur"]},
+    }
+    with pytest.raises(BadLabel, match=r"'rectanglelabels' result, not a brush mask"):
         results_to_mask([rect], P, (6, 6))
     mask = np.zeros((6, 6), np.uint8)
     mask[1, 1] = 1
     entry = mask_to_results(mask, P)[0]
     two = json.loads(json.dumps(entry))
     two["value"]["brushlabels"] = ["femur", "nerve"]
-    with pytest.raises(BadLabel, match="exactly one label"):
+    with pytest.raises(BadLabel, match=r"exactly one label"):
         results_to_mask([two], P, (6, 6))
     none = json.loads(json.dumps(entry))
     none["value"]["brushlabels"] = []
-    with pytest.raises(BadLabel, match="exactly one label"):
+    with pytest.raises(BadLabel, match=r"exactly one label"):
         results_to_mask([none], P, (6, 6))
     no_rle = json.loads(json.dumps(entry))
     del no_rle["value"]["rle"]
-    with pytest.raises(BadLabel, match="without an RLE"):
+    with pytest.raises(BadLabel, match=r"without an RLE"):
         results_to_mask([no_rle], P, (6, 6))
     cut = json.loads(json.dumps(entry))
     cut["value"]["rle"] = cut["value"]["rle"][:3]
-    with pytest.raises(BadLabel, match="does not decode|size mismatch"):
+    with pytest.raises(BadLabel, match=r"does not decode|size mismatch"):
         results_to_mask([cut], P, (6, 6))
 
 
@@ -157,9 +167,13 @@ def test_partial_alpha_counts_as_drawn():
     rgba = np.zeros((4, 5, 4), np.uint8)
     rgba[1, 2] = (10, 20, 30, 1)
     rgba[3, 4] = (0, 0, 0, 200)
-    entry = {"type": "brushlabels", "from_name": "tag", "to_name": "img",
-             "original_width": 5, "original_height": 4,
-             "value": {"format": "rle", "rle": list(encode_rle(rgba.ravel())),
-                       "brushlabels": ["Femur"]}}
+    entry = {
+        "type": "brushlabels",
+        "from_name": "tag",
+        "to_name": "img",
+        "original_width": 5,
+        "original_height": 4,
+        "value": {"format": "rle", "rle": list(encode_rle(rgba.ravel())), "brushlabels": ["Femur"]},
+    }
     out = results_to_mask([entry], P, (4, 5)).mask
     assert out[1, 2] == 1 and out[3, 4] == 1 and out.sum() == 2

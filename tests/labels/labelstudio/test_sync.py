@@ -14,17 +14,21 @@ import pytest
 from label_studio_sdk import LabelStudio
 from sqlalchemy import select
 
-from datatool.labels.annotations import add_rater, latest_annotation
-from datatool.core.catalogue import Annotation, AuditEntry, Image, LabelStudioProject, \
-    LabelStudioTask
+from datatool.core.catalogue import (
+    Annotation,
+    AuditEntry,
+    Image,
+    LabelStudioProject,
+    LabelStudioTask,
+)
 from datatool.core.errors import DatatoolError, UsageError
-from datatool.ingest.pipeline import ingest
-from datatool.labels.labelstudio.formats import mask_to_results
-from datatool.labels.matching import image_for_dicom, image_name
 from datatool.core.protocol import load_protocol
+from datatool.ingest.pipeline import ingest
+from datatool.labels.annotations import add_rater, latest_annotation
+from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.labelstudio.sync import annotate, push, sync_from_export, sync_from_server
-
-from tests.labelstudio_server import labelstudio_server  # noqa: F401
+from datatool.labels.matching import image_for_dicom, image_name
+from tests.labelstudio_server import labelstudio_server
 
 __all__ = ["labelstudio_server"]  # the fixture counts as used (pyflakes does not read noqa)
 P = load_protocol()
@@ -52,12 +56,12 @@ def _mask(image: Image, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     mask = np.zeros((image.rows, image.cols), np.uint8)
     y, x = int(rng.integers(60, 120)), int(rng.integers(60, 120))
-    mask[y:y + 40, x:x + 50] = 1
-    mask[y + 10:y + 20, x + 10:x + 20] = 0  # hole
-    mask[y:y + 40, x + 50:x + 70] = 2  # touching the femur
+    mask[y : y + 40, x : x + 50] = 1
+    mask[y + 10 : y + 20, x + 10 : x + 20] = 0  # hole
+    mask[y : y + 40, x + 50 : x + 70] = 2  # touching the femur
     mask[200:230, 300:340] = 3
     mask[250, 250] = 4  # single pixel
-    mask[image.rows - 10:, : 40] = 6  # on the bottom-left corner
+    mask[image.rows - 10 :, :40] = 6  # on the bottom-left corner
     return mask
 
 
@@ -68,9 +72,16 @@ def _tasks(ls, project_id) -> dict[int, dict]:
 def _task_for(ws, project_id: int) -> dict[int, int]:
     """image id -> task id, as the catalogue records it."""
     with ws.session() as s:
-        row = s.scalar(select(LabelStudioProject).where(LabelStudioProject.project_id == project_id))
-        return dict(s.execute(select(LabelStudioTask.image_id, LabelStudioTask.task_id)
-                              .where(LabelStudioTask.project_id == row.id)).all())
+        row = s.scalar(
+            select(LabelStudioProject).where(LabelStudioProject.project_id == project_id)
+        )
+        return dict(
+            s.execute(
+                select(LabelStudioTask.image_id, LabelStudioTask.task_id).where(
+                    LabelStudioTask.project_id == row.id
+                )
+            ).all()
+        )
 
 
 def test_push_creates_the_raters_project_and_is_idempotent(demo_ws, labelstudio_server, ls):
@@ -88,12 +99,15 @@ def test_push_creates_the_raters_project_and_is_idempotent(demo_ws, labelstudio_
     mapping = _task_for(demo_ws, pid)
     for image_id, task_id in mapping.items():
         name = image_name(image_id)
-        assert tasks[task_id] == {"image": f"/data/local-files/?d=datatool/{pid}/{name}.png",
-                                  "image_id": name}
+        assert tasks[task_id] == {
+            "image": f"/data/local-files/?d=datatool/{pid}/{name}.png",
+            "image_id": name,
+        }
     # the server serves the store's PNG to whoever holds a token
     image_id, task_id = next(iter(mapping.items()))
-    got = httpx.get(srv.url + tasks[task_id]["image"],
-                    headers={"Authorization": f"Token {srv.token}"})
+    got = httpx.get(
+        srv.url + tasks[task_id]["image"], headers={"Authorization": f"Token {srv.token}"}
+    )
     assert got.status_code == 200 and got.headers["content-type"] == "image/png"
     assert got.content == demo_ws.store.path_for(images[image_id].store_hash).read_bytes()
     assert httpx.get(srv.url + tasks[task_id]["image"]).status_code in (401, 403)
@@ -113,22 +127,40 @@ def test_round_trip_versions_skips_and_empty(demo_ws, labelstudio_server, ls):
     srv = labelstudio_server
     add_rater(demo_ws, "AN1")
     images = _images(demo_ws)[:4]
-    pid = push(demo_ws, "AN1", url=srv.url, token=srv.token, local_root=srv.local_root,
-               image_ids=[i.id for i in images])["project_id"]
+    pid = push(
+        demo_ws,
+        "AN1",
+        url=srv.url,
+        token=srv.token,
+        local_root=srv.local_root,
+        image_ids=[i.id for i in images],
+    )["project_id"]
     tasks = _task_for(demo_ws, pid)
     first, skipped, empty, untouched = images
     mask = _mask(first)
     aid = annotate(srv.url, srv.token, pid, tasks[first.id], mask, P)
-    annotate(srv.url, srv.token, pid, tasks[skipped.id], np.zeros((1, 1), np.uint8), P,
-             was_cancelled=True)
-    annotate(srv.url, srv.token, pid, tasks[empty.id],
-             np.zeros((empty.rows, empty.cols), np.uint8), P)
+    annotate(
+        srv.url,
+        srv.token,
+        pid,
+        tasks[skipped.id],
+        np.zeros((1, 1), np.uint8),
+        P,
+        was_cancelled=True,
+    )
+    annotate(
+        srv.url, srv.token, pid, tasks[empty.id], np.zeros((empty.rows, empty.cols), np.uint8), P
+    )
     report = sync_from_server(demo_ws, "AN1", url=srv.url, token=srv.token)
     assert (report.seen, report.new_versions, report.unchanged) == (4, 1, 0)
     notes = dict(report.notes)
-    assert "cancelled" in notes[f"project {pid} task {tasks[skipped.id]} ({image_name(skipped.id)})"]
-    assert notes[f"project {pid} task {tasks[untouched.id]} ({image_name(untouched.id)})"] \
+    assert (
+        "cancelled" in notes[f"project {pid} task {tasks[skipped.id]} ({image_name(skipped.id)})"]
+    )
+    assert (
+        notes[f"project {pid} task {tasks[untouched.id]} ({image_name(untouched.id)})"]
         == "no annotation yet"
+    )
     [(item, reason)] = report.rejected  # submitted with nothing drawn
     assert str(tasks[empty.id]) in item and "empty" in reason and report.exit_code == 1
     with demo_ws.session() as s:
@@ -155,32 +187,48 @@ def test_unknown_labels_foreign_and_deleted_tasks_are_reported(demo_ws, labelstu
     srv = labelstudio_server
     add_rater(demo_ws, "AN1")
     images = _images(demo_ws)[:4]
-    pid = push(demo_ws, "AN1", url=srv.url, token=srv.token, local_root=srv.local_root,
-               image_ids=[i.id for i in images])["project_id"]
+    pid = push(
+        demo_ws,
+        "AN1",
+        url=srv.url,
+        token=srv.token,
+        local_root=srv.local_root,
+        image_ids=[i.id for i in images],
+    )["project_id"]
     tasks = _task_for(demo_ws, pid)
     bad, good, swapped, deleted = images
     results = mask_to_results(_mask(bad), P)
     results[0]["value"]["brushlabels"] = ["tibia"]
     ls.annotations.create(tasks[bad.id], result=results)
     annotate(srv.url, srv.token, pid, tasks[good.id], _mask(good, 1), P)
-    foreign = ls.projects.import_tasks(pid, request=[{"data": {"image": "/x.png"}}],
-                                       return_task_ids=True).task_ids[0]
+    foreign = ls.projects.import_tasks(
+        pid, request=[{"data": {"image": "/x.png"}}], return_task_ids=True
+    ).task_ids[0]
     ls.tasks.update(str(tasks[swapped.id]), data={"image": "/y.png", "image_id": "img999999"})
     ls.tasks.delete(str(tasks[deleted.id]))
     report = sync_from_server(demo_ws, "AN1", url=srv.url, token=srv.token)
     assert report.new_versions == 1 and report.seen == 4
     rejected = dict(report.rejected)
-    assert "unknown label 'tibia'" in rejected[
-        f"project {pid} task {tasks[bad.id]} ({image_name(bad.id)})"]
+    assert (
+        "unknown label 'tibia'"
+        in rejected[f"project {pid} task {tasks[bad.id]} ({image_name(bad.id)})"]
+    )
     assert "not a task datatool pushed" in rejected[f"project {pid} task {foreign}"]
     assert "img999999" in rejected[f"project {pid} task {tasks[swapped.id]}"]
     assert len(rejected) == 3 and report.exit_code == 1
-    assert dict(report.notes)[f"project {pid} task {tasks[deleted.id]} "
-                              f"({image_name(deleted.id)})"] \
+    assert (
+        dict(report.notes)[f"project {pid} task {tasks[deleted.id]} ({image_name(deleted.id)})"]
         == "recorded by datatool but deleted on the server"
+    )
     # push reports the deleted task and does not re-create it
-    again = push(demo_ws, "AN1", url=srv.url, token=srv.token, local_root=srv.local_root,
-                 image_ids=[i.id for i in images])
+    again = push(
+        demo_ws,
+        "AN1",
+        url=srv.url,
+        token=srv.token,
+        local_root=srv.local_root,
+        image_ids=[i.id for i in images],
+    )
     assert again["missing_on_server"] == [tasks[deleted.id]] and again["tasks_created"] == 0
 
 
@@ -188,7 +236,7 @@ def test_one_project_per_rater(demo_ws, labelstudio_server, ls):
     srv = labelstudio_server
     add_rater(demo_ws, "AN1")
     add_rater(demo_ws, "AN2")
-    kw = dict(url=srv.url, token=srv.token, local_root=srv.local_root, image_ids=[1, 2])
+    kw = {"url": srv.url, "token": srv.token, "local_root": srv.local_root, "image_ids": [1, 2]}
     a = push(demo_ws, "AN1", **kw)["project_id"]
     b = push(demo_ws, "AN2", title="second rater", **kw)["project_id"]
     assert a != b and ls.projects.get(b).title == "second rater"
@@ -201,7 +249,7 @@ def test_one_project_per_rater(demo_ws, labelstudio_server, ls):
     with pytest.raises(DatatoolError, match=f"AN1 already has Label Studio project {a}"):
         push(demo_ws, "AN1", project_id=spare, **kw)
     assert push(demo_ws, "AN1", **kw)["project_id"] == a
-    with pytest.raises(DatatoolError, match="was not pushed by datatool"):
+    with pytest.raises(DatatoolError, match=r"was not pushed by datatool"):
         sync_from_server(demo_ws, "AN1", url=srv.url, token=srv.token, project_id=spare)
     add_rater(demo_ws, "AN3")
     adopted = push(demo_ws, "AN3", project_id=spare, **kw)  # an empty project may be adopted
@@ -209,7 +257,7 @@ def test_one_project_per_rater(demo_ws, labelstudio_server, ls):
     used = ls.projects.create(title="used", label_config=P.labelstudio_config()).id
     ls.projects.import_tasks(used, request=[{"data": {"image": "/z.png"}}])
     add_rater(demo_ws, "AN4")
-    with pytest.raises(DatatoolError, match="already holds tasks that datatool did not push"):
+    with pytest.raises(DatatoolError, match=r"already holds tasks that datatool did not push"):
         push(demo_ws, "AN4", project_id=used, **kw)
     second = push(demo_ws, "AN1", new_project=True, **kw)
     assert second["project_created"] and second["project_id"] not in (a, b)
@@ -222,16 +270,21 @@ def test_upload_serving(demo_ws, labelstudio_server, ls):
     srv = labelstudio_server
     add_rater(demo_ws, "UP1")
     image = _images(demo_ws)[5]
-    result = push(demo_ws, "UP1", url=srv.url, token=srv.token, serve="upload",
-                  image_ids=[image.id])
+    result = push(
+        demo_ws, "UP1", url=srv.url, token=srv.token, serve="upload", image_ids=[image.id]
+    )
     assert result["tasks_created"] == 1
     [data] = _tasks(ls, result["project_id"]).values()
     assert set(data) == {"image", "image_id"} and data["image_id"] == image_name(image.id)
     assert data["image"].startswith(f"/data/upload/{result['project_id']}/")
     got = httpx.get(srv.url + data["image"], headers={"Authorization": f"Token {srv.token}"})
     assert got.content == demo_ws.store.path_for(image.store_hash).read_bytes()
-    assert push(demo_ws, "UP1", url=srv.url, token=srv.token, serve="upload",
-                image_ids=[image.id])["tasks_created"] == 0
+    assert (
+        push(demo_ws, "UP1", url=srv.url, token=srv.token, serve="upload", image_ids=[image.id])[
+            "tasks_created"
+        ]
+        == 0
+    )
 
 
 def test_connection_errors_say_what_to_do(demo_ws, labelstudio_server, tmp_path, monkeypatch):
@@ -240,24 +293,23 @@ def test_connection_errors_say_what_to_do(demo_ws, labelstudio_server, tmp_path,
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
     monkeypatch.delenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", raising=False)
-    with pytest.raises(UsageError, match="--url or set LABEL_STUDIO_URL"):
+    with pytest.raises(UsageError, match=r"--url or set LABEL_STUDIO_URL"):
         push(demo_ws, "AN1", token="x", local_root=srv.local_root)
-    with pytest.raises(UsageError, match="--local-root"):
+    with pytest.raises(UsageError, match=r"--local-root"):
         push(demo_ws, "AN1", url=srv.url, token=srv.token)
-    with pytest.raises(DatatoolError, match="cannot reach the Label Studio server of --url"):
-        push(demo_ws, "AN1", url="http://127.0.0.1:9", token=srv.token,
-             local_root=srv.local_root)
+    with pytest.raises(DatatoolError, match=r"cannot reach the Label Studio server of --url"):
+        push(demo_ws, "AN1", url="http://127.0.0.1:9", token=srv.token, local_root=srv.local_root)
     bad_token = "f" * 40
-    with pytest.raises(DatatoolError, match="refused the token") as info:
+    with pytest.raises(DatatoolError, match=r"refused the token") as info:
         push(demo_ws, "AN1", url=srv.url, token=bad_token, local_root=srv.local_root)
     assert bad_token not in str(info.value)
     elsewhere = tmp_path / "not-the-root"
     elsewhere.mkdir()
-    with pytest.raises(DatatoolError, match="will not serve.*--serve upload"):
+    with pytest.raises(DatatoolError, match=r"will not serve.*--serve upload"):
         push(demo_ws, "AN1", url=srv.url, token=srv.token, local_root=elsewhere, image_ids=[1])
     inside = srv.local_root / "sub"
     inside.mkdir()
-    with pytest.raises(DatatoolError, match="does not serve.*no tasks were created"):
+    with pytest.raises(DatatoolError, match=r"does not serve.*no tasks were created"):
         push(demo_ws, "AN1", url=srv.url, token=srv.token, local_root=inside, image_ids=[1])
 
 
@@ -272,13 +324,25 @@ def test_sync_from_export_matches_dicom_files(demo_ws, demo_dir):
     masks = [_mask(i, n) for n, i in enumerate(images)]
 
     def task(tid, data, mask=None, cancelled=False):
-        ann = {"id": 100 + tid, "project": 7, "was_cancelled": cancelled,
-               "updated_at": "2024-05-01T10:00:00.000000Z",
-               "result": [] if mask is None else mask_to_results(mask, P, "tag", "img")}
-        older = {"id": 50 + tid, "was_cancelled": False, "updated_at": "2024-04-01T10:00:00Z",
-                 "result": mask_to_results(np.ones_like(masks[0]), P)}
-        return {"id": tid, "data": data, "annotations": [older, ann] if mask is not None else
-                ([ann] if cancelled else []), "project": 7}
+        ann = {
+            "id": 100 + tid,
+            "project": 7,
+            "was_cancelled": cancelled,
+            "updated_at": "2024-05-01T10:00:00.000000Z",
+            "result": [] if mask is None else mask_to_results(mask, P, "tag", "img"),
+        }
+        older = {
+            "id": 50 + tid,
+            "was_cancelled": False,
+            "updated_at": "2024-04-01T10:00:00Z",
+            "result": mask_to_results(np.ones_like(masks[0]), P),
+        }
+        return {
+            "id": tid,
+            "data": data,
+            "annotations": [older, ann] if mask is not None else ([ann] if cancelled else []),
+            "project": 7,
+        }
 
     rel = [str(p.relative_to(demo_dir / "dicom")) for p in dicoms]
     export = [
@@ -315,12 +379,20 @@ def test_sync_from_export_matches_dicom_files(demo_ws, demo_dir):
 def test_cli_push_sync_and_no_token_anywhere(demo_ws, labelstudio_server, ls, cli_env):
     srv = labelstudio_server
     add_rater(demo_ws, "CLI1")
-    env = {**cli_env, "LABEL_STUDIO_URL": srv.url, "LABEL_STUDIO_API_KEY": srv.token,
-           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(srv.local_root)}
+    env = {
+        **cli_env,
+        "LABEL_STUDIO_URL": srv.url,
+        "LABEL_STUDIO_API_KEY": srv.token,
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(srv.local_root),
+    }
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "datatool", *args, "-w", str(demo_ws.root)],
-                              capture_output=True, text=True, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "datatool", *args, "-w", str(demo_ws.root)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
 
     res = run("labelstudio", "push", "--rater", "CLI1", "--images", "1,img000002,3", "--json")
     assert res.returncode == 0, res.stderr
@@ -344,9 +416,22 @@ def test_cli_push_sync_and_no_token_anywhere(demo_ws, labelstudio_server, ls, cl
     assert people.returncode == 1 and "unchanged" in people.stdout
     usage = run("sync", "labelstudio", "--rater", "CLI1", "--dicom-root", "/tmp")
     assert usage.returncode == 2
-    bad = subprocess.run([sys.executable, "-m", "datatool", "sync", "labelstudio", "--rater",
-                          "CLI1", "-w", str(demo_ws.root)], capture_output=True, text=True,
-                         env={**env, "LABEL_STUDIO_API_KEY": "0" * 40})
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "datatool",
+            "sync",
+            "labelstudio",
+            "--rater",
+            "CLI1",
+            "-w",
+            str(demo_ws.root),
+        ],
+        capture_output=True,
+        text=True,
+        env={**env, "LABEL_STUDIO_API_KEY": "0" * 40},
+    )
     assert bad.returncode == 1 and "refused the token" in bad.stderr
     outputs = "".join(r.stdout + r.stderr for r in (res, table, people, usage, bad))
     assert srv.token not in outputs and srv.url not in outputs
