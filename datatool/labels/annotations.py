@@ -209,11 +209,8 @@ def mask_hashes(session: Session, annotation_ids: Iterable[int]) -> dict[int, st
     found: dict[int, str] = {}
     for start in range(0, len(ids), IN_CHUNK):
         chunk = ids[start : start + IN_CHUNK]
-        found.update(
-            session.execute(
-                select(Annotation.id, Annotation.mask_hash).where(Annotation.id.in_(chunk))
-            ).tuples()
-        )
+        query = select(Annotation.id, Annotation.mask_hash).where(Annotation.id.in_(chunk))
+        found.update((i, h) for i, h in session.execute(query))
     return found
 
 
