@@ -19,7 +19,7 @@ LS_PASS  ?= datatool-demo
 LS_TOKEN ?= d0d0d0d0datatooldemotoken0000000000000000
 LS_OFFLINE := SENTRY_DSN= FRONTEND_SENTRY_DSN= LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false
 
-.PHONY: install demo test bench clean labelstudio
+.PHONY: install demo test lint typecheck bench clean labelstudio
 
 # torch==2.13.0 first: on this kind of machine it is a CPU wheel on local disk (a plain
 # "torch" would pull a multi-GB CUDA build); on a GPU machine install the CUDA build you need.
@@ -61,8 +61,23 @@ demo: $(STAMP)
 	$(DT) train --split demo --preset tiny
 	$(DT) score 1
 
-test: $(STAMP) $(LSSTAMP)
+test: $(STAMP) $(LSSTAMP) lint typecheck
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy cannot follow the editable install's import hook (model/ and migrations/ install as
+# datatool.model and datatool.migrations), so it checks a copy laid out as the wheel is.
+TYPECHECK := build/typecheck
+typecheck: $(STAMP)
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
+	cp -r datatool $(TYPECHECK)/datatool
+	cp -r model $(TYPECHECK)/datatool/model
+	cp -r migrations $(TYPECHECK)/datatool/migrations
+	cp -r schemas $(TYPECHECK)/datatool/schemas
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy -p datatool --config-file $(CURDIR)/pyproject.toml
 
 # A Label Studio server for people, in the foreground (Ctrl-C stops it), on 127.0.0.1 only.
 labelstudio: $(LSSTAMP)
@@ -87,4 +102,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/model.py
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache build

@@ -84,7 +84,7 @@ def main() -> None:
         start = time.perf_counter()
         run_agreement(ws, out_dir=Path(tmp) / "report2")
         t_again = time.perf_counter() - start
-    print(f"images labelled by both raters: {n}, structures: {len(report['structures'])}")
+    print(f"images labelled by both raters: {n}, structures: {len(report.structures)}")
     print(f"naive whole-image Dice loop (baseline): {t_naive:6.2f} s")
     print(
         f"datatool agreement (new sample):        {t_agree:6.2f} s  "

@@ -9,10 +9,10 @@ See ``metrics`` for the conventions (Dice/IoU of two empty maps, ICC rows, descr
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,9 @@ from datatool.core.catalogue import (
     audit,
 )
 from datatool.core.errors import DatatoolError, UsageError
-from datatool.core.protocol import load_protocol
+from datatool.core.jsonable import to_jsonable
+from datatool.core.processes import pool_context, worker_count
+from datatool.core.protocol import Protocol, Structure, load_protocol
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import get_rater, latest_annotations_query, mask_hashes
@@ -140,6 +142,64 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
+CONVENTIONS: dict[str, str] = {
+    "icc": "ICC(2,1): two-way random effects, absolute agreement, single measure "
+    "(pingouin); an empty structure is a rating of 0, so no image is dropped",
+    "overall": "ICC over all (image, structure) pairs of the listed structures",
+    "dice_iou": "pairs where both raters left the structure empty are excluded "
+    "(both_absent); one empty gives 0",
+}
+
+
+@dataclass
+class SampleInfo:
+    id: int
+    size: int | None  # None: every image labelled by both raters
+    seed: int  # the seed the sample was drawn with
+    images: int
+    reused: bool  # a saved sample, reused: the same numbers as before
+    created: str
+
+
+@dataclass
+class StructureAgreement:
+    structure: str
+    icc: metrics.ICC | None  # None: no ICC (the reason is in the report's notes)
+    dice: dict  # metrics.describe of the per-image Dice
+    iou: dict
+    both_absent: int  # images where both raters left it empty (no Dice/IoU)
+    one_absent: int  # images where one rater left it empty (Dice/IoU 0)
+    bland_altman: dict
+    mean_rating: dict[str, float]  # rater -> mean of the measure
+
+
+@dataclass
+class AgreementReport:
+    sample: SampleInfo
+    raters: list[str]
+    measure: str  # area_mm2 or area_px
+    unit: str
+    structures: list[StructureAgreement]
+    overall_icc: metrics.ICC | None  # over all (image, structure) pairs
+    notes: list[str]
+    out_dir: str
+    figures: list[str]
+    conventions: dict[str, str] = field(default_factory=lambda: dict(CONVENTIONS))
+
+
+@dataclass
+class _Sample:
+    """A drawn sample with what the measures need, read in one transaction."""
+
+    info: SampleInfo
+    rater_a: str
+    rater_b: str
+    items: list[tuple[int, int, int]]  # (image, annotation of a, annotation of b)
+    stats: dict[tuple[int, str], Any]  # (annotation, structure) -> its StructureStats row
+    masks: dict[int, str]  # annotation -> mask hash
+    calibrated: int  # images of the sample with mm calibration
+
+
 def run_agreement(
     ws: Workspace,
     sample: int | None = None,
@@ -150,23 +210,82 @@ def run_agreement(
     out_dir: Path | None = None,
     resample: bool = False,
     plots: bool = True,
-) -> dict:
+) -> AgreementReport:
     """Agreement between two raters: ICC(2,1) per structure and over all structures, Dice
-    and IoU, Bland-Altman plots. Returns a JSON-ready dict (also written to out_dir)."""
+    and IoU, Bland-Altman plots. The report is also written to out_dir/agreement.json."""
     protocol = load_protocol(ws.protocol_name)
     if measure is not None and measure not in MEASURES:
         raise UsageError(f"--measure must be one of {', '.join(MEASURES)}")
-    wanted = list(protocol.structures)
-    if structures:
-        try:
-            wanted = [protocol.by_label(n) for n in structures]
-        except KeyError as exc:
-            raise UsageError(
-                f"{exc.args[0]}; the protocol has: {', '.join(s.name for s in protocol.structures)}"
-            ) from None
+    wanted = _wanted_structures(protocol, structures)
+    smp = _load_sample(ws, raters, sample, seed, resample)
+    notes: list[str] = []
+    measure, unit = _choose_measure(measure, smp, notes)
+    overlaps = _overlaps(ws, smp.items, smp.masks, smp.stats, wanted)
+    results: list[StructureAgreement] = []
+    ratings: list[tuple[np.ndarray, np.ndarray]] = []
+    long_all: list[pd.DataFrame] = []
+    for st in wanted:
+        ra, rb, pa, pb = _ratings(smp, st.name, measure)
+        if not pa.any() and not pb.any():
+            message = f"structure {st.name!r}: neither rater labelled it in these images"
+            if structures:
+                raise DatatoolError(message)
+            notes.append(message + " (left out)")
+            continue
+        long = _long_table(ra, rb, smp.rater_a, smp.rater_b)
+        long_all.append(long.assign(target=long["target"].astype(str) + "|" + st.name))
+        results.append(
+            _structure_agreement(st.name, smp, long, ra, rb, pa, pb, overlaps[st.name], notes)
+        )
+        ratings.append((ra, rb))
+    if not results:
+        raise DatatoolError("no structure was labelled by either rater in these images")
+    overall = (
+        _icc_or_note(pd.concat(long_all), "all structures", notes)
+        if len(results) > 1
+        else results[0].icc
+    )
+    out = Path(out_dir) if out_dir else ws.root / "reports" / f"agreement-{smp.info.id}"
+    out.mkdir(parents=True, exist_ok=True)
+    figures = (
+        _bland_altman_plots(out, results, ratings, unit, (smp.rater_a, smp.rater_b))
+        if plots
+        else []
+    )
+    report = AgreementReport(
+        sample=smp.info,
+        raters=[smp.rater_a, smp.rater_b],
+        measure=measure,
+        unit=unit,
+        structures=results,
+        overall_icc=overall,
+        notes=notes,
+        out_dir=str(out),
+        figures=figures,
+    )
+    write_text_atomic(out / "agreement.json", json.dumps(to_jsonable(report), indent=2))
+    return report
+
+
+def _wanted_structures(protocol: Protocol, structures: list[str] | None) -> list[Structure]:
+    if not structures:
+        return list(protocol.structures)
+    try:
+        return [protocol.by_label(n) for n in structures]
+    except KeyError as exc:
+        raise UsageError(
+            f"{exc.args[0]}; the protocol has: {', '.join(s.name for s in protocol.structures)}"
+        ) from None
+
+
+def _load_sample(
+    ws: Workspace, raters: list[str] | None, size: int | None, seed: int, resample: bool
+) -> _Sample:
+    """The saved sample for these parameters (or a new one, saved and audited), with the
+    structure statistics and mask hashes of its annotations."""
     with ws.session() as s:
         a, b = _pick_raters(s, raters)
-        smp, reused = _draw(s, a, b, sample, seed, resample)
+        smp, reused = _draw(s, a, b, size, seed, resample)
         if not reused:
             audit(
                 s,
@@ -174,14 +293,15 @@ def run_agreement(
                 "sample",
                 sample_id=smp.id,
                 raters=[a.name, b.name],
-                size=sample,
+                size=size,
                 seed=seed,
                 images=smp.n_images,
             )
         items = [(it.image_id, it.annotation_a_id, it.annotation_b_id) for it in smp.items]
         ann_ids = [x for _, ia, ib in items for x in (ia, ib)]
-        stats = pd.DataFrame(
-            s.execute(
+        stats = {
+            (row.annotation_id, row.structure): row
+            for row in s.execute(
                 select(
                     StructureStats.annotation_id,
                     StructureStats.structure,
@@ -193,138 +313,114 @@ def run_agreement(
                     StructureStats.x1,
                     StructureStats.y1,
                 ).where(StructureStats.annotation_id.in_(ann_ids))
-            ).all(),
-            columns=[
-                "annotation_id",
-                "structure",
-                "value",
-                "area_px",
-                "area_mm2",
-                "x0",
-                "y0",
-                "x1",
-                "y1",
-            ],
-        )
-        masks = mask_hashes(s, ann_ids)
+            )
+        }
         calibrated = s.scalar(
             select(func.count(Image.id)).where(
                 Image.id.in_([i for i, _, _ in items]), Image.mm_per_px_x.is_not(None)
             )
         )
-        sample_id, sample_created = smp.id, smp.created_at
-    notes: list[str] = []
-    all_calibrated = calibrated == len(items)
+        info = SampleInfo(
+            id=smp.id,
+            size=smp.size,
+            seed=smp.seed,
+            images=len(items),
+            reused=reused,
+            created=smp.created_at.isoformat(timespec="seconds"),
+        )
+        return _Sample(info, a.name, b.name, items, stats, mask_hashes(s, ann_ids), calibrated or 0)
+
+
+def _choose_measure(measure: str | None, smp: _Sample, notes: list[str]) -> tuple[str, str]:
+    """The per-image measure (mm² when every image is calibrated, else px) and its unit."""
+    n = len(smp.items)
+    all_calibrated = smp.calibrated == n
     if measure is None:
         measure = "area_mm2" if all_calibrated else "area_px"
         if not all_calibrated:
             notes.append(
-                f"{len(items) - calibrated} of {len(items)} images have no mm "
-                "calibration: areas in pixels"
+                f"{n - smp.calibrated} of {n} images have no mm calibration: areas in pixels"
             )
     elif measure == "area_mm2" and not all_calibrated:
         raise DatatoolError(
-            f"{len(items) - calibrated} of {len(items)} images have no mm "
-            "calibration: use --measure area_px"
+            f"{n - smp.calibrated} of {n} images have no mm calibration: use --measure area_px"
         )
-    unit = "mm²" if measure == "area_mm2" else "px"
+    return measure, "mm²" if measure == "area_mm2" else "px"
 
-    by_ann = {(r.annotation_id, r.structure): r for r in stats.itertuples(index=False)}
-    overlaps = _overlaps(ws, items, masks, by_ann, wanted)
-    results, long_all = [], []
-    for st in wanted:
-        ra = np.array([getattr(by_ann[(ia, st.name)], measure) for _, ia, _ in items], float)
-        rb = np.array([getattr(by_ann[(ib, st.name)], measure) for _, _, ib in items], float)
-        pa = np.array([by_ann[(ia, st.name)].area_px for _, ia, _ in items])
-        pb = np.array([by_ann[(ib, st.name)].area_px for _, _, ib in items])
-        if not pa.any() and not pb.any():
-            message = f"structure {st.name!r}: neither rater labelled it in these images"
-            if structures:
-                raise DatatoolError(message)
-            notes.append(message + " (left out)")
-            continue
-        long = pd.DataFrame(
-            {
-                "target": np.tile(np.arange(len(items)), 2),
-                "rater": [a.name] * len(items) + [b.name] * len(items),
-                "rating": np.concatenate([ra, rb]),
-            }
-        )
-        long_all.append(long.assign(target=long["target"].astype(str) + "|" + st.name))
-        pairs = [
-            metrics.dice_iou(int(x), int(y), overlaps[st.name][k])
-            for k, (x, y) in enumerate(zip(pa, pb))
-        ]
-        ba = metrics.bland_altman(ra, rb)
-        results.append(
-            {
-                "structure": st.name,
-                "icc": _icc_or_note(long, st.name, notes),
-                "dice": metrics.describe([p[0] for p in pairs if p]),
-                "iou": metrics.describe([p[1] for p in pairs if p]),
-                "both_absent": int(sum(p is None for p in pairs)),
-                "one_absent": int(sum(1 for x, y in zip(pa, pb) if (x == 0) != (y == 0))),
-                "bland_altman": ba,
-                "mean_rating": {a.name: float(ra.mean()), b.name: float(rb.mean())},
-                "_ratings": (ra, rb),
-            }
-        )
-    if not results:
-        raise DatatoolError("no structure was labelled by either rater in these images")
-    overall = (
-        _icc_or_note(pd.concat(long_all), "all structures", notes)
-        if len(results) > 1
-        else results[0]["icc"]
+
+def _ratings(
+    smp: _Sample, structure: str, measure: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Both raters' measure and area in px of one structure over the sample's images."""
+    rows_a = [smp.stats[(ia, structure)] for _, ia, _ in smp.items]
+    rows_b = [smp.stats[(ib, structure)] for _, _, ib in smp.items]
+    return (
+        np.array([getattr(r, measure) for r in rows_a], float),
+        np.array([getattr(r, measure) for r in rows_b], float),
+        np.array([r.area_px for r in rows_a]),
+        np.array([r.area_px for r in rows_b]),
     )
-    out = Path(out_dir) if out_dir else ws.root / "reports" / f"agreement-{sample_id}"
-    out.mkdir(parents=True, exist_ok=True)
-    figures = []
-    for r in results:
-        ra, rb = r.pop("_ratings")
-        if plots:
-            figures.append(
-                str(
-                    bland_altman_png(
-                        out / f"bland_altman_{_slug(r['structure'])}.png",
-                        ra,
-                        rb,
-                        r["bland_altman"],
-                        f"Bland-Altman: {r['structure']}",
-                        unit,
-                        (a.name, b.name),
-                    )
-                )
+
+
+def _long_table(ra: np.ndarray, rb: np.ndarray, name_a: str, name_b: str) -> pd.DataFrame:
+    n = len(ra)
+    return pd.DataFrame(
+        {
+            "target": np.tile(np.arange(n), 2),
+            "rater": [name_a] * n + [name_b] * n,
+            "rating": np.concatenate([ra, rb]),
+        }
+    )
+
+
+def _structure_agreement(
+    name: str,
+    smp: _Sample,
+    long: pd.DataFrame,
+    ra: np.ndarray,
+    rb: np.ndarray,
+    pa: np.ndarray,
+    pb: np.ndarray,
+    overlaps: list[int],
+    notes: list[str],
+) -> StructureAgreement:
+    pairs = [metrics.dice_iou(int(x), int(y), overlaps[k]) for k, (x, y) in enumerate(zip(pa, pb))]
+    return StructureAgreement(
+        structure=name,
+        icc=_icc_or_note(long, name, notes),
+        dice=metrics.describe([p[0] for p in pairs if p]),
+        iou=metrics.describe([p[1] for p in pairs if p]),
+        both_absent=int(sum(p is None for p in pairs)),
+        one_absent=int(sum(1 for x, y in zip(pa, pb) if (x == 0) != (y == 0))),
+        bland_altman=metrics.bland_altman(ra, rb),
+        mean_rating={smp.rater_a: float(ra.mean()), smp.rater_b: float(rb.mean())},
+    )
+
+
+def _bland_altman_plots(
+    out: Path,
+    results: list[StructureAgreement],
+    ratings: list[tuple[np.ndarray, np.ndarray]],
+    unit: str,
+    raters: tuple[str, str],
+) -> list[str]:
+    return [
+        str(
+            bland_altman_png(
+                out / f"bland_altman_{_slug(r.structure)}.png",
+                ra,
+                rb,
+                r.bland_altman,
+                f"Bland-Altman: {r.structure}",
+                unit,
+                raters,
             )
-    report = {
-        "sample": {
-            "id": sample_id,
-            "size": sample,
-            "seed": seed,
-            "images": len(items),
-            "reused": reused,
-            "created": sample_created.isoformat(timespec="seconds"),
-        },
-        "raters": [a.name, b.name],
-        "measure": measure,
-        "unit": unit,
-        "structures": results,
-        "overall_icc": overall,
-        "notes": notes,
-        "conventions": {
-            "icc": "ICC(2,1): two-way random effects, absolute agreement, single measure "
-            "(pingouin); an empty structure is a rating of 0, so no image is dropped",
-            "overall": "ICC over all (image, structure) pairs of the listed structures",
-            "dice_iou": "pairs where both raters left the structure empty are excluded "
-            "(both_absent); one empty gives 0",
-        },
-        "out_dir": str(out),
-        "figures": figures,
-    }
-    write_text_atomic(out / "agreement.json", json.dumps(report, indent=2))
-    return report
+        )
+        for r, (ra, rb) in zip(results, ratings)
+    ]
 
 
-def _icc_or_note(long: pd.DataFrame, what: str, notes: list[str]) -> dict | None:
+def _icc_or_note(long: pd.DataFrame, what: str, notes: list[str]) -> metrics.ICC | None:
     try:
         icc = metrics.icc21(long)
     except ValueError as exc:
@@ -332,7 +428,7 @@ def _icc_or_note(long: pd.DataFrame, what: str, notes: list[str]) -> dict | None
         return None
     if icc.ci_low is None:
         notes.append(f"{what}: the raters agree perfectly; pingouin gives no CI")
-    return icc.as_dict()
+    return icc
 
 
 POOL_FROM = 400  # items; below this, counting in this process is faster than a pool
@@ -362,10 +458,9 @@ def _overlaps(ws: Workspace, items, masks: dict, by_ann: dict, wanted) -> dict[s
             )
             boxes.append((st.value, None if box is None else tuple(int(v) for v in box)))
         jobs.append((str(ws.store.root), masks[ia], masks[ib], boxes))
-    workers = min(os.cpu_count() or 1, 8)
+    workers = worker_count(cap=8)
     if len(jobs) >= POOL_FROM and workers > 1:
-        ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-        with ctx.Pool(workers) as pool:
+        with pool_context().Pool(workers) as pool:
             counts = pool.map(_overlap_one, jobs, chunksize=64)
     else:
         counts = [_overlap_one(job) for job in jobs]

@@ -11,12 +11,13 @@ like any other: running it again after no change is a no-op. Training uses these
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 from sqlalchemy import select
 
-from datatool.core.catalogue import Annotation, Image, Rater, audit
+from datatool.core.catalogue import Annotation, Image, Rater, RaterKind, audit
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
@@ -43,12 +44,23 @@ def fuse(masks: list[np.ndarray], method: str) -> np.ndarray:
     return sitk.GetArrayFromImage(fused).astype(np.uint8)
 
 
+@dataclass
+class ConsensusReport:
+    method: str
+    reference_rater: str  # consensus:METHOD
+    raters: list[str]  # whose labels were fused
+    images: int
+    new_versions: int
+    unchanged: int
+    skipped_too_few_raters: int
+
+
 def make_consensus(
     ws: Workspace,
     method: str,
     raters: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> dict:
+) -> ConsensusReport:
     """Make (or update) the reference label of every image with enough rater labels."""
     protocol = load_protocol(ws.protocol_name)
     single = method.startswith("rater:")
@@ -61,7 +73,7 @@ def make_consensus(
             sources = [get_rater(s, r) for r in raters]
         else:
             sources = list(
-                s.scalars(select(Rater).where(Rater.kind == "human").order_by(Rater.name))
+                s.scalars(select(Rater).where(Rater.kind == RaterKind.human).order_by(Rater.name))
             )
         needed = 1 if single else 2
         if len(sources) < needed:
@@ -72,7 +84,7 @@ def make_consensus(
         latest = list(s.scalars(latest_annotations_query([r.id for r in sources])))
         target = s.scalar(select(Rater).where(Rater.name == consensus_rater_name(method)))
         if target is None:
-            target = Rater(name=consensus_rater_name(method), kind="consensus")
+            target = Rater(name=consensus_rater_name(method), kind=RaterKind.consensus)
             s.add(target)
             s.flush()
         target_id = target.id
@@ -92,8 +104,8 @@ def make_consensus(
             stored = store_annotation(
                 s,
                 ws.store,
-                s.get(Image, image_id),
-                s.get(Rater, target_id),
+                s.get_one(Image, image_id),
+                s.get_one(Rater, target_id),
                 fused,
                 "consensus",
                 f"{method} of {ref}",
@@ -114,12 +126,12 @@ def make_consensus(
             unchanged=unchanged,
             raters=[r.name for r in sources],
         )
-    return {
-        "method": method,
-        "reference_rater": consensus_rater_name(method),
-        "raters": [r.name for r in sources],
-        "images": len(todo),
-        "new_versions": created,
-        "unchanged": unchanged,
-        "skipped_too_few_raters": skipped,
-    }
+    return ConsensusReport(
+        method=method,
+        reference_rater=consensus_rater_name(method),
+        raters=[r.name for r in sources],
+        images=len(todo),
+        new_versions=created,
+        unchanged=unchanged,
+        skipped_too_few_raters=skipped,
+    )

@@ -1,54 +1,107 @@
-"""Agreement and consensus commands."""
+"""Agreement and consensus: agreement, consensus."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
+from datatool.cli import render
 from datatool.cli.common import (
     PANEL_AGREEMENT,
+    CsvOpt,
     JsonOpt,
     WorkspaceOpt,
     app,
     guarded,
-    out,
-    print_json,
     progress_bar,
     workspace,
 )
+from datatool.cli.render import Block, Interval, MeanSD, MedianIQR, PValue, Table
+
+if TYPE_CHECKING:
+    from datatool.analysis.agreement import AgreementReport
+    from datatool.analysis.consensus import ConsensusReport
+    from datatool.analysis.metrics import ICC
+
+
+class Measure(StrEnum):
+    area_mm2 = "area_mm2"
+    area_px = "area_px"
+
+
+class ConsensusMethod(StrEnum):
+    staple = "staple"
+    majority = "majority"
+    rater = "rater"
 
 
 def _split_list(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
-def _ms(d: dict) -> str:
-    if not d or d["n"] == 0:
-        return "-"
-    return f"{d['mean']:.3f} ± {d['sd']:.3f}"
+def _icc_cells(icc: ICC | None) -> list[object]:
+    if icc is None:
+        return [None, None, None]
+    ci = None if icc.ci_low is None or icc.ci_high is None else Interval(icc.ci_low, icc.ci_high)
+    return [
+        icc.icc,
+        ci,
+        f"F({icc.df1},{icc.df2}) = {icc.f:.2f}, p {render.cell_text(PValue(icc.p))}",
+    ]
 
 
-def _mq(d: dict) -> str:
-    if not d or d["n"] == 0:
-        return "-"
-    return f"{d['median']:.3f} ({d['p25']:.3f}, {d['p75']:.3f})"
-
-
-def _icc(d: dict | None) -> tuple[str, str, str]:
-    if not d:
-        return "-", "-", "-"
-    ci = "-" if d["ci_low"] is None else f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
-    p = "< 0.001" if d["p"] < 0.001 else f"{d['p']:.3f}"
-    return f"{d['icc']:.3f}", ci, f"F({d['df1']},{d['df2']}) = {d['f']:.2f}, p {p}"
+def _agreement_view(report: AgreementReport) -> Iterator[Block]:
+    smp = report.sample
+    a, b = report.raters
+    yield (
+        f"sample {smp.id} ({'saved, reused' if smp.reused else 'new, saved'}): "
+        f"{smp.images} images labelled by both {a} and {b}, seed {smp.seed}; "
+        f"measure {report.measure}"
+    )
+    table = Table(
+        "inter-rater agreement",
+        [
+            "structure",
+            "ICC(2,1)",
+            "95 % CI",
+            "F test",
+            "Dice mean ± SD",
+            "IoU median (P25, P75)",
+            "both empty",
+            "one empty",
+        ],
+        name="agreement",
+    )
+    for r in report.structures:
+        table.add(
+            r.structure,
+            *_icc_cells(r.icc),
+            MeanSD.of(r.dice),
+            MedianIQR.of(r.iou),
+            r.both_absent,
+            r.one_absent,
+        )
+    table.add("all structures", *_icc_cells(report.overall_icc), None, None, None, None)
+    yield table
+    yield (
+        "all structures: one ICC over every (image, structure) pair; the structures' "
+        "different sizes inflate it, so read it beside the per-structure rows. Dice/IoU: "
+        "images where both raters left a structure empty are left out; one empty counts 0."
+    )
+    for note in report.notes:
+        yield f"note: {note}"
+    yield f"Bland-Altman plots and agreement.json in {report.out_dir}"
 
 
 @app.command(rich_help_panel=PANEL_AGREEMENT)
 @guarded
 def agreement(
     sample: int | None = typer.Option(
-        None, help="Draw this many images labelled by both raters (default: all of them)."
+        None, min=1, help="Draw this many images labelled by both raters (default: all of them)."
     ),
     seed: int = typer.Option(0, help="Seed of the draw; the same seed gives the same sample."),
     raters: str | None = typer.Option(
@@ -57,10 +110,10 @@ def agreement(
     structures: str | None = typer.Option(
         None, help="Comma-separated structures (default: all of the protocol)."
     ),
-    measure: str | None = typer.Option(
+    measure: Measure | None = typer.Option(
         None,
-        help="Per-image measure for the ICC: area_mm2 (default when every image is "
-        "calibrated) or area_px.",
+        help="Per-image measure for the ICC (default: area_mm2 when every image is "
+        "calibrated, else area_px).",
     ),
     out_dir: Path | None = typer.Option(
         None,
@@ -72,6 +125,7 @@ def agreement(
         False, help="Draw a new sample from the latest labels instead of reusing the saved one."
     ),
     json_out: bool = JsonOpt,
+    csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Inter-rater agreement: ICC(2,1) with 95 % CI per structure and over all, Dice and IoU,
@@ -88,69 +142,42 @@ def agreement(
         out_dir=out_dir,
         resample=resample,
     )
-    if json_out:
-        print_json(report)
-        return
-    smp = report["sample"]
-    a, b = report["raters"]
-    out.print(
-        f"sample {smp['id']} ({'saved, reused' if smp['reused'] else 'new, saved'}): "
-        f"{smp['images']} images labelled by both {a} and {b}, seed {smp['seed']}; "
-        f"measure {report['measure']}"
+    render.show(report, _agreement_view, json_out, csv_out)
+
+
+def _consensus_view(r: ConsensusReport) -> Iterator[Block]:
+    yield (
+        f"{r.reference_rater}: {r.images} images from {', '.join(r.raters)}: "
+        f"{r.new_versions} new versions, {r.unchanged} unchanged, "
+        f"{r.skipped_too_few_raters} images skipped (too few raters)"
     )
-    table = Table(title="inter-rater agreement")
-    for col in (
-        "structure",
-        "ICC(2,1)",
-        "95 % CI",
-        "F test",
-        "Dice mean ± SD",
-        "IoU median (P25, P75)",
-        "both empty",
-        "one empty",
-    ):
-        table.add_column(col, justify="left" if col == "structure" else "right")
-    for r in report["structures"]:
-        table.add_row(
-            r["structure"],
-            *_icc(r["icc"]),
-            _ms(r["dice"]),
-            _mq(r["iou"]),
-            str(r["both_absent"]),
-            str(r["one_absent"]),
-        )
-    table.add_row("all structures", *_icc(report["overall_icc"]), "", "", "", "")
-    out.print(table)
-    out.print(
-        "all structures: one ICC over every (image, structure) pair; the structures' "
-        "different sizes inflate it, so read it beside the per-structure rows. Dice/IoU: "
-        "images where both raters left a structure empty are left out; one empty counts 0."
-    )
-    for note in report["notes"]:
-        out.print(f"note: {note}")
-    out.print(f"Bland-Altman plots and agreement.json in {report['out_dir']}")
 
 
 @app.command(rich_help_panel=PANEL_AGREEMENT)
 @guarded
 def consensus(
-    method: str = typer.Option("staple", help="staple, majority, or rater:NAME."),
-    raters: str | None = typer.Option(None, help="Raters to fuse (default: all human)."),
+    method: ConsensusMethod = typer.Option(
+        ConsensusMethod.staple,
+        help="staple (SimpleITK STAPLE), majority (label voting; with two raters their "
+        "intersection) or rater (the one rater named by --raters is the reference).",
+    ),
+    raters: str | None = typer.Option(
+        None, help="Raters to fuse, comma-separated (default: all human raters)."
+    ),
     json_out: bool = JsonOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Make the reference label of each image from the raters' labels (stored as annotations
     of rater consensus:METHOD; training and splits use them)."""
     from datatool.analysis.consensus import make_consensus
+    from datatool.core.errors import UsageError
 
+    names = _split_list(raters)
+    spec = str(method)
+    if method is ConsensusMethod.rater:
+        if not names or len(names) != 1:
+            raise UsageError("--method rater takes one rater: --raters NAME")
+        spec, names = f"rater:{names[0]}", None
     with progress_bar("consensus", enabled=not json_out) as progress:
-        result = make_consensus(workspace(ws_path), method, _split_list(raters), progress=progress)
-    if json_out:
-        print_json(result)
-        return
-    out.print(
-        f"{result['reference_rater']}: {result['images']} images from "
-        f"{', '.join(result['raters'])}: {result['new_versions']} new versions, "
-        f"{result['unchanged']} unchanged, {result['skipped_too_few_raters']} images "
-        "skipped (too few raters)"
-    )
+        result = make_consensus(workspace(ws_path), spec, names, progress=progress)
+    render.show(result, _consensus_view, json_out)

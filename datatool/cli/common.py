@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import click
 import typer
 from rich.progress import (
     BarColumn,
@@ -39,15 +38,29 @@ PANEL_MODEL = "Splits and model"
 # The order of `datatool --help`: the work's order, not the alphabet. A command not listed
 # here comes last in its panel.
 COMMAND_ORDER = [
-    "init", "demo-data", "ingest", "ingest-clinical", "status", "images", "cohort",
-    "rater", "export", "labelstudio", "sync", "labels",
-    "agreement", "consensus",
-    "split", "train", "score", "runs",
-]  # fmt: skip
+    "init",
+    "demo-data",
+    "ingest",
+    "ingest-clinical",
+    "status",
+    "images",
+    "cohort",
+    "rater",
+    "export",
+    "labelstudio",
+    "sync",
+    "labels",
+    "agreement",
+    "consensus",
+    "split",
+    "train",
+    "score",
+    "runs",
+]
 
 
 class PipelineGroup(typer.core.TyperGroup):
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:
         names = super().list_commands(ctx)
         rank = {name: k for k, name in enumerate(COMMAND_ORDER)}
         return sorted(names, key=lambda n: rank.get(n, len(rank)))

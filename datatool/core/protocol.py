@@ -97,14 +97,15 @@ def load_protocol_file(path: Path) -> Protocol:
         if not 1 <= value <= 255 or value in seen_values:
             raise ValueError(f"{path}: label value {value} is out of 1..255 or repeated")
         seen_values.add(value)
-        color = tuple(int(c) for c in entry["color"])
-        if len(color) != 3:
+        rgb = [int(c) for c in entry["color"]]
+        if len(rgb) != 3:
             raise ValueError(f"{path}: colour of {entry['name']!r} must be [R, G, B]")
+        color = (rgb[0], rgb[1], rgb[2])
         structures.append(
             Structure(
                 name=str(entry["name"]),
                 value=value,
-                color=color,  # type: ignore[arg-type]
+                color=color,
                 aliases=tuple(str(a) for a in entry.get("aliases", ()) or ()),
             )
         )

@@ -161,7 +161,7 @@ def init_workspace(root: Path, protocol: str = DEFAULT_PROTOCOL) -> InitResult:
     return InitResult(root, created, ws.protocol_name, key_path)
 
 
-def migrate(engine: Engine, url: str, announce: bool = True) -> tuple[str | None, str]:
+def migrate(engine: Engine, url: str, announce: bool = True) -> tuple[str | None, str | None]:
     """Bring the catalogue schema to the newest migration; returns (from, to) revisions."""
     cfg = alembic_config(url)
     head = ScriptDirectory.from_config(cfg).get_current_head()

@@ -43,6 +43,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     PYDICOM_ROOT_UID,
+    UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -808,7 +809,7 @@ def _draw_overlays(
     return np.asarray(img)
 
 
-def _uid(seed: int, *parts) -> str:
+def _uid(seed: int, *parts: object) -> UID:
     return generate_uid(
         prefix=PYDICOM_ROOT_UID, entropy_srcs=[f"demo-{seed}", *[str(p) for p in parts]]
     )
@@ -913,32 +914,31 @@ def _set_pixel_module(ds: Dataset, samples: int) -> None:
     ds.PixelRepresentation = 0
 
 
-def _encode(ds: Dataset, kind: str, grey_arr: np.ndarray, rgb_arr: np.ndarray) -> None:
+def _encode(ds: Dataset, kind: str, pixels: np.ndarray) -> None:
+    """Pixel data in the encoding ``kind`` (gray for mono kinds, RGB for the colour ones)."""
     if kind == "mono":
         _set_pixel_module(ds, 1)
-        ds.PixelData = grey_arr.tobytes()
+        ds.PixelData = pixels.tobytes()
     elif kind == "rgb":
         _set_pixel_module(ds, 3)
-        ds.PixelData = rgb_arr.tobytes()
+        ds.PixelData = pixels.tobytes()
     elif kind == "rle_rgb":
         _set_pixel_module(ds, 3)
-        ds.compress(
-            RLELossless, rgb_arr, encoding_plugin=_rle_plugin(), generate_instance_uid=False
-        )
+        ds.compress(RLELossless, pixels, encoding_plugin=_rle_plugin(), generate_instance_uid=False)
     elif kind == "j2k":
         _set_pixel_module(ds, 1)
-        ds.compress(JPEG2000Lossless, grey_arr, generate_instance_uid=False)
+        ds.compress(JPEG2000Lossless, pixels, generate_instance_uid=False)
     elif kind == "jpeg":
         _set_pixel_module(ds, 1)
         buf = io.BytesIO()
-        Image.fromarray(grey_arr, "L").save(buf, format="JPEG", quality=92, optimize=False)
+        Image.fromarray(pixels, "L").save(buf, format="JPEG", quality=92, optimize=False)
         frame = buf.getvalue()
         ds.PixelData = encapsulate([frame])
         ds["PixelData"].VR = "OB"
         ds["PixelData"].is_undefined_length = True
         ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
         ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionRatio = f"{grey_arr.size / len(frame):.2f}"
+        ds.LossyImageCompressionRatio = f"{pixels.size / len(frame):.2f}"
         ds.LossyImageCompressionMethod = "ISO_10918_1"
     else:  # pragma: no cover
         raise ValueError(kind)
@@ -1051,10 +1051,7 @@ def write_demo_dataset(
                 ds = _build_dataset(
                     seed, pt, side, 1 + s_i, k, when, series_dt, pt.depth_cm, gain_db
                 )
-                if colour:
-                    _encode(ds, kind, None, np.ascontiguousarray(pix))
-                else:
-                    _encode(ds, kind, np.ascontiguousarray(pix), None)
+                _encode(ds, kind, np.ascontiguousarray(pix))
                 buf = io.BytesIO()
                 ds.save_as(buf, enforce_file_format=True)
                 rel = Path(pt.mrn) / f"{side}_{k:02d}"

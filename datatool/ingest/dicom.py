@@ -10,10 +10,11 @@ import io
 import warnings
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_voi_lut, pixel_array
 
@@ -96,7 +97,7 @@ def read_dataset(data: bytes) -> Dataset:
             if "PixelData" not in ds:
                 raise BadDicom("no pixel data (not an image, or the file is truncated)")
             if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
-                ds.file_meta = ds.file_meta if hasattr(ds, "file_meta") else Dataset()
+                ds.file_meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
                 ds.file_meta.TransferSyntaxUID = (
                     pydicom.uid.ImplicitVRLittleEndian
                     if ds.is_implicit_VR
@@ -204,9 +205,9 @@ def ultrasound_regions(ds: Dataset) -> list[Region]:
     return regions
 
 
-def _int_or_none(value: object) -> int | None:
+def _int_or_none(value: Any) -> int | None:
     try:
-        return int(value)  # type: ignore[arg-type]
+        return int(value)
     except (TypeError, ValueError):
         return None
 

@@ -111,15 +111,23 @@ def list_images(ws: Workspace, flt: ImageFilter | None = None) -> list[ImageRow]
     flt = flt or ImageFilter()
     query = (
         select(
-            Image.id, Patient.pseudonym, Series.side, Study.study_date, Image.frame_index,
-            Image.rows, Image.cols, Image.mm_per_px_x, Image.mm_per_px_y,
-            Image.pixel_handling, Image.store_hash,
+            Image.id,
+            Patient.pseudonym,
+            Series.side,
+            Study.study_date,
+            Image.frame_index,
+            Image.rows,
+            Image.cols,
+            Image.mm_per_px_x,
+            Image.mm_per_px_y,
+            Image.pixel_handling,
+            Image.store_hash,
         )
         .join(Series, Image.series_id == Series.id)
         .join(Study, Series.study_id == Study.id)
         .join(Patient, Study.patient_id == Patient.id)
         .order_by(Patient.pseudonym, Series.side, Image.id)
-    )  # fmt: skip
+    )
     if flt.patient:
         query = query.where(Patient.pseudonym == flt.patient)
     if flt.side:

@@ -12,7 +12,6 @@ harmless and reused), so a re-run completes the work.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import time
 import warnings
@@ -26,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from datatool.core.catalogue import Image, Patient, Series, SourceFile, Study, audit
+from datatool.core.processes import pool_context, worker_count
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
 from datatool.ingest import deid
@@ -455,9 +455,7 @@ def ingest(
     with ws.session() as session:
         known = known_hashes(session)
     init_args = (ws.key, str(ws.store.root), options, known)
-    if workers is None:
-        workers = os.cpu_count() or 1
-    workers = max(0, min(workers, len(files)))
+    workers = min(worker_count(workers), len(files))
 
     def results() -> Iterator[FileResult]:
         if workers == 0:  # in this process: keep its warning and validation settings as found
@@ -469,8 +467,7 @@ def ingest(
                 finally:
                     pydicom.config.settings.reading_validation_mode = mode
             return
-        ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+        with pool_context().Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
             yield from pool.imap_unordered(process_file, files, chunksize=4)
 
     pending, last_commit = [], time.monotonic()

@@ -28,16 +28,16 @@ def labelled(ws, demo_dir):
 def test_agreement_reports_every_structure_and_saves_the_sample(labelled, tmp_path):
     ws = labelled
     report = run_agreement(ws, sample=8, seed=3, out_dir=tmp_path / "r")
-    assert report["sample"]["images"] == 8 and not report["sample"]["reused"]
-    assert report["measure"] == "area_mm2" and report["raters"] == ["rater1", "rater2"]
-    names = [r["structure"] for r in report["structures"]]
+    assert report.sample.images == 8 and not report.sample.reused
+    assert report.measure == "area_mm2" and report.raters == ["rater1", "rater2"]
+    names = [r.structure for r in report.structures]
     assert names == [s.name for s in load_protocol().structures]
-    for r in report["structures"]:
-        assert -1 <= r["icc"]["icc"] <= 1 and r["icc"]["df1"] == 7
-        assert 0.5 < r["dice"]["mean"] <= 1 and r["iou"]["median"] <= r["dice"]["median"]
+    for r in report.structures:
+        assert -1 <= r.icc.icc <= 1 and r.icc.df1 == 7
+        assert 0.5 < r.dice["mean"] <= 1 and r.iou["median"] <= r.dice["median"]
     assert (tmp_path / "r" / "bland_altman_sciatic_nerve.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "r" / "agreement.json").read_text())
-    assert saved["structures"][0]["icc"] == report["structures"][0]["icc"]
+    assert saved["structures"][0]["icc"] == report.structures[0].icc.as_dict()
     # the same command again: the same sample and numbers, even after a new label version
     with ws.session() as s:
         ann = s.scalars(select(Annotation)).first()
@@ -46,10 +46,10 @@ def test_agreement_reports_every_structure_and_saves_the_sample(labelled, tmp_pa
         mask[mask == 3] = 0
         store_annotation(s, ws.store, image, ann.rater, mask, "itksnap", "edit", load_protocol())
     again = run_agreement(ws, sample=8, seed=3, out_dir=tmp_path / "r2", plots=False)
-    assert again["sample"]["reused"] and again["sample"]["id"] == report["sample"]["id"]
-    assert again["structures"] == report["structures"]
+    assert again.sample.reused and again.sample.id == report.sample.id
+    assert again.structures == report.structures
     other = run_agreement(ws, sample=8, seed=4, plots=False)
-    assert other["sample"]["id"] != report["sample"]["id"]
+    assert other.sample.id != report.sample.id
 
 
 def test_dice_matches_a_whole_image_computation(labelled):
@@ -66,9 +66,9 @@ def test_dice_matches_a_whole_image_computation(labelled):
         b = ws.store.get_array(latest[(image_id, "rater2")]) == value
         if a.any() or b.any():
             dices.append(2 * (a & b).sum() / (a.sum() + b.sum()))
-    nerve = next(r for r in report["structures"] if r["structure"] == "sciatic nerve")
-    assert nerve["dice"]["mean"] == pytest.approx(np.mean(dices))
-    assert report["sample"]["images"] == 12
+    nerve = next(r for r in report.structures if r.structure == "sciatic nerve")
+    assert nerve.dice["mean"] == pytest.approx(np.mean(dices))
+    assert report.sample.images == 12
 
 
 def test_agreement_errors(ws, labelled):
@@ -114,7 +114,7 @@ def test_agreement_needs_two_raters_and_labelled_structures(ws, demo_dir):
                 protocol,
             )
     report = run_agreement(ws, raters=["rater1", "copy"], plots=False)
-    assert any("femoral artery" in n for n in report["notes"])
+    assert any("femoral artery" in n for n in report.notes)
     with pytest.raises(DatatoolError, match="neither rater labelled it"):
         run_agreement(ws, raters=["rater1", "copy"], structures=["femoral artery"], plots=False)
 
@@ -132,10 +132,10 @@ def test_fusion_methods():
 def test_consensus_is_versioned_and_idempotent(labelled):
     ws = labelled
     first = make_consensus(ws, "staple")
-    assert first["images"] == 12 and first["new_versions"] == 12
-    assert make_consensus(ws, "staple")["unchanged"] == 12
+    assert first.images == 12 and first.new_versions == 12
+    assert make_consensus(ws, "staple").unchanged == 12
     copied = make_consensus(ws, "rater:rater1")
-    assert copied["images"] == 12 and copied["reference_rater"] == "consensus:rater:rater1"
+    assert copied.images == 12 and copied.reference_rater == "consensus:rater:rater1"
     with ws.session() as s:
         ref = {
             a.image_id: a.mask_hash

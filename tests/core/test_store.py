@@ -43,11 +43,18 @@ def test_atomic_write_replaces_whole_and_leaves_no_temp(tmp_path):
 def test_fast_reader_agrees_with_pillow_and_falls_back(tmp_path):
     import io
 
-    from datatool.core.store import decode_png
+    from datatool.core.store import decode_png, decode_png_fast
 
     rng = np.random.default_rng(1)
     arr = rng.integers(0, 256, (31, 17), dtype=np.uint8)
-    np.testing.assert_array_equal(decode_png(encode_png(arr)), arr)
+    ours = encode_png(arr)
+    fast = decode_png_fast(ours)  # the store's own files take the direct path
+    assert fast is not None
+    np.testing.assert_array_equal(fast, arr)
+    np.testing.assert_array_equal(decode_png(ours), arr)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=9)  # filtered rows: Pillow
+    assert decode_png_fast(buf.getvalue()) is None
     np.testing.assert_array_equal(decode_png(buf.getvalue()), arr)
+    cut = ours[:-12] + b"\x00\x00\x00\x00tEXt" + ours[-8:]  # no IEND where it belongs
+    assert decode_png_fast(cut) is None

@@ -1,0 +1,78 @@
+"""Every command explains itself, reports as JSON for scripts, and sits in a help panel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from datatool.cli import app
+from datatool.cli.common import COMMAND_ORDER
+
+# Commands that print no result to report (a server in the foreground, say) need no --json.
+NO_RESULT: set[str] = set()
+
+
+def leaf_commands() -> list[tuple[str, Any]]:
+    found = []
+
+    def walk(prefix: str, command: Any) -> None:
+        if hasattr(command, "commands"):  # a group (Typer's own click)
+            for name, sub in command.commands.items():
+                walk(f"{prefix} {name}".strip(), sub)
+        else:
+            found.append((prefix, command))
+
+    walk("", get_command(app))
+    return found
+
+
+LEAVES = leaf_commands()
+
+
+def test_the_commands_are_all_there():
+    names = {name for name, _ in LEAVES}
+    for expected in ("init", "ingest", "agreement", "train", "score", "sync itksnap",
+                     "labelstudio push", "split create", "rater add"):  # fmt: skip
+        assert expected in names
+
+
+@pytest.mark.parametrize("name,command", LEAVES, ids=[n for n, _ in LEAVES])
+def test_every_command_has_help(name, command):
+    assert command.help and len(command.help.split()) >= 4, name
+    res = CliRunner().invoke(app, [*name.split(), "--help"], env={"COLUMNS": "120"})
+    assert res.exit_code == 0, res.output
+    assert "Usage:" in res.output
+    for param in command.params:
+        if param.param_type_name == "option" and param.name != "help":
+            assert param.help, f"{name} {param.opts[0]} has no help text"
+    # a docstring's paragraph reads as one paragraph: no line of the help ends mid-sentence
+    first = command.help.split("\n\n")[0]
+    assert "\n" not in first, f"{name}: help text breaks where the source wrapped"
+
+
+@pytest.mark.parametrize("name,command", LEAVES, ids=[n for n, _ in LEAVES])
+def test_every_reporting_command_takes_json(name, command):
+    if name in NO_RESULT:
+        return
+    options = {opt for param in command.params for opt in getattr(param, "opts", [])}
+    assert "--json" in options, f"{name} has no --json"
+
+
+def test_help_lists_commands_in_the_order_of_the_work():
+    res = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "160"})
+    assert res.exit_code == 0
+    positions = [res.output.find(f"│ {name} ") for name in COMMAND_ORDER]
+    assert all(p > 0 for p in positions), dict(zip(COMMAND_ORDER, positions))
+    assert positions == sorted(positions)
+    panels = ["Workspace and data", "Labels", "Agreement and consensus", "Splits and model"]
+    assert [res.output.find(p) for p in panels] == sorted(res.output.find(p) for p in panels)
+
+
+def test_fixed_choices_are_listed_in_help():
+    res = CliRunner().invoke(app, ["ingest", "--help"], env={"COLUMNS": "160"})
+    assert "auto" in res.output and "middle" in res.output
+    bad = CliRunner().invoke(app, ["ingest", "x", "--frames", "sideways"])
+    assert bad.exit_code == 2
