@@ -2,44 +2,36 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from datatool.cli import render
 from datatool.cli.common import (
+    CsvOpt,
     JsonOpt,
     WorkspaceOpt,
-    err,
     export_app,
     guarded,
-    out,
-    print_json,
-    print_sync_report,
     progress_bar,
     sync_app,
     workspace,
 )
+from datatool.cli.labels import show_sync_report
+from datatool.cli.render import Block
+
+if TYPE_CHECKING:  # result types; the services load when a command runs
+    from datatool.labels.itksnap.sync import ItksnapExport
 
 
-def _parse_images(text: str | None) -> list[int] | None:
-    """``12,15,img000017`` -> [12, 15, 17]."""
-    if text is None:
-        return None
-    ids = []
-    for token in (t.strip() for t in text.split(",")):
-        if not token:
-            continue
-        match = re.fullmatch(r"(?:img)?(\d+)", token, re.IGNORECASE)
-        if match is None:
-            raise typer.BadParameter(
-                f"{token!r} is not an image id (12 or img000012)", param_hint="--images"
-            )
-        value = int(match.group(1))
-        ids.append(value)
-    if not ids:
-        raise typer.BadParameter("no image ids given", param_hint="--images")
-    return ids
+def _export_view(r: ItksnapExport) -> Iterator[Block]:
+    yield (
+        f"exported {r.images} images for rater {r.rater} to {r.out_dir}: {r.prefilled} "
+        f"segmentations pre-filled with {r.rater}'s own labels, {r.kept} kept with unsynced "
+        f"edits; labels in {r.labels_file}"
+    )
 
 
 @export_app.command("itksnap")
@@ -73,29 +65,20 @@ def export_itksnap(
     synced yet is never overwritten.
     """
     from datatool.labels.itksnap.sync import export_itksnap as run
+    from datatool.labels.matching import parse_image_ids
 
-    ids = _parse_images(images)
+    ids = None if images is None else parse_image_ids(images)
     ws = workspace(ws_path)
     with progress_bar("export", enabled=not json_out) as progress:
         summary = run(ws, rater, out_dir, image_ids=ids, prefill=prefill, progress=progress)
-    if json_out:
-        print_json(summary)
-        return
-    for path in summary["kept_files"]:
-        err.print(
-            f"[yellow]kept:[/yellow] {path}: holds edits not synced yet; left as it was "
-            "(sync it first)",
-            highlight=False,
-            soft_wrap=True,
-        )
-    out.print(
-        f"exported {summary['images']} images for rater {summary['rater']} to "
-        f"{summary['out_dir']}: {summary['prefilled']} segmentations pre-filled with "
-        f"{summary['rater']}'s own labels, {summary['kept']} kept with unsynced edits; "
-        f"labels in {summary['labels_file']}",
-        highlight=False,
-        soft_wrap=True,
+    render.problems(
+        (
+            (path, "holds edits not synced yet; left as it was (sync it first)")
+            for path in summary.kept_files
+        ),
+        "kept",
     )
+    render.show(summary, _export_view, json_out)
 
 
 @sync_app.command("itksnap")
@@ -125,6 +108,7 @@ def sync_itksnap(
         help="Store empty label maps (nothing labelled) instead of rejecting them.",
     ),
     json_out: bool = JsonOpt,
+    csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Bring one rater's ITK-SNAP label maps in as versioned annotations.
@@ -149,4 +133,4 @@ def sync_itksnap(
             allow_empty=allow_empty,
             progress=progress,
         )
-    print_sync_report(report, f"sync itksnap ({report.rater})", "label files", json_out)
+    show_sync_report(report, json_out, csv_out)

@@ -1,54 +1,106 @@
-"""Rater and label-coverage commands: rater add, rater list, labels."""
+"""Rater and label-coverage commands: rater add, rater list, labels; and the view of a sync
+report that both sync commands (ITK-SNAP, Label Studio) print."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
+from datatool.cli import render
 from datatool.cli.common import (
     PANEL_LABELS,
+    CsvOpt,
     JsonOpt,
     WorkspaceOpt,
     app,
+    finish,
     guarded,
-    out,
-    print_json,
     rater_app,
     workspace,
 )
+from datatool.cli.render import Block, Table
+
+if TYPE_CHECKING:  # result types; the services load when a command runs
+    from datatool.labels.annotations import Coverage, RaterAdded, RaterRow, SyncReport
+
+_SYNC_UNITS = {"itksnap": "label files", "labelstudio": "tasks"}
+
+
+def _sync_view(report: SyncReport) -> Iterator[Block]:
+    table = Table(
+        f"sync {report.source}: rater {report.rater}",
+        ["outcome", _SYNC_UNITS.get(report.source, "items")],
+    )
+    table.add("seen", report.seen)
+    table.add("new versions", report.new_versions)
+    table.add("unchanged", report.unchanged)
+    table.add("rejected", len(report.rejected))
+    table.add("notes", len(report.notes))
+    yield table
+
+
+def show_sync_report(report: SyncReport, json_out: bool, csv_out: Path | None) -> None:
+    """Print a sync report (one stderr line per rejected item, notes unless ``--json``) and
+    end the command with its exit code: 0 all stored or unchanged, 1 something rejected."""
+    render.problems(report.rejected, "rejected")
+    if not json_out:
+        render.notes(report.notes)
+    render.show(report, _sync_view, json_out, csv_out)
+    finish(report.exit_code)
+
+
+def _rater_added_view(r: RaterAdded) -> Iterator[Block]:
+    yield f"{'Registered' if r.created else 'Already registered:'} rater {r.name}"
 
 
 @rater_app.command("add")
 @guarded
 def rater_add(
     name: str = typer.Argument(..., help="The rater's name or initials, e.g. AN1."),
+    json_out: bool = JsonOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Register a rater. Each rater labels on their own and never sees another's labels."""
     from datatool.labels.annotations import add_rater
 
-    rater, created = add_rater(workspace(ws_path), name)
-    out.print(f"{'Registered' if created else 'Already registered:'} rater {rater.name}")
+    render.show(add_rater(workspace(ws_path), name), _rater_added_view, json_out)
+
+
+def _raters_view(rows: list[RaterRow]) -> Iterator[Block]:
+    table = Table("raters", ["rater", "kind", "images labelled", "registered"])
+    for r in rows:
+        table.add(r.name, r.kind, r.images_labelled, r.registered)
+    yield table
 
 
 @rater_app.command("list")
 @guarded
-def rater_list(json_out: bool = JsonOpt, ws_path: Path | None = WorkspaceOpt):
+def rater_list(
+    json_out: bool = JsonOpt, csv_out: Path | None = CsvOpt, ws_path: Path | None = WorkspaceOpt
+):
     """List raters and how many images each has labelled."""
     from datatool.labels.annotations import list_raters
 
-    rows = list_raters(workspace(ws_path))
-    if json_out:
-        print_json(rows)
-        return
-    table = Table(title="raters")
-    for col in ("rater", "kind", "images labelled", "registered"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], r["kind"], str(r["images_labelled"]), r["registered"])
-    out.print(table)
+    render.show(list_raters(workspace(ws_path)), _raters_view, json_out, csv_out)
+
+
+def _coverage_view(data: Coverage) -> Iterator[Block]:
+    for r in data.raters:
+        sources = ", ".join(f"{k}: {v}" for k, v in sorted(r.sources.items())) or "-"
+        table = Table(
+            f"{r.rater} ({r.kind}): {r.images_labelled} of {r.images_total} images labelled, "
+            f"{r.versions} versions; from {sources}",
+            ["structure", "present", "absent"],
+            name=r.rater,
+        )
+        for name, counts in r.structures.items():
+            table.add(name, counts.present, counts.absent)
+        yield table
+    if not data.raters:
+        yield "no raters yet: run 'datatool rater add NAME'"
 
 
 @app.command(rich_help_panel=PANEL_LABELS)
@@ -56,27 +108,14 @@ def rater_list(json_out: bool = JsonOpt, ws_path: Path | None = WorkspaceOpt):
 def labels(
     rater: str | None = typer.Option(None, help="Only this rater."),
     json_out: bool = JsonOpt,
+    csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
-    """Label coverage: per rater, images labelled and, per structure, present or absent."""
+    """Label coverage: per rater, images labelled and, per structure, present or absent.
+
+    With --csv, the first rater's table goes to FILE and each other rater's beside it as
+    FILE-RATER.csv.
+    """
     from datatool.labels.annotations import label_coverage
 
-    data = label_coverage(workspace(ws_path), rater)
-    if json_out:
-        print_json(data)
-        return
-    for r in data["raters"]:
-        sources = ", ".join(f"{k}: {v}" for k, v in sorted(r["sources"].items())) or "-"
-        table = Table(
-            title=f"{r['rater']} ({r['kind']}): {r['images_labelled']} of "
-            f"{r['images_total']} images labelled, {r['versions']} versions; "
-            f"from {sources}"
-        )
-        table.add_column("structure")
-        table.add_column("present", justify="right")
-        table.add_column("absent", justify="right")
-        for name, counts in r["structures"].items():
-            table.add_row(name, str(counts["present"]), str(counts["absent"]))
-        out.print(table)
-    if not data["raters"]:
-        out.print("no raters yet: run 'datatool rater add NAME'")
+    render.show(label_coverage(workspace(ws_path), rater), _coverage_view, json_out, csv_out)

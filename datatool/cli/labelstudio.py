@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
+from datatool.cli import render
 from datatool.cli.common import (
+    CsvOpt,
     JsonOpt,
     WorkspaceOpt,
-    err,
     guarded,
     labelstudio_app,
-    out,
-    print_json,
-    print_sync_report,
     progress_bar,
     sync_app,
     workspace,
 )
+from datatool.cli.labels import show_sync_report
+from datatool.cli.render import Block, Table
+from datatool.labels.labelstudio.modes import ServeMode
+
+if TYPE_CHECKING:  # result types; the services load when a command runs
+    from datatool.labels.labelstudio.sync import PushReport
 
 UrlOpt = typer.Option(
     None,
@@ -38,8 +43,19 @@ TokenOpt = typer.Option(
 )
 
 
-def _print_report(report, json_out: bool) -> None:
-    print_sync_report(report, f"sync labelstudio: rater {report.rater}", "tasks", json_out)
+def _push_view(r: PushReport) -> Iterator[Block]:
+    table = Table(
+        f"rater {r.rater}: project {r.project_id}" + (" (new)" if r.project_created else ""),
+        ["outcome", "images"],
+    )
+    table.add("tasks created", r.tasks_created)
+    table.add("already pushed", r.already_pushed)
+    if r.recovered:
+        table.add("recorded from an interrupted push", r.recovered)
+    table.add("deleted on the server", len(r.missing_on_server))
+    yield table
+    served = "the local files storage" if r.serve is ServeMode.local else "upload"
+    yield f"project {r.project_id} '{r.title}'; images served by {served}"
 
 
 @labelstudio_app.command("push")
@@ -61,8 +77,8 @@ def push(
         help="Only these images: comma-separated ids or names (1,2 or "
         "img000001). Default: every image in the catalogue.",
     ),
-    serve: str = typer.Option(
-        "local",
+    serve: ServeMode = typer.Option(
+        ServeMode.local,
         "--serve",
         help="local: copy the PNGs under the server's local files root "
         "(same machine); upload: upload them through the API.",
@@ -79,13 +95,15 @@ def push(
     url: str | None = UrlOpt,
     token: str | None = TokenOpt,
     json_out: bool = JsonOpt,
+    csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Put images into the rater's own Label Studio project (made on first use), one task per
     image not yet there. Re-running adds nothing. One project per rater: double-blind."""
     from datatool.labels.labelstudio.sync import push as run_push
+    from datatool.labels.matching import parse_image_ids
 
-    ids = [p for p in images.split(",") if p.strip()] if images else None
+    ids = None if images is None else parse_image_ids(images)
     result = run_push(
         workspace(ws_path),
         rater,
@@ -98,32 +116,11 @@ def push(
         local_root=local_root,
         new_project=new_project,
     )
-    if json_out:
-        print_json(result)
-        return
-    for task_id in result["missing_on_server"]:
-        err.print(
-            f"note: task {task_id} of project {result['project_id']} was deleted on the "
-            "server; not re-created",
-            highlight=False,
-        )
-    table = Table(
-        title=f"rater {result['rater']}: project {result['project_id']}"
-        + (" (new)" if result["project_created"] else "")
+    render.notes(
+        f"task {task_id} of project {result.project_id} was deleted on the server; not re-created"
+        for task_id in result.missing_on_server
     )
-    table.add_column("outcome")
-    table.add_column("images", justify="right")
-    table.add_row("tasks created", str(result["tasks_created"]))
-    table.add_row("already pushed", str(result["already_pushed"]))
-    if result["recovered"]:
-        table.add_row("recorded from an interrupted push", str(result["recovered"]))
-    table.add_row("deleted on the server", str(len(result["missing_on_server"])))
-    out.print(table)
-    out.print(
-        f"project {result['project_id']} '{result['title']}'; images served by "
-        f"{'the local files storage' if result['serve'] == 'local' else 'upload'}",
-        highlight=False,
-    )
+    render.show(result, _push_view, json_out, csv_out)
 
 
 @sync_app.command("labelstudio")
@@ -157,6 +154,7 @@ def sync_labelstudio(
         False, "--allow-empty", help="Store submitted annotations with nothing drawn."
     ),
     json_out: bool = JsonOpt,
+    csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Bring a rater's labels in from their Label Studio project (or a JSON export).
@@ -191,4 +189,4 @@ def sync_labelstudio(
                 progress=progress,
                 project_id=project_id,
             )
-    _print_report(report, json_out)
+    show_sync_report(report, json_out, csv_out)

@@ -7,6 +7,8 @@ lists) is generated from it.
 
 from __future__ import annotations
 
+import importlib
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -19,9 +21,8 @@ DEFAULT_PROTOCOL = "anterior_sciatic"
 def schemas_dir() -> Path:
     """The folder holding the protocol files: the ``datatool.schemas`` package (the
     repository's ``schemas/`` folder, installed as package data)."""
-    from datatool import schemas
-
-    return Path(schemas.__file__).resolve().parent
+    schemas = importlib.import_module("datatool.schemas")
+    return Path(schemas.__file__ or "").resolve().parent
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class Structure:
     value: int
     color: tuple[int, int, int]
     aliases: tuple[str, ...] = ()
+
+    @property
+    def hex_color(self) -> str:
+        """The colour as ``#rrggbb``."""
+        return "#{:02x}{:02x}{:02x}".format(*self.color)
 
     def matches(self, label: str) -> bool:
         wanted = label.strip().casefold()
@@ -73,17 +79,17 @@ class Protocol:
         return "\n".join(lines) + "\n"
 
     def labelstudio_config(self, from_name: str = "label", to_name: str = "image") -> str:
-        """The Label Studio labelling config: brush labels over the image, one per structure."""
-        labels = "\n".join(
-            f'    <Label value="{s.name}" background="#{s.color[0]:02x}{s.color[1]:02x}'
-            f'{s.color[2]:02x}"/>'
-            for s in self.structures
-        )
-        return (
-            f'<View>\n  <Image name="{to_name}" value="${to_name}" zoom="true"/>\n'
-            f'  <BrushLabels name="{from_name}" toName="{to_name}">\n{labels}\n'
-            f"  </BrushLabels>\n</View>\n"
-        )
+        """The Label Studio labelling config: brush labels over the image, one per structure.
+
+        Built as XML elements, so any structure name (``&``, quotes, ``<``) is escaped and the
+        config always parses; Label Studio reads each label's name back unescaped."""
+        view = ET.Element("View")
+        ET.SubElement(view, "Image", name=to_name, value=f"${to_name}", zoom="true")
+        brush = ET.SubElement(view, "BrushLabels", name=from_name, toName=to_name)
+        for s in self.structures:
+            ET.SubElement(brush, "Label", value=s.name, background=s.hex_color)
+        ET.indent(view, "  ")
+        return ET.tostring(view, encoding="unicode") + "\n"
 
 
 def load_protocol_file(path: Path) -> Protocol:

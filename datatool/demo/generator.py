@@ -35,7 +35,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -53,8 +52,9 @@ from pydicom.uid import (
 )
 from scipy import ndimage
 
-from datatool.core.atomic import atomic_path, write_bytes_atomic
+from datatool.core.atomic import write_bytes_atomic
 from datatool.core.protocol import Protocol, load_protocol
+from datatool.labels.itksnap.formats import write_segmentation
 
 __all__ = [
     "BANNER_ROWS",
@@ -131,14 +131,6 @@ def parse_images_per_side(text: str) -> tuple[int, int]:
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) % (1 << 64), *[int(k) for k in keys]])
-
-
-def _atomic_write_nifti(path: Path, mask: np.ndarray, spacing_mm: tuple[float, float]) -> None:
-    img = sitk.GetImageFromArray(mask)  # 2D, size (W, H)
-    img.SetSpacing(spacing_mm)
-    img.SetOrigin((0.0, 0.0))
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(img, str(tmp), True)
 
 
 @lru_cache(maxsize=8)
@@ -1058,7 +1050,7 @@ def write_demo_dataset(
                 write_bytes_atomic(dicom_dir / rel.with_suffix(".dcm"), buf.getvalue())
                 spacing = (pt.depth_cm / _FAN_PX * 10.0, pt.depth_cm / _FAN_PX * 10.0)
                 for rater, lab in (("rater1", r1), ("rater2", r2)):
-                    _atomic_write_nifti(labels_dir / rater / f"{rel}.nii.gz", lab, spacing)
+                    write_segmentation(labels_dir / rater / f"{rel}.nii.gz", lab, spacing)
                 ts_name = ds.file_meta.TransferSyntaxUID.name
                 encodings[ts_name] = encodings.get(ts_name, 0) + 1
                 done += 1

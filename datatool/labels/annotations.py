@@ -7,49 +7,83 @@ version is a no-op; a different map becomes the next version. Nothing is ever ov
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from datatool.core.catalogue import Annotation, Image, Rater, StructureStats, audit, utcnow
-from datatool.core.errors import DatatoolError, UsageError
+from datatool.core.catalogue import (
+    Annotation,
+    Image,
+    Rater,
+    RaterKind,
+    StructureStats,
+    audit,
+    utcnow,
+)
+from datatool.core.errors import UsageError
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
 from datatool.labels.masks import structure_stats
 
+T = TypeVar("T")
 SOURCES = ("itksnap", "labelstudio", "model", "consensus")
-RATER_KINDS = ("human", "consensus", "model")
 
 
-def add_rater(ws: Workspace, name: str, kind: str = "human") -> tuple[Rater, bool]:
-    """Register a rater; returns (rater, created). Registering twice changes nothing."""
+@dataclass
+class RaterAdded:
+    """What ``rater add`` did: the rater, and whether it was new (registering twice changes
+    nothing)."""
+
+    name: str
+    kind: RaterKind
+    created: bool
+
+
+@dataclass
+class RaterRow:
+    """A registered rater and how many images they have labelled."""
+
+    name: str
+    kind: RaterKind
+    images_labelled: int
+    registered: str  # ISO time, seconds
+
+
+def add_rater(ws: Workspace, name: str, kind: RaterKind | str = RaterKind.human) -> RaterAdded:
+    """Register a rater. Registering twice changes nothing (``created`` is False)."""
     name = name.strip()
     if not name or len(name) > 64 or any(c in name for c in "/\\\n\t,"):
         raise UsageError(f"rater name {name!r} must be 1-64 characters without / \\ , or tabs")
-    if kind not in RATER_KINDS:
-        raise UsageError(f"rater kind must be one of {', '.join(RATER_KINDS)}")
+    try:
+        kind = RaterKind(kind)
+    except ValueError:
+        raise UsageError(
+            f"rater kind must be one of {', '.join(k.value for k in RaterKind)}"
+        ) from None
     with ws.session() as s:
         rater = s.scalar(select(Rater).where(Rater.name == name))
         if rater is not None:
-            return rater, False
-        rater = Rater(name=name, kind=kind)
-        s.add(rater)
-        audit(s, "rater add", "rater", name=name, kind=kind)
-    return rater, True
+            return RaterAdded(rater.name, RaterKind(rater.kind), False)
+        s.add(Rater(name=name, kind=kind.value))
+        audit(s, "rater add", "rater", name=name, kind=kind.value)
+    return RaterAdded(name, kind, True)
 
 
 def get_rater(session: Session, name: str) -> Rater:
+    """The registered rater of this name. An unknown name is a usage error (exit code 2),
+    the same in every command, with the command that registers it."""
     rater = session.scalar(select(Rater).where(Rater.name == name))
     if rater is None:
-        raise DatatoolError(f"rater {name!r} is not registered: run 'datatool rater add {name}'")
+        raise UsageError(f"rater {name!r} is not registered: run 'datatool rater add {name}'")
     return rater
 
 
-def list_raters(ws: Workspace) -> list[dict]:
+def list_raters(ws: Workspace) -> list[RaterRow]:
     with ws.session() as s:
         rows = s.execute(
             select(Rater, func.count(func.distinct(Annotation.image_id)))
@@ -58,12 +92,12 @@ def list_raters(ws: Workspace) -> list[dict]:
             .order_by(Rater.name)
         ).all()
     return [
-        {
-            "name": r.name,
-            "kind": r.kind,
-            "images_labelled": n,
-            "registered": r.created_at.isoformat(timespec="seconds"),
-        }
+        RaterRow(
+            name=r.name,
+            kind=RaterKind(r.kind),
+            images_labelled=n,
+            registered=r.created_at.isoformat(timespec="seconds"),
+        )
         for r, n in rows
     ]
 
@@ -113,6 +147,7 @@ def store_annotations(
     )
     results: list[Stored | None] = []
     rows, stats = [], []
+    pending: list[tuple[int, int, str]] = []  # (place in results, version, mask hash)
     for image, mask, source, ref in entries:
         digest = store.put_array(mask)
         old = latest.get(image.id)
@@ -120,6 +155,7 @@ def store_annotations(
             results.append(Stored(old.id, old.version, digest, False))
             continue
         version = old.version + 1 if old is not None else 1
+        pending.append((len(results), version, digest))
         rows.append(
             {
                 "image_id": image.id,
@@ -146,12 +182,9 @@ def store_annotations(
             insert(StructureStats),
             [dict(annotation_id=i, **r) for i, st in zip(new_ids, stats) for r in st],
         )
-        fresh = iter(zip(new_ids, rows))
-        for k, result in enumerate(results):
-            if result is None:
-                new_id, row = next(fresh)
-                results[k] = Stored(new_id, row["version"], row["mask_hash"], True)
-    return results  # type: ignore[return-value]
+        for (k, version, digest), new_id in zip(pending, new_ids):
+            results[k] = Stored(new_id, version, digest, True)
+    return [r for r in results if r is not None]  # every place is filled
 
 
 def store_annotation(
@@ -203,12 +236,16 @@ class SyncReport:
 IN_CHUNK = 5000  # ids per IN (...) list: far below SQLite's and PostgreSQL's limits
 
 
+def in_chunks(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    """``values`` in slices short enough for one ``IN (...)`` list."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
 def mask_hashes(session: Session, annotation_ids: Iterable[int]) -> dict[int, str]:
     """Annotation id -> the store hash of its mask, for any number of ids."""
-    ids = sorted({int(i) for i in annotation_ids})
     found: dict[int, str] = {}
-    for start in range(0, len(ids), IN_CHUNK):
-        chunk = ids[start : start + IN_CHUNK]
+    for chunk in in_chunks(sorted({int(i) for i in annotation_ids})):
         query = select(Annotation.id, Annotation.mask_hash).where(Annotation.id.in_(chunk))
         found.update((i, h) for i, h in session.execute(query))
     return found
@@ -230,7 +267,34 @@ def latest_annotations_query(rater_ids=None):
     )
 
 
-def label_coverage(ws: Workspace, rater: str | None = None) -> dict:
+@dataclass
+class StructureCount:
+    """Of a rater's labelled images, how many have a structure and how many lack it."""
+
+    present: int
+    absent: int
+
+
+@dataclass
+class RaterCoverage:
+    rater: str
+    kind: RaterKind
+    images_labelled: int  # images with a label of this rater (latest versions)
+    images_total: int  # images in the catalogue
+    versions: int  # every version, not only the latest
+    sources: dict[str, int]  # latest versions by source (itksnap, labelstudio, ...)
+    structures: dict[str, StructureCount]  # structure name -> present/absent, protocol order
+
+
+@dataclass
+class Coverage:
+    """Label coverage per rater (``datatool labels``)."""
+
+    protocol: str
+    raters: list[RaterCoverage]
+
+
+def label_coverage(ws: Workspace, rater: str | None = None) -> Coverage:
     """Per rater: images labelled (latest versions), versions, and per structure how many
     images have it present or absent."""
     protocol = load_protocol(ws.protocol_name)
@@ -254,24 +318,23 @@ def label_coverage(ws: Workspace, rater: str | None = None) -> dict:
                     .group_by(StructureStats.structure)
                 ).all()
             )
-            by_source = dict(
+            by_source: dict[str, int] = dict(
                 s.execute(select(latest.c.source, func.count()).group_by(latest.c.source)).all()
             )
             result.append(
-                {
-                    "rater": r.name,
-                    "kind": r.kind,
-                    "images_labelled": labelled,
-                    "images_total": total_images,
-                    "versions": versions,
-                    "sources": by_source,
-                    "structures": {
-                        st.name: {
-                            "present": present.get(st.name, 0),
-                            "absent": labelled - present.get(st.name, 0),
-                        }
+                RaterCoverage(
+                    rater=r.name,
+                    kind=RaterKind(r.kind),
+                    images_labelled=labelled,
+                    images_total=total_images,
+                    versions=versions,
+                    sources=by_source,
+                    structures={
+                        st.name: StructureCount(
+                            present.get(st.name, 0), labelled - present.get(st.name, 0)
+                        )
                         for st in protocol.structures
                     },
-                }
+                )
             )
-    return {"protocol": protocol.name, "raters": result}
+    return Coverage(protocol=protocol.name, raters=result)

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from datatool.core.catalogue import Image, SourceFile
+from datatool.core.catalogue import FileStatus, Image, SourceFile
+from datatool.core.errors import UsageError
 from datatool.ingest import deid
 
 NAME_RE = re.compile(r"img(\d{6,})")
+_ID_TOKEN = re.compile(r"(?:img)?(\d+)", re.IGNORECASE)
 
 
 class NoImage(Exception):
@@ -34,6 +37,28 @@ def image_id_from_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def parse_image_ids(items: str | Iterable[int | str]) -> list[int]:
+    """Image ids as people give them: numbers or names (``12``, ``img000012``, any case),
+    in a list or one comma-separated string (``"12,img000015"``). A token that is neither,
+    or no id at all, is a usage error."""
+    tokens = items.split(",") if isinstance(items, str) else list(items)
+    ids = []
+    for token in tokens:
+        if isinstance(token, int) and not isinstance(token, bool):
+            ids.append(token)
+            continue
+        text = str(token).strip()
+        if not text and isinstance(items, str):
+            continue  # "1,,2" or a trailing comma
+        match = _ID_TOKEN.fullmatch(text)
+        if match is None:
+            raise UsageError(f"{text!r} is not an image id (a number such as 12, or img000012)")
+        ids.append(int(match.group(1)))
+    if not ids:
+        raise UsageError("no image ids given (numbers such as 12, or names such as img000012)")
+    return ids
+
+
 def image_by_id(session: Session, image_id: int) -> Image:
     image = session.get(Image, image_id)
     if image is None:
@@ -44,7 +69,9 @@ def image_by_id(session: Session, image_id: int) -> Image:
 def image_for_sop_uid(session: Session, key: bytes, sop_instance_uid: str) -> Image:
     keyed = deid.uid_for(key, sop_instance_uid.strip())
     source = session.scalar(
-        select(SourceFile).where(SourceFile.sop_uid == keyed, SourceFile.status == "ingested")
+        select(SourceFile).where(
+            SourceFile.sop_uid == keyed, SourceFile.status == FileStatus.ingested
+        )
     )
     if source is None:
         raise NoImage("its DICOM image was never ingested (run 'datatool ingest' on it first)")
@@ -61,19 +88,25 @@ def image_for_sop_uid(session: Session, key: bytes, sop_instance_uid: str) -> Im
     return images[0]
 
 
-def image_for_dicom(session: Session, key: bytes, dicom_path: Path) -> Image:
-    """The image of an original DICOM file (read for its SOP Instance UID only)."""
+def read_sop_instance_uid(dicom_path: Path) -> str:
+    """The SOP Instance UID of a DICOM file, reading nothing else of it (no pixels, no other
+    attribute). Raises :class:`NoImage` with the reason when there is no such file or it is
+    not a readable DICOM file with that UID."""
     if not Path(dicom_path).is_file():
         raise NoImage(f"no DICOM file {dicom_path} to match it to")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # pydicom's warnings can quote header values
             ds = pydicom.dcmread(
                 dicom_path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
             )
-        uid = str(ds.SOPInstanceUID)
+        return str(ds.SOPInstanceUID).strip()
     except Exception:
         raise NoImage(
             f"{dicom_path} is not a readable DICOM file with a SOP Instance UID"
         ) from None
-    return image_for_sop_uid(session, key, uid)
+
+
+def image_for_dicom(session: Session, key: bytes, dicom_path: Path) -> Image:
+    """The image of an original DICOM file (read for its SOP Instance UID only)."""
+    return image_for_sop_uid(session, key, read_sop_instance_uid(dicom_path))

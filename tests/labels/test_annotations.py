@@ -6,11 +6,19 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from datatool.core.catalogue import Annotation, Image
-from datatool.core.errors import DatatoolError, UsageError
+from datatool.core.catalogue import Annotation, Image, RaterKind
+from datatool.core.errors import UsageError
 from datatool.core.protocol import load_protocol
 from datatool.ingest.pipeline import ingest
-from datatool.labels.annotations import add_rater, get_rater, label_coverage, store_annotation
+from datatool.labels.annotations import (
+    RaterAdded,
+    StructureCount,
+    add_rater,
+    get_rater,
+    label_coverage,
+    list_raters,
+    store_annotation,
+)
 from datatool.labels.masks import BadLabel, structure_stats, validate_mask
 
 P = load_protocol()
@@ -67,15 +75,26 @@ def test_versions_chain_and_no_op(ws, us_file):
     with ws.session() as s:
         assert len(s.scalars(select(Annotation)).all()) == 2
     np.testing.assert_array_equal(ws.store.get_array(second.mask_hash), mask)
-    cov = label_coverage(ws)["raters"][0]
-    assert cov["images_labelled"] == 1 and cov["versions"] == 2
-    assert cov["structures"]["femur"] == {"present": 1, "absent": 0}
-    assert cov["structures"]["femoral artery"] == {"present": 0, "absent": 1}
+    cov = label_coverage(ws).raters[0]
+    assert (cov.rater, cov.kind, cov.images_labelled, cov.versions) == ("AN1", "human", 1, 2)
+    assert cov.structures["femur"] == StructureCount(present=1, absent=0)
+    assert cov.structures["femoral artery"] == StructureCount(present=0, absent=1)
+    assert cov.sources == {"itksnap": 1}
 
 
 def test_raters(ws):
-    assert add_rater(ws, "AN2")[1] and not add_rater(ws, "AN2")[1]
+    first, again = add_rater(ws, "AN2"), add_rater(ws, "AN2")
+    assert first == RaterAdded("AN2", RaterKind.human, True)
+    assert again == RaterAdded("AN2", RaterKind.human, False)
+    assert add_rater(ws, "consensus:x", "consensus").kind is RaterKind.consensus
     with pytest.raises(UsageError):
         add_rater(ws, "a/b")
-    with ws.session() as s, pytest.raises(DatatoolError, match="rater add NOBODY"):
+    with pytest.raises(UsageError, match="rater kind must be one of human, consensus, model"):
+        add_rater(ws, "AN3", "robot")
+    with ws.session() as s, pytest.raises(UsageError, match="run 'datatool rater add NOBODY'"):
         get_rater(s, "NOBODY")
+    rows = list_raters(ws)
+    assert [(r.name, r.kind, r.images_labelled) for r in rows] == [
+        ("AN2", RaterKind.human, 0),
+        ("consensus:x", RaterKind.consensus, 0),
+    ]

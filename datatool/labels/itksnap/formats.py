@@ -111,6 +111,18 @@ def workspace_xml(
     def end(depth: int) -> None:
         lines.append(f"{'  ' * depth}</folder>")
 
+    def layer(path: str, role: str, alpha: int, sticky: int) -> None:
+        """A layer's file, role and metadata (inside its ``Layer[NNN]`` folder)."""
+        entry(3, "AbsolutePath", path)
+        entry(3, "Role", role)
+        entry(3, "Tags", "")
+        folder(3, "LayerMetaData")
+        entry(4, "Alpha", alpha)
+        entry(4, "CustomNickName", "")
+        entry(4, "Sticky", sticky)
+        entry(4, "Tags", "")
+        end(3)
+
     lines += [
         '<?xml version="1.0" encoding="UTF-8" ?>',
         "<!--ITK-SNAP (itksnap.org) Project File",
@@ -132,15 +144,7 @@ def workspace_xml(
     entry(1, "Version", WORKSPACE_VERSION)
     folder(1, "Layers")
     folder(2, "Layer[000]")
-    entry(3, "AbsolutePath", f"./{image_file}")
-    entry(3, "Role", "MainRole")
-    entry(3, "Tags", "")
-    folder(3, "LayerMetaData")
-    entry(4, "Alpha", 255)
-    entry(4, "CustomNickName", "")
-    entry(4, "Sticky", 0)
-    entry(4, "Tags", "")
-    end(3)
+    layer(f"./{image_file}", "MainRole", alpha=255, sticky=0)
     folder(3, "ProjectMetaData")
     folder(4, "Files")
     folder(5, "Grey")
@@ -168,15 +172,7 @@ def workspace_xml(
     end(3)
     end(2)
     folder(2, "Layer[001]")
-    entry(3, "AbsolutePath", f"./{segmentation_file}")
-    entry(3, "Role", "SegmentationRole")
-    entry(3, "Tags", "")
-    folder(3, "LayerMetaData")
-    entry(4, "Alpha", 0)
-    entry(4, "CustomNickName", "")
-    entry(4, "Sticky", 1)
-    entry(4, "Tags", "")
-    end(3)
+    layer(f"./{segmentation_file}", "SegmentationRole", alpha=0, sticky=1)
     end(2)
     end(1)
     lines.append("</registry>")
@@ -203,11 +199,12 @@ def workspace_layers(path: Path) -> dict[str, Path]:
     import xml.etree.ElementTree as ET
 
     root = ET.parse(path).getroot()
-    layers = {}
+    layers: dict[str, Path] = {}
     for layer in root.iterfind("./folder[@key='Layers']/folder"):
         values = {e.get("key"): e.get("value") for e in layer.iterfind("entry")}
-        if "Role" in values and "AbsolutePath" in values:
-            layers[values["Role"]] = Path(path).parent / values["AbsolutePath"]
+        role, where = values.get("Role"), values.get("AbsolutePath")
+        if role is not None and where is not None:
+            layers[role] = Path(path).parent / where
     return layers
 
 

@@ -30,20 +30,18 @@ import io
 import json
 import os
 import re
-import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from datatool.core.atomic import write_text_atomic
-from datatool.core.catalogue import Annotation, Image, Rater, SourceFile, audit
-from datatool.core.errors import DatatoolError, UsageError
+from datatool.core.catalogue import Annotation, FileStatus, Image, Rater, SourceFile, audit
+from datatool.core.errors import UsageError
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.store import pixel_digest
 from datatool.core.workspace import Workspace
@@ -51,6 +49,7 @@ from datatool.ingest import deid
 from datatool.labels.annotations import (
     SyncReport,
     get_rater,
+    in_chunks,
     latest_annotations_query,
     store_annotations,
 )
@@ -71,6 +70,8 @@ from datatool.labels.matching import (
     image_for_dicom,
     image_id_from_name,
     image_name,
+    parse_image_ids,
+    read_sop_instance_uid,
 )
 
 EXPORT_MARKER = "datatool-export.json"
@@ -81,16 +82,6 @@ _EXPORTED_NAME = re.compile(r"img\d{6,}_seg" + _SUFFIX_RE, re.IGNORECASE)
 _EXPORTED_REL = re.compile(r"(?:img\d{6,}/)?img\d{6,}(?:_seg)?" + _SUFFIX_RE, re.IGNORECASE)
 _IMAGE_STEM = re.compile(r"img\d{6,}", re.IGNORECASE)
 _KNOWN_OTHERS = (".itksnap", ".raw", ".zraw", ".json", EXPORT_MARKER, LABELS_FILE)
-
-
-def _rater(session: Session, name: str) -> Rater:
-    """The registered rater; an unknown name is a usage error (exit code 2)."""
-    try:
-        return get_rater(session, name)
-    except UsageError:
-        raise
-    except DatatoolError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def _marker_owner(folder: Path) -> str | None:
@@ -125,22 +116,49 @@ def _segmentation_action(path: Path, mask: np.ndarray, synced: set[str]) -> str:
     return "keep"
 
 
+@dataclass
+class ItksnapExport:
+    """What an ITK-SNAP export wrote."""
+
+    rater: str
+    out_dir: Path
+    images: int
+    prefilled: int  # segmentations holding the rater's own latest labels
+    kept_files: list[Path]  # segmentations with edits not synced yet, left as they were
+    labels_file: Path  # the label description file
+
+    @property
+    def kept(self) -> int:
+        return len(self.kept_files)
+
+    def as_dict(self) -> dict:
+        return {
+            "rater": self.rater,
+            "out_dir": str(self.out_dir),
+            "images": self.images,
+            "prefilled": self.prefilled,
+            "kept": self.kept,
+            "kept_files": [str(p) for p in self.kept_files],
+            "labels_file": str(self.labels_file),
+        }
+
+
 def export_itksnap(
     ws: Workspace,
     rater: str,
     out_dir: Path,
-    image_ids: list[int] | None = None,
+    image_ids: Iterable[int | str] | None = None,
     prefill: bool = True,
     progress: Callable[[int, int], None] | None = None,
-) -> dict:
+) -> ItksnapExport:
     """Export images for one rater to label in ITK-SNAP (see the module docstring).
 
-    ``image_ids`` picks images (default: all); ``prefill`` puts the rater's own latest labels
-    into the segmentations. A folder exported for one rater cannot be reused for another.
-    Returns a summary: images, prefilled, kept (segmentations with unsynced edits left as
-    they were, and their paths), out_dir."""
+    ``image_ids`` picks images (ids or names; default: all); ``prefill`` puts the rater's own
+    latest labels into the segmentations. A folder exported for one rater cannot be reused for
+    another. Segmentations with unsynced edits are left as they were (``kept_files``)."""
     out_dir = Path(out_dir)
     protocol = load_protocol(ws.protocol_name)
+    wanted = None if image_ids is None else sorted(set(parse_image_ids(image_ids)))
     columns = (
         Image.id,
         Image.store_hash,
@@ -150,11 +168,10 @@ def export_itksnap(
         Image.mm_per_px_y,
     )
     with ws.session() as s:
-        rater_row = _rater(s, rater)
+        rater_row = get_rater(s, rater)
         query = select(*columns).order_by(Image.id)
-        if image_ids is not None:
-            wanted = sorted({int(i) for i in image_ids})
-            rows = [] if not wanted else s.execute(query.where(Image.id.in_(wanted))).all()
+        if wanted is not None:
+            rows = s.execute(query.where(Image.id.in_(wanted))).all()
             missing = sorted(set(wanted) - {row.id for row in rows})
             if missing:
                 names = ", ".join(image_name(i) for i in missing[:5])
@@ -192,7 +209,7 @@ def export_itksnap(
 
     store = ws.store
     prefilled = 0
-    kept: list[str] = []
+    kept: list[Path] = []
     for done, row in enumerate(rows, start=1):
         name = image_name(row.id)
         folder = out_dir / name
@@ -200,15 +217,15 @@ def export_itksnap(
         image_path = folder / f"{name}.nii.gz"
         seg_path = folder / f"{name}_seg.nii.gz"
         write_image(image_path, store.get_array(row.store_hash), spacing)
-        digest = latest.get(row.id) if prefill else None
-        mask = store.get_array(digest) if digest else np.zeros((row.rows, row.cols), np.uint8)
+        own = latest.get(row.id) if prefill else None
+        mask = store.get_array(own) if own else np.zeros((row.rows, row.cols), np.uint8)
         action = _segmentation_action(seg_path, mask, versions.get(row.id, set()))
         if action == "keep":
-            kept.append(str(seg_path))
+            kept.append(seg_path)
         else:
             if action == "write":
                 write_segmentation(seg_path, mask, spacing)
-            prefilled += digest is not None
+            prefilled += own is not None
         write_workspace(
             folder / f"{name}.itksnap", image_path, seg_path, (row.cols, row.rows), protocol
         )
@@ -226,15 +243,14 @@ def export_itksnap(
             kept=len(kept),
             prefill=prefill,
         )
-    return {
-        "rater": rater_row.name,
-        "out_dir": str(out_dir),
-        "images": len(rows),
-        "prefilled": prefilled,
-        "kept": len(kept),
-        "kept_files": kept,
-        "labels_file": str(out_dir / LABELS_FILE),
-    }
+    return ItksnapExport(
+        rater=rater_row.name,
+        out_dir=out_dir,
+        images=len(rows),
+        prefilled=prefilled,
+        kept_files=kept,
+        labels_file=out_dir / LABELS_FILE,
+    )
 
 
 # --------------------------------------------------------------------------- finding files
@@ -412,11 +428,10 @@ def sync_itksnap(
     if dicom_root is not None and not Path(dicom_root).is_dir():
         raise UsageError(f"{dicom_root}: no such folder (--dicom-root)")
     protocol = load_protocol(ws.protocol_name)
-    report = SyncReport(source="itksnap", rater=rater)
     with ws.session() as s:
-        rater_row = _rater(s, rater)
+        rater_row = get_rater(s, rater)
         rater_id, rater = rater_row.id, rater_row.name
-    report.rater = rater
+    report = SyncReport(source="itksnap", rater=rater)
     root = Path(os.path.normpath(os.path.abspath(label_dir)))
     owners: dict[Path, str | None] = {}
     owner = _owner_for(root / EXPORT_MARKER, owners)
@@ -425,114 +440,24 @@ def sync_itksnap(
             f"{label_dir} is rater {owner}'s ITK-SNAP export ({EXPORT_MARKER}); "
             f"sync it with --rater {owner}"
         )
-    listed, problems = read_manifest(Path(manifest)) if manifest else ({}, [])
-    report.rejected.extend(problems)
-    files, ignored = find_label_files(label_dir)
-    discovered = {Path(os.path.normpath(os.path.abspath(p))) for p in files}
-    for label_path, entry in sorted(listed.items()):
-        if not label_path.exists():
-            report.rejected.append((entry.where, f"label file {label_path} does not exist"))
-        elif label_path not in discovered and label_path.is_relative_to(root):
-            files.append(label_path)  # listed explicitly: read whatever its extension
+    files, listed, ignored = _files_to_sync(label_dir, root, manifest, report)
     report.seen = len(files)
     finder = _DicomFinder(Path(dicom_root)) if dicom_root is not None else None
-
-    targets: list[_Target] = []
-    for path in files:  # outside any transaction: reading DICOM headers takes a while
-        full = Path(os.path.normpath(os.path.abspath(path)))
-        owner = _owner_for(full, owners)
-        if owner is not None and owner != rater:
-            report.rejected.append(
-                (
-                    str(path),
-                    f"this is rater {owner}'s ITK-SNAP export "
-                    f"({EXPORT_MARKER}); sync it with --rater {owner}",
-                )
-            )
-            continue
-        try:
-            targets.append(_target(ws.key, path, full, full.relative_to(root), listed, finder))
-        except NoImage as exc:
-            report.rejected.append((str(path), str(exc)))
-    matches: list[_Match] = []
-    with ws.session() as s:
-        had_labels = {a.image_id for a in s.scalars(latest_annotations_query([rater_id]))}
-        for t, found in _resolve(s, ws.key, targets):
-            if isinstance(found, NoImage):
-                report.rejected.append((str(t.path), str(found)))
-            else:
-                matches.append(
-                    _Match(
-                        t.path,
-                        t.rel.as_posix(),
-                        found.id,
-                        found.rows,
-                        found.cols,
-                        t.image_id is not None and bool(_EXPORTED_NAME.fullmatch(t.full.name)),
-                    )
-                )
-
-    by_image: dict[int, list[_Match]] = {}
-    for m in matches:
-        by_image.setdefault(m.image_id, []).append(m)
-    todo = []
-    for m in matches:
-        twins = by_image[m.image_id]
-        if len(twins) > 1:
-            others = ", ".join(t.rel for t in twins if t is not m)
-            report.rejected.append(
-                (
-                    str(m.path),
-                    f"{len(twins)} label files for image "
-                    f"{image_name(m.image_id)} in this folder (also {others}): "
-                    "keep one",
-                )
-            )
-        else:
-            todo.append(m)
-
-    done = len(files) - len(todo)
-    if progress:
-        progress(done, len(files))
-    not_labelled = 0
-    for start in range(0, len(todo), batch_size):
-        ready = []
-        for m in todo[start : start + batch_size]:
-            try:
-                mask = validate_mask(
-                    read_label_map(m.path), protocol, (m.rows, m.cols), allow_empty=True
-                )
-                if not allow_empty and not mask.any():
-                    if m.exported and m.image_id not in had_labels:
-                        not_labelled += 1
-                        continue
-                    validate_mask(mask, protocol, (m.rows, m.cols), allow_empty=False)
-            except BadLabel as exc:
-                report.rejected.append((str(m.path), str(exc)))
-                continue
-            ready.append((m, np.ascontiguousarray(mask)))
-        if ready:
-            _store_batch(ws, rater_id, protocol, ready, report)
-        done += min(batch_size, len(todo) - start)
-        if progress:
-            progress(done, len(files))
-
-    if not_labelled:
-        report.notes.append(
-            (
-                str(label_dir),
-                f"{not_labelled} exported segmentations are still "
-                "empty (not labelled yet): skipped (--allow-empty stores them)",
-            )
-        )
-    if ignored:
-        kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(ignored.items()))
-        report.notes.append(
-            (
-                str(label_dir),
-                f"ignored {sum(ignored.values())} files that are not label maps ({kinds})",
-            )
-        )
+    targets = _targets(ws.key, files, root, listed, finder, rater, owners, report)
+    matches, had_labels = _match_images(ws, rater_id, targets, report)
+    todo = _one_file_per_image(matches, report)
+    not_labelled = _store_all(
+        ws,
+        rater_id,
+        protocol,
+        todo,
+        had_labels,
+        allow_empty,
+        batch_size,
+        report,
+        _Progress(progress, len(files), len(files) - len(todo)),
+    )
+    _closing_notes(report, label_dir, not_labelled, ignored)
     with ws.session() as s:
         audit(
             s,
@@ -551,6 +476,183 @@ def sync_itksnap(
     return report
 
 
+def _files_to_sync(
+    label_dir: Path, root: Path, manifest: Path | None, report: SyncReport
+) -> tuple[list[Path], dict[Path, _Listed], Counter]:
+    """The label files to read: those found under the folder, plus files the manifest lists
+    under it whatever their extension; the manifest's entries; the other files ignored.
+    Bad manifest rows and listed files that do not exist are rejected."""
+    listed, problems = read_manifest(Path(manifest)) if manifest else ({}, [])
+    report.rejected.extend(problems)
+    files, ignored = find_label_files(label_dir)
+    discovered = {Path(os.path.normpath(os.path.abspath(p))) for p in files}
+    for label_path, entry in sorted(listed.items()):
+        if not label_path.exists():
+            report.rejected.append((entry.where, f"label file {label_path} does not exist"))
+        elif label_path not in discovered and label_path.is_relative_to(root):
+            files.append(label_path)  # listed explicitly: read whatever its extension
+    return files, listed, ignored
+
+
+def _targets(
+    key: bytes,
+    files: list[Path],
+    root: Path,
+    listed: dict[Path, _Listed],
+    finder: _DicomFinder | None,
+    rater: str,
+    owners: dict[Path, str | None],
+    report: SyncReport,
+) -> list[_Target]:
+    """Where each file points (outside any transaction: reading DICOM headers takes a
+    while). A file inside another rater's export, or whose image cannot be told, is
+    rejected."""
+    targets: list[_Target] = []
+    for path in files:
+        full = Path(os.path.normpath(os.path.abspath(path)))
+        owner = _owner_for(full, owners)
+        if owner is not None and owner != rater:
+            report.rejected.append(
+                (
+                    str(path),
+                    f"this is rater {owner}'s ITK-SNAP export "
+                    f"({EXPORT_MARKER}); sync it with --rater {owner}",
+                )
+            )
+            continue
+        try:
+            targets.append(_target(key, path, full, full.relative_to(root), listed, finder))
+        except NoImage as exc:
+            report.rejected.append((str(path), str(exc)))
+    return targets
+
+
+def _match_images(
+    ws: Workspace, rater_id: int, targets: list[_Target], report: SyncReport
+) -> tuple[list[_Match], set[int]]:
+    """The catalogued image of every target (the others rejected with the reason), and the
+    images the rater has labels of already."""
+    matches: list[_Match] = []
+    with ws.session() as s:
+        had_labels = {a.image_id for a in s.scalars(latest_annotations_query([rater_id]))}
+        for t, found in _resolve(s, ws.key, targets):
+            if isinstance(found, NoImage):
+                report.rejected.append((str(t.path), str(found)))
+                continue
+            exported = t.image_id is not None and bool(_EXPORTED_NAME.fullmatch(t.full.name))
+            matches.append(
+                _Match(t.path, t.rel.as_posix(), found.id, found.rows, found.cols, exported)
+            )
+    return matches, had_labels
+
+
+def _one_file_per_image(matches: list[_Match], report: SyncReport) -> list[_Match]:
+    """The matches that are the only file for their image; two files for one image are both
+    rejected (which one is right is the rater's call)."""
+    by_image: dict[int, list[_Match]] = {}
+    for m in matches:
+        by_image.setdefault(m.image_id, []).append(m)
+    todo = []
+    for m in matches:
+        twins = by_image[m.image_id]
+        if len(twins) == 1:
+            todo.append(m)
+            continue
+        others = ", ".join(t.rel for t in twins if t is not m)
+        report.rejected.append(
+            (
+                str(m.path),
+                f"{len(twins)} label files for image {image_name(m.image_id)} in this folder "
+                f"(also {others}): keep one",
+            )
+        )
+    return todo
+
+
+@dataclass
+class _Progress:
+    """Reports ``done`` of ``total`` files to an optional callback."""
+
+    callback: Callable[[int, int], None] | None
+    total: int
+    done: int = 0
+
+    def advance(self, n: int = 0) -> None:
+        self.done += n
+        if self.callback:
+            self.callback(self.done, self.total)
+
+
+def _store_all(
+    ws: Workspace,
+    rater_id: int,
+    protocol: Protocol,
+    todo: list[_Match],
+    had_labels: set[int],
+    allow_empty: bool,
+    batch_size: int,
+    report: SyncReport,
+    progress: _Progress,
+) -> int:
+    """Read, validate and store the files batch by batch (a transaction a batch); returns
+    how many exported segmentations were skipped as not labelled yet."""
+    progress.advance()
+    not_labelled = 0
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        ready = []
+        for m in batch:
+            try:
+                mask = _read_mask(m, protocol, allow_empty, m.image_id in had_labels)
+            except BadLabel as exc:
+                report.rejected.append((str(m.path), str(exc)))
+                continue
+            if mask is None:
+                not_labelled += 1
+            else:
+                ready.append((m, mask))
+        if ready:
+            _store_batch(ws, rater_id, protocol, ready, report)
+        progress.advance(len(batch))
+    return not_labelled
+
+
+def _read_mask(
+    m: _Match, protocol: Protocol, allow_empty: bool, had_labels: bool
+) -> np.ndarray | None:
+    """A file's validated label map; None for an exported segmentation that is still empty
+    for an image the rater never labelled (not labelled yet). Raises BadLabel with the
+    reason, also for any other empty map unless ``allow_empty``."""
+    shape = (m.rows, m.cols)
+    mask = validate_mask(read_label_map(m.path), protocol, shape, allow_empty=True)
+    if not allow_empty and not mask.any():
+        if m.exported and not had_labels:
+            return None
+        validate_mask(mask, protocol, shape, allow_empty=False)
+    return np.ascontiguousarray(mask)
+
+
+def _closing_notes(
+    report: SyncReport, label_dir: Path, not_labelled: int, ignored: Counter
+) -> None:
+    if not_labelled:
+        report.notes.append(
+            (
+                str(label_dir),
+                f"{not_labelled} exported segmentations are still "
+                "empty (not labelled yet): skipped (--allow-empty stores them)",
+            )
+        )
+    if ignored:
+        kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(ignored.items()))
+        report.notes.append(
+            (
+                str(label_dir),
+                f"ignored {sum(ignored.values())} files that are not label maps ({kinds})",
+            )
+        )
+
+
 @dataclass
 class _Target:
     """The image a label file names (``image_id``), or its original DICOM file and that
@@ -567,11 +669,8 @@ class _Target:
 def _keyed_sop_uid(key: bytes, dicom: Path) -> str | None:
     """The keyed replacement of a DICOM file's SOP Instance UID, reading nothing else."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(dicom, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-        return deid.uid_for(key, str(ds.SOPInstanceUID).strip())
-    except Exception:  # unreadable: image_for_dicom gives the reason
+        return deid.uid_for(key, read_sop_instance_uid(dicom))
+    except NoImage:  # unreadable: image_for_dicom gives the reason
         return None
 
 
@@ -608,40 +707,39 @@ def _target(
     return target
 
 
-def _chunks(values: list, size: int = 500):
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
 def _resolve(session: Session, key: bytes, targets: list[_Target]):
     """Yield (target, image row or NoImage) for every target, asking the catalogue in bulk.
     What the bulk queries do not settle (no such image, never ingested, a cine, an
     unreadable DICOM file) goes through ``matching``, which says why."""
     ids = sorted({t.image_id for t in targets if t.image_id is not None})
     uids = sorted({t.uid for t in targets if t.uid is not None})
-    by_id, by_uid = {}, {}
-    for chunk in _chunks(ids):
+    by_id: dict[int, Row] = {}
+    by_uid: dict[str, list[Row]] = {}
+    for id_chunk in in_chunks(ids):
         by_id.update(
             (row.id, row)
             for row in session.execute(
-                select(Image.id, Image.rows, Image.cols).where(Image.id.in_(chunk))
+                select(Image.id, Image.rows, Image.cols).where(Image.id.in_(id_chunk))
             )
         )
-    for chunk in _chunks(uids):
+    for uid_chunk in in_chunks(uids):
         for row in session.execute(
             select(SourceFile.sop_uid, Image.id, Image.rows, Image.cols)
             .join(Image, Image.source_file_id == SourceFile.id)
-            .where(SourceFile.status == "ingested", SourceFile.sop_uid.in_(chunk))
+            .where(SourceFile.status == FileStatus.ingested, SourceFile.sop_uid.in_(uid_chunk))
         ):
             by_uid.setdefault(row.sop_uid, []).append(row)
     for t in targets:
+        found: Row | Image | NoImage
         try:
             if t.image_id is not None:
                 found = by_id.get(t.image_id) or image_by_id(session, t.image_id)
             elif t.uid is not None and len(by_uid.get(t.uid, ())) == 1:
                 found = by_uid[t.uid][0]
-            else:
+            elif t.dicom is not None:
                 found = image_for_dicom(session, key, t.dicom)
+            else:  # _target gives every target an image id or a DICOM file
+                raise AssertionError(f"no image id and no DICOM file for {t.path}")
         except NoImage as exc:
             found = exc
         yield t, found
@@ -658,7 +756,7 @@ def _store_batch(
     latest version is counted unchanged, any other becomes the next version."""
     ids = [m.image_id for m, _ in ready]
     with ws.session() as s:
-        rater = s.get(Rater, rater_id)
+        rater = s.get_one(Rater, rater_id)
         images = {im.id: im for im in s.scalars(select(Image).where(Image.id.in_(ids)))}
         stored = store_annotations(
             s,

@@ -32,7 +32,9 @@ import datetime as dt
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -41,6 +43,7 @@ import numpy as np
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from datatool.core.atomic import write_bytes_atomic
 from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask, Rater, audit
@@ -49,6 +52,7 @@ from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import SyncReport, get_rater, store_annotation
 from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
+from datatool.labels.labelstudio.modes import ServeMode
 from datatool.labels.masks import BadLabel, validate_mask
 from datatool.labels.matching import (
     NoImage,
@@ -57,12 +61,12 @@ from datatool.labels.matching import (
     image_for_sop_uid,
     image_id_from_name,
     image_name,
+    parse_image_ids,
 )
 
 URL_ENV = "LABEL_STUDIO_URL"
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
 ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
-SERVE_MODES = ("local", "upload")
 LOCAL_PREFIX = "datatool"  # folder under the server's document root
 TITLE_LEN = (3, 50)  # Label Studio's limits on a project title
 IMPORT_BATCH = 250
@@ -72,6 +76,10 @@ UID_RE = re.compile(r"^\d+(\.\d+){2,}$")
 
 
 # --------------------------------------------------------------------------- connection
+
+
+#: Words an error answer of the server its own way, or None to leave it to the general message.
+Explain = Callable[[ApiError], DatatoolError | None]
 
 
 class Connection:
@@ -88,18 +96,26 @@ class Connection:
     def redact(self, text: str) -> str:
         return text.replace(self._token, "***") if self._token else text
 
-    def call(self, what: str, func: Callable, *args, **kwargs):
-        """Run one SDK call; failures become a DatatoolError that says what to do."""
+    @contextmanager
+    def answering(self, what: str, explain: Explain | None = None) -> Iterator[None]:
+        """Around every exchange with the server: an HTTP error answer or a server that cannot
+        be reached becomes one DatatoolError saying what to do. ``explain`` may word an error
+        answer its own way (it returns None to leave it to the general message)."""
         try:
-            return func(*args, **kwargs)
+            yield
         except ApiError as exc:
-            raise self._api_error(what, exc) from None
+            raise (explain(exc) if explain else None) or self._api_error(what, exc) from None
         except httpx.HTTPError as exc:
             raise DatatoolError(
                 f"cannot reach {self.where} ({type(exc).__name__}) while "
                 f"trying to {what}: start the server (for a local one: 'make labelstudio') "
                 f"or fix --url / {URL_ENV}"
             ) from None
+
+    def call(self, what: str, func: Callable, *args, explain: Explain | None = None, **kwargs):
+        """Run one SDK call; failures become a DatatoolError that says what to do."""
+        with self.answering(what, explain):
+            return func(*args, **kwargs)
 
     def _api_error(self, what: str, exc: ApiError) -> DatatoolError:
         status = exc.status_code
@@ -118,18 +134,14 @@ class Connection:
         """A request (path relative to the server's root) through the SDK's authenticated
         HTTP client; with ``check`` an HTTP error status raises a DatatoolError."""
         http = self.client._client_wrapper.httpx_client
-        try:
+        with self.answering(what):
             response = http.request(path, method=method, **kwargs)
-        except httpx.HTTPError as exc:
-            raise DatatoolError(
-                f"cannot reach {self.where} ({type(exc).__name__}) while trying to {what}"
-            ) from None
-        if check and response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = response.text[:200]
-            raise self._api_error(what, ApiError(status_code=response.status_code, body=body))
+            if check and response.status_code >= 400:
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = response.text[:200]
+                raise ApiError(status_code=response.status_code, body=body)
         return response
 
 
@@ -201,37 +213,50 @@ def _plain(obj) -> dict:
 
 
 def _server_tasks(conn: Connection, project_id: int, annotations: bool) -> list[dict]:
-    pager = conn.call(
-        "list the project's tasks",
-        conn.client.tasks.list,
-        project=project_id,
-        fields="all" if annotations else "task_only",
-        resolve_uri=False,
-        page_size=PAGE_SIZE,
-    )
-    try:
+    with conn.answering("list the project's tasks"):  # later pages come while iterating
+        pager: Iterable = conn.client.tasks.list(
+            project=project_id,
+            fields="all" if annotations else "task_only",
+            resolve_uri=False,
+            page_size=PAGE_SIZE,
+        )
         return [_plain(t) for t in pager]
-    except ApiError as exc:  # later pages are fetched while iterating
-        raise conn._api_error("list the project's tasks", exc) from None
-    except httpx.HTTPError as exc:
-        raise DatatoolError(
-            f"cannot reach {conn.where} ({type(exc).__name__}) while listing tasks"
-        ) from None
 
 
 def _server_project(conn: Connection, project_id: int, rater: str | None = None):
-    try:
-        return conn.client.projects.get(project_id)
-    except ApiError as exc:
-        if exc.status_code == 404:
-            whose = f" recorded for rater {rater}" if rater else ""
-            raise DatatoolError(
-                f"Label Studio project {project_id}{whose} does not exist on {conn.where}: "
-                "it was deleted there, or that is another server than the one pushed to"
-            ) from None
-        raise conn._api_error(f"read project {project_id}", exc) from None
-    except httpx.HTTPError as exc:
-        raise DatatoolError(f"cannot reach {conn.where} ({type(exc).__name__})") from None
+    def deleted(exc: ApiError) -> DatatoolError | None:
+        if exc.status_code != 404:
+            return None
+        whose = f" recorded for rater {rater}" if rater else ""
+        return DatatoolError(
+            f"Label Studio project {project_id}{whose} does not exist on {conn.where}: "
+            "it was deleted there, or that is another server than the one pushed to"
+        )
+
+    return conn.call(
+        f"read project {project_id}", conn.client.projects.get, project_id, explain=deleted
+    )
+
+
+# --------------------------------------------------------------------------- catalogue
+
+
+def _rater_projects(session: Session, rater_id: int) -> list[LabelStudioProject]:
+    """The rater's recorded projects, oldest first."""
+    return list(
+        session.scalars(
+            select(LabelStudioProject)
+            .where(LabelStudioProject.rater_id == rater_id)
+            .order_by(LabelStudioProject.id)
+        )
+    )
+
+
+def _recorded_project(session: Session, project_id: int) -> LabelStudioProject | None:
+    """The catalogue's record of a server project (any rater's), if datatool pushed it."""
+    return session.scalar(
+        select(LabelStudioProject).where(LabelStudioProject.project_id == project_id)
+    )
 
 
 # --------------------------------------------------------------------------- push
@@ -263,20 +288,77 @@ def _check_title(title: str) -> str:
     return title
 
 
-def _parse_image_ids(image_ids: Iterable | None) -> list[int] | None:
-    if image_ids is None:
-        return None
-    out = []
-    for item in image_ids:
-        if isinstance(item, int):
-            out.append(item)
-            continue
-        text = str(item).strip()
-        number = int(text) if text.isdigit() else image_id_from_name(text)
-        if number is None:
-            raise UsageError(f"{text!r} is not an image id (a number or a name like img000123)")
-        out.append(number)
-    return out
+@dataclass
+class PushReport:
+    """What a push did (no URL, no token)."""
+
+    rater: str
+    project_id: int
+    title: str
+    project_created: bool
+    images: int  # images asked for
+    tasks_created: int
+    already_pushed: int
+    recovered: int  # tasks of an interrupted push, recorded instead of created twice
+    missing_on_server: list[int]  # recorded task ids deleted on the server (not re-created)
+    serve: ServeMode
+
+
+@dataclass
+class _Project:
+    """A rater's project: its catalogue row, its id and title on the server."""
+
+    row_id: int
+    project_id: int
+    title: str
+    created: bool = False
+
+
+@dataclass
+class _PushPlan:
+    """What the catalogue knows before a push: the rater, the images to push, the rater's
+    project (None: none yet, or a new one wanted) and its recorded tasks."""
+
+    rater: str
+    rater_id: int
+    images: list[tuple[int, str]]  # (image id, store hash of its PNG)
+    project: _Project | None
+    tasks: dict[int, int]  # image id -> task id, as recorded
+
+
+@dataclass
+class _Reconciled:
+    """The server's tasks against the catalogue's records."""
+
+    todo: list[tuple[int, str]]  # images that need a task
+    recovered: int  # tasks of an interrupted push, now recorded
+    missing_on_server: list[int]  # recorded task ids the server no longer has
+
+
+def _serve_mode(serve: ServeMode | str) -> ServeMode:
+    try:
+        return ServeMode(serve)
+    except ValueError:
+        raise UsageError(
+            f"--serve must be one of {', '.join(m.value for m in ServeMode)}"
+        ) from None
+
+
+def _local_root(local_root: Path | str | None) -> Path:
+    """The server's local-files document root (``--serve local``), which must be a folder."""
+    given = local_root or os.environ.get(ROOT_ENV)
+    if not given:
+        raise UsageError(
+            f"--serve local needs the server's document root: pass --local-root DIR or set "
+            f"{ROOT_ENV} (the folder the server was started with), or use --serve upload"
+        )
+    root = Path(os.path.abspath(os.path.expanduser(str(given))))
+    if not root.is_dir():
+        raise UsageError(
+            f"local files root {root} is not a folder: pass the server's {ROOT_ENV} with "
+            "--local-root"
+        )
+    return root
 
 
 def push(
@@ -286,58 +368,88 @@ def push(
     token: str | None = None,
     title: str | None = None,
     project_id: int | None = None,
-    image_ids: Iterable | None = None,
-    serve: str = "local",
+    image_ids: Iterable[int | str] | None = None,
+    serve: ServeMode | str = ServeMode.local,
     local_root: Path | str | None = None,
     new_project: bool = False,
-) -> dict:
-    """Put images (all, or ``image_ids``) into the rater's own Label Studio project, one task
-    per image not yet pushed there; returns what was done (no URL, no token)."""
-    if serve not in SERVE_MODES:
-        raise UsageError(f"--serve must be one of {', '.join(SERVE_MODES)}")
-    root = None
-    if serve == "local":
-        given = local_root or os.environ.get(ROOT_ENV)
-        if not given:
-            raise UsageError(
-                f"--serve local needs the server's document root: pass --local-root DIR or set "
-                f"{ROOT_ENV} (the folder the server was started with), or use --serve upload"
-            )
-        root = Path(os.path.abspath(os.path.expanduser(str(given))))
-        if not root.is_dir():
-            raise UsageError(
-                f"local files root {root} is not a folder: pass the server's "
-                f"{ROOT_ENV} with --local-root"
-            )
+) -> PushReport:
+    """Put images (all, or ``image_ids``: ids or names) into the rater's own Label Studio
+    project, one task per image not yet pushed there; returns what was done."""
+    serve = _serve_mode(serve)
+    root = _local_root(local_root) if serve is ServeMode.local else None
     protocol = load_protocol(ws.protocol_name)
-    wanted = _parse_image_ids(image_ids)
+    wanted = None if image_ids is None else parse_image_ids(image_ids)
+    plan = _push_plan(ws, rater, project_id, new_project, wanted)
+    if title is not None:
+        title = _check_title(title)
 
-    # 1. what the catalogue knows (short transaction: no network inside)
+    conn = connect(url, token)
+    if plan.project is not None:
+        project = plan.project
+        _server_project(conn, project.project_id, plan.rater)  # still there?
+    else:
+        project = _new_project(conn, ws, plan, protocol, project_id, title)
+    seen = _reconcile(conn, ws, plan, project)
+    urls: dict[int, str] = {}
+    if seen.todo:
+        urls = (
+            _serve_local(conn, ws, project.project_id, root, seen.todo)
+            if root is not None
+            else _serve_upload(conn, ws, project.project_id, seen.todo)
+        )
+    created = _import_tasks(conn, ws, project, seen.todo, urls)
+    already = len(plan.images) - len(seen.todo) - seen.recovered
+    with ws.session() as s:
+        audit(
+            s,
+            "labelstudio push",
+            "tasks import",
+            project_id=project.project_id,
+            rater=plan.rater,
+            created=created,
+            adopted=seen.recovered,
+            already=already,
+            serve=serve.value,
+        )
+    return PushReport(
+        rater=plan.rater,
+        project_id=project.project_id,
+        title=project.title,
+        project_created=project.created,
+        images=len(plan.images),
+        tasks_created=created,
+        already_pushed=already,
+        recovered=seen.recovered,
+        missing_on_server=seen.missing_on_server,
+        serve=serve,
+    )
+
+
+def _push_plan(
+    ws: Workspace,
+    rater: str,
+    project_id: int | None,
+    new_project: bool,
+    wanted: list[int] | None,
+) -> _PushPlan:
+    """Step 1 of a push, in one short transaction (no network inside): the rater, the project
+    to use (the rater's latest, the one given if it is theirs, or none: a new one is made)
+    and the images. Never another rater's project; never a second one unless asked."""
     with ws.session() as s:
         r = get_rater(s, rater)
-        rater_name, rater_id = r.name, r.id
-        recorded = list(
-            s.scalars(
-                select(LabelStudioProject)
-                .where(LabelStudioProject.rater_id == r.id)
-                .order_by(LabelStudioProject.id)
-            )
-        )
+        recorded = _rater_projects(s, r.id)
         row = None
         if project_id is not None:
-            row = s.scalar(
-                select(LabelStudioProject).where(LabelStudioProject.project_id == int(project_id))
-            )
+            row = _recorded_project(s, int(project_id))
             if row is not None and row.rater_id != r.id:
-                owner = s.get(Rater, row.rater_id).name
                 raise DatatoolError(
-                    f"Label Studio project {project_id} belongs to rater {owner}: each rater "
-                    f"labels in a project of their own (double-blind). Push {rater_name} "
+                    f"Label Studio project {project_id} belongs to rater {row.rater.name}: each "
+                    f"rater labels in a project of their own (double-blind). Push {r.name} "
                     "without --project-id to use or create their own project"
                 )
             if row is None and recorded and not new_project:
                 raise DatatoolError(
-                    f"rater {rater_name} already has Label Studio project "
+                    f"rater {r.name} already has Label Studio project "
                     f"{recorded[-1].project_id}; pass --new-project to give them another one"
                 )
         elif recorded and not new_project:
@@ -345,7 +457,7 @@ def push(
         query = select(Image.id, Image.store_hash).order_by(Image.id)
         if wanted is not None:
             query = query.where(Image.id.in_(wanted))
-        images = s.execute(query).all()
+        images = [(i, h) for i, h in s.execute(query)]
         if wanted is not None:
             missing = sorted(set(wanted) - {i for i, _ in images})
             if missing:
@@ -353,119 +465,126 @@ def push(
                     "no such image(s) in this catalogue: "
                     + ", ".join(image_name(i) for i in missing)
                 )
-        mapping = {}
-        if row is not None:
-            mapping = dict(
-                s.execute(
-                    select(LabelStudioTask.image_id, LabelStudioTask.task_id).where(
-                        LabelStudioTask.project_id == row.id
-                    )
-                ).all()
-            )
-        row_id = row.id if row is not None else None
-        pid = row.project_id if row is not None else None
-        project_title = row.title if row is not None else None
-    if title is not None:
-        title = _check_title(title)
+        if row is None:
+            return _PushPlan(r.name, r.id, images, None, {})
+        tasks: dict[int, int] = dict(
+            s.execute(
+                select(LabelStudioTask.image_id, LabelStudioTask.task_id).where(
+                    LabelStudioTask.project_id == row.id
+                )
+            ).all()
+        )
+        return _PushPlan(r.name, r.id, images, _Project(row.id, row.project_id, row.title), tasks)
 
-    conn = connect(url, token)
+
+def _new_project(
+    conn: Connection,
+    ws: Workspace,
+    plan: _PushPlan,
+    protocol: Protocol,
+    project_id: int | None,
+    title: str | None,
+) -> _Project:
+    """Step 2 of a push for a rater without a project: adopt the empty server project
+    ``project_id``, or create one; either way record it as the rater's."""
     config = protocol.labelstudio_config()
-    created_project = False
-
-    # 2. the project: the recorded one, an adopted empty one, or a new one
-    if row_id is not None:
-        _server_project(conn, pid, rater_name)
-    elif project_id is not None:
-        server = _server_project(conn, int(project_id))
-        if _server_tasks(conn, int(project_id), annotations=False):
+    created = False
+    if project_id is not None:
+        pid = int(project_id)
+        server = _server_project(conn, pid)
+        if _server_tasks(conn, pid, annotations=False):
             raise DatatoolError(
-                f"Label Studio project {project_id} already holds tasks that datatool did not "
+                f"Label Studio project {pid} already holds tasks that datatool did not "
                 "push: datatool adopts only an empty project (or leave out --project-id to "
                 "create the rater's own)"
             )
         if (server.label_config or "").strip() != config.strip():
             conn.call(
-                "set the labelling config",
-                conn.client.projects.update,
-                int(project_id),
-                label_config=config,
+                "set the labelling config", conn.client.projects.update, pid, label_config=config
             )
-        pid, project_title = int(project_id), server.title or title or ""
+        project_title = server.title or title or ""
     else:
-        project_title = title or _check_title(f"{rater_name} ({protocol.name})"[: TITLE_LEN[1]])
-        project = conn.call(
+        project_title = title or _check_title(f"{plan.rater} ({protocol.name})"[: TITLE_LEN[1]])
+        made = conn.call(
             "create a project",
             conn.client.projects.create,
             title=project_title,
             label_config=config,
             description=f"datatool: {protocol.title or protocol.name}. "
-            f"Labels of rater {rater_name} only.",
+            f"Labels of rater {plan.rater} only.",
         )
-        pid, created_project = int(project.id), True
-    if row_id is None:
-        with ws.session() as s:
-            row = LabelStudioProject(project_id=pid, rater_id=rater_id, title=project_title)
-            s.add(row)
-            s.flush()
-            row_id = row.id
-            audit(
-                s,
-                "labelstudio push",
-                "project " + ("create" if created_project else "adopt"),
-                project_id=pid,
-                rater=rater_name,
-                title=project_title,
-                protocol=protocol.name,
-            )
+        pid, created = int(made.id), True
+    with ws.session() as s:
+        row = LabelStudioProject(project_id=pid, rater_id=plan.rater_id, title=project_title)
+        s.add(row)
+        s.flush()
+        audit(
+            s,
+            "labelstudio push",
+            "project " + ("create" if created else "adopt"),
+            project_id=pid,
+            rater=plan.rater,
+            title=project_title,
+            protocol=protocol.name,
+        )
+        return _Project(row.id, pid, project_title, created)
 
-    # 3. compare with the server: recorded tasks still there, tasks of an interrupted push
-    names = {image_id: image_name(image_id) for image_id, _ in images}
+
+def _reconcile(conn: Connection, ws: Workspace, plan: _PushPlan, project: _Project) -> _Reconciled:
+    """Step 3 of a push: compare the server's tasks with the catalogue's. Recorded tasks
+    deleted on the server are listed (not re-created); tasks of a push interrupted between
+    the server and the catalogue are recognised by their data and recorded; what is left
+    needs a task."""
+    pid = project.project_id
+    names = {image_id: image_name(image_id) for image_id, _ in plan.images}
     server_tasks = {int(t["id"]): t.get("data") or {} for t in _server_tasks(conn, pid, False)}
-    missing_on_server = sorted(tid for tid in mapping.values() if tid not in server_tasks)
-    if mapping and len(missing_on_server) == len(mapping):
+    recorded = plan.tasks
+    missing = sorted(tid for tid in recorded.values() if tid not in server_tasks)
+    if recorded and len(missing) == len(recorded):
         raise DatatoolError(
-            f"none of the {len(mapping)} tasks recorded for project {pid} is on {conn.where}: "
+            f"none of the {len(recorded)} tasks recorded for project {pid} is on {conn.where}: "
             "is that the server datatool pushed to?"
         )
-    known_tasks = set(mapping.values())
-    adopted = {}
+    known = set(recorded.values())
+    adopted: dict[int, int] = {}
     for tid, data in server_tasks.items():
-        if tid in known_tasks:
+        if tid in known:
             continue
         image_id = image_id_from_name(str(data.get("image_id", "")))
         if (
             image_id in names
-            and image_id not in mapping
+            and image_id not in recorded
             and image_id not in adopted
             and _is_our_task_data(data, pid, names[image_id])
         ):
             adopted[image_id] = tid
-    todo = [(i, h) for i, h in images if i not in mapping and i not in adopted]
     if adopted:
         with ws.session() as s:
             s.add_all(
-                LabelStudioTask(project_id=row_id, task_id=t, image_id=i)
+                LabelStudioTask(project_id=project.row_id, task_id=t, image_id=i)
                 for i, t in adopted.items()
             )
+    todo = [(i, h) for i, h in plan.images if i not in recorded and i not in adopted]
+    return _Reconciled(todo, len(adopted), missing)
 
-    # 4. images where the server can show them
-    urls: dict[int, str] = {}
-    if todo:
-        urls = (
-            _serve_local(conn, ws, pid, root, todo)
-            if serve == "local"
-            else _serve_upload(conn, ws, pid, todo)
-        )
 
-    # 5. one task per image, recorded batch by batch
+def _import_tasks(
+    conn: Connection,
+    ws: Workspace,
+    project: _Project,
+    todo: list[tuple[int, str]],
+    urls: dict[int, str],
+) -> int:
+    """Step 5 of a push: one task per image (its URL and name, nothing else), imported and
+    recorded batch by batch; returns how many were made."""
     created = 0
     for start in range(0, len(todo), IMPORT_BATCH):
         batch = todo[start : start + IMPORT_BATCH]
-        request = [{"data": {"image": urls[i], "image_id": names[i]}} for i, _ in batch]
+        request = [{"data": {"image": urls[i], "image_id": image_name(i)}} for i, _ in batch]
         answer = conn.call(
             "import tasks",
             conn.client.projects.import_tasks,
-            pid,
+            project.project_id,
             request=request,
             return_task_ids=True,
         )
@@ -473,38 +592,15 @@ def push(
         if len(task_ids) != len(batch):
             raise DatatoolError(
                 f"Label Studio imported {len(task_ids)} tasks for "
-                f"{len(batch)} images into project {pid}; run push again"
+                f"{len(batch)} images into project {project.project_id}; run push again"
             )
         with ws.session() as s:
             s.add_all(
-                LabelStudioTask(project_id=row_id, task_id=int(t), image_id=i)
+                LabelStudioTask(project_id=project.row_id, task_id=int(t), image_id=i)
                 for (i, _), t in zip(batch, task_ids)
             )
         created += len(batch)
-    with ws.session() as s:
-        audit(
-            s,
-            "labelstudio push",
-            "tasks import",
-            project_id=pid,
-            rater=rater_name,
-            created=created,
-            adopted=len(adopted),
-            already=len(images) - len(todo) - len(adopted),
-            serve=serve,
-        )
-    return {
-        "rater": rater_name,
-        "project_id": pid,
-        "title": project_title,
-        "project_created": created_project,
-        "images": len(images),
-        "tasks_created": created,
-        "already_pushed": len(images) - len(todo) - len(adopted),
-        "recovered": len(adopted),
-        "missing_on_server": missing_on_server,
-        "serve": serve,
-    }
+    return created
 
 
 def _serve_local(
@@ -518,29 +614,30 @@ def _serve_local(
     if not any(
         os.path.normpath(str(st.path or "")) == os.path.normpath(str(folder)) for st in storages
     ):
-        try:
-            # regex_filter '^$' matches no file: a 'Sync' in the web UI imports nothing
-            conn.client.import_storage.local.create(
-                project=project_id,
-                path=str(folder),
-                title="datatool images",
-                regex_filter="^$",
-                use_blob_urls=True,
-                description="images pushed by datatool; do not sync",
+
+        def refused(exc: ApiError) -> DatatoolError | None:
+            if exc.status_code != 400:
+                return None
+            return DatatoolError(
+                f"{_cap(conn.where)} will not serve {folder}: "
+                f"{conn.redact(_detail(exc.body))}. --local-root must be the server's "
+                f"{ROOT_ENV}, with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true, on the "
+                "machine that runs datatool; else use --serve upload"
             )
-        except ApiError as exc:
-            if exc.status_code == 400:
-                raise DatatoolError(
-                    f"{_cap(conn.where)} will not serve {folder}: "
-                    f"{conn.redact(_detail(exc.body))}. --local-root must be the server's "
-                    f"{ROOT_ENV}, with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true, on the "
-                    "machine that runs datatool; else use --serve upload"
-                ) from None
-            raise conn._api_error("create the local files storage", exc) from None
-        except httpx.HTTPError as exc:
-            raise DatatoolError(f"cannot reach {conn.where} ({type(exc).__name__})") from None
+
+        conn.call(
+            "create the local files storage",
+            conn.client.import_storage.local.create,
+            explain=refused,
+            project=project_id,
+            path=str(folder),
+            title="datatool images",
+            regex_filter="^$",  # matches no file: a 'Sync' in the web UI imports nothing
+            use_blob_urls=True,
+            description="images pushed by datatool; do not sync",
+        )
     store = ws.store
-    urls = {}
+    urls: dict[int, str] = {}
     for image_id, digest in todo:
         name = image_name(image_id)
         data = store.path_for(digest).read_bytes()
@@ -592,19 +689,19 @@ def _serve_upload(
             f"api/projects/{project_id}/file-uploads",
             params={"ids": json.dumps(ids)},
         ).json()
-        by_name = {}
+        by_name: dict[str, str] = {}
         for item in listing:
             stored = str(item.get("file", ""))
             base = stored.rsplit("/", 1)[-1]
             by_name[base.split("-", 1)[1] if "-" in base else base] = stored
         for image_id, _ in batch:
-            stored = by_name.get(f"{image_name(image_id)}.png")
-            if stored is None:
+            kept_as = by_name.get(f"{image_name(image_id)}.png")
+            if kept_as is None:
                 raise DatatoolError(
                     f"Label Studio did not keep the upload of "
                     f"{image_name(image_id)}; run push again"
                 )
-            urls[image_id] = "/data/" + stored.lstrip("/")
+            urls[image_id] = "/data/" + kept_as.lstrip("/")
     return urls
 
 
@@ -712,9 +809,7 @@ def sync_from_server(
         r = get_rater(s, rater)
         report.rater = r.name
         if project_id is not None:
-            row = s.scalar(
-                select(LabelStudioProject).where(LabelStudioProject.project_id == int(project_id))
-            )
+            row = _recorded_project(s, int(project_id))
             if row is None:
                 raise DatatoolError(
                     f"Label Studio project {project_id} was not pushed by datatool: sync only "
@@ -722,21 +817,14 @@ def sync_from_server(
                     "own, export it as JSON and use --export)"
                 )
             if row.rater_id != r.id:
-                owner = s.get(Rater, row.rater_id).name
                 raise DatatoolError(
-                    f"Label Studio project {project_id} belongs to rater {owner}, not "
+                    f"Label Studio project {project_id} belongs to rater {row.rater.name}, not "
                     f"{r.name}: a rater's labels come only from their own project "
                     "(double-blind)"
                 )
             rows = [row]
         else:
-            rows = list(
-                s.scalars(
-                    select(LabelStudioProject)
-                    .where(LabelStudioProject.rater_id == r.id)
-                    .order_by(LabelStudioProject.id)
-                )
-            )
+            rows = _rater_projects(s, r.id)
         if not rows:
             raise DatatoolError(
                 f"rater {r.name} has no Label Studio project yet: run "

@@ -147,7 +147,7 @@ def test_export_edit_sync_round_trip_is_exact(study, demo_dir, tmp_path):
     sync_itksnap(ws, demo_dir / "labels" / "rater1", "rater1", dicom_root=demo_dir / "dicom")
     out = tmp_path / "export"
     summary = export_itksnap(ws, "rater1", out)
-    assert (summary["images"], summary["prefilled"], summary["kept"]) == (N, N, 0)
+    assert (summary.images, summary.prefilled, summary.kept) == (N, N, 0)
     assert (out / LABELS_FILE).read_text() == (
         demo_dir / "labels" / "itksnap_labels.txt"
     ).read_text()
@@ -195,7 +195,7 @@ def test_prefill_uses_only_the_raters_own_labels(study, demo_dir, tmp_path):
     ws = study
     sync_itksnap(ws, demo_dir / "labels" / "rater1", "rater1", dicom_root=demo_dir / "dicom")
     summary = export_itksnap(ws, "rater2", tmp_path / "r2")
-    assert (summary["images"], summary["prefilled"]) == (N, 0)
+    assert (summary.images, summary.prefilled) == (N, 0)
     segs = sorted((tmp_path / "r2").rglob("*_seg.nii.gz"))
     assert len(segs) == N and not any(read_label_map(p).any() for p in segs)
     assert json.loads((tmp_path / "r2" / EXPORT_MARKER).read_text())["rater"] == "rater2"
@@ -221,7 +221,7 @@ def test_reexport_is_idempotent_and_keeps_unsynced_edits(study, demo_dir, tmp_pa
     out = tmp_path / "e"
     export_itksnap(ws, "rater1", out)
     first = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert export_itksnap(ws, "rater1", out)["kept"] == 0
+    assert export_itksnap(ws, "rater1", out).kept == 0
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
     seg = sorted(out.rglob("*_seg.nii.gz"))[0]
     mask = read_label_map(seg)
@@ -229,14 +229,14 @@ def test_reexport_is_idempotent_and_keeps_unsynced_edits(study, demo_dir, tmp_pa
     _itksnap_save(seg, mask, seg)
     edited = seg.read_bytes()
     summary = export_itksnap(ws, "rater1", out)
-    assert summary["kept"] == 1 and summary["kept_files"] == [str(seg)]
+    assert summary.kept == 1 and summary.kept_files == [seg]
     assert seg.read_bytes() == edited  # the edit survived
     assert sync_itksnap(ws, out, "rater1").new_versions == 1
-    assert export_itksnap(ws, "rater1", out)["kept"] == 0
+    assert export_itksnap(ws, "rater1", out).kept == 0
     np.testing.assert_array_equal(read_label_map(seg), mask)
     # export without prefill: empty segmentations, except where edits would be lost
     empty = export_itksnap(ws, "rater1", tmp_path / "blank", prefill=False)
-    assert empty["prefilled"] == 0
+    assert empty.prefilled == 0
     assert not any(read_label_map(p).any() for p in (tmp_path / "blank").rglob("*_seg.nii.gz"))
 
 

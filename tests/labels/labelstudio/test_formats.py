@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from label_studio_sdk.label_interface import LabelInterface
 
-from datatool.core.protocol import load_protocol
+from datatool.core.protocol import Protocol, Structure, load_protocol
 from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
 from datatool.labels.masks import BadLabel
 
@@ -177,3 +178,41 @@ def test_partial_alpha_counts_as_drawn():
     }
     out = results_to_mask([entry], P, (4, 5)).mask
     assert out[1, 2] == 1 and out[3, 4] == 1 and out.sum() == 2
+
+
+ODD = Protocol(
+    name="odd",
+    title="names that need escaping",
+    structures=(
+        Structure('A & "B"', 1, (255, 0, 0)),
+        Structure("<nerve>", 2, (0, 128, 255), aliases=("it's",)),
+    ),
+)
+
+
+def test_config_escapes_structure_names():
+    expected = (
+        "<View>\n"
+        '  <Image name="image" value="$image" zoom="true" />\n'
+        '  <BrushLabels name="label" toName="image">\n'
+        '    <Label value="A &amp; &quot;B&quot;" background="#ff0000" />\n'
+        '    <Label value="&lt;nerve&gt;" background="#0080ff" />\n'
+        "  </BrushLabels>\n"
+        "</View>\n"
+    )
+    assert ODD.labelstudio_config() == expected
+    # Label Studio's own reading of the config gives the names back as they are
+    interface = LabelInterface(ODD.labelstudio_config())
+    brush = interface.get_control("label")
+    assert brush.tag == "BrushLabels" and brush.to_name == ["image"]
+    assert list(brush.labels) == ['A & "B"', "<nerve>"]
+    assert interface.get_object("image").value == "$image"
+
+
+def test_round_trip_with_names_that_need_escaping():
+    mask = np.zeros((8, 10), np.uint8)
+    mask[1:3, 1:4] = 1
+    mask[5:7, 6:9] = 2
+    results = mask_to_results(mask, ODD)
+    assert [r["value"]["brushlabels"] for r in results] == [['A & "B"'], ["<nerve>"]]
+    np.testing.assert_array_equal(results_to_mask(results, ODD, mask.shape).mask, mask)

@@ -88,8 +88,8 @@ def test_push_creates_the_raters_project_and_is_idempotent(demo_ws, labelstudio_
     srv = labelstudio_server
     add_rater(demo_ws, "AN1")
     result = push(demo_ws, "AN1", url=srv.url, token=srv.token, local_root=srv.local_root)
-    assert result["project_created"] and result["tasks_created"] == 12
-    pid = result["project_id"]
+    assert result.project_created and result.tasks_created == 12
+    pid = result.project_id
     project = ls.projects.get(pid)
     assert project.label_config.strip() == P.labelstudio_config().strip()
     assert project.title == "AN1 (anterior_sciatic)"
@@ -113,13 +113,13 @@ def test_push_creates_the_raters_project_and_is_idempotent(demo_ws, labelstudio_
     assert httpx.get(srv.url + tasks[task_id]["image"]).status_code in (401, 403)
     # re-push adds nothing
     again = push(demo_ws, "AN1", url=srv.url, token=srv.token, local_root=srv.local_root)
-    assert (again["project_id"], again["tasks_created"], again["already_pushed"]) == (pid, 0, 12)
-    assert not again["project_created"] and len(_tasks(ls, pid)) == 12
+    assert (again.project_id, again.tasks_created, again.already_pushed) == (pid, 0, 12)
+    assert not again.project_created and len(_tasks(ls, pid)) == 12
     # a push cut between the server and the catalogue: the tasks are recognised, not doubled
     with demo_ws.session() as s:
         s.query(LabelStudioTask).filter(LabelStudioTask.image_id.in_(list(mapping)[:3])).delete()
     healed = push(demo_ws, "AN1", url=srv.url, token=srv.token, local_root=srv.local_root)
-    assert (healed["tasks_created"], healed["recovered"]) == (0, 3)
+    assert (healed.tasks_created, healed.recovered) == (0, 3)
     assert _task_for(demo_ws, pid) == mapping and len(_tasks(ls, pid)) == 12
 
 
@@ -134,7 +134,7 @@ def test_round_trip_versions_skips_and_empty(demo_ws, labelstudio_server, ls):
         token=srv.token,
         local_root=srv.local_root,
         image_ids=[i.id for i in images],
-    )["project_id"]
+    ).project_id
     tasks = _task_for(demo_ws, pid)
     first, skipped, empty, untouched = images
     mask = _mask(first)
@@ -194,7 +194,7 @@ def test_unknown_labels_foreign_and_deleted_tasks_are_reported(demo_ws, labelstu
         token=srv.token,
         local_root=srv.local_root,
         image_ids=[i.id for i in images],
-    )["project_id"]
+    ).project_id
     tasks = _task_for(demo_ws, pid)
     bad, good, swapped, deleted = images
     results = mask_to_results(_mask(bad), P)
@@ -229,7 +229,7 @@ def test_unknown_labels_foreign_and_deleted_tasks_are_reported(demo_ws, labelstu
         local_root=srv.local_root,
         image_ids=[i.id for i in images],
     )
-    assert again["missing_on_server"] == [tasks[deleted.id]] and again["tasks_created"] == 0
+    assert again.missing_on_server == [tasks[deleted.id]] and again.tasks_created == 0
 
 
 def test_one_project_per_rater(demo_ws, labelstudio_server, ls):
@@ -237,8 +237,8 @@ def test_one_project_per_rater(demo_ws, labelstudio_server, ls):
     add_rater(demo_ws, "AN1")
     add_rater(demo_ws, "AN2")
     kw = {"url": srv.url, "token": srv.token, "local_root": srv.local_root, "image_ids": [1, 2]}
-    a = push(demo_ws, "AN1", **kw)["project_id"]
-    b = push(demo_ws, "AN2", title="second rater", **kw)["project_id"]
+    a = push(demo_ws, "AN1", **kw).project_id
+    b = push(demo_ws, "AN2", title="second rater", **kw).project_id
     assert a != b and ls.projects.get(b).title == "second rater"
     with pytest.raises(DatatoolError, match=f"project {a} belongs to rater AN1.*double-blind"):
         push(demo_ws, "AN2", project_id=a, **kw)
@@ -248,22 +248,22 @@ def test_one_project_per_rater(demo_ws, labelstudio_server, ls):
     spare = ls.projects.create(title="spare", label_config=P.labelstudio_config()).id
     with pytest.raises(DatatoolError, match=f"AN1 already has Label Studio project {a}"):
         push(demo_ws, "AN1", project_id=spare, **kw)
-    assert push(demo_ws, "AN1", **kw)["project_id"] == a
+    assert push(demo_ws, "AN1", **kw).project_id == a
     with pytest.raises(DatatoolError, match=r"was not pushed by datatool"):
         sync_from_server(demo_ws, "AN1", url=srv.url, token=srv.token, project_id=spare)
     add_rater(demo_ws, "AN3")
     adopted = push(demo_ws, "AN3", project_id=spare, **kw)  # an empty project may be adopted
-    assert adopted["project_id"] == spare and adopted["tasks_created"] == 2
+    assert adopted.project_id == spare and adopted.tasks_created == 2
     used = ls.projects.create(title="used", label_config=P.labelstudio_config()).id
     ls.projects.import_tasks(used, request=[{"data": {"image": "/z.png"}}])
     add_rater(demo_ws, "AN4")
     with pytest.raises(DatatoolError, match=r"already holds tasks that datatool did not push"):
         push(demo_ws, "AN4", project_id=used, **kw)
     second = push(demo_ws, "AN1", new_project=True, **kw)
-    assert second["project_created"] and second["project_id"] not in (a, b)
+    assert second.project_created and second.project_id not in (a, b)
     with demo_ws.session() as s:
         owners = {row.project_id: row.rater.name for row in s.scalars(select(LabelStudioProject))}
-    assert owners == {a: "AN1", b: "AN2", spare: "AN3", second["project_id"]: "AN1"}
+    assert owners == {a: "AN1", b: "AN2", spare: "AN3", second.project_id: "AN1"}
 
 
 def test_upload_serving(demo_ws, labelstudio_server, ls):
@@ -273,16 +273,16 @@ def test_upload_serving(demo_ws, labelstudio_server, ls):
     result = push(
         demo_ws, "UP1", url=srv.url, token=srv.token, serve="upload", image_ids=[image.id]
     )
-    assert result["tasks_created"] == 1
-    [data] = _tasks(ls, result["project_id"]).values()
+    assert result.tasks_created == 1
+    [data] = _tasks(ls, result.project_id).values()
     assert set(data) == {"image", "image_id"} and data["image_id"] == image_name(image.id)
-    assert data["image"].startswith(f"/data/upload/{result['project_id']}/")
+    assert data["image"].startswith(f"/data/upload/{result.project_id}/")
     got = httpx.get(srv.url + data["image"], headers={"Authorization": f"Token {srv.token}"})
     assert got.content == demo_ws.store.path_for(image.store_hash).read_bytes()
     assert (
-        push(demo_ws, "UP1", url=srv.url, token=srv.token, serve="upload", image_ids=[image.id])[
-            "tasks_created"
-        ]
+        push(
+            demo_ws, "UP1", url=srv.url, token=srv.token, serve="upload", image_ids=[image.id]
+        ).tasks_created
         == 0
     )
 

@@ -1,0 +1,169 @@
+"""The label commands (datatool/cli/labels.py, itksnap.py, labelstudio.py) through Typer's
+runner: tables, --json keys, --csv files, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from datatool.cli import app
+from datatool.core.errors import UsageError
+from datatool.ingest.pipeline import ingest
+from datatool.labels.itksnap.formats import read_label_map, write_segmentation
+from datatool.labels.labelstudio.sync import push
+
+runner = CliRunner()
+
+
+def _run(ws, *args: str):
+    return runner.invoke(app, [*args, "--workspace", str(ws.root)])
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_rater_add_list_and_labels(ws, tmp_path):
+    added = _run(ws, "rater", "add", "AN1")
+    assert added.exit_code == 0 and added.stdout.strip() == "Registered rater AN1"
+    again = _run(ws, "rater", "add", "AN1", "--json")
+    assert again.exit_code == 0
+    assert json.loads(again.stdout) == {"name": "AN1", "kind": "human", "created": False}
+    assert _run(ws, "rater", "add", "AN2").exit_code == 0
+
+    listed = _run(ws, "rater", "list", "--json")
+    rows = json.loads(listed.stdout)
+    assert [set(r) for r in rows] == [{"name", "kind", "images_labelled", "registered"}] * 2
+    assert [(r["name"], r["kind"], r["images_labelled"]) for r in rows] == [
+        ("AN1", "human", 0),
+        ("AN2", "human", 0),
+    ]
+    table = _run(ws, "rater", "list", "--csv", str(tmp_path / "raters.csv"))
+    assert table.exit_code == 0 and "AN2" in table.stdout
+    assert [r[:3] for r in _csv_rows(tmp_path / "raters.csv")] == [
+        ["rater", "kind", "images labelled"],
+        ["AN1", "human", "0"],
+        ["AN2", "human", "0"],
+    ]
+
+    coverage = json.loads(_run(ws, "labels", "--json").stdout)
+    assert coverage["protocol"] == "anterior_sciatic"
+    first = coverage["raters"][0]
+    assert set(first) == {
+        "rater",
+        "kind",
+        "images_labelled",
+        "images_total",
+        "versions",
+        "sources",
+        "structures",
+    }
+    assert first["structures"]["sciatic nerve"] == {"present": 0, "absent": 0}
+    # one table per rater: the first to FILE, the others beside it
+    shown = _run(ws, "labels", "--csv", str(tmp_path / "cov.csv"))
+    assert shown.exit_code == 0 and "AN1 (human): 0 of 0 images labelled" in shown.stdout
+    assert _csv_rows(tmp_path / "cov.csv")[:2] == [
+        ["structure", "present", "absent"],
+        ["femur", "0", "0"],
+    ]
+    assert _csv_rows(tmp_path / "cov-an2.csv")[0] == ["structure", "present", "absent"]
+
+
+def test_labels_without_raters_says_what_to_do(ws):
+    res = _run(ws, "labels")
+    assert res.exit_code == 0 and "no raters yet: run 'datatool rater add NAME'" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["labels", "--rater", "nobody"],
+        ["export", "itksnap", "--rater", "nobody", "--out", "{tmp}/out"],
+        ["sync", "itksnap", "{tmp}", "--rater", "nobody"],
+        ["labelstudio", "push", "--rater", "nobody", "--serve", "upload"],
+        ["sync", "labelstudio", "--rater", "nobody", "--export", "{tmp}/export.json"],
+    ],
+    ids=["labels", "export-itksnap", "sync-itksnap", "labelstudio-push", "sync-labelstudio"],
+)
+def test_an_unknown_rater_is_a_usage_error_everywhere(ws, tmp_path, args):
+    (tmp_path / "export.json").write_text("[]")
+    res = _run(ws, *(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == (
+        "error: rater 'nobody' is not registered: run 'datatool rater add nobody'"
+    )
+
+
+def test_fixed_choices_are_checked(ws):
+    res = _run(ws, "labelstudio", "push", "--rater", "AN1", "--serve", "ftp")
+    words = " ".join(res.output.replace("│", " ").split())
+    assert res.exit_code == 2 and "'ftp' is not one of 'local', 'upload'" in words
+    _run(ws, "rater", "add", "AN1")
+    with pytest.raises(UsageError, match="--serve must be one of local, upload"):
+        push(ws, "AN1", serve="ftp")
+
+
+def test_sync_and_export_itksnap(ws, demo_dir, tmp_path):
+    ingest(ws, [demo_dir / "dicom"], workers=0)
+    assert _run(ws, "rater", "add", "rater1").exit_code == 0
+    synced = _run(
+        ws,
+        "sync",
+        "itksnap",
+        str(demo_dir / "labels" / "rater1"),
+        "--rater",
+        "rater1",
+        "--dicom-root",
+        str(demo_dir / "dicom"),
+        "--csv",
+        str(tmp_path / "sync.csv"),
+    )
+    assert synced.exit_code == 0, synced.output
+    assert "sync itksnap: rater rater1" in synced.stdout
+    assert _csv_rows(tmp_path / "sync.csv") == [
+        ["outcome", "label files"],
+        ["seen", "12"],
+        ["new versions", "12"],
+        ["unchanged", "0"],
+        ["rejected", "0"],
+        ["notes", "0"],
+    ]
+
+    out = tmp_path / "export"
+    exported = _run(
+        ws, "export", "itksnap", "--rater", "rater1", "--out", str(out), "--images", "1,IMG2"
+    )
+    assert exported.exit_code == 0, exported.output
+    assert "exported 2 images for rater rater1" in exported.stdout
+    data = json.loads(
+        _run(ws, "export", "itksnap", "--rater", "rater1", "--out", str(out), "--json").stdout
+    )
+    assert set(data) == {
+        "rater",
+        "out_dir",
+        "images",
+        "prefilled",
+        "kept",
+        "kept_files",
+        "labels_file",
+    }
+    assert (data["images"], data["prefilled"], data["kept"], data["kept_files"]) == (12, 12, 0, [])
+    # an edit not synced yet is kept, one stderr line says so
+    seg = out / "img000001" / "img000001_seg.nii.gz"
+    mask = read_label_map(seg)
+    mask[:4, :4] = 1
+    write_segmentation(seg, np.ascontiguousarray(mask, np.uint8), (1.0, 1.0))
+    kept = _run(ws, "export", "itksnap", "--rater", "rater1", "--out", str(out))
+    assert kept.exit_code == 0
+    assert kept.stderr.strip() == (
+        f"kept: {seg}: holds edits not synced yet; left as it was (sync it first)"
+    )
+    assert "1 kept with unsynced edits" in kept.stdout
+    bad = _run(ws, "export", "itksnap", "--rater", "rater1", "--out", str(out), "--images", "x1")
+    assert bad.exit_code == 2 and "'x1' is not an image id" in bad.stderr
