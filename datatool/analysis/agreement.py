@@ -27,6 +27,7 @@ from datatool.core.catalogue import (
     Annotation,
     Image,
     Rater,
+    RaterKind,
     StructureStats,
     audit,
 )
@@ -50,7 +51,7 @@ def _pick_raters(session, raters: list[str] | None) -> tuple[Rater, Rater]:
     humans = session.execute(
         select(Rater, func.count(func.distinct(Annotation.image_id)).label("n"))
         .join(Annotation, Annotation.rater_id == Rater.id)
-        .where(Rater.kind == "human")
+        .where(Rater.kind == RaterKind.human)
         .group_by(Rater.id)
         .order_by(func.count(func.distinct(Annotation.image_id)).desc(), Rater.name)
     ).all()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
-from datatool.core.catalogue import Image, Patient, Series, SourceFile, Study
+from datatool.core.catalogue import FileStatus, Image, Patient, Series, SourceFile, Study
 from datatool.core.workspace import Workspace
 
 
@@ -76,7 +76,7 @@ def status(ws: Workspace) -> Status:
         studies=n_studies,
         series=n_series,
         images=n_images,
-        files={k: files.get(k, 0) for k in ("ingested", "quarantined", "conflict")},
+        files={str(k): files.get(k, 0) for k in FileStatus},
         calibrated_images=calibrated,
         calibration_coverage=(calibrated / n_images) if n_images else None,
         pixel_handling=handling,

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from datatool.core.catalogue import Image, Patient, Series, SourceFile, Study, audit
+from datatool.core.catalogue import FileStatus, Image, Patient, Series, SourceFile, Study, audit
 from datatool.core.processes import pool_context, worker_count
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
@@ -248,7 +248,9 @@ def _clip(value: object, size: int) -> str | None:
 def known_hashes(session: Session) -> frozenset[str]:
     """Files whose bytes need no second look (quarantined ones are looked at again, since
     --allow-burned-in may now let them in)."""
-    rows = session.scalars(select(SourceFile.sha256).where(SourceFile.status != "quarantined"))
+    rows = session.scalars(
+        select(SourceFile.sha256).where(SourceFile.status != FileStatus.quarantined)
+    )
     return frozenset(rows)
 
 
@@ -277,7 +279,7 @@ class CatalogueBatch:
             set(
                 session.scalars(
                     select(SourceFile.sop_uid).where(
-                        SourceFile.sop_uid.in_(uids), SourceFile.status == "ingested"
+                        SourceFile.sop_uid.in_(uids), SourceFile.status == FileStatus.ingested
                     )
                 )
             )
@@ -295,9 +297,9 @@ class CatalogueBatch:
         existing = self.by_sha.get(result.sha256)
         if result.kind == "quarantined":
             if existing is None:
-                self._add_source(result, status="quarantined", reason=result.reason)
+                self._add_source(result, status=FileStatus.quarantined, reason=result.reason)
             return "quarantined", result.reason
-        if existing is not None and existing.status != "quarantined":
+        if existing is not None and existing.status != FileStatus.quarantined:
             return "already_present", ""  # another ingest, or this batch, got there first
         if meta["sop_uid"] in self.ingested_uids:
             reason = (
@@ -305,7 +307,10 @@ class CatalogueBatch:
                 "bytes; the new version is kept aside, nothing was overwritten"
             )
             self._add_source(
-                result, status="conflict", reason=reason, aside=[f["hash"] for f in result.frames]
+                result,
+                status=FileStatus.conflict,
+                reason=reason,
+                aside=[f["hash"] for f in result.frames],
             )
             return "conflict", reason
         series = self._series_for(meta)
@@ -313,7 +318,7 @@ class CatalogueBatch:
             source = existing
             source.status, source.reason = "ingested", None
         else:
-            source = self._add_source(result, status="ingested")
+            source = self._add_source(result, status=FileStatus.ingested)
         self.ingested_uids.add(meta["sop_uid"])
         self.session.add_all(
             Image(
