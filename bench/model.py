@@ -17,44 +17,38 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from datatool.model import build_model
+from datatool.learning.device import autocast, channels_last, resolve_device, synchronize
+from datatool.learning.options import DEFAULT_PRESET, DeviceChoice, PresetName
+from datatool.model import build_model, segmentation_loss
 
 STUDY_MS = 218.0
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed(fn, iters: int, device) -> list[float]:
     out = []
     for _ in range(iters):
-        sync(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        sync(device)
+        synchronize(device)
         out.append(time.perf_counter() - start)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--device", default="auto", choices=[d.value for d in DeviceChoice])
+    parser.add_argument(
+        "--preset", default=DEFAULT_PRESET.value, choices=[p.value for p in PresetName]
+    )
     parser.add_argument("--batch", type=int, default=None, help="inference batch (GPU 64)")
     parser.add_argument("--train-batch", type=int, default=None, help="training batch (GPU 32)")
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="also try torch.compile")
     parser.add_argument("--size", type=int, default=473)
     args = parser.parse_args()
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    device = resolve_device(args.device)
     gpu = device.type == "cuda"
     batch = args.batch or (64 if gpu else 2)
     train_batch = args.train_batch or (32 if gpu else 2)
@@ -73,42 +67,25 @@ def main() -> None:
         net(xb[:1])
         base_b = timed(lambda: net(xb), iters, device)
         base_1 = timed(lambda: net(x1), iters * 2, device)
-    fast = net
-    if gpu:
-        fast = net.to(memory_format=torch.channels_last)
-        if args.compile:
-            fast = torch.compile(fast, mode="max-autotune-no-cudagraphs")
-    xb_fast = xb.contiguous(memory_format=torch.channels_last) if gpu else xb
-    x1_fast = x1.contiguous(memory_format=torch.channels_last) if gpu else x1
-    ctx = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if gpu
-        else (lambda: torch.autocast("cpu", enabled=False))
-    )
-    with torch.no_grad(), ctx():
+    fast = channels_last(net, device)  # the same module (in place): measured after the baseline
+    if gpu and args.compile:
+        fast = torch.compile(fast, mode="max-autotune-no-cudagraphs")
+    xb_fast, x1_fast = channels_last(xb, device), channels_last(x1, device)
+    with torch.no_grad(), autocast(device):
         for _ in range(3):
             fast(xb_fast)
             fast(x1_fast)
         fast_b = timed(lambda: fast(xb_fast), iters, device)
         fast_1 = timed(lambda: fast(x1_fast), iters * 2, device)
 
-    train_net = build_model(6, args.preset).to(device).train()
-    if gpu:
-        train_net = train_net.to(memory_format=torch.channels_last)
+    train_net = channels_last(build_model(6, args.preset).to(device).train(), device)
     opt = torch.optim.Adam(train_net.parameters(), lr=5e-5)
-    xt = torch.randn(train_batch, 3, args.size, args.size, device=device)
-    if gpu:
-        xt = xt.contiguous(memory_format=torch.channels_last)
+    xt = channels_last(torch.randn(train_batch, 3, args.size, args.size, device=device), device)
     yt = torch.randint(0, 6, (train_batch, args.size, args.size), device=device)
 
     def step():
-        with ctx():
-            out = train_net(xt)
-            loss = (
-                F.cross_entropy(out[0].float(), yt) + 0.4 * F.cross_entropy(out[1].float(), yt)
-                if isinstance(out, tuple)
-                else F.cross_entropy(out.float(), yt)
-            )
+        with autocast(device):
+            loss = segmentation_loss(train_net(xt), yt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

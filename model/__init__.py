@@ -2,11 +2,20 @@
 pyramid-pooling head, for semantic segmentation. Depends on torch only: it takes tensors and
 returns tensors, so ``datatool train``, a notebook or ``torchrun`` can all drive it."""
 
-from .network import PRESETS, Preset, TripletAttentionNet, build_model, load_torchvision_resnet50
+from .network import (
+    AUX_WEIGHT,
+    PRESETS,
+    Preset,
+    TripletAttentionNet,
+    build_model,
+    load_torchvision_resnet50,
+    segmentation_loss,
+)
 from .resnet import ResNet, resnet50
 from .triplet_attention import AttentionGate, TripletAttention, ZPool
 
 __all__ = [
+    "AUX_WEIGHT",
     "PRESETS",
     "AttentionGate",
     "Preset",
@@ -17,4 +26,5 @@ __all__ = [
     "build_model",
     "load_torchvision_resnet50",
     "resnet50",
+    "segmentation_loss",
 ]

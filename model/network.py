@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,17 @@ class Preset:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preset:
+        """The preset's fields of ``d`` (a run's config: other keys are ignored; lists, as
+        JSON keeps tuples, become tuples again)."""
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in d.items()
+            if k in cls.__dataclass_fields__
+        }
+        return cls(**fields)
 
 
 PRESETS = {
@@ -139,6 +151,24 @@ class TripletAttentionNet(nn.Module):
             aux = F.interpolate(self.aux_head(x3), size=size, mode="bilinear", align_corners=False)
             return out, aux
         return out
+
+
+AUX_WEIGHT = 0.4  # the auxiliary head's share of the loss (PSPNet's)
+
+
+def segmentation_loss(
+    out: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    target: torch.Tensor,
+    aux_weight: float = AUX_WEIGHT,
+) -> torch.Tensor:
+    """Cross-entropy of the logits (in float32) against class indices; with the auxiliary
+    head's output as well (the network in training), plus ``aux_weight`` times its own."""
+    if isinstance(out, tuple):
+        main, aux = out
+        return F.cross_entropy(main.float(), target) + aux_weight * F.cross_entropy(
+            aux.float(), target
+        )
+    return F.cross_entropy(out.float(), target)
 
 
 def build_model(

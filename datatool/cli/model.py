@@ -2,36 +2,102 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
+from datatool.cli import render
 from datatool.cli.common import (
     PANEL_MODEL,
+    CsvOpt,
     JsonOpt,
     WorkspaceOpt,
     app,
-    err,
     guarded,
-    out,
-    print_json,
     progress_bar,
     workspace,
 )
-from datatool.cli.common import _fmt as fmt
+from datatool.cli.render import Block, MeanSD, MedianIQR, PValue, Table, cell_text
+from datatool.learning.options import (
+    DEFAULT_PRESET,
+    CheckpointChoice,
+    DeviceChoice,
+    PresetName,
+    ScoreSet,
+)
+
+if TYPE_CHECKING:  # result types; the services load when a command runs
+    from datatool.learning.scoring import CVResult, ScoreResult
+    from datatool.learning.training import EpochDone, RunRow, RunSummary, StepDone
 
 
-def _fmt(value, digits: int = 3) -> str:
-    return fmt(value, digits)
+# --------------------------------------------------------------------------- train
+
+
+class _TrainProgress:
+    """A bar over every step of every epoch on a terminal; one line per epoch in logs."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = Progress(
+            TextColumn("[bold]train[/bold] epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  val mIoU {task.fields[miou]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=render.err,
+            disable=quiet or not render.err.is_terminal,
+        )
+        self.task: TaskID | None = None
+        self.miou = "-"
+
+    def __call__(self, p: StepDone | EpochDone) -> None:
+        from datatool.learning.training import EpochDone
+
+        if self.task is None:
+            self.task = self.bar.add_task("train", total=None, epoch="", loss="-", miou="-")
+        if isinstance(p, EpochDone):  # an epoch validated and recorded
+            self.miou = cell_text(p.val_miou)
+            if not render.err.is_terminal and not self.quiet:
+                render.progress_line(
+                    f"epoch {p.epoch}/{p.epochs}: train loss {p.train_loss:.4f}, "
+                    f"val loss {cell_text(p.val_loss, 4)}, val mIoU {self.miou}"
+                )
+            return
+        self.bar.update(
+            self.task,
+            total=p.epochs * p.steps,
+            completed=(p.epoch - 1) * p.steps + p.step,
+            epoch=f"{p.epoch}/{p.epochs}",
+            loss=f"{p.loss:.4f}",
+            miou=self.miou,
+        )
+
+
+def _train_view(result: RunSummary | list[RunSummary]) -> Iterator[Block]:
+    runs = result if isinstance(result, list) else [result]
+    for r in runs:
+        fold_text = "" if r.fold is None else f", fold {r.fold}"
+        best_epoch = "-" if r.best_epoch is None else r.best_epoch + 1
+        yield (
+            f"run {r.run}: split {r.split} (hash {r.split_hash[:12]}){fold_text}, preset "
+            f"{r.preset}, {r.epochs_done} epochs on {r.device}; best validation mIoU "
+            f"{cell_text(r.best_val_miou)} at epoch {best_epoch}"
+        )
+    if runs:
+        yield f"score it with: datatool score {runs[-1].run}"
 
 
 @app.command(rich_help_panel=PANEL_MODEL)
@@ -40,16 +106,17 @@ def train(
     split: str | None = typer.Option(None, help="Split to train on (datatool split create)."),
     fold: int | None = typer.Option(None, help="Train on the other folds, select on this one."),
     cv: int | None = typer.Option(None, help="Cross-validation: one run per fold (e.g. 5)."),
-    preset: str = typer.Option(
-        "paper",
-        help="paper: the study's recipe (ResNet-50 + triplet "
-        "attention, 473x473, 100 epochs; wants a GPU); "
-        "tiny: a thin model on small images for a CPU.",
+    preset: PresetName = typer.Option(
+        DEFAULT_PRESET,
+        help="paper: the study's recipe (ResNet-50 + triplet attention, 473x473, 100 epochs; "
+        "wants a GPU); tiny: a thin model on small images for a CPU.",
     ),
     epochs: int | None = typer.Option(None, help="Epochs (default: the preset's)."),
     batch: int | None = typer.Option(None, help="Batch size (default: the preset's, 8)."),
     lr: float | None = typer.Option(None, help="Adam learning rate (paper: 5e-5)."),
-    device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
+    device: DeviceChoice = typer.Option(
+        DeviceChoice.auto, help="auto (CUDA when available), cpu or cuda."
+    ),
     seed: int = typer.Option(0, help="Seed of initialisation, order and augmentation."),
     output_stride: int | None = typer.Option(None, help="Backbone output stride, 8 or 16."),
     pretrained: Path | None = typer.Option(
@@ -58,7 +125,9 @@ def train(
         dir_okay=False,
         help="A torchvision resnet50 state dict (ImageNet weights) to start the backbone from.",
     ),
-    resume: int | None = typer.Option(None, help="Continue interrupted run RUN."),
+    resume: int | None = typer.Option(
+        None, help="Continue interrupted (or failed) run RUN from its last checkpoint."
+    ),
     json_out: bool = JsonOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
@@ -80,78 +149,110 @@ def train(
         output_stride=output_stride,
         pretrained=str(pretrained) if pretrained else None,
     )
-    bar = Progress(
-        TextColumn("[bold]train[/bold] epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  val mIoU {task.fields[miou]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=json_out or not err.is_terminal,
-    )
-    state = {"task": None, "miou": "-"}
-
-    def progress(d: dict) -> None:
-        total = d["epochs"] * d.get("steps", 1)
-        if state["task"] is None:
-            state["task"] = bar.add_task("train", total=None, epoch="", loss="-", miou="-")
-        if d.get("done"):
-            state["miou"] = _fmt(d["val_miou"])
-            if not err.is_terminal and not json_out:
-                err.print(
-                    f"epoch {d['epoch']}/{d['epochs']}: train loss {d['train_loss']:.4f}, "
-                    f"val loss {_fmt(d['val_loss'], 4)}, val mIoU {state['miou']}"
-                )
-            return
-        state["steps"] = d["steps"]
-        bar.update(
-            state["task"],
-            total=total,
-            completed=(d["epoch"] - 1) * d["steps"] + d["step"],
-            epoch=f"{d['epoch']}/{d['epochs']}",
-            loss=f"{d['loss']:.4f}",
-            miou=state["miou"],
-        )
-
-    with bar:
+    progress = _TrainProgress(quiet=json_out)
+    with progress.bar:
         if cv is not None:
             if split is None:
                 raise typer.BadParameter("--cv needs --split")
             results = train_cv(ws, split, cv, config, progress=progress)
         else:
-            results = [
-                run_train(ws, split, fold=fold, config=config, resume=resume, progress=progress)
-            ]
-    if any(r.get("run") is None for r in results):
+            one = run_train(ws, split, fold=fold, config=config, resume=resume, progress=progress)
+            results = [] if one is None else [one]
+    if not results:
         return  # a torchrun worker other than rank 0: rank 0 reports
-    if json_out:
-        print_json(results if cv is not None else results[0])
-        return
-    for r in results:
-        fold_text = "" if r["fold"] is None else f", fold {r['fold']}"
-        out.print(
-            f"run {r['run']}: split {r['split']} (hash {r['split_hash'][:12]}){fold_text}"
-            f", preset {r['preset']}, {r['epochs_done']} epochs on {r['device']}; best "
-            f"validation mIoU {_fmt(r['best_val_miou'])} at epoch "
-            f"{'-' if r['best_epoch'] is None else r['best_epoch'] + 1}"
+    render.show(results if cv is not None else results[0], _train_view, json_out)
+
+
+# --------------------------------------------------------------------------- score
+
+
+def _anova_line(r: ScoreResult) -> str:
+    a = r.anova_iou
+    if a is None:
+        return (
+            "one-way ANOVA of per-image IoU across structures: not computed (fewer than "
+            "two structures with two values, or no variance at all)"
         )
-    out.print(f"score it with: datatool score {results[-1]['run']}")
+    return (
+        f"one-way ANOVA of per-image IoU across structures: F({a.df_between}, "
+        f"{a.df_within}) = {a.F:.3f}, p {cell_text(PValue(a.p))}; Bonferroni pairs in score.json"
+    )
+
+
+def _score_view(r: ScoreResult) -> Iterator[Block]:
+    yield (
+        f"run {r.run} on the {r.set} set of split {r.split}: {r.images} images ({r.frame}), "
+        f"{r.checkpoint} checkpoint"
+    )
+    table = Table(
+        "segmentation scores per structure",
+        [
+            "structure",
+            "n",
+            "IoU mean ± SD",
+            "IoU median (P25, P75)",
+            "pooled IoU",
+            "Dice mean",
+            "pooled Dice",
+            "precision",
+            "recall",
+            "F1 mean",
+            "F1 median",
+        ],
+    )
+    for st in r.structures:
+        table.add(
+            st.structure,
+            st.images,
+            MeanSD.of(st.iou),
+            MedianIQR.of(st.iou),
+            st.pooled_iou,
+            st.dice["mean"],
+            st.pooled_dice,
+            st.precision["mean"],
+            st.recall["mean"],
+            st.f1["mean"],
+            st.f1["median"],
+        )
+    yield table
+    yield _anova_line(r)
+    t = r.inference_ms
+    yield (
+        f"inference, model alone, batch 1 on {r.device}: {t['mean']:.1f} ± {t['sd']:.1f} ms "
+        "per image (the study: 218 ± 51 ms, metrics included)"
+    )
+    if r.stored_predictions is not None:
+        yield (
+            f"predictions stored as annotations of rater model:{r.run} ({r.stored_predictions} new)"
+        )
+    yield f"figures and score.json in {r.out_dir}"
+
+
+def _cv_view(r: CVResult) -> Iterator[Block]:
+    table = Table(
+        f"cross-validation {r.cv_group}: mean IoU per fold",
+        ["structure", *(f"fold {k}" for k in range(len(r.runs))), "median"],
+    )
+    for name, values in r.per_fold_mean_iou.items():
+        table.add(name, *values, r.median_over_folds_mean_iou[name])
+    yield table
 
 
 @app.command(rich_help_panel=PANEL_MODEL)
 @guarded
 def score(
     run: int = typer.Argument(..., help="The run to score (datatool runs lists them)."),
-    subset: str = typer.Option(
-        "test", "--set", help="test, or val (the run's validation set or fold)."
+    subset: ScoreSet = typer.Option(
+        ScoreSet.test, "--set", help="test, or val (the run's validation set or fold)."
     ),
     fold: int | None = typer.Option(None, help="With --set val: score on this fold."),
-    checkpoint: str = typer.Option("best", help="best (selected on validation) or last."),
+    checkpoint: CheckpointChoice = typer.Option(
+        CheckpointChoice.best, help="best (selected on validation) or last."
+    ),
     cv: bool = typer.Option(
         False, "--cv", help="Score every run of the run's cross-validation on its own fold."
     ),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: DeviceChoice = typer.Option(DeviceChoice.auto, help="auto, cpu or cuda."),
     store: bool = typer.Option(
         True, "--store/--no-store", help="Store predictions as annotations of rater model:RUN."
     ),
@@ -161,6 +262,7 @@ def score(
         help="Folder for score.json and the figures (default: WORKSPACE/reports/run-RUN-SET).",
     ),
     json_out: bool = JsonOpt,
+    csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Score a run like the study: per structure IoU, Dice, precision, recall, F1 (mean ± SD,
@@ -171,22 +273,10 @@ def score(
     ws = workspace(ws_path)
     if cv:
         result = score_cv(ws, run, checkpoint=checkpoint, device=device, store_predictions=store)
-        if json_out:
-            print_json(result)
-            return
-        table = Table(title=f"cross-validation {result['cv_group']}: mean IoU per fold")
-        table.add_column("structure")
-        for k in range(len(result["runs"])):
-            table.add_column(f"fold {k}", justify="right")
-        table.add_column("median", justify="right")
-        for name, vals in result["per_fold_mean_iou"].items():
-            table.add_row(
-                name, *(_fmt(v) for v in vals), _fmt(result["median_over_folds_mean_iou"][name])
-            )
-        out.print(table)
+        render.show(result, _cv_view, json_out, csv_out)
         return
     with progress_bar("score", enabled=not json_out) as progress:
-        result = score_run(
+        scored = score_run(
             ws,
             run,
             subset=subset,
@@ -197,104 +287,67 @@ def score(
             out_dir=out_dir,
             progress=progress,
         )
-    if json_out:
-        print_json(result)
-        return
-    out.print(
-        f"run {run} on the {result['set']} set of split {result['split']}: "
-        f"{result['images']} images ({result['frame']}), {checkpoint} checkpoint"
+    render.show(scored, _score_view, json_out, csv_out)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _resume_line(r: RunRow) -> str | None:
+    """How to go on with a run that stopped before its last epoch."""
+    if not r.stopped:
+        return None
+    if not r.resumable:
+        return f"run {r.run} {r.status} before its first checkpoint: nothing to resume"
+    of = "" if r.planned_epochs is None else f" of {r.planned_epochs}"
+    return (
+        f"run {r.run} {r.status} after epoch {r.epochs}{of}: continue it with "
+        f"'datatool train --resume {r.run}'"
     )
-    table = Table(title="segmentation scores per structure")
-    for col in (
-        "structure",
-        "n",
-        "IoU mean ± SD",
-        "IoU median (P25, P75)",
-        "pooled IoU",
-        "Dice mean",
-        "pooled Dice",
-        "precision",
-        "recall",
-        "F1 mean",
-        "F1 median",
-    ):
-        table.add_column(col, justify="left" if col == "structure" else "right")
-    for st in result["structures"]:
-        iou = st["iou"]
-        table.add_row(
-            st["structure"],
-            str(st["images"]),
-            "-" if iou["n"] == 0 else f"{iou['mean']:.3f} ± {iou['sd']:.3f}",
-            "-" if iou["n"] == 0 else f"{iou['median']:.3f} ({iou['p25']:.3f}, {iou['p75']:.3f})",
-            _fmt(st["pooled_iou"]),
-            _fmt(st["dice"]["mean"]),
-            _fmt(st["pooled_dice"]),
-            _fmt(st["precision"]["mean"]),
-            _fmt(st["recall"]["mean"]),
-            _fmt(st["f1"]["mean"]),
-            _fmt(st["f1"]["median"]),
-        )
-    out.print(table)
-    a = result["anova_iou"]
-    if a:
-        p = "< 0.001" if a["p"] < 0.001 else f"{a['p']:.3f}"
-        out.print(
-            f"one-way ANOVA of per-image IoU across structures: F({a['df_between']}, "
-            f"{a['df_within']}) = {a['F']:.3f}, p {p}; Bonferroni pairs in score.json"
-        )
-    else:
-        out.print(
-            "one-way ANOVA of per-image IoU across structures: not computed (fewer than "
-            "two structures with two values, or no variance at all)"
-        )
-    t = result["inference_ms"]
-    out.print(
-        f"inference, model alone, batch 1 on {result['device']}: {t['mean']:.1f} ± "
-        f"{t['sd']:.1f} ms per image (the study: 218 ± 51 ms, metrics included)"
+
+
+def _runs_view(rows: list[RunRow]) -> Iterator[Block]:
+    table = Table(
+        "runs",
+        [
+            "run",
+            "split",
+            "fold",
+            "preset",
+            "status",
+            "epochs",
+            "best epoch",
+            "best val mIoU",
+            "device",
+            "created",
+        ],
     )
-    if result.get("stored_predictions") is not None:
-        out.print(
-            f"predictions stored as annotations of rater model:{run} "
-            f"({result['stored_predictions']} new)"
+    for r in rows:
+        table.add(
+            r.run,
+            r.split,
+            r.fold,
+            r.preset,
+            r.status,
+            r.epochs,
+            None if r.best_epoch is None else r.best_epoch + 1,
+            r.best_val_miou,
+            r.device,
+            r.created,
         )
-    out.print(f"figures and score.json in {result['out_dir']}")
+    yield table
+    for r in rows:
+        line = _resume_line(r)
+        if line:
+            yield line
 
 
 @app.command(rich_help_panel=PANEL_MODEL)
 @guarded
-def runs(json_out: bool = JsonOpt, ws_path: Path | None = WorkspaceOpt):
-    """List training runs."""
+def runs(
+    json_out: bool = JsonOpt, csv_out: Path | None = CsvOpt, ws_path: Path | None = WorkspaceOpt
+):
+    """List training runs; an interrupted or failed run says how to resume it."""
     from datatool.learning.training import list_runs
 
-    rows = list_runs(workspace(ws_path))
-    if json_out:
-        print_json(rows)
-        return
-    table = Table(title="runs")
-    for col in (
-        "run",
-        "split",
-        "fold",
-        "preset",
-        "status",
-        "epochs",
-        "best epoch",
-        "best val mIoU",
-        "device",
-        "created",
-    ):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            str(r["run"]),
-            r["split"],
-            "-" if r["fold"] is None else str(r["fold"]),
-            r["preset"],
-            r["status"],
-            str(r["epochs"]),
-            "-" if r["best_epoch"] is None else str(r["best_epoch"] + 1),
-            _fmt(r["best_val_miou"]),
-            r["device"],
-            r["created"],
-        )
-    out.print(table)
+    render.show(list_runs(workspace(ws_path)), _runs_view, json_out, csv_out)

@@ -102,6 +102,13 @@ class PValue:
     p: float
 
 
+@dataclass(frozen=True)
+class Percent:
+    """A share in per cent: ``60.0 %`` in a table, 60.0 in the CSV."""
+
+    pct: float
+
+
 def _num(value: float, digits: int) -> str:
     if math.isnan(value):
         return "nan"
@@ -126,6 +133,8 @@ def cell_text(value: Any, digits: int = 3) -> str:
         return f"{value.n}" if value.pct is None else f"{value.n} ({value.pct:.1f} %)"
     if isinstance(value, PValue):
         return "< 0.001" if value.p < 0.001 else f"{value.p:.3f}"
+    if isinstance(value, Percent):
+        return f"{value.pct:.1f} %"
     if isinstance(value, float):
         return _num(value, digits)
     if isinstance(value, enum.Enum):
@@ -154,6 +163,8 @@ def _csv_values(value: Any, n: int) -> list[Any]:
         return [getattr(value, p) for p in parts]
     if isinstance(value, PValue):
         return [value.p]
+    if isinstance(value, Percent):
+        return [value.pct]
     if isinstance(value, enum.Enum):
         return [value.value]
     return [value]
@@ -298,6 +309,7 @@ __all__ = [
     "MeanSD",
     "MedianIQR",
     "PValue",
+    "Percent",
     "Table",
     "cell_text",
     "err",

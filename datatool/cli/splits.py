@@ -2,59 +2,54 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
+from datatool.cli import render
 from datatool.cli.common import (
+    CsvOpt,
     JsonOpt,
     WorkspaceOpt,
-    err,
+    finish,
     guarded,
-    out,
-    print_json,
     split_app,
     workspace,
 )
+from datatool.cli.render import Block, Percent, Table
+from datatool.learning.options import ExportFormat, Stratify
+
+if TYPE_CHECKING:  # result types; the services load when a command runs
+    from datatool.learning.splits import SplitCheck, SplitExport, SplitSummary
 
 
-def _print_split(info: dict) -> None:
-    out.print(
-        f"split {info['name']}: hash {info['hash']}, seed {info['seed']}, ratios "
-        f"{info['ratios']}, {info['folds']} folds, stratified by "
-        f"{info['stratify'] or 'nothing'}, reference labels {info['reference'] or '-'}, "
-        f"created {info['created']}"
+def _split_view(info: SplitSummary) -> Iterator[Block]:
+    yield (
+        f"split {info.name}: hash {info.hash}, seed {info.seed}, ratios {info.ratios}, "
+        f"{info.folds} folds, stratified by {info.stratify or 'nothing'}, reference labels "
+        f"{info.reference or '-'}, created {info.created}"
     )
-    table = Table()
-    for col in (
-        "set",
-        "patients",
-        "images",
-        "share",
-        "female",
-        "male",
-        "left",
-        "right",
-        "with reference",
-    ):
-        table.add_column(col, justify="left" if col == "set" else "right")
-    rows = [(k, v) for k, v in info["subsets"].items()]
-    rows += [(f"fold {k}", v) for k, v in info["fold_sizes"].items()]
+    table = Table(
+        None,
+        ["set", "patients", "images", "share", "female", "male", "left", "right", "with reference"],
+    )
+    rows = list(info.subsets.items())
+    rows += [(f"fold {k}", v) for k, v in info.fold_sizes.items()]
     for name, v in rows:
-        share = f"{100 * v['share']:.1f} %" if "share" in v else ""
-        table.add_row(
+        table.add(
             name,
-            str(v["patients"]),
-            str(v["images"]),
-            share,
-            str(v["female"]),
-            str(v["male"]),
-            str(v["left_images"]),
-            str(v["right_images"]),
-            str(v["with_reference"]),
+            v.patients,
+            v.images,
+            None if v.share is None else Percent(100 * v.share),
+            v.female,
+            v.male,
+            v.left_images,
+            v.right_images,
+            v.with_reference,
         )
-    out.print(table)
+    yield table
 
 
 @split_app.command("create")
@@ -64,13 +59,14 @@ def split_create(
     ratios: str = typer.Option("6:2:2", help="train:val:test shares, in images."),
     folds: int = typer.Option(5, help="Cross-validation folds of the non-test patients (0: none)."),
     seed: int = typer.Option(0, help="Seed: the same catalogue and seed give the same split."),
-    stratify: str | None = typer.Option(
-        None, help="Balance sets by patient sex or by the sides a patient has: sex or side."
+    stratify: Stratify | None = typer.Option(
+        None, help="Balance sets by patient sex or by the sides a patient has."
     ),
     reference: str | None = typer.Option(
         None, help="Rater whose labels are the reference (default: the newest consensus)."
     ),
     json_out: bool = JsonOpt,
+    csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Assign whole patients to train/val/test (and folds) and freeze it with a content hash."""
@@ -85,48 +81,63 @@ def split_create(
         stratify=stratify,
         reference=reference,
     )
-    print_json(info) if json_out else _print_split(info)
+    render.show(info, _split_view, json_out, csv_out)
 
 
 @split_app.command("show")
 @guarded
-def split_show(name: str, json_out: bool = JsonOpt, ws_path: Path | None = WorkspaceOpt):
+def split_show(
+    name: str,
+    json_out: bool = JsonOpt,
+    csv_out: Path | None = CsvOpt,
+    ws_path: Path | None = WorkspaceOpt,
+):
     """Patients and images per set and fold, with sex and side balance."""
     from datatool.learning.splits import show_split
 
-    info = show_split(workspace(ws_path), name)
-    print_json(info) if json_out else _print_split(info)
+    render.show(show_split(workspace(ws_path), name), _split_view, json_out, csv_out)
+
+
+def _check_view(result: SplitCheck) -> Iterator[Block]:
+    if result.ok:
+        yield (
+            f"split {result.name}: {result.images} images, no leakage, every image has "
+            "a reference label, hash intact"
+        )
 
 
 @split_app.command("check")
 @guarded
 def split_check(name: str, json_out: bool = JsonOpt, ws_path: Path | None = WorkspaceOpt):
     """No patient in two sets or folds, every image with a reference label, hash intact.
-    Exit code 1 when a problem is found."""
+
+    Exit code 1 when a problem is found.
+    """
     from datatool.learning.splits import check_split
 
     result = check_split(workspace(ws_path), name)
-    if json_out:
-        print_json(result)
-    else:
-        for p in result["problems"]:
-            err.print(f"[red]problem:[/red] {p}", highlight=False, soft_wrap=True)
-        for n in result["notes"]:
-            out.print(f"note: {n}")
-        if result["ok"]:
-            out.print(
-                f"split {name}: {result['images']} images, no leakage, every image has "
-                "a reference label, hash intact"
-            )
-    raise typer.Exit(0 if result["ok"] else 1)
+    render.problems([(name, p) for p in result.problems], "problem", style="red")
+    if not json_out:
+        render.notes(result.notes)
+    render.show(result, _check_view, json_out)
+    finish(0 if result.ok else 1)
+
+
+def _export_view(result: SplitExport) -> Iterator[Block]:
+    yield (
+        f"wrote {result.images} images ({result.test} test) of split {result.name} "
+        f"as {result.format} to {result.out_dir}"
+    )
 
 
 @split_app.command("export")
 @guarded
 def split_export(
     name: str,
-    fmt: str = typer.Option(
-        "nnunet", "--format", help="nnunet (dataset.json, splits_final.json) or csv (manifest)."
+    fmt: ExportFormat = typer.Option(
+        ExportFormat.nnunet,
+        "--format",
+        help="nnunet (dataset.json, splits_final.json) or csv (a manifest).",
     ),
     out_dir: Path = typer.Option(..., "--out", help="Folder to write."),
     json_out: bool = JsonOpt,
@@ -136,11 +147,4 @@ def split_export(
     with the images and their reference labels as PNG."""
     from datatool.learning.splits import export_split
 
-    result = export_split(workspace(ws_path), name, fmt, out_dir)
-    if json_out:
-        print_json(result)
-    else:
-        out.print(
-            f"wrote {result['images']} images ({result['test']} test) of split {name} "
-            f"as {fmt} to {result['out_dir']}"
-        )
+    render.show(export_split(workspace(ws_path), name, fmt, out_dir), _export_view, json_out)

@@ -13,10 +13,13 @@ from the metrics. Predictions are stored as annotations of rater ``model:RUN``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,19 +27,29 @@ from sqlalchemy import select
 
 from datatool.analysis import metrics
 from datatool.core.atomic import write_text_atomic
-from datatool.core.catalogue import Image, Rater, Run, RunEpoch, Score, Split, audit
-from datatool.core.errors import DatatoolError, UsageError
-from datatool.core.protocol import load_protocol
+from datatool.core.catalogue import Image, Rater, RaterKind, Run, RunEpoch, Score, audit
+from datatool.core.errors import DatatoolError
+from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import store_annotation
-from datatool.learning.training import (
-    build_for,
+from datatool.learning.data import (
+    Items,
+    centre_crop,
     class_lut,
     load_arrays,
-    load_checkpoint,
-    resolve_device,
     split_items,
     to_input,
+    uncrop,
+)
+from datatool.learning.device import autocast, channels_last, resolve_device, synchronize
+from datatool.learning.options import CheckpointChoice, DeviceChoice, ScoreSet, choice
+from datatool.learning.training import (
+    RunSummary,
+    build_for,
+    get_run,
+    load_checkpoint,
+    run_summary,
+    split_name_of,
 )
 
 MEASURES = ("iou", "dice", "precision", "recall", "f1")
@@ -49,9 +62,119 @@ QUANTILES = (
 )
 
 
-def per_image_metrics(pred: np.ndarray, ref: np.ndarray, k: int) -> list[dict | None]:
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class ImageMetrics:
+    """One structure in one image: the five measures and the pixel counts behind them."""
+
+    iou: float
+    dice: float
+    precision: float | None  # None: nothing predicted
+    recall: float | None  # None: nothing in the reference
+    f1: float
+    tp: int
+    fp: int
+    fn: int
+
+
+@dataclass
+class ImageScore:
+    image_id: int
+    structure: str
+    iou: float
+    dice: float
+    precision: float | None
+    recall: float | None
+    f1: float
+
+
+@dataclass
+class StructureScore:
+    """A structure over the set: each measure described (``metrics.describe``: n, mean, sd,
+    median, p25, p75, min, max) over the images it is in, and the pooled IoU and Dice."""
+
+    structure: str
+    images: int
+    iou: dict[str, Any]
+    dice: dict[str, Any]
+    precision: dict[str, Any]
+    recall: dict[str, Any]
+    f1: dict[str, Any]
+    pooled_iou: float | None
+    pooled_dice: float | None
+
+
+@dataclass
+class BonferroniPair:
+    a: str
+    b: str
+    t: float
+    p_unc: float
+    p_bonf: float  # p_unc times the number of pairs, at most 1
+
+
+@dataclass
+class Anova:
+    """One-way ANOVA of per-image IoU across structures, with Bonferroni-corrected pairs."""
+
+    F: float
+    df_between: int
+    df_within: int
+    p: float
+    pairwise_bonferroni: list[BonferroniPair] = field(default_factory=list)
+
+
+@dataclass
+class ScoreResult:
+    """A run scored on a set; ``score.json`` holds it (less ``out_dir``)."""
+
+    run: int
+    set: ScoreSet
+    fold: int | None
+    checkpoint: CheckpointChoice
+    images: int
+    split: str
+    frame: str
+    structures: list[StructureScore]
+    mean_iou_per_image: float | None
+    anova_iou: Anova | None
+    inference_ms: dict[str, Any]  # metrics.describe of the per-image times
+    device: str
+    per_image: list[ImageScore] = field(default_factory=list)
+    stored_predictions: int | None = None  # None: not stored (--no-store)
+    figures: list[str] | None = None  # None: not drawn
+    out_dir: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data with the keys score.json has always had (``stored_predictions`` and
+        ``figures`` only when they were made)."""
+        d = dataclasses.asdict(self)
+        for key in ("stored_predictions", "figures", "out_dir"):
+            if d[key] is None:
+                del d[key]
+        return d
+
+
+@dataclass
+class CVResult:
+    """Every run of a cross-validation group scored on its own validation fold."""
+
+    cv_group: str
+    split: str
+    runs: list[int]
+    per_fold_mean_iou: dict[str, list[float | None]]  # structure -> one mean IoU per fold
+    median_over_folds_mean_iou: dict[str, float | None]
+    folds: list[ScoreResult]
+
+
+# --------------------------------------------------------------------------- measures
+
+
+def per_image_metrics(pred: np.ndarray, ref: np.ndarray, k: int) -> list[ImageMetrics | None]:
     """For classes 1..k-1: the five measures, or None when the class is in neither map."""
-    out = []
+    out: list[ImageMetrics | None] = []
     for c in range(1, k):
         p, r = pred == c, ref == c
         tp = int(np.count_nonzero(p & r))
@@ -63,21 +186,21 @@ def per_image_metrics(pred: np.ndarray, ref: np.ndarray, k: int) -> list[dict | 
         recall = tp / (tp + fn) if tp + fn else None
         f1 = (2 * precision * recall / (precision + recall)) if precision and recall else 0.0
         out.append(
-            {
-                "iou": tp / (tp + fp + fn),
-                "dice": 2 * tp / (2 * tp + fp + fn),
-                "precision": precision,
-                "recall": recall,
-                "f1": f1,
-                "tp": tp,
-                "fp": fp,
-                "fn": fn,
-            }
+            ImageMetrics(
+                iou=tp / (tp + fp + fn),
+                dice=2 * tp / (2 * tp + fp + fn),
+                precision=precision,
+                recall=recall,
+                f1=f1,
+                tp=tp,
+                fp=fp,
+                fn=fn,
+            )
         )
     return out
 
 
-def _anova(long: pd.DataFrame) -> dict | None:
+def _anova(long: pd.DataFrame) -> Anova | None:
     import warnings
 
     import pingouin
@@ -94,170 +217,194 @@ def _anova(long: pd.DataFrame) -> dict | None:
     row = table.iloc[0]
     pu = next(c for c in ("p-unc", "p_unc") if c in pairs)
     m = len(pairs)  # Bonferroni: each p times the number of comparisons, at most 1
-    return {
-        "F": float(row["F"]),
-        "df_between": int(row["ddof1"]),
-        "df_within": int(row["ddof2"]),
-        "p": float(row[p_col]),
-        "pairwise_bonferroni": [
-            {
-                "a": r["A"],
-                "b": r["B"],
-                "t": float(r["T"]),
-                "p_unc": float(r[pu]),
-                "p_bonf": min(1.0, float(r[pu]) * m),
-            }
+    return Anova(
+        F=float(row["F"]),
+        df_between=int(row["ddof1"]),
+        df_within=int(row["ddof2"]),
+        p=float(row[p_col]),
+        pairwise_bonferroni=[
+            BonferroniPair(
+                a=r["A"],
+                b=r["B"],
+                t=float(r["T"]),
+                p_unc=float(r[pu]),
+                p_bonf=min(1.0, float(r[pu]) * m),
+            )
             for _, r in pairs.iterrows()
         ],
-    }
+    )
 
 
-def _items_for(ws: Workspace, run: dict, subset: str, fold: int | None):
-    if subset == "test":
-        return split_items(ws, run["split"], "test", None)[1]
-    if subset == "val":
-        return split_items(ws, run["split"], "val", run["fold"] if fold is None else fold)[1]
-    raise UsageError("--set must be test or val")
+def _metric_table(image_ids: list[int], preds, refs, names: list[str]) -> pd.DataFrame:
+    """Long table: one row per (image, structure in the reference or the prediction)."""
+    rows = []
+    for image_id, pred, ref in zip(image_ids, preds, refs):
+        for name, m in zip(names, per_image_metrics(pred, ref, len(names) + 1)):
+            if m is not None:
+                rows.append({"image_id": image_id, "structure": name, **dataclasses.asdict(m)})
+    return pd.DataFrame(rows)
+
+
+def _per_structure(table: pd.DataFrame, names: list[str]) -> list[StructureScore]:
+    out = []
+    for name in names:
+        sub = table[table["structure"] == name] if len(table) else table
+        tp, fp, fn = (int(sub[col].sum()) if len(sub) else 0 for col in ("tp", "fp", "fn"))
+        described = {m: metrics.describe(sub[m].tolist() if len(sub) else []) for m in MEASURES}
+        out.append(
+            StructureScore(
+                structure=name,
+                images=len(sub),
+                **described,
+                pooled_iou=tp / (tp + fp + fn) if tp + fp + fn else None,
+                pooled_dice=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _items_for(ws: Workspace, run: RunSummary, subset: ScoreSet, fold: int | None) -> Items:
+    if subset == ScoreSet.test:
+        return split_items(ws, run.split, "test", None)[1]
+    return split_items(ws, run.split, "val", run.fold if fold is None else fold)[1]
+
+
+def _checkpoint_digest(run: RunSummary, checkpoint: CheckpointChoice) -> str:
+    digest = run.best_checkpoint if checkpoint == CheckpointChoice.best else run.last_checkpoint
+    if digest is None:
+        raise DatatoolError(
+            f"run {run.run} has no {checkpoint} checkpoint (still running, or "
+            "it failed before its first epoch)"
+        )
+    return digest
+
+
+def _load_model(ws: Workspace, conf: dict, digest: str, k: int, device):
+    model = build_for(conf, k)
+    model.load_state_dict(load_checkpoint(ws, digest)["model"])
+    return channels_last(model.to(device).eval(), device)
+
+
+def _predict(
+    model, images: np.ndarray, crop: int, device, progress: Callable[[int, int], None] | None
+) -> tuple[list[np.ndarray], list[float]]:
+    """Each image's class map (crop x crop) and the seconds of its forward pass alone,
+    batch 1, after one untimed warm-up pass."""
+    import torch
+
+    def forward(i: int):
+        x, _ = to_input(torch.as_tensor(images[i : i + 1]).to(device), crop)
+        x = channels_last(x, device)
+        synchronize(device)
+        start = time.perf_counter()
+        with autocast(device):
+            logits = model(x)
+        synchronize(device)
+        return logits, time.perf_counter() - start
+
+    preds, times = [], []
+    with torch.no_grad():
+        forward(0)  # warm-up, not timed
+        for i in range(len(images)):
+            logits, seconds = forward(i)
+            times.append(seconds)
+            preds.append(logits.float().argmax(1)[0].cpu().numpy().astype(np.uint8))
+            if progress:
+                progress(i + 1, len(images))
+    return preds, times
 
 
 def score_run(
     ws: Workspace,
     run_id: int,
-    subset: str = "test",
+    subset: str = ScoreSet.test,
     fold: int | None = None,
-    checkpoint: str = "best",
-    device: str = "auto",
+    checkpoint: str = CheckpointChoice.best,
+    device: str = DeviceChoice.auto,
     store_predictions: bool = True,
     out_dir: Path | None = None,
     figures: bool = True,
     progress: Callable[[int, int], None] | None = None,
-) -> dict:
-    import torch
-
-    from datatool.learning.training import run_summary
-
+) -> ScoreResult:
+    """Score a run on its test set (or validation set or fold): the study's tables, the
+    ANOVA, inference time and figures, written to ``out_dir/score.json`` and the catalogue."""
+    subset = choice(ScoreSet, subset, "--set")
+    checkpoint = choice(CheckpointChoice, checkpoint, "--checkpoint")
     run = run_summary(ws, run_id)
-    if checkpoint not in ("best", "last"):
-        raise UsageError("--checkpoint must be best or last")
-    digest = run["best_checkpoint" if checkpoint == "best" else "last_checkpoint"]
-    if digest is None:
-        raise DatatoolError(
-            f"run {run_id} has no {checkpoint} checkpoint (still running, or "
-            "it failed before its first epoch)"
-        )
+    digest = _checkpoint_digest(run, checkpoint)
     protocol = load_protocol(ws.protocol_name)
     names = [s.name for s in protocol.structures]
-    k = len(names) + 1
     items = _items_for(ws, run, subset, fold)
     if not items.image_ids:
         raise DatatoolError(f"run {run_id}: the {subset} set is empty")
-    conf = run["config"]
-    lut = class_lut(protocol)
-    resize, crop = tuple(conf["resize"]), conf["crop"]
-    images, refs = load_arrays(ws, items, resize, lut)
+    resize, crop = tuple(run.config["resize"]), run.config["crop"]
+    images, refs = load_arrays(ws, items, resize, class_lut(protocol))
     dev = resolve_device(device)
-    model = build_for(conf, k)
-    model.load_state_dict(load_checkpoint(ws, digest)["model"])
-    model.to(dev).eval()
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-
-    preds, times = [], []
-    with torch.no_grad():
-        x0, _ = to_input(torch.as_tensor(images[:1]).to(dev), crop)
-        model(x0)  # warm-up, not timed
-        for i in range(len(images)):
-            x, _ = to_input(torch.as_tensor(images[i : i + 1]).to(dev), crop)
-            if dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null():
-                logits = model(x)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-            preds.append(logits.float().argmax(1)[0].cpu().numpy().astype(np.uint8))
-            if progress:
-                progress(i + 1, len(images))
-    refs_c = np.stack([_crop(r, crop) for r in refs])
-
-    rows, pooled = [], np.zeros((k, 3), np.int64)
-    for image_id, pred, ref in zip(items.image_ids, preds, refs_c):
-        for name, m in zip(names, per_image_metrics(pred, ref, k)):
-            if m is None:
-                continue
-            rows.append({"image_id": image_id, "structure": name, **m})
-    table = pd.DataFrame(rows)
-    per_structure = []
-    for c, name in enumerate(names, start=1):
-        sub = table[table["structure"] == name] if len(table) else table
-        tp, fp, fn = (int(sub[col].sum()) if len(sub) else 0 for col in ("tp", "fp", "fn"))
-        pooled[c] = (tp, fp, fn)
-        per_structure.append(
-            {
-                "structure": name,
-                "images": len(sub),
-                **{m: metrics.describe(sub[m].tolist() if len(sub) else []) for m in MEASURES},
-                "pooled_iou": tp / (tp + fp + fn) if tp + fp + fn else None,
-                "pooled_dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
-            }
-        )
-    t_ms = metrics.describe([t * 1000 for t in times])
-    result = {
-        "run": run_id,
-        "set": subset,
-        "fold": fold if fold is not None else run["fold"],
-        "checkpoint": checkpoint,
-        "images": len(images),
-        "split": run["split"],
-        "frame": f"resized to {resize[0]}x{resize[1]}, centre crop {crop}x{crop}",
-        "structures": per_structure,
-        "mean_iou_per_image": float(table["iou"].mean()) if len(table) else None,
-        "anova_iou": _anova(table) if len(table) else None,
-        "inference_ms": t_ms,
-        "device": str(dev),
-        "per_image": table.drop(columns=["tp", "fp", "fn"]).to_dict("records")
+    model = _load_model(ws, run.config, digest, len(names) + 1, dev)
+    preds, times = _predict(model, images, crop, dev, progress)
+    refs = centre_crop(refs, crop)
+    table = _metric_table(items.image_ids, preds, refs, names)
+    result = ScoreResult(
+        run=run_id,
+        set=subset,
+        fold=fold if fold is not None else run.fold,
+        checkpoint=checkpoint,
+        images=len(images),
+        split=run.split,
+        frame=f"resized to {resize[0]}x{resize[1]}, centre crop {crop}x{crop}",
+        structures=_per_structure(table, names),
+        mean_iou_per_image=float(table["iou"].mean()) if len(table) else None,
+        anova_iou=_anova(table) if len(table) else None,
+        inference_ms=metrics.describe([t * 1000 for t in times]),
+        device=str(dev),
+        per_image=[
+            ImageScore(**r) for r in table.drop(columns=["tp", "fp", "fn"]).to_dict("records")
+        ]
         if len(table)
         else [],
-    }
+    )
     if store_predictions:
-        result["stored_predictions"] = _store_predictions(
+        result.stored_predictions = _store_predictions(
             ws, run_id, items, preds, protocol, resize, crop
         )
     out = Path(out_dir) if out_dir else ws.root / "reports" / f"run-{run_id}-{subset}"
     out.mkdir(parents=True, exist_ok=True)
     if figures:
-        result["figures"] = _figures(
-            ws, run_id, out, table, names, items, images, refs_c, preds, protocol, crop
+        result.figures = _figures(
+            ws, run_id, out, table, names, items, images, refs, preds, protocol, crop
         )
-    write_text_atomic(out / "score.json", json.dumps(result, indent=2, default=str))
-    result["out_dir"] = str(out)
-    with ws.session() as s:
-        s.add(
-            Score(
-                run_id=run_id,
-                subset=subset,
-                results={k2: v for k2, v in result.items() if k2 != "per_image"},
-            )
-        )
-        audit(s, "score", "score", run=run_id, set=subset, images=len(images))
+    _record(ws, result, out)
     return result
 
 
-def _null():
-    import contextlib
+def _record(ws: Workspace, result: ScoreResult, out: Path) -> None:
+    """score.json in ``out``, the score (less the per-image rows) in the catalogue."""
+    data = result.as_dict()
+    write_text_atomic(out / "score.json", json.dumps(data, indent=2, default=str))
+    result.out_dir = str(out)
+    with ws.session() as s:
+        s.add(
+            Score(
+                run_id=result.run,
+                subset=result.set,
+                results={k: v for k, v in data.items() if k != "per_image"},
+            )
+        )
+        audit(s, "score", "score", run=result.run, set=result.set, images=result.images)
 
-    return contextlib.nullcontext()
 
-
-def _crop(a: np.ndarray, size: int) -> np.ndarray:
-    h, w = a.shape
-    top, left = max((h - size) // 2, 0), max((w - size) // 2, 0)
-    return a[top : top + size, left : left + size]
-
-
-def _store_predictions(ws: Workspace, run_id: int, items, preds, protocol, resize, crop) -> int:
+def _store_predictions(
+    ws: Workspace,
+    run_id: int,
+    items: Items,
+    preds: list[np.ndarray],
+    protocol: Protocol,
+    resize: tuple[int, int],
+    crop: int,
+) -> int:
     """Each prediction back at the image's own size (outside the crop: background) as an
     annotation of rater model:RUN."""
     from PIL import Image as PILImage
@@ -268,18 +415,17 @@ def _store_predictions(ws: Workspace, run_id: int, items, preds, protocol, resiz
     with ws.session() as s:
         rater = s.scalar(select(Rater).where(Rater.name == name))
         if rater is None:
-            rater = Rater(name=name, kind="model")
+            rater = Rater(name=name, kind=RaterKind.model)
             s.add(rater)
             s.flush()
         for image_id, pred in zip(items.image_ids, preds):
-            image = s.get(Image, image_id)
-            canvas = np.zeros(resize, np.uint8)
-            h, w = resize
-            top, left = max((h - crop) // 2, 0), max((w - crop) // 2, 0)
-            canvas[top : top + pred.shape[0], left : left + pred.shape[1]] = values[pred]
+            image = s.execute(select(Image).where(Image.id == image_id)).scalar_one()
+            canvas = uncrop(values[pred], resize, crop)
             if canvas.shape != (image.rows, image.cols):
                 canvas = np.asarray(
-                    PILImage.fromarray(canvas).resize((image.cols, image.rows), PILImage.NEAREST)
+                    PILImage.fromarray(canvas).resize(
+                        (image.cols, image.rows), PILImage.Resampling.NEAREST
+                    )
                 )
             created += store_annotation(
                 s, ws.store, image, rater, canvas, name, f"run {run_id}", protocol
@@ -318,7 +464,7 @@ def _figures(
                 picks.append(
                     (
                         f"{label}: {nerve.name} IoU {row['iou']:.3f}",
-                        _crop(images[idx], crop),
+                        centre_crop(images[idx], crop),
                         refs[idx],
                         preds[idx],
                     )
@@ -327,33 +473,48 @@ def _figures(
     return files
 
 
-def score_cv(ws: Workspace, run_id: int, **kwargs) -> dict:
+def _median_or_none(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.median(present)) if present else None
+
+
+def score_cv(ws: Workspace, run_id: int, **kwargs) -> CVResult:
     """Every run of the run's cross-validation group, each on its own validation fold."""
     with ws.session() as s:
-        run = s.get(Run, run_id)
-        if run is None or run.cv_group is None:
+        run = get_run(s, run_id)
+        if run.cv_group is None:
             raise DatatoolError(f"run {run_id} is not part of a cross-validation")
-        runs = list(s.scalars(select(Run).where(Run.cv_group == run.cv_group).order_by(Run.fold)))
-        split_name = s.get(Split, run.split_id).name
-    folds = [score_run(ws, r.id, subset="val", **kwargs) for r in runs]
-    names = [st["structure"] for st in folds[0]["structures"]]
-    per = {
-        n: [
-            next(st for st in f["structures"] if st["structure"] == n)["iou"]["mean"] for f in folds
+        cv_group = run.cv_group
+        runs = [
+            r.id for r in s.scalars(select(Run).where(Run.cv_group == cv_group).order_by(Run.fold))
         ]
-        for n in names
+        split = split_name_of(s, run.split_id)
+    folds = [score_run(ws, r, subset=ScoreSet.val, **kwargs) for r in runs]
+    per = {
+        st.structure: [
+            next(x for x in f.structures if x.structure == st.structure).iou["mean"] for f in folds
+        ]
+        for st in folds[0].structures
     }
-    medians = {
-        n: float(np.median([v for v in vals if v is not None]))
-        if any(v is not None for v in vals)
-        else None
-        for n, vals in per.items()
-    }
-    return {
-        "cv_group": run.cv_group,
-        "split": split_name,
-        "runs": [r.id for r in runs],
-        "per_fold_mean_iou": per,
-        "median_over_folds_mean_iou": medians,
-        "folds": folds,
-    }
+    return CVResult(
+        cv_group=cv_group,
+        split=split,
+        runs=runs,
+        per_fold_mean_iou=per,
+        median_over_folds_mean_iou={n: _median_or_none(v) for n, v in per.items()},
+        folds=folds,
+    )
+
+
+__all__ = [
+    "Anova",
+    "BonferroniPair",
+    "CVResult",
+    "ImageMetrics",
+    "ImageScore",
+    "ScoreResult",
+    "StructureScore",
+    "per_image_metrics",
+    "score_cv",
+    "score_run",
+]

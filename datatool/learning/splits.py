@@ -12,11 +12,13 @@ changed: images added later belong to no old split, and a new split needs a new 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import re
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from datatool.core.catalogue import (
     Image,
     Patient,
     Rater,
+    RaterKind,
     Series,
     Split,
     SplitMember,
@@ -40,9 +43,9 @@ from datatool.core.store import encode_png
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import latest_annotations_query, mask_hashes
 from datatool.labels.matching import image_name
+from datatool.learning.options import ExportFormat, Stratify, Subset, choice
 
-SUBSETS = ("train", "val", "test")
-STRATA = ("sex", "side")
+SUBSETS = tuple(s.value for s in Subset)  # the order of deal()'s bins: train, val, test
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -87,7 +90,7 @@ def default_reference(session) -> Rater | None:
     return session.scalar(
         select(Rater)
         .join(Annotation, Annotation.rater_id == Rater.id)
-        .where(Rater.kind == "consensus")
+        .where(Rater.kind == RaterKind.consensus)
         .order_by(Annotation.created_at.desc(), Annotation.id.desc())
         .limit(1)
     )
@@ -104,11 +107,134 @@ def _population(session):
     ).all()
 
 
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class SetCounts:
+    """Patients and images of a set, a fold or the whole split, with sex and side balance."""
+
+    patients: int
+    images: int
+    female: int  # patients
+    male: int
+    left_images: int
+    right_images: int
+    with_reference: int  # images with a reference label
+    share: float | None = None  # of the split's images; sets only
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if self.share is None:
+            del d["share"]
+        return d
+
+
+@dataclass
+class SplitSummary:
+    """A frozen split: its parameters and content hash, counts per set and per fold."""
+
+    name: str
+    hash: str
+    seed: int
+    ratios: str
+    folds: int
+    stratify: str | None
+    reference: str | None  # the rater whose labels are the reference
+    created: str
+    subsets: dict[str, SetCounts]  # train, val, test
+    fold_sizes: dict[str, SetCounts]  # "0", "1", ... (none without folds)
+    total: SetCounts
+
+
+@dataclass
+class SplitCheck:
+    """Leakage, completeness and integrity of a split; ``ok`` when there is no problem."""
+
+    name: str
+    ok: bool
+    hash_ok: bool  # the content hash still matches the members
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    images: int = 0
+
+
+@dataclass
+class SplitExport:
+    name: str
+    format: ExportFormat
+    out_dir: str
+    images: int
+    test: int  # of them in the test set
+
+
+# --------------------------------------------------------------------------- create
+
+
 def content_hash(params: dict, members: list[tuple]) -> str:
     body = json.dumps(
         {"params": params, "members": sorted(members)}, sort_keys=True, separators=(",", ":")
     )
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _params(split: Split) -> dict:
+    """The parameters a split's content hash covers."""
+    return {
+        "ratios": split.ratios,
+        "folds": split.folds,
+        "seed": split.seed,
+        "stratify": split.stratify,
+        "reference": split.reference,
+    }
+
+
+def _hashed(
+    store_hash: str, pseudonym: str, subset: str, fold: int | None, mask_hash: str | None
+) -> tuple:
+    """One member as the content hash covers it."""
+    return (store_hash, pseudonym, subset, -1 if fold is None else fold, mask_hash or "")
+
+
+def _assign(
+    population, weights: list[float], folds: int, seed: int, stratify: Stratify | None
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Pseudonym -> set (index into SUBSETS), and pseudonym -> fold for the non-test
+    patients: whole patients dealt within each stratum."""
+    patients: dict[str, dict] = {}
+    for _image_id, patient_id, pseudonym, sex, side, _ in population:
+        p = patients.setdefault(
+            pseudonym, {"id": patient_id, "sex": sex or "?", "sides": set(), "images": 0}
+        )
+        p["images"] += 1
+        p["sides"].add(side or "?")
+    strata: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for pseudonym, p in patients.items():
+        key = {Stratify.sex: p["sex"], Stratify.side: "".join(sorted(p["sides"])), None: ""}[
+            stratify
+        ]
+        strata[key].append((pseudonym, p["images"]))
+    subset_of: dict[str, int] = {}
+    for key in sorted(strata):
+        subset_of.update(deal(strata[key], weights, seed))
+    fold_of: dict[str, int] = {}
+    if folds:
+        for key in sorted(strata):
+            rest = [u for u in strata[key] if subset_of[u[0]] != SUBSETS.index(Subset.test)]
+            fold_of.update(deal(rest, [1.0 / folds] * folds, seed))
+    return subset_of, fold_of
+
+
+def _reference_rater(session, reference: str | None) -> Rater | None:
+    if not reference:
+        return default_reference(session)
+    ref = session.scalar(select(Rater).where(Rater.name == reference))
+    if ref is None:
+        raise DatatoolError(
+            f"no rater {reference!r} (reference labels come from "
+            "'datatool consensus' or a rater name)"
+        )
+    return ref
 
 
 def create_split(
@@ -119,14 +245,15 @@ def create_split(
     seed: int = 0,
     stratify: str | None = None,
     reference: str | None = None,
-) -> dict:
+) -> SplitSummary:
+    """Deal whole patients to train/val/test (and folds), record each member's reference
+    label and freeze the split with a content hash."""
     if not NAME_RE.match(name):
         raise UsageError(f"split name {name!r}: letters, digits, '.', '_' or '-' (max 64)")
     weights = parse_ratios(ratios)
     if folds < 0 or folds == 1:
         raise UsageError("--folds is 0 (none) or at least 2")
-    if stratify is not None and stratify not in STRATA:
-        raise UsageError(f"--stratify must be one of {', '.join(STRATA)}")
+    strat = None if stratify is None else choice(Stratify, stratify, "--stratify")
     with ws.session() as s:
         old = s.scalar(select(Split).where(Split.name == name))
         if old is not None:
@@ -135,16 +262,7 @@ def create_split(
                 f"{old.content_hash[:12]}); splits never change: create a new one, e.g. "
                 f"'datatool split create {name}-v2'"
             )
-        ref = None
-        if reference:
-            ref = s.scalar(select(Rater).where(Rater.name == reference))
-            if ref is None:
-                raise DatatoolError(
-                    f"no rater {reference!r} (reference labels come from "
-                    "'datatool consensus' or a rater name)"
-                )
-        else:
-            ref = default_reference(s)
+        ref = _reference_rater(s, reference)
         population = _population(s)
         if not population:
             raise DatatoolError("the catalogue has no images: run 'datatool ingest' first")
@@ -153,39 +271,14 @@ def create_split(
             if ref is not None
             else {}
         )
-        patients: dict[str, dict] = {}
-        for _image_id, patient_id, pseudonym, sex, side, _ in population:
-            p = patients.setdefault(
-                pseudonym, {"id": patient_id, "sex": sex or "?", "sides": set(), "images": 0}
-            )
-            p["images"] += 1
-            p["sides"].add(side or "?")
-        strata: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        for pseudonym, p in patients.items():
-            key = {"sex": p["sex"], "side": "".join(sorted(p["sides"])), None: ""}[stratify]
-            strata[key].append((pseudonym, p["images"]))
-        subset_of: dict[str, int] = {}
-        for key in sorted(strata):
-            subset_of.update(deal(strata[key], list(weights), seed))
-        fold_of: dict[str, int] = {}
-        if folds:
-            for key in sorted(strata):
-                rest = [u for u in strata[key] if subset_of[u[0]] != 2]
-                fold_of.update(deal(rest, [1.0 / folds] * folds, seed))
-        params = {
-            "ratios": ratios,
-            "folds": folds,
-            "seed": seed,
-            "stratify": stratify,
-            "reference": ref.name if ref else None,
-        }
+        subset_of, fold_of = _assign(population, list(weights), folds, seed, strat)
         split = Split(
             name=name,
             content_hash="",
             seed=seed,
             ratios=ratios,
             folds=folds,
-            stratify=stratify,
+            stratify=None if strat is None else strat.value,
             reference=ref.name if ref else None,
         )
         s.add(split)
@@ -204,18 +297,14 @@ def create_split(
                     annotation_id=ann.id if ann else None,
                 )
             )
-            hashed.append(
-                (
-                    store_hash,
-                    pseudonym,
-                    subset,
-                    -1 if fold is None else fold,
-                    ann.mask_hash if ann else "",
-                )
-            )
+            hashed.append(_hashed(store_hash, pseudonym, subset, fold, ann and ann.mask_hash))
+        params = _params(split)
         split.content_hash = content_hash(params, hashed)
         audit(s, "split create", "split", name=name, hash=split.content_hash, **params)
     return show_split(ws, name)
+
+
+# --------------------------------------------------------------------------- read
 
 
 def _members(session, split: Split):
@@ -229,7 +318,8 @@ def _members(session, split: Split):
     ).all()
 
 
-def _get(session, name: str) -> Split:
+def get_split(session, name: str) -> Split:
+    """The split called ``name``, or an error that lists the splits there are."""
     split = session.scalar(select(Split).where(Split.name == name))
     if split is None:
         names = list(session.scalars(select(Split.name).order_by(Split.name)))
@@ -244,67 +334,81 @@ def _get(session, name: str) -> Split:
     return split
 
 
-def show_split(ws: Workspace, name: str) -> dict:
-    with ws.session() as s:
-        split = _get(s, name)
-        rows = _members(s, split)
-        info = {
-            "name": split.name,
-            "hash": split.content_hash,
-            "seed": split.seed,
-            "ratios": split.ratios,
-            "folds": split.folds,
-            "stratify": split.stratify,
-            "reference": split.reference,
-            "created": split.created_at.isoformat(timespec="seconds"),
-        }
+def split_name_of(session, split_id: int) -> str:
+    """The name of the split with id ``split_id`` (which must exist)."""
+    return session.execute(select(Split.name).where(Split.id == split_id)).scalar_one()
 
-    def summary(selected):
-        patients = {pseudonym: sex for m, pseudonym, sex, _, _ in selected}
-        sexes = Counter(patients.values())
-        sides = Counter(side or "?" for _, _, _, side, _ in selected)
-        return {
-            "patients": len(patients),
-            "images": len(selected),
-            "female": sexes.get("F", 0),
-            "male": sexes.get("M", 0),
-            "left_images": sides.get("L", 0),
-            "right_images": sides.get("R", 0),
-            "with_reference": sum(1 for m, *_ in selected if m.annotation_id),
-        }
 
-    total = len(rows)
-    info["subsets"] = {
-        sub: {
-            **summary([r for r in rows if r[0].subset == sub]),
-            "share": (sum(1 for r in rows if r[0].subset == sub) / total) if total else 0.0,
-        }
-        for sub in SUBSETS
-    }
-    info["fold_sizes"] = (
-        {str(k): summary([r for r in rows if r[0].fold == k]) for k in range(split.folds)}
-        if split.folds
-        else {}
+def _counts(selected, share: float | None = None) -> SetCounts:
+    patients = {pseudonym: sex for m, pseudonym, sex, _, _ in selected}
+    sexes = Counter(patients.values())
+    sides = Counter(side or "?" for _, _, _, side, _ in selected)
+    return SetCounts(
+        patients=len(patients),
+        images=len(selected),
+        female=sexes.get("F", 0),
+        male=sexes.get("M", 0),
+        left_images=sides.get("L", 0),
+        right_images=sides.get("R", 0),
+        with_reference=sum(1 for m, *_ in selected if m.annotation_id),
+        share=share,
     )
-    info["total"] = summary(rows)
-    return info
 
 
-def check_split(ws: Workspace, name: str) -> dict:
+def show_split(ws: Workspace, name: str) -> SplitSummary:
+    """Patients and images per set and fold, with sex and side balance."""
+    with ws.session() as s:
+        split = get_split(s, name)
+        rows = _members(s, split)
+        total = len(rows)
+        subsets = {}
+        for sub in SUBSETS:
+            selected = [r for r in rows if r[0].subset == sub]
+            subsets[sub] = _counts(selected, (len(selected) / total) if total else 0.0)
+        return SplitSummary(
+            name=split.name,
+            hash=split.content_hash,
+            seed=split.seed,
+            ratios=split.ratios,
+            folds=split.folds,
+            stratify=split.stratify,
+            reference=split.reference,
+            created=split.created_at.isoformat(timespec="seconds"),
+            subsets=subsets,
+            fold_sizes={
+                str(k): _counts([r for r in rows if r[0].fold == k]) for k in range(split.folds)
+            },
+            total=_counts(rows),
+        )
+
+
+def _leakage(rows) -> list[str]:
+    """Patients in two sets or two folds, test images in a fold."""
+    problems = []
+    subsets, folds = defaultdict(set), defaultdict(set)
+    for m, pseudonym, *_ in rows:
+        subsets[pseudonym].add(m.subset)
+        if m.fold is not None:
+            folds[pseudonym].add(m.fold)
+        if m.subset == Subset.test and m.fold is not None:
+            problems.append(f"{image_name(m.image_id)}: a test image in fold {m.fold}")
+    for pseudonym, sets in sorted(subsets.items()):
+        if len(sets) > 1:
+            problems.append(f"patient {pseudonym} is in {' and '.join(sorted(sets))}")
+    for pseudonym, fs in sorted(folds.items()):
+        if len(fs) > 1:
+            problems.append(f"patient {pseudonym} is in folds {sorted(fs)}")
+    return problems
+
+
+def check_split(ws: Workspace, name: str) -> SplitCheck:
     """Leakage and completeness: no patient in two sets or two folds, every image with a
     reference label, the content hash still matches."""
-    problems: list[str] = []
     with ws.session() as s:
-        split = _get(s, name)
+        split = get_split(s, name)
         rows = _members(s, split)
         mask_of = mask_hashes(s, [m.annotation_id for m, *_ in rows if m.annotation_id])
-        params = {
-            "ratios": split.ratios,
-            "folds": split.folds,
-            "seed": split.seed,
-            "stratify": split.stratify,
-            "reference": split.reference,
-        }
+        params = _params(split)
         stored_hash = split.content_hash
         extra = s.scalar(
             select(func.count(Image.id)).where(
@@ -313,19 +417,7 @@ def check_split(ws: Workspace, name: str) -> dict:
                 )
             )
         )
-    subsets, folds = defaultdict(set), defaultdict(set)
-    for m, pseudonym, *_ in rows:
-        subsets[pseudonym].add(m.subset)
-        if m.fold is not None:
-            folds[pseudonym].add(m.fold)
-        if m.subset == "test" and m.fold is not None:
-            problems.append(f"{image_name(m.image_id)}: a test image in fold {m.fold}")
-    for pseudonym, sets in sorted(subsets.items()):
-        if len(sets) > 1:
-            problems.append(f"patient {pseudonym} is in {' and '.join(sorted(sets))}")
-    for pseudonym, fs in sorted(folds.items()):
-        if len(fs) > 1:
-            problems.append(f"patient {pseudonym} is in folds {sorted(fs)}")
+    problems = _leakage(rows)
     missing = [image_name(m.image_id) for m, *_ in rows if m.annotation_id is None]
     if missing:
         problems.append(
@@ -335,49 +427,107 @@ def check_split(ws: Workspace, name: str) -> dict:
             "(run 'datatool consensus', then create a new split)"
         )
     hashed = [
-        (
-            store_hash,
-            pseudonym,
-            m.subset,
-            -1 if m.fold is None else m.fold,
-            mask_of.get(m.annotation_id, ""),
-        )
+        _hashed(store_hash, pseudonym, m.subset, m.fold, mask_of.get(m.annotation_id))
         for m, pseudonym, _, _, store_hash in rows
     ]
-    if content_hash(params, hashed) != stored_hash:
+    hash_ok = content_hash(params, hashed) == stored_hash
+    if not hash_ok:
         problems.append("the content hash no longer matches: the split was altered")
     notes = (
         [f"{extra} image(s) in the catalogue are not in this split (added after it)"]
         if extra
         else []
     )
-    return {
+    return SplitCheck(
+        name=name,
+        ok=not problems,
+        hash_ok=hash_ok,
+        problems=problems,
+        notes=notes,
+        images=len(rows),
+    )
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _write_nnunet(out: Path, name: str, split_hash: str, folds: int, cases, protocol) -> None:
+    """dataset.json and splits_final.json of an nnU-Net v2 dataset (the images are written)."""
+    consecutive = {s.value: i + 1 for i, s in enumerate(protocol.structures)}
+    training = [c for c, m, _, _ in cases if m.subset != Subset.test]
+    dataset = {
+        "channel_names": {"0": "US"},
+        "labels": {
+            "background": 0,
+            **{s.name: consecutive[s.value] for s in protocol.structures},
+        },
+        "numTraining": len(training),
+        "file_ending": ".png",
         "name": name,
-        "ok": not problems,
-        "problems": problems,
-        "notes": notes,
-        "images": len(rows),
+        "description": f"datatool split {name} (hash {split_hash}); "
+        "label values renumbered 1..N in protocol order: "
+        + ", ".join(f"{s.name} {s.value}->{consecutive[s.value]}" for s in protocol.structures),
     }
 
+    def fold_cases(train, val) -> dict[str, list[str]]:
+        return {
+            "train": sorted(c for c, m, _, _ in cases if train(m)),
+            "val": sorted(c for c, m, _, _ in cases if val(m)),
+        }
 
-def export_split(ws: Workspace, name: str, fmt: str, out_dir: Path) -> dict:
+    if folds:
+        fold_list = [
+            fold_cases(
+                lambda m, k=k: m.subset != Subset.test and m.fold != k,
+                lambda m, k=k: m.subset != Subset.test and m.fold == k,
+            )
+            for k in range(folds)
+        ]
+    else:
+        fold_list = [
+            fold_cases(lambda m: m.subset == Subset.train, lambda m: m.subset == Subset.val)
+        ]
+    write_text_atomic(out / "dataset.json", json.dumps(dataset, indent=2))
+    write_text_atomic(out / "splits_final.json", json.dumps(fold_list, indent=2))
+
+
+def _write_manifest(out: Path, cases) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["case", "image_id", "patient", "side", "subset", "fold", "image", "label"])
+    for case, m, pseudonym, side in cases:
+        writer.writerow(
+            [
+                case,
+                image_name(m.image_id),
+                pseudonym,
+                side or "",
+                m.subset,
+                "" if m.fold is None else m.fold,
+                f"images/{case}.png",
+                f"labels/{case}.png",
+            ]
+        )
+    write_text_atomic(out / "manifest.csv", buf.getvalue())
+
+
+def export_split(ws: Workspace, name: str, fmt: str, out_dir: Path) -> SplitExport:
     """nnU-Net (v2) dataset folder, or a CSV manifest with image and label PNGs."""
-    if fmt not in ("nnunet", "csv"):
-        raise UsageError("--format must be nnunet or csv")
+    fmt = choice(ExportFormat, fmt, "--format")
     protocol = load_protocol(ws.protocol_name)
     check = check_split(ws, name)
     with ws.session() as s:
-        split = _get(s, name)
+        split = get_split(s, name)
         rows = _members(s, split)
         masks = mask_hashes(s, [m.annotation_id for m, *_ in rows if m.annotation_id])
-        folds = split.folds
+        folds, split_hash = split.folds, split.content_hash
     unlabelled = [m for m, *_ in rows if m.annotation_id is None]
     if unlabelled:
         raise DatatoolError(
             f"split {name!r}: {len(unlabelled)} image(s) have no reference "
             "label; 'datatool split check' lists them"
         )
-    if "the content hash no longer matches" in " ".join(check["problems"]):
+    if not check.hash_ok:
         raise DatatoolError(f"split {name!r} was altered; refusing to export it")
     out = Path(out_dir)
     store = ws.store
@@ -389,8 +539,8 @@ def export_split(ws: Workspace, name: str, fmt: str, out_dir: Path) -> dict:
         cases.append((case, m, pseudonym, side))
         image = store.get_array(store_hash)
         mask = store.get_array(masks[m.annotation_id])
-        if fmt == "nnunet":
-            test = m.subset == "test"
+        if fmt == ExportFormat.nnunet:
+            test = m.subset == Subset.test
             write_bytes_atomic(
                 out / ("imagesTs" if test else "imagesTr") / f"{case}_0000.png", encode_png(image)
             )
@@ -400,64 +550,33 @@ def export_split(ws: Workspace, name: str, fmt: str, out_dir: Path) -> dict:
         else:
             write_bytes_atomic(out / "images" / f"{case}.png", encode_png(image))
             write_bytes_atomic(out / "labels" / f"{case}.png", encode_png(mask))
-    if fmt == "nnunet":
-        training = [c for c, m, _, _ in cases if m.subset != "test"]
-        dataset = {
-            "channel_names": {"0": "US"},
-            "labels": {
-                "background": 0,
-                **{s.name: consecutive[s.value] for s in protocol.structures},
-            },
-            "numTraining": len(training),
-            "file_ending": ".png",
-            "name": name,
-            "description": f"datatool split {name} (hash {split.content_hash}); "
-            "label values renumbered 1..N in protocol order: "
-            + ", ".join(f"{s.name} {s.value}->{consecutive[s.value]}" for s in protocol.structures),
-        }
-        if folds:
-            fold_list = [
-                {
-                    "train": sorted(
-                        c for c, m, _, _ in cases if m.subset != "test" and m.fold != k
-                    ),
-                    "val": sorted(c for c, m, _, _ in cases if m.subset != "test" and m.fold == k),
-                }
-                for k in range(folds)
-            ]
-        else:
-            fold_list = [
-                {
-                    "train": sorted(c for c, m, _, _ in cases if m.subset == "train"),
-                    "val": sorted(c for c, m, _, _ in cases if m.subset == "val"),
-                }
-            ]
-        write_text_atomic(out / "dataset.json", json.dumps(dataset, indent=2))
-        write_text_atomic(out / "splits_final.json", json.dumps(fold_list, indent=2))
+    if fmt == ExportFormat.nnunet:
+        _write_nnunet(out, name, split_hash, folds, cases, protocol)
     else:
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["case", "image_id", "patient", "side", "subset", "fold", "image", "label"])
-        for case, m, pseudonym, side in cases:
-            writer.writerow(
-                [
-                    case,
-                    image_name(m.image_id),
-                    pseudonym,
-                    side or "",
-                    m.subset,
-                    "" if m.fold is None else m.fold,
-                    f"images/{case}.png",
-                    f"labels/{case}.png",
-                ]
-            )
-        write_text_atomic(out / "manifest.csv", buf.getvalue())
+        _write_manifest(out, cases)
     with ws.session() as s:
         audit(s, "split export", "export", name=name, format=fmt, images=len(cases))
-    return {
-        "name": name,
-        "format": fmt,
-        "out_dir": str(out),
-        "images": len(cases),
-        "test": sum(1 for _, m, _, _ in cases if m.subset == "test"),
-    }
+    return SplitExport(
+        name=name,
+        format=fmt,
+        out_dir=str(out),
+        images=len(cases),
+        test=sum(1 for _, m, _, _ in cases if m.subset == Subset.test),
+    )
+
+
+__all__ = [
+    "SetCounts",
+    "SplitCheck",
+    "SplitExport",
+    "SplitSummary",
+    "check_split",
+    "content_hash",
+    "create_split",
+    "deal",
+    "export_split",
+    "get_split",
+    "parse_ratios",
+    "show_split",
+    "split_name_of",
+]

@@ -5,55 +5,49 @@ The recipe is the study's (``--preset paper``): Adam, lr 5e-5, batch 8, images r
 480x640 and centre-cropped to 473x473, a random rotation per sample, 100 epochs, selection on
 validation mIoU. Images and reference masks are decoded once into a cache (``.datatool/cache``)
 and, for training, held as uint8 tensors on the device; each sample gets its own rotation angle
-on the device (bilinear for the image, nearest neighbour for the mask, both filled with 0 =
-black / background outside the rotated frame). On CUDA: bf16 autocast and channels_last.
-Under ``torchrun`` the same command trains with DistributedDataParallel (rank 0 records).
+on the device (:mod:`datatool.learning.data`). On CUDA: bf16 autocast and channels_last
+(:mod:`datatool.learning.device`). Under ``torchrun`` the same command trains with
+DistributedDataParallel (rank 0 records).
+
+A run is ``running`` while it trains, ``done`` when every epoch is, ``interrupted`` when it
+was stopped (Ctrl-C, a signal) and ``failed`` when an error ended it; both of the last two
+continue with ``datatool train --resume RUN`` from their last checkpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import math
 import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 
 from datatool import __version__
-from datatool.core.atomic import write_bytes_atomic
-from datatool.core.catalogue import (
-    Annotation,
-    Image,
-    Run,
-    RunEpoch,
-    Split,
-    SplitMember,
-    audit,
-    utcnow,
-)
+from datatool.core.catalogue import Run, RunEpoch, RunStatus, Split, audit, utcnow
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
-
-GRAY_MEAN, GRAY_STD = 0.449, 0.226  # ImageNet's channel means/SDs, averaged: gray in 3 channels
-AUX_WEIGHT = 0.4
+from datatool.learning.data import class_lut, load_arrays, split_items, to_input
+from datatool.learning.device import autocast, channels_last, resolve_device
+from datatool.learning.options import DEFAULT_PRESET, DeviceChoice, PresetName, choice
+from datatool.learning.splits import get_split, split_name_of
 
 
 @dataclass
 class TrainConfig:
-    preset: str = "tiny"
+    preset: str = DEFAULT_PRESET
     epochs: int | None = None
     batch: int | None = None
     lr: float | None = None
-    device: str = "auto"
+    device: str = DeviceChoice.auto
     seed: int = 0
     output_stride: int | None = None
     rotation: float | None = None
@@ -61,11 +55,12 @@ class TrainConfig:
     max_images: int | None = None  # cap the training set (tests, quick looks)
 
     def resolved(self) -> dict:
+        """The run's config as the catalogue records it: the preset's fields with this
+        config's overrides, the preset's name, seed, pretrained weights and image cap."""
         from datatool.model import PRESETS
 
-        if self.preset not in PRESETS:
-            raise UsageError(f"--preset must be one of {', '.join(PRESETS)}")
-        p = PRESETS[self.preset]
+        preset = choice(PresetName, self.preset, "--preset")
+        p = PRESETS[preset]
         p = replace(
             p,
             epochs=self.epochs or p.epochs,
@@ -78,7 +73,7 @@ class TrainConfig:
             raise UsageError("epochs and batch must be >= 1, lr > 0, output stride 8 or 16")
         out = p.as_dict()
         out.update(
-            preset=self.preset,
+            preset=preset.value,
             seed=self.seed,
             pretrained=self.pretrained,
             max_images=self.max_images,
@@ -86,142 +81,104 @@ class TrainConfig:
         return out
 
 
-# --------------------------------------------------------------------------- data
+# --------------------------------------------------------------------------- results
 
 
-def class_lut(protocol: Protocol) -> np.ndarray:
-    """Label value -> class index (0 background, then the structures in protocol order)."""
-    lut = np.zeros(256, np.uint8)
-    for i, s in enumerate(protocol.structures, start=1):
-        lut[s.value] = i
-    return lut
+@dataclass(frozen=True)
+class StepDone:
+    """Progress: a training step of an epoch (both counted from 1)."""
+
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class EpochDone:
+    """Progress: an epoch validated and recorded (rank 0 only)."""
+
+    epoch: int  # counted from 1
+    epochs: int
+    train_loss: float
+    val_loss: float | None
+    val_miou: float | None
+
+
+ProgressFn = Callable[[StepDone | EpochDone], None]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model on a validation set: mean loss per image, pooled and per-image mIoU."""
+
+    loss: float | None
+    miou: float | None
+    miou_per_image: float | None
+
+
+NO_VALIDATION = Evaluation(None, None, None)
 
 
 @dataclass
-class Items:
-    image_ids: list[int] = field(default_factory=list)
-    image_hashes: list[str] = field(default_factory=list)
-    mask_hashes: list[str] = field(default_factory=list)
+class EpochRow:
+    epoch: int  # counted from 0
+    train_loss: float
+    val_loss: float | None
+    val_miou: float | None
+    val_miou_per_image: float | None
+    seconds: float
 
 
-def split_items(ws: Workspace, split_name: str, part: str, fold: int | None) -> tuple[Split, Items]:
-    """The members of a split's part: ``train``/``val`` (of the fold when given: the other
-    folds train, the fold validates) or ``test``, with their frozen reference labels."""
-    with ws.session() as s:
-        split = s.scalar(select(Split).where(Split.name == split_name))
-        if split is None:
-            raise DatatoolError(f"no split {split_name!r}: create one with 'datatool split create'")
-        if fold is not None and not 0 <= fold < max(split.folds, 1):
-            raise UsageError(f"split {split_name!r} has {split.folds} folds (0..{split.folds - 1})")
-        q = (
-            select(SplitMember.image_id, Image.store_hash, Annotation.mask_hash)
-            .join(Image, SplitMember.image_id == Image.id)
-            .outerjoin(Annotation, SplitMember.annotation_id == Annotation.id)
-            .where(SplitMember.split_id == split.id)
-            .order_by(SplitMember.image_id)
-        )
-        if part == "test":
-            q = q.where(SplitMember.subset == "test")
-        elif fold is None:
-            q = q.where(SplitMember.subset == part)
-        elif part == "train":
-            q = q.where(SplitMember.subset != "test", SplitMember.fold != fold)
-        else:
-            q = q.where(SplitMember.subset != "test", SplitMember.fold == fold)
-        rows = s.execute(q).all()
-        s.expunge(split)
-    missing = [i for i, _, m in rows if m is None]
-    if missing:
-        raise DatatoolError(
-            f"split {split_name!r}: {len(missing)} {part} image(s) have no "
-            "reference label; run 'datatool split check'"
-        )
-    items = Items([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
-    return split, items
+@dataclass
+class RunSummary:
+    """A training run as the catalogue records it, with its history."""
+
+    run: int
+    split: str
+    split_hash: str
+    fold: int | None
+    cv_group: str | None
+    preset: str
+    seed: int
+    config: dict[str, Any]
+    code_version: str
+    device: str
+    status: RunStatus
+    epochs_done: int
+    best_epoch: int | None  # counted from 0
+    best_val_miou: float | None
+    best_checkpoint: str | None
+    last_checkpoint: str | None
+    created: str
+    history: list[EpochRow] = field(default_factory=list)
 
 
-def load_arrays(
-    ws: Workspace, items: Items, resize: tuple[int, int], lut: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N x H x W uint8) and class-index masks at ``resize``, decoded once and cached."""
-    from PIL import Image as PILImage
+@dataclass
+class RunRow:
+    """A run in the list of runs."""
 
-    key = hashlib.sha256(
-        json.dumps([items.image_hashes, items.mask_hashes, list(resize), lut.tolist()]).encode()
-    ).hexdigest()[:24]
-    cache = ws.meta_dir / "cache" / f"{key}.npz"
-    if cache.exists():
-        with np.load(cache) as data:
-            return data["images"], data["masks"]
-    h, w = resize
-    images = np.empty((len(items.image_ids), h, w), np.uint8)
-    masks = np.empty_like(images)
-    for k, (ih, mh) in enumerate(zip(items.image_hashes, items.mask_hashes)):
-        img, mask = ws.store.get_array(ih), lut[ws.store.get_array(mh)]
-        if img.shape != (h, w):
-            img = np.asarray(PILImage.fromarray(img).resize((w, h), PILImage.BILINEAR))
-            mask = np.asarray(PILImage.fromarray(mask).resize((w, h), PILImage.NEAREST))
-        images[k], masks[k] = img, mask
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez(buf, images=images, masks=masks)
-    write_bytes_atomic(cache, buf.getvalue())
-    return images, masks
+    run: int
+    split: str
+    fold: int | None
+    preset: str
+    status: RunStatus
+    epochs: int  # done
+    planned_epochs: int | None
+    best_epoch: int | None  # counted from 0
+    best_val_miou: float | None
+    device: str
+    created: str
+    resumable: bool  # stopped, with a checkpoint to go on from
+
+    @property
+    def stopped(self) -> bool:
+        """Interrupted or failed: ended before its last epoch."""
+        return self.status in (RunStatus.interrupted, RunStatus.failed)
 
 
-# --------------------------------------------------------------------------- tensors
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DatatoolError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    if name not in ("cpu", "cuda"):
-        raise UsageError("--device must be auto, cpu or cuda")
-    return torch.device(name)
-
-
-def rotate(images, masks, angles):
-    """Rotate each sample by its own angle (radians) about its centre: images bilinear,
-    masks nearest neighbour, both filled with 0 outside. images: B x 1 x H x W float."""
-    import torch
-    import torch.nn.functional as F
-
-    b, _, h, w = images.shape
-    cos, sin = torch.cos(angles), torch.sin(angles)
-    theta = torch.zeros(b, 2, 3, device=images.device, dtype=images.dtype)
-    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * h / w
-    theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos
-    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
-    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    masks = F.grid_sample(
-        masks.unsqueeze(1).to(images.dtype),
-        grid,
-        mode="nearest",
-        padding_mode="zeros",
-        align_corners=False,
-    ).squeeze(1)
-    return images, masks.round().long()
-
-
-def centre_crop(t, size: int):
-    h, w = t.shape[-2:]
-    top, left = max((h - size) // 2, 0), max((w - size) // 2, 0)
-    return t[..., top : top + size, left : left + size]
-
-
-def to_input(images_u8, size: int, angles=None, masks_u8=None):
-    """uint8 B x H x W (on the device) -> normalised B x 3 x size x size (and masks)."""
-    x = images_u8.unsqueeze(1).float().div_(255.0)
-    y = masks_u8.long() if masks_u8 is not None else None
-    if angles is not None:
-        x, y = rotate(x, masks_u8, angles)
-    x = centre_crop(x, size)
-    x = ((x - GRAY_MEAN) / GRAY_STD).expand(-1, 3, -1, -1)
-    return x, (centre_crop(y, size) if y is not None else None)
+# --------------------------------------------------------------------------- validation
 
 
 def confusion(pred, target, k: int):
@@ -238,33 +195,21 @@ def miou_from_confusion(cm: np.ndarray) -> float | None:
     return float((tp[present] / union[present]).mean()) if present.any() else None
 
 
-def _autocast(device):
-    import contextlib
-
-    import torch
-
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def evaluate(model, images, masks, crop: int, device, k: int, batch: int = 16) -> dict:
+def evaluate(model, images, masks, crop: int, device, k: int, batch: int = 16) -> Evaluation:
     import torch
     import torch.nn.functional as F
 
     model.eval()
     total_cm = np.zeros((k, k), np.int64)
     losses, per_image = [], []
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), autocast(device):
         for i in range(0, len(images), batch):
             x, y = to_input(
                 torch.as_tensor(images[i : i + batch]).to(device),
                 crop,
                 masks_u8=torch.as_tensor(masks[i : i + batch]).to(device),
             )
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            logits = model(x).float()
+            logits = model(channels_last(x, device)).float()
             losses.append(float(F.cross_entropy(logits, y, reduction="sum")) / y[0].numel())
             pred = logits.argmax(1)
             for p, t in zip(pred, y):
@@ -272,14 +217,73 @@ def evaluate(model, images, masks, crop: int, device, k: int, batch: int = 16) -
                 total_cm += cm
                 per_image.append(miou_from_confusion(cm))
     valid = [v for v in per_image if v is not None]
-    return {
-        "loss": float(np.sum(losses) / max(len(images), 1)),
-        "miou": miou_from_confusion(total_cm),
-        "miou_per_image": float(np.mean(valid)) if valid else None,
-    }
+    return Evaluation(
+        loss=float(np.sum(losses) / max(len(images), 1)),
+        miou=miou_from_confusion(total_cm),
+        miou_per_image=float(np.mean(valid)) if valid else None,
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _plain(obj: Any) -> Any:
+    """Checkpoint contents as plain data (dicts, lists, tensors, numbers, strings, None),
+    which ``torch.load(..., weights_only=True)`` reads without unpickling any class."""
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _unwrap(model):
+    """The network itself, also when DistributedDataParallel wraps it."""
+    return model.module if hasattr(model, "module") else model
+
+
+def _save_checkpoint(
+    ws: Workspace, model, optimizer, epoch: int, best: float | None, config: dict
+) -> str:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(
+        _plain(
+            {
+                "model": _unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "best_val_miou": best,
+                "config": config,
+            }
+        ),
+        buf,
+    )
+    return ws.store.put_blob(buf.getvalue())
+
+
+def load_checkpoint(ws: Workspace, digest: str) -> dict:
+    """A checkpoint from the store: tensors and plain data only (``weights_only``)."""
+    import torch
+
+    return torch.load(io.BytesIO(ws.store.get_blob(digest)), map_location="cpu", weights_only=True)
+
+
+def build_for(config: dict, num_classes: int):
+    """The network a run's config describes (its preset's fields), initialised."""
+    from datatool.model import Preset, build_model
+
+    return build_model(num_classes, Preset.from_dict(config))
 
 
 # --------------------------------------------------------------------------- the run
+
+
+def _git(here: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=5
+    ).stdout.strip()
 
 
 def code_version() -> str:
@@ -287,18 +291,8 @@ def code_version() -> str:
     if not (here / ".git").exists():  # an installed wheel: the version says it all
         return __version__
     try:
-        rev = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
+        rev = _git(here, "rev-parse", "--short=12", "HEAD")
+        dirty = _git(here, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         rev, dirty = "", ""
     return f"{__version__}+{rev}{'.dirty' if dirty else ''}" if rev else __version__
@@ -309,262 +303,13 @@ def _dist():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
+    import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if os.environ.get("LOCAL_RANK") and _cuda() else "gloo")
+        cuda = bool(os.environ.get("LOCAL_RANK")) and torch.cuda.is_available()
+        dist.init_process_group("nccl" if cuda else "gloo")
     return dist.get_rank(), world
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _save_checkpoint(
-    ws: Workspace, model, optimizer, epoch: int, best: float | None, config: dict
-) -> str:
-    import torch
-
-    buf = io.BytesIO()
-    state = (model.module if hasattr(model, "module") else model).state_dict()
-    torch.save(
-        {
-            "model": state,
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "best_val_miou": best,
-            "config": config,
-        },
-        buf,
-    )
-    return ws.store.put_blob(buf.getvalue())
-
-
-def load_checkpoint(ws: Workspace, digest: str) -> dict:
-    import torch
-
-    return torch.load(io.BytesIO(ws.store.get_blob(digest)), map_location="cpu", weights_only=False)
-
-
-def build_for(config: dict, num_classes: int):
-    from datatool.model import Preset, build_model
-
-    preset = Preset(
-        **{
-            k: (tuple(v) if isinstance(v, list) else v)
-            for k, v in config.items()
-            if k in Preset.__dataclass_fields__
-        }
-    )
-    return build_model(num_classes, preset)
-
-
-def train(
-    ws: Workspace,
-    split: str | None = None,
-    fold: int | None = None,
-    config: TrainConfig | None = None,
-    resume: int | None = None,
-    progress: Callable[[dict], None] | None = None,
-    cv_group: str | None = None,
-) -> dict:
-    """Train one model; returns the run's summary. ``resume`` continues run RUN."""
-    import torch
-    import torch.nn.functional as F
-
-    protocol = load_protocol(ws.protocol_name)
-    classes = ["background"] + [s.name for s in protocol.structures]
-    k = len(classes)
-    rank, world = _dist()
-    if resume is not None:
-        with ws.session() as s:
-            run = s.get(Run, resume)
-            if run is None:
-                raise DatatoolError(f"no run {resume}")
-            if run.last_checkpoint is None:
-                raise DatatoolError(f"run {resume} has no checkpoint to resume from")
-            split_name = s.get(Split, run.split_id).name
-            conf, fold, cv_group = dict(run.config), run.fold, run.cv_group
-            device_name, run_id = conf.get("device", "auto"), run.id
-            checkpoint = load_checkpoint(ws, run.last_checkpoint)
-            start_epoch, best = checkpoint["epoch"] + 1, checkpoint["best_val_miou"]
-            best_epoch, best_ckpt = run.best_epoch, run.best_checkpoint
-    else:
-        if split is None:
-            raise UsageError("--split NAME is needed (or --resume RUN)")
-        config = config or TrainConfig()
-        conf = config.resolved()
-        device_name, split_name, checkpoint = config.device, split, None
-        start_epoch, best, best_epoch, best_ckpt = 0, None, None, None
-    device = resolve_device(device_name)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    split_row, train_items = split_items(ws, split_name, "train", fold)
-    _, val_items = split_items(ws, split_name, "val", fold)
-    if conf.get("max_images"):
-        train_items = Items(
-            *(
-                getattr(train_items, f)[: conf["max_images"]]
-                for f in ("image_ids", "image_hashes", "mask_hashes")
-            )
-        )
-    if not train_items.image_ids:
-        raise DatatoolError(f"split {split_name!r} has no training images for this fold")
-    lut = class_lut(protocol)
-    resize = tuple(conf["resize"])
-    train_x, train_y = load_arrays(ws, train_items, resize, lut)
-    val_x, val_y = load_arrays(ws, val_items, resize, lut) if val_items.image_ids else (None, None)
-
-    torch.manual_seed(conf["seed"])
-    model = build_for(conf, k)
-    if conf.get("pretrained") and checkpoint is None:
-        from datatool.model import load_torchvision_resnet50
-
-        load_torchvision_resnet50(model, conf["pretrained"])
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    optimizer = torch.optim.Adam(model.parameters(), lr=conf["lr"])
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-
-    if resume is None and rank == 0:
-        conf["device"] = device_name
-        with ws.session() as s:
-            run = Run(
-                split_id=split_row.id,
-                split_hash=split_row.content_hash,
-                fold=fold,
-                cv_group=cv_group,
-                preset=conf["preset"],
-                config=conf,
-                seed=conf["seed"],
-                code_version=code_version(),
-                device=_device_text(device, world),
-                status="running",
-            )
-            s.add(run)
-            s.flush()
-            run_id = run.id
-            audit(s, "train", "run", run=run_id, split=split_name, fold=fold, preset=conf["preset"])
-    elif resume is None:
-        run_id = -1
-    if resume is not None and rank == 0:
-        with ws.session() as s:
-            s.get(Run, run_id).status = "running"
-
-    gpu_x = torch.as_tensor(train_x).to(device)  # held on the device, augmented there
-    gpu_y = torch.as_tensor(train_y).to(device)
-    n, batch, crop = len(train_x), conf["batch"], conf["crop"]
-    # one process: every sample once per epoch. Under DDP every rank must take the same
-    # number of full steps (an empty step would leave the others waiting in all-reduce), so
-    # ranks take batches round the shuffled order, wrapping at its end.
-    steps = max(1, math.ceil(n / batch)) if world == 1 else max(1, n // (batch * world))
-    try:
-        for epoch in range(start_epoch, conf["epochs"]):
-            started = time.perf_counter()
-            model.train()
-            # every random draw of an epoch (order, angles, dropout) comes from seeds of
-            # (seed, epoch): a resumed run repeats exactly what the uninterrupted one did
-            torch.manual_seed(conf["seed"] * 100_003 + epoch)
-            gen = torch.Generator().manual_seed(conf["seed"] * 100_003 + epoch)
-            order = torch.randperm(n, generator=gen)
-            angles_all = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(conf["rotation"])
-            total, count = 0.0, 0
-            for step in range(steps):
-                if world == 1:
-                    idx = order[step * batch : (step + 1) * batch]
-                else:
-                    idx = order[(torch.arange(batch) + (step * world + rank) * batch) % n]
-                x, y = to_input(
-                    gpu_x[idx.to(device)], crop, angles_all[idx].to(device), gpu_y[idx.to(device)]
-                )
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(device):
-                    out = model(x)
-                    if isinstance(out, tuple):
-                        loss = F.cross_entropy(out[0].float(), y) + AUX_WEIGHT * F.cross_entropy(
-                            out[1].float(), y
-                        )
-                    else:
-                        loss = F.cross_entropy(out.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-                if progress and rank == 0:
-                    progress(
-                        {
-                            "epoch": epoch + 1,
-                            "epochs": conf["epochs"],
-                            "step": step + 1,
-                            "steps": steps,
-                            "loss": float(loss.detach()),
-                        }
-                    )
-            train_loss = total / max(count, 1)
-            if rank != 0:
-                continue
-            net = model.module if hasattr(model, "module") else model
-            val = (
-                evaluate(net, val_x, val_y, crop, device, k)
-                if val_x is not None
-                else {"loss": None, "miou": None, "miou_per_image": None}
-            )
-            improved = val["miou"] is not None and (best is None or val["miou"] > best)
-            if improved or (val_x is None):
-                best, best_epoch = val["miou"], epoch
-            last = _save_checkpoint(ws, model, optimizer, epoch, best, conf)
-            if improved or val_x is None:
-                best_ckpt = last
-            with ws.session() as s:
-                run = s.get(Run, run_id)
-                s.add(
-                    RunEpoch(
-                        run_id=run_id,
-                        epoch=epoch,
-                        train_loss=train_loss,
-                        val_loss=val["loss"],
-                        val_miou=val["miou"],
-                        val_miou_per_image=val["miou_per_image"],
-                        seconds=time.perf_counter() - started,
-                    )
-                )
-                run.epochs_done, run.last_checkpoint = epoch + 1, last
-                run.best_epoch, run.best_val_miou, run.best_checkpoint = best_epoch, best, best_ckpt
-            if progress:
-                progress(
-                    {
-                        "epoch": epoch + 1,
-                        "epochs": conf["epochs"],
-                        "train_loss": train_loss,
-                        "val_loss": val["loss"],
-                        "val_miou": val["miou"],
-                        "done": True,
-                    }
-                )
-    except BaseException:
-        if rank == 0 and run_id > 0:
-            with ws.session() as s:
-                s.get(Run, run_id).status = "interrupted"
-        raise
-    if rank == 0:
-        with ws.session() as s:
-            run = s.get(Run, run_id)
-            run.status, run.finished_at = "done", utcnow()
-        return run_summary(ws, run_id)
-    return {"run": None, "rank": rank}
 
 
 def _device_text(device, world: int) -> str:
@@ -578,19 +323,347 @@ def _device_text(device, world: int) -> str:
     return f"{device.type}:{name}" + (f" x{world}" if world > 1 else "")
 
 
+@dataclass
+class _Best:
+    """The selected epoch so far: validation mIoU, epoch and its checkpoint."""
+
+    miou: float | None = None
+    epoch: int | None = None
+    checkpoint: str | None = None
+
+
+@dataclass
+class _Start:
+    """Where a run starts: a new run's config, or a resumed run's record and checkpoint."""
+
+    conf: dict
+    split_name: str
+    fold: int | None
+    cv_group: str | None
+    run_id: int | None = None  # None: a new run, recorded when training starts
+    checkpoint: dict | None = None
+    start_epoch: int = 0
+    best: _Best = field(default_factory=_Best)
+
+
+@dataclass
+class _Data:
+    split: Split
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray | None
+    val_y: np.ndarray | None
+
+
+def _new_start(
+    split: str | None, fold: int | None, config: TrainConfig | None, cv_group: str | None
+) -> _Start:
+    if split is None:
+        raise UsageError("--split NAME is needed (or --resume RUN)")
+    config = config or TrainConfig()
+    conf = config.resolved()
+    conf["device"] = choice(DeviceChoice, config.device, "--device").value
+    return _Start(conf, split, fold, cv_group)
+
+
+def get_run(session, run_id: int) -> Run:
+    """Run ``run_id``, or an error that says where the runs are listed."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise DatatoolError(f"no run {run_id}: 'datatool runs' lists them")
+    return run
+
+
+def _resume_start(ws: Workspace, run_id: int) -> _Start:
+    with ws.session() as s:
+        run = get_run(s, run_id)
+        if run.last_checkpoint is None:
+            raise DatatoolError(f"run {run_id} has no checkpoint to resume from")
+        checkpoint = load_checkpoint(ws, run.last_checkpoint)
+        return _Start(
+            conf=dict(run.config),
+            split_name=split_name_of(s, run.split_id),
+            fold=run.fold,
+            cv_group=run.cv_group,
+            run_id=run.id,
+            checkpoint=checkpoint,
+            start_epoch=checkpoint["epoch"] + 1,
+            best=_Best(checkpoint["best_val_miou"], run.best_epoch, run.best_checkpoint),
+        )
+
+
+def _place(device_name: str, world: int):
+    """The device of this process (its own GPU under torchrun)."""
+    import torch
+
+    device = resolve_device(device_name)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _training_data(ws: Workspace, protocol: Protocol, start: _Start) -> _Data:
+    """The split's training and validation images and masks, at the preset's size."""
+    split, train_items = split_items(ws, start.split_name, "train", start.fold)
+    _, val_items = split_items(ws, start.split_name, "val", start.fold)
+    if start.conf.get("max_images"):
+        train_items = train_items.head(start.conf["max_images"])
+    if not train_items.image_ids:
+        raise DatatoolError(f"split {start.split_name!r} has no training images for this fold")
+    lut = class_lut(protocol)
+    resize = tuple(start.conf["resize"])
+    train_x, train_y = load_arrays(ws, train_items, resize, lut)
+    val_x, val_y = load_arrays(ws, val_items, resize, lut) if val_items.image_ids else (None, None)
+    return _Data(split, train_x, train_y, val_x, val_y)
+
+
+def _build(conf: dict, k: int, checkpoint: dict | None, device, world: int):
+    """The network (seeded, pretrained or from the checkpoint) on the device, and Adam."""
+    import torch
+
+    torch.manual_seed(conf["seed"])
+    model = build_for(conf, k)
+    if conf.get("pretrained") and checkpoint is None:
+        from datatool.model import load_torchvision_resnet50
+
+        load_torchvision_resnet50(model, conf["pretrained"])
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+    model = channels_last(model.to(device), device)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = torch.optim.Adam(model.parameters(), lr=conf["lr"])
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    return model, optimizer
+
+
+def _record_start(ws: Workspace, start: _Start, split: Split, device, world: int) -> int:
+    """Rank 0: the new run's row (or the resumed run's status) in the catalogue."""
+    with ws.session() as s:
+        if start.run_id is not None:
+            get_run(s, start.run_id).status = RunStatus.running
+            return start.run_id
+        run = Run(
+            split_id=split.id,
+            split_hash=split.content_hash,
+            fold=start.fold,
+            cv_group=start.cv_group,
+            preset=start.conf["preset"],
+            config=start.conf,
+            seed=start.conf["seed"],
+            code_version=code_version(),
+            device=_device_text(device, world),
+            status=RunStatus.running,
+        )
+        s.add(run)
+        s.flush()
+        audit(
+            s,
+            "train",
+            "run",
+            run=run.id,
+            split=start.split_name,
+            fold=start.fold,
+            preset=start.conf["preset"],
+        )
+        return run.id
+
+
+def _set_status(ws: Workspace, run_id: int, status: RunStatus) -> None:
+    with ws.session() as s:
+        run = get_run(s, run_id)
+        run.status = status
+        if status == RunStatus.done:
+            run.finished_at = utcnow()
+
+
+@dataclass
+class _Loop:
+    """What every epoch of a run uses: the training tensors on the device and the steps."""
+
+    model: Any
+    optimizer: Any
+    images: Any  # uint8 N x H x W on the device, augmented there
+    masks: Any
+    conf: dict
+    device: Any
+    rank: int
+    world: int
+    steps: int
+
+
+def _steps(n: int, batch: int, world: int) -> int:
+    # one process: every sample once per epoch. Under DDP every rank must take the same
+    # number of full steps (an empty step would leave the others waiting in all-reduce), so
+    # ranks take batches round the shuffled order, wrapping at its end.
+    return max(1, math.ceil(n / batch)) if world == 1 else max(1, n // (batch * world))
+
+
+def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
+    """One epoch of training; returns the mean training loss per sample."""
+    import torch
+
+    from datatool.model import segmentation_loss
+
+    conf, device, rank, world = loop.conf, loop.device, loop.rank, loop.world
+    n, batch, crop = len(loop.images), conf["batch"], conf["crop"]
+    loop.model.train()
+    # every random draw of an epoch (order, angles, dropout) comes from seeds of
+    # (seed, epoch): a resumed run repeats exactly what the uninterrupted one did
+    torch.manual_seed(conf["seed"] * 100_003 + epoch)
+    gen = torch.Generator().manual_seed(conf["seed"] * 100_003 + epoch)
+    order = torch.randperm(n, generator=gen)
+    angles_all = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(conf["rotation"])
+    total, count = 0.0, 0
+    for step in range(loop.steps):
+        if world == 1:
+            idx = order[step * batch : (step + 1) * batch]
+        else:
+            idx = order[(torch.arange(batch) + (step * world + rank) * batch) % n]
+        on_device = idx.to(device)
+        x, y = to_input(
+            loop.images[on_device], crop, angles_all[idx].to(device), loop.masks[on_device]
+        )
+        with autocast(device):
+            loss = segmentation_loss(loop.model(channels_last(x, device)), y)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+        if progress and rank == 0:
+            progress(
+                StepDone(epoch + 1, conf["epochs"], step + 1, loop.steps, float(loss.detach()))
+            )
+    return total / max(count, 1)
+
+
+def _end_epoch(
+    ws: Workspace,
+    run_id: int,
+    loop: _Loop,
+    data: _Data,
+    epoch: int,
+    train_loss: float,
+    best: _Best,
+    seconds: float,
+    k: int,
+) -> Evaluation:
+    """Rank 0: validate, select, checkpoint and record the epoch; ``best`` is updated."""
+    val = (
+        evaluate(_unwrap(loop.model), data.val_x, data.val_y, loop.conf["crop"], loop.device, k)
+        if data.val_x is not None
+        else NO_VALIDATION
+    )
+    # without a validation set the last epoch is the selected one
+    improved = data.val_x is None or (
+        val.miou is not None and (best.miou is None or val.miou > best.miou)
+    )
+    if improved:
+        best.miou, best.epoch = val.miou, epoch
+    last = _save_checkpoint(ws, loop.model, loop.optimizer, epoch, best.miou, loop.conf)
+    if improved:
+        best.checkpoint = last
+    with ws.session() as s:
+        run = get_run(s, run_id)
+        s.add(
+            RunEpoch(
+                run_id=run_id,
+                epoch=epoch,
+                train_loss=train_loss,
+                val_loss=val.loss,
+                val_miou=val.miou,
+                val_miou_per_image=val.miou_per_image,
+                seconds=seconds,
+            )
+        )
+        run.epochs_done, run.last_checkpoint = epoch + 1, last
+        run.best_epoch, run.best_val_miou, run.best_checkpoint = (
+            best.epoch,
+            best.miou,
+            best.checkpoint,
+        )
+    return val
+
+
+def train(
+    ws: Workspace,
+    split: str | None = None,
+    fold: int | None = None,
+    config: TrainConfig | None = None,
+    resume: int | None = None,
+    progress: ProgressFn | None = None,
+    cv_group: str | None = None,
+) -> RunSummary | None:
+    """Train one model; returns the run's summary (None in a torchrun worker other than
+    rank 0, which records and reports). ``resume`` continues run RUN from its checkpoint."""
+    import torch
+
+    protocol = load_protocol(ws.protocol_name)
+    k = len(protocol.structures) + 1  # background and the structures
+    rank, world = _dist()
+    start = (
+        _resume_start(ws, resume)
+        if resume is not None
+        else _new_start(split, fold, config, cv_group)
+    )
+    conf = start.conf
+    device = _place(conf.get("device", DeviceChoice.auto), world)
+    data = _training_data(ws, protocol, start)
+    model, optimizer = _build(conf, k, start.checkpoint, device, world)
+    run_id = _record_start(ws, start, data.split, device, world) if rank == 0 else None
+    best = start.best
+    try:
+        loop = _Loop(
+            model,
+            optimizer,
+            torch.as_tensor(data.train_x).to(device),
+            torch.as_tensor(data.train_y).to(device),
+            conf,
+            device,
+            rank,
+            world,
+            _steps(len(data.train_x), conf["batch"], world),
+        )
+        for epoch in range(start.start_epoch, conf["epochs"]):
+            started = time.perf_counter()
+            train_loss = _train_epoch(loop, epoch, progress)
+            if run_id is None:
+                continue  # a torchrun worker: rank 0 validates and records
+            val = _end_epoch(
+                ws, run_id, loop, data, epoch, train_loss, best, time.perf_counter() - started, k
+            )
+            if progress:
+                progress(EpochDone(epoch + 1, conf["epochs"], train_loss, val.loss, val.miou))
+    except (KeyboardInterrupt, SystemExit):
+        if run_id is not None:
+            _set_status(ws, run_id, RunStatus.interrupted)
+        raise
+    except BaseException:
+        if run_id is not None:
+            _set_status(ws, run_id, RunStatus.failed)
+        raise
+    if run_id is None:
+        return None
+    _set_status(ws, run_id, RunStatus.done)
+    return run_summary(ws, run_id)
+
+
 def train_cv(
     ws: Workspace,
     split: str,
     folds: int,
     config: TrainConfig,
-    progress: Callable[[dict], None] | None = None,
-) -> list[dict]:
-    """One run per fold of the split's cross-validation, grouped under one cv_group."""
+    progress: ProgressFn | None = None,
+) -> list[RunSummary]:
+    """One run per fold of the split's cross-validation, grouped under one cv_group (an
+    empty list in a torchrun worker other than rank 0)."""
     with ws.session() as s:
-        row = s.scalar(select(Split).where(Split.name == split))
-        if row is None:
-            raise DatatoolError(f"no split {split!r}")
-        available = row.folds
+        available = get_split(s, split).folds
     if available < 2:
         raise DatatoolError(
             f"split {split!r} has no cross-validation folds; create one with --folds 5"
@@ -598,71 +671,84 @@ def train_cv(
     if folds != available:
         raise UsageError(f"split {split!r} has {available} folds: use --cv {available}")
     group = f"cv-{split}-{int(time.time())}"
-    return [
+    runs = [
         train(ws, split, fold=f, config=config, progress=progress, cv_group=group)
         for f in range(folds)
     ]
+    return [r for r in runs if r is not None]
 
 
-def run_summary(ws: Workspace, run_id: int) -> dict:
+def run_summary(ws: Workspace, run_id: int) -> RunSummary:
     with ws.session() as s:
-        run = s.get(Run, run_id)
-        if run is None:
-            raise DatatoolError(f"no run {run_id}: 'datatool runs' lists them")
-        split = s.get(Split, run.split_id)
+        run = get_run(s, run_id)
         history = [
-            {
-                "epoch": e.epoch,
-                "train_loss": e.train_loss,
-                "val_loss": e.val_loss,
-                "val_miou": e.val_miou,
-                "val_miou_per_image": e.val_miou_per_image,
-                "seconds": e.seconds,
-            }
+            EpochRow(
+                epoch=e.epoch,
+                train_loss=e.train_loss,
+                val_loss=e.val_loss,
+                val_miou=e.val_miou,
+                val_miou_per_image=e.val_miou_per_image,
+                seconds=e.seconds,
+            )
             for e in run.epochs
         ]
-        return {
-            "run": run.id,
-            "split": split.name,
-            "split_hash": run.split_hash,
-            "fold": run.fold,
-            "cv_group": run.cv_group,
-            "preset": run.preset,
-            "seed": run.seed,
-            "config": run.config,
-            "code_version": run.code_version,
-            "device": run.device,
-            "status": run.status,
-            "epochs_done": run.epochs_done,
-            "best_epoch": run.best_epoch,
-            "best_val_miou": run.best_val_miou,
-            "best_checkpoint": run.best_checkpoint,
-            "last_checkpoint": run.last_checkpoint,
-            "created": run.created_at.isoformat(timespec="seconds"),
-            "history": history,
-        }
+        return RunSummary(
+            run=run.id,
+            split=split_name_of(s, run.split_id),
+            split_hash=run.split_hash,
+            fold=run.fold,
+            cv_group=run.cv_group,
+            preset=run.preset,
+            seed=run.seed,
+            config=run.config,
+            code_version=run.code_version,
+            device=run.device,
+            status=RunStatus(run.status),
+            epochs_done=run.epochs_done,
+            best_epoch=run.best_epoch,
+            best_val_miou=run.best_val_miou,
+            best_checkpoint=run.best_checkpoint,
+            last_checkpoint=run.last_checkpoint,
+            created=run.created_at.isoformat(timespec="seconds"),
+            history=history,
+        )
 
 
-def list_runs(ws: Workspace) -> list[dict]:
+def list_runs(ws: Workspace) -> list[RunRow]:
     with ws.session() as s:
         rows = s.execute(
             select(Run, Split.name).join(Split, Run.split_id == Split.id).order_by(Run.id)
         ).all()
         return [
-            {
-                "run": r.id,
-                "split": name,
-                "fold": r.fold,
-                "preset": r.preset,
-                "status": r.status,
-                "epochs": r.epochs_done,
-                "best_epoch": r.best_epoch,
-                "best_val_miou": r.best_val_miou,
-                "device": r.device,
-                "created": r.created_at.isoformat(timespec="seconds"),
-            }
+            RunRow(
+                run=r.id,
+                split=name,
+                fold=r.fold,
+                preset=r.preset,
+                status=RunStatus(r.status),
+                epochs=r.epochs_done,
+                planned_epochs=(r.config or {}).get("epochs"),
+                best_epoch=r.best_epoch,
+                best_val_miou=r.best_val_miou,
+                device=r.device,
+                created=r.created_at.isoformat(timespec="seconds"),
+                resumable=r.status in (RunStatus.interrupted, RunStatus.failed)
+                and r.last_checkpoint is not None,
+            )
             for r, name in rows
         ]
 
 
-__all__ = ["TrainConfig", "list_runs", "run_summary", "train", "train_cv"]
+__all__ = [
+    "EpochDone",
+    "EpochRow",
+    "Evaluation",
+    "RunRow",
+    "RunSummary",
+    "StepDone",
+    "TrainConfig",
+    "list_runs",
+    "run_summary",
+    "train",
+    "train_cv",
+]

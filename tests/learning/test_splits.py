@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from datatool.analysis.consensus import make_consensus
+from datatool.cli import app
 from datatool.core.catalogue import SplitMember
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.learning.splits import check_split, create_split, deal, export_split, show_split
@@ -47,7 +50,7 @@ def test_split_is_deterministic_patient_level_and_frozen(ready, tmp_path):
     ws = ready
     info = create_split(ws, "s1", seed=5)
     again = create_split(ws, "s1-copy", seed=5)
-    assert info["hash"] == again["hash"] and members(ws, "s1") == members(ws, "s1-copy")
+    assert info.hash == again.hash and members(ws, "s1") == members(ws, "s1-copy")
     rows = members(ws, "s1")
     by_patient = {}
     for _, patient, subset, fold in rows:
@@ -55,8 +58,9 @@ def test_split_is_deterministic_patient_level_and_frozen(ready, tmp_path):
     assert all(len(v) == 1 for v in by_patient.values())  # one set and fold per patient
     assert {sub for _, _, sub, _ in rows} == {"train", "val", "test"}
     assert all(fold is None for _, _, sub, fold in rows if sub == "test")
-    assert all(info["subsets"][k]["patients"] == 1 for k in ("train", "val", "test"))  # 3 patients
-    assert check_split(ws, "s1")["ok"]
+    assert all(info.subsets[k].patients == 1 for k in ("train", "val", "test"))  # 3 patients
+    check = check_split(ws, "s1")
+    assert check.ok and check.hash_ok and not check.problems
     with pytest.raises(DatatoolError, match="never change"):
         create_split(ws, "s1")
 
@@ -68,13 +72,13 @@ def test_split_same_on_another_machine(ready, cli_env):
     code = (
         "from datatool.core.workspace import open_workspace; from datatool.learning.splits import "
         f"create_split; print(create_split(open_workspace({str(ws.root)!r}), 'there', "
-        "seed=9)['hash'])"
+        "seed=9).hash)"
     )
     env = dict(cli_env, PYTHONHASHSEED="123")
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     ).stdout.strip()
-    assert out.splitlines()[-1] == info["hash"]
+    assert out.splitlines()[-1] == info.hash
 
 
 def test_check_finds_leakage_and_missing_reference_labels(ready):
@@ -87,9 +91,23 @@ def test_check_finds_leakage_and_missing_reference_labels(ready):
         other.subset = "test" if rows[0].subset != "test" else "train"
         rows[1].annotation_id = None
     result = check_split(ws, "s")
-    assert not result["ok"]
-    text = " ".join(result["problems"])
+    assert not result.ok and not result.hash_ok
+    text = " ".join(result.problems)
     assert "is in" in text and "no reference label" in text and "altered" in text
+    res = CliRunner().invoke(app, ["split", "check", "s", "--workspace", str(ws.root)])
+    assert res.exit_code == 1
+    lines = res.stderr.splitlines()
+    assert len(lines) == len(result.problems) and all(x.startswith("problem: s: ") for x in lines)
+    assert "hash intact" not in res.stdout
+    with pytest.raises(DatatoolError, match="no reference label"):
+        export_split(ws, "s", "csv", ws.root / "out")
+    create_split(ws, "t")
+    with ws.session() as s:  # only moved to another set: every label is there
+        member = s.scalars(select(SplitMember).where(SplitMember.split.has(name="t"))).first()
+        member.subset = "test" if member.subset != "test" else "train"
+    assert not check_split(ws, "t").hash_ok
+    with pytest.raises(DatatoolError, match="altered"):
+        export_split(ws, "t", "csv", ws.root / "out")
 
 
 def test_images_added_later_are_not_silently_added(ready, us_file):
@@ -101,13 +119,13 @@ def test_images_added_later_are_not_silently_added(ready, us_file):
     ingest(ws, [us_file("OBXXXX1A.dcm")], workers=0)
     assert members(ws, "s") == before
     result = check_split(ws, "s")
-    assert result["ok"] and "not in this split" in result["notes"][0]
+    assert result.ok and "not in this split" in result.notes[0]
 
 
 def test_stratify_and_options(ready):
     ws = ready
     info = create_split(ws, "by-sex", stratify="sex", folds=0, ratios="2:1:1")
-    assert info["fold_sizes"] == {} and info["stratify"] == "sex"
+    assert info.fold_sizes == {} and info.stratify == "sex"
     with pytest.raises(UsageError):
         create_split(ws, "bad", ratios="6:2")
     with pytest.raises(UsageError):
@@ -125,7 +143,7 @@ def test_export_nnunet_and_csv(ready, tmp_path):
     folds = json.loads((tmp_path / "nn" / "splits_final.json").read_text())
     assert len(folds) == 3
     train_cases = {p.name[:-9] for p in (tmp_path / "nn" / "imagesTr").iterdir()}
-    assert len(train_cases) == dataset["numTraining"] == nn["images"] - nn["test"]
+    assert len(train_cases) == dataset["numTraining"] == nn.images - nn.test
     for fold in folds:
         assert set(fold["train"]) | set(fold["val"]) == train_cases
         assert not set(fold["train"]) & set(fold["val"])
@@ -140,3 +158,46 @@ def test_export_nnunet_and_csv(ready, tmp_path):
     export_split(ws, "s", "csv", tmp_path / "csv")
     lines = (tmp_path / "csv" / "manifest.csv").read_text().splitlines()
     assert lines[0].startswith("case,image_id,patient") and len(lines) == 13
+
+
+def test_cli_split_create_show_check_export(ready, tmp_path):
+    ws = ["--workspace", str(ready.root)]
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        ["split", "create", "c", "--folds", "2", "--stratify", "sex", "--csv",
+         str(tmp_path / "c.csv"), *ws],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "split c: hash" in res.stdout and "stratified by sex" in res.stdout
+    assert "33.3 %" in res.stdout  # three patients, one a set
+    rows = list(csv.reader((tmp_path / "c.csv").read_text().splitlines()))
+    assert rows[0] == [
+        "set", "patients", "images", "share", "female", "male", "left", "right", "with reference",
+    ]  # fmt: skip
+    assert [r[0] for r in rows[1:]] == ["train", "val", "test", "fold 0", "fold 1"]
+    assert sum(float(r[3]) for r in rows[1:4]) == pytest.approx(100.0)  # raw per cent
+    assert rows[4][3] == ""  # a fold has no share
+    shown = json.loads(runner.invoke(app, ["split", "show", "c", "--json", *ws]).stdout)
+    assert shown["name"] == "c" and shown["stratify"] == "sex" and len(shown["hash"]) == 64
+    assert set(shown["subsets"]["train"]) == {
+        "patients", "images", "female", "male", "left_images", "right_images",
+        "with_reference", "share",
+    }  # fmt: skip
+    assert "share" not in shown["fold_sizes"]["0"] and "share" not in shown["total"]
+    res = runner.invoke(app, ["split", "check", "c", *ws])
+    assert res.exit_code == 0 and "no leakage" in res.stdout and "hash intact" in res.stdout
+    checked = json.loads(runner.invoke(app, ["split", "check", "c", "--json", *ws]).stdout)
+    assert checked["ok"] is True and checked["hash_ok"] is True and checked["problems"] == []
+    res = runner.invoke(
+        app, ["split", "export", "c", "--format", "csv", "--out", str(tmp_path / "x"), *ws]
+    )
+    assert res.exit_code == 0 and "as csv to" in res.stdout
+    assert (tmp_path / "x" / "manifest.csv").exists()
+    for args in (
+        ["split", "create", "d", "--stratify", "age"],
+        ["split", "export", "c", "--format", "zip", "--out", str(tmp_path / "y")],
+    ):
+        res = runner.invoke(app, [*args, *ws])
+        assert res.exit_code == 2, res.output  # not one of the choices
+    assert "nnunet" in runner.invoke(app, ["split", "export", "--help"]).output

@@ -3,6 +3,8 @@ and resume, scoring like the study, cross-validation, the CLI."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -12,18 +14,21 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from sqlalchemy import select  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
 
 from datatool.analysis.consensus import make_consensus  # noqa: E402
-from datatool.core.catalogue import Annotation, Run  # noqa: E402
+from datatool.cli import app  # noqa: E402
+from datatool.core.catalogue import Annotation, Run, RunStatus  # noqa: E402
+from datatool.core.errors import UsageError  # noqa: E402
 from datatool.core.protocol import load_protocol  # noqa: E402
+from datatool.learning.data import class_lut, load_arrays, split_items, to_input  # noqa: E402
 from datatool.learning.scoring import per_image_metrics, score_cv, score_run  # noqa: E402
 from datatool.learning.splits import create_split  # noqa: E402
 from datatool.learning.training import (  # noqa: E402
+    EpochDone,
     TrainConfig,
-    class_lut,
-    load_arrays,
-    split_items,
-    to_input,
+    list_runs,
+    load_checkpoint,
     train,
     train_cv,
 )
@@ -71,7 +76,7 @@ def test_tiny_preset_overfits_four_images(ready):
     tp = fp = fn = 0
     for p, t in zip(pred, y.numpy()):
         m = per_image_metrics(p, t, len(protocol.structures) + 1)[nerve - 1]
-        tp, fp, fn = tp + m["tp"], fp + m["fp"], fn + m["fn"]
+        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
     assert tp / (tp + fp + fn) > 0.9
 
 
@@ -79,44 +84,106 @@ def test_same_seed_same_first_losses(ready):
     a = train(ready, "s", config=TrainConfig(epochs=2, seed=3, **FAST))
     b = train(ready, "s", config=TrainConfig(epochs=2, seed=3, **FAST))
     c = train(ready, "s", config=TrainConfig(epochs=2, seed=4, **FAST))
-    losses = [[h["train_loss"] for h in r["history"]] for r in (a, b, c)]
+    losses = [[h.train_loss for h in r.history] for r in (a, b, c)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     assert losses[0] != pytest.approx(losses[2], rel=1e-6)
-    assert a["status"] == "done" and a["epochs_done"] == 2 and a["best_checkpoint"]
-    assert a["split_hash"] and a["code_version"].startswith("0.1.0")
+    assert a.status == RunStatus.done and a.epochs_done == 2 and a.best_checkpoint
+    assert a.split_hash and a.code_version.startswith("0.1.0")
 
 
 def test_checkpoint_and_resume_give_the_uninterrupted_run(ready):
     whole = train(ready, "s", config=TrainConfig(epochs=3, seed=5, **FAST))
 
-    def stop_after_two(d):
-        if d.get("done") and d["epoch"] == 2:
+    def stop_after_two(p):
+        if isinstance(p, EpochDone) and p.epoch == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         train(ready, "s", config=TrainConfig(epochs=3, seed=5, **FAST), progress=stop_after_two)
     with ready.session() as s:
         cut = s.scalars(select(Run).order_by(Run.id.desc())).first()
-        assert cut.status == "interrupted" and cut.epochs_done == 2
+        assert cut.status == RunStatus.interrupted and cut.epochs_done == 2
         cut_id = cut.id
     resumed = train(ready, resume=cut_id)
-    assert resumed["run"] == cut_id and resumed["status"] == "done"
-    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
-    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx(
-        [h["train_loss"] for h in whole["history"]], rel=1e-5
+    assert resumed.run == cut_id and resumed.status == RunStatus.done
+    assert [h.epoch for h in resumed.history] == [0, 1, 2]
+    assert [h.train_loss for h in resumed.history] == pytest.approx(
+        [h.train_loss for h in whole.history], rel=1e-5
     )
+
+
+def test_checkpoints_hold_plain_data_and_load_with_weights_only(ready):
+    run = train(ready, "s", config=TrainConfig(epochs=1, seed=7, **FAST))
+    blob = ready.store.get_blob(run.last_checkpoint)
+    raw = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+    def plain(obj):
+        if isinstance(obj, dict):
+            assert type(obj) is dict and all(type(k) in (str, int) for k in obj)
+            return all(plain(v) for v in obj.values())
+        if isinstance(obj, list | tuple):
+            assert type(obj) is list
+            return all(plain(v) for v in obj)
+        return obj is None or type(obj) in (str, int, float, bool) or type(obj) is torch.Tensor
+
+    assert plain(raw)
+    assert raw["epoch"] == 0 and raw["config"]["preset"] == "tiny"
+    assert raw["config"]["resize"] == [240, 320] and raw["config"]["device"] == "cpu"
+    assert load_checkpoint(ready, run.last_checkpoint).keys() == raw.keys()
+
+
+def test_the_default_preset_is_the_study_s():
+    conf = TrainConfig().resolved()
+    assert conf["preset"] == "paper" and conf["crop"] == PRESETS["paper"].crop == 473
+    with pytest.raises(UsageError, match="--preset must be one of paper, tiny"):
+        TrainConfig(preset="huge").resolved()
+    from typer.main import get_command
+
+    option = next(p for p in get_command(app).commands["train"].params if p.name == "preset")
+    assert option.default == TrainConfig().preset
+
+
+def test_a_failed_run_says_how_to_resume_it_and_resumes(ready, tmp_path):
+    def disk_full(p):
+        if isinstance(p, EpochDone):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        train(ready, "s", config=TrainConfig(epochs=2, seed=8, **FAST), progress=disk_full)
+    row = list_runs(ready)[-1]
+    assert row.status == RunStatus.failed and row.stopped and row.resumable
+    assert (row.epochs, row.planned_epochs) == (1, 2)
+    ws = ["--workspace", str(ready.root)]
+    res = CliRunner().invoke(app, ["runs", "--csv", str(tmp_path / "runs.csv"), *ws])
+    assert res.exit_code == 0, res.output
+    assert (
+        f"run {row.run} failed after epoch 1 of 2: continue it with "
+        f"'datatool train --resume {row.run}'" in res.stdout
+    )
+    table = list(csv.DictReader((tmp_path / "runs.csv").read_text().splitlines()))
+    assert table[-1]["run"] == str(row.run) and table[-1]["status"] == "failed"
+    assert table[-1]["best epoch"] == "1"  # counted from 1, as printed
+    listed = json.loads(CliRunner().invoke(app, ["runs", "--json", *ws]).stdout)
+    assert set(listed[-1]) >= {
+        "run", "split", "fold", "preset", "status", "epochs", "best_epoch", "best_val_miou",
+        "device", "created",
+    }  # fmt: skip
+    resumed = train(ready, resume=row.run)
+    assert resumed.status == RunStatus.done and resumed.epochs_done == 2
+    res = CliRunner().invoke(app, ["runs", *ws])
+    assert f"'datatool train --resume {row.run}'" not in res.stdout
 
 
 def test_score_reports_like_the_study_and_stores_predictions(ready, tmp_path):
     run = train(ready, "s", config=TrainConfig(epochs=2, seed=1, **FAST))
-    result = score_run(ready, run["run"], out_dir=tmp_path)
+    result = score_run(ready, run.run, out_dir=tmp_path)
     names = [s.name for s in load_protocol().structures]
-    assert [st["structure"] for st in result["structures"]] == names
-    for st in result["structures"]:
+    assert [st.structure for st in result.structures] == names
+    for st in result.structures:
         for m in ("iou", "dice", "precision", "recall", "f1"):
-            assert set(st[m]) >= {"mean", "sd", "median", "p25", "p75"}
-    assert result["images"] == 4 and result["inference_ms"]["n"] == 4
-    assert result["stored_predictions"] == 4
+            assert set(getattr(st, m)) >= {"mean", "sd", "median", "p25", "p75"}
+    assert result.images == 4 and result.inference_ms["n"] == 4
+    assert result.stored_predictions == 4
     assert {p.name for p in tmp_path.iterdir()} >= {
         "loss.png",
         "iou_per_structure.png",
@@ -125,13 +192,23 @@ def test_score_reports_like_the_study_and_stores_predictions(ready, tmp_path):
     }
     with ready.session() as s:
         stored = s.scalars(
-            select(Annotation).where(Annotation.rater.has(name=f"model:{run['run']}"))
+            select(Annotation).where(Annotation.rater.has(name=f"model:{run.run}"))
         ).all()
-        assert len(stored) == 4 and all(a.source == f"model:{run['run']}" for a in stored)
+        assert len(stored) == 4 and all(a.source == f"model:{run.run}" for a in stored)
         image = stored[0].image
         assert ready.store.get_array(stored[0].mask_hash).shape == (image.rows, image.cols)
-    if result["anova_iou"]:
-        assert result["anova_iou"]["df_between"] >= 1
+    if result.anova_iou:
+        assert result.anova_iou.df_between >= 1
+    on_disk = json.loads((tmp_path / "score.json").read_text())
+    assert list(on_disk) == [
+        "run", "set", "fold", "checkpoint", "images", "split", "frame", "structures",
+        "mean_iou_per_image", "anova_iou", "inference_ms", "device", "per_image",
+        "stored_predictions", "figures",
+    ]  # fmt: skip
+    assert on_disk["set"] == "test" and on_disk["structures"][0]["iou"]["n"] >= 0
+    assert set(on_disk["per_image"][0]) == {
+        "image_id", "structure", "iou", "dice", "precision", "recall", "f1",
+    }  # fmt: skip
 
 
 def test_anova_without_variance_is_no_test():
@@ -145,19 +222,20 @@ def test_anova_without_variance_is_no_test():
         {"structure": ["a"] * 3 + ["b"] * 3, "iou": [0.1, 0.2, 0.3, 0.6, 0.7, 0.9]}
     )
     result = _anova(varied)
-    assert result["df_between"] == 1 and result["p"] < 0.05
-    assert result["pairwise_bonferroni"][0]["p_bonf"] == result["pairwise_bonferroni"][0]["p_unc"]
+    assert result.df_between == 1 and result.p < 0.05
+    pair = result.pairwise_bonferroni[0]
+    assert pair.p_bonf == pair.p_unc  # one pair: Bonferroni multiplies by 1
 
 
 def test_cross_validation_runs_and_scores_every_fold(ready):
     runs = train_cv(ready, "s", 2, TrainConfig(epochs=1, seed=2, **FAST))
-    assert [r["fold"] for r in runs] == [0, 1] and runs[0]["cv_group"] == runs[1]["cv_group"]
-    result = score_cv(ready, runs[0]["run"], store_predictions=False, figures=False)
-    assert len(result["folds"]) == 2
-    assert set(result["median_over_folds_mean_iou"]) == {s.name for s in load_protocol().structures}
+    assert [r.fold for r in runs] == [0, 1] and runs[0].cv_group == runs[1].cv_group
+    result = score_cv(ready, runs[0].run, store_predictions=False, figures=False)
+    assert len(result.folds) == 2 and result.runs == [r.run for r in runs]
+    assert set(result.median_over_folds_mean_iou) == {s.name for s in load_protocol().structures}
 
 
-def test_cli_train_runs_score(ready, cli_env):
+def test_cli_train_runs_score(ready, cli_env, tmp_path):
     base = [sys.executable, "-m", "datatool"]
     ws = ["--workspace", str(ready.root)]
     res = subprocess.run(
@@ -184,13 +262,15 @@ def test_cli_train_runs_score(ready, cli_env):
     assert res.returncode == 0, res.stderr
     run = json.loads(res.stdout)["run"]
     res = subprocess.run(
-        [*base, "score", str(run), "--no-store", *ws],
+        [*base, "score", str(run), "--no-store", "--csv", str(tmp_path / "score.csv"), *ws],
         capture_output=True,
         text=True,
         env=dict(cli_env, COLUMNS="220"),
     )
     assert res.returncode == 0, res.stderr
     assert "IoU mean ± SD" in res.stdout and "ANOVA" in res.stdout and "218" in res.stdout
+    header = (tmp_path / "score.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["structure", "n", "IoU mean ± SD (mean)", "IoU mean ± SD (sd)"]
     assert (
         "runs"
         in subprocess.run([*base, "runs", *ws], capture_output=True, text=True, env=cli_env).stdout
@@ -202,6 +282,10 @@ def test_cli_train_runs_score(ready, cli_env):
         env=cli_env,
     )
     assert bad.returncode == 1 and "no split 'nope'" in bad.stderr
+    runner = CliRunner()
+    assert "paper" in runner.invoke(app, ["train", "--help"], env={"COLUMNS": "160"}).output
+    for args in (["train", "--split", "s", "--preset", "huge"], ["score", "1", "--set", "all"]):
+        assert runner.invoke(app, [*args, *ws]).exit_code == 2  # not a choice: a usage error
 
 
 def test_distributed_data_parallel_under_torchrun(ready, cli_env, tmp_path):

@@ -8,7 +8,16 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from datatool.model import TripletAttention, build_model, load_torchvision_resnet50, resnet50  # noqa: E402
+from datatool.model import (  # noqa: E402
+    AUX_WEIGHT,
+    PRESETS,
+    Preset,
+    TripletAttention,
+    build_model,
+    load_torchvision_resnet50,
+    resnet50,
+    segmentation_loss,
+)
 
 
 def direct_triplet_attention(x, ta, training: bool):
@@ -106,3 +115,25 @@ def test_torchvision_weights_load_from_a_file(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="not a torchvision resnet50"):
         load_torchvision_resnet50(net, bad)
+
+
+def test_segmentation_loss_adds_the_auxiliary_head_at_its_weight():
+    torch.manual_seed(0)
+    main, aux = torch.randn(2, 6, 5, 5), torch.randn(2, 6, 5, 5)
+    y = torch.randint(0, 6, (2, 5, 5))
+    assert AUX_WEIGHT == 0.4
+    torch.testing.assert_close(segmentation_loss(main, y), F.cross_entropy(main, y))
+    torch.testing.assert_close(
+        segmentation_loss((main, aux), y),
+        F.cross_entropy(main, y) + 0.4 * F.cross_entropy(aux, y),
+    )
+    assert segmentation_loss(main.bfloat16(), y).dtype == torch.float32  # computed in float32
+
+
+def test_a_preset_comes_back_from_a_run_config_in_json():
+    import json
+
+    for name, preset in PRESETS.items():
+        config = json.loads(json.dumps({**preset.as_dict(), "preset": name, "seed": 3}))
+        assert config["resize"] == list(preset.resize)  # JSON has no tuples
+        assert Preset.from_dict(config) == preset

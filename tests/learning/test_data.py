@@ -1,0 +1,47 @@
+"""The data pipeline's frame: one centre crop for arrays and tensors, and its inverse;
+the network's input from uint8 images and masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from datatool.learning.data import centre_crop, crop_offsets, uncrop
+
+
+@pytest.mark.parametrize(
+    "shape,size,offsets",
+    [((240, 320), 224, (8, 48)), ((481, 640), 473, (4, 83)), ((100, 300), 224, (0, 38))],
+)
+def test_crop_offsets_centre_the_window(shape, size, offsets):
+    assert crop_offsets(shape, size) == offsets
+
+
+def test_centre_crop_is_the_same_for_arrays_and_tensors_and_uncrop_inverts_it():
+    torch = pytest.importorskip("torch")
+    a = np.arange(2 * 9 * 12, dtype=np.int64).reshape(2, 9, 12)
+    crop = centre_crop(a, 5)
+    assert crop.shape == (2, 5, 5) and crop[0, 0, 0] == a[0, 2, 3]
+    assert np.array_equal(centre_crop(torch.as_tensor(a), 5).numpy(), crop)
+    back = uncrop(crop[1], (9, 12), 5)
+    assert back.shape == (9, 12) and np.array_equal(centre_crop(back, 5), crop[1])
+    assert back.sum() == crop[1].sum()  # 0 outside the window
+    short = np.ones((3, 12), np.uint8)  # shorter than the crop: that side is kept whole
+    assert centre_crop(short, 5).shape == (3, 5)
+    assert np.array_equal(uncrop(centre_crop(short, 5), (3, 12), 5)[:, 3:8], np.ones((3, 5)))
+
+
+def test_to_input_normalises_crops_and_rotates_masks_with_nearest_neighbour():
+    torch = pytest.importorskip("torch")
+    from datatool.learning.data import GRAY_MEAN, GRAY_STD, to_input
+
+    images = torch.full((2, 20, 30), 255, dtype=torch.uint8)
+    masks = torch.zeros((2, 20, 30), dtype=torch.uint8)
+    masks[:, 5:15, 10:20] = 3
+    x, y = to_input(images, 16, masks_u8=masks)
+    assert x.shape == (2, 3, 16, 16) and y.shape == (2, 16, 16) and y.dtype == torch.long
+    assert torch.allclose(x, torch.full_like(x, (1 - GRAY_MEAN) / GRAY_STD))
+    xr, yr = to_input(images, 16, torch.tensor([0.0, 0.6]), masks)
+    assert torch.equal(yr[0], y[0])  # angle 0: unchanged
+    assert set(yr[1].unique().tolist()) <= {0, 3}  # no blended labels
+    assert (xr[1] < x[1]).any()  # the rotated frame brings in black corners

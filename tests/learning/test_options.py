@@ -1,0 +1,24 @@
+"""The fixed choices of the learning commands: the preset names follow the preset table,
+and a wrong value is a usage error that lists the right ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from datatool.core.errors import UsageError
+from datatool.learning.options import DEFAULT_PRESET, PresetName, Stratify, choice
+
+
+def test_preset_names_are_the_preset_table():
+    pytest.importorskip("torch")
+    from datatool.model import PRESETS
+
+    assert {p.value for p in PresetName} == set(PRESETS)
+    assert DEFAULT_PRESET == "paper"  # the study's, everywhere
+
+
+def test_choice_takes_strings_and_members_and_names_the_choices():
+    assert choice(Stratify, "sex", "--stratify") is Stratify.sex
+    assert choice(Stratify, Stratify.side, "--stratify") is Stratify.side
+    with pytest.raises(UsageError, match=r"--stratify must be one of sex, side, not 'age'"):
+        choice(Stratify, "age", "--stratify")
