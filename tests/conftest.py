@@ -71,3 +71,24 @@ def cli_env(tmp_path):
     env.pop("DATATOOL_KEY_FILE", None)
     env["COLUMNS"] = "200"
     return env
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, demo_dir):
+    """A workspace with the demo's two raters, a STAPLE consensus, a split ``s`` and one
+    tiny run trained for 3 epochs on the CPU: ``(workspace, run id)``. Shared by the whole
+    session: tests that add labels or runs must not assume exact counts."""
+    from datatool.analysis.consensus import make_consensus
+    from datatool.learning.splits import create_split
+    from datatool.learning.training import TrainConfig, train
+    from tests.labels_util import ingest_demo_with_labels
+
+    root = init_workspace(tmp_path_factory.mktemp("trained") / "ws").root
+    workspace = open_workspace(root)
+    ingest_demo_with_labels(workspace, demo_dir)
+    make_consensus(workspace, "staple")
+    create_split(workspace, "s", ratios="1:1:1", folds=0, seed=1)
+    run = train(workspace, "s", config=TrainConfig(preset="tiny", epochs=3, batch=4, device="cpu"))
+    assert run is not None
+    yield workspace, run.run
+    workspace.close()

@@ -21,7 +21,7 @@ from rich.progress import (
 )
 
 from datatool import __version__
-from datatool.cli.render import err, error_line, out, print_json  # noqa: F401 (transitional)
+from datatool.cli.render import err, error_line, out
 from datatool.core.errors import DatatoolError
 
 if TYPE_CHECKING:
@@ -189,38 +189,3 @@ def main(version: bool = typer.Option(False, "--version", help="Print the versio
     if version:
         out.print(f"datatool {__version__}")
         raise typer.Exit(0)
-
-
-# --------------------------------------------------------------------------- transitional
-# Helpers of the modules not yet moved to ``render`` views; removed when the last one moves.
-
-
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def print_sync_report(report: Any, title: str, unit: str, json_out: bool) -> None:
-    from datatool.cli import render
-
-    render.problems(report.rejected, "rejected")
-    if not json_out:
-        render.notes(report.notes)
-
-    def view(r: Any) -> Iterator[render.Block]:
-        table = render.Table(title, ["outcome", unit])
-        for label, value in (
-            ("seen", r.seen),
-            ("new versions", r.new_versions),
-            ("unchanged", r.unchanged),
-            ("rejected", len(r.rejected)),
-            ("notes", len(r.notes)),
-        ):
-            table.add(label, value)
-        yield table
-
-    render.show(report, view, json_out)
-    raise typer.Exit(report.exit_code)

@@ -1,0 +1,169 @@
+"""Drafts from a trained run: the model applied to whole images, for raters (pre-labelling,
+the Label Studio ML backend), for reviewers (QA) and for choosing what to label next.
+
+Training and the study's scores look at the preset's frame: the image resized to the preset's
+size and centre-cropped. A draft must cover the whole image, so here the image is resized to
+the same size (the scale the model learned), padded with black to a multiple of the network's
+stride (the network is fully convolutional), run once, the padding cut off again, and the
+class probabilities resized back to the image's own size (bilinear) before the arg max. Nothing
+near the edge of the fan is left undrafted.
+
+Per image a :class:`Draft` holds the label map in protocol values at the image's own size,
+its ``score`` (the mean of the highest class probability over the pixels drafted as a
+structure; 0 when nothing is drafted) and its ``entropy`` (the mean predictive entropy of the
+softmax over the image, in nats: high where the model hesitates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from datatool.core.errors import DatatoolError
+from datatool.core.protocol import load_protocol
+from datatool.core.workspace import Workspace
+from datatool.learning.data import GRAY_MEAN, GRAY_STD
+from datatool.learning.device import autocast, channels_last, resolve_device
+from datatool.learning.options import CheckpointChoice, DeviceChoice, choice
+
+PAD_MULTIPLE = 32  # the backbone's largest stride: any input that is a multiple of it works
+
+
+@dataclass
+class RunModel:
+    """A run's network, loaded for inference on a device."""
+
+    run_id: int
+    split: str
+    split_hash: str
+    preset: str
+    checkpoint: str  # best or last
+    config: dict = field(repr=False)
+    network: Any = field(repr=False)
+    device: Any
+    values: np.ndarray = field(repr=False)  # class index -> protocol label value (0: none)
+
+    @property
+    def resize(self) -> tuple[int, int]:
+        height, width = self.config["resize"]
+        return int(height), int(width)
+
+    @property
+    def model_version(self) -> str:
+        """How a draft names its origin (Label Studio's ``model_version``)."""
+        return f"datatool-run-{self.run_id}-split-{self.split_hash[:12]}"
+
+
+@dataclass
+class Draft:
+    labels: np.ndarray  # H x W uint8 protocol values, the image's own size
+    score: float  # mean max-softmax over the drafted foreground; 0 when none is drafted
+    entropy: float  # mean predictive entropy over the image (nats)
+    probabilities: np.ndarray | None = field(default=None, repr=False)  # C x H x W, when asked
+
+
+def load_run_model(
+    ws: Workspace,
+    run_id: int,
+    checkpoint: str = CheckpointChoice.best,
+    device: str = DeviceChoice.auto,
+) -> RunModel:
+    """A run's best (or last) checkpoint, on ``device``, in evaluation mode."""
+    from datatool.learning.training import build_for, load_checkpoint, run_summary
+
+    checkpoint = choice(CheckpointChoice, checkpoint, "--checkpoint")
+    run = run_summary(ws, run_id)
+    digest = run.best_checkpoint if checkpoint == CheckpointChoice.best else run.last_checkpoint
+    if digest is None:
+        raise DatatoolError(
+            f"run {run_id} has no {checkpoint} checkpoint yet (still in its first epoch, or it "
+            f"failed before one): see 'datatool runs'"
+        )
+    protocol = load_protocol(ws.protocol_name)
+    values = np.array([0] + [s.value for s in protocol.structures], np.uint8)
+    dev = resolve_device(device)
+    network = build_for(run.config, len(values))
+    network.load_state_dict(load_checkpoint(ws, digest)["model"])
+    network = channels_last(network.to(dev).eval(), dev)
+    return RunModel(
+        run_id=run.run,
+        split=run.split,
+        split_hash=run.split_hash,
+        preset=run.preset,
+        checkpoint=str(checkpoint),
+        config=run.config,
+        network=network,
+        device=dev,
+        values=values,
+    )
+
+
+def _batch_input(images: Sequence[np.ndarray], size: tuple[int, int]):
+    """uint8 images of any sizes -> a normalised B x 3 x H' x W' batch at the model's scale,
+    padded with black to a multiple of PAD_MULTIPLE."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = size
+    ph, pw = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
+    batch = torch.zeros(len(images), 1, ph, pw)
+    for k, image in enumerate(images):
+        x = torch.as_tensor(np.ascontiguousarray(image)).float().div_(255.0)[None, None]
+        if tuple(x.shape[-2:]) != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        batch[k, :, :h, :w] = x[0]
+    return ((batch - GRAY_MEAN) / GRAY_STD).expand(-1, 3, -1, -1)
+
+
+def predict(
+    model: RunModel,
+    images: Sequence[np.ndarray],
+    batch: int = 8,
+    keep_probabilities: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Draft]:
+    """Whole-image drafts of 2-D uint8 images (any sizes), ``batch`` at a time."""
+    import torch
+    import torch.nn.functional as F
+
+    if batch < 1:
+        raise ValueError("batch must be >= 1")
+    h, w = model.resize
+    drafts: list[Draft] = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            chunk = images[start : start + batch]
+            x = channels_last(_batch_input(chunk, (h, w)).to(model.device), model.device)
+            with autocast(model.device):
+                logits = model.network(x)
+            probs = torch.softmax(logits.float()[:, :, :h, :w], dim=1)
+            for image, p in zip(chunk, probs):
+                rows, cols = image.shape
+                p = F.interpolate(p[None], size=(rows, cols), mode="bilinear",
+                                  align_corners=False)[0]  # fmt: skip
+                drafts.append(_draft(p, model.values, keep_probabilities))
+            if progress:
+                progress(len(drafts), len(images))
+    return drafts
+
+
+def _draft(p, values: np.ndarray, keep: bool) -> Draft:
+    """One image's draft from its class probabilities (C x H x W, on any device)."""
+    import torch
+
+    top, classes = p.max(dim=0)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=0)
+    foreground = classes > 0
+    score = float(top[foreground].mean()) if bool(foreground.any()) else 0.0
+    return Draft(
+        labels=values[classes.to(torch.uint8).cpu().numpy()],
+        score=score,
+        entropy=float(entropy.mean()),
+        probabilities=p.cpu().numpy() if keep else None,
+    )
+
+
+__all__ = ["PAD_MULTIPLE", "Draft", "RunModel", "load_run_model", "predict"]

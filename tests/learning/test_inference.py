@@ -1,0 +1,88 @@
+"""Whole-image drafts (datatool.learning.inference)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+torch = pytest.importorskip("torch")
+
+from datatool.core.catalogue import Image  # noqa: E402
+from datatool.core.protocol import load_protocol  # noqa: E402
+from datatool.learning.data import centre_crop, to_input  # noqa: E402
+from datatool.learning.inference import _draft, load_run_model, predict  # noqa: E402
+
+
+def _images(ws, n: int = 4) -> list[np.ndarray]:
+    with ws.session() as s:
+        hashes = list(s.scalars(select(Image.store_hash).order_by(Image.id).limit(n)))
+    return [ws.store.get_array(h) for h in hashes]
+
+
+def test_drafts_cover_the_whole_image_in_protocol_values(trained):
+    ws, run = trained
+    model = load_run_model(ws, run, device="cpu")
+    images = _images(ws)
+    drafts = predict(model, images, batch=3, keep_probabilities=True)
+    allowed = {0, *load_protocol().values}
+    for image, draft in zip(images, drafts):
+        assert draft.labels.shape == image.shape and draft.labels.dtype == np.uint8
+        assert set(np.unique(draft.labels)) <= allowed
+        assert 0.0 <= draft.score <= 1.0
+        assert 0.0 <= draft.entropy <= math.log(len(allowed))
+        assert draft.probabilities.shape == (len(allowed), *image.shape)
+        np.testing.assert_allclose(draft.probabilities.sum(0), 1.0, atol=1e-4)
+    assert model.model_version.startswith(f"datatool-run-{run}-split-")
+    # the batch does not change a draft (the network is in evaluation mode)
+    for a, b in zip(drafts, predict(model, images, batch=1)):
+        np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_whole_image_drafts_agree_with_the_study_frame_inside_the_crop(trained):
+    """Inside the centre crop, away from its border, the whole-image draft (brought to the
+    model's scale) and the study frame's prediction see the same pixels: they must agree.
+    A draft shifted or flipped by a wrong crop offset, or at the wrong scale, would not."""
+    import torch.nn.functional as F
+
+    ws, run = trained
+    model = load_run_model(ws, run, device="cpu")
+    (h, w), crop = model.resize, model.config["crop"]
+    images = _images(ws, 3)
+    agree = []
+    for image, draft in zip(images, predict(model, images, keep_probabilities=True)):
+        small = F.interpolate(torch.as_tensor(image)[None, None].float(), size=(h, w),
+                              mode="bilinear", align_corners=False)[0, 0]  # fmt: skip
+        x, _ = to_input(small.round().clamp(0, 255).to(torch.uint8)[None], crop)
+        with torch.no_grad():
+            frame = model.network(x).argmax(1)[0].numpy()
+        probs = F.interpolate(torch.as_tensor(draft.probabilities)[None], size=(h, w),
+                              mode="bilinear", align_corners=False)[0]  # fmt: skip
+        whole = centre_crop(probs.argmax(0).numpy(), crop)
+        inner = (slice(24, -24), slice(24, -24))  # the crop's border sees other context
+        agree.append(np.mean(whole[inner] == frame[inner]))
+    assert min(agree) > 0.98, agree  # an 8-pixel shift scores 0.91-0.95 here
+
+
+def test_score_and_entropy_of_a_hand_made_draft():
+    values = np.array([0, 1, 3], np.uint8)
+    p = torch.tensor(
+        [
+            [[0.9, 0.2], [0.5, 1.0]],  # background
+            [[0.1, 0.7], [0.2, 0.0]],  # class 1 (value 1)
+            [[0.0, 0.1], [0.3, 0.0]],  # class 2 (value 3)
+        ]
+    )
+    draft = _draft(p, values, keep=False)
+    np.testing.assert_array_equal(draft.labels, [[0, 1], [0, 0]])
+    assert draft.score == pytest.approx(0.7)  # one drafted pixel, its top probability
+
+    def h(*q):
+        return -sum(v * math.log(v) for v in q if v > 0)
+
+    expected = (h(0.9, 0.1) + h(0.2, 0.7, 0.1) + h(0.5, 0.2, 0.3) + h(1.0)) / 4
+    assert draft.entropy == pytest.approx(expected, rel=1e-5)
+    empty = _draft(torch.tensor([[[1.0]], [[0.0]], [[0.0]]]), values, keep=False)
+    assert empty.score == 0.0 and empty.entropy == pytest.approx(0.0, abs=1e-9)
