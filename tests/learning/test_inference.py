@@ -42,28 +42,39 @@ def test_drafts_cover_the_whole_image_in_protocol_values(trained):
 
 
 def test_whole_image_drafts_agree_with_the_study_frame_inside_the_crop(trained):
-    """Inside the centre crop, away from its border, the whole-image draft (brought to the
-    model's scale) and the study frame's prediction see the same pixels: they must agree.
-    A draft shifted or flipped by a wrong crop offset, or at the wrong scale, would not."""
+    """Inside the centre crop, away from its border, the whole-image draft (brought back to the
+    model's scale) and the study frame's prediction see the same pixels: their class
+    probabilities must match far more closely than the same draft shifted by 4 pixels does
+    (a wrong crop offset, a flip or a wrong scale would fail this)."""
     import torch.nn.functional as F
 
     ws, run = trained
     model = load_run_model(ws, run, device="cpu")
     (h, w), crop = model.resize, model.config["crop"]
     images = _images(ws, 3)
-    agree = []
+    inner = (slice(None), slice(24, -24), slice(24, -24))  # the crop's border sees other context
     for image, draft in zip(images, predict(model, images, keep_probabilities=True)):
-        small = F.interpolate(torch.as_tensor(image)[None, None].float(), size=(h, w),
-                              mode="bilinear", align_corners=False)[0, 0]  # fmt: skip
+        small = F.interpolate(
+            torch.as_tensor(image)[None, None].float(),
+            size=(h, w),
+            mode="bilinear",
+            align_corners=False,
+        )[0, 0]
         x, _ = to_input(small.round().clamp(0, 255).to(torch.uint8)[None], crop)
         with torch.no_grad():
-            frame = model.network(x).argmax(1)[0].numpy()
-        probs = F.interpolate(torch.as_tensor(draft.probabilities)[None], size=(h, w),
-                              mode="bilinear", align_corners=False)[0]  # fmt: skip
-        whole = centre_crop(probs.argmax(0).numpy(), crop)
-        inner = (slice(24, -24), slice(24, -24))  # the crop's border sees other context
-        agree.append(np.mean(whole[inner] == frame[inner]))
-    assert min(agree) > 0.98, agree  # an 8-pixel shift scores 0.91-0.95 here
+            frame = torch.softmax(model.network(x), 1)[0].numpy()
+        whole = F.interpolate(
+            torch.as_tensor(draft.probabilities)[None],
+            size=(h, w),
+            mode="bilinear",
+            align_corners=False,
+        )[0].numpy()
+        whole = centre_crop(whole, crop)
+
+        same = float(np.abs(whole[inner] - frame[inner]).sum(0).mean())
+        moved = np.roll(whole, 4, axis=2)
+        shifted = float(np.abs(moved[inner] - frame[inner]).sum(0).mean())
+        assert same < 0.6 * shifted and same < 0.03, (same, shifted)
 
 
 def test_score_and_entropy_of_a_hand_made_draft():
