@@ -134,12 +134,19 @@ def _status_view(data: Status) -> Iterator[Block]:
         f" ({'-' if cov is None else f'{100 * cov:.1f}'} %)"
     )
     files = data.files
+    why = ", ".join(f"{kind}: {n}" for kind, n in data.quarantined.items())
     yield (
-        f"files: {files['ingested']} ingested, {files['quarantined']} quarantined, "
-        f"{files['conflict']} conflicts kept aside"
+        f"files: {files['ingested']} ingested, {files['quarantined']} quarantined"
+        f"{f' ({why})' if why else ''}, {files['conflict']} conflicts kept aside"
     )
     handling = ", ".join(f"{k}: {v}" for k, v in sorted(data.pixel_handling.items())) or "-"
     yield f"pixels: {handling}"
+    if data.blanked_without_room:
+        yield (
+            f"check: {data.blanked_without_room} images were blanked outside ultrasound "
+            "regions that cover (nearly) all of them (ingested before datatool quarantined "
+            "such images): burned-in text may remain in them"
+        )
     table = Table("per patient", ["patient", "sex", "age", "studies", "series", "sides", "images"])
     for row in data.per_patient:
         table.add(row.patient, row.sex, row.age, row.studies, row.series, row.sides, row.images)

@@ -253,9 +253,7 @@ def init_workspace(root: Path, protocol: str = DEFAULT_PROTOCOL) -> InitResult:
         _refuse_new_key_for_used_catalogue(root, key_path)
         try:
             key_path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(
-                key_path, secrets.token_hex(KEY_BYTES).encode() + b"\n", mode=0o600
-            )
+            write_bytes_atomic(key_path, secrets.token_hex(KEY_BYTES).encode() + b"\n", mode=0o600)
         except OSError as exc:
             raise DatatoolError(
                 f"{key_path}: cannot write the pseudonym key ({exc.strerror or exc})"

@@ -21,6 +21,35 @@ from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 MAX_AGE = 90  # ages above are reported as 90 (HIPAA Safe Harbor groups 90+)
 DATE_SHIFT_MAX_DAYS = 365
+#: Blanking outside the ultrasound regions removes a banner only where the regions leave room
+#: for one: when less than this share of the image lies outside them, blanking would remove
+#: (nearly) nothing and burned-in text inside the regions would stay.
+BANNER_MIN_SHARE = 0.05
+
+QUARANTINE_NO_REGION = (
+    "pixels may hold burned-in identity and there is no ultrasound region to keep: "
+    "quarantined (check the image, then re-run with --allow-burned-in)"
+)
+_NO_ROOM = "leaving no room for a banner to blank"
+
+
+def quarantine_no_room(covered_share: float) -> str:
+    """The quarantine reason of an image whose regions cover (nearly) all of it."""
+    return (
+        f"pixels may hold burned-in identity and the ultrasound regions cover "
+        f"{100 * covered_share:.1f} % of the image, {_NO_ROOM}: quarantined (check the image, "
+        "then re-run with --allow-burned-in)"
+    )
+
+
+def quarantine_kind(reason: str | None) -> str:
+    """What a quarantine reason is about, in a few words (for counts)."""
+    text = reason or ""
+    if _NO_ROOM in text:
+        return "regions cover the image"
+    if "no ultrasound region" in text:
+        return "no ultrasound region"
+    return "other"
 
 
 def keyed_digest(key: bytes, purpose: str, value: str) -> bytes:
@@ -87,11 +116,30 @@ def normalise_sex(value: object) -> str | None:
     return {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F"}.get(text)
 
 
-def blank_outside_regions(pixels: np.ndarray, regions: list[dict]) -> np.ndarray:
-    """Zero every pixel outside the union of the (clipped, inclusive) region boxes."""
-    keep = np.zeros(pixels.shape[:2], dtype=bool)
+def covered_share(regions: list[dict], rows: int, cols: int) -> float:
+    """The share of a rows x cols image inside the union of the (clipped, inclusive) region
+    boxes: 0 without regions, 1 when they cover it all."""
+    if not regions or rows <= 0 or cols <= 0:
+        return 0.0
+    return float(_keep_mask((rows, cols), regions).mean())
+
+
+def room_for_banner(regions: list[dict], rows: int, cols: int) -> bool:
+    """Whether blanking outside the regions can remove a banner: enough of the image lies
+    outside them (see BANNER_MIN_SHARE)."""
+    return 1.0 - covered_share(regions, rows, cols) >= BANNER_MIN_SHARE
+
+
+def _keep_mask(shape: tuple[int, ...], regions: list[dict]) -> np.ndarray:
+    keep = np.zeros(shape[:2], dtype=bool)
     for r in regions:
         keep[r["y0"] : r["y1"] + 1, r["x0"] : r["x1"] + 1] = True
+    return keep
+
+
+def blank_outside_regions(pixels: np.ndarray, regions: list[dict]) -> np.ndarray:
+    """Zero every pixel outside the union of the (clipped, inclusive) region boxes."""
+    keep = _keep_mask(pixels.shape, regions)
     out = pixels.copy()
     out[~keep] = 0
     return out

@@ -152,19 +152,16 @@ def process_file(path: str) -> FileResult:
             (i, decode_frame(ds, i)) for i in frame_indices(meta["n_frames"], options.frames)
         ]
         burned = burned_in(ds)
+        rows, cols = int(ds.Rows), int(ds.Columns)
         if burned and not regions:
-            if not options.allow_burned_in:
-                return FileResult(
-                    path,
-                    "quarantined",
-                    sha,
-                    len(data),
-                    meta=meta,
-                    reason=(
-                        "pixels may hold burned-in identity and there is no ultrasound region to "
-                        "keep: quarantined (check the image, then re-run with --allow-burned-in)"
-                    ),
-                )
+            reason = deid.QUARANTINE_NO_REGION
+        elif burned and not deid.room_for_banner(meta["regions"], rows, cols):
+            reason = deid.quarantine_no_room(deid.covered_share(meta["regions"], rows, cols))
+        else:
+            reason = ""
+        if reason and not options.allow_burned_in:
+            return FileResult(path, "quarantined", sha, len(data), meta=meta, reason=reason)
+        if reason:
             meta["pixel_handling"] = "kept_burned_in_allowed"
         elif burned:
             meta["pixel_handling"] = "blanked_outside_regions"
@@ -173,7 +170,7 @@ def process_file(path: str) -> FileResult:
         frames = []
         store: Store = _worker["store"]
         for index, gray in decoded:
-            if meta["pixel_handling"] == "blanked_outside_regions":
+            if burned and regions:  # also when allowed: what lies outside goes all the same
                 gray = deid.blank_outside_regions(gray, meta["regions"])
             frames.append(
                 {
@@ -306,17 +303,16 @@ class CatalogueBatch:
                 "conflict: this SOP Instance UID is already catalogued with different "
                 "bytes; the new version is kept aside, nothing was overwritten"
             )
-            self._add_source(
-                result,
-                status=FileStatus.conflict,
-                reason=reason,
-                aside=[f["hash"] for f in result.frames],
-            )
+            self._keep_aside(result, existing, reason)
             return "conflict", reason
-        series = self._series_for(meta)
+        try:
+            series = self._series_for(meta)
+        except _OtherPatient as exc:
+            self._keep_aside(result, existing, str(exc))
+            return "conflict", str(exc)
         if existing is not None:  # a quarantined file now let in
             source = existing
-            source.status, source.reason = "ingested", None
+            source.status, source.reason = FileStatus.ingested, None
         else:
             source = self._add_source(result, status=FileStatus.ingested)
         self.ingested_uids.add(meta["sop_uid"])
@@ -336,6 +332,15 @@ class CatalogueBatch:
             for f in result.frames
         )
         return "ingested", ""
+
+    def _keep_aside(self, result: FileResult, existing: SourceFile | None, reason: str) -> None:
+        """Record a conflicting file with its frames kept aside in the store (a file that
+        was quarantined before keeps its row, now as a conflict)."""
+        aside = [f["hash"] for f in result.frames]
+        if existing is not None:
+            existing.status, existing.reason, existing.aside = FileStatus.conflict, reason, aside
+        else:
+            self._add_source(result, status=FileStatus.conflict, reason=reason, aside=aside)
 
     def _add_source(
         self, result: FileResult, status: str, reason: str | None = None, aside: list | None = None
@@ -365,12 +370,15 @@ class CatalogueBatch:
             select(Series).where(Series.uid == meta["series_uid"])
         )
         if series is not None:
+            _same_patient(series.study, meta, "Series")
             self.series[meta["series_uid"]] = series
             return series
         study = self.studies.get(meta["study_uid"]) or s.scalar(
             select(Study).where(Study.uid == meta["study_uid"])
         )
-        if study is None:
+        if study is not None:
+            _same_patient(study, meta, "Study")
+        else:
             patient = self.patients.get(meta["pseudonym"]) or s.scalar(
                 select(Patient).where(Patient.pseudonym == meta["pseudonym"])
             )
@@ -403,6 +411,20 @@ class CatalogueBatch:
         s.add(series)
         self.series[meta["series_uid"]] = series
         return series
+
+
+class _OtherPatient(Exception):
+    """A study or series already catalogued under another patient; ``str()`` is the reason."""
+
+
+def _same_patient(study: Study, meta: dict, what: str) -> None:
+    """Raise _OtherPatient when ``study`` belongs to another patient than the file's."""
+    if study.patient.pseudonym != meta["pseudonym"]:
+        raise _OtherPatient(
+            f"conflict: this {what} Instance UID is already catalogued under another patient "
+            "(the file names another PatientID); kept aside, nothing was filed: check which "
+            "patient the file belongs to"
+        )
 
 
 def record_batch(ws: Workspace, results: list[FileResult], report: IngestReport) -> None:

@@ -96,10 +96,10 @@ def test_init_never_replaces_the_key_of_a_workspace_with_pseudonyms(tmp_path):
     root = init_workspace(tmp_path / "w").root
     key_file = root / ".datatool" / "secret.key"
     key_file.unlink()
-    with pytest.raises(DatatoolError, match="init never makes a new key.*backup"):
+    with pytest.raises(DatatoolError, match=r"init never makes a new key.*backup"):
         init_workspace(root)
     assert not key_file.exists()
-    with pytest.raises(DatatoolError, match="key is missing.*backup"):
+    with pytest.raises(DatatoolError, match=r"key is missing.*backup"):
         open_workspace(root)
 
 

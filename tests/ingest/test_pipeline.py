@@ -337,3 +337,116 @@ def test_cli_exit_codes_and_json(us_file, tmp_path, cli_env):
     assert run("ingest", str(tmp_path / "missing"), cwd=root).returncode == 2
     assert run("status", cwd=tmp_path).returncode == 2  # no workspace here
     assert "datatool init" in run("status", cwd=tmp_path).stderr
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def _variant(src: Path, dest: Path, **changes) -> Path:
+    """A copy of a DICOM file with a new SOP Instance UID and the given attributes changed
+    (None deletes one)."""
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[str(dest)])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for name, value in changes.items():
+        if value is None:
+            if name in ds:
+                delattr(ds, name)
+        else:
+            setattr(ds, name, value)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dest)
+    return dest
+
+
+def test_a_study_uid_of_another_patient_is_a_conflict_kept_aside(ws, us_file, tmp_path):
+    src = us_file("OBXXXX1A.dcm")
+    first = _variant(src, tmp_path / "a" / "one.dcm", PatientID="MRN-1")
+    other = _variant(  # the same study, another series
+        src, tmp_path / "b" / "two.dcm", PatientID="MRN-2", SeriesInstanceUID="1.2.3.4.5"
+    )
+    assert ingest(ws, [first], workers=0).ingested == 1
+    report = ingest(ws, [other], workers=0)
+    assert report.ingested == 0 and report.exit_code == 1
+    ((path, reason),) = report.conflicts
+    assert path == str(other) and "Study Instance UID" in reason and "another patient" in reason
+    with ws.session() as s:
+        assert s.scalar(select(func.count(Patient.id))) == 1
+        conflict = s.scalar(select(SourceFile).where(SourceFile.status == "conflict"))
+        assert conflict.aside and all(h in ws.store for h in conflict.aside)
+    assert len(images_of(ws)) == 1
+    # the same patient's next image of that study is filed as before
+    again = _variant(src, tmp_path / "c" / "three.dcm", PatientID="MRN-1")
+    assert ingest(ws, [again], workers=0).ingested == 1
+
+
+def test_both_files_in_one_batch_the_second_patient_is_the_conflict(ws, us_file, tmp_path):
+    src = us_file("OBXXXX1A.dcm")
+    _variant(src, tmp_path / "batch" / "a.dcm", PatientID="MRN-1")
+    _variant(src, tmp_path / "batch" / "b.dcm", PatientID="MRN-2")
+    report = ingest(ws, [tmp_path / "batch"], workers=0)
+    assert report.ingested == 1 and len(report.conflicts) == 1
+    assert report.conflicts[0][0].endswith("b.dcm")
+    assert (
+        "Series Instance UID is already catalogued under another patient"
+        in (report.conflicts[0][1])
+    )
+
+
+def _full_region(ds) -> None:
+    region = ds.SequenceOfUltrasoundRegions[0]
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 0, 0
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = ds.Columns - 1, ds.Rows - 2
+    ds.SequenceOfUltrasoundRegions = pydicom.sequence.Sequence([region])
+
+
+@pytest.mark.parametrize("flag", ["YES", None])
+def test_regions_covering_the_image_leave_no_banner_to_blank_quarantined(
+    ws, us_file, tmp_path, flag
+):
+    ds = pydicom.dcmread(us_file("OBXXXX1A.dcm"))
+    _full_region(ds)
+    if flag:
+        ds.BurnedInAnnotation = flag
+    path = tmp_path / "full" / "full.dcm"
+    path.parent.mkdir()
+    ds.save_as(path)
+    report = ingest(ws, [path], workers=0)
+    ((_, reason),) = report.quarantined
+    assert "no room for a banner" in reason and "--allow-burned-in" in reason
+    assert report.exit_code == 1 and not images_of(ws)
+    from datatool.ingest.inventory import status
+
+    assert status(ws).quarantined == {"regions cover the image": 1}
+    allowed = ingest(ws, [path], workers=0, allow_burned_in=True)
+    assert allowed.ingested == 1
+    (img,) = images_of(ws)
+    assert img.pixel_handling == "kept_burned_in_allowed"  # never "blanked" when it was not
+    assert status(ws).pixel_handling == {"kept_burned_in_allowed": 1}
+
+
+def test_regions_covering_the_image_are_fine_when_nothing_is_burned_in(ws, us_file, tmp_path):
+    ds = pydicom.dcmread(us_file("OBXXXX1A.dcm"))
+    _full_region(ds)
+    ds.BurnedInAnnotation = "NO"
+    path = tmp_path / "full" / "no.dcm"
+    path.parent.mkdir()
+    ds.save_as(path)
+    assert ingest(ws, [path], workers=0).ok
+    assert images_of(ws)[0].pixel_handling == "not_burned_in"
+
+
+def test_status_counts_images_blanked_before_the_check(ws, us_file, tmp_path):
+    """A catalogue made before the check holds such images as 'blanked': status says so."""
+    from datatool.ingest.inventory import status
+
+    ds = pydicom.dcmread(us_file("OBXXXX1A.dcm"))
+    _full_region(ds)
+    path = tmp_path / "old" / "old.dcm"
+    path.parent.mkdir()
+    ds.save_as(path)
+    ingest(ws, [path, us_file("gdcm-US-ALOKA-16.dcm")], workers=0, allow_burned_in=True)
+    with ws.session() as s:
+        for img in s.scalars(select(Image)):
+            img.pixel_handling = "blanked_outside_regions"
+    assert status(ws).blanked_without_room == 1
