@@ -121,6 +121,8 @@ def ingest(
     render.problems(report.rejected, "rejected")
     render.problems(report.quarantined, "quarantined")
     render.problems(report.conflicts, "conflict")
+    if not json_out:
+        render.notes(report.notes)
     render.show(report, _ingest_view, json_out, csv_out)
     finish(report.exit_code)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from datatool.core.catalogue import FileStatus, Image, Patient, Series, SourceFile, Study, audit
+from datatool.core.files import Walk, skip_reason, special_kind, walk
 from datatool.core.processes import pool_context, worker_count
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
@@ -79,6 +81,7 @@ class IngestReport:
     quarantined: list[tuple[str, str]] = field(default_factory=list)
     conflicts: list[tuple[str, str]] = field(default_factory=list)
     frames_mode: str = "auto"
+    notes: list[tuple[str, str]] = field(default_factory=list)  # e.g. FIFOs, never opened
 
     @property
     def ok(self) -> bool:
@@ -90,7 +93,7 @@ class IngestReport:
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        for name in ("rejected", "quarantined", "conflicts"):
+        for name in ("rejected", "quarantined", "conflicts", "notes"):
             out[name] = [{"file": p, "reason": r} for p, r in out[name]]
         out["exit_code"] = self.exit_code
         return out
@@ -99,21 +102,112 @@ class IngestReport:
 # --------------------------------------------------------------------------- file discovery
 
 
-def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """Every file under the given files and folders, sorted, without hidden files and the
-    DICOMDIR index itself. A path that does not exist raises FileNotFoundError."""
+@dataclass
+class Discovery:
+    """The files to ingest under the given paths, and what was left out with the reason."""
+
+    files: list[str] = field(default_factory=list)
+    skipped: int = 0  # DICOMDIR indexes (their files are found by walking)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # FIFOs, sockets, devices
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # unreadable folders ...
+
+
+def _walk_given(paths: Iterable[Path]) -> Walk:
+    """The regular files under the given files and folders. A path that does not exist
+    raises FileNotFoundError; a given FIFO, socket or device is listed, never opened."""
+    found = Walk()
     for given in paths:
         path = Path(given)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or folder")
-        if path.is_file():
-            yield path
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file or folder") from None
+        except OSError as exc:
+            found.unreadable.append((str(path), f"cannot read it ({exc.strerror or exc})"))
             continue
-        for folder, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                if not name.startswith("."):
-                    yield Path(folder) / name
+        if stat.S_ISDIR(mode):
+            walk([path], found)
+        elif stat.S_ISREG(mode):
+            found.files.append(path)
+        else:
+            found.special.append((str(path), special_kind(mode) or "not a regular file"))
+    return found
+
+
+def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Every regular file under the given files and folders, sorted, without hidden files.
+    A path that does not exist raises FileNotFoundError."""
+    yield from _walk_given(paths).files
+
+
+def discover(paths: Iterable[Path]) -> Discovery:
+    """The files to ingest (see :class:`Discovery`); each DICOMDIR index is read for its
+    references, and every file it lists that is missing is reported."""
+    found = _walk_given(paths)
+    out = Discovery(
+        notes=[(p, skip_reason(kind)) for p, kind in found.special],
+        rejected=list(found.unreadable),
+    )
+    for path in found.files:
+        if path.name in SKIPPED_NAMES:
+            out.skipped += 1
+            missing, note = dicomdir_missing(path)
+            out.rejected.extend(
+                (
+                    str(m),
+                    f"listed in the DICOMDIR {path} but missing: restore the file, or re-make "
+                    "the DICOMDIR",
+                )
+                for m in missing
+            )
+            if note:
+                out.notes.append((str(path), note))
+        else:
+            out.files.append(str(path))
+    return out
+
+
+def _exists_any_case(base: Path, parts: list[str]) -> bool:
+    """Whether base/parts... exists, matching each part's case loosely (DICOMDIR file IDs
+    are upper case; copied media often are not)."""
+    if base.joinpath(*parts).exists():
+        return True
+    folder = base
+    for part in parts:
+        try:
+            names = {n.lower(): n for n in os.listdir(folder)}
+        except OSError:
+            return False
+        name = names.get(part.lower())
+        if name is None:
+            return False
+        folder = folder / name
+    return True
+
+
+def dicomdir_missing(path: Path) -> tuple[list[Path], str | None]:
+    """The files a DICOMDIR lists that do not exist beside it, and a note when it cannot be
+    read as a DICOMDIR (its references are then not checked)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's warnings can quote header values
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            records = list(ds.get("DirectoryRecordSequence") or [])
+            refs = [r.get("ReferencedFileID") for r in records]
+    except Exception as exc:
+        return [], (
+            f"not a readable DICOMDIR ({type(exc).__name__}): its references were not "
+            "checked; the files beside it are ingested all the same"
+        )
+    missing = []
+    for ref in refs:
+        if not ref:
+            continue
+        parts = [str(ref)] if isinstance(ref, str) else [str(p) for p in ref]
+        parts = [p.strip() for p in parts if p.strip()]
+        if parts and not _exists_any_case(path.parent, parts):
+            missing.append(path.parent.joinpath(*parts))
+    return missing, None
 
 
 # --------------------------------------------------------------------------- worker side
@@ -472,12 +566,9 @@ def ingest(
     frame_indices(1, frames)  # validates the mode before any work
     options = Options(frames=frames, allow_burned_in=allow_burned_in)
     report = IngestReport(frames_mode=frames)
-    files: list[str] = []
-    for path in iter_files(paths):
-        if path.name in SKIPPED_NAMES:
-            report.skipped += 1
-        else:
-            files.append(str(path))
+    found = discover(paths)
+    files = found.files
+    report.skipped, report.notes, report.rejected = found.skipped, found.notes, found.rejected
     report.files_seen = len(files)
     with ws.session() as session:
         known = known_hashes(session)

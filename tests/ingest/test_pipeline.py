@@ -8,7 +8,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ import pytest
 from sqlalchemy import func, select
 
 from datatool.core.catalogue import Image, Patient, SourceFile
+from datatool.core.workspace import init_workspace
 from datatool.ingest.pipeline import ingest
 from tests.badfiles import make_bad_files
 from tests.conftest import PYDICOM_DATA_US
@@ -450,3 +453,86 @@ def test_status_counts_images_blanked_before_the_check(ws, us_file, tmp_path):
         for img in s.scalars(select(Image)):
             img.pixel_handling = "blanked_outside_regions"
     assert status(ws).blanked_without_room == 1
+
+
+# --------------------------------------------------------------------------- odd input trees
+
+
+def _special_files(folder: Path) -> dict[str, Path]:
+    """A FIFO, a socket and (where allowed) a device file, each named like a DICOM file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = {"FIFO": folder / "pipe.dcm", "socket": folder / "sock.dcm"}
+    os.mkfifo(made["FIFO"])
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(made["socket"]))
+    sock.close()
+    try:
+        os.mknod(folder / "dev.dcm", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null
+        made["device"] = folder / "dev.dcm"
+    except (PermissionError, OSError):
+        pass
+    return made
+
+
+def test_fifos_sockets_and_devices_are_never_opened(ws, us_file, tmp_path):
+    good = us_file("OBXXXX1A.dcm", "tree")
+    special = _special_files(good.parent / "sub")
+    fifo_given = tmp_path / "given.fifo"
+    os.mkfifo(fifo_given)
+    report = ingest(ws, [good.parent, fifo_given], workers=0)  # would hang if opened
+    assert report.ingested == 1 and report.ok and report.exit_code == 0
+    notes = dict(report.notes)
+    for kind, path in special.items():
+        assert kind in notes[str(path)] and "never opened" in notes[str(path)]
+    assert "FIFO" in notes[str(fifo_given)]
+
+
+def without_dac_override(cmd: list[str]) -> list[str]:
+    """The command run so that folder permissions apply (root reads every folder unless it
+    gives up CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH)."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be tested")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+
+
+def test_an_unreadable_folder_is_one_line_and_exit_1(pydicom_data, tmp_path, cli_env):
+    init_workspace(tmp_path / "ws")
+    tree = tmp_path / "tree"
+    (tree / "ok").mkdir(parents=True)
+    shutil.copy(pydicom_data / "OBXXXX1A.dcm", tree / "ok" / "a.dcm")
+    (tree / "locked").mkdir()
+    shutil.copy(pydicom_data / "gdcm-US-ALOKA-16.dcm", tree / "locked" / "b.dcm")
+    cmd = [sys.executable, "-m", "datatool", "ingest", str(tree), "-j", "0", "--json"]
+    env = {**cli_env, "DATATOOL_WORKSPACE": str(tmp_path / "ws")}
+    os.chmod(tree / "locked", 0)
+    try:
+        res = subprocess.run(
+            without_dac_override(cmd), capture_output=True, text=True, env=env, timeout=120
+        )
+    finally:
+        os.chmod(tree / "locked", 0o755)
+    assert res.returncode == 1, res.stderr
+    lines = [line for line in res.stderr.splitlines() if "locked" in line]
+    assert len(lines) == 1 and "cannot read this folder" in lines[0], res.stderr
+    assert json.loads(res.stdout)["ingested"] == 1
+
+
+def test_a_dicomdir_listing_missing_files_reports_each(ws, demo_dir, tmp_path):
+    from pydicom.fileset import FileSet
+
+    media = tmp_path / "media"
+    fs = FileSet()
+    for path in sorted((demo_dir / "dicom").rglob("*.dcm"))[:3]:
+        fs.add(path)
+    fs.write(media)
+    listed = sorted(p for p in media.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+    assert len(listed) == 3
+    listed[0].unlink()
+    listed[2].unlink()
+    report = ingest(ws, [media], workers=0)
+    assert report.ingested == 1 and report.skipped == 1 and report.exit_code == 1
+    missing = {Path(p).name: r for p, r in report.rejected}
+    assert set(missing) == {listed[0].name, listed[2].name}
+    assert all("listed in the DICOMDIR" in r for r in missing.values())

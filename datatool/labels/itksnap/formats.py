@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from datatool.core.atomic import atomic_path, write_text_atomic
+from datatool.core.files import not_regular
 from datatool.core.protocol import Protocol
 from datatool.labels.masks import BadLabel
 
@@ -329,6 +330,9 @@ def read_label_map(path: Path) -> np.ndarray:
     if suffix is None:
         raise BadLabel(f"not a label map file (expected one of {', '.join(LABEL_SUFFIXES)})")
     io_name, kind = _FORMATS[suffix]
+    odd = not_regular(path)
+    if odd is not None:
+        raise BadLabel(f"{odd}: not read (only regular files are label maps)")
     try:
         with open(path, "rb") as handle:
             head = handle.read(_HEAD_BYTES)

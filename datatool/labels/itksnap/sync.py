@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 from datatool.core.atomic import write_text_atomic
 from datatool.core.catalogue import Annotation, FileStatus, Image, Rater, SourceFile, audit
 from datatool.core.errors import UsageError
+from datatool.core.files import Walk, not_regular, skip_reason, walk
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.store import pixel_digest
 from datatool.core.workspace import Workspace
@@ -269,20 +270,29 @@ def _is_export_image(name: str, suffix: str, present: set[str]) -> bool:
 def find_label_files(label_dir: Path) -> tuple[list[Path], Counter]:
     """The label map files under ``label_dir`` (recursively, sorted, hidden files and the
     images of an export left out), and a count by extension of the other files ignored."""
+    files, ignored, _ = _find_label_files(label_dir)
+    return files, ignored
+
+
+def _find_label_files(label_dir: Path) -> tuple[list[Path], Counter, Walk]:
+    """:func:`find_label_files`, and the walk's FIFOs, sockets, devices and unreadable
+    folders (never opened)."""
+    found = walk([Path(label_dir)])
     files: list[Path] = []
     ignored: Counter = Counter()
-    for folder, dirs, names in os.walk(label_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        names = [n for n in names if not n.startswith(".")]
+    by_folder: dict[Path, list[str]] = {}
+    for path in found.files:
+        by_folder.setdefault(path.parent, []).append(path.name)
+    for folder, names in by_folder.items():
         present = {n.lower() for n in names}
-        for name in sorted(names):
+        for name in names:
             suffix = label_suffix(name)
             if suffix is None:
                 if not name.lower().endswith(_KNOWN_OTHERS):
                     ignored[Path(name).suffix.lower() or "(no extension)"] += 1
             elif not _is_export_image(name, suffix, present):
-                files.append(Path(folder) / name)
-    return files, ignored
+                files.append(folder / name)
+    return files, ignored, found
 
 
 def _absolute(base: Path, value: str) -> Path:
@@ -300,12 +310,17 @@ def read_manifest(path: Path) -> tuple[dict[Path, _Listed], list[tuple[str, str]
     """A manifest CSV (``label_file,dicom_file``; relative paths against the CSV's folder):
     label file (absolute) -> its DICOM file, and one (where, reason) per bad row."""
     path = Path(path)
+    odd = not_regular(path)
+    if odd is not None:
+        raise UsageError(f"{path}: {odd}, not a manifest file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UsageError(f"{path}: no such manifest file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read the manifest ({exc})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: the manifest is not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
     reader = csv.DictReader(io.StringIO(text))
     fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
     if "label_file" not in fields or "dicom_file" not in fields:
@@ -484,7 +499,9 @@ def _files_to_sync(
     Bad manifest rows and listed files that do not exist are rejected."""
     listed, problems = read_manifest(Path(manifest)) if manifest else ({}, [])
     report.rejected.extend(problems)
-    files, ignored = find_label_files(label_dir)
+    files, ignored, found = _find_label_files(label_dir)
+    report.rejected.extend(found.unreadable)
+    report.notes.extend((p, skip_reason(kind)) for p, kind in found.special)
     discovered = {Path(os.path.normpath(os.path.abspath(p))) for p in files}
     for label_path, entry in sorted(listed.items()):
         if not label_path.exists():

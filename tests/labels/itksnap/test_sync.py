@@ -441,3 +441,30 @@ def test_cli_exit_codes_json_and_one_line_rejections(study, demo_dir, tmp_path, 
         ws,
     )
     assert usage.returncode == 2
+
+
+def test_fifos_in_the_label_folder_are_never_opened(study, demo_dir, tmp_path):
+    labels = shutil.copytree(demo_dir / "labels" / "rater1", tmp_path / "r1")
+    first = sorted(labels.rglob("*.nii.gz"))[0]
+    fifo = first.with_name("pipe.nii.gz")
+    os.mkfifo(fifo)
+    (tmp_path / "m").mkdir()
+    listed = tmp_path / "m" / "listed.nii.gz"
+    os.mkfifo(listed)
+    dicom = sorted((demo_dir / "dicom").rglob("*.dcm"))[0]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"label_file,dicom_file\n{listed},{dicom}\n")
+    report = sync_itksnap(study, labels, "rater1", dicom_root=demo_dir / "dicom")
+    assert report.new_versions == N and not report.rejected
+    assert [(p, r) for p, r in report.notes if p == str(fifo)] == [
+        (str(fifo), "a FIFO (named pipe), not a regular file: skipped, never opened")
+    ]
+    fifo.unlink()
+    # a FIFO the manifest names is read by nobody either, and the manifest itself as a FIFO
+    report = sync_itksnap(study, tmp_path / "m", "rater1", manifest=manifest)
+    assert [(p, r) for p, r in report.rejected] == [
+        (str(listed), "a FIFO (named pipe): not read (only regular files are label maps)")
+    ]
+    os.mkfifo(tmp_path / "pipe.csv")
+    with pytest.raises(UsageError, match="FIFO"):
+        sync_itksnap(study, labels, "rater1", manifest=tmp_path / "pipe.csv")
