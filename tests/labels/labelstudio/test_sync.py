@@ -444,3 +444,62 @@ def test_cli_push_sync_and_no_token_anywhere(demo_ws, labelstudio_server, ls, cl
         entries = list(s.scalars(select(AuditEntry)))
         assert {"labelstudio push", "sync labelstudio"} <= {a.command for a in entries}
         assert srv.token not in json.dumps([a.details for a in entries])
+
+
+def _uid(path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def _rle_bomb(values: int = 10**9) -> list[int]:
+    """A brush RLE whose 32-bit header claims ``values`` values."""
+    return [*values.to_bytes(4, "big"), 0, 0, 0, 0] + [0] * 64
+
+
+def test_a_hostile_export_rejects_bad_tasks_one_line_each_and_keeps_the_rest(demo_ws, demo_dir):
+    add_rater(demo_ws, "OLD")
+    dicoms = sorted((demo_dir / "dicom").rglob("*.dcm"))
+    with demo_ws.session() as s:
+        images = [image_for_dicom(s, demo_ws.key, p) for p in dicoms[:2]]
+    good = {
+        "id": 1,
+        "data": {"sop": _uid(dicoms[0])},
+        "annotations": [{"id": 11, "result": mask_to_results(_mask(images[0]), P)}],
+    }
+    brush = {
+        "type": "brushlabels",
+        "original_width": images[1].cols,
+        "original_height": images[1].rows,
+        "value": {"format": "rle", "rle": _rle_bomb(), "brushlabels": ["femur"]},
+    }
+
+    def bad(tid, **annotation):
+        return {"id": tid, "data": {"sop": _uid(dicoms[1])}, "annotations": [annotation]}
+
+    export = [
+        good,
+        bad(2, id=12, result=[{**brush, "value": [1, 2, 3]}]),  # a value that is a list
+        bad(3, id=13, result=[{**brush, "original_width": "abc"}]),
+        bad(4, id="fourteen", result=[]),  # a non-numeric annotation id
+        {"id": 5, "data": {}, "annotations": ["not an object"]},
+        "DEEP",  # replaced by a task nested far deeper than any parser recursion
+        7,  # not an object at all
+        bad(8, id=18, result=[brush]),  # an RLE that claims 10^9 values
+    ]
+    deep = '{"id": 6, "data": ' + "[" * 20000 + "]" * 20000 + "}"
+    path = demo_dir.parent / "hostile.json"
+    path.write_text(json.dumps(export).replace('"DEEP"', deep))
+    report = sync_from_export(demo_ws, "OLD", path)
+    assert (report.seen, report.new_versions) == (8, 1)
+    rejected = dict(report.rejected)
+    assert len(report.rejected) == 7 == len(rejected), report.rejected
+    assert "annotations.0.result.0.value" in rejected["task 2"]
+    assert "original_width" in rejected["task 3"]
+    assert "annotations.0.id" in rejected["task 4"]
+    assert "annotations.0" in rejected["task 5"]
+    assert "nested" in rejected["task #6"] and "not an object" in rejected["task #7"]
+    bomb = rejected[f"task 8 ({image_name(images[1].id)})"]
+    assert "declares 1000000000 values" in bomb and "not decoded" in bomb
+    for reason in rejected.values():
+        assert "\n" not in reason and "abc" not in reason and "fourteen" not in reason
