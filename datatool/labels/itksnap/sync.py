@@ -56,7 +56,9 @@ from datatool.labels.annotations import (
 )
 from datatool.labels.itksnap.formats import (
     LABEL_SUFFIXES,
+    geometry_notes,
     label_suffix,
+    read_label_file,
     read_label_map,
     spacing_mm,
     strip_label_suffix,
@@ -398,6 +400,7 @@ class _Match:
     rows: int
     cols: int
     exported: bool  # an exported segmentation, found by its name
+    spacing: tuple[float, float] = (1.0, 1.0)  # the image's, as exported (mm)
 
 
 def _source_ref(key: bytes, rel: str) -> str:
@@ -471,6 +474,7 @@ def sync_itksnap(
         batch_size,
         report,
         _Progress(progress, len(files), len(files) - len(todo)),
+        root,
     )
     _closing_notes(report, label_dir, not_labelled, ignored)
     with ws.session() as s:
@@ -558,7 +562,15 @@ def _match_images(
                 continue
             exported = t.image_id is not None and bool(_EXPORTED_NAME.fullmatch(t.full.name))
             matches.append(
-                _Match(t.path, t.rel.as_posix(), found.id, found.rows, found.cols, exported)
+                _Match(
+                    t.path,
+                    t.rel.as_posix(),
+                    found.id,
+                    found.rows,
+                    found.cols,
+                    exported,
+                    spacing_mm(found.mm_per_px_x, found.mm_per_px_y),
+                )
             )
     return matches, had_labels
 
@@ -610,9 +622,11 @@ def _store_all(
     batch_size: int,
     report: SyncReport,
     progress: _Progress,
+    root: Path,
 ) -> int:
     """Read, validate and store the files batch by batch (a transaction a batch); returns
-    how many exported segmentations were skipped as not labelled yet."""
+    how many exported segmentations were skipped as not labelled yet. Label maps are read
+    from under ``root`` only (detached data files elsewhere are refused)."""
     progress.advance()
     not_labelled = 0
     for start in range(0, len(todo), batch_size):
@@ -620,10 +634,11 @@ def _store_all(
         ready = []
         for m in batch:
             try:
-                mask = _read_mask(m, protocol, allow_empty, m.image_id in had_labels)
+                mask, notes = _read_mask(m, protocol, allow_empty, m.image_id in had_labels, root)
             except BadLabel as exc:
                 report.rejected.append((str(m.path), str(exc)))
                 continue
+            report.notes.extend((str(m.path), note) for note in notes)
             if mask is None:
                 not_labelled += 1
             else:
@@ -635,18 +650,21 @@ def _store_all(
 
 
 def _read_mask(
-    m: _Match, protocol: Protocol, allow_empty: bool, had_labels: bool
-) -> np.ndarray | None:
-    """A file's validated label map; None for an exported segmentation that is still empty
-    for an image the rater never labelled (not labelled yet). Raises BadLabel with the
-    reason, also for any other empty map unless ``allow_empty``."""
+    m: _Match, protocol: Protocol, allow_empty: bool, had_labels: bool, root: Path
+) -> tuple[np.ndarray | None, list[str]]:
+    """A file's validated label map (None for an exported segmentation that is still empty
+    for an image the rater never labelled: not labelled yet), and notes on its geometry
+    where it differs from the image's. Raises BadLabel with the reason, also for any other
+    empty map unless ``allow_empty``."""
     shape = (m.rows, m.cols)
-    mask = validate_mask(read_label_map(m.path), protocol, shape, allow_empty=True)
+    label = read_label_file(m.path, within=root)
+    mask = validate_mask(label.array, protocol, shape, allow_empty=True)
+    notes = geometry_notes(label, m.spacing)
     if not allow_empty and not mask.any():
         if m.exported and not had_labels:
-            return None
+            return None, notes
         validate_mask(mask, protocol, shape, allow_empty=False)
-    return np.ascontiguousarray(mask)
+    return np.ascontiguousarray(mask), notes
 
 
 def _closing_notes(
@@ -736,12 +754,21 @@ def _resolve(session: Session, key: bytes, targets: list[_Target]):
         by_id.update(
             (row.id, row)
             for row in session.execute(
-                select(Image.id, Image.rows, Image.cols).where(Image.id.in_(id_chunk))
+                select(
+                    Image.id, Image.rows, Image.cols, Image.mm_per_px_x, Image.mm_per_px_y
+                ).where(Image.id.in_(id_chunk))
             )
         )
     for uid_chunk in in_chunks(uids):
         for row in session.execute(
-            select(SourceFile.sop_uid, Image.id, Image.rows, Image.cols)
+            select(
+                SourceFile.sop_uid,
+                Image.id,
+                Image.rows,
+                Image.cols,
+                Image.mm_per_px_x,
+                Image.mm_per_px_y,
+            )
             .join(Image, Image.source_file_id == SourceFile.id)
             .where(SourceFile.status == FileStatus.ingested, SourceFile.sop_uid.in_(uid_chunk))
         ):

@@ -333,7 +333,11 @@ def test_every_bad_label_file_is_rejected_with_its_reason_and_the_rest_go_on(
     assert "no DICOM file NOPE/R_09[.dcm] under" in reasons["R_09.nii.gz"]
     assert "empty" in reasons[empty_rel.name] and "--allow-empty" in reasons[empty_rel.name]
     assert all("\n" not in r for r in reasons.values())
-    assert report.notes == [(str(labels), "ignored 1 files that are not label maps (.txt 1)")]
+    assert report.notes[-1] == (str(labels), "ignored 1 files that are not label maps (.txt 1)")
+    # the stored file was written with 0.2 mm pixels, not its image's: said, not refused
+    assert [(Path(p).name, "its spacing 0.2 x 0.2 mm" in r) for p, r in report.notes[:-1]] == [
+        (f"img{ids[0]:06d}_seg.nii.gz", True)
+    ]
     assert _count(ws, Annotation) == 1
 
     allowed = sync_itksnap(ws, labels, "rater1", dicom_root=orig, allow_empty=True)
@@ -468,3 +472,35 @@ def test_fifos_in_the_label_folder_are_never_opened(study, demo_dir, tmp_path):
     os.mkfifo(tmp_path / "pipe.csv")
     with pytest.raises(UsageError, match="FIFO"):
         sync_itksnap(study, labels, "rater1", manifest=tmp_path / "pipe.csv")
+
+
+def test_flipped_maps_are_stored_in_the_images_orientation_outside_data_refused(
+    study, demo_dir, tmp_path
+):
+    ws = study
+    ids = _image_ids(ws)
+    with ws.session() as s:
+        image = s.get(Image, ids[0])
+        rows, cols, mm = image.rows, image.cols, image.mm_per_px_x
+    mask = read_label_map(sorted((demo_dir / "labels" / "rater1").rglob("*.nii.gz"))[0])
+    assert mask.shape == (rows, cols)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    flipped = sitk.GetImageFromArray(np.flip(mask, axis=1).copy())
+    flipped.SetDirection((-1, 0, 0, 1))
+    flipped.SetSpacing((mm, mm))
+    flipped.SetOrigin(((cols - 1) * mm, 0.0))
+    sitk.WriteImage(flipped, str(labels / f"img{ids[0]:06d}_seg.nrrd"), True)
+    outside = tmp_path / "elsewhere.raw"
+    outside.write_bytes(bytes(rows * cols))
+    (labels / f"img{ids[1]:06d}_seg.mhd").write_text(
+        f"ObjectType = Image\nNDims = 2\nDimSize = {cols} {rows}\nElementType = MET_UCHAR\n"
+        f"ElementDataFile = {outside}\n"
+    )
+    report = sync_itksnap(ws, labels, "rater1")
+    assert report.new_versions == 1
+    ((item, reason),) = report.rejected
+    assert item.endswith(".mhd") and "outside" in reason
+    assert [r for _, r in report.notes if "flipped along x" in r]
+    stored = _latest(ws, "rater1")[ids[0]]
+    np.testing.assert_array_equal(ws.store.get_array(stored.mask_hash), mask)
