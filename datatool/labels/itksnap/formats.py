@@ -466,9 +466,7 @@ def _header_text(path: Path, kind: str) -> list[str]:
 
 
 def _nrrd_list(lines: list[str]) -> bool:
-    return any(
-        re.match(r"\s*data\s?file\s*:\s*LIST\b", line, re.IGNORECASE) for line in lines
-    )
+    return any(re.match(r"\s*data\s?file\s*:\s*LIST\b", line, re.IGNORECASE) for line in lines)
 
 
 def _data_files(path: Path, kind: str) -> list[str] | None:

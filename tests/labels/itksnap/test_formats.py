@@ -275,7 +275,7 @@ def _write_oriented(path: Path, array: np.ndarray, direction, origin=(0.0, 0.0),
 
 def test_a_flipped_direction_is_turned_back_to_the_images_orientation(tmp_path):
     mask = _mask()
-    rows, cols = mask.shape
+    cols = mask.shape[1]
     # the same label map stored flipped along x: index 0 is the right edge
     _write_oriented(
         tmp_path / "fx.nrrd", np.flip(mask, axis=1).copy(), (-1, 0, 0, 1), (cols - 1.0, 0.0)
