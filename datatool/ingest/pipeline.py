@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import time
 import warnings
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import pydicom
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from datatool.core.catalogue import FileStatus, Image, Patient, Series, SourceFile, Study, audit
+from datatool.core.errors import DatatoolError
 from datatool.core.files import Walk, skip_reason, special_kind, walk
 from datatool.core.processes import pool_context, worker_count
 from datatool.core.store import Store
@@ -38,6 +40,7 @@ from datatool.ingest.dicom import (
     frame_indices,
     n_frames,
     read_dataset,
+    read_dataset_from,
     ultrasound_regions,
 )
 
@@ -49,6 +52,7 @@ US_SOP_CLASSES = {
 }
 SKIPPED_NAMES = {"DICOMDIR"}  # the index of a DICOMDIR tree; its files are found by walking
 BATCH_SECONDS = 1.0  # a batch is committed at the latest this long after the last commit
+STREAM_BYTES = 64 << 20  # larger files are read from disk frame by frame, never held whole
 
 
 @dataclass
@@ -62,7 +66,7 @@ class FileResult:
     """What a worker found out about one file (no identity leaves the worker)."""
 
     path: str
-    kind: str  # known | rejected | quarantined | decoded
+    kind: str  # known | rejected | quarantined | decoded | failed (the store cannot be written)
     sha256: str = ""
     size: int = 0
     reason: str = ""
@@ -223,28 +227,36 @@ def _init_worker(key: bytes, store_root: str, options: Options, known: frozenset
     _worker.update(key=key, store=Store(Path(store_root)), options=options, known=known)
 
 
+def _read_source(path: str) -> tuple[bytes | None, str, int]:
+    """(bytes, SHA-256, size) of a file; a file over STREAM_BYTES is hashed by streaming and
+    its bytes are not kept (None): it is parsed and decoded from disk, frame by frame."""
+    size = os.stat(path).st_size
+    if size <= STREAM_BYTES:
+        data = Path(path).read_bytes()
+        return data, hashlib.sha256(data).hexdigest(), len(data)
+    with open(path, "rb") as handle:
+        return None, hashlib.file_digest(handle, "sha256").hexdigest(), size
+
+
 def process_file(path: str) -> FileResult:
-    """Read, validate, de-identify, decode and store one file (runs in a worker)."""
+    """Read, validate, de-identify, decode and store one file (runs in a worker). Frames are
+    decoded and stored one at a time, so memory holds about one frame (and, for files up to
+    STREAM_BYTES, the file's bytes)."""
     key: bytes = _worker["key"]
     options: Options = _worker["options"]
     try:
-        data = Path(path).read_bytes()
+        data, sha, size = _read_source(path)
     except OSError as exc:
         return FileResult(path, "rejected", reason=f"cannot read ({exc.strerror or exc})")
-    sha = hashlib.sha256(data).hexdigest()
     if sha in _worker["known"]:
-        return FileResult(path, "known", sha, len(data))
+        return FileResult(path, "known", sha, size)
     try:
-        ds = read_dataset(data)
+        ds = read_dataset(data) if data is not None else read_dataset_from(Path(path))
         meta = clean_metadata(ds, key)
         meta["path_key"] = deid.path_key(key, str(Path(path).resolve()))
         regions = ultrasound_regions(ds)
         meta["regions"] = [r.as_dict() for r in regions]
         meta["mm_per_px_x"], meta["mm_per_px_y"] = calibration(regions)
-        # decode first: an undecodable file is rejected, never merely quarantined
-        decoded = [
-            (i, decode_frame(ds, i)) for i in frame_indices(meta["n_frames"], options.frames)
-        ]
         burned = burned_in(ds)
         rows, cols = int(ds.Rows), int(ds.Columns)
         if burned and not regions:
@@ -253,8 +265,7 @@ def process_file(path: str) -> FileResult:
             reason = deid.quarantine_no_room(deid.covered_share(meta["regions"], rows, cols))
         else:
             reason = ""
-        if reason and not options.allow_burned_in:
-            return FileResult(path, "quarantined", sha, len(data), meta=meta, reason=reason)
+        quarantine = bool(reason) and not options.allow_burned_in
         if reason:
             meta["pixel_handling"] = "kept_burned_in_allowed"
         elif burned:
@@ -263,20 +274,46 @@ def process_file(path: str) -> FileResult:
             meta["pixel_handling"] = "not_burned_in"
         frames = []
         store: Store = _worker["store"]
-        for index, gray in decoded:
+        source = ds if data is not None else Path(path)
+        # every chosen frame is decoded, also for a file to quarantine: an undecodable file
+        # is rejected, never merely quarantined
+        for index in frame_indices(meta["n_frames"], options.frames):
+            gray = decode_frame(ds, index, source)
+            if quarantine:
+                continue
             if burned and regions:  # also when allowed: what lies outside goes all the same
                 gray = deid.blank_outside_regions(gray, meta["regions"])
+            try:
+                digest = store.put_array(gray)
+            except OSError as exc:
+                return FileResult(path, "failed", sha, size, reason=_write_failure(store.root, exc))
             frames.append(
                 {
                     "index": index,
-                    "hash": store.put_array(gray),
+                    "hash": digest,
                     "rows": int(gray.shape[0]),
                     "cols": int(gray.shape[1]),
                 }
             )
+        if quarantine:
+            return FileResult(path, "quarantined", sha, size, meta=meta, reason=reason)
     except BadDicom as exc:
-        return FileResult(path, "rejected", sha, len(data), reason=str(exc))
-    return FileResult(path, "decoded", sha, len(data), meta=meta, frames=frames)
+        return FileResult(path, "rejected", sha, size, reason=str(exc))
+    return FileResult(path, "decoded", sha, size, meta=meta, frames=frames)
+
+
+def _write_failure(root: Path, exc: OSError) -> str:
+    """One line on a failed write to the store: where, why, and the free space there."""
+    where = exc.filename or root
+    try:
+        free = f"{shutil.disk_usage(root).free / 1024**2:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return (
+        f"{where}: cannot write to the store ({exc.strerror or exc}; {free} there): ingest "
+        "stopped, the catalogue holds every file ingested so far; make room and run the "
+        "same command again"
+    )
 
 
 def burned_in(ds) -> bool:
@@ -547,6 +584,24 @@ def record_batch(ws: Workspace, results: list[FileResult], report: IngestReport)
             report.conflicts.append((result.path, reason))
 
 
+def _record(ws: Workspace, results: list[FileResult], report: IngestReport) -> None:
+    """record_batch; a catalogue that cannot be written (a full disk) is one line."""
+    try:
+        record_batch(ws, results, report)
+    except OperationalError as exc:
+        detail = str(exc.orig) if exc.orig is not None else type(exc).__name__
+        where = ws.meta_dir / "catalogue.sqlite"
+        try:
+            free = f"{shutil.disk_usage(ws.meta_dir).free / 1024**2:.1f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        raise DatatoolError(
+            f"{where}: cannot write the catalogue ({detail}; {free} there): ingest stopped, "
+            "the catalogue holds every file ingested so far; make room and run the same "
+            "command again"
+        ) from None
+
+
 def ingest(
     ws: Workspace,
     paths: Iterable[Path],
@@ -594,17 +649,21 @@ def ingest(
             report.already_present += 1
         elif result.kind == "rejected":
             report.rejected.append((result.path, result.reason))
+        elif result.kind == "failed":  # the store cannot be written: nothing further can
+            if pending:
+                _record(ws, pending, report)
+            raise DatatoolError(result.reason)
         else:
             pending.append(result)
         if pending and (
             len(pending) >= batch_size or time.monotonic() - last_commit > BATCH_SECONDS
         ):
-            record_batch(ws, pending, report)
+            _record(ws, pending, report)
             pending, last_commit = [], time.monotonic()
         if progress:
             progress(done, len(files))
     if pending:
-        record_batch(ws, pending, report)
+        _record(ws, pending, report)
     with ws.session() as session:
         audit(
             session,

@@ -536,3 +536,57 @@ def test_a_dicomdir_listing_missing_files_reports_each(ws, demo_dir, tmp_path):
     missing = {Path(p).name: r for p, r in report.rejected}
     assert set(missing) == {listed[0].name, listed[2].name}
     assert all("listed in the DICOMDIR" in r for r in missing.values())
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only; skipped where mounting is not allowed)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small file system needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_the_catalogue_stays_whole(
+    small_disk, pydicom_data, tmp_path, cli_env
+):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    src = pydicom.dcmread(pydicom_data / "OBXXXX1A.dcm")
+    for i in range(40):  # different pixels each: every file needs its own store object
+        ds = pydicom.dcmread(pydicom_data / "OBXXXX1A.dcm")
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[f"full{i}"])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        pixels = np.frombuffer(src.PixelData, np.uint8).copy()
+        pixels[:] = np.random.default_rng(i).integers(0, 255, pixels.size, dtype=np.uint8)
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(folder / f"f{i:02d}.dcm")
+    root = small_disk / "ws"
+    init_workspace(root)
+    res = subprocess.run(
+        [sys.executable, "-m", "datatool", "ingest", str(folder), "-j", "2", "--batch", "4"],
+        capture_output=True,
+        text=True,
+        env={**cli_env, "DATATOOL_WORKSPACE": str(root)},
+        timeout=300,
+    )
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, res.stderr
+    assert "MiB free" in errors[0] and str(small_disk) in errors[0] and "run the same" in errors[0]
+    con = sqlite3.connect(root / ".datatool" / "catalogue.sqlite")
+    try:
+        assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
+        files = con.execute("select count(*) from source_files").fetchone()[0]
+        images = con.execute("select count(*) from images").fetchone()[0]
+    finally:
+        con.close()
+    assert files == images < 40  # whole files only

@@ -29,6 +29,7 @@ from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.labelstudio.sync import annotate, push, sync_from_export, sync_from_server
 from datatool.labels.matching import image_for_dicom, image_name
 from tests.labelstudio_server import labelstudio_server
+from tests.memory import run_measured
 
 __all__ = ["labelstudio_server"]  # the fixture counts as used (pyflakes does not read noqa)
 P = load_protocol()
@@ -452,9 +453,14 @@ def _uid(path) -> str:
         return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
-def _rle_bomb(values: int = 10**9) -> list[int]:
-    """A brush RLE whose 32-bit header claims ``values`` values."""
-    return [*values.to_bytes(4, "big"), 0, 0, 0, 0] + [0] * 64
+def _rle_bomb(values: int = 10**9, records: int = 64) -> list[int]:
+    """A brush RLE whose 32-bit header claims ``values`` values, followed by ``records``
+    runs of 65536 bytes of 255 each (27 bits a run): a few KB that a decoder trusting the
+    header turns into ``values`` bytes of memory, every page written."""
+    bits = f"{values:032b}{7:05b}" + f"{15:04b}" * 4  # 8-bit words, 16-bit run lengths
+    bits += ("1" + "11" + f"{0xFFFF:016b}" + f"{255:08b}") * records
+    bits += "0" * (-len(bits) % 8)
+    return [int(bits[k : k + 8], 2) for k in range(0, len(bits), 8)]
 
 
 def test_a_hostile_export_rejects_bad_tasks_one_line_each_and_keeps_the_rest(demo_ws, demo_dir):
@@ -503,3 +509,33 @@ def test_a_hostile_export_rejects_bad_tasks_one_line_each_and_keeps_the_rest(dem
     assert "declares 1000000000 values" in bomb and "not decoded" in bomb
     for reason in rejected.values():
         assert "\n" not in reason and "abc" not in reason and "fourteen" not in reason
+
+
+def test_peak_memory_of_an_rle_bomb_is_bounded_by_the_image(demo_ws, demo_dir, cli_env):
+    """A 257 KB export whose RLE header claims 10^9 values once took 1.27 GB: now the RLE
+    is refused before decoding, and the command's peak memory stays near a run on a good
+    export (the image is 4 x its pixels in RGBA, a few MB at most)."""
+    add_rater(demo_ws, "OLD")
+    dicoms = sorted((demo_dir / "dicom").rglob("*.dcm"))
+    with demo_ws.session() as s:
+        image = image_for_dicom(s, demo_ws.key, dicoms[0])
+    results = mask_to_results(_mask(image), P)
+    good = [{"id": 1, "data": {"sop": _uid(dicoms[0])}, "annotations": [{"result": results}]}]
+    bomb_rle = _rle_bomb(records=16_000)  # 54 KB of RLE runs that cover 10^9 bytes
+    bomb = [{**good[0], "annotations": [{"result": [{**results[0], "value": {
+        "format": "rle", "rle": bomb_rle, "brushlabels": ["femur"]}}]}]}]  # fmt: skip
+    paths = {}
+    for name, export in (("good", good), ("bomb", bomb)):
+        paths[name] = demo_dir.parent / f"{name}-export.json"
+        paths[name].write_text(json.dumps(export))
+
+    def run(path):
+        cmd = [sys.executable, "-m", "datatool", "sync", "labelstudio", "--rater", "OLD"]
+        cmd += ["--export", str(path), "--workspace", str(demo_ws.root)]
+        return run_measured(cmd, cli_env)
+
+    baseline, res = run(paths["good"]), run(paths["bomb"])
+    assert baseline.returncode == 0, baseline.stderr
+    assert res.returncode == 1 and "not decoded" in res.stderr and "Traceback" not in res.stderr
+    rgba_mib = image.rows * image.cols * 4 / 1024**2
+    assert res.peak_mib < baseline.peak_mib + 4 * rgba_mib + 32, (res.peak_mib, baseline.peak_mib)
