@@ -10,6 +10,7 @@ import typer
 
 from datatool.cli import render
 from datatool.cli.common import (
+    MAX_INT,
     PANEL_DATA,
     CsvOpt,
     JsonOpt,
@@ -194,7 +195,7 @@ def images(
     calibrated: bool | None = typer.Option(
         None, "--calibrated/--uncalibrated", help="Only images with (without) mm calibration."
     ),
-    limit: int | None = typer.Option(None, min=1, help="At most this many rows."),
+    limit: int | None = typer.Option(None, min=1, max=MAX_INT, help="At most this many rows."),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -291,7 +292,9 @@ def demo_data(
     images_per_side: str = typer.Option(
         "4", help="Images per side: N or MIN-MAX (7-8 with 200 patients is the study's 3000)."
     ),
-    seed: int = typer.Option(0, help="Random seed: the same seed writes the same files."),
+    seed: int = typer.Option(
+        0, min=0, max=MAX_INT, help="Random seed: the same seed writes the same files."
+    ),
     json_out: bool = JsonOpt,
 ):
     """Write a synthetic anterior-sciatic ultrasound dataset: DICOM exams with fake PHI, two

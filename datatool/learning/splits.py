@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -42,6 +43,7 @@ from datatool.labels.annotations import latest_annotations_query, mask_hashes
 from datatool.labels.matching import image_name
 
 SUBSETS = ("train", "val", "test")
+SEED_MAX = 2**31 - 1  # the largest seed the catalogue stores (an INTEGER column)
 STRATA = ("sex", "side")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -51,7 +53,12 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
         parts = [float(p) for p in text.split(":")]
     except ValueError:
         parts = []
-    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0 or parts[0] == 0:
+    if (
+        len(parts) != 3
+        or not all(math.isfinite(p) and p >= 0 for p in parts)
+        or sum(parts) <= 0
+        or parts[0] == 0
+    ):
         raise UsageError(f"--ratios takes train:val:test such as 6:2:2, not {text!r}")
     total = sum(parts)
     return tuple(p / total for p in parts)  # type: ignore[return-value]
@@ -125,6 +132,8 @@ def create_split(
     weights = parse_ratios(ratios)
     if folds < 0 or folds == 1:
         raise UsageError("--folds is 0 (none) or at least 2")
+    if not 0 <= seed <= SEED_MAX:
+        raise UsageError(f"--seed must be 0 .. {SEED_MAX}")
     if stratify is not None and stratify not in STRATA:
         raise UsageError(f"--stratify must be one of {', '.join(STRATA)}")
     with ws.session() as s:
@@ -167,6 +176,12 @@ def create_split(
         subset_of: dict[str, int] = {}
         for key in sorted(strata):
             subset_of.update(deal(strata[key], list(weights), seed))
+        outside_test = sum(1 for k in subset_of.values() if k != 2)
+        if folds > outside_test:
+            raise UsageError(
+                f"--folds {folds}: only {outside_test} patient(s) outside the test set; "
+                f"at most {outside_test} folds (or --folds 0)"
+            )
         fold_of: dict[str, int] = {}
         if folds:
             for key in sorted(strata):
