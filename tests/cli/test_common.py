@@ -27,11 +27,8 @@ def _run(root, *args: str):
 
 
 def _one_error_line(res) -> str:
-    assert (
-        "Traceback" not in res.output
-        and res.exception is None
-        or isinstance(res.exception, SystemExit)
-    ), res.output
+    assert "Traceback" not in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.output
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     return lines[0]
