@@ -306,8 +306,10 @@ def show_split(ws: Workspace, name: str) -> dict:
 
 
 def check_split(ws: Workspace, name: str) -> dict:
-    """Leakage and completeness: no patient in two sets or two folds, every image with a
-    reference label, the content hash still matches."""
+    """Leakage and completeness: no patient in two sets or two folds (patients as the
+    catalogue has them now, image -> series -> study -> patient, not as stored with the
+    split), every image with a reference label whose mask is in the store and hashes to its
+    name, the content hash still matches."""
     problems: list[str] = []
     with ws.session() as s:
         split = _get(s, name)
@@ -321,6 +323,20 @@ def check_split(ws: Workspace, name: str) -> dict:
             "reference": split.reference,
         }
         stored_hash = split.content_hash
+        # membership as the catalogue says now: image -> series -> study -> patient
+        owner = dict(
+            s.execute(
+                select(Image.id, Patient.pseudonym)
+                .join(Series, Image.series_id == Series.id)
+                .join(Study, Series.study_id == Study.id)
+                .join(Patient, Study.patient_id == Patient.id)
+                .where(
+                    Image.id.in_(
+                        select(SplitMember.image_id).where(SplitMember.split_id == split.id)
+                    )
+                )
+            ).all()
+        )
         extra = s.scalar(
             select(func.count(Image.id)).where(
                 Image.id.not_in(
@@ -328,6 +344,36 @@ def check_split(ws: Workspace, name: str) -> dict:
                 )
             )
         )
+    moved = [
+        f"{image_name(m.image_id)} now belongs to patient {owner.get(m.image_id)}, not "
+        f"{pseudonym} as frozen (its series was moved)"
+        for m, pseudonym, *_ in rows
+        if owner.get(m.image_id) != pseudonym
+    ]
+    problems.extend(moved[:5])
+    if len(moved) > 5:
+        problems.append(f"... and {len(moved) - 5} more images moved to another patient")
+    rows = [(m, owner.get(m.image_id, pseudonym), *rest) for m, pseudonym, *rest in rows]
+    bad_masks = []
+    for m, *_ in rows:
+        digest = mask_of.get(m.annotation_id)
+        if digest is None:
+            continue
+        try:
+            intact = ws.store.verify(digest)
+        except FileNotFoundError:
+            bad_masks.append(
+                f"{image_name(m.image_id)}: its reference mask {digest[:12]} is missing"
+            )
+            continue
+        if not intact:
+            bad_masks.append(
+                f"{image_name(m.image_id)}: its reference mask {digest[:12]} no longer "
+                "hashes to its name (changed in the store)"
+            )
+    problems.extend(bad_masks[:5])
+    if len(bad_masks) > 5:
+        problems.append(f"... and {len(bad_masks) - 5} more reference masks missing or changed")
     subsets, folds = defaultdict(set), defaultdict(set)
     for m, pseudonym, *_ in rows:
         subsets[pseudonym].add(m.subset)
