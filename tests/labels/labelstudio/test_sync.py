@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import shutil
 import subprocess
 import sys
 import warnings
@@ -539,3 +541,56 @@ def test_peak_memory_of_an_rle_bomb_is_bounded_by_the_image(demo_ws, demo_dir, c
     assert res.returncode == 1 and "not decoded" in res.stderr and "Traceback" not in res.stderr
     rgba_mib = image.rows * image.cols * 4 / 1024**2
     assert res.peak_mib < baseline.peak_mib + 4 * rgba_mib + 32, (res.peak_mib, baseline.peak_mib)
+
+
+def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_export_sync(demo_dir, tmp_path):
+    from datatool.core.workspace import init_workspace, open_workspace
+    from datatool.labels.itksnap.formats import read_label_map
+    from tests.interrupt import counts, integrity, kill_after, run_timed
+
+    base = init_workspace(tmp_path / "base").root
+    ws = open_workspace(base)
+    ingest(ws, [demo_dir / "dicom"], workers=0)
+    add_rater(ws, "OLD")
+    ws.close()
+    tasks = []  # 4 tasks: brush RLE decodes in pure Python, and 20 moments reuse them
+    labels = sorted((demo_dir / "labels" / "rater1").rglob("*.nii.gz"))[:4]
+    for n, label in enumerate(labels, 1):
+        dicom = demo_dir / "dicom" / str(label.relative_to(demo_dir / "labels" / "rater1"))
+        dicom = dicom.with_name(dicom.name.replace(".nii.gz", ".dcm"))
+        results = mask_to_results(read_label_map(label).astype(np.uint8), P)
+        tasks.append(
+            {"id": n, "data": {"sop": _uid(dicom)}, "annotations": [{"id": n, "result": results}]}
+        )
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    queries = {
+        "annotations": "select count(*) from annotations",
+        "highest version": "select coalesce(max(version), 0) from annotations",
+        "structure stats": "select count(*) from structure_stats",
+    }
+
+    def sync(root):
+        def work():
+            opened = open_workspace(root)
+            sync_from_export(opened, "OLD", export)
+            opened.close()
+
+        return work
+
+    def db(root):
+        return root / ".datatool" / "catalogue.sqlite"
+
+    ref = shutil.copytree(base, tmp_path / "ref")
+    code, seconds = run_timed(sync(ref))
+    assert code == 0
+    expected = counts(db(ref), queries)
+    assert expected == {"annotations": 4, "highest version": 1, "structure stats": 20}
+    rng = random.Random(20261204)
+    for k in range(20):
+        root = shutil.copytree(base, tmp_path / f"kill{k}")
+        kill_after(sync(root), rng.uniform(0.0, seconds))
+        assert integrity(db(root)) == "ok"
+        sync(root)()
+        assert counts(db(root), queries) == expected, k
+        shutil.rmtree(root)
