@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
@@ -299,16 +300,18 @@ def _check_geometry(ds: Dataset, file_size: int | None = None) -> None:
             f"(over the {MAX_DECODED_BYTES // 1024**3} GiB limit)"
         )
     element = ds.get_item(_PIXEL_TAG)
-    deferred = getattr(element, "value", b"") is None
-    if deferred and file_size is not None:
-        end = element.value_tell + (element.length if element.length != 0xFFFFFFFF else 0)
+    # a value left on disk (read_dataset_from) is a RawDataElement: its length and offset
+    deferred = isinstance(element, RawDataElement) and element.value is None
+    length = element.length if isinstance(element, RawDataElement) else 0
+    if isinstance(element, RawDataElement) and deferred and file_size is not None:
+        end = element.value_tell + (length if length != 0xFFFFFFFF else 0)
         if end > file_size:
             raise BadDicom("truncated file: it ends inside the pixel data")
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         expected = (
             rows * cols * spp * frames * bits // 8 if bits != 1 else (rows * cols * frames + 7) // 8
         )
-        have = element.length if deferred else len(ds.PixelData)
+        have = length if deferred else len(ds.PixelData)
         if have < expected:
             raise BadDicom(
                 f"pixel data too short: {have} bytes for {expected} expected (truncated file?)"

@@ -80,8 +80,8 @@ def status(ws: Workspace) -> Status:
             kind = deid.quarantine_kind(reason)
             quarantined[kind] = quarantined.get(kind, 0) + 1
         blanked_without_room = sum(
-            not deid.room_for_banner(regions or [], rows, cols)
-            for regions, rows, cols in s.execute(
+            not deid.room_for_banner(row.regions or [], row.rows, row.cols)
+            for row in s.execute(
                 select(Image.regions, Image.rows, Image.cols).where(
                     Image.pixel_handling == "blanked_outside_regions"
                 )

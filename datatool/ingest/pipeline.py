@@ -643,7 +643,8 @@ def ingest(
         with pool_context().Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
             yield from pool.imap_unordered(process_file, files, chunksize=4)
 
-    pending, last_commit = [], time.monotonic()
+    pending: list[FileResult] = []
+    last_commit = time.monotonic()
     for done, result in enumerate(results(), start=1):
         if result.kind == "known":
             report.already_present += 1
