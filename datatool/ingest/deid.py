@@ -121,7 +121,26 @@ def covered_share(regions: list[dict], rows: int, cols: int) -> float:
     boxes: 0 without regions, 1 when they cover it all."""
     if not regions or rows <= 0 or cols <= 0:
         return 0.0
+    boxes = [_clipped(r, rows, cols) for r in regions]
+    boxes = [b for b in boxes if b is not None]
+    if len(boxes) <= 2:  # the usual case, without a mask: inclusion-exclusion
+        area = sum(_box_area(b) for b in boxes)
+        if len(boxes) == 2:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes
+            area -= _box_area((max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)))
+        return area / (rows * cols)
     return float(_keep_mask((rows, cols), regions).mean())
+
+
+def _clipped(r: dict, rows: int, cols: int) -> tuple[int, int, int, int] | None:
+    x0, y0 = max(0, int(r["x0"])), max(0, int(r["y0"]))
+    x1, y1 = min(cols - 1, int(r["x1"])), min(rows - 1, int(r["y1"]))
+    return (x0, y0, x1, y1) if x1 >= x0 and y1 >= y0 else None
+
+
+def _box_area(box: tuple[int, int, int, int]) -> int:
+    x0, y0, x1, y1 = box
+    return max(0, x1 - x0 + 1) * max(0, y1 - y0 + 1)
 
 
 def room_for_banner(regions: list[dict], rows: int, cols: int) -> bool:
