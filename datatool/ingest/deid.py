@@ -121,8 +121,7 @@ def covered_share(regions: list[dict], rows: int, cols: int) -> float:
     boxes: 0 without regions, 1 when they cover it all."""
     if not regions or rows <= 0 or cols <= 0:
         return 0.0
-    boxes = [_clipped(r, rows, cols) for r in regions]
-    boxes = [b for b in boxes if b is not None]
+    boxes = [b for b in (_clipped(r, rows, cols) for r in regions) if b is not None]
     if len(boxes) <= 2:  # the usual case, without a mask: inclusion-exclusion
         area = sum(_box_area(b) for b in boxes)
         if len(boxes) == 2:
