@@ -57,3 +57,76 @@ def _save(ds, path: Path) -> Path:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return write(path, buf.getvalue())
+
+
+def _small_header(rows: int, cols: int, frames: int = 1) -> pydicom.Dataset:
+    """An 8-bit monochrome ultrasound header (no pixel data), with a region that leaves a
+    banner."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID = "US", "BOMB-1"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    region = Dataset()
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 0, rows // 8
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = cols - 1, rows - 1
+    region.RegionSpatialFormat, region.RegionDataType = 1, 1
+    ds.SequenceOfUltrasoundRegions = Sequence([region])
+    return ds
+
+
+def deflate_bomb(path: Path, pixel_bytes: int, rows: int = 64, cols: int = 64) -> Path:
+    """A Deflated Explicit VR Little Endian file whose header declares a rows x cols image
+    but whose deflated stream holds ``pixel_bytes`` of pixel data: a few hundred KB that
+    inflate to hundreds of MB. Made by streaming, never holding the inflated bytes."""
+    import struct
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = _small_header(rows, cols)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    head = DicomBytesIO()
+    head.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(head, ds.file_meta)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(head.getvalue())
+        handle.write(packer.compress(body.getvalue()))
+        handle.write(packer.compress(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, pixel_bytes)))
+        zeros = bytes(1 << 22)
+        for _ in range(pixel_bytes // len(zeros)):
+            handle.write(packer.compress(zeros))
+        handle.write(packer.compress(bytes(pixel_bytes % len(zeros))))
+        handle.write(packer.flush())
+    return path
+
+
+def long_cine(path: Path, frames: int, rows: int, cols: int) -> Path:
+    """A native (uncompressed) 8-bit cine of ``frames`` frames, each a different gradient."""
+    import numpy as np
+
+    ds = _small_header(rows, cols, frames)
+    ramp = (np.arange(rows * cols, dtype=np.uint32) % 251).astype(np.uint8)
+    ds.PixelData = b"".join(np.roll(ramp, k).tobytes() for k in range(frames))
+    return _save(ds, path)

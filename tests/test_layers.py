@@ -15,6 +15,7 @@ MAPPED = {"datatool.model": ROOT / "model", "datatool.migrations": ROOT / "migra
 # Pure file-format code: bytes and arrays in and out, never the database.
 FORMAT_MODULES = [
     "datatool.core.atomic",
+    "datatool.core.files",
     "datatool.core.store",
     "datatool.core.protocol",
     "datatool.core.jsonable",

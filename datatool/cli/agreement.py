@@ -11,6 +11,7 @@ import typer
 
 from datatool.cli import render
 from datatool.cli.common import (
+    MAX_INT,
     PANEL_AGREEMENT,
     CsvOpt,
     JsonOpt,
@@ -101,9 +102,14 @@ def _agreement_view(report: AgreementReport) -> Iterator[Block]:
 @guarded
 def agreement(
     sample: int | None = typer.Option(
-        None, min=1, help="Draw this many images labelled by both raters (default: all of them)."
+        None,
+        min=1,
+        max=MAX_INT,
+        help="Draw this many images labelled by both raters (default: all of them).",
     ),
-    seed: int = typer.Option(0, help="Seed of the draw; the same seed gives the same sample."),
+    seed: int = typer.Option(
+        0, min=0, max=MAX_INT, help="Seed of the draw; the same seed gives the same sample."
+    ),
     raters: str | None = typer.Option(
         None, help="Two raters, e.g. AN1,AN2 (default: the two human raters with most labels)."
     ),

@@ -3,6 +3,7 @@ handling, progress bars. Output (tables, --json, --csv, problem lines) lives in 
 
 from __future__ import annotations
 
+import errno
 import functools
 import re
 from collections.abc import Callable, Iterator
@@ -99,6 +100,9 @@ WorkspaceOpt = typer.Option(
     help="Workspace folder (default: the current folder or the first parent holding .datatool/).",
 )
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts instead of tables.")
+# The largest integer every catalogue column holds (PostgreSQL INTEGER): the bound of seeds,
+# sizes and ids given on the command line.
+MAX_INT = 2**31 - 1
 CsvOpt = typer.Option(
     None,
     "--csv",
@@ -132,8 +136,14 @@ def guarded(func: F) -> F:
         except DatatoolError as exc:
             error_line(exc)
             raise typer.Exit(exc.exit_code) from None
-        except FileNotFoundError as exc:
-            error_line(exc.args[0] if exc.args else exc)
+        except FileNotFoundError as exc:  # a path the user typed (2)
+            error_line(os_error_text(exc))
+            raise typer.Exit(2) from None
+        except OSError as exc:  # a folder that cannot be written, a full disk (1)
+            error_line(os_error_text(exc))
+            raise typer.Exit(1) from None
+        except OverflowError:  # an integer beyond what the catalogue or a library holds
+            error_line(f"a number given is too large: integers go up to {MAX_INT} (2**31 - 1)")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print(
@@ -144,6 +154,32 @@ def guarded(func: F) -> F:
 
     wrapper.__doc__ = reflow(func.__doc__)
     return wrapper  # type: ignore[return-value]
+
+
+_OS_ADVICE = {
+    errno.EACCES: "check its permissions, or choose another place",
+    errno.EPERM: "check its permissions, or choose another place",
+    errno.EROFS: "it is on a read-only file system: choose another place",
+    errno.ENOSPC: "the disk is full: make room and run again",
+    errno.EDQUOT: "the disk quota is used up: make room and run again",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
+    errno.EEXIST: "something by that name is in the way: choose another path",
+    errno.EISDIR: "it is a folder, not a file: choose another path",
+    errno.ENOENT: "check the path",
+}
+
+
+def os_error_text(exc: OSError) -> str:
+    """One sentence for an OSError: the path, what went wrong, what to do (never the bare
+    errno that ``exc.args[0]`` holds)."""
+    if exc.filename is None and exc.args and isinstance(exc.args[0], str):
+        return exc.args[0]  # raised with a message of its own
+    what = exc.strerror or type(exc).__name__
+    where = f"{exc.filename}" if exc.filename is not None else "a file"
+    if exc.filename2 is not None:
+        where += f" -> {exc.filename2}"
+    advice = _OS_ADVICE.get(exc.errno or 0, "check the path and try again")
+    return f"{where}: {what}: {advice}"
 
 
 def finish(code: int) -> NoReturn:

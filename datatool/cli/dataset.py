@@ -10,6 +10,7 @@ import typer
 
 from datatool.cli import render
 from datatool.cli.common import (
+    MAX_INT,
     PANEL_DATA,
     CsvOpt,
     JsonOpt,
@@ -121,6 +122,8 @@ def ingest(
     render.problems(report.rejected, "rejected")
     render.problems(report.quarantined, "quarantined")
     render.problems(report.conflicts, "conflict")
+    if not json_out:
+        render.notes(report.notes)
     render.show(report, _ingest_view, json_out, csv_out)
     finish(report.exit_code)
 
@@ -134,12 +137,19 @@ def _status_view(data: Status) -> Iterator[Block]:
         f" ({'-' if cov is None else f'{100 * cov:.1f}'} %)"
     )
     files = data.files
+    why = ", ".join(f"{kind}: {n}" for kind, n in data.quarantined.items())
     yield (
-        f"files: {files['ingested']} ingested, {files['quarantined']} quarantined, "
-        f"{files['conflict']} conflicts kept aside"
+        f"files: {files['ingested']} ingested, {files['quarantined']} quarantined"
+        f"{f' ({why})' if why else ''}, {files['conflict']} conflicts kept aside"
     )
     handling = ", ".join(f"{k}: {v}" for k, v in sorted(data.pixel_handling.items())) or "-"
     yield f"pixels: {handling}"
+    if data.blanked_without_room:
+        yield (
+            f"check: {data.blanked_without_room} images were blanked outside ultrasound "
+            "regions that cover (nearly) all of them (ingested before datatool quarantined "
+            "such images): burned-in text may remain in them"
+        )
     table = Table("per patient", ["patient", "sex", "age", "studies", "series", "sides", "images"])
     for row in data.per_patient:
         table.add(row.patient, row.sex, row.age, row.studies, row.series, row.sides, row.images)
@@ -185,7 +195,7 @@ def images(
     calibrated: bool | None = typer.Option(
         None, "--calibrated/--uncalibrated", help="Only images with (without) mm calibration."
     ),
-    limit: int | None = typer.Option(None, min=1, help="At most this many rows."),
+    limit: int | None = typer.Option(None, min=1, max=MAX_INT, help="At most this many rows."),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -282,7 +292,9 @@ def demo_data(
     images_per_side: str = typer.Option(
         "4", help="Images per side: N or MIN-MAX (7-8 with 200 patients is the study's 3000)."
     ),
-    seed: int = typer.Option(0, help="Random seed: the same seed writes the same files."),
+    seed: int = typer.Option(
+        0, min=0, max=MAX_INT, help="Random seed: the same seed writes the same files."
+    ),
     json_out: bool = JsonOpt,
 ):
     """Write a synthetic anterior-sciatic ultrasound dataset: DICOM exams with fake PHI, two

@@ -10,6 +10,7 @@ import typer
 
 from datatool.cli import render
 from datatool.cli.common import (
+    MAX_INT,
     CsvOpt,
     JsonOpt,
     WorkspaceOpt,
@@ -68,6 +69,8 @@ def push(
     project_id: int | None = typer.Option(
         None,
         "--project-id",
+        min=1,
+        max=MAX_INT,
         help="Use this existing project: the rater's recorded one, or an "
         "empty one to adopt. Never another rater's.",
     ),
@@ -146,7 +149,7 @@ def sync_labelstudio(
         "Instance UID (default: found by its value).",
     ),
     project_id: int | None = typer.Option(
-        None, "--project-id", help="Only this one of the rater's projects."
+        None, "--project-id", min=1, max=MAX_INT, help="Only this one of the rater's projects."
     ),
     url: str | None = UrlOpt,
     token: str | None = TokenOpt,

@@ -272,8 +272,8 @@ def show(
     for block in blocks:
         if isinstance(block, Table):
             out.print(block.rich())
-        else:
-            out.print(block, markup=False, highlight=False)
+        else:  # a line: user text in it (paths, names) stays on it, as text
+            out.print(safe(block), markup=False, highlight=False, emoji=False)
 
 
 def problems(

@@ -338,6 +338,17 @@ class Score(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
 
 
+class Setting(Base):
+    """A workspace setting that every user of the catalogue must share, such as the
+    fingerprint of the pseudonym key (``key_fingerprint``: a keyed hash of a fixed text,
+    never the key)."""
+
+    __tablename__ = "settings"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
 class AuditEntry(Base):
     """Append-only: rows are inserted, never updated or deleted."""
 

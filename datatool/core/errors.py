@@ -13,3 +13,10 @@ class UsageError(DatatoolError):
 
 class WorkspaceNotFound(DatatoolError):
     exit_code = 2
+
+
+class StoreObjectMissing(DatatoolError, FileNotFoundError):
+    """An object the catalogue names is missing from the workspace's store: the workspace is
+    damaged (exit 1), not a usage error."""
+
+    exit_code = 1

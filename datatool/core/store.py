@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from datatool.core.atomic import write_bytes_atomic
+from datatool.core.errors import StoreObjectMissing
 
 try:  # Intel ISA-L's deflate: a zlib stream, four times faster than zlib at level 1
     from isal import isal_zlib as _deflate
@@ -62,7 +63,7 @@ class Store:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise FileNotFoundError(f"store object {digest} is missing ({path})") from None
+            raise StoreObjectMissing(_missing(f"store object {digest}", path)) from None
         return decode_png(data)
 
     def put_blob(self, data: bytes) -> str:
@@ -77,10 +78,11 @@ class Store:
         return self.root / "blobs" / digest[:2] / f"{digest[2:]}.bin"
 
     def get_blob(self, digest: str) -> bytes:
+        path = self.blob_path(digest)
         try:
-            return self.blob_path(digest).read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
-            raise FileNotFoundError(f"store blob {digest} is missing") from None
+            raise StoreObjectMissing(_missing(f"store blob {digest}", path)) from None
 
     def verify(self, digest: str) -> bool:
         """True when the object's pixels still hash to its name."""
@@ -88,6 +90,13 @@ class Store:
 
     def __contains__(self, digest: str) -> bool:
         return self.path_for(digest).exists()
+
+
+def _missing(what: str, path: Path) -> str:
+    return (
+        f"the workspace is damaged: {what} is missing ({path}); restore the workspace's "
+        ".datatool/store from your backup"
+    )
 
 
 def pixel_digest(array: np.ndarray) -> str:

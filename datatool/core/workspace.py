@@ -10,13 +10,22 @@ A workspace is a folder holding ``.datatool/``, like git's ``.git/``::
 
 Commands find the workspace from the current folder upwards, or take ``--workspace`` /
 ``DATATOOL_WORKSPACE``. Opening one applies pending Alembic migrations.
+
+The catalogue records a fingerprint of the pseudonym key (a keyed hash of a fixed text, from
+which the key cannot be found): a workspace opens only with its own key, since another key
+would give the same patients new pseudonyms, and ``init`` never makes a new key for a
+workspace that has pseudonyms already. Catalogues made before the fingerprint existed get it
+on their first open (said once on stderr).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,17 +36,21 @@ from alembic import command as alembic_command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from datatool.core.atomic import write_bytes_atomic, write_text_atomic
-from datatool.core.catalogue import make_engine
-from datatool.core.errors import DatatoolError, WorkspaceNotFound
+from datatool.core.catalogue import Patient, Setting, make_engine
+from datatool.core.errors import DatatoolError, UsageError, WorkspaceNotFound
 from datatool.core.protocol import DEFAULT_PROTOCOL
 from datatool.core.store import Store
 
 MARKER = ".datatool"
 KEY_BYTES = 32
+KEY_FINGERPRINT = "key_fingerprint"  # the settings row holding it
+_FINGERPRINT_TEXT = b"datatool pseudonym key fingerprint v1"
 
 
 def migrations_dir() -> Path:
@@ -116,22 +129,96 @@ def key_path_for(root: Path) -> Path:
     return Path(env).expanduser() if env else root / MARKER / "secret.key"
 
 
+def _restore_hint(path: Path) -> str:
+    return (
+        f"restore the workspace's key from your backup to {path}, or set DATATOOL_KEY_FILE "
+        "to where it is kept"
+    )
+
+
 def read_key(path: Path) -> bytes:
-    if not path.exists():
+    """The pseudonym key in ``path`` (hex); every problem with it is one DatatoolError line
+    that never shows the file's content."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
         raise DatatoolError(
-            f"{path}: the pseudonym key is missing. Restore it from your backup (without it the "
-            "same patients get new pseudonyms), or set DATATOOL_KEY_FILE to where it is kept"
+            f"{path}: the pseudonym key is missing (without it the same patients get new "
+            f"pseudonyms): {_restore_hint(path)}"
+        ) from None
+    except OSError as exc:
+        raise DatatoolError(
+            f"{path}: cannot read the pseudonym key ({exc.strerror or exc})"
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise DatatoolError(
+            f"{path}: the pseudonym key file is {what}; point DATATOOL_KEY_FILE at the key "
+            "file itself"
         )
-    mode = path.stat().st_mode & 0o777
+    mode = info.st_mode & 0o777
     if mode & 0o077:
         raise DatatoolError(
             f"{path}: the pseudonym key is readable by others (mode {mode:o}); "
             f"run 'chmod 600 {path}'"
         )
-    key = bytes.fromhex(path.read_text().strip())
+    try:
+        key = bytes.fromhex(path.read_bytes().decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise DatatoolError(
+            f"{path}: not a datatool pseudonym key (expected {2 * KEY_BYTES} hexadecimal "
+            f"digits); {_restore_hint(path)}"
+        ) from None
+    except OSError as exc:
+        raise DatatoolError(
+            f"{path}: cannot read the pseudonym key ({exc.strerror or exc})"
+        ) from None
     if len(key) < 16:
-        raise DatatoolError(f"{path}: the pseudonym key is too short")
+        raise DatatoolError(f"{path}: the pseudonym key is too short; {_restore_hint(path)}")
     return key
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A keyed hash of a fixed text: tells keys apart without revealing them."""
+    return hmac.new(key, _FINGERPRINT_TEXT, hashlib.sha256).hexdigest()
+
+
+def recorded_fingerprint(engine: Engine) -> str | None:
+    with Session(engine) as s:
+        row = s.get(Setting, KEY_FINGERPRINT)
+        return row.value if row is not None else None
+
+
+def check_key(engine: Engine, key: bytes, key_path: Path, announce: bool = True) -> None:
+    """Refuse a key whose fingerprint is not the one the catalogue recorded; record it in a
+    catalogue that has none yet (made before fingerprints existed), saying so once."""
+    fingerprint = key_fingerprint(key)
+    for attempt in range(2):
+        try:
+            with Session(engine) as s, s.begin():
+                row = s.get(Setting, KEY_FINGERPRINT)
+                if row is None:
+                    s.add(Setting(name=KEY_FINGERPRINT, value=fingerprint))
+                    recorded = True
+                else:
+                    recorded = False
+                    if not hmac.compare_digest(row.value, fingerprint):
+                        raise DatatoolError(
+                            f"{key_path}: this is not the pseudonym key of this workspace "
+                            "(its fingerprint differs from the one the catalogue recorded; "
+                            "with another key the same patients would get new pseudonyms): "
+                            + _restore_hint(key_path)
+                        )
+            break
+        except IntegrityError:  # another process recorded it first (PostgreSQL)
+            if attempt:
+                raise
+    if recorded and announce:
+        print(
+            f"datatool: recorded the fingerprint of the pseudonym key {key_path} in the "
+            "catalogue; from now on the workspace opens only with this key",
+            file=sys.stderr,
+        )
 
 
 @dataclass
@@ -144,21 +231,61 @@ class InitResult:
 
 def init_workspace(root: Path, protocol: str = DEFAULT_PROTOCOL) -> InitResult:
     """Create a workspace in ``root`` (made if missing). Running it on an existing workspace
-    changes nothing but applies pending migrations."""
+    changes nothing but applies pending migrations; it never replaces the key of a workspace
+    whose catalogue has recorded one or holds pseudonyms."""
     root = Path(root).expanduser().resolve()
     meta = root / MARKER
+    for folder in (root, meta):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(
+                f"{folder} is a file, not a folder: choose another place for the workspace"
+            )
     created = not meta.exists()
-    (meta / "store").mkdir(parents=True, exist_ok=True)
+    try:
+        (meta / "store").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatatoolError(
+            f"{meta}: cannot make the workspace here ({exc.strerror or exc}); choose a "
+            "writable folder"
+        ) from None
     key_path = key_path_for(root)
-    if not key_path.exists():
-        key_path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(key_path, secrets.token_hex(KEY_BYTES).encode() + b"\n", mode=0o600)
+    if not key_path.exists() and not key_path.is_symlink():
+        _refuse_new_key_for_used_catalogue(root, key_path)
+        try:
+            key_path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(key_path, secrets.token_hex(KEY_BYTES).encode() + b"\n", mode=0o600)
+        except OSError as exc:
+            raise DatatoolError(
+                f"{key_path}: cannot write the pseudonym key ({exc.strerror or exc})"
+            ) from None
     settings_path = meta / "workspace.json"
     if not settings_path.exists():
         write_text_atomic(settings_path, json.dumps({"protocol": protocol, "format": 1}, indent=2))
     ws = open_workspace(root, announce=False)
     ws.close()
     return InitResult(root, created, ws.protocol_name, key_path)
+
+
+def _refuse_new_key_for_used_catalogue(root: Path, key_path: Path) -> None:
+    """A catalogue that recorded a key fingerprint, or holds pseudonyms, had a key: a new one
+    would give its patients second pseudonyms. Its own key must be restored instead."""
+    url = db_url_for(root)
+    engine = make_engine(url)
+    try:
+        migrate(engine, url, announce=False)
+        with Session(engine) as s:
+            had_key = (
+                s.get(Setting, KEY_FINGERPRINT) is not None
+                or (s.scalar(select(func.count(Patient.id))) or 0) > 0
+            )
+    finally:
+        engine.dispose()
+    if had_key:
+        raise DatatoolError(
+            f"{key_path}: the pseudonym key of this existing workspace is missing, and init "
+            "never makes a new key for a workspace that had one (its patients would get "
+            f"second pseudonyms): {_restore_hint(key_path)}"
+        )
 
 
 def migrate(engine: Engine, url: str, announce: bool = True) -> tuple[str | None, str | None]:
@@ -185,8 +312,22 @@ def open_workspace(
     """Open a workspace, applying pending migrations (announced on stderr)."""
     root = find_workspace(start=start, explicit=root)
     url = db_url_for(root)
+    key_path = key_path_for(root)
+    key = read_key(key_path)
     engine = make_engine(url)
-    migrate(engine, url, announce=announce)
+    try:
+        migrate(engine, url, announce=announce)
+        check_key(engine, key, key_path, announce=announce)
+    except BaseException:
+        engine.dispose()
+        raise
     settings_path = root / MARKER / "workspace.json"
-    settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
-    return Workspace(root=root, engine=engine, key=read_key(key_path_for(root)), settings=settings)
+    try:
+        settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+    except (OSError, ValueError):
+        engine.dispose()
+        raise DatatoolError(
+            f"{settings_path}: not readable workspace settings (JSON); restore it from a "
+            'backup or write {"protocol": "anterior_sciatic", "format": 1} into it'
+        ) from None
+    return Workspace(root=root, engine=engine, key=key, settings=settings)

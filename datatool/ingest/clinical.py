@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from datatool.core.catalogue import Image, Patient, Series, Study, audit
-from datatool.core.errors import DatatoolError
+from datatool.core.errors import DatatoolError, UsageError
+from datatool.core.files import not_regular
 from datatool.core.workspace import Workspace
 from datatool.ingest import deid
 
@@ -70,30 +72,80 @@ def _parse_row(row: dict) -> dict:
     return out
 
 
+def _csv_reader(path: Path) -> tuple[csv.DictReader, int]:
+    """A strict CSV reader over the file's text, and its number of lines. A file that is not
+    UTF-8 text, or cannot be read, is one DatatoolError line (never quoting its bytes)."""
+    odd = not_regular(path)
+    if odd is not None:
+        raise UsageError(f"{path}: {odd}, not a CSV file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DatatoolError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DatatoolError(
+            f"{path}: not UTF-8 text (line {line}): save it as UTF-8 (Excel: 'CSV UTF-8') "
+            "and run again"
+        ) from None
+    if "\x00" in text:
+        raise DatatoolError(f"{path}: holds NUL bytes, not a CSV text file")
+    lines = text.count("\n") + (not text.endswith("\n"))
+    return csv.DictReader(io.StringIO(text, newline=""), strict=True), lines
+
+
 def ingest_clinical(ws: Workspace, csv_path: Path) -> ClinicalReport:
     """Add sex, age, BMI and ASA class from a CSV keyed by the original patient ID. The ID is
     turned into the pseudonym on the way in and kept nowhere."""
     report = ClinicalReport()
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        id_column = next((c for c in ID_COLUMNS if c in (reader.fieldnames or [])), None)
-        if id_column is None:
-            raise DatatoolError(
-                f"{csv_path}: no patient ID column (one of "
-                f"{', '.join(ID_COLUMNS)}); columns: sex, age, bmi, asa"
-            )
-        parsed = []
-        for line, row in enumerate(reader, start=2):
+    reader, lines = _csv_reader(Path(csv_path))
+    id_column = next((c for c in ID_COLUMNS if c in (reader.fieldnames or [])), None)
+    if id_column is None:
+        raise DatatoolError(
+            f"{csv_path}: no patient ID column (one of "
+            f"{', '.join(ID_COLUMNS)}); columns: sex, age, bmi, asa"
+        )
+    parsed = []
+    rows = iter(reader)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:
             report.rows += 1
-            pid = (row.get(id_column) or "").strip()
-            where = f"{csv_path.name}:{line}"
-            if not pid:
-                report.rejected.append((where, "empty patient ID"))
-                continue
-            try:
-                parsed.append((deid.pseudonym_for(ws.key, pid), _parse_row(row)))
-            except ValueError as exc:
-                report.rejected.append((where, str(exc)))
+            report.rejected.append(
+                (
+                    f"{csv_path.name}:{start}",
+                    f"malformed CSV ({exc}; an unterminated quote?): lines {start}-{lines} "
+                    "were not read; fix the quoting and run again",
+                )
+            )
+            break
+        report.rows += 1
+        pid = (row.get(id_column) or "").strip()
+        where = f"{csv_path.name}:{start}"
+        if not pid:
+            report.rejected.append((where, "empty patient ID"))
+            continue
+        if reader.line_num != start or any(c in pid for c in "\r\n"):
+            report.rejected.append(
+                (
+                    where,
+                    f"the row spans lines {start}-{reader.line_num} (a stray quote?): not "
+                    "read; fix the quoting",
+                )
+            )
+            continue
+        try:
+            parsed.append((deid.pseudonym_for(ws.key, pid), _parse_row(row)))
+        except ValueError as exc:
+            report.rejected.append((where, str(exc)))
     with ws.session() as s:
         for pseudonym, values in parsed:
             patient = s.scalar(select(Patient).where(Patient.pseudonym == pseudonym))

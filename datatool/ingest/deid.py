@@ -21,6 +21,35 @@ from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 MAX_AGE = 90  # ages above are reported as 90 (HIPAA Safe Harbor groups 90+)
 DATE_SHIFT_MAX_DAYS = 365
+#: Blanking outside the ultrasound regions removes a banner only where the regions leave room
+#: for one: when less than this share of the image lies outside them, blanking would remove
+#: (nearly) nothing and burned-in text inside the regions would stay.
+BANNER_MIN_SHARE = 0.05
+
+QUARANTINE_NO_REGION = (
+    "pixels may hold burned-in identity and there is no ultrasound region to keep: "
+    "quarantined (check the image, then re-run with --allow-burned-in)"
+)
+_NO_ROOM = "leaving no room for a banner to blank"
+
+
+def quarantine_no_room(covered_share: float) -> str:
+    """The quarantine reason of an image whose regions cover (nearly) all of it."""
+    return (
+        f"pixels may hold burned-in identity and the ultrasound regions cover "
+        f"{100 * covered_share:.1f} % of the image, {_NO_ROOM}: quarantined (check the image, "
+        "then re-run with --allow-burned-in)"
+    )
+
+
+def quarantine_kind(reason: str | None) -> str:
+    """What a quarantine reason is about, in a few words (for counts)."""
+    text = reason or ""
+    if _NO_ROOM in text:
+        return "regions cover the image"
+    if "no ultrasound region" in text:
+        return "no ultrasound region"
+    return "other"
 
 
 def keyed_digest(key: bytes, purpose: str, value: str) -> bytes:
@@ -87,11 +116,48 @@ def normalise_sex(value: object) -> str | None:
     return {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F"}.get(text)
 
 
-def blank_outside_regions(pixels: np.ndarray, regions: list[dict]) -> np.ndarray:
-    """Zero every pixel outside the union of the (clipped, inclusive) region boxes."""
-    keep = np.zeros(pixels.shape[:2], dtype=bool)
+def covered_share(regions: list[dict], rows: int, cols: int) -> float:
+    """The share of a rows x cols image inside the union of the (clipped, inclusive) region
+    boxes: 0 without regions, 1 when they cover it all."""
+    if not regions or rows <= 0 or cols <= 0:
+        return 0.0
+    boxes = [b for b in (_clipped(r, rows, cols) for r in regions) if b is not None]
+    if len(boxes) <= 2:  # the usual case, without a mask: inclusion-exclusion
+        area = sum(_box_area(b) for b in boxes)
+        if len(boxes) == 2:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes
+            area -= _box_area((max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)))
+        return area / (rows * cols)
+    return float(_keep_mask((rows, cols), regions).mean())
+
+
+def _clipped(r: dict, rows: int, cols: int) -> tuple[int, int, int, int] | None:
+    x0, y0 = max(0, int(r["x0"])), max(0, int(r["y0"]))
+    x1, y1 = min(cols - 1, int(r["x1"])), min(rows - 1, int(r["y1"]))
+    return (x0, y0, x1, y1) if x1 >= x0 and y1 >= y0 else None
+
+
+def _box_area(box: tuple[int, int, int, int]) -> int:
+    x0, y0, x1, y1 = box
+    return max(0, x1 - x0 + 1) * max(0, y1 - y0 + 1)
+
+
+def room_for_banner(regions: list[dict], rows: int, cols: int) -> bool:
+    """Whether blanking outside the regions can remove a banner: enough of the image lies
+    outside them (see BANNER_MIN_SHARE)."""
+    return 1.0 - covered_share(regions, rows, cols) >= BANNER_MIN_SHARE
+
+
+def _keep_mask(shape: tuple[int, ...], regions: list[dict]) -> np.ndarray:
+    keep = np.zeros(shape[:2], dtype=bool)
     for r in regions:
         keep[r["y0"] : r["y1"] + 1, r["x0"] : r["x1"] + 1] = True
+    return keep
+
+
+def blank_outside_regions(pixels: np.ndarray, regions: list[dict]) -> np.ndarray:
+    """Zero every pixel outside the union of the (clipped, inclusive) region boxes."""
+    keep = _keep_mask(pixels.shape, regions)
     out = pixels.copy()
     out[~keep] = 0
     return out

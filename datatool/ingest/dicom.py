@@ -7,20 +7,34 @@ Pure functions of bytes and datasets; nothing here touches the catalogue. Every 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filereader import read_dataset as _read_body
+from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels import apply_color_lut, apply_voi_lut, pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 MAX_PIXELS_PER_FRAME = 8192 * 8192
 MAX_DECODED_BYTES = 4 * 1024**3  # a whole file's pixel data, decoded
 CM = 3  # PhysicalUnits code for centimetres
+# A deflated dataset is inflated only as far as its header declares: the pixel data it
+# declares, plus this much for the header and what may follow the pixels.
+INFLATE_SLACK = 1 << 20
+MAX_INFLATED_HEADER = 16 << 20
+_PIXEL_TAG = 0x7FE00010
 
 
 class FrameMode(StrEnum):
@@ -66,7 +80,144 @@ class Region:
 
 
 def read_dataset(data: bytes) -> Dataset:
-    """Parse a DICOM file's bytes, rejecting what is not a usable DICOM image file."""
+    """Parse a DICOM file's bytes, rejecting what is not a usable DICOM image file. A
+    deflated file is inflated no further than its declared image needs."""
+    deflated = _is_deflated(data)
+    if deflated:
+        data = _inflate_bounded(data)
+    ds = _parse(data)
+    if deflated:  # pixels decode the same; the catalogue records the file's own syntax
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    return ds
+
+
+def read_dataset_from(path: Path) -> Dataset:
+    """Parse a large DICOM file from disk without reading its pixel data (it stays on disk,
+    deferred; frames are read one at a time by :func:`decode_frame` given the path), with
+    the checks of :func:`read_dataset`. Deflated files are read with :func:`read_dataset`:
+    their pixel data cannot be reached without inflating what comes before it."""
+    with open(path, "rb") as handle:
+        head = handle.read(8192)
+    if _is_deflated(head):
+        return read_dataset(Path(path).read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(path, defer_size=1 << 16)
+        except InvalidDicomError:
+            try:
+                ds = pydicom.dcmread(path, defer_size=1 << 16, force=True)
+            except Exception as exc:
+                raise BadDicom(f"not a DICOM file ({type(exc).__name__})") from None
+            if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+                raise BadDicom(
+                    "not a DICOM file (no DICM preamble, no SOP Class/Instance UID)"
+                ) from None
+        except Exception as exc:
+            raise BadDicom(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
+    _validate(ds, file_size=Path(path).stat().st_size)
+    return ds
+
+
+def _is_deflated(data: bytes) -> bool:
+    if DeflatedExplicitVRLittleEndian.encode() not in data[:8192]:
+        return False  # the transfer syntax is in the file meta, at the very start
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fp = io.BytesIO(data)
+            read_preamble(fp, False)
+            meta = _read_file_meta_info(fp)
+    except Exception:
+        return False
+    return str(meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian
+
+
+def declared_pixel_bytes(ds: Dataset) -> int:
+    """The bytes of native pixel data the header declares (all frames)."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.BitsAllocated)
+    frames = n_frames(ds)
+    if min(rows, cols, spp, bits, frames) <= 0:
+        raise ValueError("non-positive size")
+    if bits == 1:
+        return (rows * cols * frames + 7) // 8
+    return rows * cols * spp * frames * bits // 8
+
+
+def _inflate_bounded(data: bytes) -> bytes:
+    """The file with its deflated dataset inflated (as Explicit VR Little Endian), refusing
+    a stream that inflates beyond what its header declares (a decompression bomb)."""
+    fp = io.BytesIO(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending = data[fp.tell() :]
+    body = b""
+    probe = 1 << 16
+    try:
+        while True:  # inflate the header, a little more each round, until the pixel data
+            body += inflater.decompress(pending, probe - len(body))
+            pending = inflater.unconsumed_tail
+            header = _header_before_pixels(body)
+            if header is not None or inflater.eof or not pending:
+                break
+            if probe >= MAX_INFLATED_HEADER:
+                raise BadDicom(
+                    f"deflated header larger than {MAX_INFLATED_HEADER >> 20} MiB before "
+                    "the pixel data: refused"
+                )
+            probe *= 4
+        if header is not None:
+            ds, offset = header
+            try:
+                expected = declared_pixel_bytes(ds)
+            except (AttributeError, TypeError, ValueError):
+                raise BadDicom("missing or invalid Rows/Columns/BitsAllocated") from None
+            if expected > MAX_DECODED_BYTES:
+                raise BadDicom(
+                    f"absurd image size: {expected} bytes of pixel data declared "
+                    f"(over the {MAX_DECODED_BYTES // 1024**3} GiB limit)"
+                )
+            bound = offset + 12 + expected + INFLATE_SLACK
+            if pending:
+                body += inflater.decompress(pending, bound + 1 - len(body))
+            if len(body) > bound:
+                raise BadDicom(
+                    f"deflated data inflates beyond the {expected} bytes of pixel data its "
+                    "header declares: refused (a decompression bomb?)"
+                )
+        elif pending:
+            raise BadDicom("deflated data holds no readable header: refused")
+    except zlib.error:
+        raise BadDicom("deflated data does not inflate (corrupt file)") from None
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = DicomBytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=False)
+    return out.getvalue() + body
+
+
+def _header_before_pixels(body: bytes) -> tuple[Dataset, int] | None:
+    """The elements of an inflated dataset before its pixel data, and the pixel data's
+    offset; None while ``body`` does not reach the pixel data."""
+    fp = io.BytesIO(body)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = _read_body(fp, False, True, stop_when=lambda tag, vr, length: tag == _PIXEL_TAG)
+    except Exception:
+        return None
+    at = fp.tell()
+    if len(body) < at + 4 or struct.unpack("<HH", body[at : at + 4]) != (0x7FE0, 0x0010):
+        return None
+    return ds, at
+
+
+def _parse(data: bytes) -> Dataset:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -86,29 +237,35 @@ def read_dataset(data: bytes) -> Dataset:
             raise BadDicom(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
         if any("End of file" in str(w.message) for w in caught):
             raise BadDicom("truncated file: it ends inside the pixel data")
-        if len(ds) == 0:
-            raise BadDicom("no readable DICOM elements (truncated or corrupt file)")
-        try:
-            for keyword in ("SOPClassUID", "SOPInstanceUID"):
-                if not str(ds.get(keyword, "") or "").strip():
-                    raise BadDicom(f"missing {keyword} (truncated header?)")
-            if str(ds.SOPClassUID) in NOT_IMAGES:
-                raise BadDicom(f"not an image ({ds.SOPClassUID.name})")
-            if "PixelData" not in ds:
-                raise BadDicom("no pixel data (not an image, or the file is truncated)")
-            if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
-                ds.file_meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
-                ds.file_meta.TransferSyntaxUID = (
-                    pydicom.uid.ImplicitVRLittleEndian
-                    if ds.is_implicit_VR
-                    else pydicom.uid.ExplicitVRLittleEndian
-                )
-            _check_geometry(ds)
-        except BadDicom:
-            raise
-        except Exception as exc:  # invalid values deep in the header
-            raise BadDicom(f"invalid header ({type(exc).__name__}: {_short(exc)})") from None
+        _validate(ds)
     return ds
+
+
+def _validate(ds: Dataset, file_size: int | None = None) -> None:
+    """Reject a dataset that is not a usable image (``file_size``: of a file read with its
+    pixel data deferred, to tell a file cut inside its pixel data)."""
+    if len(ds) == 0:
+        raise BadDicom("no readable DICOM elements (truncated or corrupt file)")
+    try:
+        for keyword in ("SOPClassUID", "SOPInstanceUID"):
+            if not str(ds.get(keyword, "") or "").strip():
+                raise BadDicom(f"missing {keyword} (truncated header?)")
+        if str(ds.SOPClassUID) in NOT_IMAGES:
+            raise BadDicom(f"not an image ({ds.SOPClassUID.name})")
+        if "PixelData" not in ds:
+            raise BadDicom("no pixel data (not an image, or the file is truncated)")
+        if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
+            ds.file_meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = (
+                pydicom.uid.ImplicitVRLittleEndian
+                if ds.is_implicit_VR
+                else pydicom.uid.ExplicitVRLittleEndian
+            )
+        _check_geometry(ds, file_size)
+    except BadDicom:
+        raise
+    except Exception as exc:  # invalid values deep in the header
+        raise BadDicom(f"invalid header ({type(exc).__name__}: {_short(exc)})") from None
 
 
 def _short(exc: BaseException, limit: int = 120) -> str:
@@ -124,7 +281,7 @@ def n_frames(ds: Dataset) -> int:
     return value
 
 
-def _check_geometry(ds: Dataset) -> None:
+def _check_geometry(ds: Dataset, file_size: int | None = None) -> None:
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         spp = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -142,11 +299,19 @@ def _check_geometry(ds: Dataset) -> None:
             f"absurd image size {rows}x{cols}x{spp}, {frames} frame(s) "
             f"(over the {MAX_DECODED_BYTES // 1024**3} GiB limit)"
         )
+    element = ds.get_item(_PIXEL_TAG)
+    # a value left on disk (read_dataset_from) is a RawDataElement: its length and offset
+    deferred = isinstance(element, RawDataElement) and element.value is None
+    length = element.length if isinstance(element, RawDataElement) else 0
+    if isinstance(element, RawDataElement) and deferred and file_size is not None:
+        end = element.value_tell + (length if length != 0xFFFFFFFF else 0)
+        if end > file_size:
+            raise BadDicom("truncated file: it ends inside the pixel data")
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         expected = (
             rows * cols * spp * frames * bits // 8 if bits != 1 else (rows * cols * frames + 7) // 8
         )
-        have = len(ds.PixelData)
+        have = length if deferred else len(ds.PixelData)
         if have < expected:
             raise BadDicom(
                 f"pixel data too short: {have} bytes for {expected} expected (truncated file?)"
@@ -221,13 +386,15 @@ def calibration(regions: list[Region]) -> tuple[float | None, float | None]:
     return best.mm_per_px_x, best.mm_per_px_y
 
 
-def decode_frame(ds: Dataset, index: int) -> np.ndarray:
-    """One frame as 8-bit grayscale (rows x cols, uint8)."""
+def decode_frame(ds: Dataset, index: int, source: Dataset | Path | None = None) -> np.ndarray:
+    """One frame as 8-bit grayscale (rows x cols, uint8). ``source`` is where the pixels
+    are read from: the dataset (default), or the file's path, which reads only that frame
+    from disk (for a file parsed by :func:`read_dataset_from`)."""
     total = n_frames(ds)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = pixel_array(ds, index=index if total > 1 else None)
+            arr = pixel_array(ds if source is None else source, index=index if total > 1 else None)
             photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
             if photometric == "PALETTE COLOR":
                 arr = apply_color_lut(arr, ds)

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from datatool.core.catalogue import FileStatus, Image, Patient, Series, SourceFile, Study
 from datatool.core.workspace import Workspace
+from datatool.ingest import deid
 
 
 @dataclass
@@ -34,6 +35,11 @@ class Status:
     calibration_coverage: float | None  # share of images with mm calibration
     pixel_handling: dict[str, int]
     per_patient: list[PatientCounts] = field(default_factory=list)
+    # quarantined files by what they are about: no ultrasound region, regions cover the image
+    quarantined: dict[str, int] = field(default_factory=dict)
+    # images blanked outside regions that cover (nearly) all of them: catalogued before
+    # ingest quarantined such images, they may still hold burned-in text
+    blanked_without_room: int = 0
 
 
 def status(ws: Workspace) -> Status:
@@ -67,6 +73,20 @@ def status(ws: Workspace) -> Status:
             .group_by(Patient.id)
             .order_by(Patient.pseudonym)
         ).all()
+        quarantined: dict[str, int] = {}
+        for reason in s.scalars(
+            select(SourceFile.reason).where(SourceFile.status == FileStatus.quarantined)
+        ):
+            kind = deid.quarantine_kind(reason)
+            quarantined[kind] = quarantined.get(kind, 0) + 1
+        blanked_without_room = sum(
+            not deid.room_for_banner(row.regions or [], row.rows, row.cols)
+            for row in s.execute(
+                select(Image.regions, Image.rows, Image.cols).where(
+                    Image.pixel_handling == "blanked_outside_regions"
+                )
+            )
+        )
         n_patients = s.scalar(select(func.count(Patient.id))) or 0
         n_studies = s.scalar(select(func.count(Study.id))) or 0
         n_series = s.scalar(select(func.count(Series.id))) or 0
@@ -81,6 +101,8 @@ def status(ws: Workspace) -> Status:
         calibration_coverage=(calibrated / n_images) if n_images else None,
         pixel_handling=handling,
         per_patient=[PatientCounts(*row) for row in per_patient],
+        quarantined=dict(sorted(quarantined.items())),
+        blanked_without_room=blanked_without_room,
     )
 
 

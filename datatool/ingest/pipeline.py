@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import stat
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -21,10 +23,12 @@ from pathlib import Path
 
 import pydicom
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from datatool.core.catalogue import FileStatus, Image, Patient, Series, SourceFile, Study, audit
+from datatool.core.errors import DatatoolError
+from datatool.core.files import Walk, skip_reason, special_kind, walk
 from datatool.core.processes import pool_context, worker_count
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
@@ -36,6 +40,7 @@ from datatool.ingest.dicom import (
     frame_indices,
     n_frames,
     read_dataset,
+    read_dataset_from,
     ultrasound_regions,
 )
 
@@ -47,6 +52,7 @@ US_SOP_CLASSES = {
 }
 SKIPPED_NAMES = {"DICOMDIR"}  # the index of a DICOMDIR tree; its files are found by walking
 BATCH_SECONDS = 1.0  # a batch is committed at the latest this long after the last commit
+STREAM_BYTES = 64 << 20  # larger files are read from disk frame by frame, never held whole
 
 
 @dataclass
@@ -60,7 +66,7 @@ class FileResult:
     """What a worker found out about one file (no identity leaves the worker)."""
 
     path: str
-    kind: str  # known | rejected | quarantined | decoded
+    kind: str  # known | rejected | quarantined | decoded | failed (the store cannot be written)
     sha256: str = ""
     size: int = 0
     reason: str = ""
@@ -79,6 +85,7 @@ class IngestReport:
     quarantined: list[tuple[str, str]] = field(default_factory=list)
     conflicts: list[tuple[str, str]] = field(default_factory=list)
     frames_mode: str = "auto"
+    notes: list[tuple[str, str]] = field(default_factory=list)  # e.g. FIFOs, never opened
 
     @property
     def ok(self) -> bool:
@@ -90,7 +97,7 @@ class IngestReport:
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        for name in ("rejected", "quarantined", "conflicts"):
+        for name in ("rejected", "quarantined", "conflicts", "notes"):
             out[name] = [{"file": p, "reason": r} for p, r in out[name]]
         out["exit_code"] = self.exit_code
         return out
@@ -99,21 +106,112 @@ class IngestReport:
 # --------------------------------------------------------------------------- file discovery
 
 
-def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """Every file under the given files and folders, sorted, without hidden files and the
-    DICOMDIR index itself. A path that does not exist raises FileNotFoundError."""
+@dataclass
+class Discovery:
+    """The files to ingest under the given paths, and what was left out with the reason."""
+
+    files: list[str] = field(default_factory=list)
+    skipped: int = 0  # DICOMDIR indexes (their files are found by walking)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # FIFOs, sockets, devices
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # unreadable folders ...
+
+
+def _walk_given(paths: Iterable[Path]) -> Walk:
+    """The regular files under the given files and folders. A path that does not exist
+    raises FileNotFoundError; a given FIFO, socket or device is listed, never opened."""
+    found = Walk()
     for given in paths:
         path = Path(given)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or folder")
-        if path.is_file():
-            yield path
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file or folder") from None
+        except OSError as exc:
+            found.unreadable.append((str(path), f"cannot read it ({exc.strerror or exc})"))
             continue
-        for folder, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                if not name.startswith("."):
-                    yield Path(folder) / name
+        if stat.S_ISDIR(mode):
+            walk([path], found)
+        elif stat.S_ISREG(mode):
+            found.files.append(path)
+        else:
+            found.special.append((str(path), special_kind(mode) or "not a regular file"))
+    return found
+
+
+def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Every regular file under the given files and folders, sorted, without hidden files.
+    A path that does not exist raises FileNotFoundError."""
+    yield from _walk_given(paths).files
+
+
+def discover(paths: Iterable[Path]) -> Discovery:
+    """The files to ingest (see :class:`Discovery`); each DICOMDIR index is read for its
+    references, and every file it lists that is missing is reported."""
+    found = _walk_given(paths)
+    out = Discovery(
+        notes=[(p, skip_reason(kind)) for p, kind in found.special],
+        rejected=list(found.unreadable),
+    )
+    for path in found.files:
+        if path.name in SKIPPED_NAMES:
+            out.skipped += 1
+            missing, note = dicomdir_missing(path)
+            out.rejected.extend(
+                (
+                    str(m),
+                    f"listed in the DICOMDIR {path} but missing: restore the file, or re-make "
+                    "the DICOMDIR",
+                )
+                for m in missing
+            )
+            if note:
+                out.notes.append((str(path), note))
+        else:
+            out.files.append(str(path))
+    return out
+
+
+def _exists_any_case(base: Path, parts: list[str]) -> bool:
+    """Whether base/parts... exists, matching each part's case loosely (DICOMDIR file IDs
+    are upper case; copied media often are not)."""
+    if base.joinpath(*parts).exists():
+        return True
+    folder = base
+    for part in parts:
+        try:
+            names = {n.lower(): n for n in os.listdir(folder)}
+        except OSError:
+            return False
+        name = names.get(part.lower())
+        if name is None:
+            return False
+        folder = folder / name
+    return True
+
+
+def dicomdir_missing(path: Path) -> tuple[list[Path], str | None]:
+    """The files a DICOMDIR lists that do not exist beside it, and a note when it cannot be
+    read as a DICOMDIR (its references are then not checked)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's warnings can quote header values
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            records = list(ds.get("DirectoryRecordSequence") or [])
+            refs = [r.get("ReferencedFileID") for r in records]
+    except Exception as exc:
+        return [], (
+            f"not a readable DICOMDIR ({type(exc).__name__}): its references were not "
+            "checked; the files beside it are ingested all the same"
+        )
+    missing = []
+    for ref in refs:
+        if not ref:
+            continue
+        parts = [str(ref)] if isinstance(ref, str) else [str(p) for p in ref]
+        parts = [p.strip() for p in parts if p.strip()]
+        if parts and not _exists_any_case(path.parent, parts):
+            missing.append(path.parent.joinpath(*parts))
+    return missing, None
 
 
 # --------------------------------------------------------------------------- worker side
@@ -129,42 +227,46 @@ def _init_worker(key: bytes, store_root: str, options: Options, known: frozenset
     _worker.update(key=key, store=Store(Path(store_root)), options=options, known=known)
 
 
+def _read_source(path: str) -> tuple[bytes | None, str, int]:
+    """(bytes, SHA-256, size) of a file; a file over STREAM_BYTES is hashed by streaming and
+    its bytes are not kept (None): it is parsed and decoded from disk, frame by frame."""
+    size = os.stat(path).st_size
+    if size <= STREAM_BYTES:
+        data = Path(path).read_bytes()
+        return data, hashlib.sha256(data).hexdigest(), len(data)
+    with open(path, "rb") as handle:
+        return None, hashlib.file_digest(handle, "sha256").hexdigest(), size
+
+
 def process_file(path: str) -> FileResult:
-    """Read, validate, de-identify, decode and store one file (runs in a worker)."""
+    """Read, validate, de-identify, decode and store one file (runs in a worker). Frames are
+    decoded and stored one at a time, so memory holds about one frame (and, for files up to
+    STREAM_BYTES, the file's bytes)."""
     key: bytes = _worker["key"]
     options: Options = _worker["options"]
     try:
-        data = Path(path).read_bytes()
+        data, sha, size = _read_source(path)
     except OSError as exc:
         return FileResult(path, "rejected", reason=f"cannot read ({exc.strerror or exc})")
-    sha = hashlib.sha256(data).hexdigest()
     if sha in _worker["known"]:
-        return FileResult(path, "known", sha, len(data))
+        return FileResult(path, "known", sha, size)
     try:
-        ds = read_dataset(data)
+        ds = read_dataset(data) if data is not None else read_dataset_from(Path(path))
         meta = clean_metadata(ds, key)
         meta["path_key"] = deid.path_key(key, str(Path(path).resolve()))
         regions = ultrasound_regions(ds)
         meta["regions"] = [r.as_dict() for r in regions]
         meta["mm_per_px_x"], meta["mm_per_px_y"] = calibration(regions)
-        # decode first: an undecodable file is rejected, never merely quarantined
-        decoded = [
-            (i, decode_frame(ds, i)) for i in frame_indices(meta["n_frames"], options.frames)
-        ]
         burned = burned_in(ds)
+        rows, cols = int(ds.Rows), int(ds.Columns)
         if burned and not regions:
-            if not options.allow_burned_in:
-                return FileResult(
-                    path,
-                    "quarantined",
-                    sha,
-                    len(data),
-                    meta=meta,
-                    reason=(
-                        "pixels may hold burned-in identity and there is no ultrasound region to "
-                        "keep: quarantined (check the image, then re-run with --allow-burned-in)"
-                    ),
-                )
+            reason = deid.QUARANTINE_NO_REGION
+        elif burned and not deid.room_for_banner(meta["regions"], rows, cols):
+            reason = deid.quarantine_no_room(deid.covered_share(meta["regions"], rows, cols))
+        else:
+            reason = ""
+        quarantine = bool(reason) and not options.allow_burned_in
+        if reason:
             meta["pixel_handling"] = "kept_burned_in_allowed"
         elif burned:
             meta["pixel_handling"] = "blanked_outside_regions"
@@ -172,20 +274,46 @@ def process_file(path: str) -> FileResult:
             meta["pixel_handling"] = "not_burned_in"
         frames = []
         store: Store = _worker["store"]
-        for index, gray in decoded:
-            if meta["pixel_handling"] == "blanked_outside_regions":
+        source = ds if data is not None else Path(path)
+        # every chosen frame is decoded, also for a file to quarantine: an undecodable file
+        # is rejected, never merely quarantined
+        for index in frame_indices(meta["n_frames"], options.frames):
+            gray = decode_frame(ds, index, source)
+            if quarantine:
+                continue
+            if burned and regions:  # also when allowed: what lies outside goes all the same
                 gray = deid.blank_outside_regions(gray, meta["regions"])
+            try:
+                digest = store.put_array(gray)
+            except OSError as exc:
+                return FileResult(path, "failed", sha, size, reason=_write_failure(store.root, exc))
             frames.append(
                 {
                     "index": index,
-                    "hash": store.put_array(gray),
+                    "hash": digest,
                     "rows": int(gray.shape[0]),
                     "cols": int(gray.shape[1]),
                 }
             )
+        if quarantine:
+            return FileResult(path, "quarantined", sha, size, meta=meta, reason=reason)
     except BadDicom as exc:
-        return FileResult(path, "rejected", sha, len(data), reason=str(exc))
-    return FileResult(path, "decoded", sha, len(data), meta=meta, frames=frames)
+        return FileResult(path, "rejected", sha, size, reason=str(exc))
+    return FileResult(path, "decoded", sha, size, meta=meta, frames=frames)
+
+
+def _write_failure(root: Path, exc: OSError) -> str:
+    """One line on a failed write to the store: where, why, and the free space there."""
+    where = exc.filename or root
+    try:
+        free = f"{shutil.disk_usage(root).free / 1024**2:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return (
+        f"{where}: cannot write to the store ({exc.strerror or exc}; {free} there): ingest "
+        "stopped, the catalogue holds every file ingested so far; make room and run the "
+        "same command again"
+    )
 
 
 def burned_in(ds) -> bool:
@@ -306,17 +434,16 @@ class CatalogueBatch:
                 "conflict: this SOP Instance UID is already catalogued with different "
                 "bytes; the new version is kept aside, nothing was overwritten"
             )
-            self._add_source(
-                result,
-                status=FileStatus.conflict,
-                reason=reason,
-                aside=[f["hash"] for f in result.frames],
-            )
+            self._keep_aside(result, existing, reason)
             return "conflict", reason
-        series = self._series_for(meta)
+        try:
+            series = self._series_for(meta)
+        except _OtherPatient as exc:
+            self._keep_aside(result, existing, str(exc))
+            return "conflict", str(exc)
         if existing is not None:  # a quarantined file now let in
             source = existing
-            source.status, source.reason = "ingested", None
+            source.status, source.reason = FileStatus.ingested, None
         else:
             source = self._add_source(result, status=FileStatus.ingested)
         self.ingested_uids.add(meta["sop_uid"])
@@ -336,6 +463,15 @@ class CatalogueBatch:
             for f in result.frames
         )
         return "ingested", ""
+
+    def _keep_aside(self, result: FileResult, existing: SourceFile | None, reason: str) -> None:
+        """Record a conflicting file with its frames kept aside in the store (a file that
+        was quarantined before keeps its row, now as a conflict)."""
+        aside = [f["hash"] for f in result.frames]
+        if existing is not None:
+            existing.status, existing.reason, existing.aside = FileStatus.conflict, reason, aside
+        else:
+            self._add_source(result, status=FileStatus.conflict, reason=reason, aside=aside)
 
     def _add_source(
         self, result: FileResult, status: str, reason: str | None = None, aside: list | None = None
@@ -365,12 +501,15 @@ class CatalogueBatch:
             select(Series).where(Series.uid == meta["series_uid"])
         )
         if series is not None:
+            _same_patient(series.study, meta, "Series")
             self.series[meta["series_uid"]] = series
             return series
         study = self.studies.get(meta["study_uid"]) or s.scalar(
             select(Study).where(Study.uid == meta["study_uid"])
         )
-        if study is None:
+        if study is not None:
+            _same_patient(study, meta, "Study")
+        else:
             patient = self.patients.get(meta["pseudonym"]) or s.scalar(
                 select(Patient).where(Patient.pseudonym == meta["pseudonym"])
             )
@@ -405,6 +544,20 @@ class CatalogueBatch:
         return series
 
 
+class _OtherPatient(Exception):
+    """A study or series already catalogued under another patient; ``str()`` is the reason."""
+
+
+def _same_patient(study: Study, meta: dict, what: str) -> None:
+    """Raise _OtherPatient when ``study`` belongs to another patient than the file's."""
+    if study.patient.pseudonym != meta["pseudonym"]:
+        raise _OtherPatient(
+            f"conflict: this {what} Instance UID is already catalogued under another patient "
+            "(the file names another PatientID); kept aside, nothing was filed: check which "
+            "patient the file belongs to"
+        )
+
+
 def record_batch(ws: Workspace, results: list[FileResult], report: IngestReport) -> None:
     """Write a batch in one transaction and count its outcomes once it has committed. On a
     unique-key race with a concurrent ingest (PostgreSQL; SQLite serialises writers) the batch
@@ -431,6 +584,24 @@ def record_batch(ws: Workspace, results: list[FileResult], report: IngestReport)
             report.conflicts.append((result.path, reason))
 
 
+def _record(ws: Workspace, results: list[FileResult], report: IngestReport) -> None:
+    """record_batch; a catalogue that cannot be written (a full disk) is one line."""
+    try:
+        record_batch(ws, results, report)
+    except OperationalError as exc:
+        detail = str(exc.orig) if exc.orig is not None else type(exc).__name__
+        where = ws.meta_dir / "catalogue.sqlite"
+        try:
+            free = f"{shutil.disk_usage(ws.meta_dir).free / 1024**2:.1f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        raise DatatoolError(
+            f"{where}: cannot write the catalogue ({detail}; {free} there): ingest stopped, "
+            "the catalogue holds every file ingested so far; make room and run the same "
+            "command again"
+        ) from None
+
+
 def ingest(
     ws: Workspace,
     paths: Iterable[Path],
@@ -450,12 +621,9 @@ def ingest(
     frame_indices(1, frames)  # validates the mode before any work
     options = Options(frames=frames, allow_burned_in=allow_burned_in)
     report = IngestReport(frames_mode=frames)
-    files: list[str] = []
-    for path in iter_files(paths):
-        if path.name in SKIPPED_NAMES:
-            report.skipped += 1
-        else:
-            files.append(str(path))
+    found = discover(paths)
+    files = found.files
+    report.skipped, report.notes, report.rejected = found.skipped, found.notes, found.rejected
     report.files_seen = len(files)
     with ws.session() as session:
         known = known_hashes(session)
@@ -475,23 +643,28 @@ def ingest(
         with pool_context().Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
             yield from pool.imap_unordered(process_file, files, chunksize=4)
 
-    pending, last_commit = [], time.monotonic()
+    pending: list[FileResult] = []
+    last_commit = time.monotonic()
     for done, result in enumerate(results(), start=1):
         if result.kind == "known":
             report.already_present += 1
         elif result.kind == "rejected":
             report.rejected.append((result.path, result.reason))
+        elif result.kind == "failed":  # the store cannot be written: nothing further can
+            if pending:
+                _record(ws, pending, report)
+            raise DatatoolError(result.reason)
         else:
             pending.append(result)
         if pending and (
             len(pending) >= batch_size or time.monotonic() - last_commit > BATCH_SECONDS
         ):
-            record_batch(ws, pending, report)
+            _record(ws, pending, report)
             pending, last_commit = [], time.monotonic()
         if progress:
             progress(done, len(files))
     if pending:
-        record_batch(ws, pending, report)
+        _record(ws, pending, report)
     with ws.session() as session:
         audit(
             session,

@@ -57,14 +57,28 @@ class RaterRow:
 def add_rater(ws: Workspace, name: str, kind: RaterKind | str = RaterKind.human) -> RaterAdded:
     """Register a rater. Registering twice changes nothing (``created`` is False)."""
     name = name.strip()
-    if not name or len(name) > 64 or any(c in name for c in "/\\\n\t,"):
-        raise UsageError(f"rater name {name!r} must be 1-64 characters without / \\ , or tabs")
+    if (
+        not name
+        or len(name) > 64
+        or any(c in name for c in "/\\,")
+        or any(not c.isprintable() for c in name)
+    ):
+        raise UsageError(f"rater name {name!r} must be 1-64 printable characters without / \\ or ,")
     try:
         kind = RaterKind(kind)
     except ValueError:
         raise UsageError(
             f"rater kind must be one of {', '.join(k.value for k in RaterKind)}"
         ) from None
+    reserved = next(
+        (k for k in (RaterKind.consensus, RaterKind.model) if name.lower().startswith(f"{k}:")),
+        None,
+    )
+    if reserved is not None and kind is not reserved:
+        raise UsageError(
+            f"rater name {name!r}: names beginning '{reserved}:' are kept for labels made by "
+            f"datatool ({reserved} raters); choose another name"
+        )
     with ws.session() as s:
         rater = s.scalar(select(Rater).where(Rater.name == name))
         if rater is not None:

@@ -12,6 +12,7 @@ from scipy import ndimage
 from datatool.core.protocol import Protocol
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+MAX_VALUES_SHOWN = 5  # unknown label values named in a rejection
 
 
 class BadLabel(Exception):
@@ -33,9 +34,13 @@ def _unknown_runs(protocol: Protocol) -> list[tuple[int, int]]:
 def _unknown_error(mask: np.ndarray, protocol: Protocol) -> BadLabel:
     values = np.unique(mask)
     unknown = [int(v) for v in values if v != 0 and int(v) not in protocol.values]
+    unknown = unknown or [int(v) for v in values]
+    # a few values say what is wrong; all of them would echo the file's content
+    shown = f"{unknown[:MAX_VALUES_SHOWN]}"
+    if len(unknown) > MAX_VALUES_SHOWN:
+        shown = f"{shown[:-1]}, ...] ({len(unknown)} distinct)"
     return BadLabel(
-        f"unknown label value(s) {unknown or values.tolist()} "
-        f"(protocol {protocol.name} knows {list(protocol.values)})"
+        f"unknown label value(s) {shown} (protocol {protocol.name} knows {list(protocol.values)})"
     )
 
 

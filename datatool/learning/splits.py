@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from datatool.labels.matching import image_name
 from datatool.learning.options import ExportFormat, Stratify, Subset, choice
 
 SUBSETS = tuple(s.value for s in Subset)  # the order of deal()'s bins: train, val, test
+SEED_MAX = 2**31 - 1  # the largest seed the catalogue stores (an INTEGER column)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -54,7 +56,12 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
         parts = [float(p) for p in text.split(":")]
     except ValueError:
         parts = []
-    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0 or parts[0] == 0:
+    if (
+        len(parts) != 3
+        or not all(math.isfinite(p) and p >= 0 for p in parts)
+        or sum(parts) <= 0
+        or parts[0] == 0
+    ):
         raise UsageError(f"--ratios takes train:val:test such as 6:2:2, not {text!r}")
     total = sum(parts)
     return tuple(p / total for p in parts)  # type: ignore[return-value]
@@ -217,10 +224,17 @@ def _assign(
     subset_of: dict[str, int] = {}
     for key in sorted(strata):
         subset_of.update(deal(strata[key], weights, seed))
+    test = SUBSETS.index(Subset.test)
+    outside_test = sum(1 for k in subset_of.values() if k != test)
+    if folds > outside_test:
+        raise UsageError(
+            f"--folds {folds}: only {outside_test} patient(s) outside the test set; "
+            f"at most {outside_test} folds (or --folds 0)"
+        )
     fold_of: dict[str, int] = {}
     if folds:
         for key in sorted(strata):
-            rest = [u for u in strata[key] if subset_of[u[0]] != SUBSETS.index(Subset.test)]
+            rest = [u for u in strata[key] if subset_of[u[0]] != test]
             fold_of.update(deal(rest, [1.0 / folds] * folds, seed))
     return subset_of, fold_of
 
@@ -253,6 +267,8 @@ def create_split(
     weights = parse_ratios(ratios)
     if folds < 0 or folds == 1:
         raise UsageError("--folds is 0 (none) or at least 2")
+    if not 0 <= seed <= SEED_MAX:
+        raise UsageError(f"--seed must be 0 .. {SEED_MAX}")
     strat = None if stratify is None else choice(Stratify, stratify, "--stratify")
     with ws.session() as s:
         old = s.scalar(select(Split).where(Split.name == name))
@@ -401,15 +417,69 @@ def _leakage(rows) -> list[str]:
     return problems
 
 
+def _owners(session, split: Split) -> dict[int, str]:
+    """Image id -> patient pseudonym as the catalogue has it now (image -> series -> study ->
+    patient), for the split's members."""
+    members = select(SplitMember.image_id).where(SplitMember.split_id == split.id)
+    return dict(
+        session.execute(
+            select(Image.id, Patient.pseudonym)
+            .join(Series, Image.series_id == Series.id)
+            .join(Study, Series.study_id == Study.id)
+            .join(Patient, Study.patient_id == Patient.id)
+            .where(Image.id.in_(members))
+        ).all()
+    )
+
+
+def _first_five(lines: list[str], what: str) -> list[str]:
+    more = [f"... and {len(lines) - 5} more {what}"] if len(lines) > 5 else []
+    return lines[:5] + more
+
+
+def _moved(rows, owner: dict[int, str]) -> list[str]:
+    """Members whose image now belongs to another patient than the one frozen."""
+    moved = [
+        f"{image_name(m.image_id)} now belongs to patient {owner.get(m.image_id)}, not "
+        f"{pseudonym} as frozen (its series was moved)"
+        for m, pseudonym, *_ in rows
+        if owner.get(m.image_id) != pseudonym
+    ]
+    return _first_five(moved, "images moved to another patient")
+
+
+def _bad_masks(ws: Workspace, rows, mask_of: dict) -> list[str]:
+    """Frozen reference masks missing from the store or no longer hashing to their name."""
+    bad = []
+    for m, *_ in rows:
+        digest = mask_of.get(m.annotation_id)
+        if digest is None:
+            continue
+        try:
+            intact = ws.store.verify(digest)
+        except FileNotFoundError:
+            bad.append(f"{image_name(m.image_id)}: its reference mask {digest[:12]} is missing")
+            continue
+        if not intact:
+            bad.append(
+                f"{image_name(m.image_id)}: its reference mask {digest[:12]} no longer "
+                "hashes to its name (changed in the store)"
+            )
+    return _first_five(bad, "reference masks missing or changed")
+
+
 def check_split(ws: Workspace, name: str) -> SplitCheck:
-    """Leakage and completeness: no patient in two sets or two folds, every image with a
-    reference label, the content hash still matches."""
+    """Leakage and completeness: no patient in two sets or two folds (patients as the
+    catalogue has them now, image -> series -> study -> patient, not as stored with the
+    split), every image with a reference label whose mask is in the store and hashes to its
+    name, the content hash still matches."""
     with ws.session() as s:
         split = get_split(s, name)
         rows = _members(s, split)
         mask_of = mask_hashes(s, [m.annotation_id for m, *_ in rows if m.annotation_id])
         params = _params(split)
         stored_hash = split.content_hash
+        owner = _owners(s, split)
         extra = s.scalar(
             select(func.count(Image.id)).where(
                 Image.id.not_in(
@@ -417,7 +487,10 @@ def check_split(ws: Workspace, name: str) -> SplitCheck:
                 )
             )
         )
-    problems = _leakage(rows)
+    problems = _moved(rows, owner)
+    rows = [(m, owner.get(m.image_id, pseudonym), *rest) for m, pseudonym, *rest in rows]
+    problems += _bad_masks(ws, rows, mask_of)
+    problems += _leakage(rows)
     missing = [image_name(m.image_id) for m, *_ in rows if m.annotation_id is None]
     if missing:
         problems.append(

@@ -185,3 +185,21 @@ def test_cli_agreement_json(labelled, cli_env):
         env=cli_env,
     )
     assert "ICC(2,1)" in table.stdout and "saved, reused" in table.stdout
+
+
+def test_a_reused_sample_reports_the_seed_it_was_drawn_with(labelled, cli_env):
+    """Every doubly labelled image (no --sample) is one saved sample whatever the seed: run
+    again with another seed, it is reused and reports the seed it was drawn with."""
+    first = run_agreement(labelled, seed=3, plots=False)
+    assert not first.sample.reused and first.sample.seed == 3
+    again = run_agreement(labelled, seed=11, plots=False)
+    assert again.sample.reused and again.sample.id == first.sample.id
+    assert again.sample.seed == 3
+    res = subprocess.run(
+        [sys.executable, "-m", "datatool", "agreement", "--seed", "11", "-w", str(labelled.root)],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "seed 3" in res.stdout and "seed 11" not in res.stdout

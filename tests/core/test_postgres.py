@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import func, select
 
 from datatool.core.catalogue import Image, SourceFile
-from datatool.core.workspace import init_workspace, open_workspace
+from datatool.core.errors import DatatoolError
+from datatool.core.workspace import KEY_BYTES, init_workspace, open_workspace
 from datatool.ingest.pipeline import ingest
 
 
@@ -108,6 +109,13 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
 
 
+def init_key(path: Path) -> Path:
+    """A valid pseudonym key file that is not the workspace's."""
+    path.write_text(os.urandom(KEY_BYTES).hex() + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
 def test_catalogue_on_postgresql(postgres_url, monkeypatch, tmp_path, us_file):
     monkeypatch.setenv("DATATOOL_DB_URL", postgres_url)
     root = init_workspace(tmp_path / "w").root
@@ -125,3 +133,10 @@ def test_catalogue_on_postgresql(postgres_url, monkeypatch, tmp_path, us_file):
         assert s.scalar(select(func.count(Image.id))) == 2
         assert s.scalar(select(func.count(SourceFile.id))) == 3
     ws.close()
+    # the key's fingerprint lives in the catalogue: another folder on the same database
+    # cannot make a key of its own, nor open it with another workspace's key
+    with pytest.raises(DatatoolError, match="init never makes a new key"):
+        init_workspace(tmp_path / "other")
+    monkeypatch.setenv("DATATOOL_KEY_FILE", str(init_key(tmp_path / "elsewhere")))
+    with pytest.raises(DatatoolError, match="not the pseudonym key of this workspace"):
+        open_workspace(root)

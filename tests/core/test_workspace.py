@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 
 import pytest
@@ -10,9 +11,15 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from datatool.core.catalogue import Base
-from datatool.core.errors import DatatoolError, WorkspaceNotFound
-from datatool.core.workspace import find_workspace, init_workspace, open_workspace
+from datatool.core.catalogue import Base, Patient, Setting
+from datatool.core.errors import DatatoolError, UsageError, WorkspaceNotFound
+from datatool.core.workspace import (
+    KEY_FINGERPRINT,
+    find_workspace,
+    init_workspace,
+    key_fingerprint,
+    open_workspace,
+)
 
 
 def test_init_makes_catalogue_store_and_private_key(tmp_path):
@@ -44,7 +51,7 @@ def test_migrations_match_the_models_and_sqlite_is_wal_with_foreign_keys(ws):
         assert diff == [], "models changed without a migration: run alembic revision"
         assert conn.execute(text("pragma journal_mode")).scalar() == "wal"
         assert conn.execute(text("pragma foreign_keys")).scalar() == 1
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0004"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0006"
 
 
 def test_opening_an_unmigrated_catalogue_upgrades_it_with_a_message(tmp_path, capsys):
@@ -66,3 +73,105 @@ def test_key_kept_apart_and_unsafe_key_refused(tmp_path, monkeypatch):
     key_file.unlink()
     with pytest.raises(DatatoolError, match="key is missing"):
         open_workspace(root)
+
+
+def _fingerprint(root):
+    con = sqlite3.connect(root / ".datatool" / "catalogue.sqlite")
+    try:
+        row = con.execute("select value from settings where name = ?", (KEY_FINGERPRINT,))
+        return (row.fetchone() or [None])[0]
+    finally:
+        con.close()
+
+
+def test_the_catalogue_records_a_fingerprint_never_the_key(tmp_path):
+    root = init_workspace(tmp_path / "w").root
+    key = bytes.fromhex((root / ".datatool" / "secret.key").read_text().strip())
+    recorded = _fingerprint(root)
+    assert recorded == key_fingerprint(key) and key.hex() not in recorded
+    assert key.hex().encode() not in (root / ".datatool" / "catalogue.sqlite").read_bytes()
+
+
+def test_init_never_replaces_the_key_of_a_workspace_with_pseudonyms(tmp_path):
+    root = init_workspace(tmp_path / "w").root
+    key_file = root / ".datatool" / "secret.key"
+    key_file.unlink()
+    with pytest.raises(DatatoolError, match=r"init never makes a new key.*backup"):
+        init_workspace(root)
+    assert not key_file.exists()
+    with pytest.raises(DatatoolError, match=r"key is missing.*backup"):
+        open_workspace(root)
+
+
+def test_a_legacy_catalogue_with_pseudonyms_but_no_fingerprint_keeps_its_key(tmp_path):
+    root = init_workspace(tmp_path / "w").root
+    ws = open_workspace(root)
+    with ws.session() as s:
+        s.add(Patient(pseudonym="P-AAAAAAAAAA"))
+        s.delete(s.get(Setting, KEY_FINGERPRINT))
+    ws.close()
+    (root / ".datatool" / "secret.key").unlink()
+    with pytest.raises(DatatoolError, match="init never makes a new key"):
+        init_workspace(root)
+
+
+def test_an_empty_workspace_whose_init_was_cut_short_gets_a_key(tmp_path):
+    root = init_workspace(tmp_path / "w").root
+    ws = open_workspace(root)
+    with ws.session() as s:
+        s.delete(s.get(Setting, KEY_FINGERPRINT))
+    ws.close()
+    (root / ".datatool" / "secret.key").unlink()
+    init_workspace(root)  # nothing was pseudonymised with the lost key: a new one is safe
+    assert (root / ".datatool" / "secret.key").is_file() and _fingerprint(root)
+
+
+def test_another_valid_key_is_refused(tmp_path, monkeypatch):
+    root = init_workspace(tmp_path / "w").root
+    other = init_workspace(tmp_path / "other").root / ".datatool" / "secret.key"
+    monkeypatch.setenv("DATATOOL_KEY_FILE", str(other))
+    with pytest.raises(DatatoolError, match="not the pseudonym key of this workspace") as exc:
+        open_workspace(root)
+    assert "\n" not in str(exc.value) and "backup" in str(exc.value)
+    with pytest.raises(DatatoolError, match="not the pseudonym key"):
+        init_workspace(root)
+
+
+def test_legacy_catalogue_gets_its_fingerprint_on_first_open_said_once(tmp_path, capsys):
+    root = init_workspace(tmp_path / "w").root
+    con = sqlite3.connect(root / ".datatool" / "catalogue.sqlite")
+    con.execute("delete from settings")
+    con.commit()
+    con.close()
+    capsys.readouterr()
+    open_workspace(root).close()
+    first = capsys.readouterr().err
+    assert "recorded the fingerprint of the pseudonym key" in first
+    open_workspace(root).close()
+    assert capsys.readouterr().err == ""
+    assert _fingerprint(root)
+
+
+@pytest.mark.parametrize("kind", ["not hex", "folder", "binary", "empty"])
+def test_a_key_file_that_is_no_key_is_one_line(tmp_path, monkeypatch, kind):
+    root = init_workspace(tmp_path / "w").root
+    bad = tmp_path / "bad.key"
+    if kind == "folder":
+        bad.mkdir(mode=0o700)
+    else:
+        bad.write_bytes(
+            {"not hex": b"secret words\n", "binary": b"\xff\xfe\x00", "empty": b""}[kind]
+        )
+        os.chmod(bad, 0o600)
+    monkeypatch.setenv("DATATOOL_KEY_FILE", str(bad))
+    with pytest.raises(DatatoolError) as exc:
+        open_workspace(root)
+    message = str(exc.value)
+    assert "\n" not in message and "secret words" not in message and str(bad) in message
+
+
+def test_init_onto_a_file_is_a_usage_error(tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("x")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        init_workspace(target)

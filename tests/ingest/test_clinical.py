@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pydicom
 import pytest
 from sqlalchemy import select
@@ -45,3 +47,39 @@ def test_clinical_csv_without_an_id_column(ws, tmp_path):
     csv.write_text("name,sex\nX,F\n")
     with pytest.raises(DatatoolError, match="no patient ID column"):
         ingest_clinical(ws, csv)
+
+
+def test_an_unterminated_quote_never_makes_a_patient_of_the_rest_of_the_file(ws, tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text('patient_id,sex\nA1,F\n"B2,M\nC3,F\nD4,M\n')
+    report = ingest_clinical(ws, csv)
+    assert report.created == 1 and report.exit_code == 1
+    ((where, reason),) = report.rejected
+    assert where == "c.csv:3" and "unterminated quote" in reason and "3-5" in reason
+    with ws.session() as s:
+        assert len(list(s.scalars(select(Patient)))) == 1
+
+
+def test_a_quoted_id_spanning_lines_is_refused(ws, tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text('patient_id,sex\n"A1\nB2",F\nC3,M\n')
+    report = ingest_clinical(ws, csv)
+    assert report.created == 1 and [w for w, _ in report.rejected] == ["c.csv:2"]
+    assert "spans lines 2-3" in report.rejected[0][1]
+
+
+def test_a_csv_that_is_not_utf8_is_one_line_without_its_bytes(ws, tmp_path):
+    csv = tmp_path / "latin1.csv"
+    csv.write_bytes("patient_id,sex\nMÜLLER,F\n".encode("latin-1"))
+    with pytest.raises(DatatoolError) as exc:
+        ingest_clinical(ws, csv)
+    message = str(exc.value)
+    assert "not UTF-8" in message and "line 2" in message and "\n" not in message
+    assert "0xdc" not in message.lower() and "MÜLLER" not in message
+
+
+def test_a_fifo_is_never_opened(ws, tmp_path):
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(DatatoolError, match="FIFO"):
+        ingest_clinical(ws, fifo)

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pydicom
+import pytest
 
 from datatool.ingest import deid
 
@@ -133,3 +134,25 @@ def test_no_identity_reaches_the_workspace_or_the_output(demo_dir, tmp_path, cli
     for digest in hashes:  # the burned-in banner is blanked in every stored image
         assert not ws.store.get_array(digest)[:BANNER_ROWS].any()
     ws.close()
+
+
+def test_covered_share_agrees_with_a_mask_of_the_regions():
+    import random
+
+    from datatool.ingest.deid import covered_share, room_for_banner
+
+    rng = random.Random(7)
+    for _ in range(300):
+        rows, cols = rng.randint(1, 30), rng.randint(1, 30)
+        regions = []
+        for _ in range(rng.randint(1, 4)):
+            x0, x1 = sorted(rng.randint(0, cols - 1) for _ in range(2))
+            y0, y1 = sorted(rng.randint(0, rows - 1) for _ in range(2))
+            regions.append({"x0": x0, "y0": y0, "x1": x1, "y1": y1})
+        mask = np.zeros((rows, cols), bool)
+        for r in regions:
+            mask[r["y0"] : r["y1"] + 1, r["x0"] : r["x1"] + 1] = True
+        assert covered_share(regions, rows, cols) == pytest.approx(mask.mean())
+    full = [{"x0": 0, "y0": 2, "x1": 99, "y1": 99}]  # 2 rows of 100 left: no banner fits
+    assert not room_for_banner(full, 100, 100)
+    assert room_for_banner([{"x0": 0, "y0": 10, "x1": 99, "y1": 99}], 100, 100)

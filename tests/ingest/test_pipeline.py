@@ -6,9 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -21,6 +24,7 @@ import pytest
 from sqlalchemy import func, select
 
 from datatool.core.catalogue import Image, Patient, SourceFile
+from datatool.core.workspace import init_workspace, open_workspace
 from datatool.ingest.pipeline import ingest
 from tests.badfiles import make_bad_files
 from tests.conftest import PYDICOM_DATA_US
@@ -337,3 +341,306 @@ def test_cli_exit_codes_and_json(us_file, tmp_path, cli_env):
     assert run("ingest", str(tmp_path / "missing"), cwd=root).returncode == 2
     assert run("status", cwd=tmp_path).returncode == 2  # no workspace here
     assert "datatool init" in run("status", cwd=tmp_path).stderr
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def _variant(src: Path, dest: Path, **changes) -> Path:
+    """A copy of a DICOM file with a new SOP Instance UID and the given attributes changed
+    (None deletes one)."""
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[str(dest)])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for name, value in changes.items():
+        if value is None:
+            if name in ds:
+                delattr(ds, name)
+        else:
+            setattr(ds, name, value)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dest)
+    return dest
+
+
+def test_a_study_uid_of_another_patient_is_a_conflict_kept_aside(ws, us_file, tmp_path):
+    src = us_file("OBXXXX1A.dcm")
+    first = _variant(src, tmp_path / "a" / "one.dcm", PatientID="MRN-1")
+    other = _variant(  # the same study, another series
+        src, tmp_path / "b" / "two.dcm", PatientID="MRN-2", SeriesInstanceUID="1.2.3.4.5"
+    )
+    assert ingest(ws, [first], workers=0).ingested == 1
+    report = ingest(ws, [other], workers=0)
+    assert report.ingested == 0 and report.exit_code == 1
+    ((path, reason),) = report.conflicts
+    assert path == str(other) and "Study Instance UID" in reason and "another patient" in reason
+    with ws.session() as s:
+        assert s.scalar(select(func.count(Patient.id))) == 1
+        conflict = s.scalar(select(SourceFile).where(SourceFile.status == "conflict"))
+        assert conflict.aside and all(h in ws.store for h in conflict.aside)
+    assert len(images_of(ws)) == 1
+    # the same patient's next image of that study is filed as before
+    again = _variant(src, tmp_path / "c" / "three.dcm", PatientID="MRN-1")
+    assert ingest(ws, [again], workers=0).ingested == 1
+
+
+def test_both_files_in_one_batch_the_second_patient_is_the_conflict(ws, us_file, tmp_path):
+    src = us_file("OBXXXX1A.dcm")
+    _variant(src, tmp_path / "batch" / "a.dcm", PatientID="MRN-1")
+    _variant(src, tmp_path / "batch" / "b.dcm", PatientID="MRN-2")
+    report = ingest(ws, [tmp_path / "batch"], workers=0)
+    assert report.ingested == 1 and len(report.conflicts) == 1
+    assert report.conflicts[0][0].endswith("b.dcm")
+    assert (
+        "Series Instance UID is already catalogued under another patient"
+        in (report.conflicts[0][1])
+    )
+
+
+def _full_region(ds) -> None:
+    region = ds.SequenceOfUltrasoundRegions[0]
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 0, 0
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = ds.Columns - 1, ds.Rows - 2
+    ds.SequenceOfUltrasoundRegions = pydicom.sequence.Sequence([region])
+
+
+@pytest.mark.parametrize("flag", ["YES", None])
+def test_regions_covering_the_image_leave_no_banner_to_blank_quarantined(
+    ws, us_file, tmp_path, flag
+):
+    ds = pydicom.dcmread(us_file("OBXXXX1A.dcm"))
+    _full_region(ds)
+    if flag:
+        ds.BurnedInAnnotation = flag
+    path = tmp_path / "full" / "full.dcm"
+    path.parent.mkdir()
+    ds.save_as(path)
+    report = ingest(ws, [path], workers=0)
+    ((_, reason),) = report.quarantined
+    assert "no room for a banner" in reason and "--allow-burned-in" in reason
+    assert report.exit_code == 1 and not images_of(ws)
+    from datatool.ingest.inventory import status
+
+    assert status(ws).quarantined == {"regions cover the image": 1}
+    allowed = ingest(ws, [path], workers=0, allow_burned_in=True)
+    assert allowed.ingested == 1
+    (img,) = images_of(ws)
+    assert img.pixel_handling == "kept_burned_in_allowed"  # never "blanked" when it was not
+    assert status(ws).pixel_handling == {"kept_burned_in_allowed": 1}
+
+
+def test_regions_covering_the_image_are_fine_when_nothing_is_burned_in(ws, us_file, tmp_path):
+    ds = pydicom.dcmread(us_file("OBXXXX1A.dcm"))
+    _full_region(ds)
+    ds.BurnedInAnnotation = "NO"
+    path = tmp_path / "full" / "no.dcm"
+    path.parent.mkdir()
+    ds.save_as(path)
+    assert ingest(ws, [path], workers=0).ok
+    assert images_of(ws)[0].pixel_handling == "not_burned_in"
+
+
+def test_status_counts_images_blanked_before_the_check(ws, us_file, tmp_path):
+    """A catalogue made before the check holds such images as 'blanked': status says so."""
+    from datatool.ingest.inventory import status
+
+    ds = pydicom.dcmread(us_file("OBXXXX1A.dcm"))
+    _full_region(ds)
+    path = tmp_path / "old" / "old.dcm"
+    path.parent.mkdir()
+    ds.save_as(path)
+    ingest(ws, [path, us_file("gdcm-US-ALOKA-16.dcm")], workers=0, allow_burned_in=True)
+    with ws.session() as s:
+        for img in s.scalars(select(Image)):
+            img.pixel_handling = "blanked_outside_regions"
+    assert status(ws).blanked_without_room == 1
+
+
+# --------------------------------------------------------------------------- odd input trees
+
+
+def _special_files(folder: Path) -> dict[str, Path]:
+    """A FIFO, a socket and (where allowed) a device file, each named like a DICOM file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = {"FIFO": folder / "pipe.dcm", "socket": folder / "sock.dcm"}
+    os.mkfifo(made["FIFO"])
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(made["socket"]))
+    sock.close()
+    try:
+        os.mknod(folder / "dev.dcm", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null
+        made["device"] = folder / "dev.dcm"
+    except (PermissionError, OSError):
+        pass
+    return made
+
+
+def test_fifos_sockets_and_devices_are_never_opened(ws, us_file, tmp_path):
+    good = us_file("OBXXXX1A.dcm", "tree")
+    special = _special_files(good.parent / "sub")
+    fifo_given = tmp_path / "given.fifo"
+    os.mkfifo(fifo_given)
+    report = ingest(ws, [good.parent, fifo_given], workers=0)  # would hang if opened
+    assert report.ingested == 1 and report.ok and report.exit_code == 0
+    notes = dict(report.notes)
+    for kind, path in special.items():
+        assert kind in notes[str(path)] and "never opened" in notes[str(path)]
+    assert "FIFO" in notes[str(fifo_given)]
+
+
+def without_dac_override(cmd: list[str]) -> list[str]:
+    """The command run so that folder permissions apply (root reads every folder unless it
+    gives up CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH)."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be tested")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+
+
+def test_an_unreadable_folder_is_one_line_and_exit_1(pydicom_data, tmp_path, cli_env):
+    init_workspace(tmp_path / "ws")
+    tree = tmp_path / "tree"
+    (tree / "ok").mkdir(parents=True)
+    shutil.copy(pydicom_data / "OBXXXX1A.dcm", tree / "ok" / "a.dcm")
+    (tree / "locked").mkdir()
+    shutil.copy(pydicom_data / "gdcm-US-ALOKA-16.dcm", tree / "locked" / "b.dcm")
+    cmd = [sys.executable, "-m", "datatool", "ingest", str(tree), "-j", "0", "--json"]
+    env = {**cli_env, "DATATOOL_WORKSPACE": str(tmp_path / "ws")}
+    os.chmod(tree / "locked", 0)
+    try:
+        res = subprocess.run(
+            without_dac_override(cmd), capture_output=True, text=True, env=env, timeout=120
+        )
+    finally:
+        os.chmod(tree / "locked", 0o755)
+    assert res.returncode == 1, res.stderr
+    lines = [line for line in res.stderr.splitlines() if "locked" in line]
+    assert len(lines) == 1 and "cannot read this folder" in lines[0], res.stderr
+    assert json.loads(res.stdout)["ingested"] == 1
+
+
+def test_a_dicomdir_listing_missing_files_reports_each(ws, demo_dir, tmp_path):
+    from pydicom.fileset import FileSet
+
+    media = tmp_path / "media"
+    fs = FileSet()
+    for path in sorted((demo_dir / "dicom").rglob("*.dcm"))[:3]:
+        fs.add(path)
+    fs.write(media)
+    listed = sorted(p for p in media.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+    assert len(listed) == 3
+    listed[0].unlink()
+    listed[2].unlink()
+    report = ingest(ws, [media], workers=0)
+    assert report.ingested == 1 and report.skipped == 1 and report.exit_code == 1
+    missing = {Path(p).name: r for p, r in report.rejected}
+    assert set(missing) == {listed[0].name, listed[2].name}
+    assert all("listed in the DICOMDIR" in r for r in missing.values())
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only; skipped where mounting is not allowed)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small file system needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_the_catalogue_stays_whole(
+    small_disk, pydicom_data, tmp_path, cli_env
+):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    src = pydicom.dcmread(pydicom_data / "OBXXXX1A.dcm")
+    for i in range(40):  # different pixels each: every file needs its own store object
+        ds = pydicom.dcmread(pydicom_data / "OBXXXX1A.dcm")
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[f"full{i}"])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        pixels = np.frombuffer(src.PixelData, np.uint8).copy()
+        pixels[:] = np.random.default_rng(i).integers(0, 255, pixels.size, dtype=np.uint8)
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(folder / f"f{i:02d}.dcm")
+    root = small_disk / "ws"
+    init_workspace(root)
+    res = subprocess.run(
+        [sys.executable, "-m", "datatool", "ingest", str(folder), "-j", "2", "--batch", "4"],
+        capture_output=True,
+        text=True,
+        env={**cli_env, "DATATOOL_WORKSPACE": str(root)},
+        timeout=300,
+    )
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, res.stderr
+    assert "MiB free" in errors[0] and str(small_disk) in errors[0] and "run the same" in errors[0]
+    con = sqlite3.connect(root / ".datatool" / "catalogue.sqlite")
+    try:
+        assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
+        files = con.execute("select count(*) from source_files").fetchone()[0]
+        images = con.execute("select count(*) from images").fetchone()[0]
+    finally:
+        con.close()
+    assert files == images < 40  # whole files only
+
+
+# --------------------------------------------------------------------------- kill -9
+
+INGEST_COUNTS = {
+    "files": "select count(*) from source_files",
+    "distinct files": "select count(distinct sha256) from source_files",
+    "images": "select count(*) from images",
+    "distinct images": "select count(distinct store_hash) from images",
+    "patients": "select count(*) from patients",
+    "studies": "select count(*) from studies",
+    "series": "select count(*) from series",
+}
+
+
+def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_ingest(demo_dir, tmp_path):
+    """ingest killed at 20 seeded moments of its run; after each, a re-run gives exactly the
+    counts of an uninterrupted run (nothing lost, nothing doubled) and SQLite is intact."""
+    from datatool.cli import app
+    from tests.interrupt import counts, integrity, kill_after, run_timed
+
+    base = init_workspace(tmp_path / "base").root
+    dicom = demo_dir / "dicom"
+
+    def command(root: Path):
+        args = ["ingest", str(dicom), "-j", "0", "--batch", "2", "--workspace", str(root)]
+        return lambda: app(args)
+
+    def db(root: Path) -> Path:
+        return root / ".datatool" / "catalogue.sqlite"
+
+    ref = shutil.copytree(base, tmp_path / "ref")
+    code, seconds = run_timed(command(ref))
+    assert code == 0
+    expected = counts(db(ref), INGEST_COUNTS)
+    assert expected["images"] == 12 and expected["files"] == expected["distinct files"]
+    rng = random.Random(20261202)
+    interrupted = 0
+    for k in range(20):
+        root = shutil.copytree(base, tmp_path / f"kill{k}")
+        interrupted += kill_after(command(root), rng.uniform(0.0, seconds))
+        assert integrity(db(root)) == "ok"
+        partial = counts(db(root), INGEST_COUNTS)
+        assert partial["files"] == partial["images"] <= expected["images"]  # whole files
+        ws = open_workspace(root)
+        try:
+            again = ingest(ws, [dicom], workers=0)
+        finally:
+            ws.close()
+        assert again.ok and again.already_present == partial["files"]
+        assert counts(db(root), INGEST_COUNTS) == expected, k
+        shutil.rmtree(root)
+    assert interrupted >= 10  # most moments fell inside the run

@@ -98,3 +98,11 @@ def test_raters(ws):
         ("AN2", RaterKind.human, 0),
         ("consensus:x", RaterKind.consensus, 0),
     ]
+
+
+def test_a_rejection_names_a_few_unknown_values_never_the_whole_content():
+    noise = np.arange(256, dtype=np.uint8).repeat(4).reshape(32, 32)
+    with pytest.raises(BadLabel) as exc:
+        validate_mask(noise, P, (32, 32))
+    message = str(exc.value)
+    assert "[5, 7, 8, 9, 10, ...] (250 distinct)" in message and "255" not in message

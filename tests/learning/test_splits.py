@@ -7,14 +7,16 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from datatool.analysis.consensus import make_consensus
 from datatool.cli import app
-from datatool.core.catalogue import SplitMember
+from datatool.core.catalogue import Annotation, Image, SplitMember
 from datatool.core.errors import DatatoolError, UsageError
+from datatool.core.store import encode_png
 from datatool.learning.splits import check_split, create_split, deal, export_split, show_split
 from tests.labels_util import ingest_demo_with_labels
 
@@ -48,8 +50,8 @@ def test_deal_is_close_to_the_ratios_in_images():
 
 def test_split_is_deterministic_patient_level_and_frozen(ready, tmp_path):
     ws = ready
-    info = create_split(ws, "s1", seed=5)
-    again = create_split(ws, "s1-copy", seed=5)
+    info = create_split(ws, "s1", seed=5, folds=2)  # 2 patients outside the test set
+    again = create_split(ws, "s1-copy", seed=5, folds=2)
     assert info.hash == again.hash and members(ws, "s1") == members(ws, "s1-copy")
     rows = members(ws, "s1")
     by_patient = {}
@@ -68,11 +70,11 @@ def test_split_is_deterministic_patient_level_and_frozen(ready, tmp_path):
 def test_split_same_on_another_machine(ready, cli_env):
     """Another process (a machine with other hash seeds) computes the same split hash."""
     ws = ready
-    info = create_split(ws, "here", seed=9)
+    info = create_split(ws, "here", seed=9, folds=2)
     code = (
         "from datatool.core.workspace import open_workspace; from datatool.learning.splits import "
         f"create_split; print(create_split(open_workspace({str(ws.root)!r}), 'there', "
-        "seed=9).hash)"
+        "seed=9, folds=2).hash)"
     )
     env = dict(cli_env, PYTHONHASHSEED="123")
     out = subprocess.run(
@@ -83,7 +85,7 @@ def test_split_same_on_another_machine(ready, cli_env):
 
 def test_check_finds_leakage_and_missing_reference_labels(ready):
     ws = ready
-    create_split(ws, "s")
+    create_split(ws, "s", folds=2)
     with ws.session() as s:  # someone edits the frozen split behind datatool's back
         rows = list(s.scalars(select(SplitMember).where(SplitMember.split.has(name="s"))))
         patient = rows[0].patient_id
@@ -101,7 +103,7 @@ def test_check_finds_leakage_and_missing_reference_labels(ready):
     assert "hash intact" not in res.stdout
     with pytest.raises(DatatoolError, match="no reference label"):
         export_split(ws, "s", "csv", ws.root / "out")
-    create_split(ws, "t")
+    create_split(ws, "t", folds=2)
     with ws.session() as s:  # only moved to another set: every label is there
         member = s.scalars(select(SplitMember).where(SplitMember.split.has(name="t"))).first()
         member.subset = "test" if member.subset != "test" else "train"
@@ -114,7 +116,7 @@ def test_images_added_later_are_not_silently_added(ready, us_file):
     from datatool.ingest.pipeline import ingest
 
     ws = ready
-    create_split(ws, "s")
+    create_split(ws, "s", folds=2)
     before = members(ws, "s")
     ingest(ws, [us_file("OBXXXX1A.dcm")], workers=0)
     assert members(ws, "s") == before
@@ -136,12 +138,12 @@ def test_stratify_and_options(ready):
 
 def test_export_nnunet_and_csv(ready, tmp_path):
     ws = ready
-    create_split(ws, "s", folds=3)
+    create_split(ws, "s", folds=2)
     nn = export_split(ws, "s", "nnunet", tmp_path / "nn")
     dataset = json.loads((tmp_path / "nn" / "dataset.json").read_text())
     assert dataset["labels"]["femoral artery"] == 5 and dataset["file_ending"] == ".png"
     folds = json.loads((tmp_path / "nn" / "splits_final.json").read_text())
-    assert len(folds) == 3
+    assert len(folds) == 2
     train_cases = {p.name[:-9] for p in (tmp_path / "nn" / "imagesTr").iterdir()}
     assert len(train_cases) == dataset["numTraining"] == nn.images - nn.test
     for fold in folds:
@@ -150,7 +152,6 @@ def test_export_nnunet_and_csv(ready, tmp_path):
         assert not {c.split("_img")[0] for c in fold["train"]} & {
             c.split("_img")[0] for c in fold["val"]
         }  # patients never on both sides
-    import numpy as np
     from PIL import Image as PILImage
 
     label = np.asarray(PILImage.open(next((tmp_path / "nn" / "labelsTr").iterdir())))
@@ -201,3 +202,49 @@ def test_cli_split_create_show_check_export(ready, tmp_path):
         res = runner.invoke(app, [*args, *ws])
         assert res.exit_code == 2, res.output  # not one of the choices
     assert "nnunet" in runner.invoke(app, ["split", "export", "--help"]).output
+
+
+def test_check_follows_images_to_their_patient_not_the_stored_one(ready):
+    """Moving an image into another patient's series by hand leaves the stored patient id
+    as it was: check recomputes membership from image -> series -> study -> patient."""
+    ws = ready
+    create_split(ws, "s", folds=0)
+    assert check_split(ws, "s").ok
+    with ws.session() as s:
+        rows = list(s.scalars(select(SplitMember).where(SplitMember.split.has(name="s"))))
+        a = next(m for m in rows if m.subset == "train")
+        b = next(m for m in rows if m.subset == "test")
+        image = s.get(Image, a.image_id)
+        image.series_id = s.get(Image, b.image_id).series_id  # now patient b's image
+    result = check_split(ws, "s")
+    assert not result.ok
+    text = " ".join(result.problems)
+    assert f"img{a.image_id:06d} now belongs to patient" in text
+    assert "is in test and train" in text
+
+
+def test_check_verifies_every_frozen_reference_mask_in_the_store(ready):
+    ws = ready
+    create_split(ws, "s", folds=0)
+    with ws.session() as s:
+        member = s.scalars(select(SplitMember).where(SplitMember.annotation_id.is_not(None)))
+        digests = [s.get(Annotation, m.annotation_id).mask_hash for m in member]
+    gone = ws.store.path_for(digests[0])
+    gone.unlink()
+    changed = ws.store.path_for(digests[-1])
+    other = encode_png(np.full((4, 4), 3, np.uint8))
+    changed.write_bytes(other)
+    result = check_split(ws, "s")
+    assert not result.ok
+    text = " ".join(result.problems)
+    assert f"reference mask {digests[0][:12]} is missing" in text
+    assert f"reference mask {digests[-1][:12]} no longer hashes" in text
+
+
+def test_folds_beyond_the_patients_outside_the_test_set_are_refused(ready):
+    with pytest.raises(UsageError, match="only 2 patient"):
+        create_split(ready, "five", folds=5)  # 3 patients, 1 of them in the test set
+    with pytest.raises(UsageError, match="--ratios"):
+        create_split(ready, "nan", ratios="nan:1:1")
+    with pytest.raises(DatatoolError, match="no split"):
+        show_split(ready, "five")

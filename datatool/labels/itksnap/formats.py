@@ -14,9 +14,12 @@ cut short (which ITK would read, filling the rest with garbage) is refused.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import struct
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -24,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from datatool.core.atomic import atomic_path, write_text_atomic
+from datatool.core.files import not_regular
 from datatool.core.protocol import Protocol
 from datatool.labels.masks import BadLabel
 
@@ -41,6 +45,7 @@ _FORMATS = {  # suffix -> (ITK ImageIO, name for people)
 #: every later ITK-SNAP opens.
 WORKSPACE_VERSION = "20151215"
 _HEAD_BYTES = 4096
+_MAX_HEADER = 1 << 20  # a NRRD or MetaImage header (and a LIST of data files) is read up to this
 
 
 def label_suffix(name: str) -> str | None:
@@ -318,23 +323,49 @@ def _check_header(path: Path, suffix: str, head: bytes) -> None:
         raise BadLabel(f"not a MetaImage file: it looks like {_what_is(head)}")
 
 
-def read_label_map(path: Path) -> np.ndarray:
-    """Read a label map (.nii.gz, .nii, .nrrd, .seg.nrrd, .mha, .mhd) as a 2D array of its
+@dataclass
+class LabelFile:
+    """A label map as read, turned to the orientation datatool writes (row 0 the top row,
+    column 0 the left column), with its geometry in that orientation."""
+
+    array: np.ndarray  # 2D, of the file's pixel type
+    spacing: tuple[float, float]  # mm (x, y)
+    origin: tuple[float, float]  # mm (x, y) of pixel (0, 0)
+    reoriented: list[str] = field(default_factory=list)  # e.g. "flipped along x"
+
+
+def read_label_map(path: Path, within: Path | None = None) -> np.ndarray:
+    """The array of :func:`read_label_file` (see there)."""
+    return read_label_file(path, within).array
+
+
+def read_label_file(path: Path, within: Path | None = None) -> LabelFile:
+    """Read a label map (.nii.gz, .nii, .nrrd, .seg.nrrd, .mha, .mhd): a 2D array of its
     stored pixel type, row 0 the top row: W x H, or W x H x 1 as ITK-SNAP saves a 2D
-    segmentation. Raises :class:`BadLabel` with a one-line reason for a file of another type,
-    an unreadable or truncated file, a multi-component (colour) image or a volume of more
-    than one slice. Values are not checked here (see ``masks.validate_mask``)."""
+    segmentation. A map whose direction flips or swaps the axes is turned back to the
+    orientation datatool writes (and says so in ``reoriented``); a rotated one is refused.
+
+    Raises :class:`BadLabel` with a one-line reason for a file of another type (or not a
+    regular file), an unreadable or truncated file, a header whose detached data file lies
+    outside ``within`` (default: the file's own folder), a multi-component (colour) image
+    or a volume of more than one slice. Values are not checked here (see
+    ``masks.validate_mask``). No message quotes the file's data."""
     path = Path(path)
     suffix = label_suffix(path.name)
     if suffix is None:
         raise BadLabel(f"not a label map file (expected one of {', '.join(LABEL_SUFFIXES)})")
     io_name, kind = _FORMATS[suffix]
+    odd = not_regular(path)
+    if odd is not None:
+        raise BadLabel(f"{odd}: not read (only regular files are label maps)")
     try:
         with open(path, "rb") as handle:
             head = handle.read(_HEAD_BYTES)
     except OSError as exc:
         raise BadLabel(f"cannot read the file: {exc.strerror or exc}") from None
     _check_header(path, suffix, head)
+    if kind in ("NRRD", "MetaImage"):
+        _check_data_files(path, kind, within)
     reader = sitk.ImageFileReader()
     reader.SetImageIO(io_name)
     reader.SetFileName(str(path))
@@ -354,4 +385,133 @@ def read_label_map(path: Path) -> np.ndarray:
     if len(size) < 2 or any(n != 1 for n in size[2:]):
         shape = " x ".join(str(n) for n in size)
         raise BadLabel(f"label map is a {shape} volume; expected a 2D map (W x H, or W x H x 1)")
-    return sitk.GetArrayFromImage(image).reshape(size[1], size[0])
+    array = sitk.GetArrayFromImage(image).reshape(size[1], size[0])
+    return _reorient(array, image)
+
+
+def _reorient(array: np.ndarray, image: sitk.Image) -> LabelFile:
+    """Turn a map whose direction is a signed permutation of the axes into identity
+    direction (the orientation datatool writes); refuse any other direction."""
+    dim = image.GetDimension()
+    direction = np.array(image.GetDirection(), float).reshape(dim, dim)
+    spacing = np.array(image.GetSpacing(), float)[:2]
+    origin = np.array(image.GetOrigin(), float)[:2]
+    size = np.array(image.GetSize())[:2]
+    plane = direction[:2, :2]
+    perm = np.rint(plane)
+    if (
+        not np.allclose(plane, perm, atol=1e-3)
+        or sorted(np.abs(perm).sum(axis=0)) != [1, 1]
+        or sorted(np.abs(perm).sum(axis=1)) != [1, 1]
+        or (dim > 2 and not np.allclose(direction[:2, 2:], 0, atol=1e-3))
+    ):
+        raise BadLabel(
+            "its direction is rotated (not along the image's axes): not a label map of this "
+            "image's pixel grid; save it in the image's orientation"
+        )
+    notes: list[str] = []
+    axis_of = [int(np.flatnonzero(perm[k])[0]) for k in (0, 1)]  # index axis along x, y
+    signs = [perm[k, axis_of[k]] for k in (0, 1)]
+    if axis_of != [0, 1]:
+        array = array.T
+        notes.append("its axes were swapped")
+    new_spacing = [float(spacing[axis_of[k]]) for k in (0, 1)]
+    new_origin = [float(origin[k]) for k in (0, 1)]
+    for k, name in ((0, "x"), (1, "y")):
+        if signs[k] < 0:
+            array = np.flip(array, axis=1 - k)
+            new_origin[k] -= new_spacing[k] * (int(size[axis_of[k]]) - 1)
+            notes.append(f"flipped along {name}")
+    return LabelFile(
+        np.ascontiguousarray(array),
+        (new_spacing[0], new_spacing[1]),
+        (new_origin[0], new_origin[1]),
+        notes,
+    )
+
+
+def geometry_notes(
+    label: LabelFile, spacing: tuple[float, float], rel_tol: float = 1e-3
+) -> list[str]:
+    """What differs between a label map's geometry and its image's (``spacing`` in mm,
+    origin 0, identity direction, as exported), beyond a tolerance: one note each."""
+    notes = []
+    if label.reoriented:
+        notes.append(
+            f"its direction differs from the image's ({', '.join(label.reoriented)}): "
+            "turned back to the image's orientation"
+        )
+    if any(not math.isclose(a, b, rel_tol=rel_tol) for a, b in zip(label.spacing, spacing)):
+        notes.append(
+            f"its spacing {label.spacing[0]:.4g} x {label.spacing[1]:.4g} mm differs from "
+            f"the image's {spacing[0]:.4g} x {spacing[1]:.4g} mm: taken pixel for pixel"
+        )
+    if any(abs(o) > s / 2 for o, s in zip(label.origin, spacing)):
+        notes.append(
+            f"its origin ({label.origin[0]:.4g}, {label.origin[1]:.4g}) mm differs from the "
+            "image's (0, 0) by more than half a pixel: taken pixel for pixel"
+        )
+    return notes
+
+
+def _header_text(path: Path, kind: str) -> list[str]:
+    """The header lines of a NRRD or MetaImage file (up to its data), decoded loosely."""
+    with open(path, "rb") as handle:
+        raw = handle.read(_MAX_HEADER)
+    lines = raw.decode("latin-1").splitlines()
+    if kind == "NRRD":
+        end = next((k for k, line in enumerate(lines) if not line.strip()), len(lines))
+        return lines[: end + 1] + (lines[end + 1 :] if _nrrd_list(lines[:end]) else [])
+    return lines
+
+
+def _nrrd_list(lines: list[str]) -> bool:
+    return any(re.match(r"\s*data\s?file\s*:\s*LIST\b", line, re.IGNORECASE) for line in lines)
+
+
+def _data_files(path: Path, kind: str) -> list[str] | None:
+    """The detached data files a NRRD or MetaImage header names (empty: the data is in the
+    file); None for a file-name pattern (``%03d.raw 1 10 1``), which is not supported."""
+    lines = _header_text(path, kind)
+    field_re = (
+        r"\s*data\s?file\s*:=?\s*(.*)" if kind == "NRRD" else r"\s*ElementDataFile\s*=\s*(.*)"
+    )
+    for k, line in enumerate(lines):
+        match = re.fullmatch(field_re, line, re.IGNORECASE)
+        if match is None:
+            continue
+        value = match.group(1).strip()
+        if kind == "MetaImage" and value.upper() == "LOCAL":
+            return []
+        if value.split()[:1] == ["LIST"]:
+            tail = lines[k + 1 :]
+            if kind == "NRRD":
+                end = next((j for j, t in enumerate(tail) if not t.strip()), len(tail))
+                tail = tail[end + 1 :]
+            return [t.strip() for t in tail if t.strip()]
+        if "%" in value:
+            return None
+        return [value]
+    return []
+
+
+def _check_data_files(path: Path, kind: str, within: Path | None) -> None:
+    """Refuse a header whose detached data files lie outside ``within`` (default: the
+    header's own folder): a label map is read from the folder being synced, nowhere else."""
+    try:
+        names = _data_files(path, kind)
+    except OSError as exc:
+        raise BadLabel(f"cannot read the file: {exc.strerror or exc}") from None
+    if names is None:
+        raise BadLabel(
+            f"its {kind} header names its data files by a pattern: not supported (save the "
+            "label map as one file)"
+        )
+    fence = Path(os.path.realpath(within if within is not None else path.parent))
+    for name in names:
+        target = Path(os.path.realpath(path.parent / name))
+        if not target.is_relative_to(fence):
+            raise BadLabel(
+                f"its {kind} header points to a data file outside {fence}: refused (a label "
+                "map's data must lie in the folder being synced)"
+            )

@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 from datatool.core.atomic import write_text_atomic
 from datatool.core.catalogue import Annotation, FileStatus, Image, Rater, SourceFile, audit
 from datatool.core.errors import UsageError
+from datatool.core.files import Walk, not_regular, skip_reason, walk
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.store import pixel_digest
 from datatool.core.workspace import Workspace
@@ -55,7 +56,9 @@ from datatool.labels.annotations import (
 )
 from datatool.labels.itksnap.formats import (
     LABEL_SUFFIXES,
+    geometry_notes,
     label_suffix,
+    read_label_file,
     read_label_map,
     spacing_mm,
     strip_label_suffix,
@@ -269,20 +272,29 @@ def _is_export_image(name: str, suffix: str, present: set[str]) -> bool:
 def find_label_files(label_dir: Path) -> tuple[list[Path], Counter]:
     """The label map files under ``label_dir`` (recursively, sorted, hidden files and the
     images of an export left out), and a count by extension of the other files ignored."""
+    files, ignored, _ = _find_label_files(label_dir)
+    return files, ignored
+
+
+def _find_label_files(label_dir: Path) -> tuple[list[Path], Counter, Walk]:
+    """:func:`find_label_files`, and the walk's FIFOs, sockets, devices and unreadable
+    folders (never opened)."""
+    found = walk([Path(label_dir)])
     files: list[Path] = []
     ignored: Counter = Counter()
-    for folder, dirs, names in os.walk(label_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        names = [n for n in names if not n.startswith(".")]
+    by_folder: dict[Path, list[str]] = {}
+    for path in found.files:
+        by_folder.setdefault(path.parent, []).append(path.name)
+    for folder, names in by_folder.items():
         present = {n.lower() for n in names}
-        for name in sorted(names):
+        for name in names:
             suffix = label_suffix(name)
             if suffix is None:
                 if not name.lower().endswith(_KNOWN_OTHERS):
                     ignored[Path(name).suffix.lower() or "(no extension)"] += 1
             elif not _is_export_image(name, suffix, present):
-                files.append(Path(folder) / name)
-    return files, ignored
+                files.append(folder / name)
+    return files, ignored, found
 
 
 def _absolute(base: Path, value: str) -> Path:
@@ -300,12 +312,17 @@ def read_manifest(path: Path) -> tuple[dict[Path, _Listed], list[tuple[str, str]
     """A manifest CSV (``label_file,dicom_file``; relative paths against the CSV's folder):
     label file (absolute) -> its DICOM file, and one (where, reason) per bad row."""
     path = Path(path)
+    odd = not_regular(path)
+    if odd is not None:
+        raise UsageError(f"{path}: {odd}, not a manifest file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UsageError(f"{path}: no such manifest file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read the manifest ({exc})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: the manifest is not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
     reader = csv.DictReader(io.StringIO(text))
     fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
     if "label_file" not in fields or "dicom_file" not in fields:
@@ -383,6 +400,7 @@ class _Match:
     rows: int
     cols: int
     exported: bool  # an exported segmentation, found by its name
+    spacing: tuple[float, float] = (1.0, 1.0)  # the image's, as exported (mm)
 
 
 def _source_ref(key: bytes, rel: str) -> str:
@@ -456,6 +474,7 @@ def sync_itksnap(
         batch_size,
         report,
         _Progress(progress, len(files), len(files) - len(todo)),
+        root,
     )
     _closing_notes(report, label_dir, not_labelled, ignored)
     with ws.session() as s:
@@ -484,7 +503,9 @@ def _files_to_sync(
     Bad manifest rows and listed files that do not exist are rejected."""
     listed, problems = read_manifest(Path(manifest)) if manifest else ({}, [])
     report.rejected.extend(problems)
-    files, ignored = find_label_files(label_dir)
+    files, ignored, found = _find_label_files(label_dir)
+    report.rejected.extend(found.unreadable)
+    report.notes.extend((p, skip_reason(kind)) for p, kind in found.special)
     discovered = {Path(os.path.normpath(os.path.abspath(p))) for p in files}
     for label_path, entry in sorted(listed.items()):
         if not label_path.exists():
@@ -541,7 +562,15 @@ def _match_images(
                 continue
             exported = t.image_id is not None and bool(_EXPORTED_NAME.fullmatch(t.full.name))
             matches.append(
-                _Match(t.path, t.rel.as_posix(), found.id, found.rows, found.cols, exported)
+                _Match(
+                    t.path,
+                    t.rel.as_posix(),
+                    found.id,
+                    found.rows,
+                    found.cols,
+                    exported,
+                    spacing_mm(found.mm_per_px_x, found.mm_per_px_y),
+                )
             )
     return matches, had_labels
 
@@ -593,9 +622,11 @@ def _store_all(
     batch_size: int,
     report: SyncReport,
     progress: _Progress,
+    root: Path,
 ) -> int:
     """Read, validate and store the files batch by batch (a transaction a batch); returns
-    how many exported segmentations were skipped as not labelled yet."""
+    how many exported segmentations were skipped as not labelled yet. Label maps are read
+    from under ``root`` only (detached data files elsewhere are refused)."""
     progress.advance()
     not_labelled = 0
     for start in range(0, len(todo), batch_size):
@@ -603,10 +634,11 @@ def _store_all(
         ready = []
         for m in batch:
             try:
-                mask = _read_mask(m, protocol, allow_empty, m.image_id in had_labels)
+                mask, notes = _read_mask(m, protocol, allow_empty, m.image_id in had_labels, root)
             except BadLabel as exc:
                 report.rejected.append((str(m.path), str(exc)))
                 continue
+            report.notes.extend((str(m.path), note) for note in notes)
             if mask is None:
                 not_labelled += 1
             else:
@@ -618,18 +650,21 @@ def _store_all(
 
 
 def _read_mask(
-    m: _Match, protocol: Protocol, allow_empty: bool, had_labels: bool
-) -> np.ndarray | None:
-    """A file's validated label map; None for an exported segmentation that is still empty
-    for an image the rater never labelled (not labelled yet). Raises BadLabel with the
-    reason, also for any other empty map unless ``allow_empty``."""
+    m: _Match, protocol: Protocol, allow_empty: bool, had_labels: bool, root: Path
+) -> tuple[np.ndarray | None, list[str]]:
+    """A file's validated label map (None for an exported segmentation that is still empty
+    for an image the rater never labelled: not labelled yet), and notes on its geometry
+    where it differs from the image's. Raises BadLabel with the reason, also for any other
+    empty map unless ``allow_empty``."""
     shape = (m.rows, m.cols)
-    mask = validate_mask(read_label_map(m.path), protocol, shape, allow_empty=True)
+    label = read_label_file(m.path, within=root)
+    mask = validate_mask(label.array, protocol, shape, allow_empty=True)
+    notes = geometry_notes(label, m.spacing)
     if not allow_empty and not mask.any():
         if m.exported and not had_labels:
-            return None
+            return None, notes
         validate_mask(mask, protocol, shape, allow_empty=False)
-    return np.ascontiguousarray(mask)
+    return np.ascontiguousarray(mask), notes
 
 
 def _closing_notes(
@@ -719,12 +754,21 @@ def _resolve(session: Session, key: bytes, targets: list[_Target]):
         by_id.update(
             (row.id, row)
             for row in session.execute(
-                select(Image.id, Image.rows, Image.cols).where(Image.id.in_(id_chunk))
+                select(
+                    Image.id, Image.rows, Image.cols, Image.mm_per_px_x, Image.mm_per_px_y
+                ).where(Image.id.in_(id_chunk))
             )
         )
     for uid_chunk in in_chunks(uids):
         for row in session.execute(
-            select(SourceFile.sop_uid, Image.id, Image.rows, Image.cols)
+            select(
+                SourceFile.sop_uid,
+                Image.id,
+                Image.rows,
+                Image.cols,
+                Image.mm_per_px_x,
+                Image.mm_per_px_y,
+            )
             .join(Image, Image.source_file_id == SourceFile.id)
             .where(SourceFile.status == FileStatus.ingested, SourceFile.sop_uid.in_(uid_chunk))
         ):

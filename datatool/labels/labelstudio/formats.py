@@ -22,10 +22,15 @@ such overlap is reported in :attr:`LabelMap.notes` with its pixel count, never s
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from datatool.core.protocol import Protocol
 from datatool.labels.masks import BadLabel
@@ -108,10 +113,19 @@ def decode_region(entry: dict, shape: tuple[int, int], index: int = 0) -> np.nda
             f"the image is {width}x{height} (width x height)"
         )
     value = entry.get("value") or {}
+    if not isinstance(value, dict):
+        raise BadLabel(f"{what}: its value must be an object, got {type(value).__name__}")
     if value.get("format", "rle") != "rle" or not value.get("rle"):
         raise BadLabel(
             f"{what}: brush data in format {value.get('format')!r} without an RLE "
             "(only RLE brush masks are supported)"
+        )
+    declared = rle_values(value["rle"])
+    if declared != height * width * 4:  # checked before decoding: the decoder trusts it
+        raise BadLabel(
+            f"size mismatch: {what}'s brush RLE declares {declared} values, the "
+            f"{width}x{height} image needs {height * width * 4} (width x height x 4): not "
+            "decoded"
         )
     try:
         flat = decode_rle(value["rle"])
@@ -123,6 +137,18 @@ def decode_region(entry: dict, shape: tuple[int, int], index: int = 0) -> np.nda
             f"{height * width} ({width}x{height})"
         )
     return flat.reshape(height, width, 4)[:, :, 3] > 0
+
+
+def rle_values(rle: Any) -> int:
+    """How many values (bytes of the RGBA image) a Label Studio brush RLE declares in its
+    32-bit header; -1 when it has no readable header."""
+    try:
+        head = [int(b) for b in rle[:4]]
+    except (TypeError, ValueError, KeyError):
+        return -1
+    if len(head) < 4 or any(not 0 <= b <= 255 for b in head):
+        return -1
+    return (head[0] << 24) | (head[1] << 16) | (head[2] << 8) | head[3]
 
 
 def results_to_mask(results: list[dict], protocol: Protocol, shape: tuple[int, int]) -> LabelMap:
@@ -161,3 +187,165 @@ def results_to_mask(results: list[dict], protocol: Protocol, shape: tuple[int, i
             )
         mask[region] = structure.value
     return LabelMap(mask, notes)
+
+
+# --------------------------------------------------------------------------- JSON exports
+# A Label Studio JSON export is a list of tasks. Each task is checked against these models on
+# its own: a task of the wrong shape (a result value that is a list, a size that is not a
+# number, an annotation that is not an object, ...) is one rejected line, the rest go on.
+# Fields the models do not name are kept as they are.
+
+MAX_JSON_DEPTH = 64  # deeper than any Label Studio task; deeper input is refused unparsed
+_Byte = Annotated[int, Field(ge=0, le=255)]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ExportValue(_Open):
+    format: str | None = None
+    rle: list[_Byte] | None = None
+    brushlabels: list[str] | None = None
+
+
+class ExportResult(_Open):
+    type: str | None = None
+    from_name: str | None = None
+    to_name: str | None = None
+    original_width: Annotated[int, Field(ge=0)] | None = None
+    original_height: Annotated[int, Field(ge=0)] | None = None
+    value: ExportValue | None = None
+
+
+class ExportAnnotation(_Open):
+    id: int | None = None
+    result: list[ExportResult] | None = None
+    was_cancelled: bool | None = None
+    created_at: str | float | None = None
+    updated_at: str | float | None = None
+    project: int | None = None
+
+
+class ExportTask(_Open):
+    id: int | None = None
+    data: dict[str, Any] | None = None
+    annotations: list[ExportAnnotation] | None = None
+    project: int | None = None
+
+
+@dataclass
+class ExportItem:
+    """One task of an export: its checked content (``task``), or why it was refused."""
+
+    index: int  # 1-based position in the export
+    task: dict | None = None
+    problem: str | None = None
+
+    @property
+    def name(self) -> str:
+        """How messages name the task: its id when it has a usable one."""
+        tid = self.task.get("id") if self.task else None
+        return f"task {tid}" if tid is not None else f"task #{self.index}"
+
+
+def check_task(raw: Any, index: int) -> ExportItem:
+    """A task checked against :class:`ExportTask`; the first problem is one line naming
+    where it is (never the value found there: it is the file's data)."""
+    if not isinstance(raw, dict):
+        return ExportItem(index, problem=f"not a task: an {type(raw).__name__}, not an object")
+    try:
+        task = ExportTask.model_validate(raw).model_dump(exclude_unset=True)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the task"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        tid = raw.get("id")
+        item = ExportItem(index, task={"id": tid} if isinstance(tid, int) else None)
+        message = re.sub(r" or instance of \w+", "", first["msg"])
+        item.problem = f"not a valid Label Studio task: {where}: {message}{more}"
+        return item
+    return ExportItem(index, task=task)
+
+
+class BadExport(ValueError):
+    """An export that is not a JSON list of tasks at all; ``str()`` is the reason."""
+
+
+def parse_export(text: str) -> list[ExportItem]:
+    """The tasks of a Label Studio JSON export (a list of tasks, or one task), each checked
+    on its own. Raises :class:`BadExport` when the text is not such JSON."""
+    try:
+        tasks: Any = json.loads(text)
+    except RecursionError:  # nested deeper than the parser goes: split it, refuse the deep
+        return list(_split_deep_export(text))
+    except ValueError as exc:
+        raise BadExport(f"not JSON ({exc})") from None
+    if isinstance(tasks, dict):
+        tasks = [tasks]
+    if not isinstance(tasks, list):
+        raise BadExport("not a Label Studio JSON export (a list of tasks)")
+    return [_checked(task, n) for n, task in enumerate(tasks, 1)]
+
+
+def _checked(task: Any, index: int) -> ExportItem:
+    depth = _depth(task)
+    if depth > MAX_JSON_DEPTH:
+        return ExportItem(
+            index, problem=f"nested {depth} levels deep (at most {MAX_JSON_DEPTH}): not a task"
+        )
+    return check_task(task, index)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item if isinstance(v, dict | list))
+    return deepest
+
+
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},]')
+
+
+def _split_deep_export(text: str) -> Iterator[ExportItem]:
+    """The elements of a top-level JSON list, found without parsing: an element nested
+    deeper than MAX_JSON_DEPTH is refused, the others are parsed and checked one by one."""
+    depth, start, deepest, index = 0, None, 0, 0
+    for token in _TOKENS.finditer(text):
+        char = token.group()
+        if char in "[{":
+            depth += 1
+            if depth == 1:
+                if char != "[":
+                    raise BadExport("a task nested too deeply to read (not a list of tasks)")
+                start = token.end()
+            deepest = max(deepest, depth)
+        elif char in "]}" or (char == "," and depth == 1):
+            if depth == 1 and start is not None:
+                element = text[start : token.start()]
+                if element.strip():
+                    index += 1
+                    yield _element(element, index, deepest - 1)
+                start, deepest = token.end(), 1
+            if char != ",":
+                depth -= 1
+    if depth != 0:
+        raise BadExport("not JSON (it ends inside a list or object)")
+
+
+def _element(element: str, index: int, depth: int) -> ExportItem:
+    if depth > MAX_JSON_DEPTH:
+        return ExportItem(
+            index, problem=f"nested {depth} levels deep (at most {MAX_JSON_DEPTH}): not a task"
+        )
+    try:
+        return check_task(json.loads(element), index)
+    except ValueError as exc:
+        return ExportItem(index, problem=f"not JSON ({exc})")

@@ -48,10 +48,16 @@ from sqlalchemy.orm import Session
 from datatool.core.atomic import write_bytes_atomic
 from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask, Rater, audit
 from datatool.core.errors import DatatoolError, UsageError
+from datatool.core.files import not_regular
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import SyncReport, get_rater, store_annotation
-from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
+from datatool.labels.labelstudio.formats import (
+    BadExport,
+    mask_to_results,
+    parse_export,
+    results_to_mask,
+)
 from datatool.labels.labelstudio.modes import ServeMode
 from datatool.labels.masks import BadLabel, validate_mask
 from datatool.labels.matching import (
@@ -1011,26 +1017,36 @@ def sync_from_export(
     root = Path(dicom_root).expanduser().resolve() if dicom_root else None
     if root is not None and not root.is_dir():
         raise UsageError(f"--dicom-root {dicom_root} is not a folder")
+    odd = not_regular(export_file)
+    if odd is not None:
+        raise UsageError(f"{export_file}: {odd}, not a Label Studio export file")
     try:
-        tasks = json.loads(export_file.read_text())
+        items = parse_export(export_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"no export file {export_file}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{export_file} is not JSON ({exc})") from None
-    if isinstance(tasks, dict):
-        tasks = [tasks]
-    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-        raise UsageError(f"{export_file} is not a Label Studio JSON export (a list of tasks)")
+    except UnicodeDecodeError:
+        raise UsageError(f"{export_file} is not UTF-8 text, not a Label Studio export") from None
+    except OSError as exc:
+        raise UsageError(f"{export_file}: cannot read it ({exc.strerror or exc})") from None
+    except BadExport as exc:
+        raise UsageError(f"{export_file}: {exc}") from None
     report = SyncReport(source="labelstudio", rater=rater)
     seen_images: dict[int, str] = {}
     with ws.session() as s:
         r = get_rater(s, rater)
         report.rater = r.name
-        for n, task in enumerate(tasks, 1):
+        for entry in items:
+            n = entry.index
             report.seen += 1
+            item = entry.name
+            if entry.problem is not None or entry.task is None:
+                report.rejected.append((item, entry.problem or "not a task"))
+                if progress:
+                    progress(n, len(items))
+                continue
+            task = entry.task
             tid = task.get("id", f"#{n}")
-            item = f"task {tid}"
-            data = task.get("data") if isinstance(task.get("data"), dict) else {}
+            data = task.get("data") or {}
             try:
                 kind, ref = _reference(data, field, root)
                 image = (
@@ -1072,7 +1088,7 @@ def sync_from_export(
                             report,
                         )
             if progress:
-                progress(n, len(tasks))
+                progress(n, len(items))
         audit(
             s,
             "sync labelstudio",

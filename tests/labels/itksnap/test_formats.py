@@ -14,7 +14,9 @@ from PIL import Image as PILImage
 
 from datatool.core.protocol import load_protocol
 from datatool.labels.itksnap.formats import (
+    geometry_notes,
     label_suffix,
+    read_label_file,
     read_label_map,
     spacing_mm,
     strip_label_suffix,
@@ -212,3 +214,100 @@ def test_workspace_lists_both_layers_relative_and_survives_a_move(tmp_path):
         write_workspace(
             ws_file, tmp_path / "x.nii.gz", folder / "img000007_seg.nii.gz", (64, 48), P
         )
+
+
+# --------------------------------------------------------------------------- hostile headers
+
+
+def _secret(folder: Path, size: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    secret = folder / "secret.raw"
+    secret.write_bytes(bytes([7, 9, 11, 13]) * (size // 4))
+    return secret
+
+
+@pytest.mark.parametrize("form", ["relative", "absolute", "list"])
+def test_a_detached_nrrd_header_pointing_outside_the_folder_is_refused(tmp_path, form):
+    secret = _secret(tmp_path / "outside", 64 * 48)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    where = {
+        "relative": "data file: ../outside/secret.raw\n",
+        "absolute": f"data file: {secret}\n",
+        "list": f"data file: LIST\n\n{secret}\n",
+    }[form]
+    header = labels / "x.nrrd"
+    header.write_text(
+        "NRRD0004\ntype: uint8\ndimension: 2\nsizes: 64 48\nencoding: raw\n" + where + "\n"
+    )
+    with pytest.raises(BadLabel, match="outside") as exc:
+        read_label_map(header, within=labels)
+    assert not any(str(v) in str(exc.value) for v in (7, 9, 11, 13))
+
+
+def test_a_metaimage_whose_data_file_lies_outside_is_refused_inside_is_read(tmp_path):
+    secret = _secret(tmp_path / "outside", 64 * 48)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    head = "ObjectType = Image\nNDims = 2\nDimSize = 64 48\nElementType = MET_UCHAR\n"
+    (labels / "out.mhd").write_text(head + f"ElementDataFile = {secret}\n")
+    with pytest.raises(BadLabel, match="outside"):
+        read_label_map(labels / "out.mhd", within=labels)
+    (labels / "also.mha").write_text(head + "ElementDataFile = ../outside/secret.raw\n")
+    with pytest.raises(BadLabel, match="outside"):
+        read_label_map(labels / "also.mha", within=labels)
+    (labels / "sub").mkdir()
+    (labels / "sub" / "in.raw").write_bytes(_mask().tobytes())
+    (labels / "sub" / "in.mhd").write_text(head + "ElementDataFile = in.raw\n")
+    np.testing.assert_array_equal(read_label_map(labels / "sub" / "in.mhd", within=labels), _mask())
+    (labels / "pattern.mhd").write_text(head + "ElementDataFile = slice%03d.raw 1 2 1\n")
+    with pytest.raises(BadLabel, match="pattern"):
+        read_label_map(labels / "pattern.mhd", within=labels)
+
+
+def _write_oriented(path: Path, array: np.ndarray, direction, origin=(0.0, 0.0), spacing=(1, 1)):
+    image = sitk.GetImageFromArray(array)
+    image.SetDirection(direction)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path), True)
+
+
+def test_a_flipped_direction_is_turned_back_to_the_images_orientation(tmp_path):
+    mask = _mask()
+    cols = mask.shape[1]
+    # the same label map stored flipped along x: index 0 is the right edge
+    _write_oriented(
+        tmp_path / "fx.nrrd", np.flip(mask, axis=1).copy(), (-1, 0, 0, 1), (cols - 1.0, 0.0)
+    )
+    label = read_label_file(tmp_path / "fx.nrrd")
+    np.testing.assert_array_equal(label.array, mask)
+    assert label.reoriented == ["flipped along x"] and label.origin == (0.0, 0.0)
+    assert geometry_notes(label, (1.0, 1.0)) == [
+        "its direction differs from the image's (flipped along x): turned back to the "
+        "image's orientation"
+    ]
+    # flipped along y and stored with swapped axes
+    _write_oriented(tmp_path / "t.nrrd", np.flip(mask, axis=0).T.copy(), (0, 1, -1, 0))
+    label = read_label_file(tmp_path / "t.nrrd")
+    np.testing.assert_array_equal(label.array, mask)
+    assert label.reoriented == ["its axes were swapped", "flipped along y"]
+
+
+def test_a_rotated_direction_is_refused(tmp_path):
+    c, s = np.cos(0.3), np.sin(0.3)
+    _write_oriented(tmp_path / "r.nrrd", _mask(), (c, -s, s, c))
+    with pytest.raises(BadLabel, match="rotated"):
+        read_label_map(tmp_path / "r.nrrd")
+
+
+def test_spacing_and_origin_that_disagree_are_noted_beyond_a_tolerance(tmp_path):
+    write_segmentation(tmp_path / "a.nii.gz", _mask(), (0.2, 0.2))
+    label = read_label_file(tmp_path / "a.nii.gz")
+    assert geometry_notes(label, (0.2, 0.2)) == []
+    assert geometry_notes(label, (0.20001, 0.2)) == []  # within the tolerance
+    (spacing,) = geometry_notes(label, (0.3, 0.3))
+    assert "spacing 0.2 x 0.2 mm differs from the image's 0.3 x 0.3 mm" in spacing
+    _write_oriented(tmp_path / "o.nrrd", _mask(), (1, 0, 0, 1), (5.0, 0.05), (0.2, 0.2))
+    (origin,) = geometry_notes(read_label_file(tmp_path / "o.nrrd"), (0.2, 0.2))
+    assert "origin (5, 0.05) mm" in origin

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -333,7 +334,11 @@ def test_every_bad_label_file_is_rejected_with_its_reason_and_the_rest_go_on(
     assert "no DICOM file NOPE/R_09[.dcm] under" in reasons["R_09.nii.gz"]
     assert "empty" in reasons[empty_rel.name] and "--allow-empty" in reasons[empty_rel.name]
     assert all("\n" not in r for r in reasons.values())
-    assert report.notes == [(str(labels), "ignored 1 files that are not label maps (.txt 1)")]
+    assert report.notes[-1] == (str(labels), "ignored 1 files that are not label maps (.txt 1)")
+    # the stored file was written with 0.2 mm pixels, not its image's: said, not refused
+    assert [(Path(p).name, "its spacing 0.2 x 0.2 mm" in r) for p, r in report.notes[:-1]] == [
+        (f"img{ids[0]:06d}_seg.nii.gz", True)
+    ]
     assert _count(ws, Annotation) == 1
 
     allowed = sync_itksnap(ws, labels, "rater1", dicom_root=orig, allow_empty=True)
@@ -441,3 +446,111 @@ def test_cli_exit_codes_json_and_one_line_rejections(study, demo_dir, tmp_path, 
         ws,
     )
     assert usage.returncode == 2
+
+
+def test_fifos_in_the_label_folder_are_never_opened(study, demo_dir, tmp_path):
+    labels = shutil.copytree(demo_dir / "labels" / "rater1", tmp_path / "r1")
+    first = sorted(labels.rglob("*.nii.gz"))[0]
+    fifo = first.with_name("pipe.nii.gz")
+    os.mkfifo(fifo)
+    (tmp_path / "m").mkdir()
+    listed = tmp_path / "m" / "listed.nii.gz"
+    os.mkfifo(listed)
+    dicom = sorted((demo_dir / "dicom").rglob("*.dcm"))[0]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"label_file,dicom_file\n{listed},{dicom}\n")
+    report = sync_itksnap(study, labels, "rater1", dicom_root=demo_dir / "dicom")
+    assert report.new_versions == N and not report.rejected
+    assert [(p, r) for p, r in report.notes if p == str(fifo)] == [
+        (str(fifo), "a FIFO (named pipe), not a regular file: skipped, never opened")
+    ]
+    fifo.unlink()
+    # a FIFO the manifest names is read by nobody either, and the manifest itself as a FIFO
+    report = sync_itksnap(study, tmp_path / "m", "rater1", manifest=manifest)
+    assert [(p, r) for p, r in report.rejected] == [
+        (str(listed), "a FIFO (named pipe): not read (only regular files are label maps)")
+    ]
+    os.mkfifo(tmp_path / "pipe.csv")
+    with pytest.raises(UsageError, match="FIFO"):
+        sync_itksnap(study, labels, "rater1", manifest=tmp_path / "pipe.csv")
+
+
+def test_flipped_maps_are_stored_in_the_images_orientation_outside_data_refused(
+    study, demo_dir, tmp_path
+):
+    ws = study
+    ids = _image_ids(ws)
+    with ws.session() as s:
+        image = s.get(Image, ids[0])
+        rows, cols, mm = image.rows, image.cols, image.mm_per_px_x
+    mask = read_label_map(sorted((demo_dir / "labels" / "rater1").rglob("*.nii.gz"))[0])
+    assert mask.shape == (rows, cols)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    flipped = sitk.GetImageFromArray(np.flip(mask, axis=1).copy())
+    flipped.SetDirection((-1, 0, 0, 1))
+    flipped.SetSpacing((mm, mm))
+    flipped.SetOrigin(((cols - 1) * mm, 0.0))
+    sitk.WriteImage(flipped, str(labels / f"img{ids[0]:06d}_seg.nrrd"), True)
+    outside = tmp_path / "elsewhere.raw"
+    outside.write_bytes(bytes(rows * cols))
+    (labels / f"img{ids[1]:06d}_seg.mhd").write_text(
+        f"ObjectType = Image\nNDims = 2\nDimSize = {cols} {rows}\nElementType = MET_UCHAR\n"
+        f"ElementDataFile = {outside}\n"
+    )
+    report = sync_itksnap(ws, labels, "rater1")
+    assert report.new_versions == 1
+    ((item, reason),) = report.rejected
+    assert item.endswith(".mhd") and "outside" in reason
+    assert [r for _, r in report.notes if "flipped along x" in r]
+    stored = _latest(ws, "rater1")[ids[0]]
+    np.testing.assert_array_equal(ws.store.get_array(stored.mask_hash), mask)
+
+
+SYNC_COUNTS = {
+    "annotations": "select count(*) from annotations",
+    "per image and rater": "select count(distinct image_id || ':' || rater_id) from annotations",
+    "highest version": "select coalesce(max(version), 0) from annotations",
+    "structure stats": "select count(*) from structure_stats",
+}
+
+
+def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_sync(demo_dir, tmp_path):
+    """sync itksnap (a transaction per 2 files) killed at 20 seeded moments; after each, a
+    re-run gives exactly the counts of an uninterrupted sync: nothing lost, no version 2."""
+    from datatool.core.workspace import init_workspace, open_workspace
+    from tests.interrupt import counts, integrity, kill_after, run_timed
+
+    base = init_workspace(tmp_path / "base").root
+    ws = open_workspace(base)
+    ingest(ws, [demo_dir / "dicom"], workers=0)
+    add_rater(ws, "rater1")
+    ws.close()
+    labels, dicom = demo_dir / "labels" / "rater1", demo_dir / "dicom"
+
+    def sync(root: Path):
+        def work():
+            opened = open_workspace(root)
+            sync_itksnap(opened, labels, "rater1", dicom_root=dicom, batch_size=2)
+            opened.close()
+
+        return work
+
+    def db(root: Path) -> Path:
+        return root / ".datatool" / "catalogue.sqlite"
+
+    ref = shutil.copytree(base, tmp_path / "ref")
+    code, seconds = run_timed(sync(ref))
+    assert code == 0
+    expected = counts(db(ref), SYNC_COUNTS)
+    assert expected["annotations"] == N and expected["highest version"] == 1
+    rng = random.Random(20261203)
+    for k in range(20):
+        root = shutil.copytree(base, tmp_path / f"kill{k}")
+        kill_after(sync(root), rng.uniform(0.0, seconds))
+        assert integrity(db(root)) == "ok"
+        partial = counts(db(root), SYNC_COUNTS)
+        assert partial["structure stats"] == 5 * partial["annotations"]  # whole annotations
+        sync(root)()
+        assert counts(db(root), SYNC_COUNTS) == expected, k
+        shutil.rmtree(root)

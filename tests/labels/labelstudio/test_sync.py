@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import shutil
 import subprocess
 import sys
 import warnings
@@ -29,6 +31,7 @@ from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.labelstudio.sync import annotate, push, sync_from_export, sync_from_server
 from datatool.labels.matching import image_for_dicom, image_name
 from tests.labelstudio_server import labelstudio_server
+from tests.memory import run_measured
 
 __all__ = ["labelstudio_server"]  # the fixture counts as used (pyflakes does not read noqa)
 P = load_protocol()
@@ -444,3 +447,150 @@ def test_cli_push_sync_and_no_token_anywhere(demo_ws, labelstudio_server, ls, cl
         entries = list(s.scalars(select(AuditEntry)))
         assert {"labelstudio push", "sync labelstudio"} <= {a.command for a in entries}
         assert srv.token not in json.dumps([a.details for a in entries])
+
+
+def _uid(path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def _rle_bomb(values: int = 10**9, records: int = 64) -> list[int]:
+    """A brush RLE whose 32-bit header claims ``values`` values, followed by ``records``
+    runs of 65536 bytes of 255 each (27 bits a run): a few KB that a decoder trusting the
+    header turns into ``values`` bytes of memory, every page written."""
+    bits = f"{values:032b}{7:05b}" + f"{15:04b}" * 4  # 8-bit words, 16-bit run lengths
+    bits += ("1" + "11" + f"{0xFFFF:016b}" + f"{255:08b}") * records
+    bits += "0" * (-len(bits) % 8)
+    return [int(bits[k : k + 8], 2) for k in range(0, len(bits), 8)]
+
+
+def test_a_hostile_export_rejects_bad_tasks_one_line_each_and_keeps_the_rest(demo_ws, demo_dir):
+    add_rater(demo_ws, "OLD")
+    dicoms = sorted((demo_dir / "dicom").rglob("*.dcm"))
+    with demo_ws.session() as s:
+        images = [image_for_dicom(s, demo_ws.key, p) for p in dicoms[:2]]
+    good = {
+        "id": 1,
+        "data": {"sop": _uid(dicoms[0])},
+        "annotations": [{"id": 11, "result": mask_to_results(_mask(images[0]), P)}],
+    }
+    brush = {
+        "type": "brushlabels",
+        "original_width": images[1].cols,
+        "original_height": images[1].rows,
+        "value": {"format": "rle", "rle": _rle_bomb(), "brushlabels": ["femur"]},
+    }
+
+    def bad(tid, **annotation):
+        return {"id": tid, "data": {"sop": _uid(dicoms[1])}, "annotations": [annotation]}
+
+    export = [
+        good,
+        bad(2, id=12, result=[{**brush, "value": [1, 2, 3]}]),  # a value that is a list
+        bad(3, id=13, result=[{**brush, "original_width": "abc"}]),
+        bad(4, id="fourteen", result=[]),  # a non-numeric annotation id
+        {"id": 5, "data": {}, "annotations": ["not an object"]},
+        "DEEP",  # replaced by a task nested far deeper than any parser recursion
+        7,  # not an object at all
+        bad(8, id=18, result=[brush]),  # an RLE that claims 10^9 values
+    ]
+    deep = '{"id": 6, "data": ' + "[" * 20000 + "]" * 20000 + "}"
+    path = demo_dir.parent / "hostile.json"
+    path.write_text(json.dumps(export).replace('"DEEP"', deep))
+    report = sync_from_export(demo_ws, "OLD", path)
+    assert (report.seen, report.new_versions) == (8, 1)
+    rejected = dict(report.rejected)
+    assert len(report.rejected) == 7 == len(rejected), report.rejected
+    assert "annotations.0.result.0.value" in rejected["task 2"]
+    assert "original_width" in rejected["task 3"]
+    assert "annotations.0.id" in rejected["task 4"]
+    assert "annotations.0" in rejected["task 5"]
+    assert "nested" in rejected["task #6"] and "not an object" in rejected["task #7"]
+    bomb = rejected[f"task 8 ({image_name(images[1].id)})"]
+    assert "declares 1000000000 values" in bomb and "not decoded" in bomb
+    for reason in rejected.values():
+        assert "\n" not in reason and "abc" not in reason and "fourteen" not in reason
+
+
+def test_peak_memory_of_an_rle_bomb_is_bounded_by_the_image(demo_ws, demo_dir, cli_env):
+    """A 257 KB export whose RLE header claims 10^9 values once took 1.27 GB: now the RLE
+    is refused before decoding, and the command's peak memory stays near a run on a good
+    export (the image is 4 x its pixels in RGBA, a few MB at most)."""
+    add_rater(demo_ws, "OLD")
+    dicoms = sorted((demo_dir / "dicom").rglob("*.dcm"))
+    with demo_ws.session() as s:
+        image = image_for_dicom(s, demo_ws.key, dicoms[0])
+    results = mask_to_results(_mask(image), P)
+    good = [{"id": 1, "data": {"sop": _uid(dicoms[0])}, "annotations": [{"result": results}]}]
+    bomb_rle = _rle_bomb(records=16_000)  # 54 KB of RLE runs that cover 10^9 bytes
+    bomb = [{**good[0], "annotations": [{"result": [{**results[0], "value": {
+        "format": "rle", "rle": bomb_rle, "brushlabels": ["femur"]}}]}]}]  # fmt: skip
+    paths = {}
+    for name, export in (("good", good), ("bomb", bomb)):
+        paths[name] = demo_dir.parent / f"{name}-export.json"
+        paths[name].write_text(json.dumps(export))
+
+    def run(path):
+        cmd = [sys.executable, "-m", "datatool", "sync", "labelstudio", "--rater", "OLD"]
+        cmd += ["--export", str(path), "--workspace", str(demo_ws.root)]
+        return run_measured(cmd, cli_env)
+
+    baseline, res = run(paths["good"]), run(paths["bomb"])
+    assert baseline.returncode == 0, baseline.stderr
+    assert res.returncode == 1 and "not decoded" in res.stderr and "Traceback" not in res.stderr
+    rgba_mib = image.rows * image.cols * 4 / 1024**2
+    assert res.peak_mib < baseline.peak_mib + 4 * rgba_mib + 32, (res.peak_mib, baseline.peak_mib)
+
+
+def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_export_sync(demo_dir, tmp_path):
+    from datatool.core.workspace import init_workspace, open_workspace
+    from datatool.labels.itksnap.formats import read_label_map
+    from tests.interrupt import counts, integrity, kill_after, run_timed
+
+    base = init_workspace(tmp_path / "base").root
+    ws = open_workspace(base)
+    ingest(ws, [demo_dir / "dicom"], workers=0)
+    add_rater(ws, "OLD")
+    ws.close()
+    tasks = []  # 4 tasks: brush RLE decodes in pure Python, and 20 moments reuse them
+    labels = sorted((demo_dir / "labels" / "rater1").rglob("*.nii.gz"))[:4]
+    for n, label in enumerate(labels, 1):
+        dicom = demo_dir / "dicom" / str(label.relative_to(demo_dir / "labels" / "rater1"))
+        dicom = dicom.with_name(dicom.name.replace(".nii.gz", ".dcm"))
+        results = mask_to_results(read_label_map(label).astype(np.uint8), P)
+        tasks.append(
+            {"id": n, "data": {"sop": _uid(dicom)}, "annotations": [{"id": n, "result": results}]}
+        )
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    queries = {
+        "annotations": "select count(*) from annotations",
+        "highest version": "select coalesce(max(version), 0) from annotations",
+        "structure stats": "select count(*) from structure_stats",
+    }
+
+    def sync(root):
+        def work():
+            opened = open_workspace(root)
+            sync_from_export(opened, "OLD", export)
+            opened.close()
+
+        return work
+
+    def db(root):
+        return root / ".datatool" / "catalogue.sqlite"
+
+    ref = shutil.copytree(base, tmp_path / "ref")
+    code, seconds = run_timed(sync(ref))
+    assert code == 0
+    expected = counts(db(ref), queries)
+    assert expected == {"annotations": 4, "highest version": 1, "structure stats": 20}
+    rng = random.Random(20261204)
+    for k in range(20):
+        root = shutil.copytree(base, tmp_path / f"kill{k}")
+        kill_after(sync(root), rng.uniform(0.0, seconds))
+        assert integrity(db(root)) == "ok"
+        sync(root)()
+        assert counts(db(root), queries) == expected, k
+        shutil.rmtree(root)

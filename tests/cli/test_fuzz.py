@@ -1,0 +1,182 @@
+"""The CLI driven with random option values and random bytes as input files (hypothesis,
+a fixed number of examples, derandomised): no traceback ever reaches the user, exit codes
+are 0, 1 or 2 as documented, and the catalogue passes PRAGMA integrity_check after each."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from datatool.analysis.consensus import make_consensus
+from datatool.cli import app
+from datatool.core.workspace import init_workspace, open_workspace
+from datatool.learning.splits import create_split
+from tests.labels_util import ingest_demo_with_labels
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def prepared(demo_dir, tmp_path_factory):
+    """A workspace with the demo study, two raters' labels, a consensus and a split, and a
+    few real files to mutate."""
+    base = tmp_path_factory.mktemp("fuzz")
+    root = init_workspace(base / "ws").root
+    ws = open_workspace(root)
+    ingest_demo_with_labels(ws, demo_dir)
+    make_consensus(ws, "staple")
+    create_split(ws, "s", folds=2)
+    ws.close()
+    samples = {
+        "dicom": sorted((demo_dir / "dicom").rglob("*.dcm"))[0].read_bytes(),
+        "label": sorted((demo_dir / "labels" / "rater1").rglob("*.nii.gz"))[0].read_bytes(),
+        "csv": (demo_dir / "clinical.csv").read_bytes(),
+        "json": b'[{"id": 1, "data": {"sop": "1.2.3"}, "annotations": [{"result": []}]}]',
+    }
+    return root, base, samples
+
+
+names = st.text(
+    st.characters(blacklist_characters="/\x00", blacklist_categories=["Cs"]),
+    min_size=1,
+    max_size=12,
+)
+numbers = st.one_of(
+    st.integers(-3, 20),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from(["nan", "inf", "-1", "0", "1e9", "x", "", "2:1:1", "6:2:2", "nan:1:1"]),
+).map(str)
+words = st.one_of(
+    names,
+    st.sampled_from(["rater1", "rater2", "consensus:staple", "model:1", "s", "[red]x", ":skull:"]),
+)
+
+
+SAMPLES: dict[str, bytes] = {}  # real files to mutate, set by the fixture
+
+
+@st.composite
+def content(draw) -> bytes:
+    """Random bytes, or a real file cut short or with bytes overwritten."""
+    kind = draw(st.sampled_from(["random", "dicom", "label", "csv", "json"]))
+    if kind == "random":
+        return draw(st.binary(max_size=2048))
+    data = bytearray(SAMPLES[kind])
+    for _ in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(0, len(data) - 1))
+        data[at : at + 4] = draw(st.binary(min_size=1, max_size=4))
+    cut = draw(st.one_of(st.none(), st.integers(0, len(data))))
+    return bytes(data[:cut])
+
+
+def often(*valid: str, other=None):
+    """One of ``valid`` most of the time, else anything ``other`` (default: numbers) draws."""
+    return st.one_of(st.sampled_from(valid), other if other is not None else numbers)
+
+
+def _commands(draw, path: str, folder: str, out: str) -> dict:
+    """Builders of each command line; only the chosen one draws its options."""
+    opt = draw
+    rater = often("rater1", "rater2", other=words)
+    return {
+        "ingest": lambda: ["ingest", opt(st.sampled_from([path, folder])), "-j",
+                           opt(often("0", "1")), "--frames", opt(often("auto", "all", "first")),
+                           "--batch", opt(often("64", "1", "2")),
+                           *opt(st.sampled_from([[], ["--allow-burned-in"]]))],
+        "ingest-clinical": lambda: ["ingest-clinical", path],
+        "sync itksnap": lambda: ["sync", "itksnap", folder, "--rater", opt(rater),
+                                 *opt(st.sampled_from([[], ["--allow-empty"]]))],
+        "sync labelstudio": lambda: ["sync", "labelstudio", "--rater", opt(rater),
+                                     "--export", path],
+        "images": lambda: ["images", "--limit", opt(often("5", "1")), "--side",
+                           opt(often("L", "R", other=words)), "--patient", opt(words)],
+        "agreement": lambda: ["agreement", "--sample", opt(often("8", "12", "3")),
+                              "--seed", opt(often("0", "7")),
+                              "--raters", opt(often("rater1,rater2", "rater2,rater1", other=words)),
+                              "--out", out],
+        "split create": lambda: ["split", "create", opt(often("a", "b.1", other=words)),
+                                 "--ratios", opt(often("6:2:2", "1:1:1", "2:0:1")),
+                                 "--folds", opt(often("0", "2")), "--seed", opt(often("0", "5"))],
+        "split check": lambda: ["split", "check", opt(often("s", other=words))],
+        "split export": lambda: ["split", "export", opt(often("s", other=words)), "--out", out,
+                                 "--format", opt(often("csv", "nnunet", other=words))],
+        "rater add": lambda: ["rater", "add", opt(words)],
+        "labels": lambda: ["labels", "--rater", opt(rater)],
+        "status": lambda: ["status", "--csv", out],
+        "cohort": lambda: ["cohort", "--csv", path],
+        "consensus": lambda: ["consensus", "--method",
+                              opt(often("staple", "majority", other=words))],
+        "export itksnap": lambda: ["export", "itksnap", "--rater", opt(rater), "--out", out,
+                                   "--images", opt(often("1", "2,3", "img000004", other=words))],
+        "init": lambda: ["init", out],
+    }  # fmt: skip
+
+
+COMMANDS = list(_commands(lambda s: None, "", "", ""))
+
+
+@st.composite
+def invocation(draw) -> tuple[list[str], str, bytes]:
+    """(command line, input file name, its bytes): the file is written by the test into a
+    fresh folder whose path the command line names as {FOLDER}."""
+    name = draw(
+        st.one_of(
+            st.sampled_from(["img000001_seg.nii.gz", "img000002_seg.nrrd", "DICOMDIR", "a.dcm"]),
+            names.filter(lambda n: n not in (".", "..")).map(
+                lambda n: n + draw(st.sampled_from(["", ".dcm", ".nii.gz", ".json", ".mha"]))
+            ),
+        )
+    )
+    data = draw(content())
+    out = "{FOLDER}/out/" + draw(names.filter(lambda n: n not in (".", "..")))
+    command = draw(st.sampled_from(COMMANDS))
+    args = _commands(draw, "{FOLDER}/" + name, "{FOLDER}", out)[command]()
+    return args, name, data
+
+
+def _integrity(root: Path) -> str:
+    con = sqlite3.connect(root / ".datatool" / "catalogue.sqlite")
+    try:
+        return con.execute("pragma integrity_check").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_random_command_lines_never_show_a_traceback(prepared):
+    root, base, samples = prepared
+    SAMPLES.update(samples)
+    runs = iter(range(10**9))
+
+    @settings(
+        max_examples=80,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(case=invocation())
+    def one(case: tuple[list[str], str, bytes]) -> None:
+        template, name, data = case
+        folder = base / f"case{next(runs)}"
+        folder.mkdir()
+        (folder / name).write_bytes(data)
+        args = [a.replace("{FOLDER}", str(folder)) for a in template]
+        if args[0] != "init":
+            args += ["--workspace", str(root)]
+        res = runner.invoke(app, args)
+        shown = res.output
+        assert res.exception is None or isinstance(res.exception, SystemExit), (
+            args,
+            repr(res.exception),
+            shown,
+        )
+        assert "Traceback" not in shown, (args, shown)
+        assert res.exit_code in (0, 1, 2), (args, res.exit_code, shown)
+        assert _integrity(root) == "ok"
+
+    one()
