@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_voi_lut, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
 MAX_PIXELS_PER_FRAME = 8192 * 8192
 MAX_DECODED_BYTES = 4 * 1024**3  # a whole file's pixel data, decoded
@@ -269,8 +269,7 @@ def to_gray8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         gray = arr
     else:
         if "WindowCenter" in ds or "VOILUTSequence" in ds:
-            arr = apply_voi_lut(arr, ds)
-            gray = _rescale(arr, float(np.min(arr)), float(np.max(arr)))
+            gray = _voi_gray(arr, ds)
         else:
             bits = int(ds.get("BitsStored", ds.BitsAllocated))
             signed = int(ds.get("PixelRepresentation", 0)) == 1
@@ -280,6 +279,20 @@ def to_gray8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     if photometric == "MONOCHROME1":
         gray = 255 - gray
     return np.ascontiguousarray(gray, dtype=np.uint8)
+
+
+def _voi_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """The display pipeline of deeper monochrome: the modality LUT (RescaleSlope/Intercept),
+    then the VOI LUT or window, whose output range (not the image's own darkest and
+    brightest values) becomes 0..255."""
+    values = apply_voi_lut(apply_modality_lut(arr, ds), ds)
+    if "VOILUTSequence" in ds:  # pydicom prefers the table to a window, as here
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        lo, hi = 0.0, float(2**bits - 1)
+    else:  # the window's own ends: what it gives far below and far above its range
+        ends = apply_voi_lut(np.array([-np.inf, np.inf]), ds)
+        lo, hi = float(ends[0]), float(ends[1])
+    return _rescale(values, lo, hi)
 
 
 def _rescale(arr: np.ndarray, lo: float, hi: float | None) -> np.ndarray:
