@@ -301,6 +301,8 @@ def test_distributed_data_parallel_under_torchrun(ready, cli_env, tmp_path):
     """Two CPU processes (gloo) train one run together; rank 0 alone records it."""
     import shutil
 
+    from tests.learning.test_ddp import free_port
+
     torchrun = shutil.which("torchrun") or str(
         __import__("pathlib").Path(sys.executable).parent / "torchrun"
     )
@@ -311,8 +313,10 @@ def test_distributed_data_parallel_under_torchrun(ready, cli_env, tmp_path):
             torchrun,
             "--nproc_per_node",
             "2",
+            "--master_addr",
+            "127.0.0.1",
             "--master_port",
-            "29517",
+            str(free_port()),
             "-m",
             "datatool",
             "train",
