@@ -91,6 +91,19 @@ def write_us(path: Path, pixels: np.ndarray, **kwargs) -> Path:
     return save(us_dataset(pixels, **kwargs), path)
 
 
+def workspace_with_key(root: Path, key_hex: str = "5e" * 32):
+    """A workspace whose pseudonym key is fixed (``init`` keeps a key it finds): pseudonyms,
+    and everything ordered by them, are the same on every run. Returns it opened."""
+    from datatool.core.workspace import init_workspace, open_workspace
+
+    meta = root / ".datatool"
+    meta.mkdir(parents=True)
+    (meta / "secret.key").write_text(key_hex + "\n")
+    (meta / "secret.key").chmod(0o600)
+    init_workspace(root)
+    return open_workspace(root)
+
+
 def box(shape: tuple[int, int], fill: dict[int, tuple[int, int, int, int]]) -> np.ndarray:
     """A label map with ``value -> (y0, y1, x0, x1)`` rectangles (half-open), later ones on
     top."""

@@ -9,7 +9,6 @@ import datetime as dt
 import json
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -20,18 +19,7 @@ from datatool.cli import app
 from datatool.core.catalogue import Base, Patient, Study
 from datatool.core.workspace import init_workspace, open_workspace
 from tests.conftest import PYDICOM_DATA_US
-from tests.handmade import write_us
-
-KEY_HEX = "5e" * 32  # a fixed workspace key: the offsets below are the same on every run
-
-
-def _workspace_with_key(root: Path):
-    meta = root / ".datatool"
-    meta.mkdir(parents=True)
-    (meta / "secret.key").write_text(KEY_HEX + "\n")
-    (meta / "secret.key").chmod(0o600)
-    init_workspace(root)
-    return open_workspace(root)
+from tests.handmade import workspace_with_key, write_us
 
 
 def _offsets(ws, original: dict[str, dt.date]) -> dict[str, list[int]]:
@@ -50,7 +38,7 @@ def _offsets(ws, original: dict[str, dt.date]) -> dict[str, list[int]]:
 
 
 def test_study_dates_move_by_one_offset_per_patient(tmp_path):
-    ws = _workspace_with_key(tmp_path / "ws")
+    ws = workspace_with_key(tmp_path / "ws")  # a fixed key: the same offsets every run
     original = {}
     # patient A: three studies on different days; patients B and C: one study each, on
     # one of A's days

@@ -7,9 +7,9 @@ batch as one process with twice the batch, so losses and weights agree to float3
 port) against ``datatool train`` in one process: the real network normalises each process's
 half batch with its own BatchNorm statistics (PyTorch has no SyncBatchNorm on the CPU) and
 draws its own dropout, so there the training loss curve agrees to a stated 3 % per epoch
-(measured on the demo data: under 1 %). The validation loss is not compared: it runs the network on running
-BatchNorm statistics, which each process estimates from half batches of two images, and it
-moved by up to 13 % in a three-epoch run."""
+(measured on the demo data: under 1 %). The validation loss is not compared: it runs the
+network on running BatchNorm statistics, which each process estimates from half batches of
+two images, and it moved by up to 13 % in a three-epoch run."""
 
 from __future__ import annotations
 

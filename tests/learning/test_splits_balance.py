@@ -13,7 +13,7 @@ from sqlalchemy import select
 from datatool.core.catalogue import Image, Patient, Series, Split, SplitMember
 from datatool.ingest.pipeline import ingest
 from datatool.learning.splits import create_split
-from tests.handmade import write_us
+from tests.handmade import workspace_with_key, write_us
 
 SEEDS = range(10)
 
@@ -61,6 +61,14 @@ def _patients_by(members, key_index: int, group_index: int) -> dict[str, Counter
     for row in members:
         seen[row[group_index]][row[2]] = row[key_index]
     return {g: Counter(p.values()) for g, p in seen.items()}
+
+
+@pytest.fixture()
+def ws(tmp_path):
+    """A fixed pseudonym key: the order patients are dealt in is the same on every run."""
+    workspace = workspace_with_key(tmp_path / "ws")
+    yield workspace
+    workspace.close()
 
 
 @pytest.fixture()
