@@ -39,12 +39,20 @@ def free_port() -> int:
 def _epoch_losses(rank: int, world: int, port: int, out: str) -> None:
     """Run the training loop's epochs on 8 synthetic images; rank 0 saves its losses and
     weights to ``out``. Module level: torch.multiprocessing starts it in new processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float reductions in every process
+    try:
+        _run_epochs(rank, world, port, out)
+    finally:
+        torch.set_num_threads(threads)  # the test process's own, for the tests after
+
+
+def _run_epochs(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
     from torch import nn
 
     from datatool.learning.training import _Loop, _steps, _train_epoch
 
-    torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group(
             "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world

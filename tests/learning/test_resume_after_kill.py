@@ -21,12 +21,7 @@ torch = pytest.importorskip("torch")
 
 from datatool.core.catalogue import RunStatus  # noqa: E402
 from datatool.learning.splits import create_split  # noqa: E402
-from datatool.learning.training import (  # noqa: E402
-    TrainConfig,
-    load_checkpoint,
-    run_summary,
-    train,
-)
+from datatool.learning.training import load_checkpoint, run_summary  # noqa: E402
 
 EPOCHS, SEED, BATCH = 3, 21, 2
 
@@ -40,13 +35,16 @@ def test_kill_9_mid_epoch_then_resume_equals_the_uninterrupted_run(trained, cli_
     ws, _ = trained
     # two patients train (8 images, 4 steps an epoch at batch 2), one validates
     create_split(ws, "killed", ratios="2:1:0", folds=0, seed=3)
-    whole = train(
-        ws, "killed",
-        config=TrainConfig(preset="tiny", epochs=EPOCHS, batch=BATCH, seed=SEED, device="cpu"),
-    )  # fmt: skip
     command = [sys.executable, "-m", "datatool", "train", "--split", "killed", "--preset",
                "tiny", "--epochs", str(EPOCHS), "--batch", str(BATCH), "--seed", str(SEED),
                "--device", "cpu", "--workspace", str(ws.root)]  # fmt: skip
+    # the uninterrupted run, in a process of its own like the others (the test process's
+    # thread count, which other tests may set, does not enter)
+    res = subprocess.run(
+        [*command, "--json"], capture_output=True, text=True, env=cli_env, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    whole = run_summary(ws, json.loads(res.stdout)["run"])
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env
     )
