@@ -21,9 +21,6 @@ from datatool.core.workspace import init_workspace, open_workspace
 from datatool.labels.labelstudio.formats import mask_to_results
 from tests.cli.test_commands import LEAVES
 from tests.labels_util import ingest_demo_with_labels
-from tests.labelstudio_server import labelstudio_server
-
-__all__ = ["labelstudio_server"]  # the fixture counts as used
 
 
 @dataclass

@@ -25,9 +25,7 @@ from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater, get_rater, latest_annotation
 from datatool.labels.labelstudio.sync import push, sync_from_export, sync_from_server
 from datatool.labels.matching import image_for_dicom
-from tests.labelstudio_server import labelstudio_server
 
-__all__ = ["labelstudio_server"]  # the fixture counts as used
 P = load_protocol()
 
 
