@@ -10,6 +10,12 @@ import pytest
 
 from datatool.core.workspace import init_workspace, open_workspace
 
+# The Label Studio server, one for every test module that asks for it without importing it
+# itself (a module that imports the fixture gets a server of its own).
+from tests.labelstudio_server import labelstudio_server
+
+__all__ = ["labelstudio_server"]  # the fixture counts as used
+
 PYDICOM_DATA_US = [
     "US1_UNCR.dcm",
     "US1_J2KR.dcm",

@@ -124,6 +124,7 @@ def agreement(
     out_dir: Path | None = typer.Option(
         None,
         "--out",
+        file_okay=False,
         help="Folder for agreement.json and the Bland-Altman PNGs "
         "(default: WORKSPACE/reports/agreement-SAMPLE).",
     ),

@@ -45,7 +45,9 @@ def _init_view(r: InitResult) -> Iterator[Block]:
 @app.command(rich_help_panel=PANEL_DATA)
 @guarded
 def init(
-    directory: Path = typer.Argument(Path("."), help="Folder to make a workspace of."),
+    directory: Path = typer.Argument(
+        Path("."), file_okay=False, help="Folder to make a workspace of."
+    ),
     protocol: str = typer.Option("anterior_sciatic", help="Label protocol (schemas/NAME.yaml)."),
     json_out: bool = JsonOpt,
 ):
@@ -287,7 +289,9 @@ def _demo_view(summary: DemoDataset) -> Iterator[Block]:
 @app.command("demo-data", rich_help_panel=PANEL_DATA)
 @guarded
 def demo_data(
-    out_dir: Path = typer.Argument(..., help="Folder to write the demo dataset into."),
+    out_dir: Path = typer.Argument(
+        ..., file_okay=False, help="Folder to write the demo dataset into."
+    ),
     patients: int = typer.Option(10, min=1, help="Number of patients."),
     images_per_side: str = typer.Option(
         "4", help="Images per side: N or MIN-MAX (7-8 with 200 patients is the study's 3000)."

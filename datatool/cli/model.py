@@ -259,6 +259,7 @@ def score(
     out_dir: Path | None = typer.Option(
         None,
         "--out",
+        file_okay=False,
         help="Folder for score.json and the figures (default: WORKSPACE/reports/run-RUN-SET).",
     ),
     json_out: bool = JsonOpt,

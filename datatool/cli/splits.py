@@ -139,7 +139,7 @@ def split_export(
         "--format",
         help="nnunet (dataset.json, splits_final.json) or csv (a manifest).",
     ),
-    out_dir: Path = typer.Option(..., "--out", help="Folder to write."),
+    out_dir: Path = typer.Option(..., "--out", file_okay=False, help="Folder to write."),
     json_out: bool = JsonOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):

@@ -24,7 +24,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filereader import read_dataset as _read_body
 from pydicom.filewriter import write_file_meta_info
-from pydicom.pixels import apply_color_lut, apply_voi_lut, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 MAX_PIXELS_PER_FRAME = 8192 * 8192
@@ -436,8 +436,7 @@ def to_gray8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         gray = arr
     else:
         if "WindowCenter" in ds or "VOILUTSequence" in ds:
-            arr = apply_voi_lut(arr, ds)
-            gray = _rescale(arr, float(np.min(arr)), float(np.max(arr)))
+            gray = _voi_gray(arr, ds)
         else:
             bits = int(ds.get("BitsStored", ds.BitsAllocated))
             signed = int(ds.get("PixelRepresentation", 0)) == 1
@@ -447,6 +446,20 @@ def to_gray8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     if photometric == "MONOCHROME1":
         gray = 255 - gray
     return np.ascontiguousarray(gray, dtype=np.uint8)
+
+
+def _voi_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """The display pipeline of deeper monochrome: the modality LUT (RescaleSlope/Intercept),
+    then the VOI LUT or window, whose output range (not the image's own darkest and
+    brightest values) becomes 0..255."""
+    values = apply_voi_lut(apply_modality_lut(arr, ds), ds)
+    if "VOILUTSequence" in ds:  # pydicom prefers the table to a window, as here
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        lo, hi = 0.0, float(2**bits - 1)
+    else:  # the window's own ends: what it gives far below and far above its range
+        ends = apply_voi_lut(np.array([-np.inf, np.inf]), ds)
+        lo, hi = float(ends[0]), float(ends[1])
+    return _rescale(values, lo, hi)
 
 
 def _rescale(arr: np.ndarray, lo: float, hi: float | None) -> np.ndarray:

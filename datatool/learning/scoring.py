@@ -108,11 +108,14 @@ class StructureScore:
 
 @dataclass
 class BonferroniPair:
+    """A pairwise t-test; t and p are None where it is undefined (two groups without
+    variance, e.g. both all 0)."""
+
     a: str
     b: str
-    t: float
-    p_unc: float
-    p_bonf: float  # p_unc times the number of pairs, at most 1
+    t: float | None
+    p_unc: float | None
+    p_bonf: float | None  # p_unc times the number of pairs, at most 1
 
 
 @dataclass
@@ -226,13 +229,19 @@ def _anova(long: pd.DataFrame) -> Anova | None:
             BonferroniPair(
                 a=r["A"],
                 b=r["B"],
-                t=float(r["T"]),
-                p_unc=float(r[pu]),
-                p_bonf=min(1.0, float(r[pu]) * m),
+                t=_finite(r["T"]),
+                p_unc=_finite(r[pu]),
+                p_bonf=None if _finite(r[pu]) is None else min(1.0, float(r[pu]) * m),
             )
             for _, r in pairs.iterrows()
         ],
     )
+
+
+def _finite(value) -> float | None:
+    """A float, or None for NaN (a test that is undefined; score.json holds no bare NaN)."""
+    value = float(value)
+    return None if np.isnan(value) else value
 
 
 def _metric_table(image_ids: list[int], preds, refs, names: list[str]) -> pd.DataFrame:
@@ -243,6 +252,15 @@ def _metric_table(image_ids: list[int], preds, refs, names: list[str]) -> pd.Dat
             if m is not None:
                 rows.append({"image_id": image_id, "structure": name, **dataclasses.asdict(m)})
     return pd.DataFrame(rows)
+
+
+def _image_scores(table: pd.DataFrame) -> list[ImageScore]:
+    """The table's rows as ImageScores; an undefined precision or recall is None (pandas
+    holds it as NaN, which would reach score.json as a bare ``NaN``, not JSON)."""
+    if not len(table):
+        return []
+    rows = table.drop(columns=["tp", "fp", "fn"]).astype(object)
+    return [ImageScore(**r) for r in rows.where(rows.notna(), None).to_dict("records")]
 
 
 def _per_structure(table: pd.DataFrame, names: list[str]) -> list[StructureScore]:
@@ -360,11 +378,7 @@ def score_run(
         anova_iou=_anova(table) if len(table) else None,
         inference_ms=metrics.describe([t * 1000 for t in times]),
         device=str(dev),
-        per_image=[
-            ImageScore(**r) for r in table.drop(columns=["tp", "fp", "fn"]).to_dict("records")
-        ]
-        if len(table)
-        else [],
+        per_image=_image_scores(table),
     )
     if store_predictions:
         result.stored_predictions = _store_predictions(

@@ -539,6 +539,12 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
             progress(
                 StepDone(epoch + 1, conf["epochs"], step + 1, loop.steps, float(loss.detach()))
             )
+    if world > 1:  # the run's loss: every rank's samples, not rank 0's share alone
+        import torch.distributed as dist
+
+        sums = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+        dist.all_reduce(sums)
+        total, count = float(sums[0]), int(sums[1])
     return total / max(count, 1)
 
 

@@ -32,9 +32,11 @@ def test_agreement_reports_every_structure_and_saves_the_sample(labelled, tmp_pa
     assert report.measure == "area_mm2" and report.raters == ["rater1", "rater2"]
     names = [r.structure for r in report.structures]
     assert names == [s.name for s in load_protocol().structures]
-    for r in report.structures:
-        assert -1 <= r.icc.icc <= 1 and r.icc.df1 == 7
-        assert 0.5 < r.dice["mean"] <= 1 and r.iou["median"] <= r.dice["median"]
+    for r in report.structures:  # the numbers themselves: test_agreement_numbers.py
+        assert r.icc.df1 == 7 and r.icc.n_targets == 8 and 0.5 < r.dice["mean"] <= 1
+        # image by image IoU = Dice / (2 - Dice), an increasing map: the extremes correspond
+        for end in ("min", "max"):
+            assert r.iou[end] == pytest.approx(r.dice[end] / (2 - r.dice[end]), rel=1e-12)
     assert (tmp_path / "r" / "bland_altman_sciatic_nerve.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "r" / "agreement.json").read_text())
     assert saved["structures"][0]["icc"] == report.structures[0].icc.as_dict()

@@ -1,0 +1,114 @@
+"""Consensus labels against cases with a known answer, built by hand: three raters whose
+mistakes never meet (every pixel has two raters right), a rater who paints a whole band
+wrong beside two who agree, two raters who disagree (majority: their per-structure
+intersection). The fused maps must be the truth, pixel for pixel, in ``fuse`` and through
+``make_consensus`` into the catalogue."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from datatool.analysis.consensus import fuse, make_consensus
+from datatool.core.catalogue import Annotation
+from datatool.core.protocol import load_protocol
+from datatool.ingest.pipeline import ingest
+from datatool.labels.annotations import add_rater, get_rater, store_annotation
+from datatool.labels.matching import image_for_dicom
+from tests.handmade import box, write_us
+
+SHAPE = (30, 40)
+TRUTH = box(SHAPE, {1: (5, 15, 5, 20), 3: (18, 26, 10, 30)})
+
+
+def three_raters_who_err_apart(truth: np.ndarray) -> list[np.ndarray]:
+    """Each rater gets a few pixels wrong (missed, added, or the wrong structure), no pixel
+    wrong for two of them: the majority of every pixel is the truth."""
+    a, b, c = truth.copy(), truth.copy(), truth.copy()
+    a[5, 5:8] = 0  # misses three femur pixels
+    a[26, 10:14] = 3  # adds four nerve pixels
+    b[14, 17:20] = 0
+    b[4, 5:9] = 1
+    b[20, 10] = 1  # nerve labelled femur
+    c[18:20, 28:30] = 0
+    c[0:3, 0:3] = 3
+    wrong = (a != truth).astype(int) + (b != truth) + (c != truth)
+    assert wrong.max() == 1 and all((m != truth).sum() >= 5 for m in (a, b, c))
+    return [a, b, c]
+
+
+@pytest.mark.parametrize("method", ["staple", "majority"])
+def test_three_raters_who_err_apart_give_the_truth(method):
+    np.testing.assert_array_equal(fuse(three_raters_who_err_apart(TRUTH), method), TRUTH)
+
+
+@pytest.mark.parametrize("method", ["staple", "majority"])
+def test_one_rater_painting_a_band_wrong_is_outvoted(method):
+    bad = TRUTH.copy()
+    bad[:, 32:] = 3  # a whole band of "nerve" that the two others leave empty
+    bad[5:15, 5:20] = 0  # and no femur at all
+    np.testing.assert_array_equal(fuse([TRUTH, bad, TRUTH], method), TRUTH)
+
+
+@pytest.mark.parametrize("method", ["staple", "majority"])
+def test_two_raters_who_agree_are_the_consensus(method):
+    a = three_raters_who_err_apart(TRUTH)[0]
+    np.testing.assert_array_equal(fuse([a, a.copy()], method), a)
+
+
+def test_two_raters_majority_is_their_intersection_structure_by_structure():
+    a = box(SHAPE, {1: (5, 15, 5, 20), 3: (18, 26, 10, 30)})
+    b = box(SHAPE, {1: (7, 17, 8, 22), 3: (18, 26, 14, 34)})
+    b[10, 10] = 3  # where a says femur and b nerve: a tie, background
+    want = np.zeros(SHAPE, np.uint8)
+    want[7:15, 8:20] = 1  # rows 7-14, columns 8-19: inside both femurs
+    want[18:26, 14:30] = 3
+    want[10, 10] = 0
+    np.testing.assert_array_equal(fuse([a, b], "majority"), want)
+
+
+def test_make_consensus_stores_the_truth_for_every_image(ws, tmp_path):
+    """Three images, three raters erring apart (the truth and an artery of each image's
+    own): the stored
+    consensus of both methods is the truth of each image; rater:NAME is that rater's map."""
+    truths = []
+    for k in (0, 3, 6):  # each image also has an artery of its own, where nobody errs
+        truth = TRUTH.copy()
+        truth[2:8, 25 + k : 31 + k] = 6
+        truths.append(truth)
+    files = [
+        write_us(tmp_path / "d" / f"{k}.dcm", np.full(SHAPE, 90, np.uint8), patient_id=f"C{k}")
+        for k in range(3)
+    ]
+    ingest(ws, [tmp_path / "d"], workers=0)
+    protocol = load_protocol(ws.protocol_name)
+    for name in ("r1", "r2", "r3"):
+        add_rater(ws, name)
+    image_of = {}
+    with ws.session() as s:
+        for path, truth in zip(files, truths):
+            image = image_for_dicom(s, ws.key, path)
+            image_of[image.id] = truth
+            for name, mask in zip(("r1", "r2", "r3"), three_raters_who_err_apart(truth)):
+                store_annotation(s, ws.store, image, get_rater(s, name), mask, "itksnap", None,
+                                 protocol)  # fmt: skip
+    for method in ("staple", "majority"):
+        report = make_consensus(ws, method)
+        assert (report.images, report.new_versions, report.raters) == (3, 3, ["r1", "r2", "r3"])
+        with ws.session() as s:
+            stored = s.scalars(
+                select(Annotation).where(Annotation.rater.has(name=f"consensus:{method}"))
+            ).all()
+            assert len(stored) == 3
+            for ann in stored:
+                np.testing.assert_array_equal(
+                    ws.store.get_array(ann.mask_hash), image_of[ann.image_id]
+                )
+    make_consensus(ws, "rater:r2")
+    with ws.session() as s:
+        for ann in s.scalars(
+            select(Annotation).where(Annotation.rater.has(name="consensus:rater:r2"))
+        ):
+            want = three_raters_who_err_apart(image_of[ann.image_id])[1]
+            np.testing.assert_array_equal(ws.store.get_array(ann.mask_hash), want)

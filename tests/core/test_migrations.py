@@ -1,0 +1,168 @@
+"""Migrations carry data: a catalogue made at each earlier revision (Alembic, the project's
+own configuration), filled with plain SQL that fits that revision, then opened as a workspace
+(which upgrades it to head) keeps every row, reads through the models, and ends with the
+schema the models describe. The revisions are walked from the migration scripts, so new ones
+are covered as they come; data is written at the revisions this test knows."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import select
+
+from datatool.core.catalogue import (
+    AgreementSample,
+    Annotation,
+    Base,
+    Image,
+    LabelStudioTask,
+    Patient,
+    Rater,
+    Run,
+    RunEpoch,
+    Score,
+    Split,
+    SplitMember,
+    StructureStats,
+    Study,
+)
+from datatool.core.workspace import alembic_config, open_workspace
+
+SCRIPT = ScriptDirectory.from_config(alembic_config("sqlite://"))
+ORDER = [r.revision for r in reversed(list(SCRIPT.walk_revisions()))]
+HEAD = SCRIPT.get_current_head()
+T = "2025-01-02 03:04:05.000000"
+
+# Rows each known revision's tables can hold, in plain SQL of that revision's columns.
+SEEDS = {
+    "0001": [
+        "INSERT INTO audit_log VALUES (1, '" + T + "', 'tester', 'ingest', 'ingest', "
+        "'{\"files\": 1}')",
+        "INSERT INTO patients VALUES (1, 'P-AAAAAAAAAA', 'F', 47, 22.5, 2, '" + T + "')",
+        "INSERT INTO studies VALUES (1, 1, '2.25.1', '2024-12-01', 47)",
+        "INSERT INTO series VALUES (1, 1, '2.25.2', 'US', 'L', 'Acme', 'Sono 1')",
+        "INSERT INTO source_files VALUES (1, '" + "a" * 64 + "', 1234, '" + "b" * 64 + "', "
+        "'2.25.3', '1.2.840.10008.5.1.4.1.1.6.1', '1.2.840.10008.1.2.1', 'MONOCHROME2', 8, 1, "
+        "'ingested', NULL, NULL, '" + T + "')",
+        "INSERT INTO images VALUES (1, 1, 1, 0, '" + "c" * 64 + "', 40, 50, 0.1, 0.1, "
+        '\'[{"x0": 0, "y0": 0, "x1": 49, "y1": 39}]\', \'blanked_outside_regions\')',
+    ],
+    "0002": [
+        "INSERT INTO raters VALUES (1, 'AN1', 'human', '" + T + "')",
+        "INSERT INTO annotations VALUES (1, 1, 1, 1, 'itksnap', 'a.nii.gz', '" + "d" * 64 + "', "
+        "'anterior_sciatic', '" + T + "')",
+        "INSERT INTO structure_stats VALUES "
+        "(1, 1, 'sciatic nerve', 3, 56, 0.56, 1, 10, 25, 17, 31)",
+        "INSERT INTO labelstudio_projects VALUES (1, 7, 1, 'datatool AN1', '" + T + "')",
+        "INSERT INTO labelstudio_tasks VALUES (1, 1, 70, 1)",
+    ],
+    "0003": [
+        "INSERT INTO splits VALUES (1, 's', '" + "e" * 64 + "', 3, '6:2:2', 5, 'sex', 'AN1', "
+        "'" + T + "')",
+        "INSERT INTO split_members VALUES (1, 1, 1, 1, 'train', 0, 1)",
+        "INSERT INTO agreement_samples VALUES (1, 1, 1, NULL, 0, 1, '" + T + "')",
+        "INSERT INTO agreement_items VALUES (1, 1, 1, 1, 1)",
+    ],
+    "0004": [
+        "INSERT INTO runs VALUES (1, 1, '" + "e" * 64 + "', NULL, NULL, 'tiny', "
+        "'{\"preset\": \"tiny\", \"epochs\": 2}', 0, '0.1.0', 'cpu:x86_64', 'done', 2, 1, 0.5, "
+        "'" + "f" * 64 + "', '" + "f" * 64 + "', '" + T + "', '" + T + "')",
+        "INSERT INTO run_epochs VALUES (1, 1, 0, 0.9, 0.8, 0.4, 0.41, 12.5)",
+        "INSERT INTO run_epochs VALUES (2, 1, 1, 0.7, 0.6, 0.5, 0.52, 12.0)",
+        "INSERT INTO scores VALUES (1, 1, 'test', '{\"images\": 4}', '" + T + "')",
+    ],
+}
+
+
+def _check_0001(s) -> None:
+    patient = s.scalars(select(Patient)).one()
+    assert (patient.pseudonym, patient.sex, patient.age_years, patient.bmi) == (
+        "P-AAAAAAAAAA", "F", 47, 22.5)  # fmt: skip
+    study = s.scalars(select(Study)).one()
+    assert str(study.study_date) == "2024-12-01" and study.patient_id == 1
+    image = s.scalars(select(Image)).one()
+    assert (image.rows, image.cols, image.mm_per_px_x) == (40, 50, 0.1)
+    assert image.regions == [{"x0": 0, "y0": 0, "x1": 49, "y1": 39}]
+    assert image.series.side == "L" and image.source_file.status == "ingested"
+
+
+def _check_0002(s) -> None:
+    ann = s.scalars(select(Annotation)).one()
+    assert (ann.rater.name, ann.version, ann.mask_hash) == ("AN1", 1, "d" * 64)
+    stats = s.scalars(select(StructureStats)).one()
+    assert (stats.structure, stats.area_px, stats.area_mm2) == ("sciatic nerve", 56, 0.56)
+    assert s.scalars(select(LabelStudioTask)).one().task_id == 70
+
+
+def _check_0003(s) -> None:
+    split = s.scalars(select(Split)).one()
+    assert (split.name, split.ratios, split.folds, split.stratify) == ("s", "6:2:2", 5, "sex")
+    member = s.scalars(select(SplitMember)).one()
+    assert (member.subset, member.fold, member.annotation_id) == ("train", 0, 1)
+    sample = s.scalars(select(AgreementSample)).one()
+    assert sample.size is None and [i.annotation_b_id for i in sample.items] == [1]
+
+
+def _check_0004(s) -> None:
+    run = s.scalars(select(Run)).one()
+    assert run.config == {"preset": "tiny", "epochs": 2} and run.status == "done"
+    assert [e.train_loss for e in s.scalars(select(RunEpoch).order_by(RunEpoch.epoch))] == [
+        0.9, 0.7]  # fmt: skip
+    assert s.scalars(select(Score)).one().results == {"images": 4}
+
+
+CHECKS = {"0001": _check_0001, "0002": _check_0002, "0003": _check_0003, "0004": _check_0004}
+
+
+def test_the_revisions_form_one_line_from_0001():
+    assert ORDER[0] == "0001" and len(SCRIPT.get_heads()) == 1 and ORDER[-1] == HEAD
+    assert set(SEEDS) <= set(ORDER)
+
+
+@pytest.mark.parametrize("revision", ORDER[:-1] or ["(none)"])
+def test_a_catalogue_with_data_at_an_earlier_revision_upgrades_to_head(revision, tmp_path, capsys):
+    if revision == "(none)":
+        pytest.skip("only one revision: nothing to upgrade from")
+    root = tmp_path / "ws"
+    meta = root / ".datatool"
+    (meta / "store").mkdir(parents=True)
+    (meta / "secret.key").write_text("ab" * 32 + "\n")
+    (meta / "secret.key").chmod(0o600)
+    (meta / "workspace.json").write_text(json.dumps({"protocol": "anterior_sciatic"}))
+    db = meta / "catalogue.sqlite"
+    command.upgrade(alembic_config(f"sqlite:///{db}"), revision)
+    seeded = [r for r in ORDER[: ORDER.index(revision) + 1] if r in SEEDS]
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA foreign_keys=ON")
+        for r in seeded:
+            for statement in SEEDS[r]:
+                conn.execute(statement)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (revision,)
+    capsys.readouterr()
+
+    ws = open_workspace(root)  # upgrades, and says so
+    assert f"upgrading the catalogue schema {revision} -> {HEAD}" in capsys.readouterr().err
+    with ws.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        assert MigrationContext.configure(conn).get_current_revision() == HEAD
+    with ws.session() as s:
+        for r in seeded:
+            CHECKS[r](s)
+        # and the catalogue takes new rows beside the old ones
+        s.add(Rater(name="AN2", kind="human"))
+    if "0002" in seeded:
+        from datatool.labels.annotations import list_raters
+
+        assert [r.name for r in list_raters(ws)] == ["AN1", "AN2"]
+    if "0004" in seeded:
+        from datatool.learning.training import list_runs
+
+        (row,) = list_runs(ws)
+        assert (row.split, row.epochs, row.planned_epochs, row.best_val_miou) == ("s", 2, 2, 0.5)
+    ws.close()

@@ -1,0 +1,231 @@
+"""Every number ``datatool score`` reports, checked against an independent computation:
+per-image IoU, Dice, precision, recall and F1 from confusion counts written out by hand; the
+pooled IoU and Dice and the per-structure summaries from pixel counts and ``statistics``; the
+ANOVA against ``scipy.stats.f_oneway`` and the Bonferroni pairs against ``scipy.stats``'
+t-tests with three structures (three pairs: a factor of 3); and a scored run against the same
+measures computed here from the model's own predictions and the frozen reference labels."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from datatool.learning.scoring import _anova, _metric_table, _per_structure, per_image_metrics
+
+
+def test_per_image_measures_from_hand_counted_confusions():
+    """Class 1: 4 true positives, 2 false positives, 1 false negative; class 2 only
+    predicted; class 3 nowhere; class 4 only in the reference."""
+    ref = np.zeros((6, 6), np.uint8)
+    pred = np.zeros((6, 6), np.uint8)
+    ref[0, 0:5] = 1  # 5 reference pixels of class 1 ...
+    pred[0, 0:4] = 1  # ... 4 of them predicted (tp 4, fn 1)
+    pred[1, 0:2] = 1  # and 2 predicted where the reference has background (fp 2)
+    pred[3, 0:3] = 2  # class 2: predicted only (fp 3)
+    ref[5, 0:2] = 4  # class 4: reference only (fn 2)
+    got = per_image_metrics(pred, ref, 5)
+    one = got[0]
+    assert (one.tp, one.fp, one.fn) == (4, 2, 1)
+    # IoU = tp/(tp+fp+fn) = 4/7; Dice = 2tp/(2tp+fp+fn) = 8/11; precision 4/6; recall 4/5;
+    # F1 = 2PR/(P+R) = 2*(2/3)*(4/5)/(2/3+4/5) = 8/11
+    want = {"iou": Fraction(4, 7), "dice": Fraction(8, 11), "precision": Fraction(2, 3),
+            "recall": Fraction(4, 5), "f1": Fraction(8, 11)}  # fmt: skip
+    for key, value in want.items():
+        assert getattr(one, key) == pytest.approx(float(value), rel=1e-15), key
+    two = got[1]
+    assert (two.tp, two.fp, two.fn) == (0, 3, 0)
+    assert (two.iou, two.dice, two.precision, two.recall, two.f1) == (0.0, 0.0, 0.0, None, 0.0)
+    assert got[2] is None  # in neither map: excluded
+    four = got[3]
+    assert (four.tp, four.fp, four.fn) == (0, 0, 2)
+    assert (four.iou, four.dice, four.precision, four.recall, four.f1) == (0.0, 0.0, None, 0.0, 0.0)
+
+
+NAMES = ["a", "b", "c"]
+
+
+def _hand_made_set(n: int = 7, size: int = 24):
+    """Predictions and references of three structures over n images: rectangles whose
+    positions come from a seeded generator (the expected values are counted below); the
+    further a structure's class, the further its prediction strays."""
+    rng = np.random.default_rng(11)
+    preds, refs = [], []
+    for i in range(n):
+        pred = np.zeros((size, size), np.uint8)
+        ref = np.zeros((size, size), np.uint8)
+        for c, row in zip((1, 2, 3), (0, 8, 16)):
+            if c == 3 and i % 3 == 0:
+                continue  # structure c is absent from both maps in some images
+            x0, w = int(rng.integers(0, 8)), int(rng.integers(6, 12))
+            # a is found well, b less so, c worst: the structures' mean IoUs differ
+            shift, grow = int(rng.integers(-2 * c, 2 * c + 1)), int(rng.integers(-c, c + 1))
+            ref[row : row + 6, x0 : x0 + w] = c
+            px0 = max(0, x0 + shift)
+            pred[row + 1 : row + 7, px0 : px0 + max(1, w + grow)] = c
+        preds.append(pred)
+        refs.append(ref)
+    return preds, refs
+
+
+def _counts(pred, ref, c):
+    p, r = pred == c, ref == c
+    return int((p & r).sum()), int((p & ~r).sum()), int((~p & r).sum())
+
+
+def test_pooled_and_summarised_measures_and_the_anova_with_three_structures():
+    preds, refs = _hand_made_set()
+    table = _metric_table(list(range(len(preds))), preds, refs, NAMES)
+    per = _per_structure(table, NAMES)
+    groups = {}
+    for c, name in enumerate(NAMES, start=1):
+        counts = [_counts(p, r, c) for p, r in zip(preds, refs)]
+        counts = [t for t in counts if sum(t)]  # absent from both: excluded
+        ious = [tp / (tp + fp + fn) for tp, fp, fn in counts]
+        dices = [2 * tp / (2 * tp + fp + fn) for tp, fp, fn in counts]
+        groups[name] = ious
+        st = next(s for s in per if s.structure == name)
+        assert st.images == len(counts)
+        tp, fp, fn = (sum(t[j] for t in counts) for j in range(3))
+        assert st.pooled_iou == pytest.approx(tp / (tp + fp + fn), rel=1e-15)
+        assert st.pooled_dice == pytest.approx(2 * tp / (2 * tp + fp + fn), rel=1e-15)
+        q = statistics.quantiles(ious, n=4, method="inclusive")
+        assert st.iou["mean"] == pytest.approx(statistics.fmean(ious), rel=1e-12)
+        assert st.iou["sd"] == pytest.approx(statistics.stdev(ious), rel=1e-12)
+        assert st.iou["median"] == pytest.approx(statistics.median(ious), rel=1e-12)
+        assert (st.iou["p25"], st.iou["p75"]) == pytest.approx((q[0], q[2]), rel=1e-12)
+        assert st.dice["mean"] == pytest.approx(statistics.fmean(dices), rel=1e-12)
+    assert len(groups["c"]) < len(groups["a"])  # unequal groups: Welch's test for those pairs
+    assert len({round(v, 9) for g in groups.values() for v in g}) > 3  # the IoUs vary
+
+    anova = _anova(table)
+    assert anova is not None
+    f, p = stats.f_oneway(*groups.values())
+    n = sum(len(g) for g in groups.values())
+    assert (anova.F, anova.p) == pytest.approx((f, p), rel=1e-9)
+    assert (anova.df_between, anova.df_within) == (len(groups) - 1, n - len(groups))
+    pairs = {frozenset((x.a, x.b)): x for x in anova.pairwise_bonferroni}
+    assert set(pairs) == {frozenset(pair) for pair in itertools.combinations(NAMES, 2)}
+    for pair in pairs.values():
+        x, y = groups[pair.a], groups[pair.b]
+        t, p_unc = stats.ttest_ind(x, y, equal_var=len(x) == len(y))
+        assert (pair.t, pair.p_unc) == pytest.approx((t, p_unc), rel=1e-9)
+        assert pair.p_bonf == pytest.approx(min(1.0, 3 * p_unc), rel=1e-12)  # three pairs
+    assert any(pair.p_bonf < 1.0 for pair in pairs.values())  # the factor shows somewhere
+
+
+def test_a_pair_without_variance_has_no_t_test():
+    """Two structures with IoU 0 everywhere: their t-test is undefined (None, not NaN in
+    score.json); the pairs that are defined still count three comparisons."""
+    table = pd.DataFrame(
+        {"structure": ["a"] * 3 + ["b"] * 3 + ["c"] * 3,
+         "iou": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.6, 0.8]}
+    )  # fmt: skip
+    anova = _anova(table)
+    pairs = {(x.a, x.b): x for x in anova.pairwise_bonferroni}
+    assert (pairs["a", "b"].t, pairs["a", "b"].p_unc, pairs["a", "b"].p_bonf) == (None,) * 3
+    t, p = stats.ttest_ind([0.0] * 3, [0.5, 0.6, 0.8])
+    assert (pairs["a", "c"].t, pairs["a", "c"].p_unc) == pytest.approx((t, p), rel=1e-9)
+    assert pairs["a", "c"].p_bonf == pytest.approx(3 * p, rel=1e-12)
+
+
+def test_no_anova_without_two_structures_with_two_images():
+    one = pd.DataFrame({"structure": ["a", "a", "b"], "iou": [0.1, 0.2, 0.3]})
+    assert _anova(one) is None
+
+
+def _expected_scores(ws, run_id):
+    """The test set's measures from scratch: reference masks from the split's frozen
+    annotations (label values -> the protocol's class order, written out here), resized with
+    nearest neighbour and centre-cropped; predictions from the run's best checkpoint."""
+    import torch
+    from PIL import Image as PILImage
+    from sqlalchemy import select
+
+    from datatool.core.catalogue import Annotation, Image, Run, SplitMember
+    from datatool.learning.data import to_input
+    from datatool.learning.training import build_for, load_checkpoint
+
+    classes = {1: 1, 2: 2, 3: 3, 4: 4, 6: 5}  # femur, adductor, nerve, semitendinosus, artery
+    with ws.session() as s:
+        run = s.get(Run, run_id)
+        conf, digest = dict(run.config), run.best_checkpoint
+        rows = s.execute(
+            select(SplitMember.image_id, Image.store_hash, Annotation.mask_hash)
+            .join(Image, Image.id == SplitMember.image_id)
+            .join(Annotation, Annotation.id == SplitMember.annotation_id)
+            .where(SplitMember.split_id == run.split_id, SplitMember.subset == "test")
+            .order_by(SplitMember.image_id)
+        ).all()
+    h, w = conf["resize"]
+    crop = conf["crop"]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    images, refs = [], []
+    for _, image_hash, mask_hash in rows:
+        image = ws.store.get_array(image_hash)
+        mask = np.vectorize(lambda v: classes.get(int(v), 0), otypes=[np.uint8])(
+            ws.store.get_array(mask_hash)
+        )
+        images.append(np.asarray(PILImage.fromarray(image).resize((w, h), PILImage.BILINEAR)))
+        mask = np.asarray(PILImage.fromarray(mask).resize((w, h), PILImage.NEAREST))
+        refs.append(mask[top : top + crop, left : left + crop])
+    model = build_for(conf, 6)
+    model.load_state_dict(load_checkpoint(ws, digest)["model"])
+    model.eval()
+    with torch.no_grad():
+        x, _ = to_input(torch.as_tensor(np.stack(images)), crop)
+        preds = model(x).argmax(1).numpy()
+    return [r[0] for r in rows], preds, refs
+
+
+def _refuse(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def test_a_scored_run_matches_measures_computed_from_its_predictions(trained, tmp_path):
+    from datatool.learning.scoring import score_run
+
+    ws, run_id = trained
+    result = score_run(ws, run_id, store_predictions=False, figures=False, out_dir=tmp_path)
+    # score.json is JSON (an undefined precision is null, not a bare NaN)
+    json.loads((tmp_path / "score.json").read_text(), parse_constant=_refuse)
+    image_ids, preds, refs = _expected_scores(ws, run_id)
+    assert result.images == len(image_ids) > 0
+    names = ["femur", "adductor magnus", "sciatic nerve", "semitendinosus", "femoral artery"]
+    got = {(r.image_id, r.structure): r for r in result.per_image}
+    groups: dict[str, list[float]] = {}
+    expected_rows = 0
+    for c, name in enumerate(names, start=1):
+        tp_all = fp_all = fn_all = 0
+        for image_id, pred, ref in zip(image_ids, preds, refs):
+            tp, fp, fn = _counts(pred, ref, c)
+            if tp + fp + fn == 0:
+                assert (image_id, name) not in got
+                continue
+            expected_rows += 1
+            tp_all, fp_all, fn_all = tp_all + tp, fp_all + fp, fn_all + fn
+            row = got[(image_id, name)]
+            assert row.iou == pytest.approx(tp / (tp + fp + fn), abs=1e-12)
+            assert row.dice == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
+            assert row.precision == (pytest.approx(tp / (tp + fp)) if tp + fp else None)
+            assert row.recall == (pytest.approx(tp / (tp + fn)) if tp + fn else None)
+            groups.setdefault(name, []).append(tp / (tp + fp + fn))
+        st = next(s for s in result.structures if s.structure == name)
+        union = tp_all + fp_all + fn_all
+        assert st.pooled_iou == (pytest.approx(tp_all / union) if union else None)
+    assert len(result.per_image) == expected_rows
+    ious = [v for g in groups.values() for v in g]
+    assert result.mean_iou_per_image == pytest.approx(statistics.fmean(ious))
+    # the ANOVA needs two structures, each in two images or more, and some variation
+    if len(groups) >= 2 and min(map(len, groups.values())) >= 2 and len(set(ious)) > 1:
+        f, p = stats.f_oneway(*groups.values())
+        assert result.anova_iou is not None
+        assert (result.anova_iou.F, result.anova_iou.p) == pytest.approx((f, p), rel=1e-9)
+    else:  # no test is possible: none may be reported
+        assert result.anova_iou is None
