@@ -51,8 +51,9 @@ def _prelabel_view(r: PrelabelReport) -> Iterator[Block]:
             f"s, encode {seconds['encode']:.2f} s, upload {seconds['upload']:.2f} s"
             + (f" ({rate:.1f} drafts per second)" if rate else "")
         )
-    projects = ", ".join(str(p) for p in r.projects)
-    yield f"project(s) {projects} show the predictions of model version {r.model_version}"
+    if r.showing:
+        projects = ", ".join(str(p) for p in r.showing)
+        yield f"project(s) {projects} show the predictions of model version {r.model_version}"
 
 
 @app.command(rich_help_panel=PANEL_ASSIST)

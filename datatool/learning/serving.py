@@ -50,7 +50,7 @@ from sqlalchemy import select
 
 from datatool.core.atomic import write_text_atomic
 from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask
-from datatool.core.errors import DatatoolError, UsageError
+from datatool.core.errors import UsageError
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.labelstudio.formats import FROM_NAME, TO_NAME, mask_to_results
@@ -570,19 +570,16 @@ def prepare(
         )
     url = _url(host, port)
     app_credentials = credentials or generate_credentials(ws, run_id, url)
-    try:
-        app = create_app(
-            ws,
-            run_id,
-            app_credentials,
-            device=device,
-            checkpoint=checkpoint,
-            batch=batch,
-            max_tasks=max_tasks,
-            max_body=max_body,
-        )
-    except DatatoolError:
-        raise
+    app = create_app(
+        ws,
+        run_id,
+        app_credentials,
+        device=device,
+        checkpoint=checkpoint,
+        batch=batch,
+        max_tasks=max_tasks,
+        max_body=max_body,
+    )
     backend: Backend = app.state.backend
     return Serving(
         run=int(run_id),

@@ -9,6 +9,14 @@ the folders, ``itksnap_labels.txt`` (the label description) and ``datatool-expor
 (whose export this is). Re-exporting gives the same files, and never overwrites a
 segmentation holding edits that were not synced yet.
 
+With a run (``--prefill model:RUN``) each segmentation the rater has no labels of yet starts
+from the run's draft; the marker records, per image, which draft (model version, run, the
+draft's mask hash in the store, and the hash of the file export wrote). Sync compares: a
+segmentation still byte for byte as exported was never saved by the rater and is not a label
+(skipped, noted); any other is stored with the draft it started from and whether it is that
+draft unchanged. The marker names a draft before its file is written, so an interrupted
+export never makes a draft look like a human label.
+
 Sync finds the label files under a folder and matches each to its catalogued image:
 
 * by name: an exported file's name holds its image (``img000123_seg.nii.gz``);

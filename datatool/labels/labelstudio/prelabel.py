@@ -73,6 +73,7 @@ class PrelabelReport:
     structures: dict[str, int]  # structure -> uploaded drafts holding it
     score_mean: float | None  # mean task score of the uploaded drafts
     seconds: dict[str, float] = field(default_factory=dict)  # read, inference, encode, upload
+    showing: list[int] = field(default_factory=list)  # projects set to show these drafts
     score_formula: str = SCORE_FORMULA
 
     @property
@@ -141,6 +142,7 @@ def prelabel(
     version = model.model_version
     conn = connect(url, token)
     todo: list[_Todo] = []
+    shown: set[int] = set()  # projects that hold drafts of this version
     found = already = skipped = 0
     missing: list[int] = []
     for pid, tasks in recorded.items():
@@ -160,6 +162,7 @@ def prelabel(
                 )
             if _has_version(task, version):
                 already += 1
+                shown.add(pid)
             elif only_unlabelled and (task.get("annotations") or t.image_id in labelled):
                 skipped += 1
             else:
@@ -181,10 +184,8 @@ def prelabel(
         seconds={"read": 0.0, "inference": 0.0, "encode": 0.0, "upload": 0.0},
     )
     _draft_and_upload(ws, conn, model, protocol, todo, batch, report, progress)
-    drafted_projects = sorted({t.project_id for t in todo})
-    if already:
-        drafted_projects = list(recorded)
-    for pid in drafted_projects:
+    report.showing = sorted(shown | {t.project_id for t in todo})
+    for pid in report.showing:
         _show_drafts(conn, pid, version)
     with ws.session() as s:
         audit(
