@@ -19,7 +19,7 @@ LS_PASS  ?= datatool-demo
 LS_TOKEN ?= d0d0d0d0datatooldemotoken0000000000000000
 LS_OFFLINE := SENTRY_DSN= FRONTEND_SENTRY_DSN= LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false
 
-.PHONY: install demo test lint typecheck bench clean labelstudio
+.PHONY: install demo test lint typecheck bench clean labelstudio labelstudio-demo
 
 # torch==2.13.0 first: on this kind of machine it is a CPU wheel on local disk (a plain
 # "torch" would pull a multi-GB CUDA build); on a GPU machine install the CUDA build you need.
@@ -95,11 +95,48 @@ labelstudio: $(LSSTAMP)
 		--data-dir $(CURDIR)/$(DEMO)/labelstudio-data --username $(LS_USER) \
 		--password $(LS_PASS) --user-token $(LS_TOKEN) --enable-legacy-api-token
 
-bench: $(STAMP)
+# Label Studio with the model's drafts, on the workspace of 'make demo' (run it first): the
+# server in the background (127.0.0.1 only; loopback ML backends and webhooks allowed, which
+# a shared server should not do), rater1's project pushed with run 1's drafts, the ML backend
+# of run 1 started (HTTP Basic auth, a password made for this run) and connected. Ctrl-C
+# stops both; the server's log is demo/labelstudio.log.
+BACKEND_PORT ?= 9090
+labelstudio-demo: $(STAMP) $(LSSTAMP)
+	@test -d $(DEMO)/workspace/.datatool || { echo "no demo workspace: run 'make demo' first"; exit 2; }
+	mkdir -p $(DEMO)/labelstudio-files $(DEMO)/labelstudio-data
+	@bash -c 'set -e; \
+	wait_for() { for i in $$(seq 300); do \
+	  $(CURDIR)/$(BIN)/python -c "import sys, httpx; sys.exit(httpx.get(sys.argv[1]).status_code != 200)" \
+	    "$$1" 2>/dev/null && return 0; sleep 1; done; echo "$$1 did not answer"; return 1; }; \
+	trap "kill \$$ls_pid \$$be_pid 2>/dev/null; wait" EXIT; \
+	$(LS_OFFLINE) ML_BLOCK_LOCAL_IP=false SSRF_PROTECTION_ENABLED=false \
+	LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true \
+	LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=$(CURDIR)/$(DEMO)/labelstudio-files \
+	$(LSVENV)/bin/label-studio start --no-browser --internal-host 127.0.0.1 -p $(LS_PORT) \
+	  --data-dir $(CURDIR)/$(DEMO)/labelstudio-data --username $(LS_USER) \
+	  --password $(LS_PASS) --user-token $(LS_TOKEN) --enable-legacy-api-token \
+	  > $(DEMO)/labelstudio.log 2>&1 & ls_pid=$$!; \
+	echo "starting Label Studio (about a minute)..."; wait_for http://127.0.0.1:$(LS_PORT)/health; \
+	export LABEL_STUDIO_URL=http://127.0.0.1:$(LS_PORT) LABEL_STUDIO_API_KEY=$(LS_TOKEN) \
+	  LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=$(CURDIR)/$(DEMO)/labelstudio-files; \
+	cd $(DEMO)/workspace; \
+	../../$(BIN)/datatool labelstudio push --rater rater1; \
+	../../$(BIN)/datatool prelabel 1 --rater rater1; \
+	../../$(BIN)/datatool serve 1 --port $(BACKEND_PORT) & be_pid=$$!; \
+	wait_for http://127.0.0.1:$(BACKEND_PORT)/health; \
+	../../$(BIN)/datatool labelstudio connect --rater rater1 \
+	  --backend-url http://127.0.0.1:$(BACKEND_PORT); \
+	echo; echo "Label Studio: http://127.0.0.1:$(LS_PORT)  (log in as $(LS_USER) / $(LS_PASS));"; \
+	echo "rater1'\''s project shows run 1'\''s drafts; the ML backend drafts tasks that have none."; \
+	echo "Ctrl-C stops the server and the backend."; \
+	wait $$ls_pid'
+
+bench: $(STAMP) $(LSSTAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/agreement.py
 	$(BIN)/python bench/model.py
+	$(BIN)/python bench/prelabel.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build

@@ -11,7 +11,13 @@ binds is ``--internal-host``, which defaults to 0.0.0.0 (every interface). The f
 Label Studio also silently moves to the next port when the asked one is busy; the fixture
 detects that in the log and retries on another port.
 
-Test modules use it with ``from .labelstudio_server import labelstudio_server  # noqa: F401``.
+The ML backend tests make the server call a backend on 127.0.0.1: Label Studio refuses
+loopback addresses for ML backends unless ``ML_BLOCK_LOCAL_IP=false``, and for webhooks
+unless ``SSRF_PROTECTION_ENABLED=false``; both are set (this server is reachable from this
+machine only).
+
+The fixture is imported once, in tests/conftest.py: a test module that imported it too would
+get a server of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ OFFLINE_ENV = {
     "LATEST_VERSION_CHECK": "false",
     "COLLECT_ANALYTICS": "false",
 }
+LOCAL_BACKEND_ENV = {"ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false"}
 
 
 @dataclass
@@ -114,6 +121,7 @@ def _start(exe: Path, base: Path, attempt: int) -> tuple[subprocess.Popen, Label
         if not k.startswith(("LABEL_STUDIO_", "DJANGO_", "PYTHON", "VIRTUAL_ENV"))
     }
     env.update(OFFLINE_ENV)
+    env.update(LOCAL_BACKEND_ENV)
     env.update(
         {
             "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",

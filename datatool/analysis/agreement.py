@@ -65,9 +65,17 @@ def _pick_raters(session, raters: list[str] | None) -> tuple[Rater, Rater]:
 
 
 def _draw(
-    session, a: Rater, b: Rater, size: int | None, seed: int, resample: bool
-) -> tuple[AgreementSample, bool]:
-    """The saved sample for these parameters, or a new one. Returns (sample, reused)."""
+    session,
+    a: Rater,
+    b: Rater,
+    size: int | None,
+    seed: int,
+    resample: bool,
+    include_prelabelled: bool = False,
+) -> tuple[AgreementSample, bool, int | None]:
+    """The saved sample for these parameters, or a new one. Returns (sample, reused, images
+    left out of a new sample because a label started from a model draft)."""
+    kept_drafts = func.coalesce(AgreementSample.include_prelabelled, False) == include_prelabelled
     if size is not None and not resample:
         saved = session.scalar(
             select(AgreementSample)
@@ -76,21 +84,39 @@ def _draw(
                 AgreementSample.rater_b_id == b.id,
                 AgreementSample.size == size,
                 AgreementSample.seed == seed,
+                kept_drafts,
             )
             .order_by(AgreementSample.id.desc())
             .limit(1)
         )
         if saved is not None:
-            return saved, True
-    latest = {
-        (ann.image_id, ann.rater_id): ann.id
+            return saved, True, None
+    annotations = {
+        (ann.image_id, ann.rater_id): ann
         for ann in session.scalars(latest_annotations_query([a.id, b.id]))
     }
+    latest = {key: ann.id for key, ann in annotations.items()}
     both = sorted({i for (i, r) in latest if r == a.id} & {i for (i, r) in latest if r == b.id})
+    drafted = [
+        i
+        for i in both
+        if annotations[(i, a.id)].draft_version is not None
+        or annotations[(i, b.id)].draft_version is not None
+    ]
+    left_out = 0
+    if not include_prelabelled and drafted:
+        both = sorted(set(both) - set(drafted))
+        left_out = len(drafted)
     if len(both) < MIN_IMAGES:
+        why = (
+            f" ({left_out} more left out: a label started from a model draft; "
+            "--include-prelabelled keeps them)"
+            if left_out
+            else ""
+        )
         raise DatatoolError(
             f"only {len(both)} images are labelled by both {a.name} and "
-            f"{b.name}; agreement needs at least {MIN_IMAGES}"
+            f"{b.name}{why}; agreement needs at least {MIN_IMAGES}"
         )
     if size is not None:
         if size > len(both):
@@ -111,6 +137,7 @@ def _draw(
                 AgreementSample.rater_a_id == a.id,
                 AgreementSample.rater_b_id == b.id,
                 AgreementSample.size.is_(None),
+                kept_drafts,
             )
             .order_by(AgreementSample.id.desc())
             .limit(1)
@@ -121,9 +148,14 @@ def _draw(
             and [(it.image_id, it.annotation_a_id, it.annotation_b_id) for it in saved.items]
             == [(i, latest[(i, a.id)], latest[(i, b.id)]) for i in chosen]
         ):
-            return saved, True
+            return saved, True, left_out
     sample = AgreementSample(
-        rater_a_id=a.id, rater_b_id=b.id, size=size, seed=seed, n_images=len(chosen)
+        rater_a_id=a.id,
+        rater_b_id=b.id,
+        size=size,
+        seed=seed,
+        n_images=len(chosen),
+        include_prelabelled=include_prelabelled,
     )
     session.add(sample)
     for i in chosen:
@@ -136,7 +168,7 @@ def _draw(
             )
         )
     session.flush()
-    return sample, False
+    return sample, False, left_out
 
 
 def _slug(name: str) -> str:
@@ -149,6 +181,8 @@ CONVENTIONS: dict[str, str] = {
     "overall": "ICC over all (image, structure) pairs of the listed structures",
     "dice_iou": "pairs where both raters left the structure empty are excluded "
     "(both_absent); one empty gives 0",
+    "prelabelled": "a new sample leaves out images where either rater's label started from "
+    "a model draft (the raters were not independent) unless include_prelabelled",
 }
 
 
@@ -185,6 +219,9 @@ class AgreementReport:
     notes: list[str]
     out_dir: str
     figures: list[str]
+    include_prelabelled: bool = False  # images labelled from model drafts were kept
+    prelabelled_in_sample: int = 0  # images of the sample with a label from a model draft
+    prelabelled_left_out: int | None = None  # left out of a new sample (None: reused)
     conventions: dict[str, str] = field(default_factory=lambda: dict(CONVENTIONS))
 
 
@@ -199,6 +236,9 @@ class _Sample:
     stats: dict[tuple[int, str], Any]  # (annotation, structure) -> its StructureStats row
     masks: dict[int, str]  # annotation -> mask hash
     calibrated: int  # images of the sample with mm calibration
+    include_prelabelled: bool = False
+    prelabelled: int = 0  # images whose label (either rater's) started from a model draft
+    left_out: int | None = None  # images left out of a new sample for that reason
 
 
 def run_agreement(
@@ -211,15 +251,21 @@ def run_agreement(
     out_dir: Path | None = None,
     resample: bool = False,
     plots: bool = True,
+    include_prelabelled: bool = False,
 ) -> AgreementReport:
     """Agreement between two raters: ICC(2,1) per structure and over all structures, Dice
-    and IoU, Bland-Altman plots. The report is also written to out_dir/agreement.json."""
+    and IoU, Bland-Altman plots. The report is also written to out_dir/agreement.json.
+
+    Two raters who started from the same model draft are not independent: a new sample
+    leaves out images where either rater's label started from a draft (counted in the notes)
+    unless ``include_prelabelled``, which keeps them and marks the report. A saved sample is
+    reused as it is."""
     protocol = load_protocol(ws.protocol_name)
     if measure is not None and measure not in MEASURES:
         raise UsageError(f"--measure must be one of {', '.join(MEASURES)}")
     wanted = _wanted_structures(protocol, structures)
-    smp = _load_sample(ws, raters, sample, seed, resample)
-    notes: list[str] = []
+    smp = _load_sample(ws, raters, sample, seed, resample, include_prelabelled)
+    notes: list[str] = _prelabelled_notes(smp)
     measure, unit = _choose_measure(measure, smp, notes)
     overlaps = _overlaps(ws, smp.items, smp.masks, smp.stats, wanted)
     results: list[StructureAgreement] = []
@@ -263,9 +309,27 @@ def run_agreement(
         notes=notes,
         out_dir=str(out),
         figures=figures,
+        include_prelabelled=smp.include_prelabelled,
+        prelabelled_in_sample=smp.prelabelled,
+        prelabelled_left_out=smp.left_out,
     )
     write_text_atomic(out / "agreement.json", json.dumps(to_jsonable(report), indent=2))
     return report
+
+
+def _prelabelled_notes(smp: _Sample) -> list[str]:
+    notes = []
+    if smp.left_out:
+        notes.append(
+            f"{smp.left_out} images left out: a label of either rater started from a model "
+            "draft, so the raters were not independent (--include-prelabelled keeps them)"
+        )
+    if smp.prelabelled:
+        notes.append(
+            f"{smp.prelabelled} of {len(smp.items)} images have a label that started from a "
+            "model draft: for them this is not a measure of independent human agreement"
+        )
+    return notes
 
 
 def _wanted_structures(protocol: Protocol, structures: list[str] | None) -> list[Structure]:
@@ -280,13 +344,18 @@ def _wanted_structures(protocol: Protocol, structures: list[str] | None) -> list
 
 
 def _load_sample(
-    ws: Workspace, raters: list[str] | None, size: int | None, seed: int, resample: bool
+    ws: Workspace,
+    raters: list[str] | None,
+    size: int | None,
+    seed: int,
+    resample: bool,
+    include_prelabelled: bool = False,
 ) -> _Sample:
     """The saved sample for these parameters (or a new one, saved and audited), with the
     structure statistics and mask hashes of its annotations."""
     with ws.session() as s:
         a, b = _pick_raters(s, raters)
-        smp, reused = _draw(s, a, b, size, seed, resample)
+        smp, reused, left_out = _draw(s, a, b, size, seed, resample, include_prelabelled)
         if not reused:
             audit(
                 s,
@@ -297,6 +366,8 @@ def _load_sample(
                 size=size,
                 seed=seed,
                 images=smp.n_images,
+                include_prelabelled=include_prelabelled,
+                prelabelled_left_out=left_out,
             )
         items = [(it.image_id, it.annotation_a_id, it.annotation_b_id) for it in smp.items]
         ann_ids = [x for _, ia, ib in items for x in (ia, ib)]
@@ -329,7 +400,25 @@ def _load_sample(
             reused=reused,
             created=smp.created_at.isoformat(timespec="seconds"),
         )
-        return _Sample(info, a.name, b.name, items, stats, mask_hashes(s, ann_ids), calibrated or 0)
+        prelabelled = set(
+            s.scalars(
+                select(Annotation.image_id).where(
+                    Annotation.id.in_(ann_ids), Annotation.draft_version.is_not(None)
+                )
+            )
+        )
+        return _Sample(
+            info,
+            a.name,
+            b.name,
+            items,
+            stats,
+            mask_hashes(s, ann_ids),
+            calibrated or 0,
+            include_prelabelled=bool(smp.include_prelabelled),
+            prelabelled=len(prelabelled),
+            left_out=left_out,
+        )
 
 
 def _choose_measure(measure: str | None, smp: _Sample, notes: list[str]) -> tuple[str, str]:

@@ -7,7 +7,7 @@ packages. Exit codes: 0 all well, 1 something was rejected or a check failed, 2 
 of ``common``, each in its help panel; ``common.COMMAND_ORDER`` orders ``--help``.
 """
 
-from datatool.cli import agreement, dataset, itksnap, labels, labelstudio, model, splits
+from datatool.cli import agreement, assist, dataset, itksnap, labels, labelstudio, model, splits
 from datatool.cli.common import (
     PANEL_LABELS,
     PANEL_MODEL,
@@ -25,4 +25,14 @@ app.add_typer(labelstudio_app, name="labelstudio", rich_help_panel=PANEL_LABELS)
 app.add_typer(sync_app, name="sync", rich_help_panel=PANEL_LABELS)
 app.add_typer(split_app, name="split", rich_help_panel=PANEL_MODEL)
 
-__all__ = ["agreement", "app", "dataset", "itksnap", "labels", "labelstudio", "model", "splits"]
+__all__ = [
+    "agreement",
+    "app",
+    "assist",
+    "dataset",
+    "itksnap",
+    "labels",
+    "labelstudio",
+    "model",
+    "splits",
+]

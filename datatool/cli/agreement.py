@@ -58,10 +58,15 @@ def _icc_cells(icc: ICC | None) -> list[object]:
 def _agreement_view(report: AgreementReport) -> Iterator[Block]:
     smp = report.sample
     a, b = report.raters
+    kept = (
+        "; images labelled from model drafts kept (--include-prelabelled)"
+        if report.include_prelabelled
+        else ""
+    )
     yield (
         f"sample {smp.id} ({'saved, reused' if smp.reused else 'new, saved'}): "
         f"{smp.images} images labelled by both {a} and {b}, seed {smp.seed}; "
-        f"measure {report.measure}"
+        f"measure {report.measure}{kept}"
     )
     table = Table(
         "inter-rater agreement",
@@ -131,12 +136,22 @@ def agreement(
     resample: bool = typer.Option(
         False, help="Draw a new sample from the latest labels instead of reusing the saved one."
     ),
+    include_prelabelled: bool = typer.Option(
+        False,
+        "--include-prelabelled",
+        help="Keep images whose labels started from a model draft in a new sample (left out "
+        "by default: two raters who start from one draft are not independent).",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Inter-rater agreement: ICC(2,1) with 95 % CI per structure and over all, Dice and IoU,
-    Bland-Altman plots. The sample is saved: the same command prints the same numbers again."""
+    Bland-Altman plots. The sample is saved: the same command prints the same numbers again.
+
+    A new sample leaves out images whose labels (either rater's) started from a model draft,
+    and says how many; --include-prelabelled keeps them and marks the report.
+    """
     from datatool.analysis.agreement import run_agreement
 
     report = run_agreement(
@@ -148,6 +163,7 @@ def agreement(
         measure=measure,
         out_dir=out_dir,
         resample=resample,
+        include_prelabelled=include_prelabelled,
     )
     render.show(report, _agreement_view, json_out, csv_out)
 

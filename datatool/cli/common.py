@@ -34,6 +34,7 @@ PANEL_DATA = "Workspace and data"
 PANEL_LABELS = "Labels"
 PANEL_AGREEMENT = "Agreement and consensus"
 PANEL_MODEL = "Splits and model"
+PANEL_ASSIST = "Pre-labelling and QA"
 
 
 # The order of `datatool --help`: the work's order, not the alphabet. A command not listed
@@ -57,6 +58,8 @@ COMMAND_ORDER = [
     "train",
     "score",
     "runs",
+    "prelabel",
+    "serve",
 ]
 
 

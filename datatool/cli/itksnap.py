@@ -21,16 +21,22 @@ from datatool.cli.common import (
 )
 from datatool.cli.labels import show_sync_report
 from datatool.cli.render import Block
+from datatool.learning.options import DeviceChoice
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
     from datatool.labels.itksnap.sync import ItksnapExport
 
 
 def _export_view(r: ItksnapExport) -> Iterator[Block]:
+    drafted = (
+        f", {r.drafted} with run {r.draft_run}'s drafts ({r.model_version})"
+        if r.draft_run is not None
+        else ""
+    )
     yield (
         f"exported {r.images} images for rater {r.rater} to {r.out_dir}: {r.prefilled} "
-        f"segmentations pre-filled with {r.rater}'s own labels, {r.kept} kept with unsynced "
-        f"edits; labels in {r.labels_file}"
+        f"segmentations pre-filled with {r.rater}'s own labels{drafted}, {r.kept} kept with "
+        f"unsynced edits; labels in {r.labels_file}"
     )
 
 
@@ -46,11 +52,16 @@ def export_itksnap(
         "--images",
         help="Only these images: ids such as 12,15 or img000012 (default: every image).",
     ),
-    prefill: bool = typer.Option(
-        True,
-        "--prefill/--no-prefill",
-        help="Start each segmentation from the rater's own latest labels (never another "
-        "rater's); --no-prefill starts from empty ones.",
+    prefill: str = typer.Option(
+        "own",
+        "--prefill",
+        help="own: start each segmentation from the rater's own latest labels (never another "
+        "rater's); model:RUN: the same, and the run's draft where the rater has no labels "
+        "yet; none: empty segmentations.",
+    ),
+    no_prefill: bool = typer.Option(False, "--no-prefill", help="The same as --prefill none."),
+    device: DeviceChoice = typer.Option(
+        DeviceChoice.auto, help="With --prefill model:RUN: auto (CUDA when available), cpu, cuda."
     ),
     json_out: bool = JsonOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -62,15 +73,28 @@ def export_itksnap(
     opens both with the protocol's labels; itksnap_labels.txt beside them. The rater opens a
     workspace, labels, saves the segmentation (Ctrl+S), and the folder is synced back with
     'datatool sync itksnap DIR --rater R'. Re-exporting is safe: a segmentation with edits not
-    synced yet is never overwritten.
+    synced yet is never overwritten. With --prefill model:RUN, images the rater has not labelled
+    yet start from the model's draft (the folder records which); a draft the rater never saved
+    is not synced as a label: to accept one as it is, save it in ITK-SNAP.
     """
     from datatool.labels.itksnap.sync import export_itksnap as run
+    from datatool.labels.itksnap.sync import parse_prefill
     from datatool.labels.matching import parse_image_ids
 
+    own, draft_run = parse_prefill("none" if no_prefill else prefill)
     ids = None if images is None else parse_image_ids(images)
     ws = workspace(ws_path)
     with progress_bar("export", enabled=not json_out) as progress:
-        summary = run(ws, rater, out_dir, image_ids=ids, prefill=prefill, progress=progress)
+        summary = run(
+            ws,
+            rater,
+            out_dir,
+            image_ids=ids,
+            prefill=own,
+            progress=progress,
+            draft_run=draft_run,
+            device=device,
+        )
     render.problems(
         (
             (path, "holds edits not synced yet; left as it was (sync it first)")

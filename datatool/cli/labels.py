@@ -90,9 +90,14 @@ def rater_list(
 def _coverage_view(data: Coverage) -> Iterator[Block]:
     for r in data.raters:
         sources = ", ".join(f"{k}: {v}" for k, v in sorted(r.sources.items())) or "-"
+        drafts = (
+            f"; {r.from_draft} started from a model draft ({r.draft_unchanged} accepted unchanged)"
+            if r.kind == "human"
+            else ""
+        )
         table = Table(
             f"{r.rater} ({r.kind}): {r.images_labelled} of {r.images_total} images labelled, "
-            f"{r.versions} versions; from {sources}",
+            f"{r.versions} versions; from {sources}{drafts}",
             ["structure", "present", "absent"],
             name=r.rater,
         )
@@ -111,7 +116,8 @@ def labels(
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
-    """Label coverage: per rater, images labelled and, per structure, present or absent.
+    """Label coverage: per rater, images labelled, how many labels started from a model
+    draft (and were accepted unchanged), and per structure, present or absent.
 
     With --csv, the first rater's table goes to FILE and each other rater's beside it as
     FILE-RATER.csv.

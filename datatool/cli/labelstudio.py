@@ -25,6 +25,7 @@ from datatool.cli.render import Block, Table
 from datatool.labels.labelstudio.modes import ServeMode
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
+    from datatool.labels.labelstudio.connect import ConnectReport
     from datatool.labels.labelstudio.sync import PushReport
 
 UrlOpt = typer.Option(
@@ -124,6 +125,60 @@ def push(
         for task_id in result.missing_on_server
     )
     render.show(result, _push_view, json_out, csv_out)
+
+
+def _connect_view(r: ConnectReport) -> Iterator[Block]:
+    table = Table(
+        f"rater {r.rater}: ML backend {r.backend_url} ({r.model_version})",
+        ["project", "backend", "registration", "state", "webhook"],
+    )
+    for p in r.projects:
+        table.add(p.project_id, p.backend_id, "new" if p.created else "updated", p.state, p.webhook)
+    yield table
+    yield (
+        f"Label Studio asks the backend (HTTP Basic auth, user {r.user}) for a draft when the "
+        "rater opens a task without one; the project shows model version "
+        f"{r.model_version}"
+    )
+
+
+@labelstudio_app.command("connect")
+@guarded
+def connect(
+    rater: str = typer.Option(..., "--rater", help="The rater whose own project(s) get it."),
+    backend_url: str = typer.Option(
+        ...,
+        "--backend-url",
+        help="Where Label Studio reaches 'datatool serve', e.g. http://127.0.0.1:9090.",
+    ),
+    backend_credentials: Path | None = typer.Option(
+        None,
+        "--backend-credentials",
+        dir_okay=False,
+        help="The credentials file 'datatool serve' wrote (default: DATATOOL_SERVE_USER and "
+        "DATATOOL_SERVE_PASSWORD, else the file serve wrote for the backend's run).",
+    ),
+    url: str | None = UrlOpt,
+    token: str | None = TokenOpt,
+    json_out: bool = JsonOpt,
+    csv_out: Path | None = CsvOpt,
+    ws_path: Path | None = WorkspaceOpt,
+):
+    """Register datatool's ML backend (datatool serve) on the rater's Label Studio project(s),
+    with its HTTP Basic auth, and make the project show its drafts. Running it again updates
+    the registration."""
+    from datatool.labels.labelstudio.connect import connect_backend
+
+    result = connect_backend(
+        workspace(ws_path),
+        rater,
+        backend_url,
+        url=url,
+        token=token,
+        credentials_file=backend_credentials,
+    )
+    render.notes(result.notes)
+    render.show(result, _connect_view, json_out, csv_out)
 
 
 @sync_app.command("labelstudio")

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Date,
     DateTime,
     Float,
@@ -171,6 +172,13 @@ class Annotation(Base):
     mask_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     protocol: Mapped[str] = mapped_column(String(64), nullable=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    # Where the label started (all None: from nothing datatool knows of, e.g. an empty image).
+    # A model draft: the Label Studio prediction the annotation was made from, or an ITK-SNAP
+    # segmentation exported pre-filled with a run's draft.
+    draft_version: Mapped[str | None] = mapped_column(String(128))  # the draft's model_version
+    draft_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))  # when one of ours
+    draft_hash: Mapped[str | None] = mapped_column(String(64))  # the draft's label map (store)
+    draft_unchanged: Mapped[bool | None] = mapped_column(Boolean)  # accepted as drafted
     image: Mapped[Image] = relationship()
     rater: Mapped[Rater] = relationship()
     structures: Mapped[list[StructureStats]] = relationship(back_populates="annotation")
@@ -239,6 +247,8 @@ class AgreementSample(Base):
     size: Mapped[int | None] = mapped_column(Integer)  # None: every doubly labelled image
     seed: Mapped[int] = mapped_column(Integer, nullable=False)
     n_images: Mapped[int] = mapped_column(Integer, nullable=False)
+    # images whose labels started from a model draft were kept (None: drawn before drafts)
+    include_prelabelled: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     items: Mapped[list[AgreementItem]] = relationship(
         back_populates="sample", order_by="AgreementItem.id"

@@ -300,9 +300,28 @@ def migrate(engine: Engine, url: str, announce: bool = True) -> tuple[str | None
                 f"datatool: upgrading the catalogue schema {current or '(new)'} -> {head}",
                 file=sys.stderr,
             )
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            alembic_command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            # SQLite alters a table by copying it and dropping the old one, which foreign
+            # keys from other tables' rows would refuse: they are switched off for the
+            # migration (outside its transaction, where SQLite allows it), then checked
+            raw = conn.connection.dbapi_connection if engine.dialect.name == "sqlite" else None
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    cfg.attributes["connection"] = conn
+                    alembic_command.upgrade(cfg, "head")
+                    if raw is not None:
+                        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if broken:
+                            raise DatatoolError(
+                                f"the catalogue migration to {head} left {len(broken)} broken "
+                                "reference(s); nothing was changed (restore from a backup if "
+                                "this repeats)"
+                            )
+            finally:
+                if raw is not None:
+                    raw.execute("PRAGMA foreign_keys=ON")
     return current, head
 
 

@@ -7,6 +7,7 @@ version is a no-op; a different map becomes the next version. Nothing is ever ov
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -20,6 +21,7 @@ from datatool.core.catalogue import (
     Image,
     Rater,
     RaterKind,
+    Run,
     StructureStats,
     audit,
     utcnow,
@@ -32,6 +34,37 @@ from datatool.labels.masks import structure_stats
 
 T = TypeVar("T")
 SOURCES = ("itksnap", "labelstudio", "model", "consensus")
+# How a run's drafts name their origin (Label Studio's model_version; learning.inference's
+# RunModel.model_version writes it): the run id, and the first 12 characters of its split hash.
+DRAFT_VERSION_RE = re.compile(r"^datatool-run-(\d+)-split-([0-9a-f]{12})$")
+
+
+@dataclass(frozen=True)
+class DraftOrigin:
+    """The model draft a label started from: its ``model_version``, the run when it is one of
+    this workspace's, and the draft's label map in the store (None when not known)."""
+
+    version: str
+    run_id: int | None = None
+    mask_hash: str | None = None
+
+
+def run_of_draft_version(version: str | None) -> int | None:
+    """The run id a datatool ``model_version`` names (None for any other text)."""
+    match = DRAFT_VERSION_RE.match(version or "")
+    return int(match.group(1)) if match else None
+
+
+def draft_origin(session: Session, version: str, mask_hash: str | None = None) -> DraftOrigin:
+    """A draft's origin, with its run when ``version`` names a run of this catalogue (same
+    id, same split hash); a draft of another model keeps its version and no run."""
+    match = DRAFT_VERSION_RE.match(version)
+    run_id = None
+    if match:
+        run = session.get(Run, int(match.group(1)))
+        if run is not None and run.split_hash.startswith(match.group(2)):
+            run_id = run.id
+    return DraftOrigin(version, run_id, mask_hash)
 
 
 @dataclass
@@ -139,10 +172,15 @@ def store_annotations(
     rater: Rater,
     entries: list[tuple[Image, np.ndarray, str, str | None]],
     protocol: Protocol,
+    drafts: Sequence[DraftOrigin | None] | None = None,
 ) -> list[Stored]:
     """Store validated masks ``(image, mask, source, source_ref)`` as the rater's next
     versions (a mask equal to the latest version is a no-op), with one query for the latest
-    versions and two bulk inserts, in the caller's transaction."""
+    versions and two bulk inserts, in the caller's transaction. ``drafts`` (one per entry,
+    None for none) records the model draft each label started from, and whether the label is
+    that draft unchanged."""
+    if drafts is not None and len(drafts) != len(entries):
+        raise ValueError("one draft origin (or None) per entry")
     for _, _, source, _ in entries:
         if source not in SOURCES and not source.startswith("model:"):
             raise ValueError(f"unknown annotation source {source!r}")
@@ -162,7 +200,7 @@ def store_annotations(
     results: list[Stored | None] = []
     rows, stats = [], []
     pending: list[tuple[int, int, str]] = []  # (place in results, version, mask hash)
-    for image, mask, source, ref in entries:
+    for k, (image, mask, source, ref) in enumerate(entries):
         digest = store.put_array(mask)
         old = latest.get(image.id)
         if old is not None and old.mask_hash == digest:
@@ -170,6 +208,7 @@ def store_annotations(
             continue
         version = old.version + 1 if old is not None else 1
         pending.append((len(results), version, digest))
+        draft = drafts[k] if drafts is not None else None
         rows.append(
             {
                 "image_id": image.id,
@@ -180,6 +219,12 @@ def store_annotations(
                 "mask_hash": digest,
                 "protocol": protocol.name,
                 "created_at": utcnow(),
+                "draft_version": draft.version if draft else None,
+                "draft_run_id": draft.run_id if draft else None,
+                "draft_hash": draft.mask_hash if draft else None,
+                "draft_unchanged": (
+                    None if draft is None or draft.mask_hash is None else draft.mask_hash == digest
+                ),
             }
         )
         stats.append(structure_stats(mask, protocol, image.mm_per_px_x, image.mm_per_px_y))
@@ -210,12 +255,14 @@ def store_annotation(
     source: str,
     source_ref: str | None,
     protocol: Protocol,
+    draft: DraftOrigin | None = None,
 ) -> Stored:
     """Store one validated mask as the rater's next version for the image (or do nothing if
-    it equals the latest). The caller holds the transaction."""
-    return store_annotations(session, store, rater, [(image, mask, source, source_ref)], protocol)[
-        0
-    ]
+    it equals the latest), with the model draft it started from, if any. The caller holds
+    the transaction."""
+    return store_annotations(
+        session, store, rater, [(image, mask, source, source_ref)], protocol, [draft]
+    )[0]
 
 
 @dataclass
@@ -298,6 +345,8 @@ class RaterCoverage:
     versions: int  # every version, not only the latest
     sources: dict[str, int]  # latest versions by source (itksnap, labelstudio, ...)
     structures: dict[str, StructureCount]  # structure name -> present/absent, protocol order
+    from_draft: int = 0  # latest versions that started from a model draft
+    draft_unchanged: int = 0  # of those, the draft accepted unchanged
 
 
 @dataclass
@@ -309,8 +358,9 @@ class Coverage:
 
 
 def label_coverage(ws: Workspace, rater: str | None = None) -> Coverage:
-    """Per rater: images labelled (latest versions), versions, and per structure how many
-    images have it present or absent."""
+    """Per rater: images labelled (latest versions), versions, how many of those started
+    from a model draft (and were accepted unchanged), and per structure how many images have
+    it present or absent."""
     protocol = load_protocol(ws.protocol_name)
     with ws.session() as s:
         total_images = s.scalar(select(func.count(Image.id))) or 0
@@ -335,6 +385,11 @@ def label_coverage(ws: Workspace, rater: str | None = None) -> Coverage:
             by_source: dict[str, int] = dict(
                 s.execute(select(latest.c.source, func.count()).group_by(latest.c.source)).all()
             )
+            drafted = s.execute(
+                select(latest.c.draft_unchanged, func.count())
+                .where(latest.c.draft_version.is_not(None))
+                .group_by(latest.c.draft_unchanged)
+            ).all()
             result.append(
                 RaterCoverage(
                     rater=r.name,
@@ -349,6 +404,8 @@ def label_coverage(ws: Workspace, rater: str | None = None) -> Coverage:
                         )
                         for st in protocol.structures
                     },
+                    from_draft=sum(n for _, n in drafted),
+                    draft_unchanged=sum(n for unchanged, n in drafted if unchanged),
                 )
             )
     return Coverage(protocol=protocol.name, raters=result)

@@ -12,7 +12,7 @@ from datatool.cli import app
 from datatool.cli.common import COMMAND_ORDER
 
 # Commands that print no result to report (a server in the foreground, say) need no --json.
-NO_RESULT: set[str] = set()
+NO_RESULT: set[str] = {"serve"}
 
 
 def leaf_commands() -> list[tuple[str, Any]]:
@@ -67,7 +67,13 @@ def test_help_lists_commands_in_the_order_of_the_work():
     positions = [res.output.find(f"│ {name} ") for name in COMMAND_ORDER]
     assert all(p > 0 for p in positions), dict(zip(COMMAND_ORDER, positions))
     assert positions == sorted(positions)
-    panels = ["Workspace and data", "Labels", "Agreement and consensus", "Splits and model"]
+    panels = [
+        "Workspace and data",
+        "Labels",
+        "Agreement and consensus",
+        "Splits and model",
+        "Pre-labelling and QA",
+    ]
     assert [res.output.find(p) for p in panels] == sorted(res.output.find(p) for p in panels)
 
 

@@ -136,13 +136,16 @@ def test_a_catalogue_with_data_at_an_earlier_revision_upgrades_to_head(revision,
     (meta / "secret.key").chmod(0o600)
     (meta / "workspace.json").write_text(json.dumps({"protocol": "anterior_sciatic"}))
     db = meta / "catalogue.sqlite"
-    command.upgrade(alembic_config(f"sqlite:///{db}"), revision)
     seeded = [r for r in ORDER[: ORDER.index(revision) + 1] if r in SEEDS]
-    with sqlite3.connect(db) as conn:
-        conn.execute("PRAGMA foreign_keys=ON")
-        for r in seeded:
-            for statement in SEEDS[r]:
+    # each revision's rows are written while the catalogue is at that revision (its plain
+    # SQL), then the catalogue is brought to ``revision``, as a catalogue used over time is
+    for r in ORDER[: ORDER.index(revision) + 1]:
+        command.upgrade(alembic_config(f"sqlite:///{db}"), r)
+        with sqlite3.connect(db) as conn:
+            conn.execute("PRAGMA foreign_keys=ON")
+            for statement in SEEDS.get(r, []):
                 conn.execute(statement)
+    with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (revision,)
     capsys.readouterr()
 

@@ -63,8 +63,11 @@ def test_rater_add_list_and_labels(ws, tmp_path):
         "versions",
         "sources",
         "structures",
+        "from_draft",
+        "draft_unchanged",
     }
     assert first["structures"]["sciatic nerve"] == {"present": 0, "absent": 0}
+    assert (first["from_draft"], first["draft_unchanged"]) == (0, 0)
     # one table per rater: the first to FILE, the others beside it
     shown = _run(ws, "labels", "--csv", str(tmp_path / "cov.csv"))
     assert shown.exit_code == 0 and "AN1 (human): 0 of 0 images labelled" in shown.stdout
@@ -149,6 +152,9 @@ def test_sync_and_export_itksnap(ws, demo_dir, tmp_path):
         "out_dir",
         "images",
         "prefilled",
+        "drafted",
+        "draft_run",
+        "model_version",
         "kept",
         "kept_files",
         "labels_file",

@@ -9,6 +9,14 @@ the folders, ``itksnap_labels.txt`` (the label description) and ``datatool-expor
 (whose export this is). Re-exporting gives the same files, and never overwrites a
 segmentation holding edits that were not synced yet.
 
+With a run (``--prefill model:RUN``) each segmentation the rater has no labels of yet starts
+from the run's draft; the marker records, per image, which draft (model version, run, the
+draft's mask hash in the store, and the hash of the file export wrote). Sync compares: a
+segmentation still byte for byte as exported was never saved by the rater and is not a label
+(skipped, noted); any other is stored with the draft it started from and whether it is that
+draft unchanged. The marker names a draft before its file is written, so an interrupted
+export never makes a draft look like a human label.
+
 Sync finds the label files under a folder and matches each to its catalogued image:
 
 * by name: an exported file's name holds its image (``img000123_seg.nii.gz``);
@@ -26,6 +34,7 @@ only as a keyed hash (original paths often hold record numbers). Each file is va
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -49,6 +58,7 @@ from datatool.core.workspace import Workspace
 from datatool.ingest import deid
 from datatool.labels.annotations import (
     SyncReport,
+    draft_origin,
     get_rater,
     in_chunks,
     latest_annotations_query,
@@ -87,13 +97,42 @@ _IMAGE_STEM = re.compile(r"img\d{6,}", re.IGNORECASE)
 _KNOWN_OTHERS = (".itksnap", ".raw", ".zraw", ".json", EXPORT_MARKER, LABELS_FILE)
 
 
-def _marker_owner(folder: Path) -> str | None:
-    """The rater whose export ``folder`` is (from its marker file), or None."""
+def _marker(folder: Path) -> dict | None:
+    """The export marker of ``folder``, or None."""
     try:
         data = json.loads((folder / EXPORT_MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data.get("rater") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def _marker_owner(folder: Path) -> str | None:
+    """The rater whose export ``folder`` is (from its marker file), or None."""
+    data = _marker(folder)
+    return data.get("rater") if data else None
+
+
+def _marker_drafts(folder: Path) -> dict[str, dict]:
+    """Which model draft pre-filled which exported segmentation (image name -> its
+    ``model_version``, ``run``, ``mask_hash`` and the ``file_sha256`` export wrote)."""
+    drafts = (_marker(folder) or {}).get("drafts")
+    if not isinstance(drafts, dict):
+        return {}
+    return {str(k): v for k, v in drafts.items() if isinstance(v, dict) and v.get("model_version")}
+
+
+def _write_marker(out_dir: Path, rater: str, protocol: Protocol, drafts: dict[str, dict]) -> None:
+    data: dict = {"format": 1, "tool": "itksnap", "rater": rater, "protocol": protocol.name}
+    if drafts:
+        data["drafts"] = dict(sorted(drafts.items()))
+    write_text_atomic(out_dir / EXPORT_MARKER, json.dumps(data, indent=2) + "\n")
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------- export
@@ -129,6 +168,9 @@ class ItksnapExport:
     prefilled: int  # segmentations holding the rater's own latest labels
     kept_files: list[Path]  # segmentations with edits not synced yet, left as they were
     labels_file: Path  # the label description file
+    drafted: int = 0  # segmentations pre-filled with the model's draft (no own labels yet)
+    draft_run: int | None = None  # the run whose drafts pre-filled them
+    model_version: str | None = None
 
     @property
     def kept(self) -> int:
@@ -140,10 +182,41 @@ class ItksnapExport:
             "out_dir": str(self.out_dir),
             "images": self.images,
             "prefilled": self.prefilled,
+            "drafted": self.drafted,
+            "draft_run": self.draft_run,
+            "model_version": self.model_version,
             "kept": self.kept,
             "kept_files": [str(p) for p in self.kept_files],
             "labels_file": str(self.labels_file),
         }
+
+
+def parse_prefill(text: str) -> tuple[bool, int | None]:
+    """``--prefill``: ``own`` (the rater's own labels), ``none``, or ``model:RUN`` (own labels,
+    and the run's drafts where there are none) -> (own labels, draft run)."""
+    value = text.strip().lower()
+    if value == "own":
+        return True, None
+    if value == "none":
+        return False, None
+    kind, _, run = value.partition(":")
+    if kind == "model" and run.isdigit():
+        return True, int(run)
+    raise UsageError(f"--prefill must be own, none or model:RUN (a run id), not {text!r}")
+
+
+EXPORT_CHUNK = 32  # images drafted, written and recorded in the marker at a time
+
+
+@dataclass
+class _Planned:
+    """One image of an export: the segmentation it gets and the draft record it carries."""
+
+    row: Row
+    mask: np.ndarray
+    own: bool  # the rater's own latest labels
+    draft: dict | None  # the marker's record for it (None: no draft behind it)
+    from_model: bool  # the model's draft, made now
 
 
 def export_itksnap(
@@ -153,12 +226,18 @@ def export_itksnap(
     image_ids: Iterable[int | str] | None = None,
     prefill: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    draft_run: int | None = None,
+    device: str = "auto",
+    batch: int = 8,
 ) -> ItksnapExport:
     """Export images for one rater to label in ITK-SNAP (see the module docstring).
 
     ``image_ids`` picks images (ids or names; default: all); ``prefill`` puts the rater's own
-    latest labels into the segmentations. A folder exported for one rater cannot be reused for
-    another. Segmentations with unsynced edits are left as they were (``kept_files``)."""
+    latest labels into the segmentations; ``draft_run`` pre-fills each segmentation the rater
+    has no labels of yet with that run's model draft (their own labels still win), recording
+    in the folder's marker which draft (its mask hash) went where, so that sync can tell a
+    label made from it. A folder exported for one rater cannot be reused for another.
+    Segmentations with unsynced edits are left as they were (``kept_files``)."""
     out_dir = Path(out_dir)
     protocol = load_protocol(ws.protocol_name)
     wanted = None if image_ids is None else sorted(set(parse_image_ids(image_ids)))
@@ -185,14 +264,14 @@ def export_itksnap(
         else:
             rows = s.execute(query).all()
         versions: dict[int, set[str]] = {}
-        latest: dict[int, str] = {}
-        for image_id, digest in s.execute(
-            select(Annotation.image_id, Annotation.mask_hash)
+        latest: dict[int, Annotation] = {}
+        for a in s.scalars(
+            select(Annotation)
             .where(Annotation.rater_id == rater_row.id)
             .order_by(Annotation.image_id, Annotation.version)
         ):
-            versions.setdefault(image_id, set()).add(digest)
-            latest[image_id] = digest
+            versions.setdefault(a.image_id, set()).add(a.mask_hash)
+            latest[a.image_id] = a
     owner = _marker_owner(out_dir)
     if owner is not None and owner != rater_row.name:
         raise UsageError(
@@ -200,40 +279,60 @@ def export_itksnap(
             f"{rater_row.name}'s images into another folder (raters never see "
             "each other's labels)"
         )
+    model = None
+    if draft_run is not None:
+        from datatool.learning.inference import load_run_model
+
+        model = load_run_model(ws, draft_run, device=device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(
-        out_dir / EXPORT_MARKER,
-        json.dumps(
-            {"format": 1, "tool": "itksnap", "rater": rater_row.name, "protocol": protocol.name},
-            indent=2,
-        )
-        + "\n",
-    )
+    drafts = _marker_drafts(out_dir)
+    _write_marker(out_dir, rater_row.name, protocol, drafts)
 
     store = ws.store
-    prefilled = 0
+    prefilled = drafted = 0
     kept: list[Path] = []
-    for done, row in enumerate(rows, start=1):
-        name = image_name(row.id)
-        folder = out_dir / name
-        spacing = spacing_mm(row.mm_per_px_x, row.mm_per_px_y)
-        image_path = folder / f"{name}.nii.gz"
-        seg_path = folder / f"{name}_seg.nii.gz"
-        write_image(image_path, store.get_array(row.store_hash), spacing)
-        own = latest.get(row.id) if prefill else None
-        mask = store.get_array(own) if own else np.zeros((row.rows, row.cols), np.uint8)
-        action = _segmentation_action(seg_path, mask, versions.get(row.id, set()))
-        if action == "keep":
-            kept.append(seg_path)
-        else:
-            if action == "write":
-                write_segmentation(seg_path, mask, spacing)
-            prefilled += own is not None
-        write_workspace(
-            folder / f"{name}.itksnap", image_path, seg_path, (row.cols, row.rows), protocol
+    done = 0
+    for start in range(0, len(rows), EXPORT_CHUNK):
+        plans = _plan_chunk(
+            store, rows[start : start + EXPORT_CHUNK], latest, prefill, model, batch
         )
-        if progress:
-            progress(done, len(rows))
+        # the marker names a chunk's drafts before their files exist: a label is never taken
+        # for a human one because the export stopped between the two
+        before = dict(drafts)
+        for p in plans:
+            if p.draft is not None and p.from_model:
+                drafts[image_name(p.row.id)] = p.draft
+        if drafts != before:
+            _write_marker(out_dir, rater_row.name, protocol, drafts)
+        for p in plans:
+            row, name = p.row, image_name(p.row.id)
+            folder = out_dir / name
+            spacing = spacing_mm(row.mm_per_px_x, row.mm_per_px_y)
+            image_path = folder / f"{name}.nii.gz"
+            seg_path = folder / f"{name}_seg.nii.gz"
+            write_image(image_path, store.get_array(row.store_hash), spacing)
+            old = before.get(name)
+            overwritable = versions.get(row.id, set()) | ({old["mask_hash"]} if old else set())
+            action = _segmentation_action(seg_path, p.mask, overwritable)
+            if action == "keep":
+                kept.append(seg_path)
+                if old is not None:
+                    drafts[name] = old
+                else:
+                    drafts.pop(name, None)
+            else:
+                if action == "write":
+                    write_segmentation(seg_path, p.mask, spacing)
+                prefilled += p.own
+                drafted += p.from_model
+                _record_draft(drafts, name, p, old, action, seg_path)
+            write_workspace(
+                folder / f"{name}.itksnap", image_path, seg_path, (row.cols, row.rows), protocol
+            )
+            done += 1
+            if progress:
+                progress(done, len(rows))
+        _write_marker(out_dir, rater_row.name, protocol, drafts)
     write_text_atomic(out_dir / LABELS_FILE, protocol.itksnap_label_description())
     with ws.session() as s:
         audit(
@@ -243,6 +342,8 @@ def export_itksnap(
             rater=rater_row.name,
             images=len(rows),
             prefilled=prefilled,
+            drafted=drafted,
+            draft_run=draft_run,
             kept=len(kept),
             prefill=prefill,
         )
@@ -253,7 +354,71 @@ def export_itksnap(
         prefilled=prefilled,
         kept_files=kept,
         labels_file=out_dir / LABELS_FILE,
+        drafted=drafted,
+        draft_run=None if model is None else model.run_id,
+        model_version=None if model is None else model.model_version,
     )
+
+
+def _plan_chunk(store, rows, latest: dict[int, Annotation], prefill: bool, model, batch: int):
+    """What each image of a chunk gets: the rater's own latest labels (and the draft they
+    started from, if any), else the model's draft (when a run is given), else nothing."""
+    plans: list[_Planned] = []
+    need: list[int] = []
+    for k, row in enumerate(rows):
+        own = latest.get(row.id) if prefill or model is not None else None
+        if own is not None:
+            draft = None
+            if own.draft_version is not None:
+                draft = {
+                    "model_version": own.draft_version,
+                    "run": own.draft_run_id,
+                    "mask_hash": own.draft_hash,
+                    "file_sha256": None,  # the rater's own version, not the draft, is written
+                }
+            plans.append(_Planned(row, store.get_array(own.mask_hash), True, draft, False))
+        else:
+            plans.append(
+                _Planned(row, np.zeros((row.rows, row.cols), np.uint8), False, None, False)
+            )
+            if model is not None:
+                need.append(k)
+    if need:
+        from datatool.learning.inference import predict
+
+        images = [store.get_array(rows[k].store_hash) for k in need]
+        for k, result in zip(need, predict(model, images, batch=batch)):
+            labels = np.ascontiguousarray(result.labels)
+            plans[k].mask = labels
+            plans[k].from_model = True
+            plans[k].draft = {
+                "model_version": model.model_version,
+                "run": model.run_id,
+                "mask_hash": store.put_array(labels),
+                "file_sha256": None,  # filled in once the file is written
+            }
+    return plans
+
+
+def _record_draft(
+    drafts: dict[str, dict], name: str, p: _Planned, old: dict | None, action: str, seg: Path
+) -> None:
+    """The marker's record of a segmentation just written (or found as it should be)."""
+    if p.draft is None:
+        drafts.pop(name, None)
+        return
+    if not p.from_model:
+        drafts[name] = p.draft
+        return
+    if (
+        action == "same"
+        and old is not None
+        and old.get("mask_hash") == p.draft["mask_hash"]
+        and old.get("file_sha256")
+    ):
+        drafts[name] = old  # still the draft exported before: keep what export wrote then
+        return
+    drafts[name] = {**p.draft, "file_sha256": _file_sha256(seg)}
 
 
 # --------------------------------------------------------------------------- finding files
@@ -401,6 +566,7 @@ class _Match:
     cols: int
     exported: bool  # an exported segmentation, found by its name
     spacing: tuple[float, float] = (1.0, 1.0)  # the image's, as exported (mm)
+    draft: dict | None = None  # the model draft export pre-filled it with (marker record)
 
 
 def _source_ref(key: bytes, rel: str) -> str:
@@ -409,6 +575,19 @@ def _source_ref(key: bytes, rel: str) -> str:
     if _EXPORTED_REL.fullmatch(rel):
         return rel
     return "path-key:" + deid.path_key(key, rel)
+
+
+def _draft_for(path: Path, image_id: int, markers: dict[Path, dict[str, dict] | None]):
+    """The marker record of the draft an exported segmentation was pre-filled with."""
+    for folder in path.parents:
+        if folder not in markers:
+            markers[folder] = _marker_drafts(folder) if _marker(folder) is not None else None
+        found = markers[folder]
+        if found is not None:
+            return found.get(image_name(image_id))
+        if folder == folder.parent:
+            break
+    return None
 
 
 def _owner_for(path: Path, owners: dict[Path, str | None]) -> str | None:
@@ -464,7 +643,7 @@ def sync_itksnap(
     targets = _targets(ws.key, files, root, listed, finder, rater, owners, report)
     matches, had_labels = _match_images(ws, rater_id, targets, report)
     todo = _one_file_per_image(matches, report)
-    not_labelled = _store_all(
+    not_labelled, unsaved = _store_all(
         ws,
         rater_id,
         protocol,
@@ -476,7 +655,7 @@ def sync_itksnap(
         _Progress(progress, len(files), len(files) - len(todo)),
         root,
     )
-    _closing_notes(report, label_dir, not_labelled, ignored)
+    _closing_notes(report, label_dir, not_labelled, ignored, unsaved)
     with ws.session() as s:
         audit(
             s,
@@ -488,6 +667,7 @@ def sync_itksnap(
             unchanged=report.unchanged,
             rejected=len(report.rejected),
             not_labelled=not_labelled,
+            unsaved_drafts=unsaved,
             manifest=manifest is not None,
             dicom_root=dicom_root is not None,
             allow_empty=allow_empty,
@@ -554,6 +734,7 @@ def _match_images(
     """The catalogued image of every target (the others rejected with the reason), and the
     images the rater has labels of already."""
     matches: list[_Match] = []
+    markers: dict[Path, dict[str, dict] | None] = {}
     with ws.session() as s:
         had_labels = {a.image_id for a in s.scalars(latest_annotations_query([rater_id]))}
         for t, found in _resolve(s, ws.key, targets):
@@ -561,6 +742,7 @@ def _match_images(
                 report.rejected.append((str(t.path), str(found)))
                 continue
             exported = t.image_id is not None and bool(_EXPORTED_NAME.fullmatch(t.full.name))
+            draft = _draft_for(t.full, found.id, markers) if exported else None
             matches.append(
                 _Match(
                     t.path,
@@ -570,6 +752,7 @@ def _match_images(
                     found.cols,
                     exported,
                     spacing_mm(found.mm_per_px_x, found.mm_per_px_y),
+                    draft,
                 )
             )
     return matches, had_labels
@@ -623,16 +806,20 @@ def _store_all(
     report: SyncReport,
     progress: _Progress,
     root: Path,
-) -> int:
+) -> tuple[int, int]:
     """Read, validate and store the files batch by batch (a transaction a batch); returns
-    how many exported segmentations were skipped as not labelled yet. Label maps are read
-    from under ``root`` only (detached data files elsewhere are refused)."""
+    how many exported segmentations were skipped as not labelled yet: still empty, and still
+    the unsaved model draft they were exported with. Label maps are read from under ``root``
+    only (detached data files elsewhere are refused)."""
     progress.advance()
-    not_labelled = 0
+    not_labelled = unsaved = 0
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         ready = []
         for m in batch:
+            if _unsaved_draft(m):
+                unsaved += 1
+                continue
             try:
                 mask, notes = _read_mask(m, protocol, allow_empty, m.image_id in had_labels, root)
             except BadLabel as exc:
@@ -646,7 +833,15 @@ def _store_all(
         if ready:
             _store_batch(ws, rater_id, protocol, ready, report)
         progress.advance(len(batch))
-    return not_labelled
+    return not_labelled, unsaved
+
+
+def _unsaved_draft(m: _Match) -> bool:
+    """A segmentation exported pre-filled with a model draft that the rater never saved
+    (the very bytes export wrote): not labelled yet. To accept a draft as it is, the rater
+    saves it in ITK-SNAP."""
+    written = (m.draft or {}).get("file_sha256")
+    return bool(written) and _file_sha256(m.path) == written
 
 
 def _read_mask(
@@ -668,8 +863,17 @@ def _read_mask(
 
 
 def _closing_notes(
-    report: SyncReport, label_dir: Path, not_labelled: int, ignored: Counter
+    report: SyncReport, label_dir: Path, not_labelled: int, ignored: Counter, unsaved: int = 0
 ) -> None:
+    if unsaved:
+        report.notes.append(
+            (
+                str(label_dir),
+                f"{unsaved} segmentations are still the model draft they were exported with, "
+                "never saved by the rater (not labelled yet): skipped (to accept a draft as "
+                "it is, save it in ITK-SNAP)",
+            )
+        )
     if not_labelled:
         report.notes.append(
             (
@@ -811,6 +1015,12 @@ def _store_batch(
                 for m, mask in ready
             ],
             protocol,
+            [
+                None
+                if m.draft is None
+                else draft_origin(s, str(m.draft["model_version"]), m.draft.get("mask_hash"))
+                for m, _ in ready
+            ],
         )
     report.new_versions += sum(r.created for r in stored)
     report.unchanged += sum(not r.created for r in stored)

@@ -51,7 +51,13 @@ from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.files import not_regular
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
-from datatool.labels.annotations import SyncReport, get_rater, store_annotation
+from datatool.labels.annotations import (
+    DraftOrigin,
+    SyncReport,
+    draft_origin,
+    get_rater,
+    store_annotation,
+)
 from datatool.labels.labelstudio.formats import (
     BadExport,
     mask_to_results,
@@ -59,6 +65,7 @@ from datatool.labels.labelstudio.formats import (
     results_to_mask,
 )
 from datatool.labels.labelstudio.modes import ServeMode
+from datatool.labels.labelstudio.news import read_news, take_news
 from datatool.labels.masks import BadLabel, validate_mask
 from datatool.labels.matching import (
     NoImage,
@@ -771,6 +778,29 @@ def _pick_annotation(task: dict, item: str, report: SyncReport) -> dict | None:
     return max(submitted, key=lambda a: (_when(a), int(a.get("id") or 0)))
 
 
+def _draft_of(
+    s, ws: Workspace, task: dict, annotation: dict, protocol: Protocol, shape: tuple[int, int]
+) -> DraftOrigin | None:
+    """The model draft an annotation started from: Label Studio's ``parent_prediction``,
+    looked up among the task's predictions for its model version and label map. A parent
+    prediction the task no longer lists still counts as a draft (of unknown origin)."""
+    parent = annotation.get("parent_prediction")
+    if parent is None or parent == "":
+        return None
+    parent_id = parent.get("id") if isinstance(parent, dict) else parent
+    for item in task.get("predictions") or []:
+        prediction: dict = _plain(item) if not isinstance(item, int) else {"id": item}
+        if str(prediction.get("id")) != str(parent_id):
+            continue
+        version = str(prediction.get("model_version") or f"prediction {parent_id}")
+        try:
+            drafted = results_to_mask(prediction.get("result") or [], protocol, shape).mask
+        except BadLabel:
+            return draft_origin(s, version)
+        return draft_origin(s, version, ws.store.put_array(drafted))
+    return DraftOrigin(f"prediction {parent_id}")
+
+
 def _store_task(
     s,
     ws: Workspace,
@@ -782,6 +812,7 @@ def _store_task(
     ref: str,
     allow_empty: bool,
     report: SyncReport,
+    task: dict | None = None,
 ) -> None:
     shape = (image.rows, image.cols)
     try:
@@ -792,7 +823,10 @@ def _store_task(
         return
     for note in converted.notes:
         report.notes.append((item, note))
-    stored = store_annotation(s, ws.store, image, rater, mask, "labelstudio", ref, protocol)
+    draft = _draft_of(s, ws, task or {}, annotation, protocol, shape)
+    stored = store_annotation(
+        s, ws.store, image, rater, mask, "labelstudio", ref, protocol, draft=draft
+    )
     if stored.created:
         report.new_versions += 1
     else:
@@ -900,6 +934,7 @@ def sync_from_server(
                             ref,
                             allow_empty,
                             report,
+                            task,
                         )
                 done += 1
                 if progress:
@@ -911,6 +946,7 @@ def sync_from_server(
                         "recorded by datatool but deleted on the server",
                     )
                 )
+        _news_notes(s, ws, [pid for _, pid in projects], report)
         audit(
             s,
             "sync labelstudio",
@@ -923,6 +959,30 @@ def sync_from_server(
             rejected=len(report.rejected),
         )
     return report
+
+
+def _news_notes(s, ws: Workspace, synced: list[int], report: SyncReport) -> None:
+    """What the ML backend's webhooks heard: for the projects just synced (then forgotten),
+    and which other datatool projects have news waiting."""
+    for news in take_news(ws.meta_dir, synced):
+        report.notes.append(
+            (
+                f"project {news.project_id}",
+                f"{news.events} Label Studio events since the last sync (last {news.last})",
+            )
+        )
+    waiting = {n.project_id: n for n in read_news(ws.meta_dir)}
+    if waiting:
+        for row in s.scalars(
+            select(LabelStudioProject).where(LabelStudioProject.project_id.in_(list(waiting)))
+        ):
+            report.notes.append(
+                (
+                    f"project {row.project_id}",
+                    f"has news ({waiting[row.project_id].events} events): sync it with "
+                    f"--rater {row.rater.name}",
+                )
+            )
 
 
 # --------------------------------------------------------------------------- export
@@ -1086,6 +1146,7 @@ def sync_from_export(
                             ref_text,
                             allow_empty,
                             report,
+                            task,
                         )
             if progress:
                 progress(n, len(items))

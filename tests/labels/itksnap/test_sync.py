@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from datatool.core.catalogue import Annotation, AuditEntry, Image, Rater, StructureStats
 from datatool.core.errors import UsageError
+from datatool.core.protocol import load_protocol
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater
 from datatool.labels.itksnap.formats import read_label_map, write_segmentation
@@ -554,3 +555,103 @@ def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_sync(demo_di
         sync(root)()
         assert counts(db(root), SYNC_COUNTS) == expected, k
         shutil.rmtree(root)
+
+
+def test_export_prefills_what_the_rater_has_not_labelled_with_the_models_draft(trained, tmp_path):
+    """--prefill model:RUN: own labels win, drafts elsewhere (recorded in the marker); a draft
+    never saved is not a label; saved drafts sync with their provenance; never another
+    rater's labels."""
+    from datatool.core.store import pixel_digest
+    from datatool.core.workspace import open_workspace
+    from datatool.labels.annotations import get_rater, store_annotation
+    from datatool.labels.itksnap.sync import parse_prefill
+    from datatool.learning.inference import load_run_model, predict
+
+    source, run = trained
+    shutil.copytree(source.root, tmp_path / "ws")
+    ws = open_workspace(tmp_path / "ws")
+    ids = _image_ids(ws)
+    add_rater(ws, "AN3")
+    own = np.zeros((480, 640), np.uint8)
+    own[100:140, 200:260] = 3
+    with ws.session() as s:
+        images = {i.id: i for i in s.scalars(select(Image))}
+        store_annotation(
+            s, ws.store, images[ids[0]], get_rater(s, "AN3"), own, "itksnap", None, load_protocol()
+        )
+    model = load_run_model(ws, run, device="cpu")
+    drafts = dict(zip(ids, predict(model, [ws.store.get_array(images[i].store_hash) for i in ids])))
+    others = {a.mask_hash for r in ("rater1", "rater2") for a in _latest(ws, r).values()}
+
+    out = tmp_path / "an3"
+    summary = export_itksnap(ws, "AN3", out, draft_run=run, device="cpu", batch=5)
+    assert (summary.images, summary.prefilled, summary.drafted, summary.kept) == (N, 1, N - 1, 0)
+    assert (summary.draft_run, summary.model_version) == (run, model.model_version)
+    marker = json.loads((out / EXPORT_MARKER).read_text())
+    assert marker["rater"] == "AN3" and sorted(marker["drafts"]) == [f"img{i:06d}" for i in ids[1:]]
+    for image_id in ids:
+        seg = out / f"img{image_id:06d}" / f"img{image_id:06d}_seg.nii.gz"
+        got = read_label_map(seg).astype(np.uint8)
+        assert pixel_digest(got) not in others  # never another rater's labels
+        if image_id == ids[0]:
+            np.testing.assert_array_equal(got, own)  # their own labels win
+            continue
+        np.testing.assert_array_equal(got, drafts[image_id].labels)
+        record = marker["drafts"][f"img{image_id:06d}"]
+        assert record["run"] == run and record["model_version"] == model.model_version
+        assert record["mask_hash"] == pixel_digest(drafts[image_id].labels)
+        assert ws.store.get_array(record["mask_hash"]).shape == got.shape
+
+    # drafts the rater never saved are not labels
+    untouched = sync_itksnap(ws, out, "AN3")
+    assert (untouched.new_versions, untouched.unchanged, untouched.rejected) == (0, 1, [])
+    assert any(f"{N - 1} segmentations are still the model draft" in n for _, n in untouched.notes)
+    # the rater saves one draft as it is, edits another: both sync, with where they started
+    accepted, edited = ids[1], ids[2]
+    seg_a = out / f"img{accepted:06d}" / f"img{accepted:06d}_seg.nii.gz"
+    _itksnap_save(seg_a, drafts[accepted].labels, seg_a)
+    seg_e = out / f"img{edited:06d}" / f"img{edited:06d}_seg.nii.gz"
+    changed = drafts[edited].labels.copy()
+    changed[20:60, 20:60] = 4
+    _itksnap_save(seg_e, changed, seg_e)
+    report = sync_itksnap(ws, out, "AN3")
+    assert (report.new_versions, report.rejected) == (2, [])
+    latest = _latest(ws, "AN3")
+    for image_id, unchanged in ((accepted, True), (edited, False)):
+        a = latest[image_id]
+        assert (a.draft_version, a.draft_run_id, a.draft_unchanged) == (
+            model.model_version,
+            run,
+            unchanged,
+        )
+        assert a.draft_hash == pixel_digest(drafts[image_id].labels)
+    assert latest[ids[0]].draft_version is None
+    # re-export: idempotent; the edited label keeps its draft's record; drafts may be
+    # replaced (they are not edits): --prefill own empties them, keeping no unsynced edit
+    assert export_itksnap(ws, "AN3", out, draft_run=run, device="cpu").kept == 0
+    marker = json.loads((out / EXPORT_MARKER).read_text())
+    assert marker["drafts"][f"img{edited:06d}"]["file_sha256"] is None
+    plain = export_itksnap(ws, "AN3", out)
+    assert (plain.kept, plain.drafted, plain.prefilled) == (0, 0, 3)
+    assert not read_label_map(out / f"img{ids[5]:06d}" / f"img{ids[5]:06d}_seg.nii.gz").any()
+    assert sorted(json.loads((out / EXPORT_MARKER).read_text())["drafts"]) == [
+        f"img{accepted:06d}",
+        f"img{edited:06d}",
+    ]
+    assert parse_prefill("model:7") == (True, 7) and parse_prefill("none") == (False, None)
+    with pytest.raises(UsageError, match="own, none or model:RUN"):
+        parse_prefill("model:x")
+    from typer.testing import CliRunner
+
+    from datatool.cli import app as cli
+
+    def export(*args: str):
+        common = ["export", "itksnap", "--rater", "AN3", "--workspace", str(ws.root)]
+        return CliRunner().invoke(cli, [*common, *args])
+
+    shown = export("--out", str(tmp_path / "cli"), "--prefill", f"model:{run}", "--json")
+    assert shown.exit_code == 0, shown.output
+    data = json.loads(shown.stdout)
+    assert (data["drafted"], data["prefilled"], data["draft_run"]) == (N - 3, 3, run)
+    bad = export("--out", str(tmp_path / "bad"), "--prefill", "rater2")
+    assert bad.exit_code == 2 and "own, none or model:RUN" in bad.output

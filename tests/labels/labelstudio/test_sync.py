@@ -30,10 +30,8 @@ from datatool.labels.annotations import add_rater, latest_annotation
 from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.labelstudio.sync import annotate, push, sync_from_export, sync_from_server
 from datatool.labels.matching import image_for_dicom, image_name
-from tests.labelstudio_server import labelstudio_server
 from tests.memory import run_measured
 
-__all__ = ["labelstudio_server"]  # the fixture counts as used (pyflakes does not read noqa)
 P = load_protocol()
 
 

@@ -1,0 +1,178 @@
+"""Pre-labelling commands: prelabel (model drafts on a rater's Label Studio tasks) and serve
+(the Label Studio ML backend of a run)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from datatool.cli import render
+from datatool.cli.common import (
+    PANEL_ASSIST,
+    CsvOpt,
+    JsonOpt,
+    WorkspaceOpt,
+    app,
+    guarded,
+    progress_bar,
+    workspace,
+)
+from datatool.cli.labelstudio import TokenOpt, UrlOpt
+from datatool.cli.render import Block, Table
+from datatool.learning.options import CheckpointChoice, DeviceChoice
+
+if TYPE_CHECKING:  # result types; the services load when a command runs
+    from datatool.labels.labelstudio.prelabel import PrelabelReport
+
+
+def _prelabel_view(r: PrelabelReport) -> Iterator[Block]:
+    table = Table(
+        f"prelabel: rater {r.rater}, run {r.run} ({r.model_version})", ["outcome", "tasks"]
+    )
+    table.add("drafts uploaded", r.drafted)
+    table.add("already drafted by this run", r.already)
+    table.add("skipped: labelled by the rater", r.skipped_labelled)
+    table.add("deleted on the server", len(r.missing_on_server))
+    table.add("drafts with nothing drafted", r.empty_drafts)
+    yield table
+    if r.drafted:
+        drafted = ", ".join(f"{name} {n}" for name, n in r.structures.items())
+        seconds = r.seconds
+        rate = r.drafts_per_second
+        yield (
+            f"mean task score {render.cell_text(r.score_mean)}; drafts holding each structure: "
+            f"{drafted}"
+        )
+        yield (
+            f"on {r.device}: inference {seconds['inference']:.2f} s, read {seconds['read']:.2f} "
+            f"s, encode {seconds['encode']:.2f} s, upload {seconds['upload']:.2f} s"
+            + (f" ({rate:.1f} drafts per second)" if rate else "")
+        )
+    if r.showing:
+        projects = ", ".join(str(p) for p in r.showing)
+        yield f"project(s) {projects} show the predictions of model version {r.model_version}"
+
+
+@app.command(rich_help_panel=PANEL_ASSIST)
+@guarded
+def prelabel(
+    run: int = typer.Argument(..., help="The run whose drafts to attach (datatool runs)."),
+    rater: str = typer.Option(..., "--rater", help="The rater whose own project gets drafts."),
+    only_unlabelled: bool = typer.Option(
+        False,
+        "--only-unlabelled",
+        help="Leave out tasks the rater has annotated (or images they have labels of).",
+    ),
+    batch: int = typer.Option(8, "--batch", min=1, help="Images per inference batch."),
+    device: DeviceChoice = typer.Option(
+        DeviceChoice.auto, help="auto (CUDA when available), cpu or cuda."
+    ),
+    checkpoint: CheckpointChoice = typer.Option(
+        CheckpointChoice.best, help="best (selected on validation) or last."
+    ),
+    url: str | None = UrlOpt,
+    token: str | None = TokenOpt,
+    json_out: bool = JsonOpt,
+    csv_out: Path | None = CsvOpt,
+    ws_path: Path | None = WorkspaceOpt,
+):
+    """Attach a run's drafts to a rater's Label Studio tasks, so the rater starts from the
+    model's draft instead of an empty image.
+
+    Every task of the rater's own project(s) without a prediction of this run gets one: a
+    brush region per drafted structure, a task score and the model version (run and split
+    hash); the project is set to show them. Images come from the workspace store. Re-running
+    uploads nothing. The drafts are the model's alone: no rater sees another's labels.
+    Task score: the mean, over the pixels drafted as a structure, of the model's highest
+    class probability (mean max-softmax over the drafted foreground); 0 when nothing is
+    drafted.
+    """
+    from datatool.labels.labelstudio.prelabel import prelabel as run_prelabel
+
+    ws = workspace(ws_path)
+    with progress_bar("prelabel", enabled=not json_out) as progress:
+        result = run_prelabel(
+            ws,
+            run,
+            rater,
+            url=url,
+            token=token,
+            only_unlabelled=only_unlabelled,
+            batch=batch,
+            device=device,
+            checkpoint=checkpoint,
+            progress=progress,
+        )
+    render.notes(
+        f"task {task_id} was deleted on the server: no draft"
+        for task_id in result.missing_on_server
+    )
+    render.show(result, _prelabel_view, json_out, csv_out)
+
+
+@app.command(rich_help_panel=PANEL_ASSIST)
+@guarded
+def serve(
+    run: int = typer.Argument(..., help="The run whose drafts to serve (datatool runs)."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        help="Address to listen on. Beyond loopback (127.0.0.1, ::1) only with "
+        "DATATOOL_SERVE_USER and DATATOOL_SERVE_PASSWORD set.",
+    ),
+    port: int = typer.Option(9090, help="Port to listen on."),
+    device: DeviceChoice = typer.Option(
+        DeviceChoice.auto, help="auto (CUDA when available), cpu or cuda."
+    ),
+    checkpoint: CheckpointChoice = typer.Option(
+        CheckpointChoice.best, help="best (selected on validation) or last."
+    ),
+    batch: int = typer.Option(8, "--batch", min=1, help="Images per inference batch."),
+    max_tasks: int = typer.Option(
+        256, "--max-tasks", min=1, help="Most tasks one predict request may ask for."
+    ),
+    ws_path: Path | None = WorkspaceOpt,
+):
+    """Serve a run's drafts to Label Studio as an ML backend, until Ctrl-C.
+
+    Speaks Label Studio 1.23's ML backend protocol (/health, /setup, /predict, /webhook).
+    Only tasks made by 'datatool labelstudio push' are answered, from the workspace store.
+    Every route but /health needs HTTP Basic auth: DATATOOL_SERVE_USER and
+    DATATOOL_SERVE_PASSWORD, or a password made for this run of the server (the command says
+    which file holds it). Register it on a rater's project with 'datatool labelstudio connect
+    --rater R --backend-url URL'. Task score: the mean max-softmax over the drafted
+    foreground (0 when nothing is drafted).
+    """
+    from datatool.learning.serving import prepare
+    from datatool.learning.serving import run as run_server
+
+    serving = prepare(
+        workspace(ws_path),
+        run,
+        host=host,
+        port=port,
+        device=device,
+        checkpoint=checkpoint,
+        batch=batch,
+        max_tasks=max_tasks,
+    )
+    render.progress_line(
+        f"datatool ML backend: run {serving.run} ({serving.model_version}) on {serving.device}, "
+        f"at {serving.url}"
+    )
+    if serving.credentials_from == "environment":
+        render.progress_line(
+            f"HTTP Basic auth: user {serving.user} with DATATOOL_SERVE_PASSWORD "
+            "(from the environment)"
+        )
+    else:
+        render.progress_line(
+            f"HTTP Basic auth: user {serving.user}; a password made for this run of serve is in "
+            f"{serving.credentials_from} (readable by you only)"
+        )
+    render.progress_line(
+        f"connect it: datatool labelstudio connect --rater RATER --backend-url {serving.url}"
+    )
+    run_server(serving)

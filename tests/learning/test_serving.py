@@ -1,0 +1,286 @@
+"""The Label Studio ML backend (datatool.learning.serving) under a real uvicorn: the protocol,
+auth, limits and refusals. With a real Label Studio server asking it: tests/labels/
+labelstudio/test_prelabel.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+
+import httpx
+import numpy as np
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from datatool.cli import app as cli
+from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask
+from datatool.core.errors import UsageError
+from datatool.core.protocol import load_protocol
+from datatool.core.workspace import open_workspace
+from datatool.labels.annotations import get_rater
+from datatool.labels.labelstudio.formats import results_to_mask
+from datatool.labels.labelstudio.news import read_news
+from datatool.labels.matching import image_name
+from datatool.learning.inference import load_run_model, predict
+from datatool.learning.serving import (
+    PASSWORD_ENV,
+    USER_ENV,
+    Credentials,
+    create_app,
+    credentials_file,
+    prepare,
+    read_credentials_file,
+)
+from tests.backend_server import uvicorn_thread
+
+P = load_protocol()
+PROJECT = 41
+CREDS = Credentials("lab", "not-the-default-pass-7Q", "environment")
+
+
+@pytest.fixture(scope="module")
+def served(trained, tmp_path_factory):
+    """A copy of the trained workspace whose rater1 has project 41 with three tasks (as a
+    push records them), and the backend app of its run."""
+    source, run = trained
+    root = tmp_path_factory.mktemp("serving") / "ws"
+    shutil.copytree(source.root, root)
+    ws = open_workspace(root)
+    with ws.session() as s:
+        row = LabelStudioProject(
+            project_id=PROJECT, rater_id=get_rater(s, "rater1").id, title="rater1 (anterior)"
+        )
+        s.add(row)
+        s.flush()
+        images = list(s.scalars(select(Image).order_by(Image.id).limit(3)))
+        for k, image in enumerate(images):
+            s.add(LabelStudioTask(project_id=row.id, task_id=100 + k, image_id=image.id))
+    app = create_app(ws, run, CREDS, device="cpu", max_tasks=16, max_body=256 * 1024)
+    yield ws, run, app, images
+    ws.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(served):
+    with uvicorn_thread(served[2]) as url:
+        yield url
+
+
+@pytest.fixture()
+def client(base_url):
+    with httpx.Client(base_url=base_url, timeout=60) as c:
+        yield c
+
+
+AUTH = {"Authorization": CREDS.header()}
+
+
+def _task(task_id: int, image_id: int, project: int = PROJECT) -> dict:
+    return {
+        "id": task_id,
+        "project": project,
+        "data": {
+            "image": f"/data/local-files/?d=datatool/{project}/x.png",
+            "image_id": image_name(image_id),
+        },
+        "annotations": [],
+        "predictions": [],
+    }
+
+
+def _predict_body(tasks: list[dict]) -> dict:
+    return {
+        "tasks": tasks,
+        "project": f"{PROJECT}.1764600000",
+        "label_config": P.labelstudio_config(),
+        "params": {"login": None, "password": None, "context": None},
+    }
+
+
+def _one_line_error(response) -> str:
+    body = response.json()
+    assert set(body) == {"error"} and "\n" not in body["error"]
+    assert "Traceback" not in response.text
+    return body["error"]
+
+
+def test_health_is_open_and_everything_else_needs_basic_auth(served, client):
+    ws, run, _, _ = served
+    health = client.get("/health")
+    assert health.status_code == 200
+    assert health.json()["model_version"] == load_run_model(ws, run, device="cpu").model_version
+    for method, path in [
+        ("POST", "/setup"),
+        ("POST", "/predict"),
+        ("POST", "/webhook"),
+        ("GET", "/versions"),
+        ("GET", "/"),
+        ("GET", "/anything"),
+    ]:
+        for headers in (
+            {},
+            {"Authorization": Credentials("lab", "wrong", "x").header()},
+            {"Authorization": "Basic not-base64!"},
+            {"Authorization": "Bearer " + CREDS.password},
+        ):
+            answer = client.request(method, path, headers=headers, json={})
+            assert answer.status_code == 401, (method, path, headers)
+            assert answer.headers["www-authenticate"] == 'Basic realm="datatool"'
+            assert "Basic auth" in _one_line_error(answer)
+    assert client.get("/versions", headers=AUTH).json() == {
+        "versions": [health.json()["model_version"]]
+    }
+    assert client.get("/nothing", headers=AUTH).status_code == 404
+    assert client.post("/health").status_code == 405
+    _one_line_error(client.get("/nothing", headers=AUTH))
+
+
+def test_setup_answers_the_model_version_for_a_datatool_project(served, client):
+    body = {
+        "project": f"{PROJECT}.1764600000",
+        "schema": P.labelstudio_config(),
+        "hostname": "http://localhost:8080",
+        "access_token": "a-token-the-backend-never-uses",
+        "extra_params": None,
+    }
+    answer = client.post("/setup", headers=AUTH, json=body)
+    assert answer.status_code == 200
+    assert answer.json()["model_version"].startswith(f"datatool-run-{served[1]}-split-")
+    unknown = client.post("/setup", headers=AUTH, json={**body, "project": "999.1"})
+    assert unknown.status_code == 422 and "not made by" in _one_line_error(unknown)
+    other = P.labelstudio_config().replace('name="label"', 'name="other"')
+    wrong = client.post("/setup", headers=AUTH, json={**body, "schema": other})
+    assert wrong.status_code == 422 and "brush labels" in _one_line_error(wrong)
+
+
+def test_predict_answers_pushed_tasks_from_the_store_in_order(served, client):
+    ws, run, _, images = served
+    tasks = [_task(102, images[2].id), _task(100, images[0].id)]
+    answer = client.post("/predict", headers=AUTH, json=_predict_body(tasks))
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert len(results) == 2
+    model = load_run_model(ws, run, device="cpu")
+    expected = predict(model, [ws.store.get_array(images[i].store_hash) for i in (2, 0)])
+    for got, image, draft in zip(results, (images[2], images[0]), expected):
+        assert got["model_version"] == model.model_version
+        assert got["score"] == pytest.approx(draft.score, abs=1e-6)
+        for entry in got["result"]:
+            assert (entry["original_width"], entry["original_height"]) == (image.cols, image.rows)
+            assert entry["from_name"] == "label" and entry["to_name"] == "image"
+        mask = results_to_mask(got["result"], P, (image.rows, image.cols)).mask
+        np.testing.assert_array_equal(mask, draft.labels)
+
+
+def test_malformed_wrong_shapes_oversized_and_unknown_tasks_get_a_4xx(served, client):
+    _, _, _, images = served
+    good = _task(100, images[0].id)
+    cases = [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 422, "JSON object"),
+        (json.dumps({"tasks": "all"}).encode(), 422, "list of Label Studio tasks"),
+        (json.dumps(_predict_body([])).encode(), 422, "empty list"),
+        (json.dumps(_predict_body([7])).encode(), 422, "not a JSON object"),
+        (json.dumps(_predict_body([{**good, "id": "100"}])).encode(), 422, "integer id"),
+        (json.dumps(_predict_body([{**good, "data": None}])).encode(), 422, "no data"),
+        (json.dumps(_predict_body([{**good, "project": 5}])).encode(), 422, "not to 41"),
+        (
+            json.dumps(_predict_body([good, _task(555, images[1].id)])).encode(),
+            422,
+            "task 555 of project 41 was not made by 'datatool labelstudio push'",
+        ),
+        (
+            json.dumps(_predict_body([_task(101, images[0].id)])).encode(),
+            422,
+            "does not name the image",
+        ),
+        (json.dumps(_predict_body([good] * 1000)).encode(), 413, "1000 tasks in one request"),
+        (b" " * (300 * 1024), 413, "at most 262144"),
+    ]
+    for body, status, reason in cases:
+        answer = client.post(
+            "/predict", headers={**AUTH, "Content-Type": "application/json"}, content=body
+        )
+        assert answer.status_code == status, (body[:80], answer.text)
+        assert reason in _one_line_error(answer), answer.text
+    # a body sent without a length is counted as it arrives
+    chunks = (b" " * 65536 for _ in range(5))
+    streamed = client.post("/predict", headers=AUTH, content=chunks)
+    assert streamed.status_code == 413 and "over 262144" in _one_line_error(streamed)
+
+
+def test_webhook_counts_annotation_events_and_declines_training(served, client):
+    ws = served[0]
+    event = {"action": "ANNOTATION_CREATED", "project": {"id": PROJECT}, "annotation": {}}
+    assert client.post("/webhook", headers=AUTH, json=event).json()["status"] == "recorded"
+    assert (
+        client.post("/webhook", headers=AUTH, json={**event, "project": {"id": 3}}).json()["status"]
+        == "ignored"
+    )
+    tasks = client.post("/webhook", headers=AUTH, json={**event, "action": "TASKS_CREATED"})
+    assert tasks.json()["status"] == "ignored"
+    train = client.post("/webhook", headers=AUTH, json={"action": "START_TRAINING", "project": {}})
+    assert train.status_code == 200 and "datatool train" in train.json()["message"]
+    bad = client.post("/webhook", headers=AUTH, json={"project": {"id": PROJECT}})
+    assert bad.status_code == 422 and "action" in _one_line_error(bad)
+    news = {n.project_id: n for n in read_news(ws.meta_dir)}
+    assert news[PROJECT].actions["ANNOTATION_CREATED"] >= 1 and 3 not in news
+
+
+def test_an_internal_failure_is_one_line_and_the_log_holds_no_secret(served, client, caplog):
+    backend = served[2].state.backend
+    caplog.set_level(logging.DEBUG)
+    secret = "img-pixels-and-a-name"
+
+    def broken(images):
+        raise RuntimeError(secret)
+
+    original, backend.predict = backend.predict, broken
+    try:
+        answer = client.post(
+            "/predict", headers=AUTH, json=_predict_body([_task(100, served[3][0].id)])
+        )
+    finally:
+        backend.predict = original
+    assert answer.status_code == 500
+    assert _one_line_error(answer) == "internal error (RuntimeError); see the server log"
+    client.post("/predict", headers={"Authorization": "Basic " + "x" * 20}, json={})
+    client.post("/setup", headers=AUTH, json={"project": "41.1", "access_token": "tok-9"})
+    logged = caplog.text
+    assert "failed /predict: RuntimeError" in logged
+    for never in (secret, CREDS.password, CREDS.header(), "tok-9", "Traceback"):
+        assert never not in logged
+
+
+def test_serve_listens_beyond_loopback_only_with_credentials_from_the_environment(
+    served, monkeypatch
+):
+    ws, run, _, _ = served
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    monkeypatch.delenv(USER_ENV, raising=False)
+    with pytest.raises(UsageError, match="listens beyond this machine"):
+        prepare(ws, run, host="0.0.0.0", device="cpu")
+    res = CliRunner().invoke(
+        cli, ["serve", str(run), "--host", "0.0.0.0", "--workspace", str(ws.root)]
+    )
+    assert res.exit_code == 2 and "DATATOOL_SERVE_PASSWORD" in res.output
+    # on loopback without credentials: a random password, in a file only its owner reads
+    local = prepare(ws, run, port=9311, device="cpu")
+    path = credentials_file(ws, run)
+    assert local.credentials_from == str(path) and local.url == "http://127.0.0.1:9311"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    made = read_credentials_file(path)
+    assert made.user == "datatool" and len(made.password) >= 24
+    assert prepare(ws, run, port=9311, device="cpu") and read_credentials_file(path) != made
+    monkeypatch.setenv(PASSWORD_ENV, "from-the-env")
+    monkeypatch.setenv(USER_ENV, "team")
+    wide = prepare(ws, run, host="0.0.0.0", device="cpu")
+    assert (wide.credentials_from, wide.user) == ("environment", "team")
+    with uvicorn_thread(wide.app) as url, httpx.Client(base_url=url) as c:
+        ok = Credentials("team", "from-the-env", "environment").header()
+        assert c.get("/versions", headers={"Authorization": ok}).status_code == 200
+        assert c.get("/versions", headers={"Authorization": made.header()}).status_code == 401
