@@ -193,9 +193,9 @@ class TripletAttentionNet(nn.Module):
         self.backbone = ResNet(layers, width, output_stride=output_stride, num_classes=None)
         channels = self.backbone.out_channels
         self.ppm = PyramidPooling(channels, reduction=max(channels // 4, 8))
-        self.head = _classifier(self.ppm.out_channels, head_channels, num_classes, 0.1)
-        if decoder:  # the head's last layer (the classifier) moves into the decoder
-            self.head = self.head[:-1]
+        head = _classifier(self.ppm.out_channels, head_channels, num_classes, 0.1)
+        # with a decoder, the head's last layer (the classifier) moves into the decoder
+        self.head = nn.Sequential(*list(head)[:-1]) if decoder else head
         self.decoder = (
             SkipDecoder(width * 4, head_channels, decoder, num_classes) if decoder else None
         )

@@ -382,12 +382,12 @@ def _rater_labels(ws: Workspace, split_name: str, image_ids: list[int]) -> _Rate
             ).scalars()
             fused = [a for ref in refs for a in fused_annotation_ids(ref)]
             for ids in in_chunks(fused):
-                for a in s.scalars(select(Annotation).where(Annotation.id.in_(ids))):
-                    if a.rater_id in humans:
-                        named.setdefault(a.image_id, {})[a.rater_id] = a.mask_hash
+                for ann in s.scalars(select(Annotation).where(Annotation.id.in_(ids))):
+                    if ann.rater_id in humans:
+                        named.setdefault(ann.image_id, {})[ann.rater_id] = ann.mask_hash
             query = latest_annotations_query(list(humans)).where(Annotation.image_id.in_(chunk))
-            for a in s.scalars(query):
-                latest.setdefault(a.image_id, {})[a.rater_id] = a.mask_hash
+            for ann in s.scalars(query):
+                latest.setdefault(ann.image_id, {})[ann.rater_id] = ann.mask_hash
     from_reference = {r for per in named.values() for r in per}
     if len(from_reference) == 2:
         pair = sorted(from_reference, key=lambda r: humans[r])
@@ -397,7 +397,8 @@ def _rater_labels(ws: Workspace, split_name: str, image_ids: list[int]) -> _Rate
         for per in latest.values():
             for r in per:
                 counts[r] = counts.get(r, 0) + 1
-        pair = sorted(sorted(counts, key=lambda r: (-counts[r], humans[r]))[:2], key=humans.get)
+        top = sorted(counts, key=lambda r: (-counts[r], humans[r]))[:2]
+        pair = sorted(top, key=lambda r: humans[r])
         if len(pair) < 2:
             return _RaterLabels()
     out = _RaterLabels(names=[humans[r] for r in pair])

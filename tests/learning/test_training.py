@@ -414,6 +414,8 @@ def test_cli_train_runs_score(ready, cli_env, tmp_path):
             "4",
             "--device",
             "cpu",
+            "--loss",
+            "ce+dice",
             "--json",
             *ws,
         ],
@@ -423,6 +425,7 @@ def test_cli_train_runs_score(ready, cli_env, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     run = json.loads(res.stdout)["run"]
+    assert json.loads(res.stdout)["config"]["loss"] == "ce+dice"
     res = subprocess.run(
         [*base, "score", str(run), "--no-store", "--csv", str(tmp_path / "score.csv"), *ws],
         capture_output=True,
@@ -433,6 +436,10 @@ def test_cli_train_runs_score(ready, cli_env, tmp_path):
     assert "IoU mean ± SD" in res.stdout and "ANOVA" in res.stdout and "218" in res.stdout
     header = (tmp_path / "score.csv").read_text().splitlines()[0].split(",")
     assert header[:4] == ["structure", "n", "IoU mean ± SD (mean)", "IoU mean ± SD (sd)"]
+    assert "model beside the raters (rater1 and rater2" in res.stdout and "ratio" in res.stdout
+    beside = list(csv.DictReader((tmp_path / "score-whole-image-and-raters.csv").open()))
+    assert [r["structure"] for r in beside] == [s.name for s in load_protocol().structures]
+    assert {"whole: IoU mean ± SD (mean)", "model IoU", "raters IoU", "ratio"} <= set(beside[0])
     assert (
         "runs"
         in subprocess.run([*base, "runs", *ws], capture_output=True, text=True, env=cli_env).stdout
@@ -446,7 +453,11 @@ def test_cli_train_runs_score(ready, cli_env, tmp_path):
     assert bad.returncode == 1 and "no split 'nope'" in bad.stderr
     runner = CliRunner()
     assert "paper" in runner.invoke(app, ["train", "--help"], env={"COLUMNS": "160"}).output
-    for args in (["train", "--split", "s", "--preset", "huge"], ["score", "1", "--set", "all"]):
+    for args in (
+        ["train", "--split", "s", "--preset", "huge"],
+        ["train", "--split", "s", "--loss", "focal"],
+        ["score", "1", "--set", "all"],
+    ):
         assert runner.invoke(app, [*args, *ws]).exit_code == 2  # not a choice: a usage error
 
 
