@@ -56,7 +56,7 @@ def test_whole_image_drafts_agree_with_the_study_frame_inside_the_crop(trained):
     inner = (slice(None), slice(24, -24), slice(24, -24))  # the crop's border sees other context
     for image, draft in zip(images, predict(model, images, keep_probabilities=True)):
         # the study frame as training makes it (load_arrays: PIL's bilinear resize)
-        small = np.asarray(PILImage.fromarray(image).resize((w, h), PILImage.Resampling.BILINEAR))
+        small = np.array(PILImage.fromarray(image).resize((w, h), PILImage.Resampling.BILINEAR))
         x, _ = to_input(torch.as_tensor(small)[None], crop)
         with torch.no_grad():
             frame = torch.softmax(model.network(x), 1)[0].numpy()
