@@ -8,6 +8,13 @@ training >= 400 images/s.
 
     python bench/model.py                       # auto device, paper preset
     python bench/model.py --device cpu --batch 2 --iters 3
+
+``--train PRESET`` instead trains that preset on demo data and scores it against the raters
+(bench/train.py): training time, images/s, and per structure the ratio of the model's IoU to
+the raters' (issue 16):
+
+    python bench/model.py --train cpu                              # 20 patients, seeds 0 and 1
+    python bench/model.py --train paper --patients 200 --images-per-side 7-8 --seeds 0  # GPU
 """
 
 from __future__ import annotations
@@ -47,7 +54,30 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="also try torch.compile")
     parser.add_argument("--size", type=int, default=473)
+    parser.add_argument(
+        "--train",
+        choices=[p.value for p in PresetName],
+        help="train this preset on demo data and score it against the raters instead",
+    )
+    parser.add_argument("--patients", type=int, default=20, help="with --train")
+    parser.add_argument("--images-per-side", default="4", help="with --train")
+    parser.add_argument("--seeds", default="0,1", help="with --train: demo datasets")
+    parser.add_argument("--epochs", type=int, default=None, help="with --train")
     args = parser.parse_args()
+    if args.train:
+        import train  # bench/train.py, beside this script
+
+        from datatool.demo.generator import parse_images_per_side
+
+        met = train.main(
+            args.train,
+            args.device,
+            args.patients,
+            parse_images_per_side(args.images_per_side),
+            [int(s) for s in args.seeds.split(",")],
+            args.epochs,
+        )
+        raise SystemExit(0 if met else 1)
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     batch = args.batch or (64 if gpu else 2)

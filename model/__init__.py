@@ -4,27 +4,37 @@ returns tensors, so ``datatool train``, a notebook or ``torchrun`` can all drive
 
 from .network import (
     AUX_WEIGHT,
+    LOSSES,
     PRESETS,
+    SCHEDULES,
     Preset,
+    SkipDecoder,
     TripletAttentionNet,
     build_model,
+    learning_rate,
     load_torchvision_resnet50,
     segmentation_loss,
+    soft_dice_loss,
 )
 from .resnet import ResNet, resnet50
 from .triplet_attention import AttentionGate, TripletAttention, ZPool
 
 __all__ = [
     "AUX_WEIGHT",
+    "LOSSES",
     "PRESETS",
+    "SCHEDULES",
     "AttentionGate",
     "Preset",
     "ResNet",
+    "SkipDecoder",
     "TripletAttention",
     "TripletAttentionNet",
     "ZPool",
     "build_model",
+    "learning_rate",
     "load_torchvision_resnet50",
     "resnet50",
     "segmentation_loss",
+    "soft_dice_loss",
 ]

@@ -1,9 +1,16 @@
 """The Triplet Attention Net for segmentation: a (dilated) ResNet-50 + triplet attention
 backbone, a pyramid-pooling head (bins 1, 2, 3, 6) and an optional auxiliary head on layer3,
-with one output class for the background and one per structure of the label protocol."""
+with one output class for the background and one per structure of the label protocol.
+
+The ``cpu`` preset adds one thing the study's network does not have: a light low-level skip
+(:class:`SkipDecoder`, DeepLabv3+-style), which brings layer1's stride-4 features back in
+before the classifier so that a 7 mm artery or the nerve survive the upsampling of a thin,
+small-data model. Losses: cross-entropy (the study's), soft Dice, or both
+(:func:`segmentation_loss`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,12 @@ class Preset:
     lr: float
     rotation: float  # degrees: each sample is rotated by an angle drawn in [-r, r]
     head_channels: int
+    # Added after the study's recipe; the defaults are the study's, so run configs recorded
+    # before these fields existed come back as they were trained.
+    decoder: int = 0  # channels of the low-level skip decoder (SkipDecoder); 0: none
+    loss: str = "ce"  # one of LOSSES
+    schedule: str = "constant"  # learning rate over the epochs: one of SCHEDULES
+    flip: bool = False  # mirror a random half of the training samples left-right
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +89,25 @@ PRESETS = {
         rotation=15.0,
         head_channels=32,
     ),
+    # for a lab without a GPU (measured in issue 16): thin, a low-level skip, the whole
+    # half-size image, cross-entropy + soft Dice, a cosine schedule, left-right flips
+    "cpu": Preset(
+        layers=(1, 1, 1, 1),
+        width=16,
+        output_stride=8,
+        aux=False,
+        resize=(240, 320),
+        crop=320,
+        epochs=40,
+        batch=8,
+        lr=3e-3,
+        rotation=15.0,
+        head_channels=64,
+        decoder=32,
+        loss="ce+dice",
+        schedule="cosine",
+        flip=True,
+    ),
 }
 
 
@@ -116,6 +148,34 @@ def _classifier(in_channels: int, mid: int, num_classes: int, dropout: float) ->
     )
 
 
+class SkipDecoder(nn.Module):
+    """A light low-level skip (DeepLabv3+'s decoder, thinned): the head's features, upsampled
+    to layer1's stride-4 grid, concatenated with a 1x1 projection of layer1, two 3x3 convs
+    and the classifier. Not in the study's network: the ``cpu`` preset's addition."""
+
+    def __init__(self, low_channels: int, high_channels: int, channels: int, num_classes: int):
+        super().__init__()
+        low = max(channels // 2, 8)
+        self.project = nn.Sequential(
+            nn.Conv2d(low_channels, low, 1, bias=False),
+            nn.BatchNorm2d(low),
+            nn.ReLU(inplace=True),
+        )
+        self.fuse = nn.Sequential(
+            nn.Conv2d(high_channels + low, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.fuse(torch.cat([high, self.project(low)], 1)))
+
+
 class TripletAttentionNet(nn.Module):
     def __init__(
         self,
@@ -125,6 +185,7 @@ class TripletAttentionNet(nn.Module):
         output_stride: int = 16,
         aux: bool = True,
         head_channels: int = 512,
+        decoder: int = 0,
     ):
         super().__init__()
         if output_stride not in (8, 16):
@@ -132,7 +193,12 @@ class TripletAttentionNet(nn.Module):
         self.backbone = ResNet(layers, width, output_stride=output_stride, num_classes=None)
         channels = self.backbone.out_channels
         self.ppm = PyramidPooling(channels, reduction=max(channels // 4, 8))
-        self.head = _classifier(self.ppm.out_channels, head_channels, num_classes, 0.1)
+        head = _classifier(self.ppm.out_channels, head_channels, num_classes, 0.1)
+        # with a decoder, the head's last layer (the classifier) moves into the decoder
+        self.head = nn.Sequential(*list(head)[:-1]) if decoder else head
+        self.decoder = (
+            SkipDecoder(width * 4, head_channels, decoder, num_classes) if decoder else None
+        )
         self.aux_head = (
             _classifier(channels // 2, max(head_channels // 2, 8), num_classes, 0.1)
             if aux
@@ -143,10 +209,11 @@ class TripletAttentionNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits at the input's size; in training with the auxiliary head, (main, aux)."""
         size = x.shape[-2:]
-        x3, x4 = self.backbone.features(x)
-        out = F.interpolate(
-            self.head(self.ppm(x4)), size=size, mode="bilinear", align_corners=False
-        )
+        x1, x3, x4 = self.backbone.stages(x)
+        out = self.head(self.ppm(x4))
+        if self.decoder is not None:
+            out = self.decoder(out, x1)
+        out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
         if self.training and self.aux_head is not None:
             aux = F.interpolate(self.aux_head(x3), size=size, mode="bilinear", align_corners=False)
             return out, aux
@@ -154,21 +221,60 @@ class TripletAttentionNet(nn.Module):
 
 
 AUX_WEIGHT = 0.4  # the auxiliary head's share of the loss (PSPNet's)
+LOSSES = ("ce", "ce+dice", "dice")
+SCHEDULES = ("constant", "cosine")
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - the mean over the structures (classes 1..K-1, background left out) of the soft
+    Dice of the softmax against the one-hot target, each summed over the whole batch:
+    (2 sum p g + s) / (sum p + sum g + s). A structure absent from the batch and not
+    predicted scores about 1 (``smooth``), so it neither helps nor hurts."""
+    probs = torch.softmax(logits.float(), dim=1)
+    onehot = F.one_hot(target, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    total = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + smooth) / (total + smooth)
+    return 1 - dice[1:].mean()
+
+
+def _one_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    if loss == "ce":
+        return F.cross_entropy(logits.float(), target)
+    if loss == "ce+dice":
+        return F.cross_entropy(logits.float(), target) + soft_dice_loss(logits, target)
+    if loss == "dice":
+        return soft_dice_loss(logits, target)
+    raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {loss!r}")
 
 
 def segmentation_loss(
     out: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
     target: torch.Tensor,
     aux_weight: float = AUX_WEIGHT,
+    loss: str = "ce",
 ) -> torch.Tensor:
-    """Cross-entropy of the logits (in float32) against class indices; with the auxiliary
-    head's output as well (the network in training), plus ``aux_weight`` times its own."""
+    """The loss of the logits (in float32) against class indices: cross-entropy (``ce``, the
+    study's), soft Dice (``dice``, :func:`soft_dice_loss`) or their sum (``ce+dice``); with
+    the auxiliary head's output as well (the network in training), plus ``aux_weight`` times
+    its own."""
     if isinstance(out, tuple):
         main, aux = out
-        return F.cross_entropy(main.float(), target) + aux_weight * F.cross_entropy(
-            aux.float(), target
-        )
-    return F.cross_entropy(out.float(), target)
+        return _one_loss(main, target, loss) + aux_weight * _one_loss(aux, target, loss)
+    return _one_loss(out, target, loss)
+
+
+def learning_rate(preset: Preset, epoch: int) -> float:
+    """The learning rate of ``epoch`` (counted from 0): the preset's, constant, or falling
+    along a half cosine from it to 1 % of it over the epochs (``cosine``). A function of the
+    epoch alone, so a resumed run follows the same schedule."""
+    if preset.schedule == "constant":
+        return preset.lr
+    if preset.schedule == "cosine":
+        t = epoch / max(preset.epochs - 1, 1)
+        return preset.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+    raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {preset.schedule!r}")
 
 
 def build_model(
@@ -185,6 +291,7 @@ def build_model(
         output_stride or p.output_stride,
         p.aux if aux is None else aux,
         p.head_channels,
+        p.decoder,
     )
 
 

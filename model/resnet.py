@@ -109,11 +109,16 @@ class ResNet(nn.Module):
         ]
         return nn.Sequential(*layers)
 
+    def stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(layer1, layer3, layer4) feature maps (layer1 at stride 4)."""
+        x1 = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        x3 = self.layer3(self.layer2(x1))
+        return x1, x3, self.layer4(x3)
+
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(layer3, layer4) feature maps."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x3 = self.layer3(self.layer2(self.layer1(x)))
-        return x3, self.layer4(x3)
+        _, x3, x4 = self.stages(x)
+        return x3, x4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, x = self.features(x)

@@ -10,6 +10,7 @@ like any other: running it again after no change is a no-op. Training uses these
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,20 @@ METHODS = ("staple", "majority")
 
 def consensus_rater_name(method: str) -> str:
     return f"consensus:{method}"
+
+
+def _fused_ref(method: str, anns: list[Annotation]) -> str:
+    """A consensus annotation's ``source_ref``: the method and the annotations it fused."""
+    return f"{method} of " + ", ".join(f"annotation {a.id} (v{a.version})" for a in anns)
+
+
+_FUSED = re.compile(r"annotation (\d+) \(v\d+\)")
+
+
+def fused_annotation_ids(source_ref: str | None) -> list[int]:
+    """The annotations a consensus label was made from, read back from its ``source_ref``
+    (empty for any other label)."""
+    return [int(m) for m in _FUSED.findall(source_ref or "")]
 
 
 def fuse(masks: list[np.ndarray], method: str) -> np.ndarray:
@@ -99,7 +114,6 @@ def make_consensus(
         fused = fuse(
             [ws.store.get_array(a.mask_hash) for a in anns], "staple" if single else method
         )
-        ref = ", ".join(f"annotation {a.id} (v{a.version})" for a in anns)
         with ws.session() as s:
             stored = store_annotation(
                 s,
@@ -108,7 +122,7 @@ def make_consensus(
                 s.get_one(Rater, target_id),
                 fused,
                 "consensus",
-                f"{method} of {ref}",
+                _fused_ref(method, anns),
                 protocol,
             )
         created += stored.created

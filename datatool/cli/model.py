@@ -33,6 +33,7 @@ from datatool.learning.options import (
     DEFAULT_PRESET,
     CheckpointChoice,
     DeviceChoice,
+    LossName,
     PresetName,
     ScoreSet,
 )
@@ -93,7 +94,8 @@ def _train_view(result: RunSummary | list[RunSummary]) -> Iterator[Block]:
         best_epoch = "-" if r.best_epoch is None else r.best_epoch + 1
         yield (
             f"run {r.run}: split {r.split} (hash {r.split_hash[:12]}){fold_text}, preset "
-            f"{r.preset}, {r.epochs_done} epochs on {r.device}; best validation mIoU "
+            f"{r.preset} (loss {r.config.get('loss', 'ce')}), {r.epochs_done} epochs on "
+            f"{r.device}; best validation mIoU "
             f"{cell_text(r.best_val_miou)} at epoch {best_epoch}"
         )
     if runs:
@@ -109,7 +111,14 @@ def train(
     preset: PresetName = typer.Option(
         DEFAULT_PRESET,
         help="paper: the study's recipe (ResNet-50 + triplet attention, 473x473, 100 epochs; "
-        "wants a GPU); tiny: a thin model on small images for a CPU.",
+        "wants a GPU); cpu: for a lab without a GPU (a thin model with a low-level skip, "
+        "cross-entropy + Dice, minutes on a CPU); tiny: the thinnest, for smoke tests.",
+    ),
+    loss: LossName | None = typer.Option(
+        None,
+        help="ce (cross-entropy, the study's), ce+dice (plus soft Dice over the structures, "
+        "so the background does not swamp a small one) or dice (default: the preset's: "
+        "paper and tiny ce, cpu ce+dice).",
     ),
     epochs: int | None = typer.Option(None, help="Epochs (default: the preset's)."),
     batch: int | None = typer.Option(None, help="Batch size (default: the preset's, 8)."),
@@ -148,6 +157,7 @@ def train(
         seed=seed,
         output_stride=output_stride,
         pretrained=str(pretrained) if pretrained else None,
+        loss=loss,
     )
     progress = _TrainProgress(quiet=json_out)
     with progress.bar:
@@ -215,6 +225,7 @@ def _score_view(r: ScoreResult) -> Iterator[Block]:
             st.f1["median"],
         )
     yield table
+    yield from _versus_view(r)
     yield _anova_line(r)
     t = r.inference_ms
     yield (
@@ -226,6 +237,58 @@ def _score_view(r: ScoreResult) -> Iterator[Block]:
             f"predictions stored as annotations of rater model:{r.run} ({r.stored_predictions} new)"
         )
     yield f"figures and score.json in {r.out_dir}"
+
+
+def _versus_view(r: ScoreResult) -> Iterator[Block]:
+    """The whole image beside the study's frame, and the model beside the raters."""
+    raters = " and ".join(r.raters)
+    table = Table(
+        f"the whole image, and the model beside the raters ({raters}: {r.rater_images} images "
+        "both labelled; means of per-image IoU)"
+        if r.rater_images
+        else "the whole image (no two raters labelled these images: no yardstick)",
+        [
+            "structure",
+            "whole: IoU mean ± SD",
+            "whole: pooled IoU",
+            "whole: Dice mean",
+            "model IoU",
+            "raters IoU",
+            "ratio",
+            "whole: model IoU",
+            "whole: raters IoU",
+            "whole: ratio",
+        ],
+        name="whole-image and raters",
+    )
+    versus = {v.structure: v for v in r.versus_raters}
+    for st in r.whole_image:
+        v = versus.get(st.structure)
+        table.add(
+            st.structure,
+            MeanSD.of(st.iou),
+            st.pooled_iou,
+            st.dice["mean"],
+            *(
+                (None,) * 6
+                if v is None
+                else (
+                    v.model_iou,
+                    v.raters_iou,
+                    v.ratio,
+                    v.whole_model_iou,
+                    v.whole_raters_iou,
+                    v.whole_ratio,
+                )
+            ),
+        )
+    yield table
+    if r.rater_images:
+        yield (
+            "ratio: the model's IoU against the reference / the raters' IoU against each other "
+            "(1: a draft as close to the reference as a second rater); model and raters in the "
+            "study's frame, then on the whole image"
+        )
 
 
 def _cv_view(r: CVResult) -> Iterator[Block]:

@@ -104,13 +104,24 @@ def load_arrays(
         img, mask = ws.store.get_array(ih), lut[ws.store.get_array(mh)]
         if img.shape != (h, w):
             img = np.asarray(PILImage.fromarray(img).resize((w, h), PILImage.Resampling.BILINEAR))
-            mask = np.asarray(PILImage.fromarray(mask).resize((w, h), PILImage.Resampling.NEAREST))
+            mask = resize_mask(mask, resize)
         images[k], masks[k] = img, mask
     cache.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, images=images, masks=masks)
     write_bytes_atomic(cache, buf.getvalue())
     return images, masks
+
+
+def resize_mask(mask: np.ndarray, resize: tuple[int, int]) -> np.ndarray:
+    """A label map (uint8) at ``resize`` (height, width), nearest neighbour, as training
+    sees it."""
+    from PIL import Image as PILImage
+
+    h, w = resize
+    if mask.shape == (h, w):
+        return mask
+    return np.asarray(PILImage.fromarray(mask).resize((w, h), PILImage.Resampling.NEAREST))
 
 
 # --------------------------------------------------------------------------- the frame
@@ -165,8 +176,16 @@ def rotate(images, masks, angles):
     return images, masks.round().long()
 
 
-def to_input(images_u8, size: int, angles=None, masks_u8=None):
-    """uint8 B x H x W (on the device) -> normalised B x 3 x size x size (and masks)."""
+def to_input(images_u8, size: int, angles=None, masks_u8=None, flips=None):
+    """uint8 B x H x W (on the device) -> normalised B x 3 x size x size (and masks).
+    ``flips`` (bool, B) mirrors those samples left-right first; ``angles`` rotates each."""
+    if flips is not None:
+        import torch
+
+        mirror = flips.view(-1, 1, 1)
+        images_u8 = torch.where(mirror, images_u8.flip(-1), images_u8)
+        if masks_u8 is not None:
+            masks_u8 = torch.where(mirror, masks_u8.flip(-1), masks_u8)
     x = images_u8.unsqueeze(1).float().div_(255.0)
     y = masks_u8.long() if masks_u8 is not None else None
     if angles is not None:
@@ -184,6 +203,7 @@ __all__ = [
     "class_lut",
     "crop_offsets",
     "load_arrays",
+    "resize_mask",
     "rotate",
     "split_items",
     "to_input",

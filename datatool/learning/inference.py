@@ -3,10 +3,13 @@ the Label Studio ML backend), for reviewers (QA) and for choosing what to label 
 
 Training and the study's scores look at the preset's frame: the image resized to the preset's
 size and centre-cropped. A draft must cover the whole image, so here the image is resized to
-the same size (the scale the model learned), padded with black to a multiple of the network's
-stride (the network is fully convolutional), run once, the padding cut off again, and the
-class probabilities resized back to the image's own size (bilinear) before the arg max. Nothing
-near the edge of the fan is left undrafted.
+the same size (the scale the model learned; bilinear with antialiasing, as the training images
+were resized), padded with black to a multiple of the network's stride (the network is fully
+convolutional), run once, the padding cut off again, and the class probabilities resized back
+to the image's own size (bilinear) before the arg max. Nothing near the edge of the fan is left
+undrafted. A preset whose size is a multiple of the stride and whose crop keeps the whole
+image (``cpu``) is run on exactly what it was trained on: padding changes what the pyramid
+pooling sees (measured in issue 16: adductor magnus IoU 0.76 without, 0.68 with 16 rows).
 
 Per image a :class:`Draft` holds the label map in protocol values at the image's own size,
 its ``score`` (the mean of the highest class probability over the pixels drafted as a
@@ -112,8 +115,8 @@ def _batch_input(images: Sequence[np.ndarray], size: tuple[int, int]):
     batch = torch.zeros(len(images), 1, ph, pw)
     for k, image in enumerate(images):
         x = torch.as_tensor(np.ascontiguousarray(image)).float().div_(255.0)[None, None]
-        if tuple(x.shape[-2:]) != (h, w):
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        if tuple(x.shape[-2:]) != (h, w):  # antialiased, as PIL resized the training images
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         batch[k, :, :h, :w] = x[0]
     return ((batch - GRAY_MEAN) / GRAY_STD).expand(-1, 3, -1, -1)
 

@@ -18,9 +18,18 @@ class PresetName(StrEnum):
 
     paper = "paper"  # the study's recipe: ResNet-50 + triplet attention, 473x473, 100 epochs
     tiny = "tiny"  # the same architecture, thin and shallow, on small images: a CPU minute
+    cpu = "cpu"  # for a lab without a GPU: thin, a low-level skip, cross-entropy + Dice
 
 
 DEFAULT_PRESET = PresetName.paper
+
+
+class LossName(StrEnum):
+    """The training losses of ``datatool.model.LOSSES`` (a test keeps them equal)."""
+
+    ce = "ce"  # cross-entropy: the study's
+    ce_dice = "ce+dice"  # cross-entropy plus soft Dice over the structures
+    dice = "dice"  # soft Dice over the structures alone
 
 
 class DeviceChoice(StrEnum):
@@ -76,6 +85,7 @@ __all__ = [
     "CheckpointChoice",
     "DeviceChoice",
     "ExportFormat",
+    "LossName",
     "PresetName",
     "ScoreSet",
     "Stratify",

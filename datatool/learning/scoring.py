@@ -8,7 +8,20 @@ Dice and F1 of 0 (and an undefined precision or recall). Per structure: mean ± 
 (P25, P75) of the per-image values, and the *pooled* IoU and Dice (one confusion matrix over
 the whole set). A one-way ANOVA of per-image IoU across structures with Bonferroni-corrected
 pairwise t-tests (pingouin). Inference time per image is the model alone, batch 1, timed apart
-from the metrics. Predictions are stored as annotations of rater ``model:RUN``.
+from the metrics.
+
+Beside the study's frame: the *whole image* (the drafts raters get, :mod:`datatool.learning.
+inference`: the whole image at the model's scale, the probabilities back at the image's own
+size) against the reference at the image's own size, and the yardstick of a draft: on the
+images of the set that both raters labelled, per structure, the model's IoU against the
+reference beside the two raters' IoU against each other, in the same frame, and their ratio
+(mean of per-image IoU of the model / mean of per-image IoU between the raters; each mean over
+the images where the structure is in either map). A ratio near 1 is a draft as close to the
+reference as a second rater's label. The raters are the two human raters whose labels made
+the reference (a consensus names them), with the label versions it was made from; otherwise
+the two human raters with the most labels on the set, their latest versions.
+
+Predictions (the whole-image drafts) are stored as annotations of rater ``model:RUN``.
 """
 
 from __future__ import annotations
@@ -26,23 +39,36 @@ import pandas as pd
 from sqlalchemy import select
 
 from datatool.analysis import metrics
+from datatool.analysis.consensus import fused_annotation_ids
 from datatool.core.atomic import write_text_atomic
-from datatool.core.catalogue import Image, Rater, RaterKind, Run, RunEpoch, Score, audit
+from datatool.core.catalogue import (
+    Annotation,
+    Image,
+    Rater,
+    RaterKind,
+    Run,
+    RunEpoch,
+    Score,
+    SplitMember,
+    audit,
+)
 from datatool.core.errors import DatatoolError
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
-from datatool.labels.annotations import store_annotation
+from datatool.labels.annotations import in_chunks, latest_annotations_query, store_annotation
 from datatool.learning.data import (
     Items,
     centre_crop,
     class_lut,
     load_arrays,
+    resize_mask,
     split_items,
     to_input,
-    uncrop,
 )
 from datatool.learning.device import autocast, channels_last, resolve_device, synchronize
+from datatool.learning.inference import RunModel, predict
 from datatool.learning.options import CheckpointChoice, DeviceChoice, ScoreSet, choice
+from datatool.learning.splits import get_split
 from datatool.learning.training import (
     RunSummary,
     build_for,
@@ -107,6 +133,21 @@ class StructureScore:
 
 
 @dataclass
+class VersusRaters:
+    """A structure's yardstick: the model against the reference beside rater against rater,
+    on the images both raters labelled; means of per-image IoU (over the images where the
+    structure is in either map), in the study's frame and on the whole image."""
+
+    structure: str
+    model_iou: float | None  # the study's frame
+    raters_iou: float | None
+    ratio: float | None  # model_iou / raters_iou
+    whole_model_iou: float | None  # the whole image, at its own size
+    whole_raters_iou: float | None
+    whole_ratio: float | None
+
+
+@dataclass
 class BonferroniPair:
     """A pairwise t-test; t and p are None where it is undefined (two groups without
     variance, e.g. both all 0)."""
@@ -145,6 +186,10 @@ class ScoreResult:
     anova_iou: Anova | None
     inference_ms: dict[str, Any]  # metrics.describe of the per-image times
     device: str
+    whole_image: list[StructureScore]  # the same measures on the whole image (the drafts)
+    raters: list[str]  # the two raters of the yardstick; empty when the set has no such pair
+    rater_images: int  # images of the set both raters labelled
+    versus_raters: list[VersusRaters]  # empty when rater_images is 0
     per_image: list[ImageScore] = field(default_factory=list)
     stored_predictions: int | None = None  # None: not stored (--no-store)
     figures: list[str] | None = None  # None: not drawn
@@ -244,13 +289,20 @@ def _finite(value) -> float | None:
     return None if np.isnan(value) else value
 
 
+def _metric_rows(image_id: int, pred: np.ndarray, ref: np.ndarray, names: list[str]) -> list[dict]:
+    """One image's rows of the long table (the structures in the reference or the prediction)."""
+    return [
+        {"image_id": image_id, "structure": name, **dataclasses.asdict(m)}
+        for name, m in zip(names, per_image_metrics(pred, ref, len(names) + 1))
+        if m is not None
+    ]
+
+
 def _metric_table(image_ids: list[int], preds, refs, names: list[str]) -> pd.DataFrame:
     """Long table: one row per (image, structure in the reference or the prediction)."""
     rows = []
     for image_id, pred, ref in zip(image_ids, preds, refs):
-        for name, m in zip(names, per_image_metrics(pred, ref, len(names) + 1)):
-            if m is not None:
-                rows.append({"image_id": image_id, "structure": name, **dataclasses.asdict(m)})
+        rows.extend(_metric_rows(image_id, pred, ref, names))
     return pd.DataFrame(rows)
 
 
@@ -261,6 +313,36 @@ def _image_scores(table: pd.DataFrame) -> list[ImageScore]:
         return []
     rows = table.drop(columns=["tp", "fp", "fn"]).astype(object)
     return [ImageScore(**r) for r in rows.where(rows.notna(), None).to_dict("records")]
+
+
+def _mean_iou(table: pd.DataFrame, name: str, image_ids: set[int]) -> float | None:
+    if not len(table):
+        return None
+    sub = table[(table["structure"] == name) & table["image_id"].isin(image_ids)]
+    return float(sub["iou"].mean()) if len(sub) else None
+
+
+def _ratio(model: float | None, raters: float | None) -> float | None:
+    return model / raters if model is not None and raters else None
+
+
+def versus_raters(
+    frame: tuple[pd.DataFrame, pd.DataFrame],
+    whole: tuple[pd.DataFrame, pd.DataFrame],
+    names: list[str],
+    image_ids: list[int],
+) -> list[VersusRaters]:
+    """Per structure, on ``image_ids`` only: the mean per-image IoU of the model against the
+    reference and of one rater against the other, and their ratio, in the study's frame and
+    on the whole image. Each pair is (model table, raters table), long tables as
+    :func:`_metric_table` makes them."""
+    ids = set(image_ids)
+    out = []
+    for name in names:
+        m, r = _mean_iou(frame[0], name, ids), _mean_iou(frame[1], name, ids)
+        wm, wr = _mean_iou(whole[0], name, ids), _mean_iou(whole[1], name, ids)
+        out.append(VersusRaters(name, m, r, _ratio(m, r), wm, wr, _ratio(wm, wr)))
+    return out
 
 
 def _per_structure(table: pd.DataFrame, names: list[str]) -> list[StructureScore]:
@@ -288,6 +370,106 @@ def _items_for(ws: Workspace, run: RunSummary, subset: ScoreSet, fold: int | Non
     if subset == ScoreSet.test:
         return split_items(ws, run.split, "test", None)[1]
     return split_items(ws, run.split, "val", run.fold if fold is None else fold)[1]
+
+
+@dataclass
+class _RaterLabels:
+    """The two raters of the yardstick and, per image both labelled, their masks' hashes."""
+
+    names: list[str] = field(default_factory=list)
+    image_ids: list[int] = field(default_factory=list)
+    hashes: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _rater_labels(ws: Workspace, split_name: str, image_ids: list[int]) -> _RaterLabels:
+    """The two human raters whose labels made the reference of these images (a consensus
+    names the annotations it fused: those versions are compared), else the two human raters
+    with the most labels on them (their latest versions); only images both labelled."""
+    named: dict[int, dict[int, str]] = {}  # image -> rater -> mask the reference was made from
+    latest: dict[int, dict[int, str]] = {}  # image -> rater -> latest mask
+    with ws.session() as s:
+        split = get_split(s, split_name)
+        humans = {
+            r.id: r.name for r in s.scalars(select(Rater).where(Rater.kind == RaterKind.human))
+        }
+        for chunk in in_chunks(image_ids):
+            refs = s.execute(
+                select(Annotation.source_ref)
+                .join(SplitMember, SplitMember.annotation_id == Annotation.id)
+                .where(SplitMember.split_id == split.id, SplitMember.image_id.in_(chunk))
+            ).scalars()
+            fused = [a for ref in refs for a in fused_annotation_ids(ref)]
+            for ids in in_chunks(fused):
+                for ann in s.scalars(select(Annotation).where(Annotation.id.in_(ids))):
+                    if ann.rater_id in humans:
+                        named.setdefault(ann.image_id, {})[ann.rater_id] = ann.mask_hash
+            query = latest_annotations_query(list(humans)).where(Annotation.image_id.in_(chunk))
+            for ann in s.scalars(query):
+                latest.setdefault(ann.image_id, {})[ann.rater_id] = ann.mask_hash
+    from_reference = {r for per in named.values() for r in per}
+    if len(from_reference) == 2:
+        pair = sorted(from_reference, key=lambda r: humans[r])
+    else:
+        named = {}
+        counts: dict[int, int] = {}
+        for per in latest.values():
+            for r in per:
+                counts[r] = counts.get(r, 0) + 1
+        top = sorted(counts, key=lambda r: (-counts[r], humans[r]))[:2]
+        pair = sorted(top, key=lambda r: humans[r])
+        if len(pair) < 2:
+            return _RaterLabels()
+    out = _RaterLabels(names=[humans[r] for r in pair])
+    for i in image_ids:
+        a, b = (named.get(i, {}).get(r) or latest.get(i, {}).get(r) for r in pair)
+        if a and b:
+            out.image_ids.append(i)
+            out.hashes.append((a, b))
+    return out
+
+
+def _raters_tables(
+    ws: Workspace, labels: _RaterLabels, lut: np.ndarray, names: list[str], resize, crop: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rater against rater, per image and structure: (the study's frame, the whole image)."""
+    frame, whole = [], []
+    for image_id, (ha, hb) in zip(labels.image_ids, labels.hashes):
+        a, b = lut[ws.store.get_array(ha)], lut[ws.store.get_array(hb)]
+        whole.extend(_metric_rows(image_id, a, b, names))
+        a, b = (centre_crop(resize_mask(m, resize), crop) for m in (a, b))
+        frame.extend(_metric_rows(image_id, a, b, names))
+    return pd.DataFrame(frame), pd.DataFrame(whole)
+
+
+def _whole_image(
+    ws: Workspace,
+    model: RunModel,
+    items: Items,
+    lut: np.ndarray,
+    names: list[str],
+    store_as: tuple[int, Protocol] | None,
+    progress: Callable[[int, int], None] | None,
+    chunk: int = 16,
+) -> tuple[pd.DataFrame, int]:
+    """The whole-image drafts against the reference at the image's own size (the long
+    table), stored as annotations of rater model:RUN when ``store_as`` (run, protocol) is
+    given (returns how many were new)."""
+    rows: list[dict] = []
+    created = 0
+    n = len(items.image_ids)
+    for start in range(0, n, chunk):
+        ids = items.image_ids[start : start + chunk]
+        images = [ws.store.get_array(h) for h in items.image_hashes[start : start + chunk]]
+        drafts = predict(model, images)
+        refs = items.mask_hashes[start : start + chunk]
+        for image_id, draft, mh in zip(ids, drafts, refs):
+            ref = lut[ws.store.get_array(mh)]
+            rows.extend(_metric_rows(image_id, lut[draft.labels], ref, names))
+        if store_as is not None:
+            created += _store_predictions(ws, *store_as, ids, [d.labels for d in drafts])
+        if progress:
+            progress(n + start + len(ids), 2 * n)
+    return pd.DataFrame(rows), created
 
 
 def _checkpoint_digest(run: RunSummary, checkpoint: CheckpointChoice) -> str:
@@ -361,10 +543,36 @@ def score_run(
     resize, crop = tuple(run.config["resize"]), run.config["crop"]
     images, refs = load_arrays(ws, items, resize, class_lut(protocol))
     dev = resolve_device(device)
+    lut = class_lut(protocol)
     model = _load_model(ws, run.config, digest, len(names) + 1, dev)
-    preds, times = _predict(model, images, crop, dev, progress)
+    n = len(images)
+    preds, times = _predict(
+        model, images, crop, dev, (lambda i, _: progress(i, 2 * n)) if progress else None
+    )
     refs = centre_crop(refs, crop)
     table = _metric_table(items.image_ids, preds, refs, names)
+    run_model = RunModel(
+        run_id=run_id,
+        split=run.split,
+        split_hash=run.split_hash,
+        preset=run.preset,
+        checkpoint=str(checkpoint),
+        config=run.config,
+        network=model,
+        device=dev,
+        values=np.array([0] + [s.value for s in protocol.structures], np.uint8),
+    )
+    whole, stored = _whole_image(
+        ws,
+        run_model,
+        items,
+        lut,
+        names,
+        (run_id, protocol) if store_predictions else None,
+        progress,
+    )
+    labels = _rater_labels(ws, run.split, items.image_ids)
+    raters_frame, raters_whole = _raters_tables(ws, labels, lut, names, resize, crop)
     result = ScoreResult(
         run=run_id,
         set=subset,
@@ -378,12 +586,18 @@ def score_run(
         anova_iou=_anova(table) if len(table) else None,
         inference_ms=metrics.describe([t * 1000 for t in times]),
         device=str(dev),
+        whole_image=_per_structure(whole, names),
+        raters=labels.names,
+        rater_images=len(labels.image_ids),
+        versus_raters=versus_raters(
+            (table, raters_frame), (whole, raters_whole), names, labels.image_ids
+        )
+        if labels.image_ids
+        else [],
         per_image=_image_scores(table),
     )
     if store_predictions:
-        result.stored_predictions = _store_predictions(
-            ws, run_id, items, preds, protocol, resize, crop
-        )
+        result.stored_predictions = stored
     out = Path(out_dir) if out_dir else ws.root / "reports" / f"run-{run_id}-{subset}"
     out.mkdir(parents=True, exist_ok=True)
     if figures:
@@ -413,17 +627,12 @@ def _record(ws: Workspace, result: ScoreResult, out: Path) -> None:
 def _store_predictions(
     ws: Workspace,
     run_id: int,
-    items: Items,
-    preds: list[np.ndarray],
     protocol: Protocol,
-    resize: tuple[int, int],
-    crop: int,
+    image_ids: list[int],
+    labels: list[np.ndarray],
 ) -> int:
-    """Each prediction back at the image's own size (outside the crop: background) as an
-    annotation of rater model:RUN."""
-    from PIL import Image as PILImage
-
-    values = np.array([0] + [s.value for s in protocol.structures], np.uint8)
+    """Whole-image drafts (protocol values, each at its image's own size) as annotations of
+    rater model:RUN; returns how many were new versions."""
     name = f"model:{run_id}"
     created = 0
     with ws.session() as s:
@@ -432,17 +641,10 @@ def _store_predictions(
             rater = Rater(name=name, kind=RaterKind.model)
             s.add(rater)
             s.flush()
-        for image_id, pred in zip(items.image_ids, preds):
+        for image_id, label_map in zip(image_ids, labels):
             image = s.execute(select(Image).where(Image.id == image_id)).scalar_one()
-            canvas = uncrop(values[pred], resize, crop)
-            if canvas.shape != (image.rows, image.cols):
-                canvas = np.asarray(
-                    PILImage.fromarray(canvas).resize(
-                        (image.cols, image.rows), PILImage.Resampling.NEAREST
-                    )
-                )
             created += store_annotation(
-                s, ws.store, image, rater, canvas, name, f"run {run_id}", protocol
+                s, ws.store, image, rater, label_map, name, f"run {run_id}", protocol
             ).created
     return created
 
@@ -528,7 +730,9 @@ __all__ = [
     "ImageScore",
     "ScoreResult",
     "StructureScore",
+    "VersusRaters",
     "per_image_metrics",
     "score_cv",
     "score_run",
+    "versus_raters",
 ]

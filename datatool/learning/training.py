@@ -37,7 +37,7 @@ from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
 from datatool.learning.data import class_lut, load_arrays, split_items, to_input
 from datatool.learning.device import autocast, channels_last, resolve_device
-from datatool.learning.options import DEFAULT_PRESET, DeviceChoice, PresetName, choice
+from datatool.learning.options import DEFAULT_PRESET, DeviceChoice, LossName, PresetName, choice
 from datatool.learning.splits import get_split, split_name_of
 
 
@@ -53,6 +53,7 @@ class TrainConfig:
     rotation: float | None = None
     pretrained: str | None = None
     max_images: int | None = None  # cap the training set (tests, quick looks)
+    loss: str | None = None  # None: the preset's (LossName)
 
     def resolved(self) -> dict:
         """The run's config as the catalogue records it: the preset's fields with this
@@ -68,6 +69,7 @@ class TrainConfig:
             lr=self.lr or p.lr,
             output_stride=self.output_stride or p.output_stride,
             rotation=p.rotation if self.rotation is None else self.rotation,
+            loss=choice(LossName, self.loss, "--loss").value if self.loss else p.loss,
         )
         if p.epochs < 1 or p.batch < 1 or p.lr <= 0 or p.output_stride not in (8, 16):
             raise UsageError("epochs and batch must be >= 1, lr > 0, output stride 8 or 16")
@@ -507,17 +509,21 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
     """One epoch of training; returns the mean training loss per sample."""
     import torch
 
-    from datatool.model import segmentation_loss
+    from datatool.model import Preset, learning_rate, segmentation_loss
 
     conf, device, rank, world = loop.conf, loop.device, loop.rank, loop.world
     n, batch, crop = len(loop.images), conf["batch"], conf["crop"]
+    preset = Preset.from_dict(conf)  # a run recorded before a field existed: its default
+    for group in loop.optimizer.param_groups:
+        group["lr"] = learning_rate(preset, epoch)
     loop.model.train()
-    # every random draw of an epoch (order, angles, dropout) comes from seeds of
+    # every random draw of an epoch (order, angles, flips, dropout) comes from seeds of
     # (seed, epoch): a resumed run repeats exactly what the uninterrupted one did
     torch.manual_seed(conf["seed"] * 100_003 + epoch)
     gen = torch.Generator().manual_seed(conf["seed"] * 100_003 + epoch)
     order = torch.randperm(n, generator=gen)
     angles_all = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(conf["rotation"])
+    flips_all = torch.rand(n, generator=gen) < 0.5 if preset.flip else None
     total, count = 0.0, 0
     for step in range(loop.steps):
         if world == 1:
@@ -526,10 +532,14 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
             idx = order[(torch.arange(batch) + (step * world + rank) * batch) % n]
         on_device = idx.to(device)
         x, y = to_input(
-            loop.images[on_device], crop, angles_all[idx].to(device), loop.masks[on_device]
+            loop.images[on_device],
+            crop,
+            angles_all[idx].to(device),
+            loop.masks[on_device],
+            None if flips_all is None else flips_all[idx].to(device),
         )
         with autocast(device):
-            loss = segmentation_loss(loop.model(channels_last(x, device)), y)
+            loss = segmentation_loss(loop.model(channels_last(x, device)), y, loss=preset.loss)
         loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         loop.optimizer.step()

@@ -47,6 +47,7 @@ def test_whole_image_drafts_agree_with_the_study_frame_inside_the_crop(trained):
     probabilities must match far more closely than the same draft shifted by 4 pixels does
     (a wrong crop offset, a flip or a wrong scale would fail this)."""
     import torch.nn.functional as F
+    from PIL import Image as PILImage
 
     ws, run = trained
     model = load_run_model(ws, run, device="cpu")
@@ -54,13 +55,9 @@ def test_whole_image_drafts_agree_with_the_study_frame_inside_the_crop(trained):
     images = _images(ws, 3)
     inner = (slice(None), slice(24, -24), slice(24, -24))  # the crop's border sees other context
     for image, draft in zip(images, predict(model, images, keep_probabilities=True)):
-        small = F.interpolate(
-            torch.as_tensor(image)[None, None].float(),
-            size=(h, w),
-            mode="bilinear",
-            align_corners=False,
-        )[0, 0]
-        x, _ = to_input(small.round().clamp(0, 255).to(torch.uint8)[None], crop)
+        # the study frame as training makes it (load_arrays: PIL's bilinear resize)
+        small = np.array(PILImage.fromarray(image).resize((w, h), PILImage.Resampling.BILINEAR))
+        x, _ = to_input(torch.as_tensor(small)[None], crop)
         with torch.no_grad():
             frame = torch.softmax(model.network(x), 1)[0].numpy()
         whole = F.interpolate(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from datatool.core.errors import UsageError
-from datatool.learning.options import DEFAULT_PRESET, PresetName, Stratify, choice
+from datatool.learning.options import DEFAULT_PRESET, LossName, PresetName, Stratify, choice
 
 
 def test_preset_names_are_the_preset_table():
@@ -15,6 +15,15 @@ def test_preset_names_are_the_preset_table():
 
     assert {p.value for p in PresetName} == set(PRESETS)
     assert DEFAULT_PRESET == "paper"  # the study's, everywhere
+
+
+def test_loss_names_are_the_model_s_losses():
+    pytest.importorskip("torch")
+    from datatool.model import LOSSES, PRESETS
+
+    assert [m.value for m in LossName] == list(LOSSES)
+    assert {p.loss for p in PRESETS.values()} <= set(LOSSES)
+    assert PRESETS["paper"].loss == "ce"  # the study's recipe
 
 
 def test_choice_takes_strings_and_members_and_names_the_choices():

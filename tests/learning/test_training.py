@@ -21,6 +21,7 @@ from datatool.cli import app  # noqa: E402
 from datatool.core.catalogue import Annotation, Run, RunStatus  # noqa: E402
 from datatool.core.errors import UsageError  # noqa: E402
 from datatool.core.protocol import load_protocol  # noqa: E402
+from datatool.labels.annotations import store_annotation  # noqa: E402
 from datatool.learning.data import class_lut, load_arrays, split_items, to_input  # noqa: E402
 from datatool.learning.scoring import score_cv, score_run  # noqa: E402
 from datatool.learning.splits import create_split  # noqa: E402
@@ -108,6 +109,38 @@ def test_checkpoint_and_resume_give_the_uninterrupted_run(ready):
     assert [h.train_loss for h in resumed.history] == pytest.approx(
         [h.train_loss for h in whole.history], rel=1e-5
     )
+
+
+def test_the_loss_is_recorded_and_a_resumed_run_keeps_it(ready):
+    """--loss is part of the run's config; a resumed run goes on with it (and with the cpu
+    preset's cosine schedule and flips) exactly as the uninterrupted run did."""
+    cpu = {"preset": "cpu", "batch": 4, "device": "cpu", "epochs": 2, "seed": 5}
+    whole = train(ready, "s", config=TrainConfig(loss="dice", **cpu))
+    assert (whole.config["loss"], whole.config["schedule"], whole.config["flip"]) == (
+        "dice",
+        "cosine",
+        True,
+    )
+
+    def stop_after_one(p):
+        if isinstance(p, EpochDone) and p.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(ready, "s", config=TrainConfig(loss="dice", **cpu), progress=stop_after_one)
+    cut = list_runs(ready)[-1]
+    assert cut.status == RunStatus.interrupted
+    resumed = train(ready, resume=cut.run)
+    assert resumed.config["loss"] == "dice"
+    assert [h.train_loss for h in resumed.history] == pytest.approx(
+        [h.train_loss for h in whole.history], rel=1e-5
+    )
+    default = train(ready, "s", config=TrainConfig(**cpu))
+    assert default.config["loss"] == "ce+dice" == PRESETS["cpu"].loss
+    assert default.history[0].train_loss != pytest.approx(whole.history[0].train_loss, rel=1e-3)
+    assert TrainConfig().resolved()["loss"] == "ce"  # the study's, by default
+    with pytest.raises(UsageError, match=r"--loss must be one of ce, ce\+dice, dice"):
+        TrainConfig(loss="focal").resolved()
 
 
 def test_checkpoints_hold_plain_data_and_load_with_weights_only(ready):
@@ -211,13 +244,142 @@ def test_score_reports_like_the_study_and_stores_predictions(ready, tmp_path):
     on_disk = json.loads((tmp_path / "score.json").read_text())
     assert list(on_disk) == [
         "run", "set", "fold", "checkpoint", "images", "split", "frame", "structures",
-        "mean_iou_per_image", "anova_iou", "inference_ms", "device", "per_image",
-        "stored_predictions", "figures",
+        "mean_iou_per_image", "anova_iou", "inference_ms", "device", "whole_image", "raters",
+        "rater_images", "versus_raters", "per_image", "stored_predictions", "figures",
     ]  # fmt: skip
     assert on_disk["set"] == "test" and on_disk["structures"][0]["iou"]["n"] >= 0
     assert set(on_disk["per_image"][0]) == {
         "image_id", "structure", "iou", "dice", "precision", "recall", "f1",
     }  # fmt: skip
+
+
+def test_whole_image_drafts_and_the_raters_yardstick_are_scored(trained, tmp_path):
+    """score adds the whole image (the drafts predict() makes, stored as model:RUN) and, on
+    the images both raters labelled, the raters' IoU in the same frames and the ratio."""
+    import numpy as np
+
+    from datatool.labels.annotations import latest_annotations_query
+    from datatool.learning.data import centre_crop, resize_mask
+    from datatool.learning.inference import load_run_model, predict
+
+    ws, run = trained
+    result = score_run(ws, run, out_dir=tmp_path, figures=False)
+    protocol = load_protocol()
+    names = [s.name for s in protocol.structures]
+    lut = class_lut(protocol)
+    _, items = split_items(ws, "s", "test", None)
+    assert result.raters == ["rater1", "rater2"] and result.rater_images == len(items.image_ids)
+    # the stored predictions are the whole-image drafts
+    drafts = predict(
+        load_run_model(ws, run, device="cpu"), [ws.store.get_array(h) for h in items.image_hashes]
+    )
+    with ws.session() as s:
+        stored = {
+            a.image_id: ws.store.get_array(a.mask_hash)
+            for a in s.scalars(latest_annotations_query()).all()
+            if a.rater.name == f"model:{run}"
+        }
+        raters = {
+            (a.image_id, a.rater.name): lut[ws.store.get_array(a.mask_hash)]
+            for a in s.scalars(latest_annotations_query()).all()
+            if a.rater.name in ("rater1", "rater2")
+        }
+    for image_id, draft in zip(items.image_ids, drafts):
+        np.testing.assert_array_equal(stored[image_id], draft.labels)
+    # whole-image IoU and the raters' IoU, by hand, for every structure
+    resize, crop = tuple(result_config(ws, run)["resize"]), result_config(ws, run)["crop"]
+
+    def iou(a, b, c):
+        union = np.count_nonzero((a == c) | (b == c))
+        return np.count_nonzero((a == c) & (b == c)) / union if union else None
+
+    def mean(values):
+        present = [v for v in values if v is not None]
+        return sum(present) / len(present) if present else None
+
+    for c, name in enumerate(names, start=1):
+        refs = [lut[ws.store.get_array(h)] for h in items.mask_hashes]
+        whole = mean([iou(lut[d.labels], r, c) for d, r in zip(drafts, refs)])
+        pairs = [(raters[(i, "rater1")], raters[(i, "rater2")]) for i in items.image_ids]
+        in_frame = [
+            iou(*(centre_crop(resize_mask(m, resize), crop) for m in pair), c) for pair in pairs
+        ]
+        st = next(x for x in result.whole_image if x.structure == name)
+        v = next(x for x in result.versus_raters if x.structure == name)
+        assert st.iou["mean"] == pytest.approx(whole) if whole is not None else st.images == 0
+        assert v.whole_model_iou == pytest.approx(whole)
+        assert v.whole_raters_iou == pytest.approx(mean([iou(a, b, c) for a, b in pairs]))
+        assert v.raters_iou == pytest.approx(mean(in_frame))
+        frame = next(x for x in result.structures if x.structure == name).iou["mean"]
+        assert v.model_iou == pytest.approx(frame)  # every test image has both raters' labels
+        if v.model_iou is not None and v.raters_iou:
+            assert v.ratio == pytest.approx(v.model_iou / v.raters_iou)
+        if v.whole_model_iou is not None and v.whole_raters_iou:
+            assert v.whole_ratio == pytest.approx(v.whole_model_iou / v.whole_raters_iou)
+
+
+def result_config(ws, run):
+    from datatool.learning.training import run_summary
+
+    return run_summary(ws, run).config
+
+
+def test_the_ratio_of_a_hand_built_case():
+    """Known IoUs: the model 0.5 and 1.0 (mean 0.75), the raters 0.5 and 0.75 (mean 0.625);
+    a third image, which only one rater labelled, is left out of both means."""
+    import numpy as np
+
+    from datatool.learning.scoring import _metric_table, versus_raters
+
+    def mask(*cells):
+        m = np.zeros((2, 4), np.uint8)
+        for r, c in cells:
+            m[r, c] = 1
+        return m
+
+    ref1, ref2 = mask((0, 0), (0, 1)), mask((1, 0), (1, 1), (1, 2))
+    model1, model2 = mask((0, 0)), mask((1, 0), (1, 1), (1, 2))  # IoU 1/2, 1
+    rater_a1, rater_b1 = mask((0, 0), (0, 1)), mask((0, 1))  # IoU 1/2
+    rater_a2, rater_b2 = mask((1, 0), (1, 1), (1, 2)), mask((1, 0), (1, 1), (1, 2), (1, 3))
+    model = _metric_table([1, 2, 3], [model1, model2, mask()], [ref1, ref2, ref1], ["a"])
+    raters = _metric_table([1, 2], [rater_a1, rater_a2], [rater_b1, rater_b2], ["a"])
+    (v,) = versus_raters((model, raters), (model, raters), ["a"], [1, 2])
+    assert (v.model_iou, v.raters_iou) == (pytest.approx(0.75), pytest.approx(0.625))
+    assert v.ratio == pytest.approx(0.75 / 0.625) == v.whole_ratio
+    (empty,) = versus_raters((model, raters), (model, raters), ["a"], [3])
+    assert empty.model_iou == 0.0 and empty.raters_iou is None and empty.ratio is None
+
+
+def test_the_yardstick_compares_the_label_versions_the_reference_was_made_from(ready):
+    """A rater who relabels an image after the consensus does not move the yardstick: the
+    consensus names the versions it fused. Without such a consensus (a reference that is
+    one rater's labels), the two human raters with the most labels, latest versions."""
+    import numpy as np
+
+    from datatool.core.catalogue import Image
+    from datatool.labels.annotations import get_rater, latest_annotation
+    from datatool.learning.scoring import _rater_labels
+
+    _, items = split_items(ready, "s", "test", None)
+    before = _rater_labels(ready, "s", items.image_ids)
+    assert before.names == ["rater1", "rater2"] and before.image_ids == items.image_ids
+    image_id = items.image_ids[0]
+    with ready.session() as s:
+        rater = get_rater(s, "rater1")
+        image = s.get(Image, image_id)
+        old = latest_annotation(s, image_id, rater.id).mask_hash
+        relabel = np.zeros((image.rows, image.cols), np.uint8)
+        relabel[10:20, 10:20] = load_protocol().structures[0].value
+        store_annotation(s, ready.store, image, rater, relabel, "itksnap", "again", load_protocol())
+    after = _rater_labels(ready, "s", items.image_ids)
+    assert after.hashes == before.hashes and after.hashes[0][0] == old
+    make_consensus(ready, "rater:rater1")
+    create_split(ready, "one", folds=0, seed=1, reference="consensus:rater:rater1")
+    _, one = split_items(ready, "one", "test", None)
+    assert one.image_ids == items.image_ids  # the same patients dealt to the test set
+    latest = _rater_labels(ready, "one", one.image_ids)
+    assert latest.names == ["rater1", "rater2"]
+    assert latest.hashes[0][0] != old and latest.hashes[1:] == before.hashes[1:]
 
 
 def test_anova_without_variance_is_no_test():
@@ -261,6 +423,8 @@ def test_cli_train_runs_score(ready, cli_env, tmp_path):
             "4",
             "--device",
             "cpu",
+            "--loss",
+            "ce+dice",
             "--json",
             *ws,
         ],
@@ -270,6 +434,7 @@ def test_cli_train_runs_score(ready, cli_env, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     run = json.loads(res.stdout)["run"]
+    assert json.loads(res.stdout)["config"]["loss"] == "ce+dice"
     res = subprocess.run(
         [*base, "score", str(run), "--no-store", "--csv", str(tmp_path / "score.csv"), *ws],
         capture_output=True,
@@ -280,6 +445,10 @@ def test_cli_train_runs_score(ready, cli_env, tmp_path):
     assert "IoU mean ± SD" in res.stdout and "ANOVA" in res.stdout and "218" in res.stdout
     header = (tmp_path / "score.csv").read_text().splitlines()[0].split(",")
     assert header[:4] == ["structure", "n", "IoU mean ± SD (mean)", "IoU mean ± SD (sd)"]
+    assert "model beside the raters (rater1 and rater2" in res.stdout and "ratio" in res.stdout
+    beside = list(csv.DictReader((tmp_path / "score-whole-image-and-raters.csv").open()))
+    assert [r["structure"] for r in beside] == [s.name for s in load_protocol().structures]
+    assert {"whole: IoU mean ± SD (mean)", "model IoU", "raters IoU", "ratio"} <= set(beside[0])
     assert (
         "runs"
         in subprocess.run([*base, "runs", *ws], capture_output=True, text=True, env=cli_env).stdout
@@ -293,7 +462,11 @@ def test_cli_train_runs_score(ready, cli_env, tmp_path):
     assert bad.returncode == 1 and "no split 'nope'" in bad.stderr
     runner = CliRunner()
     assert "paper" in runner.invoke(app, ["train", "--help"], env={"COLUMNS": "160"}).output
-    for args in (["train", "--split", "s", "--preset", "huge"], ["score", "1", "--set", "all"]):
+    for args in (
+        ["train", "--split", "s", "--preset", "huge"],
+        ["train", "--split", "s", "--loss", "focal"],
+        ["score", "1", "--set", "all"],
+    ):
         assert runner.invoke(app, [*args, *ws]).exit_code == 2  # not a choice: a usage error
 
 

@@ -14,9 +14,11 @@ from datatool.model import (  # noqa: E402
     Preset,
     TripletAttention,
     build_model,
+    learning_rate,
     load_torchvision_resnet50,
     resnet50,
     segmentation_loss,
+    soft_dice_loss,
 )
 
 
@@ -135,3 +137,87 @@ def test_a_preset_comes_back_from_a_run_config_in_json():
         config = json.loads(json.dumps({**preset.as_dict(), "preset": name, "seed": 3}))
         assert config["resize"] == list(preset.resize)  # JSON has no tuples
         assert Preset.from_dict(config) == preset
+
+
+def test_the_cpu_preset_adds_a_skip_decoder_and_keeps_the_input_size():
+    net = build_model(6, "cpu")
+    assert net.decoder is not None and net.aux_head is None
+    # the study's network is unchanged: no decoder, its head ends in the classifier
+    paper = build_model(6, "paper")
+    assert paper.decoder is None and not any(k.startswith("decoder.") for k in paper.state_dict())
+    assert isinstance(paper.head[-1], torch.nn.Conv2d) and paper.head[-1].out_channels == 6
+    net.eval()
+    with torch.no_grad():
+        for h, w in ((240, 320), (100, 132)):  # any size: fully convolutional
+            assert net(torch.randn(2, 3, h, w)).shape == (2, 6, h, w)
+
+
+def test_soft_dice_loss_by_hand():
+    """Two pixels, three classes (background and two structures): the loss is 1 minus the
+    mean over the two structures of (2 sum p g + 1) / (sum p + sum g + 1)."""
+    import math
+
+    logits = torch.tensor([[[[0.0, math.log(3.0)]], [[0.0, 0.0]], [[0.0, 0.0]]]])  # 1x3x1x2
+    target = torch.tensor([[[1, 0]]])
+    # softmax: pixel 0 (1/3, 1/3, 1/3); pixel 1 (3/5, 1/5, 1/5)
+    p1, p2 = (1 / 3, 1 / 5), (1 / 3, 1 / 5)
+    dice1 = (2 * p1[0] + 1) / (sum(p1) + 1 + 1)  # class 1 is in pixel 0
+    dice2 = (0 + 1) / (sum(p2) + 0 + 1)  # class 2 is nowhere
+    expected = 1 - (dice1 + dice2) / 2
+    assert soft_dice_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    ce = F.cross_entropy(logits, target)
+    torch.testing.assert_close(
+        segmentation_loss(logits, target, loss="dice"), soft_dice_loss(logits, target)
+    )
+    torch.testing.assert_close(
+        segmentation_loss(logits, target, loss="ce+dice"), ce + soft_dice_loss(logits, target)
+    )
+    aux = torch.zeros_like(logits)
+    torch.testing.assert_close(
+        segmentation_loss((logits, aux), target, loss="ce+dice"),
+        ce
+        + soft_dice_loss(logits, target)
+        + AUX_WEIGHT * (F.cross_entropy(aux, target) + soft_dice_loss(aux, target)),
+    )
+    with pytest.raises(ValueError, match="loss must be one of ce, ce\\+dice, dice"):
+        segmentation_loss(logits, target, loss="focal")
+    # a perfect, confident prediction costs (almost) nothing
+    sure = F.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
+    assert soft_dice_loss(sure, target).item() < 0.2  # class 2: absent, smoothed
+
+
+def test_gradients_reach_the_stem_through_the_decoder_with_ce_plus_dice():
+    torch.manual_seed(0)
+    net = build_model(6, "cpu").train()
+    x, y = torch.randn(2, 3, 64, 96), torch.randint(0, 6, (2, 64, 96))
+    segmentation_loss(net(x), y, loss="ce+dice").backward()
+    # (a block's own convolutions get none at first: its last BatchNorm starts at zero)
+    for module in (net.backbone.conv1, net.backbone.layer1[0].bn3, net.decoder.project[0]):
+        assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
+    assert net.decoder.classifier.weight.grad.abs().sum() > 0
+
+
+def test_learning_rate_schedules():
+    paper, cpu = PRESETS["paper"], PRESETS["cpu"]
+    assert [learning_rate(paper, e) for e in (0, 50, 99)] == [paper.lr] * 3
+    assert learning_rate(cpu, 0) == pytest.approx(cpu.lr)
+    assert learning_rate(cpu, cpu.epochs - 1) == pytest.approx(0.01 * cpu.lr)
+    middle = learning_rate(cpu, (cpu.epochs - 1) / 2)
+    assert middle == pytest.approx(cpu.lr * (0.01 + 0.99 * 0.5))
+    rates = [learning_rate(cpu, e) for e in range(cpu.epochs)]
+    assert rates == sorted(rates, reverse=True)
+
+
+def test_a_run_recorded_before_the_new_preset_fields_comes_back_as_trained():
+    """Configs written before decoder, loss, schedule and flip existed: the study's defaults."""
+    old = PRESETS["tiny"].as_dict()
+    for key in ("decoder", "loss", "schedule", "flip"):
+        old.pop(key)
+    preset = Preset.from_dict({**old, "preset": "tiny", "seed": 0})
+    assert preset == PRESETS["tiny"]
+    assert (preset.decoder, preset.loss, preset.schedule, preset.flip) == (
+        0,
+        "ce",
+        "constant",
+        False,
+    )

@@ -1,0 +1,140 @@
+"""Train a preset on a demo workspace and put its drafts beside the raters (issue 16).
+
+For each demo dataset (one per ``--seeds`` value): the demo data (``--patients``, 4 images a
+side), ingest, the two raters' ITK-SNAP labels, a STAPLE consensus and a 6:2:2 patient split,
+all in a temporary folder (not timed); then ``datatool train`` of the preset, timed, and
+``datatool score`` of the selected checkpoint on the held-out test patients. Prints the
+training time (with the load average beside it: other work on the machine inflates it),
+training images per second, and per structure the model's IoU against the reference beside
+the two raters' IoU against each other, with their ratio, in the study's frame and on the
+whole image.
+
+Goal (issue 16), for the cpu preset on this 2-core machine: about 100 training images
+(20 patients), training within 10 minutes, ratio >= 0.9 for every structure.
+
+Run by ``bench/model.py --train PRESET``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from datatool.analysis.consensus import make_consensus
+from datatool.core.workspace import init_workspace, open_workspace
+from datatool.demo.generator import write_demo_dataset
+from datatool.ingest.pipeline import ingest
+from datatool.labels.annotations import add_rater
+from datatool.labels.itksnap.sync import sync_itksnap
+from datatool.learning.scoring import ScoreResult, score_run
+from datatool.learning.splits import create_split
+from datatool.learning.training import RunSummary, TrainConfig, train
+
+GOAL_RATIO, GOAL_SECONDS = 0.9, 600.0
+
+
+def build_workspace(root: Path, patients: int, per_side: tuple[int, int], seed: int):
+    """The demo pipeline up to the frozen split ``demo`` (6:2:2, no folds); returns the
+    open workspace."""
+    data = root / "data"
+    write_demo_dataset(data, patients=patients, seed=seed, images_per_side=per_side)
+    init_workspace(root / "ws")
+    ws = open_workspace(root / "ws")
+    ingest(ws, [data / "dicom"])
+    for rater in ("rater1", "rater2"):
+        add_rater(ws, rater)
+        sync_itksnap(ws, data / "labels" / rater, rater, dicom_root=data / "dicom")
+    make_consensus(ws, "staple")
+    create_split(ws, "demo", ratios="6:2:2", folds=0, seed=0)
+    return ws
+
+
+@dataclass
+class Trained:
+    seed: int
+    run: RunSummary
+    seconds: float  # training wall time (validation included)
+    cpu_seconds: float  # this process's CPU time over the same span
+    load_before: float  # 1-minute load average
+    load_after: float
+    train_images: int
+    score: ScoreResult
+
+    @property
+    def images_per_s(self) -> float:
+        return self.train_images * self.run.epochs_done / self.seconds
+
+
+def train_and_score(ws, preset: str, device: str, seed: int, epochs: int | None) -> Trained:
+    from datatool.learning.data import split_items
+
+    train_images = len(split_items(ws, "demo", "train", None)[1].image_ids)
+    load_before = os.getloadavg()[0]
+    start, cpu = time.perf_counter(), time.process_time()
+    run = train(ws, "demo", config=TrainConfig(preset=preset, device=device, epochs=epochs))
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    assert run is not None
+    load_after = os.getloadavg()[0]
+    score = score_run(ws, run.run, device=device, store_predictions=False, figures=False)
+    return Trained(seed, run, seconds, cpu, load_before, load_after, train_images, score)
+
+
+def _f(value: float | None) -> str:
+    return "    -" if value is None else f"{value:5.3f}"
+
+
+def report(t: Trained) -> list[str]:
+    s = t.score
+    lines = [
+        f"demo seed {t.seed}: preset {t.run.preset} (loss {t.run.config['loss']}), "
+        f"{t.train_images} training images, {t.run.epochs_done} epochs on {t.run.device}",
+        f"  training: {t.seconds:.0f} s wall ({t.cpu_seconds:.0f} s CPU), "
+        f"{t.images_per_s:.1f} images/s; load average {t.load_before:.1f} before, "
+        f"{t.load_after:.1f} after; best epoch {(t.run.best_epoch or 0) + 1}",
+        f"  test: {s.images} images, raters {' and '.join(s.raters)} on {s.rater_images}; "
+        "means of per-image IoU",
+        f"  {'structure':16s} {'model':>6s} {'raters':>6s} {'ratio':>6s}   "
+        f"{'whole: model':>12s} {'raters':>6s} {'ratio':>6s}",
+    ]
+    for v in s.versus_raters:
+        lines.append(
+            f"  {v.structure:16s} {_f(v.model_iou):>6s} {_f(v.raters_iou):>6s} {_f(v.ratio):>6s}"
+            f"   {_f(v.whole_model_iou):>12s} {_f(v.whole_raters_iou):>6s} "
+            f"{_f(v.whole_ratio):>6s}"
+        )
+    return lines
+
+
+def main(
+    preset: str,
+    device: str,
+    patients: int,
+    per_side: tuple[int, int],
+    seeds: list[int],
+    epochs: int | None,
+) -> bool:
+    """Every dataset trained, scored and reported; True when the goal is met on all."""
+    results = []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+            start = time.perf_counter()
+            ws = build_workspace(Path(tmp), patients, per_side, seed)
+            print(f"demo seed {seed}: set-up {time.perf_counter() - start:.0f} s", flush=True)
+            try:
+                results.append(train_and_score(ws, preset, device, seed, epochs))
+            finally:
+                ws.close()
+        print("\n".join(report(results[-1])), flush=True)
+    ratios = [v.ratio for t in results for v in t.score.versus_raters if v.ratio is not None]
+    slowest = max(t.seconds for t in results)
+    lowest = min(ratios) if ratios else None
+    met = lowest is not None and lowest >= GOAL_RATIO and slowest <= GOAL_SECONDS
+    print(
+        f"lowest ratio over {len(results)} dataset(s) and every structure: {_f(lowest).strip()} "
+        f"(goal >= {GOAL_RATIO}); slowest training {slowest:.0f} s (goal <= {GOAL_SECONDS:.0f} s "
+        f"on a quiet 2-core machine): {'met' if met else 'not met'}"
+    )
+    return met
