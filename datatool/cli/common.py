@@ -33,6 +33,7 @@ PANEL_DATA = "Workspace and data"
 PANEL_LABELS = "Labels"
 PANEL_AGREEMENT = "Agreement and consensus"
 PANEL_MODEL = "Splits and model"
+PANEL_ASSIST = "Pre-labelling and QA"
 
 
 # The order of `datatool --help`: the work's order, not the alphabet. A command not listed
@@ -56,6 +57,8 @@ COMMAND_ORDER = [
     "train",
     "score",
     "runs",
+    "qa",
+    "next",
 ]
 
 
