@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+import numpy as np
 from sqlalchemy import select
 
 from datatool.analysis import shape
@@ -128,6 +129,9 @@ class QARun:
     reasons: list[ReasonCount]
     superseded: int  # open flags of replaced label versions closed now
     open: int  # open flags in the queue now
+    # per structure, the median Dice of the run's drafts with the labels (model_agreement);
+    # the model is not compared on a structure below --model-dice-below (a note says so)
+    model_agreement: dict[str, float | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -437,8 +441,8 @@ def _measure_image(job: tuple) -> tuple[int, dict]:
 
 
 def _jobs(inputs: _Inputs) -> list[tuple]:
-    """One job per image: its labels to check, each with the labels it is compared with (a
-    human label with the other human raters' and the draft, a consensus with the draft)."""
+    """One job per image: its labels to check, each with the labels it is compared with (the
+    human raters' labels but its own, and the draft)."""
     by_image: dict[int, list[_Label]] = defaultdict(list)
     for lab in inputs.checked:
         by_image[lab.image_id].append(lab)
@@ -449,7 +453,7 @@ def _jobs(inputs: _Inputs) -> list[tuple]:
         hashes: dict[int, str] = {}
         checks = []
         for lab in labels:
-            compared = [*_others(inputs, lab), *([draft] if draft is not None else [])]
+            compared = [*_backers(inputs, lab), *([draft] if draft is not None else [])]
             checks.append((lab.annotation_id, [c.annotation_id for c in compared]))
             for x in (lab, *compared):
                 hashes[x.annotation_id] = x.mask_hash
@@ -466,8 +470,14 @@ def _jobs(inputs: _Inputs) -> list[tuple]:
     return jobs
 
 
+def _backers(inputs: _Inputs, lab: _Label) -> list[_Label]:
+    """The human labels of the image that may back this one (all but itself)."""
+    return [o for o in inputs.humans.get(lab.image_id, []) if o.annotation_id != lab.annotation_id]
+
+
 def _others(inputs: _Inputs, lab: _Label) -> list[_Label]:
-    """The other human raters' latest labels of the image (none for a consensus label)."""
+    """The other human raters' latest labels of the image, which a human label is checked
+    against (none for a consensus label, which is made from them)."""
     if lab.kind != RaterKind.human:
         return []
     return [o for o in inputs.humans.get(lab.image_id, []) if o.annotation_id != lab.annotation_id]
@@ -542,6 +552,7 @@ def _agreement(
     area: int,
     rec: dict | None,
     others: list[_Label],
+    backers: list[_Label],
     draft: _Label | None,
     inputs: _Inputs,
     t: Thresholds,
@@ -550,14 +561,23 @@ def _agreement(
     name_of: dict[int, str],
 ) -> None:
     """The comparison flags of one structure of one label: a swap (the strongest against any
-    comparison label), else the disagreement with the model and with the other raters. A swap
+    comparison label), the disagreement with the model and with the other raters. A swap
     explains the low Dice with the label it was found against, so that label's disagreement
-    is not flagged again. Where the model's draft backs the label (Dice at or above the model
+    is not flagged again. A second opinion halves a severity, as the other label is then the
+    likelier culprit: where the model's draft backs the label (Dice at or above the model
     threshold, or absent in both), disagreements with another rater and swaps against one
-    count half: the other label is the likelier culprit."""
+    count half; where a human rater backs it (``backers``: Dice at or above the rater
+    threshold, or absent in both), its disagreement with the model counts half."""
 
     def overlap(o: _Label) -> int:
         return rec["vs"][o.annotation_id].get(value, 0) if rec else 0
+
+    raters_back = []
+    for o in backers:
+        other_area = inputs.stats[o.annotation_id][value][0]
+        d = shape.dice(area, other_area, overlap(o))
+        if d is None or d >= t.rater_dice_below:
+            raters_back.append(o.rater)
 
     backed: float | None = None  # the label's Dice with the draft, when the draft backs it
     model_flag: tuple[float, float | None, int] | None = None  # severity, Dice, draft's area
@@ -573,14 +593,16 @@ def _agreement(
         else:
             backed = 1.0  # absent in both
     best = None
+    swapped_with = set()  # the labels a swap was found against
     if rec is not None:
         for o in [*others, *([draft] if draft is not None else [])]:
             sw = shape.swap(
                 rec["vs"][o.annotation_id], value, area, values, t.swap_min_share, t.swap_ratio
             )
-            if sw is not None and (best is None or sw.severity > best[0].severity):
-                best = (sw, o)
-    swapped_with = best[1].annotation_id if best is not None else None
+            if sw is not None:
+                swapped_with.add(o.annotation_id)
+                if best is None or sw.severity > best[0].severity:
+                    best = (sw, o)
     half = 0.5 if backed is not None else 1.0
     backing = {} if backed is None else {"model_backs": True, "model_dice": _r(backed)}
     if best is not None:
@@ -599,12 +621,12 @@ def _agreement(
             area_px=area,
             **({} if is_model else backing),
         )
-    if draft is not None and model_flag is not None and swapped_with != draft.annotation_id:
+    if draft is not None and model_flag is not None and draft.annotation_id not in swapped_with:
         sev, d, model_area = model_flag
         flag(
             name,
             FlagReason.model_disagreement,
-            sev,
+            sev * (0.5 if raters_back else 1.0),
             run_id=run,
             dice=_r(d),
             threshold=t.model_dice_below,
@@ -612,6 +634,7 @@ def _agreement(
             run=run,
             model_annotation=draft.annotation_id,
             model_area_px=model_area,
+            **({"raters_back": raters_back} if raters_back else {}),
         )
     worst: tuple[float, float | None, _Label, int] | None = None
     for o in others:
@@ -620,7 +643,7 @@ def _agreement(
         rater_sev = shape.disagreement(d, t.rater_dice_below)
         if rater_sev is not None and (worst is None or rater_sev > worst[0]):
             worst = (rater_sev, d, o, other_area)
-    if worst is not None and worst[2].annotation_id != swapped_with:
+    if worst is not None and worst[2].annotation_id not in swapped_with:
         sev, d, o, other_area = worst
         flag(
             name,
@@ -636,15 +659,42 @@ def _agreement(
         )
 
 
+def model_agreement(
+    protocol: Protocol, inputs: _Inputs, measures: dict[int, dict], t: Thresholds
+) -> dict[str, tuple[float | None, int]]:
+    """Per structure, the median Dice of the run's drafts with the labels checked (pairs where
+    both leave it out excluded) and how many pairs: how far the model can be trusted on it."""
+    dices: dict[str, list[float]] = defaultdict(list)
+    for lab in inputs.checked:
+        draft = inputs.drafts.get(lab.image_id)
+        if draft is None:
+            continue
+        for s in protocol.structures:
+            area = inputs.stats[lab.annotation_id][s.value][0]
+            model_area = inputs.stats[draft.annotation_id][s.value][0]
+            if not area and model_area < t.min_present_px:
+                continue
+            rec = measures.get(lab.annotation_id, {}).get(s.value)
+            overlap = rec["vs"][draft.annotation_id].get(s.value, 0) if rec else 0
+            d = shape.dice(area, model_area, overlap)
+            if d is not None:
+                dices[s.name].append(d)
+    return {
+        s.name: (float(np.median(dices[s.name])) if dices[s.name] else None, len(dices[s.name]))
+        for s in protocol.structures
+    }
+
+
 def _evaluate(
     protocol: Protocol,
     inputs: _Inputs,
     measures: dict[int, dict],
     t: Thresholds,
     run: int | None,
+    trusted: set[str],
 ) -> tuple[list[_Found], set[tuple[int, FlagReason, str | None]]]:
     """The flags the measures call for, and which checks ran: (annotation, reason, structure
-    or None for every structure)."""
+    or None for every structure). The model is compared only on the ``trusted`` structures."""
     found: list[_Found] = []
     checked: set[tuple[int, FlagReason, str | None]] = set()
     values = [s.value for s in protocol.structures]
@@ -660,7 +710,7 @@ def _evaluate(
         checked.add((lab.annotation_id, FlagReason.anatomy, None))
         if others:
             checked.add((lab.annotation_id, FlagReason.rater_disagreement, None))
-        if draft is not None:
+        if draft is not None:  # also where the model is not trusted: its old flags go
             checked.add((lab.annotation_id, FlagReason.model_disagreement, None))
         if others or draft is not None:
             checked.add((lab.annotation_id, FlagReason.swap, None))
@@ -668,9 +718,11 @@ def _evaluate(
         flag = partial(_add, found, lab)
 
         # agreement with the other raters and the model, and swaps
+        backers = _backers(inputs, lab)
         for s in protocol.structures:
-            _agreement(flag, s.name, s.value, st[s.value][0], per.get(s.value), others, draft,
-                       inputs, t, run, values, name_of)  # fmt: skip
+            model = draft if s.name in trusted else None
+            _agreement(flag, s.name, s.value, st[s.value][0], per.get(s.value), others, backers,
+                       model, inputs, t, run, values, name_of)  # fmt: skip
         # shape
         for s in protocol.structures:
             rec = per.get(s.value)
@@ -903,7 +955,17 @@ def run_qa(
     inputs, predicted, reused = _read_inputs(ws, protocol, raters, run, drafts, notes, None)
     jobs = _jobs(inputs)
     measures = _measure(ws, protocol, jobs, workers, progress)
-    found, checked = _evaluate(protocol, inputs, measures, t, run)
+    agreement = model_agreement(protocol, inputs, measures, t) if inputs.drafts else {}
+    trusted = set()
+    for name, (median, n) in agreement.items():
+        if median is not None and n >= shape.MIN_SIZE_SAMPLE and median < t.model_dice_below:
+            notes.append(
+                f"{name}: run {run}'s drafts agree with these labels only to a median Dice of "
+                f"{median:.2f} (over {n}), below --model-dice-below: not compared with the model"
+            )
+        else:
+            trusted.add(name)
+    found, checked = _evaluate(protocol, inputs, measures, t, run, trusted)
     counts, superseded, open_total = _record(ws, inputs, found, checked)
     for s in protocol.structures:
         for unit in ("mm2", "px"):
@@ -948,6 +1010,7 @@ def run_qa(
         ],
         superseded=superseded,
         open=open_total,
+        model_agreement={k: v[0] for k, v in agreement.items()},
         notes=notes,
     )
 
