@@ -63,6 +63,7 @@ def test_a_review_fixes_the_raters_label_round_trip(qa_ws, labelstudio_server, l
     server = ls.projects.get(pid)
     assert server.label_config.strip() == review_config(P).strip()
     assert '<Header value="$flags"' in server.label_config
+    assert server.model_version == FLAGGED and server.show_collab_predictions  # pre-loaded
     [task] = list(ls.tasks.list(project=pid, fields="all"))
     assert task.data["image_id"] == image_name(image_id)
     assert f"flag {b_flag}" in task.data["flags"] and "femoral artery" in task.data["flags"]
