@@ -358,11 +358,12 @@ def _read_inputs(
     predicted = reused = 0
     draft_labels: dict[int, _Label] = {}
     if run is not None:
+        checkpoint = None  # without a draft maker: the newest stored draft of any checkpoint
         if drafts is not None:
             made = drafts(ws, run, image_ids, progress=progress)
-            predicted, reused = made.predicted, made.reused
+            predicted, reused, checkpoint = made.predicted, made.reused, made.checkpoint
         with ws.session() as s:
-            found = drafts_of(s, run, image_ids, checkpoint=getattr(made, "checkpoint", None))
+            found = drafts_of(s, run, image_ids, checkpoint=checkpoint)
             if drafts is None:
                 reused = len(found)
             draft_labels = {
@@ -952,7 +953,7 @@ def run_qa(
     t.check()
     protocol = load_protocol(ws.protocol_name)
     notes: list[str] = []
-    inputs, predicted, reused = _read_inputs(ws, protocol, raters, run, drafts, notes, None)
+    inputs, predicted, reused = _read_inputs(ws, protocol, raters, run, drafts, notes, progress)
     jobs = _jobs(inputs)
     measures = _measure(ws, protocol, jobs, workers, progress)
     agreement = model_agreement(protocol, inputs, measures, t) if inputs.drafts else {}

@@ -289,3 +289,7 @@ def test_labels_are_compared_with_the_runs_drafts(trained, tmp_path):
     assert all(it.run == run for it in q.items)
     swap = list_queue(ws, reasons=["swap"]).items[0]
     assert swap.evidence["source"] == model_rater_name(run) and swap.evidence["lies_on"]
+    # without the function that makes drafts, the stored ones are used all the same
+    again = run_qa(ws, run=run, raters=[C])
+    assert again.drafts_reused == len(imgs) and again.open == 4
+    assert {c.reason: c.found for c in again.reasons}[R.model_disagreement] == 2
