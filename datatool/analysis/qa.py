@@ -255,7 +255,7 @@ def _latest_labels(session, kinds: Sequence[str]) -> list[_Label]:
 def _stats(session, annotation_ids: Sequence[int]) -> dict[int, dict[int, tuple]]:
     found: dict[int, dict[int, tuple]] = defaultdict(dict)
     for chunk in in_chunks(sorted(set(annotation_ids))):
-        for row in session.execute(
+        rows = session.execute(
             select(
                 StructureStats.annotation_id,
                 StructureStats.value,
@@ -267,14 +267,9 @@ def _stats(session, annotation_ids: Sequence[int]) -> dict[int, dict[int, tuple]
                 StructureStats.x1,
                 StructureStats.y1,
             ).where(StructureStats.annotation_id.in_(chunk))
-        ):
-            box = None if row.area_px == 0 else (row.x0, row.y0, row.x1, row.y1)
-            found[row.annotation_id][row.value] = (
-                row.area_px,
-                row.area_mm2,
-                row.components,
-                box,
-            )
+        ).tuples()
+        for ann, value, area, mm2, comps, x0, y0, x1, y1 in rows:
+            found[ann][value] = (area, mm2, comps, (x0, y0, x1, y1) if area else None)
     return dict(found)
 
 
@@ -397,12 +392,13 @@ def _read_inputs(
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(store_root: str, specs: tuple, related: frozenset[int]) -> None:
+def _init_worker(store_root: str, specs: tuple, related: frozenset[int], swap_ratio: float) -> None:
     """``specs``: (value, max components, holes allowed, in view) per structure; ``related``:
     the values of the structures that relations name (their centroids are needed)."""
     _WORKER["store"] = Store(Path(store_root))
     _WORKER["specs"] = specs
     _WORKER["related"] = related
+    _WORKER["swap_ratio"] = swap_ratio
 
 
 def _measure_image(job: tuple) -> tuple[int, dict]:
@@ -411,7 +407,7 @@ def _measure_image(job: tuple) -> tuple[int, dict]:
     label it is compared with, which values of that label the structure's pixels hold."""
     image_id, shape_rc, regions, labels, hashes, stats = job
     store: Store = _WORKER["store"]
-    specs, related = _WORKER["specs"], _WORKER["related"]
+    specs, related, ratio = _WORKER["specs"], _WORKER["related"], _WORKER["swap_ratio"]
     masks = {a: store.get_array(h) for a, h in hashes.items()}
     out: dict[int, dict] = {}
     for annotation_id, compared in labels:
@@ -429,11 +425,11 @@ def _measure_image(job: tuple) -> tuple[int, dict]:
                 rec["components"] = shape.extra_component_px(binary, max_components)
             if not holes_allowed:
                 rec["holes"] = shape.holes(binary)
-            if in_view:
+            if in_view and not shape.inside_view(box, shape_rc, regions):
                 near = shape.near_outside(shape_rc, regions)
                 rec["edge"] = shape.edge_contact(binary, shape.crop(near, box))
             rec["vs"] = {
-                other: shape.cross_counts(binary, shape.crop(masks[other], box))
+                other: shape.cross_counts(binary, shape.crop(masks[other], box), value, ratio, area)
                 for other in compared
             }
             per[value] = rec
@@ -490,6 +486,7 @@ def _measure(
     jobs: list[tuple],
     workers: int | None,
     progress: Callable[[int, int], None] | None,
+    swap_ratio: float = shape.SWAP_RATIO,
 ) -> dict[int, dict]:
     specs = tuple((s.value, s.max_components, s.holes, s.in_view) for s in protocol.structures)
     related = frozenset(
@@ -499,14 +496,14 @@ def _measure(
     results: dict[int, dict] = {}
     if len(jobs) >= POOL_FROM and n > 1:
         with pool_context().Pool(
-            n, initializer=_init_worker, initargs=(str(ws.store.root), specs, related)
+            n, initializer=_init_worker, initargs=(str(ws.store.root), specs, related, swap_ratio)
         ) as pool:
-            for k, (_, out) in enumerate(pool.imap(_measure_image, jobs, chunksize=16), 1):
+            for k, (_, out) in enumerate(pool.imap(_measure_image, jobs, chunksize=64), 1):
                 results.update(out)
                 if progress:
                     progress(k, len(jobs))
     else:
-        _init_worker(str(ws.store.root), specs, related)
+        _init_worker(str(ws.store.root), specs, related, swap_ratio)
         for k, job in enumerate(jobs, 1):
             results.update(_measure_image(job)[1])
             if progress:
@@ -573,12 +570,14 @@ def _agreement(
     def overlap(o: _Label) -> int:
         return rec["vs"][o.annotation_id].get(value, 0) if rec else 0
 
-    raters_back = []
-    for o in backers:
-        other_area = inputs.stats[o.annotation_id][value][0]
-        d = shape.dice(area, other_area, overlap(o))
-        if d is None or d >= t.rater_dice_below:
-            raters_back.append(o.rater)
+    def raters_backing() -> list[str]:
+        found = []
+        for o in backers:
+            other_area = inputs.stats[o.annotation_id][value][0]
+            d = shape.dice(area, other_area, overlap(o))
+            if d is None or d >= t.rater_dice_below:
+                found.append(o.rater)
+        return found
 
     backed: float | None = None  # the label's Dice with the draft, when the draft backs it
     model_flag: tuple[float, float | None, int] | None = None  # severity, Dice, draft's area
@@ -624,6 +623,7 @@ def _agreement(
         )
     if draft is not None and model_flag is not None and draft.annotation_id not in swapped_with:
         sev, d, model_area = model_flag
+        raters_back = raters_backing()
         flag(
             name,
             FlagReason.model_disagreement,
@@ -700,6 +700,10 @@ def _evaluate(
     checked: set[tuple[int, FlagReason, str | None]] = set()
     values = [s.value for s in protocol.structures]
     name_of = {s.value: s.name for s in protocol.structures}
+    relations = [
+        (rel, protocol.by_label(rel.structure), protocol.by_label(rel.other))
+        for rel in protocol.relations
+    ]
     for lab in inputs.checked:
         per = measures.get(lab.annotation_id, {})
         st = inputs.stats[lab.annotation_id]
@@ -790,8 +794,7 @@ def _evaluate(
                 )
         # anatomy
         lateral = protocol.lateral_image_side(info.side)
-        for rel in protocol.relations:
-            a, b = protocol.by_label(rel.structure), protocol.by_label(rel.other)
+        for rel, a, b in relations:
             if a.value not in per or b.value not in per:
                 continue
             broken = shape.relation_check(
@@ -955,7 +958,7 @@ def run_qa(
     notes: list[str] = []
     inputs, predicted, reused = _read_inputs(ws, protocol, raters, run, drafts, notes, progress)
     jobs = _jobs(inputs)
-    measures = _measure(ws, protocol, jobs, workers, progress)
+    measures = _measure(ws, protocol, jobs, workers, progress, t.swap_ratio)
     agreement = model_agreement(protocol, inputs, measures, t) if inputs.drafts else {}
     trusted = set()
     for name, (median, n) in agreement.items():

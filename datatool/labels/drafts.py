@@ -10,12 +10,23 @@ the review that use a run's drafts predict each image once per checkpoint.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from datatool.core.catalogue import Annotation, Rater, RaterKind, audit
 from datatool.labels.annotations import in_chunks
+
+
+class DraftRow(NamedTuple):
+    """A stored draft: its annotation's id, image, version, mask and reference."""
+
+    id: int
+    image_id: int
+    version: int
+    mask_hash: str
+    source_ref: str
 
 
 def model_rater_name(run_id: int) -> str:
@@ -44,7 +55,7 @@ def drafts_of(
     run_id: int,
     image_ids: Iterable[int] | None = None,
     checkpoint: str | None = None,
-) -> dict[int, Annotation]:
+) -> dict[int, DraftRow]:
     """image id -> the newest whole-image draft of the run (of this checkpoint when given,
     else of any), for the images given (default: all)."""
     rater = model_rater(session, run_id, create=False)
@@ -58,18 +69,26 @@ def drafts_of(
         .where(Annotation.rater_id == rater.id, Annotation.source_ref.like(pattern))
         .group_by(Annotation.image_id)
     )
-    found: dict[int, Annotation] = {}
+    found: dict[int, DraftRow] = {}
     chunks = [None] if image_ids is None else list(in_chunks(sorted(set(image_ids))))
     for chunk in chunks:
         query = newest if chunk is None else newest.where(Annotation.image_id.in_(chunk))
         sub = query.subquery()
-        for ann in session.scalars(
-            select(Annotation).join(
+        for row in session.execute(
+            select(
+                Annotation.id,
+                Annotation.image_id,
+                Annotation.version,
+                Annotation.mask_hash,
+                Annotation.source_ref,
+            ).join(
                 sub,
                 (Annotation.image_id == sub.c.image_id)
                 & (Annotation.version == sub.c.version)
                 & (Annotation.rater_id == rater.id),
             )
         ):
-            found[ann.image_id] = ann
+            found[row.image_id] = DraftRow(
+                row.id, row.image_id, row.version, row.mask_hash, row.source_ref or ""
+            )
     return found

@@ -30,8 +30,12 @@ def test_cross_counts_say_what_the_other_label_holds_under_a_structure():
     other[2:6, 2:4] = 2  # 8 of them are 2 in the other label
     other[2:6, 4:5] = 4  # 4 are 4, the last 4 are background
     box = box_of(label == 2)
-    counts = shape.cross_counts(shape.crop(label, box) == 2, shape.crop(other, box))
-    assert counts == {0: 4, 2: 8, 4: 4}
+    binary, crop = shape.crop(label, box) == 2, shape.crop(other, box)
+    # half of it on its own: no swap is possible, so only that count is taken
+    assert shape.cross_counts(binary, crop, 2) == {2: 8}
+    assert shape.cross_counts(binary, crop, 2, ratio=0.5) == {0: 4, 2: 8, 4: 4}
+    other[2:6, 2:4] = 4  # now 12 of the 16 lie on the other's 4, none on its own 2
+    assert shape.cross_counts(binary, shape.crop(other, box), 2) == {0: 4, 4: 12}
 
 
 def test_components_beyond_the_allowed_count_and_their_pixels():
@@ -70,6 +74,11 @@ def test_the_view_edge_is_the_image_border_or_the_blanked_area():
     assert whole[0, 0] and whole[59, 40] and whole[30, 79] and not whole[1, 1]
     inside = disc(r=8).astype(bool)
     assert shape.edge_contact(inside, near) == (0, 0)
+    region = [{"x0": 10, "y0": 5, "x1": 69, "y1": 54}]
+    assert shape.inside_view((32, 22, 48, 38), (60, 80), region)  # the disc's box: no look
+    assert not shape.inside_view((10, 22, 48, 38), (60, 80), region)  # on the region's edge
+    assert not shape.inside_view((0, 22, 48, 38), (60, 80), None)  # on the image's border
+    assert shape.inside_view((1, 1, 78, 58), (60, 80), None)
     touching = disc(centre=(14, 30), r=8).astype(bool)
     px, outline = shape.edge_contact(touching, near)
     assert px > 0 and outline > px
