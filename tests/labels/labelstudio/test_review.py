@@ -7,7 +7,7 @@ import pytest
 from label_studio_sdk import LabelStudio
 from sqlalchemy import select
 
-from datatool.analysis.qa import run_qa
+from datatool.analysis.qa import Thresholds, run_qa
 from datatool.core.catalogue import (
     AuditEntry,
     FlagStatus,
@@ -77,6 +77,14 @@ def test_a_review_fixes_the_raters_label_round_trip(qa_ws, labelstudio_server, l
     # pushing again adds nothing; a raters' push never sees the review project
     again = push_review(ws, "B", local_root=srv.local_root, **_server(srv))
     assert (again.projects[0].tasks_created, again.projects[0].already) == (0, 1)
+    # a stricter check flags more of the same label version: the task's text is updated
+    run_qa(ws, thresholds=Thresholds(rater_dice_below=0.999))
+    more = push_review(ws, "B", local_root=srv.local_root, **_server(srv))
+    assert (more.projects[0].tasks_created, more.projects[0].tasks_updated) == (0, 1)
+    shown = ls.tasks.get(task.id).data["flags"]
+    assert shown != task.data["flags"] and f"flag {b_flag}" in shown
+    run_qa(ws)  # back to the default: the extra flags are cleared
+    assert set(_flags_of(ws, "B").values()) == {"open", "cleared"}
     with pytest.raises(UsageError, match="chosen when the project is made"):
         push_review(ws, "B", store_as="reviewer", local_root=srv.local_root, **_server(srv))
 
