@@ -39,7 +39,8 @@ install: $(STAMP)
 
 # The whole job on the demo data, from a fresh workspace each time: DICOM exams in, two
 # raters' ITK-SNAP labels synced, agreement, consensus, a frozen split, the tiny model trained
-# on the CPU and scored like the study.
+# on the CPU and scored like the study; last, the labels checked against each other, anatomy
+# and the model, and the head of the review queue.
 DT := cd $(DEMO)/workspace && ../../$(BIN)/datatool
 demo: $(STAMP)
 	$(BIN)/datatool demo-data $(DEMO)/data --patients $(DEMO_PATIENTS) --seed 0
@@ -60,6 +61,8 @@ demo: $(STAMP)
 	$(DT) split check demo
 	$(DT) train --split demo --preset tiny
 	$(DT) score 1
+	$(DT) qa --run 1
+	$(DT) qa list --limit 15
 
 test: $(STAMP) $(LSSTAMP) lint typecheck
 	$(BIN)/python -m pytest -q
@@ -135,6 +138,7 @@ bench: $(STAMP) $(LSSTAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/agreement.py
+	$(BIN)/python bench/qa.py
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/prelabel.py
 

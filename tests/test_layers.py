@@ -26,6 +26,8 @@ FORMAT_MODULES = [
     "datatool.labels.labelstudio.formats",
     "datatool.analysis.metrics",
     "datatool.analysis.plots",
+    "datatool.analysis.shape",
+    "datatool.core.flags",
 ]
 DATABASE = ("sqlalchemy", "alembic", "datatool.core.catalogue", "datatool.core.workspace")
 SERVICE_PACKAGES = ("ingest", "labels", "analysis", "learning", "demo", "report")

@@ -123,3 +123,46 @@ def overlays_png(
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def outline_rgba(mask: np.ndarray, protocol, highlight: int | None = None) -> np.ndarray:
+    """An RGBA overlay of each structure's outline in its protocol colour (the ``highlight``
+    value's outline three pixels wide, the others one), transparent elsewhere."""
+    from scipy import ndimage
+
+    rgba = np.zeros((*mask.shape, 4), np.float32)
+    for s in protocol.structures:
+        binary = mask == s.value
+        if not binary.any():
+            continue
+        inner = ndimage.binary_erosion(binary, iterations=3 if s.value == highlight else 1)
+        edge = binary & ~inner
+        rgba[edge] = (*(c / 255 for c in s.color), 1.0)
+    return rgba
+
+
+def qa_panels_png(
+    path: Path,
+    image: np.ndarray,
+    panels: list[tuple[str, np.ndarray | None]],
+    protocol,
+    highlight: int | None,
+    title: str,
+) -> Path:
+    """One image beside itself with several label maps' outlines (the flagged label, the
+    model's draft, another rater's): ``panels`` are (title, label map or None)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.9), dpi=100)
+    axes = np.atleast_1d(axes)
+    for ax, (name, mask) in zip(axes, panels):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        if mask is not None:
+            ax.imshow(outline_rgba(mask, protocol, highlight), interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.01, wspace=0.03)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -7,8 +7,19 @@ packages. Exit codes: 0 all well, 1 something was rejected or a check failed, 2 
 of ``common``, each in its help panel; ``common.COMMAND_ORDER`` orders ``--help``.
 """
 
-from datatool.cli import agreement, assist, dataset, itksnap, labels, labelstudio, model, splits
+from datatool.cli import (
+    agreement,
+    assist,
+    dataset,
+    itksnap,
+    labels,
+    labelstudio,
+    model,
+    qa,
+    splits,
+)
 from datatool.cli.common import (
+    PANEL_ASSIST,
     PANEL_LABELS,
     PANEL_MODEL,
     app,
@@ -24,6 +35,7 @@ app.add_typer(export_app, name="export", rich_help_panel=PANEL_LABELS)
 app.add_typer(labelstudio_app, name="labelstudio", rich_help_panel=PANEL_LABELS)
 app.add_typer(sync_app, name="sync", rich_help_panel=PANEL_LABELS)
 app.add_typer(split_app, name="split", rich_help_panel=PANEL_MODEL)
+app.add_typer(qa.qa_app, name="qa", rich_help_panel=PANEL_ASSIST)
 
 __all__ = [
     "agreement",
@@ -34,5 +46,6 @@ __all__ = [
     "labels",
     "labelstudio",
     "model",
+    "qa",
     "splits",
 ]

@@ -60,6 +60,8 @@ COMMAND_ORDER = [
     "runs",
     "prelabel",
     "serve",
+    "qa",
+    "next",
 ]
 
 

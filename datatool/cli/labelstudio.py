@@ -14,6 +14,7 @@ from datatool.cli.common import (
     CsvOpt,
     JsonOpt,
     WorkspaceOpt,
+    finish,
     guarded,
     labelstudio_app,
     progress_bar,
@@ -22,10 +23,11 @@ from datatool.cli.common import (
 )
 from datatool.cli.labels import show_sync_report
 from datatool.cli.render import Block, Table
-from datatool.labels.labelstudio.modes import ServeMode
+from datatool.labels.labelstudio.modes import ReviewStoreAs, ServeMode
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
     from datatool.labels.labelstudio.connect import ConnectReport
+    from datatool.labels.labelstudio.review import ReviewPushReport, ReviewSyncReport
     from datatool.labels.labelstudio.sync import PushReport
 
 UrlOpt = typer.Option(
@@ -60,10 +62,82 @@ def _push_view(r: PushReport) -> Iterator[Block]:
     yield f"project {r.project_id} '{r.title}'; images served by {served}"
 
 
+def _review_push_view(r: ReviewPushReport) -> Iterator[Block]:
+    table = Table(
+        "review projects",
+        ["rater", "project", "stores as", "flagged labels", "tasks created", "updated",
+         "already there"],
+        name="review",
+    )  # fmt: skip
+    for p in r.projects:
+        stores = p.store_as.value + (f" {p.reviewer}" if p.reviewer else "")
+        table.add(
+            p.rater,
+            f"{p.project_id}" + (" (new)" if p.created else ""),
+            stores,
+            p.labels,
+            p.tasks_created,
+            p.tasks_updated,
+            p.already + p.recovered,
+        )
+    yield table
+    yield (
+        "each task: the flags in words, the label in question pre-loaded, the model's draft and "
+        "the other raters' labels as predictions; bring the reviews in with "
+        "'datatool sync labelstudio --review'"
+    )
+
+
+def _review_push(rater, store_as, reviewer, run, title, serve, local_root, url, token,
+                 json_out, csv_out, ws_path) -> None:  # fmt: skip
+    from datatool.labels.labelstudio.review import push_review
+
+    result = push_review(
+        workspace(ws_path),
+        rater,
+        url=url,
+        token=token,
+        store_as=store_as,
+        reviewer=reviewer,
+        run=run,
+        serve=serve,
+        local_root=local_root,
+        title=title,
+    )
+    render.notes(result.notes)
+    render.show(result, _review_push_view, json_out, csv_out)
+
+
 @labelstudio_app.command("push")
 @guarded
 def push(
-    rater: str = typer.Option(..., "--rater", help="The rater whose own project gets the images."),
+    rater: str | None = typer.Option(
+        None,
+        "--rater",
+        help="The rater whose own project gets the images (with --review: whose flagged labels "
+        "are reviewed; default every rater with open flags).",
+    ),
+    review: bool = typer.Option(
+        False,
+        "--review",
+        help="Push the review project instead: one task per label version with open QA "
+        "flags ('datatool qa'), the label in question pre-loaded, the model's draft and the "
+        "other raters' labels as predictions beside it.",
+    ),
+    store_as: ReviewStoreAs | None = typer.Option(
+        None,
+        "--store-as",
+        help="With --review, when the project is made: rater (a review becomes the reviewed "
+        "rater's next label version; the default) or reviewer (the --reviewer's own label).",
+    ),
+    reviewer: str | None = typer.Option(
+        None, "--reviewer", help="With --review --store-as reviewer: the reviewing rater."
+    ),
+    run: int | None = typer.Option(
+        None,
+        "--run",
+        help="With --review: whose drafts to show (default: the run of the label's model flags).",
+    ),
     title: str | None = typer.Option(
         None, help="Title of a new project (3-50 characters; default 'RATER (protocol)')."
     ),
@@ -103,7 +177,26 @@ def push(
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Put images into the rater's own Label Studio project (made on first use), one task per
-    image not yet there. Re-running adds nothing. One project per rater: double-blind."""
+    image not yet there. Re-running adds nothing. One project per rater: double-blind.
+
+    With --review: the review project of each rater with open QA flags (or of --rater), where a
+    reviewer corrects the flagged labels; re-running adds the labels flagged since.
+    """
+    if review:
+        if images is not None or project_id is not None or new_project:
+            raise typer.BadParameter(
+                "--images, --project-id and --new-project are not for --review",
+                param_hint="--review",
+            )
+        _review_push(rater, store_as, reviewer, run, title, serve, local_root, url, token,
+                     json_out, csv_out, ws_path)  # fmt: skip
+        return
+    if rater is None:
+        raise typer.BadParameter("--rater is needed (the rater whose project gets the images)")
+    if store_as is not None or reviewer is not None or run is not None:
+        raise typer.BadParameter(
+            "--store-as, --reviewer and --run go with --review", param_hint="--review"
+        )
     from datatool.labels.labelstudio.sync import push as run_push
     from datatool.labels.matching import parse_image_ids
 
@@ -181,10 +274,31 @@ def connect(
     render.show(result, _connect_view, json_out, csv_out)
 
 
+def _review_sync_view(r: ReviewSyncReport) -> Iterator[Block]:
+    table = Table(f"review sync: projects {', '.join(map(str, r.projects))}", ["outcome", "tasks"])
+    table.add("seen", r.seen)
+    table.add("new label versions", r.new_versions)
+    table.add("unchanged", r.unchanged)
+    table.add("rejected", len(r.rejected))
+    table.add("flags fixed", len(r.flags_fixed))
+    table.add("flags accepted", len(r.flags_accepted))
+    yield table
+
+
 @sync_app.command("labelstudio")
 @guarded
 def sync_labelstudio(
-    rater: str = typer.Option(..., "--rater", help="The rater whose labels these are."),
+    rater: str | None = typer.Option(
+        None,
+        "--rater",
+        help="The rater whose labels these are (with --review: whose review project; default all).",
+    ),
+    review: bool = typer.Option(
+        False,
+        "--review",
+        help="Bring the reviews in from the review project(s) made by 'labelstudio push "
+        "--review', stored as the project was set up to; the flags shown are closed.",
+    ),
     export: Path | None = typer.Option(
         None,
         "--export",
@@ -219,11 +333,30 @@ def sync_labelstudio(
 
     Each task's latest submitted annotation becomes the rater's next label version for the
     image (nothing when unchanged). Exit code 1 when a task was rejected (one line each on
-    stderr); skipped and unlabelled tasks are noted.
+    stderr); skipped and unlabelled tasks are noted. With --review: the reviews of flagged
+    labels, from the review projects.
     """
+    ws = workspace(ws_path)
+    if review:
+        if export is not None or project_id is not None:
+            raise typer.BadParameter(
+                "--export and --project-id are not for --review", param_hint="--review"
+            )
+        from datatool.labels.labelstudio.review import sync_review
+
+        with progress_bar("sync review", enabled=not json_out) as progress:
+            result = sync_review(
+                ws, rater, url=url, token=token, allow_empty=allow_empty, progress=progress
+            )
+        render.problems(result.rejected, "rejected")
+        if not json_out:
+            render.notes(result.notes)
+        render.show(result, _review_sync_view, json_out, csv_out)
+        finish(result.exit_code)
+    if rater is None:
+        raise typer.BadParameter("--rater is needed (the rater whose labels these are)")
     from datatool.labels.labelstudio.sync import sync_from_export, sync_from_server
 
-    ws = workspace(ws_path)
     if export is None and (dicom_root is not None or field is not None):
         raise typer.BadParameter("--dicom-root and --field go with --export", param_hint="--export")
     with progress_bar("sync labelstudio", enabled=not json_out) as progress:

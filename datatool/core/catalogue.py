@@ -32,6 +32,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+# the QA flags' reasons and statuses live in a light module (the CLI lists them in --help)
+from datatool.core.flags import FlagReason as FlagReason
+from datatool.core.flags import FlagStatus as FlagStatus
+
 
 class FileStatus(StrEnum):
     """What ingest made of a source file (rejected files leave no row)."""
@@ -357,6 +361,74 @@ class Setting(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+class QAFlag(Base):
+    """A reason to review one structure of one label version (``datatool qa``). At most one
+    flag per (annotation, structure, reason): a re-run updates its evidence instead of adding
+    another. Closed by a reviewer (fixed, accepted), by a new version of the label
+    (superseded) or by a later check that no longer finds it (cleared); never deleted."""
+
+    __tablename__ = "qa_flags"
+    __table_args__ = (UniqueConstraint("annotation_id", "structure", "reason"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), nullable=False, index=True)
+    annotation_id: Mapped[int] = mapped_column(
+        ForeignKey("annotations.id"), nullable=False, index=True
+    )  # the label version flagged
+    structure: Mapped[str] = mapped_column(String(64), nullable=False)
+    reason: Mapped[str] = mapped_column(String(24), nullable=False, index=True)  # a FlagReason
+    severity: Mapped[float] = mapped_column(Float, nullable=False)  # how far past the threshold
+    evidence: Mapped[Any] = mapped_column(JSON, nullable=False)  # the numbers behind it
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))  # the model, if it was used
+    status: Mapped[str] = mapped_column(String(16), nullable=False, index=True)  # a FlagStatus
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+    annotation: Mapped[Annotation] = relationship()
+
+
+class ReviewProject(Base):
+    """A Label Studio project where a reviewer corrects one rater's flagged labels. Kept apart
+    from the raters' own projects (``labelstudio_projects``): pushing or syncing a rater never
+    touches it. ``store_as``: ``rater`` (the reviewer's label becomes the rater's next version)
+    or ``reviewer`` (it is stored as the reviewer's own label)."""
+
+    __tablename__ = "qa_review_projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(Integer, unique=True, nullable=False)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id"), nullable=False, index=True)
+    store_as: Mapped[str] = mapped_column(String(16), nullable=False)
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("raters.id"))
+    title: Mapped[str] = mapped_column(String(256), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    rater: Mapped[Rater] = relationship(foreign_keys=[rater_id])
+    reviewer: Mapped[Rater | None] = relationship(foreign_keys=[reviewer_id])
+
+
+class ReviewTask(Base):
+    """One flagged label version in a review project, and what its review brought back."""
+
+    __tablename__ = "qa_review_tasks"
+    __table_args__ = (
+        UniqueConstraint("review_project_id", "task_id"),
+        UniqueConstraint("review_project_id", "annotation_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    review_project_id: Mapped[int] = mapped_column(
+        ForeignKey("qa_review_projects.id"), nullable=False, index=True
+    )
+    task_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), nullable=False)
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id"), nullable=False)
+    flags: Mapped[Any] = mapped_column(JSON, nullable=False)  # ids of the flags shown
+    # the label version stored from the review (None: nothing stored yet)
+    stored_annotation_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
+    ls_annotation_id: Mapped[int | None] = mapped_column(Integer)  # the review synced last
+    ls_updated: Mapped[str | None] = mapped_column(String(40))  # and when it was last changed
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
 
 
 class AuditEntry(Base):

@@ -3,6 +3,12 @@
 A protocol is declarative: names, ITK-SNAP label values and colours, Label Studio names and
 aliases. Everything else (ITK-SNAP label description files, Label Studio configs, model class
 lists) is generated from it.
+
+A protocol may also state what a plausible label looks like, for ``datatool qa``: per structure
+the most connected components it may have, whether it may have holes and whether it must lie
+inside the view; for the view, relations the structures keep (checked on centroids) and which
+side of the image shows the patient's lateral side, per leg. All of it is optional: what a
+protocol leaves out is not checked.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ class Structure:
     value: int
     color: tuple[int, int, int]
     aliases: tuple[str, ...] = ()
+    max_components: int | None = None  # None: any number (not checked)
+    holes: bool = True  # False: a hole in the structure is flagged
+    in_view: bool = False  # True: touching the image edge or the blanked area is flagged
 
     @property
     def hex_color(self) -> str:
@@ -42,11 +51,38 @@ class Structure:
         return wanted == self.name.casefold() or wanted in (a.casefold() for a in self.aliases)
 
 
+RELATIONS = ("superficial to", "deep to", "lateral to", "medial to")
+IMAGE_SIDES = ("left", "right")
+
+
+@dataclass(frozen=True)
+class Relation:
+    """``structure`` lies ``relation`` ``other`` (one of :data:`RELATIONS`), compared on the
+    structures' centroids. Superficial is up in the image (the probe lies on the top row);
+    lateral needs the leg and :attr:`Protocol.lateral_side`."""
+
+    structure: str
+    relation: str
+    other: str
+
+    def __str__(self) -> str:
+        return f"{self.structure} {self.relation} {self.other}"
+
+
 @dataclass(frozen=True)
 class Protocol:
     name: str
     title: str
     structures: tuple[Structure, ...] = field(default_factory=tuple)
+    relations: tuple[Relation, ...] = ()
+    # leg (DICOM Laterality, L or R) -> the image side ("left": column 0) showing the
+    # patient's lateral side, in the display orientation the study uses
+    lateral_side: tuple[tuple[str, str], ...] = ()
+
+    def lateral_image_side(self, leg: str | None) -> str | None:
+        """ "left" or "right": where the lateral side of this leg appears; None when the leg
+        or the protocol does not say."""
+        return dict(self.lateral_side).get((leg or "").upper())
 
     @property
     def values(self) -> tuple[int, ...]:
@@ -107,19 +143,60 @@ def load_protocol_file(path: Path) -> Protocol:
         if len(rgb) != 3:
             raise ValueError(f"{path}: colour of {entry['name']!r} must be [R, G, B]")
         color = (rgb[0], rgb[1], rgb[2])
+        max_components = entry.get("max_components")
+        if max_components is not None and (
+            isinstance(max_components, bool) or int(max_components) < 1
+        ):
+            raise ValueError(f"{path}: max_components of {entry['name']!r} must be 1 or more")
         structures.append(
             Structure(
                 name=str(entry["name"]),
                 value=value,
                 color=color,
                 aliases=tuple(str(a) for a in entry.get("aliases", ()) or ()),
+                max_components=None if max_components is None else int(max_components),
+                holes=_flag(path, entry, "holes", True),
+                in_view=_flag(path, entry, "in_view", False),
             )
         )
+    names = {s.name for s in structures}
+    relations = []
+    for entry in data.get("relations") or ():
+        try:
+            relation = Relation(
+                str(entry["structure"]), str(entry["relation"]), str(entry["other"])
+            )
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"{path}: a relation needs 'structure', 'relation' and 'other'"
+            ) from None
+        if relation.relation not in RELATIONS:
+            raise ValueError(
+                f"{path}: relation {relation.relation!r} is not one of {', '.join(RELATIONS)}"
+            )
+        unknown = {relation.structure, relation.other} - names
+        if unknown:
+            raise ValueError(f"{path}: relation {relation} names unknown structure(s) {unknown}")
+        relations.append(relation)
+    lateral = data.get("lateral_side") or {}
+    if not isinstance(lateral, dict) or any(
+        str(k).upper() not in ("L", "R") or v not in IMAGE_SIDES for k, v in lateral.items()
+    ):
+        raise ValueError(f"{path}: lateral_side maps L and R to left or right")
     return Protocol(
         name=str(data.get("name", path.stem)),
         title=str(data.get("title", "")),
         structures=tuple(structures),
+        relations=tuple(relations),
+        lateral_side=tuple(sorted((str(k).upper(), str(v)) for k, v in lateral.items())),
     )
+
+
+def _flag(path: Path, entry: dict, key: str, default: bool) -> bool:
+    value = entry.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{path}: {key} of {entry['name']!r} must be true or false")
+    return value
 
 
 @lru_cache(maxsize=16)

@@ -18,12 +18,15 @@ from sqlalchemy.orm import Session
 
 from datatool.core.catalogue import (
     Annotation,
+    FlagStatus,
     Image,
+    QAFlag,
     Rater,
     RaterKind,
     Run,
     StructureStats,
     audit,
+    current_user,
     utcnow,
 )
 from datatool.core.errors import UsageError
@@ -243,7 +246,49 @@ def store_annotations(
         )
         for (k, version, digest), new_id in zip(pending, new_ids):
             results[k] = Stored(new_id, version, digest, True)
+        # the versions these replace: their open QA flags are closed
+        replaced = {
+            latest[entries[k][0].id].id: new_id
+            for (k, _, _), new_id in zip(pending, new_ids)
+            if entries[k][0].id in latest
+        }
+        if replaced:
+            close_superseded_flags(session, replaced, entries[0][2])
     return [r for r in results if r is not None]  # every place is filled
+
+
+def close_superseded_flags(session: Session, replaced: dict[int, int], source: str) -> int:
+    """Close the open QA flags of label versions that a new version replaced (``replaced``:
+    old annotation id -> new one), audited; returns how many were closed."""
+    flags = [
+        flag
+        for chunk in in_chunks(sorted(replaced))
+        for flag in session.scalars(
+            select(QAFlag).where(QAFlag.annotation_id.in_(chunk), QAFlag.status == FlagStatus.open)
+        )
+    ]
+    if not flags:
+        return 0
+    now, who = utcnow(), current_user()
+    for flag in flags:
+        flag.status = FlagStatus.superseded
+        flag.resolved_at, flag.resolved_by = now, who
+        flag.note = (
+            f"closed by a new version of the label (annotation {replaced[flag.annotation_id]})"
+        )
+    audit(
+        session,
+        "qa",
+        "flags closed by a new label version",
+        source=source,
+        flags=[f.id for f in flags],
+        versions={
+            str(old): new
+            for old, new in replaced.items()
+            if old in {f.annotation_id for f in flags}
+        },
+    )
+    return len(flags)
 
 
 def store_annotation(

@@ -15,6 +15,9 @@ Per image a :class:`Draft` holds the label map in protocol values at the image's
 its ``score`` (the mean of the highest class probability over the pixels drafted as a
 structure; 0 when nothing is drafted) and its ``entropy`` (the mean predictive entropy of the
 softmax over the image, in nats: high where the model hesitates).
+
+:func:`ensure_drafts` stores drafts as annotations of rater ``model:RUN`` (``labels.drafts``),
+once per image and checkpoint, for the checks that compare labels with the model.
 """
 
 from __future__ import annotations
@@ -24,10 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 
+from datatool.core.catalogue import Image, audit
 from datatool.core.errors import DatatoolError
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
+from datatool.labels.annotations import store_annotations
+from datatool.labels.drafts import draft_ref, drafts_of, model_rater, model_rater_name
 from datatool.learning.data import GRAY_MEAN, GRAY_STD
 from datatool.learning.device import autocast, channels_last, resolve_device
 from datatool.learning.options import CheckpointChoice, DeviceChoice, choice
@@ -169,4 +176,101 @@ def _draft(p, values: np.ndarray, keep: bool) -> Draft:
     )
 
 
-__all__ = ["PAD_MULTIPLE", "Draft", "RunModel", "load_run_model", "predict"]
+STORE_CHUNK = 64  # images read, drafted and stored at a time (memory stays flat)
+
+
+@dataclass
+class DraftsStored:
+    """What :func:`ensure_drafts` did: every image asked for has a draft of the run's
+    checkpoint in ``annotations`` (image id -> annotation id of rater model:RUN)."""
+
+    run: int
+    rater: str
+    checkpoint: str  # store hash of the checkpoint the drafts come from
+    predicted: int  # images drafted now
+    reused: int  # images that had a draft of this checkpoint already
+    annotations: dict[int, int] = field(repr=False)
+
+
+def ensure_drafts(
+    ws: Workspace,
+    run_id: int,
+    image_ids: Sequence[int],
+    checkpoint: str = CheckpointChoice.best,
+    device: str = DeviceChoice.auto,
+    batch: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> DraftsStored:
+    """Whole-image drafts of the run for these images, stored as annotations of rater
+    model:RUN (source_ref ``draft of run RUN checkpoint DIGEST12``). Images that have a draft
+    of the same checkpoint are not predicted again; the model is loaded only when one lacks it."""
+    from datatool.learning.training import run_summary
+
+    checkpoint = choice(CheckpointChoice, checkpoint, "--checkpoint")
+    run = run_summary(ws, run_id)
+    digest = run.best_checkpoint if checkpoint == CheckpointChoice.best else run.last_checkpoint
+    if digest is None:
+        raise DatatoolError(
+            f"run {run_id} has no {checkpoint} checkpoint yet (still in its first epoch, or it "
+            f"failed before one): see 'datatool runs'"
+        )
+    wanted = sorted({int(i) for i in image_ids})
+    with ws.session() as s:
+        have = {i: a.id for i, a in drafts_of(s, run_id, wanted, checkpoint=digest).items()}
+    todo = [i for i in wanted if i not in have]
+    if todo:
+        model = load_run_model(ws, run_id, checkpoint=checkpoint, device=device)
+        protocol = load_protocol(ws.protocol_name)
+        ref = draft_ref(run_id, digest)
+        for start in range(0, len(todo), STORE_CHUNK):
+            chunk = todo[start : start + STORE_CHUNK]
+            with ws.session() as s:
+                images = list(
+                    s.scalars(select(Image).where(Image.id.in_(chunk)).order_by(Image.id))
+                )
+                arrays = [ws.store.get_array(image.store_hash) for image in images]
+            drafts = predict(model, arrays, batch=batch)
+            with ws.session() as s:
+                rater = model_rater(s, run_id)
+                assert rater is not None
+                stored = store_annotations(
+                    s,
+                    ws.store,
+                    rater,
+                    [
+                        (image, d.labels, model_rater_name(run_id), ref)
+                        for image, d in zip(images, drafts)
+                    ],
+                    protocol,
+                )
+                have.update((image.id, st.annotation_id) for image, st in zip(images, stored))
+            if progress:
+                progress(start + len(chunk), len(todo))
+        with ws.session() as s:
+            audit(
+                s,
+                "qa",
+                "drafts",
+                run=run_id,
+                checkpoint=digest[:12],
+                images=len(todo),
+            )
+    return DraftsStored(
+        run=run_id,
+        rater=model_rater_name(run_id),
+        checkpoint=digest,
+        predicted=len(todo),
+        reused=len(wanted) - len(todo),
+        annotations=have,
+    )
+
+
+__all__ = [
+    "PAD_MULTIPLE",
+    "Draft",
+    "DraftsStored",
+    "RunModel",
+    "ensure_drafts",
+    "load_run_model",
+    "predict",
+]

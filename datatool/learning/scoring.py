@@ -55,7 +55,8 @@ from datatool.core.catalogue import (
 from datatool.core.errors import DatatoolError
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
-from datatool.labels.annotations import in_chunks, latest_annotations_query, store_annotation
+from datatool.labels.annotations import in_chunks, latest_annotations_query, store_annotations
+from datatool.labels.drafts import draft_ref, model_rater, model_rater_name
 from datatool.learning.data import (
     Items,
     centre_crop,
@@ -447,13 +448,14 @@ def _whole_image(
     items: Items,
     lut: np.ndarray,
     names: list[str],
-    store_as: tuple[int, Protocol] | None,
+    store_as: tuple[int, str, Protocol] | None,
     progress: Callable[[int, int], None] | None,
     chunk: int = 16,
 ) -> tuple[pd.DataFrame, int]:
     """The whole-image drafts against the reference at the image's own size (the long
-    table), stored as annotations of rater model:RUN when ``store_as`` (run, protocol) is
-    given (returns how many were new)."""
+    table), stored as annotations of rater model:RUN when ``store_as`` (run, checkpoint
+    digest, protocol) is given, as ``inference.ensure_drafts`` stores them (so qa, next and
+    review find them and do not predict again); returns how many were new."""
     rows: list[dict] = []
     created = 0
     n = len(items.image_ids)
@@ -568,7 +570,7 @@ def score_run(
         items,
         lut,
         names,
-        (run_id, protocol) if store_predictions else None,
+        (run_id, digest, protocol) if store_predictions else None,
         progress,
     )
     labels = _rater_labels(ws, run.split, items.image_ids)
@@ -627,26 +629,26 @@ def _record(ws: Workspace, result: ScoreResult, out: Path) -> None:
 def _store_predictions(
     ws: Workspace,
     run_id: int,
+    checkpoint: str,
     protocol: Protocol,
     image_ids: list[int],
     labels: list[np.ndarray],
 ) -> int:
     """Whole-image drafts (protocol values, each at its image's own size) as annotations of
-    rater model:RUN; returns how many were new versions."""
-    name = f"model:{run_id}"
-    created = 0
+    rater model:RUN with the checkpoint's draft reference; returns how many were new."""
+    ref = draft_ref(run_id, checkpoint)
     with ws.session() as s:
-        rater = s.scalar(select(Rater).where(Rater.name == name))
-        if rater is None:
-            rater = Rater(name=name, kind=RaterKind.model)
-            s.add(rater)
-            s.flush()
-        for image_id, label_map in zip(image_ids, labels):
-            image = s.execute(select(Image).where(Image.id == image_id)).scalar_one()
-            created += store_annotation(
-                s, ws.store, image, rater, label_map, name, f"run {run_id}", protocol
-            ).created
-    return created
+        rater = model_rater(s, run_id)
+        assert rater is not None
+        images = {i.id: i for i in s.scalars(select(Image).where(Image.id.in_(image_ids)))}
+        stored = store_annotations(
+            s,
+            ws.store,
+            rater,
+            [(images[i], m, model_rater_name(run_id), ref) for i, m in zip(image_ids, labels)],
+            protocol,
+        )
+    return sum(1 for st in stored if st.created)
 
 
 def _figures(

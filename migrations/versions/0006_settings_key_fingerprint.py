@@ -1,7 +1,7 @@
 """Workspace settings kept in the catalogue (the pseudonym key's fingerprint).
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-02
 """
 

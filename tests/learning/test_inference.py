@@ -94,3 +94,28 @@ def test_score_and_entropy_of_a_hand_made_draft():
     assert draft.entropy == pytest.approx(expected, rel=1e-5)
     empty = _draft(torch.tensor([[[1.0]], [[0.0]], [[0.0]]]), values, keep=False)
     assert empty.score == 0.0 and empty.entropy == pytest.approx(0.0, abs=1e-9)
+
+
+def test_drafts_are_stored_once_per_checkpoint(trained):
+    from datatool.labels.drafts import drafts_of
+    from datatool.learning.inference import ensure_drafts
+
+    ws, run = trained
+    with ws.session() as s:
+        ids = sorted(s.scalars(select(Image.id)))[:3]
+    made = ensure_drafts(ws, run, ids, device="cpu")
+    assert made.predicted + made.reused == 3 and made.rater == f"model:{run}"
+    again = ensure_drafts(ws, run, ids, device="cpu")
+    assert (again.predicted, again.reused) == (0, 3) and again.annotations == made.annotations
+    with ws.session() as s:
+        found = drafts_of(s, run, ids)
+        assert {a.id for a in found.values()} == set(made.annotations.values())
+        assert {a.source_ref for a in found.values()} == {
+            f"draft of run {run} checkpoint {made.checkpoint[:12]}"
+        }
+        assert drafts_of(s, run, ids, checkpoint="0" * 64) == {}
+    model = load_run_model(ws, run, device="cpu")
+    images = _images(ws, 4)
+    with ws.session() as s:
+        stored = {i: ws.store.get_array(a.mask_hash) for i, a in drafts_of(s, run, ids).items()}
+    np.testing.assert_array_equal(stored[ids[0]], predict(model, images[:1])[0].labels)

@@ -12,3 +12,12 @@ class ServeMode(StrEnum):
 
     local = "local"
     upload = "upload"
+
+
+class ReviewStoreAs(StrEnum):
+    """Where a review project's corrected labels go (chosen when the project is made):
+    ``rater``: the reviewed rater's next label version; ``reviewer``: the reviewer's own label
+    (rater ``--reviewer``), beside the rater's."""
+
+    rater = "rater"
+    reviewer = "reviewer"

@@ -1,0 +1,295 @@
+"""The review queue (datatool.analysis.qa) on constructed labels: every check fires on its case
+and not on a clean label, re-runs add no duplicates, a new version closes the old one's flags,
+the ranking, resolving, the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from datatool.analysis.qa import Thresholds, list_queue, resolve_flag, run_qa, write_report
+from datatool.core.catalogue import AuditEntry, FlagReason, FlagStatus, Image, QAFlag
+from datatool.core.errors import DatatoolError, UsageError
+from datatool.labels.annotations import add_rater
+from tests.qa_util import P, V, clean, clone, ellipse, flags, images_of, qa_ws, relabel
+
+__all__ = ["qa_ws"]  # the fixture counts as used
+
+R = FlagReason
+
+
+def test_clean_labels_raise_no_flag(qa_ws):
+    result = run_qa(qa_ws)
+    assert result.labels == 24 and result.images == 12 and result.open == 0
+    assert result.raters == ["A", "B"]
+    assert any("no model checks" in n for n in result.notes)
+    assert not flags(qa_ws)
+
+
+def test_every_check_fires_on_its_case_and_only_there(qa_ws):
+    imgs = images_of(qa_ws)
+    cases = {}
+
+    def case(k: int, rater: str, mask: np.ndarray, *expected: tuple[str, str]) -> None:
+        image_id, _ = imgs[k]
+        relabel(qa_ws, rater, image_id, mask)
+        for structure, reason in expected:
+            cases[(image_id, rater, structure, reason)] = True
+
+    side = [s for _, s in imgs]
+    # rater disagreement: B's nerve moved away (both labels flagged), B missed the artery
+    m = clean(side[0], 0, 2.0)
+    m[m == V["sciatic nerve"]] = 0
+    ellipse(m, (362 if side[0] == "L" else 278) + 30, 262, 28, 11, V["sciatic nerve"])
+    case(0, "B", m)
+    cases[(imgs[0][0], "B", "sciatic nerve", "rater_disagreement")] = True
+    cases[(imgs[0][0], "A", "sciatic nerve", "rater_disagreement")] = True
+    m = clean(side[1], 1, 2.0)
+    m[m == V["femoral artery"]] = 0
+    case(1, "B", m)
+    cases[(imgs[1][0], "B", "femoral artery", "rater_disagreement")] = True
+    cases[(imgs[1][0], "A", "femoral artery", "rater_disagreement")] = True
+    # swap: B labels the adductor magnus as the semitendinosus and back (both labels flagged)
+    m = clean(side[2], 2, 2.0)
+    am, st = m == V["adductor magnus"], m == V["semitendinosus"]
+    m[am], m[st] = V["semitendinosus"], V["adductor magnus"]
+    case(2, "B", m)
+    for who in ("A", "B"):
+        for structure in ("adductor magnus", "semitendinosus"):
+            cases[(imgs[2][0], who, structure, "swap")] = True
+    # shape: a second nerve piece; a hole in the femur; an artery on the blanked area's edge
+    m = clean(side[3], 3)
+    ellipse(m, 320, 420, 6, 4, V["sciatic nerve"])
+    case(3, "A", m, ("sciatic nerve", "components"))
+    m = clean(side[4], 4)
+    ellipse(m, 240 if side[4] == "L" else 400, 235, 8, 6, 0)
+    case(4, "A", m, ("femur", "holes"))
+    m = clean(side[5], 5)
+    m[m == V["femoral artery"]] = 0
+    ellipse(m, 320, 52, 14, 10, V["femoral artery"])  # the region starts at row 48
+    case(5, "A", m, ("femoral artery", "edge"), ("femoral artery", "rater_disagreement"))
+    cases[(imgs[5][0], "B", "femoral artery", "rater_disagreement")] = True
+    # size: a femur three times the usual area (its outline kept, so only the size is odd)
+    m = clean(side[6], 6)
+    m[m == V["femur"]] = 0
+    ellipse(m, 240 if side[6] == "L" else 400, 235, 70, 50, V["femur"])
+    case(6, "A", m, ("femur", "size"), ("femur", "rater_disagreement"))
+    cases[(imgs[6][0], "B", "femur", "rater_disagreement")] = True
+    # anatomy: the femur drawn on the medial side, in both raters' labels (they agree)
+    for who, shift in (("A", 0.0), ("B", 2.0)):
+        m = clean(side[7], 7, shift)
+        m[m == V["femur"]] = 0
+        ellipse(m, (470 if side[7] == "L" else 170) + shift, 400, 40, 30, V["femur"])
+        case(7, who, m, ("femur", "anatomy"))
+    # the artery below the nerve, in both raters' labels
+    for who, shift in (("A", 0.0), ("B", 2.0)):
+        m = clean(side[8], 8, shift)
+        m[m == V["femoral artery"]] = 0
+        ellipse(m, (380 if side[8] == "L" else 260) + shift, 300, 12, 12, V["femoral artery"])
+        case(8, who, m, ("femoral artery", "anatomy"))
+
+    run_qa(qa_ws)
+    found = flags(qa_ws)
+    assert found == set(cases), (sorted(found - set(cases)), sorted(set(cases) - found))
+    clean_images = {i for i, _ in imgs[9:]}
+    assert not {f for f in found if f[0] in clean_images}
+    with qa_ws.session() as s:
+        hole = s.scalar(select(QAFlag).where(QAFlag.reason == "holes"))
+        assert hole.evidence["holes"] == 1 and hole.evidence["hole_px"] > 100
+        size = s.scalar(select(QAFlag).where(QAFlag.reason == "size"))
+        assert size.evidence["unit"] == "mm2" and size.evidence["robust_z"] > 3.5
+        anatomy = {
+            f.evidence["relation"]
+            for f in s.scalars(select(QAFlag).where(QAFlag.reason == "anatomy"))
+        }
+        assert anatomy == {
+            "femur lateral to sciatic nerve",
+            "femoral artery superficial to sciatic nerve",
+        }
+
+
+def test_thresholds_move_the_rater_check(qa_ws):
+    image_id, side = images_of(qa_ws)[0]
+    m = clean(side, 0, 2.0)
+    m[m == V["sciatic nerve"]] = 0
+    ellipse(m, (362 if side == "L" else 278) + 12, 262, 28, 11, V["sciatic nerve"])  # Dice ~0.6
+    relabel(qa_ws, "B", image_id, m)
+    run_qa(qa_ws, thresholds=Thresholds(rater_dice_below=0.3))
+    assert not flags(qa_ws)
+    run_qa(qa_ws)  # the default, 0.7
+    assert {f[3] for f in flags(qa_ws)} == {"rater_disagreement"}
+    with pytest.raises(UsageError, match="rater-dice-below"):
+        run_qa(qa_ws, thresholds=Thresholds(rater_dice_below=1.5))
+
+
+def test_rerunning_adds_no_duplicate_and_a_new_version_closes_the_old_flags(qa_ws):
+    image_id, side = images_of(qa_ws)[1]
+    m = clean(side, 1, 2.0)
+    m[m == V["femoral artery"]] = 0
+    relabel(qa_ws, "B", image_id, m)
+    first = run_qa(qa_ws)
+    again = run_qa(qa_ws)
+    assert first.open == again.open == 2
+    by = {c.reason: c for c in again.reasons}
+    assert by[R.rater_disagreement].found == 2 and by[R.rater_disagreement].new == 0
+    with qa_ws.session() as s:
+        assert s.query(QAFlag).count() == 2
+    # B draws the artery again: a new version; its old flag is closed at once
+    relabel(qa_ws, "B", image_id, clean(side, 1, 2.0))
+    with qa_ws.session() as s:
+        statuses = {f.annotation.rater.name: f.status for f in s.scalars(select(QAFlag))}
+        assert statuses == {"B": "superseded", "A": "open"}
+        audit = s.scalar(
+            select(AuditEntry).where(AuditEntry.action == "flags closed by a new label version")
+        )
+        assert audit is not None and len(audit.details["flags"]) == 1
+    # A's flag was about the same disagreement: the next check no longer finds it
+    third = run_qa(qa_ws)
+    assert third.open == 0
+    assert {c.reason: c.cleared for c in third.reasons}[R.rater_disagreement] == 1
+    assert flags(qa_ws, FlagStatus.cleared) == {
+        (image_id, "A", "femoral artery", "rater_disagreement")
+    }
+    # B misses it again: A's flag comes back (reopened, the same row), B's new version is flagged
+    relabel(qa_ws, "B", image_id, m)
+    fourth = run_qa(qa_ws)
+    by = {c.reason: c for c in fourth.reasons}
+    assert by[R.rater_disagreement].reopened == 1 and by[R.rater_disagreement].new == 1
+    with qa_ws.session() as s:
+        assert s.query(QAFlag).count() == 3
+
+
+def test_a_resolved_flag_stays_closed_and_the_queue_is_ranked(qa_ws):
+    imgs = images_of(qa_ws)
+    image_id, side = imgs[0]
+    m = clean(side, 0, 2.0)  # B: a slightly smaller nerve (Dice ~0.6) and no artery
+    m[m == V["sciatic nerve"]] = 0
+    ellipse(m, (362 if side == "L" else 278), 262, 16, 8, V["sciatic nerve"])
+    m[m == V["femoral artery"]] = 0
+    relabel(qa_ws, "B", image_id, m)
+    run_qa(qa_ws)
+    q = list_queue(qa_ws)
+    assert [it.rank for it in q.items] == [1, 2, 3, 4]
+    severities = [it.severity for it in q.items]
+    assert severities == sorted(severities, reverse=True)
+    assert {it.structure for it in q.items[:2]} == {"femoral artery"} and severities[0] == 1.0
+    assert 0 < severities[-1] < 1
+    assert "absent here" in {it.rater: it.summary for it in q.items[:2]}["B"]
+    assert list_queue(qa_ws, raters=["B"]).total == 2
+    assert list_queue(qa_ws, reasons=["swap"]).total == 0
+    assert len(list_queue(qa_ws, limit=1).items) == 1 and list_queue(qa_ws, limit=1).total == 4
+    worst = q.items[0]
+    done = resolve_flag(qa_ws, worst.flag, "checked the cine loop: artery out of plane", "accepted")
+    assert done.status == FlagStatus.accepted and done.resolved_by
+    with pytest.raises(DatatoolError, match="only open flags"):
+        resolve_flag(qa_ws, worst.flag, "again", "fixed")
+    with pytest.raises(UsageError, match="note"):
+        resolve_flag(qa_ws, q.items[1].flag, "  ")
+    with pytest.raises(UsageError, match="no flag"):
+        resolve_flag(qa_ws, 999, "x")
+    again = run_qa(qa_ws)  # found again on the same label version: stays accepted
+    assert {c.reason: c.kept_closed for c in again.reasons}[R.rater_disagreement] == 1
+    assert list_queue(qa_ws).total == 3
+    every = list_queue(qa_ws, status=None)
+    assert every.total == 4 and {it.status for it in every.items} == {"open", "accepted"}
+    with qa_ws.session() as s:
+        entry = s.scalar(select(AuditEntry).where(AuditEntry.command == "qa resolve"))
+        assert entry.details["flag"] == worst.flag and entry.details["status"] == "accepted"
+        assert "cine" not in json.dumps(entry.details)  # the note stays with the flag
+
+
+def test_only_the_raters_asked_for_are_checked(qa_ws):
+    image_id, side = images_of(qa_ws)[1]
+    m = clean(side, 1, 2.0)
+    m[m == V["femoral artery"]] = 0
+    relabel(qa_ws, "B", image_id, m)
+    result = run_qa(qa_ws, raters=["B"])
+    assert result.raters == ["B"] and result.labels == 12
+    assert {f[1] for f in flags(qa_ws)} == {"B"}
+    with pytest.raises(UsageError, match="not registered"):
+        run_qa(qa_ws, raters=["nobody"])
+    with pytest.raises(UsageError, match="no run 7"):
+        run_qa(qa_ws, run=7)
+
+
+def test_the_report_writes_the_queue_and_thumbnails(qa_ws, tmp_path):
+    image_id, side = images_of(qa_ws)[2]
+    m = clean(side, 2, 2.0)
+    am, st = m == V["adductor magnus"], m == V["semitendinosus"]
+    m[am], m[st] = V["semitendinosus"], V["adductor magnus"]
+    relabel(qa_ws, "B", image_id, m)
+    run_qa(qa_ws)
+    report = write_report(qa_ws, tmp_path / "r", top=2)
+    lines = (tmp_path / "r" / "queue.csv").read_text().splitlines()
+    assert len(lines) == 1 + report.items == 5 and lines[0].startswith("rank,flag,image")
+    assert len(report.thumbnails) == 2
+    page = (tmp_path / "r" / "index.html").read_text()
+    for png in report.thumbnails:
+        assert png.endswith(".png") and (tmp_path / "r" / "thumbnails").is_dir()
+        assert png.rsplit("/", 1)[1] in page
+    from PIL import Image as PILImage
+
+    with PILImage.open(report.thumbnails[0]) as im:
+        assert im.size[0] > 600  # three panels
+
+
+def test_labels_are_compared_with_the_runs_drafts(trained, tmp_path):
+    """The run's drafts here are constructed (a 3-epoch model drafts little), stored as its
+    whole-image drafts: qa must use them and predict nothing. The labels checked are a
+    consensus's, so that only the model is compared with them."""
+    from datatool.labels.annotations import store_annotations
+    from datatool.labels.drafts import draft_ref, model_rater, model_rater_name
+    from datatool.learning.inference import ensure_drafts
+    from datatool.learning.training import run_summary
+
+    source, run = trained
+    C = "consensus:constructed"
+    ws = clone(source, tmp_path / "ws")
+    checkpoint = run_summary(ws, run).best_checkpoint
+    imgs = images_of(ws)
+    add_rater(ws, C, kind="consensus")
+    drafts = {}
+    for k, (image_id, side) in enumerate(imgs):
+        drafts[image_id] = clean(side, k)
+        relabel(ws, C, image_id, clean(side, k, 2.0))
+    missing, swapped, extra = imgs[0][0], imgs[1][0], imgs[2][0]
+    m = clean(imgs[0][1], 0, 2.0)
+    m[m == V["sciatic nerve"]] = 0  # C misses the nerve the model sees
+    relabel(ws, C, missing, m)
+    m = clean(imgs[1][1], 1, 2.0)
+    am, st = m == V["adductor magnus"], m == V["semitendinosus"]
+    m[am], m[st] = V["semitendinosus"], V["adductor magnus"]
+    relabel(ws, C, swapped, m)
+    drafts[extra][drafts[extra] == V["femoral artery"]] = 0  # the model misses the artery
+    drafts[imgs[3][0]][220:224, 100:104] = V["femoral artery"]  # 16 px: not "present"
+    with ws.session() as s:
+        rater = model_rater(s, run)
+        images = {i.id: i for i in s.scalars(select(Image))}
+        store_annotations(
+            s, ws.store, rater,
+            [(images[i], d, model_rater_name(run), draft_ref(run, checkpoint))
+             for i, d in drafts.items()],
+            P,
+        )  # fmt: skip
+    result = run_qa(ws, run=run, raters=[C], drafts=ensure_drafts)
+    assert (result.drafts_predicted, result.drafts_reused) == (0, len(imgs))
+    assert flags(ws) == {
+        (missing, C, "sciatic nerve", "model_disagreement"),
+        (swapped, C, "adductor magnus", "swap"),
+        (swapped, C, "semitendinosus", "swap"),
+        (extra, C, "femoral artery", "model_disagreement"),
+    }
+    q = list_queue(ws, reasons=["model_disagreement"])
+    summaries = {it.image_id: it.summary for it in q.items}
+    assert summaries[missing].startswith("absent here") and "model:" in summaries[missing]
+    assert "absent in model" in summaries[extra]
+    assert all(it.run == run for it in q.items)
+    swap = list_queue(ws, reasons=["swap"]).items[0]
+    assert swap.evidence["source"] == model_rater_name(run) and swap.evidence["lies_on"]
+    # without the function that makes drafts, the stored ones are used all the same
+    again = run_qa(ws, run=run, raters=[C])
+    assert again.drafts_reused == len(imgs) and again.open == 4
+    assert {c.reason: c.found for c in again.reasons}[R.model_disagreement] == 2

@@ -1,0 +1,54 @@
+"""Label protocols: the QA keys (components, holes, view, relations, lateral side)."""
+
+from __future__ import annotations
+
+import pytest
+
+from datatool.core.protocol import Relation, load_protocol, load_protocol_file
+
+
+def test_the_study_protocol_states_what_a_plausible_label_looks_like():
+    p = load_protocol("anterior_sciatic")
+    by = {s.name: s for s in p.structures}
+    for name in ("femur", "sciatic nerve", "femoral artery"):
+        assert by[name].max_components == 1 and not by[name].holes and by[name].in_view
+    for name in ("adductor magnus", "semitendinosus"):  # muscles may be larger
+        assert by[name].max_components == 2 and by[name].holes and not by[name].in_view
+    assert Relation("femoral artery", "superficial to", "sciatic nerve") in p.relations
+    assert Relation("femur", "lateral to", "sciatic nerve") in p.relations
+    # the demo generator's display: a left leg's lateral side on the image's left
+    assert p.lateral_image_side("L") == "left" and p.lateral_image_side("r") == "right"
+    assert p.lateral_image_side(None) is None
+
+
+def _write(tmp_path, extra: str, structure_extra: str = ""):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "name: p\nstructures:\n"
+        f"  - {{name: a, value: 1, color: [1, 2, 3]{structure_extra}}}\n"
+        "  - {name: b, value: 2, color: [1, 2, 3]}\n" + extra
+    )
+    return path
+
+
+def test_the_qa_keys_are_optional(tmp_path):
+    p = load_protocol_file(_write(tmp_path, ""))
+    assert p.relations == () and p.lateral_side == ()
+    assert all(s.max_components is None and s.holes and not s.in_view for s in p.structures)
+    assert p.lateral_image_side("L") is None
+
+
+@pytest.mark.parametrize(
+    "extra,structure_extra,message",
+    [
+        ("relations:\n  - {structure: a, relation: above, other: b}\n", "", "not one of"),
+        ("relations:\n  - {structure: a, relation: deep to, other: c}\n", "", "unknown"),
+        ("relations:\n  - {structure: a}\n", "", "needs"),
+        ("lateral_side: {L: up}\n", "", "lateral_side"),
+        ("", ", max_components: 0", "max_components"),
+        ("", ", holes: sometimes", "true or false"),
+    ],
+)
+def test_bad_qa_keys_are_refused(tmp_path, extra, structure_extra, message):
+    with pytest.raises(ValueError, match=message):
+        load_protocol_file(_write(tmp_path, extra, structure_extra))

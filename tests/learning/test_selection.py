@@ -1,0 +1,169 @@
+"""What to label next (datatool.learning.selection): the ranking on a model of known
+uncertainty, the cap per patient, and the push of the list (with drafts) to Label Studio."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask
+from datatool.core.errors import UsageError
+from datatool.core.protocol import load_protocol
+from datatool.ingest.pipeline import ingest
+from datatool.labels.annotations import add_rater, get_rater, store_annotation
+from tests.labelstudio_server import labelstudio_server
+from tests.qa_util import clone
+
+torch = pytest.importorskip("torch")
+
+from datatool.learning.data import GRAY_MEAN, GRAY_STD  # noqa: E402
+from datatool.learning.inference import RunModel  # noqa: E402
+from datatool.learning.selection import next_images, rank_next  # noqa: E402
+
+__all__ = ["labelstudio_server"]  # the fixture counts as used
+
+# (brightness, patient) of the constructed images
+IMAGES = [(200, "P0"), (40, "P0"), (120, "P0"), (80, "P1"), (160, "P1"), (20, "P1")]
+
+
+class Brightness(torch.nn.Module):
+    """A model of known uncertainty: every pixel gets the same logits, background's growing
+    with the image's mean brightness, so the brighter the image, the surer the model (the
+    mean predictive entropy falls as the brightness rises)."""
+
+    def forward(self, x):
+        raw = x[:, :1] * GRAY_STD + GRAY_MEAN  # back to gray in [0, 1] (padding is 0)
+        b, _, h, w = x.shape
+        logits = torch.zeros(b, 6, h, w)
+        logits[:, 0] = 12.0 * raw.mean(dim=(1, 2, 3))[:, None, None]
+        return logits
+
+
+def known_model() -> RunModel:
+    return RunModel(
+        run_id=0,
+        split="none",
+        split_hash="0" * 64,
+        preset="tiny",
+        checkpoint="best",
+        config={"resize": [48, 64]},
+        network=Brightness(),
+        device=torch.device("cpu"),
+        values=np.array([0, *load_protocol().values], np.uint8),
+    )
+
+
+@pytest.fixture()
+def uniform_ws(ws, demo_dir, tmp_path):
+    """Six uniform grey images of two patients, made from a demo DICOM file."""
+    template = next(
+        ds
+        for ds in (pydicom.dcmread(p) for p in sorted((demo_dir / "dicom").rglob("*.dcm")))
+        if ds.PhotometricInterpretation == "MONOCHROME2"
+        and not ds.file_meta.TransferSyntaxUID.is_compressed
+    )
+    folder = tmp_path / "uniform"
+    folder.mkdir()
+    for k, (level, patient) in enumerate(IMAGES):
+        ds = template.copy()
+        ds.PixelData = np.full((ds.Rows, ds.Columns), level, np.uint8).tobytes()
+        ds.PatientID = patient
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        (folder / f"u{k}.dcm").write_bytes(buf.getvalue())
+    report = ingest(ws, [folder], workers=0)
+    assert report.ingested == len(IMAGES)
+    add_rater(ws, "N")
+    return ws
+
+
+def _levels(ws) -> dict[int, int]:
+    """image id -> its brightness (by the file it came from)."""
+    with ws.session() as s:
+        rows = s.execute(select(Image.id, Image.store_hash)).all()
+    return {i: int(np.median(ws.store.get_array(h)[ws.store.get_array(h) > 0])) for i, h in rows}
+
+
+def test_the_most_uncertain_images_come_first(uniform_ws):
+    model = known_model()
+    levels = _levels(uniform_ws)
+    result = rank_next(uniform_ws, "N", model, n=6, per_patient=6)
+    assert [levels[c.image_id] for c in result.images] == [20, 40, 80, 120, 160, 200]
+    entropies = [c.entropy for c in result.images]
+    assert entropies == sorted(entropies, reverse=True)
+    assert 0 < entropies[-1] < entropies[0] < math.log(6)
+    assert [c.rank for c in result.images] == [1, 2, 3, 4, 5, 6]
+    assert result.unlabelled == 6 and not result.notes
+
+
+def test_a_cap_per_patient_and_labelled_images_left_out(uniform_ws):
+    model = known_model()
+    levels = _levels(uniform_ws)
+    by_level = {v: k for k, v in levels.items()}
+    # the cap: at most one image of each patient, so only two can be listed
+    capped = rank_next(uniform_ws, "N", model, n=3, per_patient=1)
+    assert [levels[c.image_id] for c in capped.images] == [20, 40]
+    assert len({c.patient for c in capped.images}) == 2
+    assert "at most 1 per patient" in capped.notes[0]
+    two = rank_next(uniform_ws, "N", model, n=5, per_patient=2)
+    assert [levels[c.image_id] for c in two.images] == [20, 40, 80, 120]
+    assert rank_next(uniform_ws, "N", model, n=10).per_patient == 1  # a tenth of --n
+    # an image the rater labelled is not listed again
+    with uniform_ws.session() as s:
+        image = s.get(Image, by_level[20])
+        mask = np.zeros((image.rows, image.cols), np.uint8)
+        mask[100:120, 100:120] = 3
+        store_annotation(s, uniform_ws.store, image, get_rater(s, "N"), mask, "itksnap", None,
+                         load_protocol())  # fmt: skip
+    after = rank_next(uniform_ws, "N", model, n=6, per_patient=6)
+    assert [levels[c.image_id] for c in after.images] == [40, 80, 120, 160, 200]
+    assert after.unlabelled == 5 and "only 5 unlabelled" in after.notes[0]
+    with pytest.raises(UsageError):
+        rank_next(uniform_ws, "N", model, n=0)
+    with pytest.raises(UsageError, match="not registered"):
+        rank_next(uniform_ws, "nobody", model)
+
+
+def test_next_pushes_the_list_with_drafts(trained, tmp_path, labelstudio_server):
+    srv = labelstudio_server
+    source, run = trained
+    ws = clone(source, tmp_path / "ws")
+    add_rater(ws, "NEW")
+    kwargs = {
+        "url": srv.url,
+        "token": srv.token,
+        "local_root": srv.local_root,
+        "device": "cpu",
+        "per_patient": 2,  # the demo has three patients
+    }
+    result = next_images(ws, "NEW", n=4, run=run, push=True, drafts=True, **kwargs)
+    assert len(result.images) == 4 and result.run == run
+    assert result.tasks_created == 4 and result.predictions_added == 4
+    from label_studio_sdk import LabelStudio
+
+    ls = LabelStudio(base_url=srv.url, api_key=srv.token)
+    tasks = list(ls.tasks.list(project=result.pushed_project, fields="all"))
+    assert len(tasks) == 4
+    assert all(
+        [p.model_version for p in t.predictions or []] == [result.model_version] for t in tasks
+    )
+    with ws.session() as s:
+        row = s.scalar(
+            select(LabelStudioProject).where(LabelStudioProject.project_id == result.pushed_project)
+        )
+        pushed = set(
+            s.scalars(select(LabelStudioTask.image_id).where(LabelStudioTask.project_id == row.id))
+        )
+    assert pushed == {c.image_id for c in result.images}
+    again = next_images(ws, "NEW", n=4, run=run, push=True, drafts=True, **kwargs)
+    assert (again.tasks_created, again.already_pushed, again.predictions_added) == (0, 4, 0)
+    with pytest.raises(UsageError, match="--drafts goes with --push"):
+        next_images(ws, "NEW", run=run, drafts=True)
