@@ -76,7 +76,13 @@ def flags(ws, status=FlagStatus.open) -> set[tuple[int, str, str, str]]:
 
 def clone(ws, dest):
     """A copy of a workspace (the catalogue through SQLite's backup, so nothing in its WAL is
-    lost), for tests that must start from the shared trained workspace's state."""
+    lost), for tests that must start from the shared trained workspace's state.
+
+    Never copy a live catalogue's files with shutil: closing a file descriptor of the
+    database drops every POSIX lock this process holds on it, including those of the
+    session's open workspace; the next process to close the database then believes it is the
+    last, checkpoints and deletes the WAL, and this process's later writes go to a deleted
+    file that no other process sees (and then fail with 'disk I/O error')."""
     import shutil
     import sqlite3
 

@@ -267,7 +267,7 @@ def _stats(session, annotation_ids: Sequence[int]) -> dict[int, dict[int, tuple]
                 StructureStats.x1,
                 StructureStats.y1,
             ).where(StructureStats.annotation_id.in_(chunk))
-        ).tuples()
+        )
         for ann, value, area, mm2, comps, x0, y0, x1, y1 in rows:
             found[ann][value] = (area, mm2, comps, (x0, y0, x1, y1) if area else None)
     return dict(found)

@@ -45,9 +45,7 @@ def _init_view(r: InitResult) -> Iterator[Block]:
 @app.command(rich_help_panel=PANEL_DATA)
 @guarded
 def init(
-    directory: Path = typer.Argument(
-        Path("."), file_okay=False, help="Folder to make a workspace of."
-    ),
+    directory: Path = typer.Argument(Path("."), help="Folder to make a workspace of."),
     protocol: str = typer.Option("anterior_sciatic", help="Label protocol (schemas/NAME.yaml)."),
     json_out: bool = JsonOpt,
 ):

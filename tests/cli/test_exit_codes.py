@@ -15,12 +15,17 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
+from datatool.analysis.qa import Thresholds, list_queue, run_qa
 from datatool.cli import app
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.labels.labelstudio.formats import mask_to_results
+from datatool.labels.labelstudio.sync import push
+from datatool.learning.serving import PASSWORD_ENV, USER_ENV, Credentials, create_app
+from tests.backend_server import uvicorn_thread
 from tests.cli.test_commands import LEAVES
 from tests.labels_util import ingest_demo_with_labels
+from tests.qa_util import clone
 
 
 @dataclass
@@ -34,6 +39,9 @@ class Site:
     ls_url: str
     ls_token: str
     ls_root: Path
+    drafted: Path = Path("x")  # a copy of ``trained`` whose rater1 has a Label Studio project
+    backend_url: str = "http://127.0.0.1:9"  # that run's ML backend (datatool serve's app)
+    flag: int = 1  # an open QA flag of ``ws``
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +86,26 @@ def site(tmp_path_factory, demo_dir, trained, labelstudio_server):
     gone = {**task, "id": 2, "data": {"image": "/data/upload/1/b.png", "dicom": "gone.dcm"}}
     (tmp / "export-gone.json").write_text(json.dumps([gone]))
     ws_trained, run = trained
-    return Site(tmp, demo_dir, root, bad_key, ws_trained.root, run, labelstudio_server.url,
-                labelstudio_server.token, labelstudio_server.local_root)  # fmt: skip
+    # QA flags on the demo (a strict rater threshold: there is one to resolve)
+    ws = open_workspace(root)
+    run_qa(ws, thresholds=Thresholds(rater_dice_below=0.999))
+    flag = list_queue(ws, limit=1).items[0].flag
+    ws.close()
+    # a copy of the trained workspace with rater1's project (2 tasks) and its run's backend
+    server = {"url": labelstudio_server.url, "token": labelstudio_server.token}
+    drafted = clone(ws_trained, tmp / "drafted")
+    push(drafted, "rater1", image_ids=[1, 2], local_root=labelstudio_server.local_root, **server)
+    creds = Credentials("labelstudio", "exit-code-backend-pass", "environment")
+    with (
+        pytest.MonkeyPatch.context() as env,
+        uvicorn_thread(create_app(drafted, run, creds, device="cpu")) as backend_url,
+    ):
+        env.setenv(USER_ENV, creds.user)
+        env.setenv(PASSWORD_ENV, creds.password)
+        yield Site(tmp, demo_dir, root, bad_key, ws_trained.root, run, labelstudio_server.url,
+                   labelstudio_server.token, labelstudio_server.local_root, drafted.root,
+                   backend_url, flag)  # fmt: skip
+    drafted.close()
 
 
 def _cases(s: Site) -> dict[str, dict[int, list]]:
@@ -203,6 +229,43 @@ def _cases(s: Site) -> dict[str, dict[int, list]]:
             2: [str(s.run), "--set", "all", *t],
         },
         "runs": {0: ["--json", *t], 1: bad, 2: ["--bogus", *t]},
+        "prelabel": {
+            0: [s.run, "--rater", "rater1", *ls, "--device", "cpu", "--json", "-w", s.drafted],
+            1: [s.run, "--rater", "rater1", *ls, *bad],
+            2: [s.run, "--rater", "rater1", "--device", "tpu", "-w", s.drafted],
+        },
+        # serve runs until it is stopped (tests/learning/test_serving.py serves its app)
+        "serve": {1: [s.run, *bad], 2: [s.run, "--device", "tpu", *t]},
+        "labelstudio connect": {
+            0: [
+                "--rater",
+                "rater1",
+                "--backend-url",
+                s.backend_url,
+                *ls,
+                "--json",
+                "-w",
+                s.drafted,
+            ],
+            1: ["--rater", "rater1", "--backend-url", s.backend_url, *ls, *bad],
+            2: ["--rater", "NOBODY", "--backend-url", s.backend_url, *ls, "-w", s.drafted],
+        },
+        "next": {
+            0: ["--rater", "rater1", "--device", "cpu", "--json", *t],
+            1: ["--rater", "rater1", *bad],
+            2: ["--rater", "rater1", "--n", "0", *t],
+        },
+        "qa list": {0: ["--json", *w], 1: bad, 2: ["--status", "nope", *w]},
+        "qa resolve": {
+            0: [s.flag, "--note", "checked: right as it is", "--status", "accepted", "--json", *w],
+            1: [s.flag, "--note", "x", *bad],
+            2: [s.flag, "--note", "x", "--status", "open", *w],
+        },
+        "qa report": {
+            0: ["--out", s.tmp / "qa-report", "--top", "2", "--json", *w],
+            1: bad,
+            2: ["--top", "-1", *w],
+        },
     }
 
 
@@ -215,7 +278,8 @@ def test_every_command_has_its_cases():
     assert set(cases) == set(COMMANDS)
     # every command that can reject or fail something has a 1 (demo-data only writes)
     assert {c for c, codes in cases.items() if 1 not in codes} == {"demo-data"}
-    assert all(0 in codes and 2 in codes for codes in cases.values())
+    assert all(2 in codes for codes in cases.values())
+    assert {c for c, codes in cases.items() if 0 not in codes} == {"serve"}  # runs until stopped
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -65,7 +65,11 @@ def _run_epochs(rank: int, world: int, port: int, out: str) -> None:
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     batch = GLOBAL_BATCH // world
-    conf = {"seed": 4, "epochs": EPOCHS, "batch": batch, "crop": 32, "rotation": 15.0}
+    from datatool.model import PRESETS
+
+    # a whole run config (the loop reads the schedule, loss and flips from it), at this lr
+    conf = {**PRESETS["tiny"].as_dict(), "seed": 4, "epochs": EPOCHS, "batch": batch,
+            "crop": 32, "rotation": 15.0, "lr": 1e-2}  # fmt: skip
     loop = _Loop(net, optimizer, torch.as_tensor(images), torch.as_tensor(masks), conf,
                  torch.device("cpu"), rank, world, _steps(len(images), batch, world))  # fmt: skip
     losses = [_train_epoch(loop, epoch, None) for epoch in range(EPOCHS)]

@@ -17,7 +17,6 @@ from datatool.core.errors import UsageError
 from datatool.core.protocol import load_protocol
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater, get_rater, store_annotation
-from tests.labelstudio_server import labelstudio_server
 from tests.qa_util import clone
 
 torch = pytest.importorskip("torch")
@@ -25,8 +24,6 @@ torch = pytest.importorskip("torch")
 from datatool.learning.data import GRAY_MEAN, GRAY_STD  # noqa: E402
 from datatool.learning.inference import RunModel  # noqa: E402
 from datatool.learning.selection import next_images, rank_next  # noqa: E402
-
-__all__ = ["labelstudio_server"]  # the fixture counts as used
 
 # (brightness, patient) of the constructed images
 IMAGES = [(200, "P0"), (40, "P0"), (120, "P0"), (80, "P1"), (160, "P1"), (20, "P1")]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import stat
 
 import httpx
@@ -20,7 +19,6 @@ from datatool.cli import app as cli
 from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask
 from datatool.core.errors import UsageError
 from datatool.core.protocol import load_protocol
-from datatool.core.workspace import open_workspace
 from datatool.labels.annotations import get_rater
 from datatool.labels.labelstudio.formats import results_to_mask
 from datatool.labels.labelstudio.news import read_news
@@ -36,6 +34,7 @@ from datatool.learning.serving import (
     read_credentials_file,
 )
 from tests.backend_server import uvicorn_thread
+from tests.qa_util import clone
 
 P = load_protocol()
 PROJECT = 41
@@ -48,8 +47,7 @@ def served(trained, tmp_path_factory):
     push records them), and the backend app of its run."""
     source, run = trained
     root = tmp_path_factory.mktemp("serving") / "ws"
-    shutil.copytree(source.root, root)
-    ws = open_workspace(root)
+    ws = clone(source, root)
     with ws.session() as s:
         row = LabelStudioProject(
             project_id=PROJECT, rater_id=get_rater(s, "rater1").id, title="rater1 (anterior)"

@@ -562,14 +562,13 @@ def test_export_prefills_what_the_rater_has_not_labelled_with_the_models_draft(t
     never saved is not a label; saved drafts sync with their provenance; never another
     rater's labels."""
     from datatool.core.store import pixel_digest
-    from datatool.core.workspace import open_workspace
     from datatool.labels.annotations import get_rater, store_annotation
     from datatool.labels.itksnap.sync import parse_prefill
     from datatool.learning.inference import load_run_model, predict
+    from tests.qa_util import clone
 
     source, run = trained
-    shutil.copytree(source.root, tmp_path / "ws")
-    ws = open_workspace(tmp_path / "ws")
+    ws = clone(source, tmp_path / "ws")
     ids = _image_ids(ws)
     add_rater(ws, "AN3")
     own = np.zeros((480, 640), np.uint8)

@@ -5,7 +5,6 @@ made from drafts, and agreement leaving them out."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import httpx
 import numpy as np
@@ -20,7 +19,6 @@ from datatool.core.catalogue import Image
 from datatool.core.errors import DatatoolError
 from datatool.core.protocol import load_protocol
 from datatool.core.store import pixel_digest
-from datatool.core.workspace import open_workspace
 from datatool.labels.annotations import get_rater, label_coverage, latest_annotation
 from datatool.labels.labelstudio.connect import connect_backend
 from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
@@ -30,6 +28,7 @@ from datatool.labels.matching import image_id_from_name
 from datatool.learning.inference import load_run_model, predict
 from datatool.learning.serving import PASSWORD_ENV, USER_ENV, Credentials, create_app
 from tests.backend_server import uvicorn_thread
+from tests.qa_util import clone
 
 P = load_protocol()
 
@@ -40,8 +39,7 @@ def study(trained, tmp_path_factory):
     model's own drafts of every image, computed here."""
     source, run = trained
     root = tmp_path_factory.mktemp("prelabel") / "ws"
-    shutil.copytree(source.root, root)
-    ws = open_workspace(root)
+    ws = clone(source, root)
     with ws.session() as s:
         images = {i.id: i for i in s.scalars(select(Image).order_by(Image.id))}
     model = load_run_model(ws, run, device="cpu")
