@@ -830,12 +830,15 @@ def _loss_figure(run: RunSection, figures: list[Figure]) -> None:
     )
 
 
-def _qa(ws: Workspace, s, run_id: int | None) -> QASection | None:
+def _qa(ws: Workspace, run_id: int | None) -> QASection | None:
     from datatool.analysis.qa import list_queue
 
-    counts = s.execute(
-        select(QAFlag.status, QAFlag.reason, func.count()).group_by(QAFlag.status, QAFlag.reason)
-    ).all()
+    with ws.session() as s:
+        counts = s.execute(
+            select(QAFlag.status, QAFlag.reason, func.count()).group_by(
+                QAFlag.status, QAFlag.reason
+            )
+        ).all()
     if not counts:
         return None
     by_status: Counter[str] = Counter()
@@ -943,8 +946,9 @@ def gather(
             name = split_row.name if split_row is not None else "NAME"
             missing.append(Missing("training", "no training run", f"datatool train --split {name}"))
             missing.append(Missing("results", "no scores", "datatool score RUN"))
-        qa = _qa(ws, s, run_row.id if run_row is not None else None)
+        run_id = run_row.id if run_row is not None else None
         counts = _counts(s)
+    qa = _qa(ws, run_id)
     if run_section is not None:
         _loss_figure(run_section, figures)
     if qa is None:
