@@ -571,14 +571,18 @@ def _agreement(
         for c in coverage.raters
         if c.kind == RaterKind.human
     ]
-    for k, stored in enumerate(data.get("figures") or []):
+    stored_figures = data.get("figures") or []
+    for k, stored in enumerate(stored_figures):
         png = _local(ws, stored)
         if png is not None:
+            # one plot per structure, in the order of the structures (agreement.py)
+            what = rows[k].structure if len(stored_figures) == len(rows) else png.stem
             figures.append(
                 Figure(
                     f"agreement_{k + 1}_{png.name}",
                     "agreement",
-                    png.stem.replace("_", " "),
+                    f"Bland-Altman plot of {what} ({data.get('unit', '')}): "
+                    f"{' - '.join(data.get('raters') or [a, b])} against their mean",
                     _rel(ws, png),
                     png.read_bytes(),
                 )
