@@ -434,6 +434,12 @@ def test_the_cli_json_and_usage_errors(study):
     assert all("_png" not in f for f in data["figures"])
     assert {"age", "bmi"} <= set(data["cohort"])
     assert data["cohort"]["age"]["convention"] in ("mean ± SD", "median (P25, P75)")
+    table = study["ws"].root / "sections.csv"
+    result = runner.invoke(app, ["report", "--csv", str(table), "-w", root])
+    assert result.exit_code == 0, result.output
+    lines = table.read_text().splitlines()
+    assert lines[0] == "section,in the report,from"
+    assert 'results,True,"run ' in "\n".join(lines)
     for args in (["--run", "99"], ["--agreement", "99"], ["--split", "nope"]):
         result = runner.invoke(app, ["report", *args, "-w", root])
         assert result.exit_code == 2, (args, result.output)

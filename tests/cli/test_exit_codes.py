@@ -203,6 +203,11 @@ def _cases(s: Site) -> dict[str, dict[int, list]]:
             2: [str(s.run), "--set", "all", *t],
         },
         "runs": {0: ["--json", *t], 1: bad, 2: ["--bogus", *t]},
+        "report": {
+            0: ["--json", "--out", s.tmp / "study.html", *t],
+            1: ["--out", s.tmp / "a-file" / "study.html", *t],  # a file where a folder goes
+            2: ["--run", "999", *t],
+        },
     }
 
 
