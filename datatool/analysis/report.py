@@ -158,6 +158,9 @@ class CohortTable:
     images_per_side: Described  # per (patient, side) with images
     with_reference: int | None = None  # images with a reference label (a split's sets)
 
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "female_pct": self.female_pct, "male_pct": self.male_pct}
+
     @property
     def female_pct(self) -> float | None:
         return 100.0 * self.female / self.patients if self.patients else None
@@ -530,7 +533,11 @@ def _agreement(
             samples = list(s.scalars(select(AgreementSample).order_by(AgreementSample.id.desc())))
         if not samples:
             missing.append(
-                Missing("agreement", "no agreement sample", "datatool agreement --sample 300")
+                Missing(
+                    "agreement",
+                    "no agreement sample (the study drew 300 images: --sample 300)",
+                    "datatool agreement",
+                )
             )
             return None
         found = next(((smp, p) for smp in samples if (p := _find_agreement_json(ws, smp.id))), None)
@@ -651,7 +658,7 @@ def _run(ws: Workspace, run: Run, split_name: str) -> RunSection:
 
 def _split(ws: Workspace, s, split: Split) -> SplitSection:
     members = list(s.scalars(select(SplitMember).where(SplitMember.split_id == split.id)))
-    rows = _image_rows(s, [m.image_id for m in members])
+    rows = _image_rows(s)  # every image: no IN list of thousands of ids
     total = len(members)
     sets = []
     for sub in SUBSETS:
