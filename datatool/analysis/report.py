@@ -23,6 +23,7 @@ import base64
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -1081,6 +1082,15 @@ def _md(text: Any) -> str:
     return out
 
 
+def _md_code(text: Any) -> str:
+    """Text as a Markdown code span that holds in a table cell (pipes escaped, a fence longer
+    than any backtick run inside)."""
+    out = " ".join(str(text).split()).replace("|", "\\|")
+    run = max((len(m) for m in re.findall(r"`+", out)), default=0)
+    fence = "`" * (run + 1)
+    return f"{fence} {out} {fence}" if run else f"`{out}`"
+
+
 def _data_uri(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(fig._png).decode("ascii")
 
@@ -1114,6 +1124,7 @@ def _environment():
         pval=_p_text,
         roman=_roman,
         md=_md,
+        mdcode=_md_code,
         data_uri=_data_uri,
         raw=_raw,
         tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str),

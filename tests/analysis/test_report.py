@@ -470,3 +470,42 @@ def test_a_workspace_without_a_model_gets_what_it_has(demo_dir, tmp_path, chromi
     text = " ".join("".join(dom.text).split())
     assert "Missing: no training run. Make it with datatool train --split NAME." in text
     assert dom.rows("cohort-table", "data-key")["patients"][1][1] == "3"
+
+
+HOSTILE = ("<img src=x onerror=alert(1)>", "b`|*a_ [x](y)")
+
+
+def test_user_text_stays_text_in_the_html_and_the_markdown(demo_dir, tmp_path, chromium):
+    """Rater names are user text: in the page they are escaped (no element made of them), in
+    the Markdown they break no table and make no markup."""
+    from datatool.core.catalogue import Rater
+
+    ws = open_workspace(init_workspace(tmp_path / "ws").root)
+    try:
+        ingest_demo_with_labels(ws, demo_dir)
+        with ws.session() as s:
+            for rater, name in zip(s.query(Rater).order_by(Rater.name), HOSTILE):
+                rater.name = name
+        run_agreement(ws)
+        html = Path(study_report(ws).out)
+        md = Path(study_report(ws, fmt="md").out)
+    finally:
+        ws.close()
+    page = html.read_text()
+    assert HOSTILE[0] not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    dom, fetched = _open(chromium, html, tmp_path)
+    figures = len(re.findall(r"<img src=\"data:image/png", page))
+    assert figures == 5 and dom.body["data-images-total"] == str(figures)  # no <img> of a name
+    assert dom.body["data-images-loaded"] == str(figures) and fetched == []
+    assert HOSTILE[0] in " ".join(dom.text)  # shown as the text it is
+    text = md.read_text()
+    # outside code spans (commands, where CommonMark shows everything literally)
+    outside = re.sub(r"`[^`\n]*`", "", re.sub(r"`` .*? ``", "", text))
+    assert HOSTILE[0] not in outside and HOSTILE[1] not in outside
+    assert "``" in text  # a command holding a backtick gets a longer fence
+    assert r"\<img src=x onerror=alert(1)\>" in text
+    for line in text.splitlines():
+        if line.startswith(("| rater1", "| \\<img")):
+            assert line.count("|") - line.count("\\|") == 5  # 4 cells, no extra column
+    drafts = [line for line in text.splitlines() if line.startswith("| b")]
+    assert drafts and all(r"b\`\|\*a\_ \[x\](y)" in line for line in drafts)
