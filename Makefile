@@ -39,8 +39,8 @@ install: $(STAMP)
 
 # The whole job on the demo data, from a fresh workspace each time: DICOM exams in, two
 # raters' ITK-SNAP labels synced, agreement, consensus, a frozen split, the tiny model trained
-# on the CPU and scored like the study; last, the labels checked against each other, anatomy
-# and the model, and the head of the review queue.
+# on the CPU and scored like the study; then the labels checked against each other, anatomy
+# and the model, and the head of the review queue; last, the study report in one HTML file.
 DT := cd $(DEMO)/workspace && ../../$(BIN)/datatool
 demo: $(STAMP)
 	$(BIN)/datatool demo-data $(DEMO)/data --patients $(DEMO_PATIENTS) --seed 0
@@ -63,6 +63,8 @@ demo: $(STAMP)
 	$(DT) score 1
 	$(DT) qa --run 1
 	$(DT) qa list --limit 15
+	$(DT) report
+	@echo "study report: $(CURDIR)/$(DEMO)/workspace/reports/study.html"
 
 test: $(STAMP) $(LSSTAMP) lint typecheck
 	$(BIN)/python -m pytest -q

@@ -59,6 +59,9 @@ def test_the_wheel_is_one_namespaced_package_with_its_data(wheel):
         "datatool/migrations/versions/0001_initial_catalogue.py",
         "datatool/model/network.py",
         "datatool/cli/render.py",
+        "datatool/analysis/templates/report.html.j2",
+        "datatool/analysis/templates/report.md.j2",
+        "datatool/analysis/templates/reference_study.yaml",
     ):
         assert needed in names, needed
 
@@ -168,3 +171,8 @@ def test_the_installed_wheel_runs_the_pipeline(fresh_env, tmp_path):
         ).stdout
     )
     assert trained["epochs_done"] == 1
+    # the study report's templates and published numbers come from the wheel
+    study = json.loads(run("report", "--json", cwd=ws).stdout)
+    assert study["run"]["run"] == trained["run"] and study["agreement"]["images"] == 8
+    page = (ws / "reports" / "study.html").read_text()
+    assert "Bland-Altman" in page and "0.842" in page

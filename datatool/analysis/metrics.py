@@ -9,6 +9,8 @@ Conventions, stated once:
   construction (a structure a rater left empty has area 0, a real rating), so no target is
   dropped; duplicate (target, rater) rows are an error, never averaged.
 - Descriptives: mean ± SD (sample SD, ddof=1) and median (P25, P75), linear interpolation.
+  The study's convention picks one: mean ± SD for normal data, otherwise median (P25, P75);
+  :func:`normality` decides (Shapiro-Wilk at alpha 0.05; untested below 3 values).
 """
 
 from __future__ import annotations
@@ -72,6 +74,26 @@ def describe(values) -> dict:
         "min": float(arr.min()),
         "max": float(arr.max()),
     }
+
+
+NORMAL_ALPHA = 0.05
+
+
+def normality(values, alpha: float = NORMAL_ALPHA) -> dict:
+    """Shapiro-Wilk test of the finite values: ``test``, ``n``, ``w``, ``p`` and ``normal``
+    (p >= alpha). ``normal`` is None, and w and p too, when it cannot be tested: fewer than 3
+    values, or all equal."""
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    out: dict = {"test": "Shapiro-Wilk", "n": int(arr.size), "w": None, "p": None, "normal": None}
+    if arr.size < 3 or float(np.ptp(arr)) == 0.0:
+        return out
+    from scipy import stats
+
+    with warnings.catch_warnings():  # n > 5000: p may be inaccurate (said by scipy)
+        warnings.simplefilter("ignore")
+        w, p = stats.shapiro(arr)
+    out.update(w=float(w), p=float(p), normal=bool(p >= alpha))
+    return out
 
 
 @dataclass

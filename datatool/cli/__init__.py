@@ -16,6 +16,7 @@ from datatool.cli import (
     labelstudio,
     model,
     qa,
+    report,
     splits,
 )
 from datatool.cli.common import (
@@ -47,5 +48,6 @@ __all__ = [
     "labelstudio",
     "model",
     "qa",
+    "report",
     "splits",
 ]

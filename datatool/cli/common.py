@@ -35,6 +35,7 @@ PANEL_LABELS = "Labels"
 PANEL_AGREEMENT = "Agreement and consensus"
 PANEL_MODEL = "Splits and model"
 PANEL_ASSIST = "Pre-labelling and QA"
+PANEL_REPORT = "Study report"
 
 
 # The order of `datatool --help`: the work's order, not the alphabet. A command not listed
@@ -62,6 +63,7 @@ COMMAND_ORDER = [
     "serve",
     "qa",
     "next",
+    "report",
 ]
 
 

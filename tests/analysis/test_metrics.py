@@ -86,3 +86,21 @@ def test_describe_and_bland_altman():
     ba = metrics.bland_altman([10, 12, 14], [9, 12, 16])
     assert ba["bias"] == pytest.approx(-1 / 3)
     assert ba["loa_high"] - ba["bias"] == pytest.approx(1.96 * np.std([1, 0, -2], ddof=1))
+
+
+def test_normality_decides_the_studys_descriptive_form():
+    """Shapiro-Wilk as scipy computes it: normal draws pass, a skewed sample does not, and
+    what cannot be tested says so (None), never a guess."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    normal = rng.normal(0.7, 0.1, 200)
+    skewed = rng.exponential(1.0, 200)
+    for values, expected in ((normal, True), (skewed, False)):
+        t = metrics.normality(values)
+        w, p = stats.shapiro(values)
+        assert (t["w"], t["p"]) == pytest.approx((w, p))
+        assert t["normal"] is expected and t["n"] == 200 and t["test"] == "Shapiro-Wilk"
+    assert metrics.normality([1.0, 2.0])["normal"] is None  # n < 3
+    assert metrics.normality([0.5, 0.5, 0.5, 0.5])["normal"] is None  # no spread
+    assert metrics.normality([1.0, None, float("nan"), 2.0, 3.5, 4.0])["n"] == 4

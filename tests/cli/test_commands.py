@@ -73,6 +73,7 @@ def test_help_lists_commands_in_the_order_of_the_work():
         "Agreement and consensus",
         "Splits and model",
         "Pre-labelling and QA",
+        "Study report",
     ]
     assert [res.output.find(p) for p in panels] == sorted(res.output.find(p) for p in panels)
 

@@ -266,6 +266,11 @@ def _cases(s: Site) -> dict[str, dict[int, list]]:
             1: bad,
             2: ["--top", "-1", *w],
         },
+        "report": {
+            0: ["--json", "--out", s.tmp / "study.html", *t],
+            1: ["--out", s.tmp / "a-file" / "study.html", *t],  # a file where a folder goes
+            2: ["--run", "999", *t],
+        },
     }
 
 
