@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -33,6 +32,7 @@ from datatool.ingest.clinical import cohort, ingest_clinical
 from datatool.learning.scoring import score_run
 from datatool.learning.splits import show_split
 from tests.labels_util import ingest_demo_with_labels
+from tests.qa_util import clone
 
 runner = CliRunner()
 
@@ -170,8 +170,7 @@ def study(trained, demo_dir, tmp_path_factory):
     run scored and the review queue filled, and its report as HTML and Markdown."""
     ws0, run_id = trained
     root = tmp_path_factory.mktemp("report") / "ws"
-    shutil.copytree(ws0.root, root)
-    ws = open_workspace(root)
+    ws = clone(ws0, root)
     ingest_clinical(ws, demo_dir / "clinical.csv")
     agreement = run_agreement(ws)
     score = score_run(ws, run_id, device="cpu")
