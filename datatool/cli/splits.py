@@ -19,7 +19,7 @@ from datatool.cli.common import (
     workspace,
 )
 from datatool.cli.render import Block, Percent, Table
-from datatool.learning.options import ExportFormat, Stratify
+from datatool.learning.options import ExportFormat, FileEnding, Stratify
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
     from datatool.learning.splits import SplitCheck, SplitExport, SplitSummary
@@ -124,9 +124,20 @@ def split_check(name: str, json_out: bool = JsonOpt, ws_path: Path | None = Work
 
 
 def _export_view(result: SplitExport) -> Iterator[Block]:
+    if result.dataset_dir is None:
+        yield (
+            f"wrote {result.images} images ({result.test} test) of split {result.name} "
+            f"as {result.format} to {result.out_dir}"
+        )
+        return
     yield (
         f"wrote {result.images} images ({result.test} test) of split {result.name} "
-        f"as {result.format} to {result.out_dir}"
+        f"as {result.format} ({result.file_ending}) to {result.dataset_dir}"
+        + (" (replaced)" if result.replaced else "")
+    )
+    yield (
+        f"{result.folds} fold(s) in {result.splits_file}"
+        + (" (where nnU-Net reads them)" if result.splits_in_preprocessed else "")
     )
 
 
@@ -137,14 +148,60 @@ def split_export(
     fmt: ExportFormat = typer.Option(
         ExportFormat.nnunet,
         "--format",
-        help="nnunet (dataset.json, splits_final.json) or csv (a manifest).",
+        help="nnunet (an nnU-Net v2 raw dataset OUT/DatasetNNN_Name) or csv (a manifest).",
     ),
-    out_dir: Path = typer.Option(..., "--out", file_okay=False, help="Folder to write."),
+    out_dir: Path = typer.Option(
+        ...,
+        "--out",
+        file_okay=False,
+        help="Folder to write: for nnunet the nnUNet_raw folder that gets DatasetNNN_Name.",
+    ),
+    dataset_id: int | None = typer.Option(
+        None,
+        "--dataset-id",
+        help="nnunet: the dataset id 1..999 (default 500-999, fixed by the split's hash).",
+    ),
+    dataset_name: str | None = typer.Option(
+        None, "--dataset-name", help="nnunet: the dataset name (default the split name)."
+    ),
+    file_ending: FileEnding = typer.Option(
+        FileEnding.nifti,
+        "--file-ending",
+        help="nnunet: 2-D NIfTI with the mm spacing, or PNG (no spacing).",
+    ),
+    preprocessed: Path | None = typer.Option(
+        None,
+        "--preprocessed",
+        envvar="nnUNet_preprocessed",
+        file_okay=False,
+        help="nnunet: nnU-Net's preprocessed folder; splits_final.json goes to "
+        "DIR/DatasetNNN_Name/, where nnU-Net reads it (otherwise into the dataset folder, "
+        "with a note saying where to copy it).",
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="nnunet: rebuild a non-empty dataset folder whole."
+    ),
     json_out: bool = JsonOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
-    """Write the split for training elsewhere: an nnU-Net v2 dataset folder or a CSV manifest,
-    with the images and their reference labels as PNG."""
+    """Write the split for training elsewhere: an nnU-Net v2 dataset with the split's
+    patient-level folds as splits_final.json, or a CSV manifest with image and label PNGs.
+
+    A non-empty nnU-Net dataset folder is refused (exit 2) unless --replace; it is then built
+    beside and renamed into place, so no case of an earlier export stays behind.
+    """
     from datatool.learning.splits import export_split
 
-    render.show(export_split(workspace(ws_path), name, fmt, out_dir), _export_view, json_out)
+    result = export_split(
+        workspace(ws_path),
+        name,
+        fmt,
+        out_dir,
+        dataset_id=dataset_id,
+        dataset_name=dataset_name,
+        file_ending=file_ending,
+        preprocessed=preprocessed,
+        replace=replace,
+    )
+    render.notes(result.notes)
+    render.show(result, _export_view, json_out)

@@ -68,6 +68,13 @@ class ExportFormat(StrEnum):
     csv = "csv"  # a manifest with image and label PNGs
 
 
+class FileEnding(StrEnum):
+    """The image and label files of an nnU-Net export (its ``dataset.json`` ``file_ending``)."""
+
+    nifti = ".nii.gz"  # 2-D NIfTI with the mm spacing, read by nnU-Net's SimpleITK reader
+    png = ".png"  # PNG: no spacing (nnU-Net's PNG reader takes 1 mm pixels)
+
+
 E = TypeVar("E", bound=StrEnum)
 
 
@@ -85,6 +92,7 @@ __all__ = [
     "CheckpointChoice",
     "DeviceChoice",
     "ExportFormat",
+    "FileEnding",
     "LossName",
     "PresetName",
     "ScoreSet",

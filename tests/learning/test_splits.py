@@ -139,12 +139,14 @@ def test_stratify_and_options(ready):
 def test_export_nnunet_and_csv(ready, tmp_path):
     ws = ready
     create_split(ws, "s", folds=2)
-    nn = export_split(ws, "s", "nnunet", tmp_path / "nn")
-    dataset = json.loads((tmp_path / "nn" / "dataset.json").read_text())
+    nn = export_split(ws, "s", "nnunet", tmp_path / "nn", file_ending=".png")
+    root = tmp_path / "nn" / f"Dataset{nn.dataset_id:03d}_s"
+    assert nn.dataset_dir == str(root)
+    dataset = json.loads((root / "dataset.json").read_text())
     assert dataset["labels"]["femoral artery"] == 5 and dataset["file_ending"] == ".png"
-    folds = json.loads((tmp_path / "nn" / "splits_final.json").read_text())
+    folds = json.loads((root / "splits_final.json").read_text())
     assert len(folds) == 2
-    train_cases = {p.name[:-9] for p in (tmp_path / "nn" / "imagesTr").iterdir()}
+    train_cases = {p.name[:-9] for p in (root / "imagesTr").iterdir()}
     assert len(train_cases) == dataset["numTraining"] == nn.images - nn.test
     for fold in folds:
         assert set(fold["train"]) | set(fold["val"]) == train_cases
@@ -154,7 +156,7 @@ def test_export_nnunet_and_csv(ready, tmp_path):
         }  # patients never on both sides
     from PIL import Image as PILImage
 
-    label = np.asarray(PILImage.open(next((tmp_path / "nn" / "labelsTr").iterdir())))
+    label = np.asarray(PILImage.open(next((root / "labelsTr").iterdir())))
     assert set(np.unique(label)) <= {0, 1, 2, 3, 4, 5}
     export_split(ws, "s", "csv", tmp_path / "csv")
     lines = (tmp_path / "csv" / "manifest.csv").read_text().splitlines()
