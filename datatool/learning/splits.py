@@ -723,24 +723,12 @@ def export_split(
         rows = _members(s, split)
         masks = mask_hashes(s, [m.annotation_id for m, *_ in rows if m.annotation_id])
         folds, split_hash = split.folds, split.content_hash
-        spacing_of = {
-            i: spacing_mm(x, y)
+        mm_of = {
+            i: (x, y)
             for i, x, y in s.execute(
-                select(Image.id, Image.mm_per_px_x, Image.mm_per_px_y).where(
-                    Image.id.in_([m.image_id for m, *_ in rows])
-                )
-            )
-        }
-        calibrated = {
-            i
-            for (i,) in s.execute(
-                select(Image.id).where(
-                    Image.id.in_([m.image_id for m, *_ in rows]),
-                    Image.mm_per_px_x.is_not(None),
-                    Image.mm_per_px_y.is_not(None),
-                    Image.mm_per_px_x > 0,
-                    Image.mm_per_px_y > 0,
-                )
+                select(Image.id, Image.mm_per_px_x, Image.mm_per_px_y)
+                .join(SplitMember, SplitMember.image_id == Image.id)
+                .where(SplitMember.split_id == split.id)
             )
         }
     unlabelled = [m for m, *_ in rows if m.annotation_id is None]
@@ -798,8 +786,8 @@ def export_split(
                 write_bytes_atomic(image_path, encode_png(image))
                 write_bytes_atomic(label_path, encode_png(label))
             else:
-                write_image(image_path, image, spacing_of[m.image_id])
-                write_segmentation(label_path, label, spacing_of[m.image_id])
+                write_image(image_path, image, spacing_mm(*mm_of[m.image_id]))
+                write_segmentation(label_path, label, spacing_mm(*mm_of[m.image_id]))
         training = sum(1 for _, m, _, _ in cases if m.subset != Subset.test)
         write_text_atomic(
             build / "dataset.json",
@@ -834,7 +822,7 @@ def export_split(
             f"split {name} has no folds: splits_final.json holds one fold (its train against "
             "its val set); train nnU-Net with fold 0"
         )
-    uncalibrated = sum(1 for _, m, _, _ in cases if m.image_id not in calibrated)
+    uncalibrated = sum(1 for x, y in mm_of.values() if not (x and y))  # spacing_mm's 1 mm
     if ending == FileEnding.png:
         notes.append("PNG carries no pixel spacing: nnU-Net takes 1 mm pixels")
     elif uncalibrated:

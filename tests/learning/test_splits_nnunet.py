@@ -255,3 +255,26 @@ def test_preprocessed_folds_of_another_split_are_not_overwritten_silently(ready,
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "where nnU-Net reads them" in res.stdout and splits.read_text() != first
+
+
+def test_uncalibrated_images_get_1_mm_and_a_note(ready, tmp_path):
+    import SimpleITK as sitk
+
+    ws = ready
+    create_split(ws, "s", folds=2)
+    with ws.session() as s:
+        image = s.scalars(select(Image).order_by(Image.id)).first()
+        calibrated = s.scalars(select(Image).order_by(Image.id.desc())).first()
+        image.mm_per_px_x = image.mm_per_px_y = None
+        first, other = image.id, (calibrated.id, calibrated.mm_per_px_x, calibrated.mm_per_px_y)
+    result = export_split(ws, "s", "nnunet", tmp_path / "raw", preprocessed=tmp_path / "pre")
+    assert result.uncalibrated == 1
+    assert any("1 image(s) have no calibration" in n for n in result.notes)
+
+    def spacings(image_id: int) -> set[tuple[float, ...]]:  # of its image and its label
+        files = Path(result.dataset_dir).rglob(f"*_{image_name(image_id)}*.nii.gz")
+        return {sitk.ReadImage(str(p)).GetSpacing() for p in files}
+
+    assert spacings(first) == {(1.0, 1.0)}
+    (found,) = spacings(other[0])
+    assert found == pytest.approx(other[1:]) and found != (1.0, 1.0)
