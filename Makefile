@@ -59,7 +59,7 @@ demo: $(STAMP)
 	$(DT) consensus --method staple
 	$(DT) split create demo --ratios 6:2:2 --folds 5 --seed 0
 	$(DT) split check demo
-	$(DT) train --split demo --preset tiny
+	$(DT) train --split demo --preset cpu --epochs 25
 	$(DT) score 1
 	$(DT) qa --run 1
 	$(DT) qa list --limit 15
