@@ -103,16 +103,9 @@ def read_dataset_from(path: Path) -> Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            ds = pydicom.dcmread(path, defer_size=1 << 16)
+            ds: Dataset = pydicom.dcmread(path, defer_size=1 << 16)
         except InvalidDicomError:
-            try:
-                ds = pydicom.dcmread(path, defer_size=1 << 16, force=True)
-            except Exception as exc:
-                raise BadDicom(f"not a DICOM file ({type(exc).__name__})") from None
-            if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
-                raise BadDicom(
-                    "not a DICOM file (no DICM preamble, no SOP Class/Instance UID)"
-                ) from None
+            ds = _read_without_preamble(path, defer_size=1 << 16)
         except Exception as exc:
             raise BadDicom(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
     _validate(ds, file_size=Path(path).stat().st_size)
@@ -217,22 +210,25 @@ def _header_before_pixels(body: bytes) -> tuple[Dataset, int] | None:
     return ds, at
 
 
+def _read_without_preamble(source, **options) -> Dataset:
+    """No 'DICM' preamble: old files lack one. Accepted only if a real dataset comes out
+    (random bytes read with force=True become a one-element dataset)."""
+    try:
+        ds = pydicom.dcmread(source, force=True, **options)
+    except Exception as exc:
+        raise BadDicom(f"not a DICOM file ({type(exc).__name__})") from None
+    if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+        raise BadDicom("not a DICOM file (no DICM preamble, no SOP Class/Instance UID)")
+    return ds
+
+
 def _parse(data: bytes) -> Dataset:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(io.BytesIO(data))
+            ds: Dataset = pydicom.dcmread(io.BytesIO(data))
         except InvalidDicomError:
-            # No 'DICM' preamble: old files lack one. Accept only if a real dataset comes out;
-            # random bytes read with force=True become a one-element dataset.
-            try:
-                ds = pydicom.dcmread(io.BytesIO(data), force=True)
-            except Exception as exc:
-                raise BadDicom(f"not a DICOM file ({type(exc).__name__})") from None
-            if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
-                raise BadDicom(
-                    "not a DICOM file (no DICM preamble, no SOP Class/Instance UID)"
-                ) from None
+            ds = _read_without_preamble(io.BytesIO(data))
         except Exception as exc:
             raise BadDicom(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
         if any("End of file" in str(w.message) for w in caught):

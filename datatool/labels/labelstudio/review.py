@@ -71,6 +71,7 @@ from datatool.labels.labelstudio.sync import (
     _server_project,
     _server_tasks,
     connect,
+    import_task_batch,
 )
 from datatool.labels.masks import BadLabel, validate_mask
 from datatool.labels.matching import image_name
@@ -454,22 +455,11 @@ def _push_one(
         )
         for start in range(0, len(todo), IMPORT_BATCH):
             batch = todo[start : start + IMPORT_BATCH]
-            answer = conn.call(
-                "import review tasks",
-                conn.client.projects.import_tasks,
-                pid,
-                request=[
-                    {"data": _task_data(urls[p.image_id], p), "predictions": p.predictions}
-                    for p in batch
-                ],
-                return_task_ids=True,
-            )
-            task_ids = list(answer.task_ids or [])
-            if len(task_ids) != len(batch):
-                raise DatatoolError(
-                    f"Label Studio imported {len(task_ids)} tasks for {len(batch)} flagged "
-                    f"labels into review project {pid}; run push --review again"
-                )
+            request = [
+                {"data": _task_data(urls[p.image_id], p), "predictions": p.predictions}
+                for p in batch
+            ]
+            task_ids = import_task_batch(conn, pid, request, "flagged labels", "push --review")
             with ws.session() as s:
                 s.add_all(
                     ReviewTask(

@@ -581,6 +581,28 @@ def _reconcile(conn: Connection, ws: Workspace, plan: _PushPlan, project: _Proje
     return _Reconciled(todo, len(adopted), missing)
 
 
+def import_task_batch(
+    conn: Connection, project_id: int, request: list[dict], what: str, command: str
+) -> list[int]:
+    """Import one batch of tasks into a project; returns their ids in the request's order.
+    Label Studio answering with another number of ids is an error telling to run ``command``
+    again (what was imported is found again by its image then)."""
+    answer = conn.call(
+        "import tasks",
+        conn.client.projects.import_tasks,
+        project_id,
+        request=request,
+        return_task_ids=True,
+    )
+    task_ids = [int(t) for t in answer.task_ids or []]
+    if len(task_ids) != len(request):
+        raise DatatoolError(
+            f"Label Studio imported {len(task_ids)} tasks for {len(request)} {what} into "
+            f"project {project_id}; run {command} again"
+        )
+    return task_ids
+
+
 def _import_tasks(
     conn: Connection,
     ws: Workspace,
@@ -594,19 +616,7 @@ def _import_tasks(
     for start in range(0, len(todo), IMPORT_BATCH):
         batch = todo[start : start + IMPORT_BATCH]
         request = [{"data": {"image": urls[i], "image_id": image_name(i)}} for i, _ in batch]
-        answer = conn.call(
-            "import tasks",
-            conn.client.projects.import_tasks,
-            project.project_id,
-            request=request,
-            return_task_ids=True,
-        )
-        task_ids = list(answer.task_ids or [])
-        if len(task_ids) != len(batch):
-            raise DatatoolError(
-                f"Label Studio imported {len(task_ids)} tasks for "
-                f"{len(batch)} images into project {project.project_id}; run push again"
-            )
+        task_ids = import_task_batch(conn, project.project_id, request, "images", "push")
         with ws.session() as s:
             s.add_all(
                 LabelStudioTask(project_id=project.row_id, task_id=int(t), image_id=i)
