@@ -16,29 +16,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from demo import make_demo  # bench/demo.py, beside this script
 from sqlalchemy import select
 
 from datatool.analysis.agreement import run_agreement
 from datatool.core.catalogue import Rater
 from datatool.core.protocol import load_protocol
-from datatool.core.workspace import init_workspace, open_workspace
-from datatool.ingest.pipeline import ingest
-from datatool.labels.annotations import add_rater, latest_annotations_query
-from datatool.labels.itksnap.sync import sync_itksnap
-
-
-def build(root: Path, patients: int, per_side: str) -> None:
-    data = root / "data"
-    t = time.perf_counter()
-    make_demo(data, patients, per_side, seed=2)
-    init_workspace(root / "ws")
-    ws = open_workspace(root / "ws")
-    ingest(ws, [data / "dicom"])
-    for rater in ("rater1", "rater2"):
-        add_rater(ws, rater)
-        sync_itksnap(ws, data / "labels" / rater, rater, dicom_root=data / "dicom")
-    print(f"set-up (demo data, ingest, sync of two raters): {time.perf_counter() - t:.0f} s")
+from datatool.core.workspace import open_workspace
+from datatool.labels.annotations import latest_annotations_query
+from demo import build_rated  # bench/demo.py, beside this script
 
 
 def naive_dice(ws) -> tuple[float, int]:
@@ -74,7 +59,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="datatool-bench-") as tmp:
         root = args.workspace
         if root is None:
-            build(Path(tmp), args.patients, args.images_per_side)
+            build_rated(Path(tmp), args.patients, args.images_per_side)
             root = Path(tmp) / "ws"
         ws = open_workspace(root)
         t_naive, n = naive_dice(ws)

@@ -22,33 +22,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from demo import make_demo  # bench/demo.py, beside this script
 from sqlalchemy import select
 
 from datatool.analysis.qa import list_queue, run_qa
 from datatool.core.catalogue import Image, Rater, Run, RunStatus, Split, audit
 from datatool.core.protocol import load_protocol
-from datatool.core.workspace import init_workspace, open_workspace
-from datatool.ingest.pipeline import ingest
-from datatool.labels.annotations import add_rater, latest_annotations_query, store_annotations
+from datatool.core.workspace import open_workspace
+from datatool.labels.annotations import latest_annotations_query, store_annotations
 from datatool.labels.drafts import draft_ref, drafts_of, model_rater, model_rater_name
-from datatool.labels.itksnap.sync import sync_itksnap
 from datatool.learning.inference import ensure_drafts
+from demo import build_rated  # bench/demo.py, beside this script
 
 CHECKPOINT = "b" * 64  # the synthetic run's checkpoint (its drafts name it)
-
-
-def build(root: Path, patients: int, per_side: str) -> None:
-    data = root / "data"
-    t = time.perf_counter()
-    make_demo(data, patients, per_side, seed=2)
-    init_workspace(root / "ws")
-    ws = open_workspace(root / "ws")
-    ingest(ws, [data / "dicom"])
-    for rater in ("rater1", "rater2"):
-        add_rater(ws, rater)
-        sync_itksnap(ws, data / "labels" / rater, rater, dicom_root=data / "dicom")
-    print(f"set-up (demo data, ingest, sync of two raters): {time.perf_counter() - t:.0f} s")
 
 
 def synthetic_run(ws) -> int:
@@ -115,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="datatool-bench-") as tmp:
         root = args.workspace or Path(tmp)
         if not (root / "ws" / ".datatool").is_dir():
-            build(root, args.patients, args.images_per_side)
+            build_rated(root, args.patients, args.images_per_side)
         ws = open_workspace(root / "ws")
         run_id = synthetic_run(ws)
         load_before = os.getloadavg()
