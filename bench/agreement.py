@@ -23,7 +23,8 @@ from datatool.core.catalogue import Rater
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import open_workspace
 from datatool.labels.annotations import latest_annotations_query
-from demo import build_rated  # bench/demo.py, beside this script
+
+from benchdata import build_rated  # bench/benchdata.py, beside this script
 
 
 def naive_dice(ws) -> tuple[float, int]:

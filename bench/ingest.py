@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 import pydicom
-from demo import make_demo  # bench/demo.py, beside this script
 
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.ingest.pipeline import ingest, iter_files
+
+from benchdata import make_demo  # bench/benchdata.py, beside this script
 
 
 def bare_decode(files: list[Path]) -> tuple[float, int]:

@@ -25,8 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/: the demo loader and the Label Studio server launcher
 
-from demo import make_demo  # noqa: E402  (bench/demo.py, beside this script)
-
 from datatool.analysis.consensus import make_consensus  # noqa: E402
 from datatool.core.workspace import init_workspace, open_workspace  # noqa: E402
 from datatool.labels.annotations import add_rater  # noqa: E402
@@ -37,6 +35,8 @@ from datatool.learning.splits import create_split  # noqa: E402
 from datatool.learning.training import TrainConfig, train  # noqa: E402
 from tests import labelstudio_server as lss  # noqa: E402
 from tests.labels_util import ingest_demo_with_labels  # noqa: E402
+
+from benchdata import make_demo  # noqa: E402  (bench/benchdata.py, beside this script)
 
 
 def start_label_studio(base: Path):

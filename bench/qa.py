@@ -31,7 +31,8 @@ from datatool.core.workspace import open_workspace
 from datatool.labels.annotations import latest_annotations_query, store_annotations
 from datatool.labels.drafts import draft_ref, drafts_of, model_rater, model_rater_name
 from datatool.learning.inference import ensure_drafts
-from demo import build_rated  # bench/demo.py, beside this script
+
+from benchdata import build_rated  # bench/benchdata.py, beside this script
 
 CHECKPOINT = "b" * 64  # the synthetic run's checkpoint (its drafts name it)
 

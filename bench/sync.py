@@ -25,12 +25,13 @@ import time
 from pathlib import Path
 
 import SimpleITK as sitk
-from demo import make_demo  # bench/demo.py, beside this script
 
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater
 from datatool.labels.itksnap.sync import find_label_files, sync_itksnap
+
+from benchdata import make_demo  # bench/benchdata.py, beside this script
 
 
 def bare_read(files: list[Path]) -> float:
