@@ -58,3 +58,28 @@ def test_fast_reader_agrees_with_pillow_and_falls_back(tmp_path):
     np.testing.assert_array_equal(decode_png(buf.getvalue()), arr)
     cut = ours[:-12] + b"\x00\x00\x00\x00tEXt" + ours[-8:]  # no IEND where it belongs
     assert decode_png_fast(cut) is None
+
+
+def test_the_store_reads_its_own_pngs_without_pillow(tmp_path, monkeypatch):
+    """Every mask and image the store wrote is read by the direct path: with Pillow's
+    opener out of reach the reads still work (and a foreign PNG, which needs Pillow, fails)."""
+    import io
+
+    import datatool.core.store as store_module
+
+    store = Store(tmp_path)
+    rng = np.random.default_rng(2)
+    arrays = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((1, 1), (40, 50))]
+    arrays.append(np.zeros((480, 640), np.uint8))  # ultrasound's black: one small IDAT
+    digests = [store.put_array(a) for a in arrays]
+    foreign = io.BytesIO()
+    Image.fromarray(arrays[1]).save(foreign, format="PNG", compress_level=9)
+
+    def no_pillow(*args, **kwargs):
+        raise AssertionError("the store's own PNG went through Pillow")
+
+    monkeypatch.setattr(store_module.Image, "open", no_pillow)
+    for digest, arr in zip(digests, arrays):
+        np.testing.assert_array_equal(store.get_array(digest), arr)
+    with pytest.raises(AssertionError, match="through Pillow"):
+        store_module.decode_png(foreign.getvalue())
