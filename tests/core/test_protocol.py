@@ -52,3 +52,35 @@ def test_the_qa_keys_are_optional(tmp_path):
 def test_bad_qa_keys_are_refused(tmp_path, extra, structure_extra, message):
     with pytest.raises(ValueError, match=message):
         load_protocol_file(_write(tmp_path, extra, structure_extra))
+
+
+# The study protocol's Label Studio config, written out by hand: one brush label per
+# structure, named as the study names them, in ITK-SNAP's default colours of labels 1-4 and 6.
+STUDY_LABELSTUDIO_CONFIG = """\
+<View>
+  <Image name="image" value="$image" zoom="true" />
+  <BrushLabels name="label" toName="image">
+    <Label value="femur" background="#ff0000" />
+    <Label value="adductor magnus" background="#00ff00" />
+    <Label value="sciatic nerve" background="#0000ff" />
+    <Label value="semitendinosus" background="#ffff00" />
+    <Label value="femoral artery" background="#ff00ff" />
+  </BrushLabels>
+</View>
+"""
+
+
+def test_the_study_protocol_s_labelstudio_config():
+    from label_studio_sdk.label_interface import LabelInterface
+
+    config = load_protocol("anterior_sciatic").labelstudio_config()
+    assert config == STUDY_LABELSTUDIO_CONFIG
+    # and as Label Studio's own SDK reads it
+    interface = LabelInterface(config)
+    brush = interface.get_control("label")
+    assert brush.tag == "BrushLabels" and brush.to_name == ["image"]
+    assert list(brush.labels) == [
+        "femur", "adductor magnus", "sciatic nerve", "semitendinosus", "femoral artery",
+    ]  # fmt: skip
+    assert interface.get_object("image").tag == "Image"
+    assert interface.get_object("image").value == "$image"
