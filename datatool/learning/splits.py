@@ -239,10 +239,10 @@ def _reference_rater(session, reference: str | None) -> Rater | None:
     if not reference:
         return default_reference(session)
     ref = session.scalar(select(Rater).where(Rater.name == reference))
-    if ref is None:
-        raise DatatoolError(
-            f"no rater {reference!r} (reference labels come from "
-            "'datatool consensus' or a rater name)"
+    if ref is None:  # an unknown rater is a usage error, as in every command
+        raise UsageError(
+            f"rater {reference!r} is not registered (reference labels come from "
+            "'datatool consensus' or a registered rater's name)"
         )
     return ref
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from datatool.analysis.consensus import make_consensus
 from datatool.cli import app
-from datatool.core.catalogue import Annotation, Image, SplitMember
+from datatool.core.catalogue import Annotation, Image, Split, SplitMember
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.store import encode_png
 from datatool.learning.splits import check_split, create_split, deal, export_split, show_split
@@ -81,6 +81,20 @@ def test_split_same_on_another_machine(ready, cli_env):
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     ).stdout.strip()
     assert out.splitlines()[-1] == info.hash
+
+
+def test_an_unknown_reference_rater_is_a_usage_error(ready):
+    """An unknown rater is exit 2 in every command, --reference of split create too."""
+    with pytest.raises(UsageError, match="'NOBODY' is not registered"):
+        create_split(ready, "r", reference="NOBODY")
+    res = CliRunner().invoke(
+        app, ["split", "create", "r", "--reference", "NOBODY", "--workspace", str(ready.root)]
+    )
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert len(res.stderr.strip().splitlines()) == 1 and "NOBODY" in res.stderr
+    with ready.session() as s:  # nothing was made
+        assert s.scalars(select(Split.name)).all() == []
 
 
 def test_check_finds_leakage_and_missing_reference_labels(ready):
