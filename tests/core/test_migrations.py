@@ -27,17 +27,19 @@ from datatool.core.catalogue import (
     Run,
     RunEpoch,
     Score,
+    Setting,
     Split,
     SplitMember,
     StructureStats,
     Study,
 )
-from datatool.core.workspace import alembic_config, open_workspace
+from datatool.core.workspace import alembic_config, key_fingerprint, open_workspace
 
 SCRIPT = ScriptDirectory.from_config(alembic_config("sqlite://"))
 ORDER = [r.revision for r in reversed(list(SCRIPT.walk_revisions()))]
 HEAD = SCRIPT.get_current_head()
 T = "2025-01-02 03:04:05.000000"
+KEY_HEX = "ab" * 32
 
 # Rows each known revision's tables can hold, in plain SQL of that revision's columns.
 SEEDS = {
@@ -77,6 +79,20 @@ SEEDS = {
         "INSERT INTO run_epochs VALUES (2, 1, 1, 0.7, 0.6, 0.5, 0.52, 12.0)",
         "INSERT INTO scores VALUES (1, 1, 'test', '{\"images\": 4}', '" + T + "')",
     ],
+    "0005": [  # a second version of AN1's label, made from run 1's draft
+        "INSERT INTO annotations (id, image_id, rater_id, version, source, source_ref, "
+        "mask_hash, protocol, created_at, draft_version, draft_run_id, draft_hash, "
+        "draft_unchanged) VALUES (2, 1, 1, 2, 'labelstudio', 'task 70', '" + "9" * 64 + "', "
+        "'anterior_sciatic', '" + T + "', 'datatool-run-1', 1, '" + "8" * 64 + "', 0)",
+        "UPDATE agreement_samples SET include_prelabelled = 1 WHERE id = 1",
+    ],
+    "0006": [  # the fingerprint of the key this test writes
+        "INSERT INTO settings VALUES ('key_fingerprint', '"
+        + key_fingerprint(bytes.fromhex(KEY_HEX))
+        + "', '"
+        + T
+        + "')",
+    ],
 }
 
 
@@ -93,7 +109,7 @@ def _check_0001(s) -> None:
 
 
 def _check_0002(s) -> None:
-    ann = s.scalars(select(Annotation)).one()
+    ann = s.get_one(Annotation, 1)
     assert (ann.rater.name, ann.version, ann.mask_hash) == ("AN1", 1, "d" * 64)
     stats = s.scalars(select(StructureStats)).one()
     assert (stats.structure, stats.area_px, stats.area_mm2) == ("sciatic nerve", 56, 0.56)
@@ -117,7 +133,27 @@ def _check_0004(s) -> None:
     assert s.scalars(select(Score)).one().results == {"images": 4}
 
 
-CHECKS = {"0001": _check_0001, "0002": _check_0002, "0003": _check_0003, "0004": _check_0004}
+def _check_0005(s) -> None:
+    ann = s.get_one(Annotation, 2)
+    assert (ann.version, ann.source, ann.mask_hash) == (2, "labelstudio", "9" * 64)
+    assert (ann.draft_version, ann.draft_run_id, ann.draft_hash, ann.draft_unchanged) == (
+        "datatool-run-1", 1, "8" * 64, False)  # fmt: skip
+    assert s.get_one(Annotation, 1).draft_run_id is None
+    assert s.scalars(select(AgreementSample)).one().include_prelabelled is True
+
+
+def _check_0006(s) -> None:
+    assert s.get_one(Setting, "key_fingerprint").value == key_fingerprint(bytes.fromhex(KEY_HEX))
+
+
+CHECKS = {
+    "0001": _check_0001,
+    "0002": _check_0002,
+    "0003": _check_0003,
+    "0004": _check_0004,
+    "0005": _check_0005,
+    "0006": _check_0006,
+}
 
 
 def test_the_revisions_form_one_line_from_0001():
@@ -132,7 +168,7 @@ def test_a_catalogue_with_data_at_an_earlier_revision_upgrades_to_head(revision,
     root = tmp_path / "ws"
     meta = root / ".datatool"
     (meta / "store").mkdir(parents=True)
-    (meta / "secret.key").write_text("ab" * 32 + "\n")
+    (meta / "secret.key").write_text(KEY_HEX + "\n")
     (meta / "secret.key").chmod(0o600)
     (meta / "workspace.json").write_text(json.dumps({"protocol": "anterior_sciatic"}))
     db = meta / "catalogue.sqlite"
@@ -150,7 +186,10 @@ def test_a_catalogue_with_data_at_an_earlier_revision_upgrades_to_head(revision,
     capsys.readouterr()
 
     ws = open_workspace(root)  # upgrades, and says so
-    assert f"upgrading the catalogue schema {revision} -> {HEAD}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"upgrading the catalogue schema {revision} -> {HEAD}" in err
+    # a catalogue from before 0006 gets the key's fingerprint now; a later one has it
+    assert ("recorded the fingerprint" in err) == ("0006" not in seeded)
     with ws.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         assert MigrationContext.configure(conn).get_current_revision() == HEAD
