@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner, Result
 
 from datatool.analysis.agreement import run_agreement
 from datatool.analysis.consensus import fuse, make_consensus
+from datatool.cli import app
 from datatool.core.catalogue import Annotation, Image
 from datatool.core.errors import DatatoolError
 from datatool.core.protocol import load_protocol
@@ -152,44 +152,21 @@ def test_consensus_is_versioned_and_idempotent(labelled):
     assert ref == own
 
 
-def test_cli_agreement_json(labelled, cli_env):
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "datatool",
-            "agreement",
-            "--sample",
-            "5",
-            "--json",
-            "--workspace",
-            str(labelled.root),
-        ],
-        capture_output=True,
-        text=True,
-        env=cli_env,
-    )
-    assert res.returncode == 0, res.stderr
+def _cli(*args: str) -> Result:
+    return CliRunner().invoke(app, ["agreement", *args], env={"COLUMNS": "200"})
+
+
+def test_cli_agreement_json(labelled):
+    ws = ["--workspace", str(labelled.root)]
+    res = _cli("--sample", "5", "--json", *ws)
+    assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["sample"]["images"] == 5
-    table = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "datatool",
-            "agreement",
-            "--sample",
-            "5",
-            "--workspace",
-            str(labelled.root),
-        ],
-        capture_output=True,
-        text=True,
-        env=cli_env,
-    )
+    table = _cli("--sample", "5", *ws)
+    assert table.exit_code == 0, table.output
     assert "ICC(2,1)" in table.stdout and "saved, reused" in table.stdout
 
 
-def test_a_reused_sample_reports_the_seed_it_was_drawn_with(labelled, cli_env):
+def test_a_reused_sample_reports_the_seed_it_was_drawn_with(labelled):
     """Every doubly labelled image (no --sample) is one saved sample whatever the seed: run
     again with another seed, it is reused and reports the seed it was drawn with."""
     first = run_agreement(labelled, seed=3, plots=False)
@@ -197,11 +174,6 @@ def test_a_reused_sample_reports_the_seed_it_was_drawn_with(labelled, cli_env):
     again = run_agreement(labelled, seed=11, plots=False)
     assert again.sample.reused and again.sample.id == first.sample.id
     assert again.sample.seed == 3
-    res = subprocess.run(
-        [sys.executable, "-m", "datatool", "agreement", "--seed", "11", "-w", str(labelled.root)],
-        capture_output=True,
-        text=True,
-        env=cli_env,
-    )
-    assert res.returncode == 0, res.stderr
+    res = _cli("--seed", "11", "-w", str(labelled.root))
+    assert res.exit_code == 0, res.output
     assert "seed 3" in res.stdout and "seed 11" not in res.stdout
