@@ -83,3 +83,38 @@ def test_fixed_choices_are_listed_in_help():
     assert "auto" in res.output and "middle" in res.output
     bad = CliRunner().invoke(app, ["ingest", "x", "--frames", "sideways"])
     assert bad.exit_code == 2
+
+
+# The fixed-choice options the layout issue named (and their kin): each lists its values in
+# --help, and a value outside them is a usage error before the command runs.
+CHOICES = [
+    ("consensus", [], "--method", "staple|majority|rater"),
+    ("train", ["--split", "s"], "--preset", "paper|tiny|cpu"),
+    ("train", ["--split", "s"], "--device", "auto|cpu|cuda"),
+    ("train", ["--split", "s"], "--loss", "ce|ce+dice|dice"),
+    ("score", ["1"], "--set", "test|val"),
+    ("score", ["1"], "--checkpoint", "best|last"),
+    ("ingest", ["x"], "--frames", "auto|all|first|middle"),
+    ("split create", ["s"], "--stratify", "sex|side"),
+    ("split export", ["s", "--out", "x"], "--format", "nnunet|csv"),
+    ("split export", ["s", "--out", "x"], "--file-ending", ".nii.gz|.png"),
+    ("report", [], "--format", "html|md|pdf"),
+    ("labelstudio push", ["--rater", "r"], "--serve", "local|upload"),
+    ("next", ["--rater", "r"], "--serve", "local|upload"),
+    ("agreement", [], "--measure", "area_mm2|area_px"),
+]
+
+
+@pytest.mark.parametrize(
+    "command,needed,option,values", CHOICES, ids=[f"{c[0]} {c[2]}" for c in CHOICES]
+)
+def test_fixed_choice_options_are_enums(command, needed, option, values, tmp_path):
+    res = CliRunner().invoke(app, [*command.split(), "--help"], env={"COLUMNS": "250"})
+    line = next(x for x in res.output.splitlines() if f" {option} " in x)
+    assert f"<{values}>" in line, line
+    bad = CliRunner().invoke(
+        app,
+        [*command.split(), *needed, option, "bogus", "-w", str(tmp_path)],
+        env={"COLUMNS": "200"},
+    )
+    assert bad.exit_code == 2 and "bogus" in bad.stderr, bad.output
