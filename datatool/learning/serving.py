@@ -64,7 +64,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9090
 MAX_BODY = 32 * 1024 * 1024  # bytes: Label Studio sends each task with its annotations
 MAX_TASKS = 256  # tasks per /predict request
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# the addresses a generated password may listen on: the loopback addresses themselves, not a
+# name such as localhost that the system resolves (and a hosts file may point elsewhere)
+LOOPBACK = ("127.0.0.1", "::1")
 REALM = "datatool"
 
 log = logging.getLogger("datatool.serve")

@@ -260,8 +260,9 @@ def test_serve_listens_beyond_loopback_only_with_credentials_from_the_environmen
     ws, run, _, _ = served
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
     monkeypatch.delenv(USER_ENV, raising=False)
-    with pytest.raises(UsageError, match="listens beyond this machine"):
-        prepare(ws, run, host="0.0.0.0", device="cpu")
+    for host in ("0.0.0.0", "localhost", "192.168.1.20", "::"):
+        with pytest.raises(UsageError, match="listens beyond this machine"):
+            prepare(ws, run, host=host, device="cpu")
     res = CliRunner().invoke(
         cli, ["serve", str(run), "--host", "0.0.0.0", "--workspace", str(ws.root)]
     )
@@ -274,6 +275,7 @@ def test_serve_listens_beyond_loopback_only_with_credentials_from_the_environmen
     made = read_credentials_file(path)
     assert made.user == "datatool" and len(made.password) >= 24
     assert prepare(ws, run, port=9311, device="cpu") and read_credentials_file(path) != made
+    assert prepare(ws, run, host="::1", port=9311, device="cpu").url == "http://[::1]:9311"
     monkeypatch.setenv(PASSWORD_ENV, "from-the-env")
     monkeypatch.setenv(USER_ENV, "team")
     wide = prepare(ws, run, host="0.0.0.0", device="cpu")
