@@ -238,6 +238,8 @@ async def _json_body(request, limit: int) -> dict:
         body = json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError):
         raise Refused(400, "the body is not valid JSON") from None
+    except RecursionError:  # valid JSON, but nested deeper than the parser goes
+        raise Refused(400, "the body's JSON is nested too deeply") from None
     if not isinstance(body, dict):
         raise Refused(422, f"the body must be a JSON object, not {type(body).__name__}")
     return body

@@ -179,6 +179,7 @@ def test_malformed_wrong_shapes_oversized_and_unknown_tasks_get_a_4xx(served, cl
     good = _task(100, images[0].id)
     cases = [
         (b"{not json", 400, "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
         (b"[1, 2]", 422, "JSON object"),
         (json.dumps({"tasks": "all"}).encode(), 422, "list of Label Studio tasks"),
         (json.dumps(_predict_body([])).encode(), 422, "empty list"),
