@@ -102,10 +102,11 @@ labelstudio: $(LSSTAMP)
 
 # Label Studio with the model's drafts, on the workspace of 'make demo' (run it first): the
 # server in the background (127.0.0.1 only; loopback ML backends and webhooks allowed, which
-# a shared server should not do), rater1's project pushed with run 1's drafts, the ML backend
-# of run 1 started (HTTP Basic auth, a password made for this run) and connected. Ctrl-C
-# stops both; the server's log is demo/labelstudio.log.
+# a shared server should not do), each demo rater's own project (DEMO_RATERS) pushed with
+# run 1's drafts, the ML backend of run 1 started (HTTP Basic auth, a password made for this
+# run) and connected to each. Ctrl-C stops both; the server's log is demo/labelstudio.log.
 BACKEND_PORT ?= 9090
+DEMO_RATERS ?= rater1 rater2
 labelstudio-demo: $(STAMP) $(LSSTAMP)
 	@test -d $(DEMO)/workspace/.datatool || { echo "no demo workspace: run 'make demo' first"; exit 2; }
 	mkdir -p $(DEMO)/labelstudio-files $(DEMO)/labelstudio-data
@@ -125,14 +126,18 @@ labelstudio-demo: $(STAMP) $(LSSTAMP)
 	export LABEL_STUDIO_URL=http://127.0.0.1:$(LS_PORT) LABEL_STUDIO_API_KEY=$(LS_TOKEN) \
 	  LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=$(CURDIR)/$(DEMO)/labelstudio-files; \
 	cd $(DEMO)/workspace; \
-	../../$(BIN)/datatool labelstudio push --rater rater1; \
-	../../$(BIN)/datatool prelabel 1 --rater rater1; \
+	for r in $(DEMO_RATERS); do \
+	  ../../$(BIN)/datatool labelstudio push --rater $$r; \
+	  ../../$(BIN)/datatool prelabel 1 --rater $$r; \
+	done; \
 	../../$(BIN)/datatool serve 1 --port $(BACKEND_PORT) & be_pid=$$!; \
 	wait_for http://127.0.0.1:$(BACKEND_PORT)/health; \
-	../../$(BIN)/datatool labelstudio connect --rater rater1 \
-	  --backend-url http://127.0.0.1:$(BACKEND_PORT); \
+	for r in $(DEMO_RATERS); do \
+	  ../../$(BIN)/datatool labelstudio connect --rater $$r \
+	    --backend-url http://127.0.0.1:$(BACKEND_PORT); \
+	done; \
 	echo; echo "Label Studio: http://127.0.0.1:$(LS_PORT)  (log in as $(LS_USER) / $(LS_PASS));"; \
-	echo "rater1'\''s project shows run 1'\''s drafts; the ML backend drafts tasks that have none."; \
+	echo "each rater'\''s own project ($(DEMO_RATERS)) shows run 1'\''s drafts; the ML backend drafts tasks that have none."; \
 	echo "Ctrl-C stops the server and the backend."; \
 	wait $$ls_pid'
 

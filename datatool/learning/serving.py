@@ -64,7 +64,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9090
 MAX_BODY = 32 * 1024 * 1024  # bytes: Label Studio sends each task with its annotations
 MAX_TASKS = 256  # tasks per /predict request
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# the addresses a generated password may listen on: the loopback addresses themselves, not a
+# name such as localhost that the system resolves (and a hosts file may point elsewhere)
+LOOPBACK = ("127.0.0.1", "::1")
 REALM = "datatool"
 
 log = logging.getLogger("datatool.serve")
@@ -236,6 +238,8 @@ async def _json_body(request, limit: int) -> dict:
         body = json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError):
         raise Refused(400, "the body is not valid JSON") from None
+    except RecursionError:  # valid JSON, but nested deeper than the parser goes
+        raise Refused(400, "the body's JSON is nested too deeply") from None
     if not isinstance(body, dict):
         raise Refused(422, f"the body must be a JSON object, not {type(body).__name__}")
     return body

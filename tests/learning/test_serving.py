@@ -179,6 +179,7 @@ def test_malformed_wrong_shapes_oversized_and_unknown_tasks_get_a_4xx(served, cl
     good = _task(100, images[0].id)
     cases = [
         (b"{not json", 400, "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
         (b"[1, 2]", 422, "JSON object"),
         (json.dumps({"tasks": "all"}).encode(), 422, "list of Label Studio tasks"),
         (json.dumps(_predict_body([])).encode(), 422, "empty list"),
@@ -260,8 +261,9 @@ def test_serve_listens_beyond_loopback_only_with_credentials_from_the_environmen
     ws, run, _, _ = served
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
     monkeypatch.delenv(USER_ENV, raising=False)
-    with pytest.raises(UsageError, match="listens beyond this machine"):
-        prepare(ws, run, host="0.0.0.0", device="cpu")
+    for host in ("0.0.0.0", "localhost", "192.168.1.20", "::"):
+        with pytest.raises(UsageError, match="listens beyond this machine"):
+            prepare(ws, run, host=host, device="cpu")
     res = CliRunner().invoke(
         cli, ["serve", str(run), "--host", "0.0.0.0", "--workspace", str(ws.root)]
     )
@@ -274,6 +276,7 @@ def test_serve_listens_beyond_loopback_only_with_credentials_from_the_environmen
     made = read_credentials_file(path)
     assert made.user == "datatool" and len(made.password) >= 24
     assert prepare(ws, run, port=9311, device="cpu") and read_credentials_file(path) != made
+    assert prepare(ws, run, host="::1", port=9311, device="cpu").url == "http://[::1]:9311"
     monkeypatch.setenv(PASSWORD_ENV, "from-the-env")
     monkeypatch.setenv(USER_ENV, "team")
     wide = prepare(ws, run, host="0.0.0.0", device="cpu")

@@ -12,7 +12,10 @@ from datatool.core.catalogue import (
     Annotation,
     AuditEntry,
     FlagStatus,
+    Image,
     QAFlag,
+    Rater,
+    RaterKind,
     ReviewProject,
     ReviewTask,
 )
@@ -178,3 +181,76 @@ def test_nothing_to_review_and_no_project(qa_ws, labelstudio_server):
     assert report.projects == [] and "no open flags" in report.notes[0]
     with pytest.raises(DatatoolError, match="no review project"):
         sync_review(qa_ws, **_server(srv))
+
+
+def test_a_review_task_shows_the_models_draft_beside_the_label(
+    trained, tmp_path, labelstudio_server
+):
+    """With a run behind the flags, the review task holds, as predictions, the label in
+    question, the run's whole-image draft and the other raters' latest labels."""
+    from datatool.labels.annotations import store_annotations
+    from datatool.labels.drafts import draft_ref, model_rater, model_rater_name
+    from datatool.learning.training import run_summary
+    from tests.qa_util import clone
+
+    srv = labelstudio_server
+    source, run = trained
+    ws = clone(source, tmp_path / "ws")
+    checkpoint = run_summary(ws, run).best_checkpoint
+    add_rater(ws, "X")
+    imgs = images_of(ws)
+    drafts = {image_id: clean(side, k) for k, (image_id, side) in enumerate(imgs)}
+    with ws.session() as s:
+        images = {i.id: i for i in s.scalars(select(Image))}
+        store_annotations(
+            s, ws.store, model_rater(s, run),
+            [(images[i], d, model_rater_name(run), draft_ref(run, checkpoint))
+             for i, d in drafts.items()],
+            P,
+        )  # fmt: skip
+    for k, (image_id, side) in enumerate(imgs):
+        relabel(ws, "X", image_id, clean(side, k, 2.0))
+    image_id, side = imgs[0]
+    missed = clean(side, 0, 2.0)
+    missed[missed == V["sciatic nerve"]] = 0  # X misses the nerve the model sees
+    relabel(ws, "X", image_id, missed)
+    run_qa(ws, run=run, raters=["X"])
+    with ws.session() as s:
+        x = get_rater(s, "X")
+        model_flags = [
+            f
+            for f in s.scalars(select(QAFlag).where(QAFlag.reason == "model_disagreement"))
+            if f.annotation.rater_id == x.id
+        ]
+        assert [(f.annotation.image_id, f.structure, f.run_id) for f in model_flags] == [
+            (image_id, "sciatic nerve", run)
+        ]
+        humans = s.scalars(select(Rater).where(Rater.kind == RaterKind.human, Rater.id != x.id))
+        others = {
+            f"{r.name} v{label.version}": r.name
+            for r in humans
+            if (label := latest_annotation(s, image_id, r.id)) is not None
+        }
+        assert {"rater1", "rater2"} <= set(others.values())
+    pushed = push_review(ws, "X", local_root=srv.local_root, **_server(srv))
+    [project] = pushed.projects
+    ls = LabelStudio(base_url=srv.url, api_key=srv.token)
+    [task] = [
+        t
+        for t in ls.tasks.list(project=project.project_id, fields="all")
+        if t.data["image_id"] == image_name(image_id)
+    ]
+    predictions = {p.model_version: p.model_dump() for p in (task.predictions or [])}
+    draft_name = f"model draft (run {run})"
+    assert set(predictions) == {FLAGGED, draft_name, *others}
+    shape = drafts[image_id].shape
+
+    def shown(name: str) -> np.ndarray:
+        return results_to_mask(predictions[name]["result"], P, shape).mask
+
+    np.testing.assert_array_equal(shown(FLAGGED), missed)
+    np.testing.assert_array_equal(shown(draft_name), drafts[image_id])
+    with ws.session() as s:
+        for version, name in others.items():
+            label = latest_annotation(s, image_id, get_rater(s, name).id)
+            np.testing.assert_array_equal(shown(version), ws.store.get_array(label.mask_hash))
