@@ -429,6 +429,18 @@ def test_regions_covering_the_image_leave_no_banner_to_blank_quarantined(
     assert status(ws).pixel_handling == {"kept_burned_in_allowed": 1}
 
 
+def test_allow_burned_in_says_it_lets_in_both_kinds_of_quarantine():
+    """--help names both reasons a burned-in image is quarantined, as the README does."""
+    from typer.main import get_command
+
+    from datatool.cli import app
+
+    (option,) = [
+        p for p in get_command(app).commands["ingest"].params if p.name == "allow_burned_in"
+    ]
+    assert "no region" in option.help and "cover (nearly) the whole image" in option.help
+
+
 def test_regions_covering_the_image_are_fine_when_nothing_is_burned_in(ws, us_file, tmp_path):
     ds = pydicom.dcmread(us_file("OBXXXX1A.dcm"))
     _full_region(ds)
