@@ -92,8 +92,9 @@ def mask_to_results(
 def _region_name(entry: dict, index: int) -> str:
     value = entry.get("value") if isinstance(entry, dict) else None
     labels = value.get("brushlabels") if isinstance(value, dict) else None
-    named = isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)
-    return f"region {index + 1}" + (f" ({', '.join(labels)})" if named else "")
+    if isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels):
+        return f"region {index + 1} ({', '.join(labels)})"
+    return f"region {index + 1}"
 
 
 def _brush_labels(entry: dict, what: str) -> list[str]:
