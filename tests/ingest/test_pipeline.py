@@ -551,6 +551,32 @@ def test_a_dicomdir_listing_missing_files_reports_each(ws, demo_dir, tmp_path):
     assert all("listed in the DICOMDIR" in r for r in missing.values())
 
 
+def test_a_deflated_dicomdir_is_never_inflated(us_file, tmp_path, cli_env):
+    """A 600 KB file named DICOMDIR, deflated, once made ingest inflate it whole to read its
+    references (a 1.3 GB peak, exit 0, not a word): now it is a note, and the peak stays
+    near an ingest of the good file beside it alone."""
+    from tests.badfiles import deflate_bomb
+    from tests.memory import run_measured
+
+    good = tmp_path / "good"
+    good.mkdir()
+    shutil.copy(us_file("OBXXXX1A.dcm"), good / "a.dcm")
+    media = shutil.copytree(good, tmp_path / "media")
+    deflate_bomb(media / "DICOMDIR", 400 * 2**20)
+    assert (media / "DICOMDIR").stat().st_size < 1_000_000
+
+    def run(folder: Path):
+        root = init_workspace(tmp_path / f"ws-{folder.name}").root
+        cmd = [sys.executable, "-m", "datatool", "ingest", str(folder), "-j", "0"]
+        return run_measured([*cmd, "--workspace", str(root)], cli_env)
+
+    baseline, res = run(good), run(media)
+    assert baseline.returncode == 0 and res.returncode == 0, res.stderr
+    assert "a deflated DICOMDIR" in res.stderr and "not inflated" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.peak_mib < baseline.peak_mib + 32, (res.peak_mib, baseline.peak_mib)
+
+
 @pytest.fixture()
 def small_disk(tmp_path):
     """A 2 MiB tmpfs (root only; skipped where mounting is not allowed)."""
