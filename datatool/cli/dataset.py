@@ -94,8 +94,10 @@ def ingest(
     allow_burned_in: bool = typer.Option(
         False,
         "--allow-burned-in",
-        help="Ingest ultrasound images that have no region information as they are, burned-in "
-        "text included (otherwise they are quarantined). Check the images first.",
+        help="Ingest ultrasound images that may hold burned-in text and have no region "
+        "information, or regions that cover (nearly) the whole image so no banner lies "
+        "outside them to blank, as they are (otherwise they are quarantined). Check the "
+        "images first.",
     ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,

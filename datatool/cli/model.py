@@ -19,6 +19,7 @@ from rich.progress import (
 
 from datatool.cli import render
 from datatool.cli.common import (
+    MAX_INT,
     PANEL_MODEL,
     CsvOpt,
     JsonOpt,
@@ -126,7 +127,9 @@ def train(
     device: DeviceChoice = typer.Option(
         DeviceChoice.auto, help="auto (CUDA when available), cpu or cuda."
     ),
-    seed: int = typer.Option(0, help="Seed of initialisation, order and augmentation."),
+    seed: int = typer.Option(
+        0, min=0, max=MAX_INT, help="Seed of initialisation, order and augmentation."
+    ),
     output_stride: int | None = typer.Option(None, help="Backbone output stride, 8 or 16."),
     pretrained: Path | None = typer.Option(
         None,

@@ -136,6 +136,18 @@ def _restore_hint(path: Path) -> str:
     )
 
 
+def _wrong_key_hint(path: Path) -> str:
+    """What to do about a valid key of another workspace. Named by DATATOOL_KEY_FILE, it may
+    be that workspace's only copy: the hint never says to overwrite it."""
+    if os.environ.get("DATATOOL_KEY_FILE"):
+        return (
+            "DATATOOL_KEY_FILE names another key (leave that file as it is): point it at "
+            "this workspace's own key, or unset it if the workspace keeps its key in "
+            f"{MARKER}/secret.key"
+        )
+    return _restore_hint(path)
+
+
 def read_key(path: Path) -> bytes:
     """The pseudonym key in ``path`` (hex); every problem with it is one DatatoolError line
     that never shows the file's content."""
@@ -207,7 +219,7 @@ def check_key(engine: Engine, key: bytes, key_path: Path, announce: bool = True)
                             f"{key_path}: this is not the pseudonym key of this workspace "
                             "(its fingerprint differs from the one the catalogue recorded; "
                             "with another key the same patients would get new pseudonyms): "
-                            + _restore_hint(key_path)
+                            + _wrong_key_hint(key_path)
                         )
             break
         except IntegrityError:  # another process recorded it first (PostgreSQL)

@@ -25,6 +25,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filereader import read_dataset as _read_body
 from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 MAX_PIXELS_PER_FRAME = 8192 * 8192
@@ -110,6 +111,36 @@ def read_dataset_from(path: Path) -> Dataset:
             raise BadDicom(f"unreadable DICOM ({type(exc).__name__}: {_short(exc)})") from None
     _validate(ds, file_size=Path(path).stat().st_size)
     return ds
+
+
+def read_header(path: Path, specific_tags: list[str] | None = None) -> Dataset:
+    """A file's elements before its pixel data (only ``specific_tags`` where given), never
+    its pixels. A deflated file is read and inflated no further than MAX_INFLATED_HEADER:
+    pydicom would inflate it whole, however little of it is wanted. Raises what pydicom
+    raises for a file that is not DICOM."""
+    with open(path, "rb") as handle:
+        head = handle.read(8192)
+        if not _is_deflated(head):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom's warnings can quote header values
+                return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=specific_tags)
+        handle.seek(0)
+        data = handle.read(MAX_INFLATED_HEADER)
+    fp = io.BytesIO(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_preamble(fp, False)
+        _read_file_meta_info(fp)
+        body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(
+            data[fp.tell() :], MAX_INFLATED_HEADER
+        )
+        return _read_body(
+            io.BytesIO(body),
+            False,
+            True,
+            stop_when=lambda tag, vr, length: tag == _PIXEL_TAG,
+            specific_tags=[Tag(t) for t in specific_tags] if specific_tags else None,
+        )
 
 
 def _is_deflated(data: bytes) -> bool:

@@ -195,6 +195,15 @@ def dicomdir_missing(path: Path) -> tuple[list[Path], str | None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's warnings can quote header values
+            syntax = pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID")
+            if syntax is not None and pydicom.uid.UID(str(syntax)).is_deflated:
+                # pydicom inflates a deflated file whole: a few hundred KB named DICOMDIR
+                # could take GBs. A DICOMDIR is Explicit VR Little Endian (PS3.10).
+                return [], (
+                    "a deflated DICOMDIR (a DICOMDIR is Explicit VR Little Endian): not "
+                    "inflated, its references were not checked; the files beside it are "
+                    "ingested all the same"
+                )
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             records = list(ds.get("DirectoryRecordSequence") or [])
             refs = [r.get("ReferencedFileID") for r in records]

@@ -8,17 +8,16 @@ is turned into the keyed UID the catalogue holds; nothing else of the file is re
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from datatool.core.catalogue import FileStatus, Image, SourceFile
 from datatool.core.errors import UsageError
 from datatool.ingest import deid
+from datatool.ingest.dicom import read_header
 
 NAME_RE = re.compile(r"img(\d{6,})")
 _ID_TOKEN = re.compile(r"(?:img)?(\d+)", re.IGNORECASE)
@@ -95,11 +94,8 @@ def read_sop_instance_uid(dicom_path: Path) -> str:
     if not Path(dicom_path).is_file():
         raise NoImage(f"no DICOM file {dicom_path} to match it to")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom's warnings can quote header values
-            ds = pydicom.dcmread(
-                dicom_path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
-            )
+        # a deflated file is inflated only as far as its header: never a bomb's whole stream
+        ds = read_header(Path(dicom_path), specific_tags=["SOPInstanceUID"])
         return str(ds.SOPInstanceUID).strip()
     except Exception:
         raise NoImage(

@@ -38,7 +38,7 @@ from datatool.core.workspace import Workspace
 from datatool.learning.data import class_lut, load_arrays, split_items, to_input
 from datatool.learning.device import autocast, channels_last, resolve_device
 from datatool.learning.options import DEFAULT_PRESET, DeviceChoice, LossName, PresetName, choice
-from datatool.learning.splits import get_split, split_name_of
+from datatool.learning.splits import SEED_MAX, get_split, split_name_of
 
 
 @dataclass
@@ -71,8 +71,18 @@ class TrainConfig:
             rotation=p.rotation if self.rotation is None else self.rotation,
             loss=choice(LossName, self.loss, "--loss").value if self.loss else p.loss,
         )
-        if p.epochs < 1 or p.batch < 1 or p.lr <= 0 or p.output_stride not in (8, 16):
-            raise UsageError("epochs and batch must be >= 1, lr > 0, output stride 8 or 16")
+        if (
+            p.epochs < 1
+            or p.batch < 1
+            or not math.isfinite(p.lr)
+            or p.lr <= 0
+            or p.output_stride not in (8, 16)
+        ):
+            raise UsageError(
+                "epochs and batch must be >= 1, lr a number > 0, output stride 8 or 16"
+            )
+        if not 0 <= self.seed <= SEED_MAX:  # the catalogue's column and torch's generator
+            raise UsageError(f"--seed must be 0 .. {SEED_MAX}")
         out = p.as_dict()
         out.update(
             preset=preset.value,

@@ -132,9 +132,19 @@ def test_another_valid_key_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("DATATOOL_KEY_FILE", str(other))
     with pytest.raises(DatatoolError, match="not the pseudonym key of this workspace") as exc:
         open_workspace(root)
-    assert "\n" not in str(exc.value) and "backup" in str(exc.value)
+    message = str(exc.value)
+    assert "\n" not in message and "DATATOOL_KEY_FILE names another key" in message
+    # that file may be the other workspace's only key: never told to restore over it
+    assert "restore" not in message and "backup to" not in message
     with pytest.raises(DatatoolError, match="not the pseudonym key"):
         init_workspace(root)
+    # the same key copied into the workspace's own key file: restore the right one there
+    monkeypatch.delenv("DATATOOL_KEY_FILE")
+    own = root / ".datatool" / "secret.key"
+    own.write_bytes(other.read_bytes())
+    with pytest.raises(DatatoolError, match="not the pseudonym key") as exc:
+        open_workspace(root)
+    assert f"restore the workspace's key from your backup to {own}" in str(exc.value)
 
 
 def test_legacy_catalogue_gets_its_fingerprint_on_first_open_said_once(tmp_path, capsys):

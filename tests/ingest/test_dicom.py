@@ -16,7 +16,13 @@ from sqlalchemy import select
 from datatool.core.catalogue import Image, SourceFile
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.ingest import pipeline
-from datatool.ingest.dicom import BadDicom, decode_frame, read_dataset, read_dataset_from
+from datatool.ingest.dicom import (
+    BadDicom,
+    decode_frame,
+    read_dataset,
+    read_dataset_from,
+    read_header,
+)
 from datatool.ingest.pipeline import ingest
 from tests.badfiles import deflate_bomb, long_cine
 from tests.conftest import PYDICOM_DATA_US
@@ -45,6 +51,32 @@ def test_a_deflated_file_decodes_like_its_plain_twin(us_file, ws, tmp_path):
     assert ingest(ws, [tmp_path / "d"], workers=0).ingested == 1
     with ws.session() as s:
         assert s.scalar(select(SourceFile.transfer_syntax)) == DeflatedExplicitVRLittleEndian
+
+
+def test_read_header_inflates_a_deflated_file_only_as_far_as_its_header(us_file, tmp_path):
+    """What matching reads of an original DICOM file (its SOP Instance UID): a deflated
+    file gives the same as its plain twin, and a bomb is not inflated whole (pydicom's own
+    dcmread, stop_before_pixels or not, inflates the whole stream first)."""
+    import tracemalloc
+
+    src = us_file("OBXXXX1A.dcm")
+    twin = tmp_path / "deflated.dcm"
+    twin.write_bytes(_deflated(src))
+    plain = read_header(src, specific_tags=["SOPInstanceUID"])
+    assert read_header(twin, specific_tags=["SOPInstanceUID"]).SOPInstanceUID == (
+        plain.SOPInstanceUID
+    )
+    assert "PixelData" not in read_header(twin) and "Rows" in read_header(twin)
+    bomb = deflate_bomb(tmp_path / "bomb.dcm", 300 * MiB)
+    tracemalloc.start()
+    try:
+        uid = read_header(bomb, specific_tags=["SOPInstanceUID"]).SOPInstanceUID
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    meta = pydicom.filereader.read_file_meta_info(bomb)  # the maker wrote the same UID there
+    assert uid == meta.MediaStorageSOPInstanceUID
+    assert peak < 48 * MiB, peak / MiB  # at most 16 MiB read and 16 MiB inflated
 
 
 def test_a_deflate_bomb_is_refused_before_it_inflates(tmp_path):

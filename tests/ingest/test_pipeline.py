@@ -429,6 +429,18 @@ def test_regions_covering_the_image_leave_no_banner_to_blank_quarantined(
     assert status(ws).pixel_handling == {"kept_burned_in_allowed": 1}
 
 
+def test_allow_burned_in_says_it_lets_in_both_kinds_of_quarantine():
+    """--help names both reasons a burned-in image is quarantined, as the README does."""
+    from typer.main import get_command
+
+    from datatool.cli import app
+
+    (option,) = [
+        p for p in get_command(app).commands["ingest"].params if p.name == "allow_burned_in"
+    ]
+    assert "no region" in option.help and "cover (nearly) the whole image" in option.help
+
+
 def test_regions_covering_the_image_are_fine_when_nothing_is_burned_in(ws, us_file, tmp_path):
     ds = pydicom.dcmread(us_file("OBXXXX1A.dcm"))
     _full_region(ds)
@@ -537,6 +549,32 @@ def test_a_dicomdir_listing_missing_files_reports_each(ws, demo_dir, tmp_path):
     missing = {Path(p).name: r for p, r in report.rejected}
     assert set(missing) == {listed[0].name, listed[2].name}
     assert all("listed in the DICOMDIR" in r for r in missing.values())
+
+
+def test_a_deflated_dicomdir_is_never_inflated(us_file, tmp_path, cli_env):
+    """A 600 KB file named DICOMDIR, deflated, once made ingest inflate it whole to read its
+    references (a 1.3 GB peak, exit 0, not a word): now it is a note, and the peak stays
+    near an ingest of the good file beside it alone."""
+    from tests.badfiles import deflate_bomb
+    from tests.memory import run_measured
+
+    good = tmp_path / "good"
+    good.mkdir()
+    shutil.copy(us_file("OBXXXX1A.dcm"), good / "a.dcm")
+    media = shutil.copytree(good, tmp_path / "media")
+    deflate_bomb(media / "DICOMDIR", 400 * 2**20)
+    assert (media / "DICOMDIR").stat().st_size < 1_000_000
+
+    def run(folder: Path):
+        root = init_workspace(tmp_path / f"ws-{folder.name}").root
+        cmd = [sys.executable, "-m", "datatool", "ingest", str(folder), "-j", "0"]
+        return run_measured([*cmd, "--workspace", str(root)], cli_env)
+
+    baseline, res = run(good), run(media)
+    assert baseline.returncode == 0 and res.returncode == 0, res.stderr
+    assert "a deflated DICOMDIR" in res.stderr and "not inflated" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.peak_mib < baseline.peak_mib + 32, (res.peak_mib, baseline.peak_mib)
 
 
 @pytest.fixture()

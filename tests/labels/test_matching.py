@@ -49,3 +49,22 @@ def test_read_sop_instance_uid_reads_only_that(ws, us_file, tmp_path):
     ingest(ws, [path], workers=0)
     with ws.session() as s:
         assert image_for_dicom(s, ws.key, path).id == 1
+
+
+def test_the_uid_of_a_deflate_bomb_is_read_without_inflating_it(tmp_path):
+    """sync itksnap --dicom-root reads each original's SOP Instance UID: a 300 MB deflate
+    bomb among the originals once took the sync to a 1.4 GB peak (pydicom inflates a
+    deflated file whole); now only its header is inflated."""
+    import tracemalloc
+
+    from tests.badfiles import deflate_bomb
+
+    bomb = deflate_bomb(tmp_path / "bomb.dcm", 300 * 1024**2)
+    tracemalloc.start()
+    try:
+        uid = read_sop_instance_uid(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert uid == pydicom.filereader.read_file_meta_info(bomb).MediaStorageSOPInstanceUID
+    assert peak < 48 * 1024**2, peak / 1024**2

@@ -517,3 +517,31 @@ def test_distributed_data_parallel_under_torchrun(ready, cli_env, tmp_path):
     assert run["device"].endswith("x2") and run["epochs_done"] == 2 and run["status"] == "done"
     with ready.session() as s:
         assert s.query(Run).count() == before + 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--seed", str(2**62), "less than or equal to 2147483647"),
+        ("--seed", "-1", "greater than or equal to 0"),
+        ("--lr", "nan", "lr a number > 0"),
+        ("--lr", "inf", "lr a number > 0"),
+    ],
+)
+def test_a_seed_beyond_the_catalogue_or_a_lr_that_is_no_number_is_a_usage_error(
+    tmp_path, option, value, message
+):
+    """A seed of 2**62 once reached torch's generator (a traceback: 'Overflow when unpacking
+    long long'); lr nan reached Adam (a traceback), lr inf trained on nothing. Refused
+    before any run is made, by the service too."""
+    from datatool.core.workspace import init_workspace
+
+    root = init_workspace(tmp_path / "ws").root
+    args = ["train", "--split", "s", "--preset", "tiny", option, value, "-w", str(root)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert message in " ".join(result.output.split()).replace("│ ", "")
+    with pytest.raises(UsageError):
+        key = "lr" if option == "--lr" else "seed"
+        TrainConfig(preset="tiny", **{key: float(value) if key == "lr" else int(value)}).resolved()

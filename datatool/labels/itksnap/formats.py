@@ -339,7 +339,9 @@ def read_label_map(path: Path, within: Path | None = None) -> np.ndarray:
     return read_label_file(path, within).array
 
 
-def read_label_file(path: Path, within: Path | None = None) -> LabelFile:
+def read_label_file(
+    path: Path, within: Path | None = None, shape: tuple[int, int] | None = None
+) -> LabelFile:
     """Read a label map (.nii.gz, .nii, .nrrd, .seg.nrrd, .mha, .mhd): a 2D array of its
     stored pixel type, row 0 the top row: W x H, or W x H x 1 as ITK-SNAP saves a 2D
     segmentation. A map whose direction flips or swaps the axes is turned back to the
@@ -349,7 +351,11 @@ def read_label_file(path: Path, within: Path | None = None) -> LabelFile:
     regular file), an unreadable or truncated file, a header whose detached data file lies
     outside ``within`` (default: the file's own folder), a multi-component (colour) image
     or a volume of more than one slice. Values are not checked here (see
-    ``masks.validate_mask``). No message quotes the file's data."""
+    ``masks.validate_mask``). No message quotes the file's data.
+
+    With ``shape`` (the image's rows, cols), a map whose header declares another size (its
+    axes in either order) is refused from the header, before any pixel is decoded: a small
+    compressed file declaring a huge map would otherwise be inflated whole."""
     path = Path(path)
     suffix = label_suffix(path.name)
     if suffix is None:
@@ -369,22 +375,31 @@ def read_label_file(path: Path, within: Path | None = None) -> LabelFile:
     reader = sitk.ImageFileReader()
     reader.SetImageIO(io_name)
     reader.SetFileName(str(path))
+    unreadable = f"not a readable {kind} file (corrupt, or its data file is missing)"
     try:
-        image = reader.Execute()
+        reader.ReadImageInformation()  # the header alone: sizes are checked before decoding
     except RuntimeError:
-        raise BadLabel(
-            f"not a readable {kind} file (corrupt, or its data file is missing)"
-        ) from None
-    components = image.GetNumberOfComponentsPerPixel()
+        raise BadLabel(unreadable) from None
+    components = reader.GetNumberOfComponents()
     if components != 1:
         raise BadLabel(
             f"{kind} file holds {components} values per pixel (a colour or vector "
             "image), not a label map"
         )
-    size = image.GetSize()
+    size = reader.GetSize()
     if len(size) < 2 or any(n != 1 for n in size[2:]):
-        shape = " x ".join(str(n) for n in size)
-        raise BadLabel(f"label map is a {shape} volume; expected a 2D map (W x H, or W x H x 1)")
+        volume = " x ".join(str(n) for n in size)
+        raise BadLabel(f"label map is a {volume} volume; expected a 2D map (W x H, or W x H x 1)")
+    if shape is not None and sorted(size[:2]) != sorted((int(shape[1]), int(shape[0]))):
+        raise BadLabel(
+            f"size mismatch: label map is {size[0]}x{size[1]}, the image is "
+            f"{int(shape[1])}x{int(shape[0])} (width x height)"
+        )
+    try:
+        image = reader.Execute()
+    except RuntimeError:
+        raise BadLabel(unreadable) from None
+    size = image.GetSize()
     array = sitk.GetArrayFromImage(image).reshape(size[1], size[0])
     return _reorient(array, image)
 

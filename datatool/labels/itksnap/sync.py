@@ -852,7 +852,7 @@ def _read_mask(
     where it differs from the image's. Raises BadLabel with the reason, also for any other
     empty map unless ``allow_empty``."""
     shape = (m.rows, m.cols)
-    label = read_label_file(m.path, within=root)
+    label = read_label_file(m.path, within=root, shape=shape)
     mask = validate_mask(label.array, protocol, shape, allow_empty=True)
     notes = geometry_notes(label, m.spacing)
     if not allow_empty and not mask.any():

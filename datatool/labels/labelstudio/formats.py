@@ -90,8 +90,19 @@ def mask_to_results(
 
 
 def _region_name(entry: dict, index: int) -> str:
-    labels = (entry.get("value") or {}).get("brushlabels") if isinstance(entry, dict) else None
-    return f"region {index + 1}" + (f" ({', '.join(map(str, labels))})" if labels else "")
+    value = entry.get("value") if isinstance(entry, dict) else None
+    labels = value.get("brushlabels") if isinstance(value, dict) else None
+    if isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels):
+        return f"region {index + 1} ({', '.join(labels)})"
+    return f"region {index + 1}"
+
+
+def _brush_labels(entry: dict, what: str) -> list[str]:
+    """A decoded region's ``brushlabels``: a list of names, else BadLabel (never its value)."""
+    labels = entry["value"].get("brushlabels") or []
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise BadLabel(f"{what}: its brushlabels must be a list of names")
+    return labels
 
 
 def decode_region(entry: dict, shape: tuple[int, int], index: int = 0) -> np.ndarray:
@@ -107,11 +118,18 @@ def decode_region(entry: dict, shape: tuple[int, int], index: int = 0) -> np.nda
             "regions can be stored as label maps)"
         )
     ow, oh = entry.get("original_width"), entry.get("original_height")
-    if ow is not None and oh is not None and (int(ow), int(oh)) != (width, height):
-        raise BadLabel(
-            f"size mismatch: {what} was drawn on a {int(ow)}x{int(oh)} image, "
-            f"the image is {width}x{height} (width x height)"
-        )
+    if ow is not None and oh is not None:
+        try:
+            drawn = (int(ow), int(oh))
+        except (TypeError, ValueError, OverflowError):
+            raise BadLabel(
+                f"{what}: original_width and original_height must be whole numbers"
+            ) from None
+        if drawn != (width, height):
+            raise BadLabel(
+                f"size mismatch: {what} was drawn on a {drawn[0]}x{drawn[1]} image, "
+                f"the image is {width}x{height} (width x height)"
+            )
     value = entry.get("value") or {}
     if not isinstance(value, dict):
         raise BadLabel(f"{what}: its value must be an object, got {type(value).__name__}")
@@ -162,9 +180,11 @@ def results_to_mask(results: list[dict], protocol: Protocol, shape: tuple[int, i
     height, width = (int(shape[0]), int(shape[1]))
     mask = np.zeros((height, width), np.uint8)
     notes: list[str] = []
+    if not isinstance(results or [], list):  # a server's annotation is not checked as an export
+        raise BadLabel(f"the result must be a list of regions, got {type(results).__name__}")
     for index, entry in enumerate(results or []):
         region = decode_region(entry, (height, width), index)
-        labels = entry["value"].get("brushlabels") or []
+        labels = _brush_labels(entry, _region_name(entry, index))
         if len(labels) != 1:
             raise BadLabel(
                 f"{_region_name(entry, index)}: a brush region must carry exactly one "

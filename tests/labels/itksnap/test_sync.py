@@ -654,3 +654,58 @@ def test_export_prefills_what_the_rater_has_not_labelled_with_the_models_draft(t
     assert (data["drafted"], data["prefilled"], data["draft_run"]) == (N - 3, 3, run)
     bad = export("--out", str(tmp_path / "bad"), "--prefill", "rater2")
     assert bad.exit_code == 2 and "own, none or model:RUN" in bad.output
+
+
+def _nifti_bomb(path: Path, width: int, height: int) -> Path:
+    """A .nii.gz whose header declares width x height (uint8) of zeros: a few hundred KB
+    on disk, written without ever holding the map in memory."""
+    import gzip
+
+    small = path.with_name("small.nii")
+    sitk.WriteImage(sitk.Image(2, 2, sitk.sitkUInt8), str(small))
+    raw = bytearray(small.read_bytes())
+    small.unlink()
+    offset = int(np.frombuffer(bytes(raw[108:112]), "<f4")[0])  # vox_offset
+    raw[42:46] = np.array([width, height], "<i2").tobytes()  # dim[1], dim[2]
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(bytes(raw[:offset]))
+        row = bytes(width)
+        for _ in range(height):
+            out.write(row)
+    return path
+
+
+def test_peak_memory_of_a_label_map_bomb_is_bounded_by_the_image(
+    study, demo_dir, tmp_path, cli_env
+):
+    """A 400 KB .nii.gz declaring 16000 x 16000 once made sync inflate 256 MB (and copy it)
+    before the size check: the header's size is now checked against the image first."""
+    from tests.memory import run_measured
+
+    rel = sorted((demo_dir / "labels" / "rater1").rglob("*.nii.gz"))[0].relative_to(
+        demo_dir / "labels" / "rater1"
+    )
+    folders = {}
+    for name in ("good", "bomb"):
+        folders[name] = tmp_path / name
+        (folders[name] / rel.parent).mkdir(parents=True)
+    shutil.copy(demo_dir / "labels" / "rater1" / rel, folders["good"] / rel)
+    _nifti_bomb(folders["bomb"] / rel, 16000, 16000)
+    assert (folders["bomb"] / rel).stat().st_size < 2_000_000
+
+    def run(folder: Path):
+        cmd = [sys.executable, "-m", "datatool", "sync", "itksnap", str(folder)]
+        cmd += ["--rater", "rater1", "--dicom-root", str(demo_dir / "dicom")]
+        return run_measured([*cmd, "--workspace", str(study.root)], cli_env)
+
+    baseline, res = run(folders["good"]), run(folders["bomb"])
+    assert baseline.returncode == 0, baseline.stderr
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "size mismatch: label map is 16000x16000" in res.stderr
+    with study.session() as s:
+        image = image_for_dicom(
+            s, study.key, demo_dir / "dicom" / rel.with_suffix("").with_suffix(".dcm")
+        )
+        pixels_mib = image.rows * image.cols / 1024**2
+    # a few copies of the image's own size, not the 244 MiB the header declares
+    assert res.peak_mib < baseline.peak_mib + 4 * pixels_mib + 24, (res.peak_mib, baseline.peak_mib)

@@ -216,3 +216,35 @@ def test_round_trip_with_names_that_need_escaping():
     results = mask_to_results(mask, ODD)
     assert [r["value"]["brushlabels"] for r in results] == [['A & "B"'], ["<nerve>"]]
     np.testing.assert_array_equal(results_to_mask(results, ODD, mask.shape).mask, mask)
+
+
+def test_results_of_the_wrong_types_are_bad_labels_never_a_traceback():
+    """A server's annotations (and reviews) are not checked as an export is: the decoding
+    itself refuses wrong types with a BadLabel line (once AttributeError, ValueError,
+    TypeError or OverflowError ended sync labelstudio in a traceback)."""
+    mask = np.zeros((6, 6), np.uint8)
+    mask[1, 1] = 1
+    entry = mask_to_results(mask, P)[0]
+
+    def changed(**fields):
+        out = json.loads(json.dumps(entry))
+        for key, value in fields.items():
+            if key in out["value"] and key != "value":
+                out["value"][key] = value
+            else:
+                out[key] = value
+        return [out]
+
+    cases = {
+        "its value must be an object": changed(value=[1, 2]),
+        "must be whole numbers": changed(original_width="abc"),
+        "must be whole numbers ": changed(original_height=[6]),
+        " must be whole numbers": changed(original_width=float("inf")),
+        "brushlabels must be a list of names": changed(brushlabels=5),
+        "brushlabels must be a list of names ": changed(brushlabels=[["femur"]]),
+        "must be a list of regions": {"0": entry},
+    }
+    for message, results in cases.items():
+        with pytest.raises(BadLabel, match=message.strip()):
+            results_to_mask(results, P, (6, 6))  # type: ignore[arg-type]
+    assert results_to_mask([entry], P, (6, 6)).mask[1, 1] == 1  # the entry itself is fine
