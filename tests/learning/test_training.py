@@ -53,17 +53,19 @@ def ready(tmp_path_factory, demo_dir):
 
 
 def test_tiny_preset_overfits_four_images(ready):
-    """The tiny network learns four images' sciatic nerve to IoU > 0.9 (Adam, 400 steps)."""
+    """The tiny network learns four images' sciatic nerve to IoU > 0.9 (Adam, 250 steps on
+    160-pixel centre crops: a third of the compute of the preset's 224-pixel crops, with the
+    same margin; measured 0.94 at 200 and 250 steps)."""
     protocol = load_protocol()
     preset = PRESETS["tiny"]
     _, items = split_items(ready, "s", "train", None)
     images, masks = load_arrays(ready, items, preset.resize, class_lut(protocol))
-    x, y = to_input(torch.as_tensor(images[:4]), preset.crop, masks_u8=torch.as_tensor(masks[:4]))
+    x, y = to_input(torch.as_tensor(images[:4]), 160, masks_u8=torch.as_tensor(masks[:4]))
     torch.manual_seed(0)
     net = build_model(len(protocol.structures) + 1, "tiny")
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [250], 0.1)
-    for _ in range(400):
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [180], 0.1)
+    for _ in range(250):
         net.train()
         loss = F.cross_entropy(net(x), y)
         opt.zero_grad()
