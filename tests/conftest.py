@@ -12,7 +12,7 @@ from datatool.core.workspace import init_workspace, open_workspace
 
 # The Label Studio server, one for every test module that asks for it without importing it
 # itself (a module that imports the fixture gets a server of its own).
-from tests.labelstudio_server import labelstudio_server
+from tests.labelstudio_server import labelstudio_server, start_early, stop_early
 
 __all__ = ["labelstudio_server"]  # the fixture counts as used
 
@@ -98,3 +98,11 @@ def trained(tmp_path_factory, demo_dir):
     assert run is not None
     yield workspace, run.run
     workspace.close()
+
+
+def pytest_collection_finish(session):
+    start_early(session)  # the Label Studio server starts while the first tests run
+
+
+def pytest_sessionfinish(session, exitstatus):
+    stop_early()

@@ -172,6 +172,31 @@ def _start(exe: Path, base: Path, attempt: int) -> tuple[subprocess.Popen, Label
     return proc, server
 
 
+# A server started as soon as the session knows it will need one (see ``start_early``), so
+# that its start (about 40 s of Django set-up) overlaps the tests that run before the first
+# one that needs it; the fixture takes it over as its first attempt.
+_early: dict[str, tuple[Path, subprocess.Popen, LabelStudioServer]] = {}
+
+
+def start_early(session: pytest.Session) -> None:
+    """Start the server in the background when a selected test will ask for it."""
+    if not any("labelstudio_server" in item.fixturenames for item in session.items):
+        return
+    exe = ls_venv() / "bin" / "label-studio"
+    if not exe.exists():
+        return  # the fixture says why, where a test needs it
+    base = session.config._tmp_path_factory.mktemp("labelstudio")  # tmp_path_factory's own
+    proc, server = _start(exe, base, 0)
+    _early["server"] = (base, proc, server)
+
+
+def stop_early() -> None:
+    """Stop a server started early that no test took over (say, after an early failure)."""
+    started = _early.pop("server", None)
+    if started is not None:
+        _stop(started[1])
+
+
 @pytest.fixture(scope="session")
 def labelstudio_server(tmp_path_factory):
     """A running Label Studio server: ``.url``, ``.token``, ``.local_root``."""
@@ -184,11 +209,15 @@ def labelstudio_server(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    base = tmp_path_factory.mktemp("labelstudio")
+    early = _early.pop("server", None)
+    base = early[0] if early else tmp_path_factory.mktemp("labelstudio")
     proc = server = None
     try:
         for attempt in range(3):
-            proc, server = _start(exe, base, attempt)
+            if early and attempt == 0:
+                proc, server = early[1], early[2]
+            else:
+                proc, server = _start(exe, base, attempt)
             deadline = time.monotonic() + START_TIMEOUT_S
             moved = False
             while time.monotonic() < deadline:
