@@ -66,8 +66,11 @@ demo: $(STAMP)
 	$(DT) report
 	@echo "study report: $(CURDIR)/$(DEMO)/workspace/reports/study.html"
 
+# The tests run on up to four pytest-xdist workers, one test module per worker at a time
+# (module fixtures are made once); `make test TEST_WORKERS=0` runs them in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ "$$n" -gt 4 ] && n=4; echo $$n)
 test: $(STAMP) $(LSSTAMP) lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

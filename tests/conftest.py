@@ -16,6 +16,11 @@ from tests.labelstudio_server import labelstudio_server, start_early, stop_early
 
 __all__ = ["labelstudio_server"]  # the fixture counts as used
 
+# Rich wraps the CLI's output to the terminal, 80 columns where there is none; a test that
+# looks for a printed path would then depend on how long the temp folder's path is. Tests
+# that check wrapping set COLUMNS themselves.
+os.environ["COLUMNS"] = "200"
+
 PYDICOM_DATA_US = [
     "US1_UNCR.dcm",
     "US1_J2KR.dcm",
