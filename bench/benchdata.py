@@ -22,18 +22,25 @@ def build_rated(root: Path, patients: int, per_side: str) -> None:
     """Demo data in ``root/data`` ingested into the workspace ``root/ws`` with both raters'
     ITK-SNAP labels synced (timed as a whole, printed)."""
     from datatool.core.workspace import init_workspace, open_workspace
-    from datatool.ingest.pipeline import ingest
-    from datatool.labels.annotations import add_rater
-    from datatool.labels.itksnap.sync import sync_itksnap
 
     data = root / "data"
     start = time.perf_counter()
     make_demo(data, patients, per_side, seed=2)
     init_workspace(root / "ws")
     ws = open_workspace(root / "ws")
+    ingest_rated(ws, data)
+    ws.close()
+    print(f"set-up (demo data, ingest, sync of two raters): {time.perf_counter() - start:.0f} s")
+
+
+def ingest_rated(ws, data: Path) -> None:
+    """Ingest the demo DICOM exams in ``data/dicom`` into ``ws`` and sync both demo raters'
+    ITK-SNAP labels from ``data/labels``."""
+    from datatool.ingest.pipeline import ingest
+    from datatool.labels.annotations import add_rater
+    from datatool.labels.itksnap.sync import sync_itksnap
+
     ingest(ws, [data / "dicom"])
     for rater in ("rater1", "rater2"):
         add_rater(ws, rater)
         sync_itksnap(ws, data / "labels" / rater, rater, dicom_root=data / "dicom")
-    ws.close()
-    print(f"set-up (demo data, ingest, sync of two raters): {time.perf_counter() - start:.0f} s")

@@ -27,12 +27,11 @@ from pathlib import Path
 from datatool.analysis.consensus import make_consensus
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.demo.generator import write_demo_dataset
-from datatool.ingest.pipeline import ingest
-from datatool.labels.annotations import add_rater
-from datatool.labels.itksnap.sync import sync_itksnap
 from datatool.learning.scoring import ScoreResult, score_run
 from datatool.learning.splits import create_split
 from datatool.learning.training import RunSummary, TrainConfig, train
+
+from benchdata import ingest_rated  # bench/benchdata.py, beside this script
 
 GOAL_RATIO, GOAL_SECONDS = 0.9, 600.0
 
@@ -50,10 +49,7 @@ def build_workspace(root: Path, patients: int, per_side: tuple[int, int], seed: 
     (meta / "secret.key").chmod(0o600)
     init_workspace(root / "ws")
     ws = open_workspace(root / "ws")
-    ingest(ws, [data / "dicom"])
-    for rater in ("rater1", "rater2"):
-        add_rater(ws, rater)
-        sync_itksnap(ws, data / "labels" / rater, rater, dicom_root=data / "dicom")
+    ingest_rated(ws, data)
     make_consensus(ws, "staple")
     create_split(ws, "demo", ratios="6:2:2", folds=0, seed=0)
     return ws
