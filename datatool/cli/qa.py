@@ -115,7 +115,8 @@ def qa(
     (robust z-score beyond --size-z-above) and anatomy (a relation of the protocol broken on
     the centroids). Where the model backs a label, its disagreements with another rater count
     half. Re-running adds no duplicates, clears what is no longer found and leaves closed
-    flags closed; a new label version closes the old one's flags. Exit code 0.
+    flags closed; a new label version closes the old one's flags. Exit code 0; 1 when there
+    is nothing to check (no labels yet); 2 for a usage error (an unknown rater or run).
     """
     if ctx.invoked_subcommand is not None:
         sources = {p.opts[0]: ctx.get_parameter_source(p.name or "") for p in ctx.command.params}

@@ -56,6 +56,11 @@ def split_items(ws: Workspace, split_name: str, part: str, fold: int | None) -> 
     with ws.session() as s:
         split = get_split(s, split_name)
         if fold is not None and not 0 <= fold < max(split.folds, 1):
+            if not split.folds:
+                raise UsageError(
+                    f"split {split_name!r} has no folds (it was made with --folds 0): "
+                    "train without --fold, or make a split with --folds K"
+                )
             raise UsageError(f"split {split_name!r} has {split.folds} folds (0..{split.folds - 1})")
         q = (
             select(SplitMember.image_id, Image.store_hash, Annotation.mask_hash)

@@ -264,3 +264,14 @@ def test_folds_beyond_the_patients_outside_the_test_set_are_refused(ready):
         create_split(ready, "nan", ratios="nan:1:1")
     with pytest.raises(DatatoolError, match="no split"):
         show_split(ready, "five")
+
+
+def test_a_fold_of_a_split_without_folds_says_there_are_none(ready):
+    from datatool.learning.data import split_items
+
+    create_split(ready, "nofolds", folds=0, ratios="1:1:1", seed=1)
+    create_split(ready, "two", folds=2, seed=1)
+    with pytest.raises(UsageError, match=r"'nofolds' has no folds \(it was made with --folds 0\)"):
+        split_items(ready, "nofolds", "train", 1)
+    with pytest.raises(UsageError, match=r"'two' has 2 folds \(0\.\.1\)"):
+        split_items(ready, "two", "train", 2)
