@@ -592,3 +592,67 @@ def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_export_sync(
         sync(root)()
         assert counts(db(root), queries) == expected, k
         shutil.rmtree(root)
+
+
+def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_server_sync(
+    demo_dir, tmp_path, labelstudio_server
+):
+    """The same as for an export, for a sync that reads the rater's project from the server
+    (sync only reads the server, so every copy of the workspace syncs the same project)."""
+    from datatool.core.workspace import init_workspace, open_workspace
+    from datatool.labels.itksnap.formats import read_label_map
+    from tests.interrupt import counts, integrity, kill_after, run_timed
+
+    srv = labelstudio_server
+    base = init_workspace(tmp_path / "base").root
+    ws = open_workspace(base)
+    ingest(ws, [demo_dir / "dicom"], workers=0)
+    add_rater(ws, "KILL")
+    images = _images(ws)[:4]
+    pid = push(
+        ws, "KILL", url=srv.url, token=srv.token, local_root=srv.local_root,
+        image_ids=[i.id for i in images],
+    ).project_id  # fmt: skip
+    tasks = _task_for(ws, pid)
+    labels = {}  # rater1's demo label map of each pushed image
+    for label in (demo_dir / "labels" / "rater1").rglob("*.nii.gz"):
+        dicom = demo_dir / "dicom" / str(label.relative_to(demo_dir / "labels" / "rater1"))
+        with ws.session() as s:
+            image = image_for_dicom(
+                s, ws.key, dicom.with_name(dicom.name[: -len(".nii.gz")] + ".dcm")
+            )
+        labels[image.id] = read_label_map(label).astype(np.uint8)
+    for image in images:
+        annotate(srv.url, srv.token, pid, tasks[image.id], labels[image.id], P)
+    ws.close()
+    queries = {
+        "annotations": "select count(*) from annotations",
+        "highest version": "select coalesce(max(version), 0) from annotations",
+        "structure stats": "select count(*) from structure_stats",
+    }
+
+    def sync(root):
+        def work():
+            opened = open_workspace(root)
+            sync_from_server(opened, "KILL", url=srv.url, token=srv.token)
+            opened.close()
+
+        return work
+
+    def db(root):
+        return root / ".datatool" / "catalogue.sqlite"
+
+    ref = shutil.copytree(base, tmp_path / "ref")
+    code, seconds = run_timed(sync(ref))
+    assert code == 0
+    expected = counts(db(ref), queries)
+    assert expected["annotations"] == 4 and expected["highest version"] == 1
+    assert expected["structure stats"] >= 4
+    rng = random.Random(20261202)
+    for k in range(20):
+        root = shutil.copytree(base, tmp_path / f"kill{k}")
+        kill_after(sync(root), rng.uniform(0.0, seconds))
+        assert integrity(db(root)) == "ok"
+        sync(root)()
+        assert counts(db(root), queries) == expected, k
+        shutil.rmtree(root)
