@@ -180,3 +180,100 @@ def test_random_command_lines_never_show_a_traceback(prepared):
         assert _integrity(root) == "ok"
 
     one()
+
+
+@pytest.fixture(scope="module")
+def trained_copy(trained, tmp_path_factory):
+    """A copy of the session's trained workspace (run 1, split ``s``) for the model's commands."""
+    from tests.qa_util import clone
+
+    workspace, run = trained
+    base = tmp_path_factory.mktemp("fuzz-model")
+    clone(workspace, base / "ws")
+    return base / "ws", base, run
+
+
+def _model_commands(draw, path: str, out: str, run: str) -> dict:
+    """The commands that load or train the model; options that would make a valid run long
+    (epochs, cross-validation) draw only short or invalid values."""
+    opt = draw
+    rater = often("rater1", "rater2", other=words)
+    runs = often(run, other=numbers)
+    device = often("cpu", other=words)
+    return {
+        "train": lambda: ["train", "--split", opt(often("s", other=words)),
+                          "--preset", opt(often("tiny", other=words)),
+                          "--epochs", opt(often("1", other=st.sampled_from(
+                              ["0", "-1", "nan", "x", "", str(2**70)]))),
+                          "--batch", opt(often("4", "1")), "--lr", opt(often("0.01")),
+                          "--seed", opt(often("0")), "--device", opt(device),
+                          *opt(st.sampled_from([[], ["--loss", opt(often("ce", other=words))],
+                                                ["--output-stride", opt(often("8", "16"))],
+                                                ["--fold", opt(numbers)],
+                                                ["--pretrained", path],
+                                                ["--resume", opt(runs)]]))],
+        "score": lambda: ["score", opt(runs), "--set", opt(often("test", "val", other=words)),
+                          "--checkpoint", opt(often("best", "last", other=words)),
+                          "--device", opt(device), "--out", out,
+                          *opt(st.sampled_from([[], ["--fold", opt(numbers)], ["--no-store"]]))],
+        "qa": lambda: ["qa", "--run", opt(runs), "--device", opt(device),
+                       "--model-dice-below", opt(often("0.5")),
+                       "--size-z-above", opt(often("3.5")),
+                       *opt(st.sampled_from([[], ["--rater", opt(rater)]]))],
+        "qa list": lambda: ["qa", "list", "--limit", opt(often("5"))],
+        "report": lambda: ["report", "--run", opt(runs), "--split", opt(often("s", other=words)),
+                           "--out", out + ".html", "--format", opt(often("html", "md",
+                                                                         other=words))],
+        "next": lambda: ["next", "--rater", opt(rater), "--n", opt(often("5")),
+                         "--run", opt(runs), "--per-patient", opt(often("2")),
+                         "--device", opt(device)],
+        "prelabel": lambda: ["prelabel", opt(runs), "--rater", opt(rater),
+                             "--batch", opt(often("8")), "--device", opt(device),
+                             "--url", "http://127.0.0.1:9", "--token", "x"],
+    }  # fmt: skip
+
+
+MODEL_COMMANDS = list(_model_commands(lambda s: None, "", "", ""))
+
+
+@st.composite
+def model_invocation(draw, run: str) -> tuple[list[str], bytes]:
+    """(command line, bytes of the file it may name as {FOLDER}/input.pt)."""
+    data = draw(st.one_of(st.binary(max_size=512), st.just(b"")))
+    out = "{FOLDER}/out/" + draw(names.filter(lambda n: n not in (".", "..")))
+    command = draw(st.sampled_from(MODEL_COMMANDS))
+    return _model_commands(draw, "{FOLDER}/input.pt", out, run)[command](), data
+
+
+def test_random_model_command_lines_never_show_a_traceback(trained_copy):
+    """The same, for the commands that train, score and run the model (train, score, qa,
+    report, next, prelabel; serve runs until stopped and has its own exit-code tests)."""
+    root, base, run = trained_copy
+    runs = iter(range(10**9))
+
+    @settings(
+        max_examples=30,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(case=model_invocation(str(run)))
+    def one(case: tuple[list[str], bytes]) -> None:
+        template, data = case
+        folder = base / f"case{next(runs)}"
+        folder.mkdir()
+        (folder / "input.pt").write_bytes(data)
+        args = [a.replace("{FOLDER}", str(folder)) for a in template]
+        res = runner.invoke(app, [*args, "--workspace", str(root)])
+        shown = res.output
+        assert res.exception is None or isinstance(res.exception, SystemExit), (
+            args,
+            repr(res.exception),
+            shown,
+        )
+        assert "Traceback" not in shown, (args, shown)
+        assert res.exit_code in (0, 1, 2), (args, res.exit_code, shown)
+        assert _integrity(root) == "ok"
+
+    one()
