@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import shutil
 import signal
 import sqlite3
 import time
@@ -70,3 +72,38 @@ def counts(db: Path, queries: dict[str, str]) -> dict[str, int]:
         return {name: con.execute(sql).fetchone()[0] for name, sql in queries.items()}
     finally:
         con.close()
+
+
+def catalogue(root: Path) -> Path:
+    """The SQLite catalogue of the workspace in ``root``."""
+    return root / ".datatool" / "catalogue.sqlite"
+
+
+def kill_and_rerun(
+    base: Path,
+    command: Callable[[Path], Callable[[], object]],
+    queries: dict[str, str],
+    scratch: Path,
+    seed: int,
+    check_partial: Callable[[dict[str, int]], None] | None = None,
+    moments: int = 20,
+) -> dict[str, int]:
+    """Run ``command(root)`` to the end on a copy of the workspace ``base``; then, on a fresh
+    copy each time, kill it at ``moments`` seeded moments within that run's duration, check
+    the catalogue's integrity (and ``check_partial`` on its counts), run it again to the end
+    and require the uninterrupted run's counts. Returns those counts."""
+    ref = shutil.copytree(base, scratch / "ref")
+    code, seconds = run_timed(command(ref))
+    assert code == 0
+    expected = counts(catalogue(ref), queries)
+    rng = random.Random(seed)
+    for k in range(moments):
+        root = shutil.copytree(base, scratch / f"kill{k}")
+        kill_after(command(root), rng.uniform(0.0, seconds))
+        assert integrity(catalogue(root)) == "ok"
+        if check_partial is not None:
+            check_partial(counts(catalogue(root), queries))
+        command(root)()
+        assert counts(catalogue(root), queries) == expected, k
+        shutil.rmtree(root)
+    return expected

@@ -147,6 +147,21 @@ def _integrity(root: Path) -> str:
         con.close()
 
 
+def _run_and_check(args: list[str], root: Path) -> None:
+    """Run one command line: no exception but SystemExit, no traceback shown, exit code 0, 1
+    or 2, and the workspace's catalogue intact afterwards."""
+    res = runner.invoke(app, args)
+    shown = res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), (
+        args,
+        repr(res.exception),
+        shown,
+    )
+    assert "Traceback" not in shown, (args, shown)
+    assert res.exit_code in (0, 1, 2), (args, res.exit_code, shown)
+    assert _integrity(root) == "ok"
+
+
 def test_random_command_lines_never_show_a_traceback(prepared):
     root, base, samples = prepared
     SAMPLES.update(samples)
@@ -168,16 +183,7 @@ def test_random_command_lines_never_show_a_traceback(prepared):
         args = [a.replace("{FOLDER}", str(folder)) for a in template]
         if args[0] != "init":
             args += ["--workspace", str(root)]
-        res = runner.invoke(app, args)
-        shown = res.output
-        assert res.exception is None or isinstance(res.exception, SystemExit), (
-            args,
-            repr(res.exception),
-            shown,
-        )
-        assert "Traceback" not in shown, (args, shown)
-        assert res.exit_code in (0, 1, 2), (args, res.exit_code, shown)
-        assert _integrity(root) == "ok"
+        _run_and_check(args, root)
 
     one()
 
@@ -265,15 +271,6 @@ def test_random_model_command_lines_never_show_a_traceback(trained_copy):
         folder.mkdir()
         (folder / "input.pt").write_bytes(data)
         args = [a.replace("{FOLDER}", str(folder)) for a in template]
-        res = runner.invoke(app, [*args, "--workspace", str(root)])
-        shown = res.output
-        assert res.exception is None or isinstance(res.exception, SystemExit), (
-            args,
-            repr(res.exception),
-            shown,
-        )
-        assert "Traceback" not in shown, (args, shown)
-        assert res.exit_code in (0, 1, 2), (args, res.exit_code, shown)
-        assert _integrity(root) == "ok"
+        _run_and_check([*args, "--workspace", str(root)], root)
 
     one()

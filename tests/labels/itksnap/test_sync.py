@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -520,7 +519,7 @@ def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_sync(demo_di
     """sync itksnap (a transaction per 2 files) killed at 20 seeded moments; after each, a
     re-run gives exactly the counts of an uninterrupted sync: nothing lost, no version 2."""
     from datatool.core.workspace import init_workspace, open_workspace
-    from tests.interrupt import counts, integrity, kill_after, run_timed
+    from tests.interrupt import kill_and_rerun
 
     base = init_workspace(tmp_path / "base").root
     ws = open_workspace(base)
@@ -537,24 +536,11 @@ def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_sync(demo_di
 
         return work
 
-    def db(root: Path) -> Path:
-        return root / ".datatool" / "catalogue.sqlite"
+    def whole_annotations(partial: dict[str, int]) -> None:
+        assert partial["structure stats"] == 5 * partial["annotations"]
 
-    ref = shutil.copytree(base, tmp_path / "ref")
-    code, seconds = run_timed(sync(ref))
-    assert code == 0
-    expected = counts(db(ref), SYNC_COUNTS)
+    expected = kill_and_rerun(base, sync, SYNC_COUNTS, tmp_path, 20261203, whole_annotations)
     assert expected["annotations"] == N and expected["highest version"] == 1
-    rng = random.Random(20261203)
-    for k in range(20):
-        root = shutil.copytree(base, tmp_path / f"kill{k}")
-        kill_after(sync(root), rng.uniform(0.0, seconds))
-        assert integrity(db(root)) == "ok"
-        partial = counts(db(root), SYNC_COUNTS)
-        assert partial["structure stats"] == 5 * partial["annotations"]  # whole annotations
-        sync(root)()
-        assert counts(db(root), SYNC_COUNTS) == expected, k
-        shutil.rmtree(root)
 
 
 def test_export_prefills_what_the_rater_has_not_labelled_with_the_models_draft(trained, tmp_path):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
-import shutil
 import subprocess
 import sys
 import warnings
@@ -541,10 +539,17 @@ def test_peak_memory_of_an_rle_bomb_is_bounded_by_the_image(demo_ws, demo_dir, c
     assert res.peak_mib < baseline.peak_mib + 4 * rgba_mib + 32, (res.peak_mib, baseline.peak_mib)
 
 
+KILL_COUNTS = {
+    "annotations": "select count(*) from annotations",
+    "highest version": "select coalesce(max(version), 0) from annotations",
+    "structure stats": "select count(*) from structure_stats",
+}
+
+
 def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_export_sync(demo_dir, tmp_path):
     from datatool.core.workspace import init_workspace, open_workspace
     from datatool.labels.itksnap.formats import read_label_map
-    from tests.interrupt import counts, integrity, kill_after, run_timed
+    from tests.interrupt import kill_and_rerun
 
     base = init_workspace(tmp_path / "base").root
     ws = open_workspace(base)
@@ -562,11 +567,6 @@ def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_export_sync(
         )
     export = tmp_path / "export.json"
     export.write_text(json.dumps(tasks))
-    queries = {
-        "annotations": "select count(*) from annotations",
-        "highest version": "select coalesce(max(version), 0) from annotations",
-        "structure stats": "select count(*) from structure_stats",
-    }
 
     def sync(root):
         def work():
@@ -576,22 +576,8 @@ def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_export_sync(
 
         return work
 
-    def db(root):
-        return root / ".datatool" / "catalogue.sqlite"
-
-    ref = shutil.copytree(base, tmp_path / "ref")
-    code, seconds = run_timed(sync(ref))
-    assert code == 0
-    expected = counts(db(ref), queries)
+    expected = kill_and_rerun(base, sync, KILL_COUNTS, tmp_path, 20261204)
     assert expected == {"annotations": 4, "highest version": 1, "structure stats": 20}
-    rng = random.Random(20261204)
-    for k in range(20):
-        root = shutil.copytree(base, tmp_path / f"kill{k}")
-        kill_after(sync(root), rng.uniform(0.0, seconds))
-        assert integrity(db(root)) == "ok"
-        sync(root)()
-        assert counts(db(root), queries) == expected, k
-        shutil.rmtree(root)
 
 
 def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_server_sync(
@@ -601,7 +587,7 @@ def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_server_sync(
     (sync only reads the server, so every copy of the workspace syncs the same project)."""
     from datatool.core.workspace import init_workspace, open_workspace
     from datatool.labels.itksnap.formats import read_label_map
-    from tests.interrupt import counts, integrity, kill_after, run_timed
+    from tests.interrupt import kill_and_rerun
 
     srv = labelstudio_server
     base = init_workspace(tmp_path / "base").root
@@ -625,11 +611,6 @@ def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_server_sync(
     for image in images:
         annotate(srv.url, srv.token, pid, tasks[image.id], labels[image.id], P)
     ws.close()
-    queries = {
-        "annotations": "select count(*) from annotations",
-        "highest version": "select coalesce(max(version), 0) from annotations",
-        "structure stats": "select count(*) from structure_stats",
-    }
 
     def sync(root):
         def work():
@@ -639,20 +620,6 @@ def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_server_sync(
 
         return work
 
-    def db(root):
-        return root / ".datatool" / "catalogue.sqlite"
-
-    ref = shutil.copytree(base, tmp_path / "ref")
-    code, seconds = run_timed(sync(ref))
-    assert code == 0
-    expected = counts(db(ref), queries)
+    expected = kill_and_rerun(base, sync, KILL_COUNTS, tmp_path, 20261202)
     assert expected["annotations"] == 4 and expected["highest version"] == 1
     assert expected["structure stats"] >= 4
-    rng = random.Random(20261202)
-    for k in range(20):
-        root = shutil.copytree(base, tmp_path / f"kill{k}")
-        kill_after(sync(root), rng.uniform(0.0, seconds))
-        assert integrity(db(root)) == "ok"
-        sync(root)()
-        assert counts(db(root), queries) == expected, k
-        shutil.rmtree(root)
