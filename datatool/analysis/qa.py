@@ -31,7 +31,6 @@ run's drafts (``learning.inference.ensure_drafts``).
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 import json
@@ -63,6 +62,7 @@ from datatool.core.catalogue import (
     current_user,
     utcnow,
 )
+from datatool.core.csvcells import csv_writer
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.flags import Resolution, describe
 from datatool.core.processes import pool_context, worker_count
@@ -1230,7 +1230,7 @@ def write_report(
     out = Path(out_dir) if out_dir else ws.root / "reports" / "qa"
     (out / "thumbnails").mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csv_writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for it in queue.items:
         writer.writerow(

@@ -14,7 +14,6 @@ so ``[red]x`` stays ``[red]x`` and a file name holding a newline stays on one li
 
 from __future__ import annotations
 
-import csv
 import enum
 import io
 import json
@@ -32,6 +31,7 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from datatool.core.atomic import write_text_atomic
+from datatool.core.csvcells import csv_writer
 from datatool.core.errors import DatatoolError
 from datatool.core.jsonable import to_jsonable
 
@@ -204,7 +204,7 @@ class Table:
         headers = [h for col, s in zip(self.columns, samples) for h in _csv_headers(col, s)]
         widths = [len(_csv_headers(col, s)) for col, s in zip(self.columns, samples)]
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
+        writer = csv_writer(buf, lineterminator="\n")
         writer.writerow(headers)
         for row in self.rows:
             writer.writerow([v for value, n in zip(row, widths) for v in _csv_values(value, n)])

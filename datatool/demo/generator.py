@@ -26,7 +26,6 @@ numbers are ``MRN`` + 6 digits), so a de-identification test can search for leak
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import re
@@ -55,6 +54,7 @@ from pydicom.uid import (
 from scipy import ndimage
 
 from datatool.core.atomic import write_bytes_atomic
+from datatool.core.csvcells import csv_writer
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.labels.itksnap.formats import write_segmentation
 
@@ -1073,7 +1073,7 @@ def write_demo_dataset(
         labels_dir / "itksnap_labels.txt", protocol.itksnap_label_description().encode()
     )
     rows = io.StringIO()
-    w = csv.writer(rows, lineterminator="\n")
+    w = csv_writer(rows, lineterminator="\n")
     w.writerow(["patient_id", "sex", "age", "bmi", "asa"])
     for pt, _ in plan:
         w.writerow([pt.mrn, pt.sex, pt.age, f"{pt.bmi:.1f}", pt.asa])

@@ -11,7 +11,6 @@ changed: images added later belong to no old split, and a new split needs a new 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import io
@@ -42,6 +41,7 @@ from datatool.core.catalogue import (
     Study,
     audit,
 )
+from datatool.core.csvcells import csv_writer
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.store import encode_png
@@ -629,7 +629,7 @@ def _dataset_json(name: str, split_hash: str, training: int, ending: str, protoc
 
 def _write_manifest(out: Path, cases) -> None:
     buf = io.StringIO()
-    writer = csv.writer(buf)
+    writer = csv_writer(buf)
     writer.writerow(["case", "image_id", "patient", "side", "subset", "fold", "image", "label"])
     for case, m, pseudonym, side in cases:
         writer.writerow(
