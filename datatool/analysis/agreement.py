@@ -38,6 +38,7 @@ from datatool.core.protocol import Protocol, Structure, load_protocol
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import get_rater, latest_annotations_query, mask_hashes
+from datatool.labels.gold import without_gold
 
 MEASURES = ("area_mm2", "area_px")
 MIN_IMAGES = 3
@@ -72,10 +73,13 @@ def _draw(
     seed: int,
     resample: bool,
     include_prelabelled: bool = False,
+    include_gold: bool = False,
 ) -> tuple[AgreementSample, bool, int | None]:
     """The saved sample for these parameters, or a new one. Returns (sample, reused, images
     left out of a new sample because a label started from a model draft)."""
-    kept_drafts = func.coalesce(AgreementSample.include_prelabelled, False) == include_prelabelled
+    kept_drafts = (
+        func.coalesce(AgreementSample.include_prelabelled, False) == include_prelabelled
+    ) & (func.coalesce(AgreementSample.include_gold, False) == include_gold)
     if size is not None and not resample:
         saved = session.scalar(
             select(AgreementSample)
@@ -91,10 +95,10 @@ def _draw(
         )
         if saved is not None:
             return saved, True, None
-    annotations = {
-        (ann.image_id, ann.rater_id): ann
-        for ann in session.scalars(latest_annotations_query([a.id, b.id]))
-    }
+    latest_of_both = list(session.scalars(latest_annotations_query([a.id, b.id])))
+    if not include_gold:  # a gold-standard task's label is no independent rating
+        latest_of_both = without_gold(session, latest_of_both)[0]
+    annotations = {(ann.image_id, ann.rater_id): ann for ann in latest_of_both}
     latest = {key: ann.id for key, ann in annotations.items()}
     both = sorted({i for (i, r) in latest if r == a.id} & {i for (i, r) in latest if r == b.id})
     drafted = [
@@ -156,6 +160,7 @@ def _draw(
         seed=seed,
         n_images=len(chosen),
         include_prelabelled=include_prelabelled,
+        include_gold=include_gold,
     )
     session.add(sample)
     for i in chosen:
@@ -252,6 +257,7 @@ def run_agreement(
     resample: bool = False,
     plots: bool = True,
     include_prelabelled: bool = False,
+    include_gold: bool = False,
 ) -> AgreementReport:
     """Agreement between two raters: ICC(2,1) per structure and over all structures, Dice
     and IoU, Bland-Altman plots. The report is also written to out_dir/agreement.json.
@@ -264,7 +270,7 @@ def run_agreement(
     if measure is not None and measure not in MEASURES:
         raise UsageError(f"--measure must be one of {', '.join(MEASURES)}")
     wanted = _wanted_structures(protocol, structures)
-    smp = _load_sample(ws, raters, sample, seed, resample, include_prelabelled)
+    smp = _load_sample(ws, raters, sample, seed, resample, include_prelabelled, include_gold)
     notes: list[str] = _prelabelled_notes(smp)
     measure, unit = _choose_measure(measure, smp, notes)
     overlaps = _overlaps(ws, smp.items, smp.masks, smp.stats, wanted)
@@ -350,12 +356,14 @@ def _load_sample(
     seed: int,
     resample: bool,
     include_prelabelled: bool = False,
+    include_gold: bool = False,
 ) -> _Sample:
     """The saved sample for these parameters (or a new one, saved and audited), with the
     structure statistics and mask hashes of its annotations."""
     with ws.session() as s:
         a, b = _pick_raters(s, raters)
-        smp, reused, left_out = _draw(s, a, b, size, seed, resample, include_prelabelled)
+        smp, reused, left_out = _draw(s, a, b, size, seed, resample, include_prelabelled,
+                                      include_gold)  # fmt: skip
         if not reused:
             audit(
                 s,
@@ -368,6 +376,7 @@ def _load_sample(
                 images=smp.n_images,
                 include_prelabelled=include_prelabelled,
                 prelabelled_left_out=left_out,
+                include_gold=include_gold,
             )
         items = [(it.image_id, it.annotation_a_id, it.annotation_b_id) for it in smp.items]
         ann_ids = [x for _, ia, ib in items for x in (ia, ib)]

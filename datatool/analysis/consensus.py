@@ -23,6 +23,7 @@ from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import get_rater, latest_annotations_query, store_annotation
+from datatool.labels.gold import without_gold
 
 METHODS = ("staple", "majority")
 
@@ -68,6 +69,7 @@ class ConsensusReport:
     new_versions: int
     unchanged: int
     skipped_too_few_raters: int
+    gold_left_out: int = 0  # raters' labels of their gold-standard tasks, not fused
 
 
 def make_consensus(
@@ -75,8 +77,10 @@ def make_consensus(
     method: str,
     raters: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    include_gold: bool = False,
 ) -> ConsensusReport:
-    """Make (or update) the reference label of every image with enough rater labels."""
+    """Make (or update) the reference label of every image with enough rater labels. A
+    rater's label of a gold-standard task is no new opinion: left out unless ``include_gold``."""
     protocol = load_protocol(ws.protocol_name)
     single = method.startswith("rater:")
     if not single and method not in METHODS:
@@ -97,6 +101,7 @@ def make_consensus(
                 f"raters; {len(sources)} registered (datatool rater add)"
             )
         latest = list(s.scalars(latest_annotations_query([r.id for r in sources])))
+        latest, gold_left_out = (latest, 0) if include_gold else without_gold(s, latest)
         target = s.scalar(select(Rater).where(Rater.name == consensus_rater_name(method)))
         if target is None:
             target = Rater(name=consensus_rater_name(method), kind=RaterKind.consensus)
@@ -148,4 +153,5 @@ def make_consensus(
         new_versions=created,
         unchanged=unchanged,
         skipped_too_few_raters=skipped,
+        gold_left_out=gold_left_out,
     )

@@ -16,6 +16,7 @@ from datatool.cli import (
     labelstudio,
     model,
     qa,
+    raters,
     report,
     splits,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "labelstudio",
     "model",
     "qa",
+    "raters",
     "report",
     "splits",
 ]

@@ -142,6 +142,12 @@ def agreement(
         help="Keep images whose labels started from a model draft in a new sample (left out "
         "by default: two raters who start from one draft are not independent).",
     ),
+    include_gold: bool = typer.Option(
+        False,
+        "--include-gold",
+        help="Keep raters' labels of their gold-standard tasks in a new sample (left out by "
+        "default: a label made to be checked against a reference is no independent rating).",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -164,6 +170,7 @@ def agreement(
         out_dir=out_dir,
         resample=resample,
         include_prelabelled=include_prelabelled,
+        include_gold=include_gold,
     )
     render.show(report, _agreement_view, json_out, csv_out)
 
@@ -174,6 +181,10 @@ def _consensus_view(r: ConsensusReport) -> Iterator[Block]:
         f"{r.new_versions} new versions, {r.unchanged} unchanged, "
         f"{r.skipped_too_few_raters} images skipped (too few raters)"
     )
+    if r.gold_left_out:
+        yield (
+            f"{r.gold_left_out} labels of gold-standard tasks left out (--include-gold fuses them)"
+        )
 
 
 @app.command(rich_help_panel=PANEL_AGREEMENT)
@@ -186,6 +197,12 @@ def consensus(
     ),
     raters: str | None = typer.Option(
         None, help="Raters to fuse, comma-separated (default: all human raters)."
+    ),
+    include_gold: bool = typer.Option(
+        False,
+        "--include-gold",
+        help="Fuse raters' labels of their gold-standard tasks too (left out by default: the "
+        "reference they are scored against would change with their answer).",
     ),
     json_out: bool = JsonOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -202,5 +219,7 @@ def consensus(
             raise UsageError("--method rater takes one rater: --raters NAME")
         spec, names = f"rater:{names[0]}", None
     with progress_bar("consensus", enabled=not json_out) as progress:
-        result = make_consensus(workspace(ws_path), spec, names, progress=progress)
+        result = make_consensus(
+            workspace(ws_path), spec, names, progress=progress, include_gold=include_gold
+        )
     render.show(result, _consensus_view, json_out)

@@ -55,6 +55,7 @@ COMMAND_ORDER = [
     "labels",
     "agreement",
     "consensus",
+    "raters",
     "split",
     "train",
     "score",
@@ -116,6 +117,28 @@ CsvOpt = typer.Option(
     dir_okay=False,
     help="Also write the table(s) to this CSV file (raw numbers, for R, SPSS or Excel); a "
     "second table goes beside it as FILE-NAME.csv.",
+)
+
+# Gold-standard tasks (labelstudio push, export itksnap)
+GoldOpt = typer.Option(
+    None,
+    "--gold",
+    min=1,
+    max=MAX_INT,
+    help="Mix this many gold-standard images into the rater's queue: images that already have "
+    "a reference label (--gold-reference) and are new to the rater, chosen by --gold-seed, "
+    "looking like every other task. N counts the rater's gold images in all (a re-run adds "
+    "none). Without --images the ordinary images are those the reference has not labelled. "
+    "Scores: 'datatool raters'.",
+)
+GoldReferenceOpt = typer.Option(
+    "consensus:staple",
+    "--gold-reference",
+    help="Whose labels are the answers of gold tasks: a consensus (consensus:staple, "
+    "consensus:majority) or a rater's name.",
+)
+GoldSeedOpt = typer.Option(
+    0, "--gold-seed", min=0, max=MAX_INT, help="Seed choosing (and ordering) the gold images."
 )
 
 F = TypeVar("F", bound=Callable[..., Any])

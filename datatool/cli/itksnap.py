@@ -11,6 +11,9 @@ import typer
 from datatool.cli import render
 from datatool.cli.common import (
     CsvOpt,
+    GoldOpt,
+    GoldReferenceOpt,
+    GoldSeedOpt,
     JsonOpt,
     WorkspaceOpt,
     export_app,
@@ -38,6 +41,11 @@ def _export_view(r: ItksnapExport) -> Iterator[Block]:
         f"segmentations pre-filled with {r.rater}'s own labels{drafted}, {r.kept} kept with "
         f"unsynced edits; labels in {r.labels_file}"
     )
+    if r.gold is not None:
+        yield (
+            f"{len(r.gold.gold)} of them gold-standard images against {r.gold.reference} "
+            f"({r.gold.new} new; the rater's gold images in all: {r.gold.total})"
+        )
 
 
 @export_app.command("itksnap")
@@ -63,6 +71,9 @@ def export_itksnap(
     device: DeviceChoice = typer.Option(
         DeviceChoice.auto, help="With --prefill model:RUN: auto (CUDA when available), cpu, cuda."
     ),
+    gold: int | None = GoldOpt,
+    gold_reference: str = GoldReferenceOpt,
+    gold_seed: int = GoldSeedOpt,
     json_out: bool = JsonOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
@@ -94,6 +105,9 @@ def export_itksnap(
             progress=progress,
             draft_run=draft_run,
             device=device,
+            gold=gold,
+            gold_reference=gold_reference,
+            gold_seed=gold_seed,
         )
     render.problems(
         (

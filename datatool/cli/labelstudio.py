@@ -12,6 +12,9 @@ from datatool.cli import render
 from datatool.cli.common import (
     MAX_INT,
     CsvOpt,
+    GoldOpt,
+    GoldReferenceOpt,
+    GoldSeedOpt,
     JsonOpt,
     WorkspaceOpt,
     finish,
@@ -57,6 +60,8 @@ def _push_view(r: PushReport) -> Iterator[Block]:
     if r.recovered:
         table.add("recorded from an interrupted push", r.recovered)
     table.add("deleted on the server", len(r.missing_on_server))
+    if r.gold is not None:
+        table.add(f"gold tasks in the project ({r.gold.new} new)", len(r.gold.gold))
     yield table
     served = "the local files storage" if r.serve is ServeMode.local else "upload"
     yield f"project {r.project_id} '{r.title}'; images served by {served}"
@@ -170,6 +175,9 @@ def push(
     new_project: bool = typer.Option(
         False, "--new-project", help="Give a rater who has a project a second one."
     ),
+    gold: int | None = GoldOpt,
+    gold_reference: str = GoldReferenceOpt,
+    gold_seed: int = GoldSeedOpt,
     url: str | None = UrlOpt,
     token: str | None = TokenOpt,
     json_out: bool = JsonOpt,
@@ -183,9 +191,9 @@ def push(
     reviewer corrects the flagged labels; re-running adds the labels flagged since.
     """
     if review:
-        if images is not None or project_id is not None or new_project:
+        if images is not None or project_id is not None or new_project or gold is not None:
             raise typer.BadParameter(
-                "--images, --project-id and --new-project are not for --review",
+                "--images, --project-id, --new-project and --gold are not for --review",
                 param_hint="--review",
             )
         _review_push(rater, store_as, reviewer, run, title, serve, local_root, url, token,
@@ -212,6 +220,9 @@ def push(
         serve=serve,
         local_root=local_root,
         new_project=new_project,
+        gold=gold,
+        gold_reference=gold_reference,
+        gold_seed=gold_seed,
     )
     render.notes(
         f"task {task_id} of project {result.project_id} was deleted on the server; not re-created"

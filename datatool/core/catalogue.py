@@ -253,6 +253,8 @@ class AgreementSample(Base):
     n_images: Mapped[int] = mapped_column(Integer, nullable=False)
     # images whose labels started from a model draft were kept (None: drawn before drafts)
     include_prelabelled: Mapped[bool | None] = mapped_column(Boolean)
+    # a rater's labels of gold-standard tasks were kept (None: drawn before gold tasks)
+    include_gold: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     items: Mapped[list[AgreementItem]] = relationship(
         back_populates="sample", order_by="AgreementItem.id"
@@ -270,6 +272,28 @@ class AgreementItem(Base):
     annotation_a_id: Mapped[int] = mapped_column(ForeignKey("annotations.id"), nullable=False)
     annotation_b_id: Mapped[int] = mapped_column(ForeignKey("annotations.id"), nullable=False)
     sample: Mapped[AgreementSample] = relationship(back_populates="items")
+
+
+class GoldTask(Base):
+    """An image handed to a rater as a gold-standard task: it already had a reference label
+    (``reference_annotation_id``, a version of a consensus or of another rater), and went into
+    the rater's queue looking like any other task. The rater's own label of it is scored
+    against that version (``datatool raters``) and, unless asked, kept out of agreement
+    samples and consensus. One row per (rater, image); never updated."""
+
+    __tablename__ = "gold_tasks"
+    __table_args__ = (UniqueConstraint("rater_id", "image_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id"), nullable=False, index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), nullable=False, index=True)
+    reference_annotation_id: Mapped[int] = mapped_column(
+        ForeignKey("annotations.id"), nullable=False
+    )  # the reference version the rater's label is scored against
+    tool: Mapped[str] = mapped_column(String(16), nullable=False)  # labelstudio, itksnap
+    seed: Mapped[int] = mapped_column(Integer, nullable=False)  # of the draw that chose it
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    rater: Mapped[Rater] = relationship()
+    reference: Mapped[Annotation] = relationship()
 
 
 class Split(Base):

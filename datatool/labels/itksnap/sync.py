@@ -64,6 +64,7 @@ from datatool.labels.annotations import (
     latest_annotations_query,
     store_annotations,
 )
+from datatool.labels.gold import DEFAULT_REFERENCE, GoldHanding, hand_gold
 from datatool.labels.itksnap.formats import (
     LABEL_SUFFIXES,
     geometry_notes,
@@ -171,6 +172,7 @@ class ItksnapExport:
     drafted: int = 0  # segmentations pre-filled with the model's draft (no own labels yet)
     draft_run: int | None = None  # the run whose drafts pre-filled them
     model_version: str | None = None
+    gold: GoldHanding | None = None  # gold-standard images mixed in (--gold)
 
     @property
     def kept(self) -> int:
@@ -188,6 +190,7 @@ class ItksnapExport:
             "kept": self.kept,
             "kept_files": [str(p) for p in self.kept_files],
             "labels_file": str(self.labels_file),
+            "gold": self.gold,
         }
 
 
@@ -229,6 +232,9 @@ def export_itksnap(
     draft_run: int | None = None,
     device: str = "auto",
     batch: int = 8,
+    gold: int | None = None,
+    gold_reference: str = DEFAULT_REFERENCE,
+    gold_seed: int = 0,
 ) -> ItksnapExport:
     """Export images for one rater to label in ITK-SNAP (see the module docstring).
 
@@ -237,10 +243,16 @@ def export_itksnap(
     has no labels of yet with that run's model draft (their own labels still win), recording
     in the folder's marker which draft (its mask hash) went where, so that sync can tell a
     label made from it. A folder exported for one rater cannot be reused for another.
-    Segmentations with unsynced edits are left as they were (``kept_files``)."""
+    Segmentations with unsynced edits are left as they were (``kept_files``). ``gold``: mix
+    that many gold-standard images (labelled by ``gold_reference``) in, chosen by
+    ``gold_seed``; their folders look like every other (see ``labels.gold``)."""
     out_dir = Path(out_dir)
     protocol = load_protocol(ws.protocol_name)
     wanted = None if image_ids is None else sorted(set(parse_image_ids(image_ids)))
+    handed = None
+    if gold and _marker_owner(out_dir) in (None, rater):  # else the owner check below refuses
+        handed = hand_gold(ws, rater, gold, gold_reference, gold_seed, "itksnap", wanted)
+        wanted = handed.queue
     columns = (
         Image.id,
         Image.store_hash,
@@ -357,6 +369,7 @@ def export_itksnap(
         drafted=drafted,
         draft_run=None if model is None else model.run_id,
         model_version=None if model is None else model.model_version,
+        gold=handed,
     )
 
 

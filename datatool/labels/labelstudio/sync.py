@@ -58,6 +58,7 @@ from datatool.labels.annotations import (
     get_rater,
     store_annotation,
 )
+from datatool.labels.gold import DEFAULT_REFERENCE, GoldHanding, hand_gold
 from datatool.labels.labelstudio.formats import (
     BadExport,
     mask_to_results,
@@ -315,6 +316,7 @@ class PushReport:
     recovered: int  # tasks of an interrupted push, recorded instead of created twice
     missing_on_server: list[int]  # recorded task ids deleted on the server (not re-created)
     serve: ServeMode
+    gold: GoldHanding | None = None  # gold-standard tasks mixed in (--gold)
 
 
 @dataclass
@@ -385,13 +387,22 @@ def push(
     serve: ServeMode | str = ServeMode.local,
     local_root: Path | str | None = None,
     new_project: bool = False,
+    gold: int | None = None,
+    gold_reference: str = DEFAULT_REFERENCE,
+    gold_seed: int = 0,
 ) -> PushReport:
     """Put images (all, or ``image_ids``: ids or names) into the rater's own Label Studio
-    project, one task per image not yet pushed there; returns what was done."""
+    project, one task per image not yet pushed there; returns what was done. ``gold``: mix
+    that many gold-standard images (labelled by ``gold_reference``) into the queue, chosen
+    and ordered by ``gold_seed`` (see ``labels.gold``)."""
     serve = _serve_mode(serve)
     root = _local_root(local_root) if serve is ServeMode.local else None
     protocol = load_protocol(ws.protocol_name)
     wanted = None if image_ids is None else parse_image_ids(image_ids)
+    handed = None
+    if gold:
+        handed = hand_gold(ws, rater, gold, gold_reference, gold_seed, "labelstudio", wanted)
+        wanted = handed.queue
     plan = _push_plan(ws, rater, project_id, new_project, wanted)
     if title is not None:
         title = _check_title(title)
@@ -403,6 +414,8 @@ def push(
     else:
         project = _new_project(conn, ws, plan, protocol, project_id, title)
     seen = _reconcile(conn, ws, plan, project)
+    if handed is not None:  # gold tasks must not come as one block: all new tasks mixed
+        seen.todo = handed.mixed(seen.todo)
     urls: dict[int, str] = {}
     if seen.todo:
         urls = (
@@ -435,6 +448,7 @@ def push(
         recovered=seen.recovered,
         missing_on_server=seen.missing_on_server,
         serve=serve,
+        gold=handed,
     )
 
 
