@@ -57,9 +57,10 @@ def _quality_view(r: RaterQuality) -> Iterator[Block]:
             if q.reference_newer
             else ""
         )
+        drift = f"drift compares halves of {q.half} each" if q.half else "too few for drift"
         yield (
             f"{q.rater}: {q.labelled} of {q.handed} gold images labelled, against "
-            f"{', '.join(q.references)}; drift halves of {q.half} images{newer}"
+            f"{', '.join(q.references)}; {drift}{newer}"
         )
     table = Table(
         "rater quality on gold-standard tasks",
