@@ -193,6 +193,7 @@ def _cases(s: Site) -> dict[str, dict[int, list]]:
             1: ["--raters", "rater1", *w],
             2: ["--method", "rater", *w],
         },
+        "raters": {0: ["--json", *w], 1: bad, 2: ["--rater", "NOBODY", *w]},
         "split create": {
             0: ["fresh", "--ratios", "1:1:1", "--folds", "0", "--json", *w],
             1: ["s", *w],

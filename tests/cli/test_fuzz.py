@@ -112,7 +112,11 @@ def _commands(draw, path: str, folder: str, out: str) -> dict:
         "consensus": lambda: ["consensus", "--method",
                               opt(often("staple", "majority", other=words))],
         "export itksnap": lambda: ["export", "itksnap", "--rater", opt(rater), "--out", out,
-                                   "--images", opt(often("1", "2,3", "img000004", other=words))],
+                                   "--images", opt(often("1", "2,3", "img000004", other=words)),
+                                   *opt(st.sampled_from([[], ["--gold", "2"],
+                                                         ["--gold", "1", "--gold-reference",
+                                                          "rater2"]]))],
+        "raters": lambda: ["raters", "--rater", opt(rater)],
         "init": lambda: ["init", out],
     }  # fmt: skip
 
