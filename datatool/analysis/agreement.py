@@ -188,6 +188,8 @@ CONVENTIONS: dict[str, str] = {
     "(both_absent); one empty gives 0",
     "prelabelled": "a new sample leaves out images where either rater's label started from "
     "a model draft (the raters were not independent) unless include_prelabelled",
+    "gold": "a new sample leaves out a rater's labels of their gold-standard tasks unless "
+    "include_gold",
 }
 
 
@@ -227,6 +229,7 @@ class AgreementReport:
     include_prelabelled: bool = False  # images labelled from model drafts were kept
     prelabelled_in_sample: int = 0  # images of the sample with a label from a model draft
     prelabelled_left_out: int | None = None  # left out of a new sample (None: reused)
+    include_gold: bool = False  # raters' labels of gold-standard tasks were kept
     conventions: dict[str, str] = field(default_factory=lambda: dict(CONVENTIONS))
 
 
@@ -244,6 +247,7 @@ class _Sample:
     include_prelabelled: bool = False
     prelabelled: int = 0  # images whose label (either rater's) started from a model draft
     left_out: int | None = None  # images left out of a new sample for that reason
+    include_gold: bool = False
 
 
 def run_agreement(
@@ -318,6 +322,7 @@ def run_agreement(
         include_prelabelled=smp.include_prelabelled,
         prelabelled_in_sample=smp.prelabelled,
         prelabelled_left_out=smp.left_out,
+        include_gold=smp.include_gold,
     )
     write_text_atomic(out / "agreement.json", json.dumps(to_jsonable(report), indent=2))
     return report
@@ -427,6 +432,7 @@ def _load_sample(
             include_prelabelled=bool(smp.include_prelabelled),
             prelabelled=len(prelabelled),
             left_out=left_out,
+            include_gold=bool(smp.include_gold),
         )
 
 

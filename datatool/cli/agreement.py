@@ -62,7 +62,7 @@ def _agreement_view(report: AgreementReport) -> Iterator[Block]:
         "; images labelled from model drafts kept (--include-prelabelled)"
         if report.include_prelabelled
         else ""
-    )
+    ) + ("; raters' gold-standard labels kept (--include-gold)" if report.include_gold else "")
     yield (
         f"sample {smp.id} ({'saved, reused' if smp.reused else 'new, saved'}): "
         f"{smp.images} images labelled by both {a} and {b}, seed {smp.seed}; "

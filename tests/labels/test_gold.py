@@ -112,6 +112,7 @@ def test_gold_labels_stay_out_of_agreement_samples_unless_asked(ws, tmp_path):
         ws, raters=["A", "B"], plots=False, out_dir=tmp_path / "a2", include_gold=True
     )
     assert with_gold.sample.images == 6 and with_gold.sample.id != plain.sample.id
+    assert (plain.include_gold, with_gold.include_gold) == (False, True)
     with ws.session() as s:
         samples = {
             sm.id: (sm.include_gold, [it.image_id for it in sm.items])
