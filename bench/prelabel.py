@@ -29,7 +29,7 @@ from datatool.analysis.consensus import make_consensus  # noqa: E402
 from datatool.core.workspace import init_workspace, open_workspace  # noqa: E402
 from datatool.labels.annotations import add_rater  # noqa: E402
 from datatool.labels.labelstudio.prelabel import prelabel  # noqa: E402
-from datatool.labels.labelstudio.sync import push  # noqa: E402
+from datatool.labels.labelstudio.push import push  # noqa: E402
 from datatool.learning.inference import load_run_model, predict  # noqa: E402
 from datatool.learning.splits import create_split  # noqa: E402
 from datatool.learning.training import TrainConfig, train  # noqa: E402

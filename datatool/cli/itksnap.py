@@ -27,7 +27,7 @@ from datatool.cli.render import Block
 from datatool.learning.options import DeviceChoice
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
-    from datatool.labels.itksnap.sync import ItksnapExport
+    from datatool.labels.itksnap.export import ItksnapExport
 
 
 def _export_view(r: ItksnapExport) -> Iterator[Block]:
@@ -88,8 +88,8 @@ def export_itksnap(
     yet start from the model's draft (the folder records which); a draft the rater never saved
     is not synced as a label: to accept one as it is, save it in ITK-SNAP.
     """
-    from datatool.labels.itksnap.sync import export_itksnap as run
-    from datatool.labels.itksnap.sync import parse_prefill
+    from datatool.labels.itksnap.export import export_itksnap as run
+    from datatool.labels.itksnap.export import parse_prefill
     from datatool.labels.matching import parse_image_ids
 
     own, draft_run = parse_prefill("none" if no_prefill else prefill)

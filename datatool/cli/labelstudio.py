@@ -30,8 +30,8 @@ from datatool.labels.labelstudio.modes import ReviewStoreAs, ServeMode
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
     from datatool.labels.labelstudio.connect import ConnectReport
+    from datatool.labels.labelstudio.push import PushReport
     from datatool.labels.labelstudio.review import ReviewPushReport, ReviewSyncReport
-    from datatool.labels.labelstudio.sync import PushReport
 
 UrlOpt = typer.Option(
     None,
@@ -205,7 +205,7 @@ def push(
         raise typer.BadParameter(
             "--store-as, --reviewer and --run go with --review", param_hint="--review"
         )
-    from datatool.labels.labelstudio.sync import push as run_push
+    from datatool.labels.labelstudio.push import push as run_push
     from datatool.labels.matching import parse_image_ids
 
     ids = None if images is None else parse_image_ids(images)

@@ -9,7 +9,7 @@ a tenth of the list, at least 1, so a list spans at least ten patients where the
 The list may be shorter than asked when the cap or the images run out (a note says so).
 
 With ``push`` the chosen images go into the rater's own Label Studio project
-(``labels.labelstudio.sync.push``); with ``drafts`` the run's drafts of them are stored
+(``labels.labelstudio.push.push``); with ``drafts`` the run's drafts of them are stored
 (rater model:RUN, ``inference.ensure_drafts``) and added to those tasks as predictions.
 """
 
@@ -219,8 +219,9 @@ def _push(
     local_root: Path | str | None,
     device: str,
 ) -> None:
+    from datatool.labels.labelstudio.connection import _server_tasks, connect
     from datatool.labels.labelstudio.formats import mask_to_results
-    from datatool.labels.labelstudio.sync import _server_tasks, connect, push
+    from datatool.labels.labelstudio.push import push
 
     ids = [c.image_id for c in result.images]
     pushed = push(ws, result.rater, url=url, token=token, image_ids=ids, serve=serve,

@@ -20,7 +20,7 @@ from datatool.cli import app
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.labels.labelstudio.formats import mask_to_results
-from datatool.labels.labelstudio.sync import push
+from datatool.labels.labelstudio.push import push
 from datatool.learning.serving import PASSWORD_ENV, USER_ENV, Credentials, create_app
 from tests.backend_server import uvicorn_thread
 from tests.cli.test_commands import LEAVES

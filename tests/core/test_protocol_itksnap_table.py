@@ -65,7 +65,7 @@ def test_the_workspace_label_table():
 def test_the_files_export_and_the_demo_write(ws, tmp_path, demo_dir):
     from datatool.ingest.pipeline import ingest
     from datatool.labels.annotations import add_rater
-    from datatool.labels.itksnap.sync import export_itksnap
+    from datatool.labels.itksnap.export import export_itksnap
     from tests.handmade import write_us
 
     write_us(tmp_path / "d" / "a.dcm", np.full((40, 50), 80, np.uint8))

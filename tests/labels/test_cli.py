@@ -15,7 +15,7 @@ from datatool.cli import app
 from datatool.core.errors import UsageError
 from datatool.ingest.pipeline import ingest
 from datatool.labels.itksnap.formats import read_label_map, write_segmentation
-from datatool.labels.labelstudio.sync import push
+from datatool.labels.labelstudio.push import push
 
 runner = CliRunner()
 

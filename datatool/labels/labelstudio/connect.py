@@ -24,7 +24,7 @@ from datatool.core.catalogue import audit
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import get_rater, run_of_draft_version
-from datatool.labels.labelstudio.sync import _plain, _rater_projects, _server_project, connect
+from datatool.labels.labelstudio.connection import _plain, _rater_projects, _server_project, connect
 
 WEBHOOK_ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"]
 

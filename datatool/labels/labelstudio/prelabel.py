@@ -36,8 +36,7 @@ from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import get_rater, latest_annotations_query
-from datatool.labels.labelstudio.formats import mask_to_results
-from datatool.labels.labelstudio.sync import (
+from datatool.labels.labelstudio.connection import (
     Connection,
     _plain,
     _rater_projects,
@@ -45,6 +44,7 @@ from datatool.labels.labelstudio.sync import (
     _server_tasks,
     connect,
 )
+from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.matching import image_name
 
 UPLOAD_BATCH = 64  # predictions per request to the server

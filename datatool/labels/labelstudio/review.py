@@ -56,23 +56,25 @@ from datatool.labels.annotations import (
     store_annotation,
 )
 from datatool.labels.drafts import drafts_of
-from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
-from datatool.labels.labelstudio.modes import ReviewStoreAs, ServeMode
-from datatool.labels.labelstudio.sync import (
-    IMPORT_BATCH,
-    TITLE_LEN,
+from datatool.labels.labelstudio.connection import (
     Connection,
-    _check_title,
-    _local_root,
-    _pick_annotation,
-    _serve_local,
-    _serve_mode,
-    _serve_upload,
     _server_project,
     _server_tasks,
     connect,
+)
+from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
+from datatool.labels.labelstudio.modes import ReviewStoreAs, ServeMode
+from datatool.labels.labelstudio.push import (
+    IMPORT_BATCH,
+    TITLE_LEN,
+    _check_title,
+    _local_root,
+    _serve_local,
+    _serve_mode,
+    _serve_upload,
     import_task_batch,
 )
+from datatool.labels.labelstudio.sync import _pick_annotation
 from datatool.labels.masks import BadLabel, validate_mask
 from datatool.labels.matching import image_name
 

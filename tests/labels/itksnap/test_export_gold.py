@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from datatool.analysis.rater_quality import rater_quality
 from datatool.cli import app
+from datatool.labels.itksnap.export import export_itksnap
 from datatool.labels.itksnap.formats import read_label_map, write_segmentation
-from datatool.labels.itksnap.sync import export_itksnap, sync_itksnap
+from datatool.labels.itksnap.sync import sync_itksnap
 from datatool.labels.matching import image_name
 from tests.gold_util import femur_shifted, label, reference_mask, study
 

@@ -1,4 +1,4 @@
-"""ITK-SNAP export and sync (datatool.labels.itksnap.sync) and their commands, on the demo study."""
+"""ITK-SNAP export and sync (labels.itksnap.export, .sync) and their commands, on the demo study."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from datatool.core.errors import UsageError
 from datatool.core.protocol import load_protocol
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater
+from datatool.labels.itksnap.export import export_itksnap
 from datatool.labels.itksnap.formats import read_label_map, write_segmentation
-from datatool.labels.itksnap.sync import EXPORT_MARKER, LABELS_FILE, export_itksnap, sync_itksnap
+from datatool.labels.itksnap.marker import EXPORT_MARKER, LABELS_FILE
+from datatool.labels.itksnap.sync import sync_itksnap
 from datatool.labels.matching import image_for_dicom
 
 N = 12  # the demo fixture: 3 patients x 2 sides x 2 images
@@ -549,7 +551,7 @@ def test_export_prefills_what_the_rater_has_not_labelled_with_the_models_draft(t
     rater's labels."""
     from datatool.core.store import pixel_digest
     from datatool.labels.annotations import get_rater, store_annotation
-    from datatool.labels.itksnap.sync import parse_prefill
+    from datatool.labels.itksnap.export import parse_prefill
     from datatool.learning.inference import load_run_model, predict
     from tests.qa_util import clone
 

@@ -23,7 +23,8 @@ from datatool.labels.annotations import get_rater, label_coverage, latest_annota
 from datatool.labels.labelstudio.connect import connect_backend
 from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
 from datatool.labels.labelstudio.prelabel import prelabel
-from datatool.labels.labelstudio.sync import push, sync_from_server
+from datatool.labels.labelstudio.push import push
+from datatool.labels.labelstudio.sync import sync_from_server
 from datatool.labels.matching import image_id_from_name
 from datatool.learning.inference import load_run_model, predict
 from datatool.learning.serving import PASSWORD_ENV, USER_ENV, Credentials, create_app

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from datatool.analysis.rater_quality import rater_quality
 from datatool.cli import app
 from datatool.core.protocol import load_protocol
-from datatool.labels.labelstudio.sync import annotate, push, sync_from_server
+from datatool.labels.labelstudio.push import annotate, push
+from datatool.labels.labelstudio.sync import sync_from_server
 from datatool.labels.matching import image_id_from_name, image_name
 from tests.gold_util import femur_shifted, label, reference_mask, study
 

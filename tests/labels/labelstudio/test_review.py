@@ -22,13 +22,13 @@ from datatool.core.catalogue import (
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.labels.annotations import add_rater, get_rater, latest_annotation
 from datatool.labels.labelstudio.formats import results_to_mask
+from datatool.labels.labelstudio.push import annotate
 from datatool.labels.labelstudio.review import (
     FLAGGED,
     push_review,
     review_config,
     sync_review,
 )
-from datatool.labels.labelstudio.sync import annotate
 from datatool.labels.matching import image_name
 from tests.qa_util import P, V, clean, ellipse, images_of, qa_ws, relabel
 

@@ -23,7 +23,8 @@ from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask
 from datatool.core.protocol import load_protocol
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater, get_rater, latest_annotation
-from datatool.labels.labelstudio.sync import push, sync_from_export, sync_from_server
+from datatool.labels.labelstudio.push import push
+from datatool.labels.labelstudio.sync import sync_from_export, sync_from_server
 from datatool.labels.matching import image_for_dicom
 
 P = load_protocol()

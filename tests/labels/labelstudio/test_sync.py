@@ -26,7 +26,8 @@ from datatool.core.protocol import load_protocol
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater, latest_annotation
 from datatool.labels.labelstudio.formats import mask_to_results
-from datatool.labels.labelstudio.sync import annotate, push, sync_from_export, sync_from_server
+from datatool.labels.labelstudio.push import annotate, push
+from datatool.labels.labelstudio.sync import sync_from_export, sync_from_server
 from datatool.labels.matching import image_for_dicom, image_name
 from tests.memory import run_measured
 
