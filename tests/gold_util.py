@@ -41,12 +41,21 @@ def study(ws, tmp_path, n: int, raters=("EXP", "AN1")) -> list[int]:
         return list(s.scalars(select(Image.id).order_by(Image.id)))
 
 
-def label(ws, rater: str, image_id: int, mask: np.ndarray, at: dt.datetime | None = None) -> int:
-    """Store ``mask`` as ``rater``'s next label of the image (at time ``at``); its id."""
+def label(
+    ws,
+    rater: str,
+    image_id: int,
+    mask: np.ndarray,
+    at: dt.datetime | None = None,
+    source: str = "itksnap",
+    ref: str | None = None,
+) -> int:
+    """Store ``mask`` as ``rater``'s next label of the image (at time ``at``, from ``source``
+    with ``source_ref`` ``ref``); its id."""
     protocol = load_protocol(ws.protocol_name)
     with ws.session() as s:
         stored = store_annotation(
-            s, ws.store, s.get_one(Image, image_id), get_rater(s, rater), mask, "itksnap", None,
+            s, ws.store, s.get_one(Image, image_id), get_rater(s, rater), mask, source, ref,
             protocol,
         )  # fmt: skip
         ann = s.get_one(Annotation, stored.annotation_id)

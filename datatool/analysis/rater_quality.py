@@ -6,15 +6,19 @@ it, their latest label version is compared with the reference version recorded a
 (not a later one), per structure: IoU and Dice (``metrics.dice_iou``: a structure both left
 empty is excluded and counted, one empty scores 0).
 
-Drift: the rater's labelled gold images ordered by when their label reached the catalogue
-(the label version's time, then its id), split into a first and a second half (the middle
-image of an odd number is in neither); drift is the mean Dice of the second half minus that of
-the first (negative: worse lately). It needs at least two labelled gold images and a scored
-pair in each half.
+Drift: the rater's labelled gold images in the order they were labelled, split into a first
+and a second half (the middle image of an odd number is in neither); drift is the mean Dice of
+the second half minus that of the first (negative: worse lately). It needs at least two
+labelled gold images and a scored pair in each half. The order: when every one of the rater's
+gold labels came from a Label Studio server, by the server's annotation id (given as each
+annotation is submitted, so the labelling order even when they were all synced at once);
+otherwise by when each label reached the catalogue (the version's time, then its id), which
+for ITK-SNAP is the time of the sync that found it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +31,7 @@ from datatool.core.workspace import Workspace
 from datatool.labels.annotations import get_rater, latest_annotations_query
 
 ALL = "all structures"
+_SERVER_REF = re.compile(r"^project \d+ task \d+ annotation (\d+)$")  # labelstudio sync
 
 CONVENTIONS: dict[str, str] = {
     "label": "the rater's latest label version of each gold image",
@@ -34,8 +39,9 @@ CONVENTIONS: dict[str, str] = {
     "dice_iou": "pairs where both left the structure empty are excluded (both_absent); one "
     "empty gives 0; 'all structures' pools every scored (image, structure) pair",
     "drift": "mean Dice of the second half of the rater's labelled gold images minus the first "
-    "half, ordered by when each label reached the catalogue; the middle one of an odd number "
-    "is in neither half",
+    "half, in the order labelled (Label Studio annotation ids when all came from a server, "
+    "else when each label reached the catalogue); the middle one of an odd number is in "
+    "neither half",
 }
 
 
@@ -98,6 +104,12 @@ def _score(name: str, pairs: list[tuple[Pair, int]], ones: int, n: int, half: in
     )
 
 
+def _server_id(source_ref: str | None) -> int | None:
+    """The Label Studio annotation id of a label synced from a server, else None."""
+    match = _SERVER_REF.match(source_ref or "")
+    return int(match.group(1)) if match else None
+
+
 def rater_quality(ws: Workspace, rater: str | None = None) -> RaterQuality:
     """Per rater with gold tasks (or only ``rater``), per structure: IoU and Dice against the
     reference, the number of gold images, and drift (see the module docstring)."""
@@ -110,7 +122,7 @@ def rater_quality(ws: Workspace, rater: str | None = None) -> RaterQuality:
         names = dict(s.execute(select(Rater.id, Rater.name)).all())
         raters = sorted({g.rater_id for g in rows}, key=lambda i: names[i])
         labels = {
-            (a.image_id, a.rater_id): (a.created_at, a.id, a.mask_hash)
+            (a.image_id, a.rater_id): (a.created_at, a.id, a.mask_hash, _server_id(a.source_ref))
             for a in s.scalars(latest_annotations_query(raters))
         }
         references = {g.id: (g.reference.rater_id, g.reference.mask_hash) for g in rows}
@@ -129,13 +141,13 @@ def rater_quality(ws: Workspace, rater: str | None = None) -> RaterQuality:
     result = []
     for rid in raters:
         mine = [g for g in rows if g.rater_id == rid]
-        done = sorted(
-            (labels[(g.image_id, rid)], g) for g in mine if (g.image_id, rid) in labels
-        )  # by (time, annotation id) of the rater's label
+        found = [(labels[(g.image_id, rid)], g) for g in mine if (g.image_id, rid) in labels]
+        by_server = all(label[3] is not None for label, _ in found)
+        done = sorted(found, key=lambda x: (x[0][3],) if by_server else x[0][:2])
         n, half = len(done), len(done) // 2
         per: dict[str, list[tuple[Pair, int]]] = {st.name: [] for st in protocol.structures}
         ones = dict.fromkeys(per, 0)
-        for k, ((_, _, mask_hash), g) in enumerate(done):
+        for k, ((_, _, mask_hash, _), g) in enumerate(done):
             label = ws.store.get_array(mask_hash)
             answer = ws.store.get_array(references[g.id][1])
             for st in protocol.structures:

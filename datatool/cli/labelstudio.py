@@ -187,6 +187,10 @@ def push(
     """Put images into the rater's own Label Studio project (made on first use), one task per
     image not yet there. Re-running adds nothing. One project per rater: double-blind.
 
+    With --gold N: N gold-standard images (with a reference label) go among the rater's tasks,
+    looking like every other task, and the new tasks come in a seeded random order; the rater's
+    labels of them are scored by 'datatool raters'.
+
     With --review: the review project of each rater with open QA flags (or of --rater), where a
     reviewer corrects the flagged labels; re-running adds the labels flagged since.
     """

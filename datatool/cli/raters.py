@@ -86,7 +86,7 @@ def _quality_view(r: RaterQuality) -> Iterator[Block]:
     yield (
         "Dice/IoU: images where label and reference both leave a structure empty are left out "
         "(both empty); one empty counts 0. Drift: mean Dice of the second half of a rater's "
-        "gold labels (by when they were synced) minus the first half; negative is worse lately."
+        "gold labels (in the order labelled) minus the first half; negative is worse lately."
     )
 
 

@@ -84,6 +84,27 @@ def test_drift_compares_the_halves_by_time_labelled(gold_study):
     assert scores[ALL].drift == pytest.approx((1 + 0.5) / 2 - 1)
 
 
+def test_labels_from_a_server_are_ordered_by_its_annotation_ids(ws, tmp_path):
+    """All synced at once (the catalogue's times in image order), but the server's annotation
+    ids say the rater labelled the last two images first: they are the first half."""
+    ids = study(ws, tmp_path, 4)
+    for i in ids:
+        label(ws, "EXP", i, reference_mask())
+    hand_gold(ws, "AN1", 4, "EXP", 0, "labelstudio", [])
+    annotation_ids = [90, 91, 17, 18]  # the server's, per image
+    for k, i in enumerate(ids):
+        mask = reference_mask() if k >= 2 else femur_shifted(5)
+        ref = f"project 3 task {40 + k} annotation {annotation_ids[k]}"
+        label(ws, "AN1", i, mask, T0 + dt.timedelta(minutes=k), "labelstudio", ref)
+    scores, _ = _scores(rater_quality(ws), "AN1")
+    femur = scores["femur"]
+    assert (femur.dice_first_half, femur.dice_second_half) == (1.0, pytest.approx(0.5))
+    # one label from elsewhere (an export, ITK-SNAP): the catalogue's times order them all
+    label(ws, "AN1", ids[3], femur_shifted(1), T0 + dt.timedelta(minutes=9))
+    femur = _scores(rater_quality(ws), "AN1")[0]["femur"]
+    assert (femur.dice_first_half, femur.dice_second_half) == (pytest.approx(0.5), 0.95)
+
+
 def test_unlabelled_gold_odd_halves_and_a_newer_reference(ws, tmp_path):
     """Five of six gold images labelled: halves of two (the middle one in neither); a newer
     reference version of one image changes nothing: scores are against the version handed."""

@@ -158,8 +158,10 @@ def test_sync_and_export_itksnap(ws, demo_dir, tmp_path):
         "kept",
         "kept_files",
         "labels_file",
+        "gold",
     }
     assert (data["images"], data["prefilled"], data["kept"], data["kept_files"]) == (12, 12, 0, [])
+    assert data["gold"] is None  # no --gold
     # an edit not synced yet is kept, one stderr line says so
     seg = out / "img000001" / "img000001_seg.nii.gz"
     mask = read_label_map(seg)

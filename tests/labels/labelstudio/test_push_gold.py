@@ -1,7 +1,8 @@
 """``labelstudio push --gold N`` against a real Label Studio server: gold tasks look like every
 other task of the rater's project (the same fields, the same data keys in the same order, the
 same kind of values), come mixed among the new tasks by the seed rather than as a block, a
-re-push adds nothing, and the rater's labels synced back are scored by ``datatool raters``."""
+re-push adds nothing, and the rater's labels synced back are scored by ``datatool raters``,
+drift in the order the rater labelled them."""
 
 from __future__ import annotations
 
@@ -79,15 +80,22 @@ def test_gold_tasks_look_like_any_other_and_are_scored(ws, tmp_path, labelstudio
     assert (data["tasks_created"], data["already_pushed"]) == (0, 8)
     assert (data["gold"]["new"], data["gold"]["gold"]) == (0, handed.gold)
 
-    # the rater labels: gold ones with the femur 2 px off, the others as the reference
+    # the rater labels the ordinary tasks as the reference, then the gold ones from the last
+    # task to the first: the two labelled first with the femur 2 px off, the last one exact
     protocol = load_protocol(ws.protocol_name)
+    gold_tasks = [by_image[i]["id"] for i in order if i in handed.gold]
     for image_id, task in by_image.items():
-        mask = femur_shifted(2) if image_id in handed.gold else reference_mask()
-        annotate(srv.url, srv.token, pid, task["id"], mask, protocol)
-    synced = sync_from_server(ws, "AN1", url=srv.url, token=srv.token)
+        if image_id not in handed.gold:
+            annotate(srv.url, srv.token, pid, task["id"], reference_mask(), protocol)
+    for k, task_id in enumerate(reversed(gold_tasks)):
+        mask = femur_shifted(2) if k < 2 else reference_mask()
+        annotate(srv.url, srv.token, pid, task_id, mask, protocol)
+    synced = sync_from_server(ws, "AN1", url=srv.url, token=srv.token)  # all at once
     assert synced.new_versions == 8 and not synced.rejected
     (an1,) = rater_quality(ws).raters
     femur = next(g for g in an1.structures if g.structure == "femur")
-    assert (an1.handed, an1.labelled, femur.images) == (3, 3, 3)
-    assert femur.iou["mean"] == pytest.approx(2 / 3)
-    assert femur.dice["mean"] == pytest.approx(0.8)
+    assert (an1.handed, an1.labelled, an1.half, femur.images) == (3, 3, 1, 3)
+    assert femur.iou["mean"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    # drift follows the order labelled (the server's annotation ids), not the task order
+    assert (femur.dice_first_half, femur.dice_second_half) == (pytest.approx(0.8), 1.0)
+    assert femur.drift == pytest.approx(0.2)
