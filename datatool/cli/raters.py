@@ -100,7 +100,7 @@ def raters(
 ):
     """Each rater against the reference on their gold-standard tasks: per structure IoU and
     Dice, the number of gold images labelled, and drift (the second half of their gold labels
-    against the first, by time).
+    against the first, in the order labelled).
 
     Gold tasks are images that already had a reference label (a consensus or another rater)
     when 'datatool labelstudio push --gold N' or 'datatool export itksnap --gold N' mixed them
