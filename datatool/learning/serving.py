@@ -745,7 +745,10 @@ def run(serving: Serving) -> None:
     server = make_server(
         serving.app, serving.host, serving.port, guard, keep_alive=serving.keep_alive
     )
-    asyncio.run(serve(server, guard))
+    try:
+        asyncio.run(serve(server, guard))
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down cleanly; nothing was interrupted
+        log.info("stopped")
 
 
 __all__ = [

@@ -9,6 +9,7 @@ import errno
 import logging
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -162,3 +163,61 @@ def test_serve_with_128_open_files_answers_health_under_a_flood_of_idle_sockets(
     size = log_path.stat().st_size
     assert size < 64 * 1024, size
     assert "Traceback" not in log_path.read_text()
+
+
+SERVER = """
+import asyncio, resource, sys
+from datatool.learning.serving_guard import Guard, make_server, serve
+from tests.learning.test_serving_guard import _hello
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+guard = Guard(max_connections=1000, header_timeout=60)  # a cap above the limit: accepts fail
+asyncio.run(serve(make_server(_hello, "127.0.0.1", int(sys.argv[1]), guard), guard))
+"""
+
+
+def test_failed_accepts_are_logged_once_per_interval_by_a_running_server(tmp_path):
+    """With its cap above the open-file limit, the server's accepts fail with EMFILE for as
+    long as the idle sockets stay: one log line, no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER, str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )
+    sockets = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                sockets.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+        for _ in range(120):  # more than the 64 files the server may open
+            try:
+                sockets.append(socket.create_connection(("127.0.0.1", port), timeout=3))
+            except TimeoutError:  # the listen queue is full: the server no longer accepts
+                break
+        assert len(sockets) > 64
+        time.sleep(4)  # asyncio retries a failed accept every second
+        assert proc.poll() is None
+    finally:
+        for sock in sockets:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    text = log_path.read_text()
+    assert text.count("out of system resource") == 1, text
+    assert "Too many open files" in text and "Traceback" not in text
+    assert len(text) < 4096, len(text)
