@@ -152,10 +152,10 @@ def serve(
     a rater's project with 'datatool labelstudio connect --rater R --backend-url URL'. Task
     score: the mean max-softmax over the drafted foreground (0 when nothing is drafted).
 
-    Limits: a request body of at most 8 MiB and 200,000 JSON objects and arrays, received
-    within 60 s (bodies held at once: 32 MiB; parsed in a worker thread, one at a time); a
-    connection must send a request's headers within 10 s of opening or of its last response,
-    and an idle keep-alive connection closes after 5 s.
+    Limits: a request body of at most 8 MiB, 200,000 JSON objects and arrays and a million
+    values, received within 60 s (bodies held at once: 32 MiB; parsed in a worker thread,
+    one at a time); a connection must send a request's headers within 10 s of opening or of
+    its last response, and an idle keep-alive connection closes after 5 s.
     """
     from datatool.learning.serving import prepare
     from datatool.learning.serving import run as run_server

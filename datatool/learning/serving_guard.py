@@ -58,7 +58,7 @@ def connection_cap(requested: int = MAX_CONNECTIONS) -> int:
         return requested
     room = soft - open_descriptors() - ACCEPT_BATCH - FD_RESERVE
     cap = min(requested, room)
-    if cap < MIN_CONNECTIONS:
+    if cap < min(requested, MIN_CONNECTIONS):
         raise UsageError(
             f"the open-file limit ({soft}) leaves room for {max(room, 0)} connections; the "
             f"backend needs at least {MIN_CONNECTIONS}: raise it ('ulimit -n 1024') and start "

@@ -126,6 +126,7 @@ def test_the_cap_fits_under_the_open_file_limit(monkeypatch):
     monkeypatch.setattr(resource, "getrlimit", lambda _: (128, 4096))
     monkeypatch.setattr(serving_guard, "open_descriptors", lambda: 20)
     assert connection_cap(1000) == 128 - 20 - 32 - 32 and connection_cap(10) == 10
+    assert connection_cap(1) == 1  # a cap asked for below the minimum is the user's choice
     monkeypatch.setattr(resource, "getrlimit", lambda _: (64, 4096))
     with pytest.raises(UsageError, match="ulimit -n"):
         connection_cap(64)
