@@ -461,3 +461,39 @@ def test_hostile_bodies_leave_the_servers_memory_bounded_and_health_answering(se
     print(f"peak RSS {before:.0f} -> {after:.0f} MiB; /health worst {max(latencies):.2f} s")
     assert after - before < 250, (before, after)
     assert latencies and max(latencies) < 1.0, max(latencies)
+
+
+def test_bodies_held_at_once_are_bounded_and_a_slow_body_times_out():
+    """BodyLimits on a tiny app: a second body over the shared budget waits for nothing (503),
+    a body that does not arrive in time is refused (408), and the budget is given back."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from datatool.learning.serving import BodyLimits, _answering, _json_response
+
+    limits = BodyLimits(max_body=4096, budget=4096, timeout=2)
+
+    @_answering("/echo")
+    async def echo(request):
+        return _json_response(200, {"keys": sorted(await limits.read(request))})
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
+    arrived = threading.Event()
+
+    def slow():  # 3000 bytes at once, the rest only after the timeout
+        yield b'{"a": "' + b"x" * 3000
+        arrived.set()
+        time.sleep(3)
+        yield b'"}'
+
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(c.post, "/echo", content=slow())
+            assert arrived.wait(10)
+            time.sleep(0.5)
+            busy = c.post("/echo", content=b'{"b": "' + b"y" * 2000 + b'"}')
+            assert busy.status_code == 503 and "retry" in _one_line_error(busy)
+            late = held.result()
+        assert late.status_code == 408 and "within 2 s" in _one_line_error(late)
+        assert limits.held == 0
+        assert c.post("/echo", content=b'{"b": 1}').json() == {"keys": ["b"]}
