@@ -120,7 +120,7 @@ def serve(
     host: str = typer.Option(
         "127.0.0.1",
         help="Address to listen on. Beyond loopback (127.0.0.1, ::1) only with "
-        "DATATOOL_SERVE_USER and DATATOOL_SERVE_PASSWORD set.",
+        "DATATOOL_SERVE_USER and DATATOOL_SERVE_PASSWORD (12 characters or more) set.",
     ),
     port: int = typer.Option(9090, help="Port to listen on."),
     device: DeviceChoice = typer.Option(
@@ -133,6 +133,13 @@ def serve(
     max_tasks: int = typer.Option(
         256, "--max-tasks", min=1, help="Most tasks one predict request may ask for."
     ),
+    max_connections: int = typer.Option(
+        64,
+        "--max-connections",
+        min=1,
+        help="Most connections open at once (lowered to fit the open-file limit, ulimit -n); "
+        "over it, the connections idle longest are closed.",
+    ),
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Serve a run's drafts to Label Studio as an ML backend, until Ctrl-C.
@@ -140,10 +147,15 @@ def serve(
     Speaks Label Studio 1.23's ML backend protocol (/health, /setup, /predict, /webhook).
     Only tasks made by 'datatool labelstudio push' are answered, from the workspace store.
     Every route but /health needs HTTP Basic auth: DATATOOL_SERVE_USER and
-    DATATOOL_SERVE_PASSWORD, or a password made for this run of the server (the command says
-    which file holds it). Register it on a rater's project with 'datatool labelstudio connect
-    --rater R --backend-url URL'. Task score: the mean max-softmax over the drafted
-    foreground (0 when nothing is drafted).
+    DATATOOL_SERVE_PASSWORD, or a password made for the run (the command says which file
+    holds it; serving the run again keeps it; delete the file for a new one). Register it on
+    a rater's project with 'datatool labelstudio connect --rater R --backend-url URL'. Task
+    score: the mean max-softmax over the drafted foreground (0 when nothing is drafted).
+
+    Limits: a request body of at most 8 MiB, 200,000 JSON objects and arrays and a million
+    values, received within 60 s (bodies held at once: 32 MiB; parsed in a worker thread,
+    one at a time); a connection must send a request's headers within 10 s of opening or of
+    its last response, and an idle keep-alive connection closes after 5 s.
     """
     from datatool.learning.serving import prepare
     from datatool.learning.serving import run as run_server
@@ -157,6 +169,7 @@ def serve(
         checkpoint=checkpoint,
         batch=batch,
         max_tasks=max_tasks,
+        max_connections=max_connections,
     )
     render.progress_line(
         f"datatool ML backend: run {serving.run} ({serving.model_version}) on {serving.device}, "
@@ -172,6 +185,11 @@ def serve(
             f"HTTP Basic auth: user {serving.user}; a password made for this run of serve is in "
             f"{serving.credentials_from} (readable by you only)"
         )
+    render.progress_line(
+        f"limits: {serving.max_connections} connections, headers within "
+        f"{serving.header_timeout:g} s, idle keep-alive {serving.keep_alive:g} s, bodies up to "
+        f"{serving.max_body // (1024 * 1024)} MiB"
+    )
     render.progress_line(
         f"connect it: datatool labelstudio connect --rater RATER --backend-url {serving.url}"
     )

@@ -23,11 +23,16 @@ reason (nothing is fetched from a URL a task names). The score and label map are
 Security: HTTP Basic auth (Label Studio's ``BASIC_AUTH`` for ML backends) on every route but
 ``/health``, always; the credentials come from ``DATATOOL_SERVE_USER`` /
 ``DATATOOL_SERVE_PASSWORD``, or a random password is made for this run of the server and
-written to a file only its owner can read. Without credentials in the environment the server
-listens on loopback only. Bodies over ``max_body`` bytes, requests for more than
-``max_tasks`` tasks, malformed JSON, wrong shapes and unauthenticated requests get a 4xx with
-a one-line JSON reason (``{"error": ...}``), never a traceback. The log names routes, counts
-and times: no credential, no task data, no pixel.
+written to a file only its owner can read (kept across restarts: a second ``serve`` of the run
+reuses it). Without credentials in the environment the server listens on loopback only; beyond
+it, the password needs ``MIN_PASSWORD`` characters. Bodies over ``max_body`` bytes (8 MiB) or
+with more than ``MAX_CONTAINERS`` JSON objects and arrays or ``MAX_VALUES`` values, requests
+for more than ``max_tasks`` tasks, ids outside 1..2**63-1, malformed JSON, wrong shapes and
+unauthenticated requests get a 4xx with a one-line JSON reason (``{"error": ...}``), never a
+traceback. Bodies are parsed in a worker thread, one at a time (:class:`BodyLimits`); idle
+connections, the connection cap and log throttling are ``serving_guard``'s. The log names
+routes, counts and times: no credential, no task data, no pixel; a webhook's action is logged
+escaped.
 """
 
 from __future__ import annotations
@@ -54,16 +59,31 @@ from datatool.core.errors import UsageError
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.labelstudio.formats import FROM_NAME, TO_NAME, mask_to_results
-from datatool.labels.labelstudio.news import record_event
+from datatool.labels.labelstudio.news import escape_action, record_event
 from datatool.labels.matching import image_name
+from datatool.learning.serving_guard import (
+    HEADER_TIMEOUT,
+    KEEP_ALIVE,
+    MAX_CONNECTIONS,
+    Guard,
+    connection_cap,
+    make_server,
+    serve,
+)
 
 USER_ENV = "DATATOOL_SERVE_USER"
 PASSWORD_ENV = "DATATOOL_SERVE_PASSWORD"
 DEFAULT_USER = "datatool"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9090
-MAX_BODY = 32 * 1024 * 1024  # bytes: Label Studio sends each task with its annotations
+MAX_BODY = 8 * 1024 * 1024  # bytes: Label Studio sends each task with its annotations
+MAX_CONTAINERS = 200_000  # JSON objects and arrays in one body (what parsing costs in memory)
+MAX_VALUES = 1_000_000  # JSON values in one body (what parsing costs in time and memory)
+BODY_BUDGET = 4 * MAX_BODY  # bytes of request bodies held at once, all requests together
+BODY_TIMEOUT = 60.0  # seconds to receive a whole body
 MAX_TASKS = 256  # tasks per /predict request
+MAX_ID = 2**63 - 1  # the largest id the catalogue stores
+MIN_PASSWORD = 12  # characters of a password from the environment
 # the addresses a generated password may listen on: the loopback addresses themselves, not a
 # name such as localhost that the system resolves (and a hosts file may point elsewhere)
 LOOPBACK = ("127.0.0.1", "::1")
@@ -102,11 +122,19 @@ class Credentials:
         return f"Basic {token}"
 
 
-def credentials_from_env() -> Credentials | None:
-    """The credentials set in the environment, or None when no password is set."""
+def credentials_from_env(host: str = DEFAULT_HOST) -> Credentials | None:
+    """The credentials set in the environment, or None when no password is set. Beyond
+    loopback the password must have at least ``MIN_PASSWORD`` characters, not all blank."""
     password = os.environ.get(PASSWORD_ENV, "")
     if not password:
         return None
+    if not password.strip():
+        raise UsageError(f"{PASSWORD_ENV} is blank: set a real password, or unset it")
+    if host not in LOOPBACK and len(password) < MIN_PASSWORD:
+        raise UsageError(
+            f"{PASSWORD_ENV} has {len(password)} characters: a backend listening beyond this "
+            f"machine needs at least {MIN_PASSWORD}"
+        )
     user = os.environ.get(USER_ENV, "").strip() or DEFAULT_USER
     if ":" in user:
         raise UsageError(f"{USER_ENV} must not contain ':' (HTTP Basic auth)")
@@ -118,10 +146,20 @@ def credentials_file(ws: Workspace, run_id: int) -> Path:
 
 
 def generate_credentials(ws: Workspace, run_id: int, url: str) -> Credentials:
-    """A random password for this run of the server, written (mode 0600) to a file in the
-    workspace: the one place to read it."""
+    """The run's generated password: the one in its credentials file when there is one (so a
+    second or failed ``serve`` never orphans a running server's password), else a new random
+    one written (mode 0600, in a folder of mode 0700) to that file: the one place to read it."""
     path = credentials_file(ws, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)  # whatever the umask, and for a folder made before
+    if path.exists():
+        try:
+            kept = read_credentials_file(path)
+        except UsageError:
+            kept = None  # unreadable: replaced below
+        if kept is not None and kept.password.strip() and ":" not in kept.user:
+            os.chmod(path, 0o600)
+            return kept
     password = secrets.token_urlsafe(24)
     write_text_atomic(
         path,
@@ -218,46 +256,133 @@ class _Auth:
         await self.app(scope, receive, send)
 
 
-async def _json_body(request, limit: int) -> dict:
-    """The request's JSON object, read up to ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
+class BodyLimits:
+    """How much of the clients' bodies the server holds and parses at once.
+
+    A body is read up to ``max_body`` bytes (413 beyond), counted against ``budget`` bytes for
+    all requests together (503 while others hold it), and parsed only when it holds at most
+    ``max_containers`` JSON objects and arrays and ``max_values`` values (counted, as an upper
+    bound, by the bytes ``{``, ``[`` and ``,``): what makes Python's parsed JSON many times the
+    size of its text, and the parse long (about 0.1-0.5 s for a million values). Parsing runs
+    in a worker thread, one body at a time, so the event loop keeps answering (``/health``)
+    and only one parsed body is being built at any moment."""
+
+    def __init__(
+        self,
+        max_body: int = MAX_BODY,
+        max_containers: int = MAX_CONTAINERS,
+        max_values: int = MAX_VALUES,
+        budget: int | None = None,
+        timeout: float = BODY_TIMEOUT,
+    ):
+        self.max_body = max_body
+        self.max_containers = max_containers
+        self.max_values = max_values
+        self.budget = max(budget if budget is not None else 4 * max_body, max_body)
+        self.timeout = timeout
+        self.held = 0
+        self._parsing: Any = None  # an asyncio.Semaphore, made on the server's loop
+
+    def _hold(self, size: int) -> None:
+        if self.held + size > self.budget:
+            raise Refused(
+                503, "the backend is busy receiving other requests' bodies: retry in a moment"
+            )
+        self.held += size
+
+    async def read(self, request) -> dict:
+        """The request's JSON object."""
+        import asyncio
+
+        from starlette.concurrency import run_in_threadpool
+
+        limit = self.max_body
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            declared = declared.strip()
+            if not (declared.isascii() and declared.isdigit() and len(declared) <= 18):
+                raise Refused(400, "the Content-Length header is not a number")
+            if int(declared) > limit:
+                raise Refused(
+                    413, f"the body has {int(declared)} bytes; this backend takes at most {limit}"
+                )
+        buffer, held = bytearray(), 0
         try:
-            size = int(declared)
-        except ValueError:
-            raise Refused(400, "the Content-Length header is not a number") from None
-        if size > limit:
-            raise Refused(413, f"the body has {size} bytes; this backend takes at most {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refused(413, f"the body is over {limit} bytes, this backend's limit")
-        chunks.append(chunk)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    async for chunk in request.stream():
+                        if len(buffer) + len(chunk) > limit:
+                            raise Refused(
+                                413, f"the body is over {limit} bytes, this backend's limit"
+                            )
+                        self._hold(len(chunk))
+                        held += len(chunk)
+                        buffer += chunk
+            except TimeoutError:
+                raise Refused(408, f"the body did not arrive within {self.timeout:g} s") from None
+            containers = buffer.count(b"{") + buffer.count(b"[")
+            if containers > self.max_containers:
+                raise Refused(
+                    413,
+                    f"the body holds {containers} JSON objects and arrays; this backend parses "
+                    f"at most {self.max_containers}",
+                )
+            values = containers + buffer.count(b",") + 1
+            if values > self.max_values:
+                raise Refused(
+                    413,
+                    f"the body holds up to {values} JSON values; this backend parses at most "
+                    f"{self.max_values}",
+                )
+            if self._parsing is None:
+                self._parsing = asyncio.Semaphore(1)
+            async with self._parsing:
+                body = await run_in_threadpool(_parse_json, buffer)
+        finally:
+            self.held -= held
+        if not isinstance(body, dict):
+            raise Refused(422, f"the body must be a JSON object, not {type(body).__name__}")
+        return body
+
+
+def _parse_json(text: bytearray) -> Any:
     try:
-        body = json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(text)
+    except UnicodeDecodeError:
+        raise Refused(400, "the body is not valid JSON") from None
+    except ValueError as exc:
+        if "digits" in str(exc):  # an integer longer than Python converts (4300 digits)
+            raise Refused(400, "the body holds a number too long to parse") from None
         raise Refused(400, "the body is not valid JSON") from None
     except RecursionError:  # valid JSON, but nested deeper than the parser goes
         raise Refused(400, "the body's JSON is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise Refused(422, f"the body must be a JSON object, not {type(body).__name__}")
-    return body
+
+
+def _id(value: Any) -> int | None:
+    """A catalogue id (1 to 2**63-1) from an int or a string of ASCII digits, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        if not (value.isascii() and value.isdigit() and len(value) <= 19):
+            return None
+        value = int(value)
+    if isinstance(value, int) and 0 < value <= MAX_ID:
+        return value
+    return None
 
 
 def _project_id(value: Any, what: str = "project") -> int | None:
     """A project id from Label Studio's ``"<id>.<created timestamp>"``, an int, or None."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise Refused(422, f"{what} must be a project id")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        head = value.split(".", 1)[0].strip()
-        if head.isdigit():
-            return int(head)
-    raise Refused(422, f'{what} must be a project id such as "12" or "12.1700000000"')
+    head = value.split(".", 1)[0] if isinstance(value, str) else value
+    pid = _id(head)
+    if pid is None:
+        raise Refused(
+            422, f'{what} must be a project id (1 to 2**63-1) such as "12" or "12.1700000000"'
+        )
+    return pid
 
 
 # --------------------------------------------------------------------------- the backend
@@ -273,7 +398,7 @@ class Backend:
     credentials: Credentials
     batch: int = 8
     max_tasks: int = MAX_TASKS
-    max_body: int = MAX_BODY
+    limits: BodyLimits = field(default_factory=BodyLimits)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     configs_ok: set[int] = field(default_factory=set, repr=False)  # hashes of checked configs
 
@@ -337,8 +462,8 @@ class Backend:
             if not isinstance(task, dict):
                 raise Refused(422, f"task {k + 1} of the request is not a JSON object")
             tid = task.get("id")
-            if isinstance(tid, bool) or not isinstance(tid, int):
-                raise Refused(422, f"task {k + 1} of the request has no integer id")
+            if not isinstance(tid, int) or _id(tid) is None:
+                raise Refused(422, f"task {k + 1} of the request has no integer id (1 to 2**63-1)")
             pid = _project_id(task.get("project"), f"task {tid}'s project")
             if pid is None:
                 pid = project
@@ -427,7 +552,7 @@ def create_app(
         credentials=credentials,
         batch=batch,
         max_tasks=max_tasks,
-        max_body=max_body,
+        limits=BodyLimits(max_body),
     )
 
     async def health(request):
@@ -438,7 +563,7 @@ def create_app(
 
     @_answering("/setup")
     async def setup(request):
-        body = await _json_body(request, backend.max_body)
+        body = await backend.limits.read(request)
         pid = _project_id(body.get("project"))
         if pid is None:
             raise Refused(422, "setup needs the project")
@@ -455,7 +580,7 @@ def create_app(
     @_answering("/predict")
     async def predict(request):
         started = time.perf_counter()
-        body = await _json_body(request, backend.max_body)
+        body = await backend.limits.read(request)
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
             raise Refused(422, "predict needs 'tasks', a list of Label Studio tasks")
@@ -478,7 +603,7 @@ def create_app(
 
     @_answering("/webhook")
     async def webhook(request):
-        body = await _json_body(request, backend.max_body)
+        body = await backend.limits.read(request)
         action = body.get("action")
         if not isinstance(action, str) or not action:
             raise Refused(422, "a webhook event needs its 'action'")
@@ -497,11 +622,11 @@ def create_app(
         if pid is None:
             raise Refused(422, "a webhook event needs its project")
         if not action.upper().startswith("ANNOTATION"):
-            return _json_response(200, {"status": "ignored", "action": action[:64]})
+            return _json_response(200, {"status": "ignored", "action": escape_action(action)})
         if not await run_in_threadpool(backend.project_known, pid):
             return _json_response(200, {"status": "ignored", "reason": "not a datatool project"})
         await run_in_threadpool(record_event, ws.meta_dir, pid, action)
-        log.info("webhook: %s in project %d recorded", action[:64], pid)
+        log.info("webhook: %s in project %d recorded", escape_action(action), pid)
         return _json_response(200, {"status": "recorded"})
 
     async def versions(request):
@@ -542,6 +667,9 @@ class Serving:
     credentials_from: str  # "environment", or the file holding the generated password
     max_tasks: int
     max_body: int
+    max_connections: int  # open connections at once (lowered to fit the open-file limit)
+    header_timeout: float  # seconds for a request's headers
+    keep_alive: float  # seconds an idle keep-alive connection stays open
     app: Any = field(repr=False)
 
     def as_dict(self) -> dict:
@@ -562,17 +690,22 @@ def prepare(
     batch: int = 8,
     max_tasks: int = MAX_TASKS,
     max_body: int = MAX_BODY,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> Serving:
     """Check where to listen, settle the credentials and load the run's model."""
     if not 0 < port < 65536:
         raise UsageError("--port must be 1-65535")
-    credentials = credentials_from_env()
+    credentials = credentials_from_env(host)
     if host not in LOOPBACK and credentials is None:
         raise UsageError(
             f"--host {host} listens beyond this machine: set {USER_ENV} and {PASSWORD_ENV} "
             "first (a generated password is for loopback only), or keep --host 127.0.0.1"
         )
     url = _url(host, port)
+    from datatool.learning.training import run_summary
+
+    run_summary(ws, run_id)  # an unknown run is refused before any credentials file is made
+    cap = connection_cap(max_connections)
     app_credentials = credentials or generate_credentials(ws, run_id, url)
     app = create_app(
         ws,
@@ -596,27 +729,31 @@ def prepare(
         credentials_from=app_credentials.source,
         max_tasks=max_tasks,
         max_body=max_body,
+        max_connections=cap,
+        header_timeout=HEADER_TIMEOUT,
+        keep_alive=KEEP_ALIVE,
         app=app,
     )
 
 
 def run(serving: Serving) -> None:
-    """Listen until stopped (Ctrl-C)."""
-    import uvicorn
+    """Listen until stopped (Ctrl-C), with the connection limits of ``serving_guard``."""
+    import asyncio
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    uvicorn.run(
-        serving.app,
-        host=serving.host,
-        port=serving.port,
-        log_level="info",
-        server_header=False,
-        timeout_keep_alive=5,
+    guard = Guard(max_connections=serving.max_connections, header_timeout=serving.header_timeout)
+    server = make_server(
+        serving.app, serving.host, serving.port, guard, keep_alive=serving.keep_alive
     )
+    try:
+        asyncio.run(serve(server, guard))
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down cleanly; nothing was interrupted
+        log.info("stopped")
 
 
 __all__ = [
     "MAX_BODY",
+    "MAX_CONTAINERS",
     "MAX_TASKS",
     "PASSWORD_ENV",
     "USER_ENV",

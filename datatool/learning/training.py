@@ -382,7 +382,7 @@ def get_run(session, run_id: int) -> Run:
     """Run ``run_id``, or an error that says where the runs are listed."""
     run = session.get(Run, run_id)
     if run is None:
-        raise DatatoolError(f"no run {run_id}: 'datatool runs' lists them")
+        raise UsageError(f"no run {run_id}: 'datatool runs' lists them")
     return run
 
 

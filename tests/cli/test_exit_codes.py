@@ -226,7 +226,7 @@ def _cases(s: Site) -> dict[str, dict[int, list]]:
         },
         "score": {
             0: [str(s.run), "--no-store", "--out", s.tmp / "sc", "--json", *t],
-            1: ["999", *t],
+            1: [str(s.run), *bad],  # an unknown run is a usage error: tests/cli/test_unknown_run.py
             2: [str(s.run), "--set", "all", *t],
         },
         "runs": {0: ["--json", *t], 1: bad, 2: ["--bogus", *t]},

@@ -8,6 +8,10 @@ import json
 import logging
 import os
 import stat
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -33,7 +37,7 @@ from datatool.learning.serving import (
     prepare,
     read_credentials_file,
 )
-from tests.backend_server import uvicorn_thread
+from tests.backend_server import PASSWORD, serve_subprocess, uvicorn_thread
 from tests.qa_util import clone
 
 P = load_protocol()
@@ -275,13 +279,221 @@ def test_serve_listens_beyond_loopback_only_with_credentials_from_the_environmen
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     made = read_credentials_file(path)
     assert made.user == "datatool" and len(made.password) >= 24
-    assert prepare(ws, run, port=9311, device="cpu") and read_credentials_file(path) != made
+    # a second serve of the run keeps the password the running one was given
+    assert prepare(ws, run, port=9312, device="cpu") and read_credentials_file(path) == made
     assert prepare(ws, run, host="::1", port=9311, device="cpu").url == "http://[::1]:9311"
-    monkeypatch.setenv(PASSWORD_ENV, "from-the-env")
+    monkeypatch.setenv(PASSWORD_ENV, "from-the-env-12")
     monkeypatch.setenv(USER_ENV, "team")
     wide = prepare(ws, run, host="0.0.0.0", device="cpu")
     assert (wide.credentials_from, wide.user) == ("environment", "team")
     with uvicorn_thread(wide.app) as url, httpx.Client(base_url=url) as c:
-        ok = Credentials("team", "from-the-env", "environment").header()
+        ok = Credentials("team", "from-the-env-12", "environment").header()
         assert c.get("/versions", headers={"Authorization": ok}).status_code == 200
         assert c.get("/versions", headers={"Authorization": made.header()}).status_code == 401
+
+
+def test_ids_out_of_range_or_not_ascii_digits_get_a_422_not_a_500(served, client):
+    _, _, _, images = served
+    good = _task(100, images[0].id)
+    huge = "9" * 5000
+    for project in (2**70, "\u00b2", huge, f"{huge}.1", -4, 0, "1e3", 1.5):
+        for path, body in [
+            ("/setup", {"project": project, "schema": P.labelstudio_config()}),
+            ("/predict", {**_predict_body([good]), "project": project}),
+            ("/predict", _predict_body([{**good, "project": project}])),
+            ("/webhook", {"action": "ANNOTATION_CREATED", "project": {"id": project}}),
+            ("/webhook", {"action": "ANNOTATION_CREATED", "project": project}),
+        ]:
+            answer = client.post(path, headers=AUTH, json=body)
+            assert answer.status_code == 422, (path, str(project)[:20], answer.text)
+            assert "project id" in _one_line_error(answer)
+    for task_id in (2**70, -1, 0, 2**63):
+        answer = client.post(
+            "/predict", headers=AUTH, json=_predict_body([{**good, "id": task_id}])
+        )
+        assert answer.status_code == 422 and "integer id" in _one_line_error(answer)
+    # a 5000-digit number in the JSON itself (Python refuses to parse it into an int)
+    raw = b'{"tasks": [{"id": ' + b"9" * 5000 + b"}]}"
+    answer = client.post(
+        "/predict", headers={**AUTH, "Content-Type": "application/json"}, content=raw
+    )
+    assert answer.status_code == 400 and "number too long" in _one_line_error(answer)
+
+
+def test_a_webhook_action_is_escaped_in_the_log_and_the_news_file(served, client, caplog):
+    ws = served[0]
+    caplog.set_level(logging.INFO, "datatool.serve")
+    forged = "ANNOTATION_CREATED\n2026 serve: admin in\x1b[2J\x00\\x"  # < 64 characters
+    event = {"action": forged, "project": {"id": PROJECT}}
+    assert client.post("/webhook", headers=AUTH, json=event).json()["status"] == "recorded"
+    logged = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
+    assert logged and all(not set(line) & {"\n", "\x1b", "\x00"} for line in logged)
+    escaped = "ANNOTATION_CREATED\\n2026 serve: admin in\\x1b[2J\\x00\\\\x"
+    assert any(escaped in line for line in logged)
+    text = (ws.meta_dir / "labelstudio-news.json").read_text()
+    assert "\\u001b" not in text and "\\u0000" not in text
+    news = {n.project_id: n for n in read_news(ws.meta_dir)}
+    assert news[PROJECT].actions[escaped] == 1
+    ignored = client.post("/webhook", headers=AUTH, json={**event, "action": "X\x1bY"}).json()
+    assert ignored == {"status": "ignored", "action": "X\\x1bY"}
+
+
+def test_credentials_survive_a_second_or_failed_serve_in_a_private_folder(served, monkeypatch):
+    ws, run, _, _ = served
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    path = credentials_file(ws, run)
+    path.unlink(missing_ok=True)
+    if path.parent.exists():
+        path.parent.rmdir()
+    old = os.umask(0)
+    try:
+        first = prepare(ws, run, port=9313, device="cpu")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    made = read_credentials_file(path)
+    assert first.credentials_from == str(path)
+    # a failed serve (unknown run, a port out of range) or a second one changes nothing
+    for bad in ({"run_id": 999}, {"port": 0}):
+        with pytest.raises(UsageError):
+            prepare(ws, **{"run_id": run, "port": 9314, "device": "cpu", **bad})
+    assert not credentials_file(ws, 999).exists()
+    again = prepare(ws, run, port=9315, device="cpu")
+    assert read_credentials_file(path) == made and again.credentials_from == str(path)
+    with uvicorn_thread(again.app) as url, httpx.Client(base_url=url) as c:
+        assert c.get("/versions", headers={"Authorization": made.header()}).status_code == 200
+    # a folder made loose before is tightened
+    os.chmod(path.parent, 0o777)
+    prepare(ws, run, port=9316, device="cpu")
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+
+
+def test_a_blank_or_short_password_is_refused_beyond_loopback(served, monkeypatch):
+    ws, run, _, _ = served
+    for password, host, reason in [
+        (" ", "0.0.0.0", "blank"),
+        ("\t  ", "127.0.0.1", "blank"),
+        ("short", "0.0.0.0", "at least 12"),
+        ("eleven-char", "192.168.1.20", "at least 12"),
+    ]:
+        monkeypatch.setenv(PASSWORD_ENV, password)
+        with pytest.raises(UsageError, match=reason):
+            prepare(ws, run, host=host, device="cpu")
+    monkeypatch.setenv(PASSWORD_ENV, "short")  # on loopback only this machine's users reach it
+    assert prepare(ws, run, device="cpu").credentials_from == "environment"
+    monkeypatch.setenv(PASSWORD_ENV, " ")
+    res = CliRunner().invoke(
+        cli, ["serve", str(run), "--host", "0.0.0.0", "--workspace", str(ws.root)]
+    )
+    assert res.exit_code == 2 and "blank" in res.output and "Traceback" not in res.output
+
+
+def _peak_mib(pid: int) -> float:
+    """The resident-set high-water mark of a live process (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_hostile_bodies_leave_the_servers_memory_bounded_and_health_answering(served, tmp_path):
+    """The issue's bodies, four at once: 31 MiB of ``{}`` (with and without a length), 30 MB
+    of nested arrays, and the worst that still parses (8 MiB of short strings)."""
+    ws, run, _, _ = served
+    mib = 1024 * 1024
+    empties = b"[" + b"{}," * (31 * mib // 3) + b"{}]"
+    nested = b"[" + b"[[[1]]]," * (30_000_000 // 8) + b"1]"
+    many = b"[" + b"{}," * (8 * mib // 3 - 10) + b"{}]"  # under 8 MiB, 2.8 million objects
+    ones = b"[" + b"1," * (8 * mib // 2 - 10) + b"1]"  # 4 million values
+    strings = b'{"tasks": 1, "x": [' + b'"ab",' * 999_990 + b'"ab"]}'  # the most that parses
+    assert max(len(many), len(ones), len(strings)) < 8 * mib
+    auth = {"Authorization": Credentials("datatool", PASSWORD, "x").header()}
+    json_type = {"Content-Type": "application/json"}
+    with serve_subprocess(ws.root, run, tmp_path / "serve.log") as (url, proc):
+        with httpx.Client(base_url=url, timeout=120) as c:
+            ok = c.post("/webhook", headers=auth, json={"action": "X", "project": PROJECT})
+            assert ok.status_code == 200
+        before = _peak_mib(proc.pid)
+        latencies: list[float] = []
+        done = threading.Event()
+
+        def watch_health() -> None:
+            with httpx.Client(base_url=url, timeout=30) as c:
+                while not done.is_set():
+                    started = time.monotonic()
+                    assert c.get("/health").status_code == 200
+                    latencies.append(time.monotonic() - started)
+                    time.sleep(0.05)
+
+        def send(kind: str) -> tuple[str, int, str]:
+            with httpx.Client(base_url=url, timeout=120) as c:
+                if kind == "streamed":  # no Content-Length: counted as it arrives
+                    chunks = (empties[k : k + mib] for k in range(0, len(empties), mib))
+                    answer = c.post("/predict", headers={**auth, **json_type}, content=chunks)
+                else:
+                    body = {"sized": empties, "nested": nested, "many": many, "ones": ones}.get(
+                        kind, strings
+                    )
+                    answer = c.post("/predict", headers={**auth, **json_type}, content=body)
+                return kind, answer.status_code, answer.json()["error"]
+
+        watcher = threading.Thread(target=watch_health)
+        watcher.start()
+        try:
+            kinds = ["sized", "streamed", "nested", "many", "ones", "strings"] * 4
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(send, kinds))
+        finally:
+            done.set()
+            watcher.join()
+        after = _peak_mib(proc.pid)
+    expected = {
+        "sized": (413, "this backend takes at most 8388608"),
+        "streamed": (413, "over 8388608 bytes"),
+        "nested": (413, "this backend takes at most"),
+        "many": (413, "parses at most 200000"),
+        "ones": (413, "parses at most 1000000"),
+        "strings": (422, "list of Label Studio tasks"),
+    }
+    for kind, status, reason in answers:
+        assert (status, expected[kind][1] in reason) == (expected[kind][0], True), (kind, reason)
+    print(f"peak RSS {before:.0f} -> {after:.0f} MiB; /health worst {max(latencies):.2f} s")
+    assert after - before < 250, (before, after)
+    assert latencies and max(latencies) < 1.0, max(latencies)
+
+
+def test_bodies_held_at_once_are_bounded_and_a_slow_body_times_out():
+    """BodyLimits on a tiny app: a second body over the shared budget waits for nothing (503),
+    a body that does not arrive in time is refused (408), and the budget is given back."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from datatool.learning.serving import BodyLimits, _answering, _json_response
+
+    limits = BodyLimits(max_body=4096, budget=4096, timeout=2)
+
+    @_answering("/echo")
+    async def echo(request):
+        return _json_response(200, {"keys": sorted(await limits.read(request))})
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
+    arrived = threading.Event()
+
+    def slow():  # 3000 bytes at once, the rest only after the timeout
+        yield b'{"a": "' + b"x" * 3000
+        arrived.set()
+        time.sleep(3)
+        yield b'"}'
+
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(c.post, "/echo", content=slow())
+            assert arrived.wait(10)
+            time.sleep(0.5)
+            busy = c.post("/echo", content=b'{"b": "' + b"y" * 2000 + b'"}')
+            assert busy.status_code == 503 and "retry" in _one_line_error(busy)
+            late = held.result()
+        assert late.status_code == 408 and "within 2 s" in _one_line_error(late)
+        assert limits.held == 0
+        assert c.post("/echo", content=b'{"b": 1}').json() == {"keys": ["b"]}

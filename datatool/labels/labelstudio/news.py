@@ -2,7 +2,8 @@
 (``datatool serve``), kept until ``datatool sync labelstudio`` has read the project.
 
 One small JSON file in the workspace (``.datatool/labelstudio-news.json``): per Label Studio
-project id, how many events of each action arrived and when the first and last came. Nothing
+project id, how many events of each action arrived (the action escaped to one printable line)
+and when the first and last came. Nothing
 of the event's content (task data, annotations, users) is kept. Writers take a lock file and
 replace the file atomically, so the server and a sync can run at once.
 """
@@ -56,9 +57,19 @@ def _locked(meta_dir: Path) -> Iterator[dict]:
             write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def escape_action(action: str) -> str:
+    """An event's action as one printable line, safe to log: its first ``MAX_ACTION_LEN``
+    characters, with backslashes, control characters (newline, ESC, NUL...) and other
+    unprintable ones written as Python escapes (``\\n``, ``\\x1b``, ``\\x00``)."""
+    return "".join(
+        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
+        for c in str(action)[:MAX_ACTION_LEN]
+    )
+
+
 def record_event(meta_dir: Path, project_id: int, action: str) -> None:
-    """Count one event of ``action`` for a project."""
-    action = str(action)[:MAX_ACTION_LEN]
+    """Count one event of ``action`` (escaped: :func:`escape_action`) for a project."""
+    action = escape_action(action)
     with _locked(meta_dir) as data:
         entry = data.setdefault(str(int(project_id)), {"actions": {}, "first": _now()})
         entry["actions"][action] = int(entry["actions"].get(action, 0)) + 1

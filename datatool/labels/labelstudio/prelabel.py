@@ -116,8 +116,11 @@ def prelabel(
 
     if batch < 1:
         raise UsageError("--batch must be at least 1")
+    from datatool.learning.training import get_run
+
     protocol = load_protocol(ws.protocol_name)
     with ws.session() as s:
+        get_run(s, run_id)  # an unknown run is a usage error, before anything else
         r = get_rater(s, rater)
         rater = r.name
         rows = _rater_projects(s, r.id)

@@ -39,6 +39,7 @@ from datatool.core.catalogue import (
     RaterKind,
     ReviewProject,
     ReviewTask,
+    Run,
     audit,
     current_user,
     utcnow,
@@ -337,6 +338,8 @@ def push_review(
     if title is not None:
         title = _check_title(title)
     with ws.session() as s:
+        if run is not None and s.get(Run, run) is None:
+            raise UsageError(f"no run {run}: 'datatool runs' lists them")
         who = get_rater(s, reviewer) if reviewer else None
         if rater:
             raters = [get_rater(s, rater)]
