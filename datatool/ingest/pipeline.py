@@ -52,7 +52,7 @@ US_SOP_CLASSES = {
 }
 SKIPPED_NAMES = {"DICOMDIR"}  # the index of a DICOMDIR tree; its files are found by walking
 BATCH_SECONDS = 1.0  # a batch is committed at the latest this long after the last commit
-STREAM_BYTES = 64 << 20  # larger files are read from disk frame by frame, never held whole
+STREAM_BYTES = 8 << 20  # larger files are read from disk frame by frame, never held whole
 
 
 @dataclass
