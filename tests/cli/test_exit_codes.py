@@ -301,3 +301,16 @@ def test_exit_codes(site, command):
         if code:
             assert "Traceback" not in res.output
             assert res.stderr.strip(), f"{argv}: nothing says why"
+
+
+@pytest.mark.parametrize(
+    "ratios", ["1e308:1e308:1e308", "1.7e308:1.7e308:1", "5e-324:1:1", "inf:1:1", "1:nan:1"]
+)
+def test_ratios_that_overflow_or_underflow_are_a_usage_error(tmp_path, ratios):
+    """1e308:1e308:1e308 summed to inf, every share became 0 and every patient went to train
+    (exit 0). Now: one line, exit 2, before the catalogue is looked at."""
+    root = init_workspace(tmp_path / "ws").root
+    res = CliRunner().invoke(app, ["split", "create", "x", "--ratios", ratios, "-w", str(root)])
+    assert res.exit_code == 2, res.output
+    assert "--ratios" in res.output and len(res.output.strip().splitlines()) == 1
+    assert "Traceback" not in res.output
