@@ -103,6 +103,12 @@ class IngestReport:
         return out
 
 
+def shown(path: object) -> str:
+    """A path for messages and JSON: bytes of a name that is not valid UTF-8 (held by Python
+    as surrogate escapes, which no UTF-8 stream can print) as ``\\xff`` escapes."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
 # --------------------------------------------------------------------------- file discovery
 
 
@@ -159,8 +165,8 @@ def discover(paths: Iterable[Path]) -> Discovery:
             out.rejected.extend(
                 (
                     str(m),
-                    f"listed in the DICOMDIR {path} but missing: restore the file, or re-make "
-                    "the DICOMDIR",
+                    f"listed in the DICOMDIR {shown(path)} but missing: restore the file, or "
+                    "re-make the DICOMDIR",
                 )
                 for m in missing
             )
@@ -588,9 +594,9 @@ def record_batch(ws: Workspace, results: list[FileResult], report: IngestReport)
         elif outcome == "already_present":
             report.already_present += 1
         elif outcome == "quarantined":
-            report.quarantined.append((result.path, reason))
+            report.quarantined.append((shown(result.path), reason))
         else:
-            report.conflicts.append((result.path, reason))
+            report.conflicts.append((shown(result.path), reason))
 
 
 def _record(ws: Workspace, results: list[FileResult], report: IngestReport) -> None:
@@ -632,7 +638,9 @@ def ingest(
     report = IngestReport(frames_mode=frames)
     found = discover(paths)
     files = found.files
-    report.skipped, report.notes, report.rejected = found.skipped, found.notes, found.rejected
+    report.skipped = found.skipped
+    report.notes = [(shown(p), r) for p, r in found.notes]
+    report.rejected = [(shown(p), r) for p, r in found.rejected]
     report.files_seen = len(files)
     with ws.session() as session:
         known = known_hashes(session)
@@ -658,7 +666,7 @@ def ingest(
         if result.kind == "known":
             report.already_present += 1
         elif result.kind == "rejected":
-            report.rejected.append((result.path, result.reason))
+            report.rejected.append((shown(result.path), result.reason))
         elif result.kind == "failed":  # the store cannot be written: nothing further can
             if pending:
                 _record(ws, pending, report)
