@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -118,6 +119,50 @@ CsvOpt = typer.Option(
     "second table goes beside it as FILE-NAME.csv.",
 )
 
+ForceOpt = typer.Option(
+    False,
+    "--force",
+    help="Replace what stands at --out or --csv even if datatool did not write it there as "
+    "this command's output (by default only its own earlier output is replaced).",
+)
+# The parameters that name where a command writes: a command that has one gets --force.
+# A path datatool wrote is recorded beside it (datatool.core.outputs); anything else there is
+# refused unless --force.
+OUTPUT_PARAMS = {"out": "--out", "out_dir": "--out", "csv_out": "--csv"}
+
+
+def _output_targets(func: Callable[..., Any], kwargs: dict) -> list[tuple[Path, str, str]]:
+    """(path, kind, option) of each place the command was told to write. The kind is the
+    command's name (--csv: 'csv'). ``split export --format nnunet`` is left out: its --out is
+    nnU-Net's raw folder, shared with other datasets; its own dataset folder inside is
+    refused unless --replace."""
+    kind = func.__name__.replace("_", " ")
+    found = []
+    for name, option in OUTPUT_PARAMS.items():
+        value = kwargs.get(name)
+        if value is None:
+            continue
+        if kind == "split export" and str(kwargs.get("fmt", "")) == "nnunet":
+            continue
+        found.append((Path(value), "csv" if name == "csv_out" else kind, option))
+    return found
+
+
+def _with_force(func: Callable[..., Any], wrapper: Callable[..., Any]) -> bool:
+    """Give ``wrapper`` a --force option when ``func`` writes where it is told; True if so."""
+    sig = inspect.signature(func, eval_str=True)
+    if not OUTPUT_PARAMS.keys() & sig.parameters.keys() or "force" in sig.parameters:
+        return False
+    force = inspect.Parameter(
+        "force", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=ForceOpt, annotation=bool
+    )
+    wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[*sig.parameters.values(), force]
+    )
+    wrapper.__annotations__ = {**func.__annotations__, "force": bool}
+    return True
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -138,8 +183,19 @@ def guarded(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from datatool.core.outputs import check_output, forcing, record_output
+
+        force = bool(kwargs.pop("force", False)) if injected else False
         try:
-            return func(*args, **kwargs)
+            with forcing(force):
+                targets = _output_targets(func, kwargs)
+                for path, kind, option in targets:
+                    check_output(path, kind, option)
+                result = func(*args, **kwargs)
+            for path, kind, _ in targets:
+                if kind != "csv" and path.exists():  # CSVs: recorded as written (render)
+                    record_output(path, kind)
+            return result
         except DatatoolError as exc:
             error_line(exc)
             raise typer.Exit(exc.exit_code) from None
@@ -159,6 +215,7 @@ def guarded(func: F) -> F:
             )
             raise typer.Exit(130) from None
 
+    injected = _with_force(func, wrapper)
     wrapper.__doc__ = reflow(func.__doc__)
     return wrapper  # type: ignore[return-value]
 
