@@ -163,6 +163,14 @@ def _with_force(func: Callable[..., Any], wrapper: Callable[..., Any]) -> bool:
     return True
 
 
+def _record_outputs(targets: list[tuple[Path, str, str]]) -> None:
+    from datatool.core.outputs import record_output
+
+    for path, kind, _ in targets:
+        if kind != "csv" and path.exists():  # a CSV is recorded as it is written (render)
+            record_output(path, kind)
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -183,7 +191,7 @@ def guarded(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from datatool.core.outputs import check_output, forcing, record_output
+        from datatool.core.outputs import check_output, forcing
 
         force = bool(kwargs.pop("force", False)) if injected else False
         try:
@@ -191,10 +199,13 @@ def guarded(func: F) -> F:
                 targets = _output_targets(func, kwargs)
                 for path, kind, option in targets:
                     check_output(path, kind, option)
-                result = func(*args, **kwargs)
-            for path, kind, _ in targets:
-                if kind != "csv" and path.exists():  # CSVs: recorded as written (render)
-                    record_output(path, kind)
+                try:
+                    result = func(*args, **kwargs)
+                except typer.Exit as done:  # finish(): 1 still wrote what it could
+                    if done.exit_code in (0, 1):
+                        _record_outputs(targets)
+                    raise
+            _record_outputs(targets)
             return result
         except DatatoolError as exc:
             error_line(exc)
