@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from datatool.core.catalogue import FileStatus, Image, Patient, Series, SourceFile, Study, audit
-from datatool.core.errors import DatatoolError
+from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.files import Walk, skip_reason, special_kind, walk
 from datatool.core.processes import pool_context, worker_count
 from datatool.core.store import Store
@@ -52,6 +52,7 @@ US_SOP_CLASSES = {
 }
 SKIPPED_NAMES = {"DICOMDIR"}  # the index of a DICOMDIR tree; its files are found by walking
 BATCH_SECONDS = 1.0  # a batch is committed at the latest this long after the last commit
+MAX_WORKERS = 256  # -j: more processes than this is a mistake (or a fork bomb), not speed
 STREAM_BYTES = 8 << 20  # larger files are read from disk frame by frame, never held whole
 
 
@@ -634,6 +635,13 @@ def ingest(
     catalogue, ``batch_size`` files per transaction (or what arrived within a second);
     ``workers=0`` does everything in this process."""
     frame_indices(1, frames)  # validates the mode before any work
+    if workers is not None and not 0 <= workers <= MAX_WORKERS:
+        raise UsageError(
+            f"--workers must be 0 .. {MAX_WORKERS} (one process each), not {workers}; "
+            "leave it out for one per core"
+        )
+    if batch_size < 1:
+        raise UsageError(f"--batch must be at least 1, not {batch_size}")
     options = Options(frames=frames, allow_burned_in=allow_burned_in)
     report = IngestReport(frames_mode=frames)
     found = discover(paths)
