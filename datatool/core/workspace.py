@@ -67,7 +67,7 @@ def migrations_dir() -> Path:
 def alembic_config(url: str) -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
-    cfg.set_main_option("sqlalchemy.url", url)
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # ConfigParser syntax
     return cfg
 
 
@@ -126,7 +126,13 @@ class Workspace:
 
 
 def db_url_for(root: Path) -> str:
-    return os.environ.get("DATATOOL_DB_URL") or f"sqlite:///{root / MARKER / 'catalogue.sqlite'}"
+    """The catalogue's URL. In a SQLite file's path '?' would start the URL's query and '%'
+    an escape: both are escaped (SQLAlchemy unescapes the path)."""
+    env = os.environ.get("DATATOOL_DB_URL")
+    if env:
+        return env
+    path = str(root / MARKER / "catalogue.sqlite").replace("%", "%25").replace("?", "%3F")
+    return f"sqlite:///{path}"
 
 
 def key_path_for(root: Path) -> Path:

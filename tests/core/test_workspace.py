@@ -221,3 +221,16 @@ def test_under_umask_000_the_workspace_is_private(tmp_path, pydicom_data, cli_en
     assert pngs and all(mode(p) == 0o640 and mode(p.parent) == 0o750 for p in pngs)
     open_to_others = [str(p) for p in [meta, *meta.rglob("*")] if mode(p) & 0o007]
     assert not open_to_others
+
+
+@pytest.mark.parametrize("name", ["a?b", "50%", "x#y", "p%3Fq"])
+def test_a_workspace_path_with_url_characters_works(tmp_path, name):
+    """'?' once ended the SQLite URL's path ('unable to open database file', a traceback)."""
+    root = tmp_path / name / "ws"
+    init_workspace(root)
+    assert (root / ".datatool" / "catalogue.sqlite").stat().st_size > 0
+    assert not (tmp_path / name / ".datatool").exists()
+    ws = open_workspace(root)
+    with ws.session() as s:
+        assert s.query(Patient).count() == 0
+    ws.close()
