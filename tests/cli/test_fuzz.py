@@ -207,6 +207,7 @@ def test_random_command_lines_never_show_a_traceback(prepared):
         _run_and_check(args, root)
 
     one()
+    assert SURROGATE_NAMES, "no example drew a name that is not valid UTF-8"
 
 
 @pytest.fixture(scope="module")
