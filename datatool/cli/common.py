@@ -193,7 +193,8 @@ def guarded(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from datatool.core.outputs import check_output, forcing
 
-        force = bool(kwargs.pop("force", False)) if injected else False
+        # --force: ours (injected), or the command's own --force, which then covers this too
+        force = bool(kwargs.pop("force", False) if injected else kwargs.get("force", False))
         try:
             with forcing(force):
                 targets = _output_targets(func, kwargs)
