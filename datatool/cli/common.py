@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -141,6 +142,59 @@ GoldSeedOpt = typer.Option(
     0, "--gold-seed", min=0, max=MAX_INT, help="Seed choosing (and ordering) the gold images."
 )
 
+
+ForceOpt = typer.Option(
+    False,
+    "--force",
+    help="Replace what stands at --out or --csv even if datatool did not write it there as "
+    "this command's output (by default only its own earlier output is replaced).",
+)
+# The parameters that name where a command writes: a command that has one gets --force.
+# A path datatool wrote is recorded beside it (datatool.core.outputs); anything else there is
+# refused unless --force.
+OUTPUT_PARAMS = {"out": "--out", "out_dir": "--out", "csv_out": "--csv"}
+
+
+def _output_targets(func: Callable[..., Any], kwargs: dict) -> list[tuple[Path, str, str]]:
+    """(path, kind, option) of each place the command was told to write. The kind is the
+    command's name (--csv: 'csv'). ``split export --format nnunet`` is left out: its --out is
+    nnU-Net's raw folder, shared with other datasets; its own dataset folder inside is
+    refused unless --replace."""
+    kind = func.__name__.replace("_", " ")
+    found = []
+    for name, option in OUTPUT_PARAMS.items():
+        value = kwargs.get(name)
+        if value is None:
+            continue
+        if kind == "split export" and str(kwargs.get("fmt", "")) == "nnunet":
+            continue
+        found.append((Path(value), "csv" if name == "csv_out" else kind, option))
+    return found
+
+
+def _with_force(func: Callable[..., Any], wrapper: Callable[..., Any]) -> bool:
+    """Give ``wrapper`` a --force option when ``func`` writes where it is told; True if so."""
+    sig = inspect.signature(func, eval_str=True)
+    if not OUTPUT_PARAMS.keys() & sig.parameters.keys() or "force" in sig.parameters:
+        return False
+    force = inspect.Parameter(
+        "force", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=ForceOpt, annotation=bool
+    )
+    wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[*sig.parameters.values(), force]
+    )
+    wrapper.__annotations__ = {**func.__annotations__, "force": bool}
+    return True
+
+
+def _record_outputs(targets: list[tuple[Path, str, str]]) -> None:
+    from datatool.core.outputs import record_output
+
+    for path, kind, _ in targets:
+        if kind != "csv" and path.exists():  # a CSV is recorded as it is written (render)
+            record_output(path, kind)
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -161,8 +215,23 @@ def guarded(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from datatool.core.outputs import check_output, forcing
+
+        # --force: ours (injected), or the command's own --force, which then covers this too
+        force = bool(kwargs.pop("force", False) if injected else kwargs.get("force", False))
         try:
-            return func(*args, **kwargs)
+            with forcing(force):
+                targets = _output_targets(func, kwargs)
+                for path, kind, option in targets:
+                    check_output(path, kind, option)
+                try:
+                    result = func(*args, **kwargs)
+                except typer.Exit as done:  # finish(): 1 still wrote what it could
+                    if done.exit_code in (0, 1):
+                        _record_outputs(targets)
+                    raise
+            _record_outputs(targets)
+            return result
         except DatatoolError as exc:
             error_line(exc)
             raise typer.Exit(exc.exit_code) from None
@@ -182,6 +251,7 @@ def guarded(func: F) -> F:
             )
             raise typer.Exit(130) from None
 
+    injected = _with_force(func, wrapper)
     wrapper.__doc__ = reflow(func.__doc__)
     return wrapper  # type: ignore[return-value]
 

@@ -34,6 +34,7 @@ from datatool.core.atomic import write_text_atomic
 from datatool.core.csvcells import csv_writer
 from datatool.core.errors import DatatoolError
 from datatool.core.jsonable import to_jsonable
+from datatool.core.outputs import check_output, record_output
 
 # In a terminal rich fits its width; in logs and pipes (make, CI) it would squeeze wide tables
 # into 80 columns, so there it uses COLUMNS or 160.
@@ -220,7 +221,8 @@ def _slug(text: str) -> str:
 
 
 def write_csv(path: Path, tables: Sequence[Table]) -> list[Path]:
-    """The first table to ``path``; any others beside it as ``STEM-NAME.csv``."""
+    """The first table to ``path``; any others beside it as ``STEM-NAME.csv``. A file there
+    that datatool did not write as a CSV is refused unless --force (datatool.core.outputs)."""
     if not tables:
         raise DatatoolError(f"--csv {path}: this command printed no table to write")
     path = Path(path)
@@ -233,12 +235,14 @@ def write_csv(path: Path, tables: Sequence[Table]) -> list[Path]:
                 f"{path.stem}-{_slug(table.name or table.title or str(k))}{path.suffix or '.csv'}"
             )
         )
+        check_output(target, "csv", "--csv")
         try:
             write_text_atomic(target, table.csv_text())
         except OSError as exc:
             raise DatatoolError(
                 f"--csv {target}: cannot write ({exc.strerror or exc}); choose a writable folder"
             ) from None
+        record_output(target, "csv")
         written.append(target)
     return written
 

@@ -22,7 +22,8 @@ from datatool.cli.render import Block, Percent, Table
 from datatool.learning.options import ExportFormat, FileEnding, Stratify
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
-    from datatool.learning.splits import SplitCheck, SplitExport, SplitSummary
+    from datatool.learning.split_export import SplitExport
+    from datatool.learning.splits import SplitCheck, SplitSummary
 
 
 def _split_view(info: SplitSummary) -> Iterator[Block]:
@@ -190,7 +191,7 @@ def split_export(
     A non-empty nnU-Net dataset folder is refused (exit 2) unless --replace; it is then built
     beside and renamed into place, so no case of an earlier export stays behind.
     """
-    from datatool.learning.splits import export_split
+    from datatool.learning.split_export import export_split
 
     result = export_split(
         workspace(ws_path),

@@ -12,6 +12,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 _counter = itertools.count()
+# A workspace's own folders and files, whatever the umask: no one but the owner (and the
+# group, to read) can see pseudonymised data, and no one else can change it.
+PRIVATE_DIR = 0o750
+PRIVATE_FILE = 0o640
 
 
 def full_suffix(path: Path) -> str:
@@ -53,6 +57,22 @@ def write_bytes_atomic(
             os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+
+
+def make_private_dirs(path: Path, mode: int = PRIVATE_DIR) -> None:
+    """Make the folder ``path`` and its missing parents with ``mode``, whatever the umask
+    (folders that exist already are left as they are)."""
+    path = Path(path)
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=mode)
+        except FileExistsError:  # made meanwhile by another process: theirs, as it is
+            continue
+        os.chmod(folder, mode)
 
 
 def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:

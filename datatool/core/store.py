@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datatool.core.atomic import write_bytes_atomic
+from datatool.core.atomic import PRIVATE_FILE, make_private_dirs, write_bytes_atomic
 from datatool.core.errors import StoreObjectMissing
 
 try:  # Intel ISA-L's deflate: a zlib stream, four times faster than zlib at level 1
@@ -53,9 +53,9 @@ class Store:
         path = self.path_for(digest)
         if not path.exists():
             if digest[:2] not in self._folders:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                make_private_dirs(path.parent)
                 self._folders.add(digest[:2])
-            write_bytes_atomic(path, encode_png(array), make_parents=False)
+            write_bytes_atomic(path, encode_png(array), mode=PRIVATE_FILE, make_parents=False)
         return digest
 
     def get_array(self, digest: str) -> np.ndarray:
@@ -71,7 +71,8 @@ class Store:
         digest = hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         if not path.exists():
-            write_bytes_atomic(path, data)
+            make_private_dirs(path.parent)
+            write_bytes_atomic(path, data, mode=PRIVATE_FILE, make_parents=False)
         return digest
 
     def blob_path(self, digest: str) -> Path:

@@ -41,7 +41,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from datatool.core.atomic import write_bytes_atomic, write_text_atomic
+from datatool.core.atomic import (
+    PRIVATE_FILE,
+    make_private_dirs,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from datatool.core.catalogue import Patient, Setting, make_engine
 from datatool.core.errors import DatatoolError, UsageError, WorkspaceNotFound
 from datatool.core.protocol import DEFAULT_PROTOCOL
@@ -62,7 +67,7 @@ def migrations_dir() -> Path:
 def alembic_config(url: str) -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
-    cfg.set_main_option("sqlalchemy.url", url)
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # ConfigParser syntax
     return cfg
 
 
@@ -121,7 +126,13 @@ class Workspace:
 
 
 def db_url_for(root: Path) -> str:
-    return os.environ.get("DATATOOL_DB_URL") or f"sqlite:///{root / MARKER / 'catalogue.sqlite'}"
+    """The catalogue's URL. In a SQLite file's path '?' would start the URL's query and '%'
+    an escape: both are escaped (SQLAlchemy unescapes the path)."""
+    env = os.environ.get("DATATOOL_DB_URL")
+    if env:
+        return env
+    path = str(root / MARKER / "catalogue.sqlite").replace("%", "%25").replace("?", "%3F")
+    return f"sqlite:///{path}"
 
 
 def key_path_for(root: Path) -> Path:
@@ -254,7 +265,9 @@ def init_workspace(root: Path, protocol: str = DEFAULT_PROTOCOL) -> InitResult:
             )
     created = not meta.exists()
     try:
-        (meta / "store").mkdir(parents=True, exist_ok=True)
+        root.parent.mkdir(parents=True, exist_ok=True)  # the user's folders: their umask
+        make_private_dirs(meta / "store")  # the workspace's own: PRIVATE_DIR, whatever the umask
+        _create_private_catalogue(root)
     except OSError as exc:
         raise DatatoolError(
             f"{meta}: cannot make the workspace here ({exc.strerror or exc}); choose a "
@@ -264,7 +277,7 @@ def init_workspace(root: Path, protocol: str = DEFAULT_PROTOCOL) -> InitResult:
     if not key_path.exists() and not key_path.is_symlink():
         _refuse_new_key_for_used_catalogue(root, key_path)
         try:
-            key_path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(key_path.parent, 0o700)
             write_bytes_atomic(key_path, secrets.token_hex(KEY_BYTES).encode() + b"\n", mode=0o600)
         except OSError as exc:
             raise DatatoolError(
@@ -272,10 +285,28 @@ def init_workspace(root: Path, protocol: str = DEFAULT_PROTOCOL) -> InitResult:
             ) from None
     settings_path = meta / "workspace.json"
     if not settings_path.exists():
-        write_text_atomic(settings_path, json.dumps({"protocol": protocol, "format": 1}, indent=2))
+        write_text_atomic(
+            settings_path,
+            json.dumps({"protocol": protocol, "format": 1}, indent=2),
+            mode=PRIVATE_FILE,
+        )
     ws = open_workspace(root, announce=False)
     ws.close()
     return InitResult(root, created, ws.protocol_name, key_path)
+
+
+def _create_private_catalogue(root: Path) -> None:
+    """Make the SQLite catalogue file PRIVATE_FILE before SQLite creates it with the umask's
+    mode (its -wal and -shm files take the mode of the catalogue file)."""
+    if os.environ.get("DATATOOL_DB_URL"):
+        return
+    path = root / MARKER / "catalogue.sqlite"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    except FileExistsError:
+        return
+    os.fchmod(fd, PRIVATE_FILE)
+    os.close(fd)
 
 
 def _refuse_new_key_for_used_catalogue(root: Path, key_path: Path) -> None:

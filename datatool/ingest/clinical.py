@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,13 +64,29 @@ def _parse_row(row: dict) -> dict:
             text = text.upper().removeprefix("ASA").strip()
             text = {"I": "1", "II": "2", "III": "3", "IV": "4", "V": "5", "VI": "6"}.get(text, text)
         try:
-            value = cast(float(text)) if cast is int else cast(text)
+            number = float(text)
         except ValueError:
-            raise ValueError(f"{column} {text!r} is not a number") from None
-        if not lo <= value <= hi or (isinstance(value, float) and math.isnan(value)):
-            raise ValueError(f"{column} {value} is outside {lo}..{hi}")
+            raise ValueError(f"{column} {_excerpt(text)} is not a number") from None
+        if not math.isfinite(number):  # 3e400 reads as inf: int() of it would overflow
+            raise ValueError(f"{column} {_excerpt(text)} is not a finite number in {lo}..{hi}")
+        value = cast(number) if cast is int else number
+        if not lo <= value <= hi:
+            raise ValueError(f"{column} {_excerpt(text)} is outside {lo}..{hi}")
         out[name] = min(value, deid.MAX_AGE) if column == "age" else value
     return out
+
+
+def _excerpt(text: str, limit: int = 40) -> str:
+    """A cell quoted in a message: escaped, and never more than ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _columns(names: Sequence[str] | None, limit: int = 20) -> str:
+    """A header's column names for a message: escaped and clipped, at most ``limit``."""
+    if not names:
+        return "none (the file is empty)"
+    shown = ", ".join(_excerpt(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _csv_reader(path: Path) -> tuple[csv.DictReader, int]:
@@ -106,8 +123,9 @@ def ingest_clinical(ws: Workspace, csv_path: Path) -> ClinicalReport:
     id_column = next((c for c in ID_COLUMNS if c in (reader.fieldnames or [])), None)
     if id_column is None:
         raise DatatoolError(
-            f"{csv_path}: no patient ID column (one of "
-            f"{', '.join(ID_COLUMNS)}); columns: sex, age, bmi, asa"
+            f"{csv_path}: no patient ID column (one of {', '.join(ID_COLUMNS)}; the other "
+            f"columns read are sex, age, bmi, asa); the file's columns: "
+            f"{_columns(reader.fieldnames)}"
         )
     parsed = []
     rows = iter(reader)

@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import os
 import re
 from functools import lru_cache
 
@@ -70,8 +71,10 @@ def uid_for(key: bytes, original_uid: str) -> str:
 
 
 def path_key(key: bytes, path: str) -> str:
-    """A keyed hash of a file's path: finds the same file again without storing its name."""
-    return keyed_digest(key, "path", path).hex()
+    """A keyed hash of a file's path: finds the same file again without storing its name.
+    Hashed as the path's bytes on disk: a name that is not valid UTF-8 (Python holds its
+    bytes as surrogate escapes) hashes too, and a valid one as it always did."""
+    return hmac.new(key, b"path\x1f" + os.fsencode(path), hashlib.sha256).hexdigest()
 
 
 @lru_cache(maxsize=4096)

@@ -326,7 +326,8 @@ def _check_geometry(ds: Dataset, file_size: int | None = None) -> None:
             f"absurd image size {rows}x{cols}x{spp}, {frames} frame(s) "
             f"(over the {MAX_DECODED_BYTES // 1024**3} GiB limit)"
         )
-    element = ds.get_item(_PIXEL_TAG)
+    # keep_deferred: pydicom 3 otherwise reads a deferred value whole (a cine: every frame)
+    element = ds.get_item(_PIXEL_TAG, keep_deferred=True)
     # a value left on disk (read_dataset_from) is a RawDataElement: its length and offset
     deferred = isinstance(element, RawDataElement) and element.value is None
     length = element.length if isinstance(element, RawDataElement) else 0

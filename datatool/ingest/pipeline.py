@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from datatool.core.catalogue import FileStatus, Image, Patient, Series, SourceFile, Study, audit
-from datatool.core.errors import DatatoolError
+from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.files import Walk, skip_reason, special_kind, walk
 from datatool.core.processes import pool_context, worker_count
 from datatool.core.store import Store
@@ -52,7 +52,8 @@ US_SOP_CLASSES = {
 }
 SKIPPED_NAMES = {"DICOMDIR"}  # the index of a DICOMDIR tree; its files are found by walking
 BATCH_SECONDS = 1.0  # a batch is committed at the latest this long after the last commit
-STREAM_BYTES = 64 << 20  # larger files are read from disk frame by frame, never held whole
+MAX_WORKERS = 256  # -j: more processes than this is a mistake (or a fork bomb), not speed
+STREAM_BYTES = 8 << 20  # larger files are read from disk frame by frame, never held whole
 
 
 @dataclass
@@ -101,6 +102,12 @@ class IngestReport:
             out[name] = [{"file": p, "reason": r} for p, r in out[name]]
         out["exit_code"] = self.exit_code
         return out
+
+
+def shown(path: object) -> str:
+    """A path for messages and JSON: bytes of a name that is not valid UTF-8 (held by Python
+    as surrogate escapes, which no UTF-8 stream can print) as ``\\xff`` escapes."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 # --------------------------------------------------------------------------- file discovery
@@ -159,8 +166,8 @@ def discover(paths: Iterable[Path]) -> Discovery:
             out.rejected.extend(
                 (
                     str(m),
-                    f"listed in the DICOMDIR {path} but missing: restore the file, or re-make "
-                    "the DICOMDIR",
+                    f"listed in the DICOMDIR {shown(path)} but missing: restore the file, or "
+                    "re-make the DICOMDIR",
                 )
                 for m in missing
             )
@@ -588,9 +595,9 @@ def record_batch(ws: Workspace, results: list[FileResult], report: IngestReport)
         elif outcome == "already_present":
             report.already_present += 1
         elif outcome == "quarantined":
-            report.quarantined.append((result.path, reason))
+            report.quarantined.append((shown(result.path), reason))
         else:
-            report.conflicts.append((result.path, reason))
+            report.conflicts.append((shown(result.path), reason))
 
 
 def _record(ws: Workspace, results: list[FileResult], report: IngestReport) -> None:
@@ -628,11 +635,20 @@ def ingest(
     catalogue, ``batch_size`` files per transaction (or what arrived within a second);
     ``workers=0`` does everything in this process."""
     frame_indices(1, frames)  # validates the mode before any work
+    if workers is not None and not 0 <= workers <= MAX_WORKERS:
+        raise UsageError(
+            f"--workers must be 0 .. {MAX_WORKERS} (one process each), not {workers}; "
+            "leave it out for one per core"
+        )
+    if batch_size < 1:
+        raise UsageError(f"--batch must be at least 1, not {batch_size}")
     options = Options(frames=frames, allow_burned_in=allow_burned_in)
     report = IngestReport(frames_mode=frames)
     found = discover(paths)
     files = found.files
-    report.skipped, report.notes, report.rejected = found.skipped, found.notes, found.rejected
+    report.skipped = found.skipped
+    report.notes = [(shown(p), r) for p, r in found.notes]
+    report.rejected = [(shown(p), r) for p, r in found.rejected]
     report.files_seen = len(files)
     with ws.session() as session:
         known = known_hashes(session)
@@ -658,7 +674,7 @@ def ingest(
         if result.kind == "known":
             report.already_present += 1
         elif result.kind == "rejected":
-            report.rejected.append((result.path, result.reason))
+            report.rejected.append((shown(result.path), result.reason))
         elif result.kind == "failed":  # the store cannot be written: nothing further can
             if pending:
                 _record(ws, pending, report)

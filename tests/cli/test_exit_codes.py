@@ -302,3 +302,29 @@ def test_exit_codes(site, command):
         if code:
             assert "Traceback" not in res.output
             assert res.stderr.strip(), f"{argv}: nothing says why"
+
+
+@pytest.mark.parametrize(
+    "ratios", ["1e308:1e308:1e308", "1.7e308:1.7e308:1", "5e-324:1:1", "inf:1:1", "1:nan:1"]
+)
+def test_ratios_that_overflow_or_underflow_are_a_usage_error(tmp_path, ratios):
+    """1e308:1e308:1e308 summed to inf, every share became 0 and every patient went to train
+    (exit 0). Now: one line, exit 2, before the catalogue is looked at."""
+    root = init_workspace(tmp_path / "ws").root
+    res = CliRunner().invoke(app, ["split", "create", "x", "--ratios", ratios, "-w", str(root)])
+    assert res.exit_code == 2, res.output
+    assert "--ratios" in res.output and len(res.output.strip().splitlines()) == 1
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(
+    "option", [["-j", "99999999999999999999999"], ["-j", "-5"], ["-j", "257"], ["--batch", "0"]]
+)
+def test_ingest_worker_and_batch_counts_out_of_range_are_a_usage_error(tmp_path, option):
+    """-j 10**22 would start one process per file (-j -5 silently meant 0): exit 2."""
+    root = init_workspace(tmp_path / "ws").root
+    (tmp_path / "in").mkdir()
+    args = ["ingest", str(tmp_path / "in"), *option, "-w", str(root)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output

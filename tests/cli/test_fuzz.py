@@ -4,11 +4,12 @@ are 0, 1 or 2 as documented, and the catalogue passes PRAGMA integrity_check aft
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -124,6 +125,23 @@ def _commands(draw, path: str, folder: str, out: str) -> dict:
 COMMANDS = list(_commands(lambda s: None, "", "", ""))
 
 
+SURROGATE_NAMES: set[str] = set()
+
+
+def _not_utf8(raw: bytes) -> str:
+    """A file name whose bytes are not valid UTF-8, as Python holds it (surrogate escapes)."""
+    name = os.fsdecode(b"\xff" + raw)
+    SURROGATE_NAMES.add(name)
+    return name
+
+
+not_utf8_names = st.builds(
+    lambda raw, ext: _not_utf8(raw + ext),
+    st.binary(max_size=6).filter(lambda b: b"/" not in b and b"\0" not in b),
+    st.sampled_from([b"", b".dcm", b"\xe9.dcm", b".nii.gz"]),
+)
+
+
 @st.composite
 def invocation(draw) -> tuple[list[str], str, bytes]:
     """(command line, input file name, its bytes): the file is written by the test into a
@@ -134,11 +152,14 @@ def invocation(draw) -> tuple[list[str], str, bytes]:
             names.filter(lambda n: n not in (".", "..")).map(
                 lambda n: n + draw(st.sampled_from(["", ".dcm", ".nii.gz", ".json", ".mha"]))
             ),
+            not_utf8_names,
         )
     )
     data = draw(content())
     out = "{FOLDER}/out/" + draw(names.filter(lambda n: n not in (".", "..")))
     command = draw(st.sampled_from(COMMANDS))
+    # sync itksnap on such a name is another fix's (a C++ abort in the NIfTI reader, issue 20)
+    assume(command != "sync itksnap" or name not in SURROGATE_NAMES)
     args = _commands(draw, "{FOLDER}/" + name, "{FOLDER}", out)[command]()
     return args, name, data
 
@@ -190,6 +211,7 @@ def test_random_command_lines_never_show_a_traceback(prepared):
         _run_and_check(args, root)
 
     one()
+    assert SURROGATE_NAMES, "no example drew a name that is not valid UTF-8"
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -185,3 +190,47 @@ def test_init_onto_a_file_is_a_usage_error(tmp_path):
     target.write_text("x")
     with pytest.raises(UsageError, match="is a file, not a folder"):
         init_workspace(target)
+
+
+def test_under_umask_000_the_workspace_is_private(tmp_path, pydicom_data, cli_env):
+    """init and ingest under umask 000 once left .datatool, the store and workspace.json
+    world-writable. The workspace's own folders are 0750 and its files 0640 (the key 0600)
+    whatever the umask; nothing under .datatool is open to others."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(pydicom_data / "OBXXXX1A.dcm", src / "a.dcm")
+    root = tmp_path / "ws"
+    datatool = f"{shlex.quote(sys.executable)} -m datatool"
+    script = (
+        f"umask 000 && {datatool} init {shlex.quote(str(root))} && "
+        f"{datatool} ingest {shlex.quote(str(src))} -j 1 --allow-burned-in "
+        f"--workspace {shlex.quote(str(root))}"
+    )
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=cli_env)
+    assert res.returncode == 0, res.stderr
+    meta = root / ".datatool"
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(root) == 0o750 and mode(meta) == 0o750 and mode(meta / "store") == 0o750
+    assert mode(meta / "workspace.json") == 0o640
+    assert mode(meta / "catalogue.sqlite") == 0o640
+    assert mode(meta / "secret.key") == 0o600
+    pngs = list((meta / "store").rglob("*.png"))
+    assert pngs and all(mode(p) == 0o640 and mode(p.parent) == 0o750 for p in pngs)
+    open_to_others = [str(p) for p in [meta, *meta.rglob("*")] if mode(p) & 0o007]
+    assert not open_to_others
+
+
+@pytest.mark.parametrize("name", ["a?b", "50%", "x#y", "p%3Fq"])
+def test_a_workspace_path_with_url_characters_works(tmp_path, name):
+    """'?' once ended the SQLite URL's path ('unable to open database file', a traceback)."""
+    root = tmp_path / name / "ws"
+    init_workspace(root)
+    assert (root / ".datatool" / "catalogue.sqlite").stat().st_size > 0
+    assert not (tmp_path / name / ".datatool").exists()
+    ws = open_workspace(root)
+    with ws.session() as s:
+        assert s.query(Patient).count() == 0
+    ws.close()

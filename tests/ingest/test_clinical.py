@@ -42,11 +42,29 @@ def test_clinical_csv_is_keyed_by_pseudonym_and_feeds_the_cohort(ws, us_file, tm
     assert cohort(ws, imaged_only=False).patients == 2
 
 
-def test_clinical_csv_without_an_id_column(ws, tmp_path):
+def test_clinical_csv_without_an_id_column_lists_the_files_own_columns(ws, tmp_path):
     csv = tmp_path / "c.csv"
-    csv.write_text("name,sex\nX,F\n")
-    with pytest.raises(DatatoolError, match="no patient ID column"):
+    csv.write_text("name,sex,Patient-Nr\nX,F,1\n")
+    with pytest.raises(DatatoolError, match="no patient ID column") as exc:
         ingest_clinical(ws, csv)
+    assert "the file's columns: 'name', 'sex', 'Patient-Nr'" in str(exc.value)
+
+
+def test_an_overflowing_number_rejects_its_row_only(ws, tmp_path):
+    """3e400 reads as infinity: int() of it raised OverflowError, which refused the whole
+    file as 'a number given is too large'. Now that row alone is rejected, with its reason."""
+    csv = tmp_path / "c.csv"
+    csv.write_text(
+        "patient_id,sex,age,bmi\nA1,F,3e400,22\nA2,M,40,1e400\nA3,F,-inf,22\nA4,M,50,nan\n"
+        "A5,F,41,23\n"
+    )
+    report = ingest_clinical(ws, csv)
+    assert report.created == 1
+    reasons = dict(report.rejected)
+    assert reasons["c.csv:2"] == "age '3e400' is not a finite number in 0..130"
+    assert reasons["c.csv:3"] == "bmi '1e400' is not a finite number in 8.0..100.0"
+    assert reasons["c.csv:4"] == "age '-inf' is not a finite number in 0..130"
+    assert reasons["c.csv:5"] == "bmi 'nan' is not a finite number in 8.0..100.0"
 
 
 def test_an_unterminated_quote_never_makes_a_patient_of_the_rest_of_the_file(ws, tmp_path):

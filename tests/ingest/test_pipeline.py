@@ -682,3 +682,33 @@ def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_ingest(demo_
         assert counts(db(root), INGEST_COUNTS) == expected, k
         shutil.rmtree(root)
     assert interrupted >= 10  # most moments fell inside the run
+
+
+def test_names_that_are_not_utf8_are_ingested_or_rejected_one_line_each(us_file, tmp_path, cli_env):
+    """A file or folder name that is not valid UTF-8 once stopped the whole ingest with a
+    traceback (UnicodeEncodeError in the path key), the good file beside it not ingested.
+    Now a good DICOM so named is ingested, a bad one is one line with its name escaped, and
+    the batch goes on."""
+    top = tmp_path / "in"
+    top.mkdir()
+    odd_folder = os.fsdecode(bytes(top) + b"/sub\xfe")
+    os.mkdir(odd_folder)
+    shutil.copy(us_file("OBXXXX1A.dcm", "src"), os.fsdecode(bytes(top) + b"/\xff.dcm"))
+    shutil.copy(us_file("US1_UNCR.dcm", "src"), top / "good.dcm")
+    Path(os.fsdecode(bytes(top) + b"/sub\xfe/bad\xe9.dcm")).write_bytes(b"not a dicom file")
+    root = init_workspace(tmp_path / "ws").root
+    cmd = [sys.executable, "-m", "datatool", "ingest", str(top), "-j", "0", "--json"]
+    res = subprocess.run(
+        [*cmd, "--allow-burned-in", "--workspace", str(root)],
+        capture_output=True,
+        env=cli_env,
+        timeout=300,
+    )
+    stderr = res.stderr.decode()  # UTF-8: the odd bytes are escapes, never raw
+    assert res.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    (line,) = [x for x in stderr.splitlines() if "rejected" in x]
+    assert "sub\\xfe/bad\\xe9.dcm" in line and "not a DICOM file" in line, stderr
+    report = json.loads(res.stdout)
+    assert report["ingested"] == 2, (report, stderr)
+    assert report["rejected"][0]["file"].endswith("sub\\xfe/bad\\xe9.dcm")

@@ -17,7 +17,8 @@ from datatool.cli import app
 from datatool.core.catalogue import Annotation, Image, Split, SplitMember
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.store import encode_png
-from datatool.learning.splits import check_split, create_split, deal, export_split, show_split
+from datatool.learning.split_export import export_split
+from datatool.learning.splits import check_split, create_split, deal, show_split
 from tests.labels_util import ingest_demo_with_labels
 
 

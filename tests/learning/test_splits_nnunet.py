@@ -19,7 +19,8 @@ from datatool.analysis.consensus import make_consensus
 from datatool.cli import app
 from datatool.core.catalogue import Image, Patient, Series, SplitMember, Study
 from datatool.labels.matching import image_name
-from datatool.learning.splits import create_split, default_dataset_id, export_split
+from datatool.learning.split_export import default_dataset_id, export_split
+from datatool.learning.splits import create_split
 from tests.labels_util import ingest_demo_with_labels
 
 if os.environ.get("CI"):  # in CI nnU-Net is part of the test extra: a missing one is a failure
