@@ -236,6 +236,27 @@ def test_the_report_writes_the_queue_and_thumbnails(qa_ws, tmp_path):
         assert im.size[0] > 600  # three panels
 
 
+def test_queue_csv_escapes_a_cell_a_spreadsheet_would_run(qa_ws, tmp_path):
+    """A rater named like a formula reaches queue.csv as text (a leading quote), through
+    core.csvcells; the other cells stay as they were."""
+    import csv
+
+    name = "=SUM(1+1)*cmd"
+    add_rater(qa_ws, name)
+    image_id, side = images_of(qa_ws)[0]
+    relabel(
+        qa_ws, name, image_id, np.where(clean(side, 0) == V["femoral artery"], 0, clean(side, 0))
+    )
+    run_qa(qa_ws)
+    write_report(qa_ws, tmp_path / "r", top=0)
+    with open(tmp_path / "r" / "queue.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    mine = [r for r in rows if r["rater"].endswith(name)]
+    assert mine and all(r["rater"] == "'" + name for r in mine)
+    assert all(not r["rater"].startswith("=") for r in rows)
+    assert {r["reason"] for r in mine} >= {"rater_disagreement"}
+
+
 def test_labels_are_compared_with_the_runs_drafts(trained, tmp_path):
     """The run's drafts here are constructed (a 3-epoch model drafts little), stored as its
     whole-image drafts: qa must use them and predict nothing. The labels checked are a
