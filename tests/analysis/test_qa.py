@@ -78,12 +78,13 @@ def test_every_check_fires_on_its_case_and_only_there(qa_ws):
     ellipse(m, 240 if side[6] == "L" else 400, 235, 70, 50, V["femur"])
     case(6, "A", m, ("femur", "size"), ("femur", "rater_disagreement"))
     cases[(imgs[6][0], "B", "femur", "rater_disagreement")] = True
-    # anatomy: the femur drawn on the medial side, in both raters' labels (they agree)
+    # the femur drawn on the medial side in both raters' labels (they agree): every lateral
+    # relation of the image reversed in every label, so the image looks mirrored (one flag)
     for who, shift in (("A", 0.0), ("B", 2.0)):
         m = clean(side[7], 7, shift)
         m[m == V["femur"]] = 0
         ellipse(m, (470 if side[7] == "L" else 170) + shift, 400, 40, 30, V["femur"])
-        case(7, who, m, ("femur", "anatomy"))
+        case(7, who, m, *([("whole image", "mirrored")] if who == "A" else []))
     # the artery below the nerve, in both raters' labels
     for who, shift in (("A", 0.0), ("B", 2.0)):
         m = clean(side[8], 8, shift)
@@ -105,10 +106,10 @@ def test_every_check_fires_on_its_case_and_only_there(qa_ws):
             f.evidence["relation"]
             for f in s.scalars(select(QAFlag).where(QAFlag.reason == "anatomy"))
         }
-        assert anatomy == {
-            "femur lateral to sciatic nerve",
-            "femoral artery superficial to sciatic nerve",
-        }
+        assert anatomy == {"femoral artery superficial to sciatic nerve"}
+        mirrored = s.scalar(select(QAFlag).where(QAFlag.reason == "mirrored"))
+        assert mirrored.evidence["relations"] == ["femur lateral to sciatic nerve"]
+        assert mirrored.evidence["labels"] == 2 and mirrored.evidence["convention"] == "protocol"
 
 
 def test_thresholds_move_the_rater_check(qa_ws):

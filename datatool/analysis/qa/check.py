@@ -6,10 +6,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from datatool.analysis import shape
+from datatool.analysis.qa.flood import cap
 from datatool.analysis.qa.inputs import DraftMaker, _read_inputs
 from datatool.analysis.qa.measure import _jobs, _measure
 from datatool.analysis.qa.record import _record
 from datatool.analysis.qa.rules import Thresholds, _evaluate, model_agreement
+from datatool.analysis.qa.wrongimage import wrong_images
 from datatool.core.catalogue import FlagReason
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
@@ -67,7 +69,7 @@ def run_qa(
     notes: list[str] = []
     inputs, predicted, reused = _read_inputs(ws, protocol, raters, run, drafts, notes, progress)
     jobs = _jobs(inputs)
-    measures = _measure(ws, protocol, jobs, workers, progress, t.swap_ratio)
+    measures, thumbs = _measure(ws, protocol, jobs, workers, progress, t.swap_ratio)
     agreement = model_agreement(protocol, inputs, measures, t) if inputs.drafts else {}
     trusted = set()
     for name, (median, n) in agreement.items():
@@ -78,7 +80,10 @@ def run_qa(
             )
         else:
             trusted.add(name)
-    found, checked = _evaluate(protocol, inputs, measures, t, run, trusted)
+    found, checked = _evaluate(protocol, inputs, measures, t, run, trusted, notes)
+    found += wrong_images(inputs, thumbs, checked, found)
+    found, capped = cap(found, len(inputs.checked))
+    notes.extend(capped)
     counts, superseded, open_total = _record(ws, inputs, found, checked)
     for s in protocol.structures:
         for unit in ("mm2", "px"):

@@ -12,7 +12,7 @@ from typing import Protocol as TypingProtocol
 from sqlalchemy import select
 
 from datatool.analysis import shape
-from datatool.core.catalogue import Image, Rater, RaterKind, Run, Series, StructureStats
+from datatool.core.catalogue import Image, Rater, RaterKind, Run, Series, StructureStats, Study
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import Protocol
 from datatool.core.workspace import Workspace
@@ -50,6 +50,9 @@ class _ImageInfo:
     mm: tuple[float | None, float | None]
     regions: list[dict] | None  # the view, when the pixels outside were blanked
     side: str | None
+    series: int = 0
+    device: tuple[str | None, str | None] = (None, None)  # the series' manufacturer and model
+    patient: int = 0
 
 
 @dataclass
@@ -110,8 +113,13 @@ def _image_info(session, image_ids: Sequence[int]) -> dict[int, _ImageInfo]:
                 Image.regions,
                 Image.pixel_handling,
                 Series.side,
+                Series.id.label("series_id"),
+                Series.manufacturer,
+                Series.model_name,
+                Study.patient_id,
             )
             .join(Series, Series.id == Image.series_id)
+            .join(Study, Study.id == Series.study_id)
             .where(Image.id.in_(chunk))
         ):
             blanked = row.pixel_handling == "blanked_outside_regions" and row.regions
@@ -121,6 +129,9 @@ def _image_info(session, image_ids: Sequence[int]) -> dict[int, _ImageInfo]:
                 (row.mm_per_px_x, row.mm_per_px_y),
                 list(row.regions) if blanked else None,
                 row.side,
+                row.series_id,
+                (row.manufacturer, row.model_name),
+                row.patient_id,
             )
     return found
 

@@ -17,6 +17,7 @@ from datatool.core.store import Store
 from datatool.core.workspace import Workspace
 
 POOL_FROM = 200  # images; below this, checking in this process is faster than a pool
+THUMB_STEP = 6  # a label's thumbnail keeps every 6th row and column (wrong-image check)
 
 _WORKER: dict[str, Any] = {}
 
@@ -30,17 +31,21 @@ def _init_worker(store_root: str, specs: tuple, related: frozenset[int], swap_ra
     _WORKER["swap_ratio"] = swap_ratio
 
 
-def _measure_image(job: tuple) -> tuple[int, dict]:
+def _measure_image(job: tuple) -> tuple[int, dict, dict]:
     """Every measure of one image's checked labels (the masks read once): per label and
     structure present, its centroid, extra components, holes, edge contact and, for each
-    label it is compared with, which values of that label the structure's pixels hold."""
+    label it is compared with, which values of that label the structure's pixels hold; and a
+    thumbnail of each checked label (every THUMB_STEP-th pixel), to compare it with the labels
+    of the patient's other images."""
     image_id, shape_rc, regions, labels, hashes, stats = job
     store: Store = _WORKER["store"]
-    specs, related, ratio = _WORKER["specs"], _WORKER["related"], _WORKER["swap_ratio"]
+    specs, ratio = _WORKER["specs"], _WORKER["swap_ratio"]
     masks = {a: store.get_array(h) for a, h in hashes.items()}
     out: dict[int, dict] = {}
+    thumbs: dict[int, Any] = {}
     for annotation_id, compared in labels:
         label = masks[annotation_id]
+        thumbs[annotation_id] = label[::THUMB_STEP, ::THUMB_STEP].copy()
         per: dict[int, dict] = {}
         for value, max_components, holes_allowed, in_view in specs:
             area, _, components, box = stats[annotation_id][value]
@@ -48,8 +53,7 @@ def _measure_image(job: tuple) -> tuple[int, dict]:
                 continue
             binary = shape.crop(label, box) == value
             rec: dict[str, Any] = {}
-            if value in related:
-                rec["centroid"] = shape.centroid(binary, box[0], box[1])
+            rec["centroid"] = shape.centroid(binary, box[0], box[1])
             if max_components is not None and components > max_components:
                 rec["components"] = shape.extra_component_px(binary, max_components)
             if not holes_allowed:
@@ -63,7 +67,7 @@ def _measure_image(job: tuple) -> tuple[int, dict]:
             }
             per[value] = rec
         out[annotation_id] = per
-    return image_id, out
+    return image_id, out, thumbs
 
 
 def _jobs(inputs: _Inputs) -> list[tuple]:
@@ -116,25 +120,30 @@ def _measure(
     workers: int | None,
     progress: Callable[[int, int], None] | None,
     swap_ratio: float = shape.SWAP_RATIO,
-) -> dict[int, dict]:
+) -> tuple[dict[int, dict], dict[int, Any]]:
+    """The measures per label (see :func:`_measure_image`) and the labels' thumbnails."""
     specs = tuple((s.value, s.max_components, s.holes, s.in_view) for s in protocol.structures)
     related = frozenset(
         protocol.by_label(name).value for r in protocol.relations for name in (r.structure, r.other)
     )
     n = worker_count(workers, cap=8)
     results: dict[int, dict] = {}
+    thumbs: dict[int, Any] = {}
     if len(jobs) >= POOL_FROM and n > 1:
         with pool_context().Pool(
             n, initializer=_init_worker, initargs=(str(ws.store.root), specs, related, swap_ratio)
         ) as pool:
-            for k, (_, out) in enumerate(pool.imap(_measure_image, jobs, chunksize=64), 1):
+            for k, (_, out, th) in enumerate(pool.imap(_measure_image, jobs, chunksize=64), 1):
                 results.update(out)
+                thumbs.update(th)
                 if progress:
                     progress(k, len(jobs))
     else:
         _init_worker(str(ws.store.root), specs, related, swap_ratio)
         for k, job in enumerate(jobs, 1):
-            results.update(_measure_image(job)[1])
+            _, out, th = _measure_image(job)
+            results.update(out)
+            thumbs.update(th)
             if progress:
                 progress(k, len(jobs))
-    return results
+    return results, thumbs

@@ -44,6 +44,7 @@ class QueueItem:
     severity: float
     status: FlagStatus
     summary: str  # the evidence in words
+    priority: int  # 0 first: see PRIORITIES
     evidence: dict[str, Any]
     run: int | None
     created: str
@@ -54,8 +55,11 @@ class QueueItem:
 
 @dataclass
 class Queue:
-    """Flags ranked worst first: by severity (how far the evidence lies past its threshold,
-    1 for a clear-cut case), ties by reason (in FlagReason order), image and structure."""
+    """Flags ranked worst first: by priority (what a reviewer must see first: a structure
+    present for one and absent for the other, a swap, a label of another image; then the
+    other disagreements, mirrored images and broken relations; shape and size oddities last),
+    then by severity (how far the evidence lies past its threshold, 1 for a clear-cut case),
+    ties by reason (in FlagReason order), image and structure."""
 
     status: str | None  # None: every status
     reasons: list[str]
@@ -77,8 +81,35 @@ class Resolved:
     resolved_by: str
 
 
+FIRST = (FlagReason.swap, FlagReason.wrong_image)
+SHAPE = (FlagReason.size, FlagReason.components, FlagReason.holes, FlagReason.edge)
+PRIORITIES = {
+    0: "a structure present for one and absent for the other, a swap, a label of another image",
+    1: "a disagreement in shape or place, a mirrored image, a broken relation",
+    2: "a shape or size oddity of one label",
+}
+
+
+def priority(reason: FlagReason | str, evidence: dict[str, Any]) -> int:
+    """What a reviewer must see first (0) to last (2): see :data:`PRIORITIES`."""
+    reason = FlagReason(reason)
+    if reason in FIRST:
+        return 0
+    if reason in (FlagReason.rater_disagreement, FlagReason.model_disagreement):
+        other = evidence.get("model_area_px", evidence.get("other_area_px"))
+        return 0 if not evidence.get("area_px") or not other else 1
+    return 2 if reason in SHAPE else 1
+
+
 def _rank_key(f: QAFlag) -> tuple:
-    return (-f.severity, REASON_ORDER.index(FlagReason(f.reason)), f.image_id, f.structure, f.id)
+    return (
+        priority(f.reason, f.evidence),
+        -f.severity,
+        REASON_ORDER.index(FlagReason(f.reason)),
+        f.image_id,
+        f.structure,
+        f.id,
+    )
 
 
 def _choices(values: Sequence[str] | None, enum, what: str) -> list[str]:
@@ -137,6 +168,7 @@ def list_queue(
             severity=f.severity,
             status=FlagStatus(f.status),
             summary=describe(f.reason, f.evidence),
+            priority=priority(f.reason, f.evidence),
             evidence=f.evidence,
             run=f.run_id,
             created=f.created_at.isoformat(timespec="seconds"),

@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 
 from datatool.analysis import shape
+from datatool.analysis.qa.convention import LATERAL, Where, learn_from
 from datatool.analysis.qa.inputs import _Inputs, _Label
 from datatool.analysis.qa.measure import _backers, _others
+from datatool.analysis.qa.pairs import PairSpreads, measure_of, pair_spreads
 from datatool.core.catalogue import FlagReason, RaterKind
 from datatool.core.errors import UsageError
 from datatool.core.protocol import Protocol
@@ -29,6 +31,7 @@ class Thresholds:
     swap_ratio: float = shape.SWAP_RATIO
     min_hole_px: int = shape.MIN_HOLE_PX
     min_present_px: int = shape.MIN_PRESENT_PX
+    pair_z_above: float = shape.PAIR_Z_ABOVE
 
     def check(self) -> None:
         for name in ("model_dice_below", "rater_dice_below"):
@@ -37,6 +40,9 @@ class Thresholds:
                 raise UsageError(f"--{name.replace('_', '-')} must lie in (0, 1], got {value}")
         if not self.size_z_above > 0:
             raise UsageError(f"--size-z-above must be above 0, got {self.size_z_above}")
+
+
+IMAGE = "whole image"  # the structure of a flag about the whole label or image
 
 
 @dataclass
@@ -185,6 +191,61 @@ def _agreement(
         )
 
 
+def _pair_outlier(
+    flag: Callable[..., None],
+    name: str,
+    value: int,
+    lab: _Label,
+    others: list[_Label],
+    inputs: _Inputs,
+    measures: dict[int, dict],
+    pairs: PairSpreads,
+    t: Thresholds,
+) -> None:
+    """A disagreement with another rater that Dice lets pass: the centroids further apart, or
+    the sizes more different, than the workspace's rater pairs (robust z beyond
+    ``pair_z_above``); the worst over the other raters."""
+    worst: tuple[float, dict] | None = None
+    for o in others:
+        m = measure_of(inputs, measures, lab, o, value)
+        if m is None:
+            continue
+        ev: dict[str, Any] = {}
+        sev = 0.0
+        spread = pairs.offset.get((name, m.unit))
+        if spread is not None:
+            z = spread.z(m.offset)
+            found = shape.size_severity(z, t.pair_z_above) if z > 0 else None
+            if found is not None:
+                sev = max(sev, found)
+                ev.update(offset=_r(m.offset, 2), offset_unit=m.unit, offset_z=_r(z, 2))
+        spread = pairs.ratio.get(name)
+        if spread is not None:
+            z = spread.z(m.log_ratio)
+            found = shape.size_severity(z, t.pair_z_above) if z > 0 else None
+            if found is not None:
+                sev = max(sev, found)
+                ev.update(area_ratio=_r(m.ratio, 3), area_z=_r(z, 2))
+        if ev and (worst is None or sev > worst[0]):
+            area, other_area = (
+                inputs.stats[lab.annotation_id][value][0],
+                inputs.stats[o.annotation_id][value][0],
+            )
+            rec = measures[lab.annotation_id][value]
+            overlap = rec["vs"][o.annotation_id].get(value, 0)
+            ev.update(
+                dice=_r(shape.dice(area, other_area, overlap)),
+                threshold=t.pair_z_above,
+                area_px=area,
+                other_rater=o.rater,
+                other_annotation=o.annotation_id,
+                other_area_px=other_area,
+            )
+            worst = (sev, ev)
+    if worst is not None:
+        flag(name, FlagReason.rater_disagreement, worst[0], **worst[1])
+
+
 def model_agreement(
     protocol: Protocol, inputs: _Inputs, measures: dict[int, dict], t: Thresholds
 ) -> dict[str, tuple[float | None, int]]:
@@ -218,11 +279,28 @@ def _evaluate(
     t: Thresholds,
     run: int | None,
     trusted: set[str],
+    notes: list[str] | None = None,
 ) -> tuple[list[_Found], set[tuple[int, FlagReason, str | None]]]:
     """The flags the measures call for, and which checks ran: (annotation, reason, structure
-    or None for every structure). The model is compared only on the ``trusted`` structures."""
+    or None for every structure). The model is compared only on the ``trusted`` structures;
+    lateral/medial relations against the workspace's own convention (:mod:`.convention`),
+    whose notes go to ``notes``."""
     found: list[_Found] = []
     checked: set[tuple[int, FlagReason, str | None]] = set()
+    where = {
+        i: Where(inputs.images[i].side, inputs.images[i].series, inputs.images[i].device)
+        for i in {lab.image_id for lab in inputs.checked}
+    }
+    centroids = {
+        a: {v: rec["centroid"] for v, rec in per.items() if "centroid" in rec}
+        for a, per in measures.items()
+    }
+    pairs = pair_spreads(protocol, inputs, measures)
+    learned, mirrored, convention_notes = learn_from(
+        protocol, where, [(lab.annotation_id, lab.image_id) for lab in inputs.checked], centroids
+    )
+    if notes is not None:
+        notes.extend(convention_notes)
     values = [s.value for s in protocol.structures]
     name_of = {s.value: s.name for s in protocol.structures}
     relations = [
@@ -238,6 +316,7 @@ def _evaluate(
         for reason in (FlagReason.components, FlagReason.holes, FlagReason.edge):
             checked.add((lab.annotation_id, reason, None))
         checked.add((lab.annotation_id, FlagReason.anatomy, None))
+        checked.add((lab.annotation_id, FlagReason.mirrored, None))
         if others:
             checked.add((lab.annotation_id, FlagReason.rater_disagreement, None))
         if draft is not None:  # also where the model is not trusted: its old flags go
@@ -249,10 +328,19 @@ def _evaluate(
 
         # agreement with the other raters and the model, and swaps
         backers = _backers(inputs, lab)
+        start = len(found)
         for s in protocol.structures:
             model = draft if s.name in trusted else None
             _agreement(flag, s.name, s.value, st[s.value][0], per.get(s.value), others, backers,
                        model, inputs, t, run, values, name_of)  # fmt: skip
+        paired = {
+            f.structure
+            for f in found[start:]
+            if f.reason in (FlagReason.swap, FlagReason.rater_disagreement)
+        }
+        for s in protocol.structures:
+            if s.name not in paired:
+                _pair_outlier(flag, s.name, s.value, lab, others, inputs, measures, pairs, t)
         # shape
         for s in protocol.structures:
             rec = per.get(s.value)
@@ -317,10 +405,17 @@ def _evaluate(
                     threshold=t.size_z_above,
                     labels=spread.n,
                 )
-        # anatomy
-        lateral = protocol.lateral_image_side(info.side)
+        # anatomy: an image whose labels all reverse the lateral relations is one flag
+        seen_mirrored = mirrored.get(lab.image_id)
+        if seen_mirrored is not None and seen_mirrored["annotation"] == lab.annotation_id:
+            evidence = {k: v for k, v in seen_mirrored.items() if k != "annotation"}
+            flag(IMAGE, FlagReason.mirrored, 1.0, **evidence)
+        convention = learned.get(lab.image_id)
+        lateral = convention.lateral_side if convention is not None else None
         for rel, a, b in relations:
             if a.value not in per or b.value not in per:
+                continue
+            if seen_mirrored is not None and rel.relation in LATERAL:
                 continue
             broken = shape.relation_check(
                 rel,
@@ -331,6 +426,11 @@ def _evaluate(
                 info.mm,
             )
             if broken is not None:
+                lateral_ev: dict[str, Any] = (
+                    {"lateral_side": lateral, "convention": convention.source}
+                    if rel.relation in LATERAL and convention is not None
+                    else {}
+                )
                 flag(
                     a.name,
                     FlagReason.anatomy,
@@ -342,6 +442,6 @@ def _evaluate(
                     centroid=[_r(v, 1) for v in per[a.value]["centroid"]],
                     other_centroid=[_r(v, 1) for v in per[b.value]["centroid"]],
                     leg=info.side,
-                    lateral_side=lateral,
+                    **lateral_ev,
                 )
     return found, checked

@@ -1,0 +1,102 @@
+"""Two raters' outlines of a structure that overlap well enough for Dice, but lie further apart
+or differ more in size than the workspace's rater pairs usually do: a label shifted by a few
+millimetres, or a boundary drawn wide, on a large structure. Each pair of human labels of an
+image gives, per structure both hold, the distance of the centroids (mm where calibrated, px
+elsewhere) and the size ratio (|log| of the areas' ratio); a pair beyond the robust z-score
+of the workspace's pairs (``pair_z_above``) is a disagreement."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from datatool.analysis import shape
+from datatool.analysis.qa.inputs import _ImageInfo, _Inputs, _Label
+from datatool.core.catalogue import RaterKind
+from datatool.core.protocol import Protocol
+
+# the least spread a pair measure is judged by: two careful raters' centroids still differ by
+# about this much, and their areas by about this share
+OFFSET_FLOOR = {"mm": 0.5, "px": 2.0}
+LOG_RATIO_FLOOR = 0.05
+
+
+def spread_of(values: list[float], floor: float) -> shape.Spread | None:
+    """Median and MAD of the values (the MAD at least ``floor``); None below
+    ``shape.MIN_SIZE_SAMPLE`` values."""
+    if len(values) < shape.MIN_SIZE_SAMPLE:
+        return None
+    arr = np.asarray(values, float)
+    median = float(np.median(arr))
+    mad = float(np.median(np.abs(arr - median)))
+    return shape.Spread(int(arr.size), median, max(mad, floor))
+
+
+@dataclass(frozen=True)
+class PairMeasure:
+    offset: float
+    unit: str  # "mm" or "px"
+    log_ratio: float  # |log(area / other area)|
+    ratio: float  # area / other area
+
+
+def pair_measure(
+    info: _ImageInfo,
+    centre: tuple[float, float],
+    other: tuple[float, float],
+    areas: tuple[int, int],
+) -> PairMeasure:
+    mx, my = info.mm
+    dx, dy = centre[0] - other[0], centre[1] - other[1]
+    if mx and my:
+        offset, unit = math.hypot(dx * mx, dy * my), "mm"
+    else:
+        offset, unit = math.hypot(dx, dy), "px"
+    ratio = areas[0] / areas[1]
+    return PairMeasure(offset, unit, abs(math.log(ratio)), ratio)
+
+
+@dataclass
+class PairSpreads:
+    offset: dict[tuple[str, str], shape.Spread | None]  # (structure, unit)
+    ratio: dict[str, shape.Spread | None]
+
+
+def measure_of(
+    inputs: _Inputs, measures: dict[int, dict], lab: _Label, other: _Label, value: int
+) -> PairMeasure | None:
+    a, b = (
+        measures.get(lab.annotation_id, {}).get(value),
+        measures.get(other.annotation_id, {}).get(value),
+    )
+    if a is None or b is None:
+        return None
+    areas = (inputs.stats[lab.annotation_id][value][0], inputs.stats[other.annotation_id][value][0])
+    if not areas[0] or not areas[1]:
+        return None
+    return pair_measure(inputs.images[lab.image_id], a["centroid"], b["centroid"], areas)
+
+
+def pair_spreads(protocol: Protocol, inputs: _Inputs, measures: dict[int, dict]) -> PairSpreads:
+    """The usual distances and size ratios of the workspace's human rater pairs."""
+    offsets: dict[tuple[str, str], list[float]] = defaultdict(list)
+    ratios: dict[str, list[float]] = defaultdict(list)
+    humans = [lab for lab in inputs.checked if lab.kind == RaterKind.human]
+    by_image: dict[int, list[_Label]] = defaultdict(list)
+    for lab in humans:
+        by_image[lab.image_id].append(lab)
+    for labels in by_image.values():
+        for i, lab in enumerate(labels):
+            for other in labels[i + 1 :]:
+                for s in protocol.structures:
+                    m = measure_of(inputs, measures, lab, other, s.value)
+                    if m is not None:
+                        offsets[(s.name, m.unit)].append(m.offset)
+                        ratios[s.name].append(m.log_ratio)
+    return PairSpreads(
+        {k: spread_of(v, OFFSET_FLOOR[k[1]]) for k, v in offsets.items()},
+        {k: spread_of(v, LOG_RATIO_FLOOR) for k, v in ratios.items()},
+    )
