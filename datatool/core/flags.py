@@ -68,7 +68,12 @@ def describe(reason: FlagReason | str, ev: dict[str, Any]) -> str:
                     f"centroids {ev['offset']:.1f} {unit} apart (robust z {ev['offset_z']:.1f})"
                 )
             if "area_z" in ev:
-                found.append(f"area {ev['area_ratio']:.2f} x {who}'s (robust z {ev['area_z']:.1f})")
+                unit = "mm" if ev.get("offset_unit") == "mm" else "px"
+                wider = "wider" if ev["area_ratio"] > 1 else "narrower"
+                found.append(
+                    f"outline {ev['radius_diff']:.1f} {unit} {wider} than {who}'s "
+                    f"(robust z {ev['area_z']:.1f})"
+                )
             return (
                 f"{' and '.join(found)} over the workspace's rater pairs; "
                 f"Dice {ev['dice']:.2f} with {who}"

@@ -51,7 +51,7 @@ from datatool.demo.dicomfile import (
     _encode,
 )
 from datatool.demo.labelmaps import _label_maps
-from datatool.demo.patients import PHI_TOKEN, _make_patient
+from datatool.demo.patients import MIRRORING_OPERATOR, PHI_TOKEN, _make_patient
 from datatool.demo.probe import _FAN_PX, BANNER_ROWS, COLUMNS, ROWS, _rng
 from datatool.labels.itksnap.formats import write_segmentation
 
@@ -125,6 +125,7 @@ def write_demo_dataset(
     seed: int = 0,
     images_per_side: tuple[int, int] = (4, 4),
     progress: Callable[[int, int], None] | None = None,
+    rater_errors: bool = True,
 ) -> DemoDataset:
     """Write the synthetic demo dataset into ``out_dir`` and return a summary.
 
@@ -163,6 +164,8 @@ def write_demo_dataset(
             srng = _rng(seed, 5, pt.index, s_i)
             base = _side_anatomy(srng, pt)
             sign = 1 if side == "L" else -1
+            if pt.operator == MIRRORING_OPERATOR:
+                sign = -sign  # this operator's marker points the other way
             series_dt = pt.study_dt + timedelta(
                 minutes=1 + 6 * s_i, seconds=int(srng.integers(0, 60))
             )
@@ -174,7 +177,12 @@ def write_demo_dataset(
                 gain_db = pt.gain + float(irng.normal(0, 0.4))
                 grey = _render_bmode(irng, anat, sign, pt.depth_cm, gain_db)
                 r1, r2 = _label_maps(
-                    _rng(seed, 7, pt.index, s_i, k), anat, sign, pt.depth_cm, protocol
+                    _rng(seed, 7, pt.index, s_i, k),
+                    anat,
+                    sign,
+                    pt.depth_cm,
+                    protocol,
+                    errors=rater_errors,
                 )
                 kind = ENCODINGS[order[done % len(ENCODINGS)]][0]
                 colour = kind in ("rgb", "rle_rgb")

@@ -42,14 +42,20 @@ def _rater_blob(
 
 
 def _label_maps(
-    rng: np.random.Generator, anat: _Anatomy, sign: int, depth_cm: float, protocol: Protocol
+    rng: np.random.Generator,
+    anat: _Anatomy,
+    sign: int,
+    depth_cm: float,
+    protocol: Protocol,
+    errors: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rater 1's and rater 2's label maps (uint8 ROWS x COLUMNS)."""
+    """Rater 1's and rater 2's label maps (uint8 ROWS x COLUMNS); ``errors`` False leaves out
+    rater 2's planted errors (the random draws stay the same)."""
     g = _geometry()
     cm = _FAN_PX / depth_cm
     maps = []
-    miss_artery = rng.random() < 0.03
-    odd_nerve = rng.random() < 0.03
+    miss_artery = rng.random() < 0.03 and errors
+    odd_nerve = rng.random() < 0.03 and errors
     for rater in (1, 2):
         lab = np.zeros((ROWS, COLUMNS), np.uint8)
         for name in _PAINT_ORDER:
@@ -82,7 +88,7 @@ def _label_maps(
         maps.append(lab)
     # Rater 2 now and then swaps the adductor magnus and the semitendinosus (seen in practice).
     # Drawn last, so the maps of every other image stay as they were.
-    if rng.random() < 0.02:
+    if rng.random() < 0.02 and errors:
         am, st = (
             protocol.by_label("adductor magnus").value,
             protocol.by_label("semitendinosus").value,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 
 import numpy as np
@@ -11,6 +11,11 @@ from datatool.demo.probe import _rng
 
 #: Carried by every fake person name and identifier (names, accession number, station).
 PHI_TOKEN = "PHIDEMO"
+#: Every fourth patient (the 4th, 8th, ...) is scanned by this operator, whose probe marker
+#: points to the other side: the lateral side shows on the other edge of the image (a second
+#: display convention in the same study, as between sites and operators).
+MIRRORING_OPERATOR = f"{PHI_TOKEN}OP^Sono99"
+MIRRORING_EVERY = 4
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ def _make_patient(seed: int, index: int, used_mrns: set[str]) -> _Patient:
     nerve_depth = fat + 4.3  # the sides' anatomy varies around this
     depth = float(np.clip(round(nerve_depth + rng.uniform(2.0, 5.0), 1), 7.2, 13.0))
     given = (_GIVEN_F if sex == "F" else _GIVEN_M)[int(rng.integers(0, 10))]
-    return _Patient(
+    patient = _Patient(
         index=index,
         mrn=mrn,
         name=f"{PHI_TOKEN}^Patient{index + 1:04d}^{given}",
@@ -91,3 +96,6 @@ def _make_patient(seed: int, index: int, used_mrns: set[str]) -> _Patient:
         fat_cm=fat,
         gain=float(rng.uniform(-2.0, 2.0)),
     )
+    if index % MIRRORING_EVERY == MIRRORING_EVERY - 1:
+        patient = replace(patient, operator=MIRRORING_OPERATOR)
+    return patient

@@ -118,10 +118,21 @@ def test_thresholds_move_the_rater_check(qa_ws):
     m[m == V["sciatic nerve"]] = 0
     ellipse(m, (362 if side == "L" else 278) + 12, 262, 28, 11, V["sciatic nerve"])  # Dice ~0.6
     relabel(qa_ws, "B", image_id, m)
-    run_qa(qa_ws, thresholds=Thresholds(rater_dice_below=0.3))
+    run_qa(qa_ws, thresholds=Thresholds(rater_dice_below=0.3, pair_z_above=100))
     assert not flags(qa_ws)
+    # Dice lets it pass at 0.3, but the centroids lie 3 mm apart where the other pairs of the
+    # workspace lie 0.5 mm apart: a pair outlier
+    run_qa(qa_ws, thresholds=Thresholds(rater_dice_below=0.3))
+    q = list_queue(qa_ws)
+    assert {(it.rater, it.reason.value) for it in q.items} == {
+        ("A", "rater_disagreement"),
+        ("B", "rater_disagreement"),
+    }
+    assert all(it.evidence["offset_z"] > 2.0 and it.evidence["dice"] > 0.3 for it in q.items)
+    assert "centroids" in q.items[0].summary and q.items[0].priority == 1
     run_qa(qa_ws)  # the default, 0.7
     assert {f[3] for f in flags(qa_ws)} == {"rater_disagreement"}
+    assert all("offset_z" not in it.evidence for it in list_queue(qa_ws).items)
     with pytest.raises(UsageError, match="rater-dice-below"):
         run_qa(qa_ws, thresholds=Thresholds(rater_dice_below=1.5))
 

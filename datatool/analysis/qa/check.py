@@ -81,7 +81,9 @@ def run_qa(
         else:
             trusted.add(name)
     found, checked = _evaluate(protocol, inputs, measures, t, run, trusted, notes)
-    found += wrong_images(inputs, thumbs, checked, found)
+    found += wrong_images(
+        inputs, thumbs, checked, found, {s.name: s.value for s in protocol.structures}
+    )
     found, capped = cap(found, len(inputs.checked))
     notes.extend(capped)
     counts, superseded, open_total = _record(ws, inputs, found, checked)

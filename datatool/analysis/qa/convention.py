@@ -21,7 +21,7 @@ from datatool.core.protocol import Protocol, Relation
 LATERAL = ("lateral to", "medial to")
 MIN_VOTES = 20  # votes of a leg (or a device and leg) before its majority replaces the prior
 MIN_SERIES_VOTES = 6  # votes of a series before its own majority counts
-SERIES_MAJORITY = 0.75  # ... and the share its majority needs
+SERIES_MAJORITY = 0.6  # ... and the share its majority needs
 OTHER = {"left": "right", "right": "left"}
 
 

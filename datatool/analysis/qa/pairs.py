@@ -2,8 +2,10 @@
 or differ more in size than the workspace's rater pairs usually do: a label shifted by a few
 millimetres, or a boundary drawn wide, on a large structure. Each pair of human labels of an
 image gives, per structure both hold, the distance of the centroids (mm where calibrated, px
-elsewhere) and the size ratio (|log| of the areas' ratio); a pair beyond the robust z-score
-of the workspace's pairs (``pair_z_above``) is a disagreement."""
+elsewhere) and the difference of their equivalent radii (the radius of a disc of the same
+area, in the same unit: a boundary drawn 2 mm wide differs by about 2 mm whatever the
+structure's size); a pair beyond the robust z-score of the workspace's pairs
+(``pair_z_above``) is a disagreement."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from datatool.core.protocol import Protocol
 # the least spread a pair measure is judged by: two careful raters' centroids still differ by
 # about this much, and their areas by about this share
 OFFSET_FLOOR = {"mm": 0.5, "px": 2.0}
-LOG_RATIO_FLOOR = 0.05
+RADIUS_FLOOR = {"mm": 0.25, "px": 1.0}
 
 
 def spread_of(values: list[float], floor: float) -> shape.Spread | None:
@@ -39,7 +41,7 @@ def spread_of(values: list[float], floor: float) -> shape.Spread | None:
 class PairMeasure:
     offset: float
     unit: str  # "mm" or "px"
-    log_ratio: float  # |log(area / other area)|
+    radius_diff: float  # |difference of the equivalent radii| (in ``unit``)
     ratio: float  # area / other area
 
 
@@ -51,18 +53,20 @@ def pair_measure(
 ) -> PairMeasure:
     mx, my = info.mm
     dx, dy = centre[0] - other[0], centre[1] - other[1]
+    radii = shape.equivalent_radius(areas[0]), shape.equivalent_radius(areas[1])
     if mx and my:
         offset, unit = math.hypot(dx * mx, dy * my), "mm"
+        radius_diff = abs(radii[0] - radii[1]) * math.sqrt(mx * my)
     else:
         offset, unit = math.hypot(dx, dy), "px"
-    ratio = areas[0] / areas[1]
-    return PairMeasure(offset, unit, abs(math.log(ratio)), ratio)
+        radius_diff = abs(radii[0] - radii[1])
+    return PairMeasure(offset, unit, radius_diff, areas[0] / areas[1])
 
 
 @dataclass
 class PairSpreads:
     offset: dict[tuple[str, str], shape.Spread | None]  # (structure, unit)
-    ratio: dict[str, shape.Spread | None]
+    radius: dict[tuple[str, str], shape.Spread | None]  # (structure, unit)
 
 
 def measure_of(
@@ -81,9 +85,9 @@ def measure_of(
 
 
 def pair_spreads(protocol: Protocol, inputs: _Inputs, measures: dict[int, dict]) -> PairSpreads:
-    """The usual distances and size ratios of the workspace's human rater pairs."""
+    """The usual distances and radius differences of the workspace's human rater pairs."""
     offsets: dict[tuple[str, str], list[float]] = defaultdict(list)
-    ratios: dict[str, list[float]] = defaultdict(list)
+    radii: dict[tuple[str, str], list[float]] = defaultdict(list)
     humans = [lab for lab in inputs.checked if lab.kind == RaterKind.human]
     by_image: dict[int, list[_Label]] = defaultdict(list)
     for lab in humans:
@@ -95,8 +99,8 @@ def pair_spreads(protocol: Protocol, inputs: _Inputs, measures: dict[int, dict])
                     m = measure_of(inputs, measures, lab, other, s.value)
                     if m is not None:
                         offsets[(s.name, m.unit)].append(m.offset)
-                        ratios[s.name].append(m.log_ratio)
+                        radii[(s.name, m.unit)].append(m.radius_diff)
     return PairSpreads(
         {k: spread_of(v, OFFSET_FLOOR[k[1]]) for k, v in offsets.items()},
-        {k: spread_of(v, LOG_RATIO_FLOOR) for k, v in ratios.items()},
+        {k: spread_of(v, RADIUS_FLOOR[k[1]]) for k, v in radii.items()},
     )

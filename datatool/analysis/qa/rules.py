@@ -219,13 +219,18 @@ def _pair_outlier(
             if found is not None:
                 sev = max(sev, found)
                 ev.update(offset=_r(m.offset, 2), offset_unit=m.unit, offset_z=_r(z, 2))
-        spread = pairs.ratio.get(name)
+        spread = pairs.radius.get((name, m.unit))
         if spread is not None:
-            z = spread.z(m.log_ratio)
+            z = spread.z(m.radius_diff)
             found = shape.size_severity(z, t.pair_z_above) if z > 0 else None
             if found is not None:
                 sev = max(sev, found)
-                ev.update(area_ratio=_r(m.ratio, 3), area_z=_r(z, 2))
+                ev.update(
+                    area_ratio=_r(m.ratio, 3),
+                    radius_diff=_r(m.radius_diff, 2),
+                    area_z=_r(z, 2),
+                    offset_unit=m.unit,
+                )
         if ev and (worst is None or sev > worst[0]):
             area, other_area = (
                 inputs.stats[lab.annotation_id][value][0],

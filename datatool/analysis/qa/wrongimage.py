@@ -7,6 +7,7 @@ pixels that carry the same structure (a multi-structure Dice)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from datatool.labels.matching import image_name
 
 OWN_BELOW = 0.8  # checked when the label agrees less than this with its own image's others
 GAIN = 0.15  # ... and flagged when another image's labels agree at least this much better
+FITS_ABOVE = 0.85  # ... and at least this much (a label of that image, not a poor label)
 
 
 def overall_dice(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -29,25 +31,39 @@ def overall_dice(a: np.ndarray, b: np.ndarray) -> float | None:
     return 2.0 * int(np.count_nonzero(fa & (a == b))) / total
 
 
+def _own_dice(a: np.ndarray, b: np.ndarray, swapped: Sequence[int]) -> float:
+    """:func:`overall_dice` over the structures both labels hold and no swap was found on
+    (a structure one of them lacks, or a swap, explains the disagreement there); 0 when
+    nothing is left."""
+    both = (set(np.unique(a).tolist()) & set(np.unique(b).tolist())) - {0, *swapped}
+    keep = np.asarray(sorted(both), dtype=a.dtype)
+    return overall_dice(np.where(np.isin(a, keep), a, 0), np.where(np.isin(b, keep), b, 0)) or 0.0
+
+
 def wrong_images(
     inputs: _Inputs,
     thumbs: dict[int, np.ndarray],
     checked: set[tuple[int, FlagReason, str | None]],
     found: list[_Found],
+    values: dict[str, int],
     own_below: float = OWN_BELOW,
     gain: float = GAIN,
 ) -> list[_Found]:
     """The wrong-image flags of the checked human labels (each compared with the human labels
-    of its own image and of the patient's other images; all need thumbnails). An image with a
-    swap among ``found`` is left out: the swap explains why its labels disagree."""
-    swapped = {f.image_id for f in found if f.reason == FlagReason.swap}
+    of its own image and of the patient's other images; all need thumbnails). A label is on
+    the wrong image when it agrees less than ``own_below`` with its own image's other labels
+    (over the structures both hold and no swap was found on: ``found``), and the labels of one
+    other image of the patient agree with it at least FITS_ABOVE and ``gain`` better; of an
+    image's labels, the one that fits another image best. The swaps and rater disagreements
+    of its image (``found``) are then dropped: the wrong label explains them. ``values``: the
+    protocol's value of each structure."""
+    swapped: dict[int, list[int]] = defaultdict(list)
+    for f in found:
+        if f.reason == FlagReason.swap:
+            swapped[f.image_id].append(values[f.structure])
     by_patient: dict[int, list[_Label]] = defaultdict(list)
     for lab in inputs.checked:
-        if (
-            lab.kind == RaterKind.human
-            and lab.annotation_id in thumbs
-            and lab.image_id not in swapped
-        ):
+        if lab.kind == RaterKind.human and lab.annotation_id in thumbs:
             by_patient[inputs.images[lab.image_id].patient].append(lab)
     flags = []
     for labels in by_patient.values():
@@ -61,17 +77,22 @@ def wrong_images(
                 continue
             checked.add((lab.annotation_id, FlagReason.wrong_image, None))
             mine = thumbs[lab.annotation_id]
-            own = max((overall_dice(mine, thumbs[o.annotation_id]) or 0.0) for o in own_labels)
+            own = max(
+                _own_dice(mine, thumbs[o.annotation_id], swapped.get(lab.image_id, ()))
+                for o in own_labels
+            )
             if own >= own_below:
                 continue
             best, best_label = 0.0, None
+            per_image: dict[int, float] = {}
             for o in labels:
                 if o.image_id == lab.image_id:
                     continue
                 d = overall_dice(mine, thumbs[o.annotation_id]) or 0.0
+                per_image[o.image_id] = max(per_image.get(o.image_id, 0.0), d)
                 if d > best:
                     best, best_label = d, o
-            if best_label is None or best - own < gain:
+            if best_label is None or best < FITS_ABOVE or best - own < gain:
                 continue
             flags.append(
                 _Found(
@@ -90,4 +111,12 @@ def wrong_images(
                     },
                 )
             )
+    best_of: dict[int, _Found] = {}
+    for f in flags:
+        if f.image_id not in best_of or f.severity > best_of[f.image_id].severity:
+            best_of[f.image_id] = f
+    flags = list(best_of.values())
+    wrong = set(best_of)
+    explained = (FlagReason.swap, FlagReason.rater_disagreement)
+    found[:] = [f for f in found if not (f.image_id in wrong and f.reason in explained)]
     return flags
