@@ -148,13 +148,13 @@ def plant(
                 (image_id, rater, np.ascontiguousarray(ws.store.get_array(mask_hash)[:, ::-1]))
             )
     with ws.session() as s:
-        raters = {r.name: r for r in s.scalars(select(Rater))}
+        by_name = {r.name: r for r in s.scalars(select(Rater))}
         for image_id, rater, label in changes:
             store_annotation(
                 s,
                 ws.store,
                 s.get_one(Image, image_id),
-                raters[rater],
+                by_name[rater],
                 label,
                 "itksnap",
                 None,
