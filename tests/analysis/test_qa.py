@@ -326,3 +326,134 @@ def test_labels_are_compared_with_the_runs_drafts(trained, tmp_path):
     again = run_qa(ws, run=run, raters=[C])
     assert again.drafts_reused == len(imgs) and again.open == 4
     assert {c.reason: c.found for c in again.reasons}[R.model_disagreement] == 2
+
+
+# --------------------------------------------------------------------------- issue 21
+
+
+def test_a_label_votes_for_the_side_its_relations_put_the_lateral_side_on():
+    from datatool.analysis.qa.convention import label_vote, vote
+    from datatool.core.protocol import Relation
+
+    lateral = Relation("femur", "lateral to", "sciatic nerve")
+    medial = Relation("femur", "medial to", "sciatic nerve")
+    assert vote(lateral, 100.0, 300.0) == "left" and vote(lateral, 300.0, 100.0) == "right"
+    assert vote(medial, 100.0, 300.0) == "right"
+    assert vote(lateral, 200.0, 200.4) is None  # the same column: no vote
+    assert label_vote(["left", "left", "right"]) == "left"
+    assert label_vote(["left", "right"]) is None and label_vote([None]) is None
+
+
+def test_the_convention_is_learned_per_series_device_and_leg_with_the_protocol_as_prior():
+    from datatool.analysis.qa.convention import Convention, Where
+
+    device = ("acme", "scanner 1")
+    # 30 labels of left legs in five series show the lateral side on the image's right (the
+    # protocol says left); series 9 (an operator of its own) shows it on the left
+    votes = [(Where("L", 1 + k % 5, device), "right") for k in range(30)]
+    votes += [(Where("L", 9, device), "left")] * 6
+    c = Convention.learn(P, votes)
+    assert (
+        c.for_image(Where("L", 1, device)).lateral_side,
+        c.for_image(Where("L", 1, device)).source,
+    ) == ("right", "series")
+    assert c.for_image(Where("L", 9, device)).lateral_side == "left"  # its own series
+    other = c.for_image(Where("L", 42, device))  # a series without votes: the device and leg
+    assert (other.lateral_side, other.source, other.votes) == ("right", "device", 36)
+    assert c.for_image(Where("L", 42, ("other", "x"))).source == "workspace"
+    assert c.for_image(Where("R", 42, device)).source == "protocol"  # no votes for right legs
+    assert c.for_image(Where("R", 42, device)).lateral_side == "right"
+    assert c.for_image(Where(None, 1, device)).lateral_side is None
+    note = c.protocol_note()
+    assert note is not None and "'femur lateral to sciatic nerve'" in note
+    assert "83 % of 36 labels of L legs show it on the image's right, not the left" in note
+    assert "lateral_side: {L: right, R: right}" in note and P.name in note
+    series = c.series_note({i: Where("L", i, device) for i in (1, 9)})
+    assert series is not None and series.startswith("1 series (1 images)")
+    # fewer than 20 votes: the protocol's prior
+    few = Convention.learn(P, [(Where("L", k, device), "right") for k in range(19)])
+    assert few.for_image(Where("L", 100, device)).source == "protocol"
+    assert few.for_image(Where("L", 100, device)).lateral_side == "left"
+    assert few.protocol_note() is None
+
+
+def _mirror_all(ws, raters: dict[str, float]) -> None:
+    """Every rater's label of every image drawn with the lateral side on the other edge."""
+    for k, (image_id, side) in enumerate(images_of(ws)):
+        for name, shift in raters.items():
+            relabel(ws, name, image_id, clean("R" if side == "L" else "L", k, shift))
+
+
+def test_a_workspace_mirrored_from_the_protocol_says_so_once_and_flags_one_odd_image(qa_ws):
+    raters = {"A": 0.0, "B": 2.0, "C": 1.0, "D": 3.0}
+    for name in ("C", "D"):
+        add_rater(qa_ws, name)
+    _mirror_all(qa_ws, raters)  # 48 labels, 24 per leg: the labels' convention is learned
+    result = run_qa(qa_ws)
+    assert result.labels == 48 and not flags(qa_ws)
+    said = [n for n in result.notes if "lateral_side" in n]
+    assert len(said) == 1 and "100 % of 24 labels of L legs" in said[0]
+    assert "lateral_side: {L: right, R: left}" in said[0]
+    # one image drawn the protocol's way by every rater: one flag, on the image
+    image_id, side = images_of(qa_ws)[4]
+    for name, shift in raters.items():
+        relabel(qa_ws, name, image_id, clean(side, 4, shift))
+    run_qa(qa_ws)
+    q = list_queue(qa_ws)
+    assert [(it.image_id, it.structure, it.reason.value) for it in q.items] == [
+        (image_id, "whole image", "mirrored")
+    ]
+    assert q.items[0].evidence["labels"] == 4 and q.items[0].evidence["convention"] == "device"
+    assert "image looks mirrored against this workspace's convention" in q.items[0].summary
+
+
+def test_no_rule_floods_the_queue(qa_ws):
+    imgs = images_of(qa_ws)
+    for k, (image_id, side) in enumerate(imgs):  # every label of B has a hole in the femur
+        m = clean(side, k, 2.0)
+        ellipse(m, (240 if side == "L" else 400) + 2.0, 235, 8, 6, 0)
+        relabel(qa_ws, "B", image_id, m)
+    m = clean(imgs[3][1], 3)  # and one label of A a second nerve piece
+    ellipse(m, 320, 420, 6, 4, V["sciatic nerve"])
+    relabel(qa_ws, "A", imgs[3][0], m)
+    result = run_qa(qa_ws)
+    assert {(f[1], f[2], f[3]) for f in flags(qa_ws)} == {("A", "sciatic nerve", "components")}
+    note = [n for n in result.notes if n.startswith("holes on femur")]
+    assert note == [
+        "holes on femur: would flag 12 of 24 labels (50 %, over the 25 % a rule may flag): a "
+        "note about the rule, not flags; check its threshold or the protocol"
+    ]
+
+
+def test_the_queue_shows_what_a_reviewer_must_see_first(qa_ws):
+    imgs = images_of(qa_ws)
+    m = clean(imgs[0][1], 0)  # a femur five times its usual area: a large severity
+    m[m == V["femur"]] = 0
+    ellipse(m, 240 if imgs[0][1] == "L" else 400, 235, 90, 65, V["femur"])
+    relabel(qa_ws, "A", imgs[0][0], m)
+    m = clean(imgs[1][1], 1, 2.0)  # B left out the artery: severity 1, but seen first
+    m[m == V["femoral artery"]] = 0
+    relabel(qa_ws, "B", imgs[1][0], m)
+    run_qa(qa_ws)
+    items = list_queue(qa_ws).items
+    size = next(it for it in items if it.reason == R.size)
+    assert size.severity > 1.0 and size.priority == 2
+    head = [(it.image_id, it.structure, it.priority) for it in items[:2]]
+    assert head == [(imgs[1][0], "femoral artery", 0)] * 2
+    assert [it.priority for it in items] == sorted(it.priority for it in items)
+
+
+def test_a_label_of_another_image_of_the_patient_is_one_flag(qa_ws):
+    imgs = images_of(qa_ws)
+    # image 0 (a left leg) gets A's label of image 2 (the same patient's right leg)
+    (x, side_x), (y, side_y) = imgs[0], imgs[2]
+    assert (side_x, side_y) == ("L", "R")
+    relabel(qa_ws, "A", x, clean(side_y, 2))
+    run_qa(qa_ws)
+    q = list_queue(qa_ws)
+    on_x = [(it.rater, it.structure, it.reason.value) for it in q.items if it.image_id == x]
+    assert ("A", "whole image", "wrong_image") in on_x
+    assert not [f for f in on_x if f[2] in ("swap", "rater_disagreement")]  # explained by it
+    wrong = next(it for it in q.items if it.reason == R.wrong_image)
+    assert wrong.evidence["fits_image_id"] == y and wrong.evidence["fits_dice"] > 0.95
+    assert wrong.priority == 0 and q.items[0].reason == R.wrong_image

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from datatool.analysis import shape
 from datatool.analysis.qa.flood import cap
 from datatool.analysis.qa.inputs import DraftMaker, _read_inputs
 from datatool.analysis.qa.measure import _jobs, _measure
+from datatool.analysis.qa.pairs import displaced, pair_spreads
 from datatool.analysis.qa.record import _record
 from datatool.analysis.qa.rules import Thresholds, _evaluate, model_agreement
 from datatool.analysis.qa.wrongimage import wrong_images
@@ -81,8 +83,14 @@ def run_qa(
         else:
             trusted.add(name)
     found, checked = _evaluate(protocol, inputs, measures, t, run, trusted, notes)
+    pairs = pair_spreads(protocol, inputs, measures)
     found += wrong_images(
-        inputs, thumbs, checked, found, {s.name: s.value for s in protocol.structures}
+        inputs,
+        thumbs,
+        checked,
+        found,
+        {s.name: s.value for s in protocol.structures},
+        partial(displaced, protocol, inputs, measures, pairs, t.pair_z_above),
     )
     found, capped = cap(found, len(inputs.checked))
     notes.extend(capped)

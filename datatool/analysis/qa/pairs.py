@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,3 +105,29 @@ def pair_spreads(protocol: Protocol, inputs: _Inputs, measures: dict[int, dict])
         {k: spread_of(v, OFFSET_FLOOR[k[1]]) for k, v in offsets.items()},
         {k: spread_of(v, RADIUS_FLOOR[k[1]]) for k, v in radii.items()},
     )
+
+
+def displaced(
+    protocol: Protocol,
+    inputs: _Inputs,
+    measures: dict[int, dict],
+    pairs: PairSpreads,
+    z_above: float,
+    lab: _Label,
+    other: _Label,
+    leave_out: Sequence[int] = (),
+) -> tuple[int, int]:
+    """(structures whose centroids lie further apart than the workspace's pairs, structures
+    both labels hold), over the structures not in ``leave_out``."""
+    moved = held = 0
+    for s in protocol.structures:
+        if s.value in leave_out:
+            continue
+        m = measure_of(inputs, measures, lab, other, s.value)
+        if m is None:
+            continue
+        held += 1
+        spread = pairs.offset.get((s.name, m.unit))
+        if spread is not None and spread.z(m.offset) > z_above:
+            moved += 1
+    return moved, held

@@ -7,7 +7,7 @@ pixels that carry the same structure (a multi-structure Dice)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -46,6 +46,7 @@ def wrong_images(
     checked: set[tuple[int, FlagReason, str | None]],
     found: list[_Found],
     values: dict[str, int],
+    displaced: Callable[[_Label, _Label, Sequence[int]], tuple[int, int]],
     own_below: float = OWN_BELOW,
     gain: float = GAIN,
 ) -> list[_Found]:
@@ -54,7 +55,10 @@ def wrong_images(
     the wrong image when it agrees less than ``own_below`` with its own image's other labels
     (over the structures both hold and no swap was found on: ``found``), and the labels of one
     other image of the patient agree with it at least FITS_ABOVE and ``gain`` better; of an
-    image's labels, the one that fits another image best. The swaps and rater disagreements
+    image's labels, the one that fits another image best. And the whole label must have moved:
+    at least half of the structures both labels hold lie further from the other label's than
+    the workspace's rater pairs do (``displaced``: (structures moved, structures held)), not
+    one structure drawn badly in the other label. The swaps and rater disagreements
     of its image (``found``) are then dropped: the wrong label explains them. ``values``: the
     protocol's value of each structure."""
     swapped: dict[int, list[int]] = defaultdict(list)
@@ -93,6 +97,9 @@ def wrong_images(
                 if d > best:
                     best, best_label = d, o
             if best_label is None or best < FITS_ABOVE or best - own < gain:
+                continue
+            moved, held = max(displaced(lab, o, swapped.get(lab.image_id, ())) for o in own_labels)
+            if not held or moved * 2 < held:
                 continue
             flags.append(
                 _Found(
