@@ -38,8 +38,11 @@ class Thresholds:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise UsageError(f"--{name.replace('_', '-')} must lie in (0, 1], got {value}")
-        if not self.size_z_above > 0:
-            raise UsageError(f"--size-z-above must be above 0, got {self.size_z_above}")
+        for name in ("size_z_above", "pair_z_above"):
+            if not getattr(self, name) > 0:
+                raise UsageError(
+                    f"--{name.replace('_', '-')} must be above 0, got {getattr(self, name)}"
+                )
 
 
 IMAGE = "whole image"  # the structure of a flag about the whole label or image
