@@ -38,6 +38,7 @@ MAD_TO_SD = 0.6745  # the modified z-score (Iglewicz & Hoaglin): 0.6745 (x - med
 MODEL_DICE_BELOW = 0.5
 RATER_DICE_BELOW = 0.7
 SIZE_Z_ABOVE = 3.5
+MAX_FLAG_SHARE = 0.25  # a rule that would flag more of the labels is a note, not flags
 PAIR_Z_ABOVE = 2.0  # two raters' centroids apart, or sizes different, beyond the usual pairs
 SWAP_MIN_SHARE = 0.5  # at least half of the structure lies on the other's different structure
 SWAP_RATIO = 3.0  # ... and at least three times as much as on the other's same structure

@@ -33,6 +33,7 @@ MODEL_DICE_BELOW = 0.5
 RATER_DICE_BELOW = 0.7
 SIZE_Z_ABOVE = 3.5
 PAIR_Z_ABOVE = 2.0
+MAX_FLAG_SHARE = 0.25
 
 qa_app = typer.Typer(
     no_args_is_help=False,
@@ -104,6 +105,11 @@ def qa(
         "whose equivalent radii differ more, than the workspace's rater pairs (robust z-score "
         "beyond this).",
     ),
+    max_flag_share: float = typer.Option(
+        MAX_FLAG_SHARE,
+        help="A rule (a reason on a structure, or a relation) that would flag more than this "
+        "share of the labels checked is reported as a note, not as flags.",
+    ),
     device: DeviceChoice = typer.Option(DeviceChoice.auto, help="Where the drafts are made."),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
@@ -153,6 +159,7 @@ def qa(
         rater_dice_below=rater_dice_below,
         size_z_above=size_z_above,
         pair_z_above=pair_z_above,
+        max_flag_share=max_flag_share,
     )
     with progress_bar("qa", enabled=not json_out) as progress:
         result = run_qa(

@@ -420,9 +420,11 @@ def test_no_rule_floods_the_queue(qa_ws):
     assert {(f[1], f[2], f[3]) for f in flags(qa_ws)} == {("A", "sciatic nerve", "components")}
     note = [n for n in result.notes if n.startswith("holes on femur")]
     assert note == [
-        "holes on femur: would flag 12 of 24 labels (50 %, over the 25 % a rule may flag): a "
-        "note about the rule, not flags; check its threshold or the protocol"
+        "holes on femur: would flag 12 of 24 labels (50 %, over the 25 % a rule may flag, "
+        "--max-flag-share): a note about the rule, not flags; check its threshold or the protocol"
     ]
+    run_qa(qa_ws, thresholds=Thresholds(max_flag_share=1.0))  # no cap: the flags
+    assert len([f for f in flags(qa_ws) if f[3] == "holes"]) == 12
 
 
 def test_the_queue_shows_what_a_reviewer_must_see_first(qa_ws):

@@ -124,3 +124,4 @@ def test_the_clis_defaults_are_the_checks_defaults():
         shape.RATER_DICE_BELOW,
     )
     assert (cli_qa.SIZE_Z_ABOVE, cli_qa.PAIR_Z_ABOVE) == (shape.SIZE_Z_ABOVE, shape.PAIR_Z_ABOVE)
+    assert cli_qa.MAX_FLAG_SHARE == shape.MAX_FLAG_SHARE

@@ -92,7 +92,7 @@ def run_qa(
         {s.name: s.value for s in protocol.structures},
         partial(displaced, protocol, inputs, measures, pairs, t.pair_z_above),
     )
-    found, capped = cap(found, len(inputs.checked))
+    found, capped = cap(found, len(inputs.checked), t.max_flag_share)
     notes.extend(capped)
     counts, superseded, open_total = _record(ws, inputs, found, checked)
     for s in protocol.structures:

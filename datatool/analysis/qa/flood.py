@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from datatool.analysis import shape
 from datatool.analysis.qa.rules import _Found
 from datatool.core.catalogue import FlagReason
 
-MAX_SHARE = 0.25  # a rule may flag at most this share of the labels checked
+MAX_SHARE = shape.MAX_FLAG_SHARE  # a rule may flag at most this share of the labels checked
 MIN_LABELS = 20  # ... once there are this many labels (below, every flag is kept)
 # what a reviewer must see whatever their number: a label of another image, a mirrored image
 NEVER_CAPPED = (FlagReason.wrong_image, FlagReason.mirrored)
@@ -37,7 +38,8 @@ def cap(
     notes = [
         f"{rule}: would flag {len(flagged[rule])} of {labels} labels "
         f"({100 * len(flagged[rule]) / labels:.0f} %, over the {100 * max_share:.0f} % a rule "
-        "may flag): a note about the rule, not flags; check its threshold or the protocol"
+        "may flag, --max-flag-share): a note about the rule, not flags; check its threshold or "
+        "the protocol"
         for rule in sorted(over)
     ]
     return [f for f in found if f.reason in NEVER_CAPPED or rule_of(f) not in over], notes

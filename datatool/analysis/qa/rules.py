@@ -32,12 +32,15 @@ class Thresholds:
     min_hole_px: int = shape.MIN_HOLE_PX
     min_present_px: int = shape.MIN_PRESENT_PX
     pair_z_above: float = shape.PAIR_Z_ABOVE
+    max_flag_share: float = shape.MAX_FLAG_SHARE  # a rule over this share of labels: a note
 
     def check(self) -> None:
         for name in ("model_dice_below", "rater_dice_below"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise UsageError(f"--{name.replace('_', '-')} must lie in (0, 1], got {value}")
+        if not 0.0 < self.max_flag_share <= 1.0:
+            raise UsageError(f"--max-flag-share must lie in (0, 1], got {self.max_flag_share}")
         for name in ("size_z_above", "pair_z_above"):
             if not getattr(self, name) > 0:
                 raise UsageError(
