@@ -445,7 +445,7 @@ def test_the_queue_shows_what_a_reviewer_must_see_first(qa_ws):
     assert [it.priority for it in items] == sorted(it.priority for it in items)
 
 
-def test_a_label_of_another_image_of_the_patient_is_one_flag(qa_ws):
+def test_a_label_of_another_image_of_the_patient_is_one_flag(qa_ws, tmp_path):
     imgs = images_of(qa_ws)
     # image 0 (a left leg) gets A's label of image 2 (the same patient's right leg)
     (x, side_x), (y, side_y) = imgs[0], imgs[2]
@@ -459,3 +459,7 @@ def test_a_label_of_another_image_of_the_patient_is_one_flag(qa_ws):
     wrong = next(it for it in q.items if it.reason == R.wrong_image)
     assert wrong.evidence["fits_image_id"] == y and wrong.evidence["fits_dice"] > 0.95
     assert wrong.priority == 0 and q.items[0].reason == R.wrong_image
+    report = write_report(qa_ws, tmp_path / "r", top=1)  # a whole-image flag has a thumbnail
+    assert (
+        len(report.thumbnails) == 1 and "wrong_image" in (tmp_path / "r" / "queue.csv").read_text()
+    )

@@ -136,7 +136,10 @@ def write_report(
     with ws.session() as s:
         for it in queue.items[:top]:
             image = ws.store.get_array(s.get_one(Image, it.image_id).store_hash)
-            value = protocol.by_label(it.structure).value
+            try:
+                value: int | None = protocol.by_label(it.structure).value
+            except KeyError:  # a flag of the whole label or image: no structure drawn thick
+                value = None
             path = out / "thumbnails" / f"flag-{it.flag}.png"
             qa_panels_png(
                 path,
