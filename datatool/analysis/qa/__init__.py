@@ -9,7 +9,8 @@ lies past its threshold, 1 for a clear-cut case). The checks, per structure:
   present in one and absent in the other (needs ``run``);
 * ``rater_disagreement``: Dice with another human rater's latest label below
   ``rater_dice_below``, or present for one and absent for the other (the lower Dice when there
-  are several other raters);
+  are several other raters); or centroids further apart, or equivalent radii more different,
+  than the workspace's rater pairs (robust z beyond ``pair_z_above``; :mod:`.pairs`);
 * ``swap``: the structure lies on the other rater's (or the model's) *different* structure far
   more than on its own (at least half of it, and three times as much);
 * ``components``, ``holes``, ``edge``: more pieces than the protocol allows, holes in a solid
@@ -18,7 +19,15 @@ lies past its threshold, 1 for a clear-cut case). The checks, per structure:
   every latest human and consensus label of the workspace (robust z-score beyond
   ``size_z_above``);
 * ``anatomy``: a relation of the protocol broken on the centroids (superficial, deep, lateral,
-  medial; the image's lateral side from the series' leg and the protocol's display convention).
+  medial; the image's lateral side learned from the labels per series, device and leg, the
+  protocol's ``lateral_side`` the prior: :mod:`.convention`).
+
+And per label or image: ``wrong_image``, the label fits another image of the patient far better
+than its own (:mod:`.wrongimage`); ``mirrored``, every label of the image reverses the learned
+lateral side (one flag for the image). A rule that would flag more than ``max_flag_share`` of
+the labels is a note instead (:mod:`.flood`). The queue ranks what a reviewer must see first
+(a structure present for one rater and absent for the other, a swap, a wrong image) before
+shape and size oddities (:mod:`.queue`).
 
 Re-running adds no duplicate: an open flag found again gets its evidence refreshed; a flag a
 reviewer closed stays closed; an open flag that the same check no longer finds on the same label
@@ -30,7 +39,8 @@ run's drafts (``learning.inference.ensure_drafts``).
 
 The steps, one module each: :mod:`.inputs` reads the labels and what is known of their images,
 :mod:`.measure` reads the masks once and measures them, :mod:`.rules` turns the measures into
-flags, :mod:`.record` writes them, :mod:`.check` runs the steps (``run_qa``), :mod:`.queue`
+flags (with :mod:`.convention`, :mod:`.pairs`, :mod:`.wrongimage` and :mod:`.flood`),
+:mod:`.record` writes them, :mod:`.check` runs the steps (``run_qa``), :mod:`.queue`
 ranks and resolves the flags and :mod:`.export` writes the queue as CSV and thumbnails.
 """
 

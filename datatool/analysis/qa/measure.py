@@ -22,12 +22,10 @@ THUMB_STEP = 6  # a label's thumbnail keeps every 6th row and column (wrong-imag
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(store_root: str, specs: tuple, related: frozenset[int], swap_ratio: float) -> None:
-    """``specs``: (value, max components, holes allowed, in view) per structure; ``related``:
-    the values of the structures that relations name (their centroids are needed)."""
+def _init_worker(store_root: str, specs: tuple, swap_ratio: float) -> None:
+    """``specs``: (value, max components, holes allowed, in view) per structure."""
     _WORKER["store"] = Store(Path(store_root))
     _WORKER["specs"] = specs
-    _WORKER["related"] = related
     _WORKER["swap_ratio"] = swap_ratio
 
 
@@ -123,15 +121,12 @@ def _measure(
 ) -> tuple[dict[int, dict], dict[int, Any]]:
     """The measures per label (see :func:`_measure_image`) and the labels' thumbnails."""
     specs = tuple((s.value, s.max_components, s.holes, s.in_view) for s in protocol.structures)
-    related = frozenset(
-        protocol.by_label(name).value for r in protocol.relations for name in (r.structure, r.other)
-    )
     n = worker_count(workers, cap=8)
     results: dict[int, dict] = {}
     thumbs: dict[int, Any] = {}
     if len(jobs) >= POOL_FROM and n > 1:
         with pool_context().Pool(
-            n, initializer=_init_worker, initargs=(str(ws.store.root), specs, related, swap_ratio)
+            n, initializer=_init_worker, initargs=(str(ws.store.root), specs, swap_ratio)
         ) as pool:
             for k, (_, out, th) in enumerate(pool.imap(_measure_image, jobs, chunksize=64), 1):
                 results.update(out)
@@ -139,7 +134,7 @@ def _measure(
                 if progress:
                     progress(k, len(jobs))
     else:
-        _init_worker(str(ws.store.root), specs, related, swap_ratio)
+        _init_worker(str(ws.store.root), specs, swap_ratio)
         for k, job in enumerate(jobs, 1):
             _, out, th = _measure_image(job)
             results.update(out)
