@@ -463,3 +463,33 @@ def test_a_label_of_another_image_of_the_patient_is_one_flag(qa_ws, tmp_path):
     assert (
         len(report.thumbnails) == 1 and "wrong_image" in (tmp_path / "r" / "queue.csv").read_text()
     )
+
+
+def test_pair_measures_and_the_whole_label_dice_on_known_cases():
+    import math
+
+    from datatool.analysis.qa.inputs import _ImageInfo
+    from datatool.analysis.qa.pairs import pair_measure, spread_of
+    from datatool.analysis.qa.wrongimage import _own_dice, overall_dice
+
+    calibrated = _ImageInfo(480, 640, (0.5, 0.5), None, "L")
+    areas = (round(math.pi * 100), round(math.pi * 64))  # discs of radius 10 and 8 px
+    m = pair_measure(calibrated, (0.0, 0.0), (3.0, 4.0), areas)
+    assert m.unit == "mm" and m.offset == pytest.approx(2.5)  # 5 px at 0.5 mm
+    assert m.radius_diff == pytest.approx(1.0, abs=0.01) and m.ratio == pytest.approx(
+        100 / 64, abs=0.01
+    )
+    bare = pair_measure(
+        _ImageInfo(480, 640, (None, None), None, "L"), (0.0, 0.0), (3.0, 4.0), areas
+    )
+    assert (bare.unit, bare.offset) == ("px", 5.0) and bare.radius_diff == pytest.approx(
+        2.0, abs=0.01
+    )
+    spread = spread_of([0.1] * 12, floor=0.5)  # no spread at all: the floor
+    assert spread is not None and spread.mad == 0.5 and spread_of([1.0] * 9, 0.5) is None
+    a = np.array([[1, 1, 2, 0], [1, 1, 2, 0]], np.uint8)
+    b = np.array([[1, 1, 0, 2], [1, 3, 0, 2]], np.uint8)
+    assert overall_dice(a, b) == pytest.approx(2 * 3 / (6 + 6))  # 3 pixels agree
+    assert overall_dice(np.zeros((2, 2)), np.zeros((2, 2))) is None
+    assert _own_dice(a, b, swapped=()) == pytest.approx(2 * 3 / (6 + 5))  # 3: b holds it alone
+    assert _own_dice(a, b, swapped=(1,)) == 0.0
