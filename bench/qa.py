@@ -11,6 +11,16 @@ label moved by 3 pixels, stored as the whole-image drafts of a run recorded for 
 
     python bench/qa.py                      # builds a 200-patient demo workspace first
     python bench/qa.py --workspace WS       # build into WS, or reuse it when it is there
+
+``--planted`` measures what the queue finds instead (issue 21): on a demo workspace with its
+natural inter-rater variation (the demo's own rater errors left out) it plants errors of six
+kinds at known places and shows a share of the images mirrored (``datatool.demo.planted``),
+runs the checks and prints the recall per kind, the precision at k (k: the errors planted and
+the images mirrored) and the queue's length per labelled image. Goals: recall >= 0.95 for
+missed, swap, wrong_image and blob, >= 0.8 for shift and dilation; precision at k >= 0.8; a
+mirrored image raises no flag but its own one.
+
+    python bench/qa.py --planted            # 20 patients, 4 images per side, 10 errors a kind
 """
 
 from __future__ import annotations
@@ -92,12 +102,67 @@ def baseline(ws, run_id: int) -> tuple[float, float, int]:
     return time.perf_counter() - start, cpu() - start_cpu, len(hashes)
 
 
+def planted(patients: int, images_per_side: str, per_kind: int, mirrored: float) -> None:
+    """The planted-error benchmark (see the module's docstring)."""
+    from datatool.core.workspace import init_workspace
+    from datatool.demo.generator import parse_images_per_side, write_demo_dataset
+    from datatool.demo.planted import plant, score
+
+    from benchdata import ingest_rated
+
+    with tempfile.TemporaryDirectory(prefix="datatool-bench-") as tmp:
+        root = Path(tmp)
+        start = time.perf_counter()
+        write_demo_dataset(root / "data", patients=patients, seed=3,
+                           images_per_side=parse_images_per_side(images_per_side),
+                           rater_errors=False)  # fmt: skip
+        init_workspace(root / "ws")
+        ws = open_workspace(root / "ws")
+        ingest_rated(ws, root / "data")
+        print(f"set-up (demo data, ingest, two raters): {time.perf_counter() - start:.0f} s")
+        plan = plant(ws, per_kind, mirrored_share=mirrored, seed=0)
+        load_before = os.getloadavg()
+        start = time.perf_counter()
+        result = run_qa(ws)
+        took = time.perf_counter() - start
+        got = score(ws, plan)
+        load_after = os.getloadavg()
+        queue = list_queue(ws, limit=12)
+        ws.close()
+    print(f"load average before: {load_before[0]:.1f}, after: {load_after[0]:.1f} (1 min); "
+          f"datatool qa: {took:.1f} s")  # fmt: skip
+    print(f"labelled images: {plan.images}, labels checked: {result.labels}; planted: "
+          f"{len(plan.planted)} errors, {len(plan.mirrored)} images mirrored")  # fmt: skip
+    goals = {"missed": 0.95, "swap": 0.95, "wrong_image": 0.95, "blob": 0.95, "shift": 0.8,
+             "dilation": 0.8, "mirrored": 0.95}  # fmt: skip
+    for kind, recall in got.recall.items():
+        print(f"  recall {kind:12s} {recall:5.2f}  ({got.found.get(kind, 0)} of "
+              f"{got.planted[kind]}; goal >= {goals.get(kind, 0):.2f})")  # fmt: skip
+    print(f"precision at k={got.k}: {got.precision_at_k:.2f} (goal >= 0.80)")
+    print(f"queue: {got.queue} open items, {got.queue_per_image:.2f} per labelled image")
+    print(f"flags on mirrored images besides their own one: {got.mirrored_extra} (goal 0)")
+    for note in result.notes:
+        print(f"  note: {note}")
+    for p in got.missed:
+        print(f"  not found: {p.kind} on image {p.image_id} ({p.rater}, {', '.join(p.structures)})")
+    for it in queue.items:
+        print(f"  {it.rank}. {it.image} {it.rater} {it.structure}: {it.reason} ({it.summary})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", type=Path, help="build into this folder, or reuse it")
     parser.add_argument("--patients", type=int, default=200)
     parser.add_argument("--images-per-side", default="7-8")
+    parser.add_argument("--planted", action="store_true", help="the planted-error benchmark")
+    parser.add_argument("--per-kind", type=int, default=10, help="--planted: errors a kind")
+    parser.add_argument("--mirrored", type=float, default=0.05, help="--planted: share mirrored")
     args = parser.parse_args()
+    if args.planted:
+        patients = args.patients if args.patients != 200 else 20
+        per_side = args.images_per_side if args.images_per_side != "7-8" else "4"
+        planted(patients, per_side, args.per_kind, args.mirrored)
+        return
     with tempfile.TemporaryDirectory(prefix="datatool-bench-") as tmp:
         root = args.workspace or Path(tmp)
         if not (root / "ws" / ".datatool").is_dir():

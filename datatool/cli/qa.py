@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # result types; the services load when a command runs
 MODEL_DICE_BELOW = 0.5
 RATER_DICE_BELOW = 0.7
 SIZE_Z_ABOVE = 3.5
+PAIR_Z_ABOVE = 2.0
+MAX_FLAG_SHARE = 0.25
 
 qa_app = typer.Typer(
     no_args_is_help=False,
@@ -97,6 +99,17 @@ def qa(
         help="Flag an area whose robust z-score (0.6745 (x - median) / MAD over the "
         "workspace's labels of the structure) is beyond this.",
     ),
+    pair_z_above: float = typer.Option(
+        PAIR_Z_ABOVE,
+        help="Flag two raters' outlines of a structure whose centroids lie further apart, or "
+        "whose equivalent radii differ more, than the workspace's rater pairs (robust z-score "
+        "beyond this).",
+    ),
+    max_flag_share: float = typer.Option(
+        MAX_FLAG_SHARE,
+        help="A rule (a reason on a structure, or a relation) that would flag more than this "
+        "share of the labels checked is reported as a note, not as flags.",
+    ),
     device: DeviceChoice = typer.Option(DeviceChoice.auto, help="Where the drafts are made."),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
@@ -108,13 +121,19 @@ def qa(
 
     A flag is one structure of one label version with one reason: model_disagreement (Dice with
     the run's draft below --model-dice-below, or present in one and absent in the other),
-    rater_disagreement (the same with another rater, --rater-dice-below), swap (at least half of
-    the structure lies on the other label's different structure, three times more than on its
-    own), components (more pieces than the protocol allows), holes (in a solid structure),
-    edge (a structure that lies in the view touches the image edge or the blanked area), size
-    (robust z-score beyond --size-z-above) and anatomy (a relation of the protocol broken on
-    the centroids). Where the model backs a label, its disagreements with another rater count
-    half. Re-running adds no duplicates, clears what is no longer found and leaves closed
+    rater_disagreement (the same with another rater, --rater-dice-below, or centroids or
+    outlines further apart than the workspace's rater pairs, --pair-z-above), swap (at least
+    half of the structure lies on the other label's different structure, three times more than
+    on its own), wrong_image (the whole label fits another image of the patient far better than
+    its own image's other labels), components (more pieces than the protocol allows), holes (in
+    a solid structure), edge (a structure that lies in the view touches the image edge or the
+    blanked area), size (robust z-score beyond --size-z-above), anatomy (a relation of the
+    protocol broken on the centroids; lateral/medial against the display convention the
+    labels themselves show, per series, device and leg, the protocol's lateral_side while
+    fewer than 20 labels say) and mirrored (one flag for an image whose labels all reverse that
+    convention). A rule that would flag more than a quarter of the labels is a note instead.
+    Where the model backs a label, its disagreements with another rater count half. Re-running
+    adds no duplicates, clears what is no longer found and leaves closed
     flags closed; a new label version closes the old one's flags. Exit code 0; 1 when there
     is nothing to check (no labels yet); 2 for a usage error (an unknown rater or run).
     """
@@ -139,6 +158,8 @@ def qa(
         model_dice_below=model_dice_below,
         rater_dice_below=rater_dice_below,
         size_z_above=size_z_above,
+        pair_z_above=pair_z_above,
+        max_flag_share=max_flag_share,
     )
     with progress_bar("qa", enabled=not json_out) as progress:
         result = run_qa(
@@ -159,7 +180,7 @@ def qa(
 
 def _queue_view(q: Queue) -> Iterator[Block]:
     every = q.status is None
-    columns = ["rank", "flag", "image", "rater", "structure", "reason", "severity"]
+    columns = ["rank", "flag", "image", "rater", "structure", "reason", "priority", "severity"]
     columns += ["status", "evidence", "note"] if every else ["evidence"]
     title = f"{q.status or 'all'} flags" + (
         f", {len(q.items)} worst of {q.total}" if len(q.items) < q.total else f": {q.total}"
@@ -173,6 +194,7 @@ def _queue_view(q: Queue) -> Iterator[Block]:
             f"{it.rater} v{it.version}",
             it.structure,
             it.reason,
+            it.priority,
             it.severity,
         ]
         cells += [it.status, it.summary, it.note] if every else [it.summary]
@@ -183,8 +205,9 @@ def _queue_view(q: Queue) -> Iterator[Block]:
     if len(q.items) < q.total:
         yield f"{q.total - len(q.items)} more: --limit 0 lists them all"
     yield (
-        "ranked by severity: how far the evidence lies past its threshold (1: as clear as a "
-        "structure missing in one label); close an item with: datatool qa resolve FLAG --note ..."
+        "ranked by priority (0: present for one rater and absent for the other, a swap, a label "
+        "of another image; 2: shape and size), then by severity: how far the evidence lies past "
+        "its threshold; close an item with: datatool qa resolve FLAG --note ..."
     )
 
 
@@ -202,9 +225,12 @@ def qa_list(
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
-    """The review queue, worst first: ranked by severity, how far each flag's evidence lies
-    past its threshold (for a Dice, (threshold - Dice) / threshold; for a swap, how much more
-    than half of the structure lies on the other's; for a size, (|z| - threshold) / threshold;
+    """The review queue, worst first: first what a reviewer must see (priority 0: a structure
+    present for one rater and absent for the other, a swap, a label of another image; 1: the
+    other disagreements, a mirrored image, a broken relation; 2: shape and size oddities),
+    within a priority ranked by severity, how far each flag's evidence lies past its threshold
+    (for a Dice, (threshold - Dice) / threshold; for a swap, how much more than half of the
+    structure lies on the other's; for a size or a rater pair, (|z| - threshold) / threshold;
     for a broken relation, the distance over the two structures' radii), ties by reason."""
     from datatool.analysis.qa import list_queue
 

@@ -16,8 +16,10 @@ class FlagReason(StrEnum):
     ties in the queue: the most specific findings first)."""
 
     swap = "swap"  # lies on another label's different structure far more than on its own
+    wrong_image = "wrong_image"  # the label fits another image of the patient far better
     model_disagreement = "model_disagreement"  # Dice with the run's draft low, or present/absent
     rater_disagreement = "rater_disagreement"  # Dice with another rater low, or present/absent
+    mirrored = "mirrored"  # every label of the image reverses the workspace's lateral side
     anatomy = "anatomy"  # breaks a relation of the protocol (on centroids)
     size = "size"  # area far outside the structure's usual range in the workspace
     components = "components"  # more connected pieces than the protocol allows
@@ -58,11 +60,40 @@ def describe(reason: FlagReason | str, ev: dict[str, Any]) -> str:
             return f"absent here, {other_px} px in {who}'s label"
         if not other_px:
             return f"{ev['area_px']} px here, absent in {who}'s label"
+        if "offset_z" in ev or "area_z" in ev:
+            found = []
+            if "offset_z" in ev:
+                unit = "mm" if ev.get("offset_unit") == "mm" else "px"
+                found.append(
+                    f"centroids {ev['offset']:.1f} {unit} apart (robust z {ev['offset_z']:.1f})"
+                )
+            if "area_z" in ev:
+                unit = "mm" if ev.get("offset_unit") == "mm" else "px"
+                wider = "wider" if ev["area_ratio"] > 1 else "narrower"
+                found.append(
+                    f"outline {ev['radius_diff']:.1f} {unit} {wider} than {who}'s "
+                    f"(robust z {ev['area_z']:.1f})"
+                )
+            return (
+                f"{' and '.join(found)} over the workspace's rater pairs; "
+                f"Dice {ev['dice']:.2f} with {who}"
+            )
         return f"Dice {ev['dice']:.2f} with {who} (flagged below {ev['threshold']:.2f})"
     if reason == FlagReason.swap:
         return (
             f"{100 * ev['share_on_other']:.0f} % of it lies on {ev['source']}'s "
             f"{ev['lies_on']} ({100 * ev['share_on_own']:.0f} % on its own)"
+        )
+    if reason == FlagReason.wrong_image:
+        return (
+            f"fits {ev['fits_image']} (Dice {ev['fits_dice']:.2f}) better than the other "
+            f"labels of its own image (Dice {ev['own_dice']:.2f}): a label of another image?"
+        )
+    if reason == FlagReason.mirrored:
+        return (
+            f"image looks mirrored against this workspace's convention: its {ev['labels']} "
+            f"label(s) show the lateral side on the image's {ev['labels_show']}, its "
+            f"{ev['convention']} convention on the {ev['lateral_side']}"
         )
     if reason == FlagReason.components:
         return (

@@ -78,12 +78,13 @@ def test_every_check_fires_on_its_case_and_only_there(qa_ws):
     ellipse(m, 240 if side[6] == "L" else 400, 235, 70, 50, V["femur"])
     case(6, "A", m, ("femur", "size"), ("femur", "rater_disagreement"))
     cases[(imgs[6][0], "B", "femur", "rater_disagreement")] = True
-    # anatomy: the femur drawn on the medial side, in both raters' labels (they agree)
+    # the femur drawn on the medial side in both raters' labels (they agree): every lateral
+    # relation of the image reversed in every label, so the image looks mirrored (one flag)
     for who, shift in (("A", 0.0), ("B", 2.0)):
         m = clean(side[7], 7, shift)
         m[m == V["femur"]] = 0
         ellipse(m, (470 if side[7] == "L" else 170) + shift, 400, 40, 30, V["femur"])
-        case(7, who, m, ("femur", "anatomy"))
+        case(7, who, m, *([("whole image", "mirrored")] if who == "A" else []))
     # the artery below the nerve, in both raters' labels
     for who, shift in (("A", 0.0), ("B", 2.0)):
         m = clean(side[8], 8, shift)
@@ -105,10 +106,10 @@ def test_every_check_fires_on_its_case_and_only_there(qa_ws):
             f.evidence["relation"]
             for f in s.scalars(select(QAFlag).where(QAFlag.reason == "anatomy"))
         }
-        assert anatomy == {
-            "femur lateral to sciatic nerve",
-            "femoral artery superficial to sciatic nerve",
-        }
+        assert anatomy == {"femoral artery superficial to sciatic nerve"}
+        mirrored = s.scalar(select(QAFlag).where(QAFlag.reason == "mirrored"))
+        assert mirrored.evidence["relations"] == ["femur lateral to sciatic nerve"]
+        assert mirrored.evidence["labels"] == 2 and mirrored.evidence["convention"] == "protocol"
 
 
 def test_thresholds_move_the_rater_check(qa_ws):
@@ -117,10 +118,21 @@ def test_thresholds_move_the_rater_check(qa_ws):
     m[m == V["sciatic nerve"]] = 0
     ellipse(m, (362 if side == "L" else 278) + 12, 262, 28, 11, V["sciatic nerve"])  # Dice ~0.6
     relabel(qa_ws, "B", image_id, m)
-    run_qa(qa_ws, thresholds=Thresholds(rater_dice_below=0.3))
+    run_qa(qa_ws, thresholds=Thresholds(rater_dice_below=0.3, pair_z_above=100))
     assert not flags(qa_ws)
+    # Dice lets it pass at 0.3, but the centroids lie 3 mm apart where the other pairs of the
+    # workspace lie 0.5 mm apart: a pair outlier
+    run_qa(qa_ws, thresholds=Thresholds(rater_dice_below=0.3))
+    q = list_queue(qa_ws)
+    assert {(it.rater, it.reason.value) for it in q.items} == {
+        ("A", "rater_disagreement"),
+        ("B", "rater_disagreement"),
+    }
+    assert all(it.evidence["offset_z"] > 2.0 and it.evidence["dice"] > 0.3 for it in q.items)
+    assert "centroids" in q.items[0].summary and q.items[0].priority == 1
     run_qa(qa_ws)  # the default, 0.7
     assert {f[3] for f in flags(qa_ws)} == {"rater_disagreement"}
+    assert all("offset_z" not in it.evidence for it in list_queue(qa_ws).items)
     with pytest.raises(UsageError, match="rater-dice-below"):
         run_qa(qa_ws, thresholds=Thresholds(rater_dice_below=1.5))
 
@@ -236,6 +248,27 @@ def test_the_report_writes_the_queue_and_thumbnails(qa_ws, tmp_path):
         assert im.size[0] > 600  # three panels
 
 
+def test_queue_csv_escapes_a_cell_a_spreadsheet_would_run(qa_ws, tmp_path):
+    """A rater named like a formula reaches queue.csv as text (a leading quote), through
+    core.csvcells; the other cells stay as they were."""
+    import csv
+
+    name = "=SUM(1+1)*cmd"
+    add_rater(qa_ws, name)
+    image_id, side = images_of(qa_ws)[0]
+    relabel(
+        qa_ws, name, image_id, np.where(clean(side, 0) == V["femoral artery"], 0, clean(side, 0))
+    )
+    run_qa(qa_ws)
+    write_report(qa_ws, tmp_path / "r", top=0)
+    with open(tmp_path / "r" / "queue.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    mine = [r for r in rows if r["rater"].endswith(name)]
+    assert mine and all(r["rater"] == "'" + name for r in mine)
+    assert all(not r["rater"].startswith("=") for r in rows)
+    assert {r["reason"] for r in mine} >= {"rater_disagreement"}
+
+
 def test_labels_are_compared_with_the_runs_drafts(trained, tmp_path):
     """The run's drafts here are constructed (a 3-epoch model drafts little), stored as its
     whole-image drafts: qa must use them and predict nothing. The labels checked are a
@@ -293,3 +326,170 @@ def test_labels_are_compared_with_the_runs_drafts(trained, tmp_path):
     again = run_qa(ws, run=run, raters=[C])
     assert again.drafts_reused == len(imgs) and again.open == 4
     assert {c.reason: c.found for c in again.reasons}[R.model_disagreement] == 2
+
+
+# --------------------------------------------------------------------------- issue 21
+
+
+def test_a_label_votes_for_the_side_its_relations_put_the_lateral_side_on():
+    from datatool.analysis.qa.convention import label_vote, vote
+    from datatool.core.protocol import Relation
+
+    lateral = Relation("femur", "lateral to", "sciatic nerve")
+    medial = Relation("femur", "medial to", "sciatic nerve")
+    assert vote(lateral, 100.0, 300.0) == "left" and vote(lateral, 300.0, 100.0) == "right"
+    assert vote(medial, 100.0, 300.0) == "right"
+    assert vote(lateral, 200.0, 200.4) is None  # the same column: no vote
+    assert label_vote(["left", "left", "right"]) == "left"
+    assert label_vote(["left", "right"]) is None and label_vote([None]) is None
+
+
+def test_the_convention_is_learned_per_series_device_and_leg_with_the_protocol_as_prior():
+    from datatool.analysis.qa.convention import Convention, Where
+
+    device = ("acme", "scanner 1")
+    # 30 labels of left legs in five series show the lateral side on the image's right (the
+    # protocol says left); series 9 (an operator of its own) shows it on the left
+    votes = [(Where("L", 1 + k % 5, device), "right") for k in range(30)]
+    votes += [(Where("L", 9, device), "left")] * 6
+    c = Convention.learn(P, votes)
+    assert (
+        c.for_image(Where("L", 1, device)).lateral_side,
+        c.for_image(Where("L", 1, device)).source,
+    ) == ("right", "series")
+    assert c.for_image(Where("L", 9, device)).lateral_side == "left"  # its own series
+    other = c.for_image(Where("L", 42, device))  # a series without votes: the device and leg
+    assert (other.lateral_side, other.source, other.votes) == ("right", "device", 36)
+    assert c.for_image(Where("L", 42, ("other", "x"))).source == "workspace"
+    assert c.for_image(Where("R", 42, device)).source == "protocol"  # no votes for right legs
+    assert c.for_image(Where("R", 42, device)).lateral_side == "right"
+    assert c.for_image(Where(None, 1, device)).lateral_side is None
+    note = c.protocol_note()
+    assert note is not None and "'femur lateral to sciatic nerve'" in note
+    assert "83 % of 36 labels of L legs show it on the image's right, not the left" in note
+    assert "lateral_side: {L: right, R: right}" in note and P.name in note
+    series = c.series_note({i: Where("L", i, device) for i in (1, 9)})
+    assert series is not None and series.startswith("1 series (1 images)")
+    # fewer than 20 votes: the protocol's prior
+    few = Convention.learn(P, [(Where("L", k, device), "right") for k in range(19)])
+    assert few.for_image(Where("L", 100, device)).source == "protocol"
+    assert few.for_image(Where("L", 100, device)).lateral_side == "left"
+    assert few.protocol_note() is None
+
+
+def _mirror_all(ws, raters: dict[str, float]) -> None:
+    """Every rater's label of every image drawn with the lateral side on the other edge."""
+    for k, (image_id, side) in enumerate(images_of(ws)):
+        for name, shift in raters.items():
+            relabel(ws, name, image_id, clean("R" if side == "L" else "L", k, shift))
+
+
+def test_a_workspace_mirrored_from_the_protocol_says_so_once_and_flags_one_odd_image(qa_ws):
+    raters = {"A": 0.0, "B": 2.0, "C": 1.0, "D": 3.0}
+    for name in ("C", "D"):
+        add_rater(qa_ws, name)
+    _mirror_all(qa_ws, raters)  # 48 labels, 24 per leg: the labels' convention is learned
+    result = run_qa(qa_ws)
+    assert result.labels == 48 and not flags(qa_ws)
+    said = [n for n in result.notes if "lateral_side" in n]
+    assert len(said) == 1 and "100 % of 24 labels of L legs" in said[0]
+    assert "lateral_side: {L: right, R: left}" in said[0]
+    # one image drawn the protocol's way by every rater: one flag, on the image
+    image_id, side = images_of(qa_ws)[4]
+    for name, shift in raters.items():
+        relabel(qa_ws, name, image_id, clean(side, 4, shift))
+    run_qa(qa_ws)
+    q = list_queue(qa_ws)
+    assert [(it.image_id, it.structure, it.reason.value) for it in q.items] == [
+        (image_id, "whole image", "mirrored")
+    ]
+    assert q.items[0].evidence["labels"] == 4 and q.items[0].evidence["convention"] == "device"
+    assert "image looks mirrored against this workspace's convention" in q.items[0].summary
+
+
+def test_no_rule_floods_the_queue(qa_ws):
+    imgs = images_of(qa_ws)
+    for k, (image_id, side) in enumerate(imgs):  # every label of B has a hole in the femur
+        m = clean(side, k, 2.0)
+        ellipse(m, (240 if side == "L" else 400) + 2.0, 235, 8, 6, 0)
+        relabel(qa_ws, "B", image_id, m)
+    m = clean(imgs[3][1], 3)  # and one label of A a second nerve piece
+    ellipse(m, 320, 420, 6, 4, V["sciatic nerve"])
+    relabel(qa_ws, "A", imgs[3][0], m)
+    result = run_qa(qa_ws)
+    assert {(f[1], f[2], f[3]) for f in flags(qa_ws)} == {("A", "sciatic nerve", "components")}
+    note = [n for n in result.notes if n.startswith("holes on femur")]
+    assert note == [
+        "holes on femur: would flag 12 of 24 labels (50 %, over the 25 % a rule may flag, "
+        "--max-flag-share): a note about the rule, not flags; check its threshold or the protocol"
+    ]
+    run_qa(qa_ws, thresholds=Thresholds(max_flag_share=1.0))  # no cap: the flags
+    assert len([f for f in flags(qa_ws) if f[3] == "holes"]) == 12
+
+
+def test_the_queue_shows_what_a_reviewer_must_see_first(qa_ws):
+    imgs = images_of(qa_ws)
+    m = clean(imgs[0][1], 0)  # a femur five times its usual area: a large severity
+    m[m == V["femur"]] = 0
+    ellipse(m, 240 if imgs[0][1] == "L" else 400, 235, 90, 65, V["femur"])
+    relabel(qa_ws, "A", imgs[0][0], m)
+    m = clean(imgs[1][1], 1, 2.0)  # B left out the artery: severity 1, but seen first
+    m[m == V["femoral artery"]] = 0
+    relabel(qa_ws, "B", imgs[1][0], m)
+    run_qa(qa_ws)
+    items = list_queue(qa_ws).items
+    size = next(it for it in items if it.reason == R.size)
+    assert size.severity > 1.0 and size.priority == 2
+    head = [(it.image_id, it.structure, it.priority) for it in items[:2]]
+    assert head == [(imgs[1][0], "femoral artery", 0)] * 2
+    assert [it.priority for it in items] == sorted(it.priority for it in items)
+
+
+def test_a_label_of_another_image_of_the_patient_is_one_flag(qa_ws, tmp_path):
+    imgs = images_of(qa_ws)
+    # image 0 (a left leg) gets A's label of image 2 (the same patient's right leg)
+    (x, side_x), (y, side_y) = imgs[0], imgs[2]
+    assert (side_x, side_y) == ("L", "R")
+    relabel(qa_ws, "A", x, clean(side_y, 2))
+    run_qa(qa_ws)
+    q = list_queue(qa_ws)
+    on_x = [(it.rater, it.structure, it.reason.value) for it in q.items if it.image_id == x]
+    assert ("A", "whole image", "wrong_image") in on_x
+    assert not [f for f in on_x if f[2] in ("swap", "rater_disagreement")]  # explained by it
+    wrong = next(it for it in q.items if it.reason == R.wrong_image)
+    assert wrong.evidence["fits_image_id"] == y and wrong.evidence["fits_dice"] > 0.95
+    assert wrong.priority == 0 and q.items[0].reason == R.wrong_image
+    report = write_report(qa_ws, tmp_path / "r", top=1)  # a whole-image flag has a thumbnail
+    assert (
+        len(report.thumbnails) == 1 and "wrong_image" in (tmp_path / "r" / "queue.csv").read_text()
+    )
+
+
+def test_pair_measures_and_the_whole_label_dice_on_known_cases():
+    import math
+
+    from datatool.analysis.qa.inputs import _ImageInfo
+    from datatool.analysis.qa.pairs import pair_measure, spread_of
+    from datatool.analysis.qa.wrongimage import _own_dice, overall_dice
+
+    calibrated = _ImageInfo(480, 640, (0.5, 0.5), None, "L")
+    areas = (round(math.pi * 100), round(math.pi * 64))  # discs of radius 10 and 8 px
+    m = pair_measure(calibrated, (0.0, 0.0), (3.0, 4.0), areas)
+    assert m.unit == "mm" and m.offset == pytest.approx(2.5)  # 5 px at 0.5 mm
+    assert m.radius_diff == pytest.approx(1.0, abs=0.01) and m.ratio == pytest.approx(
+        100 / 64, abs=0.01
+    )
+    bare = pair_measure(
+        _ImageInfo(480, 640, (None, None), None, "L"), (0.0, 0.0), (3.0, 4.0), areas
+    )
+    assert (bare.unit, bare.offset) == ("px", 5.0) and bare.radius_diff == pytest.approx(
+        2.0, abs=0.01
+    )
+    spread = spread_of([0.1] * 12, floor=0.5)  # no spread at all: the floor
+    assert spread is not None and spread.mad == 0.5 and spread_of([1.0] * 9, 0.5) is None
+    a = np.array([[1, 1, 2, 0], [1, 1, 2, 0]], np.uint8)
+    b = np.array([[1, 1, 0, 2], [1, 3, 0, 2]], np.uint8)
+    assert overall_dice(a, b) == pytest.approx(2 * 3 / (6 + 6))  # 3 pixels agree
+    assert overall_dice(np.zeros((2, 2)), np.zeros((2, 2))) is None
+    assert _own_dice(a, b, swapped=()) == pytest.approx(2 * 3 / (6 + 5))  # 3: b holds it alone
+    assert _own_dice(a, b, swapped=(1,)) == 0.0

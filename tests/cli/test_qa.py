@@ -73,7 +73,10 @@ def test_options_of_the_checks_do_not_go_with_a_subcommand(qa_ws):
 
 def test_qa_help_says_how_the_queue_is_ranked():
     res = CliRunner().invoke(app, ["qa", "list", "--help"], env=ENV)
-    assert "ranked by severity" in res.output
+    assert "ranked by severity" in res.output and "priority" in res.output
+    res = CliRunner().invoke(app, ["qa", "--help"], env=ENV)
+    assert "--pair-z-above" in res.output and "wrong_image" in res.output
+    assert "mirrored" in res.output
     res = CliRunner().invoke(app, ["next", "--help"], env=ENV)
     assert "mean predictive entropy" in res.output and "--per-patient" in res.output
 
@@ -110,3 +113,15 @@ def test_next_lists_the_most_uncertain_unlabelled_images(trained, tmp_path):
 def test_review_options_that_do_not_go_together(qa_ws, args):
     res = run(qa_ws, *args)
     assert res.exit_code == 2, res.output
+
+
+def test_the_clis_defaults_are_the_checks_defaults():
+    from datatool.analysis import shape
+    from datatool.cli import qa as cli_qa
+
+    assert (cli_qa.MODEL_DICE_BELOW, cli_qa.RATER_DICE_BELOW) == (
+        shape.MODEL_DICE_BELOW,
+        shape.RATER_DICE_BELOW,
+    )
+    assert (cli_qa.SIZE_Z_ABOVE, cli_qa.PAIR_Z_ABOVE) == (shape.SIZE_Z_ABOVE, shape.PAIR_Z_ABOVE)
+    assert cli_qa.MAX_FLAG_SHARE == shape.MAX_FLAG_SHARE

@@ -348,3 +348,36 @@ def test_rater2_now_and_then_swaps_the_two_muscles():
         else:
             assert same > 0.6
     assert 1 <= swapped <= 15, swapped  # 2 % of 300 is 6
+
+
+def test_every_fourth_patient_is_shown_with_the_other_display_convention(tmp_path):
+    """The 4th patient's operator shows the lateral side on the other edge of the image (the
+    femur, lateral to the nerve, on the image's right for a left leg); the others keep the
+    protocol's convention. The demo's own rater errors can be left out."""
+    from datatool.demo.patients import MIRRORING_OPERATOR
+
+    write_demo_dataset(tmp_path, patients=4, seed=SEED, images_per_side=(1, 1), rater_errors=False)
+    protocol = load_protocol()
+    femur, nerve = protocol.by_label("femur").value, protocol.by_label("sciatic nerve").value
+    seen = {}
+    for f in sorted((tmp_path / "dicom").rglob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        rel = f.relative_to(tmp_path / "dicom").with_suffix("")
+        lab = sitk.GetArrayFromImage(
+            sitk.ReadImage(str(tmp_path / "labels" / "rater1" / f"{rel}.nii.gz"))
+        )
+        lab = lab.reshape(lab.shape[-2:])
+        femur_x = np.nonzero(lab == femur)[1].mean()
+        nerve_x = np.nonzero(lab == nerve)[1].mean()
+        lateral = "left" if femur_x < nerve_x else "right"
+        seen[(str(ds.OperatorsName) == MIRRORING_OPERATOR, ds.Laterality)] = lateral
+        assert (
+            protocol.lateral_image_side(ds.Laterality) == lateral
+            or str(ds.OperatorsName) == MIRRORING_OPERATOR
+        )
+    assert seen == {
+        (False, "L"): "left",
+        (False, "R"): "right",
+        (True, "L"): "right",
+        (True, "R"): "left",
+    }

@@ -82,7 +82,7 @@ def test_a_review_fixes_the_raters_label_round_trip(qa_ws, labelstudio_server, l
     assert (again.projects[0].tasks_created, again.projects[0].already) == (0, 1)
     # a stricter check flags more of the same label version: the task's text is updated
     # (it flags B's other labels too: each gets a task of its own)
-    run_qa(ws, thresholds=Thresholds(rater_dice_below=0.999))
+    run_qa(ws, thresholds=Thresholds(rater_dice_below=0.999, max_flag_share=1.0))
     with ws.session() as s:
         flagged = {f.annotation_id for f in s.scalars(select(QAFlag)) if f.status == "open"}
         reviewed = s.get(QAFlag, b_flag).annotation_id
