@@ -31,7 +31,7 @@ from datatool.core.protocol import load_protocol
 from datatool.core.store import pixel_digest
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import (
-    get_rater,
+    labelling_rater,
 )
 from datatool.labels.itksnap.formats import (
     read_label_map,
@@ -168,7 +168,7 @@ def export_itksnap(
         Image.mm_per_px_y,
     )
     with ws.session() as s:
-        rater_row = get_rater(s, rater)
+        rater_row = labelling_rater(s, rater, "'export itksnap'")
         query = select(*columns).order_by(Image.id)
         if wanted is not None:
             rows = s.execute(query.where(Image.id.in_(wanted))).all()

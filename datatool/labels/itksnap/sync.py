@@ -44,8 +44,8 @@ from datatool.ingest import deid
 from datatool.labels.annotations import (
     SyncReport,
     draft_origin,
-    get_rater,
     in_chunks,
+    labelling_rater,
     latest_annotations_query,
     store_annotations,
 )
@@ -74,6 +74,7 @@ from datatool.labels.matching import (
     image_name,
     read_sop_instance_uid,
 )
+from datatool.labels.quoting import printable, utf8_name
 
 BATCH_SIZE = 64
 _SUFFIX_RE = r"(?:\.seg\.nrrd|\.nii\.gz|\.nrrd|\.nii|\.mha|\.mhd)"
@@ -285,7 +286,7 @@ def sync_itksnap(
         raise UsageError(f"{dicom_root}: no such folder (--dicom-root)")
     protocol = load_protocol(ws.protocol_name)
     with ws.session() as s:
-        rater_row = get_rater(s, rater)
+        rater_row = labelling_rater(s, rater, "'sync itksnap'")
         rater_id, rater = rater_row.id, rater_row.name
     report = SyncReport(source="itksnap", rater=rater)
     root = Path(os.path.normpath(os.path.abspath(label_dir)))
@@ -297,7 +298,7 @@ def sync_itksnap(
             f"sync it with --rater {owner}"
         )
     files, listed, ignored = _files_to_sync(label_dir, root, manifest, report)
-    report.seen = len(files)
+    report.seen += len(files)
     finder = _DicomFinder(Path(dicom_root)) if dicom_root is not None else None
     targets = _targets(ws.key, files, root, listed, finder, rater, owners, report)
     matches, had_labels = _match_images(ws, rater_id, targets, report)
@@ -315,6 +316,9 @@ def sync_itksnap(
         root,
     )
     _closing_notes(report, label_dir, not_labelled, ignored, unsaved)
+    # names that are not UTF-8 (a folder above a file, a DICOM file) are shown by their bytes
+    report.rejected = [(printable(i), printable(r)) for i, r in report.rejected]
+    report.notes = [(printable(i), printable(r)) for i, r in report.notes]
     with ws.session() as s:
         audit(
             s,
@@ -344,6 +348,12 @@ def _files_to_sync(
     report.rejected.extend(problems)
     files, ignored, found = _find_label_files(label_dir)
     report.rejected.extend(found.unreadable)
+    for path in [p for p in files if not utf8_name(p)]:
+        files.remove(path)  # SimpleITK aborts the process on a path it cannot decode
+        report.seen += 1
+        report.rejected.append(
+            (printable(path), "its name is not valid UTF-8: rename it (UTF-8), then sync again")
+        )
     report.notes.extend((p, skip_reason(kind)) for p, kind in found.special)
     discovered = {Path(os.path.normpath(os.path.abspath(p))) for p in files}
     for label_path, entry in sorted(listed.items()):

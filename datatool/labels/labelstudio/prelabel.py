@@ -35,7 +35,7 @@ from datatool.core.catalogue import Image, LabelStudioTask, audit
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
-from datatool.labels.annotations import get_rater, latest_annotations_query
+from datatool.labels.annotations import labelling_rater, latest_annotations_query
 from datatool.labels.labelstudio.connection import (
     Connection,
     _plain,
@@ -118,7 +118,7 @@ def prelabel(
         raise UsageError("--batch must be at least 1")
     protocol = load_protocol(ws.protocol_name)
     with ws.session() as s:
-        r = get_rater(s, rater)
+        r = labelling_rater(s, rater, "'prelabel'")
         rater = r.name
         rows = _rater_projects(s, r.id)
         if not rows:

@@ -51,6 +51,7 @@ from datatool.core.workspace import Workspace
 from datatool.labels.annotations import (
     SyncReport,
     get_rater,
+    labelling_rater,
     latest_annotation,
     latest_annotations_query,
     store_annotation,
@@ -337,7 +338,7 @@ def push_review(
     if title is not None:
         title = _check_title(title)
     with ws.session() as s:
-        who = get_rater(s, reviewer) if reviewer else None
+        who = labelling_rater(s, reviewer, "a review") if reviewer else None
         if rater:
             raters = [get_rater(s, rater)]
         else:

@@ -27,6 +27,7 @@ from datatool.labels.annotations import (
     SyncReport,
     draft_origin,
     get_rater,
+    labelling_rater,
     store_annotation,
 )
 from datatool.labels.labelstudio.connection import (
@@ -155,7 +156,7 @@ def sync_from_server(
     protocol = load_protocol(ws.protocol_name)
     report = SyncReport(source="labelstudio", rater=rater)
     with ws.session() as s:
-        r = get_rater(s, rater)
+        r = labelling_rater(s, rater, "'sync labelstudio'")
         report.rater = r.name
         if project_id is not None:
             row = _recorded_project(s, int(project_id))
@@ -402,7 +403,7 @@ def sync_from_export(
     report = SyncReport(source="labelstudio", rater=rater)
     seen_images: dict[int, str] = {}
     with ws.session() as s:
-        r = get_rater(s, rater)
+        r = labelling_rater(s, rater, "'sync labelstudio'")
         report.rater = r.name
         for entry in items:
             n = entry.index

@@ -697,3 +697,41 @@ def test_peak_memory_of_a_label_map_bomb_is_bounded_by_the_image(
         pixels_mib = image.rows * image.cols / 1024**2
     # a few copies of the image's own size, not the 244 MiB the header declares
     assert res.peak_mib < baseline.peak_mib + 4 * pixels_mib + 24, (res.peak_mib, baseline.peak_mib)
+
+
+def test_names_that_are_not_utf8_are_rejected_by_their_bytes_and_the_rest_go_on(
+    study, demo_dir, tmp_path, cli_env
+):
+    """A label file, or an exported folder, whose name is not valid UTF-8 once made SimpleITK
+    abort the whole sync (exit 134): now one line names it (its bytes as \\xNN), the rest are
+    stored, exit 1."""
+    ws = study
+    labels = shutil.copytree(demo_dir / "labels" / "rater1", tmp_path / "r1")
+    first = sorted(labels.rglob("*.nii.gz"))[0]
+    bad_file = os.fsencode(first.parent) + b"/" + os.fsencode(first.stem)[:-4] + b"\xff.nii.gz"
+    os.rename(first, bad_file)
+    exported = tmp_path / "exp"
+    export_itksnap(ws, "rater2", exported, image_ids=[1, 2])
+    seg = exported / "img000002" / "img000002_seg.nii.gz"
+    _itksnap_save(seg, read_label_map(seg) | 1, exported / "img000002" / "img000002.nii.gz")
+    os.rename(os.fsencode(exported / "img000001"), os.fsencode(exported) + b"/img000001\xfe")
+
+    res = _cli(["sync", "itksnap", str(labels), "--rater", "rater1", "--dicom-root",
+                str(demo_dir / "dicom"), "--json"], cli_env, ws)  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    shown = os.fsencode(bad_file).decode("utf-8", "backslashreplace")
+    assert "\\xff.nii.gz" in shown
+    assert res.stderr.strip().splitlines() == [
+        f"rejected: {shown}: its name is not valid UTF-8: rename it (UTF-8), then sync again"
+    ]
+    data = json.loads(res.stdout)
+    assert (data["seen"], data["new_versions"], len(data["rejected"])) == (N, N - 1, 1)
+
+    res = _cli(["sync", "itksnap", str(exported), "--rater", "rater2", "--allow-empty"],
+               cli_env, ws)  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"rejected: {exported}/img000001\\xfe/img000001_seg.nii.gz: its name is not valid "
+        "UTF-8: rename it (UTF-8), then sync again"
+    ]
+    assert _latest(ws, "rater2").keys() == {2}
