@@ -34,7 +34,7 @@ from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
 from datatool.labels.masks import structure_stats
-from datatool.labels.quoting import excerpt
+from datatool.labels.quoting import excerpt, printable
 
 T = TypeVar("T")
 SOURCES = ("itksnap", "labelstudio", "model", "consensus")
@@ -130,7 +130,9 @@ def get_rater(session: Session, name: str) -> Rater:
     the same in every command, with the command that registers it."""
     rater = session.scalar(select(Rater).where(Rater.name == name))
     if rater is None:
-        raise UsageError(f"rater {name!r} is not registered: run 'datatool rater add {name}'")
+        raise UsageError(
+            f"rater {excerpt(name)} is not registered: run 'datatool rater add {printable(name)}'"
+        )
     return rater
 
 

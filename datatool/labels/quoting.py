@@ -8,12 +8,13 @@ from pathlib import Path
 
 
 def excerpt(value: object, limit: int = 40) -> str:
-    """A short, escaped quotation of text from outside (a name, a field): printable ASCII only
-    (``ascii``), at most about ``limit`` characters, and how long it really was when cut."""
+    """A short quotation of text from outside (a name, a field), escaped as Python's ``repr``
+    escapes (a newline, ESC, a byte of a name that is not UTF-8), at most about ``limit``
+    characters, and how long it really was when cut."""
     text = value if isinstance(value, str) else str(value)
     if len(text) <= limit:
-        return ascii(text)
-    return f"{text[:limit]!a}... ({len(text)} characters)"
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def utf8_name(path: Path | str) -> bool:
@@ -27,9 +28,21 @@ def utf8_name(path: Path | str) -> bool:
 
 
 def printable(text: object) -> str:
-    """``text`` with the bytes of a name that is not UTF-8 written as ``\\xNN`` (the name's
-    own bytes, not Python's stand-ins), so it prints and goes into JSON and CSV."""
+    """``text`` on one line that prints and goes into JSON and CSV: the bytes of a name that
+    is not UTF-8 written as ``\\xNN`` (the name's own bytes, not Python's stand-ins), and any
+    other character that does not print (a newline, ESC) escaped as Python writes it."""
     value = os.fspath(text) if isinstance(text, Path) else str(text)
-    if utf8_name(value):
+    if not utf8_name(value):
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if value.isprintable():
         return value
-    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in value)
+
+
+def clipped(text: object, limit: int = 240) -> str:
+    """:func:`printable`, cut to about ``limit`` characters (and how long it really was), for
+    a path or reference from outside that a message names."""
+    value = printable(text)
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}... ({len(value)} characters)"

@@ -46,6 +46,7 @@ from datatool.labels.labelstudio.connection import (
 )
 from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.matching import image_name
+from datatool.labels.quoting import excerpt
 
 UPLOAD_BATCH = 64  # predictions per request to the server
 
@@ -157,7 +158,8 @@ def prelabel(
             data = task.get("data") or {}
             if str(data.get("image_id")) != image_name(t.image_id):
                 raise DatatoolError(
-                    f"task {t.task_id} of project {pid} names image {data.get('image_id')!r}, "
+                    f"task {t.task_id} of project {pid} names image "
+                    f"{excerpt(data.get('image_id'))}, "
                     f"but datatool pushed {image_name(t.image_id)} as this task: no drafts sent"
                 )
             if _has_version(task, version):

@@ -52,8 +52,10 @@ from datatool.labels.matching import (
     image_for_sop_uid,
     image_name,
 )
+from datatool.labels.quoting import clipped, excerpt
 
 UID_RE = re.compile(r"^\d+(\.\d+){2,}$")
+MAX_REFERENCE = 4096  # the longest path a file system takes (PATH_MAX): longer is free text
 
 
 # --------------------------------------------------------------------------- sync
@@ -223,7 +225,7 @@ def sync_from_server(
                         (
                             item,
                             f"its data names image "
-                            f"{data.get('image_id')!r}, but datatool "
+                            f"{excerpt(data.get('image_id'))}, but datatool "
                             f"pushed {image_name(mapping[tid])} as this "
                             "task: not stored",
                         )
@@ -309,24 +311,40 @@ def _local_files_path(value: str) -> str | None:
 def _resolve_path(text: str, dicom_root: Path | None) -> Path | None:
     """An existing file for a path named in a task: absolute, or under ``dicom_root`` (also
     after dropping leading folders, for paths relative to another root)."""
+
+    def is_file(path: Path) -> bool:
+        try:
+            return path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+            return False
+
     path = Path(text)
     if path.is_absolute():
-        return path if path.is_file() else None
+        return path if is_file(path) else None
     if dicom_root is None:
         return None
     parts = path.parts
     for k in range(len(parts)):
         candidate = dicom_root.joinpath(*parts[k:])
-        if candidate.is_file():
+        if is_file(candidate):
             return candidate
     return None
 
 
+def _fields(data: dict) -> str:
+    """A task's field names for a message: a few, each a short escaped excerpt."""
+    names = sorted(map(str, data))
+    shown = ", ".join(excerpt(n, 24) for n in names[:8])
+    return (shown + f" and {len(names) - 8} more" if len(names) > 8 else shown) or "none"
+
+
 def _reference(data: dict, field: str | None, dicom_root: Path | None) -> tuple[str, str]:
-    """('uid', UID) or ('path', PATH) naming the DICOM image of a task; raises NoImage."""
+    """('uid', UID) or ('path', PATH) naming the DICOM image of a task; raises NoImage.
+    Without ``field``, only a value that could be a path or a UID is looked at: free text
+    (longer than any path, or on several lines) is not a reference and is ignored."""
     if field is not None:
         if field not in data:
-            raise NoImage(f"its data has no field {field!r} (fields: {', '.join(sorted(data))})")
+            raise NoImage(f"its data has no field {excerpt(field)} (fields: {_fields(data)})")
         values = [(field, data[field])]
     else:
         values = list(data.items())
@@ -335,6 +353,8 @@ def _reference(data: dict, field: str | None, dicom_root: Path | None) -> tuple[
         if not isinstance(value, str) or not value.strip():
             continue
         text = value.strip()
+        if field is None and (len(text) > MAX_REFERENCE or not text.isprintable()):
+            continue  # a comment, a description: not the image reference
         text = _local_files_path(text) or text
         if UID_RE.match(text) and len(text) <= 64:
             strong.append((key, "uid", text))
@@ -355,17 +375,18 @@ def _reference(data: dict, field: str | None, dicom_root: Path | None) -> tuple[
     if not distinct:
         raise NoImage(
             "no field names a DICOM file or SOP Instance UID "
-            f"(fields: {', '.join(sorted(data)) or 'none'}); pass --field NAME"
+            f"(fields: {_fields(data)}); pass --field NAME"
         )
     if len(distinct) > 1:
         raise NoImage(
             "several fields could name its DICOM image "
-            f"({', '.join(sorted({k for k, _, _ in found}))}): pass --field NAME"
+            f"({_fields({k: None for k, _, _ in found})}): pass --field NAME"
         )
     kind, ref = distinct.pop()
     if kind == "path" and not Path(ref).is_absolute() and dicom_root is None:
         raise NoImage(
-            f"it names the relative path {ref}: pass --dicom-root, the folder it is relative to"
+            f"it names the relative path {clipped(ref)}: pass --dicom-root, the folder it is "
+            "relative to"
         )
     return kind, ref
 
