@@ -20,9 +20,11 @@ from datatool.core.catalogue import (
     AgreementSample,
     Annotation,
     Base,
+    DraftHandout,
     Image,
     LabelStudioTask,
     Patient,
+    QAFlag,
     Rater,
     Run,
     RunEpoch,
@@ -93,6 +95,20 @@ SEEDS = {
         + T
         + "')",
     ],
+    "0007": [  # an open QA flag on AN1's second version
+        "INSERT INTO qa_flags (id, image_id, annotation_id, structure, reason, severity, "
+        "evidence, run_id, status, created_at, updated_at) VALUES (1, 1, 2, 'sciatic nerve', "
+        "'model_disagreement', 0.7, '{\"dice\": 0.3}', 1, 'open', '" + T + "', '" + T + "')",
+    ],
+    "0008": [  # run 1's draft of image 1, handed to AN1 in an ITK-SNAP export
+        "INSERT INTO draft_handouts VALUES (1, 1, 1, 1, 'datatool-run-1-split-eeeeeeeeeeee', '"
+        + "8" * 64
+        + "', 'itksnap', '"
+        + "7" * 64
+        + "', '"
+        + T
+        + "')",
+    ],
 }
 
 
@@ -146,6 +162,18 @@ def _check_0006(s) -> None:
     assert s.get_one(Setting, "key_fingerprint").value == key_fingerprint(bytes.fromhex(KEY_HEX))
 
 
+def _check_0007(s) -> None:
+    flag = s.get_one(QAFlag, 1)
+    assert (flag.annotation_id, flag.reason, flag.status, flag.evidence) == (
+        2, "model_disagreement", "open", {"dice": 0.3})  # fmt: skip
+
+
+def _check_0008(s) -> None:
+    handout = s.scalars(select(DraftHandout)).one()
+    assert (handout.image_id, handout.rater_id, handout.run_id, handout.via) == (1, 1, 1, "itksnap")
+    assert (handout.mask_hash, handout.file_sha256) == ("8" * 64, "7" * 64)
+
+
 CHECKS = {
     "0001": _check_0001,
     "0002": _check_0002,
@@ -153,6 +181,8 @@ CHECKS = {
     "0004": _check_0004,
     "0005": _check_0005,
     "0006": _check_0006,
+    "0007": _check_0007,
+    "0008": _check_0008,
 }
 
 

@@ -36,6 +36,7 @@ from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import labelling_rater, latest_annotations_query
+from datatool.labels.handouts import record_handouts
 from datatool.labels.labelstudio.connection import (
     Connection,
     _plain,
@@ -120,6 +121,7 @@ def prelabel(
     protocol = load_protocol(ws.protocol_name)
     with ws.session() as s:
         r = labelling_rater(s, rater, "'prelabel'")
+        rater_id = r.id
         rater = r.name
         rows = _rater_projects(s, r.id)
         if not rows:
@@ -185,7 +187,7 @@ def prelabel(
         score_mean=None,
         seconds={"read": 0.0, "inference": 0.0, "encode": 0.0, "upload": 0.0},
     )
-    _draft_and_upload(ws, conn, model, protocol, todo, batch, report, progress)
+    _draft_and_upload(ws, conn, model, protocol, todo, batch, report, progress, rater_id)
     report.showing = sorted(shown | {t.project_id for t in todo})
     for pid in report.showing:
         _show_drafts(conn, pid, version)
@@ -214,6 +216,7 @@ def _draft_and_upload(
     batch: int,
     report: PrelabelReport,
     progress: Callable[[int, int], None] | None,
+    rater_id: int,
 ) -> None:
     """Draft the tasks ``batch`` images at a time; upload UPLOAD_BATCH predictions a request,
     per project."""
@@ -244,6 +247,16 @@ def _draft_and_upload(
         images = [ws.store.get_array(t.store_hash) for t in chunk]
         t1 = time.perf_counter()
         drafts = predict(model, images, batch=batch)
+        with ws.session() as s:  # recorded before the rater can see them (labels.handouts)
+            record_handouts(
+                s,
+                rater_id,
+                "labelstudio",
+                [
+                    (t.image_id, model.run_id, model.model_version, ws.store.put_array(d.labels))
+                    for t, d in zip(chunk, drafts)
+                ],
+            )
         t2 = time.perf_counter()
         for t, draft in zip(chunk, drafts):
             results = mask_to_results(draft.labels, protocol)

@@ -12,15 +12,18 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 from sqlalchemy import select
 
 from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask, Rater, audit
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.files import not_regular
 from datatool.core.protocol import Protocol, load_protocol
+from datatool.core.store import pixel_digest
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import (
     DraftOrigin,
@@ -28,7 +31,16 @@ from datatool.labels.annotations import (
     draft_origin,
     get_rater,
     labelling_rater,
+    latest_annotation,
     store_annotation,
+)
+from datatool.labels.handouts import (
+    BREACH,
+    Handouts,
+    audit_copies,
+    check_allow_copy,
+    copies_of_others,
+    origin_of,
 )
 from datatool.labels.labelstudio.connection import (
     _plain,
@@ -113,6 +125,15 @@ def _draft_of(
     return DraftOrigin(f"prediction {parent_id}")
 
 
+@dataclass
+class _Copies:
+    """Labels identical to another rater's: refused, or allowed with ``allow`` (the reason)."""
+
+    allow: str | None
+    refused: int = 0
+    allowed: dict[int, str] = field(default_factory=dict)  # image id -> copied rater
+
+
 def _store_task(
     s,
     ws: Workspace,
@@ -125,7 +146,11 @@ def _store_task(
     allow_empty: bool,
     report: SyncReport,
     task: dict | None = None,
+    copies: _Copies | None = None,
 ) -> None:
+    """Store a task's annotation as the rater's label: with the draft it started from (Label
+    Studio's parent prediction, else a handed-out draft it equals); a copy of another rater's
+    current label is rejected unless allowed (``labels.handouts``)."""
     shape = (image.rows, image.cols)
     try:
         converted = results_to_mask(annotation.get("result") or [], protocol, shape)
@@ -136,6 +161,25 @@ def _store_task(
     for note in converted.notes:
         report.notes.append((item, note))
     draft = _draft_of(s, ws, task or {}, annotation, protocol, shape)
+    digest = pixel_digest(np.ascontiguousarray(mask))
+    if draft is None:
+        handout = Handouts(s, [image.id]).draft(image.id, digest, rater.id)
+        draft = None if handout is None else origin_of(s, handout)
+    own = latest_annotation(s, image.id, rater.id)
+    copied = (
+        copies_of_others(s, rater.id, [(image.id, digest)])
+        if mask.any()
+        and (own is None or own.mask_hash != digest)
+        and (draft is None or draft.mask_hash != digest)
+        else {}
+    )
+    if copied:
+        copies = copies if copies is not None else _Copies(None)
+        if copies.allow is None:
+            copies.refused += 1
+            report.rejected.append((item, BREACH))
+            return
+        copies.allowed.update(copied)
     stored = store_annotation(
         s, ws.store, image, rater, mask, "labelstudio", ref, protocol, draft=draft
     )
@@ -153,8 +197,12 @@ def sync_from_server(
     allow_empty: bool = False,
     progress: Callable[[int, int], None] | None = None,
     project_id: int | None = None,
+    allow_copy: str | None = None,
 ) -> SyncReport:
-    """Bring the rater's labels from their Label Studio project(s) into the catalogue."""
+    """Bring the rater's labels from their Label Studio project(s) into the catalogue. A
+    label identical to another rater's current label is rejected as a copy unless
+    ``allow_copy`` gives the reason (audited)."""
+    copies = _Copies(check_allow_copy(allow_copy))
     protocol = load_protocol(ws.protocol_name)
     report = SyncReport(source="labelstudio", rater=rater)
     with ws.session() as s:
@@ -247,6 +295,7 @@ def sync_from_server(
                             allow_empty,
                             report,
                             task,
+                            copies,
                         )
                 done += 1
                 if progress:
@@ -269,7 +318,10 @@ def sync_from_server(
             new_versions=report.new_versions,
             unchanged=report.unchanged,
             rejected=len(report.rejected),
+            copies_refused=copies.refused,
+            copies_allowed=len(copies.allowed),
         )
+        audit_copies(s, "sync labelstudio", report.rater, copies.allowed, copies.allow or "")
     return report
 
 
@@ -399,10 +451,14 @@ def sync_from_export(
     field: str | None = None,
     allow_empty: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    allow_copy: str | None = None,
 ) -> SyncReport:
     """Bring a rater's labels in from a Label Studio JSON export of a project made before
     datatool, matching each task to its image through the DICOM file (or SOP Instance UID)
-    its data names. Paths from the export are used for matching only, never stored."""
+    its data names. Paths from the export are used for matching only, never stored. A label
+    identical to another rater's current label is rejected as a copy unless ``allow_copy``
+    gives the reason (audited)."""
+    copies = _Copies(check_allow_copy(allow_copy))
     protocol = load_protocol(ws.protocol_name)
     export_file = Path(export_file)
     root = Path(dicom_root).expanduser().resolve() if dicom_root else None
@@ -478,6 +534,7 @@ def sync_from_export(
                             allow_empty,
                             report,
                             task,
+                            copies,
                         )
             if progress:
                 progress(n, len(items))
@@ -490,5 +547,8 @@ def sync_from_export(
             new_versions=report.new_versions,
             unchanged=report.unchanged,
             rejected=len(report.rejected),
+            copies_refused=copies.refused,
+            copies_allowed=len(copies.allowed),
         )
+        audit_copies(s, "sync labelstudio", report.rater, copies.allowed, copies.allow or "")
     return report

@@ -675,3 +675,52 @@ def test_long_free_text_fields_are_ignored_and_never_quoted_whole(demo_ws, demo_
     three = dict(report.rejected)["task 3"]
     assert three.startswith("its data has no field 'dicom' (fields: 'sop', 'text\\ntext")
     assert three.endswith("... (500 characters))")
+
+
+def test_export_sync_knows_handed_out_drafts_and_refuses_copies(demo_ws, demo_dir):
+    """A label equal to a draft handed to the rater keeps the draft's provenance though
+    the annotation names no prediction; one identical to another rater's current label is
+    refused as a copy (one line), stored with --allow-copy and a reason (audited)."""
+    from datatool.core.catalogue import AuditEntry, Rater
+    from datatool.labels.annotations import get_rater, store_annotation
+    from datatool.labels.handouts import record_handouts
+
+    add_rater(demo_ws, "OLD")
+    add_rater(demo_ws, "OTHER")
+    dicoms = sorted((demo_dir / "dicom").rglob("*.dcm"))[:3]
+    with demo_ws.session() as s:
+        images = [image_for_dicom(s, demo_ws.key, p) for p in dicoms]
+        masks = [_mask(image, k) for k, image in enumerate(images)]
+        store_annotation(s, demo_ws.store, images[0], get_rater(s, "OTHER"), masks[0],
+                         "itksnap", None, P)  # fmt: skip
+        draft = demo_ws.store.put_array(masks[1])
+        record_handouts(
+            s, get_rater(s, "OLD").id, "labelstudio", [(images[1].id, None, "m-1", draft)]
+        )
+    export = [
+        {"id": t + 1, "data": {"sop": _uid(d)},
+         "annotations": [{"id": 10 + t, "result": mask_to_results(m, P)}]}
+        for t, (d, m) in enumerate(zip(dicoms, masks))
+    ]  # fmt: skip
+    path = demo_dir.parent / "copies.json"
+    path.write_text(json.dumps(export))
+    report = sync_from_export(demo_ws, "OLD", path)
+    assert (report.new_versions, len(report.rejected)) == (2, 1), report.as_dict()
+    item, reason = report.rejected[0]
+    assert item == f"task 1 ({image_name(images[0].id)})"
+    assert "a copy breaks the double-blind" in reason and "--allow-copy REASON" in reason
+    with demo_ws.session() as s:
+        rater = get_rater(s, "OLD")
+        drafted = latest_annotation(s, images[1].id, rater.id)
+        assert (drafted.draft_version, drafted.draft_hash, drafted.draft_unchanged) == (
+            "m-1", draft, True)  # fmt: skip
+        assert latest_annotation(s, images[2].id, rater.id).draft_version is None
+        assert latest_annotation(s, images[0].id, rater.id) is None
+    forced = sync_from_export(demo_ws, "OLD", path, allow_copy="migrated from the old tool")
+    assert (forced.new_versions, forced.unchanged, forced.rejected) == (1, 2, [])
+    with demo_ws.session() as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "copy allowed")).one()
+        assert entry.command == "sync labelstudio"
+        assert entry.details["reason"] == "migrated from the old tool"
+        assert entry.details["copied_from"] == ["OTHER"]
+        assert s.scalar(select(Rater.id).where(Rater.name == "OLD")) is not None
