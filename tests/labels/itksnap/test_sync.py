@@ -760,7 +760,7 @@ def test_drafts_are_known_by_content_and_copies_of_another_raters_labels_are_ref
         images = {i.id: i for i in s.scalars(select(Image))}
         for k, image_id in enumerate(ids[:2]):  # A's own labels of two images
             own = np.zeros((images[image_id].rows, images[image_id].cols), np.uint8)
-            own[100 + k : 140, 200:260] = 3
+            own[90 + k : 151, 205:277] = 2  # nobody else's label
             owns[image_id] = pixel_digest(own)
             store_annotation(
                 s,
