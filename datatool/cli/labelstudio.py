@@ -347,9 +347,10 @@ def sync_labelstudio(
     """
     ws = workspace(ws_path)
     if review:
-        if export is not None or project_id is not None:
+        if export is not None or project_id is not None or allow_copy is not None:
             raise typer.BadParameter(
-                "--export and --project-id are not for --review", param_hint="--review"
+                "--export, --project-id and --allow-copy are not for --review",
+                param_hint="--review",
             )
         from datatool.labels.labelstudio.review import sync_review
 

@@ -143,6 +143,8 @@ def test_reserved_raters_are_written_only_by_their_own_commands(ws, demo_dir, tm
     with ws.session() as s:
         assert s.query(Annotation).count() == 0
     assert not (tmp_path / "out").exists()
+    review = _run(ws, "sync", "labelstudio", "--review", "--allow-copy", "why")
+    assert review.exit_code == 2 and "not for --review" in " ".join(review.output.split())
     # the same folder syncs for a human rater: the refusal was the rater, not the file
     _run(ws, "rater", "add", "AN1")
     assert _run(ws, "sync", "itksnap", str(labels), "--rater", "AN1").exit_code == 0
