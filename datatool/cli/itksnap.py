@@ -147,6 +147,13 @@ def sync_itksnap(
         "--allow-empty",
         help="Store empty label maps (nothing labelled) instead of rejecting them.",
     ),
+    allow_copy: str | None = typer.Option(
+        None,
+        "--allow-copy",
+        metavar="REASON",
+        help="Store labels identical to another rater's current label anyway (refused by "
+        "default: a copy breaks the double-blind); the reason is recorded in the audit log.",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -157,8 +164,11 @@ def sync_itksnap(
     (imgNNNNNN_seg.nii.gz) are matched by their name; others through --dicom-root or
     --manifest. Unchanged labels are left alone, changed ones become a new version. Exit code
     0 when every file was stored or unchanged, 1 when some were rejected (each with a one-line
-    reason: wrong size, unknown label value, not a label file, no such image), 2 for usage
-    errors such as an unknown rater.
+    reason: wrong size, unknown label value, not a label file, no such image, a copy of
+    another rater's label), 2 for usage errors such as an unknown or reserved rater.
+
+    Model drafts are known by their content, wherever the file comes from: one never saved
+    since export is skipped, one saved as it is keeps the draft's provenance (model, run).
     """
     from datatool.labels.itksnap.sync import sync_itksnap as run
 
@@ -172,5 +182,6 @@ def sync_itksnap(
             manifest=manifest,
             allow_empty=allow_empty,
             progress=progress,
+            allow_copy=allow_copy,
         )
     show_sync_report(report, json_out, csv_out)

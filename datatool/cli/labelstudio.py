@@ -340,6 +340,13 @@ def sync_labelstudio(
     allow_empty: bool = typer.Option(
         False, "--allow-empty", help="Store submitted annotations with nothing drawn."
     ),
+    allow_copy: str | None = typer.Option(
+        None,
+        "--allow-copy",
+        metavar="REASON",
+        help="Store labels identical to another rater's current label anyway (refused by "
+        "default: a copy breaks the double-blind); the reason is recorded in the audit log.",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -348,14 +355,17 @@ def sync_labelstudio(
 
     Each task's latest submitted annotation becomes the rater's next label version for the
     image (nothing when unchanged). Exit code 1 when a task was rejected (one line each on
-    stderr); skipped and unlabelled tasks are noted. With --review: the reviews of flagged
-    labels, from the review projects.
+    stderr: also a label identical to another rater's current one, unless --allow-copy);
+    skipped and unlabelled tasks are noted. A label equal to a model draft datatool handed the
+    rater keeps the draft's provenance. With --review: the reviews of flagged labels, from the
+    review projects.
     """
     ws = workspace(ws_path)
     if review:
-        if export is not None or project_id is not None:
+        if export is not None or project_id is not None or allow_copy is not None:
             raise typer.BadParameter(
-                "--export and --project-id are not for --review", param_hint="--review"
+                "--export, --project-id and --allow-copy are not for --review",
+                param_hint="--review",
             )
         from datatool.labels.labelstudio.review import sync_review
 
@@ -384,6 +394,7 @@ def sync_labelstudio(
                 field=field,
                 allow_empty=allow_empty,
                 progress=progress,
+                allow_copy=allow_copy,
             )
         else:
             report = sync_from_server(
@@ -394,5 +405,6 @@ def sync_labelstudio(
                 allow_empty=allow_empty,
                 progress=progress,
                 project_id=project_id,
+                allow_copy=allow_copy,
             )
     show_sync_report(report, json_out, csv_out)

@@ -188,6 +188,26 @@ class Annotation(Base):
     structures: Mapped[list[StructureStats]] = relationship(back_populates="annotation")
 
 
+class DraftHandout(Base):
+    """A model draft datatool handed to a rater to start from (an ITK-SNAP segmentation
+    exported pre-filled with it, a Label Studio prediction on the rater's task): which image,
+    rater, run and label map (``mask_hash``, in the store). Sync recognises a draft by its
+    content wherever the file comes from; ``file_sha256`` is the ITK-SNAP file export wrote,
+    so a draft never saved is told from one saved as it is."""
+
+    __tablename__ = "draft_handouts"
+    __table_args__ = (UniqueConstraint("image_id", "rater_id", "mask_hash", "via"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), nullable=False, index=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id"), nullable=False, index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    model_version: Mapped[str] = mapped_column(String(128), nullable=False)
+    mask_hash: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    via: Mapped[str] = mapped_column(String(16), nullable=False)  # itksnap, labelstudio
+    file_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
 class StructureStats(Base):
     """Per-structure statistics of an annotation, one row for every structure of the protocol
     (area 0 when the rater left it empty)."""

@@ -34,6 +34,7 @@ from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
 from datatool.labels.masks import structure_stats
+from datatool.labels.quoting import excerpt, printable
 
 T = TypeVar("T")
 SOURCES = ("itksnap", "labelstudio", "model", "consensus")
@@ -129,7 +130,42 @@ def get_rater(session: Session, name: str) -> Rater:
     the same in every command, with the command that registers it."""
     rater = session.scalar(select(Rater).where(Rater.name == name))
     if rater is None:
-        raise UsageError(f"rater {name!r} is not registered: run 'datatool rater add {name}'")
+        raise UsageError(
+            f"rater {excerpt(name)} is not registered: run 'datatool rater add {printable(name)}'"
+        )
+    return rater
+
+
+# Raters whose labels datatool makes itself, and the commands that write them.
+RESERVED_KINDS = {
+    RaterKind.consensus: "'datatool consensus'",
+    RaterKind.model: "'datatool score', 'datatool qa' and the model's drafts",
+}
+
+
+def reserved_kind(name: str) -> RaterKind | None:
+    """The reserved kind a rater name belongs to (``consensus:...``, ``model:...``), or None."""
+    low = name.strip().lower()
+    return next((k for k in RESERVED_KINDS if low.startswith(f"{k}:")), None)
+
+
+def labelling_rater(session: Session, name: str, command: str) -> Rater:
+    """The registered rater ``name`` for a command that brings in (or hands out) a person's
+    labels (``command``: sync, push, export...). A reserved rater (consensus, model, any kind
+    but human) is written only by the commands that own it: a usage error (exit code 2)."""
+    kind = reserved_kind(name)
+    rater = None
+    if kind is None:
+        rater = get_rater(session, name)
+        if rater.kind != RaterKind.human:
+            kind = next((k for k in RESERVED_KINDS if k == rater.kind), RaterKind.model)
+    if kind is not None:
+        raise UsageError(
+            f"rater {excerpt(name)} is reserved: {kind} labels are written only by "
+            f"{RESERVED_KINDS[kind]}, never by {command}; give a human rater "
+            "(see 'datatool rater list')"
+        )
+    assert rater is not None
     return rater
 
 

@@ -18,6 +18,7 @@ from datatool.core.catalogue import FileStatus, Image, SourceFile
 from datatool.core.errors import UsageError
 from datatool.ingest import deid
 from datatool.ingest.dicom import read_header
+from datatool.labels.quoting import clipped, excerpt
 
 NAME_RE = re.compile(r"img(\d{6,})")
 _ID_TOKEN = re.compile(r"(?:img)?(\d+)", re.IGNORECASE)
@@ -51,7 +52,9 @@ def parse_image_ids(items: str | Iterable[int | str]) -> list[int]:
             continue  # "1,,2" or a trailing comma
         match = _ID_TOKEN.fullmatch(text)
         if match is None:
-            raise UsageError(f"{text!r} is not an image id (a number such as 12, or img000012)")
+            raise UsageError(
+                f"{excerpt(text)} is not an image id (a number such as 12, or img000012)"
+            )
         ids.append(int(match.group(1)))
     if not ids:
         raise UsageError("no image ids given (numbers such as 12, or names such as img000012)")
@@ -91,15 +94,19 @@ def read_sop_instance_uid(dicom_path: Path) -> str:
     """The SOP Instance UID of a DICOM file, reading nothing else of it (no pixels, no other
     attribute). Raises :class:`NoImage` with the reason when there is no such file or it is
     not a readable DICOM file with that UID."""
-    if not Path(dicom_path).is_file():
-        raise NoImage(f"no DICOM file {dicom_path} to match it to")
+    try:
+        found = Path(dicom_path).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL in it
+        found = False
+    if not found:
+        raise NoImage(f"no DICOM file {clipped(dicom_path)} to match it to")
     try:
         # a deflated file is inflated only as far as its header: never a bomb's whole stream
         ds = read_header(Path(dicom_path), specific_tags=["SOPInstanceUID"])
         return str(ds.SOPInstanceUID).strip()
     except Exception:
         raise NoImage(
-            f"{dicom_path} is not a readable DICOM file with a SOP Instance UID"
+            f"{clipped(dicom_path)} is not a readable DICOM file with a SOP Instance UID"
         ) from None
 
 

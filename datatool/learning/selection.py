@@ -219,6 +219,7 @@ def _push(
     local_root: Path | str | None,
     device: str,
 ) -> None:
+    from datatool.labels.handouts import record_handouts
     from datatool.labels.labelstudio.connection import _server_tasks, connect
     from datatool.labels.labelstudio.formats import mask_to_results
     from datatool.labels.labelstudio.push import push
@@ -252,6 +253,12 @@ def _push(
                     Annotation.id.in_(list(stored.annotations.values()))
                 )
             ).all()
+        )
+        record_handouts(  # before the rater can see them (labels.handouts)
+            s,
+            get_rater(s, result.rater).id,
+            "labelstudio",
+            [(i, result.run, model.model_version, hashes[i]) for i in ids if i in hashes],
         )
     conn = connect(url, token)
     have = {

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from datatool.analysis.consensus import make_consensus
 from datatool.cli import app
 from datatool.core.workspace import init_workspace, open_workspace
+from datatool.labels.annotations import reserved_kind
 from datatool.learning.splits import create_split
 from tests.labels_util import ingest_demo_with_labels
 
@@ -57,6 +58,10 @@ words = st.one_of(
     st.sampled_from(["rater1", "rater2", "consensus:staple", "model:1", "s", "[red]x", ":skull:"]),
 )
 
+# raters only datatool's own commands write: a sync or export naming one exits 2
+reserved = st.sampled_from(["consensus:staple", "model:1", "consensus:x", "MODEL:7"])
+WRITES_LABELS = ("sync", "export", "prelabel")
+
 
 SAMPLES: dict[str, bytes] = {}  # real files to mutate, set by the fixture
 
@@ -83,7 +88,7 @@ def often(*valid: str, other=None):
 def _commands(draw, path: str, folder: str, out: str) -> dict:
     """Builders of each command line; only the chosen one draws its options."""
     opt = draw
-    rater = often("rater1", "rater2", other=words)
+    rater = often("rater1", "rater2", other=st.one_of(words, reserved))
     return {
         "ingest": lambda: ["ingest", opt(st.sampled_from([path, folder])), "-j",
                            opt(often("0", "1")), "--frames", opt(often("auto", "all", "first")),
@@ -184,6 +189,9 @@ def _run_and_check(args: list[str], root: Path) -> None:
     )
     assert "Traceback" not in shown, (args, shown)
     assert res.exit_code in (0, 1, 2), (args, res.exit_code, shown)
+    named = args[args.index("--rater") + 1] if "--rater" in args else ""
+    if args[0] in WRITES_LABELS and reserved_kind(named) is not None:
+        assert res.exit_code == 2, (args, shown)
     assert _integrity(root) == "ok"
 
 

@@ -20,10 +20,12 @@ from datatool.core.catalogue import (
     AgreementSample,
     Annotation,
     Base,
+    DraftHandout,
     GoldTask,
     Image,
     LabelStudioTask,
     Patient,
+    QAFlag,
     Rater,
     Run,
     RunEpoch,
@@ -94,10 +96,24 @@ SEEDS = {
         + T
         + "')",
     ],
+    "0007": [  # an open QA flag on AN1's second version
+        "INSERT INTO qa_flags (id, image_id, annotation_id, structure, reason, severity, "
+        "evidence, run_id, status, created_at, updated_at) VALUES (1, 1, 2, 'sciatic nerve', "
+        "'model_disagreement', 0.7, '{\"dice\": 0.3}', 1, 'open', '" + T + "', '" + T + "')",
+    ],
     "0008": [  # image 1 handed to a second rater as gold against AN1's version 2
         "INSERT INTO raters VALUES (2, 'AN3', 'human', '" + T + "')",
         "INSERT INTO gold_tasks VALUES (1, 2, 1, 2, 'labelstudio', 17, '" + T + "')",
         "UPDATE agreement_samples SET include_gold = 1 WHERE id = 1",
+    ],
+    "0009": [  # run 1's draft of image 1, handed to AN1 in an ITK-SNAP export
+        "INSERT INTO draft_handouts VALUES (1, 1, 1, 1, 'datatool-run-1-split-eeeeeeeeeeee', '"
+        + "8" * 64
+        + "', 'itksnap', '"
+        + "7" * 64
+        + "', '"
+        + T
+        + "')",
     ],
 }
 
@@ -152,11 +168,23 @@ def _check_0006(s) -> None:
     assert s.get_one(Setting, "key_fingerprint").value == key_fingerprint(bytes.fromhex(KEY_HEX))
 
 
+def _check_0007(s) -> None:
+    flag = s.get_one(QAFlag, 1)
+    assert (flag.annotation_id, flag.reason, flag.status, flag.evidence) == (
+        2, "model_disagreement", "open", {"dice": 0.3})  # fmt: skip
+
+
 def _check_0008(s) -> None:
     gold = s.scalars(select(GoldTask)).one()
     assert (gold.rater.name, gold.image_id, gold.tool, gold.seed) == ("AN3", 1, "labelstudio", 17)
     assert (gold.reference.rater.name, gold.reference.version) == ("AN1", 2)
     assert s.scalars(select(AgreementSample)).one().include_gold is True
+
+
+def _check_0009(s) -> None:
+    handout = s.scalars(select(DraftHandout)).one()
+    assert (handout.image_id, handout.rater_id, handout.run_id, handout.via) == (1, 1, 1, "itksnap")
+    assert (handout.mask_hash, handout.file_sha256) == ("8" * 64, "7" * 64)
 
 
 CHECKS = {
@@ -166,7 +194,9 @@ CHECKS = {
     "0004": _check_0004,
     "0005": _check_0005,
     "0006": _check_0006,
+    "0007": _check_0007,
     "0008": _check_0008,
+    "0009": _check_0009,
 }
 
 

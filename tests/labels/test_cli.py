@@ -103,6 +103,53 @@ def test_an_unknown_rater_is_a_usage_error_everywhere(ws, tmp_path, args):
     )
 
 
+RESERVED_COMMANDS = [
+    ["export", "itksnap", "--rater", "{r}", "--out", "{tmp}/out"],
+    ["sync", "itksnap", "{tmp}/labels", "--rater", "{r}"],
+    ["labelstudio", "push", "--rater", "{r}", "--serve", "upload"],
+    ["sync", "labelstudio", "--rater", "{r}", "--export", "{tmp}/export.json"],
+    ["sync", "labelstudio", "--rater", "{r}", "--url", "http://127.0.0.1:9", "--token", "t"],
+]
+
+
+def test_reserved_raters_are_written_only_by_their_own_commands(ws, demo_dir, tmp_path):
+    """consensus:*, model:* (registered or not) and a rater of any kind but human are refused
+    by every command that brings in or hands out a person's labels: exit 2, one line, before
+    any file is read or any server asked (port 9 answers nothing), nothing stored."""
+    from datatool.core.catalogue import Annotation, Image, Rater
+    from datatool.labels.matching import image_name
+
+    ingest(ws, [demo_dir / "dicom"], workers=0)
+    with ws.session() as s:
+        s.add_all(
+            [Rater(name="consensus:staple", kind="consensus"), Rater(name="model:1", kind="model")]
+        )
+        s.add(Rater(name="odd", kind="model"))  # a reserved kind under a plain name
+        image = s.get_one(Image, 1)
+        shape = (image.rows, image.cols)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    mask = np.zeros(shape, np.uint8)
+    mask[10:40, 10:60] = 1  # a valid label: without the check, sync would store it
+    write_segmentation(labels / f"{image_name(1)}_seg.nii.gz", mask, (1.0, 1.0))
+    (tmp_path / "export.json").write_text("[]")
+    for rater in ("consensus:staple", "model:1", "Consensus:new", "odd"):
+        for args in RESERVED_COMMANDS:
+            res = _run(ws, *(a.replace("{tmp}", str(tmp_path)).replace("{r}", rater) for a in args))
+            assert res.exit_code == 2, (args, rater, res.output)
+            (line,) = res.stderr.strip().splitlines()
+            assert line.startswith(f"error: rater {rater!r} is reserved: "), line
+            assert "never by" in line and "datatool rater list" in line
+    with ws.session() as s:
+        assert s.query(Annotation).count() == 0
+    assert not (tmp_path / "out").exists()
+    review = _run(ws, "sync", "labelstudio", "--review", "--allow-copy", "why")
+    assert review.exit_code == 2 and "not for --review" in " ".join(review.output.split())
+    # the same folder syncs for a human rater: the refusal was the rater, not the file
+    _run(ws, "rater", "add", "AN1")
+    assert _run(ws, "sync", "itksnap", str(labels), "--rater", "AN1").exit_code == 0
+
+
 def test_fixed_choices_are_checked(ws):
     res = _run(ws, "labelstudio", "push", "--rater", "AN1", "--serve", "ftp")
     words = " ".join(res.output.replace("│", " ").split())

@@ -160,6 +160,11 @@ def test_next_pushes_the_list_with_drafts(trained, tmp_path, labelstudio_server)
             s.scalars(select(LabelStudioTask.image_id).where(LabelStudioTask.project_id == row.id))
         )
     assert pushed == {c.image_id for c in result.images}
+    from datatool.core.catalogue import DraftHandout
+
+    with ws.session() as s:  # the drafts shown are recorded as handed to NEW (labels.handouts)
+        handed = s.execute(select(DraftHandout.image_id, DraftHandout.run_id, DraftHandout.via))
+        assert set(handed) == {(c.image_id, run, "labelstudio") for c in result.images}
     again = next_images(ws, "NEW", n=4, run=run, push=True, drafts=True, **kwargs)
     assert (again.tasks_created, again.already_pushed, again.predictions_added) == (0, 4, 0)
     with pytest.raises(UsageError, match="--drafts goes with --push"):

@@ -31,9 +31,10 @@ from datatool.core.protocol import load_protocol
 from datatool.core.store import pixel_digest
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import (
-    get_rater,
+    labelling_rater,
 )
 from datatool.labels.gold import DEFAULT_REFERENCE, GoldHanding, hand_gold
+from datatool.labels.handouts import record_handouts
 from datatool.labels.itksnap.formats import (
     read_label_map,
     spacing_mm,
@@ -180,7 +181,8 @@ def export_itksnap(
         Image.mm_per_px_y,
     )
     with ws.session() as s:
-        rater_row = get_rater(s, rater)
+        rater_row = labelling_rater(s, rater, "'export itksnap'")
+        rater_id = rater_row.id
         query = select(*columns).order_by(Image.id)
         if wanted is not None:
             rows = s.execute(query.where(Image.id.in_(wanted))).all()
@@ -232,6 +234,14 @@ def export_itksnap(
         for p in plans:
             if p.draft is not None and p.from_model:
                 drafts[image_name(p.row.id)] = p.draft
+        handed = [
+            (p.row.id, p.draft["run"], p.draft["model_version"], p.draft["mask_hash"])
+            for p in plans
+            if p.draft is not None and p.from_model
+        ]
+        if handed:  # the catalogue too, so that no marker is needed to know a draft
+            with ws.session() as s:
+                record_handouts(s, rater_id, "itksnap", handed)
         if drafts != before:
             write_marker(out_dir, rater_row.name, protocol, drafts)
         for p in plans:
@@ -263,6 +273,16 @@ def export_itksnap(
             if progress:
                 progress(done, len(rows))
         write_marker(out_dir, rater_row.name, protocol, drafts)
+        files = {
+            (p.row.id, p.draft["mask_hash"]): record["file_sha256"]
+            for p in plans
+            if p.draft is not None and p.from_model
+            for record in [drafts.get(image_name(p.row.id)) or {}]
+            if record.get("mask_hash") == p.draft["mask_hash"] and record.get("file_sha256")
+        }
+        if files:  # the bytes written: a file never saved is known wherever it is copied
+            with ws.session() as s:
+                record_handouts(s, rater_id, "itksnap", [], files)
     write_text_atomic(out_dir / LABELS_FILE, protocol.itksnap_label_description())
     with ws.session() as s:
         audit(

@@ -28,26 +28,36 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
-from datatool.core.catalogue import FileStatus, Image, Rater, SourceFile, audit
+from datatool.core.catalogue import Annotation, FileStatus, Image, Rater, SourceFile, audit
 from datatool.core.errors import UsageError
 from datatool.core.files import Walk, not_regular, skip_reason, walk
 from datatool.core.protocol import Protocol, load_protocol
+from datatool.core.store import pixel_digest
 from datatool.core.workspace import Workspace
 from datatool.ingest import deid
 from datatool.labels.annotations import (
+    DraftOrigin,
     SyncReport,
     draft_origin,
-    get_rater,
     in_chunks,
+    labelling_rater,
     latest_annotations_query,
     store_annotations,
+)
+from datatool.labels.handouts import (
+    BREACH,
+    Handouts,
+    audit_copies,
+    check_allow_copy,
+    copies_of_others,
+    origin_of,
 )
 from datatool.labels.itksnap.formats import (
     LABEL_SUFFIXES,
@@ -74,6 +84,7 @@ from datatool.labels.matching import (
     image_name,
     read_sop_instance_uid,
 )
+from datatool.labels.quoting import printable, utf8_name
 
 BATCH_SIZE = 64
 _SUFFIX_RE = r"(?:\.seg\.nrrd|\.nii\.gz|\.nrrd|\.nii|\.mha|\.mhd)"
@@ -270,6 +281,7 @@ def sync_itksnap(
     allow_empty: bool = False,
     progress: Callable[[int, int], None] | None = None,
     batch_size: int = BATCH_SIZE,
+    allow_copy: str | None = None,
 ) -> SyncReport:
     """Sync one rater's ITK-SNAP label files under ``label_dir`` into versioned annotations
     (see the module docstring). Unchanged labels are a no-op, changed ones a new version;
@@ -277,7 +289,13 @@ def sync_itksnap(
 
     An exported segmentation that is still empty, for an image the rater has no labels of,
     is "not labelled yet": skipped (one note), not rejected. Any other empty map is rejected
-    unless ``allow_empty``."""
+    unless ``allow_empty``.
+
+    Drafts are known by content (``labels.handouts``): a file as export wrote it is not a
+    label wherever it lies, a map equal to a handed-out draft keeps that draft's provenance. A
+    new label identical to another rater's current label is rejected as a copy unless
+    ``allow_copy`` gives the reason (audited)."""
+    allow_copy = check_allow_copy(allow_copy)
     label_dir = Path(label_dir)
     if not label_dir.is_dir():
         raise UsageError(f"{label_dir}: no such folder")
@@ -285,7 +303,7 @@ def sync_itksnap(
         raise UsageError(f"{dicom_root}: no such folder (--dicom-root)")
     protocol = load_protocol(ws.protocol_name)
     with ws.session() as s:
-        rater_row = get_rater(s, rater)
+        rater_row = labelling_rater(s, rater, "'sync itksnap'")
         rater_id, rater = rater_row.id, rater_row.name
     report = SyncReport(source="itksnap", rater=rater)
     root = Path(os.path.normpath(os.path.abspath(label_dir)))
@@ -297,10 +315,12 @@ def sync_itksnap(
             f"sync it with --rater {owner}"
         )
     files, listed, ignored = _files_to_sync(label_dir, root, manifest, report)
-    report.seen = len(files)
+    report.seen += len(files)
     finder = _DicomFinder(Path(dicom_root)) if dicom_root is not None else None
     targets = _targets(ws.key, files, root, listed, finder, rater, owners, report)
     matches, had_labels = _match_images(ws, rater_id, targets, report)
+    with ws.session() as s:
+        checks = _Checks(Handouts(s, {m.image_id for m in matches}), allow_copy)
     todo = _one_file_per_image(matches, report)
     not_labelled, unsaved = _store_all(
         ws,
@@ -313,8 +333,12 @@ def sync_itksnap(
         report,
         _Progress(progress, len(files), len(files) - len(todo)),
         root,
+        checks,
     )
     _closing_notes(report, label_dir, not_labelled, ignored, unsaved)
+    # names that are not UTF-8 (a folder above a file, a DICOM file) are shown by their bytes
+    report.rejected = [(printable(i), printable(r)) for i, r in report.rejected]
+    report.notes = [(printable(i), printable(r)) for i, r in report.notes]
     with ws.session() as s:
         audit(
             s,
@@ -330,7 +354,10 @@ def sync_itksnap(
             manifest=manifest is not None,
             dicom_root=dicom_root is not None,
             allow_empty=allow_empty,
+            copies_refused=checks.refused,
+            copies_allowed=len(checks.allowed),
         )
+        audit_copies(s, "sync itksnap", rater, checks.allowed, allow_copy or "")
     return report
 
 
@@ -344,6 +371,12 @@ def _files_to_sync(
     report.rejected.extend(problems)
     files, ignored, found = _find_label_files(label_dir)
     report.rejected.extend(found.unreadable)
+    for path in [p for p in files if not utf8_name(p)]:
+        files.remove(path)  # SimpleITK aborts the process on a path it cannot decode
+        report.seen += 1
+        report.rejected.append(
+            (printable(path), "its name is not valid UTF-8: rename it (UTF-8), then sync again")
+        )
     report.notes.extend((p, skip_reason(kind)) for p, kind in found.special)
     discovered = {Path(os.path.normpath(os.path.abspath(p))) for p in files}
     for label_path, entry in sorted(listed.items()):
@@ -417,6 +450,34 @@ def _match_images(
     return matches, had_labels
 
 
+def _copies(
+    s: Session,
+    rater_id: int,
+    ready: list[tuple[_Match, np.ndarray]],
+    digests: list[str],
+    origins: list,
+) -> dict[int, str]:
+    """The labels of a batch identical to another rater's current label (image id -> that
+    rater): new versions only (not the rater's own latest), never empty, never a draft taken
+    as it is (the same draft handed to two raters is no copy)."""
+    own = {
+        a.image_id: a.mask_hash
+        for a in s.scalars(
+            latest_annotations_query([rater_id]).where(
+                Annotation.image_id.in_([m.image_id for m, _ in ready])
+            )
+        )
+    }
+    candidates = [
+        (m.image_id, digest)
+        for (m, mask), digest, origin in zip(ready, digests, origins)
+        if mask.any()
+        and own.get(m.image_id) != digest
+        and (origin is None or origin.mask_hash != digest)
+    ]
+    return copies_of_others(s, rater_id, candidates)
+
+
 def _one_file_per_image(matches: list[_Match], report: SyncReport) -> list[_Match]:
     """The matches that are the only file for their image; two files for one image are both
     rejected (which one is right is the rater's call)."""
@@ -465,6 +526,7 @@ def _store_all(
     report: SyncReport,
     progress: _Progress,
     root: Path,
+    checks: _Checks,
 ) -> tuple[int, int]:
     """Read, validate and store the files batch by batch (a transaction a batch); returns
     how many exported segmentations were skipped as not labelled yet: still empty, and still
@@ -476,7 +538,7 @@ def _store_all(
         batch = todo[start : start + batch_size]
         ready = []
         for m in batch:
-            if _unsaved_draft(m):
+            if _unsaved_draft(m, checks.handouts):
                 unsaved += 1
                 continue
             try:
@@ -490,17 +552,31 @@ def _store_all(
             else:
                 ready.append((m, mask))
         if ready:
-            _store_batch(ws, rater_id, protocol, ready, report)
+            _store_batch(ws, rater_id, protocol, ready, report, checks)
         progress.advance(len(batch))
     return not_labelled, unsaved
 
 
-def _unsaved_draft(m: _Match) -> bool:
+@dataclass
+class _Checks:
+    """What a sync checks each label against: the drafts handed out for its images, and
+    labels of other raters (copies refused unless ``allow_copy`` gives the reason)."""
+
+    handouts: Handouts
+    allow_copy: str | None
+    refused: int = 0
+    allowed: dict[int, str] = field(default_factory=dict)  # image id -> copied rater
+
+
+def _unsaved_draft(m: _Match, handouts: Handouts) -> bool:
     """A segmentation exported pre-filled with a model draft that the rater never saved
-    (the very bytes export wrote): not labelled yet. To accept a draft as it is, the rater
-    saves it in ITK-SNAP."""
+    (the very bytes export wrote, as the marker or the catalogue records them), wherever
+    the file lies now: not labelled yet. To accept a draft as it is, the rater saves it."""
     written = (m.draft or {}).get("file_sha256")
-    return bool(written) and file_sha256(m.path) == written
+    if not written and not handouts.any_for(m.image_id):
+        return False
+    sha = file_sha256(m.path)
+    return (bool(written) and sha == written) or handouts.written_file(m.image_id, sha) is not None
 
 
 def _read_mask(
@@ -658,13 +734,35 @@ def _store_batch(
     protocol: Protocol,
     ready: list[tuple[_Match, np.ndarray]],
     report: SyncReport,
+    checks: _Checks,
 ) -> None:
     """Store a batch of validated masks in one transaction: a mask equal to the rater's
-    latest version is counted unchanged, any other becomes the next version."""
+    latest version is counted unchanged, any other becomes the next version (with the draft
+    it started from: the marker's, else a handed-out draft it equals); a copy of another
+    rater's current label is rejected unless allowed."""
     ids = [m.image_id for m, _ in ready]
     with ws.session() as s:
         rater = s.get_one(Rater, rater_id)
         images = {im.id: im for im in s.scalars(select(Image).where(Image.id.in_(ids)))}
+        digests = [pixel_digest(mask) for _, mask in ready]
+        origins: list[DraftOrigin | None] = []
+        for (m, _), digest in zip(ready, digests):
+            origin: DraftOrigin | None
+            if m.draft is not None:
+                origin = draft_origin(s, str(m.draft["model_version"]), m.draft.get("mask_hash"))
+            else:
+                handout = checks.handouts.draft(m.image_id, digest, rater_id)
+                origin = None if handout is None else origin_of(s, handout)
+            origins.append(origin)
+        copies = _copies(s, rater_id, ready, digests, origins)
+        if copies and checks.allow_copy is None:
+            checks.refused += len(copies)
+            report.rejected.extend((str(m.path), BREACH) for m, _ in ready if m.image_id in copies)
+            keep = [k for k, (m, _) in enumerate(ready) if m.image_id not in copies]
+            ready = [ready[k] for k in keep]
+            origins = [origins[k] for k in keep]
+        else:
+            checks.allowed.update(copies)
         stored = store_annotations(
             s,
             ws.store,
@@ -674,12 +772,7 @@ def _store_batch(
                 for m, mask in ready
             ],
             protocol,
-            [
-                None
-                if m.draft is None
-                else draft_origin(s, str(m.draft["model_version"]), m.draft.get("mask_hash"))
-                for m, _ in ready
-            ],
+            origins,
         )
     report.new_versions += sum(r.created for r in stored)
     report.unchanged += sum(not r.created for r in stored)

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from datatool.core.protocol import Protocol
 from datatool.labels.masks import BadLabel
+from datatool.labels.quoting import excerpt
 
 FROM_NAME = "label"
 TO_NAME = "image"
@@ -114,7 +115,7 @@ def decode_region(entry: dict, shape: tuple[int, int], index: int = 0) -> np.nda
     kind = entry.get("type")
     if kind != "brushlabels":
         raise BadLabel(
-            f"{what}: a {kind!r} result, not a brush mask (only brushlabels "
+            f"{what}: a {excerpt(kind)} result, not a brush mask (only brushlabels "
             "regions can be stored as label maps)"
         )
     ow, oh = entry.get("original_width"), entry.get("original_height")
@@ -135,7 +136,7 @@ def decode_region(entry: dict, shape: tuple[int, int], index: int = 0) -> np.nda
         raise BadLabel(f"{what}: its value must be an object, got {type(value).__name__}")
     if value.get("format", "rle") != "rle" or not value.get("rle"):
         raise BadLabel(
-            f"{what}: brush data in format {value.get('format')!r} without an RLE "
+            f"{what}: brush data in format {excerpt(value.get('format'))} without an RLE "
             "(only RLE brush masks are supported)"
         )
     declared = rle_values(value["rle"])
@@ -195,7 +196,7 @@ def results_to_mask(results: list[dict], protocol: Protocol, shape: tuple[int, i
         except KeyError:
             known = ", ".join(s.name for s in protocol.structures)
             raise BadLabel(
-                f"unknown label {labels[0]!r} (protocol {protocol.name} knows "
+                f"unknown label {excerpt(labels[0])} (protocol {protocol.name} knows "
                 f"{known}, and their aliases)"
             ) from None
         covered = mask[region]

@@ -35,7 +35,8 @@ from datatool.core.catalogue import Image, LabelStudioTask, audit
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
-from datatool.labels.annotations import get_rater, latest_annotations_query
+from datatool.labels.annotations import labelling_rater, latest_annotations_query
+from datatool.labels.handouts import record_handouts
 from datatool.labels.labelstudio.connection import (
     Connection,
     _plain,
@@ -46,6 +47,7 @@ from datatool.labels.labelstudio.connection import (
 )
 from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.matching import image_name
+from datatool.labels.quoting import excerpt
 
 UPLOAD_BATCH = 64  # predictions per request to the server
 
@@ -121,7 +123,8 @@ def prelabel(
     protocol = load_protocol(ws.protocol_name)
     with ws.session() as s:
         get_run(s, run_id)  # an unknown run is a usage error, before anything else
-        r = get_rater(s, rater)
+        r = labelling_rater(s, rater, "'prelabel'")
+        rater_id = r.id
         rater = r.name
         rows = _rater_projects(s, r.id)
         if not rows:
@@ -160,7 +163,8 @@ def prelabel(
             data = task.get("data") or {}
             if str(data.get("image_id")) != image_name(t.image_id):
                 raise DatatoolError(
-                    f"task {t.task_id} of project {pid} names image {data.get('image_id')!r}, "
+                    f"task {t.task_id} of project {pid} names image "
+                    f"{excerpt(data.get('image_id'))}, "
                     f"but datatool pushed {image_name(t.image_id)} as this task: no drafts sent"
                 )
             if _has_version(task, version):
@@ -186,7 +190,7 @@ def prelabel(
         score_mean=None,
         seconds={"read": 0.0, "inference": 0.0, "encode": 0.0, "upload": 0.0},
     )
-    _draft_and_upload(ws, conn, model, protocol, todo, batch, report, progress)
+    _draft_and_upload(ws, conn, model, protocol, todo, batch, report, progress, rater_id)
     report.showing = sorted(shown | {t.project_id for t in todo})
     for pid in report.showing:
         _show_drafts(conn, pid, version)
@@ -215,6 +219,7 @@ def _draft_and_upload(
     batch: int,
     report: PrelabelReport,
     progress: Callable[[int, int], None] | None,
+    rater_id: int,
 ) -> None:
     """Draft the tasks ``batch`` images at a time; upload UPLOAD_BATCH predictions a request,
     per project."""
@@ -245,6 +250,16 @@ def _draft_and_upload(
         images = [ws.store.get_array(t.store_hash) for t in chunk]
         t1 = time.perf_counter()
         drafts = predict(model, images, batch=batch)
+        with ws.session() as s:  # recorded before the rater can see them (labels.handouts)
+            record_handouts(
+                s,
+                rater_id,
+                "labelstudio",
+                [
+                    (t.image_id, model.run_id, model.model_version, ws.store.put_array(d.labels))
+                    for t, d in zip(chunk, drafts)
+                ],
+            )
         t2 = time.perf_counter()
         for t, draft in zip(chunk, drafts):
             results = mask_to_results(draft.labels, protocol)

@@ -37,7 +37,7 @@ from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import (
-    get_rater,
+    labelling_rater,
 )
 from datatool.labels.gold import DEFAULT_REFERENCE, GoldHanding, hand_gold
 from datatool.labels.labelstudio.connection import (
@@ -257,7 +257,7 @@ def _push_plan(
     to use (the rater's latest, the one given if it is theirs, or none: a new one is made)
     and the images. Never another rater's project; never a second one unless asked."""
     with ws.session() as s:
-        r = get_rater(s, rater)
+        r = labelling_rater(s, rater, "'labelstudio push'")
         recorded = _rater_projects(s, r.id)
         row = None
         if project_id is not None:

@@ -52,6 +52,7 @@ from datatool.core.workspace import Workspace
 from datatool.labels.annotations import (
     SyncReport,
     get_rater,
+    labelling_rater,
     latest_annotation,
     latest_annotations_query,
     store_annotation,
@@ -340,7 +341,7 @@ def push_review(
     with ws.session() as s:
         if run is not None and s.get(Run, run) is None:
             raise UsageError(f"no run {run}: 'datatool runs' lists them")
-        who = get_rater(s, reviewer) if reviewer else None
+        who = labelling_rater(s, reviewer, "a review") if reviewer else None
         if rater:
             raters = [get_rater(s, rater)]
         else:

@@ -12,22 +12,35 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 from sqlalchemy import select
 
 from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask, Rater, audit
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.files import not_regular
 from datatool.core.protocol import Protocol, load_protocol
+from datatool.core.store import pixel_digest
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import (
     DraftOrigin,
     SyncReport,
     draft_origin,
     get_rater,
+    labelling_rater,
+    latest_annotation,
     store_annotation,
+)
+from datatool.labels.handouts import (
+    BREACH,
+    Handouts,
+    audit_copies,
+    check_allow_copy,
+    copies_of_others,
+    origin_of,
 )
 from datatool.labels.labelstudio.connection import (
     _plain,
@@ -51,8 +64,10 @@ from datatool.labels.matching import (
     image_for_sop_uid,
     image_name,
 )
+from datatool.labels.quoting import clipped, excerpt
 
 UID_RE = re.compile(r"^\d+(\.\d+){2,}$")
+MAX_REFERENCE = 4096  # the longest path a file system takes (PATH_MAX): longer is free text
 
 
 # --------------------------------------------------------------------------- sync
@@ -110,6 +125,15 @@ def _draft_of(
     return DraftOrigin(f"prediction {parent_id}")
 
 
+@dataclass
+class _Copies:
+    """Labels identical to another rater's: refused, or allowed with ``allow`` (the reason)."""
+
+    allow: str | None
+    refused: int = 0
+    allowed: dict[int, str] = field(default_factory=dict)  # image id -> copied rater
+
+
 def _store_task(
     s,
     ws: Workspace,
@@ -122,7 +146,11 @@ def _store_task(
     allow_empty: bool,
     report: SyncReport,
     task: dict | None = None,
+    copies: _Copies | None = None,
 ) -> None:
+    """Store a task's annotation as the rater's label: with the draft it started from (Label
+    Studio's parent prediction, else a handed-out draft it equals); a copy of another rater's
+    current label is rejected unless allowed (``labels.handouts``)."""
     shape = (image.rows, image.cols)
     try:
         converted = results_to_mask(annotation.get("result") or [], protocol, shape)
@@ -133,6 +161,25 @@ def _store_task(
     for note in converted.notes:
         report.notes.append((item, note))
     draft = _draft_of(s, ws, task or {}, annotation, protocol, shape)
+    digest = pixel_digest(np.ascontiguousarray(mask))
+    if draft is None:
+        handout = Handouts(s, [image.id]).draft(image.id, digest, rater.id)
+        draft = None if handout is None else origin_of(s, handout)
+    own = latest_annotation(s, image.id, rater.id)
+    copied = (
+        copies_of_others(s, rater.id, [(image.id, digest)])
+        if mask.any()
+        and (own is None or own.mask_hash != digest)
+        and (draft is None or draft.mask_hash != digest)
+        else {}
+    )
+    if copied:
+        copies = copies if copies is not None else _Copies(None)
+        if copies.allow is None:
+            copies.refused += 1
+            report.rejected.append((item, BREACH))
+            return
+        copies.allowed.update(copied)
     stored = store_annotation(
         s, ws.store, image, rater, mask, "labelstudio", ref, protocol, draft=draft
     )
@@ -150,12 +197,16 @@ def sync_from_server(
     allow_empty: bool = False,
     progress: Callable[[int, int], None] | None = None,
     project_id: int | None = None,
+    allow_copy: str | None = None,
 ) -> SyncReport:
-    """Bring the rater's labels from their Label Studio project(s) into the catalogue."""
+    """Bring the rater's labels from their Label Studio project(s) into the catalogue. A
+    label identical to another rater's current label is rejected as a copy unless
+    ``allow_copy`` gives the reason (audited)."""
+    copies = _Copies(check_allow_copy(allow_copy))
     protocol = load_protocol(ws.protocol_name)
     report = SyncReport(source="labelstudio", rater=rater)
     with ws.session() as s:
-        r = get_rater(s, rater)
+        r = labelling_rater(s, rater, "'sync labelstudio'")
         report.rater = r.name
         if project_id is not None:
             row = _recorded_project(s, int(project_id))
@@ -222,7 +273,7 @@ def sync_from_server(
                         (
                             item,
                             f"its data names image "
-                            f"{data.get('image_id')!r}, but datatool "
+                            f"{excerpt(data.get('image_id'))}, but datatool "
                             f"pushed {image_name(mapping[tid])} as this "
                             "task: not stored",
                         )
@@ -244,6 +295,7 @@ def sync_from_server(
                             allow_empty,
                             report,
                             task,
+                            copies,
                         )
                 done += 1
                 if progress:
@@ -266,7 +318,10 @@ def sync_from_server(
             new_versions=report.new_versions,
             unchanged=report.unchanged,
             rejected=len(report.rejected),
+            copies_refused=copies.refused,
+            copies_allowed=len(copies.allowed),
         )
+        audit_copies(s, "sync labelstudio", report.rater, copies.allowed, copies.allow or "")
     return report
 
 
@@ -308,24 +363,40 @@ def _local_files_path(value: str) -> str | None:
 def _resolve_path(text: str, dicom_root: Path | None) -> Path | None:
     """An existing file for a path named in a task: absolute, or under ``dicom_root`` (also
     after dropping leading folders, for paths relative to another root)."""
+
+    def is_file(path: Path) -> bool:
+        try:
+            return path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+            return False
+
     path = Path(text)
     if path.is_absolute():
-        return path if path.is_file() else None
+        return path if is_file(path) else None
     if dicom_root is None:
         return None
     parts = path.parts
     for k in range(len(parts)):
         candidate = dicom_root.joinpath(*parts[k:])
-        if candidate.is_file():
+        if is_file(candidate):
             return candidate
     return None
 
 
+def _fields(data: dict) -> str:
+    """A task's field names for a message: a few, each a short escaped excerpt."""
+    names = sorted(map(str, data))
+    shown = ", ".join(excerpt(n, 24) for n in names[:8])
+    return (shown + f" and {len(names) - 8} more" if len(names) > 8 else shown) or "none"
+
+
 def _reference(data: dict, field: str | None, dicom_root: Path | None) -> tuple[str, str]:
-    """('uid', UID) or ('path', PATH) naming the DICOM image of a task; raises NoImage."""
+    """('uid', UID) or ('path', PATH) naming the DICOM image of a task; raises NoImage.
+    Without ``field``, only a value that could be a path or a UID is looked at: free text
+    (longer than any path, or on several lines) is not a reference and is ignored."""
     if field is not None:
         if field not in data:
-            raise NoImage(f"its data has no field {field!r} (fields: {', '.join(sorted(data))})")
+            raise NoImage(f"its data has no field {excerpt(field)} (fields: {_fields(data)})")
         values = [(field, data[field])]
     else:
         values = list(data.items())
@@ -334,6 +405,8 @@ def _reference(data: dict, field: str | None, dicom_root: Path | None) -> tuple[
         if not isinstance(value, str) or not value.strip():
             continue
         text = value.strip()
+        if field is None and (len(text) > MAX_REFERENCE or not text.isprintable()):
+            continue  # a comment, a description: not the image reference
         text = _local_files_path(text) or text
         if UID_RE.match(text) and len(text) <= 64:
             strong.append((key, "uid", text))
@@ -354,17 +427,18 @@ def _reference(data: dict, field: str | None, dicom_root: Path | None) -> tuple[
     if not distinct:
         raise NoImage(
             "no field names a DICOM file or SOP Instance UID "
-            f"(fields: {', '.join(sorted(data)) or 'none'}); pass --field NAME"
+            f"(fields: {_fields(data)}); pass --field NAME"
         )
     if len(distinct) > 1:
         raise NoImage(
             "several fields could name its DICOM image "
-            f"({', '.join(sorted({k for k, _, _ in found}))}): pass --field NAME"
+            f"({_fields({k: None for k, _, _ in found})}): pass --field NAME"
         )
     kind, ref = distinct.pop()
     if kind == "path" and not Path(ref).is_absolute() and dicom_root is None:
         raise NoImage(
-            f"it names the relative path {ref}: pass --dicom-root, the folder it is relative to"
+            f"it names the relative path {clipped(ref)}: pass --dicom-root, the folder it is "
+            "relative to"
         )
     return kind, ref
 
@@ -377,10 +451,14 @@ def sync_from_export(
     field: str | None = None,
     allow_empty: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    allow_copy: str | None = None,
 ) -> SyncReport:
     """Bring a rater's labels in from a Label Studio JSON export of a project made before
     datatool, matching each task to its image through the DICOM file (or SOP Instance UID)
-    its data names. Paths from the export are used for matching only, never stored."""
+    its data names. Paths from the export are used for matching only, never stored. A label
+    identical to another rater's current label is rejected as a copy unless ``allow_copy``
+    gives the reason (audited)."""
+    copies = _Copies(check_allow_copy(allow_copy))
     protocol = load_protocol(ws.protocol_name)
     export_file = Path(export_file)
     root = Path(dicom_root).expanduser().resolve() if dicom_root else None
@@ -402,7 +480,7 @@ def sync_from_export(
     report = SyncReport(source="labelstudio", rater=rater)
     seen_images: dict[int, str] = {}
     with ws.session() as s:
-        r = get_rater(s, rater)
+        r = labelling_rater(s, rater, "'sync labelstudio'")
         report.rater = r.name
         for entry in items:
             n = entry.index
@@ -456,6 +534,7 @@ def sync_from_export(
                             allow_empty,
                             report,
                             task,
+                            copies,
                         )
             if progress:
                 progress(n, len(items))
@@ -468,5 +547,8 @@ def sync_from_export(
             new_versions=report.new_versions,
             unchanged=report.unchanged,
             rejected=len(report.rejected),
+            copies_refused=copies.refused,
+            copies_allowed=len(copies.allowed),
         )
+        audit_copies(s, "sync labelstudio", report.rater, copies.allowed, copies.allow or "")
     return report

@@ -697,3 +697,131 @@ def test_peak_memory_of_a_label_map_bomb_is_bounded_by_the_image(
         pixels_mib = image.rows * image.cols / 1024**2
     # a few copies of the image's own size, not the 244 MiB the header declares
     assert res.peak_mib < baseline.peak_mib + 4 * pixels_mib + 24, (res.peak_mib, baseline.peak_mib)
+
+
+def test_names_that_are_not_utf8_are_rejected_by_their_bytes_and_the_rest_go_on(
+    study, demo_dir, tmp_path, cli_env
+):
+    """A label file, or an exported folder, whose name is not valid UTF-8 once made SimpleITK
+    abort the whole sync (exit 134): now one line names it (its bytes as \\xNN), the rest are
+    stored, exit 1."""
+    ws = study
+    labels = shutil.copytree(demo_dir / "labels" / "rater1", tmp_path / "r1")
+    first = sorted(labels.rglob("*.nii.gz"))[0]
+    bad_file = os.fsencode(first.parent) + b"/" + os.fsencode(first.stem)[:-4] + b"\xff.nii.gz"
+    os.rename(first, bad_file)
+    exported = tmp_path / "exp"
+    export_itksnap(ws, "rater2", exported, image_ids=[1, 2])
+    seg = exported / "img000002" / "img000002_seg.nii.gz"
+    _itksnap_save(seg, read_label_map(seg) | 1, exported / "img000002" / "img000002.nii.gz")
+    os.rename(os.fsencode(exported / "img000001"), os.fsencode(exported) + b"/img000001\xfe")
+
+    res = _cli(["sync", "itksnap", str(labels), "--rater", "rater1", "--dicom-root",
+                str(demo_dir / "dicom"), "--json"], cli_env, ws)  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    shown = os.fsencode(bad_file).decode("utf-8", "backslashreplace")
+    assert "\\xff.nii.gz" in shown
+    assert res.stderr.strip().splitlines() == [
+        f"rejected: {shown}: its name is not valid UTF-8: rename it (UTF-8), then sync again"
+    ]
+    data = json.loads(res.stdout)
+    assert (data["seen"], data["new_versions"], len(data["rejected"])) == (N, N - 1, 1)
+
+    res = _cli(["sync", "itksnap", str(exported), "--rater", "rater2", "--allow-empty"],
+               cli_env, ws)  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"rejected: {exported}/img000001\\xfe/img000001_seg.nii.gz: its name is not valid "
+        "UTF-8: rename it (UTF-8), then sync again"
+    ]
+    assert _latest(ws, "rater2").keys() == {2}
+
+
+def test_drafts_are_known_by_content_and_copies_of_another_raters_labels_are_refused(
+    trained, tmp_path
+):
+    """Draft provenance lives in the catalogue, not only in the export's marker: with the
+    marker deleted, another rater syncing the whole export stores none of its model drafts
+    as their labels, and the exporting rater's own labels in it are refused as copies
+    (blinding) unless --allow-copy gives a reason (audited); a draft copied out of the export
+    and saved as it is keeps its provenance."""
+    from datatool.core.catalogue import DraftHandout
+    from datatool.core.store import pixel_digest
+    from datatool.labels.annotations import get_rater, store_annotation
+    from tests.qa_util import clone
+
+    source, run = trained
+    ws = clone(source, tmp_path / "ws")
+    ids = _image_ids(ws)[:6]
+    add_rater(ws, "A")
+    add_rater(ws, "B")
+    owns = {}
+    with ws.session() as s:
+        images = {i.id: i for i in s.scalars(select(Image))}
+        for k, image_id in enumerate(ids[:2]):  # A's own labels of two images
+            own = np.zeros((images[image_id].rows, images[image_id].cols), np.uint8)
+            own[90 + k : 151, 205:277] = 2  # nobody else's label
+            owns[image_id] = pixel_digest(own)
+            store_annotation(
+                s,
+                ws.store,
+                images[image_id],
+                get_rater(s, "A"),
+                own,
+                "itksnap",
+                None,
+                load_protocol(),
+            )
+    out = tmp_path / "a"
+    summary = export_itksnap(ws, "A", out, image_ids=ids, draft_run=run, device="cpu")
+    assert (summary.prefilled, summary.drafted) == (2, 4)
+    marker = json.loads((out / EXPORT_MARKER).read_text())
+    with ws.session() as s:
+        query = select(DraftHandout).join(Rater, Rater.id == DraftHandout.rater_id)
+        handed = {h.image_id: h for h in s.scalars(query.where(Rater.name == "A"))}
+    assert sorted(handed) == ids[2:]
+    for image_id, h in handed.items():
+        record = marker["drafts"][f"img{image_id:06d}"]
+        assert (h.run_id, h.via, h.model_version) == (run, "itksnap", record["model_version"])
+        assert (h.mask_hash, h.file_sha256) == (record["mask_hash"], record["file_sha256"])
+    # again: the same handouts, nothing twice
+    export_itksnap(ws, "A", out, image_ids=ids, draft_run=run, device="cpu")
+    assert _count(ws, DraftHandout) == len(handed)
+
+    (out / EXPORT_MARKER).unlink()
+    as_b = sync_itksnap(ws, out, "B")
+    assert (as_b.new_versions, as_b.unchanged) == (0, 0), as_b.as_dict()
+    assert sorted(Path(i).name for i, _ in as_b.rejected) == [
+        f"img{i:06d}_seg.nii.gz" for i in ids[:2]
+    ]
+    assert all("a copy breaks the double-blind" in r for _, r in as_b.rejected)
+    assert any("4 segmentations are still the model draft" in n for _, n in as_b.notes)
+    assert _latest(ws, "B") == {}
+    forced = sync_itksnap(ws, out, "B", allow_copy="  teaching set,\nagreed with A ")
+    assert (forced.new_versions, forced.rejected) == (2, [])
+    assert {a.mask_hash for a in _latest(ws, "B").values()} == set(owns.values())
+    with ws.session() as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "copy allowed")).one()
+        assert entry.details["reason"] == "teaching set, agreed with A"
+        assert entry.details["images"] == ids[:2] and entry.details["copied_from"] == ["A"]
+    with pytest.raises(UsageError, match="--allow-copy needs a reason"):
+        sync_itksnap(ws, out, "B", allow_copy="  ")
+
+    # a draft copied out of the export and saved as it is: the draft, not a human label
+    accepted = ids[2]
+    seg = out / f"img{accepted:06d}" / f"img{accepted:06d}_seg.nii.gz"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(seg, elsewhere / seg.name)
+    assert sync_itksnap(ws, elsewhere, "A").new_versions == 0  # never saved: not a label
+    _itksnap_save(elsewhere / seg.name, read_label_map(seg).astype(np.uint8), seg)
+    saved = sync_itksnap(ws, elsewhere, "A")
+    assert (saved.new_versions, saved.rejected) == (1, [])
+    a = _latest(ws, "A")[accepted]
+    assert (a.draft_run_id, a.draft_hash, a.draft_unchanged) == (
+        run, handed[accepted].mask_hash, True)  # fmt: skip
+    # B saving the same draft of the same run is no copy of A (a draft is nobody's work)
+    saved_b = sync_itksnap(ws, elsewhere, "B")
+    assert (saved_b.new_versions, saved_b.rejected) == (1, [])
+    b = _latest(ws, "B")[accepted]
+    assert (b.draft_version, b.draft_unchanged) == (handed[accepted].model_version, True)

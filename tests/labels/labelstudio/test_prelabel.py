@@ -88,6 +88,17 @@ def test_prelabel_attaches_the_models_drafts_once_and_nothing_else(study, labels
     report = prelabel(ws, run, "rater1", batch=5, device="cpu", **_server(srv))
     assert (report.drafted, report.already, report.tasks, report.projects) == (12, 0, 12, [pid])
     assert report.model_version == version and report.seconds["inference"] > 0
+    from datatool.core.catalogue import DraftHandout
+
+    with ws.session() as s:  # each draft recorded as handed to rater1 (labels.handouts)
+        rid = get_rater(s, "rater1").id
+        handed = {
+            (h.image_id, h.rater_id, h.run_id, h.model_version, h.via, h.mask_hash)
+            for h in s.scalars(select(DraftHandout).where(DraftHandout.rater_id == rid))
+        }
+    assert handed == {
+        (i, rid, run, version, "labelstudio", pixel_digest(d.labels)) for i, d in drafts.items()
+    }
     rater2 = _other_raters_masks(ws, "rater2", drafts)
     for task in _tasks(ls, pid):
         image = images[image_id_from_name(task.data["image_id"])]

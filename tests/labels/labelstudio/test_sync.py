@@ -624,3 +624,103 @@ def test_kill_9_at_20_moments_then_a_rerun_matches_an_uninterrupted_server_sync(
     expected = kill_and_rerun(base, sync, KILL_COUNTS, tmp_path, 20261202)
     assert expected["annotations"] == 4 and expected["highest version"] == 1
     assert expected["structure stats"] >= 4
+
+
+def test_long_free_text_fields_are_ignored_and_never_quoted_whole(demo_ws, demo_dir, cli_env):
+    """A comment of 311 characters beside the image reference once aborted the whole export
+    sync, and the error line quoted the field (a 50 MB field: a 50 MB line). Fields that are
+    not the image reference are ignored; a message quotes at most a short escaped excerpt."""
+    add_rater(demo_ws, "OLD")
+    dicoms = sorted((demo_dir / "dicom").rglob("*.dcm"))
+    with demo_ws.session() as s:
+        images = [image_for_dicom(s, demo_ws.key, p) for p in dicoms[:3]]
+    rel = [str(p.relative_to(demo_dir / "dicom")) for p in dicoms]
+    comment = "The nerve is hard to see here; " * 10 + "x"  # 311 characters
+    huge = "y" * 50_000_000
+
+    def task(tid, data, mask):
+        return {"id": tid, "data": data,
+                "annotations": [{"id": 100 + tid, "result": mask_to_results(mask, P)}]}  # fmt: skip
+
+    export = [
+        task(1, {"dicom": rel[0], "comment": comment}, _mask(images[0], 0)),
+        task(2, {"dicom": rel[1], "notes": huge, "more": "z" * 5000 + "/"}, _mask(images[1], 1)),
+        task(3, {"sop": _uid(dicoms[2]), "text\n" * 100: "w" * 400}, _mask(images[2], 2)),
+        task(4, {"comment": huge}, _mask(images[0], 3)),  # nothing names an image
+        task(5, {"dicom": huge + ".dcm"}, _mask(images[0], 4)),  # a name too long for a file
+    ]
+    assert len(comment) == 311
+    path = demo_dir.parent / "long-fields.json"
+    path.write_text(json.dumps(export))
+    res = subprocess.run(
+        [sys.executable, "-m", "datatool", "sync", "labelstudio", "--rater", "OLD", "--export",
+         str(path), "--dicom-root", str(demo_dir / "dicom"), "--json",
+         "--workspace", str(demo_ws.root)],
+        capture_output=True, text=True, env=cli_env,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr[:2000]
+    assert len(res.stdout) + len(res.stderr) < 5000, (len(res.stdout), len(res.stderr))
+    data = json.loads(res.stdout)
+    assert (data["seen"], data["new_versions"]) == (5, 3), data
+    lines = res.stderr.strip().splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == ["task 4", "task 5"], lines
+    assert all(len(line) < 400 for line in lines), lines
+    assert "no field names a DICOM file" in lines[0] and "'comment'" in lines[0]
+    assert "no field names a DICOM file" in lines[1] and "'dicom'" in lines[1]
+    # named with --field, a reference too long for any file is quoted as a short excerpt
+    report = sync_from_export(demo_ws, "OLD", path, demo_dir / "dicom", field="dicom")
+    (reason,) = [r for i, r in report.rejected if i == "task 5"]
+    assert reason.startswith("no DICOM file ") and reason.endswith(" characters) to match it to")
+    assert len(reason) < 400
+    three = dict(report.rejected)["task 3"]
+    assert three.startswith("its data has no field 'dicom' (fields: 'sop', 'text\\ntext")
+    assert three.endswith("... (500 characters))")
+
+
+def test_export_sync_knows_handed_out_drafts_and_refuses_copies(demo_ws, demo_dir):
+    """A label equal to a draft handed to the rater keeps the draft's provenance though
+    the annotation names no prediction; one identical to another rater's current label is
+    refused as a copy (one line), stored with --allow-copy and a reason (audited)."""
+    from datatool.core.catalogue import AuditEntry, Rater
+    from datatool.labels.annotations import get_rater, store_annotation
+    from datatool.labels.handouts import record_handouts
+
+    add_rater(demo_ws, "OLD")
+    add_rater(demo_ws, "OTHER")
+    dicoms = sorted((demo_dir / "dicom").rglob("*.dcm"))[:3]
+    with demo_ws.session() as s:
+        images = [image_for_dicom(s, demo_ws.key, p) for p in dicoms]
+        masks = [_mask(image, k) for k, image in enumerate(images)]
+        store_annotation(s, demo_ws.store, images[0], get_rater(s, "OTHER"), masks[0],
+                         "itksnap", None, P)  # fmt: skip
+        draft = demo_ws.store.put_array(masks[1])
+        record_handouts(
+            s, get_rater(s, "OLD").id, "labelstudio", [(images[1].id, None, "m-1", draft)]
+        )
+    export = [
+        {"id": t + 1, "data": {"sop": _uid(d)},
+         "annotations": [{"id": 10 + t, "result": mask_to_results(m, P)}]}
+        for t, (d, m) in enumerate(zip(dicoms, masks))
+    ]  # fmt: skip
+    path = demo_dir.parent / "copies.json"
+    path.write_text(json.dumps(export))
+    report = sync_from_export(demo_ws, "OLD", path)
+    assert (report.new_versions, len(report.rejected)) == (2, 1), report.as_dict()
+    item, reason = report.rejected[0]
+    assert item == f"task 1 ({image_name(images[0].id)})"
+    assert "a copy breaks the double-blind" in reason and "--allow-copy REASON" in reason
+    with demo_ws.session() as s:
+        rater = get_rater(s, "OLD")
+        drafted = latest_annotation(s, images[1].id, rater.id)
+        assert (drafted.draft_version, drafted.draft_hash, drafted.draft_unchanged) == (
+            "m-1", draft, True)  # fmt: skip
+        assert latest_annotation(s, images[2].id, rater.id).draft_version is None
+        assert latest_annotation(s, images[0].id, rater.id) is None
+    forced = sync_from_export(demo_ws, "OLD", path, allow_copy="migrated from the old tool")
+    assert (forced.new_versions, forced.unchanged, forced.rejected) == (1, 2, [])
+    with demo_ws.session() as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "copy allowed")).one()
+        assert entry.command == "sync labelstudio"
+        assert entry.details["reason"] == "migrated from the old tool"
+        assert entry.details["copied_from"] == ["OTHER"]
+        assert s.scalar(select(Rater.id).where(Rater.name == "OLD")) is not None
