@@ -23,7 +23,7 @@ from datatool.cli.common import (
 from datatool.cli.render import Block, Table
 
 if TYPE_CHECKING:
-    from datatool.analysis.report import StudyReport
+    from datatool.report.sections import StudyReport
 
 
 class Format(StrEnum):
@@ -100,7 +100,7 @@ def report(
     Reads the catalogue and the stored agreement and score results; computes nothing new.
     What is missing is listed with the command that makes it (exit code 0).
     """
-    from datatool.analysis.report import study_report
+    from datatool.report.study import study_report
 
     result = study_report(
         workspace(ws_path), run=run, agreement=agreement, split=split, out=out, fmt=fmt.value

@@ -1,4 +1,4 @@
-"""The study report (``datatool/analysis/report.py``): opened in real headless Chromium, its
+"""The study report (``datatool/report/``): opened in real headless Chromium, its
 tables hold the catalogue's numbers, every image loads, nothing is fetched, no patient
 identifier appears; Markdown and PDF; a workspace with no model gets a report of what it has."""
 
@@ -19,18 +19,15 @@ from typer.testing import CliRunner
 
 from datatool.analysis.agreement import run_agreement
 from datatool.analysis.qa import run_qa
-from datatool.analysis.report import (
-    chromium_command,
-    find_chromium,
-    reference_study,
-    study_report,
-)
 from datatool.cli import app
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.demo.generator import INSTITUTION, PHI_TOKEN
 from datatool.ingest.clinical import cohort, ingest_clinical
 from datatool.learning.scoring import score_run
 from datatool.learning.splits import show_split
+from datatool.report.chromium import chromium_command, find_chromium
+from datatool.report.gather import reference_study
+from datatool.report.study import study_report
 from tests.labels_util import ingest_demo_with_labels
 from tests.qa_util import clone
 
