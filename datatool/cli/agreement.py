@@ -23,6 +23,8 @@ from datatool.cli.common import (
 )
 from datatool.cli.render import Block, Interval, MeanSD, MedianIQR, PValue, Table
 
+NSD_TOLERANCE_MM = 2.0  # datatool.analysis.metrics.NSD_TOLERANCE_MM (imported late there)
+
 if TYPE_CHECKING:
     from datatool.analysis.agreement import AgreementReport
     from datatool.analysis.consensus import ConsensusReport
@@ -53,6 +55,36 @@ def _icc_cells(icc: ICC | None) -> list[object]:
         ci,
         f"F({icc.df1},{icc.df2}) = {icc.f:.2f}, p {render.cell_text(PValue(icc.p))}",
     ]
+
+
+def _surface_table(report: AgreementReport) -> Table:
+    unit = report.surface_unit
+    table = Table(
+        f"boundary agreement (surface distances, {unit})",
+        [
+            "structure",
+            f"HD95 median (P25, P75), {unit}",
+            f"HD95 mean ± SD, {unit}",
+            f"ASSD mean ± SD, {unit}",
+            f"NSD at {report.nsd_tolerance:g} {unit}, mean ± SD",
+            "NSD median (P25, P75)",
+            "both empty",
+            "one empty",
+        ],
+        name="surface",
+    )
+    for r in report.structures:
+        table.add(
+            r.structure,
+            MedianIQR.of(r.hd95),
+            MeanSD.of(r.hd95),
+            MeanSD.of(r.assd),
+            MeanSD.of(r.nsd),
+            MedianIQR.of(r.nsd),
+            r.both_absent,
+            r.one_absent,
+        )
+    return table
 
 
 def _agreement_view(report: AgreementReport) -> Iterator[Block]:
@@ -98,6 +130,15 @@ def _agreement_view(report: AgreementReport) -> Iterator[Block]:
         "different sizes inflate it, so read it beside the per-structure rows. Dice/IoU: "
         "images where both raters left a structure empty are left out; one empty counts 0."
     )
+    yield _surface_table(report)
+    yield (
+        f"HD95: the larger of the two directed 95th-percentile border distances; ASSD: the "
+        f"mean border distance, both directions; NSD: the share of both borders within "
+        f"{report.nsd_tolerance:g} {report.surface_unit} of the other (--tolerance). In "
+        f"{report.surface_unit} with each image's own x and y spacing. An image where both or "
+        "one rater left the structure empty has no surface distance (not 0): it is counted "
+        "in the empty columns and left out of the figures."
+    )
     for note in report.notes:
         yield f"note: {note}"
     yield f"Bland-Altman plots and agreement.json in {report.out_dir}"
@@ -142,12 +183,22 @@ def agreement(
         help="Keep images whose labels started from a model draft in a new sample (left out "
         "by default: two raters who start from one draft are not independent).",
     ),
+    tolerance: float = typer.Option(
+        NSD_TOLERANCE_MM,
+        min=0,
+        max=1000,
+        help="Tolerance of the normalised surface distance (NSD), in mm: the share of both "
+        "raters' boundaries within this distance of the other's (in px when an image is not "
+        "calibrated).",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Inter-rater agreement: ICC(2,1) with 95 % CI per structure and over all, Dice and IoU,
-    Bland-Altman plots. The sample is saved: the same command prints the same numbers again.
+    the surface distances (HD95, ASSD, NSD at --tolerance mm, with each image's x and y pixel
+    spacing), Bland-Altman plots. The sample is saved: the same command prints the same
+    numbers again.
 
     A new sample leaves out images whose labels (either rater's) started from a model draft,
     and says how many; --include-prelabelled keeps them and marks the report.
@@ -164,6 +215,7 @@ def agreement(
         out_dir=out_dir,
         resample=resample,
         include_prelabelled=include_prelabelled,
+        tolerance=tolerance,
     )
     render.show(report, _agreement_view, json_out, csv_out)
 
@@ -173,6 +225,39 @@ def _consensus_view(r: ConsensusReport) -> Iterator[Block]:
         f"{r.reference_rater}: {r.images} images from {', '.join(r.raters)}: "
         f"{r.new_versions} new versions, {r.unchanged} unchanged, "
         f"{r.skipped_too_few_raters} images skipped (too few raters)"
+    )
+    if r.quality_file is None:
+        return
+    table = Table(
+        "each rater's quality: STAPLE sensitivity and specificity per structure (over the "
+        "images where some rater labelled it)",
+        [
+            "structure",
+            "rater",
+            "images",
+            "sensitivity mean ± SD",
+            "sensitivity median (P25, P75)",
+            "specificity mean ± SD",
+            "specificity median (P25, P75)",
+        ],
+        digits=4,
+        name="rater-quality",
+    )
+    for q in r.quality:
+        table.add(
+            q.structure,
+            q.rater,
+            q.images,
+            MeanSD.of(q.sensitivity),
+            MedianIQR.of(q.sensitivity),
+            MeanSD.of(q.specificity),
+            MedianIQR.of(q.specificity),
+        )
+    yield table
+    yield (
+        "sensitivity: the share of STAPLE's estimated structure the rater labelled; "
+        "specificity: the share of its estimated background the rater left empty (the whole "
+        f"image). Saved in {r.quality_file}"
     )
 
 
@@ -188,10 +273,15 @@ def consensus(
         None, help="Raters to fuse, comma-separated (default: all human raters)."
     ),
     json_out: bool = JsonOpt,
+    csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Make the reference label of each image from the raters' labels (stored as annotations
-    of rater consensus:METHOD; training and splits use them)."""
+    of rater consensus:METHOD; training and splits use them).
+
+    With staple or majority it also prints each rater's quality per structure: STAPLE's
+    sensitivity and specificity (SimpleITK), mean ± SD and median (P25, P75) over the
+    images, saved in WORKSPACE/reports/consensus-METHOD/consensus.json for the report."""
     from datatool.analysis.consensus import make_consensus
     from datatool.core.errors import UsageError
 
@@ -203,4 +293,4 @@ def consensus(
         spec, names = f"rater:{names[0]}", None
     with progress_bar("consensus", enabled=not json_out) as progress:
         result = make_consensus(workspace(ws_path), spec, names, progress=progress)
-    render.show(result, _consensus_view, json_out)
+    render.show(result, _consensus_view, json_out, csv_out)
