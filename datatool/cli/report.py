@@ -37,6 +37,7 @@ def _report_view(r: StudyReport) -> Iterator[Block]:
     table.add("cohort", r.cohort is not None, f"{r.cohort.patients} patients" if r.cohort else None)
     a = r.agreement
     table.add("agreement", a is not None, f"sample {a.sample}, {a.source}" if a else None)
+    table.add("rater quality", r.quality is not None, r.quality.source if r.quality else None)
     sp = r.split
     table.add("split", sp is not None, f"{sp.name} (hash {sp.hash[:12]})" if sp else None)
     ru = r.run

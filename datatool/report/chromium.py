@@ -66,4 +66,4 @@ def print_pdf(html_file: Path, pdf_file: Path, timeout: float = 120) -> None:
             raise DatatoolError(f"Chromium did not print the PDF within {timeout:.0f} s") from None
         if done.returncode != 0 or not target.is_file() or target.stat().st_size == 0:
             last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-            raise DatatoolError(f"Chromium could not print the PDF ({last[:200]})")
+            raise DatatoolError(f"Chromium could not print the PDF {pdf_file} ({last[:200]})")

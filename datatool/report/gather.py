@@ -280,7 +280,7 @@ def gather(
     notes: list[str] = []
     protocol = load_protocol(ws.protocol_name)
     cohort = _cohort(ws, missing)
-    agreement_section = stored.agreement_section(ws, agreement, missing, figures)
+    agreement_section = stored.agreement_section(ws, agreement, missing, figures, notes)
     run_section = score_section = None
     with ws.session() as s:
         run_row = _pick_run(s, run)
@@ -315,6 +315,9 @@ def gather(
             missing.append(Missing("results", "no scores", "datatool score RUN"))
         run_id = run_row.id if run_row is not None else None
         counts = _counts(s)
+    quality = stored.quality_section(
+        ws, split_section.reference if split_section else None, missing, notes
+    )
     qa = _qa(ws, run_id)
     if run_section is not None:
         stored.loss_figure(run_section, figures)
@@ -329,6 +332,8 @@ def gather(
     commands = [Reproduce("cohort", "datatool cohort")]
     if agreement_section:
         commands.append(Reproduce("agreement", agreement_section.command))
+    if quality:
+        commands.append(Reproduce("each rater's quality", quality.command))
     if split_section:
         commands.append(Reproduce("split", split_section.command))
         commands.append(Reproduce("split check", f"datatool split check {split_section.name}"))
@@ -371,4 +376,5 @@ def gather(
         missing=missing,
         figures=figures,
         notes=notes,
+        quality=quality,
     )

@@ -141,6 +141,45 @@ class AgreementRow:
     bias: float | None
     loa_low: float | None
     loa_high: float | None
+    # the surface distances (None: the sample's agreement.json predates them)
+    hd95: Described | None = None
+    assd: Described | None = None
+    nsd: Described | None = None
+
+
+@dataclass
+class QualityRow:
+    """One rater's STAPLE sensitivity and specificity for one structure, over the images."""
+
+    structure: str
+    rater: str
+    images: int
+    sensitivity: Described
+    specificity: Described
+
+
+@dataclass
+class QualitySection:
+    """Each rater's quality as the consensus estimated it (its consensus.json)."""
+
+    method: str
+    raters: list[str]
+    images: int
+    rows: list[QualityRow]
+    source: str
+    command: str
+
+
+@dataclass
+class SurfaceRow:
+    """One structure's boundaries on the whole image, the model against the reference."""
+
+    structure: str
+    hd95: Described
+    assd: Described
+    nsd: Described
+    one_empty: int
+    both_empty: int
 
 
 @dataclass
@@ -162,6 +201,8 @@ class AgreementSection:
     notes: list[str]
     source: str  # the agreement.json read (relative to the workspace)
     command: str
+    surface_unit: str | None = None  # None: no surface distances in this agreement.json
+    nsd_tolerance: float | None = None
 
 
 @dataclass
@@ -274,6 +315,9 @@ class ScoreSection:
     per_image_values: bool  # score.json's per-image values were found (normality tested)
     source: str
     command: str
+    surface: list[SurfaceRow] = field(default_factory=list)  # empty: scored before them
+    surface_unit: str | None = None
+    nsd_tolerance: float | None = None
 
 
 @dataclass
@@ -346,6 +390,7 @@ class StudyReport:
     figures: list[Figure]
     notes: list[str]
     written: list[str] = field(default_factory=list)  # files written (the report, its PNGs)
+    quality: QualitySection | None = None  # each rater's quality (consensus.json)
 
     def figures_of(self, section: str) -> list[Figure]:
         return [f for f in self.figures if f.section == section]

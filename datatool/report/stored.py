@@ -25,9 +25,12 @@ from datatool.report.sections import (
     Figure,
     Missing,
     PairRow,
+    QualityRow,
+    QualitySection,
     ResultRow,
     RunSection,
     ScoreSection,
+    SurfaceRow,
     VersusRow,
 )
 
@@ -39,17 +42,75 @@ def _rel(ws: Workspace, path: Path) -> str:
         return path.name
 
 
+FIGURE_SUFFIXES = (".png",)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _inside_reports(ws: Workspace, path: Path) -> bool:
+    """Whether ``path``, links and ``..`` resolved, lies inside this workspace's reports/."""
+    try:
+        path.resolve().relative_to((ws.root / "reports").resolve())
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
+
+
 def _local(ws: Workspace, stored: str | Path) -> Path | None:
-    """A file a command recorded, in this workspace: the same path below this workspace's
-    ``reports/`` first (a copied or moved workspace), else the recorded path."""
+    """A file a command recorded, inside this workspace's ``reports/`` folder (links and
+    ``..`` resolved): the same path below this workspace's ``reports/`` first (a copied or
+    moved workspace), else the recorded path. Anything else is None: a recorded path is
+    data, and the report reads nothing outside its workspace's reports."""
     path = Path(stored)
     parts = path.parts
+    candidates = []
     if "reports" in parts:
         k = len(parts) - 1 - parts[::-1].index("reports")
-        here = ws.root.joinpath(*parts[k:])
-        if here.is_file():
-            return here
-    return path if path.is_file() else None
+        candidates.append(ws.root.joinpath(*parts[k:]))
+    candidates.append(path)
+    for here in candidates:
+        try:
+            if here.is_file() and _inside_reports(ws, here):
+                return here.resolve()
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _short(text: object, limit: int = 120) -> str:
+    """A recorded value for a message: one line, at most ``limit`` characters."""
+    text = repr(str(text))[1:-1]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _figure_file(ws: Workspace, stored: object, source: str, notes: list[str]) -> Path | None:
+    """A figure a command recorded in ``source``: a PNG inside this workspace's reports/
+    folder, else None, with a one-line note when a file was named that is not one (a figure
+    path is data: a tampered file must not get another file embedded in the report)."""
+    if not isinstance(stored, str) or not stored or "\x00" in stored:
+        notes.append(f"{source}: a figure entry that is not a path was ignored")
+        return None
+    png = _local(ws, stored)
+    refused = None
+    if png is None:
+        try:
+            exists = Path(stored).exists()
+        except (OSError, ValueError):
+            exists = False
+        if exists:
+            refused = "not inside the workspace's reports folder"
+    elif png.suffix.lower() not in FIGURE_SUFFIXES:
+        refused = "not a figure (.png)"
+    else:
+        try:
+            with png.open("rb") as f:
+                if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                    refused = "not a PNG file"
+        except OSError as exc:
+            refused = f"cannot read it ({exc.strerror})"
+    if refused:
+        notes.append(f"{source}: figure {_short(stored)} refused: {refused}")
+        return None
+    return png
 
 
 def _agreement_command(sample: AgreementSample, a: str, b: str) -> str:
@@ -76,7 +137,11 @@ def _find_agreement_json(ws: Workspace, sample_id: int) -> Path | None:
 
 
 def agreement_section(
-    ws: Workspace, sample_id: int | None, missing: list[Missing], figures: list[Figure]
+    ws: Workspace,
+    sample_id: int | None,
+    missing: list[Missing],
+    figures: list[Figure],
+    notes: list[str],
 ) -> AgreementSection | None:
     with ws.session() as s:
         if sample_id is not None:
@@ -107,69 +172,129 @@ def agreement_section(
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise DatatoolError(f"{path}: cannot read it ({exc}); run '{command}' again") from None
-    why = "per-image values are not stored"
-    rows = []
-    for st in data["structures"]:
-        icc, ba = st.get("icc") or {}, st.get("bland_altman") or {}
-        rows.append(
-            AgreementRow(
-                structure=st["structure"],
-                icc=icc.get("icc"),
-                ci_low=icc.get("ci_low"),
-                ci_high=icc.get("ci_high"),
-                dice=Described.stored(st.get("dice"), why),
-                iou=Described.stored(st.get("iou"), why),
-                both_absent=st.get("both_absent", 0),
-                one_absent=st.get("one_absent", 0),
-                bias=ba.get("bias"),
-                loa_low=ba.get("loa_low"),
-                loa_high=ba.get("loa_high"),
-            )
-        )
-    overall = data.get("overall_icc") or {}
-    coverage = label_coverage(ws)
-    drafts = [
-        DraftCount(c.rater, c.images_labelled, c.from_draft, c.draft_unchanged)
-        for c in coverage.raters
-        if c.kind == RaterKind.human
-    ]
-    stored_figures = data.get("figures") or []
-    for k, stored in enumerate(stored_figures):
-        png = _local(ws, stored)
-        if png is not None:
-            # one plot per structure, in the order of the structures (agreement.py)
-            what = rows[k].structure if len(stored_figures) == len(rows) else png.stem
-            figures.append(
-                Figure(
-                    f"agreement_{k + 1}_{png.name}",
-                    "agreement",
-                    f"Bland-Altman plot of {what} ({data.get('unit', '')}): "
-                    f"{' - '.join(data.get('raters') or [a, b])} against their mean",
-                    _rel(ws, png),
-                    png.read_bytes(),
+    try:
+        why = "per-image values are not stored"
+        rows = []
+        for st in data["structures"]:
+            icc, ba = st.get("icc") or {}, st.get("bland_altman") or {}
+            rows.append(
+                AgreementRow(
+                    structure=st["structure"],
+                    icc=icc.get("icc"),
+                    ci_low=icc.get("ci_low"),
+                    ci_high=icc.get("ci_high"),
+                    dice=Described.stored(st.get("dice"), why),
+                    iou=Described.stored(st.get("iou"), why),
+                    both_absent=st.get("both_absent", 0),
+                    one_absent=st.get("one_absent", 0),
+                    bias=ba.get("bias"),
+                    loa_low=ba.get("loa_low"),
+                    loa_high=ba.get("loa_high"),
+                    **{
+                        m: Described.stored(st.get(m), why) if st.get(m) else None
+                        for m in ("hd95", "assd", "nsd")
+                    },
                 )
             )
-    if rows and not any(f.section == "agreement" for f in figures):
-        missing.append(Missing("agreement", "the Bland-Altman plots", command))
-    return AgreementSection(
-        sample=sample.id,
-        raters=list(data.get("raters") or [a, b]),
-        size=data["sample"].get("size"),
-        seed=data["sample"].get("seed", sample.seed),
-        images=data["sample"]["images"],
-        measure=data.get("measure", ""),
-        unit=data.get("unit", ""),
-        rows=rows,
-        overall_icc=overall.get("icc"),
-        overall_ci_low=overall.get("ci_low"),
-        overall_ci_high=overall.get("ci_high"),
-        include_prelabelled=bool(data.get("include_prelabelled")),
-        prelabelled_in_sample=int(data.get("prelabelled_in_sample") or 0),
-        drafts=drafts,
-        notes=list(data.get("notes") or []),
-        source=_rel(ws, path),
-        command=command,
+        overall = data.get("overall_icc") or {}
+        coverage = label_coverage(ws)
+        drafts = [
+            DraftCount(c.rater, c.images_labelled, c.from_draft, c.draft_unchanged)
+            for c in coverage.raters
+            if c.kind == RaterKind.human
+        ]
+        stored_figures = data.get("figures") or []
+        for k, stored in enumerate(stored_figures):
+            png = _figure_file(ws, stored, _rel(ws, path), notes)
+            if png is not None:
+                # one plot per structure, in the order of the structures (agreement.py)
+                what = rows[k].structure if len(stored_figures) == len(rows) else png.stem
+                figures.append(
+                    Figure(
+                        f"agreement_{k + 1}_{png.name}",
+                        "agreement",
+                        f"Bland-Altman plot of {what} ({data.get('unit', '')}): "
+                        f"{' - '.join(data.get('raters') or [a, b])} against their mean",
+                        _rel(ws, png),
+                        png.read_bytes(),
+                    )
+                )
+        if rows and not any(f.section == "agreement" for f in figures):
+            missing.append(Missing("agreement", "the Bland-Altman plots", command))
+        return AgreementSection(
+            sample=sample.id,
+            raters=list(data.get("raters") or [a, b]),
+            size=data["sample"].get("size"),
+            seed=data["sample"].get("seed", sample.seed),
+            images=data["sample"]["images"],
+            measure=data.get("measure", ""),
+            unit=data.get("unit", ""),
+            rows=rows,
+            overall_icc=overall.get("icc"),
+            overall_ci_low=overall.get("ci_low"),
+            overall_ci_high=overall.get("ci_high"),
+            include_prelabelled=bool(data.get("include_prelabelled")),
+            prelabelled_in_sample=int(data.get("prelabelled_in_sample") or 0),
+            drafts=drafts,
+            notes=list(data.get("notes") or []),
+            source=_rel(ws, path),
+            command=command,
+            surface_unit=data.get("surface_unit") if any(r.hd95 for r in rows) else None,
+            nsd_tolerance=data.get("nsd_tolerance"),
+        )
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        raise DatatoolError(
+            f"{path}: not as 'datatool agreement' writes it ({type(exc).__name__} "
+            f"{_short(exc, 60)}); run '{command}' again"
+        ) from None
+
+
+def quality_section(
+    ws: Workspace, reference: str | None, missing: list[Missing], notes: list[str]
+) -> QualitySection | None:
+    """Each rater's quality from the consensus.json that ``consensus`` saved: the one of
+    the split's reference (``consensus:METHOD``), else STAPLE's, else majority's."""
+    methods = ["staple", "majority"]
+    if reference and reference.startswith("consensus:"):
+        method = reference.split(":", 1)[1]
+        methods = [method] + [m for m in methods if m != method]
+    for method in methods:
+        path = _local(ws, ws.root / "reports" / f"consensus-{method}" / "consensus.json")
+        if path is None:
+            continue
+        command = f"datatool consensus --method {method}"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            why = "per-image values are not stored"
+            rows = [
+                QualityRow(
+                    structure=str(q["structure"]),
+                    rater=str(q["rater"]),
+                    images=int(q["images"]),
+                    sensitivity=Described.stored(q["sensitivity"], why),
+                    specificity=Described.stored(q["specificity"], why),
+                )
+                for q in data["quality"]
+            ]
+            return QualitySection(
+                method=str(data["method"]),
+                raters=[str(r) for r in data["raters"]],
+                images=int(data["images"]),
+                rows=rows,
+                source=_rel(ws, path),
+                command=command,
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            notes.append(f"{_rel(ws, path)}: cannot read it; run '{command}' again")
+            return None
+    missing.append(
+        Missing(
+            "quality",
+            "each rater's quality (STAPLE sensitivity and specificity)",
+            "datatool consensus --method staple",
+        )
     )
+    return None
 
 
 def _score_json(ws: Workspace, results: dict, run_id: int, subset: str) -> Path | None:
@@ -255,12 +380,13 @@ def score_section(
             )
         )
     pooled = [r.pooled_iou for r in rows if r.pooled_iou is not None]
+    why_surface = "per-image surface distances are not stored"
     anova = results.get("anova_iou")
     versus = [
         VersusRow(v["structure"], v.get("model_iou"), v.get("raters_iou"), v.get("ratio"))
         for v in results.get("versus_raters") or []
     ]
-    _score_figures(ws, run, results, path, rows, figures, missing, command)
+    _score_figures(ws, run, results, path, rows, figures, missing, command, notes)
     return ScoreSection(
         run=run.id,
         set=subset,
@@ -289,10 +415,24 @@ def score_section(
         per_image_values=path is not None,
         source=_rel(ws, path) if path else "the catalogue (scores table)",
         command=command,
+        surface=[
+            SurfaceRow(
+                structure=w["structure"],
+                hd95=Described.stored(w["surface"].get("hd95"), why_surface),
+                assd=Described.stored(w["surface"].get("assd"), why_surface),
+                nsd=Described.stored(w["surface"].get("nsd"), why_surface),
+                one_empty=int(w["surface"].get("one_empty") or 0),
+                both_empty=int(w["surface"].get("both_empty") or 0),
+            )
+            for w in results.get("whole_image") or []
+            if isinstance(w, dict) and isinstance(w.get("surface"), dict)
+        ],
+        surface_unit=results.get("surface_unit"),
+        nsd_tolerance=results.get("nsd_tolerance"),
     )
 
 
-def _score_figures(ws, run, results, path, rows, figures, missing, command) -> None:
+def _score_figures(ws, run, results, path, rows, figures, missing, command, notes) -> None:
     stored = {Path(p).name: p for p in results.get("figures") or []}
     if path is not None:
         stored.setdefault("iou_per_structure.png", str(path.with_name("iou_per_structure.png")))
@@ -305,7 +445,7 @@ def _score_figures(ws, run, results, path, rows, figures, missing, command) -> N
             "overlays",
         ),
     ):
-        png = _local(ws, stored[name]) if name in stored else None
+        png = _figure_file(ws, stored[name], "the score", notes) if name in stored else None
         if png is None:
             missing.append(Missing(section, f"the figure {name}", command))
             continue

@@ -47,6 +47,16 @@ def test_staple_performance_by_hand():
     assert staple_performance(three_raters(), 6) is None  # nobody labelled an artery
 
 
+def test_two_raters_share_their_disagreement():
+    """No majority with two: a rater who labels half of what the other labels has the lower
+    sensitivity, the other a specificity below 1 (STAPLE splits the difference)."""
+    full = box(SHAPE, {FEMUR: (10, 20, 10, 30)})
+    half = box(SHAPE, {FEMUR: (10, 15, 10, 30)})
+    (s_full, s_half), (q_full, q_half) = staple_performance([full, half], FEMUR)
+    assert s_half < s_full == pytest.approx(1.0) and q_full < q_half == pytest.approx(1.0)
+    assert 0.5 < s_half < 1.0
+
+
 def test_the_box_gives_simpleitks_own_figures_on_the_whole_image():
     """STAPLE runs on the box round the labels; the whole image's specificity follows."""
     rng = np.random.default_rng(3)
