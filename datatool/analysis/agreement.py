@@ -573,7 +573,7 @@ def _overlap_one(job: tuple) -> list[tuple[int, metrics.Surface]]:
     store_root, hash_a, hash_b, boxes, spacing, tolerance = job
     out: list[tuple[int, metrics.Surface]] = []
     a = b = None
-    for value, box, in_a, in_b in boxes:
+    for value, box, in_a, in_b, union in boxes:
         if not (in_a and in_b):
             empty = metrics.ONE_EMPTY if in_a or in_b else metrics.BOTH_EMPTY
             nan = math.nan
@@ -583,7 +583,10 @@ def _overlap_one(job: tuple) -> list[tuple[int, metrics.Surface]]:
             store = Store(Path(store_root))
             a, b = store.get_array(hash_a), store.get_array(hash_b)
         overlap = 0 if box is None else metrics.overlap(a, b, value, box)
-        out.append((overlap, metrics.surface(a == value, b == value, spacing, tolerance)))
+        # the union of both boxes and one pixel round it: the borders as in the whole image
+        x0, y0, x1, y1 = union
+        sa, sb = (m[max(y0 - 1, 0) : y1 + 2, max(x0 - 1, 0) : x1 + 2] == value for m in (a, b))
+        out.append((overlap, metrics.surface(sa, sb, spacing, tolerance)))
     return out
 
 
@@ -608,12 +611,23 @@ def _overlaps(
                 None if ra.area_px == 0 else (ra.x0, ra.y0, ra.x1, ra.y1),
                 None if rb.area_px == 0 else (rb.x0, rb.y0, rb.x1, rb.y1),
             )
+            union = (
+                (
+                    int(min(ra.x0, rb.x0)),
+                    int(min(ra.y0, rb.y0)),
+                    int(max(ra.x1, rb.x1)),
+                    int(max(ra.y1, rb.y1)),
+                )
+                if ra.area_px > 0 and rb.area_px > 0
+                else None
+            )
             boxes.append(
                 (
                     st.value,
                     None if box is None else tuple(int(v) for v in box),
                     ra.area_px > 0,
                     rb.area_px > 0,
+                    union,
                 )
             )
         jobs.append((str(ws.store.root), masks[ia], masks[ib], boxes, spacing[image_id], tolerance))
