@@ -234,7 +234,8 @@ class AgreementReport:
     include_prelabelled: bool = False  # images labelled from model drafts were kept
     prelabelled_in_sample: int = 0  # images of the sample with a label from a model draft
     prelabelled_left_out: int | None = None  # left out of a new sample (None: reused)
-    surface_unit: str = "mm"  # of HD95 and ASSD (and the tolerance): mm, or px uncalibrated
+    # of HD95 and ASSD (and the tolerance): mm, or px uncalibrated; None: not computed
+    surface_unit: str | None = "mm"
     nsd_tolerance: float = metrics.NSD_TOLERANCE_MM  # in surface_unit
     conventions: dict[str, str] = field(default_factory=lambda: dict(CONVENTIONS))
 
@@ -268,10 +269,12 @@ def run_agreement(
     plots: bool = True,
     include_prelabelled: bool = False,
     tolerance: float = metrics.NSD_TOLERANCE_MM,
+    surface: bool = True,
 ) -> AgreementReport:
     """Agreement between two raters: ICC(2,1) per structure and over all structures, Dice
     and IoU, the surface distances (HD95, ASSD, NSD at ``tolerance`` mm), Bland-Altman plots.
-    The report is also written to out_dir/agreement.json.
+    The report is also written to out_dir/agreement.json. ``surface=False`` skips the
+    surface distances (the slowest part: about 2 ms per image and structure).
 
     Two raters who started from the same model draft are not independent: a new sample
     leaves out images where either rater's label started from a draft (counted in the notes)
@@ -287,7 +290,7 @@ def run_agreement(
     notes: list[str] = _prelabelled_notes(smp)
     measure, unit = _choose_measure(measure, smp, notes)
     surface_unit = "mm" if smp.calibrated == len(smp.items) else "px"
-    if surface_unit == "px":
+    if surface and surface_unit == "px":
         notes.append(
             f"surface distances in pixels (an image of the sample has no mm calibration); "
             f"the NSD tolerance {tolerance:g} is read as pixels"
@@ -295,7 +298,9 @@ def run_agreement(
     spacing = {
         i: (sp if surface_unit == "mm" and sp else (1.0, 1.0)) for i, sp in smp.spacing.items()
     }
-    overlaps, surfaces = _overlaps(ws, smp.items, smp.masks, smp.stats, wanted, spacing, tolerance)
+    overlaps, surfaces = _overlaps(
+        ws, smp.items, smp.masks, smp.stats, wanted, spacing, tolerance if surface else None
+    )
     results: list[StructureAgreement] = []
     ratings: list[tuple[np.ndarray, np.ndarray]] = []
     long_all: list[pd.DataFrame] = []
@@ -347,7 +352,7 @@ def run_agreement(
         include_prelabelled=smp.include_prelabelled,
         prelabelled_in_sample=smp.prelabelled,
         prelabelled_left_out=smp.left_out,
-        surface_unit=surface_unit,
+        surface_unit=surface_unit if surface else None,
         nsd_tolerance=tolerance,
     )
     write_text_atomic(out / "agreement.json", json.dumps(to_jsonable(report), indent=2))
@@ -567,26 +572,38 @@ POOL_FROM = 400  # items; below this, counting in this process is faster than a 
 
 
 def _overlap_one(job: tuple) -> list[tuple[int, metrics.Surface]]:
-    """For each (value, box, present in a, present in b) of one item's two masks: the
-    overlap (box None: 0) and the surface distances (a structure absent from either map:
-    the stated empty case, without reading the masks)."""
+    """For each (value, box, present in a, present in b, union of the boxes) of one item's
+    two masks: the overlap (box None: 0) and the surface distances (tolerance None: not
+    asked; a structure absent from either map: the stated empty case). The masks are read
+    only when a measure needs them."""
     store_root, hash_a, hash_b, boxes, spacing, tolerance = job
-    out: list[tuple[int, metrics.Surface]] = []
-    a = b = None
-    for value, box, in_a, in_b, union in boxes:
-        if not (in_a and in_b):
-            empty = metrics.ONE_EMPTY if in_a or in_b else metrics.BOTH_EMPTY
-            nan = math.nan
-            out.append((0, metrics.Surface(nan, nan, nan, tolerance, empty)))
-            continue
-        if a is None or b is None:
+    masks: list[np.ndarray] = []
+
+    def load() -> list[np.ndarray]:
+        if not masks:
             store = Store(Path(store_root))
-            a, b = store.get_array(hash_a), store.get_array(hash_b)
-        overlap = 0 if box is None else metrics.overlap(a, b, value, box)
-        # the union of both boxes and one pixel round it: the borders as in the whole image
-        x0, y0, x1, y1 = union
-        sa, sb = (m[max(y0 - 1, 0) : y1 + 2, max(x0 - 1, 0) : x1 + 2] == value for m in (a, b))
-        out.append((overlap, metrics.surface(sa, sb, spacing, tolerance)))
+            masks.extend((store.get_array(hash_a), store.get_array(hash_b)))
+        return masks
+
+    nan = math.nan
+    out: list[tuple[int, metrics.Surface]] = []
+    for value, box, in_a, in_b, union in boxes:
+        if box is None:
+            overlap = 0
+        else:
+            a, b = load()
+            overlap = metrics.overlap(a, b, value, box)
+        if tolerance is None:
+            surface = metrics.Surface(nan, nan, nan, nan, "not asked")
+        elif not (in_a and in_b):
+            empty = metrics.ONE_EMPTY if in_a or in_b else metrics.BOTH_EMPTY
+            surface = metrics.Surface(nan, nan, nan, tolerance, empty)
+        else:
+            # the union of both boxes and one pixel round it: the borders as in the image
+            x0, y0, x1, y1 = union
+            sa, sb = (m[max(y0 - 1, 0) : y1 + 2, max(x0 - 1, 0) : x1 + 2] == value for m in load())
+            surface = metrics.surface(sa, sb, spacing, tolerance)
+        out.append((overlap, surface))
     return out
 
 
@@ -597,7 +614,7 @@ def _overlaps(
     by_ann: dict,
     wanted,
     spacing: dict[int, tuple[float, float]],
-    tolerance: float,
+    tolerance: float | None,
 ) -> tuple[dict[str, list[int]], dict[str, list[metrics.Surface]]]:
     """Per structure, for each item: the overlap in pixels of the two raters' maps, counted
     only where the two structures' bounding boxes meet, and the surface distances at the

@@ -130,6 +130,16 @@ def _agreement_view(report: AgreementReport) -> Iterator[Block]:
         "different sizes inflate it, so read it beside the per-structure rows. Dice/IoU: "
         "images where both raters left a structure empty are left out; one empty counts 0."
     )
+    if report.surface_unit is None:
+        yield "surface distances: not computed (--no-surface)"
+    else:
+        yield from _surface_view(report)
+    for note in report.notes:
+        yield f"note: {note}"
+    yield f"Bland-Altman plots and agreement.json in {report.out_dir}"
+
+
+def _surface_view(report: AgreementReport) -> Iterator[Block]:
     yield _surface_table(report)
     yield (
         f"HD95: the larger of the two directed 95th-percentile border distances; ASSD: the "
@@ -139,9 +149,6 @@ def _agreement_view(report: AgreementReport) -> Iterator[Block]:
         "one rater left the structure empty has no surface distance (not 0): it is counted "
         "in the empty columns and left out of the figures."
     )
-    for note in report.notes:
-        yield f"note: {note}"
-    yield f"Bland-Altman plots and agreement.json in {report.out_dir}"
 
 
 @app.command(rich_help_panel=PANEL_AGREEMENT)
@@ -191,6 +198,12 @@ def agreement(
         "raters' boundaries within this distance of the other's (in px when an image is not "
         "calibrated).",
     ),
+    surface: bool = typer.Option(
+        True,
+        "--surface/--no-surface",
+        help="Compute the surface distances (about 2 ms per image and structure; "
+        "--no-surface for ICC, Dice and IoU alone).",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -216,6 +229,7 @@ def agreement(
         resample=resample,
         include_prelabelled=include_prelabelled,
         tolerance=tolerance,
+        surface=surface,
     )
     render.show(report, _agreement_view, json_out, csv_out)
 

@@ -133,3 +133,16 @@ def test_the_cli_shows_json_and_csv_of_the_surface_table(two_raters, tmp_path):
     assert rows["femur"]["one empty"] == "1" and rows["sciatic nerve"]["both empty"] == "1"
     result = runner.invoke(app, ["agreement", "--tolerance", "-1", "-w", root])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_no_surface_skips_them_and_says_so(two_raters, tmp_path):
+    ws = two_raters()
+    report = run_agreement(ws, out_dir=tmp_path / "out", plots=False, surface=False)
+    assert report.surface_unit is None
+    assert all(r.hd95["n"] == 0 and r.nsd["n"] == 0 for r in report.structures)
+    femur = next(r for r in report.structures if r.structure == "femur")
+    assert femur.dice["n"] == 3  # the overlap measures are still there (one empty: 0)
+    result = CliRunner().invoke(app, ["agreement", "--no-surface", "-w", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    assert "not computed (--no-surface)" in result.output
+    assert "boundary agreement" not in result.output
