@@ -124,3 +124,15 @@ def test_an_agreement_json_of_the_wrong_shape_is_one_line(rated_copy, content):
         and "agreement.json" in errors[0]
         and "run 'datatool agreement" in errors[0]
     )
+
+
+def test_an_agreement_without_surface_distances_shows_no_table_of_them(rated_copy):
+    from datatool.analysis.agreement import run_agreement
+
+    ws, _, _ = rated_copy
+    run_agreement(ws, surface=False)  # the saved sample again, its agreement.json rewritten
+    report = study_report(ws)
+    assert report.agreement is not None and report.agreement.surface_unit is None
+    page = Path(report.out).read_text()
+    assert 'id="agreement-table"' in page and 'id="agreement-surface-table"' not in page
+    assert "Boundary agreement" not in Path(study_report(ws, fmt="md").out).read_text()
