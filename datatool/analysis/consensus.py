@@ -142,8 +142,10 @@ def make_consensus(
     method: str,
     raters: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    quality: bool = True,
 ) -> ConsensusReport:
-    """Make (or update) the reference label of every image with enough rater labels."""
+    """Make (or update) the reference label of every image with enough rater labels, and
+    (``quality``, two raters or more) STAPLE's estimate of each rater's quality."""
     protocol = load_protocol(ws.protocol_name)
     single = method.startswith("rater:")
     if not single and method not in METHODS:
@@ -183,7 +185,7 @@ def make_consensus(
         anns = sorted(by_image[image_id], key=lambda a: a.rater_id)
         masks = [ws.store.get_array(a.mask_hash) for a in anns]
         fused = fuse(masks, "staple" if single else method)
-        if not single:
+        if quality and not single:
             for st in protocol.structures:
                 performance = staple_performance(masks, st.value)
                 if performance is None:
@@ -238,7 +240,7 @@ def make_consensus(
             )
         ],
     )
-    if not single:
+    if quality and not single:
         path = quality_path(ws, method)
         report.quality_file = str(path)
         write_text_atomic(path, json.dumps(to_jsonable(report), indent=2))

@@ -286,6 +286,12 @@ def consensus(
     raters: str | None = typer.Option(
         None, help="Raters to fuse, comma-separated (default: all human raters)."
     ),
+    quality: bool = typer.Option(
+        True,
+        "--quality/--no-quality",
+        help="Estimate each rater's quality with STAPLE (one more STAPLE per image and "
+        "structure; --no-quality makes the reference alone).",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -306,5 +312,5 @@ def consensus(
             raise UsageError("--method rater takes one rater: --raters NAME")
         spec, names = f"rater:{names[0]}", None
     with progress_bar("consensus", enabled=not json_out) as progress:
-        result = make_consensus(workspace(ws_path), spec, names, progress=progress)
+        result = make_consensus(workspace(ws_path), spec, names, progress=progress, quality=quality)
     render.show(result, _consensus_view, json_out, csv_out)

@@ -138,3 +138,12 @@ def test_consensus_cli_table_json_and_csv(rated, tmp_path):
     assert header[:3] == ["structure", "rater", "images"]
     row = next(line.split(",") for line in lines if line.startswith("femur,r2,"))
     assert float(row[header.index("sensitivity mean ± SD (mean)")]) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_no_quality_makes_the_reference_alone(rated):
+    report = make_consensus(rated, "majority", quality=False)
+    assert report.images == 2 and report.quality == [] and report.quality_file is None
+    assert not quality_path(rated, "majority").exists()
+    result = CliRunner().invoke(app, ["consensus", "--no-quality", "-w", str(rated.root)])
+    assert result.exit_code == 0, result.output
+    assert "STAPLE sensitivity" not in result.output
