@@ -59,9 +59,9 @@ def test_the_wheel_is_one_namespaced_package_with_its_data(wheel):
         "datatool/migrations/versions/0001_initial_catalogue.py",
         "datatool/model/network.py",
         "datatool/cli/render.py",
-        "datatool/analysis/templates/report.html.j2",
-        "datatool/analysis/templates/report.md.j2",
-        "datatool/analysis/templates/reference_study.yaml",
+        "datatool/report/templates/report.html.j2",
+        "datatool/report/templates/report.md.j2",
+        "datatool/report/templates/reference_study.yaml",
     ):
         assert needed in names, needed
 

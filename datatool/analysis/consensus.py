@@ -6,20 +6,34 @@ and ties go to background, so two raters' majority is their per-structure inters
 ``rater:NAME`` (that rater's labels taken as the reference). The result is stored as
 annotations of rater ``consensus:METHOD`` (kind ``consensus``, source ``consensus``), versioned
 like any other: running it again after no change is a no-op. Training uses these labels.
+
+Each rater's quality, as STAPLE estimates it (``staple`` and ``majority``, two raters or
+more): per image and structure, SimpleITK's binary ``STAPLEImageFilter`` over the raters'
+maps of that structure (the whole image) gives each rater's sensitivity (the share of the
+estimated structure the rater labelled) and specificity (the share of the estimated
+background the rater left empty); per rater and structure they are described over the images
+(mean ± SD, median (P25, P75)). An image where no rater labelled the structure tells nothing
+about it and is left out. The table is also written to
+``reports/consensus-METHOD/consensus.json`` for the study report.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from sqlalchemy import select
 
+from datatool.analysis import metrics
+from datatool.core.atomic import write_text_atomic
 from datatool.core.catalogue import Annotation, Image, Rater, RaterKind, audit
 from datatool.core.errors import DatatoolError, UsageError
+from datatool.core.jsonable import to_jsonable
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import get_rater, latest_annotations_query, store_annotation
@@ -60,6 +74,57 @@ def fuse(masks: list[np.ndarray], method: str) -> np.ndarray:
     return sitk.GetArrayFromImage(fused).astype(np.uint8)
 
 
+STAPLE_MARGIN = 8  # pixels of agreed background kept round the raters' labels
+
+
+def staple_performance(
+    masks: list[np.ndarray], value: int
+) -> tuple[list[float], list[float]] | None:
+    """STAPLE's estimate of each rater's (sensitivity, specificity) for one structure
+    (``value`` in each label map), in the order of ``masks``: SimpleITK's binary
+    ``STAPLEImageFilter``, its ``GetSensitivity()`` and ``GetSpecificity()`` after
+    ``Execute``. None when no map holds the structure (nothing to estimate).
+
+    For speed the filter runs on the box round every rater's label of the structure (and
+    ``STAPLE_MARGIN`` pixels more); the pixels outside it, which every rater left empty, are
+    agreed background, and the specificity is stated over the whole image: the filter's
+    true negatives plus those pixels, over its estimated background (the sum of 1 - the
+    probability image) plus those pixels. The sensitivity needs no such step: the estimated
+    structure lies inside the box."""
+    binary = [(m == value).astype(np.uint8) for m in masks]
+    union = np.logical_or.reduce(binary)
+    if not union.any():
+        return None
+    rows, cols = np.nonzero(union)
+    r0, c0 = max(int(rows.min()) - STAPLE_MARGIN, 0), max(int(cols.min()) - STAPLE_MARGIN, 0)
+    r1, c1 = int(rows.max()) + STAPLE_MARGIN + 1, int(cols.max()) + STAPLE_MARGIN + 1
+    crops = [np.ascontiguousarray(b[r0:r1, c0:c1]) for b in binary]
+    staple = sitk.STAPLEImageFilter()
+    staple.SetForegroundValue(1.0)
+    probability = sitk.GetArrayViewFromImage(
+        staple.Execute([sitk.GetImageFromArray(c) for c in crops])
+    )
+    background = float(np.sum(1.0 - probability))
+    outside = float(union.size - crops[0].size)
+    specificity = [
+        (q * background + outside) / (background + outside) if background + outside else q
+        for q in staple.GetSpecificity()
+    ]
+    return list(staple.GetSensitivity()), specificity
+
+
+@dataclass
+class RaterQuality:
+    """One rater's STAPLE sensitivity and specificity for one structure, described
+    (``metrics.describe``) over the images where some rater labelled the structure."""
+
+    rater: str
+    structure: str
+    images: int
+    sensitivity: dict
+    specificity: dict
+
+
 @dataclass
 class ConsensusReport:
     method: str
@@ -70,6 +135,8 @@ class ConsensusReport:
     unchanged: int
     skipped_too_few_raters: int
     gold_left_out: int = 0  # raters' labels of their gold-standard tasks, not fused
+    quality: list[RaterQuality] = field(default_factory=list)  # empty for rater:NAME
+    quality_file: str | None = None  # consensus.json (None: no quality, one rater)
 
 
 def make_consensus(
@@ -78,9 +145,11 @@ def make_consensus(
     raters: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     include_gold: bool = False,
+    quality: bool = True,
 ) -> ConsensusReport:
-    """Make (or update) the reference label of every image with enough rater labels. A
-    rater's label of a gold-standard task is no new opinion: left out unless ``include_gold``."""
+    """Make (or update) the reference label of every image with enough rater labels, and
+    (``quality``, two raters or more) STAPLE's estimate of each rater's quality. A rater's
+    label of a gold-standard task is no new opinion: left out unless ``include_gold``."""
     protocol = load_protocol(ws.protocol_name)
     single = method.startswith("rater:")
     if not single and method not in METHODS:
@@ -114,11 +183,20 @@ def make_consensus(
     todo = sorted(i for i, anns in by_image.items() if len(anns) >= needed)
     skipped = len(by_image) - len(todo)
     created = unchanged = 0
+    names = {r.id: r.name for r in sources}
+    # (rater, structure) -> per image: (sensitivity, specificity)
+    per_rater: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for done, image_id in enumerate(todo, start=1):
         anns = sorted(by_image[image_id], key=lambda a: a.rater_id)
-        fused = fuse(
-            [ws.store.get_array(a.mask_hash) for a in anns], "staple" if single else method
-        )
+        masks = [ws.store.get_array(a.mask_hash) for a in anns]
+        fused = fuse(masks, "staple" if single else method)
+        if quality and not single:
+            for st in protocol.structures:
+                performance = staple_performance(masks, st.value)
+                if performance is None:
+                    continue
+                for ann, sens, spec in zip(anns, *performance):
+                    per_rater.setdefault((names[ann.rater_id], st.name), []).append((sens, spec))
         with ws.session() as s:
             stored = store_annotation(
                 s,
@@ -145,7 +223,8 @@ def make_consensus(
             unchanged=unchanged,
             raters=[r.name for r in sources],
         )
-    return ConsensusReport(
+    order = {st.name: k for k, st in enumerate(protocol.structures)}
+    report = ConsensusReport(
         method=method,
         reference_rater=consensus_rater_name(method),
         raters=[r.name for r in sources],
@@ -154,4 +233,26 @@ def make_consensus(
         unchanged=unchanged,
         skipped_too_few_raters=skipped,
         gold_left_out=gold_left_out,
+        quality=[
+            RaterQuality(
+                rater=rater,
+                structure=structure,
+                images=len(values),
+                sensitivity=metrics.describe([v[0] for v in values]),
+                specificity=metrics.describe([v[1] for v in values]),
+            )
+            for (rater, structure), values in sorted(
+                per_rater.items(), key=lambda kv: (order[kv[0][1]], kv[0][0])
+            )
+        ],
     )
+    if quality and not single:
+        path = quality_path(ws, method)
+        report.quality_file = str(path)
+        write_text_atomic(path, json.dumps(to_jsonable(report), indent=2))
+    return report
+
+
+def quality_path(ws: Workspace, method: str) -> Path:
+    """Where ``consensus`` writes its report with the raters' quality."""
+    return ws.root / "reports" / f"consensus-{method}" / "consensus.json"

@@ -23,6 +23,8 @@ from datatool.cli.common import (
 )
 from datatool.cli.render import Block, Interval, MeanSD, MedianIQR, PValue, Table
 
+NSD_TOLERANCE_MM = 2.0  # datatool.analysis.metrics.NSD_TOLERANCE_MM (imported late there)
+
 if TYPE_CHECKING:
     from datatool.analysis.agreement import AgreementReport
     from datatool.analysis.consensus import ConsensusReport
@@ -53,6 +55,36 @@ def _icc_cells(icc: ICC | None) -> list[object]:
         ci,
         f"F({icc.df1},{icc.df2}) = {icc.f:.2f}, p {render.cell_text(PValue(icc.p))}",
     ]
+
+
+def _surface_table(report: AgreementReport) -> Table:
+    unit = report.surface_unit
+    table = Table(
+        f"boundary agreement (surface distances, {unit})",
+        [
+            "structure",
+            f"HD95 median (P25, P75), {unit}",
+            f"HD95 mean ± SD, {unit}",
+            f"ASSD mean ± SD, {unit}",
+            f"NSD at {report.nsd_tolerance:g} {unit}, mean ± SD",
+            "NSD median (P25, P75)",
+            "both empty",
+            "one empty",
+        ],
+        name="surface",
+    )
+    for r in report.structures:
+        table.add(
+            r.structure,
+            MedianIQR.of(r.hd95),
+            MeanSD.of(r.hd95),
+            MeanSD.of(r.assd),
+            MeanSD.of(r.nsd),
+            MedianIQR.of(r.nsd),
+            r.both_absent,
+            r.one_absent,
+        )
+    return table
 
 
 def _agreement_view(report: AgreementReport) -> Iterator[Block]:
@@ -98,9 +130,25 @@ def _agreement_view(report: AgreementReport) -> Iterator[Block]:
         "different sizes inflate it, so read it beside the per-structure rows. Dice/IoU: "
         "images where both raters left a structure empty are left out; one empty counts 0."
     )
+    if report.surface_unit is None:
+        yield "surface distances: not computed (--no-surface)"
+    else:
+        yield from _surface_view(report)
     for note in report.notes:
         yield f"note: {note}"
     yield f"Bland-Altman plots and agreement.json in {report.out_dir}"
+
+
+def _surface_view(report: AgreementReport) -> Iterator[Block]:
+    yield _surface_table(report)
+    yield (
+        f"HD95: the larger of the two directed 95th-percentile border distances; ASSD: the "
+        f"mean border distance, both directions; NSD: the share of both borders within "
+        f"{report.nsd_tolerance:g} {report.surface_unit} of the other (--tolerance). In "
+        f"{report.surface_unit} with each image's own x and y spacing. An image where both or "
+        "one rater left the structure empty has no surface distance (not 0): it is counted "
+        "in the empty columns and left out of the figures."
+    )
 
 
 @app.command(rich_help_panel=PANEL_AGREEMENT)
@@ -148,12 +196,28 @@ def agreement(
         help="Keep raters' labels of their gold-standard tasks in a new sample (left out by "
         "default: a label made to be checked against a reference is no independent rating).",
     ),
+    tolerance: float = typer.Option(
+        NSD_TOLERANCE_MM,
+        min=0,
+        max=1000,
+        help="Tolerance of the normalised surface distance (NSD), in mm: the share of both "
+        "raters' boundaries within this distance of the other's (in px when an image is not "
+        "calibrated).",
+    ),
+    surface: bool = typer.Option(
+        True,
+        "--surface/--no-surface",
+        help="Compute the surface distances (about 2 ms per image and structure; "
+        "--no-surface for ICC, Dice and IoU alone).",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Inter-rater agreement: ICC(2,1) with 95 % CI per structure and over all, Dice and IoU,
-    Bland-Altman plots. The sample is saved: the same command prints the same numbers again.
+    the surface distances (HD95, ASSD, NSD at --tolerance mm, with each image's x and y pixel
+    spacing), Bland-Altman plots. The sample is saved: the same command prints the same
+    numbers again.
 
     A new sample leaves out images whose labels (either rater's) started from a model draft,
     and says how many; --include-prelabelled keeps them and marks the report.
@@ -171,6 +235,8 @@ def agreement(
         resample=resample,
         include_prelabelled=include_prelabelled,
         include_gold=include_gold,
+        tolerance=tolerance,
+        surface=surface,
     )
     render.show(report, _agreement_view, json_out, csv_out)
 
@@ -185,6 +251,39 @@ def _consensus_view(r: ConsensusReport) -> Iterator[Block]:
         yield (
             f"{r.gold_left_out} labels of gold-standard tasks left out (--include-gold fuses them)"
         )
+    if r.quality_file is None:
+        return
+    table = Table(
+        "each rater's quality: STAPLE sensitivity and specificity per structure (over the "
+        "images where some rater labelled it)",
+        [
+            "structure",
+            "rater",
+            "images",
+            "sensitivity mean ± SD",
+            "sensitivity median (P25, P75)",
+            "specificity mean ± SD",
+            "specificity median (P25, P75)",
+        ],
+        digits=4,
+        name="rater-quality",
+    )
+    for q in r.quality:
+        table.add(
+            q.structure,
+            q.rater,
+            q.images,
+            MeanSD.of(q.sensitivity),
+            MedianIQR.of(q.sensitivity),
+            MeanSD.of(q.specificity),
+            MedianIQR.of(q.specificity),
+        )
+    yield table
+    yield (
+        "sensitivity: the share of STAPLE's estimated structure the rater labelled; "
+        "specificity: the share of its estimated background the rater left empty (the whole "
+        f"image). Saved in {r.quality_file}"
+    )
 
 
 @app.command(rich_help_panel=PANEL_AGREEMENT)
@@ -204,11 +303,22 @@ def consensus(
         help="Fuse raters' labels of their gold-standard tasks too (left out by default: the "
         "reference they are scored against would change with their answer).",
     ),
+    quality: bool = typer.Option(
+        True,
+        "--quality/--no-quality",
+        help="Estimate each rater's quality with STAPLE (one more STAPLE per image and "
+        "structure; --no-quality makes the reference alone).",
+    ),
     json_out: bool = JsonOpt,
+    csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Make the reference label of each image from the raters' labels (stored as annotations
-    of rater consensus:METHOD; training and splits use them)."""
+    of rater consensus:METHOD; training and splits use them).
+
+    With staple or majority it also prints each rater's quality per structure: STAPLE's
+    sensitivity and specificity (SimpleITK), mean ± SD and median (P25, P75) over the
+    images, saved in WORKSPACE/reports/consensus-METHOD/consensus.json for the report."""
     from datatool.analysis.consensus import make_consensus
     from datatool.core.errors import UsageError
 
@@ -220,6 +330,11 @@ def consensus(
         spec, names = f"rater:{names[0]}", None
     with progress_bar("consensus", enabled=not json_out) as progress:
         result = make_consensus(
-            workspace(ws_path), spec, names, progress=progress, include_gold=include_gold
+            workspace(ws_path),
+            spec,
+            names,
+            progress=progress,
+            include_gold=include_gold,
+            quality=quality,
         )
-    render.show(result, _consensus_view, json_out)
+    render.show(result, _consensus_view, json_out, csv_out)

@@ -18,6 +18,7 @@ from rich.progress import (
 )
 
 from datatool.cli import render
+from datatool.cli.agreement import NSD_TOLERANCE_MM
 from datatool.cli.common import (
     MAX_INT,
     PANEL_MODEL,
@@ -229,6 +230,7 @@ def _score_view(r: ScoreResult) -> Iterator[Block]:
         )
     yield table
     yield from _versus_view(r)
+    yield from _surface_view(r)
     yield _anova_line(r)
     t = r.inference_ms
     yield (
@@ -294,6 +296,45 @@ def _versus_view(r: ScoreResult) -> Iterator[Block]:
         )
 
 
+def _surface_view(r: ScoreResult) -> Iterator[Block]:
+    """The whole image's boundaries: HD95, ASSD and NSD of the model against the reference."""
+    unit, tol = r.surface_unit, r.nsd_tolerance
+    table = Table(
+        f"boundaries on the whole image: the model against the reference ({unit}, each "
+        "image's own x and y spacing)",
+        [
+            "structure",
+            f"HD95 median (P25, P75), {unit}",
+            f"HD95 mean ± SD, {unit}",
+            f"ASSD mean ± SD, {unit}",
+            f"NSD at {tol:g} {unit}, mean ± SD",
+            "NSD median (P25, P75)",
+            "one empty",
+            "both empty",
+        ],
+        name="surface",
+    )
+    for st in r.whole_image:
+        s = st.surface or {}
+        table.add(
+            st.structure,
+            MedianIQR.of(s.get("hd95")),
+            MeanSD.of(s.get("hd95")),
+            MeanSD.of(s.get("assd")),
+            MeanSD.of(s.get("nsd")),
+            MedianIQR.of(s.get("nsd")),
+            s.get("one_empty"),
+            s.get("both_empty"),
+        )
+    yield table
+    yield (
+        "HD95: the larger directed 95th-percentile border distance; ASSD: the mean border "
+        f"distance, both directions; NSD: the share of both borders within {tol:g} {unit} "
+        "(--tolerance). A structure in only one of the two maps has no surface distance "
+        "(one empty, not 0)."
+    )
+
+
 def _cv_view(r: CVResult) -> Iterator[Block]:
     table = Table(
         f"cross-validation {r.cv_group}: mean IoU per fold",
@@ -328,18 +369,33 @@ def score(
         file_okay=False,
         help="Folder for score.json and the figures (default: WORKSPACE/reports/run-RUN-SET).",
     ),
+    tolerance: float = typer.Option(
+        NSD_TOLERANCE_MM,
+        min=0,
+        max=1000,
+        help="Tolerance of the normalised surface distance (NSD) on the whole image, in mm "
+        "(in px when an image of the set is not calibrated).",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Score a run like the study: per structure IoU, Dice, precision, recall, F1 (mean ± SD,
     median (P25, P75)), pooled IoU and Dice, ANOVA with Bonferroni pairs, inference time,
-    loss curves, IoU plots and overlays."""
+    loss curves, IoU plots and overlays; on the whole image also the boundaries (HD95, ASSD,
+    NSD at --tolerance mm, with each image's x and y pixel spacing)."""
     from datatool.learning.scoring import score_cv, score_run
 
     ws = workspace(ws_path)
     if cv:
-        result = score_cv(ws, run, checkpoint=checkpoint, device=device, store_predictions=store)
+        result = score_cv(
+            ws,
+            run,
+            checkpoint=checkpoint,
+            device=device,
+            store_predictions=store,
+            tolerance=tolerance,
+        )
         render.show(result, _cv_view, json_out, csv_out)
         return
     with progress_bar("score", enabled=not json_out) as progress:
@@ -353,6 +409,7 @@ def score(
             store_predictions=store,
             out_dir=out_dir,
             progress=progress,
+            tolerance=tolerance,
         )
     render.show(scored, _score_view, json_out, csv_out)
 

@@ -23,7 +23,7 @@ from datatool.cli.common import (
 from datatool.cli.render import Block, Table
 
 if TYPE_CHECKING:
-    from datatool.analysis.report import StudyReport
+    from datatool.report.sections import StudyReport
 
 
 class Format(StrEnum):
@@ -37,6 +37,7 @@ def _report_view(r: StudyReport) -> Iterator[Block]:
     table.add("cohort", r.cohort is not None, f"{r.cohort.patients} patients" if r.cohort else None)
     a = r.agreement
     table.add("agreement", a is not None, f"sample {a.sample}, {a.source}" if a else None)
+    table.add("rater quality", r.quality is not None, r.quality.source if r.quality else None)
     sp = r.split
     table.add("split", sp is not None, f"{sp.name} (hash {sp.hash[:12]})" if sp else None)
     ru = r.run
@@ -100,7 +101,7 @@ def report(
     Reads the catalogue and the stored agreement and score results; computes nothing new.
     What is missing is listed with the command that makes it (exit code 0).
     """
-    from datatool.analysis.report import study_report
+    from datatool.report.study import study_report
 
     result = study_report(
         workspace(ws_path), run=run, agreement=agreement, split=split, out=out, fmt=fmt.value

@@ -21,6 +21,14 @@ reference as a second rater's label. The raters are the two human raters whose l
 the reference (a consensus names them), with the label versions it was made from; otherwise
 the two human raters with the most labels on the set, their latest versions.
 
+Boundaries, as Metrics Reloaded recommends beside overlap: on the whole image, per image and
+structure, the 95th-percentile Hausdorff distance, the average symmetric surface distance and
+the normalised surface distance at a tolerance (``metrics.surface``), in mm with each image's
+own x and y pixel spacing (in px when an image of the set is not calibrated). Not in the
+study's frame: its resized pixels have no exact size. A structure in the reference or the
+prediction but not both has no surface distance (NaN, counted as ``one_empty``, not 0); one
+in neither is left out, as for the overlap measures.
+
 Predictions (the whole-image drafts) are stored as annotations of rater ``model:RUN``.
 """
 
@@ -52,7 +60,7 @@ from datatool.core.catalogue import (
     SplitMember,
     audit,
 )
-from datatool.core.errors import DatatoolError
+from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import in_chunks, latest_annotations_query, store_annotations
@@ -131,6 +139,9 @@ class StructureScore:
     f1: dict[str, Any]
     pooled_iou: float | None
     pooled_dice: float | None
+    # the whole image only: metrics.describe_surfaces of the per-image HD95, ASSD (in the
+    # result's surface_unit) and NSD (its nsd_tolerance), with one_empty and both_empty
+    surface: dict[str, Any] | None = None
 
 
 @dataclass
@@ -192,6 +203,8 @@ class ScoreResult:
     rater_images: int  # images of the set both raters labelled
     versus_raters: list[VersusRaters]  # empty when rater_images is 0
     per_image: list[ImageScore] = field(default_factory=list)
+    surface_unit: str = "mm"  # of the whole image's HD95 and ASSD: mm, or px uncalibrated
+    nsd_tolerance: float = metrics.NSD_TOLERANCE_MM  # in surface_unit
     stored_predictions: int | None = None  # None: not stored (--no-store)
     figures: list[str] | None = None  # None: not drawn
     out_dir: str | None = None
@@ -290,13 +303,26 @@ def _finite(value) -> float | None:
     return None if np.isnan(value) else value
 
 
-def _metric_rows(image_id: int, pred: np.ndarray, ref: np.ndarray, names: list[str]) -> list[dict]:
-    """One image's rows of the long table (the structures in the reference or the prediction)."""
-    return [
-        {"image_id": image_id, "structure": name, **dataclasses.asdict(m)}
-        for name, m in zip(names, per_image_metrics(pred, ref, len(names) + 1))
-        if m is not None
-    ]
+def _metric_rows(
+    image_id: int,
+    pred: np.ndarray,
+    ref: np.ndarray,
+    names: list[str],
+    surface: tuple[tuple[float, float], float] | None = None,
+) -> list[dict]:
+    """One image's rows of the long table (the structures in the reference or the
+    prediction); with ``surface`` ((y, x) spacing, NSD tolerance) also HD95, ASSD, NSD and
+    ``empty`` (why there is no surface distance, or None)."""
+    rows = []
+    for k, (name, m) in enumerate(zip(names, per_image_metrics(pred, ref, len(names) + 1))):
+        if m is None:
+            continue
+        row = {"image_id": image_id, "structure": name, **dataclasses.asdict(m)}
+        if surface is not None:
+            s = metrics.surface(pred == k + 1, ref == k + 1, *surface)
+            row.update(hd95=s.hd95, assd=s.assd, nsd=s.nsd, empty=s.empty)
+        rows.append(row)
+    return rows
 
 
 def _metric_table(image_ids: list[int], preds, refs, names: list[str]) -> pd.DataFrame:
@@ -346,7 +372,11 @@ def versus_raters(
     return out
 
 
-def _per_structure(table: pd.DataFrame, names: list[str]) -> list[StructureScore]:
+def _per_structure(
+    table: pd.DataFrame, names: list[str], images: int | None = None
+) -> list[StructureScore]:
+    """Each structure described over the table; with ``images`` (the set's size) also the
+    surface distances the table holds."""
     out = []
     for name in names:
         sub = table[table["structure"] == name] if len(table) else table
@@ -359,8 +389,22 @@ def _per_structure(table: pd.DataFrame, names: list[str]) -> list[StructureScore
                 **described,
                 pooled_iou=tp / (tp + fp + fn) if tp + fp + fn else None,
                 pooled_dice=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+                surface=_surfaces(sub, images) if images is not None else None,
             )
         )
+    return out
+
+
+def _surfaces(sub: pd.DataFrame, images: int) -> dict[str, Any]:
+    """``metrics.describe_surfaces`` of one structure's rows (one per image where it is in
+    the reference or the prediction); the other images of the set are both empty."""
+    defined = sub[sub["empty"].isna()] if len(sub) else sub
+    out: dict[str, Any] = {
+        m: metrics.describe(defined[m].tolist() if len(defined) else [])
+        for m in metrics.SURFACE_MEASURES
+    }
+    out["one_empty"] = int((sub["empty"] == metrics.ONE_EMPTY).sum()) if len(sub) else 0
+    out["both_empty"] = images - len(sub)
     return out
 
 
@@ -450,12 +494,15 @@ def _whole_image(
     names: list[str],
     store_as: tuple[int, str, Protocol] | None,
     progress: Callable[[int, int], None] | None,
+    surface: tuple[dict[int, tuple[float, float]], float],
     chunk: int = 16,
 ) -> tuple[pd.DataFrame, int]:
     """The whole-image drafts against the reference at the image's own size (the long
     table), stored as annotations of rater model:RUN when ``store_as`` (run, checkpoint
     digest, protocol) is given, as ``inference.ensure_drafts`` stores them (so qa, next and
-    review find them and do not predict again); returns how many were new."""
+    review find them and do not predict again); returns how many were new. ``surface``:
+    (image -> (y, x) spacing, NSD tolerance) for the surface distances."""
+    spacing, tolerance = surface
     rows: list[dict] = []
     created = 0
     n = len(items.image_ids)
@@ -466,7 +513,11 @@ def _whole_image(
         refs = items.mask_hashes[start : start + chunk]
         for image_id, draft, mh in zip(ids, drafts, refs):
             ref = lut[ws.store.get_array(mh)]
-            rows.extend(_metric_rows(image_id, lut[draft.labels], ref, names))
+            rows.extend(
+                _metric_rows(
+                    image_id, lut[draft.labels], ref, names, (spacing[image_id], tolerance)
+                )
+            )
         if store_as is not None:
             created += _store_predictions(ws, *store_as, ids, [d.labels for d in drafts])
         if progress:
@@ -530,10 +581,14 @@ def score_run(
     out_dir: Path | None = None,
     figures: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    tolerance: float = metrics.NSD_TOLERANCE_MM,
 ) -> ScoreResult:
     """Score a run on its test set (or validation set or fold): the study's tables, the
-    ANOVA, inference time and figures, written to ``out_dir/score.json`` and the catalogue."""
+    ANOVA, inference time and figures, written to ``out_dir/score.json`` and the catalogue;
+    on the whole image also HD95, ASSD and NSD at ``tolerance`` mm."""
     subset = choice(ScoreSet, subset, "--set")
+    if not (np.isfinite(tolerance) and tolerance >= 0):
+        raise UsageError(f"--tolerance must be a distance in mm of 0 or more, not {tolerance}")
     checkpoint = choice(CheckpointChoice, checkpoint, "--checkpoint")
     run = run_summary(ws, run_id)
     digest = _checkpoint_digest(run, checkpoint)
@@ -564,6 +619,7 @@ def score_run(
         device=dev,
         values=np.array([0] + [s.value for s in protocol.structures], np.uint8),
     )
+    spacing, surface_unit = _spacing(ws, items.image_ids)
     whole, stored = _whole_image(
         ws,
         run_model,
@@ -572,6 +628,7 @@ def score_run(
         names,
         (run_id, digest, protocol) if store_predictions else None,
         progress,
+        (spacing, tolerance),
     )
     labels = _rater_labels(ws, run.split, items.image_ids)
     raters_frame, raters_whole = _raters_tables(ws, labels, lut, names, resize, crop)
@@ -588,7 +645,7 @@ def score_run(
         anova_iou=_anova(table) if len(table) else None,
         inference_ms=metrics.describe([t * 1000 for t in times]),
         device=str(dev),
-        whole_image=_per_structure(whole, names),
+        whole_image=_per_structure(whole, names, len(images)),
         raters=labels.names,
         rater_images=len(labels.image_ids),
         versus_raters=versus_raters(
@@ -597,6 +654,8 @@ def score_run(
         if labels.image_ids
         else [],
         per_image=_image_scores(table),
+        surface_unit=surface_unit,
+        nsd_tolerance=tolerance,
     )
     if store_predictions:
         result.stored_predictions = stored
@@ -608,6 +667,21 @@ def score_run(
         )
     _record(ws, result, out)
     return result
+
+
+def _spacing(ws: Workspace, image_ids: list[int]) -> tuple[dict[int, tuple[float, float]], str]:
+    """Each image's (y, x) pixel size in mm and "mm"; (1, 1) each and "px" when any image
+    of the set is not calibrated (one unit for the whole set)."""
+    found: dict[int, tuple[float, float] | None] = {}
+    with ws.session() as s:
+        for chunk in in_chunks(image_ids):
+            for i, x, y in s.execute(
+                select(Image.id, Image.mm_per_px_x, Image.mm_per_px_y).where(Image.id.in_(chunk))
+            ):
+                found[i] = (float(y), float(x)) if x and y else None
+    if all(found.get(i) is not None for i in image_ids):
+        return {i: sp for i, sp in found.items() if sp is not None}, "mm"
+    return dict.fromkeys(image_ids, (1.0, 1.0)), "px"
 
 
 def _record(ws: Workspace, result: ScoreResult, out: Path) -> None:

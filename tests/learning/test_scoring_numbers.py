@@ -17,7 +17,14 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from datatool.learning.scoring import _anova, _metric_table, _per_structure, per_image_metrics
+from datatool.analysis import metrics
+from datatool.learning.scoring import (
+    _anova,
+    _metric_rows,
+    _metric_table,
+    _per_structure,
+    per_image_metrics,
+)
 
 
 def test_per_image_measures_from_hand_counted_confusions():
@@ -220,6 +227,15 @@ def test_a_scored_run_matches_measures_computed_from_its_predictions(trained, tm
         union = tp_all + fp_all + fn_all
         assert st.pooled_iou == (pytest.approx(tp_all / union) if union else None)
     assert len(result.per_image) == expected_rows
+    # the whole image's surface distances: every image where a structure is in either map is
+    # measured or counted as one empty; the rest of the set is both empty
+    assert result.surface_unit == "mm" and result.nsd_tolerance == 2.0
+    for st in result.whole_image:
+        assert st.surface is not None
+        assert st.surface["hd95"]["n"] + st.surface["one_empty"] == st.images
+        assert st.surface["both_empty"] == result.images - st.images
+        assert st.surface["assd"]["n"] == st.surface["nsd"]["n"] == st.surface["hd95"]["n"]
+    assert all(st.surface is None for st in result.structures)  # not in the resized frame
     ious = [v for g in groups.values() for v in g]
     assert result.mean_iou_per_image == pytest.approx(statistics.fmean(ious))
     # the ANOVA needs two structures, each in two images or more, and some variation
@@ -229,3 +245,27 @@ def test_a_scored_run_matches_measures_computed_from_its_predictions(trained, tm
         assert (result.anova_iou.F, result.anova_iou.p) == pytest.approx((f, p), rel=1e-9)
     else:  # no test is possible: none may be reported
         assert result.anova_iou is None
+
+
+def test_surface_distances_of_the_whole_image_by_hand():
+    """Three images, x spacing 0.5 mm and y 0.2 mm: structure a predicted one column right of
+    its 2 x 2 reference (HD95 0.5, ASSD 0.25, NSD at 0.3 mm 1/2), then exactly (0, 0, 1);
+    in the third image only predicted (one empty: no distance, not 0). Structure b only in
+    the first image, one row down (HD95 0.2); c nowhere (both empty in all three)."""
+    spacing, tol = (0.2, 0.5), 0.3
+    pred, ref = np.zeros((3, 8, 8), np.uint8), np.zeros((3, 8, 8), np.uint8)
+    ref[0, 1:3, 1:3], pred[0, 1:3, 2:4] = 1, 1
+    ref[0, 5:7, 5:7], pred[0, 6:8, 5:7] = 2, 2
+    ref[1, 1:3, 1:3], pred[1, 1:3, 1:3] = 1, 1
+    pred[2, 4:6, 4:6] = 1
+    rows = [r for i in range(3) for r in _metric_rows(i, pred[i], ref[i], NAMES, (spacing, tol))]
+    a, b, c = _per_structure(pd.DataFrame(rows), NAMES, 3)
+    assert a.images == 3 and a.surface["one_empty"] == 1 and a.surface["both_empty"] == 0
+    assert a.surface["hd95"]["n"] == 2 and a.surface["hd95"]["max"] == pytest.approx(0.5)
+    assert a.surface["assd"]["mean"] == pytest.approx(0.125)
+    assert a.surface["nsd"]["mean"] == pytest.approx(0.75)
+    assert b.surface["hd95"]["median"] == pytest.approx(0.2) and b.surface["both_empty"] == 2
+    assert c.surface["hd95"]["n"] == 0 and c.surface["both_empty"] == 3
+    assert metrics.ONE_EMPTY in {r["empty"] for r in rows}
+    # the study's frame has no surface distances (its resized pixels have no exact size)
+    assert _per_structure(pd.DataFrame(rows), NAMES)[0].surface is None

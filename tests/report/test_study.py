@@ -1,4 +1,4 @@
-"""The study report (``datatool/analysis/report.py``): opened in real headless Chromium, its
+"""The study report (``datatool/report/``): opened in real headless Chromium, its
 tables hold the catalogue's numbers, every image loads, nothing is fetched, no patient
 identifier appears; Markdown and PDF; a workspace with no model gets a report of what it has."""
 
@@ -19,18 +19,15 @@ from typer.testing import CliRunner
 
 from datatool.analysis.agreement import run_agreement
 from datatool.analysis.qa import run_qa
-from datatool.analysis.report import (
-    chromium_command,
-    find_chromium,
-    reference_study,
-    study_report,
-)
 from datatool.cli import app
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.demo.generator import INSTITUTION, PHI_TOKEN
 from datatool.ingest.clinical import cohort, ingest_clinical
 from datatool.learning.scoring import score_run
 from datatool.learning.splits import show_split
+from datatool.report.chromium import chromium_command, find_chromium
+from datatool.report.gather import reference_study
+from datatool.report.study import study_report
 from tests.labels_util import ingest_demo_with_labels
 from tests.qa_util import clone
 
@@ -387,6 +384,7 @@ def test_the_markdown_has_its_pngs_beside_it(study):
     nerve = next(s for s in sc.structures if s.structure == "sciatic nerve")
     assert f"{nerve.iou['mean']:.3f} ± {nerve.iou['sd']:.3f}" in text
     assert "| *sciatic nerve (the study)* |" in text
+    assert "Boundaries on the whole image" in text and "## Each rater's quality" in text
     assert not [p for p in md_path.parent.rglob(".*") if p.is_file()]  # no temp files left
 
 
@@ -432,6 +430,17 @@ def test_the_cli_json_and_usage_errors(study):
     assert data["agreement"]["sample"] == study["agreement"].sample.id
     assert all("_png" not in f for f in data["figures"])
     assert {"age", "bmi"} <= set(data["cohort"])
+    # the whole image's surface distances, as score_run computed them
+    assert data["score"]["surface_unit"] == "mm" and data["score"]["nsd_tolerance"] == 2.0
+    surface = {s["structure"]: s for s in data["score"]["surface"]}
+    assert set(surface) == {st.structure for st in study["score"].whole_image}
+    for st in study["score"].whole_image:
+        got, want = surface[st.structure], st.surface
+        assert (got["one_empty"], got["both_empty"]) == (want["one_empty"], want["both_empty"])
+        assert got["hd95"]["n"] == want["hd95"]["n"]
+        assert got["nsd"]["mean"] == pytest.approx(want["nsd"]["mean"])
+    # each rater's quality, from the consensus the split's reference came from
+    assert data["quality"]["method"] == "staple" and data["quality"]["rows"]
     assert data["cohort"]["age"]["convention"] in ("mean ± SD", "median (P25, P75)")
     table = study["ws"].root / "sections.csv"
     result = runner.invoke(app, ["report", "--csv", str(table), "-w", root])
@@ -508,3 +517,43 @@ def test_user_text_stays_text_in_the_html_and_the_markdown(demo_dir, tmp_path, c
             assert line.count("|") - line.count("\\|") == 5  # 4 cells, no extra column
     drafts = [line for line in text.splitlines() if line.startswith("| b")]
     assert drafts and all(r"b\`\|\*a\_ \[x\](y)" in line for line in drafts)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_a_full_disk_names_the_file_that_could_not_be_written(rated_copy, small_disk):
+    """The page does not fit on a 16 KiB file system: one line naming the file (it said
+    "a file"), exit 1, nothing half-written left there."""
+    ws, _, _ = rated_copy
+    out = small_disk / "study.html"
+    result = runner.invoke(app, ["report", "--out", str(out), "-w", str(ws.root)])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(out) in errors[0] and "No space left" in errors[0]
+    assert "a file:" not in result.output and "Traceback" not in result.output
+    assert list(small_disk.iterdir()) == []
+
+
+def test_a_failed_markdown_report_leaves_no_empty_files_folder(rated_copy, small_disk):
+    ws, _, _ = rated_copy
+    out = small_disk / "study.md"
+    result = runner.invoke(app, ["report", "--format", "md", "--out", str(out), "-w", str(ws.root)])
+    assert result.exit_code == 1, result.output
+    assert str(small_disk / "study_files") in result.output and "No space left" in result.output
+    assert list(small_disk.iterdir()) == []  # no study_files/, empty or half-filled
+
+
+def test_a_markdown_report_without_figures_makes_no_files_folder(rated_copy, tmp_path):
+    ws, _, _ = rated_copy
+    for png in (ws.root / "reports").rglob("*.png"):
+        png.unlink()
+    out = tmp_path / "early.md"
+    report = study_report(ws, fmt="md", out=out)
+    assert report.figures == [] and report.written == [str(out)]
+    assert not (tmp_path / "early_files").exists()
+    # an existing folder of an earlier report is kept when a later write fails
+    (tmp_path / "early_files").mkdir()
+    (tmp_path / "early_files" / "old.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    study_report(ws, fmt="md", out=out)
+    assert (tmp_path / "early_files" / "old.png").is_file()
