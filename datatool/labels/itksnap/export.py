@@ -234,14 +234,14 @@ def export_itksnap(
         for p in plans:
             if p.draft is not None and p.from_model:
                 drafts[image_name(p.row.id)] = p.draft
-        handed = [
+        drafts_handed = [
             (p.row.id, p.draft["run"], p.draft["model_version"], p.draft["mask_hash"])
             for p in plans
             if p.draft is not None and p.from_model
         ]
-        if handed:  # the catalogue too, so that no marker is needed to know a draft
+        if drafts_handed:  # the catalogue too, so that no marker is needed to know a draft
             with ws.session() as s:
-                record_handouts(s, rater_id, "itksnap", handed)
+                record_handouts(s, rater_id, "itksnap", drafts_handed)
         if drafts != before:
             write_marker(out_dir, rater_row.name, protocol, drafts)
         for p in plans:
