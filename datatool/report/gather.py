@@ -17,6 +17,7 @@ import yaml
 from sqlalchemy import func, select
 
 from datatool import __version__
+from datatool.analysis.rater_quality import RaterQuality, rater_quality
 from datatool.core.catalogue import (
     AgreementSample,
     Annotation,
@@ -267,6 +268,13 @@ def _counts(s) -> dict[str, int]:
     }
 
 
+def _gold(ws: Workspace) -> RaterQuality | None:
+    """Each rater on their gold-standard tasks (``datatool raters``); None when no rater was
+    handed any (gold tasks are optional: the report then has no such section)."""
+    gold = rater_quality(ws)
+    return gold if gold.raters else None
+
+
 def gather(
     ws: Workspace,
     run: int | None = None,
@@ -318,6 +326,7 @@ def gather(
     quality = stored.quality_section(
         ws, split_section.reference if split_section else None, missing, notes
     )
+    gold = _gold(ws)
     qa = _qa(ws, run_id)
     if run_section is not None:
         stored.loss_figure(run_section, figures)
@@ -334,6 +343,8 @@ def gather(
         commands.append(Reproduce("agreement", agreement_section.command))
     if quality:
         commands.append(Reproduce("each rater's quality", quality.command))
+    if gold:
+        commands.append(Reproduce("gold-standard tasks", "datatool raters"))
     if split_section:
         commands.append(Reproduce("split", split_section.command))
         commands.append(Reproduce("split check", f"datatool split check {split_section.name}"))
@@ -377,4 +388,5 @@ def gather(
         figures=figures,
         notes=notes,
         quality=quality,
+        gold=gold,
     )

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from datatool.analysis import metrics
+from datatool.analysis.rater_quality import RaterQuality
 
 
 class ReportFormat(StrEnum):
@@ -391,6 +392,7 @@ class StudyReport:
     notes: list[str]
     written: list[str] = field(default_factory=list)  # files written (the report, its PNGs)
     quality: QualitySection | None = None  # each rater's quality (consensus.json)
+    gold: RaterQuality | None = None  # each rater on their gold-standard tasks
 
     def figures_of(self, section: str) -> list[Figure]:
         return [f for f in self.figures if f.section == section]
