@@ -39,8 +39,11 @@ def _report_view(r: StudyReport) -> Iterator[Block]:
     table.add("agreement", a is not None, f"sample {a.sample}, {a.source}" if a else None)
     table.add("rater quality", r.quality is not None, r.quality.source if r.quality else None)
     go = r.gold
-    gold_from = f"{sum(g.labelled for g in go.raters)} gold labels of {len(go.raters)} raters"
-    table.add("gold-standard tasks", go is not None, gold_from if go else None)
+    gold_from = None
+    if go is not None:
+        labelled = sum(g.labelled for g in go.raters)
+        gold_from = f"{labelled} gold labels of {len(go.raters)} raters (datatool raters)"
+    table.add("gold-standard tasks", go is not None, gold_from)
     sp = r.split
     table.add("split", sp is not None, f"{sp.name} (hash {sp.hash[:12]})" if sp else None)
     ru = r.run
