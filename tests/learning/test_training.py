@@ -247,7 +247,8 @@ def test_score_reports_like_the_study_and_stores_predictions(ready, tmp_path):
     assert list(on_disk) == [
         "run", "set", "fold", "checkpoint", "images", "split", "frame", "structures",
         "mean_iou_per_image", "anova_iou", "inference_ms", "device", "whole_image", "raters",
-        "rater_images", "versus_raters", "per_image", "stored_predictions", "figures",
+        "rater_images", "versus_raters", "per_image", "surface_unit", "nsd_tolerance",
+        "stored_predictions", "figures",
     ]  # fmt: skip
     assert on_disk["set"] == "test" and on_disk["structures"][0]["iou"]["n"] >= 0
     assert set(on_disk["per_image"][0]) == {
