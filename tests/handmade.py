@@ -24,6 +24,7 @@ def us_dataset(
     study_uid: str | None = None,
     sop_uid: str | None = None,
     mm_per_px: float | None = 0.1,
+    mm_per_px_y: float | None = None,
     study_date: str = "20240305",
     sex: str = "F",
     side: str | None = "L",
@@ -31,8 +32,9 @@ def us_dataset(
 ) -> Dataset:
     """An 8-bit MONOCHROME2 ultrasound image. ``mm_per_px``: one calibrated region over the
     whole image (PhysicalDelta in cm = mm / 10); None: no region (ingest keeps it, without
-    mm). BurnedInAnnotation NO unless ``burned_in`` (then ingest quarantines it: a region
-    over the whole image leaves no room for a banner to blank)."""
+    mm). ``mm_per_px_y``: the rows' spacing where it differs from the columns' (default: the
+    same, square pixels). BurnedInAnnotation NO unless ``burned_in`` (then ingest quarantines
+    it: a region over the whole image leaves no room for a banner to blank)."""
     rows, cols = pixels.shape
     sop_uid = sop_uid or generate_uid()
     meta = FileMetaDataset()
@@ -74,7 +76,7 @@ def us_dataset(
         region.PhysicalUnitsXDirection = 3  # cm
         region.PhysicalUnitsYDirection = 3
         region.PhysicalDeltaX = mm_per_px / 10
-        region.PhysicalDeltaY = mm_per_px / 10
+        region.PhysicalDeltaY = (mm_per_px if mm_per_px_y is None else mm_per_px_y) / 10
         ds.SequenceOfUltrasoundRegions = Sequence([region])
     return ds
 

@@ -113,7 +113,11 @@ def test_size_spread_is_median_and_mad():
     spread = shape.Spread.of([10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 0])  # 0: absent, left out
     assert spread is not None and (spread.n, spread.median, spread.mad) == (10, 14.5, 2.5)
     assert spread.z(14.5) == 0.0
-    assert spread.z(14.5 + 2.5) == pytest.approx(shape.MAD_TO_SD)
+    # Iglewicz & Hoaglin's modified z-score, 0.6745 (x - median) / MAD, with the literature's
+    # constant written out here (not the code's): one MAD above the median is 0.6745
+    assert spread.z(14.5 + 2.5) == pytest.approx(0.6745, rel=1e-12)
+    assert spread.z(24.5) == pytest.approx(0.6745 * 10 / 2.5, rel=1e-12)  # 2.698
+    assert spread.z(9.5) == pytest.approx(-1.349, rel=1e-12)  # two MADs below
     assert shape.Spread.of([10] * 20) is None  # no spread
     assert shape.Spread.of([10, 11, 12]) is None  # too few
     assert shape.size_severity(7.0, 3.5) == pytest.approx(1.0)
