@@ -104,3 +104,57 @@ def test_normality_decides_the_studys_descriptive_form():
     assert metrics.normality([1.0, 2.0])["normal"] is None  # n < 3
     assert metrics.normality([0.5, 0.5, 0.5, 0.5])["normal"] is None  # no spread
     assert metrics.normality([1.0, None, float("nan"), 2.0, 3.5, 4.0])["n"] == 4
+
+
+# ---- written against the survivors of mutation testing (tests/mutate.py metrics)
+
+
+def test_overlap_counts_only_where_both_maps_hold_the_value_inside_the_box():
+    a = np.zeros((6, 8), np.uint8)
+    b = np.zeros((6, 8), np.uint8)
+    a[1:4, 1:6] = 2  # rows 1-3, columns 1-5: 15 px
+    b[2:5, 3:8] = 2  # rows 2-4, columns 3-7: 15 px; both: rows 2-3, columns 3-5 = 6 px
+    b[0, 0] = 2  # outside a's structure
+    a[5, 7] = 4  # another value
+    whole = (0, 0, 7, 5)
+    assert metrics.overlap(a, b, 2, whole) == 6  # not the 15 + 16 - 6 = 25 of either map
+    assert metrics.overlap(a, b, 2, (0, 0, 3, 5)) == 2  # columns 0-3: column 3, rows 2-3
+    assert metrics.overlap(a, b, 2, (4, 3, 7, 5)) == 2  # row 3, columns 4-5
+    assert metrics.overlap(a, b, 4, whole) == 0
+
+
+def test_box_intersection_of_boxes_that_are_not_squares():
+    # boxes are (x0, y0, x1, y1), inclusive; every coordinate differs from every other
+    a, b = (1, 2, 9, 5), (4, 0, 12, 3)
+    assert metrics.box_intersection(a, b) == (4, 2, 9, 3)
+    assert metrics.box_intersection(b, a) == (4, 2, 9, 3)
+    assert metrics.box_intersection((2, 10, 7, 30), (5, 1, 20, 12)) == (5, 10, 7, 12)
+    assert metrics.box_intersection((0, 0, 3, 3), (3, 3, 5, 5)) == (3, 3, 3, 3)  # one pixel
+    assert metrics.box_intersection((0, 0, 3, 3), (5, 0, 8, 3)) is None  # apart in x only
+    assert metrics.box_intersection((0, 0, 3, 3), (0, 5, 3, 8)) is None  # apart in y only
+    assert metrics.box_intersection(None, (0, 0, 1, 1)) is None
+    assert metrics.box_intersection((0, 0, 1, 1), None) is None
+    assert metrics.box_intersection(None, None) is None
+
+
+def test_describe_with_nothing_and_with_one_value():
+    keys = ("n", "mean", "sd", "median", "p25", "p75", "min", "max")
+    assert metrics.describe([None, float("inf"), float("nan")]) == dict.fromkeys(keys) | {"n": 0}
+    one = metrics.describe([0.25])
+    assert one == {"n": 1, "mean": 0.25, "sd": 0.0, "median": 0.25, "p25": 0.25, "p75": 0.25,
+                   "min": 0.25, "max": 0.25}  # fmt: skip
+    two = metrics.describe([1, 4])
+    assert two["sd"] == pytest.approx(2.1213203435596424)  # |4 - 1| / sqrt(2)
+    assert (two["min"], two["max"]) == (1.0, 4.0)
+
+
+def test_bland_altman_of_one_pair_and_of_two():
+    one = metrics.bland_altman([5.0], [3.0])
+    assert one == {"n": 1, "bias": 2.0, "sd": 0.0, "loa_low": 2.0, "loa_high": 2.0}
+    # differences 3 and -1: bias 1, sample SD sqrt(((3-1)^2 + (-1-1)^2) / 1) = sqrt(8)
+    two = metrics.bland_altman([4, 2], [1, 3])
+    sd = 8**0.5
+    assert two == pytest.approx(
+        {"n": 2, "bias": 1.0, "sd": sd, "loa_low": 1 - 1.96 * sd, "loa_high": 1 + 1.96 * sd}
+    )
+    assert set(two) == {"n", "bias", "sd", "loa_low", "loa_high"}
