@@ -81,7 +81,20 @@ MODULES: dict[str, Module] = {
 }
 
 # Survivors that cannot change any output, by mutant name, with why (also in the README).
-EQUIVALENT: dict[str, str] = {}
+_M = "datatool.analysis.metrics."
+_DTYPE = (
+    "np.asarray(..., float) -> dtype None or left out: every caller passes Python or numpy "
+    "numbers; numpy's own dtype (int or float) gives the same mean, SD, percentiles and "
+    "differences once the results are cast with float()"
+)
+EQUIVALENT: dict[str, str] = {
+    _M + "x_describe__mutmut_3": _DTYPE,
+    _M + "x_describe__mutmut_5": _DTYPE,
+    _M + "x_bland_altman__mutmut_3": _DTYPE + " (one side float is enough: a - b is float)",
+    _M + "x_bland_altman__mutmut_5": _DTYPE + " (one side float is enough: a - b is float)",
+    _M + "x_bland_altman__mutmut_7": _DTYPE + " (one side float is enough: a - b is float)",
+    _M + "x_bland_altman__mutmut_9": _DTYPE + " (one side float is enough: a - b is float)",
+}
 
 KILLED = {1, 3}  # pytest's exit status: tests failed / internal error (a crash is a kill)
 STATUS = {
@@ -188,7 +201,8 @@ def mutate(name: str, children: int) -> Outcome:
             status = STATUS.get(code, f"exit status {code}")
             other[status] = other.get(status, 0) + 1
     # a timeout is a kill (the mutant made the tests hang); "no tests" and the rest are not
-    killed += other.pop("timeout", 0)
+    timeouts = other.pop("timeout", 0)
+    killed += timeouts
     unexplained = [s for s in survivors if s not in EQUIVALENT]
     print(f"\n== {name}: {module.source} against {', '.join(module.tests)}")
     for survivor in survivors:
@@ -197,10 +211,11 @@ def mutate(name: str, children: int) -> Outcome:
         if not why:
             print(_diff(box, survivor))
     outcome = Outcome(name, len(results), killed, survivors, unexplained, other, seconds)
-    extra = "".join(f", {n} {status}" for status, n in sorted(other.items()))
+    extra = f" ({timeouts} by timeout)" if timeouts else ""
+    extra += "".join(f", {n} {status}" for status, n in sorted(other.items()))
     print(
-        f"{name}: {outcome.killed}/{outcome.tried} killed ({100 * outcome.rate:.1f} %), "
-        f"{len(survivors)} survived ({len(unexplained)} not known equivalent){extra}; "
+        f"{name}: {outcome.killed}/{outcome.tried} killed ({100 * outcome.rate:.1f} %){extra}, "
+        f"{len(survivors)} survived ({len(unexplained)} not known equivalent); "
         f"{seconds:.0f} s, load {os.getloadavg()[0]:.1f}"
     )
     return outcome

@@ -158,3 +158,27 @@ def test_bland_altman_of_one_pair_and_of_two():
         {"n": 2, "bias": 1.0, "sd": sd, "loa_low": 1 - 1.96 * sd, "loa_high": 1 + 1.96 * sd}
     )
     assert set(two) == {"n", "bias", "sd", "loa_low", "loa_high"}
+
+
+def test_normality_at_its_edges():
+    from scipy import stats
+
+    untested = {"test": "Shapiro-Wilk", "n": 2, "w": None, "p": None, "normal": None}
+    assert metrics.normality([1.0, 2.0]) == untested
+    three = metrics.normality([1.0, 2.0, 4.0])  # three values: the smallest sample tested
+    w, p = stats.shapiro([1.0, 2.0, 4.0])
+    assert (three["n"], three["w"], three["p"]) == (3, pytest.approx(w), pytest.approx(p))
+    assert three["normal"] is True
+    # p exactly at alpha counts as normal (p >= alpha), just below it does not
+    values = [0.1, 0.2, 0.25, 0.3, 1.9, 2.5]
+    p = float(stats.shapiro(values).pvalue)
+    assert metrics.normality(values, alpha=p)["normal"] is True
+    assert metrics.normality(values, alpha=p * (1 + 1e-9))["normal"] is False
+
+
+def test_an_icc_as_a_dict():
+    icc = metrics.icc21(long_format(SF))
+    d = icc.as_dict()
+    assert set(d) == {"icc", "ci_low", "ci_high", "f", "df1", "df2", "p", "n_targets", "n_raters"}
+    assert (d["icc"], d["n_targets"], d["n_raters"], d["df1"], d["df2"]) == (
+        icc.icc, 6, 4, 5, 15)  # fmt: skip
