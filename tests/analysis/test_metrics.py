@@ -182,3 +182,12 @@ def test_an_icc_as_a_dict():
     assert set(d) == {"icc", "ci_low", "ci_high", "f", "df1", "df2", "p", "n_targets", "n_raters"}
     assert (d["icc"], d["n_targets"], d["n_raters"], d["df1"], d["df2"]) == (
         icc.icc, 6, 4, 5, 15)  # fmt: skip
+
+
+def test_a_second_rating_of_a_target_by_a_rater_is_refused_and_named():
+    """A duplicate (target, rater) with another rating (not a repeated row) is refused; the
+    message names the pair as it occurs, both times."""
+    again = long_format(SF).head(1).assign(rating=99.0)  # target 0, judge j0, rated 9 then 99
+    with pytest.raises(ValueError) as exc:
+        metrics.icc21(pd.concat([long_format(SF), again]))
+    assert str(exc.value) == "duplicate ratings for (target, rater): [[0, 'j0'], [0, 'j0']]"
