@@ -191,3 +191,32 @@ def test_a_second_rating_of_a_target_by_a_rater_is_refused_and_named():
     with pytest.raises(ValueError) as exc:
         metrics.icc21(pd.concat([long_format(SF), again]))
     assert str(exc.value) == "duplicate ratings for (target, rater): [[0, 'j0'], [0, 'j0']]"
+
+
+def test_icc_guards_word_for_word_and_at_their_edges():
+    both = pd.concat([long_format(SF), long_format(SF).iloc[[0, 1]].assign(rating=99.0)])
+    with pytest.raises(ValueError) as exc:  # two pairs twice: four rows, three named
+        metrics.icc21(both)
+    assert str(exc.value) == (
+        "duplicate ratings for (target, rater): [[0, 'j0'], [0, 'j1'], [0, 'j0']]"
+    )
+    missing = long_format(SF)
+    missing.loc[3, "rating"] = np.nan
+    with pytest.raises(ValueError) as exc:
+        metrics.icc21(missing)
+    assert str(exc.value) == "missing ratings: every target needs a rating from every rater"
+    three = metrics.icc21(long_format(SF[:3, :2]))  # 3 targets and 2 raters: enough
+    assert (three.n_targets, three.n_raters) == (3, 2)
+
+
+def test_icc_leaves_pingouins_rounding_option_as_it_found_it():
+    import pingouin
+
+    key = "round.column.CI95"
+    before = pingouin.options.get(key)
+    try:
+        pingouin.options[key] = 4  # whatever the caller had set
+        metrics.icc21(long_format(SF))
+        assert pingouin.options[key] == 4
+    finally:
+        pingouin.options[key] = before
