@@ -220,3 +220,33 @@ def test_icc_leaves_pingouins_rounding_option_as_it_found_it():
         assert pingouin.options[key] == 4
     finally:
         pingouin.options[key] = before
+
+
+OLD_DESCRIPTIONS = [  # pingouin < 0.7 described its six rows so (lowercased here)
+    "single raters absolute", "single random raters", "single fixed raters",
+    "average raters absolute", "average random raters", "average fixed raters",
+]  # fmt: skip
+
+
+def _pingouin_relabelled(monkeypatch, types, descriptions):
+    """pingouin's real ICC table, its Type labels and a Description column as another
+    pingouin version might write them."""
+    import pingouin
+
+    real = pingouin.intraclass_corr
+
+    def relabelled(**kwargs):
+        table = real(**kwargs)
+        return table.assign(Type=types or table["Type"], Description=descriptions)
+
+    monkeypatch.setattr(pingouin, "intraclass_corr", relabelled)
+
+
+def test_the_icc21_row_is_found_by_its_description_when_its_type_is_unknown(monkeypatch):
+    _pingouin_relabelled(monkeypatch, [f"T{i}" for i in range(6)], OLD_DESCRIPTIONS)
+    assert metrics.icc21(long_format(SF)).icc == pytest.approx(icc21_by_hand(SF), rel=1e-9)
+
+
+def test_the_icc21_row_is_found_by_its_type_before_any_description(monkeypatch):
+    _pingouin_relabelled(monkeypatch, None, ["-"] * 6)
+    assert metrics.icc21(long_format(SF)).icc == pytest.approx(icc21_by_hand(SF), rel=1e-9)
