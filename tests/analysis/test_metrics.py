@@ -228,25 +228,58 @@ OLD_DESCRIPTIONS = [  # pingouin < 0.7 described its six rows so (lowercased her
 ]  # fmt: skip
 
 
-def _pingouin_relabelled(monkeypatch, types, descriptions):
-    """pingouin's real ICC table, its Type labels and a Description column as another
-    pingouin version might write them."""
+def _pingouin_changed(monkeypatch, change):
+    """pingouin's real ICC table, changed by ``change`` as another pingouin version might
+    write it."""
     import pingouin
 
     real = pingouin.intraclass_corr
-
-    def relabelled(**kwargs):
-        table = real(**kwargs)
-        return table.assign(Type=types or table["Type"], Description=descriptions)
-
-    monkeypatch.setattr(pingouin, "intraclass_corr", relabelled)
+    monkeypatch.setattr(pingouin, "intraclass_corr", lambda **kwargs: change(real(**kwargs)))
 
 
 def test_the_icc21_row_is_found_by_its_description_when_its_type_is_unknown(monkeypatch):
-    _pingouin_relabelled(monkeypatch, [f"T{i}" for i in range(6)], OLD_DESCRIPTIONS)
+    _pingouin_changed(
+        monkeypatch,
+        lambda t: t.assign(Type=[f"T{i}" for i in range(6)], Description=OLD_DESCRIPTIONS),
+    )
     assert metrics.icc21(long_format(SF)).icc == pytest.approx(icc21_by_hand(SF), rel=1e-9)
 
 
 def test_the_icc21_row_is_found_by_its_type_before_any_description(monkeypatch):
-    _pingouin_relabelled(monkeypatch, None, ["-"] * 6)
+    _pingouin_changed(monkeypatch, lambda t: t.assign(Description=["-"] * 6))
     assert metrics.icc21(long_format(SF)).icc == pytest.approx(icc21_by_hand(SF), rel=1e-9)
+
+
+def test_no_icc21_row_at_all_is_an_error_naming_the_rows(monkeypatch):
+    _pingouin_changed(monkeypatch, lambda t: t.assign(Type=[f"T{i}" for i in range(6)]))
+    with pytest.raises(RuntimeError) as exc:
+        metrics.icc21(long_format(SF))
+    rows = "['T0', 'T1', 'T2', 'T3', 'T4', 'T5']"
+    assert str(exc.value) == f"pingouin's ICC table has no ICC(2,1) row: {rows}"
+
+
+def test_the_icc_ci_under_its_older_name_and_none_at_all(monkeypatch):
+    want = metrics.icc21(long_format(SF))
+    assert want.ci_low is not None and want.ci_high is not None
+    _pingouin_changed(monkeypatch, lambda t: t.rename(columns={"CI95": "CI95%"}))
+    older = metrics.icc21(long_format(SF))
+    assert (older.ci_low, older.ci_high) == (want.ci_low, want.ci_high)
+    monkeypatch.undo()
+    _pingouin_changed(monkeypatch, lambda t: t.drop(columns=["CI95"]))
+    none = metrics.icc21(long_format(SF))
+    assert (none.ci_low, none.ci_high) == (None, None) and none.icc == want.icc
+
+
+def test_the_icc_f_test_by_hand():
+    """F = BMS / EMS with (n - 1, (n - 1)(k - 1)) degrees of freedom, p its upper tail."""
+    from scipy import stats
+
+    n, k = SF.shape
+    grand = SF.mean()
+    ss_rows = k * ((SF.mean(axis=1) - grand) ** 2).sum()
+    ss_cols = n * ((SF.mean(axis=0) - grand) ** 2).sum()
+    ss_err = ((SF - grand) ** 2).sum() - ss_rows - ss_cols
+    f = (ss_rows / (n - 1)) / (ss_err / ((n - 1) * (k - 1)))
+    got = metrics.icc21(long_format(SF))
+    assert got.f == pytest.approx(f, rel=1e-9) == pytest.approx(11.027, abs=5e-4)
+    assert got.p == pytest.approx(stats.f.sf(f, n - 1, (n - 1) * (k - 1)), rel=1e-6)
