@@ -92,6 +92,7 @@ EQUIVALENT: dict[str, str] = {
     _M + "x_describe__mutmut_5": _DTYPE,
     _M + "x_normality__mutmut_3": _DTYPE + " (scipy's Shapiro-Wilk casts to float itself)",
     _M + "x_normality__mutmut_5": _DTYPE + " (scipy's Shapiro-Wilk casts to float itself)",
+    _M + "x_icc21__mutmut_64": "str.contains(case=None): pandas reads None as False, the same",
     _M + "x_icc21__mutmut_71": "'single random raters' matched case-insensitively: the same",
     _M + "x_icc21__mutmut_72": "'SINGLE RANDOM RATERS' matched case-insensitively: the same",
     _M + "x_bland_altman__mutmut_3": _DTYPE + " (one side float is enough: a - b is float)",
