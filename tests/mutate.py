@@ -58,7 +58,9 @@ MODULES: dict[str, Module] = {
     "consensus": Module(
         "datatool/analysis/consensus.py", ("tests/analysis/test_consensus_numbers.py",)
     ),
-    "shape": Module("datatool/analysis/shape.py", ("tests/analysis/test_shape.py",)),
+    "shape": Module(
+        "datatool/analysis/shape.py", ("tests/analysis/test_shape.py", "tests/analysis/test_qa.py")
+    ),
     "qa": Module("datatool/analysis/qa.py", ("tests/analysis/test_qa.py",)),
     "masks": Module("datatool/labels/masks.py", ("tests/labels/test_annotations.py",)),
     "scoring": Module("datatool/learning/scoring.py", ("tests/learning/test_scoring_numbers.py",)),
