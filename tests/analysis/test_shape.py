@@ -146,3 +146,11 @@ def test_relations_on_centroids(relation, centre, other, lateral, broken):
         mm = 0.1 if "lateral" in relation or "medial" in relation else 0.2
         assert found.wrong_by_mm == pytest.approx(found.wrong_by_px * mm)
         assert found.severity == pytest.approx(found.wrong_by_px / (2 * math.sqrt(314 / math.pi)))
+
+
+def test_equivalent_radius_of_a_disc():
+    """r = sqrt(area / pi): pi -> 1, 4 pi -> 2, nothing (or a negative area) -> 0."""
+    assert shape.equivalent_radius(math.pi) == pytest.approx(1.0)
+    assert shape.equivalent_radius(4 * math.pi) == pytest.approx(2.0)
+    assert shape.equivalent_radius(0.5) == pytest.approx(math.sqrt(0.5 / math.pi))
+    assert shape.equivalent_radius(0) == 0.0 and shape.equivalent_radius(-3) == 0.0
