@@ -19,7 +19,7 @@ LS_PASS  ?= datatool-demo
 LS_TOKEN ?= d0d0d0d0datatooldemotoken0000000000000000
 LS_OFFLINE := SENTRY_DSN= FRONTEND_SENTRY_DSN= LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false
 
-.PHONY: install demo test lint typecheck bench clean labelstudio labelstudio-demo
+.PHONY: install demo test lint typecheck bench clean labelstudio labelstudio-demo mutate mutate-ci
 
 # torch==2.13.0 first: on this kind of machine it is a CPU wheel on local disk (a plain
 # "torch" would pull a multi-GB CUDA build); on a GPU machine install the CUDA build you need.
@@ -71,6 +71,19 @@ demo: $(STAMP)
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ "$$n" -gt 4 ] && n=4; echo $$n)
 test: $(STAMP) $(LSSTAMP) lint typecheck
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# Mutation testing (mutmut 3, tests/mutate.py): each module that computes a figure is mutated
+# in a sandbox under build/mutate/ against the tests that check it; prints the kill rate per
+# module and every survivor not listed as equivalent (exit status 1 if there is one).
+# `make mutate MUTATE="metrics shape"` picks modules; `make mutate` runs them all (long: see
+# the README). `make mutate-ci` is the one small module that CI runs, so the habit cannot rot.
+MUTATE ?=
+MUTATE_CI := metrics-core
+mutate: $(STAMP)
+	$(BIN)/python tests/mutate.py $(MUTATE)
+
+mutate-ci: $(STAMP)
+	$(BIN)/python tests/mutate.py $(MUTATE_CI)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

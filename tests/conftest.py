@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from datatool.core.workspace import init_workspace, open_workspace
+from tests.ci import require
 
 # The Label Studio server, one for every test module that asks for it without importing it
 # itself (a module that imports the fixture gets a server of its own).
@@ -38,7 +39,7 @@ PYDICOM_DATA_US = [
 
 @pytest.fixture(scope="session")
 def pydicom_data() -> Path:
-    data_store = pytest.importorskip("data_store")
+    data_store = require("data_store", "pydicom-data is not installed (pip install -e '.[test]')")
     return Path(data_store.__file__).parent / "data"
 
 

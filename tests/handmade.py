@@ -31,10 +31,10 @@ def us_dataset(
     burned_in: bool = False,
 ) -> Dataset:
     """An 8-bit MONOCHROME2 ultrasound image. ``mm_per_px``: one calibrated region over the
-    whole image (PhysicalDelta in cm = mm / 10; ``mm_per_px_y`` another size along y);
-    None: no region (ingest keeps it, without mm). BurnedInAnnotation NO unless
-    ``burned_in`` (then ingest quarantines it: a region over the whole image leaves no room
-    for a banner to blank)."""
+    whole image (PhysicalDelta in cm = mm / 10); None: no region (ingest keeps it, without
+    mm). ``mm_per_px_y``: the rows' spacing where it differs from the columns' (default: the
+    same, square pixels). BurnedInAnnotation NO unless ``burned_in`` (then ingest quarantines
+    it: a region over the whole image leaves no room for a banner to blank)."""
     rows, cols = pixels.shape
     sop_uid = sop_uid or generate_uid()
     meta = FileMetaDataset()
@@ -76,7 +76,7 @@ def us_dataset(
         region.PhysicalUnitsXDirection = 3  # cm
         region.PhysicalUnitsYDirection = 3
         region.PhysicalDeltaX = mm_per_px / 10
-        region.PhysicalDeltaY = (mm_per_px_y or mm_per_px) / 10
+        region.PhysicalDeltaY = (mm_per_px if mm_per_px_y is None else mm_per_px_y) / 10
         ds.SequenceOfUltrasoundRegions = Sequence([region])
     return ds
 

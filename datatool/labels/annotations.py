@@ -33,7 +33,7 @@ from datatool.core.errors import UsageError
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
-from datatool.labels.masks import structure_stats
+from datatool.labels.masks import structure_stats, validate_mask
 from datatool.labels.quoting import excerpt, printable
 
 T = TypeVar("T")
@@ -213,11 +213,12 @@ def store_annotations(
     protocol: Protocol,
     drafts: Sequence[DraftOrigin | None] | None = None,
 ) -> list[Stored]:
-    """Store validated masks ``(image, mask, source, source_ref)`` as the rater's next
+    """Store masks ``(image, mask, source, source_ref)`` as the rater's next
     versions (a mask equal to the latest version is a no-op), with one query for the latest
     versions and two bulk inserts, in the caller's transaction. ``drafts`` (one per entry,
     None for none) records the model draft each label started from, and whether the label is
-    that draft unchanged."""
+    that draft unchanged. A mask holding a value outside 0 and the protocol's, or not of its
+    image's size, is refused (``BadLabel``) before anything is stored."""
     if drafts is not None and len(drafts) != len(entries):
         raise ValueError("one draft origin (or None) per entry")
     for _, _, source, _ in entries:
@@ -239,7 +240,9 @@ def store_annotations(
     results: list[Stored | None] = []
     rows, stats = [], []
     pending: list[tuple[int, int, str]] = []  # (place in results, version, mask hash)
-    for k, (image, mask, source, ref) in enumerate(entries):
+    # whoever the caller: only 0 and the protocol's values, at the image's size (BadLabel)
+    masks = [validate_mask(m, protocol, (i.rows, i.cols), True) for i, m, _, _ in entries]
+    for k, ((image, _, source, ref), mask) in enumerate(zip(entries, masks)):
         digest = store.put_array(mask)
         old = latest.get(image.id)
         if old is not None and old.mask_hash == digest:

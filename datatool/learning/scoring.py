@@ -372,6 +372,12 @@ def versus_raters(
     return out
 
 
+def _mean_iou_per_image(table: pd.DataFrame) -> float | None:
+    """The mean IoU over every (image, structure) row: each row weighs the same, so a
+    structure found in fewer images weighs less (not the mean of the structures' means)."""
+    return float(table["iou"].mean()) if len(table) else None
+
+
 def _per_structure(
     table: pd.DataFrame, names: list[str], images: int | None = None
 ) -> list[StructureScore]:
@@ -641,7 +647,7 @@ def score_run(
         split=run.split,
         frame=f"resized to {resize[0]}x{resize[1]}, centre crop {crop}x{crop}",
         structures=_per_structure(table, names),
-        mean_iou_per_image=float(table["iou"].mean()) if len(table) else None,
+        mean_iou_per_image=_mean_iou_per_image(table),
         anova_iou=_anova(table) if len(table) else None,
         inference_ms=metrics.describe([t * 1000 for t in times]),
         device=str(dev),

@@ -112,3 +112,50 @@ def test_make_consensus_stores_the_truth_for_every_image(ws, tmp_path):
         ):
             want = three_raters_who_err_apart(image_of[ann.image_id])[1]
             np.testing.assert_array_equal(ws.store.get_array(ann.mask_hash), want)
+
+
+def two_raters_staple_cannot_decide() -> tuple[list[np.ndarray], np.ndarray]:
+    """Two raters who agree everywhere but on a 2x3 block that one calls femur and the other
+    nerve: two equally reliable raters, one vote each, so STAPLE has no way to choose (its
+    posteriors tie: an undecided pixel). The answer by hand: the block is background."""
+    a = TRUTH.copy()
+    b = TRUTH.copy()
+    b[8:10, 10:13] = 3  # inside a's femur (rows 5-14, columns 5-19)
+    want = TRUTH.copy()
+    want[8:10, 10:13] = 0
+    return [a, b], want
+
+
+def test_staple_leaves_pixels_undecided_between_two_raters_and_they_are_background():
+    import SimpleITK as sitk
+
+    masks, want = two_raters_staple_cannot_decide()
+    # the case is what it says: SimpleITK's STAPLE, asked to mark undecided pixels 255,
+    # marks exactly the six pixels of the block
+    marked = sitk.GetArrayFromImage(
+        sitk.MultiLabelSTAPLE([sitk.GetImageFromArray(m) for m in masks], 255)
+    )
+    assert int((marked == 255).sum()) == 6 and (marked[8:10, 10:13] == 255).all()
+    fused = fuse(masks, "staple")
+    np.testing.assert_array_equal(fused, want)
+    assert set(np.unique(fused).tolist()) == {0, 1, 3}
+
+
+def test_make_consensus_stores_staples_undecided_pixels_as_background(ws, tmp_path):
+    write_us(tmp_path / "d" / "u.dcm", np.full(SHAPE, 90, np.uint8), patient_id="U1")
+    ingest(ws, [tmp_path / "d"], workers=0)
+    protocol = load_protocol(ws.protocol_name)
+    masks, want = two_raters_staple_cannot_decide()
+    for name in ("r1", "r2"):
+        add_rater(ws, name)
+    with ws.session() as s:
+        image = image_for_dicom(s, ws.key, tmp_path / "d" / "u.dcm")
+        for name, mask in zip(("r1", "r2"), masks):
+            store_annotation(s, ws.store, image, get_rater(s, name), mask, "itksnap", None,
+                             protocol)  # fmt: skip
+    assert make_consensus(ws, "staple").new_versions == 1
+    with ws.session() as s:
+        (ann,) = s.scalars(
+            select(Annotation).where(Annotation.rater.has(name="consensus:staple"))
+        ).all()
+        np.testing.assert_array_equal(ws.store.get_array(ann.mask_hash), want)

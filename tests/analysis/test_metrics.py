@@ -201,3 +201,182 @@ def test_empty_structures_are_nan_with_their_reason():
 def test_surface_refuses_masks_of_different_shapes():
     with pytest.raises(ValueError, match="one shape"):
         metrics.surface(np.ones((3, 3)), np.ones((3, 4)))
+
+
+# ---- written against the survivors of mutation testing (tests/mutate.py metrics)
+
+
+def test_overlap_counts_only_where_both_maps_hold_the_value_inside_the_box():
+    a = np.zeros((6, 8), np.uint8)
+    b = np.zeros((6, 8), np.uint8)
+    a[1:4, 1:6] = 2  # rows 1-3, columns 1-5: 15 px
+    b[2:5, 3:8] = 2  # rows 2-4, columns 3-7: 15 px; both: rows 2-3, columns 3-5 = 6 px
+    b[0, 0] = 2  # outside a's structure
+    a[5, 7] = 4  # another value
+    whole = (0, 0, 7, 5)
+    assert metrics.overlap(a, b, 2, whole) == 6  # not the 15 + 16 - 6 = 25 of either map
+    assert metrics.overlap(a, b, 2, (0, 0, 3, 5)) == 2  # columns 0-3: column 3, rows 2-3
+    assert metrics.overlap(a, b, 2, (4, 3, 7, 5)) == 2  # row 3, columns 4-5
+    assert metrics.overlap(a, b, 4, whole) == 0
+
+
+def test_box_intersection_of_boxes_that_are_not_squares():
+    # boxes are (x0, y0, x1, y1), inclusive; every coordinate differs from every other
+    a, b = (1, 2, 9, 5), (4, 0, 12, 3)
+    assert metrics.box_intersection(a, b) == (4, 2, 9, 3)
+    assert metrics.box_intersection(b, a) == (4, 2, 9, 3)
+    assert metrics.box_intersection((2, 10, 7, 30), (5, 1, 20, 12)) == (5, 10, 7, 12)
+    assert metrics.box_intersection((0, 0, 3, 3), (3, 3, 5, 5)) == (3, 3, 3, 3)  # one pixel
+    assert metrics.box_intersection((0, 0, 3, 3), (5, 0, 8, 3)) is None  # apart in x only
+    assert metrics.box_intersection((0, 0, 3, 3), (0, 5, 3, 8)) is None  # apart in y only
+    assert metrics.box_intersection(None, (0, 0, 1, 1)) is None
+    assert metrics.box_intersection((0, 0, 1, 1), None) is None
+    assert metrics.box_intersection(None, None) is None
+
+
+def test_describe_with_nothing_and_with_one_value():
+    keys = ("n", "mean", "sd", "median", "p25", "p75", "min", "max")
+    assert metrics.describe([None, float("inf"), float("nan")]) == dict.fromkeys(keys) | {"n": 0}
+    one = metrics.describe([0.25])
+    assert one == {"n": 1, "mean": 0.25, "sd": 0.0, "median": 0.25, "p25": 0.25, "p75": 0.25,
+                   "min": 0.25, "max": 0.25}  # fmt: skip
+    two = metrics.describe([1, 4])
+    assert two["sd"] == pytest.approx(2.1213203435596424)  # |4 - 1| / sqrt(2)
+    assert (two["min"], two["max"]) == (1.0, 4.0)
+
+
+def test_bland_altman_of_one_pair_and_of_two():
+    one = metrics.bland_altman([5.0], [3.0])
+    assert one == {"n": 1, "bias": 2.0, "sd": 0.0, "loa_low": 2.0, "loa_high": 2.0}
+    # differences 3 and -1: bias 1, sample SD sqrt(((3-1)^2 + (-1-1)^2) / 1) = sqrt(8)
+    two = metrics.bland_altman([4, 2], [1, 3])
+    sd = 8**0.5
+    assert two == pytest.approx(
+        {"n": 2, "bias": 1.0, "sd": sd, "loa_low": 1 - 1.96 * sd, "loa_high": 1 + 1.96 * sd}
+    )
+    assert set(two) == {"n", "bias", "sd", "loa_low", "loa_high"}
+
+
+def test_normality_at_its_edges():
+    from scipy import stats
+
+    untested = {"test": "Shapiro-Wilk", "n": 2, "w": None, "p": None, "normal": None}
+    assert metrics.normality([1.0, 2.0]) == untested
+    three = metrics.normality([1.0, 2.0, 4.0])  # three values: the smallest sample tested
+    w, p = stats.shapiro([1.0, 2.0, 4.0])
+    assert (three["n"], three["w"], three["p"]) == (3, pytest.approx(w), pytest.approx(p))
+    assert three["normal"] is True
+    # p exactly at alpha counts as normal (p >= alpha), just below it does not
+    values = [0.1, 0.2, 0.25, 0.3, 1.9, 2.5]
+    p = float(stats.shapiro(values).pvalue)
+    assert metrics.normality(values, alpha=p)["normal"] is True
+    assert metrics.normality(values, alpha=p * (1 + 1e-9))["normal"] is False
+
+
+def test_an_icc_as_a_dict():
+    icc = metrics.icc21(long_format(SF))
+    d = icc.as_dict()
+    assert set(d) == {"icc", "ci_low", "ci_high", "f", "df1", "df2", "p", "n_targets", "n_raters"}
+    assert (d["icc"], d["n_targets"], d["n_raters"], d["df1"], d["df2"]) == (
+        icc.icc, 6, 4, 5, 15)  # fmt: skip
+
+
+def test_a_second_rating_of_a_target_by_a_rater_is_refused_and_named():
+    """A duplicate (target, rater) with another rating (not a repeated row) is refused; the
+    message names the pair as it occurs, both times."""
+    again = long_format(SF).head(1).assign(rating=99.0)  # target 0, judge j0, rated 9 then 99
+    with pytest.raises(ValueError) as exc:
+        metrics.icc21(pd.concat([long_format(SF), again]))
+    assert str(exc.value) == "duplicate ratings for (target, rater): [[0, 'j0'], [0, 'j0']]"
+
+
+def test_icc_guards_word_for_word_and_at_their_edges():
+    both = pd.concat([long_format(SF), long_format(SF).iloc[[0, 1]].assign(rating=99.0)])
+    with pytest.raises(ValueError) as exc:  # two pairs twice: four rows, three named
+        metrics.icc21(both)
+    assert str(exc.value) == (
+        "duplicate ratings for (target, rater): [[0, 'j0'], [0, 'j1'], [0, 'j0']]"
+    )
+    missing = long_format(SF)
+    missing.loc[3, "rating"] = np.nan
+    with pytest.raises(ValueError) as exc:
+        metrics.icc21(missing)
+    assert str(exc.value) == "missing ratings: every target needs a rating from every rater"
+    three = metrics.icc21(long_format(SF[:3, :2]))  # 3 targets and 2 raters: enough
+    assert (three.n_targets, three.n_raters) == (3, 2)
+
+
+def test_icc_leaves_pingouins_rounding_option_as_it_found_it():
+    import pingouin
+
+    key = "round.column.CI95"
+    before = pingouin.options.get(key)
+    try:
+        pingouin.options[key] = 4  # whatever the caller had set
+        metrics.icc21(long_format(SF))
+        assert pingouin.options[key] == 4
+    finally:
+        pingouin.options[key] = before
+
+
+OLD_DESCRIPTIONS = [  # pingouin < 0.7 described its six rows so (lowercased here)
+    "single raters absolute", "single random raters", "single fixed raters",
+    "average raters absolute", "average random raters", "average fixed raters",
+]  # fmt: skip
+
+
+def _pingouin_changed(monkeypatch, change):
+    """pingouin's real ICC table, changed by ``change`` as another pingouin version might
+    write it."""
+    import pingouin
+
+    real = pingouin.intraclass_corr
+    monkeypatch.setattr(pingouin, "intraclass_corr", lambda **kwargs: change(real(**kwargs)))
+
+
+def test_the_icc21_row_is_found_by_its_description_when_its_type_is_unknown(monkeypatch):
+    _pingouin_changed(
+        monkeypatch,
+        lambda t: t.assign(Type=[f"T{i}" for i in range(6)], Description=OLD_DESCRIPTIONS),
+    )
+    assert metrics.icc21(long_format(SF)).icc == pytest.approx(icc21_by_hand(SF), rel=1e-9)
+
+
+def test_the_icc21_row_is_found_by_its_type_before_any_description(monkeypatch):
+    _pingouin_changed(monkeypatch, lambda t: t.assign(Description=["-"] * 6))
+    assert metrics.icc21(long_format(SF)).icc == pytest.approx(icc21_by_hand(SF), rel=1e-9)
+
+
+def test_no_icc21_row_at_all_is_an_error_naming_the_rows(monkeypatch):
+    _pingouin_changed(monkeypatch, lambda t: t.assign(Type=[f"T{i}" for i in range(6)]))
+    with pytest.raises(RuntimeError) as exc:
+        metrics.icc21(long_format(SF))
+    rows = "['T0', 'T1', 'T2', 'T3', 'T4', 'T5']"
+    assert str(exc.value) == f"pingouin's ICC table has no ICC(2,1) row: {rows}"
+
+
+def test_the_icc_ci_under_its_older_name_and_none_at_all(monkeypatch):
+    want = metrics.icc21(long_format(SF))
+    assert want.ci_low is not None and want.ci_high is not None
+    _pingouin_changed(monkeypatch, lambda t: t.rename(columns={"CI95": "CI95%"}))
+    older = metrics.icc21(long_format(SF))
+    assert (older.ci_low, older.ci_high) == (want.ci_low, want.ci_high)
+    monkeypatch.undo()
+    _pingouin_changed(monkeypatch, lambda t: t.drop(columns=["CI95"]))
+    none = metrics.icc21(long_format(SF))
+    assert (none.ci_low, none.ci_high) == (None, None) and none.icc == want.icc
+
+
+def test_the_icc_f_test_by_hand():
+    """F = BMS / EMS with (n - 1, (n - 1)(k - 1)) degrees of freedom, p its upper tail."""
+    from scipy import stats
+
+    n, k = SF.shape
+    grand = SF.mean()
+    ss_rows = k * ((SF.mean(axis=1) - grand) ** 2).sum()
+    ss_cols = n * ((SF.mean(axis=0) - grand) ** 2).sum()
+    ss_err = ((SF - grand) ** 2).sum() - ss_rows - ss_cols
+    f = (ss_rows / (n - 1)) / (ss_err / ((n - 1) * (k - 1)))
+    got = metrics.icc21(long_format(SF))
+    assert got.f == pytest.approx(f, rel=1e-9) == pytest.approx(11.027, abs=5e-4)
+    assert got.p == pytest.approx(stats.f.sf(f, n - 1, (n - 1) * (k - 1)), rel=1e-6)

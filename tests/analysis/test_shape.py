@@ -113,7 +113,11 @@ def test_size_spread_is_median_and_mad():
     spread = shape.Spread.of([10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 0])  # 0: absent, left out
     assert spread is not None and (spread.n, spread.median, spread.mad) == (10, 14.5, 2.5)
     assert spread.z(14.5) == 0.0
-    assert spread.z(14.5 + 2.5) == pytest.approx(shape.MAD_TO_SD)
+    # Iglewicz & Hoaglin's modified z-score, 0.6745 (x - median) / MAD, with the literature's
+    # constant written out here (not the code's): one MAD above the median is 0.6745
+    assert spread.z(14.5 + 2.5) == pytest.approx(0.6745, rel=1e-12)
+    assert spread.z(24.5) == pytest.approx(0.6745 * 10 / 2.5, rel=1e-12)  # 2.698
+    assert spread.z(9.5) == pytest.approx(-1.349, rel=1e-12)  # two MADs below
     assert shape.Spread.of([10] * 20) is None  # no spread
     assert shape.Spread.of([10, 11, 12]) is None  # too few
     assert shape.size_severity(7.0, 3.5) == pytest.approx(1.0)
@@ -142,3 +146,11 @@ def test_relations_on_centroids(relation, centre, other, lateral, broken):
         mm = 0.1 if "lateral" in relation or "medial" in relation else 0.2
         assert found.wrong_by_mm == pytest.approx(found.wrong_by_px * mm)
         assert found.severity == pytest.approx(found.wrong_by_px / (2 * math.sqrt(314 / math.pi)))
+
+
+def test_equivalent_radius_of_a_disc():
+    """r = sqrt(area / pi): pi -> 1, 4 pi -> 2, nothing (or a negative area) -> 0."""
+    assert shape.equivalent_radius(math.pi) == pytest.approx(1.0)
+    assert shape.equivalent_radius(4 * math.pi) == pytest.approx(2.0)
+    assert shape.equivalent_radius(0.5) == pytest.approx(math.sqrt(0.5 / math.pi))
+    assert shape.equivalent_radius(0) == 0.0 and shape.equivalent_radius(-3) == 0.0

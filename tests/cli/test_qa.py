@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from datatool.cli import app
+from tests.ci import require
 from tests.qa_util import V, clean, images_of, qa_ws, relabel
 
 __all__ = ["qa_ws"]  # the fixture counts as used
@@ -82,7 +83,7 @@ def test_qa_help_says_how_the_queue_is_ranked():
 
 
 def test_next_lists_the_most_uncertain_unlabelled_images(trained, tmp_path):
-    pytest.importorskip("torch")
+    require("torch")
     from datatool.labels.annotations import add_rater
     from tests.qa_util import clone
 

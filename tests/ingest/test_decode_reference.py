@@ -16,9 +16,10 @@ from pydicom.pixels import convert_color_space, pixel_array
 from pydicom.sequence import Sequence
 
 from datatool.ingest.dicom import decode_frame
+from tests.ci import require
 from tests.handmade import us_dataset
 
-gdcm = pytest.importorskip("gdcm")
+gdcm = require("gdcm")
 
 
 def luma(rgb: np.ndarray, full_scale: int = 255) -> np.ndarray:

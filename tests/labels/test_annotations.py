@@ -106,3 +106,76 @@ def test_a_rejection_names_a_few_unknown_values_never_the_whole_content():
         validate_mask(noise, P, (32, 32))
     message = str(exc.value)
     assert "[5, 7, 8, 9, 10, ...] (250 distinct)" in message and "255" not in message
+
+
+def _handmade_images(ws, tmp_path, n: int = 1, **kwargs) -> list[int]:
+    """n hand-made 20 x 30 images ingested; their ids."""
+    from tests.handmade import write_us
+
+    for k in range(n):
+        write_us(tmp_path / "d" / f"{k}.dcm", np.full((20, 30), 80, np.uint8),
+                 patient_id=f"H{k}", **kwargs)  # fmt: skip
+    ingest(ws, [tmp_path / "d"], workers=0)
+    with ws.session() as s:
+        return sorted(s.scalars(select(Image.id)))
+
+
+@pytest.mark.parametrize(
+    "value,why", [(255, r"\[255\]"), (5, r"\[5\]"), (7, r"\[7\]"), (None, "size mismatch")]
+)
+def test_the_store_refuses_a_label_map_outside_the_protocol(ws, tmp_path, value, why):
+    """Whoever calls it (sync, consensus, a model's drafts): a map holding a value that is
+    no label of the protocol (255, STAPLE's usual mark for undecided pixels; 5 and 7, next
+    to the protocol's 1-4 and 6), or not of the image's size, is refused before anything is
+    stored; a good map in the same batch is not stored either."""
+    from datatool.labels.annotations import store_annotations
+
+    first, second = _handmade_images(ws, tmp_path, 2)
+    add_rater(ws, "AN1")
+    objects = sorted(p.name for p in ws.store.root.rglob("*") if p.is_file())
+    with ws.session() as s:
+        image, other = s.get(Image, first), s.get(Image, second)
+        good = np.zeros((20, 30), np.uint8)
+        good[2:5, 3:9] = 1
+        bad = good.copy()
+        if value is None:
+            bad = np.zeros((30, 20), np.uint8)
+        else:
+            bad[10, 10] = value
+        rater = get_rater(s, "AN1")
+        with pytest.raises(BadLabel, match=why):
+            store_annotation(s, ws.store, image, rater, bad, "consensus", None, P)
+        with pytest.raises(BadLabel, match=why):
+            store_annotations(
+                s, ws.store, rater, [(other, good, "itksnap", None), (image, bad, "itksnap", None)],
+                P,
+            )  # fmt: skip
+    with ws.session() as s:
+        assert s.scalars(select(Annotation)).all() == []
+    assert sorted(p.name for p in ws.store.root.rglob("*") if p.is_file()) == objects
+
+
+def test_areas_in_mm2_of_a_pixel_that_is_not_square(ws, tmp_path):
+    """PhysicalDeltaX 0.01 cm and PhysicalDeltaY 0.025 cm: a pixel is 0.1 mm wide and
+    0.25 mm tall, 0.025 mm². A femur of 3 x 4 = 12 pixels is 0.3 mm², 3 rows tall (0.75 mm)
+    and 4 columns wide (0.4 mm); with the y spacing read from X it would be 0.12 mm²."""
+    from datatool.core.catalogue import StructureStats
+
+    (image_id,) = _handmade_images(ws, tmp_path, mm_per_px=0.1, mm_per_px_y=0.25)
+    add_rater(ws, "AN1")
+    with ws.session() as s:
+        image = s.get(Image, image_id)
+        assert (image.mm_per_px_x, image.mm_per_px_y) == pytest.approx((0.1, 0.25), rel=1e-12)
+        mask = np.zeros((20, 30), np.uint8)
+        mask[2:5, 10:14] = 1  # rows 2-4, columns 10-13
+        stored = store_annotation(s, ws.store, image, get_rater(s, "AN1"), mask, "itksnap",
+                                  None, P)  # fmt: skip
+    with ws.session() as s:
+        femur = s.scalar(
+            select(StructureStats).where(
+                StructureStats.annotation_id == stored.annotation_id,
+                StructureStats.structure == "femur",
+            )
+        )
+        assert femur.area_px == 12
+        assert femur.area_mm2 == pytest.approx(0.3, rel=1e-12)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from datatool.learning.data import centre_crop, crop_offsets, uncrop
+from tests.ci import require
 
 
 @pytest.mark.parametrize(
@@ -18,7 +19,7 @@ def test_crop_offsets_centre_the_window(shape, size, offsets):
 
 
 def test_centre_crop_is_the_same_for_arrays_and_tensors_and_uncrop_inverts_it():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     a = np.arange(2 * 9 * 12, dtype=np.int64).reshape(2, 9, 12)
     crop = centre_crop(a, 5)
     assert crop.shape == (2, 5, 5) and crop[0, 0, 0] == a[0, 2, 3]
@@ -32,7 +33,7 @@ def test_centre_crop_is_the_same_for_arrays_and_tensors_and_uncrop_inverts_it():
 
 
 def test_to_input_normalises_crops_and_rotates_masks_with_nearest_neighbour():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from datatool.learning.data import GRAY_MEAN, GRAY_STD, to_input
 
     images = torch.full((2, 20, 30), 255, dtype=torch.uint8)

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.ci import require
+
+torch = require("torch")
 
 from datatool.learning.splits import create_split  # noqa: E402
 

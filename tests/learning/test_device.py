@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.ci import require
+
+torch = require("torch")
 
 from datatool.core.errors import DatatoolError, UsageError  # noqa: E402
 from datatool.learning.device import (  # noqa: E402

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-torch = pytest.importorskip("torch")
+from tests.ci import require
+
+torch = require("torch")
 
 from datatool.core.catalogue import Image  # noqa: E402
 from datatool.core.protocol import load_protocol  # noqa: E402

@@ -7,10 +7,11 @@ import pytest
 
 from datatool.core.errors import UsageError
 from datatool.learning.options import DEFAULT_PRESET, LossName, PresetName, Stratify, choice
+from tests.ci import require
 
 
 def test_preset_names_are_the_preset_table():
-    pytest.importorskip("torch")
+    require("torch")
     from datatool.model import PRESETS
 
     assert {p.value for p in PresetName} == set(PRESETS)
@@ -18,7 +19,7 @@ def test_preset_names_are_the_preset_table():
 
 
 def test_loss_names_are_the_model_s_losses():
-    pytest.importorskip("torch")
+    require("torch")
     from datatool.model import LOSSES, PRESETS
 
     assert [m.value for m in LossName] == list(LOSSES)

@@ -17,7 +17,9 @@ import sys
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.ci import require
+
+torch = require("torch")
 
 from datatool.core.catalogue import RunStatus  # noqa: E402
 from datatool.learning.splits import create_split  # noqa: E402

@@ -20,11 +20,13 @@ from scipy import stats
 from datatool.analysis import metrics
 from datatool.learning.scoring import (
     _anova,
+    _mean_iou_per_image,
     _metric_rows,
     _metric_table,
     _per_structure,
     per_image_metrics,
 )
+from tests.scoring_util import confusion, expected_scores
 
 
 def test_per_image_measures_from_hand_counted_confusions():
@@ -81,18 +83,13 @@ def _hand_made_set(n: int = 7, size: int = 24):
     return preds, refs
 
 
-def _counts(pred, ref, c):
-    p, r = pred == c, ref == c
-    return int((p & r).sum()), int((p & ~r).sum()), int((~p & r).sum())
-
-
 def test_pooled_and_summarised_measures_and_the_anova_with_three_structures():
     preds, refs = _hand_made_set()
     table = _metric_table(list(range(len(preds))), preds, refs, NAMES)
     per = _per_structure(table, NAMES)
     groups = {}
     for c, name in enumerate(NAMES, start=1):
-        counts = [_counts(p, r, c) for p, r in zip(preds, refs)]
+        counts = [confusion(p, r, c) for p, r in zip(preds, refs)]
         counts = [t for t in counts if sum(t)]  # absent from both: excluded
         ious = [tp / (tp + fp + fn) for tp, fp, fn in counts]
         dices = [2 * tp / (2 * tp + fp + fn) for tp, fp, fn in counts]
@@ -127,6 +124,26 @@ def test_pooled_and_summarised_measures_and_the_anova_with_three_structures():
     assert any(pair.p_bonf < 1.0 for pair in pairs.values())  # the factor shows somewhere
 
 
+def test_the_mean_iou_per_image_weighs_every_image_and_structure_alike():
+    """Over every (image, structure) row, from hand counts: structure c is absent from both
+    maps in three of the seven images, so the mean of the structures' means (which weighs
+    c's four images like a's seven) is another number."""
+    preds, refs = _hand_made_set()
+    table = _metric_table(list(range(len(preds))), preds, refs, NAMES)
+    ious = {name: [] for name in NAMES}
+    for c, name in enumerate(NAMES, start=1):
+        for pred, ref in zip(preds, refs):
+            tp, fp, fn = confusion(pred, ref, c)
+            if tp + fp + fn:
+                ious[name].append(tp / (tp + fp + fn))
+    assert [len(v) for v in ious.values()] == [7, 7, 4]
+    every_row = statistics.fmean([v for values in ious.values() for v in values])
+    means_of_means = statistics.fmean([statistics.fmean(v) for v in ious.values()])
+    assert abs(every_row - means_of_means) > 1e-3  # the two readings differ on this set
+    assert _mean_iou_per_image(table) == pytest.approx(every_row, rel=1e-12)
+    assert _mean_iou_per_image(table.iloc[0:0]) is None
+
+
 def test_a_pair_without_variance_has_no_t_test():
     """Two structures with IoU 0 everywhere: their t-test is undefined (None, not NaN in
     score.json); the pairs that are defined still count three comparisons."""
@@ -147,50 +164,6 @@ def test_no_anova_without_two_structures_with_two_images():
     assert _anova(one) is None
 
 
-def _expected_scores(ws, run_id):
-    """The test set's measures from scratch: reference masks from the split's frozen
-    annotations (label values -> the protocol's class order, written out here), resized with
-    nearest neighbour and centre-cropped; predictions from the run's best checkpoint."""
-    import torch
-    from PIL import Image as PILImage
-    from sqlalchemy import select
-
-    from datatool.core.catalogue import Annotation, Image, Run, SplitMember
-    from datatool.learning.data import to_input
-    from datatool.learning.training import build_for, load_checkpoint
-
-    classes = {1: 1, 2: 2, 3: 3, 4: 4, 6: 5}  # femur, adductor, nerve, semitendinosus, artery
-    with ws.session() as s:
-        run = s.get(Run, run_id)
-        conf, digest = dict(run.config), run.best_checkpoint
-        rows = s.execute(
-            select(SplitMember.image_id, Image.store_hash, Annotation.mask_hash)
-            .join(Image, Image.id == SplitMember.image_id)
-            .join(Annotation, Annotation.id == SplitMember.annotation_id)
-            .where(SplitMember.split_id == run.split_id, SplitMember.subset == "test")
-            .order_by(SplitMember.image_id)
-        ).all()
-    h, w = conf["resize"]
-    crop = conf["crop"]
-    top, left = (h - crop) // 2, (w - crop) // 2
-    images, refs = [], []
-    for _, image_hash, mask_hash in rows:
-        image = ws.store.get_array(image_hash)
-        mask = np.vectorize(lambda v: classes.get(int(v), 0), otypes=[np.uint8])(
-            ws.store.get_array(mask_hash)
-        )
-        images.append(np.asarray(PILImage.fromarray(image).resize((w, h), PILImage.BILINEAR)))
-        mask = np.asarray(PILImage.fromarray(mask).resize((w, h), PILImage.NEAREST))
-        refs.append(mask[top : top + crop, left : left + crop])
-    model = build_for(conf, 6)
-    model.load_state_dict(load_checkpoint(ws, digest)["model"])
-    model.eval()
-    with torch.no_grad():
-        x, _ = to_input(torch.as_tensor(np.stack(images)), crop)
-        preds = model(x).argmax(1).numpy()
-    return [r[0] for r in rows], preds, refs
-
-
 def _refuse(constant: str):
     raise ValueError(f"{constant} is not JSON")
 
@@ -202,7 +175,7 @@ def test_a_scored_run_matches_measures_computed_from_its_predictions(trained, tm
     result = score_run(ws, run_id, store_predictions=False, figures=False, out_dir=tmp_path)
     # score.json is JSON (an undefined precision is null, not a bare NaN)
     json.loads((tmp_path / "score.json").read_text(), parse_constant=_refuse)
-    image_ids, preds, refs = _expected_scores(ws, run_id)
+    image_ids, preds, refs = expected_scores(ws, run_id)
     assert result.images == len(image_ids) > 0
     names = ["femur", "adductor magnus", "sciatic nerve", "semitendinosus", "femoral artery"]
     got = {(r.image_id, r.structure): r for r in result.per_image}
@@ -211,7 +184,7 @@ def test_a_scored_run_matches_measures_computed_from_its_predictions(trained, tm
     for c, name in enumerate(names, start=1):
         tp_all = fp_all = fn_all = 0
         for image_id, pred, ref in zip(image_ids, preds, refs):
-            tp, fp, fn = _counts(pred, ref, c)
+            tp, fp, fn = confusion(pred, ref, c)
             if tp + fp + fn == 0:
                 assert (image_id, name) not in got
                 continue

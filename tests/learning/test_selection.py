@@ -17,9 +17,10 @@ from datatool.core.errors import UsageError
 from datatool.core.protocol import load_protocol
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater, get_rater, store_annotation
+from tests.ci import require
 from tests.qa_util import clone
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 from datatool.learning.data import GRAY_MEAN, GRAY_STD  # noqa: E402
 from datatool.learning.inference import RunModel  # noqa: E402

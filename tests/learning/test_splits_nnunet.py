@@ -21,12 +21,11 @@ from datatool.core.catalogue import Image, Patient, Series, SplitMember, Study
 from datatool.labels.matching import image_name
 from datatool.learning.split_export import default_dataset_id, export_split
 from datatool.learning.splits import create_split
+from tests.ci import require
 from tests.labels_util import ingest_demo_with_labels
 
-if os.environ.get("CI"):  # in CI nnU-Net is part of the test extra: a missing one is a failure
-    import nnunetv2  # noqa: F401
-else:
-    pytest.importorskip("nnunetv2", reason="nnunetv2 not installed (pip install -e '.[test]')")
+# in CI nnU-Net is part of the test extra: a missing one is a failure (tests/ci.py)
+require("nnunetv2", "nnunetv2 is not installed (pip install -e '.[test]')")
 
 runner = CliRunner()
 

@@ -11,7 +11,9 @@ import sys
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.ci import require
+
+torch = require("torch")
 import torch.nn.functional as F  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.ci import require
+
+torch = require("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from datatool.model import (  # noqa: E402

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.ci import require
+
+torch = require("torch")
 
 from datatool.model import build_model, load_torchvision_resnet50, resnet50  # noqa: E402
 

@@ -5,7 +5,6 @@ identifier appears; Markdown and PDF; a workspace with no model gets a report of
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from html.parser import HTMLParser
@@ -28,6 +27,7 @@ from datatool.learning.splits import show_split
 from datatool.report.chromium import chromium_command, find_chromium
 from datatool.report.gather import reference_study
 from datatool.report.study import study_report
+from tests.ci import unavailable
 from tests.labels_util import ingest_demo_with_labels
 from tests.qa_util import clone
 
@@ -35,10 +35,8 @@ runner = CliRunner()
 
 
 def _unavailable(reason: str):
-    """Skip, or under CI (CI=true) fail: CI must open the report in a real browser."""
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-        pytest.fail(f"CI=true and {reason}: the report must be tested in Chromium", pytrace=False)
-    pytest.skip(reason)
+    """Skip, or under CI (tests/ci.py's rule) fail: CI must open the report in a browser."""
+    unavailable(f"{reason}: the report must be tested in Chromium")
 
 
 @pytest.fixture(scope="module")
@@ -559,3 +557,34 @@ def test_a_markdown_report_without_figures_makes_no_files_folder(rated_copy, tmp
     (tmp_path / "early_files" / "old.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     study_report(ws, fmt="md", out=out)
     assert (tmp_path / "early_files" / "old.png").is_file()
+
+
+def test_the_pages_pooled_and_per_image_iou_are_the_predictions_counts(study):
+    """The page read back as HTML (no browser needed) against figures worked out here from
+    the run's own predictions and the split's frozen reference labels (not from
+    ``score_run``): each structure's pooled IoU (its pixels summed over the images), their
+    mean over the structures, and the mean IoU over every (image, structure) row."""
+    from statistics import fmean
+
+    from tests.scoring_util import confusion, expected_scores
+
+    dom = parse(study["html"].read_text())
+    _, preds, refs = expected_scores(study["ws"], study["run"])
+    names = ["femur", "adductor magnus", "sciatic nerve", "semitendinosus", "femoral artery"]
+    pooled, every_row = {}, []
+    for c, name in enumerate(names, start=1):
+        counts = [t for t in (confusion(p, r, c) for p, r in zip(preds, refs)) if sum(t)]
+        every_row += [tp / (tp + fp + fn) for tp, fp, fn in counts]
+        if counts:
+            tp, fp, fn = (sum(t[j] for t in counts) for j in range(3))
+            pooled[name] = tp / (tp + fp + fn)
+    assert pooled and every_row
+    rows = dom.rows("results-table", "data-structure")
+    for name, value in pooled.items():
+        assert _value(rows[name][5]) == pytest.approx(value, rel=1e-9)
+    shown = dom.ids["pooled-mean-iou"]
+    assert float(shown["data-value"]) == pytest.approx(fmean(pooled.values()), rel=1e-9)
+    per_image = dom.ids["mean-iou-per-image"]
+    assert float(per_image["data-value"]) == pytest.approx(fmean(every_row), rel=1e-9)
+    # the two figures are different numbers on this run, so neither can stand in for the other
+    assert abs(fmean(pooled.values()) - fmean(every_row)) > 1e-6

@@ -1,0 +1,256 @@
+"""``make mutate``: mutation testing of the modules that compute figures, with mutmut 3.
+
+Each module is mutated in a sandbox of its own, ``build/mutate/NAME`` (a copy of the
+package laid out as the wheel installs it, and of the tests), against the test modules that
+cover it; the working tree is never touched. For each module it prints the mutants killed
+out of those tried, the kill rate, and every survivor with its diff. A survivor that cannot
+change any output (an equivalent mutant) is listed in ``EQUIVALENT`` below with why, and
+in the README; any other survivor makes the exit status 1.
+
+    python tests/mutate.py                 # every module below (long: see the README)
+    python tests/mutate.py metrics shape   # some of them
+    python tests/mutate.py --list          # the modules and their tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SANDBOXES = ROOT / "build" / "mutate"
+
+
+@dataclass(frozen=True)
+class Module:
+    source: str  # the file mutated, relative to the repository
+    tests: tuple[str, ...]  # the test modules run against each mutant
+    functions: tuple[str, ...] = ()  # only these functions' mutants (default: all)
+
+    @property
+    def dotted(self) -> str:
+        return self.source.removesuffix(".py").replace("/", ".")
+
+
+# The modules that compute a figure, and the tests that check those figures.
+MODULES: dict[str, Module] = {
+    # its unit tests only: quick enough for CI (the agreement tests cover it again, slowly)
+    "metrics": Module("datatool/analysis/metrics.py", ("tests/analysis/test_metrics.py",)),
+    # what CI runs (make mutate-ci): metrics' overlap measures and descriptives, about a
+    # minute; ICC and Shapiro-Wilk (pingouin, scipy) are left to the full pass
+    "metrics-core": Module(
+        "datatool/analysis/metrics.py",
+        ("tests/analysis/test_metrics.py",),
+        ("overlap", "box_intersection", "dice_iou", "describe", "bland_altman"),
+    ),
+    "agreement": Module(
+        "datatool/analysis/agreement.py",
+        ("tests/analysis/test_agreement_numbers.py", "tests/analysis/test_agreement.py"),
+    ),
+    "consensus": Module(
+        "datatool/analysis/consensus.py", ("tests/analysis/test_consensus_numbers.py",)
+    ),
+    "shape": Module(
+        "datatool/analysis/shape.py", ("tests/analysis/test_shape.py", "tests/analysis/test_qa.py")
+    ),
+    "qa": Module("datatool/analysis/qa/rules.py", ("tests/analysis/test_qa.py",)),
+    "masks": Module("datatool/labels/masks.py", ("tests/labels/test_annotations.py",)),
+    "scoring": Module("datatool/learning/scoring.py", ("tests/learning/test_scoring_numbers.py",)),
+    "splits": Module(
+        "datatool/learning/splits.py",
+        ("tests/learning/test_splits.py", "tests/learning/test_splits_balance.py"),
+    ),
+    "selection": Module("datatool/learning/selection.py", ("tests/learning/test_selection.py",)),
+    "deid": Module(
+        "datatool/ingest/deid.py",
+        ("tests/ingest/test_deid.py", "tests/ingest/test_deid_dates_and_leaks.py"),
+    ),
+    "decode": Module(
+        "datatool/ingest/dicom.py",
+        ("tests/ingest/test_decode_reference.py", "tests/ingest/test_dicom.py"),
+    ),
+    "rle": Module(
+        "datatool/labels/labelstudio/formats.py", ("tests/labels/labelstudio/test_formats.py",)
+    ),
+}
+
+# Survivors that cannot change any output, by mutant name, with why (also in the README).
+_M = "datatool.analysis.metrics."
+_DTYPE = (
+    "np.asarray(..., float) -> dtype None or left out: every caller passes Python or numpy "
+    "numbers; numpy's own dtype (int or float) gives the same mean, SD, percentiles and "
+    "differences once the results are cast with float()"
+)
+EQUIVALENT: dict[str, str] = {
+    _M + "x_describe__mutmut_3": _DTYPE,
+    _M + "x_describe__mutmut_5": _DTYPE,
+    _M + "x_normality__mutmut_3": _DTYPE + " (scipy's Shapiro-Wilk casts to float itself)",
+    _M + "x_normality__mutmut_5": _DTYPE + " (scipy's Shapiro-Wilk casts to float itself)",
+    _M + "x_icc21__mutmut_64": "str.contains(case=None): pandas reads None as False, the same",
+    _M + "x_icc21__mutmut_71": "'single random raters' matched case-insensitively: the same",
+    _M + "x_icc21__mutmut_72": "'SINGLE RANDOM RATERS' matched case-insensitively: the same",
+    _M + "x_bland_altman__mutmut_3": _DTYPE + " (one side float is enough: a - b is float)",
+    _M + "x_bland_altman__mutmut_5": _DTYPE + " (one side float is enough: a - b is float)",
+    _M + "x_bland_altman__mutmut_7": _DTYPE + " (one side float is enough: a - b is float)",
+    _M + "x_bland_altman__mutmut_9": _DTYPE + " (one side float is enough: a - b is float)",
+}
+
+KILLED = {1, 3}  # pytest's exit status: tests failed / internal error (a crash is a kill)
+STATUS = {
+    0: "survived",
+    1: "killed",
+    3: "killed",
+    5: "no tests",
+    33: "no tests",
+    34: "skipped",
+    36: "timeout",
+    24: "timeout",
+    -24: "timeout",
+    152: "timeout",
+    255: "timeout",
+    -9: "killed by a signal",
+    -11: "segfault",
+    None: "not checked",
+}
+
+
+def _sandbox(name: str, module: Module) -> Path:
+    """A fresh copy: the package as the wheel lays it out (model/, migrations/ and schemas/
+    inside datatool/), the tests, and pyproject.toml with this module's mutmut settings."""
+    box = SANDBOXES / name
+    shutil.rmtree(box, ignore_errors=True)
+    box.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "datatool", box / "datatool", ignore=ignore)
+    for folder in ("model", "migrations", "schemas"):
+        shutil.copytree(ROOT / folder, box / "datatool" / folder, ignore=ignore)
+    shutil.copytree(ROOT / "tests", box / "tests", ignore=ignore)
+    settings = {
+        "source_paths": ["datatool"],
+        "only_mutate": [module.source],
+        "pytest_add_cli_args_test_selection": list(module.tests),
+        "pytest_add_cli_args": ["-p", "no:randomly", "-p", "no:cacheprovider", "-n", "0", "-q"],
+        # torch and SimpleITK are not safe to fork after use: each worker forks from a
+        # server that has only imported the tests
+        "process_isolation": "forkserver",
+        "use_git_change_detection": False,
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    text = (ROOT / "pyproject.toml").read_text().replace("[tool.mutmut]", "[tool.mutmut-repo]")
+    (box / "pyproject.toml").write_text(text + "\n".join(lines) + "\n")
+    return box
+
+
+def _results(box: Path, module: Module) -> dict[str, int | None]:
+    """Mutant name -> pytest's exit status, from mutmut's record beside the mutated file."""
+    meta = box / "mutants" / f"{module.source}.meta"
+    if not meta.is_file():
+        return {}
+    return dict(json.loads(meta.read_text()).get("exit_code_by_key", {}))
+
+
+def _diff(box: Path, mutant: str) -> str:
+    done = subprocess.run(
+        [str(BIN / "mutmut"), "show", mutant], cwd=box, capture_output=True, text=True
+    )
+    return done.stdout.strip()
+
+
+@dataclass
+class Outcome:
+    name: str
+    tried: int
+    killed: int
+    survivors: list[str]
+    unexplained: list[str]
+    other: dict[str, int]  # status -> count (timeouts, no tests, ...)
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.killed / self.tried if self.tried else 0.0
+
+
+def mutate(name: str, children: int) -> Outcome:
+    module = MODULES[name]
+    box = _sandbox(name, module)
+    start = time.monotonic()
+    env = {**os.environ, "PYTHONPATH": str(box)}
+    names = [f"{module.dotted}.x_{f}__mutmut_*" for f in module.functions]
+    done = subprocess.run(
+        [str(BIN / "mutmut"), "run", "--max-children", str(children), *names],
+        cwd=box,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.monotonic() - start
+    results = _results(box, module)
+    if module.functions:
+        wanted = tuple(f"{module.dotted}.x_{f}__mutmut_" for f in module.functions)
+        results = {k: v for k, v in results.items() if k.startswith(wanted)}
+    if not results:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+        raise SystemExit(f"{name}: mutmut ran no mutant (exit status {done.returncode})")
+    killed = sum(1 for code in results.values() if code in KILLED)
+    survivors = sorted(k for k, code in results.items() if code == 0)
+    other: dict[str, int] = {}
+    for code in results.values():
+        if code not in KILLED and code != 0:
+            status = STATUS.get(code, f"exit status {code}")
+            other[status] = other.get(status, 0) + 1
+    # a timeout is a kill (the mutant made the tests hang); "no tests" and the rest are not
+    timeouts = other.pop("timeout", 0)
+    killed += timeouts
+    unexplained = [s for s in survivors if s not in EQUIVALENT]
+    print(f"\n== {name}: {module.source} against {', '.join(module.tests)}")
+    for survivor in survivors:
+        why = EQUIVALENT.get(survivor)
+        print(f"-- survived: {survivor}" + (f" (equivalent: {why})" if why else ""))
+        if not why:
+            print(_diff(box, survivor))
+    outcome = Outcome(name, len(results), killed, survivors, unexplained, other, seconds)
+    extra = f" ({timeouts} by timeout)" if timeouts else ""
+    extra += "".join(f", {n} {status}" for status, n in sorted(other.items()))
+    print(
+        f"{name}: {outcome.killed}/{outcome.tried} killed ({100 * outcome.rate:.1f} %){extra}, "
+        f"{len(survivors)} survived ({len(unexplained)} not known equivalent); "
+        f"{seconds:.0f} s, load {os.getloadavg()[0]:.1f}"
+    )
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help=f"some of: {', '.join(MODULES)}")
+    parser.add_argument("--list", action="store_true", help="list the modules and their tests")
+    parser.add_argument("--children", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, module in MODULES.items():
+            print(f"{name}: {module.source} <- {' '.join(module.tests)}")
+        return 0
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; choose from {', '.join(MODULES)}")
+    outcomes = [mutate(name, args.children) for name in args.modules or list(MODULES)]
+    print("\nmodule       killed/tried  rate     survivors (not known equivalent)  time")
+    for o in outcomes:
+        print(
+            f"{o.name:<12} {o.killed:>5}/{o.tried:<6} {100 * o.rate:5.1f} %  "
+            f"{len(o.survivors):>4} ({len(o.unexplained)})"
+            f"{'':>27}{o.seconds:5.0f} s"
+        )
+    return 1 if any(o.unexplained for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
