@@ -120,6 +120,14 @@ CsvOpt = typer.Option(
     "second table goes beside it as FILE-NAME.csv.",
 )
 
+# Labels identical to another rater's (sync itksnap, sync labelstudio)
+AllowCopyOpt = typer.Option(
+    None,
+    "--allow-copy",
+    metavar="REASON",
+    help="Store labels identical to another rater's current label anyway (refused by "
+    "default: a copy breaks the double-blind); the reason is recorded in the audit log.",
+)
 # Gold-standard tasks (labelstudio push, export itksnap)
 GoldOpt = typer.Option(
     None,

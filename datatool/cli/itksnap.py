@@ -10,6 +10,7 @@ import typer
 
 from datatool.cli import render
 from datatool.cli.common import (
+    AllowCopyOpt,
     CsvOpt,
     GoldOpt,
     GoldReferenceOpt,
@@ -147,13 +148,7 @@ def sync_itksnap(
         "--allow-empty",
         help="Store empty label maps (nothing labelled) instead of rejecting them.",
     ),
-    allow_copy: str | None = typer.Option(
-        None,
-        "--allow-copy",
-        metavar="REASON",
-        help="Store labels identical to another rater's current label anyway (refused by "
-        "default: a copy breaks the double-blind); the reason is recorded in the audit log.",
-    ),
+    allow_copy: str | None = AllowCopyOpt,
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,

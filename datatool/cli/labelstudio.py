@@ -11,6 +11,7 @@ import typer
 from datatool.cli import render
 from datatool.cli.common import (
     MAX_INT,
+    AllowCopyOpt,
     CsvOpt,
     GoldOpt,
     GoldReferenceOpt,
@@ -340,13 +341,7 @@ def sync_labelstudio(
     allow_empty: bool = typer.Option(
         False, "--allow-empty", help="Store submitted annotations with nothing drawn."
     ),
-    allow_copy: str | None = typer.Option(
-        None,
-        "--allow-copy",
-        metavar="REASON",
-        help="Store labels identical to another rater's current label anyway (refused by "
-        "default: a copy breaks the double-blind); the reason is recorded in the audit log.",
-    ),
+    allow_copy: str | None = AllowCopyOpt,
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,

@@ -28,6 +28,7 @@ from datatool.core.workspace import init_workspace, open_workspace
 from datatool.ingest.pipeline import ingest
 from tests.badfiles import make_bad_files
 from tests.conftest import PYDICOM_DATA_US
+from tests.disk import small_tmpfs
 
 
 def images_of(ws) -> list[Image]:
@@ -580,17 +581,8 @@ def test_a_deflated_dicomdir_is_never_inflated(us_file, tmp_path, cli_env):
 @pytest.fixture()
 def small_disk(tmp_path):
     """A 2 MiB tmpfs (root only; skipped where mounting is not allowed)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small file system needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_tmpfs(tmp_path, "2m") as mount:
+        yield mount
 
 
 def test_a_full_disk_is_one_line_and_the_catalogue_stays_whole(

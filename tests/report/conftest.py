@@ -8,6 +8,7 @@ import pytest
 from datatool.analysis.agreement import run_agreement
 from datatool.analysis.consensus import make_consensus
 from datatool.core.workspace import init_workspace, open_workspace
+from tests.disk import small_tmpfs
 from tests.labels_util import ingest_demo_with_labels
 from tests.qa_util import clone
 
@@ -35,18 +36,5 @@ def rated_copy(rated_demo, tmp_path):
 @pytest.fixture()
 def small_disk(tmp_path):
     """A 16 KiB tmpfs (root only; skipped where mounting is not allowed)."""
-    import os
-    import shutil
-    import subprocess
-
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small file system needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_tmpfs(tmp_path, "16k") as mount:
+        yield mount
