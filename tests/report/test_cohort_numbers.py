@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from datatool.ingest.clinical import cohort, ingest_clinical
 from datatool.ingest.pipeline import ingest
 from datatool.report.study import study_report
 from tests.handmade import write_us
+from tests.report.page import parse
 
 PATIENTS = [("P1", "F", 30, 20.0), ("P2", "M", 40, 22.5), ("P3", "M", 50, 25.0),
             ("P4", "M", 62, 31.5)]  # fmt: skip
@@ -29,39 +29,6 @@ PATIENTS = [("P1", "F", 30, 20.0), ("P2", "M", 40, 22.5), ("P3", "M", 50, 25.0),
 AGE_MEAN, AGE_SD = 45.5, math.sqrt(563 / 3)
 # BMI: mean 24.75; squared deviations 22.5625 + 5.0625 + 0.0625 + 45.5625 = 73.25
 BMI_MEAN, BMI_SD = 24.75, math.sqrt(73.25 / 3)
-
-
-class _Rows(HTMLParser):
-    """The text of every cell of the rows with a ``data-key``, by table id and key."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.rows: dict[tuple[str, str], list[str]] = {}
-        self._table: str | None = None
-        self._row: list[str] | None = None
-        self._cell: list[str] | None = None
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "table":
-            self._table = a.get("id")
-        elif tag == "tr" and self._table and "data-key" in a:
-            self._row = self.rows.setdefault((self._table, a["data-key"] or ""), [])
-        elif tag in ("td", "th") and self._row is not None:
-            self._cell = []
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None and self._row is not None:
-            self._row.append(" ".join("".join(self._cell).split()))
-            self._cell = None
-        elif tag == "tr":
-            self._row = None
-        elif tag == "table":
-            self._table = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
 
 
 @pytest.fixture()
@@ -127,9 +94,7 @@ def test_cohort_cli_shows_the_male_share_of_the_men(hand_cohort):
 def test_the_reports_cohort_table_holds_the_raw_rows_numbers(hand_cohort):
     ws = hand_cohort
     page = Path(study_report(ws).out).read_text()
-    parser = _Rows()
-    parser.feed(page)
-    rows = {key: cells for (table, key), cells in parser.rows.items() if table == "cohort-table"}
+    rows = parse(page).texts("cohort-table", "data-key")
     raw = _raw_patients(ws)
     n = len(raw)
     men = sum(1 for sex, _, _ in raw if sex == "M")

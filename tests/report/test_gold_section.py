@@ -7,42 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from html.parser import HTMLParser
 
 from datatool.labels.gold import hand_gold
 from datatool.report.study import study_report
 from tests.gold_util import femur_shifted, label, reference_mask, study
+from tests.report.page import parse
 
 T0 = dt.datetime(2026, 1, 5, 9, 0, 0)
-
-
-class _Rows(HTMLParser):
-    """The cells of each row of the table with id ``gold-table``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inside = False
-        self.rows: list[list[str]] = []
-        self.cell: list[str] | None = None
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "table":
-            self.inside = dict(attrs).get("id") == "gold-table"
-        elif self.inside and tag == "tr":
-            self.rows.append([])
-        elif self.inside and tag == "td":
-            self.cell = []
-
-    def handle_endtag(self, tag):
-        if tag == "table":
-            self.inside = False
-        elif tag == "td" and self.cell is not None:
-            self.rows[-1].append("".join(self.cell).strip())
-            self.cell = None
-
-    def handle_data(self, data):
-        if self.cell is not None:
-            self.cell.append(data)
 
 
 def _gold_workspace(ws, tmp_path):
@@ -62,9 +33,8 @@ def _gold_workspace(ws, tmp_path):
 def test_gold_scores_in_the_html_and_the_markdown(ws, tmp_path):
     _gold_workspace(ws, tmp_path)
     report = study_report(ws, out=tmp_path / "study.html")
-    parser = _Rows()
-    parser.feed((tmp_path / "study.html").read_text(encoding="utf-8"))
-    rows = {(r[0], r[2]): r for r in parser.rows if r}  # the header row has no td
+    page = parse((tmp_path / "study.html").read_text(encoding="utf-8"))
+    rows = {tuple(k.split("|")): r for k, r in page.texts("gold-table", "data-key").items()}
     # rater, reference, structure, gold images labelled, IoU mean, Dice mean ± SD, drift
     assert rows[("AN2", "femur")][1:] == ["EXP", "femur", "4", "0.667", "0.800 ± 0.000", "0.000"]
     assert rows[("AN2", "sciatic nerve")][4:6] == ["1.000", "1.000 ± 0.000"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,8 @@ from datatool.report.study import study_report
 from tests.ci import unavailable
 from tests.labels_util import ingest_demo_with_labels
 from tests.qa_util import clone
+from tests.report.page import Page, parse
+from tests.report.page import value as _value
 
 runner = CliRunner()
 
@@ -46,75 +47,6 @@ def chromium() -> str:
         _unavailable("Chromium is not installed (apt-get install chromium)")
     assert found is not None
     return found
-
-
-# --------------------------------------------------------------------------- the DOM
-
-
-class _Dom(HTMLParser):
-    """Tables by id (rows of (row attributes, [(cell attributes, text)])), the body's
-    attributes, every src/href value and the page's text."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tables: dict[str, list[tuple[dict, list[tuple[dict, str]]]]] = {}
-        self.body: dict[str, str | None] = {}
-        self.links: list[str] = []
-        self.ids: dict[str, dict] = {}
-        self.text: list[str] = []
-        self._table: str | None = None
-        self._cell: list[str] | None = None
-        self._in_script = False
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if "id" in a:
-            self.ids[a["id"]] = a
-        for key in ("src", "href"):
-            if a.get(key):
-                self.links.append(a[key])
-        if tag == "body":
-            self.body = a
-        elif tag == "table":
-            self._table = a.get("id", f"table-{len(self.tables)}")
-            self.tables[self._table] = []
-        elif tag == "tr" and self._table is not None:
-            self.tables[self._table].append((a, []))
-        elif tag in ("td", "th") and self._table is not None:
-            self._cell = []
-            self.tables[self._table][-1][1].append((a, ""))
-        elif tag in ("script", "style"):
-            self._in_script = True
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None and self._table is not None:
-            attrs, _ = self.tables[self._table][-1][1][-1]
-            self.tables[self._table][-1][1][-1] = (attrs, " ".join("".join(self._cell).split()))
-            self._cell = None
-        elif tag == "table":
-            self._table = None
-        elif tag in ("script", "style"):
-            self._in_script = False
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
-        if not self._in_script:
-            self.text.append(data)
-
-    def rows(self, table: str, key: str) -> dict[str, list[tuple[dict, str]]]:
-        """A table's body rows by a row attribute (data-structure, data-key, data-set)."""
-        return {a[key]: cells for a, cells in self.tables[table] if key in a}
-
-
-def parse(html: str) -> _Dom:
-    dom = _Dom()
-    dom.feed(html)
-    return dom
-
-
-def _value(cell: tuple[dict, str]) -> float:
-    return float(cell[0]["data-value"])
 
 
 def _chromium(chromium: str, tmp: Path, *args: str, timeout: int = 120):
@@ -140,7 +72,7 @@ def _page_requests(netlog: Path) -> list[str]:
     ]
 
 
-def _open(chromium: str, page: Path, tmp: Path, *extra: str) -> tuple[_Dom, list[str]]:
+def _open(chromium: str, page: Path, tmp: Path, *extra: str) -> tuple[Page, list[str]]:
     """The page as Chromium rendered it (its DOM after load) and what it fetched."""
     netlog = tmp / f"net-{page.stem}.json"
     done = _chromium(

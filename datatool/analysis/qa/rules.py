@@ -197,6 +197,16 @@ def _agreement(
         )
 
 
+def _beyond_pairs(spread, value: float, z_above: float) -> tuple[float, float] | None:
+    """(robust z, severity) when ``value`` lies beyond the workspace's rater pairs' usual
+    ``spread`` (None: no spread known, or within it)."""
+    if spread is None:
+        return None
+    z = spread.z(value)
+    found = shape.size_severity(z, z_above) if z > 0 else None
+    return None if found is None else (z, found)
+
+
 def _pair_outlier(
     flag: Callable[..., None],
     name: str,
@@ -218,25 +228,21 @@ def _pair_outlier(
             continue
         ev: dict[str, Any] = {}
         sev = 0.0
-        spread = pairs.offset.get((name, m.unit))
-        if spread is not None:
-            z = spread.z(m.offset)
-            found = shape.size_severity(z, t.pair_z_above) if z > 0 else None
-            if found is not None:
-                sev = max(sev, found)
-                ev.update(offset=_r(m.offset, 2), offset_unit=m.unit, offset_z=_r(z, 2))
-        spread = pairs.radius.get((name, m.unit))
-        if spread is not None:
-            z = spread.z(m.radius_diff)
-            found = shape.size_severity(z, t.pair_z_above) if z > 0 else None
-            if found is not None:
-                sev = max(sev, found)
-                ev.update(
-                    area_ratio=_r(m.ratio, 3),
-                    radius_diff=_r(m.radius_diff, 2),
-                    area_z=_r(z, 2),
-                    offset_unit=m.unit,
-                )
+        hit = _beyond_pairs(pairs.offset.get((name, m.unit)), m.offset, t.pair_z_above)
+        if hit is not None:
+            z, found = hit
+            sev = max(sev, found)
+            ev.update(offset=_r(m.offset, 2), offset_unit=m.unit, offset_z=_r(z, 2))
+        hit = _beyond_pairs(pairs.radius.get((name, m.unit)), m.radius_diff, t.pair_z_above)
+        if hit is not None:
+            z, found = hit
+            sev = max(sev, found)
+            ev.update(
+                area_ratio=_r(m.ratio, 3),
+                radius_diff=_r(m.radius_diff, 2),
+                area_z=_r(z, 2),
+                offset_unit=m.unit,
+            )
         if ev and (worst is None or sev > worst[0]):
             area, other_area = (
                 inputs.stats[lab.annotation_id][value][0],
