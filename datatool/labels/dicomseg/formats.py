@@ -24,6 +24,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 from datatool.core.protocol import Structure
 
@@ -211,6 +212,14 @@ def _build(
     for prefix in ("Content", "Series", "InstanceCreation"):
         setattr(seg, f"{prefix}Date", day)
         setattr(seg, f"{prefix}Time", time)
+    # what highdicom draws afresh each time: its contribution's time, a dimension UID
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = made.strftime("%Y%m%d%H%M%S")
+    dimension_uid = generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=["dimension", sop_uid])
+    for name in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
+        for item in seg.get(name, []):
+            item.DimensionOrganizationUID = dimension_uid
     return seg
 
 
