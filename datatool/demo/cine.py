@@ -88,7 +88,9 @@ def render_cine(
         t = k / (frames - 1) if frames > 1 else 0.5
         anat = _frame_anatomy(still, t)
         greys.append(
-            _render_bmode(_rng(seed, 21, patient_index, side_index, k), anat, sign, depth_cm, gain_db)
+            _render_bmode(
+                _rng(seed, 21, patient_index, side_index, k), anat, sign, depth_cm, gain_db
+            )
         )
         r1, r2 = _label_maps(
             _rng(seed, 22, patient_index, side_index, k),
@@ -141,4 +143,3 @@ def cine_file(
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
-

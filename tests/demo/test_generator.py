@@ -401,9 +401,10 @@ def test_cines_are_multi_frame_files_with_a_label_volume_per_rater(tmp_path):
     assert [c.name for c in cines] == ["L_cine.dcm", "R_cine.dcm"]
     for still in plain.dicom_dir.rglob("*.dcm"):
         twin = looped.dicom_dir / still.relative_to(plain.dicom_dir)
-        assert hashlib.sha256(twin.read_bytes()).digest() == hashlib.sha256(
-            still.read_bytes()
-        ).digest()
+        assert (
+            hashlib.sha256(twin.read_bytes()).digest()
+            == hashlib.sha256(still.read_bytes()).digest()
+        )
     nerve = load_protocol().by_label("sciatic nerve").value
     for cine in cines:
         ds = pydicom.dcmread(cine)

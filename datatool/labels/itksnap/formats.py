@@ -100,9 +100,7 @@ def _write_3d(path: Path, array: np.ndarray, spacing: tuple[float, float]) -> No
         sitk.WriteImage(image, str(tmp), True)
 
 
-def write_segmentation_volume(
-    path: Path, masks: np.ndarray, spacing: tuple[float, float]
-) -> None:
+def write_segmentation_volume(path: Path, masks: np.ndarray, spacing: tuple[float, float]) -> None:
     """Write a cine's label maps (uint8 N x H x W, frame k in slice k) as one W x H x N NIfTI
     volume, as ITK-SNAP saves the segmentation of a multi-frame image, atomically."""
     _write_3d(path, masks, spacing)
