@@ -12,6 +12,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -26,7 +27,6 @@ from datatool.labels.annotations import add_rater, get_rater, store_annotation
 from datatool.labels.dicomseg.export import MANIFEST, export_dicom_seg
 from datatool.labels.dicomseg.formats import segment_masks, segment_specs
 from datatool.labels.matching import NoImage, image_for_dicom
-from tests.badfiles import long_cine
 from tests.labels_util import ingest_demo_with_labels
 
 SEGMENTS = segment_specs(load_protocol().structures)
@@ -249,35 +249,61 @@ def test_consensus_and_model_labels_say_how_they_were_made(study, tmp_path):
 
 
 def test_a_cine_s_frames_are_skipped_with_the_reason(ws, tmp_path):
-    originals = tmp_path / "orig"
-    long_cine(originals / "cine.dcm", 3, 64, 80)
-    ingest(ws, [originals], workers=0, frames="all")
+    """The demo's cine (8 frames, every frame labelled): its frames get no SEG, the patient's
+    stills do; skipping is no refusal (exit code 0)."""
+    from datatool.demo.generator import write_demo_dataset
+
+    demo = tmp_path / "demo"
+    write_demo_dataset(demo, patients=1, seed=3, images_per_side=(1, 1), cines=1)
+    ingest(ws, [demo / "dicom"], workers=0, frames="all")
     add_rater(ws, "rater1")
-    labels = np.zeros((64, 80), np.uint8)
-    labels[20:30, 20:30] = 1
+    cine = next((demo / "labels" / "rater1").rglob("*_cine.nii.gz"))
+    volume = sitk.GetArrayFromImage(sitk.ReadImage(str(cine))).astype(np.uint8)  # N x H x W
     with ws.session() as s:
-        frames = s.scalars(select(Image).order_by(Image.frame_index)).all()
-        assert len(frames) == 3
+        rater = get_rater(s, "rater1")
+        frames = s.scalars(
+            select(Image)
+            .join(SourceFile, Image.source_file_id == SourceFile.id)
+            .where(SourceFile.n_frames > 1)
+            .order_by(Image.frame_index)
+        ).all()
+        assert len(frames) == volume.shape[0] == 8
+        for image in frames[:2]:
+            store_annotation(
+                s,
+                ws.store,
+                image,
+                rater,
+                volume[image.frame_index],
+                "itksnap",
+                None,
+                load_protocol(),
+            )
+        labels = demo / "labels" / "rater1"
+        still_labels = next(p for p in labels.rglob("*.nii.gz") if p != cine)
+        original = demo / "dicom" / still_labels.relative_to(labels).parent
+        still = image_for_dicom(s, ws.key, original / still_labels.name.replace(".nii.gz", ".dcm"))
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(still_labels))).astype(np.uint8)
         store_annotation(
             s,
             ws.store,
-            frames[1],
-            get_rater(s, "rater1"),
-            labels,
+            still,
+            rater,
+            mask.reshape(mask.shape[-2:]),
             "itksnap",
             None,
             load_protocol(),
         )
-    result = export_dicom_seg(ws, "rater1", originals, tmp_path / "seg")
-    assert result.exit_code == 0 and result.written == 0
+    result = export_dicom_seg(ws, "rater1", demo / "dicom", tmp_path / "seg")
+    assert result.exit_code == 0 and result.written == 1
+    reason = (
+        "a cine's frame: highdicom 0.28 cannot reference one frame of a multi-frame "
+        "ultrasound image without a Frame of Reference (highdicom issue 284); no SEG"
+    )
     assert result.skipped == [
-        (
-            f"img{frames[1].id:06d} (frame 2 of 3 of a cine)",
-            "a cine's frame: highdicom 0.28 cannot reference one frame of a multi-frame "
-            "ultrasound image without a Frame of Reference (highdicom issue 284); no SEG",
-        )
+        (f"img{f.id:06d} (frame {f.frame_index + 1} of 8 of a cine)", reason) for f in frames[:2]
     ]
-    assert not list((tmp_path / "seg").glob("*.dcm"))
+    assert [p.name for p in (tmp_path / "seg").glob("*.dcm")] == [f"img{still.id:06d}.dcm"]
 
 
 def test_another_rater_s_folder_is_refused(study, tmp_path):
