@@ -63,6 +63,7 @@ from datatool.labels.dicomseg.formats import (
     SegRefused,
     build_segmentation,
     segment_specs,
+    segmentation_bytes,
 )
 from datatool.labels.matching import NoImage, image_name, read_sop_instance_uid
 from datatool.labels.quoting import excerpt
@@ -437,17 +438,9 @@ def _one(
             content_description=f"{rater} labels, version {annotation.version} (datatool)",
             made=annotation.created_at,
         )
+        data = segmentation_bytes(seg)
     except SegRefused as exc:
         return SegItem(shown, REFUSED, str(exc))
-    data = _encode(seg)
     write_bytes_atomic(target, data)
     files[target.name] = {**record, "sha256": hashlib.sha256(data).hexdigest()}
     return SegItem(shown, WRITTEN, file=target.name, structures=present)
-
-
-def _encode(seg) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    seg.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()

@@ -15,6 +15,7 @@ cannot be referenced: :class:`SegRefused`).
 from __future__ import annotations
 
 import datetime as dt
+import io
 import re
 import warnings
 from collections.abc import Sequence
@@ -117,18 +118,26 @@ def build_segmentation(
 
     with warnings.catch_warnings():  # highdicom's and pydicom's warnings can quote identity
         warnings.simplefilter("ignore")
-        return _build(
-            hd,
-            source,
-            labels,
-            segments,
-            provenance,
-            series_uid=series_uid,
-            sop_uid=sop_uid,
-            software_version=software_version,
-            content_description=content_description,
-            made=made,
-        )
+        try:
+            return _build(
+                hd,
+                source,
+                labels,
+                segments,
+                provenance,
+                series_uid=series_uid,
+                sop_uid=sop_uid,
+                software_version=software_version,
+                content_description=content_description,
+                made=made,
+            )
+        except SegRefused:
+            raise
+        except Exception as exc:  # an original highdicom cannot take: its type only, as the
+            # message may quote the original's attributes (identity)
+            raise SegRefused(
+                f"highdicom cannot make a SEG of this original ({type(exc).__name__})"
+            ) from None
 
 
 def _build(
@@ -223,6 +232,23 @@ def _build(
     return seg
 
 
+def segmentation_bytes(seg: Dataset) -> bytes:
+    """The SEG as a DICOM file's bytes. Raises :class:`SegRefused` (naming only the error's
+    type: the message may quote identity) when an attribute copied from the original cannot
+    be written."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            seg.save_as(buffer, enforce_file_format=True)
+        except Exception as exc:
+            raise SegRefused(
+                f"the SEG cannot be written: an attribute of the original is not valid DICOM "
+                f"({type(exc).__name__})"
+            ) from None
+    return buffer.getvalue()
+
+
 def segment_masks(seg: Dataset, segments: Sequence[SegmentSpec]) -> np.ndarray:
     """Read a SEG made by :func:`build_segmentation` back into a label map (rows x cols,
     the protocol's label values), by segment number."""
@@ -252,4 +278,5 @@ __all__ = [
     "build_segmentation",
     "segment_masks",
     "segment_specs",
+    "segmentation_bytes",
 ]

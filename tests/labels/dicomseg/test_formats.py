@@ -26,6 +26,7 @@ from datatool.labels.dicomseg.formats import (
     build_segmentation,
     segment_masks,
     segment_specs,
+    segmentation_bytes,
 )
 from tests.badfiles import long_cine
 from tests.ci import unavailable
@@ -59,9 +60,7 @@ def build(ds, labels, provenance=None, sop_uid=None):
 
 
 def encode(seg) -> bytes:
-    buffer = io.BytesIO()
-    seg.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return segmentation_bytes(seg)
 
 
 def test_segments_follow_the_protocol_with_its_codes():
@@ -246,3 +245,13 @@ def test_the_seg_passes_dciodvfy_and_dcmdump(demo_dir, tmp_path):
         out = tmp_path / f"{k}.dcm"
         out.write_bytes(encode(build(ds, labels_for(ds))))
         _valid(out)
+
+
+def test_an_original_highdicom_cannot_take_is_refused_by_the_error_s_type_only(demo_dir):
+    ds = pydicom.dcmread(next((demo_dir / "dicom").rglob("*.dcm")))
+    ds.PatientID = "SECRET-4711"
+    del ds.StudyInstanceUID  # highdicom copies it: it cannot do without
+    with pytest.raises(SegRefused) as refused:
+        build(ds, labels_for(ds))
+    assert str(refused.value).startswith("highdicom cannot make a SEG of this original (")
+    assert "SECRET" not in str(refused.value)
