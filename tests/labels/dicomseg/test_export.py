@@ -359,3 +359,28 @@ def test_the_command_prints_no_identity(study, demo_dir, tmp_path):
     (foreign / "notes.txt").write_text("mine")
     refused = _run(ws, "-r", "rater1", "--dicom-root", str(originals), "--out", str(foreign))
     assert refused.exit_code == 2 and "--force" in refused.stderr
+
+
+@pytest.mark.parametrize("name", ["US1_UNCR.dcm", "US1_J2KR.dcm"])
+def test_a_vendor_file_from_pydicom_data(ws, us_file, tmp_path, name):
+    """A vendor's ultrasound image (pydicom-data: RGB, uncompressed or lossless JPEG 2000)
+    ingested, labelled and exported: the SEG references it and holds the labels."""
+    path = us_file(name)
+    report = ingest(ws, [path.parent], workers=0, allow_burned_in=True)
+    assert report.ingested == 1, report
+    add_rater(ws, "rater1")
+    with ws.session() as s:
+        image = s.scalars(select(Image)).one()
+        labels = np.zeros((image.rows, image.cols), np.uint8)
+        labels[20:60, 30:90], labels[70:90, 100:130] = 1, 3
+        store_annotation(
+            s, ws.store, image, get_rater(s, "rater1"), labels, "itksnap", None, load_protocol()
+        )
+    result = export_dicom_seg(ws, "rater1", path.parent, tmp_path / "seg")
+    assert (result.written, result.exit_code) == (1, 0)
+    assert result.items[0].image == f"img{image.id:06d} ({name})"
+    seg = pydicom.dcmread(tmp_path / "seg" / f"img{image.id:06d}.dcm")
+    original = pydicom.dcmread(path)
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == original.SOPInstanceUID
+    assert np.array_equal(segment_masks(seg, SEGMENTS), labels)
