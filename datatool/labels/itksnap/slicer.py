@@ -17,8 +17,8 @@ not the protocol's. So a segmentation is read with ``slicerio`` segment by segme
   no segment of its layer claims refuses the file (the header and the voxels disagree).
 
 The map's geometry (``ijkToLPS``) goes back to :mod:`itksnap.formats`, which turns it to the
-orientation datatool writes as for any other label map. A cine's segmentation (W x H x N) is
-not read here: one slice only.
+orientation datatool writes as for any other label map, which takes one slice (W x H x 1);
+:func:`read_segments` itself paints any number of slices (a cine's W x H x N).
 
 ``color_table`` writes the protocol as a Slicer colour table (``.ctbl``: ``# Color table
 file`` header, then ``value name R G B A`` lines, spaces in names as underscores, alpha
@@ -42,8 +42,9 @@ _NAME_SHOWN = 60  # characters of a segment name quoted in a message
 
 @dataclass
 class SlicerMap:
-    """A segmentation painted into protocol values: ``array`` is W x H x 1, indexed
-    ``[i, j, k]`` as the file stores it, with its voxel-to-LPS matrix."""
+    """A segmentation painted into protocol values: ``array`` is W x H x N (N = 1 for a
+    still's map), indexed ``[i, j, k]`` as the file stores it, with its voxel-to-LPS
+    matrix."""
 
     array: np.ndarray
     ijk_to_lps: np.ndarray  # 4 x 4
@@ -89,7 +90,7 @@ def read_segments(path: Path, protocol: Protocol) -> SlicerMap:
     """Read a ``.seg.nrrd`` with ``slicerio`` and paint its segments into one map of the
     protocol's values (see the module docstring). Raises :class:`BadLabel` with a one-line
     reason: an unreadable file, a segment name the protocol does not know, a layer or value
-    the header and voxels disagree on, more than one slice."""
+    the header and voxels disagree on."""
     import slicerio
 
     try:
@@ -103,9 +104,6 @@ def read_segments(path: Path, protocol: Protocol) -> SlicerMap:
         layers = voxels
     else:
         raise BadLabel(f"a 3D Slicer segmentation of {voxels.ndim} dimensions; expected 3 or 4")
-    if layers.shape[3] != 1:
-        size = " x ".join(str(n) for n in layers.shape[1:])
-        raise BadLabel(f"segmentation is a {size} volume; expected a 2D map (W x H x 1)")
     if not np.issubdtype(layers.dtype, np.integer):
         raise BadLabel(f"segmentation voxels are {layers.dtype}, not integer label values")
     segments = list(seg.get("segments") or [])

@@ -18,7 +18,7 @@ from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater
 from datatool.labels.itksnap.export import export_itksnap
 from datatool.labels.itksnap.formats import read_label_file
-from datatool.labels.itksnap.slicer import SLICER_COLORS_FILE, color_table
+from datatool.labels.itksnap.slicer import SLICER_COLORS_FILE, color_table, read_segments
 from datatool.labels.itksnap.sync import sync_itksnap
 from datatool.labels.masks import BadLabel
 from datatool.labels.matching import image_for_dicom
@@ -131,6 +131,27 @@ def test_a_segment_of_another_size_or_a_cine_volume_is_refused_from_the_header(t
     slicerio.write_segmentation(str(tmp_path / "v.seg.nrrd"), seg)
     with pytest.raises(BadLabel, match="10 x 7 x 3 volume"):
         read_label_file(tmp_path / "v.seg.nrrd", protocol=PROTOCOL)
+
+
+def test_read_segments_paints_every_slice_of_a_volume(tmp_path):
+    """A cine's segmentation (W x H x N, layered): each slice painted on its own, in paint
+    order (the label map reader above takes one slice; this is the part a cine reuses)."""
+    muscle = np.zeros((W, H, 3), bool)
+    nerve = np.zeros((W, H, 3), bool)
+    muscle[1:8, 1:6, :] = True
+    nerve[2:4, 2:4, 1] = True  # the nerve only in the middle slice
+    seg = slicerio.create_segmentation((W, H, 3), np.eye(4))
+    slicerio.add_segment(seg, nerve, {"name": "sciatic nerve"})
+    slicerio.add_segment(seg, muscle, {"name": "adductor magnus"})
+    slicerio.write_segmentation(str(tmp_path / "c.seg.nrrd"), seg)
+    painted = read_segments(tmp_path / "c.seg.nrrd", PROTOCOL)
+    expected = np.where(muscle, 2, 0).astype(np.uint8)
+    expected[nerve] = 3
+    assert np.array_equal(painted.array, expected)
+    assert painted.notes == [
+        "adductor magnus and sciatic nerve overlap on 4 px: sciatic nerve wins (painted "
+        "later in the protocol's paint order)"
+    ]
 
 
 def test_voxels_no_segment_claims_and_unreadable_headers_are_one_line(tmp_path):
