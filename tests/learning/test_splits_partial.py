@@ -275,3 +275,63 @@ def test_cli_shows_the_left_out_images_in_table_json_and_csv(partial, tmp_path):
         app, ["split", "create", "x", "--extend", "j", "--folds", "3", "-w", str(ws.root)]
     )
     assert res.exit_code == 2 and "keeps its folds" in res.stderr
+
+
+def test_the_demos_cine_frames_join_their_patients_set_once_labelled(ws, tmp_path):
+    """The demo study with a cine loop: only the stills labelled at first, so the split
+    leaves the loop's frames out (counted as cine frames); once every frame is labelled
+    (from the demo's W x H x N volume), --extend puts them all in their patient's set."""
+    import pydicom
+    import SimpleITK as sitk
+
+    from datatool.demo.generator import write_demo_dataset
+    from datatool.ingest import deid
+    from datatool.labels.matching import image_for_dicom
+
+    demo = write_demo_dataset(
+        tmp_path / "demo", patients=3, seed=7, images_per_side=(1, 1), cines=1, cine_frames=4
+    )
+    ingest(ws, [demo.dicom_dir], workers=0)
+    add_rater(ws, "rater1")
+    protocol = load_protocol(ws.protocol_name)
+    labels = demo.labels_dir / "rater1"
+    cine_frames: list[tuple[Image, np.ndarray]] = []
+    with ws.session() as s:
+        rater = get_rater(s, "rater1")
+        for f in sorted(labels.rglob("*.nii.gz")):
+            dicom = demo.dicom_dir / str(f.relative_to(labels)).replace(".nii.gz", ".dcm")
+            volume = sitk.GetArrayFromImage(sitk.ReadImage(str(f))).astype(np.uint8)
+            if dicom.name.endswith("_cine.dcm"):
+                uid = deid.uid_for(ws.key, str(pydicom.dcmread(dicom).SOPInstanceUID))
+                frames = s.scalars(
+                    select(Image)
+                    .join(SourceFile, Image.source_file_id == SourceFile.id)
+                    .where(SourceFile.sop_uid == uid)
+                    .order_by(Image.frame_index)
+                ).all()
+                assert len(frames) == 4
+                cine_frames += [(im, volume[im.frame_index]) for im in frames]
+                continue
+            image = image_for_dicom(s, ws.key, dicom)
+            mask = volume.reshape(volume.shape[-2:])
+            store_annotation(s, ws.store, image, rater, mask, "itksnap", f.name, protocol)
+    first = create_split(ws, "stills", reference="rater1", folds=0, ratios="1:1:1")
+    assert first.left_out == 4
+    assert [(r.reason, r.images, r.patients, r.cine_frames) for r in first.left_out_reasons] == [
+        ("not labelled by any rater", 4, 1, 4)
+    ]
+    assert check_split(ws, "stills").ok
+    place = {p: sub for p, sub, _, _ in _members(ws, "stills").values()}
+    with ws.session() as s:
+        rater = get_rater(s, "rater1")
+        for image, mask in cine_frames:
+            image = s.get_one(Image, image.id)
+            store_annotation(s, ws.store, image, rater, mask, "itksnap", "cine", protocol)
+    later = create_split(ws, "with-cine", reference="rater1", extend="stills")
+    assert later.left_out == 0 and later.total.images == first.total.images + 4
+    members = _members(ws, "with-cine")
+    for image, _ in cine_frames:
+        patient, subset, _, annotation = members[image.id]
+        assert subset == place[patient] and annotation is not None
+    assert all(subset == place[p] for p, subset, _, _ in members.values())
+    assert check_split(ws, "with-cine").ok
