@@ -24,6 +24,7 @@ FORMAT_MODULES = [
     "datatool.labels.masks",
     "datatool.labels.itksnap.formats",
     "datatool.labels.dicomseg.formats",
+    "datatool.labels.itksnap.slicer",
     "datatool.labels.labelstudio.formats",
     "datatool.analysis.metrics",
     "datatool.analysis.plots",

@@ -113,3 +113,33 @@ def test_a_structure_s_code_is_optional_and_read_whole(tmp_path):
 def test_bad_codes_are_refused(tmp_path, code, message):
     with pytest.raises(ValueError, match=message):
         load_protocol_file(_write(tmp_path, "", f", code: {code}"))
+
+
+def test_segment_names_match_ignoring_case_and_word_separators():
+    p = load_protocol("anterior_sciatic")
+    for name in ("Sciatic_Nerve", " sciatic-nerve ", "SCIATIC  NERVE", "Nerve", "sn"):
+        assert p.by_segment_name(name).name == "sciatic nerve", name
+    assert p.by_segment_name("Adductor_Magnus_Muscle").name == "adductor magnus"
+    assert p.by_segment_name("semitendinosus muscle").name == "semitendinosus"
+    for name in ("sciaticnerve", "Segment_1", "nerve 2", ""):
+        with pytest.raises(KeyError):
+            p.by_segment_name(name)
+    # Label Studio names stay exact (datatool writes them itself)
+    with pytest.raises(KeyError):
+        p.by_label("Sciatic_Nerve")
+
+
+def test_paint_order_lists_every_structure_once_or_defaults_to_the_listing(tmp_path):
+    p = load_protocol("anterior_sciatic")
+    assert [s.name for s in p.painting_order] == [
+        "adductor magnus",
+        "semitendinosus",
+        "femur",
+        "sciatic nerve",
+        "femoral artery",
+    ]
+    assert [s.name for s in load_protocol_file(_write(tmp_path, "")).painting_order] == ["a", "b"]
+    assert load_protocol_file(_write(tmp_path, "paint_order: [b, a]\n")).paint_order == ("b", "a")
+    for bad in ("paint_order: [a]\n", "paint_order: [a, b, b]\n", "paint_order: [a, c]\n"):
+        with pytest.raises(ValueError, match="paint_order must list every structure once"):
+            load_protocol_file(_write(tmp_path, bad))
