@@ -1,0 +1,174 @@
+"""Temporal consistency of cine loops in ``datatool qa`` (analysis/qa/temporal.py): on a real
+cine (a multi-frame DICOM written from a demo still, ingested beside the demo's stills) whose
+frames both raters labelled, a smooth loop raises nothing; a nerve missed in one frame, two
+muscles swapped in one frame and one frame drawn 30 px off flag that frame only; the rule's
+numbers on plain sequences; its part in the flood limit; the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from datatool.analysis.qa import Thresholds, list_queue, run_qa
+from datatool.analysis.qa.flood import cap
+from datatool.analysis.qa.rules import _Found
+from datatool.analysis.qa.temporal import jumps
+from datatool.cli import app
+from datatool.core.catalogue import FlagReason, FlagStatus
+from datatool.core.flags import describe
+from tests.cine_util import cine_ws, frames_of, smooth
+from tests.qa_util import V, clean, flags, relabel
+
+FRAMES = 5
+BAD = 2  # the frame drawn wrong, in the middle of the loop
+MUSCLES = {"adductor magnus", "semitendinosus"}
+EVERY = set(V)
+
+
+def temporal_flags(ws, status=FlagStatus.open) -> set[tuple[int, str, str]]:
+    return {(i, r, s) for i, r, s, reason in flags(ws, status) if reason == "temporal"}
+
+
+def nerve_missing(rater: str, side: str, frame: int) -> np.ndarray:
+    m = smooth(rater, side, frame)
+    if rater == "A" and frame == BAD:
+        m[m == V["sciatic nerve"]] = 0
+    return m
+
+
+def muscles_swapped(rater: str, side: str, frame: int) -> np.ndarray:
+    m = smooth(rater, side, frame)
+    if rater == "A" and frame == BAD:
+        am, st = m == V["adductor magnus"], m == V["semitendinosus"]
+        m[am], m[st] = V["semitendinosus"], V["adductor magnus"]
+    return m
+
+
+def shifted(rater: str, side: str, frame: int) -> np.ndarray:
+    if rater == "A" and frame == BAD:
+        return clean(side, 0, 2.0 * frame + 30.0)
+    return smooth(rater, side, frame)
+
+
+def test_a_smooth_loop_raises_no_flag(ws, demo_dir, tmp_path):
+    cine_ws(ws, demo_dir, tmp_path, FRAMES, smooth)
+    result = run_qa(ws)
+    assert result.labels == 2 * (12 + FRAMES) and result.images == 12 + FRAMES
+    assert not flags(ws)  # no temporal flag, and frames of one loop are not wrong images
+    counts = {c.reason: c for c in result.reasons}
+    assert counts[FlagReason.temporal].found == 0
+
+
+def test_a_nerve_missing_in_one_frame_flags_that_frame_only(ws, demo_dir, tmp_path):
+    cine_ws(ws, demo_dir, tmp_path, FRAMES, nerve_missing)
+    run_qa(ws)
+    ids, _ = frames_of(ws)
+    assert temporal_flags(ws) == {(ids[BAD], "A", "sciatic nerve")}
+    item = next(it for it in list_queue(ws, reasons=["temporal"]).items)
+    assert item.evidence["missing"] is True and item.priority == 0
+    assert item.evidence["frame"] == f"img{ids[BAD]:06d} (frame 3 of 5 of its cine)"
+    assert item.evidence["previous"].startswith(f"img{ids[BAD - 1]:06d} (frame 2 of 5")
+    text = describe("temporal", item.evidence)
+    assert "absent in" in text and "frame 3 of 5" in text and "frame 4 of 5" in text
+
+
+def test_two_muscles_swapped_in_one_frame_are_flagged(ws, demo_dir, tmp_path):
+    cine_ws(ws, demo_dir, tmp_path, FRAMES, muscles_swapped)
+    run_qa(ws)
+    ids, _ = frames_of(ws)
+    assert temporal_flags(ws) == {(ids[BAD], "A", s) for s in MUSCLES}
+    for it in list_queue(ws, reasons=["temporal"]).items:
+        ev = it.evidence
+        assert ev["unit"] == "mm" and ev["moved"] > 10 * ev["moved_usual"]
+        assert ev["moved"] > ev["moved_threshold"] and it.priority == 1
+
+
+def test_one_frame_30_px_off_is_flagged_and_a_higher_floor_clears_it(ws, demo_dir, tmp_path):
+    cine_ws(ws, demo_dir, tmp_path, FRAMES, shifted)
+    run_qa(ws)
+    ids, _ = frames_of(ws)
+    assert temporal_flags(ws) == {(ids[BAD], "A", s) for s in EVERY}
+    moved = [it.evidence["moved"] for it in list_queue(ws, reasons=["temporal"]).items]
+    with ws.session() as s:
+        from datatool.core.catalogue import Image
+
+        mm = s.get(Image, ids[BAD]).mm_per_px_x
+    assert moved == pytest.approx([30 * mm] * len(EVERY), rel=0.02)
+    # the same label versions checked with a floor above the shift: the flags are cleared
+    again = run_qa(ws, thresholds=Thresholds(temporal_floor_mm=30 * mm + 1))
+    assert {c.reason: c.cleared for c in again.reasons}[FlagReason.temporal] == len(EVERY)
+    assert not temporal_flags(ws)
+    # checked again at the default: reopened; a corrected frame closes them
+    run_qa(ws)
+    assert len(temporal_flags(ws)) == len(EVERY)
+    relabel(ws, "A", ids[BAD], smooth("A", frames_of(ws)[1], BAD))
+    run_qa(ws)
+    assert not temporal_flags(ws)
+    assert len(temporal_flags(ws, FlagStatus.superseded)) == len(EVERY)
+
+
+def test_a_loop_of_two_labelled_frames_is_not_checked(ws, demo_dir, tmp_path):
+    cine_ws(ws, demo_dir, tmp_path, 2, shifted)  # frame 2 does not exist: nothing to flag
+    cine = frames_of(ws)[0]
+    relabel(ws, "A", cine[1], clean(frames_of(ws)[1], 0, 60.0))
+    run_qa(ws)
+    assert not temporal_flags(ws)
+
+
+# --------------------------------------------------------------------------- the numbers
+
+
+def pts(*xs: float) -> list[tuple[float, ...]]:
+    return [(x, 0.0) for x in xs]
+
+
+def test_jumps_on_plain_sequences():
+    frames = list(range(6))
+    # constant speed, or accelerating: every frame where its neighbours say
+    assert jumps(frames, pts(0, 5, 10, 15, 20, 25), 3.0, 1.0) == []
+    assert jumps(frames, pts(0, 1, 3, 6, 10, 15), 3.0, 1.0) == []
+    # a still loop with noise under the floor
+    assert jumps(frames, pts(0, 0.3, -0.2, 0.1, 0.4, 0.0), 3.0, 1.0) == []
+    # one frame off by 10: only that frame, against the other frames' usual step of 1
+    (j,) = jumps(frames, pts(0, 1, 12, 3, 4, 5), 3.0, 1.0)
+    assert (j.index, j.change, j.usual, j.threshold) == (2, 10.0, 1.0, 3.0)
+    # the first frame off: its one neighbour predicts it
+    (j,) = jumps(frames, pts(9, 1, 2, 3, 4, 5), 3.0, 1.0)
+    assert (j.index, j.change) == (0, 8.0)
+    # three frames: the middle one judged against the floor alone
+    (j,) = jumps([0, 1, 2], pts(0, 5, 0), 3.0, 2.0)
+    assert (j.index, j.threshold) == (1, 2.0)
+    assert jumps([0, 1, 2], pts(0, 1.5, 0), 3.0, 2.0) == []
+    # uneven frame numbers (only some frames ingested): interpolated at the frame
+    assert jumps([0, 1, 4, 5], pts(0, 2, 8, 10), 3.0, 1.0) == []
+
+
+def test_the_temporal_rule_takes_part_in_the_flood_limit():
+    """Counted against the labels of loops, not every label: 10 flags among 30 loop labels
+    (of 200) are a rule wrong for this dataset; the same among 200 loop labels are kept."""
+    found = [_Found(a, a, "femur", FlagReason.temporal, 1.0, {"moved": 2.0}) for a in range(1, 11)]
+    kept, notes = cap(list(found), 200, 0.25, {FlagReason.temporal: 30})
+    assert kept == [] and notes == [
+        "temporal on femur: would flag 10 of 30 labels (33 %, over the 25 % a rule may flag, "
+        "--max-flag-share): a note about the rule, not flags; check its threshold or the "
+        "protocol"
+    ]
+    assert cap(list(found), 200, 0.25, {FlagReason.temporal: 200}) == (found, [])
+    assert cap(list(found), 200, 0.25, {FlagReason.temporal: 15}) == (found, [])  # < 20
+
+
+def test_qa_cli_names_the_temporal_rule(ws, demo_dir, tmp_path):
+    env = {"COLUMNS": "200"}
+    res = CliRunner().invoke(app, ["qa", "--help"], env=env)
+    assert "temporal" in res.output and "--temporal-ratio" in res.output
+    assert "--temporal-floor-mm" in res.output
+    cine_ws(ws, demo_dir, tmp_path, FRAMES, nerve_missing)
+    res = CliRunner().invoke(app, ["qa", "--workspace", str(ws.root)], env=env)
+    assert res.exit_code == 0 and "temporal" in res.output, res.output
+    res = CliRunner().invoke(
+        app, ["qa", "list", "--reason", "temporal", "--workspace", str(ws.root)], env=env
+    )
+    assert res.exit_code == 0 and "sciatic nerve" in res.output, res.output
+    res = CliRunner().invoke(app, ["qa", "--temporal-ratio", "0", "--workspace", str(ws.root)])
+    assert res.exit_code == 2 and "--temporal-ratio" in res.output
