@@ -6,11 +6,14 @@ numbers on plain sequences; its part in the flood limit; the CLI."""
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from datatool.analysis.qa import Thresholds, list_queue, run_qa
+from datatool.analysis.qa import Thresholds, list_queue, run_qa, write_report
 from datatool.analysis.qa.flood import cap
 from datatool.analysis.qa.rules import _Found
 from datatool.analysis.qa.temporal import jumps
@@ -71,6 +74,14 @@ def test_a_nerve_missing_in_one_frame_flags_that_frame_only(ws, demo_dir, tmp_pa
     assert item.evidence["previous"].startswith(f"img{ids[BAD - 1]:06d} (frame 2 of 5")
     text = describe("temporal", item.evidence)
     assert "absent in" in text and "frame 3 of 5" in text and "frame 4 of 5" in text
+    assert item.evidence["previous_annotation"] != item.evidence["next_annotation"]
+    # the export: the queue's row in words, a thumbnail with the frames before and after
+    report = write_report(ws, tmp_path / "r", reasons=["temporal"])
+    with open(report.csv, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["reason"], row["structure"], row["summary"]) == ("temporal", "sciatic nerve", text)
+    page = Path(report.page).read_text()
+    assert len(report.thumbnails) == 1 and "frames before and after" in page
 
 
 def test_two_muscles_swapped_in_one_frame_are_flagged(ws, demo_dir, tmp_path):

@@ -188,6 +188,10 @@ def temporal(
                             "frame": names[k],
                             "previous": names[k - 1] if k > 0 else None,
                             "next": names[k + 1] if k + 1 < len(loop) else None,
+                            "previous_annotation": loop[k - 1].annotation_id if k > 0 else None,
+                            "next_annotation": (
+                                loop[k + 1].annotation_id if k + 1 < len(loop) else None
+                            ),
                             "loop_frames": len(loop),
                             "ratio": ratio,
                         },
