@@ -153,6 +153,12 @@ def test_jumps_on_plain_sequences():
     assert jumps([0, 1, 2], pts(0, 1.5, 0), 3.0, 2.0) == []
     # uneven frame numbers (only some frames ingested): interpolated at the frame
     assert jumps([0, 1, 4, 5], pts(0, 2, 8, 10), 3.0, 1.0) == []
+    # a loop that oscillates frame to frame: that is its usual change, nothing flagged
+    assert jumps(frames, pts(0, 10, 0, 10, 0, 10), 3.0, 1.0) == []
+    # two bad frames of six: the worse first, then the other once the first is left out
+    assert [j.index for j in jumps(frames, pts(0, 1, 30, 3, 14, 5), 3.0, 1.0)] == [2, 4]
+    # never more than a third of the frames: the rest say what is usual
+    assert len(jumps(frames, pts(0, 40, 2, 50, 4, 70), 3.0, 1.0)) <= 2
 
 
 def test_the_temporal_rule_takes_part_in_the_flood_limit():
