@@ -76,6 +76,45 @@ def stills_of(ws) -> list[tuple[int, str]]:
         ]
 
 
+def ingest_demo_with_cine_labels(ws, demo_dir: Path, raters=("rater1", "rater2")) -> dict:
+    """Ingest a demo dataset and store its raters' label maps: a still's 2-D map to its image,
+    a cine's W x H x N volume slice by slice to its frames (slice k to frame k). Returns
+    {cine's relative path: its frames' image ids in frame order}."""
+    import SimpleITK as sitk
+
+    from datatool.core.protocol import load_protocol
+    from datatool.ingest import deid
+    from datatool.labels.matching import read_sop_instance_uid
+
+    ingest(ws, [demo_dir / "dicom"], workers=0)
+    protocol = load_protocol(ws.protocol_name)
+    loops: dict[str, list[int]] = {}
+    for name in raters:
+        add_rater(ws, name)
+        with ws.session() as s:
+            rater = get_rater(s, name)
+            for f in sorted((demo_dir / "labels" / name).rglob("*.nii.gz")):
+                rel = str(f.relative_to(demo_dir / "labels" / name))
+                dcm = demo_dir / "dicom" / rel.replace(".nii.gz", ".dcm")
+                keyed = deid.uid_for(ws.key, read_sop_instance_uid(dcm).strip())
+                file_id = s.scalar(select(SourceFile.id).where(SourceFile.sop_uid == keyed))
+                images = list(
+                    s.scalars(
+                        select(Image)
+                        .where(Image.source_file_id == file_id)
+                        .order_by(Image.frame_index)
+                    )
+                )
+                maps = sitk.GetArrayFromImage(sitk.ReadImage(str(f))).astype(np.uint8)
+                maps = maps[None] if maps.ndim == 2 else maps
+                assert len(maps) == len(images), rel
+                for image, m in zip(images, maps):
+                    store_annotation(s, ws.store, image, rater, m, "itksnap", rel, protocol)
+                if len(images) > 1:
+                    loops[rel] = [i.id for i in images]
+    return loops
+
+
 Drawer = Callable[[str, str, int], np.ndarray]  # (rater, leg, frame) -> label map
 
 

@@ -115,8 +115,8 @@ def qa(
     ),
     temporal_floor_mm: float = typer.Option(
         TEMPORAL_FLOOR_MM,
-        help="... and by more than this many mm for the centroid (half of it for the "
-        f"equivalent radius; {TEMPORAL_FLOOR_PX:g} px in a loop without mm calibration).",
+        help="... and by more than this many mm (the centroid's shift, the equivalent "
+        f"radius's change; {TEMPORAL_FLOOR_PX:g} px in a loop without mm calibration).",
     ),
     max_flag_share: float = typer.Option(
         MAX_FLAG_SHARE,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from datatool.analysis.qa import Thresholds, list_queue, run_qa, write_report
@@ -20,7 +21,7 @@ from datatool.analysis.qa.temporal import jumps
 from datatool.cli import app
 from datatool.core.catalogue import FlagReason, FlagStatus
 from datatool.core.flags import describe
-from tests.cine_util import cine_ws, frames_of, smooth
+from tests.cine_util import cine_ws, frames_of, ingest_demo_with_cine_labels, smooth
 from tests.qa_util import V, clean, flags, relabel
 
 FRAMES = 5
@@ -125,6 +126,35 @@ def test_a_loop_of_two_labelled_frames_is_not_checked(ws, demo_dir, tmp_path):
     relabel(ws, "A", cine[1], clean(frames_of(ws)[1], 0, 60.0))
     run_qa(ws)
     assert not temporal_flags(ws)
+
+
+def test_the_demos_loops_flag_nothing_and_a_planted_swap_is_found(ws, tmp_path):
+    """The lead's demo cines (datatool demo-data --cines: the anatomy sweeps and breathes,
+    each rater redraws every frame with its own wobble), without the planted rater errors:
+    no temporal flag on either rater's loops; one frame with the muscles swapped is found."""
+    from datatool.demo.generator import write_demo_dataset
+
+    write_demo_dataset(tmp_path / "demo", patients=1, seed=3, images_per_side=(1, 1),
+                       rater_errors=False, cines=2)  # fmt: skip
+    loops = ingest_demo_with_cine_labels(ws, tmp_path / "demo")
+    assert len(loops) == 2 and all(len(ids) == 8 for ids in loops.values())
+    run_qa(ws)
+    assert not temporal_flags(ws)
+    ids = sorted(loops.values())[0]
+    with ws.session() as s:
+        from datatool.core.catalogue import Annotation, Rater
+
+        ann = s.scalar(
+            select(Annotation)
+            .join(Rater)
+            .where(Annotation.image_id == ids[4], Rater.name == "rater1")
+        )
+        m = ws.store.get_array(ann.mask_hash).copy()
+    am, st = m == V["adductor magnus"], m == V["semitendinosus"]
+    m[am], m[st] = V["semitendinosus"], V["adductor magnus"]
+    relabel(ws, "rater1", ids[4], m)
+    run_qa(ws)
+    assert temporal_flags(ws) == {(ids[4], "rater1", s) for s in MUSCLES}
 
 
 # --------------------------------------------------------------------------- the numbers

@@ -11,7 +11,7 @@ loop's labelled frames just before and after it. Per structure:
   the neighbours predict (their linear interpolation at the frame, or the one neighbour at the
   loop's ends) than ``ratio`` times the loop's usual frame-to-frame change of it (the median
   over the steps between the loop's other frames, so the frame judged does not set its own
-  yardstick) and than a floor (``floor`` mm for the centroid, half of it for the radius; in
+  yardstick) and than a floor (``floor`` mm, for the centroid and the radius alike; in
   pixels where a frame has no mm calibration), so a still loop does not flag drawing noise.
   The worst frame is taken first and left out of the loop before the next is judged, so one
   bad frame does not make its neighbours look bad too. A loop whose structures move
@@ -164,8 +164,8 @@ def temporal(
                 # the equivalent radius of the area (in mm: the pixel's area in mm²)
                 radii.append((shape.equivalent_radius(area * float(sx or 1.0) * float(sy or 1.0)),))
             sub = [frames[k] for k in where]
-            for what, values, fl in (("moved", centroids, floor), ("radius", radii, floor / 2)):
-                for j in jumps(sub, values, ratio, fl):
+            for what, values in (("moved", centroids), ("radius", radii)):
+                for j in jumps(sub, values, ratio, floor):
                     k = where[j.index]
                     sev, ev = evidence.get(k, (0.0, {}))
                     ev = {
