@@ -177,12 +177,17 @@ def test_jumps_on_plain_sequences():
     # the first frame off: its one neighbour predicts it
     (j,) = jumps(frames, pts(9, 1, 2, 3, 4, 5), 3.0, 1.0)
     assert (j.index, j.change) == (0, 8.0)
+    # the frame next to the last one off: that frame, not the end frame beside it
+    assert [j.index for j in jumps(frames, pts(0, 1, 2, 3, 14, 5), 3.0, 1.0)] == [4]
+    assert [j.index for j in jumps(frames, pts(0, 11, 2, 3, 4, 5), 3.0, 1.0)] == [1]
     # three frames: the middle one judged against the floor alone
     (j,) = jumps([0, 1, 2], pts(0, 5, 0), 3.0, 2.0)
     assert (j.index, j.threshold) == (1, 2.0)
     assert jumps([0, 1, 2], pts(0, 1.5, 0), 3.0, 2.0) == []
     # uneven frame numbers (only some frames ingested): interpolated at the frame
     assert jumps([0, 1, 4, 5], pts(0, 2, 8, 10), 3.0, 1.0) == []
+    # a structure in fewer than three frames of the loop (or none): no course to leave
+    assert jumps([], [], 3.0, 1.0) == [] and jumps([0, 1], pts(0, 50), 3.0, 1.0) == []
     # a loop that oscillates frame to frame: that is its usual change, nothing flagged
     assert jumps(frames, pts(0, 10, 0, 10, 0, 10), 3.0, 1.0) == []
     # two bad frames of six: the worse first, then the other once the first is left out

@@ -14,8 +14,11 @@ loop's labelled frames just before and after it. Per structure:
   yardstick) and than a floor (``floor`` mm, for the centroid and the radius alike; in
   pixels where a frame has no mm calibration), so a still loop does not flag drawing noise.
   The worst frame is taken first and left out of the loop before the next is judged, so one
-  bad frame does not make its neighbours look bad too. A loop whose structures move
-  smoothly, however fast, flags nothing: an interpolated frame lies where its neighbours say.
+  bad frame does not make its neighbours look bad too (an end frame, with one neighbour, only
+  when it lies clearly further off than that neighbour: ``END_MARGIN``). A loop whose
+  structures move smoothly, however fast, flags nothing: an interpolated frame lies where its
+  neighbours say. At most a third of a loop's frames are flagged for one structure: the rest
+  of the loop says what is usual.
 
 One flag per (label, structure), with the centroid's and the size's evidence; its severity is
 how far the change lies past its threshold ((change - threshold) / threshold), 1 for a
@@ -73,12 +76,21 @@ class Jump:
         return (self.change - self.threshold) / self.threshold
 
 
+# An end frame has one neighbour: when that neighbour is off course by d, the end frame lies d
+# from it too, and the neighbour d from the course through the end; when the end frame is off
+# by d, its neighbour lies only d / 2 from the course. So an end frame is judged only when it
+# lies further off than this many times its neighbour.
+END_MARGIN = 1.5
+
+
 def jumps(
     frames: list[int], values: list[tuple[float, ...]], ratio: float, floor: float
 ) -> list[Jump]:
     """The frames of a sequence (``values`` at the increasing frame numbers ``frames``) that
     lie off their neighbours' course: see the module's doc. At most a third of the frames
     (one at least): the rest of the loop says what is usual. Pure numbers."""
+    if len(values) < shape.TEMPORAL_MIN_FRAMES:  # a structure in fewer frames: no course
+        return []
     vals = np.asarray(values, dtype=float).reshape(len(values), -1)
     at = np.asarray(frames, dtype=float)
     alive = np.arange(len(values))
@@ -96,6 +108,9 @@ def jumps(
         change = np.linalg.norm(v - predicted, axis=1)
         worst: Jump | None = None
         for pos in range(alive.size):
+            inner = 1 if pos == 0 else alive.size - 2 if pos == alive.size - 1 else None
+            if inner is not None and change[pos] <= END_MARGIN * change[inner]:
+                continue  # an end frame whose one neighbour is as far off: that one is
             # the steps between the other frames: those touching this one left out
             others = np.delete(steps, [i for i in (pos - 1, pos) if 0 <= i < steps.size])
             usual = float(np.median(others)) if others.size else 0.0
