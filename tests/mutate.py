@@ -62,6 +62,11 @@ MODULES: dict[str, Module] = {
         "datatool/analysis/shape.py", ("tests/analysis/test_shape.py", "tests/analysis/test_qa.py")
     ),
     "qa": Module("datatool/analysis/qa/rules.py", ("tests/analysis/test_qa.py",)),
+    "temporal": Module(
+        "datatool/analysis/qa/temporal.py",
+        ("tests/analysis/test_qa_temporal_numbers.py",),
+        ("jumps",),
+    ),
     "masks": Module("datatool/labels/masks.py", ("tests/labels/test_annotations.py",)),
     "scoring": Module("datatool/learning/scoring.py", ("tests/learning/test_scoring_numbers.py",)),
     "splits": Module(
