@@ -42,8 +42,27 @@ def test_jumps_on_plain_sequences():
     assert jumps(frames, pts(0, 10, 0, 10, 0, 10), 3.0, 1.0) == []
     # two bad frames of six: the worse first, then the other once the first is left out
     assert [j.index for j in jumps(frames, pts(0, 1, 30, 3, 14, 5), 3.0, 1.0)] == [2, 4]
-    # never more than a third of the frames: the rest say what is usual
-    assert len(jumps(frames, pts(0, 40, 2, 50, 4, 70), 3.0, 1.0)) <= 2
+    # never more than a third of the frames (one at least): the rest say what is usual; each
+    # of these would lose more frames, one after the other, without the limit
+    assert [j.index for j in jumps(range(4), pts(0, 100, 0, -20), 3.0, 1.0)] == [1]
+    assert [j.index for j in jumps(frames, pts(0, 20, 100, 100, 0, 0), 3.0, 1.0)] == [1, 0]
+    assert [j.index for j in jumps(range(7), pts(5, 5, 0, 0, 20, 20, 0), 3.0, 1.0)] == [6, 3]
+    # the frame next to the last one off, the last one further from it than the frame is from
+    # its course: still that frame (the end frame lies only 11 / 10 as far off)
+    assert [j.index for j in jumps(range(7), pts(0, 1, 2, 3, 4, -5, 6), 3.0, 1.0)] == [5]
+    # an end frame exactly 1.5 times as far off as its neighbour is not judged until that
+    # neighbour is left out
+    assert [j.index for j in jumps(frames, pts(0, 0, 0, 0, -5, 10), 3.0, 1.0)] == [4, 5]
+    # a change exactly at the threshold is not flagged
+    assert jumps([0, 1, 2], pts(0, 2, 0), 3.0, 2.0) == []
+    # two frames equally off: the earlier first
+    twice = jumps(range(9), pts(0, 0, 5, 0, 0, 0, 5, 0, 0), 3.0, 1.0)
+    assert [j.index for j in twice] == [2, 6]
+    # steps are per frame: over a gap of 4 frames a step of 4 is the usual 1 a frame
+    assert [j.index for j in jumps([0, 4, 5, 6, 7], pts(0, 4, 5, 10, 7), 3.0, 1.0)] == [3]
+    # an end frame's gap to its neighbour, at either end, in frames
+    assert [j.index for j in jumps(range(10, 15), pts(6, 1, 2, 3, 4), 3.0, 1.0)] == [0]
+    assert [j.index for j in jumps(range(10, 15), pts(0, 1, 2, 3, -2), 3.0, 1.0)] == [4]
 
 
 def test_the_temporal_rule_takes_part_in_the_flood_limit():
