@@ -244,7 +244,7 @@ CONVENTIONS: dict[str, str] = {
     "prelabelled": "a new sample leaves out images where either rater's label started from "
     "a model draft (the raters were not independent) unless include_prelabelled",
     "cine": "a cine's frames are images like stills: a sample draws images, so it may hold "
-    "several frames of one loop, which are not independent ratings (the same anatomy seconds "
+    "several frames of one loop, which are not independent ratings (the same anatomy moments "
     "apart, labelled by the same rater in one sitting: the ICC's confidence interval is then "
     "too narrow); per_cine takes at most one frame per loop",
     "gold": "a new sample leaves out a rater's labels of their gold-standard tasks unless "
@@ -469,7 +469,7 @@ def _cine_notes(smp: _Sample) -> list[str]:
         return []
     return [
         f"{smp.cine_frames} of {len(smp.items)} images are frames of {smp.cines} cine "
-        "loop(s): frames of one loop are not independent ratings (the same anatomy seconds "
+        "loop(s): frames of one loop are not independent ratings (the same anatomy moments "
         "apart, labelled in one sitting), so the ICC's confidence interval is too narrow; "
         "--per-cine takes at most one frame per loop"
     ]
