@@ -62,6 +62,11 @@ MODULES: dict[str, Module] = {
         "datatool/analysis/shape.py", ("tests/analysis/test_shape.py", "tests/analysis/test_qa.py")
     ),
     "qa": Module("datatool/analysis/qa/rules.py", ("tests/analysis/test_qa.py",)),
+    "temporal": Module(
+        "datatool/analysis/qa/temporal.py",
+        ("tests/analysis/test_qa_temporal_numbers.py",),
+        ("jumps",),
+    ),
     "masks": Module("datatool/labels/masks.py", ("tests/labels/test_annotations.py",)),
     "scoring": Module("datatool/learning/scoring.py", ("tests/learning/test_scoring_numbers.py",)),
     "splits": Module(
@@ -89,7 +94,17 @@ _DTYPE = (
     "numbers; numpy's own dtype (int or float) gives the same mean, SD, percentiles and "
     "differences once the results are cast with float()"
 )
+_T = "datatool.analysis.qa.temporal.x_jumps__mutmut_"
+_T_DTYPE = (
+    "np.asarray(..., float) -> dtype None or left out: the values are float centroids and "
+    "radii, the frames ints whose differences are divided into floats"
+)
 EQUIVALENT: dict[str, str] = {
+    _T + "8": _T_DTYPE,
+    _T + "10": _T_DTYPE,
+    _T + "15": _T_DTYPE,
+    _T + "17": _T_DTYPE,
+    _T + "12": "reshape(n, -2): numpy reads any negative size as the one unknown, like -1",
     _M + "x_describe__mutmut_3": _DTYPE,
     _M + "x_describe__mutmut_5": _DTYPE,
     _M + "x_normality__mutmut_3": _DTYPE + " (scipy's Shapiro-Wilk casts to float itself)",

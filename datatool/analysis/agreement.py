@@ -29,6 +29,7 @@ from datatool.core.catalogue import (
     Image,
     Rater,
     RaterKind,
+    SourceFile,
     StructureStats,
     audit,
 )
@@ -38,7 +39,12 @@ from datatool.core.processes import pool_context, worker_count
 from datatool.core.protocol import Protocol, Structure, load_protocol
 from datatool.core.store import Store
 from datatool.core.workspace import Workspace
-from datatool.labels.annotations import get_rater, latest_annotations_query, mask_hashes
+from datatool.labels.annotations import (
+    get_rater,
+    in_chunks,
+    latest_annotations_query,
+    mask_hashes,
+)
 from datatool.labels.gold import without_gold
 
 MEASURES = ("area_mm2", "area_px")
@@ -75,12 +81,16 @@ def _draw(
     resample: bool,
     include_prelabelled: bool = False,
     include_gold: bool = False,
+    per_cine: bool = False,
 ) -> tuple[AgreementSample, bool, int | None]:
     """The saved sample for these parameters, or a new one. Returns (sample, reused, images
-    left out of a new sample because a label started from a model draft)."""
+    left out of a new sample because a label started from a model draft). ``per_cine``: at
+    most one frame of each cine loop (drawn with the seed) among the candidates."""
     kept_drafts = (
-        func.coalesce(AgreementSample.include_prelabelled, False) == include_prelabelled
-    ) & (func.coalesce(AgreementSample.include_gold, False) == include_gold)
+        (func.coalesce(AgreementSample.include_prelabelled, False) == include_prelabelled)
+        & (func.coalesce(AgreementSample.include_gold, False) == include_gold)
+        & (func.coalesce(AgreementSample.per_cine, False) == per_cine)
+    )
     if size is not None and not resample:
         saved = session.scalar(
             select(AgreementSample)
@@ -123,16 +133,24 @@ def _draw(
             f"only {len(both)} images are labelled by both {a.name} and "
             f"{b.name}{why}; agreement needs at least {MIN_IMAGES}"
         )
+    rng = np.random.default_rng(seed)
+    if per_cine:
+        both = _one_frame_per_cine(session, both, rng)
+        if len(both) < MIN_IMAGES:
+            raise DatatoolError(
+                f"only {len(both)} images (a cine loop counted once, --per-cine) are labelled "
+                f"by both {a.name} and {b.name}; agreement needs at least {MIN_IMAGES}"
+            )
     if size is not None:
         if size > len(both):
+            what = " (a cine loop counted once, --per-cine)" if per_cine else ""
             raise DatatoolError(
-                f"--sample {size} is more than the {len(both)} images labelled "
+                f"--sample {size} is more than the {len(both)} images{what} labelled "
                 f"by both {a.name} and {b.name}: use --sample {len(both)} or "
                 "leave --sample out for all of them"
             )
         if size < MIN_IMAGES:
             raise UsageError(f"--sample must be at least {MIN_IMAGES}")
-        rng = np.random.default_rng(seed)
         chosen = sorted(int(i) for i in rng.choice(np.asarray(both), size=size, replace=False))
     else:
         chosen = both
@@ -162,6 +180,7 @@ def _draw(
         n_images=len(chosen),
         include_prelabelled=include_prelabelled,
         include_gold=include_gold,
+        per_cine=per_cine,
     )
     session.add(sample)
     for i in chosen:
@@ -177,6 +196,41 @@ def _draw(
     return sample, False, left_out
 
 
+def _one_frame_per_cine(session, image_ids: list[int], rng: np.random.Generator) -> list[int]:
+    """The images with at most one frame of each cine file: the stills, and of each cine's
+    frames among ``image_ids`` one drawn with ``rng`` (cines in file order), sorted."""
+    frames: dict[int, list[int]] = {}
+    kept = []
+    for chunk in in_chunks(image_ids):
+        for image_id, file_id, n_frames in session.execute(
+            select(Image.id, Image.source_file_id, SourceFile.n_frames)
+            .join(SourceFile, SourceFile.id == Image.source_file_id)
+            .where(Image.id.in_(chunk))
+        ):
+            if n_frames > 1:
+                frames.setdefault(file_id, []).append(image_id)
+            else:
+                kept.append(image_id)
+    for file_id in sorted(frames):
+        kept.append(int(rng.choice(np.asarray(sorted(frames[file_id])))))
+    return sorted(kept)
+
+
+def _cine_frames(session, image_ids: list[int]) -> tuple[int, int]:
+    """Of these images: how many are frames of a cine, and of how many cines."""
+    frames, files = 0, set()
+    for chunk in in_chunks(image_ids):
+        for file_id, n_frames in session.execute(
+            select(Image.source_file_id, SourceFile.n_frames)
+            .join(SourceFile, SourceFile.id == Image.source_file_id)
+            .where(Image.id.in_(chunk))
+        ):
+            if n_frames > 1:
+                frames += 1
+                files.add(file_id)
+    return frames, len(files)
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
@@ -189,6 +243,10 @@ CONVENTIONS: dict[str, str] = {
     "(both_absent); one empty gives 0",
     "prelabelled": "a new sample leaves out images where either rater's label started from "
     "a model draft (the raters were not independent) unless include_prelabelled",
+    "cine": "a cine's frames are images like stills: a sample draws images, so it may hold "
+    "several frames of one loop, which are not independent ratings (the same anatomy moments "
+    "apart, labelled by the same rater in one sitting: the ICC's confidence interval is then "
+    "too narrow); per_cine takes at most one frame per loop",
     "gold": "a new sample leaves out a rater's labels of their gold-standard tasks unless "
     "include_gold",
     "surface": "HD95 (the larger directed 95th percentile of border-to-border distances), "
@@ -242,6 +300,9 @@ class AgreementReport:
     prelabelled_in_sample: int = 0  # images of the sample with a label from a model draft
     prelabelled_left_out: int | None = None  # left out of a new sample (None: reused)
     include_gold: bool = False  # raters' labels of gold-standard tasks were kept
+    per_cine: bool = False  # at most one frame of each cine loop
+    cine_frames: int = 0  # images of the sample that are frames of a cine loop
+    cines: int = 0  # ... of this many loops
     # of HD95 and ASSD (and the tolerance): mm, or px uncalibrated; None: not computed
     surface_unit: str | None = "mm"
     nsd_tolerance: float = metrics.NSD_TOLERANCE_MM  # in surface_unit
@@ -264,6 +325,9 @@ class _Sample:
     prelabelled: int = 0  # images whose label (either rater's) started from a model draft
     left_out: int | None = None  # images left out of a new sample for that reason
     include_gold: bool = False
+    per_cine: bool = False
+    cine_frames: int = 0  # images of the sample that are frames of a cine
+    cines: int = 0  # ... of this many cines
 
 
 def run_agreement(
@@ -280,6 +344,7 @@ def run_agreement(
     include_gold: bool = False,
     tolerance: float = metrics.NSD_TOLERANCE_MM,
     surface: bool = True,
+    per_cine: bool = False,
 ) -> AgreementReport:
     """Agreement between two raters: ICC(2,1) per structure and over all structures, Dice
     and IoU, the surface distances (HD95, ASSD, NSD at ``tolerance`` mm), Bland-Altman plots.
@@ -289,15 +354,21 @@ def run_agreement(
     Two raters who started from the same model draft are not independent: a new sample
     leaves out images where either rater's label started from a draft (counted in the notes)
     unless ``include_prelabelled``, which keeps them and marks the report. A saved sample is
-    reused as it is."""
+    reused as it is.
+
+    A cine's frames are images: a sample draws among them like among stills, unless
+    ``per_cine`` takes at most one frame of each loop (frames of one loop are not independent
+    ratings); the report counts the sample's cine frames and says so in a note."""
     protocol = load_protocol(ws.protocol_name)
     if measure is not None and measure not in MEASURES:
         raise UsageError(f"--measure must be one of {', '.join(MEASURES)}")
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise UsageError(f"--tolerance must be a distance in mm of 0 or more, not {tolerance}")
     wanted = _wanted_structures(protocol, structures)
-    smp = _load_sample(ws, raters, sample, seed, resample, include_prelabelled, include_gold)
-    notes: list[str] = _prelabelled_notes(smp)
+    smp = _load_sample(
+        ws, raters, sample, seed, resample, include_prelabelled, include_gold, per_cine
+    )
+    notes: list[str] = _prelabelled_notes(smp) + _cine_notes(smp)
     measure, unit = _choose_measure(measure, smp, notes)
     surface_unit = "mm" if smp.calibrated == len(smp.items) else "px"
     if surface and surface_unit == "px":
@@ -363,6 +434,9 @@ def run_agreement(
         prelabelled_in_sample=smp.prelabelled,
         prelabelled_left_out=smp.left_out,
         include_gold=smp.include_gold,
+        per_cine=smp.per_cine,
+        cine_frames=smp.cine_frames,
+        cines=smp.cines,
         surface_unit=surface_unit if surface else None,
         nsd_tolerance=tolerance,
     )
@@ -385,6 +459,22 @@ def _prelabelled_notes(smp: _Sample) -> list[str]:
     return notes
 
 
+def _cine_notes(smp: _Sample) -> list[str]:
+    if smp.per_cine:
+        return [
+            f"at most one frame per cine loop (--per-cine): {smp.cine_frames} of "
+            f"{len(smp.items)} images are cine frames, each of another loop"
+        ]
+    if not smp.cine_frames:
+        return []
+    return [
+        f"{smp.cine_frames} of {len(smp.items)} images are frames of {smp.cines} cine "
+        "loop(s): frames of one loop are not independent ratings (the same anatomy moments "
+        "apart, labelled in one sitting), so the ICC's confidence interval is too narrow; "
+        "--per-cine takes at most one frame per loop"
+    ]
+
+
 def _wanted_structures(protocol: Protocol, structures: list[str] | None) -> list[Structure]:
     if not structures:
         return list(protocol.structures)
@@ -404,13 +494,14 @@ def _load_sample(
     resample: bool,
     include_prelabelled: bool = False,
     include_gold: bool = False,
+    per_cine: bool = False,
 ) -> _Sample:
     """The saved sample for these parameters (or a new one, saved and audited), with the
     structure statistics and mask hashes of its annotations."""
     with ws.session() as s:
         a, b = _pick_raters(s, raters)
         smp, reused, left_out = _draw(s, a, b, size, seed, resample, include_prelabelled,
-                                      include_gold)  # fmt: skip
+                                      include_gold, per_cine)  # fmt: skip
         if not reused:
             audit(
                 s,
@@ -424,6 +515,7 @@ def _load_sample(
                 include_prelabelled=include_prelabelled,
                 prelabelled_left_out=left_out,
                 include_gold=include_gold,
+                per_cine=per_cine,
             )
         items = [(it.image_id, it.annotation_a_id, it.annotation_b_id) for it in smp.items]
         ann_ids = [x for _, ia, ib in items for x in (ia, ib)]
@@ -452,6 +544,7 @@ def _load_sample(
             )
         }
         calibrated = sum(sp is not None for sp in spacing.values())
+        cine_frames, cines = _cine_frames(s, [i for i, _, _ in items])
         info = SampleInfo(
             id=smp.id,
             size=smp.size,
@@ -480,6 +573,9 @@ def _load_sample(
             prelabelled=len(prelabelled),
             left_out=left_out,
             include_gold=bool(smp.include_gold),
+            per_cine=bool(smp.per_cine),
+            cine_frames=cine_frames,
+            cines=cines,
         )
 
 

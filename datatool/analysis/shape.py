@@ -45,6 +45,12 @@ SWAP_RATIO = 3.0  # ... and at least three times as much as on the other's same 
 MIN_HOLE_PX = 4  # holes smaller than this are brush noise
 MIN_PRESENT_PX = 30  # a model's draft of fewer pixels does not count as present
 MIN_SIZE_SAMPLE = 10  # labels of a structure needed before its size is judged
+# a cine frame whose structure moves or changes size against its neighbouring frames more than
+# this many times the loop's usual frame-to-frame change, and more than the floor
+TEMPORAL_RATIO = 3.0
+TEMPORAL_FLOOR_MM = 1.5  # the centroid's shift, the equivalent radius's change
+TEMPORAL_FLOOR_PX = 12.0  # ... in pixels, for a loop without mm calibration
+TEMPORAL_MIN_FRAMES = 3  # labelled frames of a loop before the loop is checked
 
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1, inclusive

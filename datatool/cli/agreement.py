@@ -95,6 +95,10 @@ def _agreement_view(report: AgreementReport) -> Iterator[Block]:
         if report.include_prelabelled
         else ""
     ) + ("; raters' gold-standard labels kept (--include-gold)" if report.include_gold else "")
+    if report.per_cine:
+        kept += f"; at most one frame per cine loop (--per-cine): {report.cine_frames} frames"
+    elif report.cine_frames:
+        kept += f"; {report.cine_frames} frames of {report.cines} cine loop(s)"
     yield (
         f"sample {smp.id} ({'saved, reused' if smp.reused else 'new, saved'}): "
         f"{smp.images} images labelled by both {a} and {b}, seed {smp.seed}; "
@@ -158,7 +162,8 @@ def agreement(
         None,
         min=1,
         max=MAX_INT,
-        help="Draw this many images labelled by both raters (default: all of them).",
+        help="Draw this many images labelled by both raters (default: all of them); a cine's "
+        "frames are images, each drawn like a still (see --per-cine).",
     ),
     seed: int = typer.Option(
         0, min=0, max=MAX_INT, help="Seed of the draw; the same seed gives the same sample."
@@ -196,6 +201,12 @@ def agreement(
         help="Keep raters' labels of their gold-standard tasks in a new sample (left out by "
         "default: a label made to be checked against a reference is no independent rating).",
     ),
+    per_cine: bool = typer.Option(
+        False,
+        "--per-cine",
+        help="At most one frame of each cine loop (drawn with --seed) in a new sample: frames "
+        "of one loop are not independent ratings.",
+    ),
     tolerance: float = typer.Option(
         NSD_TOLERANCE_MM,
         min=0,
@@ -221,6 +232,12 @@ def agreement(
 
     A new sample leaves out images whose labels (either rater's) started from a model draft,
     and says how many; --include-prelabelled keeps them and marks the report.
+
+    A cine loop's frames are images like stills, and a sample draws among them: frames of
+    one loop are not independent ratings (the same anatomy a fraction of a second apart,
+    labelled by the same rater in one sitting), so several of them make the ICC's confidence
+    interval too narrow. The report says how many of the sample's images are cine frames;
+    --per-cine takes at most one frame of each loop.
     """
     from datatool.analysis.agreement import run_agreement
 
@@ -236,6 +253,7 @@ def agreement(
         include_prelabelled=include_prelabelled,
         include_gold=include_gold,
         tolerance=tolerance,
+        per_cine=per_cine,
         surface=surface,
     )
     render.show(report, _agreement_view, json_out, csv_out)

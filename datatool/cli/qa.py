@@ -34,6 +34,9 @@ RATER_DICE_BELOW = 0.7
 SIZE_Z_ABOVE = 3.5
 PAIR_Z_ABOVE = 2.0
 MAX_FLAG_SHARE = 0.25
+TEMPORAL_RATIO = 3.0
+TEMPORAL_FLOOR_MM = 1.5
+TEMPORAL_FLOOR_PX = 12.0
 
 qa_app = typer.Typer(
     no_args_is_help=False,
@@ -105,6 +108,16 @@ def qa(
         "whose equivalent radii differ more, than the workspace's rater pairs (robust z-score "
         "beyond this).",
     ),
+    temporal_ratio: float = typer.Option(
+        TEMPORAL_RATIO,
+        help="Flag a cine frame whose structure's centroid or size lies off its neighbouring "
+        "frames' course by more than this many times the loop's usual frame-to-frame change.",
+    ),
+    temporal_floor_mm: float = typer.Option(
+        TEMPORAL_FLOOR_MM,
+        help="... and by more than this many mm (the centroid's shift, the equivalent "
+        f"radius's change; {TEMPORAL_FLOOR_PX:g} px in a loop without mm calibration).",
+    ),
     max_flag_share: float = typer.Option(
         MAX_FLAG_SHARE,
         help="A rule (a reason on a structure, or a relation) that would flag more than this "
@@ -131,7 +144,12 @@ def qa(
     protocol broken on the centroids; lateral/medial against the display convention the
     labels themselves show, per series, device and leg, the protocol's lateral_side while
     fewer than 20 labels say) and mirrored (one flag for an image whose labels all reverse that
-    convention). A rule that would flag more than a quarter of the labels is a note instead.
+    convention). And temporal, in a cine loop (one rater's labels of 3 or more frames of one
+    file; frames are images like stills for every other check): a structure absent in a frame
+    but present in the frames on both sides, or whose centroid or size lies off its
+    neighbouring frames' course by more than --temporal-ratio times the loop's usual
+    frame-to-frame change and more than --temporal-floor-mm. A rule that would flag more than a
+    quarter of the labels it judged (temporal: the labels of loops) is a note instead.
     Where the model backs a label, its disagreements with another rater count half. Re-running
     adds no duplicates, clears what is no longer found and leaves closed
     flags closed; a new label version closes the old one's flags. Exit code 0; 1 when there
@@ -160,6 +178,8 @@ def qa(
         size_z_above=size_z_above,
         pair_z_above=pair_z_above,
         max_flag_share=max_flag_share,
+        temporal_ratio=temporal_ratio,
+        temporal_floor_mm=temporal_floor_mm,
     )
     with progress_bar("qa", enabled=not json_out) as progress:
         result = run_qa(

@@ -275,6 +275,8 @@ class AgreementSample(Base):
     include_prelabelled: Mapped[bool | None] = mapped_column(Boolean)
     # a rater's labels of gold-standard tasks were kept (None: drawn before gold tasks)
     include_gold: Mapped[bool | None] = mapped_column(Boolean)
+    # at most one frame per cine loop (None: drawn before cines were sampled per loop)
+    per_cine: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     items: Mapped[list[AgreementItem]] = relationship(
         back_populates="sample", order_by="AgreementItem.id"

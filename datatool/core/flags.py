@@ -25,6 +25,7 @@ class FlagReason(StrEnum):
     components = "components"  # more connected pieces than the protocol allows
     holes = "holes"  # a hole in a structure the protocol says is solid
     edge = "edge"  # touches the image edge or the blanked area, though it lies in the view
+    temporal = "temporal"  # in a cine loop: missing, or jumps, against its neighbouring frames
 
 
 class FlagStatus(StrEnum):
@@ -113,6 +114,8 @@ def describe(reason: FlagReason | str, ev: dict[str, Any]) -> str:
             f"{_mm2(ev['area'])} {unit} against a median of {_mm2(ev['median'])} "
             f"(robust z {ev['robust_z']:.1f}, flagged beyond {ev['threshold']:.1f})"
         )
+    if reason == FlagReason.temporal:
+        return _temporal(ev)
     if reason == FlagReason.anatomy:
         by = (
             f"{ev['wrong_by_mm']:.1f} mm"
@@ -121,3 +124,23 @@ def describe(reason: FlagReason | str, ev: dict[str, Any]) -> str:
         )
         return f"breaks '{ev['relation']}' by {by} (centroids)"
     return json.dumps(ev)
+
+
+def _temporal(ev: dict[str, Any]) -> str:
+    """A temporal flag in words: which frame, and what jumps against its neighbours."""
+    around = " and ".join(x for x in (ev.get("previous"), ev.get("next")) if x)
+    if ev.get("missing"):
+        return f"absent in {ev['frame']}, present in the loop's frames around it ({around})"
+    unit = ev.get("unit", "mm")
+    found = []
+    if "moved" in ev:
+        found.append(
+            f"centroid {ev['moved']:.1f} {unit} off its neighbours' course (the loop's usual "
+            f"step {ev['moved_usual']:.1f} {unit}, flagged beyond {ev['moved_threshold']:.1f})"
+        )
+    if "radius" in ev:
+        found.append(
+            f"equivalent radius {ev['radius']:.1f} {unit} off its neighbours' (usual step "
+            f"{ev['radius_usual']:.1f} {unit}, flagged beyond {ev['radius_threshold']:.1f})"
+        )
+    return f"{ev['frame']}: {' and '.join(found)}; neighbours {around}"

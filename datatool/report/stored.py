@@ -120,6 +120,8 @@ def _agreement_command(sample: AgreementSample, a: str, b: str) -> str:
     parts += [f"--seed {sample.seed}", f"--raters {a},{b}"]
     if sample.include_prelabelled:
         parts.append("--include-prelabelled")
+    if sample.per_cine:
+        parts.append("--per-cine")
     return " ".join(parts)
 
 

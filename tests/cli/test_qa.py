@@ -126,3 +126,8 @@ def test_the_clis_defaults_are_the_checks_defaults():
     )
     assert (cli_qa.SIZE_Z_ABOVE, cli_qa.PAIR_Z_ABOVE) == (shape.SIZE_Z_ABOVE, shape.PAIR_Z_ABOVE)
     assert cli_qa.MAX_FLAG_SHARE == shape.MAX_FLAG_SHARE
+    assert (cli_qa.TEMPORAL_RATIO, cli_qa.TEMPORAL_FLOOR_MM, cli_qa.TEMPORAL_FLOOR_PX) == (
+        shape.TEMPORAL_RATIO,
+        shape.TEMPORAL_FLOOR_MM,
+        shape.TEMPORAL_FLOOR_PX,
+    )

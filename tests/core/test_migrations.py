@@ -115,6 +115,9 @@ SEEDS = {
         + T
         + "')",
     ],
+    "0010": [  # the sample of 0003 drew at most one frame per cine
+        "UPDATE agreement_samples SET per_cine = 1 WHERE id = 1",
+    ],
 }
 
 
@@ -187,6 +190,10 @@ def _check_0009(s) -> None:
     assert (handout.mask_hash, handout.file_sha256) == ("8" * 64, "7" * 64)
 
 
+def _check_0010(s) -> None:
+    assert s.scalars(select(AgreementSample)).one().per_cine is True
+
+
 CHECKS = {
     "0001": _check_0001,
     "0002": _check_0002,
@@ -197,6 +204,7 @@ CHECKS = {
     "0007": _check_0007,
     "0008": _check_0008,
     "0009": _check_0009,
+    "0010": _check_0010,
 }
 
 

@@ -24,8 +24,12 @@ lies past its threshold, 1 for a clear-cut case). The checks, per structure:
 
 And per label or image: ``wrong_image``, the label fits another image of the patient far better
 than its own (:mod:`.wrongimage`); ``mirrored``, every label of the image reverses the learned
-lateral side (one flag for the image). A rule that would flag more than ``max_flag_share`` of
-the labels is a note instead (:mod:`.flood`). The queue ranks what a reviewer must see first
+lateral side (one flag for the image). And per frame of a cine loop: ``temporal``, a
+structure missing in a frame while present in the frames on both sides, or whose centroid or
+size lies off its neighbouring frames' course beyond the loop's usual frame-to-frame change
+(:mod:`.temporal`); a cine's frames are otherwise images like stills for every check. A rule
+that would flag more than ``max_flag_share`` of the labels it judged is a note instead
+(:mod:`.flood`). The queue ranks what a reviewer must see first
 (a structure present for one rater and absent for the other, a swap, a wrong image) before
 shape and size oddities (:mod:`.queue`).
 
@@ -39,7 +43,8 @@ run's drafts (``learning.inference.ensure_drafts``).
 
 The steps, one module each: :mod:`.inputs` reads the labels and what is known of their images,
 :mod:`.measure` reads the masks once and measures them, :mod:`.rules` turns the measures into
-flags (with :mod:`.convention`, :mod:`.pairs`, :mod:`.wrongimage` and :mod:`.flood`),
+flags (with :mod:`.convention`, :mod:`.pairs`, :mod:`.wrongimage`, :mod:`.temporal` and
+:mod:`.flood`),
 :mod:`.record` writes them, :mod:`.check` runs the steps (``run_qa``), :mod:`.queue`
 ranks and resolves the flags and :mod:`.export` writes the queue as CSV and thumbnails.
 """

@@ -13,6 +13,7 @@ from datatool.analysis.qa.measure import _jobs, _measure
 from datatool.analysis.qa.pairs import displaced, pair_spreads
 from datatool.analysis.qa.record import _record
 from datatool.analysis.qa.rules import Thresholds, _evaluate, model_agreement
+from datatool.analysis.qa.temporal import temporal
 from datatool.analysis.qa.wrongimage import wrong_images
 from datatool.core.catalogue import FlagReason
 from datatool.core.protocol import load_protocol
@@ -92,7 +93,13 @@ def run_qa(
         {s.name: s.value for s in protocol.structures},
         partial(displaced, protocol, inputs, measures, pairs, t.pair_z_above),
     )
-    found, capped = cap(found, len(inputs.checked), t.max_flag_share)
+    in_loops, loop_labels = temporal(
+        protocol, inputs, measures, t.temporal_ratio, t.temporal_floor_mm, checked
+    )
+    found += in_loops
+    found, capped = cap(
+        found, len(inputs.checked), t.max_flag_share, {FlagReason.temporal: loop_labels}
+    )
     notes.extend(capped)
     counts, superseded, open_total = _record(ws, inputs, found, checked)
     for s in protocol.structures:

@@ -14,13 +14,22 @@ from sqlalchemy import select
 
 from datatool.analysis.qa.queue import QueueItem, list_queue
 from datatool.core.atomic import write_text_atomic
-from datatool.core.catalogue import Annotation, FlagStatus, Image, Rater, RaterKind, audit
+from datatool.core.catalogue import (
+    Annotation,
+    FlagReason,
+    FlagStatus,
+    Image,
+    Rater,
+    RaterKind,
+    audit,
+)
 from datatool.core.csvcells import csv_writer
 from datatool.core.errors import UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import latest_annotations_query
 from datatool.labels.drafts import drafts_of
+from datatool.labels.matching import image_name
 
 REPORT_TOP = 20
 
@@ -49,12 +58,26 @@ CSV_COLUMNS = [
 
 
 def _panels(s, ws: Workspace, item: QueueItem) -> list[tuple[str, Any]]:
-    """(title, label map or None) for the flagged label, the model's draft and another rater."""
+    """(title, label map or None) for the flagged label, the model's draft and another rater;
+    for a temporal flag, the flagged label and the same rater's labels of the loop's frames
+    before and after it."""
     ann = s.get(Annotation, item.annotation_id)
     ev = item.evidence
     panels: list[tuple[str, Any]] = [
         (f"{item.rater} v{item.version} (flagged)", ws.store.get_array(ann.mask_hash))
     ]
+    if item.reason == FlagReason.temporal:
+        for key, what in (("previous", "frame before"), ("next", "frame after")):
+            nb = s.get(Annotation, ev[f"{key}_annotation"]) if ev.get(f"{key}_annotation") else None
+            panels.append(
+                (
+                    f"{what}: {ev.get(key) or image_name(nb.image_id)}"
+                    if nb is not None
+                    else f"no {what}",
+                    ws.store.get_array(nb.mask_hash) if nb is not None else None,
+                )
+            )
+        return panels
     model_id = ev.get("model_annotation")
     if model_id is None and ev.get("source", "").startswith("model:"):
         model_id = ev.get("source_annotation")
@@ -172,8 +195,9 @@ def write_report(
         "<style>body{font-family:sans-serif}td{vertical-align:top;padding:4px}</style>"
         f"<h1>Review queue: the {len(rows_html)} worst of {queue.total} open items</h1>"
         "<p>Ranked by severity: how far the evidence lies past its threshold (1: a clear-cut "
-        "case). Panels: the flagged label, the model's draft, another rater's label; the "
-        "flagged structure is drawn thick. The whole queue is in "
+        "case). Panels: the flagged label, the model's draft, another rater's label (for a "
+        "temporal flag: the same rater's labels of the frames before and after, on this "
+        "frame); the flagged structure is drawn thick. The whole queue is in "
         "<a href='queue.csv'>queue.csv</a>.</p>"
         "<table><tr><th>rank</th><th>flag</th><th>item</th><th>label | model | other rater"
         "</th></tr>" + "".join(rows_html) + "</table>\n",

@@ -24,22 +24,30 @@ def rule_of(f: _Found) -> str:
 
 
 def cap(
-    found: list[_Found], labels: int, max_share: float = MAX_SHARE
+    found: list[_Found],
+    labels: int,
+    max_share: float = MAX_SHARE,
+    seen: dict[FlagReason, int] | None = None,
 ) -> tuple[list[_Found], list[str]]:
     """The flags of the rules that stay under ``max_share`` of the ``labels`` checked, and one
-    note per rule over it (the share it saw)."""
-    if labels < MIN_LABELS:
-        return found, []
+    note per rule over it (the share it saw). A reason that can only judge some of the labels
+    (``seen``: temporal, the labels of cine loops) is counted against those it judged."""
     flagged: dict[str, set[int]] = defaultdict(set)
+    judged: dict[str, int] = {}
     for f in found:
         if f.reason not in NEVER_CAPPED:
             flagged[rule_of(f)].add(f.annotation_id)
-    over = {rule for rule, ids in flagged.items() if len(ids) > max_share * labels}
+            judged[rule_of(f)] = (seen or {}).get(f.reason, labels)
+    over = {
+        rule
+        for rule, ids in flagged.items()
+        if judged[rule] >= MIN_LABELS and len(ids) > max_share * judged[rule]
+    }
     notes = [
-        f"{rule}: would flag {len(flagged[rule])} of {labels} labels "
-        f"({100 * len(flagged[rule]) / labels:.0f} %, over the {100 * max_share:.0f} % a rule "
-        "may flag, --max-flag-share): a note about the rule, not flags; check its threshold or "
-        "the protocol"
+        f"{rule}: would flag {len(flagged[rule])} of {judged[rule]} labels "
+        f"({100 * len(flagged[rule]) / judged[rule]:.0f} %, over the {100 * max_share:.0f} % a "
+        "rule may flag, --max-flag-share): a note about the rule, not flags; check its "
+        "threshold or the protocol"
         for rule in sorted(over)
     ]
     return [f for f in found if f.reason in NEVER_CAPPED or rule_of(f) not in over], notes

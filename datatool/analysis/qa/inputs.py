@@ -12,7 +12,16 @@ from typing import Protocol as TypingProtocol
 from sqlalchemy import select
 
 from datatool.analysis import shape
-from datatool.core.catalogue import Image, Rater, RaterKind, Run, Series, StructureStats, Study
+from datatool.core.catalogue import (
+    Image,
+    Rater,
+    RaterKind,
+    Run,
+    Series,
+    SourceFile,
+    StructureStats,
+    Study,
+)
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import Protocol
 from datatool.core.workspace import Workspace
@@ -53,6 +62,9 @@ class _ImageInfo:
     series: int = 0
     device: tuple[str | None, str | None] = (None, None)  # the series' manufacturer and model
     patient: int = 0
+    source_file: int = 0  # the DICOM file; a cine's frames share it
+    frame: int = 0  # the frame's index in its file (0-based)
+    n_frames: int = 1  # the file's frames (a cine: more than 1)
 
 
 @dataclass
@@ -117,8 +129,12 @@ def _image_info(session, image_ids: Sequence[int]) -> dict[int, _ImageInfo]:
                 Series.manufacturer,
                 Series.model_name,
                 Study.patient_id,
+                Image.source_file_id,
+                Image.frame_index,
+                SourceFile.n_frames,
             )
             .join(Series, Series.id == Image.series_id)
+            .join(SourceFile, SourceFile.id == Image.source_file_id)
             .join(Study, Study.id == Series.study_id)
             .where(Image.id.in_(chunk))
         ):
@@ -132,6 +148,9 @@ def _image_info(session, image_ids: Sequence[int]) -> dict[int, _ImageInfo]:
                 row.series_id,
                 (row.manufacturer, row.model_name),
                 row.patient_id,
+                row.source_file_id,
+                row.frame_index,
+                row.n_frames,
             )
     return found
 

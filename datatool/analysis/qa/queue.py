@@ -84,8 +84,10 @@ class Resolved:
 FIRST = (FlagReason.swap, FlagReason.wrong_image)
 SHAPE = (FlagReason.size, FlagReason.components, FlagReason.holes, FlagReason.edge)
 PRIORITIES = {
-    0: "a structure present for one and absent for the other, a swap, a label of another image",
-    1: "a disagreement in shape or place, a mirrored image, a broken relation",
+    0: "a structure present for one and absent for the other (or missing in one frame of a "
+    "cine loop), a swap, a label of another image",
+    1: "a disagreement in shape or place (also against a loop's neighbouring frames), a "
+    "mirrored image, a broken relation",
     2: "a shape or size oddity of one label",
 }
 
@@ -95,6 +97,8 @@ def priority(reason: FlagReason | str, evidence: dict[str, Any]) -> int:
     reason = FlagReason(reason)
     if reason in FIRST:
         return 0
+    if reason == FlagReason.temporal:  # a structure missed in one frame of a loop: first
+        return 0 if evidence.get("missing") else 1
     if reason in (FlagReason.rater_disagreement, FlagReason.model_disagreement):
         other = evidence.get("model_area_px", evidence.get("other_area_px"))
         return 0 if not evidence.get("area_px") or not other else 1

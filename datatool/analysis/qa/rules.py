@@ -33,6 +33,8 @@ class Thresholds:
     min_present_px: int = shape.MIN_PRESENT_PX
     pair_z_above: float = shape.PAIR_Z_ABOVE
     max_flag_share: float = shape.MAX_FLAG_SHARE  # a rule over this share of labels: a note
+    temporal_ratio: float = shape.TEMPORAL_RATIO  # times a loop's usual frame-to-frame change
+    temporal_floor_mm: float = shape.TEMPORAL_FLOOR_MM  # ... and beyond this centroid shift
 
     def check(self) -> None:
         for name in ("model_dice_below", "rater_dice_below"):
@@ -41,7 +43,7 @@ class Thresholds:
                 raise UsageError(f"--{name.replace('_', '-')} must lie in (0, 1], got {value}")
         if not 0.0 < self.max_flag_share <= 1.0:
             raise UsageError(f"--max-flag-share must lie in (0, 1], got {self.max_flag_share}")
-        for name in ("size_z_above", "pair_z_above"):
+        for name in ("size_z_above", "pair_z_above", "temporal_ratio", "temporal_floor_mm"):
             if not getattr(self, name) > 0:
                 raise UsageError(
                     f"--{name.replace('_', '-')} must be above 0, got {getattr(self, name)}"
