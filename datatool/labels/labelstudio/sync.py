@@ -55,6 +55,7 @@ from datatool.labels.labelstudio.formats import (
     parse_export,
     results_to_mask,
 )
+from datatool.labels.labelstudio.frames import frame_places
 from datatool.labels.labelstudio.news import read_news, take_news
 from datatool.labels.masks import BadLabel, validate_mask
 from datatool.labels.matching import (
@@ -241,6 +242,11 @@ def sync_from_server(
             )
             for row_id, _ in projects
         }
+        places = frame_places(s, {i for m in mappings.values() for i in m.values()})
+
+    def named(image_id: int) -> str:  # a cine frame says its file and frame
+        place = places.get(image_id)
+        return image_name(image_id) + (f", {place}" if place else "")
 
     conn = connect(url, token)
     fetched = []
@@ -279,7 +285,7 @@ def sync_from_server(
                         )
                     )
                 else:
-                    item = f"{item} ({image_name(mapping[tid])})"
+                    item = f"{item} ({named(mapping[tid])})"
                     annotation = _pick_annotation(task, item, report)
                     if annotation is not None:
                         ref = f"project {pid} task {tid} annotation {annotation.get('id')}"
@@ -303,7 +309,7 @@ def sync_from_server(
             for tid in sorted(set(mapping) - on_server):
                 report.notes.append(
                     (
-                        f"project {pid} task {tid} ({image_name(mapping[tid])})",
+                        f"project {pid} task {tid} ({named(mapping[tid])})",
                         "recorded by datatool but deleted on the server",
                     )
                 )
