@@ -41,6 +41,7 @@ def _export_view(r: ItksnapExport) -> Iterator[Block]:
         f"exported {r.images} images for rater {r.rater} to {r.out_dir}: {r.prefilled} "
         f"segmentations pre-filled with {r.rater}'s own labels{drafted}, {r.kept} kept with "
         f"unsynced edits; labels in {r.labels_file}"
+        + (f" (for 3D Slicer: {r.colors_file})" if r.colors_file is not None else "")
     )
     if r.gold is not None:
         yield (

@@ -31,6 +31,7 @@ def _split_view(info: SplitSummary) -> Iterator[Block]:
         f"split {info.name}: hash {info.hash}, seed {info.seed}, ratios {info.ratios}, "
         f"{info.folds} folds, stratified by {info.stratify or 'nothing'}, reference labels "
         f"{info.reference or '-'}, created {info.created}"
+        + (f", extends {info.extends} (its patients kept their sets)" if info.extends else "")
     )
     table = Table(
         None,
@@ -51,26 +52,74 @@ def _split_view(info: SplitSummary) -> Iterator[Block]:
             v.with_reference,
         )
     yield table
+    if info.left_out is not None:
+        yield _left_out_view(info)
+
+
+def _left_out_view(info: SplitSummary) -> Block:
+    if not info.left_out_reasons:
+        return "left out: no image (every image of the catalogue is in the split)"
+    table = Table(
+        f"left out: {info.left_out} image(s) without a reference label (--all-images keeps "
+        "them; train never meets an image without one)",
+        ["reason", "images", "patients", "cine frames", "next step"],
+        name="left-out",
+    )
+    for r in info.left_out_reasons:
+        table.add(r.reason, r.images, r.patients, r.cine_frames, r.next_step)
+    return table
 
 
 @split_app.command("create")
 @guarded
 def split_create(
     name: str = typer.Argument(..., help="Name of the new split (never reused)."),
-    ratios: str = typer.Option("6:2:2", help="train:val:test shares, in images."),
-    folds: int = typer.Option(5, help="Cross-validation folds of the non-test patients (0: none)."),
-    seed: int = typer.Option(0, help="Seed: the same catalogue and seed give the same split."),
+    ratios: str | None = typer.Option(
+        None,
+        show_default="6:2:2, or the extended split's",
+        help="train:val:test shares, in labelled images.",
+    ),
+    folds: int | None = typer.Option(
+        None,
+        show_default="5, or the extended split's",
+        help="Cross-validation folds of the non-test patients (0: none).",
+    ),
+    seed: int | None = typer.Option(
+        None,
+        show_default="0, or the extended split's",
+        help="Seed: the same catalogue and seed give the same split.",
+    ),
     stratify: Stratify | None = typer.Option(
         None, help="Balance sets by patient sex or by the sides a patient has."
     ),
     reference: str | None = typer.Option(
         None, help="Rater whose labels are the reference (default: the newest consensus)."
     ),
+    all_images: bool = typer.Option(
+        False,
+        "--all-images",
+        help="Also freeze images without a reference label (split check then reports them, "
+        "and train refuses the split until they have one).",
+    ),
+    extend: str | None = typer.Option(
+        None,
+        "--extend",
+        metavar="SPLIT",
+        help="A later split of SPLIT: each of its patients keeps its set and fold (images "
+        "labelled since join their patient's set); only new patients are dealt. Keeps "
+        "SPLIT's ratios, folds and strata.",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
-    """Assign whole patients to train/val/test (and folds) and freeze it with a content hash."""
+    """Assign whole patients to train/val/test (and folds) and freeze it with a content hash.
+
+    Only images with a reference label are frozen, and patients are dealt by their labelled
+    images (the ratios hold over those); the images left out are counted by reason
+    (--all-images keeps them). --csv writes the sets' table and, when images were left out,
+    their reasons beside it (FILE-left-out.csv).
+    """
     from datatool.learning.splits import create_split
 
     info = create_split(
@@ -81,6 +130,8 @@ def split_create(
         seed=seed,
         stratify=stratify,
         reference=reference,
+        all_images=all_images,
+        extend=extend,
     )
     render.show(info, _split_view, json_out, csv_out)
 

@@ -4,6 +4,11 @@ A protocol is declarative: names, ITK-SNAP label values and colours, Label Studi
 aliases. Everything else (ITK-SNAP label description files, Label Studio configs, model class
 lists) is generated from it.
 
+Structure names are matched exactly (ignoring case) in Label Studio results, which datatool
+writes itself; names typed in other tools (3D Slicer segments) also ignore how words are
+separated (:meth:`Structure.matches_loosely`). ``paint_order`` says which structure wins a
+pixel two of them claim in a file that can hold both (the last listed).
+
 A protocol may also state what a plausible label looks like, for ``datatool qa``: per structure
 the most connected components it may have, whether it may have holes and whether it must lie
 inside the view; for the view, relations the structures keep (checked on centroids) and which
@@ -14,6 +19,7 @@ protocol leaves out is not checked.
 from __future__ import annotations
 
 import importlib
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -50,6 +56,18 @@ class Structure:
         wanted = label.strip().casefold()
         return wanted == self.name.casefold() or wanted in (a.casefold() for a in self.aliases)
 
+    def matches_loosely(self, name: str) -> bool:
+        """The name or an alias, ignoring case and how words are separated (runs of spaces,
+        underscores and hyphens count as one space): ``Sciatic_Nerve`` and ``sciatic-nerve``
+        are ``sciatic nerve``. For names typed in other tools (3D Slicer's segments)."""
+        wanted = name_key(name)
+        return wanted == name_key(self.name) or wanted in (name_key(a) for a in self.aliases)
+
+
+def name_key(name: str) -> str:
+    """A structure name as :meth:`Structure.matches_loosely` compares it."""
+    return re.sub(r"[\s_-]+", " ", name).strip().casefold()
+
 
 RELATIONS = ("superficial to", "deep to", "lateral to", "medial to")
 IMAGE_SIDES = ("left", "right")
@@ -78,6 +96,9 @@ class Protocol:
     # leg (DICOM Laterality, L or R) -> the image side ("left": column 0) showing the
     # patient's lateral side, in the display orientation the study uses
     lateral_side: tuple[tuple[str, str], ...] = ()
+    # structure names, first painted first: where two structures' masks overlap in a file
+    # that can hold both (a layered 3D Slicer segmentation), the later one wins the pixel
+    paint_order: tuple[str, ...] = ()
 
     def lateral_image_side(self, leg: str | None) -> str | None:
         """ "left" or "right": where the lateral side of this leg appears; None when the leg
@@ -99,6 +120,22 @@ class Protocol:
             if s.matches(label):
                 return s
         raise KeyError(f"label {label!r} is not in protocol {self.name!r}")
+
+    def by_segment_name(self, name: str) -> Structure:
+        """The structure a segment name of another tool means: its name or an alias, in any
+        case and with words separated by spaces, underscores or hyphens."""
+        for s in self.structures:
+            if s.matches_loosely(name):
+                return s
+        raise KeyError(f"segment {name!r} is not in protocol {self.name!r}")
+
+    @property
+    def painting_order(self) -> tuple[Structure, ...]:
+        """The structures in the order they are painted where masks overlap (the last wins):
+        the protocol's ``paint_order``, else the order it lists them."""
+        if not self.paint_order:
+            return self.structures
+        return tuple(next(s for s in self.structures if s.name == n) for n in self.paint_order)
 
     def itksnap_label_description(self) -> str:
         """The ITK-SNAP label description file (``IDX R G B A VIS MSH "LABEL"``)."""
@@ -189,7 +226,19 @@ def load_protocol_file(path: Path) -> Protocol:
         structures=tuple(structures),
         relations=tuple(relations),
         lateral_side=tuple(sorted((str(k).upper(), str(v)) for k, v in lateral.items())),
+        paint_order=_paint_order(path, data, structures),
     )
+
+
+def _paint_order(path: Path, data: dict, structures: list[Structure]) -> tuple[str, ...]:
+    """The protocol's ``paint_order``: every structure once, by name (or absent)."""
+    order = data.get("paint_order")
+    if order is None:
+        return ()
+    names = [s.name for s in structures]
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted(names):
+        raise ValueError(f"{path}: paint_order must list every structure once: {names}")
+    return tuple(str(n) for n in order)
 
 
 def _flag(path: Path, entry: dict, key: str, default: bool) -> bool:

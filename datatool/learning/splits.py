@@ -7,6 +7,13 @@ dealing gives each patient (largest first) to the set furthest below its target:
 catalogue and seed give the same split on any machine and any library version. A split
 records each member's reference label version and a content hash over everything; it is never
 changed: images added later belong to no old split, and a new split needs a new name.
+
+Only images with a reference label are frozen (``all_images`` keeps the others): a catalogue
+labelled in part gives a split of its labelled images, the ratios holding over those, and
+the images left out are counted by reason. Patients are dealt by their labelled images. A
+later split made with ``extend=OLD`` keeps every patient OLD has in OLD's set and fold, so
+the images of a patient labelled since (a cine's frames, a late still) join that patient's
+set; only patients OLD lacks are dealt, toward the ratios over the whole.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from datatool.core.catalogue import (
     Rater,
     RaterKind,
     Series,
+    SourceFile,
     Split,
     SplitMember,
     Study,
@@ -66,13 +74,19 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
     return shares  # type: ignore[return-value]
 
 
-def deal(units: list[tuple[str, int]], weights: list[float], seed: int) -> dict[str, int]:
+def deal(
+    units: list[tuple[str, int]],
+    weights: list[float],
+    seed: int,
+    filled: list[int] | None = None,
+) -> dict[str, int]:
     """Give each unit (name, images) to one of len(weights) bins so that each bin's share of
     the images comes as close to its weight as whole units allow. Deterministic: units are
-    taken largest first, ties in a keyed-hash order of (seed, name)."""
-    total = sum(n for _, n in units)
+    taken largest first, ties in a keyed-hash order of (seed, name). ``filled``: images the
+    bins hold already (units kept from an earlier split), counted toward the shares."""
+    filled = list(filled) if filled is not None else [0] * len(weights)
+    total = sum(n for _, n in units) + sum(filled)
     targets = [w * total for w in weights]
-    filled = [0] * len(weights)
     order = sorted(
         units, key=lambda u: (-u[1], hashlib.sha256(f"{seed}:{u[0]}".encode()).hexdigest())
     )
@@ -103,12 +117,22 @@ def default_reference(session) -> Rater | None:
 
 
 def _population(session):
-    """(image id, patient id, pseudonym, sex, side, image store hash) of every image."""
+    """(image id, patient id, pseudonym, sex, side, image store hash, frames of its file) of
+    every image."""
     return session.execute(
-        select(Image.id, Patient.id, Patient.pseudonym, Patient.sex, Series.side, Image.store_hash)
+        select(
+            Image.id,
+            Patient.id,
+            Patient.pseudonym,
+            Patient.sex,
+            Series.side,
+            Image.store_hash,
+            SourceFile.n_frames,
+        )
         .join(Series, Image.series_id == Series.id)
         .join(Study, Series.study_id == Study.id)
         .join(Patient, Study.patient_id == Patient.id)
+        .join(SourceFile, Image.source_file_id == SourceFile.id)
         .order_by(Image.id)
     ).all()
 
@@ -137,8 +161,21 @@ class SetCounts:
 
 
 @dataclass
+class LeftOut:
+    """Images of the catalogue that ``split create`` did not freeze, for one reason."""
+
+    reason: str
+    images: int
+    patients: int
+    cine_frames: int  # of the images, frames of a cine loop
+    next_step: str  # what makes them part of a later split
+
+
+@dataclass
 class SplitSummary:
-    """A frozen split: its parameters and content hash, counts per set and per fold."""
+    """A frozen split: its parameters and content hash, counts per set and per fold; from
+    ``split create`` also the images it left out, by reason (``left_out`` None: not known,
+    as ``split show`` reads a split back), and the split it extends."""
 
     name: str
     hash: str
@@ -151,6 +188,9 @@ class SplitSummary:
     subsets: dict[str, SetCounts]  # train, val, test
     fold_sizes: dict[str, SetCounts]  # "0", "1", ... (none without folds)
     total: SetCounts
+    left_out: int | None = None  # images not frozen (split create only)
+    left_out_reasons: list[LeftOut] = field(default_factory=list)
+    extends: str | None = None  # the earlier split whose patients kept their sets
 
 
 @dataclass
@@ -194,26 +234,45 @@ def _hashed(
 
 
 def _assign(
-    population, weights: list[float], folds: int, seed: int, stratify: Stratify | None
+    population,
+    weights: list[float],
+    folds: int,
+    seed: int,
+    stratify: Stratify | None,
+    kept: dict[int, tuple[int, int | None]] | None = None,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Pseudonym -> set (index into SUBSETS), and pseudonym -> fold for the non-test
-    patients: whole patients dealt within each stratum."""
+    patients: whole patients dealt within each stratum. ``kept``: patient id -> (set, fold)
+    of the patients an earlier split holds, who stay there (their images counted toward the
+    shares); only the others are dealt."""
+    kept = kept or {}
     patients: dict[str, dict] = {}
-    for _image_id, patient_id, pseudonym, sex, side, _ in population:
+    for _image_id, patient_id, pseudonym, sex, side, *_ in population:
         p = patients.setdefault(
             pseudonym, {"id": patient_id, "sex": sex or "?", "sides": set(), "images": 0}
         )
         p["images"] += 1
         p["sides"].add(side or "?")
     strata: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    filled: dict[str, list[int]] = defaultdict(lambda: [0] * len(weights))
+    fold_filled: dict[str, list[int]] = defaultdict(lambda: [0] * max(folds, 1))
+    subset_of: dict[str, int] = {}
+    fold_of: dict[str, int] = {}
     for pseudonym, p in patients.items():
         key = {Stratify.sex: p["sex"], Stratify.side: "".join(sorted(p["sides"])), None: ""}[
             stratify
         ]
-        strata[key].append((pseudonym, p["images"]))
-    subset_of: dict[str, int] = {}
+        if p["id"] in kept:
+            subset, fold = kept[p["id"]]
+            subset_of[pseudonym] = subset
+            filled[key][subset] += p["images"]
+            if fold is not None and folds:
+                fold_of[pseudonym] = fold
+                fold_filled[key][fold] += p["images"]
+        else:
+            strata[key].append((pseudonym, p["images"]))
     for key in sorted(strata):
-        subset_of.update(deal(strata[key], weights, seed))
+        subset_of.update(deal(strata[key], weights, seed, filled.get(key)))
     test = SUBSETS.index(Subset.test)
     outside_test = sum(1 for k in subset_of.values() if k != test)
     if folds > outside_test:
@@ -221,11 +280,10 @@ def _assign(
             f"--folds {folds}: only {outside_test} patient(s) outside the test set; "
             f"at most {outside_test} folds (or --folds 0)"
         )
-    fold_of: dict[str, int] = {}
     if folds:
         for key in sorted(strata):
             rest = [u for u in strata[key] if subset_of[u[0]] != test]
-            fold_of.update(deal(rest, [1.0 / folds] * folds, seed))
+            fold_of.update(deal(rest, [1.0 / folds] * folds, seed, fold_filled.get(key)))
     return subset_of, fold_of
 
 
@@ -241,25 +299,141 @@ def _reference_rater(session, reference: str | None) -> Rater | None:
     return ref
 
 
+@dataclass
+class _Params:
+    ratios: str
+    folds: int
+    seed: int
+    stratify: str | None
+
+
+def _inherit(
+    base: Split | None,
+    ratios: str | None,
+    folds: int | None,
+    seed: int | None,
+    stratify: str | None,
+) -> _Params:
+    """The parameters of a new split: those given, else the extended split's, else the
+    defaults (6:2:2, 5 folds, seed 0, no strata). A split that extends another keeps its
+    ratios, folds and strata (its seed may differ: it only orders the new patients)."""
+    if base is None:
+        return _Params(
+            ratios if ratios is not None else "6:2:2",
+            folds if folds is not None else 5,
+            seed if seed is not None else 0,
+            stratify,
+        )
+    if ratios is not None and parse_ratios(ratios) != parse_ratios(base.ratios):
+        raise UsageError(
+            f"--ratios {ratios}: split {base.name!r} was dealt {base.ratios}, and a split "
+            "that extends it keeps its ratios (leave --ratios out)"
+        )
+    if folds is not None and folds != base.folds:
+        raise UsageError(
+            f"--folds {folds}: split {base.name!r} has {base.folds} folds, and a split that "
+            "extends it keeps its folds (leave --folds out)"
+        )
+    strat = None if stratify is None else choice(Stratify, stratify, "--stratify").value
+    if stratify is not None and strat != base.stratify:
+        raise UsageError(
+            f"--stratify {stratify}: split {base.name!r} is stratified by "
+            f"{base.stratify or 'nothing'}, and a split that extends it keeps that"
+        )
+    return _Params(base.ratios, base.folds, seed if seed is not None else base.seed, base.stratify)
+
+
+def _kept_patients(session, base: Split) -> dict[int, tuple[int, int | None]]:
+    """Patient id -> (set index, fold) in an earlier split; refused when that split puts a
+    patient in two sets or folds (it fails 'split check')."""
+    kept: dict[int, tuple[int, int | None]] = {}
+    rows = session.execute(
+        select(SplitMember.patient_id, SplitMember.subset, SplitMember.fold)
+        .where(SplitMember.split_id == base.id)
+        .distinct()
+    ).all()
+    for patient_id, subset, fold in rows:
+        place = (SUBSETS.index(subset), fold)
+        if kept.setdefault(patient_id, place) != place:
+            raise DatatoolError(
+                f"split {base.name!r} puts one patient in two sets or folds: it cannot be "
+                f"extended (see 'datatool split check {base.name}')"
+            )
+    return kept
+
+
+def _left_out(session, missing, ref: Rater | None) -> list[LeftOut]:
+    """The images without a reference label, by reason: labelled by a rater but not (yet)
+    by the reference, or labelled by no rater at all."""
+    rated = set(
+        session.scalars(
+            select(Annotation.image_id)
+            .join(Rater, Annotation.rater_id == Rater.id)
+            .where(Rater.kind == RaterKind.human)
+            .distinct()
+        )
+    )
+    source = f"from {ref.name}" if ref is not None else "(no consensus has been made)"
+    reasons = {
+        True: (
+            f"labelled by a rater, but no reference label {source}",
+            "run 'datatool consensus' (or give --reference), then create a new split "
+            "(--extend keeps its patients' sets)",
+        ),
+        False: (
+            "not labelled by any rater",
+            "label them (export itksnap / labelstudio push), run 'datatool consensus', then "
+            "create a new split (--extend keeps its patients' sets)",
+        ),
+    }
+    out = []
+    for labelled in (True, False):
+        rows = [r for r in missing if (r[0] in rated) == labelled]
+        if rows:
+            reason, step = reasons[labelled]
+            out.append(
+                LeftOut(
+                    reason=reason,
+                    images=len(rows),
+                    patients=len({r[1] for r in rows}),
+                    cine_frames=sum(1 for r in rows if (r[6] or 1) > 1),
+                    next_step=step,
+                )
+            )
+    return out
+
+
 def create_split(
     ws: Workspace,
     name: str,
-    ratios: str = "6:2:2",
-    folds: int = 5,
-    seed: int = 0,
+    ratios: str | None = None,
+    folds: int | None = None,
+    seed: int | None = None,
     stratify: str | None = None,
     reference: str | None = None,
+    all_images: bool = False,
+    extend: str | None = None,
 ) -> SplitSummary:
     """Deal whole patients to train/val/test (and folds), record each member's reference
-    label and freeze the split with a content hash."""
+    label and freeze the split with a content hash.
+
+    Only images with a reference label are members (``all_images``: every image); the
+    others are counted by reason in ``left_out_reasons``. With ``extend`` (an earlier
+    split's name) every patient of that split keeps its set and fold, and the ratios, folds
+    and strata are that split's."""
     if not NAME_RE.match(name):
         raise UsageError(f"split name {name!r}: letters, digits, '.', '_' or '-' (max 64)")
-    weights = parse_ratios(ratios)
-    if folds < 0 or folds == 1:
+    with ws.session() as s:
+        base = get_split(s, extend) if extend is not None else None
+        if base is not None:
+            s.expunge(base)
+    params = _inherit(base, ratios, folds, seed, stratify)
+    weights = parse_ratios(params.ratios)
+    if params.folds < 0 or params.folds == 1:
         raise UsageError("--folds is 0 (none) or at least 2")
-    if not 0 <= seed <= SEED_MAX:
+    if not 0 <= params.seed <= SEED_MAX:
         raise UsageError(f"--seed must be 0 .. {SEED_MAX}")
-    strat = None if stratify is None else choice(Stratify, stratify, "--stratify")
+    strat = None if params.stratify is None else choice(Stratify, params.stratify, "--stratify")
     with ws.session() as s:
         old = s.scalar(select(Split).where(Split.name == name))
         if old is not None:
@@ -277,19 +451,40 @@ def create_split(
             if ref is not None
             else {}
         )
-        subset_of, fold_of = _assign(population, list(weights), folds, seed, strat)
+        left_out: list[LeftOut] = []
+        if not all_images:
+            missing = [row for row in population if row[0] not in labels]
+            population = [row for row in population if row[0] in labels]
+            left_out = _left_out(s, missing, ref)
+            if not population:
+                patients = len({row[1] for row in missing})
+                if params.folds > patients:  # a usage error whatever the labels
+                    raise UsageError(
+                        f"--folds {params.folds}: the catalogue has only {patients} "
+                        f"patient(s); at most {patients} folds (or --folds 0)"
+                    )
+                raise DatatoolError(
+                    "no image has a reference label"
+                    + (f" from {ref.name}" if ref is not None else " (no consensus yet)")
+                    + ": run 'datatool consensus' (or give --reference RATER), or keep "
+                    "unlabelled images with --all-images"
+                )
+        kept = _kept_patients(s, base) if base is not None else None
+        subset_of, fold_of = _assign(
+            population, list(weights), params.folds, params.seed, strat, kept
+        )
         split = Split(
             name=name,
             content_hash="",
-            seed=seed,
-            ratios=ratios,
-            folds=folds,
+            seed=params.seed,
+            ratios=params.ratios,
+            folds=params.folds,
             stratify=None if strat is None else strat.value,
             reference=ref.name if ref else None,
         )
         s.add(split)
         hashed = []
-        for image_id, patient_id, pseudonym, _, _, store_hash in population:
+        for image_id, patient_id, pseudonym, _, _, store_hash, _ in population:
             subset = SUBSETS[subset_of[pseudonym]]
             fold = fold_of.get(pseudonym)
             ann = labels.get(image_id)
@@ -304,10 +499,24 @@ def create_split(
                 )
             )
             hashed.append(_hashed(store_hash, pseudonym, subset, fold, ann and ann.mask_hash))
-        params = _params(split)
-        split.content_hash = content_hash(params, hashed)
-        audit(s, "split create", "split", name=name, hash=split.content_hash, **params)
-    return show_split(ws, name)
+        hash_params = _params(split)
+        split.content_hash = content_hash(hash_params, hashed)
+        audit(
+            s,
+            "split create",
+            "split",
+            name=name,
+            hash=split.content_hash,
+            left_out=sum(r.images for r in left_out),
+            all_images=all_images,
+            extends=extend,
+            **hash_params,
+        )
+    summary = show_split(ws, name)
+    summary.left_out = sum(r.images for r in left_out)
+    summary.left_out_reasons = left_out
+    summary.extends = extend
+    return summary
 
 
 # --------------------------------------------------------------------------- read
@@ -512,6 +721,7 @@ def check_split(ws: Workspace, name: str) -> SplitCheck:
 
 
 __all__ = [
+    "LeftOut",
     "SetCounts",
     "SplitCheck",
     "SplitSummary",

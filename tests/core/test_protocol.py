@@ -84,3 +84,33 @@ def test_the_study_protocol_s_labelstudio_config():
     ]  # fmt: skip
     assert interface.get_object("image").tag == "Image"
     assert interface.get_object("image").value == "$image"
+
+
+def test_segment_names_match_ignoring_case_and_word_separators():
+    p = load_protocol("anterior_sciatic")
+    for name in ("Sciatic_Nerve", " sciatic-nerve ", "SCIATIC  NERVE", "Nerve", "sn"):
+        assert p.by_segment_name(name).name == "sciatic nerve", name
+    assert p.by_segment_name("Adductor_Magnus_Muscle").name == "adductor magnus"
+    assert p.by_segment_name("semitendinosus muscle").name == "semitendinosus"
+    for name in ("sciaticnerve", "Segment_1", "nerve 2", ""):
+        with pytest.raises(KeyError):
+            p.by_segment_name(name)
+    # Label Studio names stay exact (datatool writes them itself)
+    with pytest.raises(KeyError):
+        p.by_label("Sciatic_Nerve")
+
+
+def test_paint_order_lists_every_structure_once_or_defaults_to_the_listing(tmp_path):
+    p = load_protocol("anterior_sciatic")
+    assert [s.name for s in p.painting_order] == [
+        "adductor magnus",
+        "semitendinosus",
+        "femur",
+        "sciatic nerve",
+        "femoral artery",
+    ]
+    assert [s.name for s in load_protocol_file(_write(tmp_path, "")).painting_order] == ["a", "b"]
+    assert load_protocol_file(_write(tmp_path, "paint_order: [b, a]\n")).paint_order == ("b", "a")
+    for bad in ("paint_order: [a]\n", "paint_order: [a, b, b]\n", "paint_order: [a, c]\n"):
+        with pytest.raises(ValueError, match="paint_order must list every structure once"):
+            load_protocol_file(_write(tmp_path, bad))

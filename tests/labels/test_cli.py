@@ -205,6 +205,7 @@ def test_sync_and_export_itksnap(ws, demo_dir, tmp_path):
         "kept",
         "kept_files",
         "labels_file",
+        "colors_file",
         "gold",
     }
     assert (data["images"], data["prefilled"], data["kept"], data["kept_files"]) == (12, 12, 0, [])

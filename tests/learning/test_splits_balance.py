@@ -1,6 +1,7 @@
 """Stratified splits: the balance each set actually gets, counted here from the catalogue's
 rows (patients' sex, series' side, split members), on catalogues built so that a perfectly
-balanced split exists, over ten seeds; and the counts ``split show`` reports against ours."""
+balanced split exists, over ten seeds; and the counts ``split show`` reports against ours.
+These catalogues have no labels: the splits keep every image (``all_images``)."""
 
 from __future__ import annotations
 
@@ -86,7 +87,9 @@ def test_stratified_by_sex_every_set_and_fold_gets_its_share_of_each_sex(six_wom
     ws = six_women_six_men
     unbalanced = 0
     for seed in SEEDS:
-        info = create_split(ws, f"sex{seed}", ratios="1:1:1", folds=2, seed=seed, stratify="sex")
+        info = create_split(
+            ws, f"sex{seed}", ratios="1:1:1", folds=2, seed=seed, stratify="sex", all_images=True
+        )
         members = _members(ws, f"sex{seed}")
         by_set = _patients_by(members, 3, 0)
         assert by_set == {s: Counter({"F": 2, "M": 2}) for s in ("train", "val", "test")}
@@ -95,7 +98,9 @@ def test_stratified_by_sex_every_set_and_fold_gets_its_share_of_each_sex(six_wom
         assert by_fold == {0: Counter({"F": 2, "M": 2}), 1: Counter({"F": 2, "M": 2})}
         for name, counts in info.subsets.items():  # what split create reports
             assert (counts.female, counts.male, counts.images) == (2, 2, 8), name
-        plain = create_split(ws, f"plain{seed}", ratios="1:1:1", folds=0, seed=seed)
+        plain = create_split(
+            ws, f"plain{seed}", ratios="1:1:1", folds=0, seed=seed, all_images=True
+        )
         by_set = _patients_by(_members(ws, f"plain{seed}"), 3, 0)
         unbalanced += any(c != Counter({"F": 2, "M": 2}) for c in by_set.values())
         assert sum(c.images for c in plain.subsets.values()) == 24
@@ -113,7 +118,9 @@ def test_stratified_by_side_every_set_gets_each_kind_of_patient(ws, tmp_path):
         + [(f"B{k}", "F", ["L", "R"]) for k in range(4)],
     )
     for seed in SEEDS:
-        info = create_split(ws, f"side{seed}", ratios="2:1:1", folds=0, seed=seed, stratify="side")
+        info = create_split(
+            ws, f"side{seed}", ratios="2:1:1", folds=0, seed=seed, stratify="side", all_images=True
+        )
         members = _members(ws, f"side{seed}")
         sides: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
         images = defaultdict(Counter)

@@ -4,7 +4,8 @@ Export writes, per image, a folder ``img000123/`` holding the de-identified imag
 (``img000123.nii.gz``, from the store), its segmentation (``img000123_seg.nii.gz``: the
 rater's own latest labels, or empty; never another rater's) and an ITK-SNAP workspace
 (``img000123.itksnap``) that opens both with the protocol's label names and colours; beside
-the folders, ``itksnap_labels.txt`` (the label description) and ``datatool-export.json``
+the folders, ``itksnap_labels.txt`` (the label description), ``slicer_colors.ctbl`` (the
+same labels as a 3D Slicer colour table) and ``datatool-export.json``
 (whose export this is, see ``itksnap.marker``). Re-exporting gives the same files, and never
 overwrites a segmentation holding edits that were not synced yet.
 
@@ -49,6 +50,7 @@ from datatool.labels.itksnap.marker import (
     marker_owner,
     write_marker,
 )
+from datatool.labels.itksnap.slicer import SLICER_COLORS_FILE, color_table
 from datatool.labels.masks import BadLabel
 from datatool.labels.matching import (
     image_name,
@@ -92,6 +94,7 @@ class ItksnapExport:
     draft_run: int | None = None  # the run whose drafts pre-filled them
     model_version: str | None = None
     gold: GoldHanding | None = None  # gold-standard images mixed in (--gold)
+    colors_file: Path | None = None  # the same labels as a 3D Slicer colour table
 
     @property
     def kept(self) -> int:
@@ -109,6 +112,7 @@ class ItksnapExport:
             "kept": self.kept,
             "kept_files": [str(p) for p in self.kept_files],
             "labels_file": str(self.labels_file),
+            "colors_file": None if self.colors_file is None else str(self.colors_file),
             "gold": self.gold,
         }
 
@@ -284,6 +288,7 @@ def export_itksnap(
             with ws.session() as s:
                 record_handouts(s, rater_id, "itksnap", [], files)
     write_text_atomic(out_dir / LABELS_FILE, protocol.itksnap_label_description())
+    write_text_atomic(out_dir / SLICER_COLORS_FILE, color_table(protocol))
     with ws.session() as s:
         audit(
             s,
@@ -304,6 +309,7 @@ def export_itksnap(
         prefilled=prefilled,
         kept_files=kept,
         labels_file=out_dir / LABELS_FILE,
+        colors_file=out_dir / SLICER_COLORS_FILE,
         drafted=drafted,
         draft_run=None if model is None else model.run_id,
         model_version=None if model is None else model.model_version,

@@ -7,6 +7,10 @@ spacing in mm so that ITK-SNAP shows true sizes (1 mm when the image is not cali
 A segmentation is written exactly like its image (same size, spacing, origin, direction), as
 ITK-SNAP requires; ITK-SNAP saves it back as W x H x 1, which :func:`read_label_map` accepts.
 
+A 3D Slicer segmentation (``.seg.nrrd`` whose header describes segments) is read by segment
+name when a protocol is given (``itksnap.slicer``): its values are Slicer's, not the
+protocol's; a ``.seg.nrrd`` without segments in its header is a plain label map.
+
 Label maps are read by content, not by name alone: a file is read with the reader of its
 extension only (a PNG renamed ``.nii.gz`` is not silently read as a PNG), and a NIfTI file
 cut short (which ITK would read, filling the rest with garbage) is refused.
@@ -29,6 +33,7 @@ import SimpleITK as sitk
 from datatool.core.atomic import atomic_path, write_text_atomic
 from datatool.core.files import not_regular
 from datatool.core.protocol import Protocol
+from datatool.labels.itksnap import slicer
 from datatool.labels.masks import BadLabel
 
 #: Label map file endings, longest first (``x.seg.nrrd`` is a ``.seg.nrrd``, not a ``.nrrd``).
@@ -87,6 +92,23 @@ def write_image(path: Path, pixels: np.ndarray, spacing: tuple[float, float]) ->
     """Write a 2D 8-bit grayscale image as (compressed) NIfTI, atomically. The same pixels
     and spacing give the same bytes."""
     _write_2d(path, pixels, spacing)
+
+
+def _write_3d(path: Path, array: np.ndarray, spacing: tuple[float, float]) -> None:
+    array = np.asarray(array)
+    if array.ndim != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected an N x H x W uint8 array, got {array.dtype} {array.shape}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))  # size (W, H, N)
+    image.SetSpacing((float(spacing[0]), float(spacing[1]), 1.0))
+    image.SetOrigin((0.0, 0.0, 0.0))
+    with atomic_path(Path(path)) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
+
+
+def write_segmentation_volume(path: Path, masks: np.ndarray, spacing: tuple[float, float]) -> None:
+    """Write a cine's label maps (uint8 N x H x W, frame k in slice k) as one W x H x N NIfTI
+    volume, as ITK-SNAP saves the segmentation of a multi-frame image, atomically."""
+    _write_3d(path, masks, spacing)
 
 
 def write_segmentation(path: Path, mask: np.ndarray, spacing: tuple[float, float]) -> None:
@@ -332,6 +354,7 @@ class LabelFile:
     spacing: tuple[float, float]  # mm (x, y)
     origin: tuple[float, float]  # mm (x, y) of pixel (0, 0)
     reoriented: list[str] = field(default_factory=list)  # e.g. "flipped along x"
+    notes: list[str] = field(default_factory=list)  # what reading noted (Slicer overlaps)
 
 
 def read_label_map(path: Path, within: Path | None = None) -> np.ndarray:
@@ -340,7 +363,10 @@ def read_label_map(path: Path, within: Path | None = None) -> np.ndarray:
 
 
 def read_label_file(
-    path: Path, within: Path | None = None, shape: tuple[int, int] | None = None
+    path: Path,
+    within: Path | None = None,
+    shape: tuple[int, int] | None = None,
+    protocol: Protocol | None = None,
 ) -> LabelFile:
     """Read a label map (.nii.gz, .nii, .nrrd, .seg.nrrd, .mha, .mhd): a 2D array of its
     stored pixel type, row 0 the top row: W x H, or W x H x 1 as ITK-SNAP saves a 2D
@@ -355,7 +381,10 @@ def read_label_file(
 
     With ``shape`` (the image's rows, cols), a map whose header declares another size (its
     axes in either order) is refused from the header, before any pixel is decoded: a small
-    compressed file declaring a huge map would otherwise be inflated whole."""
+    compressed file declaring a huge map would otherwise be inflated whole.
+
+    With ``protocol``, a 3D Slicer segmentation is read by segment name into the protocol's
+    values (see ``itksnap.slicer``; its overlaps are in ``notes``)."""
     path = Path(path)
     suffix = label_suffix(path.name)
     if suffix is None:
@@ -372,6 +401,8 @@ def read_label_file(
     _check_header(path, suffix, head)
     if kind in ("NRRD", "MetaImage"):
         _check_data_files(path, kind, within)
+    if suffix == ".seg.nrrd" and protocol is not None and slicer.has_segments(path):
+        return _read_slicer(path, protocol, shape)
     reader = sitk.ImageFileReader()
     reader.SetImageIO(io_name)
     reader.SetFileName(str(path))
@@ -402,6 +433,38 @@ def read_label_file(
     size = image.GetSize()
     array = sitk.GetArrayFromImage(image).reshape(size[1], size[0])
     return _reorient(array, image)
+
+
+def _read_slicer(path: Path, protocol: Protocol, shape: tuple[int, int] | None) -> LabelFile:
+    """A 3D Slicer segmentation painted into the protocol's values, sizes checked from its
+    header first, turned to datatool's orientation like any other map."""
+    size = slicer.declared_size(path)
+    if len(size) != 3 or size[2] != 1:
+        volume = " x ".join(str(n) for n in size)
+        raise BadLabel(f"label map is a {volume} volume; expected a 2D map (W x H x 1)")
+    if shape is not None and sorted(size[:2]) != sorted((int(shape[1]), int(shape[0]))):
+        raise BadLabel(
+            f"size mismatch: label map is {size[0]}x{size[1]}, the image is "
+            f"{int(shape[1])}x{int(shape[0])} (width x height)"
+        )
+    painted = slicer.read_segments(path, protocol)
+    matrix = painted.ijk_to_lps
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    if not np.all(np.isfinite(matrix)) or np.any(spacing <= 0):
+        raise BadLabel("its voxel spacing is zero or not a number: not a label map of an image")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(painted.array.transpose(2, 1, 0)))
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetOrigin(tuple(float(o) for o in matrix[:3, 3]))
+    try:
+        image.SetDirection(tuple(float(d) for d in (matrix[:3, :3] / spacing).ravel()))
+    except RuntimeError:
+        raise BadLabel(
+            "its direction is not a rotation (sheared axes): not a label map of this "
+            "image's pixel grid"
+        ) from None
+    label = _reorient(np.ascontiguousarray(painted.array[:, :, 0].T), image)
+    label.notes = painted.notes
+    return label
 
 
 def _reorient(array: np.ndarray, image: sitk.Image) -> LabelFile:
@@ -448,9 +511,10 @@ def _reorient(array: np.ndarray, image: sitk.Image) -> LabelFile:
 def geometry_notes(
     label: LabelFile, spacing: tuple[float, float], rel_tol: float = 1e-3
 ) -> list[str]:
-    """What differs between a label map's geometry and its image's (``spacing`` in mm,
-    origin 0, identity direction, as exported), beyond a tolerance: one note each."""
-    notes = []
+    """What reading a label map noted (a Slicer segmentation's overlaps), then what differs
+    between its geometry and its image's (``spacing`` in mm, origin 0, identity direction,
+    as exported), beyond a tolerance: one note each."""
+    notes = list(label.notes)
     if label.reoriented:
         notes.append(
             f"its direction differs from the image's ({', '.join(label.reoriented)}): "

@@ -91,7 +91,7 @@ _SUFFIX_RE = r"(?:\.seg\.nrrd|\.nii\.gz|\.nrrd|\.nii|\.mha|\.mhd)"
 _EXPORTED_NAME = re.compile(r"img\d{6,}_seg" + _SUFFIX_RE, re.IGNORECASE)
 _EXPORTED_REL = re.compile(r"(?:img\d{6,}/)?img\d{6,}(?:_seg)?" + _SUFFIX_RE, re.IGNORECASE)
 _IMAGE_STEM = re.compile(r"img\d{6,}", re.IGNORECASE)
-_KNOWN_OTHERS = (".itksnap", ".raw", ".zraw", ".json", EXPORT_MARKER, LABELS_FILE)
+_KNOWN_OTHERS = (".itksnap", ".raw", ".zraw", ".json", ".ctbl", EXPORT_MARKER, LABELS_FILE)
 
 
 def _is_export_image(name: str, suffix: str, present: set[str]) -> bool:
@@ -587,7 +587,7 @@ def _read_mask(
     where it differs from the image's. Raises BadLabel with the reason, also for any other
     empty map unless ``allow_empty``."""
     shape = (m.rows, m.cols)
-    label = read_label_file(m.path, within=root, shape=shape)
+    label = read_label_file(m.path, within=root, shape=shape, protocol=protocol)
     mask = validate_mask(label.array, protocol, shape, allow_empty=True)
     notes = geometry_notes(label, m.spacing)
     if not allow_empty and not mask.any():

@@ -441,6 +441,7 @@ def test_cli_exit_codes_json_and_one_line_rejections(study, demo_dir, tmp_path, 
         "img000001",
         "img000002",
         LABELS_FILE,
+        "slicer_colors.ctbl",  # the same labels for 3D Slicer
     ]
     usage = _cli(
         ["export", "itksnap", "--rater", "rater1", "--out", str(out), "--images", "one"],
