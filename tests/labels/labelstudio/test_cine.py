@@ -1,12 +1,15 @@
 """Cine loops in Label Studio: every frame of a cine is an image like a still: one task each,
-named by its file and frame, and its annotation synced back to that frame. Checked on a
-catalogue of a 3-frame cine and two stills, at the payload level and against the suite's
-real Label Studio server."""
+named by its file and frame, and its annotation synced back to that frame. Checked on the
+demo's data made with a 3-frame cine (and two stills), with the demo rater's own label map of
+each frame, at the payload level and against the suite's real Label Studio server."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from label_studio_sdk import LabelStudio
 from sqlalchemy import select
 
@@ -19,22 +22,34 @@ from datatool.labels.labelstudio.frames import frame_names, frame_places
 from datatool.labels.labelstudio.push import _is_our_task_data, _task_data, annotate, push
 from datatool.labels.labelstudio.sync import sync_from_server
 from datatool.labels.matching import image_name
-from tests.badfiles import long_cine
 
 P = load_protocol()
-ROWS, COLS = 64, 80  # not square: a swapped width and height would show
+
+
+@pytest.fixture(scope="module")
+def cine_demo(tmp_path_factory) -> Path:
+    """One demo patient: a still on each side and a 3-frame cine (480 x 640) on one."""
+    from datatool.demo.generator import write_demo_dataset
+
+    out = tmp_path_factory.mktemp("cine-demo")
+    made = write_demo_dataset(
+        out, patients=1, seed=7, images_per_side=(1, 1), cines=1, cine_frames=3
+    )
+    assert made.cines == 1 and len(list(out.rglob("*_cine.dcm"))) == 1
+    return out
 
 
 @pytest.fixture()
-def cine_ws(ws, tmp_path):
-    """Two stills and a 3-frame cine (every frame ingested), 64 x 80."""
-    folder = tmp_path / "dicom"
-    long_cine(folder / "A" / "L_01.dcm", 1, ROWS, COLS)
-    long_cine(folder / "A" / "R_cine.dcm", 3, ROWS, COLS)
-    long_cine(folder / "B" / "L_01.dcm", 1, ROWS, COLS)
-    report = ingest(ws, [folder], workers=0, frames="all")
+def cine_ws(ws, cine_demo):
+    report = ingest(ws, [cine_demo / "dicom"], workers=0)
     assert report.ingested == 3 and report.images_added == 5, report.rejected
     return ws
+
+
+def _rater1(cine_demo: Path) -> np.ndarray:
+    """The demo rater 1's label maps of the cine's frames (N x H x W, frame k at k)."""
+    (path,) = (cine_demo / "labels" / "rater1").rglob("*_cine.nii.gz")
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.uint8)
 
 
 def _cine(ws) -> tuple[list[Image], list[Image], int]:
@@ -48,15 +63,6 @@ def _cine(ws) -> tuple[list[Image], list[Image], int]:
     return frames, [i for i in images if i.source_file_id != cine_file], cine_file
 
 
-def _mask(k: int) -> np.ndarray:
-    """A different label map per frame: a nerve that moves, a femur in frame 1 only."""
-    mask = np.zeros((ROWS, COLS), np.uint8)
-    mask[20 + 5 * k : 30 + 5 * k, 10 + 7 * k : 30 + 7 * k] = 1
-    if k == 1:
-        mask[50:60, 60:78] = 2
-    return mask
-
-
 def test_frames_are_named_by_file_and_frame_and_stills_are_not(cine_ws):
     frames, stills, cine_file = _cine(cine_ws)
     with cine_ws.session() as s:
@@ -68,12 +74,14 @@ def test_frames_are_named_by_file_and_frame_and_stills_are_not(cine_ws):
         for k, f in enumerate(frames, 1)
     }
     for name in names.values():  # never the original folders (the demo's are MRNs)
-        assert "/" not in name and "dicom" not in name and "L_01" not in name
+        assert "/" not in name and "MRN" not in name and "dicom" not in name
 
 
-def test_a_frames_task_payload_round_trips_without_a_server(cine_ws):
+def test_a_frames_task_payload_round_trips_without_a_server(cine_ws, cine_demo):
     """What push sends for a frame, and what sync reads back, at the frame's own size."""
     frames, _, cine_file = _cine(cine_ws)
+    truth = _rater1(cine_demo)
+    assert truth.shape == (3, frames[0].rows, frames[0].cols)
     frame = frames[2]
     with cine_ws.session() as s:
         name = frame_names(s, [frame.id])[frame.id]
@@ -90,10 +98,10 @@ def test_a_frames_task_payload_round_trips_without_a_server(cine_ws):
     assert not _is_our_task_data({**data, "name": "other"}, 9, image_name(frame.id), name)
     still = {"image": url, "image_id": image_name(frame.id)}
     assert _is_our_task_data(still, 9, image_name(frame.id))
-    results = mask_to_results(_mask(2), P)
-    assert {(r["original_width"], r["original_height"]) for r in results} == {(COLS, ROWS)}
+    results = mask_to_results(truth[2], P)
+    assert {(r["original_width"], r["original_height"]) for r in results} == {(640, 480)}
     back = results_to_mask(results, P, (frame.rows, frame.cols)).mask
-    np.testing.assert_array_equal(back, _mask(2))
+    np.testing.assert_array_equal(back, truth[2])
 
 
 @pytest.fixture()
@@ -116,10 +124,14 @@ def _task_for(ws, project_id: int) -> dict[int, int]:
 
 
 def test_push_makes_a_task_per_frame_and_sync_brings_each_back_to_its_frame(
-    cine_ws, labelstudio_server, ls
+    cine_ws, cine_demo, labelstudio_server, ls
 ):
     srv = labelstudio_server
     frames, stills, cine_file = _cine(cine_ws)
+    truth = _rater1(cine_demo)
+    assert all(truth[k].any() for k in range(3)) and not np.array_equal(truth[0], truth[2])
+    still_mask = np.zeros((stills[0].rows, stills[0].cols), np.uint8)
+    still_mask[100:160, 200:300] = 3
     add_rater(cine_ws, "AN1")
     result = push(cine_ws, "AN1", url=srv.url, token=srv.token, local_root=srv.local_root)
     assert result.tasks_created == 5 == result.images
@@ -142,8 +154,8 @@ def test_push_makes_a_task_per_frame_and_sync_brings_each_back_to_its_frame(
 
     # the rater labels frames 1 and 3 and a still; frame 2 is left for later
     for k in (0, 2):
-        annotate(srv.url, srv.token, pid, tasks[frames[k].id], _mask(k), P)
-    annotate(srv.url, srv.token, pid, tasks[stills[0].id], _mask(1), P)
+        annotate(srv.url, srv.token, pid, tasks[frames[k].id], truth[k], P)
+    annotate(srv.url, srv.token, pid, tasks[stills[0].id], still_mask, P)
     report = sync_from_server(cine_ws, "AN1", url=srv.url, token=srv.token)
     assert (report.seen, report.new_versions, report.rejected) == (5, 3, [])
     notes = dict(report.notes)
@@ -154,18 +166,18 @@ def test_push_makes_a_task_per_frame_and_sync_brings_each_back_to_its_frame(
         rater = s.scalar(select(LabelStudioProject.rater_id))
         for k in (0, 2):
             stored = latest_annotation(s, frames[k].id, rater)
-            np.testing.assert_array_equal(cine_ws.store.get_array(stored.mask_hash), _mask(k))
+            np.testing.assert_array_equal(cine_ws.store.get_array(stored.mask_hash), truth[k])
         assert latest_annotation(s, frames[1].id, rater) is None
         still = latest_annotation(s, stills[0].id, rater)
-        np.testing.assert_array_equal(cine_ws.store.get_array(still.mask_hash), _mask(1))
+        np.testing.assert_array_equal(cine_ws.store.get_array(still.mask_hash), still_mask)
 
     # frame 2 labelled later: only it is new; a re-push adds nothing
-    annotate(srv.url, srv.token, pid, tasks[frames[1].id], _mask(1), P)
+    annotate(srv.url, srv.token, pid, tasks[frames[1].id], truth[1], P)
     again = sync_from_server(cine_ws, "AN1", url=srv.url, token=srv.token)
     assert (again.new_versions, again.unchanged) == (1, 3)
     with cine_ws.session() as s:
         stored = latest_annotation(s, frames[1].id, rater)
-        np.testing.assert_array_equal(cine_ws.store.get_array(stored.mask_hash), _mask(1))
+        np.testing.assert_array_equal(cine_ws.store.get_array(stored.mask_hash), truth[1])
     repush = push(cine_ws, "AN1", url=srv.url, token=srv.token, local_root=srv.local_root)
     assert (repush.tasks_created, repush.already_pushed) == (0, 5)
 
