@@ -23,6 +23,7 @@ FORMAT_MODULES = [
     "datatool.ingest.deid",
     "datatool.labels.masks",
     "datatool.labels.itksnap.formats",
+    "datatool.labels.dicomseg.formats",
     "datatool.labels.itksnap.slicer",
     "datatool.labels.labelstudio.formats",
     "datatool.analysis.metrics",

@@ -38,6 +38,18 @@ def schemas_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class StructureCode:
+    """A structure's coded concept (DICOM SEG's segmented property type): coding scheme
+    (``SCT``: SNOMED CT), code value and meaning. ``exact`` False: no code of the structure
+    itself was found, this broader one stands in for it."""
+
+    scheme: str
+    value: str
+    meaning: str
+    exact: bool = True
+
+
+@dataclass(frozen=True)
 class Structure:
     name: str
     value: int
@@ -46,6 +58,7 @@ class Structure:
     max_components: int | None = None  # None: any number (not checked)
     holes: bool = True  # False: a hole in the structure is flagged
     in_view: bool = False  # True: touching the image edge or the blanked area is flagged
+    code: StructureCode | None = None  # for DICOM SEG; None: coded as an anatomical structure
 
     @property
     def hex_color(self) -> str:
@@ -194,6 +207,7 @@ def load_protocol_file(path: Path) -> Protocol:
                 max_components=None if max_components is None else int(max_components),
                 holes=_flag(path, entry, "holes", True),
                 in_view=_flag(path, entry, "in_view", False),
+                code=_code(path, entry),
             )
         )
     names = {s.name for s in structures}
@@ -228,6 +242,24 @@ def load_protocol_file(path: Path) -> Protocol:
         lateral_side=tuple(sorted((str(k).upper(), str(v)) for k, v in lateral.items())),
         paint_order=_paint_order(path, data, structures),
     )
+
+
+def _code(path: Path, entry: dict) -> StructureCode | None:
+    """``code: {scheme: SCT, value: "71341001", meaning: Femur}`` (``exact: false`` for a
+    broader code standing in for the structure's own)."""
+    code = entry.get("code")
+    if code is None:
+        return None
+    if not isinstance(code, dict) or not all(
+        isinstance(code.get(k), str) and code[k].strip() for k in ("scheme", "value", "meaning")
+    ):
+        raise ValueError(
+            f"{path}: code of {entry['name']!r} needs scheme, value and meaning (strings)"
+        )
+    exact = code.get("exact", True)
+    if not isinstance(exact, bool):
+        raise ValueError(f"{path}: code.exact of {entry['name']!r} must be true or false")
+    return StructureCode(code["scheme"], code["value"], code["meaning"], exact)
 
 
 def _paint_order(path: Path, data: dict, structures: list[Structure]) -> tuple[str, ...]:

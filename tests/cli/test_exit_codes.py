@@ -140,6 +140,31 @@ def _cases(s: Site) -> dict[str, dict[int, list]]:
             1: ["--rater", "rater1", "--out", s.tmp / "ex1", *bad],
             2: ["--rater", "NOBODY", "--out", s.tmp / "ex2", *w],
         },
+        "export dicom-seg": {
+            0: [
+                "--rater",
+                "rater1",
+                "--dicom-root",
+                s.demo / "dicom",
+                "--out",
+                s.tmp / "seg",
+                "--images",
+                "1,2",
+                "--json",
+                *w,
+            ],
+            # no original under the root: each image refused
+            1: [
+                "--rater",
+                "rater1",
+                "--dicom-root",
+                s.tmp / "notdicom",
+                "--out",
+                s.tmp / "seg1",
+                *w,
+            ],
+            2: ["--rater", "NOBODY", "--dicom-root", s.demo / "dicom", "--out", s.tmp / "seg2", *w],
+        },
         "labelstudio push": {
             0: ["--rater", "rater1", *ls, "--local-root", s.ls_root, "--images", "1", "--json", *w],
             1: [

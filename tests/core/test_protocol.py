@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from datatool.core.protocol import Relation, load_protocol, load_protocol_file
+from datatool.core.protocol import Relation, StructureCode, load_protocol, load_protocol_file
 
 
 def test_the_study_protocol_states_what_a_plausible_label_looks_like():
@@ -84,6 +84,35 @@ def test_the_study_protocol_s_labelstudio_config():
     ]  # fmt: skip
     assert interface.get_object("image").tag == "Image"
     assert interface.get_object("image").value == "$image"
+
+
+def test_a_structure_s_code_is_optional_and_read_whole(tmp_path):
+    p = load_protocol_file(
+        _write(
+            tmp_path, "", ', code: {scheme: SCT, value: "84782009", meaning: Nerve, exact: false}'
+        )
+    )
+    assert p.structures[0].code == StructureCode("SCT", "84782009", "Nerve", exact=False)
+    assert p.structures[1].code is None
+    exact = load_protocol_file(
+        _write(tmp_path, "", ', code: {scheme: SCT, value: "71341001", meaning: Femur}')
+    )
+    assert exact.structures[0].code == StructureCode("SCT", "71341001", "Femur", True)
+
+
+@pytest.mark.parametrize(
+    "code,message",
+    [
+        ("{scheme: SCT, value: 71341001, meaning: Femur}", "strings"),  # a number, not a string
+        ("{scheme: SCT, meaning: Femur}", "needs scheme, value and meaning"),
+        ('{scheme: SCT, value: "1", meaning: " "}', "needs scheme, value and meaning"),
+        ("SCT 71341001", "needs scheme"),
+        ('{scheme: SCT, value: "1", meaning: x, exact: maybe}', "code.exact"),
+    ],
+)
+def test_bad_codes_are_refused(tmp_path, code, message):
+    with pytest.raises(ValueError, match=message):
+        load_protocol_file(_write(tmp_path, "", f", code: {code}"))
 
 
 def test_segment_names_match_ignoring_case_and_word_separators():
