@@ -13,13 +13,22 @@ import SimpleITK as sitk
 from label_studio_sdk import LabelStudio
 from sqlalchemy import select
 
-from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask, SourceFile
+from datatool.core.catalogue import (
+    FlagReason,
+    FlagStatus,
+    Image,
+    LabelStudioProject,
+    LabelStudioTask,
+    QAFlag,
+    SourceFile,
+)
 from datatool.core.protocol import load_protocol
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater, latest_annotation
 from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
 from datatool.labels.labelstudio.frames import frame_names, frame_places
 from datatool.labels.labelstudio.push import _is_our_task_data, _task_data, annotate, push
+from datatool.labels.labelstudio.review import push_review
 from datatool.labels.labelstudio.sync import sync_from_server
 from datatool.labels.matching import image_name
 
@@ -189,6 +198,28 @@ def test_push_makes_a_task_per_frame_and_sync_brings_each_back_to_its_frame(
     healed = push(cine_ws, "AN1", url=srv.url, token=srv.token, local_root=srv.local_root)
     assert (healed.tasks_created, healed.recovered) == (0, 3)
     assert _task_for(cine_ws, pid) == tasks
+
+    # a flagged label of frame 3 goes to review saying which file and frame it is
+    with cine_ws.session() as s:
+        flagged = latest_annotation(s, frames[2].id, rater)
+        s.add(
+            QAFlag(
+                image_id=frames[2].id,
+                annotation_id=flagged.id,
+                structure="sciatic nerve",
+                reason=FlagReason.holes,
+                severity=1.0,
+                evidence={"holes": 1, "hole_px": 12},
+                status=FlagStatus.open,
+            )
+        )
+    review = push_review(cine_ws, "AN1", url=srv.url, token=srv.token, local_root=srv.local_root)
+    (task,) = ls.tasks.list(project=review.projects[0].project_id, fields="all")
+    assert task.data["image_id"] == image_name(frames[2].id)
+    assert (
+        f"of {image_name(frames[2].id)} (cine file {cine_file}, frame 3 of 3): "
+        in (task.data["flags"])
+    )
 
 
 def test_push_of_some_frames_by_id(cine_ws, labelstudio_server, ls):
