@@ -188,6 +188,9 @@ def push(
     """Put images into the rater's own Label Studio project (made on first use), one task per
     image not yet there. Re-running adds nothing. One project per rater: double-blind.
 
+    Each frame of a cine is an image: a task of its own, whose 'name' says its file and frame
+    (img000123 (cine file 7, frame 3 of 8); the file by its catalogue number, never a path).
+
     With --gold N: N gold-standard images (with a reference label) go among the rater's tasks,
     looking like every other task, and the new tasks come in a seeded random order; the rater's
     labels of them are scored by 'datatool raters'.
@@ -324,14 +327,16 @@ def sync_labelstudio(
     dicom_root: Path | None = typer.Option(
         None,
         "--dicom-root",
-        help="With --export: the folder the tasks' DICOM paths are "
-        "relative to (the original exams).",
+        help="With --export: the folder the tasks' DICOM paths are relative to (the original "
+        "exams). A path may not leave it: an absolute path, '..' or a link out of it is "
+        "rejected.",
     ),
     field: str | None = typer.Option(
         None,
         "--field",
         help="With --export: the task data field naming the DICOM file or SOP "
-        "Instance UID (default: found by its value).",
+        "Instance UID (default: found by its value; several fields may name it if they all "
+        "name the same image).",
     ),
     project_id: int | None = typer.Option(
         None, "--project-id", min=1, max=MAX_INT, help="Only this one of the rater's projects."
@@ -354,6 +359,11 @@ def sync_labelstudio(
     skipped and unlabelled tasks are noted. A label equal to a model draft datatool handed the
     rater keeps the draft's provenance. With --review: the reviews of flagged labels, from the
     review projects.
+
+    With --export (a project made before datatool): a task may name its DICOM image in several
+    fields (path, the server's URL of it, SOP Instance UID) if they all name the same image;
+    fields naming different images, an annotation whose 'task' is another task, and a path
+    leaving --dicom-root are rejected, one line each.
     """
     ws = workspace(ws_path)
     if review:

@@ -179,7 +179,7 @@ def _export_view(result: SplitExport) -> Iterator[Block]:
     if result.dataset_dir is None:
         yield (
             f"wrote {result.images} images ({result.test} test) of split {result.name} "
-            f"as {result.format} to {result.out_dir}"
+            f"as {result.format} to {result.out_dir}" + (" (replaced)" if result.replaced else "")
         )
         return
     yield (
@@ -206,7 +206,8 @@ def split_export(
         ...,
         "--out",
         file_okay=False,
-        help="Folder to write: for nnunet the nnUNet_raw folder that gets DatasetNNN_Name.",
+        help="Folder to write: for nnunet the nnUNet_raw folder that gets DatasetNNN_Name; "
+        "for csv the manifest's own folder (empty or new, else see --replace).",
     ),
     dataset_id: int | None = typer.Option(
         None,
@@ -231,7 +232,9 @@ def split_export(
         "with a note saying where to copy it).",
     ),
     replace: bool = typer.Option(
-        False, "--replace", help="nnunet: rebuild a non-empty dataset folder whole."
+        False,
+        "--replace",
+        help="Rebuild a non-empty nnU-Net dataset folder, or a non-empty csv --out, whole.",
     ),
     json_out: bool = JsonOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -239,8 +242,10 @@ def split_export(
     """Write the split for training elsewhere: an nnU-Net v2 dataset with the split's
     patient-level folds as splits_final.json, or a CSV manifest with image and label PNGs.
 
-    A non-empty nnU-Net dataset folder is refused (exit 2) unless --replace; it is then built
-    beside and renamed into place, so no case of an earlier export stays behind.
+    A non-empty nnU-Net dataset folder, or a non-empty --out for csv, is refused (exit 2)
+    unless --replace; it is then built beside and renamed into place, so no case of an
+    earlier export stays behind. For csv, a folder that datatool did not write as a split
+    export is refused even then, unless --force.
     """
     from datatool.learning.split_export import export_split
 

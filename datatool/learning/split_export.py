@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +122,34 @@ def _swap_in(built: Path, target: Path) -> bool:
     return True
 
 
+def _build_folder(target: Path, write: Callable[[Path], None]) -> bool:
+    """Make the folder ``target`` whole or not at all: ``write`` fills a new folder beside
+    it, which is then renamed into place (:func:`_swap_in`); on any failure the new folder is
+    removed and ``target`` is as it was. True when files in ``target`` were replaced."""
+    had_files = _nonempty(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    try:
+        write(build)
+        os.chmod(build, 0o777 & ~_umask())  # mkdtemp made it 0700
+        return _swap_in(build, target) and had_files
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+
+
+def _refuse_nonempty(target: Path, replace: bool, other: str) -> None:
+    """A target folder that is a file, or not empty without ``replace``, is a usage error
+    (``other``: what else the user can choose)."""
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{target} exists and is not a folder")
+    if _nonempty(target) and not replace:
+        raise UsageError(
+            f"{target} is not empty (an earlier export?); pass --replace to rebuild it "
+            f"whole, or choose {other}"
+        )
+
+
 def _dataset_json(name: str, split_hash: str, training: int, ending: str, protocol) -> dict:
     consecutive = {s.value: i + 1 for i, s in enumerate(protocol.structures)}
     return {
@@ -167,13 +196,7 @@ def _nnunet_target(
     replace: bool,
 ) -> None:
     """Refuse, before anything is written, a target nnU-Net would misread."""
-    if _nonempty(dataset_dir) and not replace:
-        raise UsageError(
-            f"{dataset_dir} is not empty (an earlier export?); pass --replace to rebuild "
-            "it whole, or choose another --dataset-id/--dataset-name"
-        )
-    if dataset_dir.exists() and not dataset_dir.is_dir():
-        raise UsageError(f"{dataset_dir} exists and is not a folder")
+    _refuse_nonempty(dataset_dir, replace, "another --dataset-id/--dataset-name")
     for folder in (out, preprocessed):
         other = _other_dataset_with_id(folder, dataset_id, dataset_dir.name)
         if other is not None:
@@ -213,9 +236,11 @@ def export_split(
     without ``preprocessed``, in the dataset folder with a note saying where it must go; or a
     CSV manifest with image and label PNGs in ``out_dir``.
 
-    The dataset folder is built beside its place and renamed into it: a non-empty one is
-    refused unless ``replace``, and then replaced whole, so no case of an earlier export
-    stays in imagesTr (nnU-Net trains on every case there)."""
+    The dataset folder (nnU-Net) or ``out_dir`` (CSV) is built beside its place and renamed
+    into it: a non-empty one is refused unless ``replace``, and then replaced whole, so no
+    case of an earlier export stays in imagesTr (nnU-Net trains on every case there) or
+    beside the manifest. (The CLI also refuses a CSV --out that datatool did not write as a
+    split export, unless --force: ``core.outputs``.)"""
     fmt = choice(ExportFormat, fmt, "--format")
     ending = choice(FileEnding, file_ending, "--file-ending")
     if dataset_id is not None and not 1 <= dataset_id <= 999:
@@ -257,21 +282,37 @@ def export_split(
         for m, pseudonym, _sex, side, _ in rows
     ]
     if fmt == ExportFormat.csv:
-        for (case, m, _, _), (*_, store_hash) in zip(cases, rows):
-            write_bytes_atomic(
-                out / "images" / f"{case}.png", encode_png(store.get_array(store_hash))
-            )
-            mask = store.get_array(masks[m.annotation_id])
-            write_bytes_atomic(out / "labels" / f"{case}.png", encode_png(mask))
-        _write_manifest(out, cases)
+        target = Path(os.path.abspath(out))
+        _refuse_nonempty(target, replace, "another --out")
+
+        def write_csv(build: Path) -> None:
+            for (case, m, _, _), (*_, store_hash) in zip(cases, rows):
+                write_bytes_atomic(
+                    build / "images" / f"{case}.png", encode_png(store.get_array(store_hash))
+                )
+                mask = store.get_array(masks[m.annotation_id])
+                write_bytes_atomic(build / "labels" / f"{case}.png", encode_png(mask))
+            _write_manifest(build, cases)
+
+        replaced = _build_folder(target, write_csv)
         with ws.session() as s:
-            audit(s, "split export", "export", name=name, format=fmt, images=len(cases))
+            audit(
+                s,
+                "split export",
+                "export",
+                name=name,
+                format=fmt,
+                images=len(cases),
+                replaced=replaced,
+            )
         return SplitExport(
             name=name,
             format=fmt,
             out_dir=str(out),
             images=len(cases),
             test=sum(1 for _, m, _, _ in cases if m.subset == Subset.test),
+            replaced=replaced,
+            notes=[f"replaced {target} whole"] if replaced else [],
         )
 
     ds_id = default_dataset_id(split_hash) if dataset_id is None else dataset_id
@@ -284,9 +325,8 @@ def export_split(
 
     consecutive = {s.value: i + 1 for i, s in enumerate(protocol.structures)}
     lut = np.array([consecutive.get(v, 0) for v in range(256)], np.uint8)
-    out.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}.new-", dir=out))
-    try:
+
+    def write(build: Path) -> None:
         for (case, m, _, _), (*_, store_hash) in zip(cases, rows):
             image = store.get_array(store_hash)
             label = lut[store.get_array(masks[m.annotation_id])]
@@ -307,11 +347,8 @@ def export_split(
         if pre is None:
             write_text_atomic(build / "splits_final.json", splits_text)
         (build / "imagesTs").mkdir(exist_ok=True)  # nnU-Net's layout, also with no test set
-        os.chmod(build, 0o777 & ~_umask())  # mkdtemp made it 0700
-        replaced = _swap_in(build, dataset_dir)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
+
+    replaced = _build_folder(dataset_dir, write)
     notes = []
     if pre is not None:
         splits_file = pre / dataset_dir.name / "splits_final.json"

@@ -236,7 +236,9 @@ def test_a_second_split_replaces_the_first_whole_and_is_refused_without_replace(
 def test_preprocessed_folds_of_another_split_are_not_overwritten_silently(ready, tmp_path):
     ws = ready
     create_split(ws, "a", folds=2, seed=1)
-    create_split(ws, "b", folds=2, seed=2, ratios="1:1:1")
+    # no folds: one fold in splits_final.json, never a's two (two 2-fold splits of the demo's
+    # 3 patients drew the same folds about once in 6 workspaces, each with its own key)
+    create_split(ws, "b", folds=0, seed=2, ratios="1:1:1")
     raw, pre = tmp_path / "raw", tmp_path / "pre"
     export_split(ws, "a", "nnunet", raw, dataset_id=502, dataset_name="X", preprocessed=pre)
     splits = pre / "Dataset502_X" / "splits_final.json"

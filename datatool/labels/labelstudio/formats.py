@@ -246,6 +246,7 @@ class ExportAnnotation(_Open):
     created_at: str | float | None = None
     updated_at: str | float | None = None
     project: int | None = None
+    task: int | None = None  # the task it belongs to (checked against the task holding it)
 
 
 class ExportTask(_Open):

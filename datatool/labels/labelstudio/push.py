@@ -6,7 +6,9 @@ Rules:
   images into a project recorded for another rater, and never gives a rater a second project
   unless asked (``new_project=True``; sync then reads all of the rater's projects, oldest
   first). An existing server project given by id is adopted only while it holds no tasks.
-* Task data is ``{"image": URL, "image_id": "img000123"}`` and nothing else about the image.
+* Task data is ``{"image": URL, "image_id": "img000123"}`` and nothing else about the image;
+  a frame of a cine (an image like a still, pushed like one) also has a ``name`` saying its
+  file and frame for people (``img000123 (cine file 7, frame 3 of 8)``, see ``frames``).
   Re-pushing adds nothing; tasks of a push interrupted between the server and the catalogue
   are recognised by their data and recorded instead of being created twice. Tasks recorded
   in the catalogue but deleted on the server are reported, not re-created.
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,7 @@ from datatool.labels.labelstudio.connection import (
 from datatool.labels.labelstudio.formats import (
     mask_to_results,
 )
+from datatool.labels.labelstudio.frames import frame_names
 from datatool.labels.labelstudio.modes import ServeMode
 from datatool.labels.matching import (
     image_id_from_name,
@@ -74,11 +77,20 @@ def _local_url(project_id: int, name: str) -> str:
     return f"/data/local-files/?d={LOCAL_PREFIX}/{project_id}/{name}.png"
 
 
-def _is_our_task_data(data: dict, project_id: int, name: str) -> bool:
+def _task_data(url: str, name: str, frame: str | None) -> dict:
+    """A task's data: the image's URL and name, and a cine frame's file and frame."""
+    data = {"image": url, "image_id": name}
+    if frame is not None:
+        data["name"] = frame
+    return data
+
+
+def _is_our_task_data(data: dict, project_id: int, name: str, frame: str | None = None) -> bool:
     """Data exactly as datatool's push writes it for this image (local or uploaded)."""
-    if not isinstance(data, dict) or set(data) != {"image", "image_id"}:
+    keys = {"image", "image_id"} if frame is None else {"image", "image_id", "name"}
+    if not isinstance(data, dict) or set(data) != keys:
         return False
-    if data["image_id"] != name:
+    if data["image_id"] != name or data.get("name") != frame:
         return False
     image = str(data["image"])
     return image == _local_url(project_id, name) or (
@@ -133,6 +145,7 @@ class _PushPlan:
     images: list[tuple[int, str]]  # (image id, store hash of its PNG)
     project: _Project | None
     tasks: dict[int, int]  # image id -> task id, as recorded
+    frames: dict[int, str] = field(default_factory=dict)  # image id -> name, cine frames
 
 
 @dataclass
@@ -217,7 +230,7 @@ def push(
             if root is not None
             else _serve_upload(conn, ws, project.project_id, seen.todo)
         )
-    created = _import_tasks(conn, ws, project, seen.todo, urls)
+    created = _import_tasks(conn, ws, project, seen.todo, urls, plan.frames)
     already = len(plan.images) - len(seen.todo) - seen.recovered
     with ws.session() as s:
         audit(
@@ -286,8 +299,9 @@ def _push_plan(
                     "no such image(s) in this catalogue: "
                     + ", ".join(image_name(i) for i in missing)
                 )
+        frames = frame_names(s, [i for i, _ in images])
         if row is None:
-            return _PushPlan(r.name, r.id, images, None, {})
+            return _PushPlan(r.name, r.id, images, None, {}, frames)
         tasks: dict[int, int] = dict(
             s.execute(
                 select(LabelStudioTask.image_id, LabelStudioTask.task_id).where(
@@ -295,7 +309,8 @@ def _push_plan(
                 )
             ).all()
         )
-        return _PushPlan(r.name, r.id, images, _Project(row.id, row.project_id, row.title), tasks)
+        project = _Project(row.id, row.project_id, row.title)
+        return _PushPlan(r.name, r.id, images, project, tasks, frames)
 
 
 def _new_project(
@@ -376,7 +391,7 @@ def _reconcile(conn: Connection, ws: Workspace, plan: _PushPlan, project: _Proje
             image_id in names
             and image_id not in recorded
             and image_id not in adopted
-            and _is_our_task_data(data, pid, names[image_id])
+            and _is_our_task_data(data, pid, names[image_id], plan.frames.get(image_id))
         ):
             adopted[image_id] = tid
     if adopted:
@@ -417,13 +432,15 @@ def _import_tasks(
     project: _Project,
     todo: list[tuple[int, str]],
     urls: dict[int, str],
+    frames: dict[int, str],
 ) -> int:
-    """Step 5 of a push: one task per image (its URL and name, nothing else), imported and
-    recorded batch by batch; returns how many were made."""
+    """Step 5 of a push: one task per image (its URL and name, a cine frame's file and
+    frame, nothing else), imported and recorded batch by batch; returns how many were
+    made."""
     created = 0
     for start in range(0, len(todo), IMPORT_BATCH):
         batch = todo[start : start + IMPORT_BATCH]
-        request = [{"data": {"image": urls[i], "image_id": image_name(i)}} for i, _ in batch]
+        request = [{"data": _task_data(urls[i], image_name(i), frames.get(i))} for i, _ in batch]
         task_ids = import_task_batch(conn, project.project_id, request, "images", "push")
         with ws.session() as s:
             s.add_all(

@@ -65,6 +65,7 @@ from datatool.labels.labelstudio.connection import (
     connect,
 )
 from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
+from datatool.labels.labelstudio.frames import frame_places
 from datatool.labels.labelstudio.modes import ReviewStoreAs, ServeMode
 from datatool.labels.labelstudio.push import (
     IMPORT_BATCH,
@@ -185,6 +186,7 @@ def _plan(
     }
     image_ids = sorted({a.image_id for a in anns.values()})
     images = {i.id: i for i in s.scalars(select(Image).where(Image.id.in_(image_ids)))}
+    places = frame_places(s, image_ids)  # a cine's frame says its file and frame
     sub = latest_annotations_query().subquery()
     others: dict[int, list[tuple[str, Annotation]]] = defaultdict(list)
     for a, name in s.execute(
@@ -205,7 +207,9 @@ def _plan(
         runs = [f.run_id for f in flags if f.run_id is not None]
         draft_run = run if run is not None else (max(runs) if runs else None)
         draft = drafts_of(s, draft_run, [ann.image_id]).get(ann.image_id) if draft_run else None
-        text = f"Review of {rater.name}'s label v{ann.version} of {image_name(ann.image_id)}: " + (
+        place = places.get(ann.image_id)
+        named = image_name(ann.image_id) + (f" ({place})" if place else "")
+        text = f"Review of {rater.name}'s label v{ann.version} of {named}: " + (
             "; ".join(_describe(f) for f in flags)
         )
         predictions = [_prediction(FLAGGED, ws.store.get_array(ann.mask_hash), protocol)]

@@ -55,6 +55,7 @@ from datatool.labels.labelstudio.formats import (
     parse_export,
     results_to_mask,
 )
+from datatool.labels.labelstudio.frames import frame_places
 from datatool.labels.labelstudio.news import read_news, take_news
 from datatool.labels.masks import BadLabel, validate_mask
 from datatool.labels.matching import (
@@ -241,6 +242,11 @@ def sync_from_server(
             )
             for row_id, _ in projects
         }
+        places = frame_places(s, {i for m in mappings.values() for i in m.values()})
+
+    def named(image_id: int) -> str:  # a cine frame says its file and frame
+        place = places.get(image_id)
+        return image_name(image_id) + (f", {place}" if place else "")
 
     conn = connect(url, token)
     fetched = []
@@ -279,7 +285,7 @@ def sync_from_server(
                         )
                     )
                 else:
-                    item = f"{item} ({image_name(mapping[tid])})"
+                    item = f"{item} ({named(mapping[tid])})"
                     annotation = _pick_annotation(task, item, report)
                     if annotation is not None:
                         ref = f"project {pid} task {tid} annotation {annotation.get('id')}"
@@ -303,7 +309,7 @@ def sync_from_server(
             for tid in sorted(set(mapping) - on_server):
                 report.notes.append(
                     (
-                        f"project {pid} task {tid} ({image_name(mapping[tid])})",
+                        f"project {pid} task {tid} ({named(mapping[tid])})",
                         "recorded by datatool but deleted on the server",
                     )
                 )
@@ -360,26 +366,50 @@ def _local_files_path(value: str) -> str | None:
     return None
 
 
+class _Escapes(NoImage):
+    """A path from a task that would leave ``--dicom-root``; never looked for elsewhere."""
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+    except (OSError, ValueError, RuntimeError):  # outside, or a loop of links
+        return False
+    return True
+
+
 def _resolve_path(text: str, dicom_root: Path | None) -> Path | None:
-    """An existing file for a path named in a task: absolute, or under ``dicom_root`` (also
-    after dropping leading folders, for paths relative to another root)."""
-
-    def is_file(path: Path) -> bool:
-        try:
-            return path.is_file()
-        except (OSError, ValueError):  # a name too long for the file system, a NUL byte
-            return False
-
+    """An existing file for a path named in a task, under ``dicom_root`` (also after
+    dropping leading folders, for paths relative to another root such as the server's
+    document root). Raises :class:`_Escapes` for a path that would leave the root: absolute,
+    with a ``..``, or through a symbolic link that points out of it."""
     path = Path(text)
     if path.is_absolute():
-        return path if is_file(path) else None
+        raise _Escapes(
+            "names an absolute path: paths in task data are taken relative to --dicom-root "
+            "only (give them relative to it)"
+        )
+    if ".." in path.parts:
+        raise _Escapes("names a path with '..': paths in task data may not leave --dicom-root")
     if dicom_root is None:
         return None
     parts = path.parts
     for k in range(len(parts)):
         candidate = dicom_root.joinpath(*parts[k:])
-        if is_file(candidate):
-            return candidate
+        if not _is_file(candidate):
+            continue
+        if not _inside(candidate, dicom_root):
+            raise _Escapes(
+                "names a path that leads out of --dicom-root through a symbolic link: not read"
+            )
+        return candidate
     return None
 
 
@@ -390,17 +420,29 @@ def _fields(data: dict) -> str:
     return (shown + f" and {len(names) - 8} more" if len(names) > 8 else shown) or "none"
 
 
-def _reference(data: dict, field: str | None, dicom_root: Path | None) -> tuple[str, str]:
-    """('uid', UID) or ('path', PATH) naming the DICOM image of a task; raises NoImage.
-    Without ``field``, only a value that could be a path or a UID is looked at: free text
-    (longer than any path, or on several lines) is not a reference and is ignored."""
+@dataclass(frozen=True)
+class _Named:
+    """A field of a task's data naming its image: by SOP Instance UID or DICOM path."""
+
+    field: str
+    kind: str  # "uid" or "path"
+    ref: str
+
+
+def _references(data: dict, field: str | None, dicom_root: Path | None) -> list[_Named]:
+    """The fields of a task that name its DICOM image, each as a UID or a path under
+    ``dicom_root``; raises NoImage when none does or a named path may not be read. Without
+    ``field``, only a value that could be a path or a UID is looked at: free text (longer than
+    any path, or on several lines), and paths that are not DICOM files under the root (the
+    server's own image URLs), are not references and are ignored."""
     if field is not None:
         if field not in data:
             raise NoImage(f"its data has no field {excerpt(field)} (fields: {_fields(data)})")
         values = [(field, data[field])]
     else:
         values = list(data.items())
-    strong, weak = [], []
+    strong: list[_Named] = []
+    weak: list[_Named] = []
     for key, value in values:
         if not isinstance(value, str) or not value.strip():
             continue
@@ -409,38 +451,87 @@ def _reference(data: dict, field: str | None, dicom_root: Path | None) -> tuple[
             continue  # a comment, a description: not the image reference
         text = _local_files_path(text) or text
         if UID_RE.match(text) and len(text) <= 64:
-            strong.append((key, "uid", text))
+            strong.append(_Named(str(key), "uid", text))
             continue
-        resolved = _resolve_path(text, dicom_root)
-        if resolved is None and dicom_root is not None and not Path(text).is_absolute():
-            unresolved = str(dicom_root / text)  # named in messages; never read from the cwd
-        else:
-            unresolved = text
-        if text.lower().endswith(".dcm"):
-            strong.append((key, "path", str(resolved or unresolved)))
+        dicom_path = field is not None or text.lower().endswith(".dcm")
+        try:
+            resolved = _resolve_path(text, dicom_root)
+        except _Escapes as exc:
+            if not dicom_path:
+                continue  # not a DICOM path (e.g. the server's /data/upload/... URL)
+            raise _Escapes(f"field {excerpt(key)} {exc}") from None
+        if dicom_path:  # an unresolved path is named in messages, never read from the cwd
+            where = dicom_root / text if dicom_root is not None else text
+            strong.append(_Named(str(key), "path", str(resolved or where)))
         elif resolved is not None:
-            weak.append((key, "path", str(resolved)))
-        elif field is not None:
-            strong.append((key, "path", unresolved))
+            weak.append(_Named(str(key), "path", str(resolved)))
     found = strong or weak
-    distinct = {(kind, ref) for _, kind, ref in found}
-    if not distinct:
+    if not found:
         raise NoImage(
             "no field names a DICOM file or SOP Instance UID "
             f"(fields: {_fields(data)}); pass --field NAME"
         )
-    if len(distinct) > 1:
-        raise NoImage(
-            "several fields could name its DICOM image "
-            f"({_fields({k: None for k, _, _ in found})}): pass --field NAME"
+    for ref in found:
+        if ref.kind == "path" and dicom_root is None:
+            raise NoImage(
+                f"field {excerpt(ref.field)} names the relative path {clipped(ref.ref)}: "
+                "pass --dicom-root, the folder it is relative to"
+            )
+    return found
+
+
+def _image_of_task(s, key: bytes, data: dict, field: str | None, root: Path | None) -> Image:
+    """The catalogued image a task's data names. Several fields may name it (a path, the
+    server's URL of the same file, its UID) as long as they all name the same image; fields
+    that name different images, or one that names none beside one that does, are an error
+    naming both fields (NoImage)."""
+    found = _references(data, field, root)
+    images: dict[str, Image] = {}  # field -> its image
+    by_ref: dict[tuple[str, str], Image] = {}
+    for named in found:
+        try:
+            if (named.kind, named.ref) not in by_ref:
+                by_ref[named.kind, named.ref] = (
+                    image_for_sop_uid(s, key, named.ref)
+                    if named.kind == "uid"
+                    else image_for_dicom(s, key, Path(named.ref))
+                )
+        except NoImage as exc:
+            if len(found) == 1:
+                raise
+            raise NoImage(f"field {excerpt(named.field)}: {exc}") from None
+        images[named.field] = by_ref[named.kind, named.ref]
+    first_field, first = next(iter(images.items()))
+    for other_field, other in images.items():
+        if other.id != first.id:
+            raise NoImage(
+                f"fields {excerpt(first_field)} and {excerpt(other_field)} name different "
+                f"images ({image_name(first.id)} and {image_name(other.id)}): not stored; "
+                "pass --field NAME for the field that names the labelled image"
+            )
+    return first
+
+
+def _foreign_annotations(task: dict, export_ids: set[int], item: str, report: SyncReport) -> dict:
+    """The task without the annotations whose ``task`` field names another task (of this
+    export, or one not in it): each is one rejected line, not stored."""
+    kept = []
+    for annotation in task.get("annotations") or []:
+        owner = annotation.get("task") if isinstance(annotation, dict) else None
+        if owner is None or owner == task.get("id"):
+            kept.append(annotation)
+            continue
+        where = (
+            f"belongs to task {owner} of this export"
+            if owner in export_ids
+            else f"names task {owner}, which is not in this export"
         )
-    kind, ref = distinct.pop()
-    if kind == "path" and not Path(ref).is_absolute() and dicom_root is None:
-        raise NoImage(
-            f"it names the relative path {clipped(ref)}: pass --dicom-root, the folder it is "
-            "relative to"
+        report.rejected.append(
+            (f"{item} annotation {annotation.get('id')}", f"{where}, not to this task: not stored")
         )
-    return kind, ref
+    if len(kept) == len(task.get("annotations") or []):
+        return task
+    return {**task, "annotations": kept}
 
 
 def sync_from_export(
@@ -479,6 +570,9 @@ def sync_from_export(
         raise UsageError(f"{export_file}: {exc}") from None
     report = SyncReport(source="labelstudio", rater=rater)
     seen_images: dict[int, str] = {}
+    export_ids = {
+        e.task["id"] for e in items if e.task is not None and isinstance(e.task.get("id"), int)
+    }
     with ws.session() as s:
         r = labelling_rater(s, rater, "'sync labelstudio'")
         report.rater = r.name
@@ -495,12 +589,7 @@ def sync_from_export(
             tid = task.get("id", f"#{n}")
             data = task.get("data") or {}
             try:
-                kind, ref = _reference(data, field, root)
-                image = (
-                    image_for_sop_uid(s, ws.key, ref)
-                    if kind == "uid"
-                    else image_for_dicom(s, ws.key, Path(ref))
-                )
+                image = _image_of_task(s, ws.key, data, field, root)
             except NoImage as exc:
                 report.rejected.append((item, str(exc)))
             else:
@@ -516,7 +605,12 @@ def sync_from_export(
                     )
                 else:
                     seen_images[image.id] = f"task {tid}"
-                    annotation = _pick_annotation(task, item, report)
+                    own = _foreign_annotations(task, export_ids, item, report)
+                    if own is not task and not own["annotations"]:
+                        annotation = None  # its only annotations were another task's
+                    else:
+                        annotation = _pick_annotation(own, item, report)
+                    task = own
                     if annotation is not None:
                         project = annotation.get("project") or task.get("project")
                         ref_text = (
