@@ -100,6 +100,8 @@ def _agreement_view(report: AgreementReport) -> Iterator[Block]:
         f"{smp.images} images labelled by both {a} and {b}, seed {smp.seed}; "
         f"measure {report.measure}{kept}"
     )
+    if smp.why_new:
+        yield f"new sample: {smp.why_new} (the earlier sample stays saved)"
     table = Table(
         "inter-rater agreement",
         [
