@@ -32,6 +32,11 @@ def _split_view(info: SplitSummary) -> Iterator[Block]:
         f"{info.folds} folds, stratified by {info.stratify or 'nothing'}, reference labels "
         f"{info.reference or '-'}, created {info.created}"
     )
+    if info.not_in_split:
+        yield (
+            f"{info.not_in_split} catalogue images are not in it: without a reference label "
+            "when it was made (e.g. awaiting adjudication), or added after"
+        )
     table = Table(
         None,
         ["set", "patients", "images", "share", "female", "male", "left", "right", "with reference"],
@@ -70,7 +75,11 @@ def split_create(
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
-    """Assign whole patients to train/val/test (and folds) and freeze it with a content hash."""
+    """Assign whole patients to train/val/test (and folds) and freeze it with a content hash.
+
+    Only images with a label of the reference rater are dealt: an image without one (e.g. one
+    that needs adjudication, which consensus leaves without a label) cannot be trained or
+    scored on; the summary says how many catalogue images are not in the split."""
     from datatool.learning.splits import create_split
 
     info = create_split(

@@ -151,6 +151,7 @@ class SplitSummary:
     subsets: dict[str, SetCounts]  # train, val, test
     fold_sizes: dict[str, SetCounts]  # "0", "1", ... (none without folds)
     total: SetCounts
+    not_in_split: int = 0  # catalogue images left out (no reference label then) or added after
 
 
 @dataclass
@@ -277,6 +278,17 @@ def create_split(
             if ref is not None
             else {}
         )
+        without_reference = 0
+        if ref is not None:  # an image the reference has no label of (e.g. one that needs
+            # adjudication: consensus leaves it unlabelled) cannot be trained or scored on
+            labelled = [p for p in population if p[0] in labels]
+            without_reference = len(population) - len(labelled)
+            if not labelled:
+                raise DatatoolError(
+                    f"no image has a reference label of {ref.name}: run 'datatool consensus' "
+                    "(or name another rater with --reference)"
+                )
+            population = labelled
         subset_of, fold_of = _assign(population, list(weights), folds, seed, strat)
         split = Split(
             name=name,
@@ -306,7 +318,15 @@ def create_split(
             hashed.append(_hashed(store_hash, pseudonym, subset, fold, ann and ann.mask_hash))
         params = _params(split)
         split.content_hash = content_hash(params, hashed)
-        audit(s, "split create", "split", name=name, hash=split.content_hash, **params)
+        audit(
+            s,
+            "split create",
+            "split",
+            name=name,
+            hash=split.content_hash,
+            without_reference=without_reference,
+            **params,
+        )
     return show_split(ws, name)
 
 
@@ -385,6 +405,16 @@ def show_split(ws: Workspace, name: str) -> SplitSummary:
                 str(k): _counts([r for r in rows if r[0].fold == k]) for k in range(split.folds)
             },
             total=_counts(rows),
+            not_in_split=int(
+                s.scalar(
+                    select(func.count(Image.id)).where(
+                        Image.id.not_in(
+                            select(SplitMember.image_id).where(SplitMember.split_id == split.id)
+                        )
+                    )
+                )
+                or 0
+            ),
         )
 
 
@@ -497,7 +527,10 @@ def check_split(ws: Workspace, name: str) -> SplitCheck:
     if not hash_ok:
         problems.append("the content hash no longer matches: the split was altered")
     notes = (
-        [f"{extra} image(s) in the catalogue are not in this split (added after it)"]
+        [
+            f"{extra} image(s) in the catalogue are not in this split (added after it, or "
+            "without a reference label when it was made, e.g. awaiting adjudication)"
+        ]
         if extra
         else []
     )
