@@ -228,7 +228,7 @@ class ConsensusReport:
     skipped_too_few_raters: int
     gold_left_out: int = 0  # raters' labels of their gold-standard tasks, not fused
     quality: list[RaterQuality] = field(default_factory=list)  # empty for rater:NAME
-    quality_file: str | None = None  # consensus.json (None: one rater)
+    quality_file: str | None = None  # consensus.json (None: no quality, one rater)
     # images left without a consensus label: raters named one region differently
     adjudication: list[Adjudication] = field(default_factory=list)
 
@@ -364,7 +364,7 @@ def make_consensus(
         ],
         adjudication=adjudication,
     )
-    if not single:
+    if quality and not single:
         path = quality_path(ws, method)
         report.quality_file = str(path)
         write_text_atomic(path, json.dumps(to_jsonable(report), indent=2))
