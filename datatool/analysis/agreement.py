@@ -231,6 +231,46 @@ def _cine_frames(session, image_ids: list[int]) -> tuple[int, int]:
     return frames, len(files)
 
 
+def _why_new(session, sample: AgreementSample, resample: bool) -> str | None:
+    """Why a new sample of every doubly labelled image was made instead of reusing the saved
+    one of the same raters and options: --resample, or how the labels changed since."""
+    if sample.size is not None:
+        return "--resample" if resample else None
+    if resample:
+        return "--resample"
+    before = session.scalar(
+        select(AgreementSample)
+        .where(
+            AgreementSample.rater_a_id == sample.rater_a_id,
+            AgreementSample.rater_b_id == sample.rater_b_id,
+            AgreementSample.size.is_(None),
+            func.coalesce(AgreementSample.include_prelabelled, False)
+            == bool(sample.include_prelabelled),
+            func.coalesce(AgreementSample.include_gold, False) == bool(sample.include_gold),
+            AgreementSample.id < sample.id,
+        )
+        .order_by(AgreementSample.id.desc())
+        .limit(1)
+    )
+    if before is None:
+        return None  # the first such sample: nothing to reuse
+    old = {it.image_id: (it.annotation_a_id, it.annotation_b_id) for it in before.items}
+    new = {it.image_id: (it.annotation_a_id, it.annotation_b_id) for it in sample.items}
+    added = len(new.keys() - old.keys())
+    gone = len(old.keys() - new.keys())
+    changed = sum(1 for i in new.keys() & old.keys() if new[i] != old[i])
+
+    def images(n: int) -> str:
+        return f"{n} image{'' if n == 1 else 's'}"
+
+    parts = [
+        f"{images(added)} newly labelled by both" if added else "",
+        f"{images(gone)} no longer in it" if gone else "",
+        f"{images(changed)} with a new label version" if changed else "",
+    ]
+    return f"the labels changed since sample {before.id}: " + ", ".join(p for p in parts if p)
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
@@ -266,6 +306,7 @@ class SampleInfo:
     images: int
     reused: bool  # a saved sample, reused: the same numbers as before
     created: str
+    why_new: str | None = None  # a new sample of every image: why the saved one was not reused
 
 
 @dataclass
@@ -552,6 +593,7 @@ def _load_sample(
             images=len(items),
             reused=reused,
             created=smp.created_at.isoformat(timespec="seconds"),
+            why_new=None if reused else _why_new(s, smp, resample),
         )
         prelabelled = set(
             s.scalars(

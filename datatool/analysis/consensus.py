@@ -15,6 +15,18 @@ background the rater left empty); per rater and structure they are described ove
 (mean ± SD, median (P25, P75)). An image where no rater labelled the structure tells nothing
 about it and is left out. The table is also written to
 ``reports/consensus-METHOD/consensus.json`` for the study report.
+
+Images that need adjudication (``staple`` and ``majority``): where two raters drew the same
+region but named it differently, fusing them would silently drop both structures (two raters
+who swap the adductor magnus and the semitendinosus: STAPLE keeps neither). So when rater A's
+structure X lies on rater B's different structure Y and B's Y on A's X, each by the rule of
+QA's ``swap`` flag (at least half of it, and three times as much as on the other's same
+structure: :func:`datatool.analysis.shape.swap`), the image gets no consensus label; the
+report lists it with the structures in conflict. An ordinary disagreement (boundaries, a
+structure one rater left out, a few pixels named differently) is fused as before. With three
+raters or more any pair in conflict sends the image to adjudication. An earlier consensus
+version of such an image is not withdrawn (versions are never changed): the report counts
+them.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import numpy as np
 import SimpleITK as sitk
 from sqlalchemy import select
 
-from datatool.analysis import metrics
+from datatool.analysis import metrics, shape
 from datatool.core.atomic import write_text_atomic
 from datatool.core.catalogue import Annotation, Image, Rater, RaterKind, audit
 from datatool.core.errors import DatatoolError, UsageError
@@ -113,6 +125,86 @@ def staple_performance(
     return list(staple.GetSensitivity()), specificity
 
 
+@dataclass(frozen=True)
+class StructureConflict:
+    """Two raters who drew one region under different names: ``structure_a`` of ``rater_a``
+    lies on ``structure_b`` of ``rater_b`` (``share_a`` of its pixels) and the other way
+    round (``share_b``)."""
+
+    rater_a: str
+    structure_a: str
+    rater_b: str
+    structure_b: str
+    share_a: float
+    share_b: float
+
+
+def structure_conflicts(
+    masks: list[np.ndarray],
+    raters: list[str],
+    structures: dict[int, str],
+    min_share: float = shape.SWAP_MIN_SHARE,
+    ratio: float = shape.SWAP_RATIO,
+) -> list[StructureConflict]:
+    """The regions two raters (label maps ``masks`` of ``raters``) drew under different
+    names: for each pair of raters, each structure X of the first that lies on a different
+    structure Y of the second (``shape.swap``: at least ``min_share`` of X, and ``ratio``
+    times more than on the second's X) while the second's Y lies likewise on the first's X.
+    ``structures``: {value: name} of the protocol's structures."""
+    values = list(structures)
+    found = []
+    for i in range(len(masks)):
+        for j in range(i + 1, len(masks)):
+            a, b = masks[i], masks[j]
+            for x in values:
+                ax = a == x
+                area_ax = int(np.count_nonzero(ax))
+                over = shape.swap(
+                    shape.cross_counts(ax, b, x, ratio, area_ax),
+                    x,
+                    area_ax,
+                    values,
+                    min_share,
+                    ratio,
+                )
+                if over is None:
+                    continue
+                y = over.other_value
+                by = b == y
+                area_by = int(np.count_nonzero(by))
+                back = shape.swap(
+                    shape.cross_counts(by, a, y, ratio, area_by),
+                    y,
+                    area_by,
+                    values,
+                    min_share,
+                    ratio,
+                )
+                if back is None or back.other_value != x:
+                    continue
+                found.append(
+                    StructureConflict(
+                        raters[i],
+                        structures[x],
+                        raters[j],
+                        structures[y],
+                        round(over.share_other, 4),
+                        round(back.share_other, 4),
+                    )
+                )
+    return found
+
+
+@dataclass
+class Adjudication:
+    """An image left without a consensus label: raters disagree on which structure a region
+    is. ``earlier_consensus``: it still has a consensus version from an earlier run."""
+
+    image_id: int
+    conflicts: list[StructureConflict]
+    earlier_consensus: bool = False
+
+
 @dataclass
 class RaterQuality:
     """One rater's STAPLE sensitivity and specificity for one structure, described
@@ -137,6 +229,12 @@ class ConsensusReport:
     gold_left_out: int = 0  # raters' labels of their gold-standard tasks, not fused
     quality: list[RaterQuality] = field(default_factory=list)  # empty for rater:NAME
     quality_file: str | None = None  # consensus.json (None: no quality, one rater)
+    # images left without a consensus label: raters named one region differently
+    adjudication: list[Adjudication] = field(default_factory=list)
+
+    @property
+    def needs_adjudication(self) -> int:
+        return len(self.adjudication)
 
 
 def make_consensus(
@@ -184,12 +282,18 @@ def make_consensus(
     skipped = len(by_image) - len(todo)
     created = unchanged = 0
     names = {r.id: r.name for r in sources}
+    structure_names = {st.value: st.name for st in protocol.structures}
+    adjudication: list[Adjudication] = []
     # (rater, structure) -> per image: (sensitivity, specificity)
     per_rater: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for done, image_id in enumerate(todo, start=1):
         anns = sorted(by_image[image_id], key=lambda a: a.rater_id)
         masks = [ws.store.get_array(a.mask_hash) for a in anns]
-        fused = fuse(masks, "staple" if single else method)
+        conflicts = (
+            []
+            if single
+            else structure_conflicts(masks, [names[a.rater_id] for a in anns], structure_names)
+        )
         if quality and not single:
             for st in protocol.structures:
                 performance = staple_performance(masks, st.value)
@@ -197,6 +301,18 @@ def make_consensus(
                     continue
                 for ann, sens, spec in zip(anns, *performance):
                     per_rater.setdefault((names[ann.rater_id], st.name), []).append((sens, spec))
+        if conflicts:
+            with ws.session() as s:
+                earlier = s.scalar(
+                    select(Annotation.id)
+                    .where(Annotation.image_id == image_id, Annotation.rater_id == target_id)
+                    .limit(1)
+                )
+            adjudication.append(Adjudication(image_id, conflicts, earlier is not None))
+            if progress:
+                progress(done, len(todo))
+            continue
+        fused = fuse(masks, "staple" if single else method)
         with ws.session() as s:
             stored = store_annotation(
                 s,
@@ -221,6 +337,7 @@ def make_consensus(
             images=len(todo),
             new_versions=created,
             unchanged=unchanged,
+            needs_adjudication=[a.image_id for a in adjudication],
             raters=[r.name for r in sources],
         )
     order = {st.name: k for k, st in enumerate(protocol.structures)}
@@ -228,7 +345,7 @@ def make_consensus(
         method=method,
         reference_rater=consensus_rater_name(method),
         raters=[r.name for r in sources],
-        images=len(todo),
+        images=len(todo) - len(adjudication),
         new_versions=created,
         unchanged=unchanged,
         skipped_too_few_raters=skipped,
@@ -245,6 +362,7 @@ def make_consensus(
                 per_rater.items(), key=lambda kv: (order[kv[0][1]], kv[0][0])
             )
         ],
+        adjudication=adjudication,
     )
     if quality and not single:
         path = quality_path(ws, method)

@@ -104,6 +104,8 @@ def _agreement_view(report: AgreementReport) -> Iterator[Block]:
         f"{smp.images} images labelled by both {a} and {b}, seed {smp.seed}; "
         f"measure {report.measure}{kept}"
     )
+    if smp.why_new:
+        yield f"new sample: {smp.why_new} (the earlier sample stays saved)"
     table = Table(
         "inter-rater agreement",
         [
@@ -269,7 +271,34 @@ def _consensus_view(r: ConsensusReport) -> Iterator[Block]:
         yield (
             f"{r.gold_left_out} labels of gold-standard tasks left out (--include-gold fuses them)"
         )
-    if r.quality_file is None:
+    if r.adjudication:
+        earlier = sum(a.earlier_consensus for a in r.adjudication)
+        yield (
+            f"{r.needs_adjudication} images need adjudication: raters drew one region under "
+            "different names, so they have no consensus label (decide, correct the rater's "
+            "label and run consensus again)"
+            + (f"; {earlier} of them keep an earlier consensus version" if earlier else "")
+        )
+        table = Table(
+            "images that need adjudication: a structure of one rater lying on another "
+            "structure of the other (share of its pixels), and the other way round",
+            ["image", "rater A", "structure A", "rater B", "structure B", "share A", "share B"],
+            digits=2,
+            name="adjudication",
+        )
+        for a in r.adjudication:
+            for c in a.conflicts:
+                table.add(
+                    a.image_id,
+                    c.rater_a,
+                    c.structure_a,
+                    c.rater_b,
+                    c.structure_b,
+                    c.share_a,
+                    c.share_b,
+                )
+        yield table
+    if not r.quality:
         return
     table = Table(
         "each rater's quality: STAPLE sensitivity and specificity per structure (over the "
@@ -336,7 +365,12 @@ def consensus(
 
     With staple or majority it also prints each rater's quality per structure: STAPLE's
     sensitivity and specificity (SimpleITK), mean ± SD and median (P25, P75) over the
-    images, saved in WORKSPACE/reports/consensus-METHOD/consensus.json for the report."""
+    images, saved in WORKSPACE/reports/consensus-METHOD/consensus.json for the report.
+
+    An image where two raters drew one region under different names (A's structure X lies
+    on B's Y, at least half of it and three times as much as on B's X, and the other way
+    round: a swap) gets no consensus label: it is listed as needing adjudication, and the
+    report says so. Other disagreements are fused."""
     from datatool.analysis.consensus import make_consensus
     from datatool.core.errors import UsageError
 

@@ -38,16 +38,27 @@ def _sync_view(report: SyncReport) -> Iterator[Block]:
     table.add("new versions", report.new_versions)
     table.add("unchanged", report.unchanged)
     table.add("rejected", len(report.rejected))
+    if report.source == "labelstudio":
+        table.add("not annotated yet", len(report.not_annotated))
     table.add("notes", len(report.notes))
     yield table
 
 
-def show_sync_report(report: SyncReport, json_out: bool, csv_out: Path | None) -> None:
-    """Print a sync report (one stderr line per rejected item, notes unless ``--json``) and
-    end the command with its exit code: 0 all stored or unchanged, 1 something rejected."""
+def show_sync_report(
+    report: SyncReport, json_out: bool, csv_out: Path | None, verbose: bool = False
+) -> None:
+    """Print a sync report (one stderr line per rejected item, notes unless ``--json``; the
+    tasks not annotated yet as one line, each listed only when ``verbose``) and end the
+    command with its exit code: 0 all stored or unchanged, 1 something rejected."""
     render.problems(report.rejected, "rejected")
     if not json_out:
         render.notes(report.notes)
+        if verbose:
+            render.notes((item, "no annotation yet") for item in report.not_annotated)
+        elif report.not_annotated:
+            render.notes(
+                [f"{len(report.not_annotated)} tasks not annotated yet (--verbose lists them)"]
+            )
     render.show(report, _sync_view, json_out, csv_out)
     finish(report.exit_code)
 
@@ -88,24 +99,45 @@ def rater_list(
 
 
 def _coverage_view(data: Coverage) -> Iterator[Block]:
+    if not data.raters:
+        yield "no raters yet: run 'datatool rater add NAME'"
+        return
+    summary = Table(
+        "each rater's labels",
+        [
+            "rater",
+            "kind",
+            "images labelled",
+            "of images",
+            "versions",
+            "from",
+            "started from a draft",
+            "draft accepted unchanged",
+        ],
+        name="raters",
+    )
     for r in data.raters:
-        sources = ", ".join(f"{k}: {v}" for k, v in sorted(r.sources.items())) or "-"
-        drafts = (
-            f"; {r.from_draft} started from a model draft ({r.draft_unchanged} accepted unchanged)"
-            if r.kind == "human"
-            else ""
+        human = r.kind == "human"
+        summary.add(
+            r.rater,
+            r.kind,
+            r.images_labelled,
+            r.images_total,
+            r.versions,
+            ", ".join(f"{k}: {v}" for k, v in sorted(r.sources.items())) or None,
+            r.from_draft if human else None,
+            r.draft_unchanged if human else None,
         )
+    yield summary
+    for r in data.raters:
         table = Table(
-            f"{r.rater} ({r.kind}): {r.images_labelled} of {r.images_total} images labelled, "
-            f"{r.versions} versions; from {sources}{drafts}",
+            f"{r.rater}: each structure present or absent",
             ["structure", "present", "absent"],
             name=r.rater,
         )
         for name, counts in r.structures.items():
             table.add(name, counts.present, counts.absent)
         yield table
-    if not data.raters:
-        yield "no raters yet: run 'datatool rater add NAME'"
 
 
 @app.command(rich_help_panel=PANEL_LABELS)
@@ -119,8 +151,8 @@ def labels(
     """Label coverage: per rater, images labelled, how many labels started from a model
     draft (and were accepted unchanged), and per structure, present or absent.
 
-    With --csv, the first rater's table goes to FILE and each other rater's beside it as
-    FILE-RATER.csv.
+    With --csv, the summary (one row per rater) goes to FILE and each rater's structures
+    beside it as FILE-RATER.csv.
     """
     from datatool.labels.annotations import label_coverage
 

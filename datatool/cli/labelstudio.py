@@ -347,6 +347,12 @@ def sync_labelstudio(
         False, "--allow-empty", help="Store submitted annotations with nothing drawn."
     ),
     allow_copy: str | None = AllowCopyOpt,
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="List each task not annotated yet (by default one line says how many).",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -356,9 +362,9 @@ def sync_labelstudio(
     Each task's latest submitted annotation becomes the rater's next label version for the
     image (nothing when unchanged). Exit code 1 when a task was rejected (one line each on
     stderr: also a label identical to another rater's current one, unless --allow-copy);
-    skipped and unlabelled tasks are noted. A label equal to a model draft datatool handed the
-    rater keeps the draft's provenance. With --review: the reviews of flagged labels, from the
-    review projects.
+    skipped tasks are noted, and one line says how many are not annotated yet (--verbose
+    lists them). A label equal to a model draft datatool handed the rater keeps the draft's
+    provenance. With --review: the reviews of flagged labels, from the review projects.
 
     With --export (a project made before datatool): a task may name its DICOM image in several
     fields (path, the server's URL of it, SOP Instance UID) if they all name the same image;
@@ -381,6 +387,12 @@ def sync_labelstudio(
         render.problems(result.rejected, "rejected")
         if not json_out:
             render.notes(result.notes)
+            if verbose:
+                render.notes((item, "no annotation yet") for item in result.not_annotated)
+            elif result.not_annotated:
+                render.notes(
+                    [f"{len(result.not_annotated)} tasks not annotated yet (--verbose lists them)"]
+                )
         render.show(result, _review_sync_view, json_out, csv_out)
         finish(result.exit_code)
     if rater is None:
@@ -412,4 +424,4 @@ def sync_labelstudio(
                 project_id=project_id,
                 allow_copy=allow_copy,
             )
-    show_sync_report(report, json_out, csv_out)
+    show_sync_report(report, json_out, csv_out, verbose)

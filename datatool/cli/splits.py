@@ -33,6 +33,11 @@ def _split_view(info: SplitSummary) -> Iterator[Block]:
         f"{info.reference or '-'}, created {info.created}"
         + (f", extends {info.extends} (its patients kept their sets)" if info.extends else "")
     )
+    if info.not_in_split:
+        yield (
+            f"{info.not_in_split} catalogue images are not in it: without a reference label "
+            "when it was made (e.g. awaiting adjudication), or added after"
+        )
     table = Table(
         None,
         ["set", "patients", "images", "share", "female", "male", "left", "right", "with reference"],

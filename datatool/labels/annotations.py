@@ -360,6 +360,7 @@ class SyncReport:
     unchanged: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (file or task, reason)
     notes: list[tuple[str, str]] = field(default_factory=list)  # reported, not errors
+    not_annotated: list[str] = field(default_factory=list)  # tasks with no annotation yet
 
     @property
     def exit_code(self) -> int:
@@ -374,6 +375,7 @@ class SyncReport:
             "unchanged": self.unchanged,
             "rejected": [{"item": i, "reason": r} for i, r in self.rejected],
             "notes": [{"item": i, "note": n} for i, n in self.notes],
+            "not_annotated": list(self.not_annotated),
             "exit_code": self.exit_code,
         }
 

@@ -191,6 +191,7 @@ class SplitSummary:
     left_out: int | None = None  # images not frozen (split create only)
     left_out_reasons: list[LeftOut] = field(default_factory=list)
     extends: str | None = None  # the earlier split whose patients kept their sets
+    not_in_split: int = 0  # catalogue images left out (no reference label then) or added after
 
 
 @dataclass
@@ -594,6 +595,16 @@ def show_split(ws: Workspace, name: str) -> SplitSummary:
                 str(k): _counts([r for r in rows if r[0].fold == k]) for k in range(split.folds)
             },
             total=_counts(rows),
+            not_in_split=int(
+                s.scalar(
+                    select(func.count(Image.id)).where(
+                        Image.id.not_in(
+                            select(SplitMember.image_id).where(SplitMember.split_id == split.id)
+                        )
+                    )
+                )
+                or 0
+            ),
         )
 
 
@@ -706,7 +717,10 @@ def check_split(ws: Workspace, name: str) -> SplitCheck:
     if not hash_ok:
         problems.append("the content hash no longer matches: the split was altered")
     notes = (
-        [f"{extra} image(s) in the catalogue are not in this split (added after it)"]
+        [
+            f"{extra} image(s) in the catalogue are not in this split (added after it, or "
+            "without a reference label when it was made, e.g. awaiting adjudication)"
+        ]
         if extra
         else []
     )

@@ -39,6 +39,7 @@ from datatool.core.catalogue import (
 from datatool.core.errors import UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
+from datatool.report import flow as flow_figure
 from datatool.report import stored
 from datatool.report.render import TEMPLATES
 from datatool.report.sections import (
@@ -323,6 +324,13 @@ def gather(
             missing.append(Missing("results", "no scores", "datatool score RUN"))
         run_id = run_row.id if run_row is not None else None
         counts = _counts(s)
+        flow = flow_figure.flow(
+            s,
+            agreement_section.sample if agreement_section else None,
+            split_row.id if split_row is not None else None,
+            run_id if score_section is not None else None,
+        )
+        synthetic = flow_figure.synthetic(s)
     quality = stored.quality_section(
         ws, split_section.reference if split_section else None, missing, notes
     )
@@ -389,4 +397,7 @@ def gather(
         notes=notes,
         quality=quality,
         gold=gold,
+        flow=flow,
+        colour_key=flow_figure.colour_key(protocol),
+        synthetic=synthetic,
     )

@@ -63,7 +63,7 @@ class Described:
             text = f"{t['test']} not tested ({why})"
         else:
             verdict = "normal" if t["normal"] else "not normal"
-            text = f"{t['test']} W = {t['w']:.3f}, p = {p_text(t['p'])}: {verdict}"
+            text = f"{t['test']} W = {t['w']:.3f}, {p_phrase(t['p'])}: {verdict}"
         return cls(**d, normal=t["normal"], test=text, w=t["w"], p=t["p"])
 
     @classmethod
@@ -87,6 +87,14 @@ def p_text(p: float | None) -> str:
     if p is None:
         return "-"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def p_phrase(p: float | None) -> str:
+    """A p-value in a sentence: "p < 0.001" or "p = 0.412" (never "p = < 0.001")."""
+    if p is None:
+        return "p -"
+    text = p_text(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 @dataclass
@@ -169,6 +177,7 @@ class QualitySection:
     rows: list[QualityRow]
     source: str
     command: str
+    adjudication: list[int] = field(default_factory=list)  # images left without consensus
 
 
 @dataclass
@@ -362,6 +371,42 @@ class Provenance:
 
 
 @dataclass
+class FlowStep:
+    """One box of the methods' flow figure: how many of what (drawn from the catalogue)."""
+
+    key: str  # stable name for scripts and tests
+    label: str
+    n: int | None  # None: the step has not happened yet
+    detail: str = ""
+
+
+@dataclass
+class Flow:
+    """The study's flow from files received to test images scored, step by step: each
+    step a list of boxes side by side (e.g. each rater, each set)."""
+
+    steps: list[list[FlowStep]]
+
+
+@dataclass
+class KeyEntry:
+    """One structure's colour in the figures (the protocol's)."""
+
+    structure: str
+    colour: str  # #rrggbb
+
+
+@dataclass
+class Synthetic:
+    """The workspace holds images of datatool's synthetic demo (their DICOM Manufacturer is
+    the demo's marker); ``images``: how many of ``of``."""
+
+    images: int
+    of: int
+    marker: str
+
+
+@dataclass
 class Figure:
     """A PNG of the report: where it came from, and its bytes (not in the JSON)."""
 
@@ -393,6 +438,9 @@ class StudyReport:
     written: list[str] = field(default_factory=list)  # files written (the report, its PNGs)
     quality: QualitySection | None = None  # each rater's quality (consensus.json)
     gold: RaterQuality | None = None  # each rater on their gold-standard tasks
+    flow: Flow | None = None  # files received -> ... -> test images scored
+    colour_key: list[KeyEntry] = field(default_factory=list)  # the overlays' colours
+    synthetic: Synthetic | None = None  # demo data: said on the first line
 
     def figures_of(self, section: str) -> list[Figure]:
         return [f for f in self.figures if f.section == section]

@@ -285,6 +285,7 @@ def quality_section(
                 rows=rows,
                 source=_rel(ws, path),
                 command=command,
+                adjudication=[int(a["image_id"]) for a in data.get("adjudication") or []],
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             notes.append(f"{_rel(ws, path)}: cannot read it; run '{command}' again")

@@ -177,3 +177,30 @@ def test_a_reused_sample_reports_the_seed_it_was_drawn_with(labelled):
     res = _cli("--seed", "11", "-w", str(labelled.root))
     assert res.exit_code == 0, res.output
     assert "seed 3" in res.stdout and "seed 11" not in res.stdout
+
+
+def test_a_new_sample_of_every_image_says_why(labelled):
+    """Agreement over every doubly labelled image reuses its sample until a label changes;
+    then the new sample says how the labels changed since (API and terminal), and
+    --resample says so."""
+    ws = labelled
+    first = run_agreement(ws, plots=False)
+    assert not first.sample.reused and first.sample.why_new is None  # the first: no why
+    again = run_agreement(ws, plots=False)
+    assert again.sample.reused and again.sample.why_new is None
+    with ws.session() as s:
+        ann = s.scalars(select(Annotation).order_by(Annotation.id)).first()
+        mask = ws.store.get_array(ann.mask_hash).copy()
+        mask[mask == 3] = 0
+        store_annotation(
+            s, ws.store, s.get(Image, ann.image_id), ann.rater, mask, "itksnap", "edit",
+            load_protocol(),
+        )  # fmt: skip
+    result = CliRunner().invoke(app, ["agreement", "--workspace", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"new sample: the labels changed since sample {first.sample.id}: 1 image with a new "
+        "label version (the earlier sample stays saved)"
+    ) in " ".join(result.stdout.split())
+    resampled = run_agreement(ws, plots=False, resample=True)
+    assert resampled.sample.why_new == "--resample"

@@ -68,10 +68,16 @@ def test_rater_add_list_and_labels(ws, tmp_path):
     }
     assert first["structures"]["sciatic nerve"] == {"present": 0, "absent": 0}
     assert (first["from_draft"], first["draft_unchanged"]) == (0, 0)
-    # one table per rater: the first to FILE, the others beside it
+    # the summary as table rows, one per rater, to FILE; each rater's structures beside it
     shown = _run(ws, "labels", "--csv", str(tmp_path / "cov.csv"))
-    assert shown.exit_code == 0 and "AN1 (human): 0 of 0 images labelled" in shown.stdout
-    assert _csv_rows(tmp_path / "cov.csv")[:2] == [
+    assert shown.exit_code == 0 and "each rater's labels" in shown.stdout
+    assert _csv_rows(tmp_path / "cov.csv") == [
+        ["rater", "kind", "images labelled", "of images", "versions", "from",
+         "started from a draft", "draft accepted unchanged"],
+        ["AN1", "human", "0", "0", "0", "", "0", "0"],
+        ["AN2", "human", "0", "0", "0", "", "0", "0"],
+    ]  # fmt: skip
+    assert _csv_rows(tmp_path / "cov-an1.csv")[:2] == [
         ["structure", "present", "absent"],
         ["femur", "0", "0"],
     ]
@@ -223,3 +229,40 @@ def test_sync_and_export_itksnap(ws, demo_dir, tmp_path):
     assert "1 kept with unsynced edits" in kept.stdout
     bad = _run(ws, "export", "itksnap", "--rater", "rater1", "--out", str(out), "--images", "x1")
     assert bad.exit_code == 2 and "'x1' is not an image id" in bad.stderr
+
+
+def test_sync_labelstudio_counts_tasks_not_annotated_and_lists_them_with_verbose(ws, tmp_path):
+    """Three tasks of an export with no annotation: one line says how many; --verbose lists
+    each; --json carries the list."""
+    from tests.handmade import write_us
+
+    for k in range(3):
+        write_us(tmp_path / "d" / f"{k}.dcm", np.full((20, 30), 90, np.uint8), patient_id=f"N{k}")
+    ingest(ws, [tmp_path / "d"], workers=0)
+    assert _run(ws, "rater", "add", "AN1").exit_code == 0
+    export = tmp_path / "export.json"
+    export.write_text(
+        json.dumps(
+            [
+                {
+                    "id": k + 1,
+                    "data": {"image": f"/data/upload/1/{k}.png", "dicom": f"{k}.dcm"},
+                    "annotations": [],
+                    "project": 1,
+                }
+                for k in range(3)
+            ]
+        )
+    )
+    args = ["sync", "labelstudio", "--rater", "AN1", "--export", str(export)]
+    args += ["--dicom-root", str(tmp_path / "d")]
+    quiet = _run(ws, *args)
+    assert quiet.exit_code == 0, quiet.output
+    assert "note: 3 tasks not annotated yet (--verbose lists them)" in quiet.stderr
+    assert "no annotation yet" not in quiet.stderr
+    assert "not annotated yet" in quiet.stdout  # the table's row
+    loud = _run(ws, *args, "--verbose")
+    assert loud.stderr.count(": no annotation yet") == 3, loud.stderr
+    assert "tasks not annotated yet" not in loud.stderr
+    data = json.loads(_run(ws, *args, "--json").stdout)
+    assert len(data["not_annotated"]) == 3 and data["notes"] == []

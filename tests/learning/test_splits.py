@@ -276,3 +276,49 @@ def test_a_fold_of_a_split_without_folds_says_there_are_none(ready):
         split_items(ready, "nofolds", "train", 1)
     with pytest.raises(UsageError, match=r"'two' has 2 folds \(0\.\.1\)"):
         split_items(ready, "two", "train", 2)
+
+
+def test_an_image_that_needs_adjudication_is_left_out_of_a_new_split(ws, demo_dir):
+    """rater2 swapped the two muscles on one image: consensus leaves it without a label
+    (adjudication), so a new split deals the other images, each with its reference label,
+    checks clean and says it does not hold one catalogue image; training can use it."""
+    from datatool.core.protocol import load_protocol
+    from datatool.labels.annotations import get_rater, store_annotation
+
+    ingest_demo_with_labels(ws, demo_dir)
+    protocol = load_protocol(ws.protocol_name)
+    am = protocol.by_label("adductor magnus").value
+    st = protocol.by_label("semitendinosus").value
+    with ws.session() as s:
+        ann = s.scalars(
+            select(Annotation).where(Annotation.rater.has(name="rater1")).order_by(Annotation.id)
+        ).first()
+        mask = ws.store.get_array(ann.mask_hash)
+        swapped = mask.copy()
+        swapped[mask == am], swapped[mask == st] = st, am
+        store_annotation(
+            s, ws.store, ann.image, get_rater(s, "rater2"), swapped, "itksnap", None, protocol
+        )
+        dropped = ann.image_id
+        images = s.scalars(select(Image.id)).all()
+    assert [a.image_id for a in make_consensus(ws, "staple").adjudication] == [dropped]
+    summary = create_split(ws, "s", folds=0)
+    assert summary.total.images == summary.total.with_reference == len(images) - 1
+    assert summary.not_in_split == 1
+    assert dropped not in [m[0] for m in members(ws, "s")]
+    checked = check_split(ws, "s")
+    assert checked.ok and checked.problems == []
+    assert any("1 image(s) in the catalogue are not in this split" in n for n in checked.notes)
+    shown = CliRunner().invoke(app, ["split", "show", "s", "--workspace", str(ws.root)])
+    assert "1 catalogue images are not in it" in shown.stdout
+
+
+def test_a_split_with_no_reference_label_at_all_says_what_to_do(ws, demo_dir):
+    from datatool.labels.annotations import add_rater
+
+    ingest_demo_with_labels(ws, demo_dir)
+    add_rater(ws, "AN9")  # registered, no label yet
+    with pytest.raises(DatatoolError, match="no image has a reference label from AN9"):
+        create_split(ws, "s", folds=0, reference="AN9")
+    with ws.session() as s:  # nothing was made
+        assert s.scalars(select(Split.name)).all() == []

@@ -136,3 +136,48 @@ def test_an_agreement_without_surface_distances_shows_no_table_of_them(rated_cop
     page = Path(report.out).read_text()
     assert 'id="agreement-table"' in page and 'id="agreement-surface-table"' not in page
     assert "Boundary agreement" not in Path(study_report(ws, fmt="md").out).read_text()
+
+
+def test_images_that_need_adjudication_are_named_in_the_quality_section(rated_copy):
+    """rater2's label of one image made rater1's with the two muscles swapped: consensus
+    leaves that image to adjudication, and the report says so (HTML and Markdown)."""
+    from sqlalchemy import select
+
+    from datatool.analysis.consensus import make_consensus
+    from datatool.core.catalogue import Annotation, Rater
+    from datatool.core.protocol import load_protocol
+    from datatool.labels.annotations import get_rater, store_annotation
+
+    ws, _, consensus = rated_copy
+    assert consensus.adjudication == []  # the small demo has no swap of its own
+    protocol = load_protocol(ws.protocol_name)
+    am = protocol.by_label("adductor magnus").value
+    st = protocol.by_label("semitendinosus").value
+    with ws.session() as s:
+        ann = s.scalars(
+            select(Annotation)
+            .join(Rater)
+            .where(Rater.name == "rater1")
+            .order_by(Annotation.image_id)
+        ).first()
+        mask = ws.store.get_array(ann.mask_hash)
+        assert (mask == am).sum() > 100 and (mask == st).sum() > 100
+        swapped = mask.copy()
+        swapped[mask == am], swapped[mask == st] = st, am
+        image_id = ann.image_id
+        store_annotation(
+            s, ws.store, ann.image, get_rater(s, "rater2"), swapped, "itksnap", None, protocol
+        )
+    again = make_consensus(ws, "staple")
+    assert [a.image_id for a in again.adjudication] == [image_id]
+    report = study_report(ws)
+    assert report.quality is not None and report.quality.adjudication == [image_id]
+    page = Path(report.out).read_text()
+    note = page[page.index('id="adjudication"') :].split("</p>")[0]
+    assert "1 image needs adjudication and has no consensus label" in note
+    assert f"Images {image_id};" in note
+    md = Path(study_report(ws, fmt="md").out).read_text()
+    assert (
+        "Images that need adjudication, with no consensus label (two raters drew one region "
+        f"under different names): {image_id} (1;"
+    ) in md

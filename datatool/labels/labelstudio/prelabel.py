@@ -232,7 +232,6 @@ def _draft_and_upload(
         progress(0, len(todo))
 
     def upload(pid: int) -> None:
-        nonlocal done
         items = pending.pop(pid, [])
         if not items:
             return
@@ -240,9 +239,6 @@ def _draft_and_upload(
         conn.call("upload predictions", conn.client.projects.import_predictions, pid, request=items)
         report.seconds["upload"] += time.perf_counter() - t0
         report.drafted += len(items)
-        done += len(items)
-        if progress:
-            progress(done, len(todo))
 
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
@@ -276,6 +272,9 @@ def _draft_and_upload(
             for entry in results:
                 report.structures[protocol.by_label(entry["value"]["brushlabels"][0]).name] += 1
         t3 = time.perf_counter()
+        done += len(chunk)
+        if progress:  # the images drafted so far: the model's inference is the long part
+            progress(done, len(todo))
         report.seconds["read"] += t1 - t0
         report.seconds["inference"] += t2 - t1
         report.seconds["encode"] += t3 - t2

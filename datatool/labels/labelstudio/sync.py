@@ -3,8 +3,9 @@
 project made before datatool (``sync_from_export``).
 
 Sync takes each task's latest submitted (not cancelled) annotation. Everything not stored is
-reported: skipped or unlabelled tasks (notes), tasks datatool did not push, tasks whose image
-does not match the catalogue, unknown labels, wrong sizes (rejected).
+reported: skipped tasks (notes), tasks not annotated yet (``not_annotated``), tasks datatool
+did not push, tasks whose image does not match the catalogue, unknown labels, wrong sizes
+(rejected).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def _pick_annotation(task: dict, item: str, report: SyncReport) -> dict | None:
                 (item, "skipped by the rater (cancelled annotation): nothing stored")
             )
         else:
-            report.notes.append((item, "no annotation yet"))
+            report.not_annotated.append(item)
         return None
     return max(submitted, key=lambda a: (_when(a), int(a.get("id") or 0)))
 

@@ -85,8 +85,14 @@ def test_prelabel_attaches_the_models_drafts_once_and_nothing_else(study, labels
     skipped = prelabel(ws, run, "rater1", only_unlabelled=True, device="cpu", **_server(srv))
     assert (skipped.drafted, skipped.skipped_labelled) == (0, 12)  # rater1 labelled them all
 
-    report = prelabel(ws, run, "rater1", batch=5, device="cpu", **_server(srv))
+    calls: list[tuple[int, int]] = []
+    report = prelabel(
+        ws, run, "rater1", batch=5, device="cpu", progress=lambda d, n: calls.append((d, n)),
+        **_server(srv),
+    )  # fmt: skip
     assert (report.drafted, report.already, report.tasks, report.projects) == (12, 0, 12, [pid])
+    # progress after each batch the model drafted (5 images a batch), not only on upload
+    assert calls == [(0, 12), (5, 12), (10, 12), (12, 12)]
     assert report.model_version == version and report.seconds["inference"] > 0
     from datatool.core.catalogue import DraftHandout
 
