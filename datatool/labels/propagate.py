@@ -1,0 +1,274 @@
+"""Draft a cine loop's frames from one labelled frame of it, by registration.
+
+A loop's frames (``N x H x W`` uint8 grey, in frame order) and the label maps of one or more of
+its frames (``H x W`` uint8, the protocol's values) give a draft label map for every frame:
+
+1. The fan (where the probe's pixels are informative) is found from the frames themselves: the
+   largest bright connected region of their maximum, holes filled. Metrics, forces and drafts
+   stay inside it.
+2. Each registration maps a target frame (fixed) onto a source frame (moving), at half
+   resolution for frames of 256 pixels or more a side, after a Gaussian smoothing against the
+   speckle: first a translation (mean squares inside the eroded fan, regular-step gradient
+   descent, two levels), then a smooth deformable stage (fast symmetric-forces Demons started
+   from that translation, the displacement field smoothed at every iteration).
+3. ``mode="chain"`` (the default; ``bench/propagate.py`` measures both) registers neighbouring
+   frames and composes the steps from the labelled frame to the target; ``mode="direct"``
+   registers the target to the labelled frame at once.
+4. The source's label map is warped with nearest-neighbour interpolation. Each structure then
+   stays one connected region (its largest; background holes inside it filled, never taking
+   another structure's pixels) of plausible size: a structure whose warped area is outside
+   ``AREA_RANGE`` of its area in the labelled frame is drafted by the translation alone.
+
+A frame takes the nearest labelled frame (by ``positions``, the DICOM frame numbers, when the
+catalogue holds only some frames of the loop; ties go to the earlier one); a labelled frame's
+draft is its own label map. No labelled frame: no drafts (``source`` all -1, drafts empty).
+
+Pure: numpy, scipy and SimpleITK only, no catalogue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+Mode = Literal["chain", "direct"]
+
+AREA_RANGE = (0.5, 2.0)  # a warped structure's area / its labelled area, to be plausible
+SMOOTH_PX = 1.5  # Gaussian sigma against speckle, in full-resolution pixels
+DEMONS_ITERATIONS = 40
+TRANSLATION_ITERATIONS = 40
+DEMONS_SIGMA = 2.0  # displacement-field smoothing, in (shrunk) pixels
+MIN_FAN_FRACTION = 0.05  # a fan smaller than this part of the frame: use the whole frame
+
+
+@dataclass
+class Propagation:
+    """Drafts of every frame of a loop and where each came from."""
+
+    drafts: np.ndarray  # N x H x W uint8; zeros where ``source`` is -1
+    source: list[int]  # per frame: the index of the labelled frame it was drafted from, or -1
+    fallbacks: dict[int, list[int]] = field(default_factory=dict)  # frame -> values by shift
+    seconds: float = 0.0  # registration and warping, all frames
+
+
+def fan_mask(frames: np.ndarray) -> np.ndarray:
+    """The informative region of a loop (H x W bool): the largest connected region of the
+    frames' maximum above a low threshold, closed and with holes filled; the whole frame when
+    that is under MIN_FAN_FRACTION of it."""
+    peak = frames.max(axis=0) if frames.ndim == 3 else frames
+    bright = ndimage.binary_closing(peak > 4, iterations=3)
+    regions, n = ndimage.label(bright)
+    if n == 0:
+        return np.ones(peak.shape, bool)
+    sizes = ndimage.sum_labels(bright, regions, index=np.arange(1, n + 1))
+    fan = ndimage.binary_fill_holes(regions == int(np.argmax(sizes)) + 1)
+    if fan.sum() < MIN_FAN_FRACTION * fan.size:
+        return np.ones(peak.shape, bool)
+    return np.asarray(fan, bool)
+
+
+def _shrink_factor(shape: tuple[int, ...]) -> int:
+    """Registration works at about 120 pixels on the short side."""
+    return max(1, min(shape) // 120)
+
+
+def _prepared(frame: np.ndarray, fan: np.ndarray, shrink: int) -> sitk.Image:
+    """The frame as float, fan only, smoothed and shrunk (physical coordinates = full-res
+    pixel coordinates)."""
+    image = sitk.GetImageFromArray(np.where(fan, frame, 0).astype(np.float32))
+    image = sitk.SmoothingRecursiveGaussian(image, SMOOTH_PX)
+    return sitk.Shrink(image, [shrink, shrink]) if shrink > 1 else image
+
+
+@dataclass
+class _Step:
+    """One registration, target (fixed) -> source (moving): the full and the translation-only
+    transforms, each mapping a target pixel to its place in the source."""
+
+    full: sitk.Transform
+    offset: tuple[float, float]  # the translation (x, y), full-resolution pixels
+
+    @property
+    def shift(self) -> sitk.Transform:
+        return sitk.TranslationTransform(2, self.offset)
+
+
+def _register(fixed: sitk.Image, moving: sitk.Image, metric_mask: sitk.Image) -> _Step:
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMeanSquares()
+    reg.SetMetricFixedMask(metric_mask)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=4.0, minStep=0.05, numberOfIterations=TRANSLATION_ITERATIONS, relaxationFactor=0.6
+    )
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([1])
+    reg.SetSmoothingSigmasPerLevel([0.0])
+    reg.SetInitialTransform(sitk.TranslationTransform(2), inPlace=False)
+    shift = reg.Execute(fixed, moving)
+    start = sitk.TransformToDisplacementField(
+        shift,
+        sitk.sitkVectorFloat64,
+        fixed.GetSize(),
+        fixed.GetOrigin(),
+        fixed.GetSpacing(),
+        fixed.GetDirection(),
+    )
+    demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
+    demons.SetNumberOfIterations(DEMONS_ITERATIONS)
+    demons.SetSmoothDisplacementField(True)
+    demons.SetStandardDeviations(DEMONS_SIGMA)
+    moved = demons.Execute(fixed, moving, start)
+    x, y = shift.GetParameters()
+    return _Step(sitk.DisplacementFieldTransform(moved), (x, y))
+
+
+def _then(first: _Step, then: _Step, grid: sitk.Image) -> _Step:
+    """``first`` (target -> middle frame) followed by ``then`` (middle -> source) as one step:
+    the composed displacement field sampled on the registration grid, translations added."""
+    composite = sitk.CompositeTransform([then.full, first.full])  # the last is applied first
+    field = sitk.TransformToDisplacementField(
+        composite,
+        sitk.sitkVectorFloat64,
+        grid.GetSize(),
+        grid.GetOrigin(),
+        grid.GetSpacing(),
+        grid.GetDirection(),
+    )
+    offset = (first.offset[0] + then.offset[0], first.offset[1] + then.offset[1])
+    return _Step(sitk.DisplacementFieldTransform(field), offset)
+
+
+def _warp(labels: np.ndarray, transform: sitk.Transform) -> np.ndarray:
+    image = sitk.GetImageFromArray(labels)
+    out = sitk.Resample(image, image, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(out)
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    regions, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = ndimage.sum_labels(mask, regions, index=np.arange(1, n + 1))
+    return np.asarray(regions == int(np.argmax(sizes)) + 1)
+
+
+def _tidy(warped: np.ndarray, shifted: np.ndarray, labelled: np.ndarray, fan: np.ndarray):
+    """Each structure one connected region of plausible size (else its shifted region);
+    returns the draft and the values drafted by the shift alone."""
+    out = np.zeros_like(warped)
+    fallback: list[int] = []
+    low, high = AREA_RANGE
+    areas = np.bincount(labelled.ravel(), minlength=256)
+    warped = np.where(fan, warped, 0)
+    boxes = ndimage.find_objects(warped)
+    for value in (int(v) for v in np.flatnonzero(areas[1:]) + 1):
+        box = boxes[value - 1] if value <= len(boxes) else None
+        region = np.zeros(warped.shape, bool)
+        if box is not None:
+            region[box] = _largest(warped[box] == value)
+        if not low * areas[value] <= region.sum() <= high * areas[value]:
+            region = _largest((shifted == value) & fan)
+            fallback.append(value)
+        out[region & (out == 0)] = value
+    for value, box in enumerate(ndimage.find_objects(out), start=1):
+        if box is not None:
+            crop = out[box]
+            crop[ndimage.binary_fill_holes(crop == value) & (crop == 0)] = value
+    return out, fallback
+
+
+def nearest_labelled(positions: Sequence[int], labelled: Sequence[int]) -> list[int]:
+    """Per frame, the index of the nearest labelled frame by position (ties: the earlier), or
+    -1 when none is labelled."""
+    if not labelled:
+        return [-1] * len(positions)
+    return [
+        min(labelled, key=lambda j: (abs(positions[j] - positions[i]), positions[j]))
+        for i in range(len(positions))
+    ]
+
+
+def propagate(
+    frames: np.ndarray,
+    labels: Mapping[int, np.ndarray],
+    positions: Sequence[int] | None = None,
+    mode: Mode = "chain",
+) -> Propagation:
+    """Draft every frame of a loop from its labelled frames (see the module docstring).
+    ``frames``: N x H x W uint8 in frame order; ``labels``: frame index (0..N-1) -> H x W
+    uint8 label map; ``positions``: the frames' DICOM frame numbers (default 0..N-1)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be N x H x W, not {frames.shape}")
+    n, rows, cols = frames.shape
+    positions = list(range(n)) if positions is None else list(positions)
+    if len(positions) != n:
+        raise ValueError(f"{len(positions)} positions for {n} frames")
+    for index, lab in labels.items():
+        if not 0 <= index < n:
+            raise ValueError(f"labelled frame {index} is not a frame of this {n}-frame loop")
+        if lab.shape != (rows, cols):
+            raise ValueError(f"label map of frame {index} is {lab.shape}, not {(rows, cols)}")
+    if mode not in ("chain", "direct"):
+        raise ValueError(f"mode must be chain or direct, not {mode!r}")
+    t0 = time.perf_counter()
+    source = nearest_labelled(positions, sorted(labels))
+    drafts = np.zeros((n, rows, cols), np.uint8)
+    result = Propagation(drafts, source)
+    if not labels:
+        return result
+    fan = fan_mask(frames)
+    shrink = _shrink_factor((rows, cols))
+    prepared: dict[int, sitk.Image] = {}
+
+    def image(i: int) -> sitk.Image:
+        if i not in prepared:
+            prepared[i] = _prepared(frames[i], fan, shrink)
+        return prepared[i]
+
+    eroded = ndimage.binary_erosion(fan, iterations=4) if fan.sum() < fan.size else fan
+    metric_mask = sitk.Cast(image(0) * 0, sitk.sitkUInt8)
+    mask = sitk.GetImageFromArray(eroded.astype(np.uint8))
+    metric_mask = sitk.Resample(mask, metric_mask, sitk.Transform(), sitk.sitkNearestNeighbor)
+    steps: dict[tuple[int, int], _Step] = {}
+
+    def step(target: int, src: int) -> _Step:
+        if (target, src) not in steps:
+            steps[(target, src)] = _register(image(target), image(src), metric_mask)
+        return steps[(target, src)]
+
+    reach: dict[tuple[int, int], _Step] = {}  # (target, source) -> the chained step
+
+    def chained(target: int, src: int) -> _Step:
+        """The step from target to source through every frame between (chain mode)."""
+        if (target, src) not in reach:
+            way = 1 if target > src else -1
+            nearer = target - way
+            reach[(target, src)] = (
+                step(target, src)
+                if nearer == src
+                else _then(step(target, nearer), chained(nearer, src), image(src))
+            )
+        return reach[(target, src)]
+
+    for i in range(n):
+        s = source[i]
+        if s == i:
+            drafts[i] = np.where(fan, labels[i], 0)
+            continue
+        found = step(i, s) if mode == "direct" else chained(i, s)
+        labelled = np.where(fan, labels[s], 0).astype(np.uint8)
+        drafts[i], fallback = _tidy(
+            _warp(labelled, found.full), _warp(labelled, found.shift), labelled, fan
+        )
+        if fallback:
+            result.fallbacks[i] = fallback
+    result.seconds = time.perf_counter() - t0
+    return result
