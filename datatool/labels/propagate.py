@@ -99,21 +99,41 @@ class _Step:
         return sitk.TranslationTransform(2, self.offset)
 
 
-def _register(fixed: sitk.Image, moving: sitk.Image, metric_mask: sitk.Image) -> _Step:
+def _translation(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    metric_mask: sitk.Image,
+    start: tuple[float, float] = (0.0, 0.0),
+) -> tuple[float, float]:
+    """The translation (x, y) that maps the fixed image onto the moving one, from ``start``."""
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMeanSquares()
     reg.SetMetricFixedMask(metric_mask)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=4.0, minStep=0.05, numberOfIterations=TRANSLATION_ITERATIONS, relaxationFactor=0.6
+        learningRate=4.0,
+        minStep=0.05,
+        numberOfIterations=TRANSLATION_ITERATIONS,
+        relaxationFactor=0.6,
     )
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel([1])
     reg.SetSmoothingSigmasPerLevel([0.0])
-    reg.SetInitialTransform(sitk.TranslationTransform(2), inPlace=False)
-    shift = reg.Execute(fixed, moving)
-    start = sitk.TransformToDisplacementField(
-        shift,
+    reg.SetInitialTransform(sitk.TranslationTransform(2, start), inPlace=False)
+    x, y = reg.Execute(fixed, moving).GetParameters()
+    return (x, y)
+
+
+def _register(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    metric_mask: sitk.Image,
+    start: tuple[float, float] = (0.0, 0.0),
+) -> _Step:
+    """A translation from ``start``, then Demons from it."""
+    offset = _translation(fixed, moving, metric_mask, start)
+    field = sitk.TransformToDisplacementField(
+        sitk.TranslationTransform(2, offset),
         sitk.sitkVectorFloat64,
         fixed.GetSize(),
         fixed.GetOrigin(),
@@ -124,9 +144,8 @@ def _register(fixed: sitk.Image, moving: sitk.Image, metric_mask: sitk.Image) ->
     demons.SetNumberOfIterations(DEMONS_ITERATIONS)
     demons.SetSmoothDisplacementField(True)
     demons.SetStandardDeviations(DEMONS_SIGMA)
-    moved = demons.Execute(fixed, moving, start)
-    x, y = shift.GetParameters()
-    return _Step(sitk.DisplacementFieldTransform(moved), (x, y))
+    moved = demons.Execute(fixed, moving, field)
+    return _Step(sitk.DisplacementFieldTransform(moved), offset)
 
 
 def _then(first: _Step, then: _Step, grid: sitk.Image) -> _Step:
@@ -195,6 +214,121 @@ def nearest_labelled(positions: Sequence[int], labelled: Sequence[int]) -> list[
     ]
 
 
+class Loop:
+    """A loop's frames with the registrations made so far between them (each made once, so
+    several label sets, e.g. each rater's, are drafted at the cost of one)."""
+
+    def __init__(self, frames: np.ndarray):
+        frames = np.asarray(frames)
+        if frames.ndim != 3:
+            raise ValueError(f"frames must be N x H x W, not {frames.shape}")
+        self.frames = frames
+        self.fan = fan_mask(frames)
+        self._shrink = _shrink_factor(frames.shape[1:])
+        self._prepared: dict[int, sitk.Image] = {}
+        self._steps: dict[tuple[int, int], _Step] = {}  # (target, source) -> one registration
+        self._reach: dict[tuple[int, int], _Step] = {}  # (target, source) -> chained steps
+        self._shifts: dict[tuple[int, int], tuple[float, float]] = {}  # translations only
+        eroded = (
+            ndimage.binary_erosion(self.fan, iterations=4)
+            if self.fan.sum() < self.fan.size
+            else self.fan
+        )
+        grid = self._image(0)
+        mask = sitk.GetImageFromArray(eroded.astype(np.uint8))
+        self._metric_mask = sitk.Resample(
+            mask, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+        )
+
+    def _image(self, i: int) -> sitk.Image:
+        if i not in self._prepared:
+            self._prepared[i] = _prepared(self.frames[i], self.fan, self._shrink)
+        return self._prepared[i]
+
+    def _step(self, target: int, src: int) -> _Step:
+        if (target, src) not in self._steps:
+            self._steps[(target, src)] = _register(
+                self._image(target), self._image(src), self._metric_mask
+            )
+        return self._steps[(target, src)]
+
+    def _shift(self, target: int, src: int) -> tuple[float, float]:
+        """The translation from target to source through every frame between."""
+        if (target, src) not in self._shifts:
+            way = 1 if target > src else -1
+            x, y = (0.0, 0.0)
+            for k in range(target, src, -way):
+                if (k, k - way) in self._steps:
+                    dx, dy = self._steps[(k, k - way)].offset
+                else:
+                    if (k, k - way) not in self._shifts:
+                        self._shifts[(k, k - way)] = _translation(
+                            self._image(k), self._image(k - way), self._metric_mask
+                        )
+                    dx, dy = self._shifts[(k, k - way)]
+                x, y = x + dx, y + dy
+            self._shifts[(target, src)] = (x, y)
+        return self._shifts[(target, src)]
+
+    def _direct(self, target: int, src: int) -> _Step:
+        """One registration from target to source, its translation started from the
+        neighbouring frames' translations added up (beyond one registration's reach)."""
+        if (target, src) not in self._steps:
+            self._steps[(target, src)] = _register(
+                self._image(target), self._image(src), self._metric_mask, self._shift(target, src)
+            )
+        return self._steps[(target, src)]
+
+    def _chained(self, target: int, src: int) -> _Step:
+        """The step from target to source through every frame between."""
+        if (target, src) not in self._reach:
+            way = 1 if target > src else -1
+            nearer = target - way
+            self._reach[(target, src)] = (
+                self._step(target, src)
+                if nearer == src
+                else _then(self._step(target, nearer), self._chained(nearer, src), self._image(src))
+            )
+        return self._reach[(target, src)]
+
+    def propagate(
+        self,
+        labels: Mapping[int, np.ndarray],
+        positions: Sequence[int] | None = None,
+        mode: Mode = "chain",
+    ) -> Propagation:
+        """Draft every frame from its nearest labelled frame (see :func:`propagate`)."""
+        n, rows, cols = self.frames.shape
+        positions = list(range(n)) if positions is None else list(positions)
+        if len(positions) != n:
+            raise ValueError(f"{len(positions)} positions for {n} frames")
+        for index, lab in labels.items():
+            if not 0 <= index < n:
+                raise ValueError(f"labelled frame {index} is not a frame of this {n}-frame loop")
+            if lab.shape != (rows, cols):
+                raise ValueError(f"label map of frame {index} is {lab.shape}, not {(rows, cols)}")
+        if mode not in ("chain", "direct"):
+            raise ValueError(f"mode must be chain or direct, not {mode!r}")
+        t0 = time.perf_counter()
+        source = nearest_labelled(positions, sorted(labels))
+        result = Propagation(np.zeros((n, rows, cols), np.uint8), source)
+        for i, s in enumerate(source):
+            if s < 0:
+                continue
+            if s == i:
+                result.drafts[i] = labels[i]
+                continue
+            found = self._direct(i, s) if mode == "direct" else self._chained(i, s)
+            labelled = np.where(self.fan, labels[s], 0).astype(np.uint8)
+            result.drafts[i], fallback = _tidy(
+                _warp(labelled, found.full), _warp(labelled, found.shift), labelled, self.fan
+            )
+            if fallback:
+                result.fallbacks[i] = fallback
+        result.seconds = time.perf_counter() - t0
+        return result
+
+
 def propagate(
     frames: np.ndarray,
     labels: Mapping[int, np.ndarray],
@@ -203,72 +337,12 @@ def propagate(
 ) -> Propagation:
     """Draft every frame of a loop from its labelled frames (see the module docstring).
     ``frames``: N x H x W uint8 in frame order; ``labels``: frame index (0..N-1) -> H x W
-    uint8 label map; ``positions``: the frames' DICOM frame numbers (default 0..N-1)."""
+    uint8 label map; ``positions``: the frames' DICOM frame numbers (default 0..N-1). No
+    labelled frame: nothing drafted (and nothing registered)."""
     frames = np.asarray(frames)
     if frames.ndim != 3:
         raise ValueError(f"frames must be N x H x W, not {frames.shape}")
-    n, rows, cols = frames.shape
-    positions = list(range(n)) if positions is None else list(positions)
-    if len(positions) != n:
-        raise ValueError(f"{len(positions)} positions for {n} frames")
-    for index, lab in labels.items():
-        if not 0 <= index < n:
-            raise ValueError(f"labelled frame {index} is not a frame of this {n}-frame loop")
-        if lab.shape != (rows, cols):
-            raise ValueError(f"label map of frame {index} is {lab.shape}, not {(rows, cols)}")
-    if mode not in ("chain", "direct"):
-        raise ValueError(f"mode must be chain or direct, not {mode!r}")
-    t0 = time.perf_counter()
-    source = nearest_labelled(positions, sorted(labels))
-    drafts = np.zeros((n, rows, cols), np.uint8)
-    result = Propagation(drafts, source)
     if not labels:
-        return result
-    fan = fan_mask(frames)
-    shrink = _shrink_factor((rows, cols))
-    prepared: dict[int, sitk.Image] = {}
-
-    def image(i: int) -> sitk.Image:
-        if i not in prepared:
-            prepared[i] = _prepared(frames[i], fan, shrink)
-        return prepared[i]
-
-    eroded = ndimage.binary_erosion(fan, iterations=4) if fan.sum() < fan.size else fan
-    metric_mask = sitk.Cast(image(0) * 0, sitk.sitkUInt8)
-    mask = sitk.GetImageFromArray(eroded.astype(np.uint8))
-    metric_mask = sitk.Resample(mask, metric_mask, sitk.Transform(), sitk.sitkNearestNeighbor)
-    steps: dict[tuple[int, int], _Step] = {}
-
-    def step(target: int, src: int) -> _Step:
-        if (target, src) not in steps:
-            steps[(target, src)] = _register(image(target), image(src), metric_mask)
-        return steps[(target, src)]
-
-    reach: dict[tuple[int, int], _Step] = {}  # (target, source) -> the chained step
-
-    def chained(target: int, src: int) -> _Step:
-        """The step from target to source through every frame between (chain mode)."""
-        if (target, src) not in reach:
-            way = 1 if target > src else -1
-            nearer = target - way
-            reach[(target, src)] = (
-                step(target, src)
-                if nearer == src
-                else _then(step(target, nearer), chained(nearer, src), image(src))
-            )
-        return reach[(target, src)]
-
-    for i in range(n):
-        s = source[i]
-        if s == i:
-            drafts[i] = np.where(fan, labels[i], 0)
-            continue
-        found = step(i, s) if mode == "direct" else chained(i, s)
-        labelled = np.where(fan, labels[s], 0).astype(np.uint8)
-        drafts[i], fallback = _tidy(
-            _warp(labelled, found.full), _warp(labelled, found.shift), labelled, fan
-        )
-        if fallback:
-            result.fallbacks[i] = fallback
-    result.seconds = time.perf_counter() - t0
-    return result
+        n = frames.shape[0]
+        return Propagation(np.zeros(frames.shape, np.uint8), [-1] * n)
+    return Loop(frames).propagate(labels, positions, mode)
