@@ -40,7 +40,7 @@ from datatool.labels.propagate import Loop  # noqa: E402
 
 
 def load() -> str:
-    return "load %.1f/%.1f/%.1f" % os.getloadavg()
+    return "load {:.1f}/{:.1f}/{:.1f}".format(*os.getloadavg())
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -123,7 +123,7 @@ def main() -> None:
                   f"{'ratio':>6}")  # fmt: skip
             for d in distances:
                 rows = [(v, scores.get((d, v), [])) for v in names]
-                for value, pairs in rows + [(0, [p for _, ps in rows for p in ps])]:
+                for value, pairs in [*rows, (0, [p for _, ps in rows for p in ps])]:
                     if not pairs:
                         continue
                     got, copied = (float(np.mean(x)) for x in zip(*pairs))
