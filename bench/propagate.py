@@ -13,7 +13,7 @@ then the time per drafted frame (registration and warping, one loop from its fir
 Goal (issue 22): drafts better than copying at every distance, well under 1 s per frame on
 the 2-core CPU.
 
-    python bench/propagate.py                       # 8 cines, chain mode
+    python bench/propagate.py                       # 8 cines, direct mode
     python bench/propagate.py --cines 4 --modes chain,direct
 """
 
@@ -67,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cines", type=int, default=8, help="demo cine loops to make")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--modes", default="chain", help="chain, direct or chain,direct")
+    parser.add_argument("--modes", default="direct", help="chain, direct or chain,direct")
     parser.add_argument("--distances", default="1,2,4")
     parser.add_argument("--data", type=Path, help="an existing demo-data folder with cines")
     args = parser.parse_args()

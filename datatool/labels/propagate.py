@@ -11,9 +11,12 @@ its frames (``H x W`` uint8, the protocol's values) give a draft label map for e
    speckle: first a translation (mean squares inside the eroded fan, regular-step gradient
    descent, two levels), then a smooth deformable stage (fast symmetric-forces Demons started
    from that translation, the displacement field smoothed at every iteration).
-3. ``mode="chain"`` (the default; ``bench/propagate.py`` measures both) registers neighbouring
-   frames and composes the steps from the labelled frame to the target; ``mode="direct"``
-   registers the target to the labelled frame at once.
+3. ``mode="direct"`` (the default) registers the target to the labelled frame at once, its
+   translation started from the neighbouring frames' translations added up (so motion over
+   the loop beyond one registration's reach is still followed); ``mode="chain"`` composes
+   the neighbouring frames' full registrations instead. On the demo's cines
+   (``bench/propagate.py``) direct measures as well at 1 frame and better at 4 (mean IoU
+   0.851 against 0.834), at about 0.6 s a drafted frame on the 2-core CPU.
 4. The source's label map is warped with nearest-neighbour interpolation. Each structure then
    stays one connected region (its largest; background holes inside it filled, never taking
    another structure's pixels) of plausible size: a structure whose warped area is outside
@@ -295,7 +298,7 @@ class Loop:
         self,
         labels: Mapping[int, np.ndarray],
         positions: Sequence[int] | None = None,
-        mode: Mode = "chain",
+        mode: Mode = "direct",
     ) -> Propagation:
         """Draft every frame from its nearest labelled frame (see :func:`propagate`)."""
         n, rows, cols = self.frames.shape
@@ -333,7 +336,7 @@ def propagate(
     frames: np.ndarray,
     labels: Mapping[int, np.ndarray],
     positions: Sequence[int] | None = None,
-    mode: Mode = "chain",
+    mode: Mode = "direct",
 ) -> Propagation:
     """Draft every frame of a loop from its labelled frames (see the module docstring).
     ``frames``: N x H x W uint8 in frame order; ``labels``: frame index (0..N-1) -> H x W
