@@ -282,6 +282,7 @@ def _demo_view(summary: DemoDataset) -> Iterator[Block]:
         f"wrote {summary.images} images of {summary.patients} patients to "
         f"{summary.dicom_dir}, labels of two raters to {summary.labels_dir}, "
         f"clinical table {summary.clinical_csv}"
+        + (f"; {summary.cines} of the files are cine loops" if summary.cines else "")
     )
     yield "encodings: " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.encodings.items()))
 
@@ -299,6 +300,14 @@ def demo_data(
     seed: int = typer.Option(
         0, min=0, max=MAX_INT, help="Random seed: the same seed writes the same files."
     ),
+    cines: int = typer.Option(
+        0,
+        min=0,
+        help="Cine loops to add (spread over the patients, at most 2 per patient): "
+        "multi-frame DICOM files whose frames both raters labelled, as one W x H x N label "
+        "volume each.",
+    ),
+    cine_frames: int = typer.Option(8, min=2, max=64, help="Frames per cine loop."),
     json_out: bool = JsonOpt,
 ):
     """Write a synthetic anterior-sciatic ultrasound dataset: DICOM exams with fake PHI, two
@@ -309,8 +318,19 @@ def demo_data(
         per_side = parse_images_per_side(images_per_side)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--images-per-side") from None
+    if cines > 2 * patients:
+        raise typer.BadParameter(
+            f"at most 2 per patient ({2 * patients} with {patients} patients), got {cines}",
+            param_hint="--cines",
+        )
     with progress_bar("demo-data", enabled=not json_out) as progress:
         summary = write_demo_dataset(
-            out_dir, patients=patients, seed=seed, images_per_side=per_side, progress=progress
+            out_dir,
+            patients=patients,
+            seed=seed,
+            images_per_side=per_side,
+            progress=progress,
+            cines=cines,
+            cine_frames=cine_frames,
         )
     render.show(summary, _demo_view, json_out)

@@ -40,6 +40,7 @@ from datatool.core.csvcells import csv_writer
 from datatool.core.protocol import load_protocol
 from datatool.demo.anatomy import _image_anatomy, _side_anatomy
 from datatool.demo.bmode import _render_bmode
+from datatool.demo.cine import CINE_FRAMES, cine_file, render_cine
 from datatool.demo.dicomfile import (
     ENCODINGS,
     INSTITUTION,
@@ -53,7 +54,7 @@ from datatool.demo.dicomfile import (
 from datatool.demo.labelmaps import _label_maps
 from datatool.demo.patients import MIRRORING_OPERATOR, PHI_TOKEN, _make_patient
 from datatool.demo.probe import _FAN_PX, BANNER_ROWS, COLUMNS, ROWS, _rng
-from datatool.labels.itksnap.formats import write_segmentation
+from datatool.labels.itksnap.formats import write_segmentation, write_segmentation_volume
 
 __all__ = [
     "BANNER_ROWS",
@@ -102,7 +103,7 @@ into the top {banner} pixel rows of every image and stored in a private tag bloc
 dicom/<MRN>/<L|R>_<nn>.dcm            {patients} patients, {images} images (mixed transfer syntaxes)
 labels/rater1/<MRN>/<L|R>_<nn>.nii.gz  rater 1's ITK-SNAP label map for that image
 labels/rater2/<MRN>/<L|R>_<nn>.nii.gz  rater 2's (independent, with realistic disagreement)
-labels/itksnap_labels.txt              ITK-SNAP label description ({protocol})
+{cine_lines}labels/itksnap_labels.txt              ITK-SNAP label description ({protocol})
 clinical.csv                           patient_id,sex,age,bmi,asa
 """
 
@@ -117,6 +118,7 @@ class DemoDataset:
     labels_dir: Path
     clinical_csv: Path
     encodings: dict[str, int]  # transfer syntax name -> files
+    cines: int = 0  # multi-frame loops among the files (their frames count in ``images``)
 
 
 def write_demo_dataset(
@@ -126,6 +128,8 @@ def write_demo_dataset(
     images_per_side: tuple[int, int] = (4, 4),
     progress: Callable[[int, int], None] | None = None,
     rater_errors: bool = True,
+    cines: int = 0,
+    cine_frames: int = CINE_FRAMES,
 ) -> DemoDataset:
     """Write the synthetic demo dataset into ``out_dir`` and return a summary.
 
@@ -134,6 +138,10 @@ def write_demo_dataset(
     the image counts on ``images_per_side``); the transfer syntax cycles over the whole run.
     Files are written atomically and overwrite an earlier run's; stale files of a larger
     earlier run into the same folder are not removed.
+
+    ``cines`` sides (spread over the patients) also get a cine loop of ``cine_frames`` frames,
+    ``<side>_cine.dcm``, with both raters' label maps for every frame as one W x H x N volume
+    (as ITK-SNAP saves a cine's segmentation). The stills do not depend on ``cines``.
     """
     out_dir = Path(out_dir)
     if int(patients) < 1:
@@ -154,11 +162,17 @@ def write_demo_dataset(
             n = int(_rng(seed, 3, p, s_i).integers(lo, hi + 1))
             sides.append((s_i, side, n))
         plan.append((pt, sides))
-    total = sum(n for _, sides in plan for _, _, n in sides)
+    if int(cines) < 0 or int(cines) > 2 * len(plan):
+        raise ValueError(f"cines must be between 0 and 2 per patient, got {cines}")
+    if int(cines) and int(cine_frames) < 2:
+        raise ValueError(f"a cine needs at least 2 frames, got {cine_frames}")
+    # the sides with a loop: spread over the patients, alternating left and right
+    looped = {((c * len(plan)) // int(cines), c % 2) for c in range(int(cines))} if cines else set()
+    total = sum(n for _, sides in plan for _, _, n in sides) + len(looped) * int(cine_frames)
     order = [int(i) for i in _rng(seed, 4).permutation(len(ENCODINGS))]
 
     encodings: dict[str, int] = {}
-    done = 0
+    done = stills = 0  # images written; stills among them (the encodings cycle over stills)
     for pt, sides in plan:
         for s_i, side, n in sides:
             srng = _rng(seed, 5, pt.index, s_i)
@@ -184,7 +198,7 @@ def write_demo_dataset(
                     protocol,
                     errors=rater_errors,
                 )
-                kind = ENCODINGS[order[done % len(ENCODINGS)]][0]
+                kind = ENCODINGS[order[stills % len(ENCODINGS)]][0]
                 colour = kind in ("rgb", "rle_rgb")
                 pix = _draw_overlays(grey, colour, pt, side, when, pt.depth_cm, gain_db)
                 ds = _build_dataset(
@@ -201,6 +215,37 @@ def write_demo_dataset(
                 ts_name = ds.file_meta.TransferSyntaxUID.name
                 encodings[ts_name] = encodings.get(ts_name, 0) + 1
                 done += 1
+                stills += 1
+                if progress is not None:
+                    progress(done, total)
+            if (pt.index, s_i) in looped:
+                loop = render_cine(
+                    seed,
+                    pt.index,
+                    s_i,
+                    base,
+                    sign,
+                    pt.depth_cm,
+                    pt.gain,
+                    protocol,
+                    frames=int(cine_frames),
+                    errors=rater_errors,
+                )
+                when = when + timedelta(seconds=10)
+                ds = _build_dataset(
+                    seed, pt, side, 1 + s_i, 90, when, series_dt, pt.depth_cm, pt.gain
+                )
+                rel = Path(pt.mrn) / f"{side}_cine"
+                write_bytes_atomic(
+                    dicom_dir / rel.with_suffix(".dcm"),
+                    cine_file(ds, loop, pt, side, when, pt.depth_cm, pt.gain),
+                )
+                spacing = (pt.depth_cm / _FAN_PX * 10.0, pt.depth_cm / _FAN_PX * 10.0)
+                for rater, labs in (("rater1", loop.rater1), ("rater2", loop.rater2)):
+                    write_segmentation_volume(labels_dir / rater / f"{rel}.nii.gz", labs, spacing)
+                ts_name = ds.file_meta.TransferSyntaxUID.name
+                encodings[ts_name] = encodings.get(ts_name, 0) + 1
+                done += int(cine_frames)
                 if progress is not None:
                     progress(done, total)
 
@@ -225,6 +270,14 @@ def write_demo_dataset(
             patients=len(plan),
             images=total,
             protocol=protocol.name,
+            cine_lines=(
+                f"dicom/<MRN>/<L|R>_cine.dcm             {len(looped)} cine loops of "
+                f"{int(cine_frames)} frames (their frames count among the images)\n"
+                "labels/raterK/<MRN>/<L|R>_cine.nii.gz  that rater's labels for every frame "
+                "(W x H x N)\n"
+                if looped
+                else ""
+            ),
         ).encode(),
     )
     return DemoDataset(
@@ -234,4 +287,5 @@ def write_demo_dataset(
         labels_dir=labels_dir,
         clinical_csv=clinical,
         encodings=dict(sorted(encodings.items())),
+        cines=len(looped),
     )

@@ -381,3 +381,42 @@ def test_every_fourth_patient_is_shown_with_the_other_display_convention(tmp_pat
         (True, "L"): "right",
         (True, "R"): "left",
     }
+
+
+def test_cines_are_multi_frame_files_with_a_label_volume_per_rater(tmp_path):
+    """--cines adds loops whose frames both raters labelled (W x H x N, as ITK-SNAP saves a
+    cine), the anatomy moving smoothly across frames; the stills are the same files as without."""
+    import hashlib
+
+    import pydicom
+    import SimpleITK as sitk
+
+    plain = write_demo_dataset(tmp_path / "plain", patients=1, images_per_side=(1, 1))
+    looped = write_demo_dataset(
+        tmp_path / "looped", patients=1, images_per_side=(1, 1), cines=2, cine_frames=4
+    )
+    assert (plain.images, plain.cines) == (2, 0)
+    assert (looped.images, looped.cines) == (2 + 2 * 4, 2)
+    cines = sorted(looped.dicom_dir.rglob("*_cine.dcm"))
+    assert [c.name for c in cines] == ["L_cine.dcm", "R_cine.dcm"]
+    for still in plain.dicom_dir.rglob("*.dcm"):
+        twin = looped.dicom_dir / still.relative_to(plain.dicom_dir)
+        assert (
+            hashlib.sha256(twin.read_bytes()).digest()
+            == hashlib.sha256(still.read_bytes()).digest()
+        )
+    nerve = load_protocol().by_label("sciatic nerve").value
+    for cine in cines:
+        ds = pydicom.dcmread(cine)
+        assert int(ds.NumberOfFrames) == 4 and ds.pixel_array.shape == (4, ROWS, COLUMNS)
+        assert ds.SOPClassUID == pydicom.uid.UltrasoundMultiFrameImageStorage
+        rel = cine.relative_to(looped.dicom_dir).with_suffix("").with_suffix(".nii.gz")
+        for rater in ("rater1", "rater2"):
+            vol = sitk.ReadImage(str(looped.labels_dir / rater / rel))
+            assert vol.GetSize() == (COLUMNS, ROWS, 4)
+            labels = sitk.GetArrayFromImage(vol)
+            xs = [np.nonzero(labels[k] == nerve)[1].mean() for k in range(4)]
+            steps = np.diff(xs)
+            # the sweep moves the nerve a few pixels per frame, all one way
+            assert np.all(np.abs(steps) > 1) and np.all(np.abs(steps) < 15)
+            assert len(set(np.sign(steps))) == 1

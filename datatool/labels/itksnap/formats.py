@@ -89,6 +89,23 @@ def write_image(path: Path, pixels: np.ndarray, spacing: tuple[float, float]) ->
     _write_2d(path, pixels, spacing)
 
 
+def _write_3d(path: Path, array: np.ndarray, spacing: tuple[float, float]) -> None:
+    array = np.asarray(array)
+    if array.ndim != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected an N x H x W uint8 array, got {array.dtype} {array.shape}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))  # size (W, H, N)
+    image.SetSpacing((float(spacing[0]), float(spacing[1]), 1.0))
+    image.SetOrigin((0.0, 0.0, 0.0))
+    with atomic_path(Path(path)) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
+
+
+def write_segmentation_volume(path: Path, masks: np.ndarray, spacing: tuple[float, float]) -> None:
+    """Write a cine's label maps (uint8 N x H x W, frame k in slice k) as one W x H x N NIfTI
+    volume, as ITK-SNAP saves the segmentation of a multi-frame image, atomically."""
+    _write_3d(path, masks, spacing)
+
+
 def write_segmentation(path: Path, mask: np.ndarray, spacing: tuple[float, float]) -> None:
     """Write a 2D label map (uint8) as NIfTI with the geometry of its image, atomically."""
     _write_2d(path, mask, spacing)
