@@ -116,14 +116,7 @@ def write_volume(path: Path, stack: np.ndarray, spacing: tuple[float, float]) ->
     ``stack[k]`` the k-th slice), atomically: the pixel spacing in mm, the slice spacing 1,
     origin 0, direction identity, as :func:`write_image` writes a still. The same stack and
     spacing give the same bytes."""
-    stack = np.asarray(stack)
-    if stack.ndim != 3 or stack.dtype != np.uint8:
-        raise ValueError(f"expected a 3D uint8 stack, got {stack.dtype} {stack.shape}")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(stack))  # size (W, H, N)
-    image.SetSpacing((*(float(s) for s in spacing), 1.0))
-    image.SetOrigin((0.0, 0.0, 0.0))
-    with atomic_path(Path(path)) as tmp:
-        sitk.WriteImage(image, str(tmp), True)
+    _write_3d(path, stack, spacing)
 
 
 def workspace_xml(

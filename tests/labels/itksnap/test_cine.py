@@ -369,3 +369,32 @@ def test_prefill_drafts_every_frame_of_a_cine(trained, tmp_path):
         if drafts[k].labels.any() or k == 3:
             a = latest[cine[k]]
             assert (a.draft_run_id, a.draft_unchanged) == (run, k != 3)
+
+
+def test_the_demos_cines_sync_frame_by_frame_for_both_raters(ws, tmp_path):
+    """The demo's loops (``demo-data --cines``): each rater's W x H x N volume gives every
+    frame its label, slice k to frame k, as ITK-SNAP saved them; a re-sync is a no-op."""
+    from datatool.demo.generator import write_demo_dataset
+    from datatool.labels.matching import match_dicom
+
+    demo = write_demo_dataset(
+        tmp_path / "demo", patients=1, seed=5, images_per_side=(1, 1), cines=2, cine_frames=4
+    )
+    ingest(ws, [demo.dicom_dir], workers=0)
+    for rater in ("rater1", "rater2"):
+        add_rater(ws, rater)
+        labels = tmp_path / "demo" / "labels" / rater
+        report = sync_itksnap(ws, labels, rater, dicom_root=demo.dicom_dir)
+        assert (report.seen, report.new_versions, report.rejected) == (4, 2 + 2 * 4, [])
+        latest = _labels(ws, rater)
+        for volume in sorted(labels.rglob("*_cine.nii.gz")):
+            dcm = demo.dicom_dir / volume.parent.name / volume.name.replace(".nii.gz", ".dcm")
+            with ws.session() as s:
+                cine = match_dicom(s, ws.key, dcm)
+            slices = sitk.GetArrayFromImage(sitk.ReadImage(str(volume)))
+            assert slices.shape[0] == cine.n_frames == 4
+            for k in range(4):
+                got = ws.store.get_array(latest[cine.frames[k].id].mask_hash)
+                np.testing.assert_array_equal(got, slices[k])
+        again = sync_itksnap(ws, labels, rater, dicom_root=demo.dicom_dir)
+        assert (again.new_versions, again.unchanged) == (0, 10)
