@@ -148,6 +148,15 @@ def sync_itksnap(
         "--allow-empty",
         help="Store empty label maps (nothing labelled) instead of rejecting them.",
     ),
+    cine_frame: str | None = typer.Option(
+        None,
+        "--cine-frame",
+        metavar="first|middle|N",
+        help="Which frame of a cine a one-slice label map labels: first, middle (the frame "
+        "'ingest --frames middle' takes) or N, a frame number counted from 1 as people count "
+        "(1 is the first frame). A W x H x N map of a cine needs no option: each slice labels "
+        "its frame.",
+    ),
     allow_copy: str | None = AllowCopyOpt,
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
@@ -164,6 +173,12 @@ def sync_itksnap(
 
     Model drafts are known by their content, wherever the file comes from: one never saved
     since export is skipped, one saved as it is keeps the draft's provenance (model, run).
+
+    Cines: ITK-SNAP saves a cine's segmentation as W x H x N (N the DICOM file's frames);
+    each labelled slice goes to its frame, empty slices are no labels, and labels on a frame
+    that was not ingested are noted, not stored. A one-slice map for a cine needs
+    --cine-frame (unless its exported name names the frame); any other slice count is
+    rejected.
     """
     from datatool.labels.itksnap.sync import sync_itksnap as run
 
@@ -178,5 +193,6 @@ def sync_itksnap(
             allow_empty=allow_empty,
             progress=progress,
             allow_copy=allow_copy,
+            cine_frame=cine_frame,
         )
     show_sync_report(report, json_out, csv_out)
