@@ -35,6 +35,8 @@ def _export_view(r: ItksnapExport) -> Iterator[Block]:
     drafted = (
         f", {r.drafted} with run {r.draft_run}'s drafts ({r.model_version})"
         if r.draft_run is not None
+        else f", {r.drafted} cine frames drafted from {r.rater}'s own labelled frames"
+        if r.model_version is not None
         else ""
     )
     yield (
@@ -66,7 +68,8 @@ def export_itksnap(
         "--prefill",
         help="own: start each segmentation from the rater's own latest labels (never another "
         "rater's); model:RUN: the same, and the run's draft where the rater has no labels "
-        "yet; none: empty segmentations.",
+        "yet; propagate: the same, and a cine's frames the rater has not labelled drafted from "
+        "their own nearest labelled frame of it; none: empty segmentations.",
     ),
     no_prefill: bool = typer.Option(False, "--no-prefill", help="The same as --prefill none."),
     device: DeviceChoice = typer.Option(
@@ -92,7 +95,7 @@ def export_itksnap(
     them; the rater's labels of them are scored by 'datatool raters'.
     """
     from datatool.labels.itksnap.export import export_itksnap as run
-    from datatool.labels.itksnap.export import parse_prefill
+    from datatool.labels.itksnap.export import parse_prefill, prefill_propagates
     from datatool.labels.matching import parse_image_ids
 
     own, draft_run = parse_prefill("none" if no_prefill else prefill)
@@ -111,6 +114,7 @@ def export_itksnap(
             gold=gold,
             gold_reference=gold_reference,
             gold_seed=gold_seed,
+            propagate=not no_prefill and prefill_propagates(prefill),
         )
     render.problems(
         (

@@ -42,6 +42,16 @@ from scipy import ndimage
 
 Mode = Literal["chain", "direct"]
 
+PROPAGATE_VERSION = "datatool-propagate"  # the model version of propagated drafts
+
+
+def propagated_from(image: str, frame_index: int, rater: str, version: int) -> str:
+    """A propagated draft's provenance (its handout's or marker's model version): the image
+    (its name, e.g. img000123), the 1-based frame and the rater's label version it was
+    drafted from."""
+    return f"propagated from {image} (frame {frame_index + 1}, {rater}'s label version {version})"
+
+
 AREA_RANGE = (0.5, 2.0)  # a warped structure's area / its labelled area, to be plausible
 SMOOTH_PX = 1.5  # Gaussian sigma against speckle, in full-resolution pixels
 DEMONS_ITERATIONS = 40
@@ -58,6 +68,13 @@ class Propagation:
     source: list[int]  # per frame: the index of the labelled frame it was drafted from, or -1
     fallbacks: dict[int, list[int]] = field(default_factory=dict)  # frame -> values by shift
     seconds: float = 0.0  # registration and warping, all frames
+
+
+def as_grey(array: np.ndarray) -> np.ndarray:
+    """A stored frame as grey uint8 (a colour frame: the mean of its channels)."""
+    if array.ndim == 3:
+        array = array[..., :3].mean(axis=2)
+    return np.asarray(np.clip(array, 0, 255), np.uint8)
 
 
 def fan_mask(frames: np.ndarray) -> np.ndarray:

@@ -65,6 +65,7 @@ from datatool.labels.matching import (
     image_name,
     parse_image_ids,
 )
+from datatool.labels.propagate import PROPAGATE_VERSION, Loop, as_grey, propagated_from
 
 # --------------------------------------------------------------------------- export
 
@@ -151,17 +152,26 @@ class ItksnapExport:
 
 
 def parse_prefill(text: str) -> tuple[bool, int | None]:
-    """``--prefill``: ``own`` (the rater's own labels), ``none``, or ``model:RUN`` (own labels,
-    and the run's drafts where there are none) -> (own labels, draft run)."""
+    """``--prefill``: ``own`` (the rater's own labels), ``none``, ``model:RUN`` (own labels,
+    and the run's drafts where there are none) or ``propagate`` (own labels, and drafts of a
+    cine's other frames from them: :func:`prefill_propagates`) -> (own labels, draft run)."""
     value = text.strip().lower()
-    if value == "own":
+    if value in ("own", "propagate"):
         return True, None
     if value == "none":
         return False, None
     kind, _, run = value.partition(":")
     if kind == "model" and run.isdigit():
         return True, int(run)
-    raise UsageError(f"--prefill must be own, none or model:RUN (a run id), not {text!r}")
+    raise UsageError(
+        f"--prefill must be own, none, model:RUN (a run id) or propagate, not {text!r}"
+    )
+
+
+def prefill_propagates(text: str) -> bool:
+    """``--prefill propagate``: a cine's frames the rater has not labelled are drafted from
+    the rater's own nearest labelled frame of the loop (``labels.propagate``)."""
+    return text.strip().lower() == "propagate"
 
 
 EXPORT_CHUNK = 32  # images drafted, written and recorded in the marker at a time
@@ -236,6 +246,7 @@ def export_itksnap(
     gold: int | None = None,
     gold_reference: str = DEFAULT_REFERENCE,
     gold_seed: int = 0,
+    propagate: bool = False,
 ) -> ItksnapExport:
     """Export images for one rater to label in ITK-SNAP (see the module docstring).
 
@@ -246,7 +257,11 @@ def export_itksnap(
     label made from it. A folder exported for one rater cannot be reused for another.
     Segmentations with unsynced edits are left as they were (``kept_files``). ``gold``: mix
     that many gold-standard images (labelled by ``gold_reference``) in, chosen by
-    ``gold_seed``; their folders look like every other (see ``labels.gold``)."""
+    ``gold_seed``; their folders look like every other (see ``labels.gold``). ``propagate``
+    drafts a cine's frames the rater has not labelled from their own nearest labelled frame
+    of it (recorded as drafts like a model's, their model version naming that frame)."""
+    if propagate and draft_run is not None:
+        raise UsageError("pre-fill from a run's drafts or by propagation, not both")
     out_dir = Path(out_dir)
     protocol = load_protocol(ws.protocol_name)
     wanted = None if image_ids is None else sorted(set(parse_image_ids(image_ids)))
@@ -321,7 +336,9 @@ def export_itksnap(
     units = _units(rows)
     for chunk in _chunks(units):
         chunk_rows = [row for unit in chunk for row in unit.rows]
-        plans = _plan_chunk(store, chunk_rows, latest, prefill, model, batch)
+        plans = _plan_chunk(
+            store, chunk_rows, latest, prefill, model, batch, rater_row.name if propagate else None
+        )
         # the marker names a chunk's drafts before their files exist: a label is never taken
         # for a human one because the export stopped between the two
         before = dict(drafts)
@@ -388,6 +405,7 @@ def export_itksnap(
             kept=len(kept),
             prefill=prefill,
             cines=cines,
+            propagate=propagate,
         )
     return ItksnapExport(
         rater=rater_row.name,
@@ -398,7 +416,9 @@ def export_itksnap(
         labels_file=out_dir / LABELS_FILE,
         drafted=drafted,
         draft_run=None if model is None else model.run_id,
-        model_version=None if model is None else model.model_version,
+        model_version=(
+            model.model_version if model is not None else PROPAGATE_VERSION if propagate else None
+        ),
         gold=handed,
         cines=cines,
     )
@@ -455,14 +475,25 @@ def _write_unit(
     return seg_path, action
 
 
-def _plan_chunk(store, rows, latest: dict[int, Annotation], prefill: bool, model, batch: int):
+def _plan_chunk(
+    store,
+    rows,
+    latest: dict[int, Annotation],
+    prefill: bool,
+    model,
+    batch: int,
+    propagate: str | None = None,
+):
     """What each image of a chunk gets: the rater's own latest labels (and the draft they
     started from, if any), else a draft from the prefill source given (one function each:
-    ``_model_drafts`` for a run), else nothing."""
-    use_own = prefill or model is not None
+    ``_model_drafts`` for a run, ``_propagated_drafts`` for ``propagate``, the rater's name),
+    else nothing."""
+    use_own = prefill or model is not None or propagate is not None
     plans = [_own_labels(store, row, latest.get(row.id) if use_own else None) for row in rows]
     if model is not None:
         _model_drafts(store, plans, model, batch)
+    if propagate is not None:
+        _propagated_drafts(store, plans, latest, propagate)
     return plans
 
 
@@ -501,6 +532,38 @@ def _model_drafts(store, plans: list[_Planned], model, batch: int) -> None:
             "mask_hash": store.put_array(labels),
             "file_sha256": None,  # filled in once the file is written
         }
+
+
+def _propagated_drafts(
+    store, plans: list[_Planned], latest: dict[int, Annotation], rater: str
+) -> None:
+    """``--prefill propagate``: in each cine, the frames without the rater's own labels drafted
+    from the rater's own nearest labelled (not empty) frame of it, by registration."""
+    loops: dict[int, list[_Planned]] = {}
+    for p in plans:
+        if (p.row.n_frames or 1) > 1:
+            loops.setdefault(p.row.source_file_id, []).append(p)
+    for frames in loops.values():
+        frames.sort(key=lambda p: p.row.frame_index)
+        labels = {k: p.mask for k, p in enumerate(frames) if p.own and p.mask.any()}
+        need = [k for k, p in enumerate(frames) if not p.own and not p.from_model]
+        if not labels or not need:
+            continue
+        grey = np.stack([as_grey(store.get_array(p.row.store_hash)) for p in frames])
+        result = Loop(grey).propagate(labels, positions=[p.row.frame_index for p in frames])
+        for k in need:
+            p, src = frames[k], frames[result.source[k]].row
+            labels_k = np.ascontiguousarray(result.drafts[k])
+            p.mask = labels_k
+            p.from_model = True  # a draft made now
+            p.draft = {
+                "model_version": propagated_from(
+                    image_name(src.id), src.frame_index, rater, latest[src.id].version
+                ),
+                "run": None,
+                "mask_hash": store.put_array(labels_k),
+                "file_sha256": None,  # filled in once the file is written
+            }
 
 
 def _record_draft(

@@ -42,19 +42,8 @@ from datatool.labels.labelstudio.connection import (
 from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.labelstudio.prelabel import UPLOAD_BATCH, _has_version, _show_drafts
 from datatool.labels.matching import image_name
-from datatool.labels.propagate import Loop
+from datatool.labels.propagate import PROPAGATE_VERSION, Loop, as_grey, propagated_from
 from datatool.labels.quoting import excerpt
-
-PROPAGATE_VERSION = "datatool-propagate"
-
-
-def propagated_from(image_id: int, frame_index: int, rater: str, version: int) -> str:
-    """A propagated draft's provenance (its handout's model version): the image, 1-based
-    frame and the rater's label version it was drafted from."""
-    return (
-        f"propagated from {image_name(image_id)} (frame {frame_index + 1}, "
-        f"{rater}'s label version {version})"
-    )
 
 
 @dataclass
@@ -239,7 +228,7 @@ def prelabel_propagate(
     for sfid, wanted in todo.items():
         frames = loops[sfid]
         t0 = time.perf_counter()
-        grey = np.stack([_grey(ws.store.get_array(f.store_hash)) for f in frames])
+        grey = np.stack([as_grey(ws.store.get_array(f.store_hash)) for f in frames])
         labels = {
             k: ws.store.get_array(own[f.image_id][0])
             for k, f in enumerate(frames)
@@ -267,7 +256,9 @@ def prelabel_propagate(
                     (
                         t.image_id,
                         None,
-                        propagated_from(src.image_id, src.frame_index, rater, own[src.image_id][1]),
+                        propagated_from(
+                            image_name(src.image_id), src.frame_index, rater, own[src.image_id][1]
+                        ),
                         ws.store.put_array(draft),
                     ),
                 )
@@ -317,10 +308,3 @@ def prelabel_propagate(
             sources=sorted({(d.image, d.source_image) for d in report.drafts}),
         )
     return report
-
-
-def _grey(array: np.ndarray) -> np.ndarray:
-    """A stored frame as grey uint8 (a colour frame: the mean of its channels)."""
-    if array.ndim == 3:
-        array = array[..., :3].mean(axis=2)
-    return np.asarray(np.clip(array, 0, 255), np.uint8)

@@ -25,10 +25,11 @@ from datatool.ingest import deid
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater, get_rater, latest_annotation, store_annotation
 from datatool.labels.labelstudio.formats import results_to_mask
-from datatool.labels.labelstudio.propagated import PROPAGATE_VERSION, prelabel_propagate
+from datatool.labels.labelstudio.propagated import prelabel_propagate
 from datatool.labels.labelstudio.push import push
 from datatool.labels.labelstudio.sync import sync_from_server
 from datatool.labels.matching import image_id_from_name, image_name
+from datatool.labels.propagate import PROPAGATE_VERSION
 
 P = load_protocol()
 FRAMES = 4
