@@ -90,9 +90,11 @@ def export_itksnap(
     'datatool sync itksnap DIR --rater R'. Re-exporting is safe: a segmentation with edits not
     synced yet is never overwritten. With --prefill model:RUN, images the rater has not labelled
     yet start from the model's draft (the folder records which); a draft the rater never saved
-    is not synced as a label: to accept one as it is, save it in ITK-SNAP. With --gold N, N
-    gold-standard images (with a reference label) are exported among the others, looking like
-    them; the rater's labels of them are scored by 'datatool raters'.
+    is not synced as a label: to accept one as it is, save it in ITK-SNAP. With --prefill
+    propagate, a cine's frames the rater has not labelled start from the rater's own nearest
+    labelled frame of it, moved by registration (recorded as drafts in the same way). With
+    --gold N, N gold-standard images (with a reference label) are exported among the others,
+    looking like them; the rater's labels of them are scored by 'datatool raters'.
     """
     from datatool.labels.itksnap.export import export_itksnap as run
     from datatool.labels.itksnap.export import parse_prefill, prefill_propagates
