@@ -70,6 +70,14 @@ def main() -> None:
     parser.add_argument("--modes", default="direct", help="chain, direct or chain,direct")
     parser.add_argument("--distances", default="1,2,4")
     parser.add_argument("--data", type=Path, help="an existing demo-data folder with cines")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        metavar="GAP",
+        help="also: two frames GAP apart labelled, the frames between drafted from the nearer "
+        "one against blended from both (and copying the nearer)",
+    )
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     distances = [int(d) for d in args.distances.split(",")]
@@ -130,11 +138,47 @@ def main() -> None:
                     label = names.get(value, "all structures")
                     print(f"{d:>8}  {label:<16} {len(pairs):>5} {got:>7.3f} {copied:>7.3f} "
                           f"{got / copied:>6.2f}  ({load()})")  # fmt: skip
+            if args.pairs:
+                between(loops, names, args.pairs, mode)
             print(
                 f"time per drafted frame (one loop from its first frame): mean "
                 f"{np.mean(per_frame):.3f} s, max {np.max(per_frame):.3f} s over "
                 f"{len(per_frame)} loops ({load()})"
             )
+
+
+def between(loops, names: dict[int, str], gap: int, mode: str) -> None:
+    """Frames between two labelled frames ``gap`` apart: drafted from the nearer labelled frame
+    (ties: the earlier), blended from both, and the nearer one copied, against the rater's own
+    label of the frame (mean IoU over structures present in it or the draft)."""
+    found: dict[str, list[float]] = {"nearest": [], "blend": [], "copy": []}
+    for _name, frames, labels in loops:
+        loop = Loop(frames)
+        for lab in labels.values():
+            for a in range(frames.shape[0] - gap):
+                b = a + gap
+                given = {a: lab[a], b: lab[b]}
+                near = loop.propagate(given, mode=mode)
+                mixed = loop.propagate(given, mode=mode, blend=True)
+                for t in range(a + 1, b):
+                    nearer = lab[near.source[t]]
+                    for value in names:
+                        truth = lab[t] == value
+                        for key, draft in (
+                            ("nearest", near.drafts[t]),
+                            ("blend", mixed.drafts[t]),
+                            ("copy", nearer),
+                        ):
+                            score = iou(draft == value, truth)
+                            if score is not None:
+                                found[key].append(score)
+    got = {k: float(np.mean(v)) for k, v in found.items()}
+    print(
+        f"two frames {gap} apart labelled, the {gap - 1} between drafted ({mode}): nearest "
+        f"{got['nearest']:.3f}, blend {got['blend']:.3f}, copy of the nearer {got['copy']:.3f}; "
+        f"blend / nearest {got['blend'] / got['nearest']:.3f}, nearest / copy "
+        f"{got['nearest'] / got['copy']:.2f} ({len(found['blend'])} scores, {load()})"
+    )
 
 
 if __name__ == "__main__":

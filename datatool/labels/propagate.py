@@ -316,8 +316,11 @@ class Loop:
         labels: Mapping[int, np.ndarray],
         positions: Sequence[int] | None = None,
         mode: Mode = "direct",
+        blend: bool = False,
     ) -> Propagation:
-        """Draft every frame from its nearest labelled frame (see :func:`propagate`)."""
+        """Draft every frame from its nearest labelled frame (see :func:`propagate`); with
+        ``blend``, a frame between two labelled frames gets both drafts blended by shape,
+        weighted by nearness (``_blend``; ``bench/propagate.py --pairs`` measures it)."""
         n, rows, cols = self.frames.shape
         positions = list(range(n)) if positions is None else list(positions)
         if len(positions) != n:
@@ -330,7 +333,8 @@ class Loop:
         if mode not in ("chain", "direct"):
             raise ValueError(f"mode must be chain or direct, not {mode!r}")
         t0 = time.perf_counter()
-        source = nearest_labelled(positions, sorted(labels))
+        labelled = sorted(labels)
+        source = nearest_labelled(positions, labelled)
         result = Propagation(np.zeros((n, rows, cols), np.uint8), source)
         for i, s in enumerate(source):
             if s < 0:
@@ -338,15 +342,60 @@ class Loop:
             if s == i:
                 result.drafts[i] = labels[i]
                 continue
-            found = self._direct(i, s) if mode == "direct" else self._chained(i, s)
-            labelled = np.where(self.fan, labels[s], 0).astype(np.uint8)
-            result.drafts[i], fallback = _tidy(
-                _warp(labelled, found.full), _warp(labelled, found.shift), labelled, self.fan
-            )
+            before = [j for j in labelled if positions[j] < positions[i]]
+            after = [j for j in labelled if positions[j] > positions[i]]
+            if blend and before and after:
+                a, b = before[-1], after[0]
+                wa = (positions[b] - positions[i]) / (positions[b] - positions[a])
+                da, fa = self._draft(i, a, labels[a], mode)
+                db, fb = self._draft(i, b, labels[b], mode)
+                result.drafts[i] = _blend(da, db, wa, self.fan)
+                fallback = sorted(set(fa) | set(fb))
+            else:
+                result.drafts[i], fallback = self._draft(i, s, labels[s], mode)
             if fallback:
                 result.fallbacks[i] = fallback
         result.seconds = time.perf_counter() - t0
         return result
+
+    def _draft(self, target: int, src: int, labels: np.ndarray, mode: Mode):
+        """The source frame's label map moved onto the target frame, tidied."""
+        found = self._direct(target, src) if mode == "direct" else self._chained(target, src)
+        labelled = np.where(self.fan, labels, 0).astype(np.uint8)
+        return _tidy(_warp(labelled, found.full), _warp(labelled, found.shift), labelled, self.fan)
+
+
+def _signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Negative inside, positive outside (pixels); +inf everywhere for an empty mask."""
+    if not mask.any():
+        return np.full(mask.shape, np.inf)
+    return ndimage.distance_transform_edt(~mask) - ndimage.distance_transform_edt(mask)
+
+
+def _blend(first: np.ndarray, second: np.ndarray, w_first: float, fan: np.ndarray) -> np.ndarray:
+    """Two drafts of one frame blended by shape: per structure, the weighted mean of their
+    signed distance maps (``w_first`` for the first, the rest for the second), inside where it
+    is negative; a pixel claimed by several structures goes to the deepest. A structure in
+    one draft only is kept as the nearer draft has it (or dropped, if that one lacks it)."""
+    nearer = first if w_first >= 0.5 else second
+    values = sorted(
+        {int(v) for v in np.unique(first) if v} | {int(v) for v in np.unique(second) if v}
+    )
+    best = np.full(first.shape, np.inf)
+    out = np.zeros_like(first)
+    for value in values:
+        a, b = first == value, second == value
+        if a.any() and b.any():
+            depth = w_first * _signed_distance(a) + (1 - w_first) * _signed_distance(b)
+            inside = (depth < 0) & fan
+        else:
+            inside = nearer == value
+            depth = np.where(inside, -1.0, np.inf)
+        inside = _largest(inside) if inside.any() else inside
+        take = inside & (depth < best)
+        out[take] = value
+        best[take] = depth[take]
+    return out
 
 
 def propagate(
@@ -354,6 +403,7 @@ def propagate(
     labels: Mapping[int, np.ndarray],
     positions: Sequence[int] | None = None,
     mode: Mode = "direct",
+    blend: bool = False,
 ) -> Propagation:
     """Draft every frame of a loop from its labelled frames (see the module docstring).
     ``frames``: N x H x W uint8 in frame order; ``labels``: frame index (0..N-1) -> H x W
@@ -365,4 +415,4 @@ def propagate(
     if not labels:
         n = frames.shape[0]
         return Propagation(np.zeros(frames.shape, np.uint8), [-1] * n)
-    return Loop(frames).propagate(labels, positions, mode)
+    return Loop(frames).propagate(labels, positions, mode, blend)

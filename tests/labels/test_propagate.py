@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from datatool.labels.propagate import fan_mask, nearest_labelled, propagate
+from datatool.labels.propagate import _blend, fan_mask, nearest_labelled, propagate
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -127,3 +127,34 @@ def test_bad_arguments_say_what_is_wrong():
         propagate(frames, {0: truth[0][:10]})
     with pytest.raises(ValueError, match="N x H x W"):
         propagate(frames[0], {})
+
+
+def test_blend_of_two_drafts_is_the_shape_between_them():
+    """Two overlapping discs 8 pixels apart blended half and half: about the disc halfway (by
+    signed distance); weighted 3:1, about the disc a quarter of the way; a structure in one
+    draft only: as the nearer draft has it."""
+    y, x = np.mgrid[0:60, 0:100]
+    fan = np.ones((60, 100), bool)
+
+    def disc(cx: float, value: int = 1) -> np.ndarray:
+        return np.where((y - 30) ** 2 + (x - cx) ** 2 <= 100, value, 0).astype(np.uint8)
+
+    first, second = disc(46), disc(54)
+    for weight, centre in ((0.5, 50), (0.75, 48)):
+        got = _blend(first, second, weight, fan)
+        assert _iou(got == 1, disc(centre) == 1) >= 0.85, weight
+        assert _iou(got == 1, disc(centre) == 1) > _iou(got == 1, first == 1), weight
+    only = first.copy()
+    only[2:6, 2:6] = 3  # structure 3 in the first draft only
+    assert (_blend(only, second, 0.75, fan) == 3).sum() == 16
+    assert not (_blend(only, second, 0.25, fan) == 3).any()
+
+
+def test_blending_two_labelled_frames_drafts_the_frames_between():
+    frames, truth = moving_loop(n=8)
+    blended = propagate(frames, {0: truth[0], 6: truth[6]}, blend=True)
+    nearest = propagate(frames, {0: truth[0], 6: truth[6]})
+    assert blended.source == nearest.source == [0, 0, 0, 0, 6, 6, 6, 6]
+    for k in (1, 2, 3, 4, 5):
+        assert _mean_iou(blended.drafts[k], truth[k]) >= 0.85, k
+    np.testing.assert_array_equal(blended.drafts[7], nearest.drafts[7])  # none beyond it
