@@ -65,7 +65,7 @@ def _propagate_view(r: PropagateReport) -> Iterator[Block]:
     table.add("already drafted by propagation", r.already)
     table.add("skipped: labelled by the rater", r.skipped_labelled)
     table.add("frames of loops with no frame labelled by the rater", r.no_labelled_frame)
-    table.add("stills (nothing to propagate)", r.stills)
+    table.add("stills and one-frame loops (nothing to propagate)", r.stills)
     table.add("deleted on the server", len(r.missing_on_server))
     yield table
     if r.drafts:
@@ -132,8 +132,8 @@ def prelabel(
     drafted.
 
     --propagate (no RUN): the frames of each cine loop the rater has not labelled are drafted
-    from the rater's own nearest labelled frame of that loop (translation then Demons
-    registration, frame to frame), as predictions of model version datatool-propagate; each
+    from the rater's own nearest labelled frame of that loop (each frame registered to it: a
+    translation, then Demons), as predictions of model version datatool-propagate; each
     draft is recorded with the image it was propagated from. Only the rater's own labels are
     used (sync their labels first); loops they have labelled no frame of get nothing. The
     project is then set to show the propagated drafts (a run's drafts no longer show).

@@ -75,7 +75,7 @@ class PropagateReport:
     already: int  # tasks that had a datatool-propagate prediction
     skipped_labelled: int  # frames the rater has labelled (catalogue or server)
     no_labelled_frame: int  # frames of loops the rater has labelled no frame of
-    stills: int  # tasks of single-frame images: nothing to propagate
+    stills: int  # tasks of stills or of loops with one catalogued frame: nothing to propagate
     missing_on_server: list[int]
     drafts: list[PropagatedDraft] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # read, registration, upload
@@ -128,26 +128,25 @@ def prelabel_propagate(
                 )
             ]
         files = {t.source_file_id for tasks in recorded.values() for t in tasks}
-        loops: dict[int, list[_Frame]] = {}
-        for sfid, count in s.execute(
-            select(Image.source_file_id, func.count(Image.id))
-            .where(Image.source_file_id.in_(sorted(files)))
-            .group_by(Image.source_file_id)
-        ):
-            if count > 1:
-                loops[sfid] = [
-                    _Frame(i, k, h)
-                    for i, k, h in s.execute(
-                        select(Image.id, Image.frame_index, Image.store_hash)
-                        .where(Image.source_file_id == sfid)
-                        .order_by(Image.frame_index)
-                    )
-                ]
-        n_frames = {sfid: frames[-1].frame_index + 1 for sfid, frames in loops.items()}
-        for sfid, n in s.execute(
-            select(SourceFile.id, SourceFile.n_frames).where(SourceFile.id.in_(sorted(loops)))
-        ):
-            n_frames[sfid] = max(n_frames.get(sfid, 0), int(n or 0))
+        loops: dict[int, list[_Frame]] = {}  # source file -> its catalogued frames
+        n_frames: dict[int, int] = {}  # source file -> the DICOM's NumberOfFrames
+        for chunk in in_chunks(sorted(files)):
+            for sfid, n, count in s.execute(
+                select(SourceFile.id, SourceFile.n_frames, func.count(Image.id))
+                .join(Image, Image.source_file_id == SourceFile.id)
+                .where(SourceFile.id.in_(chunk))
+                .group_by(SourceFile.id)
+            ):
+                if count > 1:
+                    loops[sfid] = [
+                        _Frame(i, k, h)
+                        for i, k, h in s.execute(
+                            select(Image.id, Image.frame_index, Image.store_hash)
+                            .where(Image.source_file_id == sfid)
+                            .order_by(Image.frame_index)
+                        )
+                    ]
+                    n_frames[sfid] = max(int(n or 0), loops[sfid][-1].frame_index + 1)
         in_loops = [f.image_id for frames in loops.values() for f in frames]
         own: dict[int, tuple[str, int]] = {}  # image -> (mask hash, version): this rater's
         for chunk in in_chunks(sorted(in_loops)):
