@@ -6,17 +6,18 @@ its frames (``H x W`` uint8, the protocol's values) give a draft label map for e
 1. The fan (where the probe's pixels are informative) is found from the frames themselves: the
    largest bright connected region of their maximum, holes filled. Metrics, forces and drafts
    stay inside it.
-2. Each registration maps a target frame (fixed) onto a source frame (moving), at half
-   resolution for frames of 256 pixels or more a side, after a Gaussian smoothing against the
-   speckle: first a translation (mean squares inside the eroded fan, regular-step gradient
-   descent, two levels), then a smooth deformable stage (fast symmetric-forces Demons started
-   from that translation, the displacement field smoothed at every iteration).
+2. Each registration maps a target frame (fixed) onto a source frame (moving), on frames
+   smoothed against the speckle (Gaussian) and shrunk to about 120 pixels on the short side
+   (a quarter of 480 x 640): first a translation (mean squares inside the eroded fan,
+   regular-step gradient descent), then a smooth deformable stage (fast symmetric-forces
+   Demons started from that translation, the displacement field smoothed at every
+   iteration). The label map is warped at full resolution.
 3. ``mode="direct"`` (the default) registers the target to the labelled frame at once, its
    translation started from the neighbouring frames' translations added up (so motion over
    the loop beyond one registration's reach is still followed); ``mode="chain"`` composes
    the neighbouring frames' full registrations instead. On the demo's cines
    (``bench/propagate.py``) direct measures as well at 1 frame and better at 4 (mean IoU
-   0.851 against 0.834), at about 0.6 s a drafted frame on the 2-core CPU.
+   0.851 against 0.834), at 0.5-0.65 s a drafted frame on the shared 2-core CPU.
 4. The source's label map is warped with nearest-neighbour interpolation. Each structure then
    stays one connected region (its largest; background holes inside it filled, never taking
    another structure's pixels) of plausible size: a structure whose warped area is outside
@@ -25,6 +26,9 @@ its frames (``H x W`` uint8, the protocol's values) give a draft label map for e
 A frame takes the nearest labelled frame (by ``positions``, the DICOM frame numbers, when the
 catalogue holds only some frames of the loop; ties go to the earlier one); a labelled frame's
 draft is its own label map. No labelled frame: no drafts (``source`` all -1, drafts empty).
+``blend=True`` gives a frame between two labelled frames both drafts blended by shape; on the
+demo's cines it measured 1.006 times the nearer frame's IoU (0.852 against 0.847, two frames
+4 apart), not worth its second registration, so it is not the default.
 
 Pure: numpy, scipy and SimpleITK only, no catalogue.
 """
