@@ -53,7 +53,8 @@ def propagated_from(image: str, frame_index: int, rater: str, version: int) -> s
     """A propagated draft's provenance (its handout's or marker's model version): the image
     (its name, e.g. img000123), the 1-based frame and the rater's label version it was
     drafted from."""
-    return f"propagated from {image} (frame {frame_index + 1}, {rater}'s label version {version})"
+    text = f"propagated from {image} frame {frame_index + 1} ({rater}'s label v{version})"
+    return text[:128]  # the catalogue's model version column
 
 
 AREA_RANGE = (0.5, 2.0)  # a warped structure's area / its labelled area, to be plausible

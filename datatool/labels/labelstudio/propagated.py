@@ -10,7 +10,7 @@ and the project is set to show that version's predictions.
 
 Provenance: every draft is recorded as handed to the rater (``labels.handouts``, via
 ``labelstudio``, no run) before it is uploaded, its model version saying where it came from:
-``propagated from img000123 (frame 1, rater1's label version 2)``.
+``propagated from img000123 frame 1 (rater1's label v2)``.
 
 Blinding: a rater's labels only ever draft that same rater's frames; another rater's labels
 are never read. Left alone: frames the rater has labelled (in the catalogue, or annotated on

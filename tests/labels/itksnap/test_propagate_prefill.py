@@ -98,7 +98,7 @@ def test_prefill_propagate_drafts_a_cines_frames_from_the_raters_own_frame(ws, t
     other = image_name(right[0])  # rater1 labelled no frame of the right loop: empty
     assert not read_label_file(out / other / f"{other}_seg.nii.gz", slices=(FRAMES,)).array.any()
 
-    provenance = f"propagated from {image_name(left[1])} (frame 2, rater1's label version 1)"
+    provenance = f"propagated from {image_name(left[1])} frame 2 (rater1's label v1)"
     marker = json.loads((out / EXPORT_MARKER).read_text())
     assert sorted(marker["drafts"]) == sorted(image_name(left[k]) for k in (0, 2, 3))
     for k in (0, 2, 3):

@@ -126,7 +126,7 @@ def test_prelabel_propagate_drafts_a_raters_frames_from_their_own_labelled_frame
         h = handed[left[k]]
         assert (h.run_id, h.via) == (None, "labelstudio")
         assert h.model_version == (
-            f"propagated from {image_name(left[1])} (frame 2, rater1's label version 1)"
+            f"propagated from {image_name(left[1])} frame 2 (rater1's label v1)"
         )
         np.testing.assert_array_equal(ws.store.get_array(h.mask_hash), mask)
         assert pixel_digest(mask) not in rater2  # never another rater's label
@@ -150,7 +150,8 @@ def test_prelabel_propagate_drafts_a_raters_frames_from_their_own_labelled_frame
     data = json.loads(again.stdout)
     assert (data["drafted"], data["already"]) == (0, 3)
 
-    # an annotation the rater makes from a propagated draft syncs with that draft as origin
+    # an annotation the rater makes from a propagated draft syncs with that draft as origin,
+    # naming the frame it was propagated from
     task = tasks[left[2]]
     (prediction,) = [p if isinstance(p, dict) else p.model_dump() for p in task.predictions]
     ls.annotations.create(
@@ -159,7 +160,8 @@ def test_prelabel_propagate_drafts_a_raters_frames_from_their_own_labelled_frame
     assert sync_from_server(ws, "rater1", **server).new_versions == 1
     with ws.session() as s:
         a = latest_annotation(s, left[2], get_rater(s, "rater1").id)
-        assert (a.draft_version, a.draft_run_id) == (PROPAGATE_VERSION, None)
+        provenance = handed[left[2]].model_version  # the image it was propagated from
+        assert (a.draft_version, a.draft_run_id) == (provenance, None)
         assert a.draft_unchanged is True and a.draft_hash == handed[left[2]].mask_hash
 
 
