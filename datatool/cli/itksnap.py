@@ -37,8 +37,9 @@ def _export_view(r: ItksnapExport) -> Iterator[Block]:
         if r.draft_run is not None
         else ""
     )
+    cines = f" ({r.cines} cines among them, one W x H x N volume each)" if r.cines else ""
     yield (
-        f"exported {r.images} images for rater {r.rater} to {r.out_dir}: {r.prefilled} "
+        f"exported {r.images} images{cines} for rater {r.rater} to {r.out_dir}: {r.prefilled} "
         f"segmentations pre-filled with {r.rater}'s own labels{drafted}, {r.kept} kept with "
         f"unsynced edits; labels in {r.labels_file}"
     )
@@ -90,6 +91,12 @@ def export_itksnap(
     is not synced as a label: to accept one as it is, save it in ITK-SNAP. With --gold N, N
     gold-standard images (with a reference label) are exported among the others, looking like
     them; the rater's labels of them are scored by 'datatool raters'.
+
+    A cine is one folder (named by its first frame's image): its frames as one W x H x N
+    volume, in order, with a W x H x N segmentation holding each frame's labels (and with
+    --prefill model:RUN, a draft on every frame the rater has not labelled). Frames that were
+    not ingested are blank slices, so the volume keeps the DICOM file's frames. Naming any
+    frame in --images exports its whole cine.
     """
     from datatool.labels.itksnap.export import export_itksnap as run
     from datatool.labels.itksnap.export import parse_prefill
