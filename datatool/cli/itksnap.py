@@ -153,7 +153,9 @@ def sync_itksnap(
     allow_empty: bool = typer.Option(
         False,
         "--allow-empty",
-        help="Store empty label maps (nothing labelled) instead of rejecting them.",
+        help="Store empty label maps (nothing labelled) instead of rejecting them. An empty "
+        "slice of a cine's map is never a label; a cine map with every slice empty is then "
+        "noted instead of rejected.",
     ),
     cine_frame: str | None = typer.Option(
         None,
