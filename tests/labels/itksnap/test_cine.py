@@ -409,3 +409,26 @@ def test_the_demos_cines_sync_frame_by_frame_for_both_raters(ws, tmp_path):
                 np.testing.assert_array_equal(got, slices[k])
         again = sync_itksnap(ws, labels, rater, dicom_root=demo.dicom_dir)
         assert (again.new_versions, again.unchanged) == (0, 10)
+
+
+def test_a_cine_map_with_every_slice_empty(cines, tmp_path):
+    """Rejected like an empty still; with --allow-empty noted (an empty slice is never a
+    label); exported and never labelled: not labelled yet, skipped."""
+    ws, dicom = cines
+    labels = tmp_path / "labels"
+    _save(labels / "P1" / "R_cine.nii.gz", _stack({}))
+    report = sync_itksnap(ws, labels, "rater1", dicom_root=dicom)
+    assert [r for _, r in report.rejected] == [
+        "every slice of the label map is empty (nothing labelled) (R_cine.dcm): an empty "
+        "slice of a cine is no label"
+    ]
+    allowed = sync_itksnap(ws, labels, "rater1", dicom_root=dicom, allow_empty=True)
+    assert (allowed.rejected, allowed.new_versions) == ([], 0)
+    assert ("every slice is empty: nothing stored (an empty slice is no label)") in [
+        n for _, n in allowed.notes
+    ]
+    out = tmp_path / "out"
+    assert export_itksnap(ws, "rater1", out).cines == 2
+    fresh = sync_itksnap(ws, out, "rater1")
+    assert (fresh.rejected, fresh.new_versions, _count(ws)) == ([], 0, 0)
+    assert any("3 exported segmentations are still empty" in n for _, n in fresh.notes)
