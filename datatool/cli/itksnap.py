@@ -39,8 +39,9 @@ def _export_view(r: ItksnapExport) -> Iterator[Block]:
         if r.model_version is not None
         else ""
     )
+    cines = f" ({r.cines} cines among them, one W x H x N volume each)" if r.cines else ""
     yield (
-        f"exported {r.images} images for rater {r.rater} to {r.out_dir}: {r.prefilled} "
+        f"exported {r.images} images{cines} for rater {r.rater} to {r.out_dir}: {r.prefilled} "
         f"segmentations pre-filled with {r.rater}'s own labels{drafted}, {r.kept} kept with "
         f"unsynced edits; labels in {r.labels_file}"
     )
@@ -90,11 +91,17 @@ def export_itksnap(
     'datatool sync itksnap DIR --rater R'. Re-exporting is safe: a segmentation with edits not
     synced yet is never overwritten. With --prefill model:RUN, images the rater has not labelled
     yet start from the model's draft (the folder records which); a draft the rater never saved
-    is not synced as a label: to accept one as it is, save it in ITK-SNAP. With --prefill
-    propagate, a cine's frames the rater has not labelled start from the rater's own nearest
-    labelled frame of it, moved by registration (recorded as drafts in the same way). With
-    --gold N, N gold-standard images (with a reference label) are exported among the others,
-    looking like them; the rater's labels of them are scored by 'datatool raters'.
+    is not synced as a label: to accept one as it is, save it in ITK-SNAP. With --gold N, N
+    gold-standard images (with a reference label) are exported among the others, looking like
+    them; the rater's labels of them are scored by 'datatool raters'.
+
+    A cine is one folder (named by its first frame's image): its frames as one W x H x N
+    volume, in order, with a W x H x N segmentation holding each frame's labels (and with
+    --prefill model:RUN, a draft on every frame the rater has not labelled; with --prefill
+    propagate, each such frame drafted from the rater's own nearest labelled frame of the
+    cine, moved by registration, recorded as a draft in the same way). Frames that were not
+    ingested are blank slices, so the volume keeps the DICOM file's frames. Naming any frame
+    in --images exports its whole cine.
     """
     from datatool.labels.itksnap.export import export_itksnap as run
     from datatool.labels.itksnap.export import parse_prefill, prefill_propagates
@@ -152,7 +159,9 @@ def sync_itksnap(
     allow_empty: bool = typer.Option(
         False,
         "--allow-empty",
-        help="Store empty label maps (nothing labelled) instead of rejecting them.",
+        help="Store empty label maps (nothing labelled) instead of rejecting them. An empty "
+        "slice of a cine's map is never a label; a cine map with every slice empty is then "
+        "noted instead of rejected.",
     ),
     cine_frame: str | None = typer.Option(
         None,

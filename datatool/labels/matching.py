@@ -199,8 +199,8 @@ def image_for_sop_uid(session: Session, key: bytes, sop_instance_uid: str) -> Im
     found = match_sop_uid(session, key, sop_instance_uid)
     if isinstance(found, Cine):
         raise NoImage(
-            f"its DICOM file is a cine of {found.n_frames} frames, not one image "
-            "(match it as a cine: sync itksnap takes its W x H x N label map)"
+            f"its DICOM file is a cine of {found.n_frames} frames, not one image: name "
+            "the frame by its image id (imgNNNNNN)"
         )
     return found
 

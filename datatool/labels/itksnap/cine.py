@@ -146,7 +146,9 @@ def _frames(
         except BadLabel as exc:
             if len(indices) == 1:
                 raise
-            raise BadLabel(f"slice {k + 1} ({frame_label(None, index, n)}): {exc}") from None
+            row = cine.frames.get(index)
+            frame = frame_label(None if row is None else row.id, index, n, m.dicom_name)
+            raise BadLabel(f"slice {k + 1}, {frame}: {exc}") from None
     report.notes.extend((str(m.path), note) for note in geometry_notes(label, m.spacing))
     if _unsaved(m, handouts):
         skips.unsaved += 1

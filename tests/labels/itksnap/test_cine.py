@@ -214,7 +214,9 @@ def test_a_slice_count_that_fits_neither_is_rejected_and_the_batch_goes_on(cines
     _save(labels / "P1" / "R_cine.nii.gz", bad_value)
     bad = sync_itksnap(ws, labels, "rater1", dicom_root=dicom)
     (reason,) = [r for p, r in bad.rejected if p.endswith("R_cine.nii.gz")]
-    assert reason.startswith(f"slice 5 (frame 5 of {FRAMES}): ") and "\n" not in reason
+    fifth = _frames(ws)["full"][4]
+    assert reason.startswith(f"slice 5, img{fifth:06d} (R_cine.dcm, frame 5 of {FRAMES}): ")
+    assert "\n" not in reason
     assert not set(_frames(ws)["full"].values()) & set(_labels(ws))
 
 
@@ -309,6 +311,15 @@ def test_cli_cine_frame_rejections_exit_1_and_bad_values_exit_2(cines, tmp_path)
     assert json.loads(good.stdout)["new_versions"] == 1
     shown = CliRunner().invoke(cli, ["sync", "itksnap", "--help"], env={"COLUMNS": "200"})
     assert "counted from 1" in shown.output
+    out = tmp_path / "out"
+    exported = CliRunner().invoke(
+        cli,
+        ["export", "itksnap", "--rater", "rater1", "--out", str(out), "--workspace", str(ws.root)],
+    )
+    assert exported.exit_code == 0, exported.output
+    assert f"exported {FRAMES + 2} images (2 cines among them, one W x H x N volume each)" in (
+        " ".join(exported.output.split())
+    )
 
 
 def test_prefill_drafts_every_frame_of_a_cine(trained, tmp_path):
@@ -398,3 +409,26 @@ def test_the_demos_cines_sync_frame_by_frame_for_both_raters(ws, tmp_path):
                 np.testing.assert_array_equal(got, slices[k])
         again = sync_itksnap(ws, labels, rater, dicom_root=demo.dicom_dir)
         assert (again.new_versions, again.unchanged) == (0, 10)
+
+
+def test_a_cine_map_with_every_slice_empty(cines, tmp_path):
+    """Rejected like an empty still; with --allow-empty noted (an empty slice is never a
+    label); exported and never labelled: not labelled yet, skipped."""
+    ws, dicom = cines
+    labels = tmp_path / "labels"
+    _save(labels / "P1" / "R_cine.nii.gz", _stack({}))
+    report = sync_itksnap(ws, labels, "rater1", dicom_root=dicom)
+    assert [r for _, r in report.rejected] == [
+        "every slice of the label map is empty (nothing labelled) (R_cine.dcm): an empty "
+        "slice of a cine is no label"
+    ]
+    allowed = sync_itksnap(ws, labels, "rater1", dicom_root=dicom, allow_empty=True)
+    assert (allowed.rejected, allowed.new_versions) == ([], 0)
+    assert ("every slice is empty: nothing stored (an empty slice is no label)") in [
+        n for _, n in allowed.notes
+    ]
+    out = tmp_path / "out"
+    assert export_itksnap(ws, "rater1", out).cines == 2
+    fresh = sync_itksnap(ws, out, "rater1")
+    assert (fresh.rejected, fresh.new_versions, _count(ws)) == ([], 0, 0)
+    assert any("3 exported segmentations are still empty" in n for _, n in fresh.notes)
