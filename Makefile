@@ -165,6 +165,7 @@ bench: $(STAMP) $(LSSTAMP)
 	$(BIN)/python bench/qa.py
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/prelabel.py
+	$(BIN)/python bench/propagate.py --modes direct,chain --pairs 4
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build

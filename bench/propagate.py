@@ -15,6 +15,7 @@ the 2-core CPU.
 
     python bench/propagate.py                       # 8 cines, direct mode
     python bench/propagate.py --cines 4 --modes chain,direct
+    python bench/propagate.py --pairs 4   # also: two labelled frames, nearer vs blended
 """
 
 from __future__ import annotations
