@@ -37,13 +37,14 @@ $(LSSTAMP):
 
 install: $(STAMP)
 
-# The whole job on the demo data, from a fresh workspace each time: DICOM exams in, two
-# raters' ITK-SNAP labels synced, agreement, consensus, a frozen split, the tiny model trained
-# on the CPU and scored like the study; then the labels checked against each other, anatomy
-# and the model, and the head of the review queue; last, the study report in one HTML file.
+# The whole job on the demo data, from a fresh workspace each time: DICOM exams in (two of
+# the files cine loops, their frames labelled like stills), two raters' ITK-SNAP labels
+# synced, agreement, consensus, a frozen split, the tiny model trained on the CPU and scored
+# like the study; then the labels checked against each other, anatomy and the model, and the
+# head of the review queue; last, the study report in one HTML file.
 DT := cd $(DEMO)/workspace && ../../$(BIN)/datatool
 demo: $(STAMP)
-	$(BIN)/datatool demo-data $(DEMO)/data --patients $(DEMO_PATIENTS) --seed 0
+	$(BIN)/datatool demo-data $(DEMO)/data --patients $(DEMO_PATIENTS) --seed 0 --cines 2
 	rm -rf $(DEMO)/workspace
 	$(BIN)/datatool init $(DEMO)/workspace
 	$(DT) ingest ../data/dicom
@@ -164,6 +165,7 @@ bench: $(STAMP) $(LSSTAMP)
 	$(BIN)/python bench/qa.py
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/prelabel.py
+	$(BIN)/python bench/propagate.py --modes direct,chain --pairs 4
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build

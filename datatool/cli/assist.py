@@ -26,6 +26,7 @@ from datatool.learning.options import CheckpointChoice, DeviceChoice
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
     from datatool.labels.labelstudio.prelabel import PrelabelReport
+    from datatool.labels.labelstudio.propagated import PropagateReport
 
 
 def _prelabel_view(r: PrelabelReport) -> Iterator[Block]:
@@ -56,11 +57,51 @@ def _prelabel_view(r: PrelabelReport) -> Iterator[Block]:
         yield f"project(s) {projects} show the predictions of model version {r.model_version}"
 
 
+def _propagate_view(r: PropagateReport) -> Iterator[Block]:
+    table = Table(
+        f"prelabel --propagate: rater {r.rater} ({r.model_version})", ["outcome", "tasks"]
+    )
+    table.add("drafts uploaded", r.drafted)
+    table.add("already drafted by propagation", r.already)
+    table.add("skipped: labelled by the rater", r.skipped_labelled)
+    table.add("frames of loops with no frame labelled by the rater", r.no_labelled_frame)
+    table.add("stills and one-frame loops (nothing to propagate)", r.stills)
+    table.add("deleted on the server", len(r.missing_on_server))
+    yield table
+    if r.drafts:
+        drafts = Table("propagated drafts", ["task", "frame", "drafted from", "distance"])
+        for d in r.drafts:
+            drafts.add(
+                d.task,
+                f"{d.image} (frame {d.frame} of {d.frames})",
+                f"{d.source_image} (frame {d.source_frame})",
+                d.distance,
+            )
+        yield drafts
+        seconds = r.seconds
+        yield (
+            f"{r.loops_labelled} of {r.loops} loops have a frame labelled by {r.rater}; "
+            f"registration {seconds['registration']:.2f} s, read {seconds['read']:.2f} s, "
+            f"upload {seconds['upload']:.2f} s"
+        )
+    if r.showing:
+        projects = ", ".join(str(p) for p in r.showing)
+        yield f"project(s) {projects} show the predictions of model version {r.model_version}"
+
+
 @app.command(rich_help_panel=PANEL_ASSIST)
 @guarded
 def prelabel(
-    run: int = typer.Argument(..., help="The run whose drafts to attach (datatool runs)."),
+    run: int | None = typer.Argument(
+        None, help="The run whose drafts to attach (datatool runs); not with --propagate."
+    ),
     rater: str = typer.Option(..., "--rater", help="The rater whose own project gets drafts."),
+    propagate: bool = typer.Option(
+        False,
+        "--propagate",
+        help="Instead of a run's drafts: draft the rater's unlabelled cine frames from their "
+        "own nearest labelled frame of the same loop, by registration.",
+    ),
     only_unlabelled: bool = typer.Option(
         False,
         "--only-unlabelled",
@@ -89,10 +130,38 @@ def prelabel(
     Task score: the mean, over the pixels drafted as a structure, of the model's highest
     class probability (mean max-softmax over the drafted foreground); 0 when nothing is
     drafted.
+
+    --propagate (no RUN): the frames of each cine loop the rater has not labelled are drafted
+    from the rater's own nearest labelled frame of that loop (each frame registered to it: a
+    translation, then Demons), as predictions of model version datatool-propagate; each
+    draft is recorded with the image it was propagated from. Only the rater's own labels are
+    used (sync their labels first); loops they have labelled no frame of get nothing. The
+    project is then set to show the propagated drafts (a run's drafts no longer show).
     """
+    from datatool.core.errors import UsageError
+
+    if propagate == (run is not None):
+        raise UsageError(
+            "give a RUN (a model's drafts) or --propagate (drafts from the rater's own "
+            "labelled cine frames), not both"
+            if propagate
+            else "give the RUN whose drafts to attach (datatool runs), or --propagate"
+        )
+    ws = workspace(ws_path)
+    if propagate:
+        from datatool.labels.labelstudio.propagated import prelabel_propagate
+
+        with progress_bar("prelabel --propagate", enabled=not json_out) as progress:
+            found = prelabel_propagate(ws, rater, url=url, token=token, progress=progress)
+        render.notes(
+            f"task {task_id} was deleted on the server: no draft"
+            for task_id in found.missing_on_server
+        )
+        render.show(found, _propagate_view, json_out, csv_out)
+        return
+    assert run is not None
     from datatool.labels.labelstudio.prelabel import prelabel as run_prelabel
 
-    ws = workspace(ws_path)
     with progress_bar("prelabel", enabled=not json_out) as progress:
         result = run_prelabel(
             ws,

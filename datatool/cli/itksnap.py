@@ -35,10 +35,13 @@ def _export_view(r: ItksnapExport) -> Iterator[Block]:
     drafted = (
         f", {r.drafted} with run {r.draft_run}'s drafts ({r.model_version})"
         if r.draft_run is not None
+        else f", {r.drafted} cine frames drafted from {r.rater}'s own labelled frames"
+        if r.model_version is not None
         else ""
     )
+    cines = f" ({r.cines} cines among them, one W x H x N volume each)" if r.cines else ""
     yield (
-        f"exported {r.images} images for rater {r.rater} to {r.out_dir}: {r.prefilled} "
+        f"exported {r.images} images{cines} for rater {r.rater} to {r.out_dir}: {r.prefilled} "
         f"segmentations pre-filled with {r.rater}'s own labels{drafted}, {r.kept} kept with "
         f"unsynced edits; labels in {r.labels_file}"
         + (f" (for 3D Slicer: {r.colors_file})" if r.colors_file is not None else "")
@@ -67,7 +70,8 @@ def export_itksnap(
         "--prefill",
         help="own: start each segmentation from the rater's own latest labels (never another "
         "rater's); model:RUN: the same, and the run's draft where the rater has no labels "
-        "yet; none: empty segmentations.",
+        "yet; propagate: the same, and a cine's frames the rater has not labelled drafted from "
+        "their own nearest labelled frame of it; none: empty segmentations.",
     ),
     no_prefill: bool = typer.Option(False, "--no-prefill", help="The same as --prefill none."),
     device: DeviceChoice = typer.Option(
@@ -91,9 +95,17 @@ def export_itksnap(
     is not synced as a label: to accept one as it is, save it in ITK-SNAP. With --gold N, N
     gold-standard images (with a reference label) are exported among the others, looking like
     them; the rater's labels of them are scored by 'datatool raters'.
+
+    A cine is one folder (named by its first frame's image): its frames as one W x H x N
+    volume, in order, with a W x H x N segmentation holding each frame's labels (and with
+    --prefill model:RUN, a draft on every frame the rater has not labelled; with --prefill
+    propagate, each such frame drafted from the rater's own nearest labelled frame of the
+    cine, moved by registration, recorded as a draft in the same way). Frames that were not
+    ingested are blank slices, so the volume keeps the DICOM file's frames. Naming any frame
+    in --images exports its whole cine.
     """
     from datatool.labels.itksnap.export import export_itksnap as run
-    from datatool.labels.itksnap.export import parse_prefill
+    from datatool.labels.itksnap.export import parse_prefill, prefill_propagates
     from datatool.labels.matching import parse_image_ids
 
     own, draft_run = parse_prefill("none" if no_prefill else prefill)
@@ -112,6 +124,7 @@ def export_itksnap(
             gold=gold,
             gold_reference=gold_reference,
             gold_seed=gold_seed,
+            propagate=not no_prefill and prefill_propagates(prefill),
         )
     render.problems(
         (
@@ -147,7 +160,18 @@ def sync_itksnap(
     allow_empty: bool = typer.Option(
         False,
         "--allow-empty",
-        help="Store empty label maps (nothing labelled) instead of rejecting them.",
+        help="Store empty label maps (nothing labelled) instead of rejecting them. An empty "
+        "slice of a cine's map is never a label; a cine map with every slice empty is then "
+        "noted instead of rejected.",
+    ),
+    cine_frame: str | None = typer.Option(
+        None,
+        "--cine-frame",
+        metavar="first|middle|N",
+        help="Which frame of a cine a one-slice label map labels: first, middle (the frame "
+        "'ingest --frames middle' takes) or N, a frame number counted from 1 as people count "
+        "(1 is the first frame). A W x H x N map of a cine needs no option: each slice labels "
+        "its frame.",
     ),
     allow_copy: str | None = AllowCopyOpt,
     json_out: bool = JsonOpt,
@@ -165,6 +189,12 @@ def sync_itksnap(
 
     Model drafts are known by their content, wherever the file comes from: one never saved
     since export is skipped, one saved as it is keeps the draft's provenance (model, run).
+
+    Cines: ITK-SNAP saves a cine's segmentation as W x H x N (N the DICOM file's frames);
+    each labelled slice goes to its frame, empty slices are no labels, and labels on a frame
+    that was not ingested are noted, not stored. A one-slice map for a cine needs
+    --cine-frame (unless its exported name names the frame); any other slice count is
+    rejected.
     """
     from datatool.labels.itksnap.sync import sync_itksnap as run
 
@@ -179,5 +209,6 @@ def sync_itksnap(
             allow_empty=allow_empty,
             progress=progress,
             allow_copy=allow_copy,
+            cine_frame=cine_frame,
         )
     show_sync_report(report, json_out, csv_out)

@@ -68,3 +68,39 @@ def test_the_uid_of_a_deflate_bomb_is_read_without_inflating_it(tmp_path):
         tracemalloc.stop()
     assert uid == pydicom.filereader.read_file_meta_info(bomb).MediaStorageSOPInstanceUID
     assert peak < 48 * 1024**2, peak / 1024**2
+
+
+def test_cine_frame_names_frames_as_people_count_them():
+    from datatool.labels.matching import check_cine_frame, cine_frame_index, frame_label
+
+    assert [cine_frame_index(v, 8) for v in ("first", "MIDDLE", "1", "3", " 8")] == [0, 4, 0, 2, 7]
+    assert cine_frame_index("middle", 3) == 1  # the frame 'ingest --frames middle' takes
+    with pytest.raises(NoImage, match="--cine-frame 9 is past the end of the cine: it has 8"):
+        cine_frame_index("9", 8)
+    for bad in ("0", "last", "-1", "1.5", ""):
+        with pytest.raises(UsageError, match="first, middle, or a frame number counted from 1"):
+            check_cine_frame(bad)
+    assert (
+        frame_label(123, 2, 8, "/data/MRN0042/R_cine.dcm") == "img000123 (R_cine.dcm, frame 3 of 8)"
+    )
+    assert frame_label(None, 0, 8) == "frame 1 of 8"
+
+
+def test_a_cines_dicom_file_matches_the_cine_not_one_image(ws, tmp_path):
+    from datatool.labels.matching import Cine, match_dicom
+    from tests.badfiles import long_cine
+
+    (tmp_path / "in").mkdir()
+    path = long_cine(tmp_path / "in" / "R_cine.dcm", 5, 32, 40)
+    ingest(ws, [path], workers=0, frames="all")
+    with ws.session() as s:
+        cine = match_dicom(s, ws.key, path)
+        assert isinstance(cine, Cine)
+        assert (cine.n_frames, sorted(cine.frames), cine.first.frame_index) == (
+            5,
+            [0, 1, 2, 3, 4],
+            0,
+        )
+        assert [cine.frames[k].id for k in range(5)] == [1, 2, 3, 4, 5]
+        with pytest.raises(NoImage, match="a cine of 5 frames, not one image"):
+            image_for_dicom(s, ws.key, path)

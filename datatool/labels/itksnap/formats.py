@@ -116,8 +116,20 @@ def write_segmentation(path: Path, mask: np.ndarray, spacing: tuple[float, float
     _write_2d(path, mask, spacing)
 
 
+def write_volume(path: Path, stack: np.ndarray, spacing: tuple[float, float]) -> None:
+    """Write a cine's frames (or their label maps) as one W x H x N NIfTI volume (uint8,
+    ``stack[k]`` the k-th slice), atomically: the pixel spacing in mm, the slice spacing 1,
+    origin 0, direction identity, as :func:`write_image` writes a still. The same stack and
+    spacing give the same bytes."""
+    _write_3d(path, stack, spacing)
+
+
 def workspace_xml(
-    image_file: str, segmentation_file: str, size: tuple[int, int], protocol: Protocol
+    image_file: str,
+    segmentation_file: str,
+    size: tuple[int, int],
+    protocol: Protocol,
+    slices: int = 1,
 ) -> str:
     """An ITK-SNAP workspace (``.itksnap``): the main image layer, the segmentation layer and
     the protocol's label table, with the layers' paths relative to the workspace's folder.
@@ -125,7 +137,8 @@ def workspace_xml(
     ITK-SNAP finds the layers of a workspace whose folder differs from its ``SaveLocation``
     by taking each layer path's part below ``SaveLocation`` and looking for it beside the
     workspace file. ``SaveLocation`` is ``.`` and the paths are ``./NAME``: never a real
-    folder, so ITK-SNAP always looks beside the workspace file, wherever it was copied."""
+    folder, so ITK-SNAP always looks beside the workspace file, wherever it was copied.
+    ``slices``: a cine's frames (the image is W x H x N)."""
     width, height = size
     lines: list[str] = []
 
@@ -175,7 +188,7 @@ def workspace_xml(
     folder(3, "ProjectMetaData")
     folder(4, "Files")
     folder(5, "Grey")
-    entry(6, "Dimensions", f"{width} {height} 1")
+    entry(6, "Dimensions", f"{width} {height} {slices}")
     end(5)
     end(4)
     folder(4, "IRIS")
@@ -207,7 +220,12 @@ def workspace_xml(
 
 
 def write_workspace(
-    path: Path, image_path: Path, segmentation_path: Path, size: tuple[int, int], protocol: Protocol
+    path: Path,
+    image_path: Path,
+    segmentation_path: Path,
+    size: tuple[int, int],
+    protocol: Protocol,
+    slices: int = 1,
 ) -> None:
     """Write an ITK-SNAP workspace for an image and its segmentation, which must lie in the
     workspace file's folder (the paths inside are relative to it)."""
@@ -216,7 +234,8 @@ def write_workspace(
         if Path(layer).parent.resolve() != path.parent.resolve():
             raise ValueError(f"{layer} is not in the workspace's folder {path.parent}")
     write_text_atomic(
-        path, workspace_xml(Path(image_path).name, Path(segmentation_path).name, size, protocol)
+        path,
+        workspace_xml(Path(image_path).name, Path(segmentation_path).name, size, protocol, slices),
     )
 
 
@@ -350,7 +369,7 @@ class LabelFile:
     """A label map as read, turned to the orientation datatool writes (row 0 the top row,
     column 0 the left column), with its geometry in that orientation."""
 
-    array: np.ndarray  # 2D, of the file's pixel type
+    array: np.ndarray  # 2D (a stack: 3D, slice first), of the file's pixel type
     spacing: tuple[float, float]  # mm (x, y)
     origin: tuple[float, float]  # mm (x, y) of pixel (0, 0)
     reoriented: list[str] = field(default_factory=list)  # e.g. "flipped along x"
@@ -362,11 +381,24 @@ def read_label_map(path: Path, within: Path | None = None) -> np.ndarray:
     return read_label_file(path, within).array
 
 
+class SliceCount(BadLabel):
+    """A stack whose slice count is not one of those expected (``count``), known from the
+    header alone; ``str()`` is a one-line reason the caller may reword."""
+
+    def __init__(self, count: int, expected: tuple[int, ...]):
+        self.count = count
+        self.expected = expected
+        super().__init__(
+            f"label map has {count} slices; expected {' or '.join(map(str, expected))}"
+        )
+
+
 def read_label_file(
     path: Path,
     within: Path | None = None,
     shape: tuple[int, int] | None = None,
     protocol: Protocol | None = None,
+    slices: tuple[int, ...] | None = None,
 ) -> LabelFile:
     """Read a label map (.nii.gz, .nii, .nrrd, .seg.nrrd, .mha, .mhd): a 2D array of its
     stored pixel type, row 0 the top row: W x H, or W x H x 1 as ITK-SNAP saves a 2D
@@ -384,7 +416,12 @@ def read_label_file(
     compressed file declaring a huge map would otherwise be inflated whole.
 
     With ``protocol``, a 3D Slicer segmentation is read by segment name into the protocol's
-    values (see ``itksnap.slicer``; its overlaps are in ``notes``)."""
+    values (see ``itksnap.slicer``; its overlaps are in ``notes``).
+
+    With ``slices`` (the slice counts a cine's map may have), a W x H x K stack is read
+    instead: ``array`` is K x H x W, slice k the k-th, and a K not in ``slices`` is refused
+    from the header (:class:`SliceCount`). A stack whose slices run backwards along the
+    third axis is turned back (and says so)."""
     path = Path(path)
     suffix = label_suffix(path.name)
     if suffix is None:
@@ -402,7 +439,7 @@ def read_label_file(
     if kind in ("NRRD", "MetaImage"):
         _check_data_files(path, kind, within)
     if suffix == ".seg.nrrd" and protocol is not None and slicer.has_segments(path):
-        return _read_slicer(path, protocol, shape)
+        return _read_slicer(path, protocol, shape, slices)
     reader = sitk.ImageFileReader()
     reader.SetImageIO(io_name)
     reader.SetFileName(str(path))
@@ -418,9 +455,14 @@ def read_label_file(
             "image), not a label map"
         )
     size = reader.GetSize()
-    if len(size) < 2 or any(n != 1 for n in size[2:]):
+    extra = size[3:] if slices is not None else size[2:]
+    if len(size) < 2 or any(n != 1 for n in extra):
         volume = " x ".join(str(n) for n in size)
-        raise BadLabel(f"label map is a {volume} volume; expected a 2D map (W x H, or W x H x 1)")
+        expected = "W x H x N, N a cine's frames" if slices else "W x H, or W x H x 1"
+        raise BadLabel(f"label map is a {volume} volume; expected a 2D map ({expected})")
+    count = int(size[2]) if len(size) > 2 else 1
+    if slices is not None and count not in slices:
+        raise SliceCount(count, tuple(slices))
     if shape is not None and sorted(size[:2]) != sorted((int(shape[1]), int(shape[0]))):
         raise BadLabel(
             f"size mismatch: label map is {size[0]}x{size[1]}, the image is "
@@ -431,17 +473,26 @@ def read_label_file(
     except RuntimeError:
         raise BadLabel(unreadable) from None
     size = image.GetSize()
-    array = sitk.GetArrayFromImage(image).reshape(size[1], size[0])
-    return _reorient(array, image)
+    if slices is None:
+        return _reorient(sitk.GetArrayFromImage(image).reshape(size[1], size[0]), image)
+    return _reorient(sitk.GetArrayFromImage(image).reshape(count, size[1], size[0]), image)
 
 
-def _read_slicer(path: Path, protocol: Protocol, shape: tuple[int, int] | None) -> LabelFile:
+def _read_slicer(
+    path: Path,
+    protocol: Protocol,
+    shape: tuple[int, int] | None,
+    slices: tuple[int, ...] | None = None,
+) -> LabelFile:
     """A 3D Slicer segmentation painted into the protocol's values, sizes checked from its
-    header first, turned to datatool's orientation like any other map."""
+    header first, turned to datatool's orientation like any other map (with ``slices``, a
+    cine's W x H x K segmentation: a stack, slice first)."""
     size = slicer.declared_size(path)
-    if len(size) != 3 or size[2] != 1:
+    if len(size) != 3 or (slices is None and size[2] != 1):
         volume = " x ".join(str(n) for n in size)
         raise BadLabel(f"label map is a {volume} volume; expected a 2D map (W x H x 1)")
+    if slices is not None and int(size[2]) not in slices:
+        raise SliceCount(int(size[2]), tuple(slices))
     if shape is not None and sorted(size[:2]) != sorted((int(shape[1]), int(shape[0]))):
         raise BadLabel(
             f"size mismatch: label map is {size[0]}x{size[1]}, the image is "
@@ -462,14 +513,18 @@ def _read_slicer(path: Path, protocol: Protocol, shape: tuple[int, int] | None) 
             "its direction is not a rotation (sheared axes): not a label map of this "
             "image's pixel grid"
         ) from None
-    label = _reorient(np.ascontiguousarray(painted.array[:, :, 0].T), image)
+    if slices is None:
+        label = _reorient(np.ascontiguousarray(painted.array[:, :, 0].T), image)
+    else:
+        label = _reorient(np.ascontiguousarray(painted.array.transpose(2, 1, 0)), image)
     label.notes = painted.notes
     return label
 
 
 def _reorient(array: np.ndarray, image: sitk.Image) -> LabelFile:
-    """Turn a map whose direction is a signed permutation of the axes into identity
-    direction (the orientation datatool writes); refuse any other direction."""
+    """Turn a map (or a stack of maps, slice first) whose direction is a signed permutation
+    of the axes into identity direction (the orientation datatool writes); refuse any other
+    direction. A stack's third axis must be the slice axis (backwards: turned around)."""
     dim = image.GetDimension()
     direction = np.array(image.GetDirection(), float).reshape(dim, dim)
     spacing = np.array(image.GetSpacing(), float)[:2]
@@ -482,6 +537,7 @@ def _reorient(array: np.ndarray, image: sitk.Image) -> LabelFile:
         or sorted(np.abs(perm).sum(axis=0)) != [1, 1]
         or sorted(np.abs(perm).sum(axis=1)) != [1, 1]
         or (dim > 2 and not np.allclose(direction[:2, 2:], 0, atol=1e-3))
+        or (array.ndim == 3 and not np.isclose(abs(direction[2, 2]), 1, atol=1e-3))
     ):
         raise BadLabel(
             "its direction is rotated (not along the image's axes): not a label map of this "
@@ -491,15 +547,18 @@ def _reorient(array: np.ndarray, image: sitk.Image) -> LabelFile:
     axis_of = [int(np.flatnonzero(perm[k])[0]) for k in (0, 1)]  # index axis along x, y
     signs = [perm[k, axis_of[k]] for k in (0, 1)]
     if axis_of != [0, 1]:
-        array = array.T
+        array = np.swapaxes(array, -1, -2)
         notes.append("its axes were swapped")
     new_spacing = [float(spacing[axis_of[k]]) for k in (0, 1)]
     new_origin = [float(origin[k]) for k in (0, 1)]
     for k, name in ((0, "x"), (1, "y")):
         if signs[k] < 0:
-            array = np.flip(array, axis=1 - k)
+            array = np.flip(array, axis=-1 - k)
             new_origin[k] -= new_spacing[k] * (int(size[axis_of[k]]) - 1)
             notes.append(f"flipped along {name}")
+    if array.ndim == 3 and direction[2, 2] < 0:
+        array = array[::-1]
+        notes.append("its slices ran backwards")
     return LabelFile(
         np.ascontiguousarray(array),
         (new_spacing[0], new_spacing[1]),

@@ -28,7 +28,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,8 @@ from datatool.labels.handouts import (
     copies_of_others,
     origin_of,
 )
+from datatool.labels.itksnap.cine import Match as _Match
+from datatool.labels.itksnap.cine import expand_cines
 from datatool.labels.itksnap.formats import (
     LABEL_SUFFIXES,
     geometry_notes,
@@ -77,11 +79,14 @@ from datatool.labels.itksnap.marker import (
 )
 from datatool.labels.masks import BadLabel, validate_mask
 from datatool.labels.matching import (
+    Cine,
     NoImage,
+    check_cine_frame,
+    cines_of,
     image_by_id,
-    image_for_dicom,
     image_id_from_name,
     image_name,
+    match_dicom,
     read_sop_instance_uid,
 )
 from datatool.labels.quoting import printable, utf8_name
@@ -227,24 +232,17 @@ class _DicomFinder:
 # --------------------------------------------------------------------------- sync
 
 
-@dataclass
-class _Match:
-    path: Path
-    rel: str  # relative to the label folder, with forward slashes
-    image_id: int
-    rows: int
-    cols: int
-    exported: bool  # an exported segmentation, found by its name
-    spacing: tuple[float, float] = (1.0, 1.0)  # the image's, as exported (mm)
-    draft: dict | None = None  # the model draft export pre-filled it with (marker record)
-
-
 def _source_ref(key: bytes, rel: str) -> str:
     """The label file's relative path when it is an exported name (nothing but image ids);
     otherwise a keyed hash of it, as original paths often hold record numbers."""
     if _EXPORTED_REL.fullmatch(rel):
         return rel
     return "path-key:" + deid.path_key(key, rel)
+
+
+def _frame_ref(ref: str, m: _Match) -> str:
+    """A cine frame's source_ref: its file's, and which frame of it (counted from 1)."""
+    return ref if m.frame is None else f"{ref} frame {m.frame[0] + 1} of {m.frame[1]}"
 
 
 def _draft_for(path: Path, image_id: int, markers: dict[Path, dict[str, dict] | None]):
@@ -282,6 +280,7 @@ def sync_itksnap(
     progress: Callable[[int, int], None] | None = None,
     batch_size: int = BATCH_SIZE,
     allow_copy: str | None = None,
+    cine_frame: str | None = None,
 ) -> SyncReport:
     """Sync one rater's ITK-SNAP label files under ``label_dir`` into versioned annotations
     (see the module docstring). Unchanged labels are a no-op, changed ones a new version;
@@ -294,8 +293,14 @@ def sync_itksnap(
     Drafts are known by content (``labels.handouts``): a file as export wrote it is not a
     label wherever it lies, a map equal to a handed-out draft keeps that draft's provenance. A
     new label identical to another rater's current label is rejected as a copy unless
-    ``allow_copy`` gives the reason (audited)."""
+    ``allow_copy`` gives the reason (audited).
+
+    A label file for a cine (``itksnap.cine``): a W x H x N map gives each labelled slice to
+    its frame (empty slices are no labels); a one-slice map goes to the frame its exported
+    name names, else to ``cine_frame`` (``first``, ``middle`` or a number from 1)."""
     allow_copy = check_allow_copy(allow_copy)
+    if cine_frame is not None:
+        cine_frame = check_cine_frame(cine_frame)
     label_dir = Path(label_dir)
     if not label_dir.is_dir():
         raise UsageError(f"{label_dir}: no such folder")
@@ -319,8 +324,12 @@ def sync_itksnap(
     finder = _DicomFinder(Path(dicom_root)) if dicom_root is not None else None
     targets = _targets(ws.key, files, root, listed, finder, rater, owners, report)
     matches, had_labels = _match_images(ws, rater_id, targets, report)
+    frame_ids = {i.id for m in matches if m.cine for i in m.cine.frames.values()}
     with ws.session() as s:
-        checks = _Checks(Handouts(s, {m.image_id for m in matches}), allow_copy)
+        checks = _Checks(Handouts(s, {m.image_id for m in matches} | frame_ids), allow_copy)
+    matches, cine_skips = expand_cines(
+        matches, protocol, cine_frame, had_labels, allow_empty, root, checks.handouts, report
+    )
     todo = _one_file_per_image(matches, report)
     not_labelled, unsaved = _store_all(
         ws,
@@ -331,10 +340,12 @@ def sync_itksnap(
         allow_empty,
         batch_size,
         report,
-        _Progress(progress, len(files), len(files) - len(todo)),
+        _Progress(progress, len(files), len(files) - sum(m.files for m in todo)),
         root,
         checks,
     )
+    not_labelled += cine_skips.not_labelled
+    unsaved += cine_skips.unsaved
     _closing_notes(report, label_dir, not_labelled, ignored, unsaved)
     # names that are not UTF-8 (a folder above a file, a DICOM file) are shown by their bytes
     report.rejected = [(printable(i), printable(r)) for i, r in report.rejected]
@@ -354,6 +365,7 @@ def sync_itksnap(
             manifest=manifest is not None,
             dicom_root=dicom_root is not None,
             allow_empty=allow_empty,
+            cine_frame=cine_frame,
             copies_refused=checks.refused,
             copies_allowed=len(checks.allowed),
         )
@@ -434,19 +446,28 @@ def _match_images(
                 report.rejected.append((str(t.path), str(found)))
                 continue
             exported = t.image_id is not None and bool(_EXPORTED_NAME.fullmatch(t.full.name))
-            draft = _draft_for(t.full, found.id, markers) if exported else None
-            matches.append(
-                _Match(
-                    t.path,
-                    t.rel.as_posix(),
-                    found.id,
-                    found.rows,
-                    found.cols,
-                    exported,
-                    spacing_mm(found.mm_per_px_x, found.mm_per_px_y),
-                    draft,
-                )
+            cine = found if isinstance(found, Cine) else None
+            image = found
+            if cine is not None:
+                image = cine.first if cine.named is None else cine.frames[cine.named]
+            draft = _draft_for(t.full, image.id, markers) if exported else None
+            match = _Match(
+                t.path,
+                t.rel.as_posix(),
+                image.id,
+                image.rows,
+                image.cols,
+                exported,
+                spacing_mm(image.mm_per_px_x, image.mm_per_px_y),
+                draft,
+                cine,
+                None if t.dicom is None else t.dicom.name,
             )
+            if cine is not None and exported:  # each frame's draft, from the same marker
+                match.frame_drafts = {
+                    i.id: _draft_for(t.full, i.id, markers) for i in cine.frames.values()
+                }
+            matches.append(match)
     return matches, had_labels
 
 
@@ -538,6 +559,9 @@ def _store_all(
         batch = todo[start : start + batch_size]
         ready = []
         for m in batch:
+            if m.mask is not None:  # a cine's frame: read, validated and checked already
+                ready.append((m, m.mask))
+                continue
             if _unsaved_draft(m, checks.handouts):
                 unsaved += 1
                 continue
@@ -553,7 +577,7 @@ def _store_all(
                 ready.append((m, mask))
         if ready:
             _store_batch(ws, rater_id, protocol, ready, report, checks)
-        progress.advance(len(batch))
+        progress.advance(sum(m.files for m in batch))
     return not_labelled, unsaved
 
 
@@ -684,43 +708,53 @@ def _target(
 def _resolve(session: Session, key: bytes, targets: list[_Target]):
     """Yield (target, image row or NoImage) for every target, asking the catalogue in bulk.
     What the bulk queries do not settle (no such image, never ingested, a cine, an
-    unreadable DICOM file) goes through ``matching``, which says why."""
+    unreadable DICOM file) goes through ``matching``, which says why. A frame of a cine
+    gives the whole :class:`Cine` (``named``: the frame an image id names)."""
     ids = sorted({t.image_id for t in targets if t.image_id is not None})
     uids = sorted({t.uid for t in targets if t.uid is not None})
     by_id: dict[int, Row] = {}
     by_uid: dict[str, list[Row]] = {}
+    columns = (
+        Image.id,
+        Image.source_file_id,
+        Image.frame_index,
+        Image.rows,
+        Image.cols,
+        Image.mm_per_px_x,
+        Image.mm_per_px_y,
+        SourceFile.n_frames,
+    )
     for id_chunk in in_chunks(ids):
         by_id.update(
             (row.id, row)
             for row in session.execute(
-                select(
-                    Image.id, Image.rows, Image.cols, Image.mm_per_px_x, Image.mm_per_px_y
-                ).where(Image.id.in_(id_chunk))
+                select(*columns)
+                .join(SourceFile, Image.source_file_id == SourceFile.id)
+                .where(Image.id.in_(id_chunk))
             )
         )
     for uid_chunk in in_chunks(uids):
         for row in session.execute(
-            select(
-                SourceFile.sop_uid,
-                Image.id,
-                Image.rows,
-                Image.cols,
-                Image.mm_per_px_x,
-                Image.mm_per_px_y,
-            )
+            select(SourceFile.sop_uid, *columns)
             .join(Image, Image.source_file_id == SourceFile.id)
             .where(SourceFile.status == FileStatus.ingested, SourceFile.sop_uid.in_(uid_chunk))
         ):
             by_uid.setdefault(row.sop_uid, []).append(row)
+    rows = [*by_id.values(), *(r for found in by_uid.values() for r in found)]
+    cines = cines_of(session, {r.source_file_id for r in rows if (r.n_frames or 1) > 1})
     for t in targets:
-        found: Row | Image | NoImage
+        found: Row | Image | Cine | NoImage
         try:
             if t.image_id is not None:
                 found = by_id.get(t.image_id) or image_by_id(session, t.image_id)
+                if isinstance(found, Row) and found.source_file_id in cines:
+                    found = replace(cines[found.source_file_id], named=found.frame_index)
+            elif t.uid in by_uid and by_uid[t.uid][0].source_file_id in cines:
+                found = replace(cines[by_uid[t.uid][0].source_file_id], named=None)
             elif t.uid is not None and len(by_uid.get(t.uid, ())) == 1:
                 found = by_uid[t.uid][0]
             elif t.dicom is not None:
-                found = image_for_dicom(session, key, t.dicom)
+                found = match_dicom(session, key, t.dicom)
             else:  # _target gives every target an image id or a DICOM file
                 raise AssertionError(f"no image id and no DICOM file for {t.path}")
         except NoImage as exc:
@@ -768,7 +802,7 @@ def _store_batch(
             ws.store,
             rater,
             [
-                (images[m.image_id], mask, "itksnap", _source_ref(ws.key, m.rel))
+                (images[m.image_id], mask, "itksnap", _frame_ref(_source_ref(ws.key, m.rel), m))
                 for m, mask in ready
             ],
             protocol,

@@ -167,6 +167,11 @@ def _store_task(
     if draft is None:
         handout = Handouts(s, [image.id]).draft(image.id, digest, rater.id)
         draft = None if handout is None else origin_of(s, handout)
+    elif draft.run_id is None and draft.mask_hash is not None:
+        # a prediction datatool handed this rater (prelabel --propagate): its recorded origin
+        handout = Handouts(s, [image.id]).draft(image.id, draft.mask_hash, rater.id)
+        if handout is not None and handout.rater_id == rater.id:
+            draft = origin_of(s, handout)
     own = latest_annotation(s, image.id, rater.id)
     copied = (
         copies_of_others(s, rater.id, [(image.id, digest)])

@@ -314,3 +314,32 @@ def test_spacing_and_origin_that_disagree_are_noted_beyond_a_tolerance(tmp_path)
     _write_oriented(tmp_path / "o.nrrd", _mask(), (1, 0, 0, 1), (5.0, 0.05), (0.2, 0.2))
     (origin,) = geometry_notes(read_label_file(tmp_path / "o.nrrd"), (0.2, 0.2))
     assert "origin (5, 0.05) mm" in origin
+
+
+def test_a_cines_stack_is_written_and_read_slice_first_and_turned_back_when_flipped(tmp_path):
+    from datatool.labels.itksnap.formats import SliceCount, write_volume
+
+    rng = np.random.default_rng(3)
+    stack = rng.integers(0, 5, size=(4, 6, 7), dtype=np.uint8)
+    path = tmp_path / "cine_seg.nii.gz"
+    write_volume(path, stack, (0.2, 0.3))
+    image = sitk.ReadImage(str(path))
+    assert image.GetSize() == (7, 6, 4) and image.GetSpacing() == pytest.approx((0.2, 0.3, 1))
+    label = read_label_file(path, shape=(6, 7), slices=(4, 1))
+    np.testing.assert_array_equal(label.array, stack)
+    assert label.spacing == pytest.approx((0.2, 0.3)) and label.reoriented == []
+    # a stack saved with its slices backwards and flipped along x reads back in order
+    flipped = sitk.GetImageFromArray(stack[::-1, :, ::-1].copy())
+    flipped.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, -1))
+    sitk.WriteImage(flipped, str(tmp_path / "flipped.nii.gz"))
+    back = read_label_file(tmp_path / "flipped.nii.gz", shape=(6, 7), slices=(4,))
+    np.testing.assert_array_equal(back.array, stack)
+    assert back.reoriented == ["flipped along x", "its slices ran backwards"]
+    # the slice count is checked from the header; a 2D read refuses the stack as before
+    with pytest.raises(SliceCount) as caught:
+        read_label_file(path, shape=(6, 7), slices=(8, 1))
+    assert (caught.value.count, caught.value.expected) == (4, (8, 1))
+    with pytest.raises(BadLabel, match=r"7 x 6 x 4 volume; expected a 2D map \(W x H, or"):
+        read_label_file(path, shape=(6, 7))
+    write_volume(tmp_path / "one.nii.gz", stack[:1], (1.0, 1.0))
+    assert read_label_file(tmp_path / "one.nii.gz", slices=(4, 1)).array.shape == (1, 6, 7)
