@@ -627,7 +627,7 @@ def test_export_prefills_what_the_rater_has_not_labelled_with_the_models_draft(t
         f"img{edited:06d}",
     ]
     assert parse_prefill("model:7") == (True, 7) and parse_prefill("none") == (False, None)
-    with pytest.raises(UsageError, match="own, none or model:RUN"):
+    with pytest.raises(UsageError, match="own, none, model:RUN \\(a run id\\) or propagate"):
         parse_prefill("model:x")
     from typer.testing import CliRunner
 
@@ -642,7 +642,7 @@ def test_export_prefills_what_the_rater_has_not_labelled_with_the_models_draft(t
     data = json.loads(shown.stdout)
     assert (data["drafted"], data["prefilled"], data["draft_run"]) == (N - 3, 3, run)
     bad = export("--out", str(tmp_path / "bad"), "--prefill", "rater2")
-    assert bad.exit_code == 2 and "own, none or model:RUN" in bad.output
+    assert bad.exit_code == 2 and "own, none, model:RUN (a run id) or propagate" in bad.output
 
 
 def _nifti_bomb(path: Path, width: int, height: int) -> Path:
