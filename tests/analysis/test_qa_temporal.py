@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from datatool.analysis.qa import Thresholds, list_queue, run_qa, write_report
 from datatool.cli import app
-from datatool.core.catalogue import FlagReason, FlagStatus
+from datatool.core.catalogue import FlagReason, FlagStatus, Image
 from datatool.core.flags import describe
 from tests.cine_util import cine_ws, frames_of, ingest_demo_with_cine_labels, smooth
 from tests.qa_util import V, clean, flags, relabel
@@ -68,8 +68,10 @@ def test_a_nerve_missing_in_one_frame_flags_that_frame_only(ws, demo_dir, tmp_pa
     assert temporal_flags(ws) == {(ids[BAD], "A", "sciatic nerve")}
     item = next(it for it in list_queue(ws, reasons=["temporal"]).items)
     assert item.evidence["missing"] is True and item.priority == 0
-    assert item.evidence["frame"] == f"img{ids[BAD]:06d} (frame 3 of 5 of its cine)"
-    assert item.evidence["previous"].startswith(f"img{ids[BAD - 1]:06d} (frame 2 of 5")
+    with ws.session() as s:
+        cine = s.get(Image, ids[BAD]).source_file_id
+    assert item.evidence["frame"] == f"img{ids[BAD]:06d} (cine file {cine}, frame 3 of 5)"
+    assert item.evidence["previous"] == f"img{ids[BAD - 1]:06d} (cine file {cine}, frame 2 of 5)"
     text = describe("temporal", item.evidence)
     assert "absent in" in text and "frame 3 of 5" in text and "frame 4 of 5" in text
     assert item.evidence["previous_annotation"] != item.evidence["next_annotation"]

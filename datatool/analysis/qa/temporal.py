@@ -38,13 +38,14 @@ from datatool.analysis.qa.inputs import _ImageInfo, _Inputs, _Label
 from datatool.analysis.qa.rules import _Found
 from datatool.core.catalogue import FlagReason
 from datatool.core.protocol import Protocol
+from datatool.labels.frames import frame_place
 from datatool.labels.matching import image_name
 
 
 def frame_name(image_id: int, info: _ImageInfo) -> str:
     """A cine frame as people name it: the image and its 1-based frame of the file's frames
     (never the file's path, whose folders may name the patient)."""
-    return f"{image_name(image_id)} (frame {info.frame + 1} of {info.n_frames} of its cine)"
+    return f"{image_name(image_id)} ({frame_place(info.source_file, info.frame, info.n_frames)})"
 
 
 def loops(inputs: _Inputs, min_frames: int = shape.TEMPORAL_MIN_FRAMES) -> list[list[_Label]]:

@@ -65,6 +65,7 @@ from datatool.labels.dicomseg.formats import (
     segment_specs,
     segmentation_bytes,
 )
+from datatool.labels.frames import frame_place
 from datatool.labels.matching import NoImage, image_name, read_sop_instance_uid
 from datatool.labels.quoting import excerpt
 
@@ -382,7 +383,7 @@ def _one(
     name = image_name(image.id)
     if source.n_frames > 1:
         return SegItem(
-            f"{name} (frame {image.frame_index + 1} of {source.n_frames} of a cine)",
+            f"{name} ({frame_place(source.id, image.frame_index, source.n_frames)})",
             SKIPPED,
             "a cine's frame: highdicom 0.28 cannot reference one frame of a multi-frame "
             "ultrasound image without a Frame of Reference (highdicom issue 284); no SEG",

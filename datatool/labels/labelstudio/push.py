@@ -41,6 +41,7 @@ from datatool.core.workspace import Workspace
 from datatool.labels.annotations import (
     labelling_rater,
 )
+from datatool.labels.frames import frame_names
 from datatool.labels.gold import DEFAULT_REFERENCE, GoldHanding, hand_gold
 from datatool.labels.labelstudio.connection import (
     Connection,
@@ -55,7 +56,6 @@ from datatool.labels.labelstudio.connection import (
 from datatool.labels.labelstudio.formats import (
     mask_to_results,
 )
-from datatool.labels.labelstudio.frames import frame_names
 from datatool.labels.labelstudio.modes import ServeMode
 from datatool.labels.matching import (
     image_id_from_name,

@@ -58,6 +58,7 @@ from datatool.labels.annotations import (
     store_annotation,
 )
 from datatool.labels.drafts import drafts_of
+from datatool.labels.frames import frame_places
 from datatool.labels.labelstudio.connection import (
     Connection,
     _server_project,
@@ -65,7 +66,6 @@ from datatool.labels.labelstudio.connection import (
     connect,
 )
 from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
-from datatool.labels.labelstudio.frames import frame_places
 from datatool.labels.labelstudio.modes import ReviewStoreAs, ServeMode
 from datatool.labels.labelstudio.push import (
     IMPORT_BATCH,

@@ -35,6 +35,7 @@ from datatool.labels.annotations import (
     latest_annotation,
     store_annotation,
 )
+from datatool.labels.frames import frame_places
 from datatool.labels.handouts import (
     BREACH,
     Handouts,
@@ -56,7 +57,6 @@ from datatool.labels.labelstudio.formats import (
     parse_export,
     results_to_mask,
 )
-from datatool.labels.labelstudio.frames import frame_places
 from datatool.labels.labelstudio.news import read_news, take_news
 from datatool.labels.masks import BadLabel, validate_mask
 from datatool.labels.matching import (

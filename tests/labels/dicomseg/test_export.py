@@ -301,7 +301,8 @@ def test_a_cine_s_frames_are_skipped_with_the_reason(ws, tmp_path):
         "ultrasound image without a Frame of Reference (highdicom issue 284); no SEG"
     )
     assert result.skipped == [
-        (f"img{f.id:06d} (frame {f.frame_index + 1} of 8 of a cine)", reason) for f in frames[:2]
+        (f"img{f.id:06d} (cine file {f.source_file_id}, frame {f.frame_index + 1} of 8)", reason)
+        for f in frames[:2]
     ]
     assert [p.name for p in (tmp_path / "seg").glob("*.dcm")] == [f"img{still.id:06d}.dcm"]
 

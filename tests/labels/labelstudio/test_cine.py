@@ -25,8 +25,8 @@ from datatool.core.catalogue import (
 from datatool.core.protocol import load_protocol
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater, latest_annotation
+from datatool.labels.frames import frame_names, frame_places
 from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
-from datatool.labels.labelstudio.frames import frame_names, frame_places
 from datatool.labels.labelstudio.push import _is_our_task_data, _task_data, annotate, push
 from datatool.labels.labelstudio.review import push_review
 from datatool.labels.labelstudio.sync import sync_from_server

@@ -1,8 +1,9 @@
-"""How Label Studio tasks name the frames of a cine for people.
+"""How datatool names the frames of a cine for people (Label Studio tasks, QA flags, the
+DICOM SEG export, propagated drafts).
 
-A frame of a cine is an image like a still (its own ``img000123``, task, labels). Its task
-also carries a ``name`` saying which file and frame it is, so that a rater sees the frames of
-one loop as such: ``img000123 (cine file 7, frame 3 of 8)``: the frame counted from 1 as
+A frame of a cine is an image like a still (its own ``img000123``, task, labels). Where people
+meet it, it also says which file and frame it is, so that the frames of one loop read as
+such: ``img000123 (cine file 7, frame 3 of 8)``: the frame counted from 1 as
 people count, out of the DICOM's NumberOfFrames (ingest may have taken only some of them).
 The catalogue keeps no file names or folders (a folder of the originals may be a patient's
 record number), so the file is named by its catalogue number, the same for all its frames.
