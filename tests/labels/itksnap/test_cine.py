@@ -432,3 +432,32 @@ def test_a_cine_map_with_every_slice_empty(cines, tmp_path):
     fresh = sync_itksnap(ws, out, "rater1")
     assert (fresh.rejected, fresh.new_versions, _count(ws)) == ([], 0, 0)
     assert any("3 exported segmentations are still empty" in n for _, n in fresh.notes)
+
+
+def test_a_3d_slicer_segmentation_of_a_cine_labels_each_frame_by_segment_name(cines, tmp_path):
+    """A cine's .seg.nrrd (W x H x N, segments named, not in the protocol's order) is read by
+    segment name into the protocol's values and dealt out to the frames like a NIfTI stack."""
+    import slicerio
+
+    ws, dicom = cines
+    frames = _frames(ws)["full"]
+    nerve, muscle = np.zeros((COLS, ROWS, FRAMES), bool), np.zeros((COLS, ROWS, FRAMES), bool)
+    nerve[20:30, 10:18, 0] = nerve[24:34, 12:20, 5] = True
+    muscle[40:60, 30:50, 5] = True
+    seg = slicerio.create_segmentation((COLS, ROWS, FRAMES), np.eye(4))
+    slicerio.add_segment(seg, muscle, {"name": "Semitendinosus muscle"})
+    slicerio.add_segment(seg, nerve, {"name": "Sciatic_Nerve"})
+    (tmp_path / "labels" / "P1").mkdir(parents=True)
+    slicerio.write_segmentation(str(tmp_path / "labels" / "P1" / "R_cine.seg.nrrd"), seg)
+    report = sync_itksnap(ws, tmp_path / "labels", "rater1", dicom_root=dicom)
+    assert (report.new_versions, report.rejected) == (2, []), report.as_dict()
+    stored = _labels(ws)
+    assert sorted(stored) == sorted([frames[0], frames[5]])
+    nerve_value = 3
+    semitendinosus = 4
+    first = ws.store.get_array(stored[frames[0]].mask_hash)
+    sixth = ws.store.get_array(stored[frames[5]].mask_hash)
+    np.testing.assert_array_equal(first == nerve_value, nerve[:, :, 0].T)
+    np.testing.assert_array_equal(sixth == nerve_value, nerve[:, :, 5].T)
+    np.testing.assert_array_equal(sixth == semitendinosus, muscle[:, :, 5].T)
+    assert not (first == semitendinosus).any()
