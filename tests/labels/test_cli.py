@@ -213,8 +213,10 @@ def test_sync_and_export_itksnap(ws, demo_dir, tmp_path):
         "labels_file",
         "colors_file",
         "gold",
+        "cines",
     }
     assert (data["images"], data["prefilled"], data["kept"], data["kept_files"]) == (12, 12, 0, [])
+    assert data["cines"] == 0  # the demo fixture has no cines
     assert data["gold"] is None  # no --gold
     # an edit not synced yet is kept, one stderr line says so
     seg = out / "img000001" / "img000001_seg.nii.gz"

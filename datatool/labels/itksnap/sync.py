@@ -22,8 +22,6 @@ only as a keyed hash (original paths often hold record numbers). Each file is va
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 from collections import Counter
@@ -37,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from datatool.core.catalogue import Annotation, FileStatus, Image, Rater, SourceFile, audit
 from datatool.core.errors import UsageError
-from datatool.core.files import Walk, not_regular, skip_reason, walk
+from datatool.core.files import skip_reason
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.store import pixel_digest
 from datatool.core.workspace import Workspace
@@ -61,17 +59,19 @@ from datatool.labels.handouts import (
 )
 from datatool.labels.itksnap.cine import Match as _Match
 from datatool.labels.itksnap.cine import expand_cines
+from datatool.labels.itksnap.finding import (
+    DicomFinder,
+    Listed,
+    find_label_files_walk,
+    read_manifest,
+)
 from datatool.labels.itksnap.formats import (
-    LABEL_SUFFIXES,
     geometry_notes,
-    label_suffix,
     read_label_file,
     spacing_mm,
-    strip_label_suffix,
 )
 from datatool.labels.itksnap.marker import (
     EXPORT_MARKER,
-    LABELS_FILE,
     file_sha256,
     marker_drafts,
     marker_owner,
@@ -95,138 +95,6 @@ BATCH_SIZE = 64
 _SUFFIX_RE = r"(?:\.seg\.nrrd|\.nii\.gz|\.nrrd|\.nii|\.mha|\.mhd)"
 _EXPORTED_NAME = re.compile(r"img\d{6,}_seg" + _SUFFIX_RE, re.IGNORECASE)
 _EXPORTED_REL = re.compile(r"(?:img\d{6,}/)?img\d{6,}(?:_seg)?" + _SUFFIX_RE, re.IGNORECASE)
-_IMAGE_STEM = re.compile(r"img\d{6,}", re.IGNORECASE)
-_KNOWN_OTHERS = (".itksnap", ".raw", ".zraw", ".json", ".ctbl", EXPORT_MARKER, LABELS_FILE)
-
-
-def _is_export_image(name: str, suffix: str, present: set[str]) -> bool:
-    """``img000123.nii.gz`` beside ``img000123_seg.*`` or ``img000123.itksnap``: the image of
-    an export, not a label map."""
-    stem = name[: -len(suffix)]
-    if not _IMAGE_STEM.fullmatch(stem):
-        return False
-    stem = stem.lower()
-    return f"{stem}.itksnap" in present or any(f"{stem}_seg{s}" in present for s in LABEL_SUFFIXES)
-
-
-def find_label_files(label_dir: Path) -> tuple[list[Path], Counter]:
-    """The label map files under ``label_dir`` (recursively, sorted, hidden files and the
-    images of an export left out), and a count by extension of the other files ignored."""
-    files, ignored, _ = _find_label_files(label_dir)
-    return files, ignored
-
-
-def _find_label_files(label_dir: Path) -> tuple[list[Path], Counter, Walk]:
-    """:func:`find_label_files`, and the walk's FIFOs, sockets, devices and unreadable
-    folders (never opened)."""
-    found = walk([Path(label_dir)])
-    files: list[Path] = []
-    ignored: Counter = Counter()
-    by_folder: dict[Path, list[str]] = {}
-    for path in found.files:
-        by_folder.setdefault(path.parent, []).append(path.name)
-    for folder, names in by_folder.items():
-        present = {n.lower() for n in names}
-        for name in names:
-            suffix = label_suffix(name)
-            if suffix is None:
-                if not name.lower().endswith(_KNOWN_OTHERS):
-                    ignored[Path(name).suffix.lower() or "(no extension)"] += 1
-            elif not _is_export_image(name, suffix, present):
-                files.append(folder / name)
-    return files, ignored, found
-
-
-def _absolute(base: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return Path(os.path.normpath(path if path.is_absolute() else base / path))
-
-
-@dataclass
-class _Listed:
-    dicom: Path | None  # None: listed twice with different DICOM files
-    where: str
-
-
-def read_manifest(path: Path) -> tuple[dict[Path, _Listed], list[tuple[str, str]]]:
-    """A manifest CSV (``label_file,dicom_file``; relative paths against the CSV's folder):
-    label file (absolute) -> its DICOM file, and one (where, reason) per bad row."""
-    path = Path(path)
-    odd = not_regular(path)
-    if odd is not None:
-        raise UsageError(f"{path}: {odd}, not a manifest file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such manifest file") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: the manifest is not UTF-8 text; save it as UTF-8") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
-    reader = csv.DictReader(io.StringIO(text))
-    fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
-    if "label_file" not in fields or "dicom_file" not in fields:
-        raise UsageError(
-            f"{path}: a manifest needs the columns label_file,dicom_file "
-            f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})"
-        )
-    base = path.parent
-    listed: dict[Path, _Listed] = {}
-    problems: list[tuple[str, str]] = []
-    for row in reader:
-        where = f"{path}:{reader.line_num}"
-        label = (row.get(fields["label_file"]) or "").strip()
-        dicom = (row.get(fields["dicom_file"]) or "").strip()
-        if not label and not dicom:
-            continue
-        if not label or not dicom:
-            problems.append((where, "manifest row needs both label_file and dicom_file"))
-            continue
-        label_path, dicom_path = _absolute(base, label), _absolute(base, dicom)
-        before = listed.get(label_path)
-        if before is not None and before.dicom != dicom_path:
-            listed[label_path] = _Listed(None, before.where)
-        elif before is None:
-            listed[label_path] = _Listed(dicom_path, where)
-    return listed, problems
-
-
-class _DicomFinder:
-    """The DICOM file mirroring a label file's relative path under a root folder."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self._listings: dict[Path, list[str]] = {}
-
-    def _names(self, folder: Path) -> list[str]:
-        if folder not in self._listings:
-            try:
-                with os.scandir(folder) as entries:
-                    self._listings[folder] = sorted(
-                        e.name for e in entries if not e.name.startswith(".") and e.is_file()
-                    )
-            except OSError:
-                self._listings[folder] = []
-        return self._listings[folder]
-
-    def find(self, rel: Path) -> Path:
-        stem = strip_label_suffix(rel.name)
-        folder = self.root / rel.parent
-        names = self._names(folder)
-        by_lower = {n.lower(): n for n in names}
-        if f"{stem}.dcm".lower() in by_lower:
-            return folder / by_lower[f"{stem}.dcm".lower()]
-        if stem in names:
-            return folder / stem
-        others = [n for n in names if n.startswith(stem + ".") and label_suffix(n) is None]
-        if len(others) == 1:
-            return folder / others[0]
-        if others:
-            raise NoImage(
-                f"several files under {self.root} could be its DICOM file "
-                f"({', '.join(others[:3])}); name it in a --manifest"
-            )
-        raise NoImage(f"no DICOM file {rel.parent / stem}[.dcm] under {self.root} to match it to")
 
 
 # --------------------------------------------------------------------------- sync
@@ -321,7 +189,7 @@ def sync_itksnap(
         )
     files, listed, ignored = _files_to_sync(label_dir, root, manifest, report)
     report.seen += len(files)
-    finder = _DicomFinder(Path(dicom_root)) if dicom_root is not None else None
+    finder = DicomFinder(Path(dicom_root)) if dicom_root is not None else None
     targets = _targets(ws.key, files, root, listed, finder, rater, owners, report)
     matches, had_labels = _match_images(ws, rater_id, targets, report)
     frame_ids = {i.id for m in matches if m.cine for i in m.cine.frames.values()}
@@ -375,13 +243,13 @@ def sync_itksnap(
 
 def _files_to_sync(
     label_dir: Path, root: Path, manifest: Path | None, report: SyncReport
-) -> tuple[list[Path], dict[Path, _Listed], Counter]:
+) -> tuple[list[Path], dict[Path, Listed], Counter]:
     """The label files to read: those found under the folder, plus files the manifest lists
     under it whatever their extension; the manifest's entries; the other files ignored.
     Bad manifest rows and listed files that do not exist are rejected."""
     listed, problems = read_manifest(Path(manifest)) if manifest else ({}, [])
     report.rejected.extend(problems)
-    files, ignored, found = _find_label_files(label_dir)
+    files, ignored, found = find_label_files_walk(label_dir)
     report.rejected.extend(found.unreadable)
     for path in [p for p in files if not utf8_name(p)]:
         files.remove(path)  # SimpleITK aborts the process on a path it cannot decode
@@ -403,8 +271,8 @@ def _targets(
     key: bytes,
     files: list[Path],
     root: Path,
-    listed: dict[Path, _Listed],
-    finder: _DicomFinder | None,
+    listed: dict[Path, Listed],
+    finder: DicomFinder | None,
     rater: str,
     owners: dict[Path, str | None],
     report: SyncReport,
@@ -677,8 +545,8 @@ def _target(
     path: Path,
     full: Path,
     rel: Path,
-    listed: dict[Path, _Listed],
-    finder: _DicomFinder | None,
+    listed: dict[Path, Listed],
+    finder: DicomFinder | None,
 ) -> _Target:
     """Where a label file points: the manifest's DICOM file, else the image id in its name,
     else the DICOM file its path mirrors under the DICOM root."""
