@@ -26,8 +26,9 @@ Layering: this is the one module of ``labels`` that reaches ``learning`` (for th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from sqlalchemy import select
 
@@ -92,6 +93,59 @@ class _Todo:
     store_hash: str
 
 
+class _Pushed(Protocol):
+    task_id: int
+    image_id: int
+
+
+_T = TypeVar("_T", bound=_Pushed)
+
+
+def recorded_tasks(s, rater_id: int, rater: str, *columns) -> dict[int, list[tuple]]:
+    """The tasks datatool pushed to the rater's projects, per Label Studio project id: rows of
+    (task id, image id, *columns of the task's Image), in task order. A rater without a
+    project is an error that says to push first."""
+    rows = _rater_projects(s, rater_id)
+    if not rows:
+        raise DatatoolError(
+            f"rater {rater} has no Label Studio project yet: run "
+            f"'datatool labelstudio push --rater {rater}' first"
+        )
+    return {
+        row.project_id: [
+            tuple(found)
+            for found in s.execute(
+                select(LabelStudioTask.task_id, LabelStudioTask.image_id, *columns)
+                .join(Image, Image.id == LabelStudioTask.image_id)
+                .where(LabelStudioTask.project_id == row.id)
+                .order_by(LabelStudioTask.task_id)
+            )
+        ]
+        for row in rows
+    }
+
+
+def server_tasks_of(
+    conn: Connection, pid: int, rater: str, tasks: Iterable[_T]
+) -> Iterator[tuple[_T, dict | None]]:
+    """Each recorded task (with ``task_id`` and ``image_id``) beside the server's copy of it
+    (None when the server no longer has it). A server task that names another image than the
+    one datatool pushed stops everything: no drafts are sent into a project that changed."""
+    _server_project(conn, pid, rater)
+    server = {int(t["id"]): t for t in _server_tasks(conn, pid, annotations=True)}
+    for t in tasks:
+        task = server.get(t.task_id)
+        if task is not None:
+            data = task.get("data") or {}
+            if str(data.get("image_id")) != image_name(t.image_id):
+                raise DatatoolError(
+                    f"task {t.task_id} of project {pid} names image "
+                    f"{excerpt(data.get('image_id'))}, but datatool pushed "
+                    f"{image_name(t.image_id)} as this task: no drafts sent"
+                )
+        yield t, task
+
+
 def _has_version(task: dict, version: str) -> bool:
     for item in task.get("predictions") or []:
         prediction = _plain(item) if not isinstance(item, int) else {}
@@ -126,23 +180,10 @@ def prelabel(
         r = labelling_rater(s, rater, "'prelabel'")
         rater_id = r.id
         rater = r.name
-        rows = _rater_projects(s, r.id)
-        if not rows:
-            raise DatatoolError(
-                f"rater {rater} has no Label Studio project yet: run "
-                f"'datatool labelstudio push --rater {rater}' first"
-            )
-        recorded: dict[int, list[_Todo]] = {}
-        for row in rows:
-            recorded[row.project_id] = [
-                _Todo(row.project_id, tid, iid, digest)
-                for tid, iid, digest in s.execute(
-                    select(LabelStudioTask.task_id, LabelStudioTask.image_id, Image.store_hash)
-                    .join(Image, Image.id == LabelStudioTask.image_id)
-                    .where(LabelStudioTask.project_id == row.id)
-                    .order_by(LabelStudioTask.task_id)
-                )
-            ]
+        recorded = {
+            pid: [_Todo(pid, tid, iid, digest) for tid, iid, digest in tasks]
+            for pid, tasks in recorded_tasks(s, r.id, rater, Image.store_hash).items()
+        }
         labelled = {a.image_id for a in s.scalars(latest_annotations_query([r.id]))}
     model = load_run_model(ws, run_id, checkpoint, device)
     version = model.model_version
@@ -152,21 +193,11 @@ def prelabel(
     found = already = skipped = 0
     missing: list[int] = []
     for pid, tasks in recorded.items():
-        _server_project(conn, pid, rater)
-        server = {int(t["id"]): t for t in _server_tasks(conn, pid, annotations=True)}
-        for t in tasks:
-            task = server.get(t.task_id)
+        for t, task in server_tasks_of(conn, pid, rater, tasks):
             if task is None:
                 missing.append(t.task_id)
                 continue
             found += 1
-            data = task.get("data") or {}
-            if str(data.get("image_id")) != image_name(t.image_id):
-                raise DatatoolError(
-                    f"task {t.task_id} of project {pid} names image "
-                    f"{excerpt(data.get('image_id'))}, "
-                    f"but datatool pushed {image_name(t.image_id)} as this task: no drafts sent"
-                )
             if _has_version(task, version):
                 already += 1
                 shown.add(pid)

@@ -27,23 +27,24 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import func, select
 
-from datatool.core.catalogue import Annotation, Image, LabelStudioTask, SourceFile, audit
-from datatool.core.errors import DatatoolError
+from datatool.core.catalogue import Annotation, Image, SourceFile, audit
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import in_chunks, labelling_rater, latest_annotations_query
 from datatool.labels.handouts import record_handouts
 from datatool.labels.labelstudio.connection import (
-    _rater_projects,
-    _server_project,
-    _server_tasks,
     connect,
 )
 from datatool.labels.labelstudio.formats import mask_to_results
-from datatool.labels.labelstudio.prelabel import UPLOAD_BATCH, _has_version, _show_drafts
+from datatool.labels.labelstudio.prelabel import (
+    UPLOAD_BATCH,
+    _has_version,
+    _show_drafts,
+    recorded_tasks,
+    server_tasks_of,
+)
 from datatool.labels.matching import image_name
 from datatool.labels.propagate import PROPAGATE_VERSION, Loop, as_grey, propagated_from
-from datatool.labels.quoting import excerpt
 
 
 @dataclass
@@ -110,23 +111,10 @@ def prelabel_propagate(
     with ws.session() as s:
         r = labelling_rater(s, rater, "'prelabel --propagate'")
         rater_id, rater = r.id, r.name
-        rows = _rater_projects(s, rater_id)
-        if not rows:
-            raise DatatoolError(
-                f"rater {rater} has no Label Studio project yet: run "
-                f"'datatool labelstudio push --rater {rater}' first"
-            )
-        recorded: dict[int, list[_Todo]] = {}
-        for row in rows:
-            recorded[row.project_id] = [
-                _Todo(row.project_id, tid, iid, sfid)
-                for tid, iid, sfid in s.execute(
-                    select(LabelStudioTask.task_id, Image.id, Image.source_file_id)
-                    .join(Image, Image.id == LabelStudioTask.image_id)
-                    .where(LabelStudioTask.project_id == row.id)
-                    .order_by(LabelStudioTask.task_id)
-                )
-            ]
+        recorded = {
+            pid: [_Todo(pid, tid, iid, sfid) for tid, iid, sfid in tasks]
+            for pid, tasks in recorded_tasks(s, rater_id, rater, Image.source_file_id).items()
+        }
         files = {t.source_file_id for tasks in recorded.values() for t in tasks}
         loops: dict[int, list[_Frame]] = {}  # source file -> its catalogued frames
         n_frames: dict[int, int] = {}  # source file -> the DICOM's NumberOfFrames
@@ -173,21 +161,11 @@ def prelabel_propagate(
     shown: set[int] = set()  # projects that hold propagated drafts
     seen_loops: set[int] = set()
     for pid, tasks in recorded.items():
-        _server_project(conn, pid, rater)
-        server = {int(t["id"]): t for t in _server_tasks(conn, pid, annotations=True)}
-        for t in tasks:
-            task = server.get(t.task_id)
+        for t, task in server_tasks_of(conn, pid, rater, tasks):
             if task is None:
                 report.missing_on_server.append(t.task_id)
                 continue
             report.tasks += 1
-            data = task.get("data") or {}
-            if str(data.get("image_id")) != image_name(t.image_id):
-                raise DatatoolError(
-                    f"task {t.task_id} of project {pid} names image "
-                    f"{excerpt(data.get('image_id'))}, "
-                    f"but datatool pushed {image_name(t.image_id)} as this task: no drafts sent"
-                )
             if t.source_file_id not in loops:
                 report.stills += 1
                 continue
