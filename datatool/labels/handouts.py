@@ -125,6 +125,10 @@ class Handouts:
             (h for h in self._by_image.get(image_id, ()) if h.file_sha256 == file_sha256), None
         )
 
+    def handed_to(self, image_id: int, rater_id: int) -> list[Handout]:
+        """The drafts of an image handed to ``rater_id`` (any tool), oldest first."""
+        return [h for h in self._by_image.get(image_id, ()) if h.rater_id == rater_id]
+
     def draft(self, image_id: int, mask_hash: str, rater_id: int) -> Handout | None:
         """The draft whose label map ``mask_hash`` is, preferring one handed to ``rater_id``."""
         found = [h for h in self._by_image.get(image_id, ()) if h.mask_hash == mask_hash]
