@@ -29,7 +29,8 @@ import SimpleITK as sitk
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater
-from datatool.labels.itksnap.sync import find_label_files, sync_itksnap
+from datatool.labels.itksnap.locate import find_label_files
+from datatool.labels.itksnap.sync import sync_itksnap
 
 from benchdata import make_demo  # bench/benchdata.py, beside this script
 
