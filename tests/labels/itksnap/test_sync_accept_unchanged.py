@@ -62,7 +62,12 @@ def test_unchanged_drafts_are_skipped_or_accepted_with_their_provenance(trained,
             s, ws.store, image, get_rater(s, "AN5"), own, "labelstudio", None, load_protocol()
         )
 
-    # with it (the command line): the other two stored as drafts accepted unchanged
+    # one image accepted by syncing its folder with the option (the marker is found above)
+    one = sync_itksnap(ws, out / f"img{ids[1]:06d}", "AN5", accept_unchanged=True)
+    assert (one.new_versions, one.unchanged, one.rejected) == (1, 0, [])
+    assert set(_latest(ws, "AN5")) == {ids[0], ids[1]}
+
+    # the whole folder with it (the command line): the third stored too, the first not
     result = CliRunner().invoke(
         cli,
         ["sync", "itksnap", str(out), "--rater", "AN5", "--accept-unchanged", "--json",
@@ -70,7 +75,7 @@ def test_unchanged_drafts_are_skipped_or_accepted_with_their_provenance(trained,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     accepted = json.loads(result.stdout)
-    assert (accepted["new_versions"], accepted["unchanged"], accepted["rejected"]) == (2, 0, [])
+    assert (accepted["new_versions"], accepted["unchanged"], accepted["rejected"]) == (1, 1, [])
     assert [n["note"] for n in accepted["notes"] if "another label" in n["note"]] == [
         "still the draft as exported, but the rater has another label of this image (its "
         "latest version): the draft is not accepted over it"
