@@ -4,7 +4,7 @@ Label Studio gave no parent_prediction but the label is close to a draft handed 
 --accept-unchanged``) and, for an overlap, the IoU per structure (``draft_iou``).
 
 Revision ID: 0012
-Revises: 0010 (merged after ls-blind's 0011: its down_revision becomes "0011" there)
+Revises: 0010 on this branch; merged after a branch's 0011, down_revision becomes "0011"
 Create Date: 2026-12-07
 """
 

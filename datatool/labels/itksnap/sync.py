@@ -3,10 +3,12 @@ any folder) into versioned annotations.
 
 An exported segmentation carries its marker (``itksnap.marker``): one still byte for byte as
 export wrote it pre-filled with a model draft was never saved by the rater and is not a label
-(skipped, noted); any other is stored with the draft it started from and whether it is that
-draft unchanged.
+(skipped, counted in one note; a cine frame by frame: ``itksnap.cine``) unless the rater accepts
+it unchanged (``accept_unchanged``); any other is stored with the draft it started from and
+whether it is that draft unchanged.
 
-Sync finds the label files under a folder and matches each to its catalogued image:
+Sync finds the label files under a folder and matches each to its catalogued image
+(``itksnap.locate``):
 
 * by name: an exported file's name holds its image (``img000123_seg.nii.gz``);
 * by a manifest CSV (``label_file,dicom_file``) naming the original DICOM file of each label;
