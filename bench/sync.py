@@ -29,7 +29,7 @@ import SimpleITK as sitk
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater
-from datatool.labels.itksnap.finding import find_label_files
+from datatool.labels.itksnap.locate import find_label_files
 from datatool.labels.itksnap.sync import sync_itksnap
 
 from benchdata import make_demo  # bench/benchdata.py, beside this script

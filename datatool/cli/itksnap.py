@@ -173,6 +173,15 @@ def sync_itksnap(
         "(1 is the first frame). A W x H x N map of a cine needs no option: each slice labels "
         "its frame.",
     ),
+    accept_unchanged: bool = typer.Option(
+        False,
+        "--accept-unchanged",
+        help="Store the model drafts still as export wrote them (a segmentation never saved, "
+        "or saved byte for byte the same; a cine's frames left as drafted) as drafts the "
+        "rater accepted unchanged, with the draft's provenance. Without it they are skipped "
+        "as not labelled yet (one line counts them). To accept only some, sync their image "
+        "folders (EXPORT/imgNNNNNN) with it.",
+    ),
     allow_copy: str | None = AllowCopyOpt,
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
@@ -187,8 +196,11 @@ def sync_itksnap(
     reason: wrong size, unknown label value, not a label file, no such image, a copy of
     another rater's label), 2 for usage errors such as an unknown or reserved rater.
 
-    Model drafts are known by their content, wherever the file comes from: one never saved
-    since export is skipped, one saved as it is keeps the draft's provenance (model, run).
+    Model drafts are known by their content, wherever the file comes from: one saved as it is
+    keeps the draft's provenance (model, run). ITK-SNAP may save an unchanged draft byte for
+    byte as export wrote it, which cannot be told from a draft never opened: such drafts (and
+    a cine's frames still as drafted, frame by frame) are skipped as not labelled yet unless
+    --accept-unchanged says the rater accepts them as they are.
 
     Cines: ITK-SNAP saves a cine's segmentation as W x H x N (N the DICOM file's frames);
     each labelled slice goes to its frame, empty slices are no labels, and labels on a frame
@@ -210,5 +222,6 @@ def sync_itksnap(
             progress=progress,
             allow_copy=allow_copy,
             cine_frame=cine_frame,
+            accept_unchanged=accept_unchanged,
         )
     show_sync_report(report, json_out, csv_out)

@@ -364,7 +364,13 @@ def sync_labelstudio(
     stderr: also a label identical to another rater's current one, unless --allow-copy);
     skipped tasks are noted, and one line says how many are not annotated yet (--verbose
     lists them). A label equal to a model draft datatool handed the rater keeps the draft's
-    provenance. With --review: the reviews of flagged labels, from the review projects.
+    provenance. Label Studio loses an annotation's parent_prediction when it restores the
+    rater's autosaved working copy (a task labelled over two sittings): an annotation without
+    it that is close to a draft handed to that rater for that task (IoU >= 0.9 on more than
+    half of the structures present in the label or the draft) is stored as started from that
+    draft, the link marked as found by overlap with the IoU per structure, and agreement
+    leaves it out like any draft-started label. With --review: the reviews of flagged
+    labels, from the review projects.
 
     With --export (a project made before datatool): a task may name its DICOM image in several
     fields (path, the server's URL of it, SOP Instance UID) if they all name the same image;

@@ -183,6 +183,12 @@ class Annotation(Base):
     draft_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))  # when one of ours
     draft_hash: Mapped[str | None] = mapped_column(String(64))  # the draft's label map (store)
     draft_unchanged: Mapped[bool | None] = mapped_column(Boolean)  # accepted as drafted
+    # How the link to the draft was found when no tool recorded it (None: recorded, e.g.
+    # Label Studio's parent_prediction, the export's marker, the same label map as a draft):
+    # "overlap" (close to a draft handed to the rater: IoU per structure in draft_iou) or
+    # "accepted unchanged" (an ITK-SNAP draft stored as it is, sync itksnap --accept-unchanged)
+    draft_link: Mapped[str | None] = mapped_column(String(32))
+    draft_iou: Mapped[dict | None] = mapped_column(JSON)  # structure name -> IoU with the draft
     image: Mapped[Image] = relationship()
     rater: Mapped[Rater] = relationship()
     structures: Mapped[list[StructureStats]] = relationship(back_populates="annotation")

@@ -51,6 +51,8 @@ class DraftOrigin:
     version: str
     run_id: int | None = None
     mask_hash: str | None = None
+    link: str | None = None  # how the link was found when no tool recorded it (draftlink)
+    ious: dict[str, float] | None = None  # for a link by overlap: IoU per structure
 
 
 def run_of_draft_version(version: str | None) -> int | None:
@@ -267,6 +269,8 @@ def store_annotations(
                 "draft_unchanged": (
                     None if draft is None or draft.mask_hash is None else draft.mask_hash == digest
                 ),
+                "draft_link": draft.link if draft else None,
+                "draft_iou": draft.ious if draft else None,
             }
         )
         stats.append(structure_stats(mask, protocol, image.mm_per_px_x, image.mm_per_px_y))

@@ -125,6 +125,22 @@ class Handouts:
             (h for h in self._by_image.get(image_id, ()) if h.file_sha256 == file_sha256), None
         )
 
+    def handed_to(self, image_id: int, rater_id: int) -> list[Handout]:
+        """The drafts of an image handed to ``rater_id`` (any tool), oldest first."""
+        return [h for h in self._by_image.get(image_id, ()) if h.rater_id == rater_id]
+
+    def written_draft(self, image_id: int, mask_hash: str) -> Handout | None:
+        """A draft of this label map that export wrote into an ITK-SNAP file (still as drafted
+        when a saved cine's frame is this map)."""
+        return next(
+            (
+                h
+                for h in self._by_image.get(image_id, ())
+                if h.mask_hash == mask_hash and h.via == "itksnap" and h.file_sha256
+            ),
+            None,
+        )
+
     def draft(self, image_id: int, mask_hash: str, rater_id: int) -> Handout | None:
         """The draft whose label map ``mask_hash`` is, preferring one handed to ``rater_id``."""
         found = [h for h in self._by_image.get(image_id, ()) if h.mask_hash == mask_hash]

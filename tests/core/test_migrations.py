@@ -118,6 +118,10 @@ SEEDS = {
     "0010": [  # the sample of 0003 drew at most one frame per cine
         "UPDATE agreement_samples SET per_cine = 1 WHERE id = 1",
     ],
+    "0012": [  # AN1's second version linked to its draft by overlap
+        "UPDATE annotations SET draft_link = 'overlap', "
+        "draft_iou = '{\"sciatic nerve\": 0.93}' WHERE id = 2",
+    ],
 }
 
 
@@ -194,6 +198,11 @@ def _check_0010(s) -> None:
     assert s.scalars(select(AgreementSample)).one().per_cine is True
 
 
+def _check_0012(s) -> None:
+    ann = s.get_one(Annotation, 2)
+    assert (ann.draft_link, ann.draft_iou) == ("overlap", {"sciatic nerve": 0.93})
+
+
 CHECKS = {
     "0001": _check_0001,
     "0002": _check_0002,
@@ -205,6 +214,7 @@ CHECKS = {
     "0008": _check_0008,
     "0009": _check_0009,
     "0010": _check_0010,
+    "0012": _check_0012,
 }
 
 

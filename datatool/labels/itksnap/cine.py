@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from datatool.core.protocol import Protocol
+from datatool.core.store import pixel_digest
 from datatool.labels.annotations import SyncReport
 from datatool.labels.handouts import Handouts
 from datatool.labels.itksnap.formats import (
@@ -26,7 +27,6 @@ from datatool.labels.itksnap.formats import (
     read_label_file,
     spacing_mm,
 )
-from datatool.labels.itksnap.marker import file_sha256
 from datatool.labels.masks import BadLabel, validate_mask
 from datatool.labels.matching import (
     CINE_FRAME_HELP,
@@ -56,6 +56,7 @@ class Match:
     frame: tuple[int, int] | None = None  # a cine frame's (0-based index, frames)
     frame_drafts: dict[int, dict | None] = field(default_factory=dict)  # a cine's, by image
     files: int = 1  # label files it stands for in the progress count (a cine's frames: 0/1)
+    accepted: bool = False  # a draft still as exported, accepted as it is (--accept-unchanged)
 
 
 @dataclass
@@ -63,7 +64,7 @@ class CineSkips:
     """Cine label files skipped as not labelled yet (as for stills, see ``itksnap.sync``)."""
 
     not_labelled: int = 0  # exported, every slice still empty
-    unsaved: int = 0  # still the model drafts export wrote, never saved
+    unsaved: int = 0  # frames still the model draft export wrote into them
 
 
 def expand_cines(
@@ -75,9 +76,15 @@ def expand_cines(
     root: Path,
     handouts: Handouts,
     report: SyncReport,
+    accept_unchanged: bool = False,
 ) -> tuple[list[Match], CineSkips]:
     """Every match, a cine's replaced by one match per labelled frame (its slice read and
-    validated); a bad cine file is a line in ``report.rejected`` and stores nothing."""
+    validated); a bad cine file is a line in ``report.rejected`` and stores nothing.
+
+    Drafts are judged frame by frame: a frame whose slice is still the model draft export
+    wrote into it is not labelled yet (counted in ``unsaved``), whatever the rater changed in
+    the other frames, unless ``accept_unchanged`` (the frame is then a draft accepted as it
+    is)."""
     out: list[Match] = []
     skips = CineSkips()
     for m in matches:
@@ -87,7 +94,16 @@ def expand_cines(
         try:
             out.extend(
                 _frames(
-                    m, protocol, cine_frame, had_labels, allow_empty, root, handouts, report, skips
+                    m,
+                    protocol,
+                    cine_frame,
+                    had_labels,
+                    allow_empty,
+                    root,
+                    handouts,
+                    report,
+                    skips,
+                    accept_unchanged,
                 )
             )
         except (BadLabel, NoImage) as exc:
@@ -125,6 +141,7 @@ def _frames(
     handouts: Handouts,
     report: SyncReport,
     skips: CineSkips,
+    accept_unchanged: bool = False,
 ) -> list[Match]:
     cine = m.cine
     assert cine is not None
@@ -150,17 +167,21 @@ def _frames(
             frame = frame_label(None if row is None else row.id, index, n, m.dicom_name)
             raise BadLabel(f"slice {k + 1}, {frame}: {exc}") from None
     report.notes.extend((str(m.path), note) for note in geometry_notes(label, m.spacing))
-    if _unsaved(m, handouts):
-        skips.unsaved += 1
-        return []
     frames: list[Match] = []
     not_ingested: list[int] = []
+    unsaved_before = skips.unsaved
     for index, mask in zip(indices, masks):
         if not mask.any():
             continue  # an empty slice is no label
         row = cine.frames.get(index)
         if row is None:
             not_ingested.append(index)
+            continue
+        # export never writes a draft into a frame the rater labelled: that one is compared
+        # with the rater's label as usual
+        drafted = row.id not in had_labels and _still_drafted(m, row.id, mask, handouts)
+        if drafted and not accept_unchanged:
+            skips.unsaved += 1
             continue
         frames.append(
             replace(
@@ -173,6 +194,7 @@ def _frames(
                 mask=np.ascontiguousarray(mask),
                 frame=(index, n),
                 files=0 if frames else 1,
+                accepted=drafted,
             )
         )
     if not_ingested and len(indices) == 1:
@@ -191,7 +213,7 @@ def _frames(
                 "not stored",
             )
         )
-    if frames or not_ingested:
+    if frames or not_ingested or skips.unsaved > unsaved_before:
         return frames
     ids = {row.id for row in cine.frames.values()}
     if m.exported and not ids & had_labels:
@@ -208,14 +230,12 @@ def _frames(
     return []
 
 
-def _unsaved(m: Match, handouts: Handouts) -> bool:
-    """A cine's segmentation exported pre-filled with model drafts that the rater never
-    saved (the very bytes export wrote): not labelled yet (see ``itksnap.sync``)."""
-    cine = m.cine
-    assert cine is not None
-    ids = [row.id for row in cine.frames.values()]
-    written = {(d or {}).get("file_sha256") for d in m.frame_drafts.values()} - {None}
-    if not written and not any(handouts.any_for(i) for i in ids):
-        return False
-    sha = file_sha256(m.path)
-    return sha in written or any(handouts.written_file(i, sha) is not None for i in ids)
+def _still_drafted(m: Match, image_id: int, mask: np.ndarray, handouts: Handouts) -> bool:
+    """A cine frame's slice still the model draft export wrote into it: the draft the
+    marker records for the frame (when export wrote it), else a draft the catalogue
+    records as written into an ITK-SNAP file (the file copied away from its marker)."""
+    digest = pixel_digest(mask)
+    record = m.frame_drafts.get(image_id) if m.exported else None
+    if record is not None and record.get("file_sha256"):
+        return record.get("mask_hash") == digest
+    return handouts.written_draft(image_id, digest) is not None

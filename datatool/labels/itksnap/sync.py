@@ -3,10 +3,12 @@ any folder) into versioned annotations.
 
 An exported segmentation carries its marker (``itksnap.marker``): one still byte for byte as
 export wrote it pre-filled with a model draft was never saved by the rater and is not a label
-(skipped, noted); any other is stored with the draft it started from and whether it is that
-draft unchanged.
+(skipped, counted in one note; a cine frame by frame: ``itksnap.cine``) unless the rater accepts
+it unchanged (``accept_unchanged``); any other is stored with the draft it started from and
+whether it is that draft unchanged.
 
-Sync finds the label files under a folder and matches each to its catalogued image:
+Sync finds the label files under a folder and matches each to its catalogued image
+(``itksnap.locate``):
 
 * by name: an exported file's name holds its image (``img000123_seg.nii.gz``);
 * by a manifest CSV (``label_file,dicom_file``) naming the original DICOM file of each label;
@@ -30,10 +32,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Row, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from datatool.core.catalogue import Annotation, FileStatus, Image, Rater, SourceFile, audit
+from datatool.core.catalogue import Annotation, Image, Rater, audit
 from datatool.core.errors import UsageError
 from datatool.core.files import skip_reason
 from datatool.core.protocol import Protocol, load_protocol
@@ -44,11 +46,11 @@ from datatool.labels.annotations import (
     DraftOrigin,
     SyncReport,
     draft_origin,
-    in_chunks,
     labelling_rater,
     latest_annotations_query,
     store_annotations,
 )
+from datatool.labels.draftlink import ACCEPTED_UNCHANGED
 from datatool.labels.handouts import (
     BREACH,
     Handouts,
@@ -59,16 +61,19 @@ from datatool.labels.handouts import (
 )
 from datatool.labels.itksnap.cine import Match as _Match
 from datatool.labels.itksnap.cine import expand_cines
-from datatool.labels.itksnap.finding import (
-    DicomFinder,
-    Listed,
-    find_label_files_walk,
-    read_manifest,
-)
 from datatool.labels.itksnap.formats import (
     geometry_notes,
     read_label_file,
     spacing_mm,
+)
+from datatool.labels.itksnap.locate import (
+    _DicomFinder,
+    _find_label_files,
+    _Listed,
+    _resolve,
+    _Target,
+    _target,
+    read_manifest,
 )
 from datatool.labels.itksnap.marker import (
     EXPORT_MARKER,
@@ -82,12 +87,7 @@ from datatool.labels.matching import (
     Cine,
     NoImage,
     check_cine_frame,
-    cines_of,
-    image_by_id,
-    image_id_from_name,
     image_name,
-    match_dicom,
-    read_sop_instance_uid,
 )
 from datatool.labels.quoting import printable, utf8_name
 
@@ -95,7 +95,6 @@ BATCH_SIZE = 64
 _SUFFIX_RE = r"(?:\.seg\.nrrd|\.nii\.gz|\.nrrd|\.nii|\.mha|\.mhd)"
 _EXPORTED_NAME = re.compile(r"img\d{6,}_seg" + _SUFFIX_RE, re.IGNORECASE)
 _EXPORTED_REL = re.compile(r"(?:img\d{6,}/)?img\d{6,}(?:_seg)?" + _SUFFIX_RE, re.IGNORECASE)
-
 
 # --------------------------------------------------------------------------- sync
 
@@ -149,6 +148,7 @@ def sync_itksnap(
     batch_size: int = BATCH_SIZE,
     allow_copy: str | None = None,
     cine_frame: str | None = None,
+    accept_unchanged: bool = False,
 ) -> SyncReport:
     """Sync one rater's ITK-SNAP label files under ``label_dir`` into versioned annotations
     (see the module docstring). Unchanged labels are a no-op, changed ones a new version;
@@ -165,7 +165,14 @@ def sync_itksnap(
 
     A label file for a cine (``itksnap.cine``): a W x H x N map gives each labelled slice to
     its frame (empty slices are no labels); a one-slice map goes to the frame its exported
-    name names, else to ``cine_frame`` (``first``, ``middle`` or a number from 1)."""
+    name names, else to ``cine_frame`` (``first``, ``middle`` or a number from 1).
+
+    A model draft exported into a segmentation and still as export put it (a still's file
+    byte for byte as written; a cine's frame whose slice is still its draft, whatever else
+    of the file the rater changed) is not labelled yet: skipped, counted in one note. With
+    ``accept_unchanged`` the rater accepts those drafts as they are: stored with the draft's
+    provenance, ``draft_unchanged`` and ``draft_link`` "accepted unchanged"; never over a
+    different label the rater has of the image already (noted)."""
     allow_copy = check_allow_copy(allow_copy)
     if cine_frame is not None:
         cine_frame = check_cine_frame(cine_frame)
@@ -189,14 +196,22 @@ def sync_itksnap(
         )
     files, listed, ignored = _files_to_sync(label_dir, root, manifest, report)
     report.seen += len(files)
-    finder = DicomFinder(Path(dicom_root)) if dicom_root is not None else None
+    finder = _DicomFinder(Path(dicom_root)) if dicom_root is not None else None
     targets = _targets(ws.key, files, root, listed, finder, rater, owners, report)
     matches, had_labels = _match_images(ws, rater_id, targets, report)
     frame_ids = {i.id for m in matches if m.cine for i in m.cine.frames.values()}
     with ws.session() as s:
         checks = _Checks(Handouts(s, {m.image_id for m in matches} | frame_ids), allow_copy)
     matches, cine_skips = expand_cines(
-        matches, protocol, cine_frame, had_labels, allow_empty, root, checks.handouts, report
+        matches,
+        protocol,
+        cine_frame,
+        had_labels,
+        allow_empty,
+        root,
+        checks.handouts,
+        report,
+        accept_unchanged,
     )
     todo = _one_file_per_image(matches, report)
     not_labelled, unsaved = _store_all(
@@ -211,6 +226,7 @@ def sync_itksnap(
         _Progress(progress, len(files), len(files) - sum(m.files for m in todo)),
         root,
         checks,
+        accept_unchanged,
     )
     not_labelled += cine_skips.not_labelled
     unsaved += cine_skips.unsaved
@@ -230,6 +246,8 @@ def sync_itksnap(
             rejected=len(report.rejected),
             not_labelled=not_labelled,
             unsaved_drafts=unsaved,
+            accept_unchanged=accept_unchanged,
+            accepted_unchanged=checks.accepted,
             manifest=manifest is not None,
             dicom_root=dicom_root is not None,
             allow_empty=allow_empty,
@@ -243,13 +261,13 @@ def sync_itksnap(
 
 def _files_to_sync(
     label_dir: Path, root: Path, manifest: Path | None, report: SyncReport
-) -> tuple[list[Path], dict[Path, Listed], Counter]:
+) -> tuple[list[Path], dict[Path, _Listed], Counter]:
     """The label files to read: those found under the folder, plus files the manifest lists
     under it whatever their extension; the manifest's entries; the other files ignored.
     Bad manifest rows and listed files that do not exist are rejected."""
     listed, problems = read_manifest(Path(manifest)) if manifest else ({}, [])
     report.rejected.extend(problems)
-    files, ignored, found = find_label_files_walk(label_dir)
+    files, ignored, found = _find_label_files(label_dir)
     report.rejected.extend(found.unreadable)
     for path in [p for p in files if not utf8_name(p)]:
         files.remove(path)  # SimpleITK aborts the process on a path it cannot decode
@@ -271,8 +289,8 @@ def _targets(
     key: bytes,
     files: list[Path],
     root: Path,
-    listed: dict[Path, Listed],
-    finder: DicomFinder | None,
+    listed: dict[Path, _Listed],
+    finder: _DicomFinder | None,
     rater: str,
     owners: dict[Path, str | None],
     report: SyncReport,
@@ -416,6 +434,7 @@ def _store_all(
     progress: _Progress,
     root: Path,
     checks: _Checks,
+    accept_unchanged: bool = False,
 ) -> tuple[int, int]:
     """Read, validate and store the files batch by batch (a transaction a batch); returns
     how many exported segmentations were skipped as not labelled yet: still empty, and still
@@ -431,8 +450,10 @@ def _store_all(
                 ready.append((m, m.mask))
                 continue
             if _unsaved_draft(m, checks.handouts):
-                unsaved += 1
-                continue
+                if not accept_unchanged and m.image_id not in had_labels:
+                    unsaved += 1
+                    continue
+                m.accepted = True  # stored only where it is no other label of the rater
             try:
                 mask, notes = _read_mask(m, protocol, allow_empty, m.image_id in had_labels, root)
             except BadLabel as exc:
@@ -458,12 +479,14 @@ class _Checks:
     allow_copy: str | None
     refused: int = 0
     allowed: dict[int, str] = field(default_factory=dict)  # image id -> copied rater
+    accepted: int = 0  # drafts stored as accepted unchanged (--accept-unchanged)
 
 
 def _unsaved_draft(m: _Match, handouts: Handouts) -> bool:
     """A segmentation exported pre-filled with a model draft that the rater never saved
     (the very bytes export wrote, as the marker or the catalogue records them), wherever
-    the file lies now: not labelled yet. To accept a draft as it is, the rater saves it."""
+    the file lies now: not labelled yet, unless the rater accepts it as it is
+    (``--accept-unchanged``)."""
     written = (m.draft or {}).get("file_sha256")
     if not written and not handouts.any_for(m.image_id):
         return False
@@ -496,9 +519,9 @@ def _closing_notes(
         report.notes.append(
             (
                 str(label_dir),
-                f"{unsaved} segmentations are still the model draft they were exported with, "
-                "never saved by the rater (not labelled yet): skipped (to accept a draft as "
-                "it is, save it in ITK-SNAP)",
+                f"{unsaved} model drafts are still as exported (segmentations never saved, "
+                "cine frames left as drafted): not labelled yet, skipped; to accept them as "
+                "they are, sync again with --accept-unchanged",
             )
         )
     if not_labelled:
@@ -519,115 +542,39 @@ def _closing_notes(
         )
 
 
-@dataclass
-class _Target:
-    """The image a label file names (``image_id``), or its original DICOM file and that
-    file's keyed SOP Instance UID (None when it could not be read)."""
-
-    path: Path
-    full: Path
-    rel: Path
-    image_id: int | None = None
-    dicom: Path | None = None
-    uid: str | None = None
-
-
-def _keyed_sop_uid(key: bytes, dicom: Path) -> str | None:
-    """The keyed replacement of a DICOM file's SOP Instance UID, reading nothing else."""
-    try:
-        return deid.uid_for(key, read_sop_instance_uid(dicom))
-    except NoImage:  # unreadable: image_for_dicom gives the reason
-        return None
-
-
-def _target(
-    key: bytes,
-    path: Path,
-    full: Path,
-    rel: Path,
-    listed: dict[Path, Listed],
-    finder: DicomFinder | None,
-) -> _Target:
-    """Where a label file points: the manifest's DICOM file, else the image id in its name,
-    else the DICOM file its path mirrors under the DICOM root."""
-    target = _Target(path, full, rel)
-    entry = listed.get(full)
-    if entry is not None:
-        if entry.dicom is None:
-            raise NoImage("listed twice in the manifest with different DICOM files")
-        target.dicom = entry.dicom
-    else:
-        target.image_id = image_id_from_name(full.name)
-        if target.image_id is None and len(rel.parts) > 1:
-            target.image_id = image_id_from_name(rel.parent.name)
-        if target.image_id is not None:
-            return target
-        if finder is None:
-            raise NoImage(
-                "cannot tell which image it labels: its name holds no image id "
-                "(imgNNNNNN, as exported) and no --dicom-root or --manifest was given"
-            )
-        target.dicom = finder.find(rel)
-    if target.dicom.is_file():
-        target.uid = _keyed_sop_uid(key, target.dicom)
-    return target
-
-
-def _resolve(session: Session, key: bytes, targets: list[_Target]):
-    """Yield (target, image row or NoImage) for every target, asking the catalogue in bulk.
-    What the bulk queries do not settle (no such image, never ingested, a cine, an
-    unreadable DICOM file) goes through ``matching``, which says why. A frame of a cine
-    gives the whole :class:`Cine` (``named``: the frame an image id names)."""
-    ids = sorted({t.image_id for t in targets if t.image_id is not None})
-    uids = sorted({t.uid for t in targets if t.uid is not None})
-    by_id: dict[int, Row] = {}
-    by_uid: dict[str, list[Row]] = {}
-    columns = (
-        Image.id,
-        Image.source_file_id,
-        Image.frame_index,
-        Image.rows,
-        Image.cols,
-        Image.mm_per_px_x,
-        Image.mm_per_px_y,
-        SourceFile.n_frames,
-    )
-    for id_chunk in in_chunks(ids):
-        by_id.update(
-            (row.id, row)
-            for row in session.execute(
-                select(*columns)
-                .join(SourceFile, Image.source_file_id == SourceFile.id)
-                .where(Image.id.in_(id_chunk))
-            )
+def _not_over_own(
+    s: Session,
+    rater_id: int,
+    ready: list[tuple[_Match, np.ndarray]],
+    digests: list[str],
+    origins: list[DraftOrigin | None],
+    report: SyncReport,
+) -> tuple[list[tuple[_Match, np.ndarray]], list[str], list[DraftOrigin | None]]:
+    """A batch less the drafts accepted unchanged (``--accept-unchanged``) for images whose
+    latest label of the rater is another map: a never-saved draft does not replace a label
+    the rater made since (noted, not stored)."""
+    accepted = [m.image_id for m, _ in ready if m.accepted]
+    if not accepted:
+        return ready, digests, origins
+    own = {
+        a.image_id: a.mask_hash
+        for a in s.scalars(
+            latest_annotations_query([rater_id]).where(Annotation.image_id.in_(accepted))
         )
-    for uid_chunk in in_chunks(uids):
-        for row in session.execute(
-            select(SourceFile.sop_uid, *columns)
-            .join(Image, Image.source_file_id == SourceFile.id)
-            .where(SourceFile.status == FileStatus.ingested, SourceFile.sop_uid.in_(uid_chunk))
-        ):
-            by_uid.setdefault(row.sop_uid, []).append(row)
-    rows = [*by_id.values(), *(r for found in by_uid.values() for r in found)]
-    cines = cines_of(session, {r.source_file_id for r in rows if (r.n_frames or 1) > 1})
-    for t in targets:
-        found: Row | Image | Cine | NoImage
-        try:
-            if t.image_id is not None:
-                found = by_id.get(t.image_id) or image_by_id(session, t.image_id)
-                if isinstance(found, Row) and found.source_file_id in cines:
-                    found = replace(cines[found.source_file_id], named=found.frame_index)
-            elif t.uid in by_uid and by_uid[t.uid][0].source_file_id in cines:
-                found = replace(cines[by_uid[t.uid][0].source_file_id], named=None)
-            elif t.uid is not None and len(by_uid.get(t.uid, ())) == 1:
-                found = by_uid[t.uid][0]
-            elif t.dicom is not None:
-                found = match_dicom(session, key, t.dicom)
-            else:  # _target gives every target an image id or a DICOM file
-                raise AssertionError(f"no image id and no DICOM file for {t.path}")
-        except NoImage as exc:
-            found = exc
-        yield t, found
+    }
+    keep = []
+    for k, ((m, _), digest) in enumerate(zip(ready, digests)):
+        if m.accepted and own.get(m.image_id, digest) != digest:
+            report.notes.append(
+                (
+                    _frame_ref(str(m.path), m),
+                    "still the draft as exported, but the rater has another label of this "
+                    "image (its latest version): the draft is not accepted over it",
+                )
+            )
+        else:
+            keep.append(k)
+    return [ready[k] for k in keep], [digests[k] for k in keep], [origins[k] for k in keep]
 
 
 def _store_batch(
@@ -655,7 +602,10 @@ def _store_batch(
             else:
                 handout = checks.handouts.draft(m.image_id, digest, rater_id)
                 origin = None if handout is None else origin_of(s, handout)
+            if m.accepted and origin is not None:
+                origin = replace(origin, link=ACCEPTED_UNCHANGED)
             origins.append(origin)
+        ready, digests, origins = _not_over_own(s, rater_id, ready, digests, origins, report)
         copies = _copies(s, rater_id, ready, digests, origins)
         if copies and checks.allow_copy is None:
             checks.refused += len(copies)
@@ -676,5 +626,6 @@ def _store_batch(
             protocol,
             origins,
         )
+    checks.accepted += sum(r.created and m.accepted for r, (m, _) in zip(stored, ready))
     report.new_versions += sum(r.created for r in stored)
     report.unchanged += sum(not r.created for r in stored)

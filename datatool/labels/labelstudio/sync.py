@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import select
 
 from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask, Rater, audit
-from datatool.core.errors import DatatoolError, UsageError
+from datatool.core.errors import DatatoolError, StoreObjectMissing, UsageError
 from datatool.core.files import not_regular
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.store import pixel_digest
@@ -35,9 +35,11 @@ from datatool.labels.annotations import (
     latest_annotation,
     store_annotation,
 )
+from datatool.labels.draftlink import OVERLAP, closest_draft
 from datatool.labels.frames import frame_places
 from datatool.labels.handouts import (
     BREACH,
+    Handout,
     Handouts,
     audit_copies,
     check_allow_copy,
@@ -127,6 +129,63 @@ def _draft_of(
     return DraftOrigin(f"prediction {parent_id}")
 
 
+def _draft_by_overlap(
+    s,
+    ws: Workspace,
+    handouts: Handouts,
+    image: Image,
+    rater: Rater,
+    task: dict,
+    mask: np.ndarray,
+    protocol: Protocol,
+) -> DraftOrigin | None:
+    """The draft handed to this rater for this image (recorded by prelabel, next --drafts,
+    an export; or a prediction on the rater's own task) that a label without
+    ``parent_prediction`` is close to by the overlap rule (``labels.draftlink``): Label
+    Studio drops the link when it restores its autosaved working copy (a task labelled over
+    two sittings). None when no draft is that close."""
+    shape = mask.shape
+    candidates: list[tuple[object, np.ndarray]] = []
+    known = set()
+    for h in reversed(handouts.handed_to(image.id, rater.id)):  # newest first
+        if h.mask_hash in known:
+            continue
+        known.add(h.mask_hash)
+        try:
+            candidates.append((h, ws.store.get_array(h.mask_hash)))
+        except StoreObjectMissing:  # a draft missing from the store: not a candidate
+            continue
+    for item in task.get("predictions") or []:
+        if not isinstance(item, dict) and not hasattr(item, "model_dump"):
+            continue
+        prediction = _plain(item)
+        try:
+            drafted = results_to_mask(prediction.get("result") or [], protocol, shape).mask
+        except BadLabel:
+            continue
+        version = str(prediction.get("model_version") or f"prediction {prediction.get('id')}")
+        candidates.append((version, drafted))
+    found = closest_draft(mask, candidates, protocol)
+    if found is None:
+        return None
+    if isinstance(found.key, Handout):
+        origin = origin_of(s, found.key)
+    else:
+        drafted = next(d for k, d in candidates if k is found.key)
+        digest = ws.store.put_array(np.ascontiguousarray(drafted))
+        handout = handouts.draft(image.id, digest, rater.id)
+        origin = (
+            origin_of(s, handout)
+            if handout is not None
+            else draft_origin(s, str(found.key), digest)
+        )
+    return DraftOrigin(origin.version, origin.run_id, origin.mask_hash, OVERLAP, found.ious)
+
+
+def _ious_text(draft: DraftOrigin) -> str:
+    return ", ".join(f"{name} {v:.3f}" for name, v in (draft.ious or {}).items())
+
+
 @dataclass
 class _Copies:
     """Labels identical to another rater's: refused, or allowed with ``allow`` (the reason)."""
@@ -165,8 +224,20 @@ def _store_task(
     draft = _draft_of(s, ws, task or {}, annotation, protocol, shape)
     digest = pixel_digest(np.ascontiguousarray(mask))
     if draft is None:
-        handout = Handouts(s, [image.id]).draft(image.id, digest, rater.id)
+        handouts = Handouts(s, [image.id])
+        handout = handouts.draft(image.id, digest, rater.id)
         draft = None if handout is None else origin_of(s, handout)
+        if draft is None:
+            draft = _draft_by_overlap(s, ws, handouts, image, rater, task or {}, mask, protocol)
+            if draft is not None:
+                report.notes.append(
+                    (
+                        item,
+                        f"no parent_prediction, but close to the draft {excerpt(draft.version)} "
+                        f"handed to {rater.name} (IoU {_ious_text(draft)}): stored as started "
+                        "from it",
+                    )
+                )
     elif draft.run_id is None and draft.mask_hash is not None:
         # a prediction datatool handed this rater (prelabel --propagate): its recorded origin
         handout = Handouts(s, [image.id]).draft(image.id, draft.mask_hash, rater.id)

@@ -368,7 +368,7 @@ def test_prefill_drafts_every_frame_of_a_cine(trained, tmp_path):
     }
     untouched = sync_itksnap(ws, out, "AN4")
     assert (untouched.new_versions, untouched.rejected) == (0, [])
-    assert any("still the model draft" in n for _, n in untouched.notes)
+    assert any("model drafts are still as exported" in n for _, n in untouched.notes)
     # the rater saves it (ITK-SNAP rewrites the file), changing frame 4 only
     changed = seg.copy()
     changed[3][:8, :8] = 4
@@ -376,10 +376,18 @@ def test_prefill_drafts_every_frame_of_a_cine(trained, tmp_path):
     saved = sync_itksnap(ws, out, "AN4")
     assert saved.rejected == []
     latest = _labels(ws, "AN4")
-    for k in (0, 2, 3):
-        if drafts[k].labels.any() or k == 3:
+    a = latest[cine[3]]
+    assert (a.draft_run_id, a.draft_unchanged, a.draft_link) == (run, False, None)
+    assert cine[0] not in latest and cine[2] not in latest  # frame by frame: still drafts
+    # --accept-unchanged: the frames left as drafted are drafts accepted as they are
+    accepted = sync_itksnap(ws, out, "AN4", accept_unchanged=True)
+    assert accepted.rejected == []
+    latest = _labels(ws, "AN4")
+    for k in (0, 2):
+        if drafts[k].labels.any():  # an empty slice is no label
             a = latest[cine[k]]
-            assert (a.draft_run_id, a.draft_unchanged) == (run, k != 3)
+            assert (a.draft_run_id, a.draft_unchanged) == (run, True)
+            assert a.draft_link == "accepted unchanged"
 
 
 def test_the_demos_cines_sync_frame_by_frame_for_both_raters(ws, tmp_path):

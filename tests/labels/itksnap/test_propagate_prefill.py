@@ -112,9 +112,16 @@ def test_prefill_propagate_drafts_a_cines_frames_from_the_raters_own_frame(ws, t
         (left[k], provenance, "itksnap") for k in (0, 2, 3)
     }
 
-    # never saved: not labels; saved (frame 4 edited): labels with the draft as origin
+    # never saved: not labels (the 3 drafted frames counted in one note)
     untouched = sync_itksnap(ws, out, "rater1")
-    assert (untouched.new_versions, untouched.rejected) == (0, [])
+    assert (untouched.new_versions, untouched.unchanged, untouched.rejected) == (0, 1, [])
+    assert [n for _, n in untouched.notes if "still as exported" in n] == [
+        "3 model drafts are still as exported (segmentations never saved, cine frames left as "
+        "drafted): not labelled yet, skipped; to accept them as they are, sync again with "
+        "--accept-unchanged"
+    ]
+    # saved with frame 4 edited: frame by frame, the edited frame is a label with the draft
+    # as origin, the two frames left as drafted are still not labels
     changed = seg.copy()
     changed[3][200:210, 300:310] = 4
     image = sitk.GetImageFromArray(np.ascontiguousarray(changed))
@@ -122,13 +129,40 @@ def test_prefill_propagate_drafts_a_cines_frames_from_the_raters_own_frame(ws, t
     image.CopyInformation(reference)
     sitk.WriteImage(image, str(seg_path), True)
     saved = sync_itksnap(ws, out, "rater1")
-    assert (saved.new_versions, saved.rejected) == (3, [])
+    assert (saved.new_versions, saved.unchanged, saved.rejected) == (1, 1, [])
+    assert any(n.startswith("2 model drafts are still as exported") for _, n in saved.notes)
     with ws.session() as s:
         rid = get_rater(s, "rater1").id
-        for k in (0, 2, 3):
+        a = latest_annotation(s, left[3], rid)
+        assert (a.draft_version, a.draft_run_id, a.draft_unchanged) == (provenance, None, False)
+        assert a.draft_link is None
+        assert latest_annotation(s, left[0], rid) is None
+        assert latest_annotation(s, left[2], rid) is None
+    # the rater accepts the frames left as drafted: stored as drafts accepted unchanged
+    result = CliRunner().invoke(
+        cli,
+        ["sync", "itksnap", str(out), "--rater", "rater1", "--accept-unchanged", "--json",
+         "--workspace", str(ws.root)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    accepted = json.loads(result.stdout)
+    assert (accepted["new_versions"], accepted["unchanged"]) == (2, 2)
+    assert not any("still as exported" in n["note"] for n in accepted["notes"])
+    with ws.session() as s:
+        for k in (0, 2):
             a = latest_annotation(s, left[k], rid)
-            assert (a.draft_version, a.draft_run_id) == (provenance, None)
-            assert a.draft_unchanged is (k != 3)
+            assert (a.draft_version, a.draft_run_id, a.draft_hash) == (
+                provenance,
+                None,
+                marker["drafts"][image_name(left[k])]["mask_hash"],
+            )
+            assert (a.draft_unchanged, a.draft_link) == (True, "accepted unchanged")
+            np.testing.assert_array_equal(ws.store.get_array(a.mask_hash), seg[k])
+    # a re-run is a no-op, with the option or without
+    for accept in (True, False):
+        again = sync_itksnap(ws, out, "rater1", accept_unchanged=accept)
+        assert (again.new_versions, again.unchanged, again.rejected) == (0, 4, [])
+        assert not any("still as exported" in n for _, n in again.notes)
 
 
 def test_cli_prefill_propagate_and_bad_values(ws, tmp_path):
