@@ -209,8 +209,8 @@ def _frames(
             (
                 str(m.path),
                 f"frame{'s' if len(not_ingested) > 1 else ''} {numbers} of {n}{_of(m)} "
-                "hold labels but were not ingested (ingest took some of the cine's frames): "
-                "not stored",
+                + ("hold labels but were" if len(not_ingested) > 1 else "holds labels but was")
+                + " not ingested (ingest took some of the cine's frames): not stored",
             )
         )
     if frames or not_ingested or skips.unsaved > unsaved_before:

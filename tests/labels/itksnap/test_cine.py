@@ -136,7 +136,7 @@ def test_labels_on_frames_that_were_not_ingested_are_noted_not_stored(cines, tmp
     assert list(_labels(ws)) == [middle[4]]
     notes = [n for path, n in report.notes if path.endswith("L_cine.nii.gz")]
     assert notes == [
-        f"frame 2 of {FRAMES} (L_cine.dcm) hold labels but were not ingested (ingest took "
+        f"frame 2 of {FRAMES} (L_cine.dcm) holds labels but was not ingested (ingest took "
         "some of the cine's frames): not stored"
     ]
 
