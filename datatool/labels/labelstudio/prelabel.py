@@ -43,7 +43,7 @@ from datatool.labels.labelstudio.connection import (
     _rater_projects,
     _server_project,
     _server_tasks,
-    connect,
+    rater_server,
 )
 from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.matching import image_name
@@ -126,6 +126,7 @@ def prelabel(
         r = labelling_rater(s, rater, "'prelabel'")
         rater_id = r.id
         rater = r.name
+        where = rater_server(s, r, url)
         rows = _rater_projects(s, r.id)
         if not rows:
             raise DatatoolError(
@@ -146,7 +147,7 @@ def prelabel(
         labelled = {a.image_id for a in s.scalars(latest_annotations_query([r.id]))}
     model = load_run_model(ws, run_id, checkpoint, device)
     version = model.model_version
-    conn = connect(url, token)
+    conn = where.connect(token)
     todo: list[_Todo] = []
     shown: set[int] = set()  # projects that hold drafts of this version
     found = already = skipped = 0

@@ -37,7 +37,7 @@ from datatool.labels.labelstudio.connection import (
     _rater_projects,
     _server_project,
     _server_tasks,
-    connect,
+    rater_server,
 )
 from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.labelstudio.prelabel import UPLOAD_BATCH, _has_version, _show_drafts
@@ -110,6 +110,7 @@ def prelabel_propagate(
     with ws.session() as s:
         r = labelling_rater(s, rater, "'prelabel --propagate'")
         rater_id, rater = r.id, r.name
+        where = rater_server(s, r, url)
         rows = _rater_projects(s, rater_id)
         if not rows:
             raise DatatoolError(
@@ -153,7 +154,7 @@ def prelabel_propagate(
             query = latest_annotations_query([rater_id]).where(Annotation.image_id.in_(chunk))
             for a in s.scalars(query):
                 own[a.image_id] = (a.mask_hash, a.version)
-    conn = connect(url, token)
+    conn = where.connect(token)
     report = PropagateReport(
         rater=rater,
         model_version=PROPAGATE_VERSION,
