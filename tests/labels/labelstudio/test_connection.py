@@ -17,10 +17,16 @@ from label_studio_sdk.core.api_error import ApiError
 from sqlalchemy import select
 
 from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask, Rater
+from datatool.core.errors import UsageError
 from datatool.core.protocol import load_protocol
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater
-from datatool.labels.labelstudio.connection import rater_token_env
+from datatool.labels.labelstudio.connection import (
+    _recorded_project,
+    rater_server,
+    rater_token_env,
+    resolve,
+)
 from datatool.labels.labelstudio.push import annotate
 
 # this module's own second server (importing the fixture gives the module one)
@@ -34,6 +40,45 @@ P = load_protocol()
 def test_each_rater_has_a_token_variable_of_their_own():
     assert rater_token_env("rater1") == "LABEL_STUDIO_API_KEY_RATER1"
     assert rater_token_env("AN-2 b") == "LABEL_STUDIO_API_KEY_AN_2_B"
+
+
+def test_the_token_is_the_raters_own_first_and_never_in_the_url(monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:8080/")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "shared")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY_RATER1", "own")
+    assert resolve(None, None, "rater1") == ("http://127.0.0.1:8080", "own")
+    assert resolve(None, None, "rater2") == ("http://127.0.0.1:8080", "shared")
+    assert resolve("http://h:1", "given", "rater1") == ("http://h:1", "given")
+    with pytest.raises(UsageError, match="no credentials in the Label Studio URL"):
+        resolve("http://me:secret@h:1", None, "rater1")
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY")
+    with pytest.raises(UsageError, match="LABEL_STUDIO_API_KEY_RATER2 or LABEL_STUDIO_API_KEY"):
+        resolve(None, None, "rater2")
+
+
+def test_a_recorded_server_wins_and_another_url_is_refused(ws):
+    add_rater(ws, "r1")
+    add_rater(ws, "r2")
+    add_rater(ws, "r3")
+    with ws.session() as s:
+        r1, r2, r3 = (s.scalar(select(Rater).where(Rater.name == n)) for n in ("r1", "r2", "r3"))
+        r1.labelstudio_url, r2.labelstudio_url = "http://a:1", "http://b:2"
+        s.flush()
+        assert rater_server(s, r1, None).url == "http://a:1"
+        assert rater_server(s, r1, "http://a:1/").recorded  # the same server, written otherwise
+        assert rater_server(s, r3, "http://c:3").url == "http://c:3"
+        assert rater_server(s, r3, None).url is None  # LABEL_STUDIO_URL then
+        with pytest.raises(UsageError, match="--move-server"):
+            rater_server(s, r1, "http://b:2")
+        # both servers number from 1: project 1 is r1's on A and r2's on B
+        s.add(LabelStudioProject(project_id=1, rater_id=r1.id, title="r1"))
+        s.add(LabelStudioProject(project_id=1, rater_id=r2.id, title="r2"))
+        s.flush()
+        assert _recorded_project(s, 1, r1).title == "r1"
+        assert _recorded_project(s, 1, r2).title == "r2"
+        assert _recorded_project(s, 1, r3) is None  # r3's server (none recorded) is another
+        r3.labelstudio_url = "http://a:1"  # on A, project 1 is r1's: not r3's to use
+        assert _recorded_project(s, 1, r3).title == "r1"
 
 
 @pytest.fixture()
