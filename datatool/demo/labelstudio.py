@@ -215,8 +215,9 @@ def run_demo(args: argparse.Namespace) -> int:
     started: list[subprocess.Popen] = []
     try:
         print(f"starting {len(servers)} Label Studio servers, one per rater (about a minute)...")
-        procs = [_start_server(exe, s, files_root) for s in servers]
-        started += procs
+        for s in servers:  # each one kept as it starts: a Ctrl-C now stops those started
+            started.append(_start_server(exe, s, files_root))
+        procs = list(started)
         for s, proc in zip(servers, procs):
             _wait_healthy(s.url, proc, f"rater {s.rater}'s Label Studio server", s.log)
         rss = [tree_rss_bytes(p.pid) for p in procs]
