@@ -146,8 +146,7 @@ def _start(exe: Path, base: Path, attempt: int) -> tuple[subprocess.Popen, Label
         str(data_dir),
         "--username",
         username,
-        "--password",
-        password,
+        f"--password={password}",  # one word: a password may start with "-" (token_urlsafe)
         "--user-token",
         token,
         "--enable-legacy-api-token",

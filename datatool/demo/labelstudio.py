@@ -174,7 +174,7 @@ def _start_server(exe: Path, s: RaterServer, files_root: Path) -> subprocess.Pop
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")}
     env |= OFFLINE_ENV | {"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root)}
     cmd = [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(s.port),
-           "--data-dir", str(s.data_dir), "--username", s.user, "--password", s.password,
+           "--data-dir", str(s.data_dir), "--username", s.user, f"--password={s.password}",
            "--user-token", s.token, "--enable-legacy-api-token"]  # fmt: skip
     with open(s.log, "ab") as log:
         return subprocess.Popen(
