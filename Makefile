@@ -9,7 +9,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 DEMO_PATIENTS ?= 10
-LSVENV  := .lsvenv
+# LSVENV=/path/to/.lsvenv uses a Label Studio environment built elsewhere
+LSVENV  ?= .lsvenv
 LSSTAMP := $(LSVENV)/.installed
 LS_PORT ?= 8080
 # A fixed token and password are fine for this local demo server (it listens on 127.0.0.1
@@ -30,9 +31,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# About 1 GB and several minutes on first use: a line per step, and pip's own progress.
 $(LSSTAMP):
+	@echo "[1/3] creating the Label Studio environment $(LSVENV)"
 	$(PYTHON) -m venv $(LSVENV)
-	$(LSVENV)/bin/python -m pip install -q "label-studio>=1.23,<1.24"
+	@echo "[2/3] installing label-studio 1.23 into $(LSVENV) (about 1 GB, several minutes)"
+	$(LSVENV)/bin/python -m pip install --progress-bar on "label-studio>=1.23,<1.24"
+	@echo "[3/3] Label Studio ready in $(LSVENV)"
 	touch $(LSSTAMP)
 
 install: $(STAMP)
@@ -117,46 +122,20 @@ labelstudio: $(LSSTAMP)
 		--data-dir $(CURDIR)/$(DEMO)/labelstudio-data --username $(LS_USER) \
 		--password $(LS_PASS) --user-token $(LS_TOKEN) --enable-legacy-api-token
 
-# Label Studio with the model's drafts, on the workspace of 'make demo' (run it first): the
-# server in the background (127.0.0.1 only; loopback ML backends and webhooks allowed, which
-# a shared server should not do), each demo rater's own project (DEMO_RATERS) pushed with
-# run 1's drafts, the ML backend of run 1 started (HTTP Basic auth, a password made for this
-# run) and connected to each. Ctrl-C stops both; the server's log is demo/labelstudio.log.
+# Label Studio with the model's drafts, on the workspace of 'make demo' (run it first), truly
+# blind: one server per demo rater (DEMO_RATERS; ports LS_PORT, LS_PORT+1, ...; its own data
+# folder demo/labelstudio-data-RATER, login RATER@datatool.local / LS_PASS and token), holding
+# only that rater's project with run 1's drafts; the catalogue records each rater's server. The
+# ML backend of run 1 (HTTP Basic auth, a password made for this run) is connected to each;
+# its request log goes to demo/backend.log, each server's to demo/labelstudio-RATER.log. It
+# prints per rater the URL, the login and the exports to paste. Ctrl-C stops everything and
+# exits 0. Loopback ML backends and webhooks are allowed, which a shared server should not do.
 BACKEND_PORT ?= 9090
 DEMO_RATERS ?= rater1 rater2
 labelstudio-demo: $(STAMP) $(LSSTAMP)
-	@test -d $(DEMO)/workspace/.datatool || { echo "no demo workspace: run 'make demo' first"; exit 2; }
-	mkdir -p $(DEMO)/labelstudio-files $(DEMO)/labelstudio-data
-	@bash -c 'set -e; \
-	wait_for() { for i in $$(seq 300); do \
-	  $(CURDIR)/$(BIN)/python -c "import sys, httpx; sys.exit(httpx.get(sys.argv[1]).status_code != 200)" \
-	    "$$1" 2>/dev/null && return 0; sleep 1; done; echo "$$1 did not answer"; return 1; }; \
-	trap "kill \$$ls_pid \$$be_pid 2>/dev/null; wait" EXIT; \
-	$(LS_OFFLINE) ML_BLOCK_LOCAL_IP=false SSRF_PROTECTION_ENABLED=false \
-	LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true \
-	LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=$(CURDIR)/$(DEMO)/labelstudio-files \
-	$(LSVENV)/bin/label-studio start --no-browser --internal-host 127.0.0.1 -p $(LS_PORT) \
-	  --data-dir $(CURDIR)/$(DEMO)/labelstudio-data --username $(LS_USER) \
-	  --password $(LS_PASS) --user-token $(LS_TOKEN) --enable-legacy-api-token \
-	  > $(DEMO)/labelstudio.log 2>&1 & ls_pid=$$!; \
-	echo "starting Label Studio (about a minute)..."; wait_for http://127.0.0.1:$(LS_PORT)/health; \
-	export LABEL_STUDIO_URL=http://127.0.0.1:$(LS_PORT) LABEL_STUDIO_API_KEY=$(LS_TOKEN) \
-	  LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=$(CURDIR)/$(DEMO)/labelstudio-files; \
-	cd $(DEMO)/workspace; \
-	for r in $(DEMO_RATERS); do \
-	  ../../$(BIN)/datatool labelstudio push --rater $$r; \
-	  ../../$(BIN)/datatool prelabel 1 --rater $$r; \
-	done; \
-	../../$(BIN)/datatool serve 1 --port $(BACKEND_PORT) & be_pid=$$!; \
-	wait_for http://127.0.0.1:$(BACKEND_PORT)/health; \
-	for r in $(DEMO_RATERS); do \
-	  ../../$(BIN)/datatool labelstudio connect --rater $$r \
-	    --backend-url http://127.0.0.1:$(BACKEND_PORT); \
-	done; \
-	echo; echo "Label Studio: http://127.0.0.1:$(LS_PORT)  (log in as $(LS_USER) / $(LS_PASS));"; \
-	echo "each rater'\''s own project ($(DEMO_RATERS)) shows run 1'\''s drafts; the ML backend drafts tasks that have none."; \
-	echo "Ctrl-C stops the server and the backend."; \
-	wait $$ls_pid'
+	@$(BIN)/python -m datatool.demo.labelstudio --lsvenv $(LSVENV) --demo $(DEMO) \
+		--raters $(DEMO_RATERS) --port $(LS_PORT) --backend-port $(BACKEND_PORT) \
+		--password $(LS_PASS) --secret $(LS_TOKEN)
 
 bench: $(STAMP) $(LSSTAMP)
 	$(BIN)/python bench/ingest.py

@@ -29,6 +29,8 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,8 +146,7 @@ def _start(exe: Path, base: Path, attempt: int) -> tuple[subprocess.Popen, Label
         str(data_dir),
         "--username",
         username,
-        "--password",
-        password,
+        f"--password={password}",  # one word: a password may start with "-" (token_urlsafe)
         "--user-token",
         token,
         "--enable-legacy-api-token",
@@ -199,9 +200,7 @@ def stop_early() -> None:
         _stop(started[1])
 
 
-@pytest.fixture(scope="session")
-def labelstudio_server(tmp_path_factory):
-    """A running Label Studio server: ``.url``, ``.token``, ``.local_root``."""
+def _installed() -> Path:
     exe = ls_venv() / "bin" / "label-studio"
     if not exe.exists():
         message = (
@@ -209,13 +208,20 @@ def labelstudio_server(tmp_path_factory):
             "'make test', which builds .lsvenv"
         )
         unavailable(message)
-    early = _early.pop("server", None)
-    base = early[0] if early else tmp_path_factory.mktemp("labelstudio")
+    return exe
+
+
+@contextmanager
+def running_server(
+    exe: Path, base: Path, early: tuple[subprocess.Popen, LabelStudioServer] | None = None
+) -> Iterator[LabelStudioServer]:
+    """A server started in ``base`` (or ``early``'s, taken over), healthy and listening on
+    loopback only; stopped on leaving."""
     proc = server = None
     try:
         for attempt in range(3):
             if early and attempt == 0:
-                proc, server = early[1], early[2]
+                proc, server = early
             else:
                 proc, server = _start(exe, base, attempt)
             deadline = time.monotonic() + START_TIMEOUT_S
@@ -249,3 +255,22 @@ def labelstudio_server(tmp_path_factory):
     finally:
         if proc is not None:
             _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def labelstudio_server(tmp_path_factory):
+    """A running Label Studio server: ``.url``, ``.token``, ``.local_root``."""
+    exe = _installed()
+    early = _early.pop("server", None)
+    base = early[0] if early else tmp_path_factory.mktemp("labelstudio")
+    with running_server(exe, base, (early[1], early[2]) if early else None) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def second_labelstudio_server(tmp_path_factory):
+    """Another server, of the importing test module's own (e.g. a second rater's): its own
+    data folder, port, token and local files root."""
+    exe = _installed()
+    with running_server(exe, tmp_path_factory.mktemp("labelstudio-b")) as server:
+        yield server

@@ -34,20 +34,22 @@ if TYPE_CHECKING:  # result types; the services load when a command runs
     from datatool.labels.labelstudio.push import PushReport
     from datatool.labels.labelstudio.review import ReviewPushReport, ReviewSyncReport
 
+# No envvar on these: the services read LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY themselves,
+# after the rater's recorded server and the rater's own token variable.
 UrlOpt = typer.Option(
     None,
     "--url",
-    envvar="LABEL_STUDIO_URL",
     show_default=False,
-    help="The Label Studio server, e.g. http://127.0.0.1:8080. Never stored.",
+    help="The Label Studio server, e.g. http://127.0.0.1:8080. Default: the rater's own server "
+    "(recorded by their first 'labelstudio push'), else LABEL_STUDIO_URL.",
 )
 TokenOpt = typer.Option(
     None,
     "--token",
-    envvar="LABEL_STUDIO_API_KEY",
     show_default=False,
-    help="Your Label Studio access token (Account & Settings). Prefer the "
-    "environment variable; never stored or printed.",
+    help="Your Label Studio access token (Account & Settings). Default: "
+    "LABEL_STUDIO_API_KEY_<RATER> (the rater's name upper-cased, other characters as _), else "
+    "LABEL_STUDIO_API_KEY. Prefer the environment; never stored or printed.",
 )
 
 
@@ -181,12 +183,26 @@ def push(
     gold_seed: int = GoldSeedOpt,
     url: str | None = UrlOpt,
     token: str | None = TokenOpt,
+    move_server: bool = typer.Option(
+        False,
+        "--move-server",
+        help="Record --url as the rater's server instead of the one recorded (the server moved "
+        "to a new address; the rater's projects must be on it).",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
     """Put images into the rater's own Label Studio project (made on first use), one task per
     image not yet there. Re-running adds nothing. One project per rater: double-blind.
+
+    Truly blind: Label Studio Community lets any login list every project of its server, so
+    give each rater a server of their own. The first push records the server (--url, else
+    LABEL_STUDIO_URL) as the rater's, and every later command for the rater (push, sync
+    labelstudio, prelabel, labelstudio connect, next --push) goes there without --url; another
+    --url is refused unless --move-server. Only the address is recorded: the token comes from
+    --token, LABEL_STUDIO_API_KEY_<RATER> (e.g. LABEL_STUDIO_API_KEY_RATER1) or
+    LABEL_STUDIO_API_KEY, never from the catalogue.
 
     Each frame of a cine is an image: a task of its own, whose 'name' says its file and frame
     (img000123 (cine file 7, frame 3 of 8); the file by its catalogue number, never a path).
@@ -196,12 +212,16 @@ def push(
     labels of them are scored by 'datatool raters'.
 
     With --review: the review project of each rater with open QA flags (or of --rater), where a
-    reviewer corrects the flagged labels; re-running adds the labels flagged since.
+    reviewer corrects the flagged labels; re-running adds the labels flagged since. A review
+    project shows other raters' labels, so it goes to --url / LABEL_STUDIO_URL (the reviewers'
+    server), never to a rater's recorded one.
     """
     if review:
-        if images is not None or project_id is not None or new_project or gold is not None:
+        if (images is not None or project_id is not None or new_project or gold is not None
+                or move_server):  # fmt: skip
             raise typer.BadParameter(
-                "--images, --project-id, --new-project and --gold are not for --review",
+                "--images, --project-id, --new-project, --gold and --move-server are not for "
+                "--review",
                 param_hint="--review",
             )
         _review_push(rater, store_as, reviewer, run, title, serve, local_root, url, token,
@@ -231,11 +251,19 @@ def push(
         gold=gold,
         gold_reference=gold_reference,
         gold_seed=gold_seed,
+        move_server=move_server,
     )
     render.notes(
         f"task {task_id} of project {result.project_id} was deleted on the server; not re-created"
         for task_id in result.missing_on_server
     )
+    if result.server_recorded:
+        render.notes(
+            [
+                f"this server is now rater {result.rater}'s own ({result.server_recorded}): "
+                f"later commands for {result.rater} go there without --url"
+            ]
+        )
     render.show(result, _push_view, json_out, csv_out)
 
 

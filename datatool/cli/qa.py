@@ -378,14 +378,17 @@ def next_command(
         help="With --push --serve local: the server's local files root.",
     ),
     url: str | None = typer.Option(
-        None, "--url", envvar="LABEL_STUDIO_URL", help="With --push: the Label Studio server."
+        None,
+        "--url",
+        help="With --push: the Label Studio server (default: the rater's recorded one, else "
+        "LABEL_STUDIO_URL).",
     ),
     token: str | None = typer.Option(
         None,
         "--token",
-        envvar="LABEL_STUDIO_API_KEY",
         show_default=False,
-        help="With --push: your Label Studio token (never stored or printed).",
+        help="With --push: your Label Studio token (default: LABEL_STUDIO_API_KEY_<RATER>, else "
+        "LABEL_STUDIO_API_KEY; never stored or printed).",
     ),
     device: DeviceChoice = typer.Option(DeviceChoice.auto, help="Where the model runs."),
     json_out: bool = JsonOpt,

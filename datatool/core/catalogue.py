@@ -159,6 +159,8 @@ class Rater(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
     kind: Mapped[str] = mapped_column(String(16), nullable=False, default="human")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    # the rater's own Label Studio server (``labelstudio push --url``); never a token
+    labelstudio_url: Mapped[str | None] = mapped_column(String(512))
 
 
 class Annotation(Base):
@@ -238,12 +240,16 @@ class StructureStats(Base):
 
 class LabelStudioProject(Base):
     """A rater's own Label Studio project (one per rater: Community Label Studio cannot hide
-    one rater's annotations from another inside a project). The server's URL and token are
-    never stored."""
+    one rater's annotations from another inside a project), on the rater's server
+    (``Rater.labelstudio_url``). The token is never stored."""
 
     __tablename__ = "labelstudio_projects"
+    # unique per rater, not in the catalogue: each rater's server numbers its projects from 1
+    __table_args__ = (
+        UniqueConstraint("rater_id", "project_id", name="uq_labelstudio_projects_rater_project"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(Integer, unique=True, nullable=False)
+    project_id: Mapped[int] = mapped_column(Integer, nullable=False)
     rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id"), nullable=False, index=True)
     title: Mapped[str] = mapped_column(String(256), nullable=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)

@@ -220,7 +220,7 @@ def _push(
     device: str,
 ) -> None:
     from datatool.labels.handouts import record_handouts
-    from datatool.labels.labelstudio.connection import _server_tasks, connect
+    from datatool.labels.labelstudio.connection import _server_tasks, rater_server
     from datatool.labels.labelstudio.formats import mask_to_results
     from datatool.labels.labelstudio.push import push
 
@@ -234,8 +234,12 @@ def _push(
     stored = ensure_drafts(ws, result.run, ids, device=device)
     protocol = load_protocol(ws.protocol_name)
     with ws.session() as s:
+        who = get_rater(s, result.rater)
         row = s.scalar(
-            select(LabelStudioProject).where(LabelStudioProject.project_id == pushed.project_id)
+            select(LabelStudioProject).where(
+                LabelStudioProject.project_id == pushed.project_id,
+                LabelStudioProject.rater_id == who.id,
+            )
         )
         assert row is not None
         tasks: dict[int, int] = {}
@@ -254,13 +258,14 @@ def _push(
                 )
             ).all()
         )
+        where = rater_server(s, who, url)
         record_handouts(  # before the rater can see them (labels.handouts)
             s,
-            get_rater(s, result.rater).id,
+            who.id,
             "labelstudio",
             [(i, result.run, model.model_version, hashes[i]) for i in ids if i in hashes],
         )
-    conn = connect(url, token)
+    conn = where.connect(token)
     have = {
         int(t["id"])
         for t in _server_tasks(conn, pushed.project_id, annotations=True)

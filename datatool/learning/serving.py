@@ -449,7 +449,9 @@ class Backend:
         with self.ws.session() as s:
             return (
                 s.scalar(
-                    select(LabelStudioProject.id).where(LabelStudioProject.project_id == project_id)
+                    select(LabelStudioProject.id)
+                    .where(LabelStudioProject.project_id == project_id)
+                    .limit(1)
                 )
                 is not None
             )
@@ -475,7 +477,9 @@ class Backend:
             if not isinstance(data, dict):
                 raise Refused(422, f"task {tid} has no data object")
             wanted.append((pid, tid, str(data.get("image_id", ""))))
-        found: dict[tuple[int, int], tuple[int, str]] = {}
+        # a task id may be recorded twice: two raters' servers both number from 1 (one
+        # backend serves every rater's server); the image the task names tells them apart
+        found: dict[tuple[int, int], list[tuple[int, str]]] = {}
         with self.ws.session() as s:
             for pid in sorted({p for p, _, _ in wanted}):
                 ids = [t for p, t, _ in wanted if p == pid]
@@ -485,17 +489,18 @@ class Backend:
                     .join(Image, Image.id == LabelStudioTask.image_id)
                     .where(LabelStudioProject.project_id == pid, LabelStudioTask.task_id.in_(ids))
                 ):
-                    found[(pid, tid)] = (image_id, digest)
+                    found.setdefault((pid, tid), []).append((image_id, digest))
         answer = []
         for pid, tid, named in wanted:
-            hit = found.get((pid, tid))
-            if hit is None:
+            hits = found.get((pid, tid))
+            if not hits:
                 raise Refused(
                     422,
                     f"task {tid} of project {pid} was not made by 'datatool labelstudio push' "
                     "in this workspace: this backend answers only those tasks",
                 )
-            if named != image_name(hit[0]):
+            hit = next((h for h in hits if image_name(h[0]) == named), None)
+            if hit is None:
                 raise Refused(
                     422,
                     f"task {tid} of project {pid} does not name the image datatool pushed "

@@ -4,7 +4,7 @@ Label Studio gave no parent_prediction but the label is close to a draft handed 
 --accept-unchanged``) and, for an overlap, the IoU per structure (``draft_iou``).
 
 Revision ID: 0012
-Revises: 0010 on this branch; merged after a branch's 0011, down_revision becomes "0011"
+Revises: 0011
 Create Date: 2026-12-07
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -23,6 +23,7 @@ from datatool.core.catalogue import (
     DraftHandout,
     GoldTask,
     Image,
+    LabelStudioProject,
     LabelStudioTask,
     Patient,
     QAFlag,
@@ -118,6 +119,10 @@ SEEDS = {
     "0010": [  # the sample of 0003 drew at most one frame per cine
         "UPDATE agreement_samples SET per_cine = 1 WHERE id = 1",
     ],
+    "0011": [  # AN3 works on a Label Studio server of their own, which numbers from 1 too
+        "UPDATE raters SET labelstudio_url = 'http://127.0.0.1:8081' WHERE name = 'AN3'",
+        "INSERT INTO labelstudio_projects VALUES (2, 7, 2, 'datatool AN3', '" + T + "')",
+    ],
     "0012": [  # AN1's second version linked to its draft by overlap
         "UPDATE annotations SET draft_link = 'overlap', "
         "draft_iou = '{\"sciatic nerve\": 0.93}' WHERE id = 2",
@@ -198,6 +203,13 @@ def _check_0010(s) -> None:
     assert s.scalars(select(AgreementSample)).one().per_cine is True
 
 
+def _check_0011(s) -> None:
+    urls = {r.name: r.labelstudio_url for r in s.scalars(select(Rater))}
+    assert urls == {"AN1": None, "AN3": "http://127.0.0.1:8081"}
+    projects = s.scalars(select(LabelStudioProject).order_by(LabelStudioProject.id))
+    assert [(p.project_id, p.rater.name) for p in projects] == [(7, "AN1"), (7, "AN3")]
+
+
 def _check_0012(s) -> None:
     ann = s.get_one(Annotation, 2)
     assert (ann.draft_link, ann.draft_iou) == ("overlap", {"sciatic nerve": 0.93})
@@ -214,6 +226,7 @@ CHECKS = {
     "0008": _check_0008,
     "0009": _check_0009,
     "0010": _check_0010,
+    "0011": _check_0011,
     "0012": _check_0012,
 }
 

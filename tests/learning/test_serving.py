@@ -497,3 +497,28 @@ def test_bodies_held_at_once_are_bounded_and_a_slow_body_times_out():
         assert late.status_code == 408 and "within 2 s" in _one_line_error(late)
         assert limits.held == 0
         assert c.post("/echo", content=b'{"b": 1}').json() == {"keys": ["b"]}
+
+
+def test_one_backend_tells_two_raters_servers_apart_by_the_image_a_task_names(served, client):
+    """Each rater's own server numbers projects and tasks from 1: rater2's project 41 on their
+    server may hold a task 100 showing another image than rater1's task 100. The backend
+    answers each with the image the task names."""
+    ws, run, _, images = served
+    with ws.session() as s:
+        other = LabelStudioProject(
+            project_id=PROJECT, rater_id=get_rater(s, "rater2").id, title="rater2 (anterior)"
+        )
+        s.add(other)
+        s.flush()
+        s.add(LabelStudioTask(project_id=other.id, task_id=100, image_id=images[1].id))
+    for image in (images[1], images[0]):
+        answer = client.post("/predict", headers=AUTH, json=_predict_body([_task(100, image.id)]))
+        assert answer.status_code == 200, answer.text
+        [got] = answer.json()["results"]
+        mask = results_to_mask(got["result"], P, (image.rows, image.cols)).mask
+        model = load_run_model(ws, run, device="cpu")
+        [draft] = predict(model, [ws.store.get_array(image.store_hash)])
+        np.testing.assert_array_equal(mask, draft.labels)
+    # a task 100 naming an image neither rater's task 100 shows is still refused
+    wrong = client.post("/predict", headers=AUTH, json=_predict_body([_task(100, images[2].id)]))
+    assert wrong.status_code == 422 and "does not name the image" in _one_line_error(wrong)

@@ -24,7 +24,12 @@ from datatool.core.catalogue import audit
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import get_rater, run_of_draft_version
-from datatool.labels.labelstudio.connection import _plain, _rater_projects, _server_project, connect
+from datatool.labels.labelstudio.connection import (
+    _plain,
+    _rater_projects,
+    _server_project,
+    rater_server,
+)
 
 WEBHOOK_ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"]
 
@@ -102,6 +107,7 @@ def connect_backend(
     with ws.session() as s:
         r = get_rater(s, rater)
         rater = r.name
+        where = rater_server(s, r, url)
         projects = [row.project_id for row in _rater_projects(s, r.id)]
     if not projects:
         raise DatatoolError(
@@ -124,7 +130,7 @@ def connect_backend(
             f"the ML backend at {backend_url} refused the credentials: use those of its "
             "'datatool serve'"
         )
-    conn = connect(url, token)
+    conn = where.connect(token)
     report = ConnectReport(rater, backend_url, version, credentials.user, [])
     for pid in projects:
         _server_project(conn, pid, rater)

@@ -1,18 +1,27 @@
 """Label Studio: the connection to a server (``connect``), and what the catalogue and the
 server say about a rater's projects and their tasks.
 
-The server's URL and token are never stored, logged or printed (error messages name the
-server as "the server of --url / LABEL_STUDIO_URL"). Double-blind in Label Studio Community
-means one project per rater (Community cannot hide one annotator's work from another inside a
-project); the catalogue records each rater's project (``labelstudio_projects``) and which image
-every task shows (``labelstudio_tasks``).
+The token is never stored, logged or printed; the URL is never logged or printed (error
+messages name the server as "the server of --url / LABEL_STUDIO_URL", or "rater R's Label Studio
+server"). Double-blind in Label Studio Community means one project per rater on a server of the
+rater's own (Community has no per-project permissions: any login of a server lists every
+project on it). The catalogue records each rater's server (``raters.labelstudio_url``, recorded
+by their first push), each rater's project (``labelstudio_projects``) and which image every task
+shows (``labelstudio_tasks``).
+
+Which server a command for rater R reaches: --url if given (it must be R's recorded server, if
+R has one: ``labelstudio push --move-server`` moves R), else R's recorded server, else
+LABEL_STUDIO_URL. Which token: --token, else LABEL_STUDIO_API_KEY_<R> (R upper-cased, every
+character other than a letter or digit as "_"), else LABEL_STUDIO_API_KEY.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
@@ -21,7 +30,7 @@ from label_studio_sdk.core.api_error import ApiError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from datatool.core.catalogue import LabelStudioProject
+from datatool.core.catalogue import LabelStudioProject, Rater
 from datatool.core.errors import DatatoolError, UsageError
 
 URL_ENV = "LABEL_STUDIO_URL"
@@ -39,10 +48,11 @@ Explain = Callable[[ApiError], DatatoolError | None]
 class Connection:
     """An SDK client, and how messages name the server (never by its URL or token)."""
 
-    def __init__(self, client: LabelStudio, where: str, token: str):
+    def __init__(self, client: LabelStudio, where: str, token: str, url: str = ""):
         self.client = client
         self.where = where
         self._token = token
+        self.url = url  # to record as a rater's server; never printed
 
     def __repr__(self) -> str:
         return f"Connection({self.where})"
@@ -121,19 +131,69 @@ def _detail(body) -> str:
     return text[:300]
 
 
-def connect(url: str | None = None, token: str | None = None) -> Connection:
-    """Connect to a Label Studio server (``url``/``token`` or ``LABEL_STUDIO_URL`` /
-    ``LABEL_STUDIO_API_KEY``) and check that it answers and accepts the token."""
+def rater_token_env(rater: str) -> str:
+    """The environment variable holding ``rater``'s own token: LABEL_STUDIO_API_KEY_<RATER>."""
+    return f"{TOKEN_ENV}_" + re.sub(r"[^A-Za-z0-9]", "_", rater).upper()
+
+
+def _normal_url(url: str) -> str:
+    return url.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
+class RaterServer:
+    """Where a command for a rater goes: a URL (None: LABEL_STUDIO_URL), whose it is, and
+    whether it is the rater's recorded server."""
+
+    url: str | None
+    rater: str
+    recorded: bool
+
+    def connect(self, token: str | None) -> Connection:
+        """:func:`connect` to it, with the rater's own token variable first."""
+        return connect(self.url, token, rater=self.rater, recorded=self.recorded)
+
+
+def rater_server(s: Session, rater: Rater, url: str | None) -> RaterServer:
+    """The server a command for ``rater`` reaches: ``url`` (which must be the rater's recorded
+    server, if they have one), else the recorded one, else LABEL_STUDIO_URL. Read in the
+    caller's session; connect outside it (no network inside a transaction)."""
+    recorded = rater.labelstudio_url
+    if url and url.strip() and recorded and _normal_url(url) != recorded:
+        raise UsageError(
+            f"rater {rater.name}'s projects are on another Label Studio server (the one recorded "
+            f"by their first push) than --url: leave --url out, or move the rater with "
+            f"'datatool labelstudio push --rater {rater.name} --url URL --move-server'"
+        )
+    return RaterServer(recorded or url, rater.name, recorded is not None)
+
+
+def record_server(s: Session, rater: Rater, url: str, move: bool = False) -> bool:
+    """Record ``url`` as the rater's own server (first push; ``move``: replace it); True when
+    the record changed. Only the address: the token never enters the catalogue."""
+    url = _normal_url(url)
+    if rater.labelstudio_url == url or (rater.labelstudio_url and not move):
+        return False
+    rater.labelstudio_url = url
+    return True
+
+
+def resolve(url: str | None, token: str | None, rater: str | None = None) -> tuple[str, str]:
+    """The URL and token a command uses: the arguments, else the rater's token variable, else
+    LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY; a usage error when either is missing or bad."""
     url = (url or os.environ.get(URL_ENV) or "").strip()
-    token = (token or os.environ.get(TOKEN_ENV) or "").strip()
+    own = rater_token_env(rater) if rater else None
+    token = token or (os.environ.get(own) if own else None) or os.environ.get(TOKEN_ENV) or ""
+    token = token.strip()
     if not url:
         raise UsageError(
             f"no Label Studio server given: pass --url or set {URL_ENV} "
             "(for example http://127.0.0.1:8080)"
         )
     if not token:
+        either = f"{own} or {TOKEN_ENV}" if own else TOKEN_ENV
         raise UsageError(
-            f"no Label Studio token given: pass --token or set {TOKEN_ENV} "
+            f"no Label Studio token given: pass --token or set {either} "
             "(Label Studio: Account & Settings > Personal Access Token)"
         )
     parts = urlsplit(url)
@@ -142,9 +202,31 @@ def connect(url: str | None = None, token: str | None = None) -> Connection:
             "the Label Studio URL must start with http:// or https:// and name a "
             "host (for example http://127.0.0.1:8080)"
         )
-    where = f"the Label Studio server of --url / {URL_ENV}"  # the URL itself is never printed
-    client = LabelStudio(base_url=url.rstrip("/"), api_key=token, timeout=120)
-    conn = Connection(client, where, token)
+    if parts.username or parts.password:
+        raise UsageError(
+            "put no credentials in the Label Studio URL: the token comes from --token or "
+            f"{TOKEN_ENV}"
+        )
+    return _normal_url(url), token
+
+
+def connect(
+    url: str | None = None,
+    token: str | None = None,
+    rater: str | None = None,
+    recorded: bool = False,
+) -> Connection:
+    """Connect to a Label Studio server (``url``/``token`` or ``LABEL_STUDIO_URL`` /
+    ``LABEL_STUDIO_API_KEY``; with ``rater`` their own ``LABEL_STUDIO_API_KEY_<RATER>`` first)
+    and check that it answers and accepts the token. ``recorded``: the URL is the rater's
+    recorded server (messages say so)."""
+    url, token = resolve(url, token, rater)
+    if rater and recorded:
+        where = f"rater {rater}'s Label Studio server (recorded by their first push)"
+    else:
+        where = f"the Label Studio server of --url / {URL_ENV}"  # the URL itself is never printed
+    client = LabelStudio(base_url=url, api_key=token, timeout=120)
+    conn = Connection(client, where, token, url)
     try:
         conn.call("check the token", client.users.whoami)
     except DatatoolError:
@@ -206,8 +288,18 @@ def _rater_projects(session: Session, rater_id: int) -> list[LabelStudioProject]
     )
 
 
-def _recorded_project(session: Session, project_id: int) -> LabelStudioProject | None:
-    """The catalogue's record of a server project (any rater's), if datatool pushed it."""
-    return session.scalar(
-        select(LabelStudioProject).where(LabelStudioProject.project_id == project_id)
+def _recorded_project(session: Session, project_id: int, rater: Rater) -> LabelStudioProject | None:
+    """The catalogue's record of a project on ``rater``'s server, if datatool pushed it: the
+    rater's own, else another rater's on the same server (their servers number projects
+    each from 1, so a project id on another server is another project)."""
+    rows = list(
+        session.scalars(
+            select(LabelStudioProject)
+            .where(LabelStudioProject.project_id == project_id)
+            .order_by(LabelStudioProject.id)
+        )
     )
+    own = [row for row in rows if row.rater_id == rater.id]
+    same_server = [row for row in rows if row.rater.labelstudio_url == rater.labelstudio_url]
+    found = own or same_server
+    return found[0] if found else None

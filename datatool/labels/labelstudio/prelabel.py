@@ -44,7 +44,7 @@ from datatool.labels.labelstudio.connection import (
     _rater_projects,
     _server_project,
     _server_tasks,
-    connect,
+    rater_server,
 )
 from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.matching import image_name
@@ -180,6 +180,7 @@ def prelabel(
         r = labelling_rater(s, rater, "'prelabel'")
         rater_id = r.id
         rater = r.name
+        where = rater_server(s, r, url)
         recorded = {
             pid: [_Todo(pid, tid, iid, digest) for tid, iid, digest in tasks]
             for pid, tasks in recorded_tasks(s, r.id, rater, Image.store_hash).items()
@@ -187,7 +188,7 @@ def prelabel(
         labelled = {a.image_id for a in s.scalars(latest_annotations_query([r.id]))}
     model = load_run_model(ws, run_id, checkpoint, device)
     version = model.model_version
-    conn = connect(url, token)
+    conn = where.connect(token)
     todo: list[_Todo] = []
     shown: set[int] = set()  # projects that hold drafts of this version
     found = already = skipped = 0

@@ -33,7 +33,7 @@ from datatool.core.workspace import Workspace
 from datatool.labels.annotations import in_chunks, labelling_rater, latest_annotations_query
 from datatool.labels.handouts import record_handouts
 from datatool.labels.labelstudio.connection import (
-    connect,
+    rater_server,
 )
 from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.labelstudio.prelabel import (
@@ -111,6 +111,7 @@ def prelabel_propagate(
     with ws.session() as s:
         r = labelling_rater(s, rater, "'prelabel --propagate'")
         rater_id, rater = r.id, r.name
+        where = rater_server(s, r, url)
         recorded = {
             pid: [_Todo(pid, tid, iid, sfid) for tid, iid, sfid in tasks]
             for pid, tasks in recorded_tasks(s, rater_id, rater, Image.source_file_id).items()
@@ -141,7 +142,7 @@ def prelabel_propagate(
             query = latest_annotations_query([rater_id]).where(Annotation.image_id.in_(chunk))
             for a in s.scalars(query):
                 own[a.image_id] = (a.mask_hash, a.version)
-    conn = connect(url, token)
+    conn = where.connect(token)
     report = PropagateReport(
         rater=rater,
         model_version=PROPAGATE_VERSION,

@@ -34,7 +34,7 @@ from label_studio_sdk.core.api_error import ApiError
 from sqlalchemy import select
 
 from datatool.core.atomic import write_bytes_atomic
-from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask, audit
+from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask, Rater, audit
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
@@ -45,6 +45,7 @@ from datatool.labels.frames import frame_names
 from datatool.labels.gold import DEFAULT_REFERENCE, GoldHanding, hand_gold
 from datatool.labels.labelstudio.connection import (
     Connection,
+    RaterServer,
     _cap,
     _detail,
     _rater_projects,
@@ -52,6 +53,8 @@ from datatool.labels.labelstudio.connection import (
     _server_project,
     _server_tasks,
     connect,
+    rater_server,
+    record_server,
 )
 from datatool.labels.labelstudio.formats import (
     mask_to_results,
@@ -123,6 +126,8 @@ class PushReport:
     missing_on_server: list[int]  # recorded task ids deleted on the server (not re-created)
     serve: ServeMode
     gold: GoldHanding | None = None  # gold-standard tasks mixed in (--gold)
+    # the rater's own server recorded by this push ("recorded": the first; "moved": --move-server)
+    server_recorded: str | None = None
 
 
 @dataclass
@@ -197,11 +202,22 @@ def push(
     gold: int | None = None,
     gold_reference: str = DEFAULT_REFERENCE,
     gold_seed: int = 0,
+    move_server: bool = False,
 ) -> PushReport:
     """Put images (all, or ``image_ids``: ids or names) into the rater's own Label Studio
     project, one task per image not yet pushed there; returns what was done. ``gold``: mix
     that many gold-standard images (labelled by ``gold_reference``) into the queue, chosen
-    and ordered by ``gold_seed`` (see ``labels.gold``)."""
+    and ordered by ``gold_seed`` (see ``labels.gold``).
+
+    The rater's server: ``url``, else the one recorded for the rater, else LABEL_STUDIO_URL;
+    the first push records it (``raters.labelstudio_url``), and a ``url`` other than the
+    recorded one is a usage error unless ``move_server`` (the rater's server moved there)."""
+    if move_server and not (url and url.strip()):
+        raise UsageError("--move-server needs --url: the rater's new Label Studio server")
+    with ws.session() as s:
+        who = labelling_rater(s, rater, "'labelstudio push'")
+        had_server = who.labelstudio_url is not None
+        target = RaterServer(url, who.name, False) if move_server else rater_server(s, who, url)
     serve = _serve_mode(serve)
     root = _local_root(local_root) if serve is ServeMode.local else None
     protocol = load_protocol(ws.protocol_name)
@@ -214,12 +230,16 @@ def push(
     if title is not None:
         title = _check_title(title)
 
-    conn = connect(url, token)
+    conn = target.connect(token)
     if plan.project is not None:
         project = plan.project
         _server_project(conn, project.project_id, plan.rater)  # still there?
     else:
         project = _new_project(conn, ws, plan, protocol, project_id, title)
+    with ws.session() as s:  # the server that holds the rater's project is theirs
+        changed = record_server(s, s.get_one(Rater, plan.rater_id), conn.url, move=move_server)
+        if changed:
+            audit(s, "labelstudio push", "rater server", rater=plan.rater, moved=had_server)
     seen = _reconcile(conn, ws, plan, project)
     if handed is not None:  # gold tasks must not come as one block: all new tasks mixed
         seen.todo = handed.mixed(seen.todo)
@@ -256,6 +276,7 @@ def push(
         missing_on_server=seen.missing_on_server,
         serve=serve,
         gold=handed,
+        server_recorded=("moved" if had_server else "recorded") if changed else None,
     )
 
 
@@ -274,7 +295,7 @@ def _push_plan(
         recorded = _rater_projects(s, r.id)
         row = None
         if project_id is not None:
-            row = _recorded_project(s, int(project_id))
+            row = _recorded_project(s, int(project_id), r)
             if row is not None and row.rater_id != r.id:
                 raise DatatoolError(
                     f"Label Studio project {project_id} belongs to rater {row.rater.name}: each "

@@ -52,7 +52,7 @@ from datatool.labels.labelstudio.connection import (
     _recorded_project,
     _server_project,
     _server_tasks,
-    connect,
+    rater_server,
 )
 from datatool.labels.labelstudio.formats import (
     BadExport,
@@ -286,8 +286,9 @@ def sync_from_server(
     with ws.session() as s:
         r = labelling_rater(s, rater, "'sync labelstudio'")
         report.rater = r.name
+        where = rater_server(s, r, url)
         if project_id is not None:
-            row = _recorded_project(s, int(project_id))
+            row = _recorded_project(s, int(project_id), r)
             if row is None:
                 raise DatatoolError(
                     f"Label Studio project {project_id} was not pushed by datatool: sync only "
@@ -325,7 +326,7 @@ def sync_from_server(
         place = places.get(image_id)
         return image_name(image_id) + (f", {place}" if place else "")
 
-    conn = connect(url, token)
+    conn = where.connect(token)
     fetched = []
     for row_id, pid in projects:
         _server_project(conn, pid, report.rater)

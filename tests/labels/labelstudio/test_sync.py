@@ -20,6 +20,7 @@ from datatool.core.catalogue import (
     Image,
     LabelStudioProject,
     LabelStudioTask,
+    Rater,
 )
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import load_protocol
@@ -440,11 +441,15 @@ def test_cli_push_sync_and_no_token_anywhere(demo_ws, labelstudio_server, ls, cl
     assert bad.returncode == 1 and "refused the token" in bad.stderr
     outputs = "".join(r.stdout + r.stderr for r in (res, table, people, usage, bad))
     assert srv.token not in outputs and srv.url not in outputs
-    # nowhere in the workspace: catalogue (with its WAL), audit log, store
+    # the token nowhere in the workspace: catalogue (with its WAL), audit log, store; the URL
+    # only as the rater's recorded server (raters.labelstudio_url), never in the store
     for f in demo_ws.root.rglob("*"):
         if f.is_file():
             assert srv.token.encode() not in f.read_bytes(), f
-            assert srv.url.encode() not in f.read_bytes(), f
+            if not f.name.startswith("catalogue.sqlite"):
+                assert srv.url.encode() not in f.read_bytes(), f
+    with demo_ws.session() as s:
+        assert s.scalar(select(Rater.labelstudio_url).where(Rater.name == "CLI1")) == srv.url
     with demo_ws.session() as s:
         entries = list(s.scalars(select(AuditEntry)))
         assert {"labelstudio push", "sync labelstudio"} <= {a.command for a in entries}
