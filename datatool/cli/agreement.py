@@ -274,7 +274,8 @@ def _consensus_view(r: ConsensusReport) -> Iterator[Block]:
     if r.adjudication:
         earlier = sum(a.earlier_consensus for a in r.adjudication)
         yield (
-            f"{r.needs_adjudication} images need adjudication: raters drew one region under "
+            f"{r.needs_adjudication} image{' needs' if r.needs_adjudication == 1 else 's need'} "
+            "adjudication: raters drew one region under "
             "different names, so they have no consensus label (decide, correct the rater's "
             "label and run consensus again)"
             + (f"; {earlier} of them keep an earlier consensus version" if earlier else "")

@@ -131,7 +131,7 @@ def test_make_consensus_leaves_the_swapped_image_to_adjudication(ws, tmp_path):
     data = json.loads(result.stdout)
     assert data["adjudication"][0]["image_id"] == ids[0]
     result = runner.invoke(app, ["consensus", *ws_args])
-    assert "1 images need adjudication" in result.stdout
+    assert "1 image needs adjudication" in result.stdout
     assert "adductor magnus" in result.stdout
     csv_file = tmp_path / "c.csv"
     result = runner.invoke(app, ["consensus", "--csv", str(csv_file), *ws_args])
