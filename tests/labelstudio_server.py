@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from datatool.demo.labelstudio import server_healthy, stop_process_group
 from tests.ci import unavailable
 
 START_TIMEOUT_S = 240
@@ -87,27 +86,6 @@ def listening_addresses(port: int) -> set[str]:
 
 
 LOOPBACK = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1, ::1
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=20)
-    except ProcessLookupError:
-        pass
 
 
 def _start(exe: Path, base: Path, attempt: int) -> tuple[subprocess.Popen, LabelStudioServer]:
@@ -197,7 +175,7 @@ def stop_early() -> None:
     """Stop a server started early that no test took over (say, after an early failure)."""
     started = _early.pop("server", None)
     if started is not None:
-        _stop(started[1])
+        stop_process_group(started[1])
 
 
 def _installed() -> Path:
@@ -232,13 +210,13 @@ def running_server(
                 if "is in use" in server.log.read_text(errors="replace"):
                     moved = True  # it went to another port than ours
                     break
-                if _healthy(server.url):
+                if server_healthy(server.url):
                     break
                 time.sleep(1)
             if moved:
-                _stop(proc)
+                stop_process_group(proc)
                 continue
-            if proc.poll() is not None or not _healthy(server.url):
+            if proc.poll() is not None or not server_healthy(server.url):
                 tail = server.log.read_text(errors="replace")[-3000:]
                 pytest.fail(
                     f"Label Studio did not start within {START_TIMEOUT_S} s "
@@ -254,7 +232,7 @@ def running_server(
         yield server
     finally:
         if proc is not None:
-            _stop(proc)
+            stop_process_group(proc)
 
 
 @pytest.fixture(scope="session")

@@ -110,7 +110,7 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
-def _healthy(url: str) -> bool:
+def server_healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
             return response.status == 200
@@ -118,7 +118,7 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process_group(proc: subprocess.Popen) -> None:
     """SIGTERM to the process's group (a session of its own), then SIGKILL after 20 s."""
     if proc.poll() is not None:
         return
@@ -192,7 +192,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, what: str, log: Path) -> Non
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"error: {what} stopped (exit code {proc.returncode}): see {log}")
-        if _healthy(url):
+        if server_healthy(url):
             return
         time.sleep(1)
     raise SystemExit(f"error: {what} did not answer within {START_TIMEOUT_S} s: see {log}")
@@ -265,7 +265,7 @@ def run_demo(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut it short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for proc in started:
-            _stop(proc)
+            stop_process_group(proc)
 
 
 def main(argv: list[str] | None = None) -> int:
