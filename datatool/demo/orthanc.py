@@ -204,13 +204,15 @@ def start_orthanc(
     dicomweb: bool = True,
     users: dict[str, str] | None = None,
     http_port: int | None = None,
+    verbose: bool = False,
 ) -> Iterator[OrthancServer]:
     """Orthanc running from a fresh folder made inside ``folder``; stopped on leaving.
 
     ``dicom_port``: 0 picks a free port; None leaves the DICOM server off. ``modalities``:
     name -> (AE title, host, port) that may find, get and move. ``users``: HTTP basic
-    logins (authentication on); None leaves authentication off. Raises :class:`OrthancError`
-    when Orthanc is missing or does not answer within a minute."""
+    logins (authentication on); None leaves authentication off. ``verbose``: Orthanc logs
+    every HTTP request and DICOM operation (a test counts retrievals in the log). Raises
+    :class:`OrthancError` when Orthanc is missing or does not answer within a minute."""
     reason = orthanc_available()
     if reason is not None:
         raise OrthancError(reason)
@@ -237,7 +239,7 @@ def start_orthanc(
         log = base / "orthanc.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [str(ORTHANC_EXE), str(config_path)],
+                [str(ORTHANC_EXE), *(["--verbose"] if verbose else []), str(config_path)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
