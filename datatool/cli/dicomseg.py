@@ -1,4 +1,4 @@
-"""The DICOM SEG command: export dicom-seg."""
+"""The DICOM SEG command: export dicom-seg (and send the files to a PACS)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from datatool.cli.common import (
     workspace,
 )
 from datatool.cli.render import Block, Table
+from datatool.core.errors import UsageError
 
 if TYPE_CHECKING:  # result types; the service loads when the command runs
     from datatool.labels.dicomseg.export import DicomSegExport
@@ -37,6 +38,12 @@ def _view(r: DicomSegExport) -> Iterator[Block]:
         f"{r.written} written, {r.unchanged} unchanged, {len(r.refused)} refused, "
         f"{len(r.skipped)} skipped (cine frames)"
     )
+    if r.pushed_to is not None:
+        sent = Table(f"sent to {r.pushed_to}", ["image", "file", "PACS answered"])
+        for p in r.pushed:
+            sent.add(p.image, p.file, p.answer)
+        yield sent
+        yield f"{sum(p.ok for p in r.pushed)} of {len(r.pushed)} taken by the PACS"
 
 
 @export_app.command("dicom-seg")
@@ -65,6 +72,25 @@ def export_dicom_seg(
         help="Only these images: ids such as 12,15 or img000012 (default: every image the "
         "rater labelled).",
     ),
+    stow: str | None = typer.Option(
+        None,
+        "--stow",
+        metavar="URL",
+        help="Then send the SEG files to this DICOMweb service by STOW-RS (credentials as for "
+        "pull: DATATOOL_DICOMWEB_USER/PASSWORD or DATATOOL_DICOMWEB_TOKEN).",
+    ),
+    dimse: str | None = typer.Option(
+        None,
+        "--dimse",
+        metavar="HOST:PORT",
+        help="Then send the SEG files to this PACS by C-STORE (needs --called-ae).",
+    ),
+    called_ae: str | None = typer.Option(
+        None, "--called-ae", help="With --dimse: the PACS's AE title."
+    ),
+    calling_ae: str = typer.Option(
+        "DATATOOL", "--calling-ae", help="With --dimse: datatool's AE title."
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -89,16 +115,33 @@ def export_dicom_seg(
     A cine's frames get no SEG (highdicom cannot yet reference one frame of a multi-frame
     ultrasound image): they are listed as skipped. Exit code 0 when every image was written,
     unchanged or skipped, 1 when some were refused (each with a one-line reason: original
-    missing or changed, no labels of the rater), 2 for usage errors.
+    missing or changed, no labels of the rater) or the PACS did not take one, 2 for usage
+    errors.
+
+    With --stow URL (STOW-RS) or --dimse HOST:PORT --called-ae AE (C-STORE), every SEG
+    written or unchanged is then sent to the PACS, one request per file; the table shows
+    what the PACS answered for each (HTTP status, C-STORE status code).
     """
+    from datatool.core.dimse import parse_peer
+    from datatool.ingest.pull import plain_url
     from datatool.labels.dicomseg.export import export_dicom_seg as run
+    from datatool.labels.dicomseg.push import push_export
     from datatool.labels.matching import parse_image_ids
 
+    if stow is not None and dimse is not None:
+        raise UsageError("give --stow URL or --dimse HOST:PORT, not both")
+    peer = None if dimse is None else parse_peer(dimse, called_ae, calling_ae, "--dimse")
+    if stow is not None:
+        plain_url(stow)  # a login in the URL is refused before anything is written
     ids = None if images is None else parse_image_ids(images)
     ws = workspace(ws_path)
     with progress_bar("export dicom-seg", enabled=not json_out) as progress:
         result = run(ws, rater, dicom_root, out_dir, image_ids=ids, progress=progress)
+    if stow is not None or peer is not None:
+        with progress_bar("send", enabled=not json_out) as progress:
+            push_export(result, stow=stow, peer=peer, progress=progress)
     render.problems(result.refused, "refused")
+    render.problems(result.push_failed, "not taken")
     if not json_out:
         render.notes(result.skipped, "skipped")
     render.show(result, _view, json_out, csv_out)

@@ -11,12 +11,13 @@ in a thread of its own, so the next batch arrives while the last one is decoded.
 
 Resumable without the original UIDs: the catalogue keeps only keyed replacements
 (:func:`datatool.ingest.deid.uid_for`, HMAC of the original UID with the workspace key), so
-the pull computes the same replacement for each UID the PACS answers and compares those. A
-study whose replaced Study Instance UID is not catalogued is retrieved whole; one that is
-catalogued has its instances listed (one more search) and is skipped without any retrieval
-when every instance's replaced SOP Instance UID is catalogued (in any status, quarantined
-included); otherwise only the missing instances are retrieved. An instance rejected before
-(never catalogued) is therefore retried by every pull.
+the pull computes the same replacement for each UID the PACS answers and compares those.
+Each study found has its instances listed (one more search; left out while the catalogue is
+empty) and is skipped without any retrieval when every instance's replaced SOP Instance UID
+is catalogued (quarantined ones included, unless ``--allow-burned-in`` asks to look at them
+again); a study none of whose instances is catalogued is retrieved whole, one in part only
+its missing instances. An instance rejected before (never catalogued) is retried by every
+pull.
 
 Credentials (DICOMweb): HTTP basic from ``DATATOOL_DICOMWEB_USER`` and
 ``DATATOOL_DICOMWEB_PASSWORD``, or a bearer token from ``DATATOOL_DICOMWEB_TOKEN``; read from
@@ -44,7 +45,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 
 from datatool.core.atomic import make_private_dirs, write_bytes_atomic
-from datatool.core.catalogue import SourceFile, Study, audit
+from datatool.core.catalogue import FileStatus, SourceFile, audit
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.workspace import Workspace
 from datatool.ingest import deid
@@ -58,6 +59,7 @@ BATCH_BYTES = 512 << 20  # or this many bytes spooled, whichever comes first
 QUEUED_BATCHES = 2  # retrieved batches waiting for ingest: bounds the spool on disk
 SPOOL = "spool"
 TIMEOUT_S = 60
+PAGE = 1000  # QIDO-RS answers per request
 CREDENTIAL_HINT = (
     f"set {USER_ENV} and {PASSWORD_ENV} (HTTP basic) or {TOKEN_ENV} (bearer) for this server"
 )
@@ -232,6 +234,22 @@ def http_error_line(exc: Exception, what: str) -> str:
     return f"{what}: {type(exc).__name__}"
 
 
+def _all_pages(search: Callable[..., list[dict]], key: str, **kwargs) -> list[dict]:
+    """Every answer of a QIDO-RS search, a page at a time. dicomweb-client's own
+    ``get_remaining`` asks until a page comes back empty, forever where a server ignores
+    ``offset`` with some filters (Orthanc 1.10's plugin with ModalitiesInStudy): a page
+    with nothing new, or a short page, ends the search here."""
+    seen: dict[str, dict] = {}
+    offset = 0
+    while True:
+        page = search(limit=PAGE, offset=offset, **kwargs)
+        fresh = {_first(item, key): item for item in page if _first(item, key) not in seen}
+        seen.update(fresh)
+        if not fresh or len(page) < PAGE:
+            return list(seen.values())
+        offset += len(page)
+
+
 class DicomWebSource:
     """QIDO-RS and WADO-RS through dicomweb-client, instances as the server stores them."""
 
@@ -263,8 +281,11 @@ class DicomWebSource:
         found: dict[str, FoundStudy] = {}
         for search_filters in runs:
             try:
-                answer = self.client.search_for_studies(
-                    fields=fields, search_filters=search_filters, get_remaining=True
+                answer = _all_pages(
+                    self.client.search_for_studies,
+                    "0020000D",
+                    fields=fields,
+                    search_filters=search_filters,
                 )
             except Exception as exc:  # requests' errors, a server answering non-JSON
                 raise DatatoolError(http_error_line(exc, f"{self.name}: study search")) from None
@@ -277,10 +298,11 @@ class DicomWebSource:
 
     def instances(self, study_uid: str) -> list[FoundInstance]:
         try:
-            answer = self.client.search_for_instances(
+            answer = _all_pages(
+                self.client.search_for_instances,
+                "00080018",
                 study_instance_uid=study_uid,
                 fields=["SeriesInstanceUID", "SOPInstanceUID"],
-                get_remaining=True,
             )
         except Exception as exc:
             raise RetrieveError(http_error_line(exc, "instance search")) from None
@@ -416,12 +438,14 @@ def pull(
         found = source.search(query)
         report.studies_found = len(found)
         with ws.session() as s:
-            known_studies = set(s.scalars(select(Study.uid)))
-            known_sops = set(s.scalars(select(SourceFile.sop_uid)))
+            catalogued = select(SourceFile.sop_uid)
+            if allow_burned_in:  # quarantined files are to be looked at again
+                catalogued = catalogued.where(SourceFile.status != FileStatus.quarantined)
+            known_sops = set(s.scalars(catalogued))
         todo: list[tuple[FoundStudy, str, list[FoundInstance] | None]] = []
         for study in found:
             pseudo = deid.uid_for(key, study.uid)
-            if pseudo not in known_studies:
+            if not known_sops:  # nothing catalogued: no need to list the instances
                 todo.append((study, pseudo, None))
                 continue
             try:
@@ -430,10 +454,13 @@ def pull(
                 report.failed.append((f"study {pseudo}", str(exc)))
                 continue
             missing = [i for i in listed if deid.uid_for(key, i.sop_uid) not in known_sops]
-            if missing:
-                todo.append((study, pseudo, missing))
-            else:
+            if not missing:
                 report.studies_skipped += 1
+            elif len(missing) == len(listed):
+                study.instances = len(listed)
+                todo.append((study, pseudo, None))
+            else:
+                todo.append((study, pseudo, missing))
         total = sum(
             (len(only) if only is not None else (study.instances or 1)) for study, _, only in todo
         )

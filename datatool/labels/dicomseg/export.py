@@ -65,6 +65,7 @@ from datatool.labels.dicomseg.formats import (
     segment_specs,
     segmentation_bytes,
 )
+from datatool.labels.dicomseg.push import PushItem
 from datatool.labels.frames import frame_place
 from datatool.labels.matching import NoImage, image_name, read_sop_instance_uid
 from datatool.labels.quoting import excerpt
@@ -96,6 +97,8 @@ class DicomSegExport:
     rater: str
     out_dir: Path
     items: list[SegItem] = field(default_factory=list)
+    pushed_to: str | None = None  # the PACS the files were sent to (--stow, --dimse)
+    pushed: list[PushItem] = field(default_factory=list)  # its answer per file
 
     def _count(self, status: str) -> int:
         return sum(i.status == status for i in self.items)
@@ -117,9 +120,14 @@ class DicomSegExport:
         return [(i.image, i.reason) for i in self.items if i.status == SKIPPED]
 
     @property
+    def push_failed(self) -> list[tuple[str, str]]:
+        return [(f"{p.image} {p.file}", p.answer) for p in self.pushed if not p.ok]
+
+    @property
     def exit_code(self) -> int:
-        """1 when an image was refused (an original missing or changed, no labels), else 0."""
-        return 1 if self.refused else 0
+        """1 when an image was refused (an original missing or changed, no labels) or the
+        PACS did not take a file, else 0."""
+        return 1 if self.refused or self.push_failed else 0
 
     def as_dict(self) -> dict:
         return {
@@ -130,6 +138,8 @@ class DicomSegExport:
             "refused": len(self.refused),
             "skipped": len(self.skipped),
             "items": [vars(i) for i in self.items],
+            "pushed_to": self.pushed_to,
+            "pushed": [vars(p) for p in self.pushed],
             "exit_code": self.exit_code,
         }
 
