@@ -3,6 +3,7 @@ which storage classes and transfer syntaxes datatool takes, what a status code m
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -93,3 +94,15 @@ def status_text(code: int | None) -> str:
         else:
             word = "status"
     return f"0x{code:04X} {word}"
+
+
+def quiet_network_logs() -> None:
+    """pynetdicom, dicomweb-client and retrying log failures (with tracebacks and, for
+    pynetdicom, identifiers of the data sets) through Python's logging, whose last-resort
+    handler prints them on stderr: datatool reports each failure as one line of its own
+    instead, so their records go nowhere."""
+    for name in ("pynetdicom", "dicomweb_client", "retrying"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+        logger.propagate = False

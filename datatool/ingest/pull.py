@@ -46,6 +46,7 @@ from sqlalchemy import select
 
 from datatool.core.atomic import make_private_dirs, write_bytes_atomic
 from datatool.core.catalogue import FileStatus, SourceFile, audit
+from datatool.core.dimse import quiet_network_logs
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.workspace import Workspace
 from datatool.ingest import deid
@@ -257,6 +258,7 @@ class DicomWebSource:
         import requests
         from dicomweb_client.api import DICOMwebClient
 
+        quiet_network_logs()
         env = os.environ if environ is None else environ
         self.url = plain_url(url)
         self.name = self.url

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from datatool.core.dimse import STORAGE_CLASSES, TRANSFER_SYNTAXES, Peer, status_text
+from datatool.core.dimse import (
+    STORAGE_CLASSES,
+    TRANSFER_SYNTAXES,
+    Peer,
+    quiet_network_logs,
+    status_text,
+)
 from datatool.core.errors import DatatoolError
 from datatool.ingest.pull import FoundInstance, FoundStudy, Query, RetrieveError
 
@@ -25,6 +31,7 @@ class DimseSource:
     """C-FIND + C-GET on one association, opened on first use."""
 
     def __init__(self, peer: Peer):
+        quiet_network_logs()
         self.peer = peer
         self.name = str(peer)
         self._assoc = None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from datatool.core.dimse import SEG_CLASS, Peer, status_text
+from datatool.core.dimse import SEG_CLASS, Peer, quiet_network_logs, status_text
 from datatool.core.errors import DatatoolError
 
 if TYPE_CHECKING:
@@ -95,6 +95,7 @@ def push_dimse(
     """C-STORE each ``(image, path)`` to ``peer`` on one association."""
     from pynetdicom import AE
 
+    quiet_network_logs()
     files = list(files)
     if not files:
         return []
