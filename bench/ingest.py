@@ -10,6 +10,12 @@ the study's 3000-image scale (``--patients 200 --images-per-side 7-8``) in under
 
     python bench/ingest.py                       # 40 patients, about 600 images
     python bench/ingest.py --patients 200 --images-per-side 7-8   # the study's scale
+    python bench/ingest.py --orthanc             # and Orthanc's REST upload as the anchor
+
+With ``--orthanc`` (issue 26): Debian's Orthanc (loopback, fresh temporary index and storage,
+DICOM port off; datatool.demo.orthanc) receives the same files over REST from 2 keep-alive
+clients (httpx), and datatool's 2-worker ingest rate is printed as a ratio of Orthanc's
+files/s (goal >= 0.8), with the load average beside each figure.
 """
 
 from __future__ import annotations
@@ -26,6 +32,43 @@ from datatool.core.workspace import init_workspace, open_workspace
 from datatool.ingest.pipeline import ingest, iter_files
 
 from benchdata import make_demo  # bench/benchdata.py, beside this script
+
+
+def orthanc_rate(files: list[Path], scratch: Path, clients: int = 2) -> tuple[float, str]:
+    """Seconds for Orthanc to receive and store ``files`` posted to /instances by
+    ``clients`` keep-alive httpx clients at once, and the load average after."""
+    import os
+    import threading
+
+    import httpx
+
+    from datatool.demo.orthanc import orthanc_available, start_orthanc
+
+    reason = orthanc_available()
+    if reason is not None:
+        sys.exit(f"--orthanc: {reason}")
+    shares = [files[k::clients] for k in range(clients)]
+    refused: list[str] = []
+
+    def post(url: str, share: list[Path]) -> None:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for path in share:
+                answer = client.post("/instances", content=path.read_bytes())
+                if answer.status_code != 200:
+                    refused.append(f"{path}: HTTP {answer.status_code}")
+
+    with start_orthanc(scratch / "orthanc", dicom_port=None, dicomweb=False) as server:
+        threads = [threading.Thread(target=post, args=(server.http_url, s)) for s in shares]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - start
+    if refused:
+        sys.exit(f"Orthanc refused files: {refused[:3]}")
+    one, five, _ = os.getloadavg()
+    return elapsed, f"load {one:.2f} (5 min {five:.2f})"
 
 
 def bare_decode(files: list[Path]) -> tuple[float, int]:
@@ -56,6 +99,9 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=40)
     parser.add_argument("--images-per-side", default="7-8")
     parser.add_argument("--data", type=Path, help="ingest this DICOM folder instead of demo data")
+    parser.add_argument(
+        "--orthanc", action="store_true", help="also time Orthanc receiving the files (REST)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="datatool-bench-") as tmp:
         scratch = Path(tmp)
@@ -69,6 +115,8 @@ def main() -> None:
         t0, n0 = timed_ingest(data, 0, scratch)
         t1, n1 = timed_ingest(data, 1, scratch)
         t2, n2 = timed_ingest(data, 2, scratch)
+        if args.orthanc:
+            t_orthanc, orthanc_load = orthanc_rate(files, scratch)
     print(f"files: {len(files)}, images: {n1}")
     print(f"bare decode (1 process): {t_bare:6.2f} s  {n_bare / t_bare:7.1f} images/s")
     print(f"ingest, all in 1 process:{t0:6.2f} s  {n0 / t0:7.1f} images/s")
@@ -79,6 +127,16 @@ def main() -> None:
     print(f"ratio 2 workers/1 worker speed:   {t1 / t2:.2f}  (goal >= 1.6)")
     per_3000 = t2 / n2 * 3000
     print(f"projected 3000 images with 2 workers: {per_3000:.1f} s  (goal < 60 s)")
+    if args.orthanc:
+        import os
+
+        one, five, _ = os.getloadavg()
+        rate = len(files) / t_orthanc
+        print(f"Orthanc REST, 2 clients:  {t_orthanc:6.2f} s  {rate:7.1f} files/s  {orthanc_load}")
+        print(
+            f"ratio ingest(2 workers)/Orthanc files/s: {len(files) / t2 / rate:.2f}  "
+            f"(goal >= 0.8)  load {one:.2f} (5 min {five:.2f})"
+        )
 
 
 if __name__ == "__main__":
