@@ -55,7 +55,8 @@ from datatool.ingest.pipeline import IngestReport, ingest
 USER_ENV = "DATATOOL_DICOMWEB_USER"
 PASSWORD_ENV = "DATATOOL_DICOMWEB_PASSWORD"
 TOKEN_ENV = "DATATOOL_DICOMWEB_TOKEN"
-BATCH_FILES = 256  # instances per ingest call (one pool of decoding workers each)
+BATCH_FILES = 32  # instances per ingest call (a pool of forked workers each): small, so
+# that decoding starts while the rest downloads
 BATCH_BYTES = 512 << 20  # or this many bytes spooled, whichever comes first
 QUEUED_BATCHES = 2  # retrieved batches waiting for ingest: bounds the spool on disk
 SPOOL = "spool"

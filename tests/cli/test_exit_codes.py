@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,12 @@ from datatool.analysis.qa import Thresholds, list_queue, run_qa
 from datatool.cli import app
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import init_workspace, open_workspace
+from datatool.demo.orthanc import orthanc_available, start_orthanc
 from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.labelstudio.push import push
 from datatool.learning.serving import PASSWORD_ENV, USER_ENV, Credentials, create_app
 from tests.backend_server import uvicorn_thread
+from tests.ci import unavailable
 from tests.cli.test_commands import LEAVES
 from tests.labels_util import ingest_demo_with_labels
 from tests.qa_util import clone
@@ -42,6 +45,7 @@ class Site:
     drafted: Path = Path("x")  # a copy of ``trained`` whose rater1 has a Label Studio project
     backend_url: str = "http://127.0.0.1:9"  # that run's ML backend (datatool serve's app)
     flag: int = 1  # an open QA flag of ``ws``
+    pacs_url: str | None = None  # an empty Orthanc's DICOMweb root (None: no Orthanc here)
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +103,16 @@ def site(tmp_path_factory, demo_dir, trained, labelstudio_server):
     with (
         pytest.MonkeyPatch.context() as env,
         uvicorn_thread(create_app(drafted, run, creds, device="cpu")) as backend_url,
+        ExitStack() as stack,
     ):
         env.setenv(USER_ENV, creds.user)
         env.setenv(PASSWORD_ENV, creds.password)
+        pacs = None
+        if orthanc_available() is None:  # else test_exit_codes[pull] says why it cannot run
+            pacs = stack.enter_context(start_orthanc(tmp / "pacs")).dicomweb_url
         yield Site(tmp, demo_dir, root, bad_key, ws_trained.root, run, labelstudio_server.url,
                    labelstudio_server.token, labelstudio_server.local_root, drafted.root,
-                   backend_url, flag)  # fmt: skip
+                   backend_url, flag, pacs)  # fmt: skip
     drafted.close()
 
 
@@ -124,6 +132,11 @@ def _cases(s: Site) -> dict[str, dict[int, list]]:
             0: [s.demo / "dicom", "--json", *w],
             1: [s.tmp / "notdicom", *w],
             2: [s.demo / "dicom", "--frames", "sideways", *w],
+        },
+        "pull": {
+            0: ["--dicomweb", s.pacs_url, "--json", *w],  # an empty PACS: nothing to pull
+            1: ["--dicomweb", "http://127.0.0.1:9/dicom-web", *w],  # nobody listens there
+            2: ["--dimse", "pacs:104", *w],  # no --called-ae
         },
         "ingest-clinical": {
             0: [s.demo / "clinical.csv", "--json", *w],
@@ -315,6 +328,8 @@ def test_every_command_has_its_cases():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_exit_codes(site, command):
+    if command == "pull" and site.pacs_url is None:
+        unavailable(str(orthanc_available()))
     for code, args in sorted(_cases(site)[command].items()):
         argv = [*command.split(), *(str(a) for a in args)]
         res = CliRunner().invoke(app, argv, env={"COLUMNS": "200"})
