@@ -322,3 +322,42 @@ def test_bad_filters_are_usage_errors(args, word):
             kwargs[options[flag]] = value
     with pytest.raises(UsageError, match=re.escape(word)):
         make_query(studies, **kwargs)
+
+
+def test_a_study_catalogued_in_part_gets_only_its_missing_instances(ws, demo_dir, tmp_path):
+    from datatool.ingest.pipeline import ingest
+
+    demo = sorted((demo_dir / "dicom").rglob("*.dcm"))
+    study = str(pydicom.dcmread(demo[0], stop_before_pixels=True).StudyInstanceUID)
+    same = [
+        p
+        for p in demo
+        if str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) == study
+    ]
+    assert len(same) >= 2
+    ingest(ws, [same[0]], workers=0)  # one file of the study is catalogued from disk
+    with orthanc(tmp_path / "pacs", verbose=True) as server:
+        for path in same:
+            server.upload(path)
+        report = pull(ws, DicomWebSource(server.dicomweb_url), make_query(), workers=0)
+        log = server.log.read_text().splitlines()
+    assert report.studies_retrieved == 1 and report.instances_retrieved == len(same) - 1
+    assert report.ingest.ingested == len(same) - 1 and report.ok
+    wado = [line for line in log if WADO_RE.search(line)]
+    assert len(wado) == len(same) - 1
+    assert all("/instances/" in line for line in wado)  # never the whole study
+
+
+def test_a_killed_pull_s_spool_is_removed_by_the_next(ws, demo_dir, tmp_path):
+    stale = ws.meta_dir / "spool" / "pull-stale"
+    (stale / "batch-x").mkdir(parents=True)
+    (stale / "batch-x" / "00000001.dcm").write_bytes(b"half a file")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (stale / "pid").write_text(str(dead.pid))  # a pull that no longer runs
+    with orthanc(tmp_path / "pacs") as server:
+        server.upload(sorted((demo_dir / "dicom").rglob("*.dcm"))[0])
+        report = pull(ws, DicomWebSource(server.dicomweb_url), make_query(), workers=0)
+    assert report.ingest.ingested == 1 and report.ok
+    assert not stale.exists()
+    assert not list((ws.meta_dir / "spool").iterdir())
