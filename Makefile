@@ -147,7 +147,8 @@ labelstudio-demo: $(STAMP) $(LSSTAMP)
 
 bench: $(STAMP) $(LSSTAMP)
 	@$(ORTHANC_INSTALL)
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest.py --orthanc
+	$(BIN)/python bench/network.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/agreement.py
 	$(BIN)/python bench/qa.py

@@ -10,7 +10,9 @@ import urllib.request
 import pytest
 
 from datatool.demo.orthanc import orthanc_config
-from tests.orthanc_server import orthanc
+from tests.orthanc_server import orthanc, orthanc_server
+
+__all__ = ["orthanc_server"]  # the fixture counts as used
 
 
 def test_config_keeps_orthanc_to_itself(tmp_path):
@@ -55,3 +57,10 @@ def test_login_required_when_users_given(tmp_path):
             urllib.request.urlopen(f"{server.http_url}/system", timeout=10)
         assert refused.value.code == 401
         assert server.get_json("/system")["Name"] == "datatool-test-pacs"
+
+
+def test_the_session_fixture_has_dicomweb_and_a_dicom_port(orthanc_server):
+    system = orthanc_server.get_json("/system")
+    assert system["DicomPort"] == orthanc_server.dicom_port > 0
+    assert orthanc_server.dicomweb_url.endswith("/dicom-web")
+    assert orthanc_server.request("/dicom-web/studies").strip().startswith(b"[")
