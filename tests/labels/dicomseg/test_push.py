@@ -136,3 +136,22 @@ def test_unreachable_pacs_is_one_line(ws, demo_dir, tmp_path, cli_env):
         assert "Traceback" not in done.stderr and "Error" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert list(out.glob("img*.dcm"))  # the export itself was done
+
+
+def test_stow_credentials_from_the_environment(ws, demo_dir, tmp_path):
+    from datatool.labels.dicomseg.push import push_stow
+
+    ingest_demo_with_labels(ws, demo_dir)
+    out = tmp_path / "seg"
+    result = export_dicom_seg(ws, "rater1", demo_dir / "dicom", out)
+    one = next(i for i in result.items if i.file)
+    files = [(one.image, out / one.file)]
+    with orthanc(tmp_path / "pacs", users={"seg-user": "seg-Pass-42"}) as server:
+        refused = push_stow(server.dicomweb_url, files, environ={})
+        assert not refused[0].ok and "HTTP 401" in refused[0].answer
+        assert "DATATOOL_DICOMWEB_USER" in refused[0].answer
+        env = {"DATATOOL_DICOMWEB_USER": "seg-user", "DATATOOL_DICOMWEB_PASSWORD": "seg-Pass-42"}
+        taken = push_stow(server.dicomweb_url, files, environ=env)
+        assert taken[0].ok and taken[0].answer == "HTTP 200"
+        assert len(_segs_in(server)) == 1
+        assert "seg-Pass-42" not in refused[0].answer + taken[0].answer
