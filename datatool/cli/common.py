@@ -46,6 +46,7 @@ COMMAND_ORDER = [
     "demo-data",
     "ingest",
     "ingest-clinical",
+    "listen",
     "status",
     "images",
     "cohort",
