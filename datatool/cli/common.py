@@ -45,6 +45,7 @@ COMMAND_ORDER = [
     "init",
     "demo-data",
     "ingest",
+    "pull",
     "ingest-clinical",
     "listen",
     "status",
