@@ -154,6 +154,7 @@ bench: $(STAMP) $(LSSTAMP)
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/prelabel.py
 	$(BIN)/python bench/propagate.py --modes direct,chain --pairs 4
+	$(BIN)/python bench/network.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build

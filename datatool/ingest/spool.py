@@ -112,13 +112,19 @@ class Spool:
                     os.unlink(entry.path)
         return removed
 
-    def accept(self, received: Path, calling_ae: str) -> Receipt:
+    def accept(self, received: Path, calling_ae: str, durable: bool = True) -> Receipt:
         """Move a whole received file (written in ``partial/``) into ``incoming/``: one
-        rename, so it is there whole or not at all. Raises OSError when it cannot."""
+        rename, so it is there whole or not at all; ``durable``: the file and the rename are
+        flushed to the disk first (fsync), so that a power cut loses nothing acknowledged
+        either. Raises OSError when it cannot."""
         name = receipt_name(calling_ae)
         target = self.incoming / f"{name}{SUFFIX}"
         os.chmod(received, PRIVATE_FILE)
+        if durable:  # on the disk before the success is answered, as a PACS does
+            _fsync(received)
         os.replace(received, target)
+        if durable:
+            _fsync(self.incoming)  # the rename too
         receipt = parse_receipt(target)
         assert receipt is not None
         return receipt
@@ -148,6 +154,14 @@ class Spool:
         """Remove a receipt's file once its outcome is catalogued."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(receipt.path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass

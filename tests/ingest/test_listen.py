@@ -24,7 +24,9 @@ import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from typer.testing import CliRunner
 
+from datatool.cli import app
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.ingest import deid
 from datatool.ingest.inventory import status
@@ -298,6 +300,11 @@ def test_an_ae_title_not_allowed_is_rejected_at_association(root, demo_dir):
         assert listener.stop() == 0
     assert db_rows(root, "select distinct calling_ae from received") == [("US2",)]
     assert "calling AE title 'INTRUDER' is not in --allow" in listener.text()
+    shown = CliRunner().invoke(app, ["status", "--workspace", str(root)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    line = next(x for x in shown.output.splitlines() if "US2" in x)
+    assert "received (datatool listen)" in shown.output
+    assert re.findall(r"\b\d+\b", line.split("│", 4)[-1]) == ["2", "2", "0", "0"], line
 
 
 def test_beyond_loopback_without_allow_is_refused_with_one_line(root, cli_env):
