@@ -28,11 +28,12 @@ import logging
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import OperationalError
 
 from datatool.core.catalogue import audit
 from datatool.core.errors import DatatoolError, UsageError
@@ -48,6 +49,7 @@ MAX_ASSOCIATIONS = 10
 MAX_OBJECT_MB = 2048
 NETWORK_TIMEOUT = 60.0  # seconds an association may stay silent
 SPOOL_BATCH = 16  # objects per catalogue transaction
+RETRY_SECONDS = 5.0  # after the spool could not be ingested (a full disk)
 
 # pydicom.uid's names for them; the first four are pynetdicom's defaults
 DEFAULT_SYNTAXES = {
@@ -296,7 +298,7 @@ def listen(
     try:
         if report.spooled_at_start:
             log.info("ingesting %d objects left in the spool first", report.spooled_at_start)
-            ingester.drain()
+            _drain(ingester)
         with ws.session() as session:
             audit(
                 session,
@@ -315,14 +317,34 @@ def listen(
                 while not stop.is_set():
                     wake.wait(1.0)
                     wake.clear()
-                    if ingester.drain(stop.is_set) == 0 and ingester.report.store_failures:
-                        time.sleep(5.0)  # a full store: try later, the objects stay spooled
+                    if not _drain(ingester, stop.is_set):
+                        stop.wait(RETRY_SECONDS)  # the objects stay spooled meanwhile
         finally:
             server.shutdown()
-            ingester.drain()  # what was acknowledged before the shutdown
+            _drain(ingester)  # what was acknowledged before the shutdown
     finally:
         ingester.close()
     return report
+
+
+def _drain(ingester: SpoolIngest, stop: Callable[[], bool] = lambda: False) -> bool:
+    """Ingest what is spooled; False when something could not be done now (a full disk, a
+    spool folder gone): one log line, the objects stay spooled, the listener goes on."""
+    failures = len(ingester.report.store_failures)
+    try:
+        ingester.drain(stop)
+    except (OSError, OperationalError) as exc:
+        if isinstance(exc, OperationalError):
+            why = str(exc.orig) if exc.orig is not None else type(exc).__name__
+        else:
+            why = f"{exc.filename or ''}: {exc.strerror or type(exc).__name__}".lstrip(": ")
+        log.warning(
+            "cannot ingest the spool now (%s): its objects stay spooled; trying again in %g s",
+            why,
+            RETRY_SECONDS,
+        )
+        return False
+    return len(ingester.report.store_failures) == failures
 
 
 def _start_server(spool: Spool, opts: ListenOptions, report: ListenReport):

@@ -365,6 +365,32 @@ def test_an_object_over_the_size_bound_is_refused_as_it_arrives(root, demo_dir, 
     assert not leaks(root, log, {"BIG123456", "Big^Object"})
 
 
+def test_an_object_that_cannot_be_spooled_is_answered_out_of_resources(root, demo_dir):
+    """The spool's folder gone (a file in its place): the object is answered 0xA700, one log
+    line says why, the listener goes on; once the folder is back the same file is stored."""
+    port = free_port()
+    listener = Listener(root, port)
+    incoming = root / ".datatool" / "spool" / "incoming"
+    try:
+        listener.wait_ready()
+        incoming.rmdir()
+        incoming.write_bytes(b"")
+        one = demo_files(demo_dir)[:1]
+        acked, output = send(one, port)
+        assert acked == [] and "Refused: OutOfResources" in output, output
+        time.sleep(1.5)  # the spool worker meets the missing folder too
+        incoming.unlink()
+        incoming.mkdir()
+        acked, output = send(one, port)
+        assert acked == one, output
+        wait_until_ingested(root, 1)
+    finally:
+        assert listener.stop() == 0
+    log = listener.text()
+    assert "not stored: cannot write the spool" in log and "answered 0xA700" in log
+    assert "cannot ingest the spool now" in log and "Traceback" not in log
+
+
 # --------------------------------------------------------------------------- the spool
 
 
