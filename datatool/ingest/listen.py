@@ -3,9 +3,10 @@
 An ultrasound machine (or a PACS, or dcmtk's ``storescu``) sends its images by C-STORE. Each
 object is written to the workspace's spool as it arrives (pynetdicom's
 ``STORE_RECV_CHUNKED_DATASET``: the fragments go to a file in ``spool/partial`` instead of
-memory), moved whole into ``spool/incoming`` with one rename, and only then is the C-STORE
-success (0x0000) returned. This process's main thread ingests the spool in small batches
-through the same steps as ``datatool ingest`` (:mod:`datatool.ingest.spool`). On start the
+memory), flushed to the disk (fsync), moved whole into ``spool/incoming`` with one rename
+(fsynced too), and only then is the C-STORE success (0x0000) returned. This process's main
+thread ingests the spool in small batches through the same steps as ``datatool ingest``
+(:mod:`datatool.ingest.spool`), with ``workers`` processes decoding. On start the
 spool left by a stopped or killed listener is ingested first, then associations are accepted.
 
 Limits: the calling AE titles in ``allow`` only (others are rejected at association), at most
