@@ -53,7 +53,7 @@ def listen(
         10, "--max-associations", min=1, max=1000, help="Most associations at once."
     ),
     max_object_mb: int = typer.Option(
-        2048,
+        1024,
         "--max-object-mb",
         min=1,
         max=MAX_INT,
