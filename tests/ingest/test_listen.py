@@ -307,6 +307,33 @@ def test_an_ae_title_not_allowed_is_rejected_at_association(root, demo_dir):
     assert re.findall(r"\b\d+\b", line.split("│", 4)[-1]) == ["2", "2", "0", "0"], line
 
 
+def test_associations_over_the_bound_are_refused_while_one_is_held(root, demo_dir):
+    """--max-associations 1: while a client holds an association open, storescu's is
+    refused; once it is released, storescu is served."""
+    from pynetdicom import AE
+
+    port = free_port()
+    listener = Listener(root, port, "--max-associations", "1")
+    try:
+        listener.wait_ready()
+        client = AE(ae_title="HOLDER")
+        client.add_requested_context("1.2.840.10008.1.1")
+        held = client.associate("127.0.0.1", port, ae_title="DATATOOL")
+        assert held.is_established
+        try:
+            files = demo_files(demo_dir)[:1]
+            acked, output = send(files, port)
+            assert acked == [] and "Association Rejected" in output, output
+        finally:
+            held.release()
+        time.sleep(0.5)
+        acked, output = send(files, port)
+        assert acked == files, output
+        wait_until_ingested(root, 1)
+    finally:
+        assert listener.stop() == 0
+
+
 def test_beyond_loopback_without_allow_is_refused_with_one_line(root, cli_env):
     proc = subprocess.run(
         [sys.executable, "-m", "datatool", "listen", "--host", "0.0.0.0", "--workspace", str(root)],
