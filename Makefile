@@ -20,6 +20,14 @@ LS_PASS  ?= datatool-demo
 LS_TOKEN ?= d0d0d0d0datatooldemotoken0000000000000000
 LS_OFFLINE := SENTRY_DSN= FRONTEND_SENTRY_DSN= LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false
 
+# Debian's Orthanc and its DICOMweb plugin, the PACS of the network tests and benchmarks:
+# installed when missing (as root on Debian; elsewhere a line says what to install).
+ORTHANC_INSTALL := if [ ! -x /usr/sbin/Orthanc ] || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends orthanc orthanc-dicomweb; \
+	else echo "Orthanc is missing and this is not a root Debian machine: install orthanc and orthanc-dicomweb" >&2; fi; fi
+
 .PHONY: install demo test lint typecheck bench clean labelstudio labelstudio-demo mutate mutate-ci
 
 # torch==2.13.0 first: on this kind of machine it is a CPU wheel on local disk (a plain
@@ -138,6 +146,7 @@ labelstudio-demo: $(STAMP) $(LSSTAMP)
 		--password $(LS_PASS) --secret $(LS_TOKEN)
 
 bench: $(STAMP) $(LSSTAMP)
+	@$(ORTHANC_INSTALL)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/agreement.py
@@ -145,6 +154,7 @@ bench: $(STAMP) $(LSSTAMP)
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/prelabel.py
 	$(BIN)/python bench/propagate.py --modes direct,chain --pairs 4
+	$(BIN)/python bench/network.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build

@@ -262,6 +262,8 @@ def _cases(s: Site) -> dict[str, dict[int, list]]:
         },
         # serve runs until it is stopped (tests/learning/test_serving.py serves its app)
         "serve": {1: [s.run, *bad], 2: [s.run, "--device", "tpu", *t]},
+        # listen runs until it is stopped (tests/ingest/test_listen.py runs it)
+        "listen": {1: ["--port", "1", *bad], 2: ["--host", "0.0.0.0", *w]},
         "labelstudio connect": {
             0: [
                 "--rater",
@@ -310,7 +312,8 @@ def test_every_command_has_its_cases():
     # every command that can reject or fail something has a 1 (demo-data only writes)
     assert {c for c, codes in cases.items() if 1 not in codes} == {"demo-data"}
     assert all(2 in codes for codes in cases.values())
-    assert {c for c, codes in cases.items() if 0 not in codes} == {"serve"}  # runs until stopped
+    # these run until stopped
+    assert {c for c, codes in cases.items() if 0 not in codes} == {"serve", "listen"}
 
 
 @pytest.mark.parametrize("command", COMMANDS)
