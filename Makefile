@@ -148,13 +148,13 @@ labelstudio-demo: $(STAMP) $(LSSTAMP)
 bench: $(STAMP) $(LSSTAMP)
 	@$(ORTHANC_INSTALL)
 	$(BIN)/python bench/ingest.py --orthanc
-	$(BIN)/python bench/network.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/agreement.py
 	$(BIN)/python bench/qa.py
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/prelabel.py
 	$(BIN)/python bench/propagate.py --modes direct,chain --pairs 4
+	$(BIN)/python bench/network.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build

@@ -73,7 +73,7 @@ MODULES: dict[str, Module] = {
         "datatool/learning/splits.py",
         ("tests/learning/test_splits.py", "tests/learning/test_splits_balance.py"),
     ),
-    "selection": Module("datatool/learning/selection.py", ("tests/learning/test_selection.py",)),
+    "selection": Module("datatool/assist/selection.py", ("tests/assist/test_selection.py",)),
     "deid": Module(
         "datatool/ingest/deid.py",
         ("tests/ingest/test_deid.py", "tests/ingest/test_deid_dates_and_leaks.py"),

@@ -47,6 +47,7 @@ COMMAND_ORDER = [
     "ingest",
     "pull",
     "ingest-clinical",
+    "listen",
     "status",
     "images",
     "cohort",

@@ -156,6 +156,24 @@ def _status_view(data: Status) -> Iterator[Block]:
     for row in data.per_patient:
         table.add(row.patient, row.sex, row.age, row.studies, row.series, row.sides, row.images)
     yield table
+    if data.received or data.spooled:
+        received = Table(
+            "received (datatool listen)",
+            ["calling AE", "first", "last", "objects", "ingested", "already present", "rejected"],
+        )
+        for r in data.received:
+            received.add(
+                r.calling_ae,
+                f"{r.first:%Y-%m-%d %H:%M:%S}",
+                f"{r.last:%Y-%m-%d %H:%M:%S}",
+                r.objects,
+                r.ingested,
+                r.already_present,
+                r.rejected,
+            )
+        yield received
+        if data.spooled:
+            yield f"{data.spooled} objects received, waiting in the spool to be ingested"
 
 
 @app.command(rich_help_panel=PANEL_DATA)

@@ -489,6 +489,23 @@ class ReviewTask(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
 
 
+class Received(Base):
+    """One object a ``datatool listen`` acknowledged: from which calling AE title, when, and
+    what ingest made of it. The receipt names its spool file (time and a random token), so an
+    object is counted once however often the listener is killed and restarted. No patient
+    data: the title, the time, the outcome and ingest's one-line reason."""
+
+    __tablename__ = "received"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    receipt: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    calling_ae: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime, nullable=False)
+    # ingested | already_present | quarantined | conflict | rejected
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    ingested_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
 class AuditEntry(Base):
     """Append-only: rows are inserted, never updated or deleted."""
 

@@ -5,11 +5,20 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
-from datatool.core.catalogue import FileStatus, Image, Patient, Series, SourceFile, Study
+from datatool.core.catalogue import (
+    FileStatus,
+    Image,
+    Patient,
+    Received,
+    Series,
+    SourceFile,
+    Study,
+)
 from datatool.core.workspace import Workspace
 from datatool.ingest import deid
+from datatool.ingest.spool import pending_count
 
 
 @dataclass
@@ -21,6 +30,19 @@ class PatientCounts:
     series: int
     images: int
     sides: int
+
+
+@dataclass
+class ReceivedFrom:
+    """What ``datatool listen`` received from one calling AE title (the title only)."""
+
+    calling_ae: str
+    first: dt.datetime
+    last: dt.datetime
+    objects: int
+    ingested: int
+    already_present: int
+    rejected: int  # rejected, quarantined or kept aside as a conflict
 
 
 @dataclass
@@ -40,6 +62,30 @@ class Status:
     # images blanked outside regions that cover (nearly) all of them: catalogued before
     # ingest quarantined such images, they may still hold burned-in text
     blanked_without_room: int = 0
+    # datatool listen: per calling AE title, and objects acknowledged but not ingested yet
+    received: list[ReceivedFrom] = field(default_factory=list)
+    spooled: int = 0
+
+
+def _received(s) -> list[ReceivedFrom]:
+    rows = s.execute(
+        select(
+            Received.calling_ae,
+            func.min(Received.received_at),
+            func.max(Received.received_at),
+            func.count(),
+            func.sum(case((Received.outcome == "ingested", 1), else_=0)),
+            func.sum(case((Received.outcome == "already_present", 1), else_=0)),
+        )
+        .group_by(Received.calling_ae)
+        .order_by(func.max(Received.received_at).desc())
+    ).all()
+    return [
+        ReceivedFrom(
+            ae, first, last, n, int(new or 0), int(old or 0), n - int(new or 0) - int(old or 0)
+        )
+        for ae, first, last, n, new, old in rows
+    ]
 
 
 def status(ws: Workspace) -> Status:
@@ -90,6 +136,7 @@ def status(ws: Workspace) -> Status:
         n_patients = s.scalar(select(func.count(Patient.id))) or 0
         n_studies = s.scalar(select(func.count(Study.id))) or 0
         n_series = s.scalar(select(func.count(Series.id))) or 0
+        received = _received(s)
     return Status(
         workspace=str(ws.root),
         patients=n_patients,
@@ -103,6 +150,8 @@ def status(ws: Workspace) -> Status:
         per_patient=[PatientCounts(*row) for row in per_patient],
         quarantined=dict(sorted(quarantined.items())),
         blanked_without_room=blanked_without_room,
+        received=received,
+        spooled=pending_count(ws),
     )
 
 

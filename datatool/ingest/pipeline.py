@@ -574,16 +574,25 @@ def _same_patient(study: Study, meta: dict, what: str) -> None:
         )
 
 
-def record_batch(ws: Workspace, results: list[FileResult], report: IngestReport) -> None:
+def record_batch(
+    ws: Workspace,
+    results: list[FileResult],
+    report: IngestReport,
+    also: Callable[[Session, list[tuple[str, str]]], None] | None = None,
+) -> None:
     """Write a batch in one transaction and count its outcomes once it has committed. On a
     unique-key race with a concurrent ingest (PostgreSQL; SQLite serialises writers) the batch
-    is rolled back and written again against what the other ingest committed."""
+    is rolled back and written again against what the other ingest committed. ``also`` adds
+    the caller's own rows to the same transaction, given the results' outcomes (the listener
+    records what it received that way)."""
     for attempt in range(3):
         try:
             with ws.session() as session, session.no_autoflush:
                 # no autoflush: the batch's own caches know what it has added
                 batch = CatalogueBatch(session, results)
                 outcomes = [batch.record(r) for r in results]
+                if also is not None:
+                    also(session, outcomes)
             break
         except IntegrityError:
             if attempt == 2:

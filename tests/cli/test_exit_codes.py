@@ -17,13 +17,13 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from datatool.analysis.qa import Thresholds, list_queue, run_qa
+from datatool.assist.serving import PASSWORD_ENV, USER_ENV, Credentials, create_app
 from datatool.cli import app
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.demo.orthanc import orthanc_available, start_orthanc
 from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.labelstudio.push import push
-from datatool.learning.serving import PASSWORD_ENV, USER_ENV, Credentials, create_app
 from tests.backend_server import uvicorn_thread
 from tests.ci import unavailable
 from tests.cli.test_commands import LEAVES
@@ -275,6 +275,8 @@ def _cases(s: Site) -> dict[str, dict[int, list]]:
         },
         # serve runs until it is stopped (tests/learning/test_serving.py serves its app)
         "serve": {1: [s.run, *bad], 2: [s.run, "--device", "tpu", *t]},
+        # listen runs until it is stopped (tests/ingest/test_listen.py runs it)
+        "listen": {1: ["--port", "1", *bad], 2: ["--host", "0.0.0.0", *w]},
         "labelstudio connect": {
             0: [
                 "--rater",
@@ -323,7 +325,8 @@ def test_every_command_has_its_cases():
     # every command that can reject or fail something has a 1 (demo-data only writes)
     assert {c for c, codes in cases.items() if 1 not in codes} == {"demo-data"}
     assert all(2 in codes for codes in cases.values())
-    assert {c for c, codes in cases.items() if 0 not in codes} == {"serve"}  # runs until stopped
+    # these run until stopped
+    assert {c for c, codes in cases.items() if 0 not in codes} == {"serve", "listen"}
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -28,6 +28,7 @@ from datatool.core.catalogue import (
     Patient,
     QAFlag,
     Rater,
+    Received,
     Run,
     RunEpoch,
     Score,
@@ -127,6 +128,10 @@ SEEDS = {
         "UPDATE annotations SET draft_link = 'overlap', "
         "draft_iou = '{\"sciatic nerve\": 0.93}' WHERE id = 2",
     ],
+    "0013": [  # a scanner's object received by 'datatool listen' and ingested
+        "INSERT INTO received VALUES (1, '00000001-abc-5553', 'US1', '" + T + "', 'ingested', "
+        "NULL, '" + T + "')",
+    ],
 }
 
 
@@ -215,6 +220,11 @@ def _check_0012(s) -> None:
     assert (ann.draft_link, ann.draft_iou) == ("overlap", {"sciatic nerve": 0.93})
 
 
+def _check_0013(s) -> None:
+    row = s.get_one(Received, 1)
+    assert (row.receipt, row.calling_ae, row.outcome) == ("00000001-abc-5553", "US1", "ingested")
+
+
 CHECKS = {
     "0001": _check_0001,
     "0002": _check_0002,
@@ -228,6 +238,7 @@ CHECKS = {
     "0010": _check_0010,
     "0011": _check_0011,
     "0012": _check_0012,
+    "0013": _check_0013,
 }
 
 
