@@ -47,9 +47,13 @@ class Store:
     def path_for(self, digest: str) -> Path:
         return self.root / digest[:2] / f"{digest[2:]}.png"
 
-    def put_array(self, array: np.ndarray) -> str:
-        """Store a 2D uint8 array as a lossless PNG; returns its content hash."""
-        digest = pixel_digest(array)
+    def put_array(self, array: np.ndarray, digest: str | None = None) -> str:
+        """Store a 2D uint8 array as a lossless PNG; returns its content hash (``digest``:
+        the array's :func:`pixel_digest` where the caller has it already)."""
+        if digest is None:
+            digest = pixel_digest(array)
+        else:
+            _check(array)
         path = self.path_for(digest)
         if not path.exists():
             if digest[:2] not in self._folders:

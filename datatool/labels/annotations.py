@@ -214,15 +214,19 @@ def store_annotations(
     entries: list[tuple[Image, np.ndarray, str, str | None]],
     protocol: Protocol,
     drafts: Sequence[DraftOrigin | None] | None = None,
+    digests: Sequence[str] | None = None,
 ) -> list[Stored]:
     """Store masks ``(image, mask, source, source_ref)`` as the rater's next
     versions (a mask equal to the latest version is a no-op), with one query for the latest
     versions and two bulk inserts, in the caller's transaction. ``drafts`` (one per entry,
     None for none) records the model draft each label started from, and whether the label is
     that draft unchanged. A mask holding a value outside 0 and the protocol's, or not of its
-    image's size, is refused (``BadLabel``) before anything is stored."""
+    image's size, is refused (``BadLabel``) before anything is stored. ``digests`` (one per
+    entry): the masks' pixel hashes where the caller has them already (not hashed again)."""
     if drafts is not None and len(drafts) != len(entries):
         raise ValueError("one draft origin (or None) per entry")
+    if digests is not None and len(digests) != len(entries):
+        raise ValueError("one digest per entry")
     for _, _, source, _ in entries:
         if source not in SOURCES and not source.startswith("model:"):
             raise ValueError(f"unknown annotation source {source!r}")
@@ -244,8 +248,10 @@ def store_annotations(
     pending: list[tuple[int, int, str]] = []  # (place in results, version, mask hash)
     # whoever the caller: only 0 and the protocol's values, at the image's size (BadLabel)
     masks = [validate_mask(m, protocol, (i.rows, i.cols), True) for i, m, _, _ in entries]
-    for k, ((image, _, source, ref), mask) in enumerate(zip(entries, masks)):
-        digest = store.put_array(mask)
+    for k, ((image, given, source, ref), mask) in enumerate(zip(entries, masks)):
+        # a digest given is of the mask given: used when validation kept that very array
+        known = digests[k] if digests is not None and mask is given else None
+        digest = store.put_array(mask, known)
         old = latest.get(image.id)
         if old is not None and old.mask_hash == digest:
             results.append(Stored(old.id, old.version, digest, False))

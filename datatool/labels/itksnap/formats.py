@@ -310,9 +310,35 @@ def _nifti_payload(header: bytes) -> int | None:
     return None
 
 
-def _check_nifti(path: Path, head: bytes) -> None:
+# NIfTI data types of one value per voxel (uint8 .. float64, int8 .. uint64): a header of
+# one of these and at most 3 dimensions is a plain scalar map whose size the header tells
+_NIFTI_SCALAR_TYPES = {2, 4, 8, 16, 64, 256, 512, 768, 1024, 1280}
+
+
+def _nifti_plain_size(header: bytes) -> tuple[int, ...] | None:
+    """The voxel counts of a NIfTI-1/2 header (ITK's image size) when it declares a scalar
+    map of 2 or 3 dimensions; None for anything else (read the header with ITK instead)."""
+    for order in "<>":
+        (size,) = struct.unpack(order + "i", header[:4])
+        if size == 348 and header[344:348] == b"n+1\x00":
+            dims = struct.unpack(order + "8h", header[40:56])
+            (datatype,) = struct.unpack(order + "h", header[70:72])
+        elif size == 540 and len(header) >= 540 and header[4:8] == b"n+2\x00":
+            dims = struct.unpack(order + "8q", header[16:80])
+            (datatype,) = struct.unpack(order + "h", header[12:14])
+        else:
+            continue
+        if dims[0] not in (2, 3) or datatype not in _NIFTI_SCALAR_TYPES:
+            return None
+        found = tuple(int(d) for d in dims[1 : dims[0] + 1])
+        return found if all(d >= 1 for d in found) else None
+    return None
+
+
+def _check_nifti(path: Path, head: bytes) -> tuple[int, ...] | None:
     """Refuse a file that is not NIfTI, or whose data is cut short (ITK reads such a file
-    without complaint and makes up the missing voxels)."""
+    without complaint and makes up the missing voxels). Returns the map's size when the
+    header declares a plain scalar map (:func:`_nifti_plain_size`), else None."""
     gz = head[:2] == b"\x1f\x8b"
     if gz:
         try:
@@ -334,6 +360,7 @@ def _check_nifti(path: Path, head: bytes) -> None:
             raise BadLabel("NIfTI file cut short or corrupt (its gzip data is incomplete)")
     elif path.stat().st_size < payload:
         raise BadLabel(f"NIfTI file cut short: {path.stat().st_size} bytes for {payload} expected")
+    return _nifti_plain_size(header)
 
 
 def _gzip_complete(path: Path, payload: int) -> bool:
@@ -352,16 +379,19 @@ def _gzip_complete(path: Path, payload: int) -> bool:
     return inflater.eof and total >= payload
 
 
-def _check_header(path: Path, suffix: str, head: bytes) -> None:
+def _check_header(path: Path, suffix: str, head: bytes) -> tuple[int, ...] | None:
+    """Refuse a file that is not of its suffix's type; a NIfTI file's size when its header
+    declares a plain scalar map (ITK need not read the header again), else None."""
     name = _FORMATS[suffix][1]
     if not head:
         raise BadLabel(f"empty file (0 bytes), not a {name} file")
     if name == "NIfTI":
-        _check_nifti(path, head)
+        return _check_nifti(path, head)
     elif name == "NRRD" and not head.startswith(b"NRRD000"):
         raise BadLabel(f"not a NRRD file: it looks like {_what_is(head)}")
     elif name == "MetaImage" and not re.search(rb"(?m)^\s*NDims\s*=", head[:_HEAD_BYTES]):
         raise BadLabel(f"not a MetaImage file: it looks like {_what_is(head)}")
+    return None
 
 
 @dataclass
@@ -435,7 +465,7 @@ def read_label_file(
             head = handle.read(_HEAD_BYTES)
     except OSError as exc:
         raise BadLabel(f"cannot read the file: {exc.strerror or exc}") from None
-    _check_header(path, suffix, head)
+    plain_size = _check_header(path, suffix, head)
     if kind in ("NRRD", "MetaImage"):
         _check_data_files(path, kind, within)
     if suffix == ".seg.nrrd" and protocol is not None and slicer.has_segments(path):
@@ -444,17 +474,20 @@ def read_label_file(
     reader.SetImageIO(io_name)
     reader.SetFileName(str(path))
     unreadable = f"not a readable {kind} file (corrupt, or its data file is missing)"
-    try:
-        reader.ReadImageInformation()  # the header alone: sizes are checked before decoding
-    except RuntimeError:
-        raise BadLabel(unreadable) from None
-    components = reader.GetNumberOfComponents()
-    if components != 1:
-        raise BadLabel(
-            f"{kind} file holds {components} values per pixel (a colour or vector "
-            "image), not a label map"
-        )
-    size = reader.GetSize()
+    if plain_size is not None:
+        size = plain_size  # a plain NIfTI map: its header, parsed above, says its size
+    else:
+        try:
+            reader.ReadImageInformation()  # the header alone: sizes are checked before decoding
+        except RuntimeError:
+            raise BadLabel(unreadable) from None
+        components = reader.GetNumberOfComponents()
+        if components != 1:
+            raise BadLabel(
+                f"{kind} file holds {components} values per pixel (a colour or vector "
+                "image), not a label map"
+            )
+        size = reader.GetSize()
     extra = size[3:] if slices is not None else size[2:]
     if len(size) < 2 or any(n != 1 for n in extra):
         volume = " x ".join(str(n) for n in size)

@@ -8,10 +8,14 @@ the catalogued image (or cine) each file names, asked of the catalogue in bulk. 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import re
+import stat
 from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -197,9 +201,11 @@ def _target(
     rel: Path,
     listed: dict[Path, _Listed],
     finder: _DicomFinder | None,
+    read_uid: bool = True,
 ) -> _Target:
     """Where a label file points: the manifest's DICOM file, else the image id in its name,
-    else the DICOM file its path mirrors under the DICOM root."""
+    else the DICOM file its path mirrors under the DICOM root (its SOP Instance UID read
+    unless ``read_uid`` is False: the caller finds it, see :func:`known_sop_uids`)."""
     target = _Target(path, full, rel)
     entry = listed.get(full)
     if entry is not None:
@@ -218,9 +224,47 @@ def _target(
                 "(imgNNNNNN, as exported) and no --dicom-root or --manifest was given"
             )
         target.dicom = finder.find(rel)
-    if target.dicom.is_file():
+    if read_uid and target.dicom.is_file():
         target.uid = _keyed_sop_uid(key, target.dicom)
     return target
+
+
+HASHED_BYTES = 8 << 20  # DICOM files up to this size are matched by their hash first
+
+
+def known_sop_uids(
+    session: Callable[[], AbstractContextManager[Session]], key: bytes, targets: list[_Target]
+) -> None:
+    """Fill in the keyed SOP Instance UID of each target's DICOM file: a file whose bytes
+    are those of a file ingested before (its SHA-256 in the catalogue) has that file's UID,
+    with no DICOM parsing (the same bytes hold the same UID); any other is read as always.
+    Hashing a file of a few hundred kB costs a fraction of parsing its header. Files are read
+    outside the catalogue's transaction (``session``: opens one, for the lookup alone)."""
+    hashes: dict[int, str] = {}
+    for k, t in enumerate(targets):
+        if t.dicom is None or t.uid is not None:
+            continue
+        try:
+            st = os.stat(t.dicom)
+            if stat.S_ISREG(st.st_mode) and st.st_size <= HASHED_BYTES:
+                hashes[k] = hashlib.sha256(t.dicom.read_bytes()).hexdigest()
+        except (OSError, ValueError):
+            continue  # read below, which says why it cannot be
+    found: dict[str, str] = {}
+    with session() as s:
+        for chunk in in_chunks(sorted(set(hashes.values()))):
+            rows = s.execute(
+                select(SourceFile.sha256, SourceFile.sop_uid).where(SourceFile.sha256.in_(chunk))
+            )
+            found.update((sha, uid) for sha, uid in rows)
+    for k, t in enumerate(targets):
+        if t.dicom is None or t.uid is not None:
+            continue
+        known = found.get(hashes.get(k, ""))
+        if known:
+            t.uid = known
+        elif t.dicom.is_file():
+            t.uid = _keyed_sop_uid(key, t.dicom)
 
 
 def _resolve(session: Session, key: bytes, targets: list[_Target]):

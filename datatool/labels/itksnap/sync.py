@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from datatool.core.catalogue import Annotation, Image, Rater, audit
 from datatool.core.errors import UsageError
-from datatool.core.files import skip_reason
+from datatool.core.files import not_regular, skip_reason
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.store import pixel_digest
 from datatool.core.workspace import Workspace
@@ -61,6 +61,7 @@ from datatool.labels.handouts import (
 )
 from datatool.labels.itksnap.cine import Match as _Match
 from datatool.labels.itksnap.cine import expand_cines
+from datatool.labels.itksnap.decoded import Decoded, cacheable, entry_key
 from datatool.labels.itksnap.formats import (
     geometry_notes,
     read_label_file,
@@ -73,6 +74,7 @@ from datatool.labels.itksnap.locate import (
     _resolve,
     _Target,
     _target,
+    known_sop_uids,
     read_manifest,
 )
 from datatool.labels.itksnap.marker import (
@@ -197,8 +199,9 @@ def sync_itksnap(
     files, listed, ignored = _files_to_sync(label_dir, root, manifest, report)
     report.seen += len(files)
     finder = _DicomFinder(Path(dicom_root)) if dicom_root is not None else None
-    targets = _targets(ws.key, files, root, listed, finder, rater, owners, report)
-    matches, had_labels = _match_images(ws, rater_id, targets, report)
+    targets = _targets(ws, files, root, listed, finder, rater, owners, report)
+    matches, latest = _match_images(ws, rater_id, targets, report)
+    had_labels = set(latest)
     frame_ids = {i.id for m in matches if m.cine for i in m.cine.frames.values()}
     with ws.session() as s:
         checks = _Checks(Handouts(s, {m.image_id for m in matches} | frame_ids), allow_copy)
@@ -227,6 +230,7 @@ def sync_itksnap(
         root,
         checks,
         accept_unchanged,
+        latest,
     )
     not_labelled += cine_skips.not_labelled
     unsaved += cine_skips.unsaved
@@ -286,7 +290,7 @@ def _files_to_sync(
 
 
 def _targets(
-    key: bytes,
+    ws: Workspace,
     files: list[Path],
     root: Path,
     listed: dict[Path, _Listed],
@@ -296,8 +300,8 @@ def _targets(
     report: SyncReport,
 ) -> list[_Target]:
     """Where each file points (outside any transaction: reading DICOM headers takes a
-    while). A file inside another rater's export, or whose image cannot be told, is
-    rejected."""
+    while; a DICOM file ingested before is known by its hash instead, ``known_sop_uids``).
+    A file inside another rater's export, or whose image cannot be told, is rejected."""
     targets: list[_Target] = []
     for path in files:
         full = Path(os.path.normpath(os.path.abspath(path)))
@@ -312,21 +316,24 @@ def _targets(
             )
             continue
         try:
-            targets.append(_target(key, path, full, full.relative_to(root), listed, finder))
+            targets.append(
+                _target(ws.key, path, full, full.relative_to(root), listed, finder, False)
+            )
         except NoImage as exc:
             report.rejected.append((str(path), str(exc)))
+    known_sop_uids(ws.session, ws.key, targets)
     return targets
 
 
 def _match_images(
     ws: Workspace, rater_id: int, targets: list[_Target], report: SyncReport
-) -> tuple[list[_Match], set[int]]:
+) -> tuple[list[_Match], dict[int, str]]:
     """The catalogued image of every target (the others rejected with the reason), and the
-    images the rater has labels of already."""
+    images the rater has labels of already (image id -> its latest label map's hash)."""
     matches: list[_Match] = []
     markers: dict[Path, dict[str, dict] | None] = {}
     with ws.session() as s:
-        had_labels = {a.image_id for a in s.scalars(latest_annotations_query([rater_id]))}
+        latest = {a.image_id: a.mask_hash for a in s.scalars(latest_annotations_query([rater_id]))}
         for t, found in _resolve(s, ws.key, targets):
             if isinstance(found, NoImage):
                 report.rejected.append((str(t.path), str(found)))
@@ -354,7 +361,7 @@ def _match_images(
                     i.id: _draft_for(t.full, i.id, markers) for i in cine.frames.values()
                 }
             matches.append(match)
-    return matches, had_labels
+    return matches, latest
 
 
 def _copies(
@@ -435,16 +442,22 @@ def _store_all(
     root: Path,
     checks: _Checks,
     accept_unchanged: bool = False,
+    latest: dict[int, str] | None = None,
 ) -> tuple[int, int]:
     """Read, validate and store the files batch by batch (a transaction a batch); returns
     how many exported segmentations were skipped as not labelled yet: still empty, and still
     the unsaved model draft they were exported with. Label maps are read from under ``root``
-    only (detached data files elsewhere are refused)."""
+    only (detached data files elsewhere are refused). A NIfTI file whose bytes decoded before
+    to the rater's latest label of its image (``latest``: image id -> map hash) is counted
+    unchanged without decoding it again (``itksnap.decoded``)."""
     progress.advance()
     not_labelled = unsaved = 0
+    decoded = Decoded.load(ws.meta_dir)
+    latest = latest or {}
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         ready = []
+        keys: dict[int, tuple[str, list[str]]] = {}  # image id -> its file's cache entry
         for m in batch:
             if m.mask is not None:  # a cine's frame: read, validated and checked already
                 ready.append((m, m.mask))
@@ -454,6 +467,12 @@ def _store_all(
                     unsaved += 1
                     continue
                 m.accepted = True  # stored only where it is no other label of the rater
+            key = _decoded_key(m, protocol)
+            known = decoded.get(key) if key is not None and not m.accepted else None
+            if known is not None and latest.get(m.image_id) == known[0]:
+                report.notes.extend((str(m.path), note) for note in known[1])
+                report.unchanged += 1  # the same bytes as the latest label: not decoded again
+                continue
             try:
                 mask, notes = _read_mask(m, protocol, allow_empty, m.image_id in had_labels, root)
             except BadLabel as exc:
@@ -464,10 +483,26 @@ def _store_all(
                 not_labelled += 1
             else:
                 ready.append((m, mask))
+                if key is not None and mask.any():  # an empty map is judged on each sync
+                    keys[m.image_id] = (key, notes)
         if ready:
-            _store_batch(ws, rater_id, protocol, ready, report, checks)
+            for image_id, digest in _store_batch(ws, rater_id, protocol, ready, report, checks):
+                if image_id in keys:
+                    decoded.put(keys[image_id][0], digest, keys[image_id][1])
         progress.advance(sum(m.files for m in batch))
+    decoded.save()
     return not_labelled, unsaved
+
+
+def _decoded_key(m: _Match, protocol: Protocol) -> str | None:
+    """The file's entry in the cache of decoded files (None: a cine's frame, a file of
+    another format or one that cannot be read: decoded as always)."""
+    if m.mask is not None or m.cine is not None or not cacheable(m.path):
+        return None
+    if not_regular(m.path) is not None:  # never opened here: read_label_file says why
+        return None
+    sha = file_sha256(m.path)
+    return None if sha is None else entry_key(sha, (m.rows, m.cols), protocol)
 
 
 @dataclass
@@ -584,11 +619,12 @@ def _store_batch(
     ready: list[tuple[_Match, np.ndarray]],
     report: SyncReport,
     checks: _Checks,
-) -> None:
+) -> list[tuple[int, str]]:
     """Store a batch of validated masks in one transaction: a mask equal to the rater's
     latest version is counted unchanged, any other becomes the next version (with the draft
     it started from: the marker's, else a handed-out draft it equals); a copy of another
-    rater's current label is rejected unless allowed."""
+    rater's current label is rejected unless allowed. Returns (image id, map hash) of each
+    map that is the rater's latest label now."""
     ids = [m.image_id for m, _ in ready]
     with ws.session() as s:
         rater = s.get_one(Rater, rater_id)
@@ -613,6 +649,7 @@ def _store_batch(
             keep = [k for k, (m, _) in enumerate(ready) if m.image_id not in copies]
             ready = [ready[k] for k in keep]
             origins = [origins[k] for k in keep]
+            digests = [digests[k] for k in keep]
         else:
             checks.allowed.update(copies)
         stored = store_annotations(
@@ -625,7 +662,9 @@ def _store_batch(
             ],
             protocol,
             origins,
+            digests,
         )
     checks.accepted += sum(r.created and m.accepted for r, (m, _) in zip(stored, ready))
     report.new_versions += sum(r.created for r in stored)
     report.unchanged += sum(not r.created for r in stored)
+    return [(m.image_id, r.mask_hash) for r, (m, _) in zip(stored, ready)]

@@ -343,3 +343,32 @@ def test_a_cines_stack_is_written_and_read_slice_first_and_turned_back_when_flip
         read_label_file(path, shape=(6, 7))
     write_volume(tmp_path / "one.nii.gz", stack[:1], (1.0, 1.0))
     assert read_label_file(tmp_path / "one.nii.gz", slices=(4, 1)).array.shape == (1, 6, 7)
+
+
+def test_a_plain_nifti_headers_size_is_read_without_itk(tmp_path):
+    """Issue 26: a plain scalar NIfTI map's size comes from the header datatool parses
+    anyway (ITK does not read the header a second time); anything else goes to ITK."""
+    import gzip
+
+    from datatool.labels.itksnap.formats import _nifti_plain_size
+
+    def header(image: sitk.Image, name: str) -> bytes:
+        path = tmp_path / name
+        sitk.WriteImage(image, str(path), True)
+        return gzip.decompress(path.read_bytes())[:1024]
+
+    flat = np.zeros((1, 30, 40), np.uint8)
+    assert _nifti_plain_size(header(sitk.GetImageFromArray(flat), "a.nii.gz")) == (40, 30, 1)
+    wide = sitk.GetImageFromArray(np.zeros((30, 40), np.uint16))
+    assert _nifti_plain_size(header(wide, "b.nii.gz")) == (40, 30)
+    rgb = sitk.GetImageFromArray(np.zeros((30, 40, 3), np.uint8), isVector=True)
+    assert _nifti_plain_size(header(rgb, "c.nii.gz")) is None
+    four = sitk.GetImageFromArray(np.zeros((2, 1, 30, 40), np.uint8))
+    assert _nifti_plain_size(header(four, "d.nii.gz")) is None
+    assert _nifti_plain_size(b"\0" * 400) is None
+    # read through the parsed size: the map, and a size mismatch refused before decoding
+    sitk.WriteImage(sitk.GetImageFromArray(flat + 2), str(tmp_path / "e.nii.gz"), True)
+    got = read_label_file(tmp_path / "e.nii.gz", shape=(30, 40))
+    assert got.array.shape == (30, 40) and int(got.array.max()) == 2
+    with pytest.raises(BadLabel, match="size mismatch"):
+        read_label_file(tmp_path / "e.nii.gz", shape=(40, 30 + 1))
