@@ -110,3 +110,16 @@ def test_the_border_loss_weighs_mistakes_at_the_border_more():
             assert a == pytest.approx(b, rel=1e-5)
         else:
             assert a > b * 1.2
+
+
+def test_score_with_flips_scores_the_flipped_drafts_and_stores_none(trained, tmp_path):
+    from datatool.learning.scoring import score_run
+
+    ws, run = trained
+    plain = score_run(ws, run, device="cpu", store_predictions=False, figures=False,
+                      out_dir=tmp_path / "a")  # fmt: skip
+    flipped = score_run(ws, run, device="cpu", store_predictions=True, figures=False,
+                        out_dir=tmp_path / "b", flips=True)  # fmt: skip
+    assert flipped.stored_predictions is None  # the stored drafts stay the plain ones
+    assert [s.iou for s in flipped.structures] == [s.iou for s in plain.structures]  # the frame
+    assert [s.iou for s in flipped.whole_image] != [s.iou for s in plain.whole_image]
