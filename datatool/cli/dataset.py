@@ -22,7 +22,7 @@ from datatool.cli.common import (
     workspace,
 )
 from datatool.cli.render import Block, CountPct, Table
-from datatool.ingest.dicom import FrameMode
+from datatool.ingest.options import FrameMode
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
     from datatool.core.workspace import InitResult

@@ -18,7 +18,6 @@ import re
 from functools import lru_cache
 
 import numpy as np
-from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 MAX_AGE = 90  # ages above are reported as 90 (HIPAA Safe Harbor groups 90+)
 DATE_SHIFT_MAX_DAYS = 365
@@ -67,6 +66,8 @@ def pseudonym_for(key: bytes, patient_id: str) -> str:
 @lru_cache(maxsize=4096)
 def uid_for(key: bytes, original_uid: str) -> str:
     """A replacement UID, the same for the same original UID and key (PS3.15 action U)."""
+    from pydicom.uid import PYDICOM_ROOT_UID, generate_uid  # pydicom loads when first used
+
     return generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=[key.hex(), str(original_uid)])
 
 

@@ -11,7 +11,6 @@ import struct
 import warnings
 import zlib
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, p
 from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
+from datatool.ingest.options import FrameMode
+
 MAX_PIXELS_PER_FRAME = 8192 * 8192
 MAX_DECODED_BYTES = 4 * 1024**3  # a whole file's pixel data, decoded
 CM = 3  # PhysicalUnits code for centimetres
@@ -36,15 +37,6 @@ CM = 3  # PhysicalUnits code for centimetres
 INFLATE_SLACK = 1 << 20
 MAX_INFLATED_HEADER = 16 << 20
 _PIXEL_TAG = 0x7FE00010
-
-
-class FrameMode(StrEnum):
-    """Which frames of a multi-frame cine become images."""
-
-    auto = "auto"  # every frame up to AUTO_ALL_FRAMES_MAX frames, else the middle one
-    all = "all"
-    first = "first"
-    middle = "middle"
 
 
 FRAME_MODES = tuple(m.value for m in FrameMode)

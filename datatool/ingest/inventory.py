@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Text, case, cast, func, select
 
 from datatool.core.catalogue import (
     FileStatus,
@@ -125,13 +126,18 @@ def status(ws: Workspace) -> Status:
         ):
             kind = deid.quarantine_kind(reason)
             quarantined[kind] = quarantined.get(kind, 0) + 1
+        # Images of one scanner setting share their regions: each distinct (regions, size)
+        # is judged once, with the count of its images from SQL (one row per setting, not per
+        # image; the regions as text, which PostgreSQL's json type can group).
+        regions_text = cast(Image.regions, Text)
         blanked_without_room = sum(
-            not deid.room_for_banner(row.regions or [], row.rows, row.cols)
-            for row in s.execute(
-                select(Image.regions, Image.rows, Image.cols).where(
-                    Image.pixel_handling == "blanked_outside_regions"
-                )
+            n
+            for text, rows, cols, n in s.execute(
+                select(regions_text, Image.rows, Image.cols, func.count())
+                .where(Image.pixel_handling == "blanked_outside_regions")
+                .group_by(regions_text, Image.rows, Image.cols)
             )
+            if not deid.room_for_banner((json.loads(text) if text else None) or [], rows, cols)
         )
         n_patients = s.scalar(select(func.count(Patient.id))) or 0
         n_studies = s.scalar(select(func.count(Study.id))) or 0
