@@ -22,7 +22,7 @@ from datatool.cli.common import (
 )
 from datatool.cli.render import Block, Table
 from datatool.core.errors import UsageError
-from datatool.ingest.dicom import FrameMode
+from datatool.ingest.options import FrameMode
 
 if TYPE_CHECKING:  # result types; the service loads when the command runs
     from datatool.ingest.pull import PullReport
