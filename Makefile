@@ -85,8 +85,10 @@ test: $(STAMP) $(LSSTAMP) lint typecheck
 # the README). `make mutate-ci` is the one small module that CI runs, so the habit cannot rot.
 MUTATE ?=
 MUTATE_CI := metrics-core
+# mutmut workers (default: one per core); MUTATE_CHILDREN=1 on a shared machine
+MUTATE_CHILDREN ?=
 mutate: $(STAMP)
-	$(BIN)/python tests/mutate.py $(MUTATE)
+	$(BIN)/python tests/mutate.py $(if $(MUTATE_CHILDREN),--children $(MUTATE_CHILDREN)) $(MUTATE)
 
 mutate-ci: $(STAMP)
 	$(BIN)/python tests/mutate.py $(MUTATE_CI)
