@@ -51,24 +51,42 @@ MODULES: dict[str, Module] = {
         ("tests/analysis/test_metrics.py",),
         ("overlap", "box_intersection", "dice_iou", "describe", "bland_altman"),
     ),
+    # the numbers tests only: test_agreement.py builds workspaces (minutes a mutant)
     "agreement": Module(
-        "datatool/analysis/agreement.py",
-        ("tests/analysis/test_agreement_numbers.py", "tests/analysis/test_agreement.py"),
+        "datatool/analysis/agreement.py", ("tests/analysis/test_agreement_numbers.py",)
     ),
     "consensus": Module(
-        "datatool/analysis/consensus.py", ("tests/analysis/test_consensus_numbers.py",)
+        "datatool/analysis/consensus.py",
+        (
+            "tests/analysis/test_consensus_numbers.py",
+            "tests/analysis/test_consensus_adjudication.py",
+            "tests/analysis/test_consensus_quality.py",
+        ),
     ),
     # its severities are checked by hand in test_shape.py too, so the QA tests (a workspace
     # and a trained run each) need not run against every mutant
     "shape": Module("datatool/analysis/shape.py", ("tests/analysis/test_shape.py",)),
-    "qa": Module("datatool/analysis/qa/rules.py", ("tests/analysis/test_qa.py",)),
+    # not the test against a trained run's drafts (it trains: minutes a mutant)
+    "qa": Module(
+        "datatool/analysis/qa/rules.py",
+        ("tests/analysis/test_qa.py", "-k", "not compared_with_the_runs_drafts"),
+    ),
     "temporal": Module(
         "datatool/analysis/qa/temporal.py",
         ("tests/analysis/test_qa_temporal_numbers.py",),
         ("jumps",),
     ),
     "masks": Module("datatool/labels/masks.py", ("tests/labels/test_annotations.py",)),
-    "scoring": Module("datatool/learning/scoring.py", ("tests/learning/test_scoring_numbers.py",)),
+    # the hand-counted tests only: the two scored runs (a trained run, the level reader on
+    # painted images) build workspaces, a minute or more a mutant
+    "scoring": Module(
+        "datatool/learning/scoring.py",
+        (
+            "tests/learning/test_scoring_numbers.py",
+            "-k",
+            "not scored_run_matches and not model_that_segments",
+        ),
+    ),
     "splits": Module(
         "datatool/learning/splits.py",
         ("tests/learning/test_splits.py", "tests/learning/test_splits_balance.py"),
