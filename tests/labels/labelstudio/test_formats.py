@@ -353,6 +353,17 @@ def test_every_refusal_word_for_word(results, shape, message):
     assert str(caught.value) == message
 
 
+def test_a_region_decoded_alone_is_region_1():
+    from datatool.labels.labelstudio.formats import decode_region
+
+    with pytest.raises(BadLabel) as caught:
+        decode_region(_with(_femur_entry(), format="png"), (6, 6))
+    assert str(caught.value).startswith("region 1 (femur): brush data in format 'png'")
+    np.testing.assert_array_equal(
+        decode_region(_femur_entry(), (6, 6)), np.eye(6, dtype=bool) & (np.arange(6) == 1)
+    )
+
+
 def test_what_the_decoding_accepts():
     """No format means RLE; a size given on one side only is not checked (the RLE's own
     header still is); the region is where alpha is above 0, nowhere else."""
@@ -373,6 +384,7 @@ def test_the_rle_header_is_four_big_endian_bytes():
     assert rle_values([0, 0, 0, 144]) == 144
     assert rle_values(_femur_entry()["value"]["rle"]) == 144
     assert rle_values([255, 255, 255, 255]) == 2**32 - 1
+    assert rle_values([0, 0, 0, 144, 999, "x"]) == 144  # the header alone is read
     for bad in ([0, 0, 0], [256, 0, 0, 0], [0, -1, 0, 0], ["a", 0, 0, 0], None, 7):
         assert rle_values(bad) == -1, bad
 
