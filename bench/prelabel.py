@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/: the demo loader and the Label Studio server launcher
 
 from datatool.analysis.consensus import make_consensus  # noqa: E402
+from datatool.assist.prelabel import prelabel  # noqa: E402
 from datatool.core.workspace import init_workspace, open_workspace  # noqa: E402
 from datatool.labels.annotations import add_rater  # noqa: E402
-from datatool.labels.labelstudio.prelabel import prelabel  # noqa: E402
 from datatool.labels.labelstudio.push import push  # noqa: E402
 from datatool.learning.inference import load_run_model, predict  # noqa: E402
 from datatool.learning.splits import create_split  # noqa: E402

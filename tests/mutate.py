@@ -91,7 +91,7 @@ MODULES: dict[str, Module] = {
         "datatool/learning/splits.py",
         ("tests/learning/test_splits.py", "tests/learning/test_splits_balance.py"),
     ),
-    "selection": Module("datatool/learning/selection.py", ("tests/learning/test_selection.py",)),
+    "selection": Module("datatool/assist/selection.py", ("tests/assist/test_selection.py",)),
     # the leak tests (a whole ingest and CLI run each) are left to the suite: minutes a mutant
     "deid": Module(
         "datatool/ingest/deid.py",

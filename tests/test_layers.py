@@ -32,7 +32,7 @@ FORMAT_MODULES = [
     "datatool.core.flags",
 ]
 DATABASE = ("sqlalchemy", "alembic", "datatool.core.catalogue", "datatool.core.workspace")
-SERVICE_PACKAGES = ("ingest", "labels", "analysis", "learning", "demo", "report")
+SERVICE_PACKAGES = ("ingest", "labels", "analysis", "learning", "assist", "demo", "report")
 
 
 def module_files() -> dict[str, Path]:
@@ -123,6 +123,35 @@ def test_only_the_cli_imports_the_cli():
             assert not _hits(imports_of(module), ("datatool.cli",)), module
 
 
+# The data's way down: a package never imports one to its right (``assist`` serves raters
+# from a model, so it sits above both the labels and the learning it joins).
+ABOVE = {
+    "datatool.ingest": (
+        "datatool.labels",
+        "datatool.analysis",
+        "datatool.learning",
+        "datatool.assist",
+    ),
+    "datatool.labels": ("datatool.analysis", "datatool.learning", "datatool.assist"),
+    "datatool.analysis": ("datatool.learning", "datatool.assist"),
+    "datatool.learning": ("datatool.assist",),
+    "datatool.report": ("datatool.learning", "datatool.assist"),
+}
+
+
+@pytest.mark.parametrize("package", sorted(ABOVE))
+def test_arrows_point_down_between_service_packages(package):
+    for module in FILES:
+        if module == package or module.startswith(package + "."):
+            assert not _hits(imports_of(module), ABOVE[package]), module
+
+
+def test_nothing_but_the_cli_imports_assist():
+    for module in FILES:
+        if not module.startswith(("datatool.assist", "datatool.cli")):
+            assert not _hits(imports_of(module), ("datatool.assist",)), module
+
+
 def test_the_model_knows_only_torch():
     import sys
 
@@ -140,3 +169,5 @@ def test_the_rules_see_a_violation():
     """The checker itself: a format module that reached the catalogue would be caught."""
     assert _hits({"datatool.core.catalogue.Image"}, DATABASE)
     assert "sqlalchemy" in {n.split(".")[0] for n in reach("datatool.core.workspace")}
+    # imports inside functions count: prelabel loads the run's model only when it drafts
+    assert _hits(imports_of("datatool.assist.prelabel"), ("datatool.learning",))

@@ -25,8 +25,8 @@ from datatool.cli.render import Block, Table
 from datatool.learning.options import CheckpointChoice, DeviceChoice
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
-    from datatool.labels.labelstudio.prelabel import PrelabelReport
-    from datatool.labels.labelstudio.propagated import PropagateReport
+    from datatool.assist.prelabel import PrelabelReport
+    from datatool.assist.propagated import PropagateReport
 
 
 def _prelabel_view(r: PrelabelReport) -> Iterator[Block]:
@@ -149,7 +149,7 @@ def prelabel(
         )
     ws = workspace(ws_path)
     if propagate:
-        from datatool.labels.labelstudio.propagated import prelabel_propagate
+        from datatool.assist.propagated import prelabel_propagate
 
         with progress_bar("prelabel --propagate", enabled=not json_out) as progress:
             found = prelabel_propagate(ws, rater, url=url, token=token, progress=progress)
@@ -160,7 +160,7 @@ def prelabel(
         render.show(found, _propagate_view, json_out, csv_out)
         return
     assert run is not None
-    from datatool.labels.labelstudio.prelabel import prelabel as run_prelabel
+    from datatool.assist.prelabel import prelabel as run_prelabel
 
     with progress_bar("prelabel", enabled=not json_out) as progress:
         result = run_prelabel(
@@ -226,8 +226,8 @@ def serve(
     one at a time); a connection must send a request's headers within 10 s of opening or of
     its last response, and an idle keep-alive connection closes after 5 s.
     """
-    from datatool.learning.serving import prepare
-    from datatool.learning.serving import run as run_server
+    from datatool.assist.serving import prepare
+    from datatool.assist.serving import run as run_server
 
     serving = prepare(
         workspace(ws_path),

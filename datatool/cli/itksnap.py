@@ -111,6 +111,11 @@ def export_itksnap(
     own, draft_run = parse_prefill("none" if no_prefill else prefill)
     ids = None if images is None else parse_image_ids(images)
     ws = workspace(ws_path)
+    drafter = None
+    if draft_run is not None:
+        from datatool.assist.drafter import run_drafter
+
+        drafter = run_drafter(ws, draft_run, device=device)
     with progress_bar("export", enabled=not json_out) as progress:
         summary = run(
             ws,
@@ -119,8 +124,7 @@ def export_itksnap(
             image_ids=ids,
             prefill=own,
             progress=progress,
-            draft_run=draft_run,
-            device=device,
+            drafter=drafter,
             gold=gold,
             gold_reference=gold_reference,
             gold_seed=gold_seed,

@@ -30,7 +30,7 @@ from datatool.cli.render import Block, Table
 from datatool.labels.labelstudio.modes import ReviewStoreAs, ServeMode
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
-    from datatool.labels.labelstudio.connect import ConnectReport
+    from datatool.assist.connect import ConnectReport
     from datatool.labels.labelstudio.push import PushReport
     from datatool.labels.labelstudio.review import ReviewPushReport, ReviewSyncReport
 
@@ -307,7 +307,7 @@ def connect(
     """Register datatool's ML backend (datatool serve) on the rater's Label Studio project(s),
     with its HTTP Basic auth, and make the project show its drafts. Running it again updates
     the registration."""
-    from datatool.labels.labelstudio.connect import connect_backend
+    from datatool.assist.connect import connect_backend
 
     result = connect_backend(
         workspace(ws_path),

@@ -26,7 +26,7 @@ from datatool.learning.options import DeviceChoice
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
     from datatool.analysis.qa import QAReport, QARun, Queue, Resolved
-    from datatool.learning.selection import NextImages
+    from datatool.assist.selection import NextImages
 
 # Defaults, as in datatool.analysis.shape (the CLI does not import it: numpy and scipy)
 MODEL_DICE_BELOW = 0.5
@@ -399,7 +399,7 @@ def next_command(
     rater has not labelled is drafted by the run and ranked by the mean predictive entropy of
     its softmax over the image, highest first (where the model hesitates most); walking down
     that ranking, an image is skipped once its patient has --per-patient images on the list."""
-    from datatool.learning.selection import next_images
+    from datatool.assist.selection import next_images
 
     with progress_bar("next", enabled=not json_out) as progress:
         result = next_images(

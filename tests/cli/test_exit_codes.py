@@ -16,12 +16,12 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from datatool.analysis.qa import Thresholds, list_queue, run_qa
+from datatool.assist.serving import PASSWORD_ENV, USER_ENV, Credentials, create_app
 from datatool.cli import app
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.labels.labelstudio.formats import mask_to_results
 from datatool.labels.labelstudio.push import push
-from datatool.learning.serving import PASSWORD_ENV, USER_ENV, Credentials, create_app
 from tests.backend_server import uvicorn_thread
 from tests.cli.test_commands import LEAVES
 from tests.labels_util import ingest_demo_with_labels

@@ -43,6 +43,7 @@ from datatool.core.workspace import Workspace
 from datatool.labels.annotations import (
     labelling_rater,
 )
+from datatool.labels.drafting import Drafter
 from datatool.labels.gold import DEFAULT_REFERENCE, GoldHanding, hand_gold
 from datatool.labels.handouts import record_handouts
 from datatool.labels.itksnap.formats import (
@@ -244,8 +245,7 @@ def export_itksnap(
     image_ids: Iterable[int | str] | None = None,
     prefill: bool = True,
     progress: Callable[[int, int], None] | None = None,
-    draft_run: int | None = None,
-    device: str = "auto",
+    drafter: Drafter | None = None,
     batch: int = 8,
     gold: int | None = None,
     gold_reference: str = DEFAULT_REFERENCE,
@@ -255,7 +255,8 @@ def export_itksnap(
     """Export images for one rater to label in ITK-SNAP (see the module docstring).
 
     ``image_ids`` picks images (ids or names; default: all); ``prefill`` puts the rater's own
-    latest labels into the segmentations; ``draft_run`` pre-fills each segmentation the rater
+    latest labels into the segmentations; ``drafter`` (a run's model, handed in by the caller:
+    ``datatool.assist.drafter.run_drafter``) pre-fills each segmentation the rater
     has no labels of yet with that run's model draft (their own labels still win), recording
     in the folder's marker which draft (its mask hash) went where, so that sync can tell a
     label made from it. A folder exported for one rater cannot be reused for another.
@@ -264,6 +265,7 @@ def export_itksnap(
     ``gold_seed``; their folders look like every other (see ``labels.gold``). ``propagate``
     drafts a cine's frames the rater has not labelled from their own nearest labelled frame
     of it (recorded as drafts like a model's, their model version naming that frame)."""
+    draft_run = None if drafter is None else drafter.run_id
     if propagate and draft_run is not None:
         raise UsageError("pre-fill from a run's drafts or by propagation, not both")
     out_dir = Path(out_dir)
@@ -324,11 +326,7 @@ def export_itksnap(
             f"{rater_row.name}'s images into another folder (raters never see "
             "each other's labels)"
         )
-    model = None
-    if draft_run is not None:
-        from datatool.learning.inference import load_run_model
-
-        model = load_run_model(ws, draft_run, device=device)
+    model = drafter
     out_dir.mkdir(parents=True, exist_ok=True)
     drafts = marker_drafts(out_dir)
     write_marker(out_dir, rater_row.name, protocol, drafts)
@@ -519,17 +517,15 @@ def _own_labels(store, row: Row, own: Annotation | None) -> _Planned:
     return _Planned(row, store.get_array(own.mask_hash), True, draft, False)
 
 
-def _model_drafts(store, plans: list[_Planned], model, batch: int) -> None:
+def _model_drafts(store, plans: list[_Planned], model: Drafter, batch: int) -> None:
     """``--prefill model:RUN``: the model's prediction for every image without labels yet
     (each frame of a cine like a still)."""
     need = [p for p in plans if not p.own and not p.from_model]
     if not need:
         return
-    from datatool.learning.inference import predict
-
     images = [store.get_array(p.row.store_hash) for p in need]
-    for p, result in zip(need, predict(model, images, batch=batch)):
-        labels = np.ascontiguousarray(result.labels)
+    for p, result in zip(need, model.labels(images, batch=batch)):
+        labels = np.ascontiguousarray(result)
         p.mask = labels
         p.from_model = True
         p.draft = {

@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 from sqlalchemy import func, select
 
+from datatool.assist.drafter import run_drafter
 from datatool.core.catalogue import Annotation, Image, Rater, SourceFile
 from datatool.core.errors import UsageError
 from datatool.ingest.pipeline import ingest
@@ -352,7 +353,7 @@ def test_prefill_drafts_every_frame_of_a_cine(trained, tmp_path):
 
     out = tmp_path / "an4"
     summary = export_itksnap(
-        ws, "AN4", out, image_ids=[cine[0]], draft_run=run, device="cpu", batch=2
+        ws, "AN4", out, image_ids=[cine[0]], drafter=run_drafter(ws, run, "cpu"), batch=2
     )
     assert (summary.images, summary.cines, summary.prefilled, summary.drafted) == (4, 1, 1, 3)
     name = f"img{cine[0]:06d}"

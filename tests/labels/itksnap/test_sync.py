@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
+from datatool.assist.drafter import run_drafter
 from datatool.core.catalogue import Annotation, AuditEntry, Image, Rater, StructureStats
 from datatool.core.errors import UsageError
 from datatool.core.protocol import load_protocol
@@ -572,7 +573,7 @@ def test_export_prefills_what_the_rater_has_not_labelled_with_the_models_draft(t
     others = {a.mask_hash for r in ("rater1", "rater2") for a in _latest(ws, r).values()}
 
     out = tmp_path / "an3"
-    summary = export_itksnap(ws, "AN3", out, draft_run=run, device="cpu", batch=5)
+    summary = export_itksnap(ws, "AN3", out, drafter=run_drafter(ws, run, "cpu"), batch=5)
     assert (summary.images, summary.prefilled, summary.drafted, summary.kept) == (N, 1, N - 1, 0)
     assert (summary.draft_run, summary.model_version) == (run, model.model_version)
     marker = json.loads((out / EXPORT_MARKER).read_text())
@@ -617,7 +618,7 @@ def test_export_prefills_what_the_rater_has_not_labelled_with_the_models_draft(t
     assert latest[ids[0]].draft_version is None
     # re-export: idempotent; the edited label keeps its draft's record; drafts may be
     # replaced (they are not edits): --prefill own empties them, keeping no unsynced edit
-    assert export_itksnap(ws, "AN3", out, draft_run=run, device="cpu").kept == 0
+    assert export_itksnap(ws, "AN3", out, drafter=run_drafter(ws, run, "cpu")).kept == 0
     marker = json.loads((out / EXPORT_MARKER).read_text())
     assert marker["drafts"][f"img{edited:06d}"]["file_sha256"] is None
     plain = export_itksnap(ws, "AN3", out)
@@ -775,7 +776,7 @@ def test_drafts_are_known_by_content_and_copies_of_another_raters_labels_are_ref
                 load_protocol(),
             )
     out = tmp_path / "a"
-    summary = export_itksnap(ws, "A", out, image_ids=ids, draft_run=run, device="cpu")
+    summary = export_itksnap(ws, "A", out, image_ids=ids, drafter=run_drafter(ws, run, "cpu"))
     assert (summary.prefilled, summary.drafted) == (2, 4)
     marker = json.loads((out / EXPORT_MARKER).read_text())
     with ws.session() as s:
@@ -787,7 +788,7 @@ def test_drafts_are_known_by_content_and_copies_of_another_raters_labels_are_ref
         assert (h.run_id, h.via, h.model_version) == (run, "itksnap", record["model_version"])
         assert (h.mask_hash, h.file_sha256) == (record["mask_hash"], record["file_sha256"])
     # again: the same handouts, nothing twice
-    export_itksnap(ws, "A", out, image_ids=ids, draft_run=run, device="cpu")
+    export_itksnap(ws, "A", out, image_ids=ids, drafter=run_drafter(ws, run, "cpu"))
     assert _count(ws, DraftHandout) == len(handed)
 
     (out / EXPORT_MARKER).unlink()

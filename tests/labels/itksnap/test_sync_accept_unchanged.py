@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from datatool.assist.drafter import run_drafter
 from datatool.cli import app as cli
 from datatool.core.catalogue import Annotation, Image, Rater
 from datatool.core.protocol import load_protocol
@@ -43,7 +44,7 @@ def test_unchanged_drafts_are_skipped_or_accepted_with_their_provenance(trained,
         ids = list(s.scalars(select(Image.id).order_by(Image.id)))[:4]
     add_rater(ws, "AN5")
     out = tmp_path / "an5"
-    summary = export_itksnap(ws, "AN5", out, image_ids=ids[:3], draft_run=run, device="cpu")
+    summary = export_itksnap(ws, "AN5", out, image_ids=ids[:3], drafter=run_drafter(ws, run, "cpu"))
     assert summary.drafted == 3
     marker = json.loads((out / EXPORT_MARKER).read_text())["drafts"]
 

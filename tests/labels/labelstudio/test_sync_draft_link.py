@@ -14,16 +14,16 @@ from label_studio_sdk import LabelStudio
 from sqlalchemy import select
 
 from datatool.analysis.agreement import run_agreement
+from datatool.assist.propagated import prelabel_propagate
 from datatool.core.catalogue import DraftHandout
 from datatool.core.errors import DatatoolError
 from datatool.labels.annotations import get_rater, latest_annotation
 from datatool.labels.draftlink import MIN_IOU, OVERLAP, close_enough
 from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
-from datatool.labels.labelstudio.propagated import prelabel_propagate
 from datatool.labels.labelstudio.push import push
 from datatool.labels.labelstudio.sync import sync_from_server
 from datatool.labels.matching import image_id_from_name
-from tests.labels.labelstudio.test_propagated import P, _label, cines  # noqa: F401 (fixture)
+from tests.assist.test_propagated import P, _label, cines  # noqa: F401 (fixture)
 
 
 def _api(srv, method: str, path: str, **kw) -> httpx.Response:

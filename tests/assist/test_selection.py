@@ -1,4 +1,4 @@
-"""What to label next (datatool.learning.selection): the ranking on a model of known
+"""What to label next (datatool.assist.selection): the ranking on a model of known
 uncertainty, the cap per patient, and the push of the list (with drafts) to Label Studio."""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from tests.qa_util import clone
 
 torch = require("torch")
 
+from datatool.assist.selection import next_images, rank_next  # noqa: E402
 from datatool.learning.data import GRAY_MEAN, GRAY_STD  # noqa: E402
 from datatool.learning.inference import RunModel  # noqa: E402
-from datatool.learning.selection import next_images, rank_next  # noqa: E402
 
 # (brightness, patient) of the constructed images
 IMAGES = [(200, "P0"), (40, "P0"), (120, "P0"), (80, "P1"), (160, "P1"), (20, "P1")]

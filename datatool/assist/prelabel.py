@@ -20,7 +20,7 @@ server or images the rater has labels of in the catalogue (their own labels only
 Running it again uploads nothing: a task that has a prediction with this model version is
 left alone (an interrupted run is finished by the next one).
 
-Layering: this is the one module of ``labels`` that reaches ``learning`` (for the drafts).
+Layering: ``assist`` joins the labels (Label Studio tasks) and the learning (the drafts).
 """
 
 from __future__ import annotations

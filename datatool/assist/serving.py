@@ -53,15 +53,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from datatool.core.atomic import write_text_atomic
-from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask
-from datatool.core.errors import UsageError
-from datatool.core.protocol import Protocol, load_protocol
-from datatool.core.workspace import Workspace
-from datatool.labels.labelstudio.formats import FROM_NAME, TO_NAME, mask_to_results
-from datatool.labels.labelstudio.news import escape_action, record_event
-from datatool.labels.matching import image_name
-from datatool.learning.serving_guard import (
+from datatool.assist.serving_guard import (
     HEADER_TIMEOUT,
     KEEP_ALIVE,
     MAX_CONNECTIONS,
@@ -70,6 +62,14 @@ from datatool.learning.serving_guard import (
     make_server,
     serve,
 )
+from datatool.core.atomic import write_text_atomic
+from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask
+from datatool.core.errors import UsageError
+from datatool.core.protocol import Protocol, load_protocol
+from datatool.core.workspace import Workspace
+from datatool.labels.labelstudio.formats import FROM_NAME, TO_NAME, mask_to_results
+from datatool.labels.labelstudio.news import escape_action, record_event
+from datatool.labels.matching import image_name
 
 USER_ENV = "DATATOOL_SERVE_USER"
 PASSWORD_ENV = "DATATOOL_SERVE_PASSWORD"

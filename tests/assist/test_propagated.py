@@ -15,6 +15,7 @@ from label_studio_sdk import LabelStudio
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from datatool.assist.propagated import prelabel_propagate
 from datatool.cli import app as cli
 from datatool.core.catalogue import DraftHandout, Image, SourceFile
 from datatool.core.protocol import load_protocol
@@ -25,7 +26,6 @@ from datatool.ingest import deid
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater, get_rater, latest_annotation, store_annotation
 from datatool.labels.labelstudio.formats import results_to_mask
-from datatool.labels.labelstudio.propagated import prelabel_propagate
 from datatool.labels.labelstudio.push import push
 from datatool.labels.labelstudio.sync import sync_from_server
 from datatool.labels.matching import image_id_from_name, image_name

@@ -1,4 +1,4 @@
-"""The Label Studio ML backend (datatool.learning.serving) under a real uvicorn: the protocol,
+"""The Label Studio ML backend (datatool.assist.serving) under a real uvicorn: the protocol,
 auth, limits and refusals. With a real Label Studio server asking it: tests/labels/
 labelstudio/test_prelabel.py."""
 
@@ -19,6 +19,15 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from datatool.assist.serving import (
+    PASSWORD_ENV,
+    USER_ENV,
+    Credentials,
+    create_app,
+    credentials_file,
+    prepare,
+    read_credentials_file,
+)
 from datatool.cli import app as cli
 from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask
 from datatool.core.errors import UsageError
@@ -28,15 +37,6 @@ from datatool.labels.labelstudio.formats import results_to_mask
 from datatool.labels.labelstudio.news import read_news
 from datatool.labels.matching import image_name
 from datatool.learning.inference import load_run_model, predict
-from datatool.learning.serving import (
-    PASSWORD_ENV,
-    USER_ENV,
-    Credentials,
-    create_app,
-    credentials_file,
-    prepare,
-    read_credentials_file,
-)
 from tests.backend_server import PASSWORD, serve_subprocess, uvicorn_thread
 from tests.qa_util import clone
 
@@ -469,7 +469,7 @@ def test_bodies_held_at_once_are_bounded_and_a_slow_body_times_out():
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    from datatool.learning.serving import BodyLimits, _answering, _json_response
+    from datatool.assist.serving import BodyLimits, _answering, _json_response
 
     limits = BodyLimits(max_body=4096, budget=4096, timeout=2)
 

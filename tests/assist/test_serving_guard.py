@@ -1,4 +1,4 @@
-"""datatool.learning.serving_guard: the header timeout, the connection cap and throttled logs
+"""datatool.assist.serving_guard: the header timeout, the connection cap and throttled logs
 of the ML backend's server, on real loopback sockets (a tiny ASGI app under the guarded
 uvicorn in a thread); and ``datatool serve`` itself, in a subprocess with 128 open files,
 against more idle sockets than its cap (tests/backend_server.serve_subprocess)."""
@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from datatool.assist import serving_guard
+from datatool.assist.serving_guard import Guard, Throttle, connection_cap, make_server
 from datatool.core.errors import UsageError
-from datatool.learning import serving_guard
-from datatool.learning.serving_guard import Guard, Throttle, connection_cap, make_server
 from tests.backend_server import free_port, serve_subprocess, server_thread
 
 
@@ -168,8 +168,8 @@ def test_serve_with_128_open_files_answers_health_under_a_flood_of_idle_sockets(
 
 SERVER = """
 import asyncio, resource, sys
-from datatool.learning.serving_guard import Guard, make_server, serve
-from tests.learning.test_serving_guard import _hello
+from datatool.assist.serving_guard import Guard, make_server, serve
+from tests.assist.test_serving_guard import _hello
 
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 guard = Guard(max_connections=1000, header_timeout=60)  # a cap above the limit: accepts fail

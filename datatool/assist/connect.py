@@ -9,7 +9,7 @@ Studio makes for a backend (``URL/webhook``) gets the same Basic auth header, so
 events reach it; a server whose SSRF protection refuses local addresses keeps no such webhook
 (reported, not an error). Connecting twice updates the existing registration.
 
-Layering: reaches ``learning.serving`` for the credentials ``serve`` writes.
+Layering: reads the credentials ``serve`` writes (``assist.serving``).
 """
 
 from __future__ import annotations
@@ -55,12 +55,12 @@ class ConnectReport:
 
 
 def _backend_credentials(ws: Workspace, version: str, credentials_file: Path | None):
-    from datatool.learning.serving import (
+    from datatool.assist.serving import (
         PASSWORD_ENV,
         credentials_from_env,
         read_credentials_file,
     )
-    from datatool.learning.serving import (
+    from datatool.assist.serving import (
         credentials_file as default_file,
     )
 

@@ -27,6 +27,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import func, select
 
+from datatool.assist.prelabel import (
+    UPLOAD_BATCH,
+    _has_version,
+    _show_drafts,
+    recorded_tasks,
+    server_tasks_of,
+)
 from datatool.core.catalogue import Annotation, Image, SourceFile, audit
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
@@ -36,13 +43,6 @@ from datatool.labels.labelstudio.connection import (
     rater_server,
 )
 from datatool.labels.labelstudio.formats import mask_to_results
-from datatool.labels.labelstudio.prelabel import (
-    UPLOAD_BATCH,
-    _has_version,
-    _show_drafts,
-    recorded_tasks,
-    server_tasks_of,
-)
 from datatool.labels.matching import image_name
 from datatool.labels.propagate import PROPAGATE_VERSION, Loop, as_grey, propagated_from
 

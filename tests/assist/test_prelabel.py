@@ -14,20 +14,20 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from datatool.analysis.agreement import run_agreement
+from datatool.assist.connect import connect_backend
+from datatool.assist.prelabel import prelabel
+from datatool.assist.serving import PASSWORD_ENV, USER_ENV, Credentials, create_app
 from datatool.cli import app as cli
 from datatool.core.catalogue import Image
 from datatool.core.errors import DatatoolError
 from datatool.core.protocol import load_protocol
 from datatool.core.store import pixel_digest
 from datatool.labels.annotations import get_rater, label_coverage, latest_annotation
-from datatool.labels.labelstudio.connect import connect_backend
 from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
-from datatool.labels.labelstudio.prelabel import prelabel
 from datatool.labels.labelstudio.push import push
 from datatool.labels.labelstudio.sync import sync_from_server
 from datatool.labels.matching import image_id_from_name
 from datatool.learning.inference import load_run_model, predict
-from datatool.learning.serving import PASSWORD_ENV, USER_ENV, Credentials, create_app
 from tests.backend_server import uvicorn_thread
 from tests.qa_util import clone
 
