@@ -138,7 +138,20 @@ _T_DTYPE = (
     "np.asarray(..., float) -> dtype None or left out: the values are float centroids and "
     "radii, the frames ints whose differences are divided into floats"
 )
+_F = "datatool.labels.labelstudio.formats."
+_UNREACHED = (
+    "the message of a decoded RLE of the wrong length, which label_studio_sdk's decode_rle "
+    "cannot return: it fills np.zeros(the header's count), and the header was checked first"
+)
 EQUIVALENT: dict[str, str] = {
+    _F + "x_decode_region__mutmut_96": _UNREACHED,
+    _F + "x_decode_region__mutmut_97": _UNREACHED,
+    _F + "x_decode_region__mutmut_98": _UNREACHED,
+    _F + "x_decode_region__mutmut_99": _UNREACHED,
+    _F + "x_results_to_mask__mutmut_29": (
+        "_region_name(None) for the entry's: _brush_labels refuses only brushlabels that are "
+        "not a list of names, and then _region_name shows no labels either way"
+    ),
     _T + "8": _T_DTYPE,
     _T + "10": _T_DTYPE,
     _T + "15": _T_DTYPE,

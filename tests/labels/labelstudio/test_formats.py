@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -361,6 +362,18 @@ def test_a_region_decoded_alone_is_region_1():
     assert str(caught.value).startswith("region 1 (femur): brush data in format 'png'")
     np.testing.assert_array_equal(
         decode_region(_femur_entry(), (6, 6)), np.eye(6, dtype=bool) & (np.arange(6) == 1)
+    )
+
+
+def test_an_rle_that_does_not_decode_is_named_with_its_error():
+    """A header that declares the right size over a body cut short: label_studio_sdk's
+    decoder fails (its error's name is given, never the data)."""
+    entry = _femur_entry()
+    cut = _with(entry, rle=entry["value"]["rle"][:4])
+    with pytest.raises(BadLabel) as caught:
+        results_to_mask([cut], P, (6, 6))
+    assert re.fullmatch(
+        r"region 1 \(femur\): brush RLE does not decode \(\w+Error\)", str(caught.value)
     )
 
 
