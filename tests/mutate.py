@@ -10,6 +10,7 @@ in the README; any other survivor makes the exit status 1.
     python tests/mutate.py                 # every module below (long: see the README)
     python tests/mutate.py metrics shape   # some of them
     python tests/mutate.py --list          # the modules and their tests
+    python tests/mutate.py --again rle     # the last pass's survivors only, new tests in
 """
 
 from __future__ import annotations
@@ -246,12 +247,29 @@ class Outcome:
         return self.killed / self.tried if self.tried else 0.0
 
 
-def mutate(name: str, children: int) -> Outcome:
+def _again(name: str, module: Module) -> tuple[Path, list[str]]:
+    """The sandbox of an earlier pass with today's tests copied in, and the mutants that
+    survived it (or were not checked): the only ones run again."""
+    box = SANDBOXES / name
+    before = _results(box, module)
+    if not before:
+        raise SystemExit(f"{name}: no earlier pass in {box} to run again (run it whole first)")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for tests in (box / "tests", box / "mutants" / "tests"):
+        shutil.rmtree(tests, ignore_errors=True)
+        shutil.copytree(ROOT / "tests", tests, ignore=ignore)
+    return box, sorted(k for k, code in before.items() if code in (0, None))
+
+
+def mutate(name: str, children: int, again: bool = False) -> Outcome:
     module = MODULES[name]
-    box = _sandbox(name, module)
+    if again:
+        box, names = _again(name, module)
+    else:
+        box = _sandbox(name, module)
+        names = [f"{module.dotted}.x_{f}__mutmut_*" for f in module.functions]
     start = time.monotonic()
     env = {**os.environ, "PYTHONPATH": str(box)}
-    names = [f"{module.dotted}.x_{f}__mutmut_*" for f in module.functions]
     done = subprocess.run(
         [str(BIN / "mutmut"), "run", "--max-children", str(children), *names],
         cwd=box,
@@ -300,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help=f"some of: {', '.join(MODULES)}")
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
     parser.add_argument("--children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="run only the survivors of the last pass again, against today's tests",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for name, module in MODULES.items():
@@ -308,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {unknown}; choose from {', '.join(MODULES)}")
-    outcomes = [mutate(name, args.children) for name in args.modules or list(MODULES)]
+    names = args.modules or list(MODULES)
+    outcomes = [mutate(name, args.children, args.again) for name in names]
     print("\nmodule       killed/tried  rate     survivors (not known equivalent)  time")
     for o in outcomes:
         print(
