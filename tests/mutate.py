@@ -140,7 +140,32 @@ _UNREACHED = (
     "the message of a decoded RLE of the wrong length, which label_studio_sdk's decode_rle "
     "cannot return: it fills np.zeros(the header's count), and the header was checked first"
 )
+_D = "datatool.ingest.deid."
+_OUTSIDE = (
+    "a box wholly outside the image kept instead of dropped: its area and its overlap with "
+    "any other box are 0 either way (_box_area takes max(0, extent))"
+)
+_BLANK = "'XXXX' in place of '' for a missing value: it matches no pattern or code either"
 EQUIVALENT: dict[str, str] = {
+    _D + "x_quarantine_kind__mutmut_3": _BLANK + " ('other')",
+    _D + "x_age_at_exam__mutmut_5": _BLANK + " (the dates decide)",
+    _D + "x_normalise_sex__mutmut_5": _BLANK + " (None)",
+    _D + "x_parse_da__mutmut_4": _BLANK + " (None)",
+    _D + "x__clipped__mutmut_38": _OUTSIDE,
+    _D + "x__clipped__mutmut_39": _OUTSIDE,
+    _D + "x__keep_mask__mutmut_6": (
+        "np.zeros(shape[:3]): on a colour image the mask gets the channel axis, every "
+        "channel set alike, so the same pixels are blanked (2-D callers: the same shape)"
+    ),
+    _D + "x_room_for_banner__mutmut_9": (
+        ">= 0.05 as > 0.05: no image of whole pixels leaves exactly 0.05 outside in floating "
+        "point (1 - 0.95 is 0.05000000000000004), so the two never differ"
+    ),
+    _D + "x_parse_da__mutmut_24": "text[6:9] of a text that matched \\d{8}: the same two digits",
+    _D + "x_covered_share__mutmut_17": (
+        "two boxes measured with the mask rather than by inclusion-exclusion: the same share "
+        "(the arithmetic is a shortcut; the mask's mean of whole counts is exact)"
+    ),
     _F + "x_decode_region__mutmut_96": _UNREACHED,
     _F + "x_decode_region__mutmut_97": _UNREACHED,
     _F + "x_decode_region__mutmut_98": _UNREACHED,

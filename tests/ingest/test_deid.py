@@ -268,6 +268,8 @@ def test_covered_shares_by_hand():
     assert share([{"x0": 0, "y0": 0, "x1": 3, "y1": 3}], 10, 10) == 0.16
     # wider than tall: 5 rows x 10 columns, the top two rows (clipped from x -4..50, y -3..1)
     assert share([{"x0": -4, "y0": -3, "x1": 50, "y1": 1}], 5, 10) == 0.4
+    # from row 3 down past the bottom (y1 50 of 5 rows): rows 3 and 4 only
+    assert share([{"x0": 0, "y0": 3, "x1": 9, "y1": 50}], 5, 10) == 0.4
     # a column of 3 at x 7, rows 1..4: rows and columns not swapped
     assert share([{"x0": 7, "y0": 1, "x1": 7, "y1": 4}], 5, 10) == 4 / 50
     # two apart: 16 + 16; two overlapping on 2 x 2: 25 + 16 - 4
