@@ -78,14 +78,30 @@ MODULES: dict[str, Module] = {
         ("jumps",),
     ),
     "masks": Module("datatool/labels/masks.py", ("tests/labels/test_annotations.py",)),
-    # the hand-counted tests only: the two scored runs (a trained run, the level reader on
-    # painted images) build workspaces, a minute or more a mutant
+    # the measures (per image, pooled, per structure, surfaces, the ANOVA, the ratio to the
+    # raters) against the hand-counted tests; the two scored runs (a trained run, the level
+    # reader on painted images), which also reach score_run's plumbing, build workspaces: a
+    # minute or more a mutant, left to the suite
     "scoring": Module(
         "datatool/learning/scoring.py",
         (
             "tests/learning/test_scoring_numbers.py",
             "-k",
             "not scored_run_matches and not model_that_segments",
+        ),
+        (
+            "per_image_metrics",
+            "_anova",
+            "_finite",
+            "_metric_rows",
+            "_metric_table",
+            "_image_scores",
+            "_mean_iou",
+            "_ratio",
+            "versus_raters",
+            "_mean_iou_per_image",
+            "_per_structure",
+            "_surfaces",
         ),
     ),
     "splits": Module(

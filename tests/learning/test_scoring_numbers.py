@@ -244,6 +244,41 @@ def test_surface_distances_of_the_whole_image_by_hand():
     assert _per_structure(pd.DataFrame(rows), NAMES)[0].surface is None
 
 
+def test_the_model_beside_the_raters_by_hand():
+    """Mean per-image IoU on the raters' images only (image 3 is not one), in the frame and
+    on the whole image, and the ratio; no ratio where the raters' IoU is 0 or missing."""
+    from datatool.learning.scoring import VersusRaters, versus_raters
+
+    def table(rows):
+        return pd.DataFrame(rows, columns=["image_id", "structure", "iou"])
+
+    model = table([(1, "a", 0.5), (2, "a", 0.7), (3, "a", 0.9), (1, "b", 0.2)])
+    raters = table([(1, "a", 0.8), (2, "a", 0.6), (3, "a", 0.1), (1, "b", 0.0)])
+    whole_model = table([(1, "a", 0.4), (3, "a", 1.0)])
+    got = versus_raters((model, raters), (whole_model, table([])), ["a", "b", "c"], [1, 2])
+    a, b, c = got
+    assert a.structure == "a" and a.model_iou == pytest.approx(0.6, rel=1e-15)
+    assert a.raters_iou == pytest.approx(0.7, rel=1e-15)
+    assert a.ratio == pytest.approx(0.6 / 0.7, rel=1e-12)
+    assert (a.whole_model_iou, a.whole_raters_iou, a.whole_ratio) == (0.4, None, None)
+    assert b == VersusRaters("b", 0.2, 0.0, None, None, None, None)
+    assert c == VersusRaters("c", None, None, None, None, None, None)
+
+
+def test_per_image_scores_keep_no_nan():
+    """The long table's rows as scores: counts dropped, an undefined precision None."""
+    from datatool.learning.scoring import ImageScore, _finite, _image_scores
+
+    rows = _metric_table([7], [np.array([[0, 2]], np.uint8)], [np.array([[1, 2]], np.uint8)],
+                         NAMES)  # fmt: skip
+    assert _image_scores(rows) == [
+        ImageScore(7, "a", 0.0, 0.0, None, 0.0, 0.0),
+        ImageScore(7, "b", 1.0, 1.0, 1.0, 1.0, 1.0),
+    ]
+    assert _image_scores(rows.iloc[0:0]) == []
+    assert _finite(np.float64("nan")) is None and _finite(np.int64(3)) == 3.0
+
+
 # ---------------------------------------------------------------- a model that segments
 #
 # The trained fixture's network, three epochs on the CPU, hardly segments anything (IoU
