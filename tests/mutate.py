@@ -163,6 +163,15 @@ _OUTSIDE = (
 )
 _BLANK = "'XXXX' in place of '' for a missing value: it matches no pattern or code either"
 EQUIVALENT: dict[str, str] = {
+    "datatool.labels.masks.x__unknown_error__mutmut_12": (
+        "the fallback for a map with no unknown value, never reached: a map is refused for "
+        "its values only when one lies outside the protocol (a run of unknown values, below "
+        "0 or above 255), and that value is then listed"
+    ),
+    "datatool.labels.masks.x_structure_stats__mutmut_46": (
+        "the band cut one row past the structure's last row: that row holds none of its "
+        "pixels, so the columns, area and components are the same"
+    ),
     _D + "x_quarantine_kind__mutmut_3": _BLANK + " ('other')",
     _D + "x_age_at_exam__mutmut_5": _BLANK + " (the dates decide)",
     _D + "x_normalise_sex__mutmut_5": _BLANK + " (None)",
