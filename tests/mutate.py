@@ -172,6 +172,10 @@ EQUIVALENT: dict[str, str] = {
         "the band cut one row past the structure's last row: that row holds none of its "
         "pixels, so the columns, area and components are the same"
     ),
+    "datatool.labels.masks.x_structure_stats__mutmut_59": (
+        "the box cut one column past the structure's last column: that column holds none of "
+        "its pixels, so the area and components are the same"
+    ),
     _D + "x_quarantine_kind__mutmut_3": _BLANK + " ('other')",
     _D + "x_age_at_exam__mutmut_5": _BLANK + " (the dates decide)",
     _D + "x_normalise_sex__mutmut_5": _BLANK + " (None)",
