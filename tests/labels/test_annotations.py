@@ -240,6 +240,20 @@ def test_what_a_label_map_may_be():
         np.testing.assert_array_equal(got, every)
 
 
+def test_a_map_one_pixel_tall_or_small_is_never_a_traceback():
+    """A 2D map of a one-row image is already 2D; a 1 x 1 x 1 map is either taken or
+    refused with a BadLabel line, never a crash."""
+    row = np.array([[0, 1, 3, 0, 6]], np.uint8)
+    np.testing.assert_array_equal(validate_mask(row, P, (1, 5)), row)
+    np.testing.assert_array_equal(validate_mask(row.T, P, (5, 1)), row.T)
+    try:
+        out = validate_mask(np.ones((1, 1, 1), np.uint8), P, (1, 1))
+    except BadLabel:
+        pass
+    else:
+        assert out.shape == (1, 1) and out[0, 0] == 1
+
+
 def test_structure_stats_of_every_structure_written_out():
     """Each row in full, areas in mm² from a pixel of 0.5 x 0.2 mm (0.1 mm²); a structure
     whose blobs touch only at a corner is one 8-connected component."""
