@@ -151,6 +151,10 @@ _T_DTYPE = (
     "np.asarray(..., float) -> dtype None or left out: the values are float centroids and "
     "radii, the frames ints whose differences are divided into floats"
 )
+_EMPTY_MAP = (
+    "min/max with initial=None: differs only on a map of no pixels, which the size check "
+    "has refused unless the image has none"
+)
 _F = "datatool.labels.labelstudio.formats."
 _UNREACHED = (
     "the message of a decoded RLE of the wrong length, which label_studio_sdk's decode_rle "
@@ -167,6 +171,21 @@ EQUIVALENT: dict[str, str] = {
         "the fallback for a map with no unknown value, never reached: a map is refused for "
         "its values only when one lies outside the protocol (a run of unknown values, below "
         "0 or above 255), and that value is then listed"
+    ),
+    "datatool.labels.masks.x__unknown_runs__mutmut_8": (
+        "range(1, 258): 256 closes the last run of unknown values as the loop's end did; 257 "
+        "finds no run open"
+    ),
+    "datatool.labels.masks.x_validate_mask__mutmut_44": _EMPTY_MAP,
+    "datatool.labels.masks.x_validate_mask__mutmut_45": (
+        "min(initial=1) < 0 as min(initial=0) < 0: true exactly when a value is negative"
+    ),
+    "datatool.labels.masks.x_validate_mask__mutmut_48": _EMPTY_MAP,
+    "datatool.labels.masks.x_validate_mask__mutmut_49": (
+        "max(initial=1) > 255 as max(initial=0) > 255: true exactly when a value is above 255"
+    ),
+    "datatool.labels.masks.x_validate_mask__mutmut_59": (
+        "a single unknown value compared as the range lo..lo: the same pixels (== is a shortcut)"
     ),
     "datatool.labels.masks.x_structure_stats__mutmut_46": (
         "the band cut one row past the structure's last row: that row holds none of its "

@@ -254,6 +254,23 @@ def test_a_map_one_pixel_tall_or_small_is_never_a_traceback():
         assert out.shape == (1, 1) and out[0, 0] == 1
 
 
+def test_the_edges_of_the_values_a_protocol_knows():
+    """A protocol without label 1 refuses a 1; one with label 255 takes a 255 (also from a
+    wider integer map); 256 in a wider map is refused, never wrapped round to 0."""
+    from datatool.core.protocol import Protocol, Structure
+
+    no_one = Protocol(name="p2", title="two", structures=(Structure("b", 2, (0, 0, 255)),))
+    with pytest.raises(BadLabel) as caught:
+        validate_mask(np.array([[1, 2]], np.uint8), no_one, (1, 2))
+    assert str(caught.value) == "unknown label value(s) [1] (protocol p2 knows [2])"
+    top = Protocol(name="p255", title="top", structures=(Structure("t", 255, (9, 9, 9)),))
+    for dtype in (np.uint8, np.int16, np.float32):
+        got = validate_mask(np.array([[0, 255]], dtype), top, (1, 2))
+        assert got.dtype == np.uint8 and got.tolist() == [[0, 255]], dtype
+    wide = np.array([[1, 256]], np.int16)
+    assert _refusal(wide, (1, 2)) == f"unknown label value(s) [256] {KNOWS}"
+
+
 def test_structure_stats_of_every_structure_written_out():
     """Each row in full, areas in mm² from a pixel of 0.5 x 0.2 mm (0.1 mm²); a structure
     whose blobs touch only at a corner is one 8-connected component."""
