@@ -327,7 +327,10 @@ def _again(name: str, module: Module) -> tuple[Path, list[str]]:
     for tests in (box / "tests", box / "mutants" / "tests"):
         shutil.rmtree(tests, ignore_errors=True)
         shutil.copytree(ROOT / "tests", tests, ignore=ignore)
-    return box, sorted(k for k, code in before.items() if code in (0, None))
+    wanted = tuple(f"{module.dotted}.x_{f}__mutmut_" for f in module.functions) or ("",)
+    return box, sorted(
+        k for k, code in before.items() if code in (0, None) and k.startswith(wanted)
+    )
 
 
 def mutate(name: str, children: int, again: bool = False) -> Outcome:
