@@ -166,7 +166,16 @@ _OUTSIDE = (
     "any other box are 0 either way (_box_area takes max(0, extent))"
 )
 _BLANK = "'XXXX' in place of '' for a missing value: it matches no pattern or code either"
+_S = "datatool.analysis.shape."
 EQUIVALENT: dict[str, str] = {
+    _S + "x_cross_counts__mutmut_16": (
+        "np.bincount(minlength=None) as minlength=1: it only pads with zero counts, which "
+        "are dropped"
+    ),
+    _S + "x_disagreement__mutmut_5": (
+        "threshold < 0 as <= 0: at a threshold of 0 every Dice (0 or more) is already at or "
+        "above it, so None either way"
+    ),
     "datatool.labels.masks.x__unknown_error__mutmut_12": (
         "the fallback for a map with no unknown value, never reached: a map is refused for "
         "its values only when one lies outside the protocol (a run of unknown values, below "

@@ -358,3 +358,14 @@ def test_relations_by_hand():
     assert shape.relation_check(_rel("lateral to"), (5, 9), (5, 9), areas, "left") is None
     none = shape.relation_check(_rel("deep to"), (5, 10), (5, 20), (0, 0), None)
     assert none.severity == 1.0  # no size to scale by
+
+
+def test_the_smallest_swaps_and_holes_by_hand():
+    """A structure of one pixel lying wholly on another is a swap (severity 1); one pixel of
+    the other is enough to be the largest; a structure absent from the comparison's own
+    map has a share of 0 there; holes as large as the structure are half the filled area."""
+    values = (1, 2, 3, 4, 6)
+    assert shape.swap({2: 1}, 1, 1, values) == shape.Swap(2, 1.0, 0.0, 1.0)
+    assert shape.swap({2: 3}, 1, 4, values) == shape.Swap(2, 0.75, 0.0, 0.5)
+    assert shape.swap({2: 3, 0: 1}, 1, 4, values) == shape.Swap(2, 0.75, 0.0, 0.5)
+    assert shape.holes_severity(4, 4) == 0.5
