@@ -170,7 +170,7 @@ _S = "datatool.analysis.shape."
 EQUIVALENT: dict[str, str] = {
     _S + "x_cross_counts__mutmut_16": (
         "np.bincount(minlength=None) as minlength=1: it only pads with zero counts, which "
-        "are dropped"
+        "are dropped (numpy 2.2 takes None with a deprecation warning)"
     ),
     _S + "x_disagreement__mutmut_5": (
         "threshold < 0 as <= 0: at a threshold of 0 every Dice (0 or more) is already at or "
