@@ -167,11 +167,20 @@ _OUTSIDE = (
 )
 _BLANK = "'XXXX' in place of '' for a missing value: it matches no pattern or code either"
 _S = "datatool.analysis.shape."
+_SUM = (
+    "sum(dtype=None) of uint8 pixels: numpy sums small unsigned ints in a 64-bit unsigned "
+    "accumulator anyway, the same counts"
+)
 EQUIVALENT: dict[str, str] = {
     _S + "x_cross_counts__mutmut_16": (
         "np.bincount(minlength=None) as minlength=1: it only pads with zero counts, which "
         "are dropped (numpy 2.2 takes None with a deprecation warning)"
     ),
+    _S + "x_centroid__mutmut_7": _SUM,
+    _S + "x_centroid__mutmut_9": _SUM,
+    _S + "x_centroid__mutmut_13": _SUM,
+    _S + "x_centroid__mutmut_15": _SUM,
+    _S + "xǁSpreadǁof__mutmut_3": _DTYPE + " (the median of ints is a float all the same)",
     _S + "x_disagreement__mutmut_5": (
         "threshold < 0 as <= 0: at a threshold of 0 every Dice (0 or more) is already at or "
         "above it, so None either way"

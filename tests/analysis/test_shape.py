@@ -369,3 +369,9 @@ def test_the_smallest_swaps_and_holes_by_hand():
     assert shape.swap({2: 3}, 1, 4, values) == shape.Swap(2, 0.75, 0.0, 0.5)
     assert shape.swap({2: 3, 0: 1}, 1, 4, values) == shape.Swap(2, 0.75, 0.0, 0.5)
     assert shape.holes_severity(4, 4) == 0.5
+
+
+def test_a_centroid_without_an_offset_and_a_severity_past_a_small_threshold():
+    binary = _box(2, 3, (0, 0), (0, 1), (1, 0), (0, 2))
+    assert shape.centroid(binary) == (pytest.approx(3 / 4), pytest.approx(1 / 4))
+    assert shape.size_severity(1.5, 1.0) == 0.5 and shape.size_severity(-0.75, 0.5) == 0.5
