@@ -375,3 +375,15 @@ def test_a_centroid_without_an_offset_and_a_severity_past_a_small_threshold():
     binary = _box(2, 3, (0, 0), (0, 1), (1, 0), (0, 2))
     assert shape.centroid(binary) == (pytest.approx(3 / 4), pytest.approx(1 / 4))
     assert shape.size_severity(1.5, 1.0) == 0.5 and shape.size_severity(-0.75, 0.5) == 0.5
+
+
+def test_a_crop_a_diamond_hole_and_a_small_spread_by_hand():
+    """crop is inclusive on both ends; a ring of single pixels (no row enters it twice but
+    the middle one) encloses one pixel; a spread whose MAD is below 1 is still a spread."""
+    array = np.arange(20).reshape(4, 5)
+    np.testing.assert_array_equal(shape.crop(array, (1, 1, 2, 2)), [[6, 7], [11, 12]])
+    np.testing.assert_array_equal(shape.crop(array, (3, 0, 4, 0)), [[3, 4]])
+    diamond = _box(3, 3, (0, 1), (1, 0), (1, 2), (2, 1))
+    assert shape.holes(diamond, min_px=1) == (1, 1)
+    small = shape.Spread.of([v / 10 for v in range(1, 11)])
+    assert small == shape.Spread(10, pytest.approx(0.55), pytest.approx(0.25))
