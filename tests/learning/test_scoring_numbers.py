@@ -159,6 +159,15 @@ def test_a_pair_without_variance_has_no_t_test():
     assert pairs["a", "c"].p_bonf == pytest.approx(3 * p, rel=1e-12)
 
 
+def test_an_anova_of_two_structures_with_two_images_each():
+    """The smallest case that has a test: two structures, two images each."""
+    two = pd.DataFrame({"structure": ["a", "a", "b", "b"], "iou": [0.1, 0.2, 0.5, 0.7]})
+    anova = _anova(two)
+    f, p = stats.f_oneway([0.1, 0.2], [0.5, 0.7])
+    assert anova is not None and (anova.F, anova.p) == pytest.approx((f, p), rel=1e-9)
+    assert (anova.df_between, anova.df_within) == (1, 2)
+
+
 def test_no_anova_without_two_structures_with_two_images():
     one = pd.DataFrame({"structure": ["a", "a", "b"], "iou": [0.1, 0.2, 0.3]})
     assert _anova(one) is None
@@ -261,6 +270,11 @@ def test_the_model_beside_the_raters_by_hand():
     assert a.raters_iou == pytest.approx(0.7, rel=1e-15)
     assert a.ratio == pytest.approx(0.6 / 0.7, rel=1e-12)
     assert (a.whole_model_iou, a.whole_raters_iou, a.whole_ratio) == (0.4, None, None)
+    # on the whole image too: the raters' 0.8 and 0.6 (not image 3's 0.1): 0.7, ratio 4/7
+    whole_raters = table([(1, "a", 0.8), (2, "a", 0.6), (3, "a", 0.1)])
+    a = versus_raters((model, raters), (whole_model, whole_raters), ["a"], [1, 2])[0]
+    assert a.whole_raters_iou == pytest.approx(0.7, rel=1e-15)
+    assert a.whole_ratio == pytest.approx(0.4 / 0.7, rel=1e-12)
     assert b == VersusRaters("b", 0.2, 0.0, None, None, None, None)
     assert c == VersusRaters("c", None, None, None, None, None, None)
 
