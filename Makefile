@@ -90,11 +90,14 @@ test: $(STAMP) $(LSSTAMP) lint typecheck
 # in a sandbox under build/mutate/ against the tests that check it; prints the kill rate per
 # module and every survivor not listed as equivalent (exit status 1 if there is one).
 # `make mutate MUTATE="metrics shape"` picks modules; `make mutate` runs them all (long: see
-# the README). `make mutate-ci` is the one small module that CI runs, so the habit cannot rot.
+# the README); `make mutate MUTATE="--again shape"` only the last pass's survivors.
+# `make mutate-ci` is the one small module that CI runs, so the habit cannot rot.
 MUTATE ?=
 MUTATE_CI := metrics-core
+# mutmut workers (default: one per core); MUTATE_CHILDREN=1 on a shared machine
+MUTATE_CHILDREN ?=
 mutate: $(STAMP)
-	$(BIN)/python tests/mutate.py $(MUTATE)
+	$(BIN)/python tests/mutate.py $(if $(MUTATE_CHILDREN),--children $(MUTATE_CHILDREN)) $(MUTATE)
 
 mutate-ci: $(STAMP)
 	$(BIN)/python tests/mutate.py $(MUTATE_CI)

@@ -10,6 +10,7 @@ in the README; any other survivor makes the exit status 1.
     python tests/mutate.py                 # every module below (long: see the README)
     python tests/mutate.py metrics shape   # some of them
     python tests/mutate.py --list          # the modules and their tests
+    python tests/mutate.py --again rle     # the last pass's survivors only, new tests in
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ SANDBOXES = ROOT / "build" / "mutate"
 @dataclass(frozen=True)
 class Module:
     source: str  # the file mutated, relative to the repository
-    tests: tuple[str, ...]  # the test modules run against each mutant
+    tests: tuple[str, ...]  # the test modules run against each mutant (and pytest options)
     functions: tuple[str, ...] = ()  # only these functions' mutants (default: all)
 
     @property
@@ -51,39 +52,90 @@ MODULES: dict[str, Module] = {
         ("tests/analysis/test_metrics.py",),
         ("overlap", "box_intersection", "dice_iou", "describe", "bland_altman"),
     ),
+    # the numbers tests only: test_agreement.py builds workspaces (minutes a mutant)
     "agreement": Module(
-        "datatool/analysis/agreement.py",
-        ("tests/analysis/test_agreement_numbers.py", "tests/analysis/test_agreement.py"),
+        "datatool/analysis/agreement.py", ("tests/analysis/test_agreement_numbers.py",)
     ),
     "consensus": Module(
-        "datatool/analysis/consensus.py", ("tests/analysis/test_consensus_numbers.py",)
+        "datatool/analysis/consensus.py",
+        (
+            "tests/analysis/test_consensus_numbers.py",
+            "tests/analysis/test_consensus_adjudication.py",
+            "tests/analysis/test_consensus_quality.py",
+        ),
     ),
-    "shape": Module(
-        "datatool/analysis/shape.py", ("tests/analysis/test_shape.py", "tests/analysis/test_qa.py")
+    # its severities are checked by hand in test_shape.py too, so the QA tests (a workspace
+    # and a trained run each) need not run against every mutant
+    "shape": Module("datatool/analysis/shape.py", ("tests/analysis/test_shape.py",)),
+    # not the test against a trained run's drafts (it trains: minutes a mutant)
+    "qa": Module(
+        "datatool/analysis/qa/rules.py",
+        ("tests/analysis/test_qa.py", "-k", "not compared_with_the_runs_drafts"),
     ),
-    "qa": Module("datatool/analysis/qa/rules.py", ("tests/analysis/test_qa.py",)),
     "temporal": Module(
         "datatool/analysis/qa/temporal.py",
         ("tests/analysis/test_qa_temporal_numbers.py",),
         ("jumps",),
     ),
     "masks": Module("datatool/labels/masks.py", ("tests/labels/test_annotations.py",)),
-    "scoring": Module("datatool/learning/scoring.py", ("tests/learning/test_scoring_numbers.py",)),
+    # the measures (per image, pooled, per structure, surfaces, the ANOVA, the ratio to the
+    # raters) against the hand-counted tests; the two scored runs (a trained run, the level
+    # reader on painted images), which also reach score_run's plumbing, build workspaces: a
+    # minute or more a mutant, left to the suite
+    "scoring": Module(
+        "datatool/learning/scoring.py",
+        (
+            "tests/learning/test_scoring_numbers.py",
+            "-k",
+            "not scored_run_matches and not model_that_segments",
+        ),
+        (
+            "per_image_metrics",
+            "_anova",
+            "_finite",
+            "_metric_rows",
+            "_metric_table",
+            "_image_scores",
+            "_mean_iou",
+            "_ratio",
+            "versus_raters",
+            "_mean_iou_per_image",
+            "_per_structure",
+            "_surfaces",
+        ),
+    ),
     "splits": Module(
         "datatool/learning/splits.py",
         ("tests/learning/test_splits.py", "tests/learning/test_splits_balance.py"),
     ),
-    "selection": Module("datatool/assist/selection.py", ("tests/assist/test_selection.py",)),
+    # not the push to a Label Studio server (a server a mutant)
+    "selection": Module(
+        "datatool/assist/selection.py",
+        ("tests/assist/test_selection.py", "-k", "not pushes_the_list"),
+    ),
+    # its unit tests (dates, ages, hashes and shares by hand); the ingest-bound tests (the
+    # leak tests, the dates through a whole ingest) are left to the suite: minutes a mutant.
+    # pseudonym_for, uid_for and date_shift_days are under lru_cache: mutmut leaves them be
     "deid": Module(
-        "datatool/ingest/deid.py",
-        ("tests/ingest/test_deid.py", "tests/ingest/test_deid_dates_and_leaks.py"),
+        "datatool/ingest/deid.py", ("tests/ingest/test_deid.py", "-k", "not no_identity_reaches")
     ),
     "decode": Module(
         "datatool/ingest/dicom.py",
         ("tests/ingest/test_decode_reference.py", "tests/ingest/test_dicom.py"),
     ),
+    # the brush RLE both ways; the JSON export's checks (check_task, parse_export, ...)
+    # compute no figure (tests/labels/labelstudio/test_sync.py reaches them)
     "rle": Module(
-        "datatool/labels/labelstudio/formats.py", ("tests/labels/labelstudio/test_formats.py",)
+        "datatool/labels/labelstudio/formats.py",
+        ("tests/labels/labelstudio/test_formats.py",),
+        (
+            "mask_to_results",
+            "_region_name",
+            "_brush_labels",
+            "decode_region",
+            "rle_values",
+            "results_to_mask",
+        ),
     ),
 }
 
@@ -99,7 +151,133 @@ _T_DTYPE = (
     "np.asarray(..., float) -> dtype None or left out: the values are float centroids and "
     "radii, the frames ints whose differences are divided into floats"
 )
+_EMPTY_MAP = (
+    "min/max with initial=None: differs only on a map of no pixels, which the size check "
+    "has refused unless the image has none"
+)
+_F = "datatool.labels.labelstudio.formats."
+_UNREACHED = (
+    "the message of a decoded RLE of the wrong length, which label_studio_sdk's decode_rle "
+    "cannot return: it fills np.zeros(the header's count), and the header was checked first"
+)
+_D = "datatool.ingest.deid."
+_OUTSIDE = (
+    "a box wholly outside the image kept instead of dropped: its area and its overlap with "
+    "any other box are 0 either way (_box_area takes max(0, extent))"
+)
+_BLANK = "'XXXX' in place of '' for a missing value: it matches no pattern or code either"
+_S = "datatool.analysis.shape."
+_PAD = "np.bincount's minlength changed: it only pads with zero counts, which are dropped"
+_THIN = (
+    "the test for a box under 3 pixels across weakened: the exact count that follows finds "
+    "no hole in such a box either (every region of it touches the box's border)"
+)
+_SHORTCUT = (
+    "the shortcut (a hole needs a row that enters the structure twice) taken less often or "
+    "summed in another dtype: the exact count that follows gives the same answer"
+)
+_NO_GAP = (
+    "the return when the box has no pixel outside the structure, never reached: a row "
+    "that enters the structure twice has a gap"
+)
+_HOLE_SIZES = (
+    "np.bincount's minlength (n + 1 is the labels' own count): at most a size of 0 more, "
+    "which no hole threshold (4 pixels, at least 1) counts"
+)
+_SUM = (
+    "sum(dtype=None) of uint8 pixels: numpy sums small unsigned ints in a 64-bit unsigned "
+    "accumulator anyway, the same counts"
+)
 EQUIVALENT: dict[str, str] = {
+    _S + "x_cross_counts__mutmut_16": (
+        "np.bincount(minlength=None) as minlength=1: it only pads with zero counts, which "
+        "are dropped (numpy 2.2 takes None with a deprecation warning)"
+    ),
+    _S + "x_centroid__mutmut_7": _SUM,
+    _S + "x_centroid__mutmut_9": _SUM,
+    _S + "x_centroid__mutmut_13": _SUM,
+    _S + "x_centroid__mutmut_15": _SUM,
+    _S + "xǁSpreadǁof__mutmut_3": _DTYPE + " (the median of ints is a float all the same)",
+    _S + "x_cross_counts__mutmut_18": _PAD,
+    _S + "x_cross_counts__mutmut_19": _PAD,
+    _S + "x_extra_component_px__mutmut_6": (
+        "n < allowed as n <= allowed: at n == allowed the pixels beyond the allowed largest "
+        "components are an empty slice, 0 either way"
+    ),
+    _S + "x_holes__mutmut_1": _THIN,
+    _S + "x_holes__mutmut_2": _THIN,
+    _S + "x_holes__mutmut_12": _SHORTCUT,
+    _S + "x_holes__mutmut_19": _SHORTCUT,
+    _S + "x_holes__mutmut_20": _SHORTCUT,
+    _S + "x_holes__mutmut_21": _SHORTCUT,
+    _S + "x_holes__mutmut_22": _SHORTCUT,
+    _S + "x_holes__mutmut_35": _NO_GAP,
+    _S + "x_holes__mutmut_36": _NO_GAP,
+    _S + "x_holes__mutmut_39": _HOLE_SIZES,
+    _S + "x_holes__mutmut_41": _HOLE_SIZES,
+    _S + "x_holes__mutmut_42": _HOLE_SIZES,
+    _S + "x_holes__mutmut_43": _HOLE_SIZES,
+    _S + "x_edge_contact__mutmut_16": "binary_erosion's border_value left out: 0 is its default",
+    _S + "xǁSpreadǁof__mutmut_5": _DTYPE + " (the median of ints is a float all the same)",
+    _S + "x_disagreement__mutmut_5": (
+        "threshold < 0 as <= 0: at a threshold of 0 every Dice (0 or more) is already at or "
+        "above it, so None either way"
+    ),
+    "datatool.labels.masks.x__unknown_error__mutmut_12": (
+        "the fallback for a map with no unknown value, never reached: a map is refused for "
+        "its values only when one lies outside the protocol (a run of unknown values, below "
+        "0 or above 255), and that value is then listed"
+    ),
+    "datatool.labels.masks.x__unknown_runs__mutmut_8": (
+        "range(1, 258): 256 closes the last run of unknown values as the loop's end did; 257 "
+        "finds no run open"
+    ),
+    "datatool.labels.masks.x_validate_mask__mutmut_44": _EMPTY_MAP,
+    "datatool.labels.masks.x_validate_mask__mutmut_45": (
+        "min(initial=1) < 0 as min(initial=0) < 0: true exactly when a value is negative"
+    ),
+    "datatool.labels.masks.x_validate_mask__mutmut_48": _EMPTY_MAP,
+    "datatool.labels.masks.x_validate_mask__mutmut_49": (
+        "max(initial=1) > 255 as max(initial=0) > 255: true exactly when a value is above 255"
+    ),
+    "datatool.labels.masks.x_validate_mask__mutmut_59": (
+        "a single unknown value compared as the range lo..lo: the same pixels (== is a shortcut)"
+    ),
+    "datatool.labels.masks.x_structure_stats__mutmut_46": (
+        "the band cut one row past the structure's last row: that row holds none of its "
+        "pixels, so the columns, area and components are the same"
+    ),
+    "datatool.labels.masks.x_structure_stats__mutmut_59": (
+        "the box cut one column past the structure's last column: that column holds none of "
+        "its pixels, so the area and components are the same"
+    ),
+    _D + "x_quarantine_kind__mutmut_3": _BLANK + " ('other')",
+    _D + "x_age_at_exam__mutmut_5": _BLANK + " (the dates decide)",
+    _D + "x_normalise_sex__mutmut_5": _BLANK + " (None)",
+    _D + "x_parse_da__mutmut_4": _BLANK + " (None)",
+    _D + "x__clipped__mutmut_38": _OUTSIDE,
+    _D + "x__clipped__mutmut_39": _OUTSIDE,
+    _D + "x__keep_mask__mutmut_6": (
+        "np.zeros(shape[:3]): on a colour image the mask gets the channel axis, every "
+        "channel set alike, so the same pixels are blanked (2-D callers: the same shape)"
+    ),
+    _D + "x_room_for_banner__mutmut_9": (
+        ">= 0.05 as > 0.05: no image of whole pixels leaves exactly 0.05 outside in floating "
+        "point (1 - 0.95 is 0.05000000000000004), so the two never differ"
+    ),
+    _D + "x_parse_da__mutmut_24": "text[6:9] of a text that matched \\d{8}: the same two digits",
+    _D + "x_covered_share__mutmut_17": (
+        "two boxes measured with the mask rather than by inclusion-exclusion: the same share "
+        "(the arithmetic is a shortcut; the mask's mean of whole counts is exact)"
+    ),
+    _F + "x_decode_region__mutmut_96": _UNREACHED,
+    _F + "x_decode_region__mutmut_97": _UNREACHED,
+    _F + "x_decode_region__mutmut_98": _UNREACHED,
+    _F + "x_decode_region__mutmut_99": _UNREACHED,
+    _F + "x_results_to_mask__mutmut_29": (
+        "_region_name(None) for the entry's: _brush_labels refuses only brushlabels that are "
+        "not a list of names, and then _region_name shows no labels either way"
+    ),
     _T + "8": _T_DTYPE,
     _T + "10": _T_DTYPE,
     _T + "15": _T_DTYPE,
@@ -194,12 +372,32 @@ class Outcome:
         return self.killed / self.tried if self.tried else 0.0
 
 
-def mutate(name: str, children: int) -> Outcome:
+def _again(name: str, module: Module) -> tuple[Path, list[str]]:
+    """The sandbox of an earlier pass with today's tests copied in, and the mutants that
+    survived it (or were not checked): the only ones run again."""
+    box = SANDBOXES / name
+    before = _results(box, module)
+    if not before:
+        raise SystemExit(f"{name}: no earlier pass in {box} to run again (run it whole first)")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for tests in (box / "tests", box / "mutants" / "tests"):
+        shutil.rmtree(tests, ignore_errors=True)
+        shutil.copytree(ROOT / "tests", tests, ignore=ignore)
+    wanted = tuple(f"{module.dotted}.x_{f}__mutmut_" for f in module.functions) or ("",)
+    return box, sorted(
+        k for k, code in before.items() if code in (0, None) and k.startswith(wanted)
+    )
+
+
+def mutate(name: str, children: int, again: bool = False) -> Outcome:
     module = MODULES[name]
-    box = _sandbox(name, module)
+    if again:
+        box, names = _again(name, module)
+    else:
+        box = _sandbox(name, module)
+        names = [f"{module.dotted}.x_{f}__mutmut_*" for f in module.functions]
     start = time.monotonic()
     env = {**os.environ, "PYTHONPATH": str(box)}
-    names = [f"{module.dotted}.x_{f}__mutmut_*" for f in module.functions]
     done = subprocess.run(
         [str(BIN / "mutmut"), "run", "--max-children", str(children), *names],
         cwd=box,
@@ -248,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help=f"some of: {', '.join(MODULES)}")
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
     parser.add_argument("--children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="run only the survivors of the last pass again, against today's tests",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for name, module in MODULES.items():
@@ -256,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {unknown}; choose from {', '.join(MODULES)}")
-    outcomes = [mutate(name, args.children) for name in args.modules or list(MODULES)]
+    names = args.modules or list(MODULES)
+    outcomes = [mutate(name, args.children, args.again) for name in names]
     print("\nmodule       killed/tried  rate     survivors (not known equivalent)  time")
     for o in outcomes:
         print(

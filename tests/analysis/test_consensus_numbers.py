@@ -159,3 +159,33 @@ def test_make_consensus_stores_staples_undecided_pixels_as_background(ws, tmp_pa
             select(Annotation).where(Annotation.rater.has(name="consensus:staple"))
         ).all()
         np.testing.assert_array_equal(ws.store.get_array(ann.mask_hash), want)
+
+
+def test_the_consensus_names_and_what_it_was_made_from_word_for_word():
+    from types import SimpleNamespace
+
+    from datatool.analysis.consensus import _fused_ref, consensus_rater_name, fused_annotation_ids
+
+    assert consensus_rater_name("staple") == "consensus:staple"
+    anns = [SimpleNamespace(id=3, version=1), SimpleNamespace(id=12, version=2)]
+    ref = _fused_ref("majority", anns)  # type: ignore[arg-type]
+    assert ref == "majority of annotation 3 (v1), annotation 12 (v2)"
+    assert fused_annotation_ids(ref) == [3, 12]
+    assert fused_annotation_ids(None) == [] and fused_annotation_ids("itksnap: a.nii.gz") == []
+
+
+def test_fusing_one_map_copies_it_and_an_unknown_method_is_refused():
+    from datatool.core.errors import UsageError
+
+    one = TRUTH.copy()
+    fused = fuse([one], "staple")
+    np.testing.assert_array_equal(fused, TRUTH)
+    fused[0, 0] = 6
+    assert one[0, 0] == 0  # a copy, not the rater's own map
+    wide = [TRUTH.astype(np.int64), TRUTH.astype(np.int64)]
+    out = fuse(wide, "majority")
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, TRUTH)
+    with pytest.raises(UsageError) as caught:
+        fuse([TRUTH, TRUTH], "mean")
+    assert str(caught.value) == "unknown fusion method 'mean'"

@@ -493,3 +493,42 @@ def test_pair_measures_and_the_whole_label_dice_on_known_cases():
     assert overall_dice(np.zeros((2, 2)), np.zeros((2, 2))) is None
     assert _own_dice(a, b, swapped=()) == pytest.approx(2 * 3 / (6 + 5))  # 3: b holds it alone
     assert _own_dice(a, b, swapped=(1,)) == 0.0
+
+
+# ---------------------------------------------------------------- by hand (issue 28)
+
+
+def test_thresholds_refused_word_for_word():
+    from datatool.analysis.qa.rules import Thresholds
+
+    Thresholds().check()
+    Thresholds(model_dice_below=1.0, rater_dice_below=1.0, max_flag_share=1.0).check()
+    cases = [
+        ({"model_dice_below": 0.0}, "--model-dice-below must lie in (0, 1], got 0.0"),
+        ({"rater_dice_below": 1.5}, "--rater-dice-below must lie in (0, 1], got 1.5"),
+        ({"max_flag_share": 0.0}, "--max-flag-share must lie in (0, 1], got 0.0"),
+        ({"max_flag_share": 1.01}, "--max-flag-share must lie in (0, 1], got 1.01"),
+        ({"size_z_above": 0.0}, "--size-z-above must be above 0, got 0.0"),
+        ({"pair_z_above": -1.0}, "--pair-z-above must be above 0, got -1.0"),
+        ({"temporal_ratio": 0.0}, "--temporal-ratio must be above 0, got 0.0"),
+        ({"temporal_floor_mm": 0.0}, "--temporal-floor-mm must be above 0, got 0.0"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(UsageError) as caught:
+            Thresholds(**kwargs).check()
+        assert str(caught.value) == message
+
+
+def test_beyond_the_rater_pairs_by_hand():
+    """Spread of 1..10 (median 5.5, MAD 2.5): 10.5 has z 1.349, 15.5 z 2.698; beyond 2 the
+    severity is (2.698 - 2) / 2; only a value above the pairs' usual counts."""
+    from datatool.analysis import shape
+    from datatool.analysis.qa.rules import _beyond_pairs, _r
+
+    spread = shape.Spread.of(list(range(1, 11)))
+    assert _beyond_pairs(None, 100.0, 2.0) is None
+    assert _beyond_pairs(spread, 10.5, 2.0) is None
+    z, severity = _beyond_pairs(spread, 15.5, 2.0)
+    assert z == pytest.approx(2.698, rel=1e-12) and severity == pytest.approx(0.349, rel=1e-9)
+    assert _beyond_pairs(spread, -4.5, 2.0) is None  # far below: not a disagreement
+    assert _r(None) is None and _r(0.123456) == 0.1235 and _r(2.71828, 2) == 2.72

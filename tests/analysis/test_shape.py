@@ -154,3 +154,236 @@ def test_equivalent_radius_of_a_disc():
     assert shape.equivalent_radius(4 * math.pi) == pytest.approx(2.0)
     assert shape.equivalent_radius(0.5) == pytest.approx(math.sqrt(0.5 / math.pi))
     assert shape.equivalent_radius(0) == 0.0 and shape.equivalent_radius(-3) == 0.0
+
+
+# ---------------------------------------------------------------- by hand (issue 28)
+
+
+def _box(rows: int, cols: int, *cells) -> np.ndarray:
+    out = np.zeros((rows, cols), bool)
+    for r, c in cells:
+        out[r, c] = True
+    return out
+
+
+def test_holes_counted_by_hand():
+    ring = np.ones((5, 5), bool)
+    ring[1:4, 1:4] = False  # one 3 x 3 hole
+    assert shape.holes(ring) == (1, 9)
+    assert shape.holes(ring, min_px=9) == (1, 9)
+    assert shape.holes(ring, min_px=10) == (0, 0)
+    small = np.ones((3, 3), bool)
+    small[1, 1] = False  # one pixel: brush noise unless asked
+    assert shape.holes(small) == (0, 0) and shape.holes(small, min_px=1) == (1, 1)
+    assert shape.holes(np.ones((2, 9), bool)) == (0, 0)  # too thin for a hole
+    assert shape.holes(np.ones((9, 2), bool)) == (0, 0)
+    assert shape.holes(np.ones((4, 4), bool)) == (0, 0)  # solid
+    # a 2 x 2 hole and a 1 x 2 one in a 4 x 8 block: one at the default, both at 2
+    two = np.ones((4, 8), bool)
+    two[1:3, 1:3] = False
+    two[1, 5:7] = False
+    assert shape.holes(two) == (1, 4) and shape.holes(two, min_px=2) == (2, 6)
+    # the ring opened on each side of its box in turn: a bay, not a hole
+    for opening in ((0, 2), (4, 2), (2, 0), (2, 4)):
+        bay = ring.copy()
+        bay[opening] = False
+        assert shape.holes(bay, min_px=1) == (0, 0), opening
+    # wider than tall, the hole off centre: 4 x 7 with a 2 x 4 hole
+    wide = np.ones((4, 7), bool)
+    wide[1:3, 2:6] = False
+    assert shape.holes(wide) == (1, 8)
+
+
+def test_cross_counts_by_hand():
+    binary = np.ones((2, 5), bool)  # 10 pixels
+    other = np.array([[1, 1, 1, 2, 2], [2, 2, 2, 2, 0]])
+    # 3 on itself: 3 x (1 + 3) = 12 > 10, no value can hold three times more: {1: 3}
+    assert shape.cross_counts(binary, other, 1) == {1: 3}
+    assert shape.cross_counts(binary, other, 1, area=10) == {1: 3}
+    # at ratio 2.5: 3 x 3.5 = 10.5 > 10 still; at 2: 9 <= 10, every value counted
+    assert shape.cross_counts(binary, other, 1, ratio=2.5) == {1: 3}
+    assert shape.cross_counts(binary, other, 1, ratio=2.0) == {0: 1, 1: 3, 2: 6}
+    # exactly at the bound (2 x 5 = 10): counted in full
+    other2 = np.array([[1, 1, 3, 3, 3], [3, 3, 3, 3, 3]])
+    assert shape.cross_counts(binary, other2, 1, ratio=4.0) == {1: 2, 3: 8}
+    assert shape.cross_counts(binary, other2, 2) == {1: 2, 3: 8}  # none on itself
+    part = _box(2, 5, (0, 0), (1, 4))
+    assert shape.cross_counts(part, other, 7) == {0: 1, 1: 1}
+
+
+def test_extra_components_by_hand():
+    binary = np.zeros((6, 9), bool)
+    binary[0:2, 0:3] = True  # 6
+    binary[2, 3] = True  # diagonal to (1, 2): the same component (8-connected): 7
+    binary[5, 0:3] = True  # 3
+    binary[3, 8] = True  # 1
+    assert shape.extra_component_px(binary, 1) == (3, 4)
+    assert shape.extra_component_px(binary, 2) == (3, 1)
+    assert shape.extra_component_px(binary, 3) == (3, 0)
+    assert shape.extra_component_px(binary, 5) == (3, 0)
+    assert shape.extra_component_px(np.zeros((3, 3), bool), 1) == (0, 0)
+
+
+def test_inside_view_needs_a_pixel_to_spare_on_every_side():
+    assert shape.inside_view((1, 1, 7, 8), (10, 9), None)
+    for box in ((0, 1, 7, 8), (1, 0, 7, 8), (1, 1, 8, 8), (1, 1, 7, 9)):
+        assert not shape.inside_view(box, (10, 9), None), box
+    region = {"x0": 0, "y0": 0, "x1": 8, "y1": 9}
+    assert shape.inside_view((1, 1, 7, 8), (10, 9), [region])
+    for key, value in (("x0", 1), ("y0", 1), ("x1", 7), ("y1", 8)):
+        tight = {**region, key: value}
+        assert not shape.inside_view((1, 1, 7, 8), (10, 9), [tight]), key
+        assert shape.inside_view((1, 1, 7, 8), (10, 9), [tight, region]), key
+
+
+def test_near_outside_by_hand():
+    """5 x 6 without regions: the image's border; with a region x 2..4, y 1..3 the pixels
+    outside it and their neighbours (all but its centre); a region over the whole image is
+    the same as none."""
+    near = shape.near_outside((5, 6), None)
+    want = np.ones((5, 6), bool)
+    want[1:4, 1:5] = False
+    np.testing.assert_array_equal(near, want)
+    assert not near.flags.writeable
+    near = shape.near_outside((5, 6), [{"x0": 2, "y0": 1, "x1": 4, "y1": 3}])
+    want = np.ones((5, 6), bool)
+    want[2, 3] = False
+    np.testing.assert_array_equal(near, want)
+    big = shape.near_outside((7, 8), [{"x0": 0, "y0": 0, "x1": 7, "y1": 6}])
+    want = np.ones((7, 8), bool)
+    want[1:6, 1:7] = False
+    np.testing.assert_array_equal(big, want)
+
+
+def test_edge_contact_by_hand():
+    near = np.zeros((6, 6), bool)
+    near[0, :] = True
+    binary = np.zeros((6, 6), bool)
+    binary[0:4, 1:5] = True  # 16 pixels, 4 on the top row, interior 2 x 2
+    assert shape.edge_contact(binary, near) == (4, 12)
+    binary[0, :] = False
+    assert shape.edge_contact(binary, near) == (0, 0)
+
+
+def test_centroid_of_an_l_by_hand():
+    binary = _box(2, 3, (0, 0), (0, 1), (1, 0), (0, 2))  # x 0, 1, 0, 2; y 0, 0, 1, 0
+    x, y = shape.centroid(binary, 10, 20)
+    assert (x, y) == (pytest.approx(10 + 3 / 4), pytest.approx(20 + 1 / 4))
+
+
+def test_rule_arithmetic_by_hand():
+    assert shape.dice(0, 0, 0) is None
+    assert shape.dice(3, 5, 2) == 0.5 and shape.dice(0, 4, 0) == 0.0 and shape.dice(4, 0, 0) == 0
+    assert shape.disagreement(None, 0.7) is None
+    assert shape.disagreement(0.7, 0.7) is None
+    assert shape.disagreement(0.35, 0.7) == pytest.approx(0.5)
+    assert shape.disagreement(0.0, 0.5) == 1.0
+    assert shape.disagreement(0.1, 0.0) is None and shape.disagreement(0.1, -1.0) is None
+    assert shape.components_severity(3, 12) == 0.25 and shape.components_severity(3, 0) == 0.0
+    assert shape.holes_severity(4, 12) == 0.25 and shape.holes_severity(0, 0) == 0.0
+    assert shape.holes_severity(4, 0) == 1.0
+    assert shape.edge_severity(3, 12) == 0.25 and shape.edge_severity(20, 12) == 1.0
+    assert shape.edge_severity(0, 0) == 1.0 and shape.edge_severity(12, 12) == 1.0
+    assert shape.size_severity(5.25, 3.5) == pytest.approx(0.5)
+    assert shape.size_severity(-5.25, 3.5) == pytest.approx(0.5)
+    assert shape.size_severity(3.5, 3.5) is None and shape.size_severity(-3.5, 3.5) is None
+    assert shape.size_severity(5.0, 0.0) is None
+    assert shape.equivalent_radius(math.pi * 9) == pytest.approx(3.0)
+    assert shape.equivalent_radius(-4.0) == 0.0
+
+
+def test_size_spread_by_hand():
+    """1..10: median 5.5, |x - 5.5| = 4.5, 3.5, ..., 0.5 (twice each): MAD 2.5; the modified
+    z-score of 10.5 is 0.6745 x 5 / 2.5 = 1.349 (Iglewicz & Hoaglin)."""
+    spread = shape.Spread.of([*range(1, 11), None, 0, -3])
+    assert spread == shape.Spread(10, 5.5, 2.5)
+    assert spread.z(10.5) == pytest.approx(1.349, rel=1e-12)
+    assert spread.z(0.5) == pytest.approx(-1.349, rel=1e-12)
+    assert shape.Spread.of(list(range(1, 10))) is None  # nine: too few
+    assert shape.Spread.of([4.0] * 12) is None  # no spread
+    assert shape.Spread.of([4.0] * 6 + [5.0] * 5) is None  # MAD 0: most are the median
+
+
+def test_swaps_by_hand():
+    values = (1, 2, 3, 4, 6)
+    got = shape.swap({2: 60, 1: 10, 0: 30}, 1, 100, values)
+    assert got == shape.Swap(2, 0.6, 0.1, pytest.approx(0.2))
+    assert shape.swap({2: 60}, 1, 0, values) is None
+    assert shape.swap({0: 90, 1: 10}, 1, 100, values) is None  # background is no structure
+    assert shape.swap({5: 90, 1: 10}, 1, 100, values) is None  # 5 is not the protocol's
+    assert shape.swap({2: 50, 3: 50}, 1, 100, values).other_value == 2  # the first of a tie
+    assert shape.swap({3: 40, 2: 55}, 1, 100, values).other_value == 2  # the larger
+    assert shape.swap({2: 50, 1: 10}, 1, 100, values).severity == 0.0  # at min_share
+    assert shape.swap({2: 49, 1: 10}, 1, 100, values) is None
+    assert shape.swap({2: 60, 1: 25}, 1, 100, values) is None  # 60 < 3 x 25
+    # exactly three times as much (48 = 3 x 16 of 64, binary fractions): a swap
+    assert shape.swap({2: 48, 1: 16}, 1, 64, values).severity == 0.5
+    assert shape.swap({2: 100}, 1, 100, values).severity == 1.0
+    loose = shape.swap({2: 30, 1: 10}, 1, 100, values, min_share=0.2, ratio=2.0)
+    assert loose == shape.Swap(2, 0.3, 0.1, pytest.approx(0.125))
+    assert shape.swap({2: 30, 1: 20}, 1, 100, values, min_share=0.2, ratio=2.0) is None
+
+
+def _rel(kind: str) -> Relation:
+    return Relation("a", kind, "b")
+
+
+def test_relations_by_hand():
+    """Centroids (x, y); areas of 13 and 28 pixels (the two discs' radii together: the
+    scale); a pixel of 0.5 mm across and 0.2 mm down."""
+    areas, mm = (13, 28), (0.5, 0.2)
+    scale = math.sqrt(13 / math.pi) + math.sqrt(28 / math.pi)
+    assert shape.relation_check(_rel("superficial to"), (5, 10), (5, 20), areas, None) is None
+    broken = shape.relation_check(_rel("superficial to"), (5, 30), (9, 20), areas, None, mm)
+    assert broken == shape.Broken(10, pytest.approx(2.0), pytest.approx(10 / scale))
+    assert shape.relation_check(_rel("deep to"), (5, 30), (5, 20), areas, None) is None
+    broken = shape.relation_check(_rel("deep to"), (5, 10), (5, 20), areas, "left", mm)
+    assert broken.wrong_by_px == 10 and broken.wrong_by_mm == pytest.approx(2.0)
+    assert shape.relation_check(_rel("deep to"), (5, 20), (5, 20), areas, None) is None
+    # lateral on the left of the image: a structure lateral to another has the smaller x
+    assert shape.relation_check(_rel("lateral to"), (5, 9), (15, 9), areas, "left") is None
+    broken = shape.relation_check(_rel("lateral to"), (15, 9), (5, 9), areas, "left", mm)
+    assert broken.wrong_by_px == 10 and broken.wrong_by_mm == pytest.approx(5.0)
+    assert shape.relation_check(_rel("lateral to"), (15, 9), (5, 9), areas, "right") is None
+    broken = shape.relation_check(_rel("lateral to"), (5, 9), (15, 9), areas, "right")
+    assert broken.wrong_by_px == 10 and broken.wrong_by_mm is None
+    assert broken.severity == pytest.approx(10 / scale)
+    assert shape.relation_check(_rel("medial to"), (15, 9), (5, 9), areas, "left") is None
+    broken = shape.relation_check(_rel("medial to"), (5, 9), (12, 9), areas, "left", mm)
+    assert broken.wrong_by_px == 7 and broken.wrong_by_mm == pytest.approx(3.5)
+    broken = shape.relation_check(_rel("medial to"), (12, 9), (5, 9), areas, "right", mm)
+    assert broken.wrong_by_px == 7
+    for side in (None, "up", "LEFT"):
+        assert shape.relation_check(_rel("lateral to"), (15, 9), (5, 9), areas, side) is None
+    assert shape.relation_check(_rel("lateral to"), (5, 9), (5, 9), areas, "left") is None
+    none = shape.relation_check(_rel("deep to"), (5, 10), (5, 20), (0, 0), None)
+    assert none.severity == 1.0  # no size to scale by
+
+
+def test_the_smallest_swaps_and_holes_by_hand():
+    """A structure of one pixel lying wholly on another is a swap (severity 1); one pixel of
+    the other is enough to be the largest; a structure absent from the comparison's own
+    map has a share of 0 there; holes as large as the structure are half the filled area."""
+    values = (1, 2, 3, 4, 6)
+    assert shape.swap({2: 1}, 1, 1, values) == shape.Swap(2, 1.0, 0.0, 1.0)
+    assert shape.swap({2: 3}, 1, 4, values) == shape.Swap(2, 0.75, 0.0, 0.5)
+    assert shape.swap({2: 3, 0: 1}, 1, 4, values) == shape.Swap(2, 0.75, 0.0, 0.5)
+    assert shape.holes_severity(4, 4) == 0.5
+
+
+def test_a_centroid_without_an_offset_and_a_severity_past_a_small_threshold():
+    binary = _box(2, 3, (0, 0), (0, 1), (1, 0), (0, 2))
+    assert shape.centroid(binary) == (pytest.approx(3 / 4), pytest.approx(1 / 4))
+    assert shape.size_severity(1.5, 1.0) == 0.5 and shape.size_severity(-0.75, 0.5) == 0.5
+
+
+def test_a_crop_a_diamond_hole_and_a_small_spread_by_hand():
+    """crop is inclusive on both ends; a ring of single pixels (no row enters it twice but
+    the middle one) encloses one pixel; a spread whose MAD is below 1 is still a spread."""
+    array = np.arange(20).reshape(4, 5)
+    np.testing.assert_array_equal(shape.crop(array, (1, 1, 2, 2)), [[6, 7], [11, 12]])
+    np.testing.assert_array_equal(shape.crop(array, (3, 0, 4, 0)), [[3, 4]])
+    diamond = _box(3, 3, (0, 1), (1, 0), (1, 2), (2, 1))
+    assert shape.holes(diamond, min_px=1) == (1, 1)
+    small = shape.Spread.of([v / 10 for v in range(1, 11)])
+    assert small == shape.Spread(10, pytest.approx(0.55), pytest.approx(0.25))

@@ -170,3 +170,36 @@ def test_next_pushes_the_list_with_drafts(trained, tmp_path, labelstudio_server)
     assert (again.tasks_created, again.already_pushed, again.predictions_added) == (0, 4, 0)
     with pytest.raises(UsageError, match="--drafts goes with --push"):
         next_images(ws, "NEW", run=run, drafts=True)
+
+
+def test_the_ranking_word_for_word(uniform_ws):
+    """Every note and refusal in full, the fields of a listed image, the default cap (a tenth
+    of --n, rounded up) and the model's names on the list."""
+    model = known_model()
+    levels = _levels(uniform_ws)
+    ranked = rank_next(uniform_ws, "N", model, n=6, per_patient=6)
+    first = ranked.images[0]
+    assert (first.rank, levels[first.image_id], first.patient) == (1, 20, first.patient)
+    assert first.image.endswith(str(first.image_id)) and first.patient.startswith("P-")
+    assert (ranked.rater, ranked.run, ranked.per_patient) == ("N", 0, 6)
+    capped = rank_next(uniform_ws, "N", model, n=3, per_patient=1)
+    assert capped.notes == ["2 of 3 listed: at most 1 per patient (--per-patient)"]
+    few = rank_next(uniform_ws, "N", model, n=7, per_patient=7)
+    assert few.notes == ["6 of 7 listed: only 6 unlabelled images"]
+    exactly = rank_next(uniform_ws, "N", model, n=6, per_patient=2)
+    assert exactly.notes == ["4 of 6 listed: only 6 unlabelled images"]  # 6 <= 6
+    assert rank_next(uniform_ws, "N", model, n=11).per_patient == 2  # ceil(11 / 10)
+    assert rank_next(uniform_ws, "N", model, n=20).per_patient == 2
+    assert rank_next(uniform_ws, "N", model, n=21).per_patient == 3
+    assert rank_next(uniform_ws, "N", model, n=1).per_patient == 1
+    one = rank_next(uniform_ws, "N", model, n=1, per_patient=1)
+    assert [levels[c.image_id] for c in one.images] == [20] and one.notes == []
+    refusals = [({"n": 0}, "--n must be 1 or more"),
+                ({"n": 3, "per_patient": 0}, "--per-patient must be 1 or more")]  # fmt: skip
+    for kwargs, message in refusals:
+        with pytest.raises(UsageError) as caught:
+            rank_next(uniform_ws, "N", model, **kwargs)
+        assert str(caught.value) == message
+    seen = []
+    rank_next(uniform_ws, "N", model, n=2, progress=lambda i, total: seen.append((i, total)))
+    assert seen[-1] == (6, 6)

@@ -179,3 +179,118 @@ def test_areas_in_mm2_of_a_pixel_that_is_not_square(ws, tmp_path):
         )
         assert femur.area_px == 12
         assert femur.area_mm2 == pytest.approx(0.3, rel=1e-12)
+
+
+# ---------------------------------------------------------------- word for word (issue 28)
+
+
+def _refusal(mask, shape, **kwargs) -> str:
+    with pytest.raises(BadLabel) as caught:
+        validate_mask(mask, P, shape, **kwargs)
+    return str(caught.value)
+
+
+KNOWS = "(protocol anterior_sciatic knows [1, 2, 3, 4, 6])"
+
+
+def test_every_refusal_of_a_label_map_word_for_word():
+    ok = np.zeros((4, 6), np.uint8)
+    ok[1, 1] = 3
+    assert _refusal(np.zeros((2, 4, 6), np.uint8), (4, 6)) == (
+        "label map is 3-D (2, 4, 6), expected a 2D map"
+    )
+    assert _refusal(ok, (6, 4)) == (
+        "size mismatch: label map is 6x4, the image is 4x6 (width x height)"
+    )
+    assert _refusal(ok.astype(float) + 0.5, (4, 6)) == (
+        "label map holds fractional values, not labels"
+    )
+    assert _refusal(np.zeros((4, 6)), (4, 6)) == (
+        "label map is empty (nothing labelled); pass --allow-empty to keep it"
+    )
+    negative = ok.astype(np.int16)
+    negative[0, 0] = -1
+    assert _refusal(negative, (4, 6)) == f"unknown label value(s) [-1] {KNOWS}"
+    big = ok.astype(np.int16)
+    big[0, 0] = 300
+    assert _refusal(big, (4, 6)) == f"unknown label value(s) [300] {KNOWS}"
+    # every run of values the protocol lacks: 5, 7..255 (and their edges 7 and 255)
+    for value in (5, 7, 8, 100, 254, 255):
+        bad = ok.copy()
+        bad[0, 0] = value
+        assert _refusal(bad, (4, 6)) == f"unknown label value(s) [{value}] {KNOWS}", value
+    # six unknown values: five named, then how many there are
+    six = np.zeros((4, 6), np.uint8)
+    six[0, :6] = [5, 7, 8, 9, 10, 11]
+    assert _refusal(six, (4, 6)) == (
+        f"unknown label value(s) [5, 7, 8, 9, 10, ...] (6 distinct) {KNOWS}"
+    )
+    five = np.zeros((4, 6), np.uint8)
+    five[0, :5] = [5, 7, 8, 9, 10]
+    assert _refusal(five, (4, 6)) == f"unknown label value(s) [5, 7, 8, 9, 10] {KNOWS}"
+
+
+def test_what_a_label_map_may_be():
+    """W x H x 1 and 1 x W x H become 2D; whole floats and wider integers become uint8;
+    every protocol value passes (the edges of the runs of unknown values: 4 and 6 beside 5)."""
+    every = np.array([[0, 1, 2], [3, 4, 6]], np.uint8)
+    for mask in (every, every[None], every[:, :, None], every.astype(float), every.astype(int)):
+        got = validate_mask(mask, P, (2, 3))
+        assert got.dtype == np.uint8 and got.shape == (2, 3)
+        np.testing.assert_array_equal(got, every)
+
+
+def test_a_map_one_pixel_tall_or_small_is_never_a_traceback():
+    """A 2D map of a one-row image is already 2D; a 1 x 1 x 1 map is either taken or
+    refused with a BadLabel line, never a crash."""
+    row = np.array([[0, 1, 3, 0, 6]], np.uint8)
+    np.testing.assert_array_equal(validate_mask(row, P, (1, 5)), row)
+    np.testing.assert_array_equal(validate_mask(row.T, P, (5, 1)), row.T)
+    try:
+        out = validate_mask(np.ones((1, 1, 1), np.uint8), P, (1, 1))
+    except BadLabel:
+        pass
+    else:
+        assert out.shape == (1, 1) and out[0, 0] == 1
+
+
+def test_the_edges_of_the_values_a_protocol_knows():
+    """A protocol without label 1 refuses a 1; one with label 255 takes a 255 (also from a
+    wider integer map); 256 in a wider map is refused, never wrapped round to 0."""
+    from datatool.core.protocol import Protocol, Structure
+
+    no_one = Protocol(name="p2", title="two", structures=(Structure("b", 2, (0, 0, 255)),))
+    with pytest.raises(BadLabel) as caught:
+        validate_mask(np.array([[1, 2]], np.uint8), no_one, (1, 2))
+    assert str(caught.value) == "unknown label value(s) [1] (protocol p2 knows [2])"
+    top = Protocol(name="p255", title="top", structures=(Structure("t", 255, (9, 9, 9)),))
+    for dtype in (np.uint8, np.int16, np.float32):
+        got = validate_mask(np.array([[0, 255]], dtype), top, (1, 2))
+        assert got.dtype == np.uint8 and got.tolist() == [[0, 255]], dtype
+    wide = np.array([[1, 256]], np.int16)
+    assert _refusal(wide, (1, 2)) == f"unknown label value(s) [256] {KNOWS}"
+
+
+def test_structure_stats_of_every_structure_written_out():
+    """Each row in full, areas in mm² from a pixel of 0.5 x 0.2 mm (0.1 mm²); a structure
+    whose blobs touch only at a corner is one 8-connected component."""
+    mask = np.zeros((8, 10), np.uint8)
+    mask[1:3, 2:5] = 2  # 6 px
+    mask[3, 5] = 2  # touches (2, 4) at a corner: still one component
+    mask[6, 0] = 4
+    mask[7, 9] = 4  # two components far apart
+    rows = structure_stats(mask, P, 0.5, 0.2)
+    empty = {"area_px": 0, "area_mm2": 0.0, "components": 0,
+             "x0": None, "y0": None, "x1": None, "y1": None}  # fmt: skip
+    assert rows[0] == {"structure": "femur", "value": 1, **empty}
+    assert rows[1] == {"structure": "adductor magnus", "value": 2, "area_px": 7,
+                       "area_mm2": pytest.approx(0.7), "components": 1,
+                       "x0": 2, "y0": 1, "x1": 5, "y1": 3}  # fmt: skip
+    assert rows[3] == {"structure": "semitendinosus", "value": 4, "area_px": 2,
+                       "area_mm2": pytest.approx(0.2), "components": 2,
+                       "x0": 0, "y0": 6, "x1": 9, "y1": 7}  # fmt: skip
+    assert [r["structure"] for r in rows] == [s.name for s in P.structures]
+    # a spacing missing on either side: no mm² at all, not 0
+    for x, y in ((None, 0.2), (0.5, None), (0.0, 0.2)):
+        rows = structure_stats(mask, P, x, y)
+        assert rows[0]["area_mm2"] is None and rows[1]["area_mm2"] is None

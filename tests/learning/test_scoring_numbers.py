@@ -159,6 +159,15 @@ def test_a_pair_without_variance_has_no_t_test():
     assert pairs["a", "c"].p_bonf == pytest.approx(3 * p, rel=1e-12)
 
 
+def test_an_anova_of_two_structures_with_two_images_each():
+    """The smallest case that has a test: two structures, two images each."""
+    two = pd.DataFrame({"structure": ["a", "a", "b", "b"], "iou": [0.1, 0.2, 0.5, 0.7]})
+    anova = _anova(two)
+    f, p = stats.f_oneway([0.1, 0.2], [0.5, 0.7])
+    assert anova is not None and (anova.F, anova.p) == pytest.approx((f, p), rel=1e-9)
+    assert (anova.df_between, anova.df_within) == (1, 2)
+
+
 def test_no_anova_without_two_structures_with_two_images():
     one = pd.DataFrame({"structure": ["a", "a", "b"], "iou": [0.1, 0.2, 0.3]})
     assert _anova(one) is None
@@ -242,3 +251,220 @@ def test_surface_distances_of_the_whole_image_by_hand():
     assert metrics.ONE_EMPTY in {r["empty"] for r in rows}
     # the study's frame has no surface distances (its resized pixels have no exact size)
     assert _per_structure(pd.DataFrame(rows), NAMES)[0].surface is None
+
+
+def test_the_model_beside_the_raters_by_hand():
+    """Mean per-image IoU on the raters' images only (image 3 is not one), in the frame and
+    on the whole image, and the ratio; no ratio where the raters' IoU is 0 or missing."""
+    from datatool.learning.scoring import VersusRaters, versus_raters
+
+    def table(rows):
+        return pd.DataFrame(rows, columns=["image_id", "structure", "iou"])
+
+    model = table([(1, "a", 0.5), (2, "a", 0.7), (3, "a", 0.9), (1, "b", 0.2)])
+    raters = table([(1, "a", 0.8), (2, "a", 0.6), (3, "a", 0.1), (1, "b", 0.0)])
+    whole_model = table([(1, "a", 0.4), (3, "a", 1.0)])
+    got = versus_raters((model, raters), (whole_model, table([])), ["a", "b", "c"], [1, 2])
+    a, b, c = got
+    assert a.structure == "a" and a.model_iou == pytest.approx(0.6, rel=1e-15)
+    assert a.raters_iou == pytest.approx(0.7, rel=1e-15)
+    assert a.ratio == pytest.approx(0.6 / 0.7, rel=1e-12)
+    assert (a.whole_model_iou, a.whole_raters_iou, a.whole_ratio) == (0.4, None, None)
+    # on the whole image too: the raters' 0.8 and 0.6 (not image 3's 0.1): 0.7, ratio 4/7
+    whole_raters = table([(1, "a", 0.8), (2, "a", 0.6), (3, "a", 0.1)])
+    a = versus_raters((model, raters), (whole_model, whole_raters), ["a"], [1, 2])[0]
+    assert a.whole_raters_iou == pytest.approx(0.7, rel=1e-15)
+    assert a.whole_ratio == pytest.approx(0.4 / 0.7, rel=1e-12)
+    assert b == VersusRaters("b", 0.2, 0.0, None, None, None, None)
+    assert c == VersusRaters("c", None, None, None, None, None, None)
+
+
+def test_per_image_scores_keep_no_nan():
+    """The long table's rows as scores: counts dropped, an undefined precision None."""
+    from datatool.learning.scoring import ImageScore, _finite, _image_scores
+
+    rows = _metric_table([7], [np.array([[0, 2]], np.uint8)], [np.array([[1, 2]], np.uint8)],
+                         NAMES)  # fmt: skip
+    assert _image_scores(rows) == [
+        ImageScore(7, "a", 0.0, 0.0, None, 0.0, 0.0),
+        ImageScore(7, "b", 1.0, 1.0, 1.0, 1.0, 1.0),
+    ]
+    assert _image_scores(rows.iloc[0:0]) == []
+    assert _finite(np.float64("nan")) is None and _finite(np.int64(3)) == 3.0
+
+
+# ---------------------------------------------------------------- a model that segments
+#
+# The trained fixture's network, three epochs on the CPU, hardly segments anything (IoU
+# 0.02-0.07, some structures at 0), so its per-structure figures are mostly zero. Here the
+# demo's images are replaced by their first rater's label map painted in grey levels (label
+# value v -> LEVELS[v]), and the network is a fixed function of the input: it reads the grey
+# level back and picks the class whose level is nearest. Its predictions are thus the
+# painted map after the score path's own resize and crop, and against the STAPLE consensus
+# of both raters every structure scores well above zero, not 1 (the second rater differs).
+
+LEVELS = {0: 0, 1: 40, 2: 80, 3: 120, 4: 160, 6: 200}  # label value -> grey level
+CLASSES = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 6: 5}  # label value -> class (the protocol's order)
+# a grey level u is class c when it lies past c of these thresholds: halfway between two
+# levels, off the whole numbers (a resized uint8 image never sits on one)
+THRESHOLDS = [40 * c - 19.5 for c in range(1, 6)]
+
+
+def _banded(u: np.ndarray) -> np.ndarray:
+    """The class of each grey level, counted here with numpy: how many thresholds lie below."""
+    return (u[..., None] > np.array(THRESHOLDS)).sum(-1).astype(np.uint8)
+
+
+def _level_reader():
+    """A network whose logits are a known function of the input: class c's logit is
+    c * u - (t_1 + ... + t_c), u the grey level (0-255) recovered from the normalised input,
+    so logit c minus logit c-1 is u - t_c and the largest logit is the class of u's band."""
+    import torch
+    from torch import nn
+
+    from datatool.learning.data import GRAY_MEAN, GRAY_STD
+
+    class LevelReader(nn.Module):
+        def __init__(self):
+            super().__init__()
+            slope = torch.arange(6, dtype=torch.float64)
+            offset = -torch.tensor([0.0, *np.cumsum(THRESHOLDS).tolist()], dtype=torch.float64)
+            self.register_buffer("slope", slope.view(1, 6, 1, 1))
+            self.register_buffer("offset", offset.view(1, 6, 1, 1))
+
+        def forward(self, x):
+            u = (x[:, :1].double() * GRAY_STD + GRAY_MEAN) * 255.0
+            return (self.slope * u + self.offset).float()
+
+    return LevelReader()
+
+
+def _paint_demo(demo_dir, out):
+    """A copy of the demo dataset whose every image is rater1's label map in grey levels
+    (uncompressed MONOCHROME2), the label files unchanged."""
+    import shutil
+
+    import pydicom
+    import SimpleITK as sitk
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    shutil.copytree(demo_dir, out)
+    lut = np.zeros(256, np.uint8)
+    for value, level in LEVELS.items():
+        lut[value] = level
+    for path in sorted((out / "dicom").rglob("*.dcm")):
+        rel = path.relative_to(out / "dicom")
+        label = out / "labels" / "rater1" / str(rel).replace(".dcm", ".nii.gz")
+        ds = pydicom.dcmread(path)
+        if not label.is_file() or "NumberOfFrames" in ds:
+            path.unlink()  # no first rater's map to paint (or a cine): left out
+            continue
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(label))).astype(np.uint8)
+        painted = lut[mask.reshape(ds.Rows, ds.Columns)]
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        if "PlanarConfiguration" in ds:
+            del ds.PlanarConfiguration
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = painted.tobytes()
+        ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def segmenting(tmp_path_factory, demo_dir):
+    """A workspace of painted demo images with both raters' labels, a STAPLE consensus, a
+    split ``s`` and a run whose best checkpoint is the level reader's state: (ws, run id)."""
+    import io
+
+    import torch
+
+    from datatool.analysis.consensus import make_consensus
+    from datatool.core.catalogue import Run, RunStatus, Split
+    from datatool.core.workspace import init_workspace, open_workspace
+    from datatool.learning.splits import create_split
+    from datatool.learning.training import TrainConfig
+    from tests.labels_util import ingest_demo_with_labels
+
+    base = tmp_path_factory.mktemp("segmenting")
+    _paint_demo(demo_dir, base / "demo")
+    ws = open_workspace(init_workspace(base / "ws").root)
+    ingest_demo_with_labels(ws, base / "demo")
+    make_consensus(ws, "staple")
+    create_split(ws, "s", ratios="1:1:1", folds=0, seed=1)
+    buf = io.BytesIO()
+    torch.save({"model": _level_reader().state_dict()}, buf)
+    digest = ws.store.put_blob(buf.getvalue())
+    config = TrainConfig(preset="tiny", device="cpu").resolved()
+    with ws.session() as s:
+        split = s.query(Split).filter_by(name="s").one()
+        run = Run(
+            split_id=split.id, split_hash=split.content_hash, preset="tiny", config=config,
+            seed=0, code_version="test", device="cpu", status=RunStatus.done,
+            epochs_done=1, best_epoch=0, best_checkpoint=digest, last_checkpoint=digest,
+        )  # fmt: skip
+        s.add(run)
+        s.flush()
+        run_id = run.id
+    yield ws, run_id
+    ws.close()
+
+
+def test_a_model_that_segments_scores_every_structure_as_counted_here(
+    segmenting, tmp_path, monkeypatch
+):
+    """score_run on the level reader: its network comes from the run's config (here the
+    level reader in place of the Triplet Attention Net) and its weights from the stored
+    checkpoint, as for any run. Every structure is found (pooled IoU above 0.5, not 1), and
+    each figure equals one counted here from the stored images and the frozen reference:
+    PIL's resize, the centre crop and the bands worked out with numpy."""
+    from PIL import Image as PILImage
+    from sqlalchemy import select
+
+    from datatool.core.catalogue import Annotation, Image, Run, SplitMember
+    from datatool.learning import scoring
+
+    ws, run_id = segmenting
+    monkeypatch.setattr(scoring, "build_for", lambda config, k: _level_reader())
+    result = scoring.score_run(ws, run_id, store_predictions=False, figures=False, out_dir=tmp_path)
+    with ws.session() as s:
+        run = s.get(Run, run_id)
+        rows = s.execute(
+            select(SplitMember.image_id, Image.store_hash, Annotation.mask_hash)
+            .join(Image, Image.id == SplitMember.image_id)
+            .join(Annotation, Annotation.id == SplitMember.annotation_id)
+            .where(SplitMember.split_id == run.split_id, SplitMember.subset == "test")
+            .order_by(SplitMember.image_id)
+        ).all()
+        h, w = run.config["resize"]
+        crop = run.config["crop"]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    classes = np.zeros(256, np.uint8)
+    for value, c in CLASSES.items():
+        classes[value] = c
+    names = ["femur", "adductor magnus", "sciatic nerve", "semitendinosus", "femoral artery"]
+    counts = {name: [] for name in names}
+    for _, image_hash, mask_hash in rows:
+        image = PILImage.fromarray(ws.store.get_array(image_hash)).resize((w, h), PILImage.BILINEAR)
+        ref = PILImage.fromarray(classes[ws.store.get_array(mask_hash)])
+        ref = np.asarray(ref.resize((w, h), PILImage.NEAREST))[top : top + crop, left : left + crop]
+        pred = _banded(np.asarray(image, np.float64))[top : top + crop, left : left + crop]
+        for c, name in enumerate(names, start=1):
+            tp, fp, fn = confusion(pred, ref, c)
+            if tp + fp + fn:
+                counts[name].append((tp, fp, fn))
+    assert result.images == len(rows) >= 3
+    ious_all = []
+    for name in names:
+        st = next(x for x in result.structures if x.structure == name)
+        tp, fp, fn = (sum(t[j] for t in counts[name]) for j in range(3))
+        ious = [a / (a + b + d) for a, b, d in counts[name]]
+        ious_all += ious
+        assert st.images == len(counts[name]) > 0, name
+        assert st.pooled_iou == pytest.approx(tp / (tp + fp + fn), rel=1e-12), name
+        assert st.pooled_dice == pytest.approx(2 * tp / (2 * tp + fp + fn), rel=1e-12), name
+        assert st.iou["mean"] == pytest.approx(statistics.fmean(ious), rel=1e-12), name
+        assert 0.5 < st.pooled_iou < 1.0, name  # found, and not by the reference itself
+    assert result.mean_iou_per_image == pytest.approx(statistics.fmean(ious_all), rel=1e-12)
+    groups = [[a / (a + b + d) for a, b, d in counts[name]] for name in names]
+    f, p = stats.f_oneway(*[g for g in groups if len(g) >= 2])
+    assert (result.anova_iou.F, result.anova_iou.p) == pytest.approx((f, p), rel=1e-9)

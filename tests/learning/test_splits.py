@@ -322,3 +322,93 @@ def test_a_split_with_no_reference_label_at_all_says_what_to_do(ws, demo_dir):
         create_split(ws, "s", folds=0, reference="AN9")
     with ws.session() as s:  # nothing was made
         assert s.scalars(select(Split.name)).all() == []
+
+
+# ---------------------------------------------------------------- by hand (issue 28)
+
+
+def _refused(text: str) -> str:
+    from datatool.learning.splits import parse_ratios
+
+    with pytest.raises(UsageError) as caught:
+        parse_ratios(text)
+    return str(caught.value)
+
+
+def test_ratios_by_hand_and_their_refusals_word_for_word():
+    from datatool.learning.splits import parse_ratios
+
+    assert parse_ratios("6:2:2") == pytest.approx((0.6, 0.2, 0.2), rel=1e-15)
+    assert parse_ratios("1:1:1") == pytest.approx((1 / 3, 1 / 3, 1 / 3), rel=1e-15)
+    assert parse_ratios("3:0:1") == (0.75, 0.0, 0.25)
+    assert parse_ratios("1:0:0") == (1.0, 0.0, 0.0)
+    for text in ("6:2", "6:2:2:1", "0:1:1", "-1:1:1", "1:-1:2", "a:b:c", "inf:1:1",
+                 "nan:1:1", "0:0:0", "1e308:1e308:1e308", ""):  # fmt: skip
+        assert _refused(text) == (
+            f"--ratios takes three finite shares train:val:test such as 6:2:2, not {text!r}"
+        ), text
+    long = "1:" * 30 + "1"
+    assert _refused(long).endswith(f"not {long[:40]!r}")
+    assert _refused("5e-324:1:1") == (
+        "--ratios '5e-324:1:1': shares too far apart to divide; use e.g. 6:2:2"
+    )
+
+
+def test_deal_by_hand():
+    """Largest unit first, each to the bin furthest under its target (relative), ties to the
+    lower bin: 4, 3, 2, 1 images over 6:2:2 of 10 go to bins 0, 1, 2, 0."""
+    import hashlib
+
+    units = [("d", 1), ("b", 3), ("a", 4), ("c", 2)]
+    assert deal(units, [0.6, 0.2, 0.2], seed=1) == {"a": 0, "b": 1, "c": 2, "d": 0}
+    # bin 2 holds 5 images already: targets 9, 3, 3 of 15
+    assert deal(units, [0.6, 0.2, 0.2], 1, filled=[0, 0, 5]) == {"a": 0, "b": 1, "c": 0, "d": 0}
+    assert deal(units, [1.0, 0.0, 0.0], 1) == {"a": 0, "b": 0, "c": 0, "d": 0}
+    # units of one size: the keyed hash of "seed:name" orders them
+    names = ["x", "y", "z"]
+    for seed in (1, 2, 3):
+        first = min(names, key=lambda n: hashlib.sha256(f"{seed}:{n}".encode()).hexdigest())
+        got = deal([(n, 2) for n in names], [0.5, 0.5], seed)
+        assert got[first] == 0 and sorted(got.values()) == [0, 0, 1], seed
+
+
+def test_the_content_hash_is_sha256_of_compact_sorted_json():
+    import hashlib
+
+    from datatool.learning.splits import _hashed, content_hash
+
+    member = _hashed("h1", "P-1", "test", None, None)
+    assert member == ("h1", "P-1", "test", -1, "")
+    assert _hashed("h2", "P-2", "train", 3, "m2") == ("h2", "P-2", "train", 3, "m2")
+    body = (
+        '{"members":[["h1","P-1","test",-1,""],["h2","P-2","train",0,"m"]],'
+        '"params":{"folds":0,"ratios":"6:2:2"}}'
+    )
+    members = [("h2", "P-2", "train", 0, "m"), member]
+    got = content_hash({"ratios": "6:2:2", "folds": 0}, members)
+    assert got == hashlib.sha256(body.encode()).hexdigest()
+
+
+def test_whole_patients_dealt_by_hand():
+    """Patients A (4 images, F), B (3, M), C (2, F), D (1, M) over 6:2:2."""
+    from datatool.learning.options import Stratify
+    from datatool.learning.splits import _assign
+
+    population = []
+    for pid, (name, n, sex) in enumerate([("A", 4, "F"), ("B", 3, "M"), ("C", 2, "F"),
+                                          ("D", 1, "M")], start=1):  # fmt: skip
+        population += [(100 * pid + k, pid, name, sex, "left") for k in range(n)]
+    w = [0.6, 0.2, 0.2]
+    assert _assign(population, w, 0, 1, None) == ({"A": 0, "B": 1, "C": 2, "D": 0}, {})
+    # two folds of the patients outside the test set (A 4, B 3, D 1 of 8): A, then B, D
+    assert _assign(population, w, 2, 1, None)[1] == {"A": 0, "B": 1, "D": 1}
+    with pytest.raises(UsageError) as caught:
+        _assign(population, w, 4, 1, None)
+    assert str(caught.value) == (
+        "--folds 4: only 3 patient(s) outside the test set; at most 3 folds (or --folds 0)"
+    )
+    # by sex: F (A 4, C 2) and M (B 3, D 1) dealt apart, each over 6:2:2
+    assert _assign(population, w, 0, 1, Stratify.sex)[0] == {"A": 0, "C": 1, "B": 0, "D": 1}
+    # A kept in the test set from an earlier split: B, C, D dealt round its 4 images
+    subset_of, _ = _assign(population, w, 0, 1, None, kept={1: (2, None)})
+    assert subset_of == {"A": 2, "B": 0, "C": 1, "D": 0}

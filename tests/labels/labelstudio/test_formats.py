@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
 from datatool.core.protocol import Protocol, Structure, load_protocol
-from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask
+from datatool.labels.labelstudio.formats import mask_to_results, results_to_mask, rle_values
 from datatool.labels.masks import BadLabel
 
 P = load_protocol()
@@ -248,3 +249,176 @@ def test_results_of_the_wrong_types_are_bad_labels_never_a_traceback():
         with pytest.raises(BadLabel, match=message.strip()):
             results_to_mask(results, P, (6, 6))  # type: ignore[arg-type]
     assert results_to_mask([entry], P, (6, 6)).mask[1, 1] == 1  # the entry itself is fine
+
+
+# ---------------------------------------------------------------- word for word (issue 28)
+# The refusals a rater or a server's answer meets, each message written out in full here:
+# a mutant that names the wrong region, drops a field or garbles a reason fails one of them.
+
+
+def _femur_entry() -> dict:
+    mask = np.zeros((6, 6), np.uint8)
+    mask[1, 1] = 1
+    return mask_to_results(mask, P)[0]
+
+
+def _with(entry: dict, **fields) -> dict:
+    out = json.loads(json.dumps(entry))
+    for key, value in fields.items():
+        if key in ("format", "rle", "brushlabels"):
+            out["value"][key] = value
+        else:
+            out[key] = value
+    return out
+
+
+KNOWN = "femur, adductor magnus, sciatic nerve, semitendinosus, femoral artery"
+
+
+@pytest.mark.parametrize(
+    ("results", "shape", "message"),
+    [
+        ([5], (6, 6), "region 1: a result entry must be an object, got int"),
+        (
+            "second-rectangle",
+            (6, 6),
+            "region 2 (femur, sciatic nerve): a 'rectanglelabels' result, not a brush mask "
+            "(only brushlabels regions can be stored as label maps)",
+        ),
+        ("value-list", (6, 6), "region 1: its value must be an object, got list"),
+        (
+            "width-abc",
+            (6, 6),
+            "region 1 (femur): original_width and original_height must be whole numbers",
+        ),
+        (
+            "as-drawn",
+            (6, 8),
+            "size mismatch: region 1 (femur) was drawn on a 6x6 image, the image is 8x6 "
+            "(width x height)",
+        ),
+        (
+            "png",
+            (6, 6),
+            "region 1 (femur): brush data in format 'png' without an RLE (only RLE brush masks "
+            "are supported)",
+        ),
+        (
+            "no-rle",
+            (6, 6),
+            "region 1 (femur): brush data in format 'rle' without an RLE (only RLE brush "
+            "masks are supported)",
+        ),
+        (
+            "undrawn-9",
+            (6, 9),
+            "size mismatch: region 1 (femur)'s brush RLE declares 144 values, the 9x6 image "
+            "needs 216 (width x height x 4): not decoded",
+        ),
+        (
+            "two-labels",
+            (6, 6),
+            "region 1 (femur, sciatic nerve): a brush region must carry exactly one label, "
+            "it has 2",
+        ),
+        (
+            "tibia",
+            (6, 6),
+            f"unknown label 'tibia' (protocol anterior_sciatic knows {KNOWN}, and their aliases)",
+        ),
+        ("labels-5", (6, 6), "region 1: its brushlabels must be a list of names"),
+        ({"0": 1}, (6, 6), "the result must be a list of regions, got dict"),
+    ],
+)
+def test_every_refusal_word_for_word(results, shape, message):
+    entry = _femur_entry()
+    cases = {
+        "second-rectangle": [
+            entry,
+            {"type": "rectanglelabels", "value": {"brushlabels": ["femur", "sciatic nerve"]}},
+        ],
+        "value-list": [_with(entry, value=[1, 2])],
+        "width-abc": [_with(entry, original_width="abc")],
+        "as-drawn": [entry],
+        "png": [_with(entry, format="png")],
+        "no-rle": [_with(entry, rle=[])],
+        "undrawn-9": [_with(entry, original_width=None, original_height=None)],
+        "two-labels": [_with(entry, brushlabels=["femur", "sciatic nerve"])],
+        "tibia": [_with(entry, brushlabels=["tibia"])],
+        "labels-5": [_with(entry, brushlabels=5)],
+    }
+    if isinstance(results, str):
+        results = cases[results]
+    with pytest.raises(BadLabel) as caught:
+        results_to_mask(results, P, shape)
+    assert str(caught.value) == message
+
+
+def test_a_region_decoded_alone_is_region_1():
+    from datatool.labels.labelstudio.formats import decode_region
+
+    with pytest.raises(BadLabel) as caught:
+        decode_region(_with(_femur_entry(), format="png"), (6, 6))
+    assert str(caught.value).startswith("region 1 (femur): brush data in format 'png'")
+    np.testing.assert_array_equal(
+        decode_region(_femur_entry(), (6, 6)), np.eye(6, dtype=bool) & (np.arange(6) == 1)
+    )
+
+
+def test_an_rle_that_does_not_decode_is_named_with_its_error():
+    """A header that declares the right size over a body cut short: label_studio_sdk's
+    decoder fails (its error's name is given, never the data)."""
+    entry = _femur_entry()
+    cut = _with(entry, rle=entry["value"]["rle"][:4])
+    with pytest.raises(BadLabel) as caught:
+        results_to_mask([cut], P, (6, 6))
+    assert re.fullmatch(
+        r"region 1 \(femur\): brush RLE does not decode \(\w+Error\)", str(caught.value)
+    )
+
+
+def test_what_the_decoding_accepts():
+    """No format means RLE; a size given on one side only is not checked (the RLE's own
+    header still is); the region is where alpha is above 0, nowhere else."""
+    entry = _femur_entry()
+    no_format = json.loads(json.dumps(entry))
+    del no_format["value"]["format"]
+    one_side = _with(entry, original_height=None, original_width=99)
+    for results in ([no_format], [one_side], [entry]):
+        out = results_to_mask(results, P, (6, 6)).mask
+        assert out[1, 1] == 1 and int(out.sum()) == 1
+
+
+def test_the_rle_header_is_four_big_endian_bytes():
+    """Label Studio's brush RLE begins with the count of values as a 32-bit big-endian
+    number: 0x01020304 = 16909060; 6 x 6 x 4 = 144 = 0x90."""
+    assert rle_values([1, 2, 3, 4, 9]) == 16909060
+    assert rle_values([0, 0, 1, 0]) == 256
+    assert rle_values([0, 0, 0, 144]) == 144
+    assert rle_values(_femur_entry()["value"]["rle"]) == 144
+    assert rle_values([255, 255, 255, 255]) == 2**32 - 1
+    assert rle_values([0, 0, 0, 144, 999, "x"]) == 144  # the header alone is read
+    for bad in ([0, 0, 0], [256, 0, 0, 0], [0, -1, 0, 0], ["a", 0, 0, 0], None, 7):
+        assert rle_values(bad) == -1, bad
+
+
+def test_one_region_per_structure_with_its_id_and_names():
+    mask = np.zeros((3, 4), np.uint8)
+    mask[0, 0], mask[2, 3] = 6, 2
+    results = mask_to_results(mask, P, from_name="tag", to_name="img")
+    assert [(r["id"], r["value"]["brushlabels"]) for r in results] == [
+        ("datatool-2", ["adductor magnus"]),
+        ("datatool-6", ["femoral artery"]),
+    ]
+    for r in results:
+        assert (r["from_name"], r["to_name"], r["image_rotation"]) == ("tag", "img", 0)
+        assert (r["original_width"], r["original_height"]) == (4, 3)
+        assert r["value"]["format"] == "rle" and rle_values(r["value"]["rle"]) == 48
+    with pytest.raises(BadLabel) as caught:
+        mask_to_results(np.zeros((2, 2, 2), np.uint8), P)
+    assert str(caught.value) == "label map is 3-D (2, 2, 2), expected a 2D map"
+    with pytest.raises(BadLabel) as caught:
+        mask_to_results(np.array([[0, 5], [7, 1]], np.uint8), P)
+    assert str(caught.value) == (
+        "unknown label value(s) [5, 7] (protocol anterior_sciatic knows [1, 2, 3, 4, 6])"
+    )
