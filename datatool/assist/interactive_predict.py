@@ -66,7 +66,9 @@ def points_of(context: Any, protocol: Protocol) -> list[Point]:
         return []
     if not isinstance(context, dict):
         raise BadContext("the request's context must be a JSON object")
-    regions = context.get("result") or []
+    regions = context.get("result")
+    if regions is None:
+        return []
     if not isinstance(regions, list):
         raise BadContext("the context's 'result' must be a list of regions")
     names = {s.name for s in protocol.structures}

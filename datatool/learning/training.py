@@ -513,8 +513,13 @@ class _Loop:
 def _steps(n: int, batch: int, world: int) -> int:
     # one process: every sample once per epoch. Under DDP every rank must take the same
     # number of full steps (an empty step would leave the others waiting in all-reduce), so
-    # ranks take batches round the shuffled order, wrapping at its end.
-    return max(1, math.ceil(n / batch)) if world == 1 else max(1, n // (batch * world))
+    # ranks take batches round the shuffled order, wrapping at its end. One process leaves
+    # out a last batch of a single sample (89 images in batches of 4): batch norm cannot
+    # train on one value per channel (the pyramid pooling's 1 x 1 bin); shuffled, a
+    # different sample waits each epoch.
+    if world == 1:
+        return max(1, n // batch if n % batch == 1 and n > 1 else math.ceil(n / batch))
+    return max(1, n // (batch * world))
 
 
 def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:

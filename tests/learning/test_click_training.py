@@ -112,3 +112,12 @@ def _first_image(ws) -> str:
 def test_the_train_config_records_interactive(flag):
     conf = TrainConfig(preset="cpu", interactive=flag).resolved()
     assert conf["interactive"] is flag
+
+
+def test_a_last_batch_of_one_sample_is_left_out():
+    """89 training images in batches of 4 (the 20-patient demo's split): 22 steps, not a 23rd
+    of one sample, which batch norm cannot train on (the pyramid pooling's 1 x 1 bin)."""
+    from datatool.learning.training import _steps
+
+    assert [_steps(n, 4, 1) for n in (88, 89, 90, 91, 1, 4)] == [22, 22, 23, 23, 1, 1]
+    assert _steps(89, 4, 2) == 11  # under DDP: full steps only, as before
