@@ -15,11 +15,25 @@ the raters' (issue 16):
 
     python bench/model.py --train cpu                              # 20 patients, seeds 0 and 1
     python bench/model.py --train paper --patients 200 --images-per-side 7-8 --seeds 0  # GPU
+
+``--source-sizes`` times training on source images of the demo's size (480 x 640) and of
+600 x 800, through the training pipeline (resize to the preset's size once, as the cache does,
+then epochs of augmentation and steps): the preset fixes the input size, so the two rates
+should match (issue 23):
+
+    python bench/model.py --source-sizes --preset cpu --device cpu
+
+``--loop PRESET``: retraining in the labelling loop (bench/loop.py): 3 rounds of 20 more
+labels from the demo's second rater, a warm start (``train --init-from``) beside a run from
+scratch with the same epoch budget:
+
+    python bench/model.py --loop tiny --device cpu --budget 10
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -43,6 +57,57 @@ def timed(fn, iters: int, device) -> list[float]:
     return out
 
 
+SOURCE_SIZES = {"demo 480x640": (480, 640), "600x800": (600, 800)}
+
+
+def source_size_rates(preset: str, device, images: int, epochs: int) -> dict[str, float]:
+    """Training images/s (the one-off resize included) for synthetic images of each source
+    size, with the same network, seed and steps."""
+    import math
+
+    import numpy as np
+
+    from datatool.learning.data import fit_to, to_input
+    from datatool.model import PRESETS
+
+    p = PRESETS[preset]
+    rates = {}
+    for name, (h, w) in SOURCE_SIZES.items():
+        rng = np.random.default_rng(0)
+        src = rng.integers(0, 256, (images, h, w), dtype=np.uint8)
+        src_masks = rng.integers(0, 6, (images, h, w), dtype=np.uint8)
+        torch.manual_seed(0)
+        net = channels_last(build_model(6, p).to(device).train(), device)
+        opt = torch.optim.Adam(net.parameters(), lr=p.lr)
+        synchronize(device)
+        start = time.perf_counter()
+        fitted = [fit_to(i, m, p.resize) for i, m in zip(src, src_masks)]
+        x_all = torch.as_tensor(np.stack([f[0] for f in fitted])).to(device)
+        y_all = torch.as_tensor(np.stack([f[1] for f in fitted])).to(device)
+        for _ in range(epochs):
+            for k in range(0, images, p.batch):
+                angles = (torch.rand(len(x_all[k : k + p.batch]), device=device) * 2 - 1) * (
+                    math.radians(p.rotation)
+                )
+                x, y = to_input(x_all[k : k + p.batch], p.crop, angles, y_all[k : k + p.batch])
+                with autocast(device):
+                    loss = segmentation_loss(net(channels_last(x, device)), y, loss=p.loss)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        synchronize(device)
+        rates[name] = images * epochs / (time.perf_counter() - start)
+        print(
+            f"training on {name} source images: {rates[name]:7.1f} images/s at the preset's "
+            f"{p.crop}x{p.crop} crop of {p.resize[0]}x{p.resize[1]} ({images} images, {epochs} "
+            f"epochs); load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+    first, second = rates.values()
+    print(f"600x800 / demo: x{second / first:.2f} (goal: about 1, the input size is the preset's)")
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", choices=[d.value for d in DeviceChoice])
@@ -63,7 +128,49 @@ def main() -> None:
     parser.add_argument("--images-per-side", default="4", help="with --train")
     parser.add_argument("--seeds", default="0,1", help="with --train: demo datasets")
     parser.add_argument("--epochs", type=int, default=None, help="with --train")
+    parser.add_argument("--loss", default=None, help="with --train: a lever (train --loss)")
+    parser.add_argument("--val-every", type=int, default=None, help="with --train: a lever")
+    parser.add_argument("--select", default=None, help="with --train: miou or min (a lever)")
+    parser.add_argument(
+        "--loop",
+        choices=[p.value for p in PresetName],
+        help="retraining in the labelling loop with this preset (bench/loop.py): 3 rounds of "
+        "20 more labels, a warm start beside a run from scratch",
+    )
+    parser.add_argument("--start-labels", type=int, default=40, help="with --loop")
+    parser.add_argument("--batch-labels", type=int, default=20, help="with --loop")
+    parser.add_argument("--budget", type=int, default=10, help="with --loop: epochs a round")
+    parser.add_argument(
+        "--first-epochs", type=int, default=None, help="with --loop: round 0 (the preset's)"
+    )
+    parser.add_argument(
+        "--source-sizes",
+        action="store_true",
+        help="training images/s on demo-size and 600x800 source images (the preset's size)",
+    )
     args = parser.parse_args()
+    if args.loop:
+        import loop  # bench/loop.py, beside this script
+
+        from datatool.demo.generator import parse_images_per_side
+        from datatool.model import PRESETS
+
+        met = loop.main(
+            args.loop,
+            args.device,
+            args.patients,
+            parse_images_per_side(args.images_per_side),
+            args.start_labels,
+            args.batch_labels,
+            args.first_epochs or PRESETS[args.loop].epochs,
+            args.budget,
+        )
+        raise SystemExit(0 if met else 1)
+    if args.source_sizes:
+        device = resolve_device(args.device)
+        gpu = device.type == "cuda"
+        source_size_rates(args.preset, device, images=64 if gpu else 16, epochs=3 if gpu else 2)
+        return
     if args.train:
         import train  # bench/train.py, beside this script
 
@@ -76,6 +183,15 @@ def main() -> None:
             parse_images_per_side(args.images_per_side),
             [int(s) for s in args.seeds.split(",")],
             args.epochs,
+            {
+                k: v
+                for k, v in (
+                    ("loss", args.loss),
+                    ("val_every", args.val_every),
+                    ("selection", args.select),
+                )
+                if v is not None
+            },
         )
         raise SystemExit(0 if met else 1)
     device = resolve_device(args.device)

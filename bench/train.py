@@ -65,24 +65,33 @@ class Trained:
     load_after: float
     train_images: int
     score: ScoreResult
+    flipped: ScoreResult | None = None  # the drafts with test-time flips
 
     @property
     def images_per_s(self) -> float:
         return self.train_images * self.run.epochs_done / self.seconds
 
 
-def train_and_score(ws, preset: str, device: str, seed: int, epochs: int | None) -> Trained:
+def train_and_score(
+    ws, preset: str, device: str, seed: int, epochs: int | None, levers: dict | None = None
+) -> Trained:
+    """Train (``levers``: TrainConfig overrides such as loss, val_every, selection) and score
+    the selected checkpoint, its whole-image drafts plain and with test-time flips."""
     from datatool.learning.data import split_items
 
     train_images = len(split_items(ws, "demo", "train", None)[1].image_ids)
     load_before = os.getloadavg()[0]
     start, cpu = time.perf_counter(), time.process_time()
-    run = train(ws, "demo", config=TrainConfig(preset=preset, device=device, epochs=epochs))
+    config = TrainConfig(preset=preset, device=device, epochs=epochs, **(levers or {}))
+    run = train(ws, "demo", config=config)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert run is not None
     load_after = os.getloadavg()[0]
     score = score_run(ws, run.run, device=device, store_predictions=False, figures=False)
-    return Trained(seed, run, seconds, cpu, load_before, load_after, train_images, score)
+    flipped = score_run(
+        ws, run.run, device=device, store_predictions=False, figures=False, flips=True
+    )
+    return Trained(seed, run, seconds, cpu, load_before, load_after, train_images, score, flipped)
 
 
 def _f(value: float | None) -> str:
@@ -91,8 +100,11 @@ def _f(value: float | None) -> str:
 
 def report(t: Trained) -> list[str]:
     s = t.score
+    flipped = {v.structure: v.whole_ratio for v in t.flipped.versus_raters} if t.flipped else {}
+    c = t.run.config
     lines = [
-        f"demo seed {t.seed}: preset {t.run.preset} (loss {t.run.config['loss']}), "
+        f"demo seed {t.seed}: preset {t.run.preset} (loss {c['loss']}, validation every "
+        f"{c.get('val_every', 1)}, selection {c.get('selection', 'miou')}), "
         f"{t.train_images} training images, {t.run.epochs_done} epochs on {t.run.device}",
         f"  training: {t.seconds:.0f} s wall ({t.cpu_seconds:.0f} s CPU), "
         f"{t.images_per_s:.1f} images/s; load average {t.load_before:.1f} before, "
@@ -100,15 +112,28 @@ def report(t: Trained) -> list[str]:
         f"  test: {s.images} images, raters {' and '.join(s.raters)} on {s.rater_images}; "
         "means of per-image IoU",
         f"  {'structure':16s} {'model':>6s} {'raters':>6s} {'ratio':>6s}   "
-        f"{'whole: model':>12s} {'raters':>6s} {'ratio':>6s}",
+        f"{'whole: model':>12s} {'raters':>6s} {'ratio':>6s} {'flips':>6s}",
     ]
     for v in s.versus_raters:
         lines.append(
             f"  {v.structure:16s} {_f(v.model_iou):>6s} {_f(v.raters_iou):>6s} {_f(v.ratio):>6s}"
             f"   {_f(v.whole_model_iou):>12s} {_f(v.whole_raters_iou):>6s} "
-            f"{_f(v.whole_ratio):>6s}"
+            f"{_f(v.whole_ratio):>6s} {_f(flipped.get(v.structure)):>6s}"
         )
     return lines
+
+
+def spread(results: list[Trained], flips: bool = False) -> dict[str, tuple[float, float]]:
+    """Per structure: (lowest ratio over the datasets, max - min over them), in the frame
+    (or, with ``flips``, on the whole image with test-time flips)."""
+    per: dict[str, list[float]] = {}
+    for t in results:
+        score = t.flipped if flips and t.flipped else t.score
+        for v in score.versus_raters:
+            ratio = v.whole_ratio if flips else v.ratio
+            if ratio is not None:
+                per.setdefault(v.structure, []).append(ratio)
+    return {n: (min(r), max(r) - min(r)) for n, r in per.items()}
 
 
 def main(
@@ -118,6 +143,7 @@ def main(
     per_side: tuple[int, int],
     seeds: list[int],
     epochs: int | None,
+    levers: dict | None = None,
 ) -> bool:
     """Every dataset trained, scored and reported; True when the goal is met on all."""
     results = []
@@ -127,10 +153,15 @@ def main(
             ws = build_workspace(Path(tmp), patients, per_side, seed)
             print(f"demo seed {seed}: set-up {time.perf_counter() - start:.0f} s", flush=True)
             try:
-                results.append(train_and_score(ws, preset, device, seed, epochs))
+                results.append(train_and_score(ws, preset, device, seed, epochs, levers))
             finally:
                 ws.close()
         print("\n".join(report(results[-1])), flush=True)
+    for flips in (False, True):
+        where = "whole image, test-time flips" if flips else "study's frame"
+        print(f"per structure over the datasets ({where}): lowest ratio, spread (goal <= 0.05)")
+        for name, (low, width) in spread(results, flips).items():
+            print(f"  {name:16s} {low:5.3f} {width:5.3f}")
     ratios = [v.ratio for t in results for v in t.score.versus_raters if v.ratio is not None]
     slowest = max(t.seconds for t in results)
     lowest = min(ratios) if ratios else None

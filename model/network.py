@@ -46,6 +46,9 @@ class Preset:
     # click-guided (train --interactive): 2 extra input channels per structure, the
     # positive and negative clicks (datatool.learning.clicks), through their own stem conv
     interactive: bool = False
+    val_every: int = 1  # validate every k-th epoch (and the last): cheaper epochs
+    selection: str = "miou"  # the checkpoint kept: best validation mIoU, or "min": best
+    # lowest per-structure IoU (no structure left behind, the nerve included)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -248,7 +251,9 @@ class TripletAttentionNet(nn.Module):
 
 
 AUX_WEIGHT = 0.4  # the auxiliary head's share of the loss (PSPNet's)
-LOSSES = ("ce", "ce+dice", "dice")
+LOSSES = ("ce", "ce+dice", "dice", "border+dice")
+SELECTIONS = ("miou", "min")
+BORDER_WEIGHT, BORDER_PX = 3.0, 2  # border+dice: pixels this close to a class border count x3
 SCHEDULES = ("constant", "cosine")
 
 
@@ -266,6 +271,16 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1 - dice[1:].mean()
 
 
+def border_weights(target: torch.Tensor, px: int = BORDER_PX, weight: float = BORDER_WEIGHT):
+    """Per pixel (B x H x W): ``weight`` within ``px`` pixels of a border between two
+    classes (the muscles' shared border, a structure's edge), else 1."""
+    y = target.unsqueeze(1).float()
+    k = 2 * px + 1
+    high = F.max_pool2d(y, k, stride=1, padding=px)
+    low = -F.max_pool2d(-y, k, stride=1, padding=px)
+    return torch.where((high != low).squeeze(1), weight, 1.0)
+
+
 def _one_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     if loss == "ce":
         return F.cross_entropy(logits.float(), target)
@@ -273,6 +288,10 @@ def _one_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Te
         return F.cross_entropy(logits.float(), target) + soft_dice_loss(logits, target)
     if loss == "dice":
         return soft_dice_loss(logits, target)
+    if loss == "border+dice":
+        w = border_weights(target)
+        ce = F.cross_entropy(logits.float(), target, reduction="none")
+        return (w * ce).sum() / w.sum() + soft_dice_loss(logits, target)
     raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {loss!r}")
 
 
@@ -283,7 +302,9 @@ def segmentation_loss(
     loss: str = "ce",
 ) -> torch.Tensor:
     """The loss of the logits (in float32) against class indices: cross-entropy (``ce``, the
-    study's), soft Dice (``dice``, :func:`soft_dice_loss`) or their sum (``ce+dice``); with
+    study's), soft Dice (``dice``, :func:`soft_dice_loss`) or their sum (``ce+dice``), or
+    Dice plus a cross-entropy that weighs the pixels near a border between classes more
+    (``border+dice``, :func:`border_weights`); with
     the auxiliary head's output as well (the network in training), plus ``aux_weight`` times
     its own."""
     if isinstance(out, tuple):

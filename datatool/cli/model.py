@@ -38,11 +38,13 @@ from datatool.learning.options import (
     LossName,
     PresetName,
     ScoreSet,
+    SelectionName,
 )
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
     from datatool.learning.click_scoring import ClickScore
-    from datatool.learning.scoring import CVResult, ScoreResult
+    from datatool.learning.crossval import CVResult
+    from datatool.learning.scoring import ScoreResult
     from datatool.learning.training import EpochDone, RunRow, RunSummary, StepDone
 
 
@@ -95,10 +97,12 @@ def _train_view(result: RunSummary | list[RunSummary]) -> Iterator[Block]:
     for r in runs:
         fold_text = "" if r.fold is None else f", fold {r.fold}"
         best_epoch = "-" if r.best_epoch is None else r.best_epoch + 1
+        parent_text = "" if r.parent is None else f", started from run {r.parent}"
         yield (
-            f"run {r.run}: split {r.split} (hash {r.split_hash[:12]}){fold_text}, preset "
-            f"{r.preset} (loss {r.config.get('loss', 'ce')}"
-            f"{', interactive' if r.config.get('interactive') else ''}), {r.epochs_done} epochs on "
+            f"run {r.run}: split {r.split} (hash {r.split_hash[:12]}){fold_text}{parent_text}, "
+            f"preset {r.preset} (loss {r.config.get('loss', 'ce')}"
+            f"{', interactive' if r.config.get('interactive') else ''}), "
+            f"{r.epochs_done} epochs on "
             f"{r.device}; best validation mIoU "
             f"{cell_text(r.best_val_miou)} at epoch {best_epoch}"
         )
@@ -125,6 +129,19 @@ def train(
         "paper and tiny ce, cpu ce+dice).",
     ),
     epochs: int | None = typer.Option(None, help="Epochs (default: the preset's)."),
+    val_every: int | None = typer.Option(
+        None,
+        min=1,
+        help="Validate every K-th epoch and the last (default: the preset's): cheaper "
+        "epochs; only validated epochs can be selected.",
+    ),
+    select: SelectionName | None = typer.Option(
+        None,
+        "--select",
+        help="The checkpoint kept: miou (best validation mIoU, the study's) or min (best "
+        "lowest per-structure IoU: no structure, the nerve included, left behind; default: "
+        "the preset's).",
+    ),
     batch: int | None = typer.Option(None, help="Batch size (default: the preset's, 8)."),
     lr: float | None = typer.Option(None, help="Adam learning rate (paper: 5e-5)."),
     device: DeviceChoice = typer.Option(
@@ -151,6 +168,15 @@ def train(
         "without clicks, so it still drafts on its own). Recorded in the run; a resumed "
         "run keeps it.",
     ),
+    init_from: int | None = typer.Option(
+        None,
+        "--init-from",
+        metavar="RUN",
+        min=1,
+        help="Start from finished run RUN's selected weights (same preset and protocol) instead "
+        "of a fresh network: retraining after a batch of new labels, on a new split or one "
+        "made with --extend. The run records RUN as its parent ('datatool runs').",
+    ),
     json_out: bool = JsonOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
@@ -161,6 +187,12 @@ def train(
 
     if fold is not None and cv is not None:
         raise typer.BadParameter("use --fold K or --cv N, not both")
+    if init_from is not None and resume is not None:
+        raise typer.BadParameter(
+            "use --resume RUN (a resumed run keeps its own parent) or --init-from RUN, not both"
+        )
+    if init_from is not None and cv is not None:
+        raise typer.BadParameter("--init-from starts one run: use --fold K instead of --cv")
     ws = workspace(ws_path)
     config = TrainConfig(
         preset=preset,
@@ -173,6 +205,9 @@ def train(
         pretrained=str(pretrained) if pretrained else None,
         loss=loss,
         interactive=interactive,
+        init_from=init_from,
+        val_every=val_every,
+        selection=select,
     )
     progress = _TrainProgress(quiet=json_out)
     with progress.bar:
@@ -437,6 +472,12 @@ def score(
         "never), IoU after 0, 1, 3 and 5 clicks, the share never reaching it (clicks.json).",
     ),
     max_clicks: int = typer.Option(10, min=1, max=100, help="With --clicks: clicks per structure."),
+    flips: bool = typer.Option(
+        False,
+        "--flips",
+        help="Whole-image drafts with test-time flips (the image and its mirror averaged, as "
+        "ITK-SNAP exports draft them); not stored. The study's frame is unchanged.",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -445,7 +486,8 @@ def score(
     median (P25, P75)), pooled IoU and Dice, ANOVA with Bonferroni pairs, inference time,
     loss curves, IoU plots and overlays; on the whole image also the boundaries (HD95, ASSD,
     NSD at --tolerance mm, with each image's x and y pixel spacing)."""
-    from datatool.learning.scoring import score_cv, score_run
+    from datatool.learning.crossval import score_cv
+    from datatool.learning.scoring import score_run
 
     ws = workspace(ws_path)
     if clicks:
@@ -466,6 +508,8 @@ def score(
             )
         render.show(clicked, _clicks_view, json_out, csv_out)
         return
+    if cv and flips:
+        raise typer.BadParameter("--flips scores one run: leave out --cv")
     if cv:
         result = score_cv(
             ws,
@@ -489,6 +533,7 @@ def score(
             out_dir=out_dir,
             progress=progress,
             tolerance=tolerance,
+            flips=flips,
         )
     render.show(scored, _score_view, json_out, csv_out)
 
@@ -516,6 +561,7 @@ def _runs_view(rows: list[RunRow]) -> Iterator[Block]:
             "run",
             "split",
             "fold",
+            "parent",
             "preset",
             "status",
             "epochs",
@@ -530,6 +576,7 @@ def _runs_view(rows: list[RunRow]) -> Iterator[Block]:
             r.run,
             r.split,
             r.fold,
+            r.parent,
             r.preset,
             r.status,
             r.epochs,
@@ -550,7 +597,8 @@ def _runs_view(rows: list[RunRow]) -> Iterator[Block]:
 def runs(
     json_out: bool = JsonOpt, csv_out: Path | None = CsvOpt, ws_path: Path | None = WorkspaceOpt
 ):
-    """List training runs; an interrupted or failed run says how to resume it."""
+    """List training runs; an interrupted or failed run says how to resume it. The parent
+    column is the run a run started from (train --init-from): its lineage."""
     from datatool.learning.training import list_runs
 
     render.show(list_runs(workspace(ws_path)), _runs_view, json_out, csv_out)

@@ -92,9 +92,8 @@ def split_items(ws: Workspace, split_name: str, part: str, fold: int | None) -> 
 def load_arrays(
     ws: Workspace, items: Items, resize: tuple[int, int], lut: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N x H x W uint8) and class-index masks at ``resize``, decoded once and cached."""
-    from PIL import Image as PILImage
-
+    """Images (N x H x W uint8) and class-index masks at ``resize``, decoded once and cached:
+    whatever the source images' size, training works on the preset's (:func:`fit_to`)."""
     key = hashlib.sha256(
         json.dumps([items.image_hashes, items.mask_hashes, list(resize), lut.tolist()]).encode()
     ).hexdigest()[:24]
@@ -106,16 +105,25 @@ def load_arrays(
     images = np.empty((len(items.image_ids), h, w), np.uint8)
     masks = np.empty_like(images)
     for k, (ih, mh) in enumerate(zip(items.image_hashes, items.mask_hashes)):
-        img, mask = ws.store.get_array(ih), lut[ws.store.get_array(mh)]
-        if img.shape != (h, w):
-            img = np.asarray(PILImage.fromarray(img).resize((w, h), PILImage.Resampling.BILINEAR))
-            mask = resize_mask(mask, resize)
-        images[k], masks[k] = img, mask
+        images[k], masks[k] = fit_to(ws.store.get_array(ih), lut[ws.store.get_array(mh)], resize)
     cache.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, images=images, masks=masks)
     write_bytes_atomic(cache, buf.getvalue())
     return images, masks
+
+
+def fit_to(
+    image: np.ndarray, mask: np.ndarray, resize: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """An image (bilinear) and its label map (nearest neighbour) at ``resize`` (height,
+    width), the preset's size: the network's input never depends on the source's size."""
+    from PIL import Image as PILImage
+
+    h, w = resize
+    if image.shape != (h, w):
+        image = np.asarray(PILImage.fromarray(image).resize((w, h), PILImage.Resampling.BILINEAR))
+    return image, resize_mask(mask, resize)
 
 
 def resize_mask(mask: np.ndarray, resize: tuple[int, int]) -> np.ndarray:
@@ -207,6 +215,7 @@ __all__ = [
     "centre_crop",
     "class_lut",
     "crop_offsets",
+    "fit_to",
     "load_arrays",
     "resize_mask",
     "rotate",

@@ -56,6 +56,7 @@ class RunModel:
     device: Any
     values: np.ndarray = field(repr=False)  # class index -> protocol label value (0: none)
     structures: tuple[str, ...] = ()  # class index - 1 -> protocol structure name
+    flips: bool = False  # test-time flips: average the mirrored image's probabilities in
 
     @property
     def interactive(self) -> bool:
@@ -87,8 +88,11 @@ def load_run_model(
     run_id: int,
     checkpoint: str = CheckpointChoice.best,
     device: str = DeviceChoice.auto,
+    flips: bool = False,
 ) -> RunModel:
-    """A run's best (or last) checkpoint, on ``device``, in evaluation mode."""
+    """A run's best (or last) checkpoint, on ``device``, in evaluation mode; ``flips``: its
+    drafts average the image's and its left-right mirror's probabilities (test-time flips,
+    for drafts: the study's scores keep its recipe)."""
     from datatool.learning.training import build_for, load_checkpoint, run_summary
 
     checkpoint = choice(CheckpointChoice, checkpoint, "--checkpoint")
@@ -116,6 +120,7 @@ def load_run_model(
         device=dev,
         values=values,
         structures=tuple(s.name for s in protocol.structures),
+        flips=flips,
     )
 
 
@@ -136,6 +141,17 @@ def _batch_input(images: Sequence[np.ndarray], size: tuple[int, int]):
     return ((batch - GRAY_MEAN) / GRAY_STD).expand(-1, 3, -1, -1)
 
 
+def _probabilities(model: RunModel, images: Sequence[np.ndarray]):
+    """Class probabilities (B x C x h x w, the model's scale, padding cut off) of a batch."""
+    import torch
+
+    h, w = model.resize
+    x = channels_last(_batch_input(images, (h, w)).to(model.device), model.device)
+    with autocast(model.device):
+        logits = model.network(x)
+    return torch.softmax(logits.float()[:, :, :h, :w], dim=1)
+
+
 def predict(
     model: RunModel,
     images: Sequence[np.ndarray],
@@ -143,21 +159,21 @@ def predict(
     keep_probabilities: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Draft]:
-    """Whole-image drafts of 2-D uint8 images (any sizes), ``batch`` at a time."""
+    """Whole-image drafts of 2-D uint8 images (any sizes), ``batch`` at a time (with the
+    model's ``flips``, each image is run twice: as it is and mirrored left-right)."""
     import torch
     import torch.nn.functional as F
 
     if batch < 1:
         raise ValueError("batch must be >= 1")
-    h, w = model.resize
     drafts: list[Draft] = []
     with torch.no_grad():
         for start in range(0, len(images), batch):
             chunk = images[start : start + batch]
-            x = channels_last(_batch_input(chunk, (h, w)).to(model.device), model.device)
-            with autocast(model.device):
-                logits = model.network(x)
-            probs = torch.softmax(logits.float()[:, :, :h, :w], dim=1)
+            probs = _probabilities(model, chunk)
+            if model.flips:  # the mirror's probabilities, mirrored back, averaged in
+                mirrored = [np.ascontiguousarray(image[:, ::-1]) for image in chunk]
+                probs = (probs + _probabilities(model, mirrored).flip(-1)) / 2
             for image, p in zip(chunk, probs):
                 rows, cols = image.shape
                 p = F.interpolate(p[None], size=(rows, cols), mode="bilinear",

@@ -30,6 +30,14 @@ class LossName(StrEnum):
     ce = "ce"  # cross-entropy: the study's
     ce_dice = "ce+dice"  # cross-entropy plus soft Dice over the structures
     dice = "dice"  # soft Dice over the structures alone
+    border_dice = "border+dice"  # ce weighted x3 near borders between classes, plus Dice
+
+
+class SelectionName(StrEnum):
+    """The checkpoint selection rules of ``datatool.model.SELECTIONS`` (a test keeps them equal)."""
+
+    miou = "miou"  # the best validation mIoU: the study's
+    min = "min"  # the best lowest per-structure IoU: no structure (the nerve) left behind
 
 
 class DeviceChoice(StrEnum):
@@ -96,6 +104,7 @@ __all__ = [
     "LossName",
     "PresetName",
     "ScoreSet",
+    "SelectionName",
     "Stratify",
     "Subset",
     "choice",

@@ -54,7 +54,6 @@ from datatool.core.catalogue import (
     Image,
     Rater,
     RaterKind,
-    Run,
     RunEpoch,
     Score,
     SplitMember,
@@ -81,10 +80,8 @@ from datatool.learning.splits import get_split
 from datatool.learning.training import (
     RunSummary,
     build_for,
-    get_run,
     load_checkpoint,
     run_summary,
-    split_name_of,
 )
 
 MEASURES = ("iou", "dice", "precision", "recall", "f1")
@@ -217,18 +214,6 @@ class ScoreResult:
             if d[key] is None:
                 del d[key]
         return d
-
-
-@dataclass
-class CVResult:
-    """Every run of a cross-validation group scored on its own validation fold."""
-
-    cv_group: str
-    split: str
-    runs: list[int]
-    per_fold_mean_iou: dict[str, list[float | None]]  # structure -> one mean IoU per fold
-    median_over_folds_mean_iou: dict[str, float | None]
-    folds: list[ScoreResult]
 
 
 # --------------------------------------------------------------------------- measures
@@ -588,10 +573,13 @@ def score_run(
     figures: bool = True,
     progress: Callable[[int, int], None] | None = None,
     tolerance: float = metrics.NSD_TOLERANCE_MM,
+    flips: bool = False,
 ) -> ScoreResult:
     """Score a run on its test set (or validation set or fold): the study's tables, the
     ANOVA, inference time and figures, written to ``out_dir/score.json`` and the catalogue;
-    on the whole image also HD95, ASSD and NSD at ``tolerance`` mm."""
+    on the whole image also HD95, ASSD and NSD at ``tolerance`` mm. ``flips``: the
+    whole-image drafts with test-time flips (as raters' drafts get them; not stored, since
+    the stored drafts are the plain ones); the study's frame keeps its recipe."""
     subset = choice(ScoreSet, subset, "--set")
     if not (np.isfinite(tolerance) and tolerance >= 0):
         raise UsageError(f"--tolerance must be a distance in mm of 0 or more, not {tolerance}")
@@ -624,6 +612,7 @@ def score_run(
         network=model,
         device=dev,
         values=np.array([0] + [s.value for s in protocol.structures], np.uint8),
+        flips=flips,
     )
     spacing, surface_unit = _spacing(ws, items.image_ids)
     whole, stored = _whole_image(
@@ -632,7 +621,7 @@ def score_run(
         items,
         lut,
         names,
-        (run_id, digest, protocol) if store_predictions else None,
+        (run_id, digest, protocol) if store_predictions and not flips else None,
         progress,
         (spacing, tolerance),
     )
@@ -663,7 +652,7 @@ def score_run(
         surface_unit=surface_unit,
         nsd_tolerance=tolerance,
     )
-    if store_predictions:
+    if store_predictions and not flips:
         result.stored_predictions = stored
     out = Path(out_dir) if out_dir else ws.root / "reports" / f"run-{run_id}-{subset}"
     out.mkdir(parents=True, exist_ok=True)
@@ -771,50 +760,15 @@ def _figures(
     return files
 
 
-def _median_or_none(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.median(present)) if present else None
-
-
-def score_cv(ws: Workspace, run_id: int, **kwargs) -> CVResult:
-    """Every run of the run's cross-validation group, each on its own validation fold."""
-    with ws.session() as s:
-        run = get_run(s, run_id)
-        if run.cv_group is None:
-            raise DatatoolError(f"run {run_id} is not part of a cross-validation")
-        cv_group = run.cv_group
-        runs = [
-            r.id for r in s.scalars(select(Run).where(Run.cv_group == cv_group).order_by(Run.fold))
-        ]
-        split = split_name_of(s, run.split_id)
-    folds = [score_run(ws, r, subset=ScoreSet.val, **kwargs) for r in runs]
-    per = {
-        st.structure: [
-            next(x for x in f.structures if x.structure == st.structure).iou["mean"] for f in folds
-        ]
-        for st in folds[0].structures
-    }
-    return CVResult(
-        cv_group=cv_group,
-        split=split,
-        runs=runs,
-        per_fold_mean_iou=per,
-        median_over_folds_mean_iou={n: _median_or_none(v) for n, v in per.items()},
-        folds=folds,
-    )
-
-
 __all__ = [
     "Anova",
     "BonferroniPair",
-    "CVResult",
     "ImageMetrics",
     "ImageScore",
     "ScoreResult",
     "StructureScore",
     "VersusRaters",
     "per_image_metrics",
-    "score_cv",
     "score_run",
     "versus_raters",
 ]

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from datatool import __version__
 from datatool.core.catalogue import Run, RunEpoch, RunStatus, Split, audit, utcnow
@@ -37,8 +36,24 @@ from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
 from datatool.learning.data import class_lut, load_arrays, split_items, to_input
 from datatool.learning.device import autocast, channels_last, resolve_device
-from datatool.learning.options import DEFAULT_PRESET, DeviceChoice, LossName, PresetName, choice
+from datatool.learning.options import (
+    DEFAULT_PRESET,
+    DeviceChoice,
+    LossName,
+    PresetName,
+    SelectionName,
+    choice,
+)
+from datatool.learning.runs import (
+    EpochRow,
+    RunRow,
+    RunSummary,
+    get_run,
+    list_runs,
+    run_summary,
+)
 from datatool.learning.splits import SEED_MAX, get_split, split_name_of
+from datatool.learning.warmstart import classes_of, parent_weights
 
 
 @dataclass
@@ -55,6 +70,9 @@ class TrainConfig:
     max_images: int | None = None  # cap the training set (tests, quick looks)
     loss: str | None = None  # None: the preset's (LossName)
     interactive: bool = False  # click channels, trained with simulated clicks (click_training)
+    init_from: int | None = None  # start from this finished run's weights (warmstart)
+    val_every: int | None = None  # None: the preset's
+    selection: str | None = None  # None: the preset's (SelectionName)
 
     def resolved(self) -> dict:
         """The run's config as the catalogue records it: the preset's fields with this
@@ -72,6 +90,10 @@ class TrainConfig:
             rotation=p.rotation if self.rotation is None else self.rotation,
             loss=choice(LossName, self.loss, "--loss").value if self.loss else p.loss,
             interactive=self.interactive or p.interactive,
+            val_every=p.val_every if self.val_every is None else self.val_every,
+            selection=choice(SelectionName, self.selection, "--select").value
+            if self.selection
+            else p.selection,
         )
         if (
             p.epochs < 1
@@ -79,12 +101,15 @@ class TrainConfig:
             or not math.isfinite(p.lr)
             or p.lr <= 0
             or p.output_stride not in (8, 16)
+            or p.val_every < 1
         ):
             raise UsageError(
-                "epochs and batch must be >= 1, lr a number > 0, output stride 8 or 16"
+                "epochs, batch and --val-every must be >= 1, lr a number > 0, output stride 8 or 16"
             )
         if not 0 <= self.seed <= SEED_MAX:  # the catalogue's column and torch's generator
             raise UsageError(f"--seed must be 0 .. {SEED_MAX}")
+        if self.init_from is not None and self.pretrained:
+            raise UsageError("use --init-from RUN or --pretrained WEIGHTS, not both")
         out = p.as_dict()
         out.update(
             preset=preset.value,
@@ -92,6 +117,8 @@ class TrainConfig:
             pretrained=self.pretrained,
             max_images=self.max_images,
         )
+        if self.init_from is not None:  # recorded only when given: older configs stay equal
+            out["init_from"] = int(self.init_from)
         return out
 
 
@@ -125,71 +152,24 @@ ProgressFn = Callable[[StepDone | EpochDone], None]
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A model on a validation set: mean loss per image, pooled and per-image mIoU."""
+    """A model on a validation set: mean loss per image, pooled and per-image mIoU, and the
+    pooled IoU of each structure (None: in neither truth nor prediction)."""
 
     loss: float | None
     miou: float | None
     miou_per_image: float | None
+    per_structure: tuple[float | None, ...] = ()
+
+    def selection_score(self, rule: str) -> float | None:
+        """What a checkpoint is selected on: ``miou``, or ``min``, the lowest structure's IoU
+        (the selected epoch is the one that leaves no structure, the nerve included, behind)."""
+        if rule == "min":
+            present = [v for v in self.per_structure if v is not None]
+            return min(present) if present else None
+        return self.miou
 
 
 NO_VALIDATION = Evaluation(None, None, None)
-
-
-@dataclass
-class EpochRow:
-    epoch: int  # counted from 0
-    train_loss: float
-    val_loss: float | None
-    val_miou: float | None
-    val_miou_per_image: float | None
-    seconds: float
-
-
-@dataclass
-class RunSummary:
-    """A training run as the catalogue records it, with its history."""
-
-    run: int
-    split: str
-    split_hash: str
-    fold: int | None
-    cv_group: str | None
-    preset: str
-    seed: int
-    config: dict[str, Any]
-    code_version: str
-    device: str
-    status: RunStatus
-    epochs_done: int
-    best_epoch: int | None  # counted from 0
-    best_val_miou: float | None
-    best_checkpoint: str | None
-    last_checkpoint: str | None
-    created: str
-    history: list[EpochRow] = field(default_factory=list)
-
-
-@dataclass
-class RunRow:
-    """A run in the list of runs."""
-
-    run: int
-    split: str
-    fold: int | None
-    preset: str
-    status: RunStatus
-    epochs: int  # done
-    planned_epochs: int | None
-    best_epoch: int | None  # counted from 0
-    best_val_miou: float | None
-    device: str
-    created: str
-    resumable: bool  # stopped, with a checkpoint to go on from
-
-    @property
-    def stopped(self) -> bool:
-        """Interrupted or failed: ended before its last epoch."""
-        return self.status in (RunStatus.interrupted, RunStatus.failed)
 
 
 # --------------------------------------------------------------------------- validation
@@ -201,12 +181,17 @@ def confusion(pred, target, k: int):
     return torch.bincount((target * k + pred).flatten(), minlength=k * k).reshape(k, k)
 
 
-def miou_from_confusion(cm: np.ndarray) -> float | None:
-    """Mean IoU over the structures (background excluded) that occur in truth or prediction."""
+def iou_from_confusion(cm: np.ndarray) -> list[float | None]:
+    """Each structure's IoU (background excluded); None where in neither truth nor prediction."""
     tp = np.diag(cm)[1:].astype(float)
     union = cm.sum(0)[1:] + cm.sum(1)[1:] - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean()) if present.any() else None
+    return [float(t / u) if u > 0 else None for t, u in zip(tp, union)]
+
+
+def miou_from_confusion(cm: np.ndarray) -> float | None:
+    """Mean IoU over the structures (background excluded) that occur in truth or prediction."""
+    present = [v for v in iou_from_confusion(cm) if v is not None]
+    return float(np.mean(present)) if present else None
 
 
 def evaluate(model, images, masks, crop: int, device, k: int, batch: int = 16) -> Evaluation:
@@ -235,10 +220,22 @@ def evaluate(model, images, masks, crop: int, device, k: int, batch: int = 16) -
         loss=float(np.sum(losses) / max(len(images), 1)),
         miou=miou_from_confusion(total_cm),
         miou_per_image=float(np.mean(valid)) if valid else None,
+        per_structure=tuple(iou_from_confusion(total_cm)),
     )
 
 
 # --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class _Best:
+    """The selected epoch so far: validation mIoU, epoch, its checkpoint and its score under
+    the preset's selection rule (the mIoU, or the lowest structure's IoU)."""
+
+    miou: float | None = None
+    epoch: int | None = None
+    checkpoint: str | None = None
+    score: float | None = None
 
 
 def _plain(obj: Any) -> Any:
@@ -256,9 +253,7 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def _save_checkpoint(
-    ws: Workspace, model, optimizer, epoch: int, best: float | None, config: dict
-) -> str:
+def _save_checkpoint(ws: Workspace, model, optimizer, epoch: int, best: _Best, config: dict) -> str:
     import torch
 
     buf = io.BytesIO()
@@ -268,7 +263,8 @@ def _save_checkpoint(
                 "model": _unwrap(model).state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch,
-                "best_val_miou": best,
+                "best_val_miou": best.miou,
+                "best_score": best.score,  # what the selection rule compares
                 "config": config,
             }
         ),
@@ -338,15 +334,6 @@ def _device_text(device, world: int) -> str:
 
 
 @dataclass
-class _Best:
-    """The selected epoch so far: validation mIoU, epoch and its checkpoint."""
-
-    miou: float | None = None
-    epoch: int | None = None
-    checkpoint: str | None = None
-
-
-@dataclass
 class _Start:
     """Where a run starts: a new run's config, or a resumed run's record and checkpoint."""
 
@@ -380,14 +367,6 @@ def _new_start(
     return _Start(conf, split, fold, cv_group)
 
 
-def get_run(session, run_id: int) -> Run:
-    """Run ``run_id``, or an error that says where the runs are listed."""
-    run = session.get(Run, run_id)
-    if run is None:
-        raise UsageError(f"no run {run_id}: 'datatool runs' lists them")
-    return run
-
-
 def _resume_start(ws: Workspace, run_id: int) -> _Start:
     with ws.session() as s:
         run = get_run(s, run_id)
@@ -402,7 +381,12 @@ def _resume_start(ws: Workspace, run_id: int) -> _Start:
             run_id=run.id,
             checkpoint=checkpoint,
             start_epoch=checkpoint["epoch"] + 1,
-            best=_Best(checkpoint["best_val_miou"], run.best_epoch, run.best_checkpoint),
+            best=_Best(
+                checkpoint["best_val_miou"],
+                run.best_epoch,
+                run.best_checkpoint,
+                checkpoint.get("best_score", checkpoint["best_val_miou"]),
+            ),
         )
 
 
@@ -432,8 +416,11 @@ def _training_data(ws: Workspace, protocol: Protocol, start: _Start) -> _Data:
     return _Data(split, train_x, train_y, val_x, val_y)
 
 
-def _build(conf: dict, k: int, checkpoint: dict | None, device, world: int):
-    """The network (seeded, pretrained or from the checkpoint) on the device, and Adam."""
+def _build(
+    conf: dict, k: int, checkpoint: dict | None, device, world: int, init: dict | None = None
+):
+    """The network (seeded; pretrained, from a parent run's weights ``init`` or from the
+    checkpoint) on the device, and Adam."""
     import torch
 
     torch.manual_seed(conf["seed"])
@@ -444,6 +431,8 @@ def _build(conf: dict, k: int, checkpoint: dict | None, device, world: int):
         load_torchvision_resnet50(model, conf["pretrained"])
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
+    elif init is not None:
+        model.load_state_dict(init)
     model = channels_last(model.to(device), device)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -483,6 +472,7 @@ def _record_start(ws: Workspace, start: _Start, split: Split, device, world: int
             split=start.split_name,
             fold=start.fold,
             preset=start.conf["preset"],
+            init_from=start.conf.get("init_from"),
         )
         return run.id
 
@@ -580,6 +570,12 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
     return total / max(count, 1)
 
 
+def validates(conf: dict, epoch: int) -> bool:
+    """Whether ``epoch`` (counted from 0) is validated: every ``val_every``-th and the last."""
+    every = int(conf.get("val_every", 1))
+    return (epoch + 1) % every == 0 or epoch + 1 >= conf["epochs"]
+
+
 def _end_epoch(
     ws: Workspace,
     run_id: int,
@@ -591,19 +587,22 @@ def _end_epoch(
     seconds: float,
     k: int,
 ) -> Evaluation:
-    """Rank 0: validate, select, checkpoint and record the epoch; ``best`` is updated."""
+    """Rank 0: validate (on the preset's schedule), select, checkpoint and record the epoch;
+    ``best`` is updated."""
     val = (
         evaluate(_unwrap(loop.model), data.val_x, data.val_y, loop.conf["crop"], loop.device, k)
-        if data.val_x is not None
+        if data.val_x is not None and validates(loop.conf, epoch)
         else NO_VALIDATION
     )
-    # without a validation set the last epoch is the selected one
+    score = val.selection_score(loop.conf.get("selection", "miou"))
+    # without a validation set the last epoch is the selected one; an epoch the schedule
+    # does not validate is never selected
     improved = data.val_x is None or (
-        val.miou is not None and (best.miou is None or val.miou > best.miou)
+        score is not None and (best.score is None or score > best.score)
     )
     if improved:
-        best.miou, best.epoch = val.miou, epoch
-    last = _save_checkpoint(ws, loop.model, loop.optimizer, epoch, best.miou, loop.conf)
+        best.miou, best.epoch, best.score = val.miou, epoch, score
+    last = _save_checkpoint(ws, loop.model, loop.optimizer, epoch, best, loop.conf)
     if improved:
         best.checkpoint = last
     with ws.session() as s:
@@ -650,9 +649,14 @@ def train(
         else _new_start(split, fold, config, cv_group)
     )
     conf = start.conf
+    init = None
+    if start.run_id is None:  # a new run records its classes; a resumed one has them
+        conf["classes"] = classes_of(protocol)
+        if conf.get("init_from") is not None:
+            init = parent_weights(ws, conf["init_from"], conf, start.split_name, k)
     device = _place(conf.get("device", DeviceChoice.auto), world)
     data = _training_data(ws, protocol, start)
-    model, optimizer = _build(conf, k, start.checkpoint, device, world)
+    model, optimizer = _build(conf, k, start.checkpoint, device, world, init)
     run_id = _record_start(ws, start, data.split, device, world) if rank == 0 else None
     best = start.best
     try:
@@ -716,67 +720,6 @@ def train_cv(
     return [r for r in runs if r is not None]
 
 
-def run_summary(ws: Workspace, run_id: int) -> RunSummary:
-    with ws.session() as s:
-        run = get_run(s, run_id)
-        history = [
-            EpochRow(
-                epoch=e.epoch,
-                train_loss=e.train_loss,
-                val_loss=e.val_loss,
-                val_miou=e.val_miou,
-                val_miou_per_image=e.val_miou_per_image,
-                seconds=e.seconds,
-            )
-            for e in run.epochs
-        ]
-        return RunSummary(
-            run=run.id,
-            split=split_name_of(s, run.split_id),
-            split_hash=run.split_hash,
-            fold=run.fold,
-            cv_group=run.cv_group,
-            preset=run.preset,
-            seed=run.seed,
-            config=run.config,
-            code_version=run.code_version,
-            device=run.device,
-            status=RunStatus(run.status),
-            epochs_done=run.epochs_done,
-            best_epoch=run.best_epoch,
-            best_val_miou=run.best_val_miou,
-            best_checkpoint=run.best_checkpoint,
-            last_checkpoint=run.last_checkpoint,
-            created=run.created_at.isoformat(timespec="seconds"),
-            history=history,
-        )
-
-
-def list_runs(ws: Workspace) -> list[RunRow]:
-    with ws.session() as s:
-        rows = s.execute(
-            select(Run, Split.name).join(Split, Run.split_id == Split.id).order_by(Run.id)
-        ).all()
-        return [
-            RunRow(
-                run=r.id,
-                split=name,
-                fold=r.fold,
-                preset=r.preset,
-                status=RunStatus(r.status),
-                epochs=r.epochs_done,
-                planned_epochs=(r.config or {}).get("epochs"),
-                best_epoch=r.best_epoch,
-                best_val_miou=r.best_val_miou,
-                device=r.device,
-                created=r.created_at.isoformat(timespec="seconds"),
-                resumable=r.status in (RunStatus.interrupted, RunStatus.failed)
-                and r.last_checkpoint is not None,
-            )
-            for r, name in rows
-        ]
-
-
 __all__ = [
     "EpochDone",
     "EpochRow",
@@ -785,6 +728,7 @@ __all__ = [
     "RunSummary",
     "StepDone",
     "TrainConfig",
+    "get_run",
     "list_runs",
     "run_summary",
     "train",

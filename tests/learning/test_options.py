@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from datatool.core.errors import UsageError
-from datatool.learning.options import DEFAULT_PRESET, LossName, PresetName, Stratify, choice
+from datatool.learning.options import (
+    DEFAULT_PRESET,
+    LossName,
+    PresetName,
+    SelectionName,
+    Stratify,
+    choice,
+)
 from tests.ci import require
 
 
@@ -25,6 +32,15 @@ def test_loss_names_are_the_model_s_losses():
     assert [m.value for m in LossName] == list(LOSSES)
     assert {p.loss for p in PRESETS.values()} <= set(LOSSES)
     assert PRESETS["paper"].loss == "ce"  # the study's recipe
+
+
+def test_selection_names_are_the_model_s_selection_rules():
+    require("torch")
+    from datatool.model import PRESETS, SELECTIONS
+
+    assert [m.value for m in SelectionName] == list(SELECTIONS)
+    assert {p.selection for p in PRESETS.values()} <= set(SELECTIONS)
+    assert PRESETS["paper"].selection == "miou" and PRESETS["paper"].val_every == 1
 
 
 def test_choice_takes_strings_and_members_and_names_the_choices():

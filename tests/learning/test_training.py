@@ -24,8 +24,9 @@ from datatool.core.catalogue import Annotation, Run, RunStatus  # noqa: E402
 from datatool.core.errors import UsageError  # noqa: E402
 from datatool.core.protocol import load_protocol  # noqa: E402
 from datatool.labels.annotations import store_annotation  # noqa: E402
+from datatool.learning.crossval import score_cv  # noqa: E402
 from datatool.learning.data import class_lut, load_arrays, split_items, to_input  # noqa: E402
-from datatool.learning.scoring import score_cv, score_run  # noqa: E402
+from datatool.learning.scoring import score_run  # noqa: E402
 from datatool.learning.splits import create_split  # noqa: E402
 from datatool.learning.training import (  # noqa: E402
     EpochDone,
