@@ -125,10 +125,13 @@ def bare_forward(ws, run: int, shape: tuple[int, int], repeats: int) -> list[flo
     from datatool.learning.inference import load_run_model
     from datatool.learning.interactive import click_input
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    # one thread by default: on this shared 2-core machine two OpenMP threads wait for each
+    # other whenever one is descheduled (measured under load 12-15: 5 s a pass with two,
+    # 0.1 s with one); the server answers from a worker thread of its own
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     model = load_run_model(ws, run, device="cpu")
     x = click_input(model, np.zeros(shape, np.uint8), [Click("sciatic nerve", 200, 300)])
-    print(f"input {tuple(x.shape)}")
+    print(f"input {tuple(x.shape)}, {torch.get_num_threads()} thread(s)")
     times = []
     with torch.no_grad():
         model.network(x)  # warm-up
