@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import httpx
 import numpy as np
 import pytest
@@ -98,10 +100,10 @@ def served(trained_interactive, trained, tmp_path_factory):
         )
         s.add(row)
         s.flush()
-        images = list(s.scalars(select(Image).order_by(Image.id).limit(2)))
-        for k, image in enumerate(images):
+        rows = list(s.scalars(select(Image).order_by(Image.id).limit(2)))
+        for k, image in enumerate(rows):
             s.add(LabelStudioTask(project_id=row.id, task_id=300 + k, image_id=image.id))
-        s.expunge_all()
+        images = [SimpleNamespace(id=i.id, store_hash=i.store_hash) for i in rows]
     log = root.parent / "serve.log"
     with serve_subprocess(root, run, log) as (url, _):
         yield ws, run, url, images, log
