@@ -55,7 +55,14 @@ class RunModel:
     network: Any = field(repr=False)
     device: Any
     values: np.ndarray = field(repr=False)  # class index -> protocol label value (0: none)
+    structures: tuple[str, ...] = ()  # class index - 1 -> protocol structure name
     flips: bool = False  # test-time flips: average the mirrored image's probabilities in
+
+    @property
+    def interactive(self) -> bool:
+        """Trained with clicks (``train --interactive``): :func:`datatool.learning.interactive.
+        redraw` takes a rater's points; without any it drafts like any run."""
+        return bool(self.config.get("interactive", False))
 
     @property
     def resize(self) -> tuple[int, int]:
@@ -112,6 +119,7 @@ def load_run_model(
         network=network,
         device=dev,
         values=values,
+        structures=tuple(s.name for s in protocol.structures),
         flips=flips,
     )
 

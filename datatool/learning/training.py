@@ -69,6 +69,7 @@ class TrainConfig:
     pretrained: str | None = None
     max_images: int | None = None  # cap the training set (tests, quick looks)
     loss: str | None = None  # None: the preset's (LossName)
+    interactive: bool = False  # click channels, trained with simulated clicks (click_training)
     init_from: int | None = None  # start from this finished run's weights (warmstart)
     val_every: int | None = None  # None: the preset's
     selection: str | None = None  # None: the preset's (SelectionName)
@@ -88,6 +89,7 @@ class TrainConfig:
             output_stride=self.output_stride or p.output_stride,
             rotation=p.rotation if self.rotation is None else self.rotation,
             loss=choice(LossName, self.loss, "--loss").value if self.loss else p.loss,
+            interactive=self.interactive or p.interactive,
             val_every=p.val_every if self.val_every is None else self.val_every,
             selection=choice(SelectionName, self.selection, "--select").value
             if self.selection
@@ -501,8 +503,13 @@ class _Loop:
 def _steps(n: int, batch: int, world: int) -> int:
     # one process: every sample once per epoch. Under DDP every rank must take the same
     # number of full steps (an empty step would leave the others waiting in all-reduce), so
-    # ranks take batches round the shuffled order, wrapping at its end.
-    return max(1, math.ceil(n / batch)) if world == 1 else max(1, n // (batch * world))
+    # ranks take batches round the shuffled order, wrapping at its end. One process leaves
+    # out a last batch of a single sample (89 images in batches of 4): batch norm cannot
+    # train on one value per channel (the pyramid pooling's 1 x 1 bin); shuffled, a
+    # different sample waits each epoch.
+    if world == 1:
+        return max(1, n // batch if n % batch == 1 and n > 1 else math.ceil(n / batch))
+    return max(1, n // (batch * world))
 
 
 def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
@@ -524,6 +531,7 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
     order = torch.randperm(n, generator=gen)
     angles_all = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(conf["rotation"])
     flips_all = torch.rand(n, generator=gen) < 0.5 if preset.flip else None
+    clicks_rng = np.random.default_rng([conf["seed"], epoch]) if preset.interactive else None
     total, count = 0.0, 0
     for step in range(loop.steps):
         if world == 1:
@@ -538,6 +546,10 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
             loop.masks[on_device],
             None if flips_all is None else flips_all[idx].to(device),
         )
+        if clicks_rng is not None:
+            from datatool.learning.click_training import with_clicks
+
+            x = with_clicks(loop.model, x, y, _unwrap(loop.model).num_classes, clicks_rng, device)
         with autocast(device):
             loss = segmentation_loss(loop.model(channels_last(x, device)), y, loss=preset.loss)
         loop.optimizer.zero_grad(set_to_none=True)
