@@ -127,6 +127,9 @@ SEEDS = {
         "UPDATE annotations SET draft_link = 'overlap', "
         "draft_iou = '{\"sciatic nerve\": 0.93}' WHERE id = 2",
     ],
+    "0015": [  # AN1's second version redrawn from 3 clicks by run 1's interactive backend
+        "UPDATE annotations SET draft_clicks = 3 WHERE id = 2",
+    ],
 }
 
 
@@ -215,6 +218,11 @@ def _check_0012(s) -> None:
     assert (ann.draft_link, ann.draft_iou) == ("overlap", {"sciatic nerve": 0.93})
 
 
+def _check_0015(s) -> None:
+    assert (s.get_one(Annotation, 2).draft_clicks, s.get_one(Annotation, 1).draft_clicks) == (
+        3, None)  # fmt: skip
+
+
 CHECKS = {
     "0001": _check_0001,
     "0002": _check_0002,
@@ -228,6 +236,7 @@ CHECKS = {
     "0010": _check_0010,
     "0011": _check_0011,
     "0012": _check_0012,
+    "0015": _check_0015,
 }
 
 
