@@ -43,6 +43,9 @@ class Preset:
     loss: str = "ce"  # one of LOSSES
     schedule: str = "constant"  # learning rate over the epochs: one of SCHEDULES
     flip: bool = False  # mirror a random half of the training samples left-right
+    # click-guided (train --interactive): 2 extra input channels per structure, the
+    # positive and negative clicks (datatool.learning.clicks), through their own stem conv
+    interactive: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -186,6 +189,7 @@ class TripletAttentionNet(nn.Module):
         aux: bool = True,
         head_channels: int = 512,
         decoder: int = 0,
+        click_channels: int = 0,
     ):
         super().__init__()
         if output_stride not in (8, 16):
@@ -205,11 +209,34 @@ class TripletAttentionNet(nn.Module):
             else None
         )
         self.num_classes = num_classes
+        # an interactive network: the click maps get their own stem convolution, added to
+        # the image's (RITM's "Conv1S"), so a pretrained backbone loads unchanged; zero at
+        # first, so the untrained click path does not disturb the image's features
+        self.click_channels = click_channels
+        self.click_stem = (
+            nn.Conv2d(click_channels, width, 7, stride=2, padding=3, bias=False)
+            if click_channels
+            else None
+        )
+        if self.click_stem is not None:
+            nn.init.zeros_(self.click_stem.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Logits at the input's size; in training with the auxiliary head, (main, aux)."""
+        """Logits at the input's size; in training with the auxiliary head, (main, aux).
+        An interactive network takes 3 + click_channels input channels (the image, then the
+        click maps) or the image's 3 alone: no clicks, an automatic draft."""
         size = x.shape[-2:]
-        x1, x3, x4 = self.backbone.stages(x)
+        extra = None
+        if x.shape[1] != 3:
+            if self.click_stem is None or x.shape[1] != 3 + self.click_channels:
+                raise ValueError(
+                    "the network takes 3 input channels"
+                    + (f" or {3 + self.click_channels}" if self.click_stem is not None else "")
+                    + f", not {x.shape[1]}"
+                )
+            x, clicks = x[:, :3], x[:, 3:]
+            extra = self.click_stem(clicks)
+        x1, x3, x4 = self.backbone.stages(x, extra)
         out = self.head(self.ppm(x4))
         if self.decoder is not None:
             out = self.decoder(out, x1)
@@ -292,6 +319,7 @@ def build_model(
         p.aux if aux is None else aux,
         p.head_channels,
         p.decoder,
+        2 * (num_classes - 1) if p.interactive else 0,
     )
 
 

@@ -109,9 +109,16 @@ class ResNet(nn.Module):
         ]
         return nn.Sequential(*layers)
 
-    def stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(layer1, layer3, layer4) feature maps (layer1 at stride 4)."""
-        x1 = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+    def stages(
+        self, x: torch.Tensor, stem_extra: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(layer1, layer3, layer4) feature maps (layer1 at stride 4). ``stem_extra`` (the
+        first convolution's shape) is added to that convolution's output: an interactive
+        network's clicks come in there."""
+        stem = self.conv1(x)
+        if stem_extra is not None:
+            stem = stem + stem_extra
+        x1 = self.layer1(self.maxpool(self.relu(self.bn1(stem))))
         x3 = self.layer3(self.layer2(x1))
         return x1, x3, self.layer4(x3)
 

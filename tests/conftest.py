@@ -106,6 +106,22 @@ def trained(tmp_path_factory, demo_dir):
     workspace.close()
 
 
+@pytest.fixture(scope="session")
+def trained_interactive(trained, tmp_path_factory):
+    """A copy of ``trained`` with one more run: the tiny preset trained with clicks
+    (``--interactive``) for 3 epochs on the CPU: ``(workspace, interactive run id)``."""
+    from datatool.learning.training import TrainConfig, train
+    from tests.qa_util import clone
+
+    source, _ = trained
+    workspace = clone(source, tmp_path_factory.mktemp("interactive") / "ws")
+    config = TrainConfig(preset="tiny", epochs=3, batch=4, device="cpu", interactive=True)
+    run = train(workspace, "s", config=config)
+    assert run is not None
+    yield workspace, run.run
+    workspace.close()
+
+
 def pytest_collection_finish(session):
     start_early(session)  # the Label Studio server starts while the first tests run
 

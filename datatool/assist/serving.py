@@ -8,7 +8,9 @@ the server), implemented directly on Starlette:
   -> ``{"model_version": ...}``, after checking that the project is one datatool pushed and
   its labelling config has the protocol's brush labels;
 * ``POST /predict`` (``tasks``, ``project``, ``label_config``, ``params``) -> ``{"results":
-  [one per task, in order: {"result": [...], "score": ..., "model_version": ...}]}``;
+  [one per task, in order: {"result": [...], "score": ..., "model_version": ...}]}``; with a
+  rater's points in ``params.context`` (Label Studio's interactive pre-annotation) an
+  interactive run redraws the clicked structure of the one task (``interactive_predict``);
 * ``POST /webhook``: annotation events are counted per project (``labels.labelstudio.news``)
   so that ``datatool sync labelstudio`` can say which projects have news; ``START_TRAINING``
   is answered that training runs with ``datatool train``;
@@ -37,22 +39,30 @@ escaped.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import json
 import logging
-import os
-import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
+from datatool.assist.interactive_predict import BadContext, Point, context_of, points_of
+from datatool.assist.interactive_predict import answer as interactive_answer
+from datatool.assist.serving_credentials import (
+    DEFAULT_HOST,
+    LOOPBACK,
+    PASSWORD_ENV,
+    USER_ENV,
+    Credentials,
+    credentials_file,
+    credentials_from_env,
+    generate_credentials,
+    read_credentials_file,
+)
 from datatool.assist.serving_guard import (
     HEADER_TIMEOUT,
     KEEP_ALIVE,
@@ -62,7 +72,6 @@ from datatool.assist.serving_guard import (
     make_server,
     serve,
 )
-from datatool.core.atomic import write_text_atomic
 from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask
 from datatool.core.errors import UsageError
 from datatool.core.protocol import Protocol, load_protocol
@@ -71,10 +80,6 @@ from datatool.labels.labelstudio.formats import FROM_NAME, TO_NAME, mask_to_resu
 from datatool.labels.labelstudio.news import escape_action, record_event
 from datatool.labels.matching import image_name
 
-USER_ENV = "DATATOOL_SERVE_USER"
-PASSWORD_ENV = "DATATOOL_SERVE_PASSWORD"
-DEFAULT_USER = "datatool"
-DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9090
 MAX_BODY = 8 * 1024 * 1024  # bytes: Label Studio sends each task with its annotations
 MAX_CONTAINERS = 200_000  # JSON objects and arrays in one body (what parsing costs in memory)
@@ -83,101 +88,9 @@ BODY_BUDGET = 4 * MAX_BODY  # bytes of request bodies held at once, all requests
 BODY_TIMEOUT = 60.0  # seconds to receive a whole body
 MAX_TASKS = 256  # tasks per /predict request
 MAX_ID = 2**63 - 1  # the largest id the catalogue stores
-MIN_PASSWORD = 12  # characters of a password from the environment
-# the addresses a generated password may listen on: the loopback addresses themselves, not a
-# name such as localhost that the system resolves (and a hosts file may point elsewhere)
-LOOPBACK = ("127.0.0.1", "::1")
 REALM = "datatool"
 
 log = logging.getLogger("datatool.serve")
-
-
-# --------------------------------------------------------------------------- credentials
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """The HTTP Basic credentials every request but ``/health`` must carry."""
-
-    user: str
-    password: str = field(repr=False)
-    source: str  # "environment" or the file a generated password was written to
-
-    def accepts(self, header: str | None) -> bool:
-        """Whether an ``Authorization`` header carries these credentials."""
-        if not header or header[:6].lower() != "basic ":
-            return False
-        try:
-            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return False
-        user, sep, password = decoded.partition(":")
-        ok_user = secrets.compare_digest(user.encode(), self.user.encode())
-        ok_password = secrets.compare_digest(password.encode(), self.password.encode())
-        return bool(sep) and ok_user and ok_password
-
-    def header(self) -> str:
-        """The ``Authorization`` header value (for clients and tests)."""
-        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
-        return f"Basic {token}"
-
-
-def credentials_from_env(host: str = DEFAULT_HOST) -> Credentials | None:
-    """The credentials set in the environment, or None when no password is set. Beyond
-    loopback the password must have at least ``MIN_PASSWORD`` characters, not all blank."""
-    password = os.environ.get(PASSWORD_ENV, "")
-    if not password:
-        return None
-    if not password.strip():
-        raise UsageError(f"{PASSWORD_ENV} is blank: set a real password, or unset it")
-    if host not in LOOPBACK and len(password) < MIN_PASSWORD:
-        raise UsageError(
-            f"{PASSWORD_ENV} has {len(password)} characters: a backend listening beyond this "
-            f"machine needs at least {MIN_PASSWORD}"
-        )
-    user = os.environ.get(USER_ENV, "").strip() or DEFAULT_USER
-    if ":" in user:
-        raise UsageError(f"{USER_ENV} must not contain ':' (HTTP Basic auth)")
-    return Credentials(user, password, "environment")
-
-
-def credentials_file(ws: Workspace, run_id: int) -> Path:
-    return ws.meta_dir / "serve" / f"run-{int(run_id)}.credentials.json"
-
-
-def generate_credentials(ws: Workspace, run_id: int, url: str) -> Credentials:
-    """The run's generated password: the one in its credentials file when there is one (so a
-    second or failed ``serve`` never orphans a running server's password), else a new random
-    one written (mode 0600, in a folder of mode 0700) to that file: the one place to read it."""
-    path = credentials_file(ws, run_id)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)  # whatever the umask, and for a folder made before
-    if path.exists():
-        try:
-            kept = read_credentials_file(path)
-        except UsageError:
-            kept = None  # unreadable: replaced below
-        if kept is not None and kept.password.strip() and ":" not in kept.user:
-            os.chmod(path, 0o600)
-            return kept
-    password = secrets.token_urlsafe(24)
-    write_text_atomic(
-        path,
-        json.dumps({"user": DEFAULT_USER, "password": password, "url": url}, indent=2) + "\n",
-        mode=0o600,
-    )
-    return Credentials(DEFAULT_USER, password, str(path))
-
-
-def read_credentials_file(path: Path) -> Credentials:
-    """Credentials from a file ``datatool serve`` wrote."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return Credentials(str(data["user"]), str(data["password"]), str(path))
-    except FileNotFoundError:
-        raise UsageError(f"no credentials file {path}") from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"{path} is not a credentials file written by 'datatool serve'") from None
 
 
 # --------------------------------------------------------------------------- refusals
@@ -509,7 +422,29 @@ class Backend:
             answer.append(hit)
         return answer
 
+    def points(self, body: dict, tasks: int) -> list[Point]:
+        """The rater's points in an interactive request (none in a plain one)."""
+        try:
+            points = points_of(context_of(body), self.protocol)
+        except BadContext as e:
+            raise Refused(422, str(e)) from None
+        if points and not self.model.interactive:
+            raise Refused(
+                422,
+                f"run {self.model.run_id} was not trained with clicks: serve an interactive run "
+                "('datatool train --interactive') to redraw from a rater's points",
+            )
+        if points and tasks != 1:
+            raise Refused(422, f"points for {tasks} tasks: an interactive request has one task")
+        return points
+
     # ---------------------------------------------------------------- work
+
+    def redraw(self, image: tuple[int, str], points: list[Point]) -> dict:
+        """The clicked structures of one image redrawn from the points (blocking)."""
+        array = self.ws.store.get_array(image[1])
+        with self.lock:
+            return interactive_answer(self.model, array, points, self.protocol)
 
     def predict(self, images: list[tuple[int, str]]) -> list[dict]:
         """One Label Studio prediction per image (blocking: run it in a worker thread)."""
@@ -599,10 +534,17 @@ def create_app(
             )
         project = _project_id(body.get("project"))
         backend.check_config(body.get("label_config"))
+        points = backend.points(body, len(tasks))
         images = await run_in_threadpool(backend.resolve, tasks, project)
-        results = await run_in_threadpool(backend.predict, images)
+        if points:
+            results = [await run_in_threadpool(backend.redraw, images[0], points)]
+        else:
+            results = await run_in_threadpool(backend.predict, images)
         log.info(
-            "predict: %d tasks in %.0f ms", len(results), 1000 * (time.perf_counter() - started)
+            "predict: %d tasks%s in %.0f ms",
+            len(results),
+            f", {len(points)} clicks" if points else "",
+            1000 * (time.perf_counter() - started),
         )
         return _json_response(200, {"results": results, "model_version": backend.model_version})
 
@@ -765,6 +707,7 @@ __all__ = [
     "Credentials",
     "Serving",
     "create_app",
+    "credentials_file",
     "credentials_from_env",
     "prepare",
     "read_credentials_file",

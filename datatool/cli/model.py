@@ -41,6 +41,7 @@ from datatool.learning.options import (
 )
 
 if TYPE_CHECKING:  # result types; the services load when a command runs
+    from datatool.learning.click_scoring import ClickScore
     from datatool.learning.scoring import CVResult, ScoreResult
     from datatool.learning.training import EpochDone, RunRow, RunSummary, StepDone
 
@@ -96,7 +97,8 @@ def _train_view(result: RunSummary | list[RunSummary]) -> Iterator[Block]:
         best_epoch = "-" if r.best_epoch is None else r.best_epoch + 1
         yield (
             f"run {r.run}: split {r.split} (hash {r.split_hash[:12]}){fold_text}, preset "
-            f"{r.preset} (loss {r.config.get('loss', 'ce')}), {r.epochs_done} epochs on "
+            f"{r.preset} (loss {r.config.get('loss', 'ce')}"
+            f"{', interactive' if r.config.get('interactive') else ''}), {r.epochs_done} epochs on "
             f"{r.device}; best validation mIoU "
             f"{cell_text(r.best_val_miou)} at epoch {best_epoch}"
         )
@@ -141,6 +143,14 @@ def train(
     resume: int | None = typer.Option(
         None, help="Continue interrupted (or failed) run RUN from its last checkpoint."
     ),
+    interactive: bool = typer.Option(
+        False,
+        "--interactive",
+        help="Click-guided: the network also takes a rater's positive and negative clicks "
+        "per structure, trained on clicks simulated from its own errors (half the samples "
+        "without clicks, so it still drafts on its own). Recorded in the run; a resumed "
+        "run keeps it.",
+    ),
     json_out: bool = JsonOpt,
     ws_path: Path | None = WorkspaceOpt,
 ):
@@ -162,6 +172,7 @@ def train(
         output_stride=output_stride,
         pretrained=str(pretrained) if pretrained else None,
         loss=loss,
+        interactive=interactive,
     )
     progress = _TrainProgress(quiet=json_out)
     with progress.bar:
@@ -335,6 +346,48 @@ def _surface_view(r: ScoreResult) -> Iterator[Block]:
     )
 
 
+def _clicks_view(r: ClickScore) -> Iterator[Block]:
+    """``score --clicks``: the simulated clicker's figures per structure."""
+    yield (
+        f"run {r.run} on the {r.set} set of split {r.split} under the simulated clicker: "
+        f"{r.images} images ({r.frame}), {r.checkpoint} checkpoint, up to {r.max_clicks} "
+        f"clicks per structure, {r.ms_per_click:.0f} ms a click on {r.device}"
+    )
+    after = [k for k in (0, 1, 3, 5) if k <= r.max_clicks]
+    table = Table(
+        f"clicks to reach {r.threshold:g} x the inter-rater IoU "
+        f"({' and '.join(r.raters) if r.raters else 'no two raters on the set'})",
+        [
+            "structure",
+            "images",
+            "raters' IoU",
+            "target IoU",
+            "mean NoC",
+            "never reached",
+            *(f"IoU after {k}" for k in after),
+        ],
+        name="clicks",
+    )
+    for st in r.structures:
+        table.add(
+            st.structure,
+            st.images,
+            st.raters_iou,
+            st.target,
+            st.noc,
+            st.never_reached,
+            *(st.iou_after.get(k) for k in after),
+        )
+    yield table
+    yield (
+        "NoC: clicks until the structure's IoU against the reference first reaches the target "
+        f"(0: the draft does; {r.max_clicks} counted when never); each click at the interior "
+        "of the largest error region, positive on a miss, negative on a spill"
+    )
+    if r.out_dir:
+        yield f"written: {r.out_dir}/clicks.json"
+
+
 def _cv_view(r: CVResult) -> Iterator[Block]:
     table = Table(
         f"cross-validation {r.cv_group}: mean IoU per fold",
@@ -376,6 +429,14 @@ def score(
         help="Tolerance of the normalised surface distance (NSD) on the whole image, in mm "
         "(in px when an image of the set is not calibrated).",
     ),
+    clicks: bool = typer.Option(
+        False,
+        "--clicks",
+        help="An interactive run (train --interactive) under the simulated clicker instead: "
+        "per structure, clicks to reach 0.95 x the inter-rater IoU (NoC; --max-clicks when "
+        "never), IoU after 0, 1, 3 and 5 clicks, the share never reaching it (clicks.json).",
+    ),
+    max_clicks: int = typer.Option(10, min=1, max=100, help="With --clicks: clicks per structure."),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -387,6 +448,24 @@ def score(
     from datatool.learning.scoring import score_cv, score_run
 
     ws = workspace(ws_path)
+    if clicks:
+        from datatool.learning.click_scoring import score_clicks
+
+        if cv or fold is not None:
+            raise typer.BadParameter("--clicks scores one run on its test or validation set")
+        with progress_bar("clicker", enabled=not json_out) as progress:
+            clicked = score_clicks(
+                ws,
+                run,
+                subset=subset,
+                checkpoint=checkpoint,
+                device=device,
+                max_clicks=max_clicks,
+                out_dir=out_dir,
+                progress=progress,
+            )
+        render.show(clicked, _clicks_view, json_out, csv_out)
+        return
     if cv:
         result = score_cv(
             ws,

@@ -55,6 +55,13 @@ class RunModel:
     network: Any = field(repr=False)
     device: Any
     values: np.ndarray = field(repr=False)  # class index -> protocol label value (0: none)
+    structures: tuple[str, ...] = ()  # class index - 1 -> protocol structure name
+
+    @property
+    def interactive(self) -> bool:
+        """Trained with clicks (``train --interactive``): :func:`datatool.learning.interactive.
+        redraw` takes a rater's points; without any it drafts like any run."""
+        return bool(self.config.get("interactive", False))
 
     @property
     def resize(self) -> tuple[int, int]:
@@ -108,6 +115,7 @@ def load_run_model(
         network=network,
         device=dev,
         values=values,
+        structures=tuple(s.name for s in protocol.structures),
     )
 
 

@@ -54,6 +54,7 @@ class TrainConfig:
     pretrained: str | None = None
     max_images: int | None = None  # cap the training set (tests, quick looks)
     loss: str | None = None  # None: the preset's (LossName)
+    interactive: bool = False  # click channels, trained with simulated clicks (click_training)
 
     def resolved(self) -> dict:
         """The run's config as the catalogue records it: the preset's fields with this
@@ -70,6 +71,7 @@ class TrainConfig:
             output_stride=self.output_stride or p.output_stride,
             rotation=p.rotation if self.rotation is None else self.rotation,
             loss=choice(LossName, self.loss, "--loss").value if self.loss else p.loss,
+            interactive=self.interactive or p.interactive,
         )
         if (
             p.epochs < 1
@@ -534,6 +536,7 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
     order = torch.randperm(n, generator=gen)
     angles_all = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(conf["rotation"])
     flips_all = torch.rand(n, generator=gen) < 0.5 if preset.flip else None
+    clicks_rng = np.random.default_rng([conf["seed"], epoch]) if preset.interactive else None
     total, count = 0.0, 0
     for step in range(loop.steps):
         if world == 1:
@@ -548,6 +551,10 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
             loop.masks[on_device],
             None if flips_all is None else flips_all[idx].to(device),
         )
+        if clicks_rng is not None:
+            from datatool.learning.click_training import with_clicks
+
+            x = with_clicks(loop.model, x, y, _unwrap(loop.model).num_classes, clicks_rng, device)
         with autocast(device):
             loss = segmentation_loss(loop.model(channels_last(x, device)), y, loss=preset.loss)
         loop.optimizer.zero_grad(set_to_none=True)

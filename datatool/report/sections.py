@@ -305,6 +305,29 @@ class VersusRow:
 
 
 @dataclass
+class ClickRow:
+    """A structure under the simulated clicker (``score --clicks``'s clicks.json)."""
+
+    structure: str
+    images: int
+    raters_iou: float | None
+    noc: float | None
+    never_reached: float | None
+    iou_after: dict[int, float]
+
+
+@dataclass
+class ClicksSection:
+    """An interactive run's ``score --clicks``: clicks to reach the target, per structure."""
+
+    max_clicks: int
+    threshold: float
+    ms_per_click: float
+    rows: list[ClickRow]
+    source: str
+
+
+@dataclass
 class ScoreSection:
     run: int
     set: str
@@ -328,6 +351,7 @@ class ScoreSection:
     surface: list[SurfaceRow] = field(default_factory=list)  # empty: scored before them
     surface_unit: str | None = None
     nsd_tolerance: float | None = None
+    clicks: ClicksSection | None = None  # an interactive run scored with --clicks
 
 
 @dataclass

@@ -20,6 +20,8 @@ from datatool.report.sections import (
     AgreementRow,
     AgreementSection,
     AnovaSection,
+    ClickRow,
+    ClicksSection,
     Described,
     DraftCount,
     Figure,
@@ -432,7 +434,46 @@ def score_section(
         ],
         surface_unit=results.get("surface_unit"),
         nsd_tolerance=results.get("nsd_tolerance"),
+        clicks=clicks_section(ws, run, subset, path),
     )
+
+
+def clicks_section(
+    ws: Workspace, run: Run, subset: str, score_json: Path | None
+) -> ClicksSection | None:
+    """``score --clicks``'s clicks.json of the run and set (beside score.json, else in the
+    default folder); None when the run was not scored so, or the file is not its."""
+    candidates = [] if score_json is None else [score_json.with_name("clicks.json")]
+    candidates.append(ws.root / "reports" / f"run-{run.id}-{subset}" / "clicks.json")
+    for candidate in candidates:
+        path = _local(ws, candidate)
+        if path is None:
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if (data.get("run"), data.get("set")) != (run.id, subset):
+                continue
+            rows = [
+                ClickRow(
+                    structure=str(st["structure"]),
+                    images=int(st["images"]),
+                    raters_iou=st.get("raters_iou"),
+                    noc=st.get("noc"),
+                    never_reached=st.get("never_reached"),
+                    iou_after={int(k): float(v) for k, v in (st.get("iou_after") or {}).items()},
+                )
+                for st in data["structures"]
+            ]
+            return ClicksSection(
+                max_clicks=int(data["max_clicks"]),
+                threshold=float(data["threshold"]),
+                ms_per_click=float(data["ms_per_click"]),
+                rows=rows,
+                source=_rel(ws, path),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def _score_figures(ws, run, results, path, rows, figures, missing, command, notes) -> None:

@@ -223,3 +223,32 @@ def test_a_run_recorded_before_the_new_preset_fields_comes_back_as_trained():
         "constant",
         False,
     )
+
+
+def test_an_interactive_network_takes_click_channels_or_the_image_alone():
+    """Interactive presets: 2 channels per structure more; without them the click path adds
+    nothing (an automatic draft); with them it changes the output once it has weights."""
+    from dataclasses import replace
+
+    preset = replace(PRESETS["cpu"], interactive=True)
+    torch.manual_seed(0)
+    net = build_model(6, preset).eval()
+    assert net.click_channels == 10
+    image = torch.randn(1, 3, 64, 96)
+    clicks = torch.zeros(1, 10, 64, 96)
+    clicks[0, 2, 30:35, 40:45] = 1.0
+    with torch.no_grad():
+        alone = net(image)
+        zero = net(torch.cat([image, torch.zeros_like(clicks)], 1))
+        assert torch.equal(alone, zero)
+        # a new network's click stem is zero: the clicks change nothing until trained
+        assert torch.allclose(net(torch.cat([image, clicks], 1)), alone)
+        torch.nn.init.normal_(net.click_stem.weight)
+        assert not torch.allclose(net(torch.cat([image, clicks], 1)), alone, atol=1e-4)
+        assert torch.equal(net(image), alone)  # no clicks: the same draft as before
+    with pytest.raises(ValueError, match="3 input channels or 13, not 5"):
+        net(torch.randn(1, 5, 64, 96))
+    with pytest.raises(ValueError, match="3 input channels, not 13"):
+        build_model(6, "cpu").eval()(torch.randn(1, 13, 64, 96))
+    assert Preset.from_dict(preset.as_dict()).interactive
+    assert not Preset.from_dict(PRESETS["cpu"].as_dict()).interactive

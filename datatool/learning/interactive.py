@@ -1,0 +1,91 @@
+"""Click-guided redrawing: an interactive run (``train --interactive``) given an image and a
+rater's clicks returns a new label map.
+
+The image goes in as for a draft (:mod:`datatool.learning.inference`: resized to the model's
+scale, padded to the network's stride); each click is moved to that scale and drawn into the
+click channels (:func:`datatool.learning.clicks.click_maps`), one forward pass, the class
+probabilities resized back to the image's own size, the arg max. The model is the loaded
+:class:`RunModel`: a redraw never reads the checkpoint again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from datatool.core.errors import UsageError
+from datatool.learning.clicks import Click, click_maps
+from datatool.learning.device import autocast, channels_last
+from datatool.learning.inference import RunModel, _batch_input
+
+
+def click_input(model: RunModel, image: np.ndarray, clicks: Sequence[Click]):
+    """The network's input for one image (any size) and its clicks (pixels of that image):
+    1 x (3 + 2 K) x H' x W' on the model's device, H' x W' the model's size padded."""
+    import torch
+
+    h, w = model.resize
+    x = _batch_input([image], (h, w))
+    rows, cols = image.shape[:2]
+    scaled = [c.scaled(h / rows, w / cols) for c in clicks]
+    maps = click_maps(
+        [Click(c.structure, min(max(c.y, 0), h - 1), min(max(c.x, 0), w - 1), c.positive)
+         for c in scaled],
+        (h, w),
+        model.structures,
+    )  # fmt: skip
+    padded = torch.zeros(1, maps.shape[0], x.shape[-2], x.shape[-1])
+    padded[0, :, :h, :w] = torch.from_numpy(maps)
+    return channels_last(torch.cat([x, padded], 1).to(model.device), model.device)
+
+
+def redraw_probabilities(model: RunModel, image: np.ndarray, clicks: Sequence[Click]):
+    """Class probabilities (C x rows x cols, a torch tensor on the model's device) of the
+    image given the clicks."""
+    import torch
+    import torch.nn.functional as F
+
+    if not model.interactive:
+        raise UsageError(
+            f"run {model.run_id} was not trained with clicks: train one with "
+            "'datatool train --interactive'"
+        )
+    h, w = model.resize
+    with torch.no_grad():
+        x = click_input(model, image, clicks)
+        with autocast(model.device):
+            logits = model.network(x)
+        p = torch.softmax(logits.float()[:, :, :h, :w], dim=1)
+        rows, cols = image.shape[:2]
+        return F.interpolate(p, size=(rows, cols), mode="bilinear", align_corners=False)[0]
+
+
+def redraw(
+    model: RunModel,
+    image: np.ndarray,
+    clicks: list[Click],
+    previous: np.ndarray | None = None,
+) -> np.ndarray:
+    """The label map (uint8 protocol values, the image's size) that the interactive run draws
+    for ``image`` (2-D uint8) given the rater's ``clicks`` (pixels of the image). With
+    ``previous`` (a label map of the image, e.g. the draft being corrected) only the clicked
+    structures change: pixels of a clicked structure take the new drawing, pixels newly
+    drawn as a clicked structure become it, everything else stays as it was."""
+    p = redraw_probabilities(model, image, clicks)
+    drawn = model.values[p.argmax(dim=0).cpu().numpy().astype(np.uint8)]
+    if previous is None:
+        return drawn
+    if previous.shape != drawn.shape:
+        raise ValueError(f"previous label map {previous.shape} is not the image's {drawn.shape}")
+    out = previous.astype(np.uint8, copy=True)
+    by_name = dict(zip(model.structures, model.values[1:]))
+    for name in sorted({c.structure for c in clicks}):
+        value = by_name[name]
+        was = previous == value
+        out[was] = drawn[was]
+        out[drawn == value] = value
+    return out
+
+
+__all__ = ["click_input", "redraw", "redraw_probabilities"]
