@@ -266,12 +266,14 @@ def _prelabelled_notes(smp: _Sample) -> list[str]:
     if smp.left_out:
         notes.append(
             f"{smp.left_out} images left out: a label of either rater started from a model "
-            "draft, so the raters were not independent (--include-prelabelled keeps them)"
+            "draft (or was made with clicks), so the raters were not independent "
+            "(--include-prelabelled keeps them)"
         )
     if smp.prelabelled:
         notes.append(
             f"{smp.prelabelled} of {len(smp.items)} images have a label that started from a "
-            "model draft: for them this is not a measure of independent human agreement"
+            "model draft (or was made with clicks): for them this is not a measure of "
+            "independent human agreement"
         )
     return notes
 
@@ -374,7 +376,8 @@ def _load_sample(
         prelabelled = set(
             s.scalars(
                 select(Annotation.image_id).where(
-                    Annotation.id.in_(ann_ids), Annotation.draft_version.is_not(None)
+                    Annotation.id.in_(ann_ids),
+                    Annotation.draft_version.is_not(None) | Annotation.draft_clicks.is_not(None),
                 )
             )
         )

@@ -25,6 +25,13 @@ from datatool.labels.gold import without_gold
 MIN_IMAGES = 3  # an agreement needs at least this many images both raters labelled
 
 
+def model_started(*labels: Annotation) -> bool:
+    """Whether any of these labels started from a model: a draft, or a region a model redrew
+    from the rater's clicks (Label Studio's interactive tool). Such raters are not
+    independent."""
+    return any(a.draft_version is not None or a.draft_clicks is not None for a in labels)
+
+
 def _pick_raters(session, raters: list[str] | None) -> tuple[Rater, Rater]:
     if raters:
         if len(raters) != 2 or raters[0] == raters[1]:
@@ -86,19 +93,15 @@ def _draw(
     annotations = {(ann.image_id, ann.rater_id): ann for ann in latest_of_both}
     latest = {key: ann.id for key, ann in annotations.items()}
     both = sorted({i for (i, r) in latest if r == a.id} & {i for (i, r) in latest if r == b.id})
-    drafted = [
-        i
-        for i in both
-        if annotations[(i, a.id)].draft_version is not None
-        or annotations[(i, b.id)].draft_version is not None
-    ]
+    drafted = [i for i in both if model_started(annotations[(i, a.id)], annotations[(i, b.id)])]
     left_out = 0
     if not include_prelabelled and drafted:
         both = sorted(set(both) - set(drafted))
         left_out = len(drafted)
     if len(both) < MIN_IMAGES:
         why = (
-            f" ({left_out} more left out: a label started from a model draft; "
+            f" ({left_out} more left out: a label started from a model draft or was made "
+            "with clicks; "
             "--include-prelabelled keeps them)"
             if left_out
             else ""

@@ -9,6 +9,13 @@ Studio makes for a backend (``URL/webhook``) gets the same Basic auth header, so
 events reach it; a server whose SSRF protection refuses local addresses keeps no such webhook
 (reported, not an error). Connecting twice updates the existing registration.
 
+With ``interactive`` (``--interactive``) the backend is registered with Label Studio's
+interactive pre-annotation flag (``is_interactive``): each point a rater places with the
+project's smart KeyPointLabels tool is sent to its ``/predict``, which redraws the clicked
+structure. The project must have that tool (``labelstudio push --interactive``), and a backend
+that says which kind of run it serves (``interactive`` in ``/health``) must serve an
+interactive one.
+
 Layering: reads the credentials ``serve`` writes (``assist.serving``).
 """
 
@@ -22,6 +29,7 @@ import httpx
 
 from datatool.core.catalogue import audit
 from datatool.core.errors import DatatoolError, UsageError
+from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import get_rater, run_of_draft_version
 from datatool.labels.labelstudio.connection import (
@@ -30,6 +38,7 @@ from datatool.labels.labelstudio.connection import (
     _server_project,
     rater_server,
 )
+from datatool.labels.labelstudio.push import has_clicks_tool
 
 WEBHOOK_ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"]
 
@@ -52,6 +61,7 @@ class ConnectReport:
     user: str
     projects: list[ConnectedProject]
     notes: list[str] = field(default_factory=list)
+    interactive: bool = False  # registered for interactive pre-annotations (clicks)
 
 
 def _backend_credentials(ws: Workspace, version: str, credentials_file: Path | None):
@@ -96,8 +106,10 @@ def connect_backend(
     url: str | None = None,
     token: str | None = None,
     credentials_file: Path | None = None,
+    interactive: bool = False,
 ) -> ConnectReport:
-    """Register the ML backend at ``backend_url`` on each of the rater's projects."""
+    """Register the ML backend at ``backend_url`` on each of the rater's projects;
+    ``interactive``: for interactive pre-annotations (the rater's clicks)."""
     parts = urlsplit(backend_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError("--backend-url must be http(s)://HOST:PORT of 'datatool serve'")
@@ -114,6 +126,16 @@ def connect_backend(
             f"rater {rater} has no Label Studio project yet: run "
             f"'datatool labelstudio push --rater {rater}' first"
         )
+    conn = where.connect(token)
+    protocol = load_protocol(ws.protocol_name) if interactive else None
+    for pid in projects:
+        project = _server_project(conn, pid, rater)
+        if protocol is not None and not has_clicks_tool(project.label_config, protocol):
+            raise DatatoolError(
+                f"Label Studio project {pid} of rater {rater} has no smart KeyPointLabels tool "
+                f"for clicks: run 'datatool labelstudio push --rater {rater} --interactive' "
+                "first"
+            )
     health = _get(f"{backend_url}/health", backend_url)
     try:
         version = str(health.json()["model_version"]) if health.status_code == 200 else ""
@@ -121,6 +143,12 @@ def connect_backend(
         version = ""
     if not version:
         raise DatatoolError(f"{backend_url} does not answer like datatool's ML backend")
+    if interactive and _serves_interactive(health) is False:
+        raise DatatoolError(
+            f"the ML backend at {backend_url} serves {version}, which was not trained with "
+            "--interactive: serve an interactive run ('datatool train --interactive'), or "
+            "connect without --interactive"
+        )
     credentials = _backend_credentials(ws, version, credentials_file)
     check = _get(
         f"{backend_url}/versions", backend_url, headers={"Authorization": credentials.header()}
@@ -130,11 +158,12 @@ def connect_backend(
             f"the ML backend at {backend_url} refused the credentials: use those of its "
             "'datatool serve'"
         )
-    conn = where.connect(token)
     report = ConnectReport(rater, backend_url, version, credentials.user, [])
+    report.interactive = interactive
     for pid in projects:
-        _server_project(conn, pid, rater)
-        report.projects.append(_connect_one(conn, pid, backend_url, version, credentials, report))
+        report.projects.append(
+            _connect_one(conn, pid, backend_url, version, credentials, report, interactive)
+        )
     with ws.session() as s:
         audit(
             s,
@@ -144,12 +173,23 @@ def connect_backend(
             projects=projects,
             model_version=version,
             created=sum(p.created for p in report.projects),
+            interactive=interactive,
         )
     return report
 
 
+def _serves_interactive(health: httpx.Response) -> bool | None:
+    """Whether the backend says it serves an interactive run (``interactive`` in its
+    ``/health``); None when it does not say."""
+    try:
+        said = health.json().get("interactive")
+    except (ValueError, AttributeError):
+        return None
+    return said if isinstance(said, bool) else None
+
+
 def _connect_one(
-    conn, pid: int, backend_url: str, version: str, credentials, report
+    conn, pid: int, backend_url: str, version: str, credentials, report, interactive: bool = False
 ) -> ConnectedProject:
     backends = [
         _plain(b) for b in conn.call("list the ML backends", conn.client.ml.list, project=pid) or []
@@ -160,7 +200,7 @@ def _connect_one(
         "basic_auth_user": credentials.user,
         "basic_auth_pass": credentials.password,
         "title": version,
-        "is_interactive": False,
+        "is_interactive": interactive,
     }
     if mine:
         backend = _plain(

@@ -11,7 +11,10 @@ Regions of other types (the brush regions of the draft being corrected) are igno
 
 The answer is one prediction per task, as for a draft, whose ``result`` holds the brush
 region of each clicked structure only (the task image's own size; no region when the
-redrawn structure is empty), so Label Studio puts it beside what the rater has. A context
+redrawn structure is empty), so Label Studio puts it beside what the rater has. Each region's
+``meta`` says the run's model version and how many points it was redrawn from
+(``formats.clicks_meta``): Label Studio keeps it on the region the rater accepts, and sync
+records the label's provenance from it. A context
 without points gets the whole draft, as a plain ``/predict``.
 """
 
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from datatool.core.protocol import Protocol
-from datatool.labels.labelstudio.formats import mask_to_results
+from datatool.labels.labelstudio.formats import clicks_meta, mask_to_results
 from datatool.learning.clicks import Click
 
 MAX_CLICKS = 100  # points in one request: more is not a rater clicking
@@ -126,6 +129,9 @@ def answer(model: Any, image: np.ndarray, points: Sequence[Point], protocol: Pro
     labels = model.values[classes.cpu().numpy().astype(np.uint8)]
     clicked = sorted({c.structure for c in clicks}, key=list(model.structures).index)
     results = clicked_results(labels, clicked, protocol)
+    for entry in results:  # provenance Label Studio keeps on the region: sync reads it
+        (name,) = entry["value"]["brushlabels"]
+        entry["meta"] = clicks_meta(model.model_version, sum(c.structure == name for c in clicks))
     value_of = {s.name: s.value for s in protocol.structures}
     drawn = np.isin(labels, [value_of[n] for n in clicked])
     score = float(top.cpu().numpy()[drawn].mean()) if drawn.any() else 0.0

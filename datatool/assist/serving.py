@@ -3,7 +3,8 @@
 It speaks the protocol Label Studio 1.23 uses with ML backends (``ml/api_connector.py`` of
 the server), implemented directly on Starlette:
 
-* ``GET /health`` -> ``{"status": "UP", "model_version": ...}`` (the one route without auth);
+* ``GET /health`` -> ``{"status": "UP", "model_version": ..., "interactive": bool}`` (the one
+  route without auth; ``interactive``: the run redraws from clicks);
 * ``POST /setup`` (``project``, ``schema``, ``hostname``, ``access_token``, ``extra_params``)
   -> ``{"model_version": ...}``, after checking that the project is one datatool pushed and
   its labelling config has the protocol's brush labels;
@@ -498,7 +499,12 @@ def create_app(
     async def health(request):
         return _json_response(
             200,
-            {"status": "UP", "model_class": "datatool", "model_version": backend.model_version},
+            {
+                "status": "UP",
+                "model_class": "datatool",
+                "model_version": backend.model_version,
+                "interactive": bool(getattr(backend.model, "interactive", False)),
+            },
         )
 
     @_answering("/setup")

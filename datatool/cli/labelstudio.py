@@ -68,6 +68,13 @@ def _push_view(r: PushReport) -> Iterator[Block]:
     yield table
     served = "the local files storage" if r.serve is ServeMode.local else "upload"
     yield f"project {r.project_id} '{r.title}'; images served by {served}"
+    if r.interactive:
+        yield (
+            "smart KeyPointLabels tool "
+            + ("added to the project's config" if r.config_updated else "in the project's config")
+            + ": register an interactive run's backend with 'datatool labelstudio connect "
+            "--interactive'"
+        )
 
 
 def _review_push_view(r: ReviewPushReport) -> Iterator[Block]:
@@ -189,6 +196,14 @@ def push(
         help="Record --url as the rater's server instead of the one recorded (the server moved "
         "to a new address; the rater's projects must be on it).",
     ),
+    interactive: bool = typer.Option(
+        False,
+        "--interactive",
+        help="For an interactive run (train --interactive): add a smart KeyPointLabels tool "
+        "beside the brush (same structures and colours; Alt-click places a negative point) "
+        "whose points the backend of 'labelstudio connect --interactive' redraws from. An "
+        "existing project gets the tool added.",
+    ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
     ws_path: Path | None = WorkspaceOpt,
@@ -218,10 +233,10 @@ def push(
     """
     if review:
         if (images is not None or project_id is not None or new_project or gold is not None
-                or move_server):  # fmt: skip
+                or move_server or interactive):  # fmt: skip
             raise typer.BadParameter(
-                "--images, --project-id, --new-project, --gold and --move-server are not for "
-                "--review",
+                "--images, --project-id, --new-project, --gold, --move-server and --interactive "
+                "are not for --review",
                 param_hint="--review",
             )
         _review_push(rater, store_as, reviewer, run, title, serve, local_root, url, token,
@@ -252,6 +267,7 @@ def push(
         gold_reference=gold_reference,
         gold_seed=gold_seed,
         move_server=move_server,
+        interactive=interactive,
     )
     render.notes(
         f"task {task_id} of project {result.project_id} was deleted on the server; not re-created"
@@ -280,6 +296,11 @@ def _connect_view(r: ConnectReport) -> Iterator[Block]:
         "rater opens a task without one; the project shows model version "
         f"{r.model_version}"
     )
+    if r.interactive:
+        yield (
+            "interactive: each point the rater places with the clicks tool (Alt-click: a "
+            "negative one) goes to the backend, which redraws the structure's brush region"
+        )
 
 
 @labelstudio_app.command("connect")
@@ -297,6 +318,13 @@ def connect(
         dir_okay=False,
         help="The credentials file 'datatool serve' wrote (default: DATATOOL_SERVE_USER and "
         "DATATOOL_SERVE_PASSWORD, else the file serve wrote for the backend's run).",
+    ),
+    interactive: bool = typer.Option(
+        False,
+        "--interactive",
+        help="Register the backend for interactive pre-annotations: each point a rater places "
+        "with the smart KeyPointLabels tool ('labelstudio push --interactive') goes to it and "
+        "it redraws the structure. The backend must serve an interactive run.",
     ),
     url: str | None = UrlOpt,
     token: str | None = TokenOpt,
@@ -316,6 +344,7 @@ def connect(
         url=url,
         token=token,
         credentials_file=backend_credentials,
+        interactive=interactive,
     )
     render.notes(result.notes)
     render.show(result, _connect_view, json_out, csv_out)

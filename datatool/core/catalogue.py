@@ -191,6 +191,9 @@ class Annotation(Base):
     # "accepted unchanged" (an ITK-SNAP draft stored as it is, sync itksnap --accept-unchanged)
     draft_link: Mapped[str | None] = mapped_column(String(32))
     draft_iou: Mapped[dict | None] = mapped_column(JSON)  # structure name -> IoU with the draft
+    # Made with clicks (Label Studio's smart points, an interactive run's backend redrawing the
+    # region): how many points; the run is draft_version/draft_run_id. None: no clicks.
+    draft_clicks: Mapped[int | None] = mapped_column(Integer)
     image: Mapped[Image] = relationship()
     rater: Mapped[Rater] = relationship()
     structures: Mapped[list[StructureStats]] = relationship(back_populates="annotation")

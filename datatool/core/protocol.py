@@ -164,8 +164,17 @@ class Protocol:
             lines.append(f'{s.value:5d} {r:5d} {g:4d} {b:4d}        1  1  1    "{s.name}"')
         return "\n".join(lines) + "\n"
 
-    def labelstudio_config(self, from_name: str = "label", to_name: str = "image") -> str:
+    def labelstudio_config(
+        self,
+        from_name: str = "label",
+        to_name: str = "image",
+        interactive: bool = False,
+        clicks_name: str = "clicks",
+    ) -> str:
         """The Label Studio labelling config: brush labels over the image, one per structure.
+        ``interactive`` adds a smart KeyPointLabels tool (``clicks_name``) with the same
+        labels and colours: the points a rater places go to the project's interactive ML
+        backend (a positive point by default, a negative one with Alt held).
 
         Built as XML elements, so any structure name (``&``, quotes, ``<``) is escaped and the
         config always parses; Label Studio reads each label's name back unescaped."""
@@ -174,6 +183,12 @@ class Protocol:
         brush = ET.SubElement(view, "BrushLabels", name=from_name, toName=to_name)
         for s in self.structures:
             ET.SubElement(brush, "Label", value=s.name, background=s.hex_color)
+        if interactive:
+            points = ET.SubElement(
+                view, "KeyPointLabels", name=clicks_name, toName=to_name, smart="true"
+            )
+            for s in self.structures:
+                ET.SubElement(points, "Label", value=s.name, background=s.hex_color)
         ET.indent(view, "  ")
         return ET.tostring(view, encoding="unicode") + "\n"
 

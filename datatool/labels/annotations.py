@@ -53,6 +53,7 @@ class DraftOrigin:
     mask_hash: str | None = None
     link: str | None = None  # how the link was found when no tool recorded it (draftlink)
     ious: dict[str, float] | None = None  # for a link by overlap: IoU per structure
+    clicks: int | None = None  # redrawn interactively from this many of the rater's clicks
 
 
 def run_of_draft_version(version: str | None) -> int | None:
@@ -277,6 +278,7 @@ def store_annotations(
                 ),
                 "draft_link": draft.link if draft else None,
                 "draft_iou": draft.ious if draft else None,
+                "draft_clicks": draft.clicks if draft else None,
             }
         )
         stats.append(structure_stats(mask, protocol, image.mm_per_px_x, image.mm_per_px_y))

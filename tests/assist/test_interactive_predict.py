@@ -20,7 +20,7 @@ from datatool.assist.interactive_predict import (
 from datatool.core.catalogue import Image, LabelStudioProject, LabelStudioTask
 from datatool.core.protocol import load_protocol
 from datatool.labels.annotations import get_rater
-from datatool.labels.labelstudio.formats import results_to_mask
+from datatool.labels.labelstudio.formats import clicks_meta, results_to_mask
 from datatool.labels.matching import image_name
 from datatool.learning.clicks import Click
 from datatool.learning.inference import load_run_model
@@ -156,6 +156,10 @@ def test_a_point_on_the_nerve_redraws_the_nerve_alone_at_the_images_size(served)
     want = results_to_mask(expected["result"], P, array.shape).mask
     assert np.array_equal(got, want)
     assert "2 clicks" in log.read_text()
+    # each region says what redrew it, from how many points: sync's provenance (clicks-ls)
+    for r in prediction["result"]:
+        assert r["meta"] == clicks_meta(model.model_version, 2)
+    assert httpx.get(url + "/health").json()["interactive"] is True
 
 
 def test_without_points_the_interactive_run_drafts_the_whole_image(served):

@@ -115,6 +115,7 @@ def test_health_is_open_and_everything_else_needs_basic_auth(served, client):
     health = client.get("/health")
     assert health.status_code == 200
     assert health.json()["model_version"] == load_run_model(ws, run, device="cpu").model_version
+    assert health.json()["interactive"] is False  # connect --interactive refuses this run
     for method, path in [
         ("POST", "/setup"),
         ("POST", "/predict"),

@@ -132,6 +132,9 @@ SEEDS = {
         "INSERT INTO received VALUES (1, '00000001-abc-5553', 'US1', '" + T + "', 'ingested', "
         "NULL, '" + T + "')",
     ],
+    "0014": [  # AN1's second version redrawn from 3 clicks by run 1's interactive backend
+        "UPDATE annotations SET draft_clicks = 3 WHERE id = 2",
+    ],
 }
 
 
@@ -225,6 +228,11 @@ def _check_0013(s) -> None:
     assert (row.receipt, row.calling_ae, row.outcome) == ("00000001-abc-5553", "US1", "ingested")
 
 
+def _check_0014(s) -> None:
+    assert (s.get_one(Annotation, 2).draft_clicks, s.get_one(Annotation, 1).draft_clicks) == (
+        3, None)  # fmt: skip
+
+
 CHECKS = {
     "0001": _check_0001,
     "0002": _check_0002,
@@ -239,6 +247,7 @@ CHECKS = {
     "0011": _check_0011,
     "0012": _check_0012,
     "0013": _check_0013,
+    "0014": _check_0014,
 }
 
 

@@ -56,7 +56,7 @@ def test_migrations_match_the_models_and_sqlite_is_wal_with_foreign_keys(ws):
         assert diff == [], "models changed without a migration: run alembic revision"
         assert conn.execute(text("pragma journal_mode")).scalar() == "wal"
         assert conn.execute(text("pragma foreign_keys")).scalar() == 1
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0013"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0014"
 
 
 def test_opening_an_unmigrated_catalogue_upgrades_it_with_a_message(tmp_path, capsys):

@@ -18,6 +18,14 @@ size; anything else raises :class:`masks.BadLabel` with the reason. Regions of t
 structure are merged. **Overlaps:** where regions of two different structures cover the same
 pixel, the later entry in the result list wins (Label Studio draws later regions on top); each
 such overlap is reported in :attr:`LabelMap.notes` with its pixel count, never silently.
+
+**Clicks.** In a project pushed for an interactive run (``labelstudio push --interactive``) a
+rater may also place points with the smart KeyPointLabels tool (``CLICKS_NAME``): each point
+goes to the interactive ML backend, which answers with the redrawn brush region. The points
+are the rater's clicks, not labels: :func:`results_to_mask` skips ``keypointlabels`` entries.
+A redrawn region carries its provenance in its ``meta`` (:func:`clicks_meta`: the model
+version and the number of points it was redrawn from), which Label Studio keeps on the region
+when the rater accepts it; :func:`clicks_of` reads it back.
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ from datatool.labels.quoting import excerpt
 
 FROM_NAME = "label"
 TO_NAME = "image"
+CLICKS_NAME = "clicks"  # the smart KeyPointLabels tool of an interactive project
+CLICKS_META = "datatool_clicks"  # a redrawn brush region's provenance, in its result's meta
+CLICK_TYPE = "keypointlabels"
 
 
 @dataclass
@@ -88,6 +99,48 @@ def mask_to_results(
             }
         )
     return results
+
+
+def clicks_meta(model_version: str, clicks: int) -> dict:
+    """The ``meta`` of a brush region redrawn by a model from ``clicks`` points: Label Studio
+    keeps it on the region when the rater accepts it, so sync can tell the label's origin."""
+    return {CLICKS_META: {"model_version": str(model_version), "clicks": int(clicks)}}
+
+
+@dataclass(frozen=True)
+class Clicked:
+    """What an annotation's regions say of the clicks they were redrawn from."""
+
+    model_version: str  # the model that redrew them (the first region's when several)
+    clicks: int  # points, summed over the redrawn regions
+    regions: int  # brush regions redrawn from clicks
+    versions: tuple[str, ...] = ()  # every model version named, in order (several: a note)
+
+
+def clicks_of(results: Any) -> Clicked | None:
+    """The click provenance of a result list: from the brush regions whose ``meta`` holds
+    :func:`clicks_meta` (a malformed one is ignored); None when no region was redrawn."""
+    versions: list[str] = []
+    clicks = regions = 0
+    for entry in results if isinstance(results, list) else []:
+        if not isinstance(entry, dict) or entry.get("type") != "brushlabels":
+            continue
+        meta = entry.get("meta")
+        info = meta.get(CLICKS_META) if isinstance(meta, dict) else None
+        if not isinstance(info, dict):
+            continue
+        version, count = info.get("model_version"), info.get("clicks")
+        if not isinstance(version, str) or not version.strip():
+            continue
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 < count < 10**6:
+            continue
+        regions += 1
+        clicks += count
+        if version not in versions:
+            versions.append(version)
+    if not regions:
+        return None
+    return Clicked(versions[0], clicks, regions, tuple(versions))
 
 
 def _region_name(entry: dict, index: int) -> str:
@@ -174,7 +227,9 @@ def results_to_mask(results: list[dict], protocol: Protocol, shape: tuple[int, i
     """The label map (H x W = ``shape``) of a list of result entries.
 
     Raises :class:`BadLabel` for an unknown or missing label name, several labels on one
-    region, a size that differs from the image, or a result that is not a brush mask.
+    region, a size that differs from the image, or a result that is not a brush mask. The
+    rater's clicks (``keypointlabels`` entries of an interactive project) are not labels and
+    are skipped.
     Where regions of different structures overlap the later entry wins; each overlap is
     reported in the returned notes.
     """
@@ -184,6 +239,8 @@ def results_to_mask(results: list[dict], protocol: Protocol, shape: tuple[int, i
     if not isinstance(results or [], list):  # a server's annotation is not checked as an export
         raise BadLabel(f"the result must be a list of regions, got {type(results).__name__}")
     for index, entry in enumerate(results or []):
+        if isinstance(entry, dict) and entry.get("type") == CLICK_TYPE:
+            continue  # a click for the interactive backend, not a label
         region = decode_region(entry, (height, width), index)
         labels = _brush_labels(entry, _region_name(entry, index))
         if len(labels) != 1:

@@ -18,6 +18,13 @@ Rules:
   ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``) or uploaded through the API (``serve="upload"``,
   for a server on another machine).
 
+With ``interactive=True`` (``--interactive``) the project's labelling config also has a smart
+KeyPointLabels tool (``formats.CLICKS_NAME``, the same structure names and colours as the
+brush): the points a rater places go to the project's interactive ML backend (``labelstudio
+connect --interactive`` of a ``datatool serve`` of an interactive run), which redraws the
+clicked structure's brush region. A project pushed before gets the tool added to its config;
+a push without the flag never takes it away.
+
 ``annotate`` makes an annotation on the server (to play a rater in tests, or to pre-fill).
 """
 
@@ -57,6 +64,7 @@ from datatool.labels.labelstudio.connection import (
     record_server,
 )
 from datatool.labels.labelstudio.formats import (
+    CLICKS_NAME,
     mask_to_results,
 )
 from datatool.labels.labelstudio.modes import ServeMode
@@ -128,6 +136,8 @@ class PushReport:
     gold: GoldHanding | None = None  # gold-standard tasks mixed in (--gold)
     # the rater's own server recorded by this push ("recorded": the first; "moved": --move-server)
     server_recorded: str | None = None
+    interactive: bool = False  # the project's config has the smart KeyPointLabels tool
+    config_updated: bool = False  # an existing project's config got the tool with this push
 
 
 @dataclass
@@ -203,6 +213,7 @@ def push(
     gold_reference: str = DEFAULT_REFERENCE,
     gold_seed: int = 0,
     move_server: bool = False,
+    interactive: bool = False,
 ) -> PushReport:
     """Put images (all, or ``image_ids``: ids or names) into the rater's own Label Studio
     project, one task per image not yet pushed there; returns what was done. ``gold``: mix
@@ -211,7 +222,9 @@ def push(
 
     The rater's server: ``url``, else the one recorded for the rater, else LABEL_STUDIO_URL;
     the first push records it (``raters.labelstudio_url``), and a ``url`` other than the
-    recorded one is a usage error unless ``move_server`` (the rater's server moved there)."""
+    recorded one is a usage error unless ``move_server`` (the rater's server moved there).
+    ``interactive``: the project gets the smart KeyPointLabels tool for click-guided redrawing
+    (added to an existing project's config)."""
     if move_server and not (url and url.strip()):
         raise UsageError("--move-server needs --url: the rater's new Label Studio server")
     with ws.session() as s:
@@ -231,11 +244,14 @@ def push(
         title = _check_title(title)
 
     conn = target.connect(token)
+    config_updated = False
     if plan.project is not None:
         project = plan.project
-        _server_project(conn, project.project_id, plan.rater)  # still there?
+        server = _server_project(conn, project.project_id, plan.rater)  # still there?
+        if interactive:
+            config_updated = _add_clicks_tool(conn, ws, plan, protocol, project, server)
     else:
-        project = _new_project(conn, ws, plan, protocol, project_id, title)
+        project = _new_project(conn, ws, plan, protocol, project_id, title, interactive)
     with ws.session() as s:  # the server that holds the rater's project is theirs
         changed = record_server(s, s.get_one(Rater, plan.rater_id), conn.url, move=move_server)
         if changed:
@@ -277,6 +293,8 @@ def push(
         serve=serve,
         gold=handed,
         server_recorded=("moved" if had_server else "recorded") if changed else None,
+        interactive=interactive,
+        config_updated=config_updated,
     )
 
 
@@ -341,10 +359,11 @@ def _new_project(
     protocol: Protocol,
     project_id: int | None,
     title: str | None,
+    interactive: bool = False,
 ) -> _Project:
     """Step 2 of a push for a rater without a project: adopt the empty server project
     ``project_id``, or create one; either way record it as the rater's."""
-    config = protocol.labelstudio_config()
+    config = protocol.labelstudio_config(interactive=interactive, clicks_name=CLICKS_NAME)
     created = False
     if project_id is not None:
         pid = int(project_id)
@@ -383,8 +402,55 @@ def _new_project(
             rater=plan.rater,
             title=project_title,
             protocol=protocol.name,
+            interactive=interactive,
         )
         return _Project(row.id, pid, project_title, created)
+
+
+def has_clicks_tool(config: str | None, protocol: Protocol) -> bool:
+    """Whether a labelling config has the smart KeyPointLabels tool (``CLICKS_NAME``) on the
+    image with every structure of the protocol."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    try:
+        control = LabelInterface(config or "").get_control(CLICKS_NAME)
+    except Exception:
+        return False
+    labels = set(getattr(control, "labels", None) or [])
+    smart = str(control.attr.get("smart", "")).lower() == "true"
+    return (
+        control.tag.lower() == "keypointlabels"
+        and smart
+        and "image" in (control.to_name or [])
+        and all(s.name in labels for s in protocol.structures)
+    )
+
+
+def _add_clicks_tool(
+    conn: Connection, ws: Workspace, plan: _PushPlan, protocol: Protocol, project: _Project, server
+) -> bool:
+    """Give the rater's existing project the smart KeyPointLabels tool (a push with
+    ``interactive``); False when its config has it already. Only the tool is added: the
+    brush labels (and any region the rater drew) stay as they are."""
+    if has_clicks_tool(server.label_config, protocol):
+        return False
+    config = protocol.labelstudio_config(interactive=True, clicks_name=CLICKS_NAME)
+    conn.call(
+        "add the clicks tool to the labelling config",
+        conn.client.projects.update,
+        project.project_id,
+        label_config=config,
+    )
+    with ws.session() as s:
+        audit(
+            s,
+            "labelstudio push",
+            "project config",
+            project_id=project.project_id,
+            rater=plan.rater,
+            interactive=True,
+        )
+    return True
 
 
 def _reconcile(conn: Connection, ws: Workspace, plan: _PushPlan, project: _Project) -> _Reconciled:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -56,6 +56,7 @@ from datatool.labels.labelstudio.connection import (
 )
 from datatool.labels.labelstudio.formats import (
     BadExport,
+    clicks_of,
     parse_export,
     results_to_mask,
 )
@@ -182,6 +183,38 @@ def _draft_by_overlap(
     return DraftOrigin(origin.version, origin.run_id, origin.mask_hash, OVERLAP, found.ious)
 
 
+def _with_clicks(
+    s, draft: DraftOrigin | None, annotation: dict, item: str, report: SyncReport
+) -> DraftOrigin | None:
+    """The draft origin with the clicks the annotation's regions were redrawn from (their
+    ``meta``, see ``formats.clicks_of``): a label made with clicks started from the model
+    that redrew it, like a draft. Started from a parent prediction too, it keeps that draft
+    and adds the clicks."""
+    clicked = clicks_of(annotation.get("result"))
+    if clicked is None:
+        return draft
+    if len(clicked.versions) > 1:
+        report.notes.append(
+            (
+                item,
+                f"regions redrawn by {len(clicked.versions)} models "
+                f"({', '.join(excerpt(v) for v in clicked.versions)}): stored as made with "
+                f"{excerpt(clicked.model_version)}",
+            )
+        )
+    if draft is None:
+        return replace(draft_origin(s, clicked.model_version), clicks=clicked.clicks)
+    if draft.version != clicked.model_version:
+        report.notes.append(
+            (
+                item,
+                f"started from the draft {excerpt(draft.version)}, then redrawn with clicks "
+                f"by {excerpt(clicked.model_version)}: stored as started from the draft",
+            )
+        )
+    return replace(draft, clicks=clicked.clicks)
+
+
 def _ious_text(draft: DraftOrigin) -> str:
     return ", ".join(f"{name} {v:.3f}" for name, v in (draft.ious or {}).items())
 
@@ -222,6 +255,7 @@ def _store_task(
     for note in converted.notes:
         report.notes.append((item, note))
     draft = _draft_of(s, ws, task or {}, annotation, protocol, shape)
+    draft = _with_clicks(s, draft, annotation, item, report)
     digest = pixel_digest(np.ascontiguousarray(mask))
     if draft is None:
         handouts = Handouts(s, [image.id])
