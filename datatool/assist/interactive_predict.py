@@ -120,13 +120,13 @@ def clicked_results(
 
 def answer(model: Any, image: np.ndarray, points: Sequence[Point], protocol: Protocol) -> dict:
     """One task's interactive prediction: the image redrawn given the points (blocking)."""
-    from datatool.learning.interactive import redraw_probabilities
+    from datatool.learning.interactive import honoured, redraw_probabilities
 
     rows, cols = image.shape[:2]
     clicks = [p.click(rows, cols) for p in points]
     p = redraw_probabilities(model, image, clicks)
     top, classes = p.max(dim=0)
-    labels = model.values[classes.cpu().numpy().astype(np.uint8)]
+    labels = honoured(model, image, model.values[classes.cpu().numpy().astype(np.uint8)], clicks)
     clicked = sorted({c.structure for c in clicks}, key=list(model.structures).index)
     results = clicked_results(labels, clicked, protocol)
     for entry in results:  # provenance Label Studio keeps on the region: sync reads it

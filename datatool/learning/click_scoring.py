@@ -34,7 +34,7 @@ from datatool.core.atomic import write_text_atomic
 from datatool.core.errors import UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
-from datatool.learning.clicks import Click, click_maps, iou, next_click
+from datatool.learning.clicks import Click, click_maps, honour_clicks, iou, next_click
 from datatool.learning.data import centre_crop, class_lut, load_arrays, to_input
 from datatool.learning.device import autocast, channels_last, resolve_device
 from datatool.learning.options import CheckpointChoice, DeviceChoice, ScoreSet, choice
@@ -127,8 +127,9 @@ def clicker_curves(
                 for i in range(0, n, BATCH)
             ]
         )
-        for i in range(n):
-            mine, truth = pred[i] == structure, refs[i] == structure
+        for i in range(n):  # the rater sees the drawing that agrees with their clicks
+            drawn = honour_clicks(pred[i], clicks[i], {name: structure})
+            mine, truth = drawn == structure, refs[i] == structure
             curves[i, step] = iou(mine, truth)
             if step == max_clicks:
                 continue

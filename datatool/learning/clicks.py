@@ -134,6 +134,41 @@ def next_click(
     return Click(structure, int(y), int(x), positive)
 
 
+def honour_clicks(
+    labels: np.ndarray,
+    clicks: Sequence[Click],
+    value_of: dict[str, int],
+    radius: float = CLICK_RADIUS,
+) -> np.ndarray:
+    """``labels`` (a label map) made to agree with the clicks, in their order: where a positive
+    click on a structure lands on another label, the click's disc (``radius`` pixels) becomes
+    that structure; where a negative click lands on the structure, the structure's pixels in
+    the disc become background (0). A click the network already honours changes nothing, so
+    a rater's click always shows (a network that ignored a click would leave the rater with
+    nothing to correct). ``value_of`` maps a structure's name to its value in ``labels``."""
+    out = np.array(labels, copy=True)
+    h, w = out.shape
+    r = int(np.ceil(radius))
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    disc = (dy * dy + dx * dx) <= radius * radius
+    for c in clicks:
+        if not (0 <= c.y < h and 0 <= c.x < w):
+            continue
+        value = value_of[c.structure]
+        if (out[c.y, c.x] == value) == c.positive:
+            continue
+        top, left = c.y - r, c.x - r
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(c.y + r + 1, h), min(c.x + r + 1, w)
+        patch = disc[y0 - top : y1 - top, x0 - left : x1 - left]
+        region = out[y0:y1, x0:x1]
+        if c.positive:
+            region[patch] = value
+        else:
+            region[patch & (region == value)] = 0
+    return out
+
+
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     """Intersection over union of two boolean masks; 1.0 when both are empty."""
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
@@ -146,6 +181,7 @@ __all__ = [
     "Click",
     "click_channels",
     "click_maps",
+    "honour_clicks",
     "iou",
     "next_click",
 ]

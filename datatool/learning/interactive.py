@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from datatool.core.errors import UsageError
-from datatool.learning.clicks import Click, click_maps
+from datatool.learning.clicks import CLICK_RADIUS, Click, click_maps, honour_clicks
 from datatool.learning.device import autocast, channels_last
 from datatool.learning.inference import RunModel, _batch_input
 
@@ -61,6 +61,19 @@ def redraw_probabilities(model: RunModel, image: np.ndarray, clicks: Sequence[Cl
         return F.interpolate(p, size=(rows, cols), mode="bilinear", align_corners=False)[0]
 
 
+def honoured(
+    model: RunModel, image: np.ndarray, labels: np.ndarray, clicks: Sequence[Click]
+) -> np.ndarray:
+    """The label map drawn for ``image`` made to agree with its clicks
+    (:func:`datatool.learning.clicks.honour_clicks`), each click's disc as large in the image
+    as in the network's input."""
+    h, w = model.resize
+    rows, cols = image.shape[:2]
+    radius = CLICK_RADIUS * (rows / h + cols / w) / 2
+    value_of = {name: int(v) for name, v in zip(model.structures, model.values[1:])}
+    return honour_clicks(labels, clicks, value_of, radius)
+
+
 def redraw(
     model: RunModel,
     image: np.ndarray,
@@ -71,9 +84,12 @@ def redraw(
     for ``image`` (2-D uint8) given the rater's ``clicks`` (pixels of the image). With
     ``previous`` (a label map of the image, e.g. the draft being corrected) only the clicked
     structures change: pixels of a clicked structure take the new drawing, pixels newly
-    drawn as a clicked structure become it, everything else stays as it was."""
+    drawn as a clicked structure become it, everything else stays as it was. The drawing
+    always agrees with the clicks (:func:`honoured`)."""
     p = redraw_probabilities(model, image, clicks)
-    drawn = model.values[p.argmax(dim=0).cpu().numpy().astype(np.uint8)]
+    drawn = honoured(
+        model, image, model.values[p.argmax(dim=0).cpu().numpy().astype(np.uint8)], clicks
+    )
     if previous is None:
         return drawn
     if previous.shape != drawn.shape:
@@ -88,4 +104,4 @@ def redraw(
     return out
 
 
-__all__ = ["click_input", "redraw", "redraw_probabilities"]
+__all__ = ["click_input", "honoured", "redraw", "redraw_probabilities"]

@@ -91,7 +91,7 @@ CHOICES = [
     ("consensus", [], "--method", "staple|majority|rater"),
     ("train", ["--split", "s"], "--preset", "paper|tiny|cpu"),
     ("train", ["--split", "s"], "--device", "auto|cpu|cuda"),
-    ("train", ["--split", "s"], "--loss", "ce|ce+dice|dice"),
+    ("train", ["--split", "s"], "--loss", "ce|ce+dice|dice|border+dice"),
     ("score", ["1"], "--set", "test|val"),
     ("score", ["1"], "--checkpoint", "best|last"),
     ("ingest", ["x"], "--frames", "auto|all|first|middle"),

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datatool.learning.clicks import Click, click_channels, click_maps, iou, next_click
+from datatool.learning.clicks import (
+    Click,
+    click_channels,
+    click_maps,
+    honour_clicks,
+    iou,
+    next_click,
+)
 
 
 def test_click_maps_put_a_disc_in_the_structures_positive_or_negative_channel():
@@ -92,3 +99,23 @@ def test_click_scaling_and_iou():
     a[0, :2] = True
     b[0, 1:3] = True
     assert iou(a, b) == pytest.approx(1 / 3)
+
+
+def test_a_drawing_is_made_to_agree_with_its_clicks():
+    """A positive click the network ignored paints its disc; a negative click on the structure
+    clears the structure in its disc (not the other labels there); a click already honoured
+    changes nothing."""
+    labels = np.zeros((20, 20), np.uint8)
+    labels[0:6, 0:6] = 3  # the nerve, drawn
+    labels[4:6, 4:10] = 2  # a muscle beside it
+    value_of = {"nerve": 3, "muscle": 2}
+    positive = honour_clicks(labels, [Click("nerve", 15, 15, True)], value_of, radius=1)
+    added = (positive == 3) & (labels != 3)
+    assert sorted(zip(*np.nonzero(added))) == [(14, 15), (15, 14), (15, 15), (15, 16), (16, 15)]
+    negative = honour_clicks(labels, [Click("nerve", 4, 3, False)], value_of, radius=1)
+    cleared = (labels == 3) & (negative == 0)
+    assert sorted(zip(*np.nonzero(cleared))) == [(3, 3), (4, 2), (4, 3), (5, 3)]
+    assert (negative[labels == 2] == 2).all()  # (4, 4) is the muscle's and stays so
+    assert (honour_clicks(labels, [Click("nerve", 2, 2, True)], value_of) == labels).all()
+    assert (honour_clicks(labels, [Click("nerve", 9, 9, False)], value_of) == labels).all()
+    assert labels[15, 15] == 0  # the input is left as it was
