@@ -282,7 +282,10 @@ class SpoolIngest:
             self.spool.finish(receipt)
             self._count(outcome)
             if outcome in NOT_INGESTED:
-                self.log(f"{receipt.name} from AE '{receipt.calling_ae}': {outcome}: {reason}")
+                self.log(
+                    f"{receipt.name} from AE '{receipt.calling_ae}': {outcome}: "
+                    f"{for_the_listener(reason)}"
+                )
         return len(recorded), bool(failed)
 
     def _process(self, paths: list[str]) -> list[FileResult]:
@@ -311,3 +314,15 @@ def pending_count(ws: Workspace) -> int:
         return sum(1 for e in os.scandir(Spool(ws).incoming) if not e.name.startswith("."))
     except FileNotFoundError:
         return 0
+
+
+def for_the_listener(reason: str | None) -> str | None:
+    """An ingest reason told to someone who sent the object: the listener has no
+    ``--allow-burned-in`` to re-run with, and the object has left the spool; its sender's copy
+    (or an export of it) is ingested with the option instead."""
+    if reason is None:
+        return None
+    return reason.replace(
+        "re-run with --allow-burned-in",
+        "ingest the sender's copy with 'datatool ingest --allow-burned-in'",
+    )

@@ -581,3 +581,17 @@ def test_kill_9_at_seeded_moments_loses_nothing_acknowledged_and_doubles_nothing
         shutil.rmtree(root)
     # the moments fell inside the receiving and ingesting (how many depends on the load)
     assert interrupted >= 2, (interrupted, phases)
+
+
+def test_a_quarantined_objects_advice_fits_the_listener():
+    """The listener has no --allow-burned-in: its log line says to ingest the sender's copy."""
+    from datatool.ingest.deid import QUARANTINE_NO_REGION, quarantine_no_room
+    from datatool.ingest.spool import for_the_listener
+
+    for reason in (QUARANTINE_NO_REGION, quarantine_no_room(0.99)):
+        told = for_the_listener(reason)
+        assert "re-run with --allow-burned-in" in reason
+        assert told is not None and "re-run" not in told
+        assert "then ingest the sender's copy with 'datatool ingest --allow-burned-in')" in told
+    assert for_the_listener("not DICOM") == "not DICOM"
+    assert for_the_listener(None) is None
