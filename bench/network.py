@@ -33,30 +33,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
-import pydicom
-
 from datatool.core.workspace import init_workspace, open_workspace
-from datatool.demo.orthanc import orthanc_available, start_orthanc
+from datatool.demo.orthanc import orthanc_available, start_orthanc, storescu_groups
 from datatool.ingest.pipeline import ingest, iter_files
 from datatool.ingest.pull import DicomWebSource, make_query, pull
 
 from benchdata import make_demo  # bench/benchdata.py, beside this script
-
-PROPOSE = {  # storescu's option proposing a file's own (compressed) syntax
-    "1.2.840.10008.1.2.5": "-xr",
-    "1.2.840.10008.1.2.4.50": "-xy",
-    "1.2.840.10008.1.2.4.51": "-xx",
-    "1.2.840.10008.1.2.4.70": "-xs",
-    "1.2.840.10008.1.2.4.90": "-xv",
-    "1.2.840.10008.1.2.4.91": "-xw",
-    "1.2.840.10008.1.2.4.80": "-xt",
-    "1.2.840.10008.1.2.4.81": "-xu",
-    "1.2.840.10008.1.2.1.99": "-xd",
-}
-
 
 LISTEN = [sys.executable, "-m", "datatool", "listen"]
 STORED = (("application/dicom", "*"),)  # as stored: no transcoding, like datatool asks
@@ -74,11 +58,7 @@ def free_port() -> int:
 
 
 def send_groups(files: list[Path]) -> list[tuple[str, list[Path]]]:
-    groups: dict[str, list[Path]] = defaultdict(list)
-    for f in files:
-        syntax = str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-        groups[PROPOSE.get(syntax, "-xe")].append(f)
-    return sorted(groups.items())
+    return sorted(storescu_groups(files).items())
 
 
 def storescu(groups: list[tuple[str, list[Path]]], port: int, aec: str) -> int:

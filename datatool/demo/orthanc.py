@@ -280,3 +280,32 @@ def start_orthanc(
 def remove_folder(server: OrthancServer) -> None:
     """Delete a stopped server's folder (storage, index, log)."""
     shutil.rmtree(server.folder, ignore_errors=True)
+
+
+# dcmtk's storescu proposes the uncompressed syntaxes and, with one of these options, one
+# compressed family: sending each file in its own syntax (no conversion) takes one
+# association per option, as a scanner's would
+STORESCU_PROPOSE = {
+    "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.2": "-xb",
+}
+
+
+def storescu_groups(files: list[Path]) -> dict[str, list[Path]]:
+    """``files`` grouped by the storescu option that proposes their own transfer syntax
+    (``-xe``, explicit little endian, for the uncompressed ones)."""
+    import pydicom
+
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        syntax = str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        groups.setdefault(STORESCU_PROPOSE.get(syntax, "-xe"), []).append(f)
+    return groups

@@ -16,7 +16,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from typer.testing import CliRunner
 
 from datatool.cli import app
 from datatool.core.workspace import init_workspace, open_workspace
+from datatool.demo.orthanc import storescu_groups
 from datatool.ingest import deid
 from datatool.ingest.inventory import status
 from datatool.ingest.pipeline import ingest
@@ -38,20 +38,6 @@ from tests.interrupt import integrity
 STORESCU = shutil.which("storescu")
 VENDOR_US = ["US1_UNCR.dcm", "US1_J2KR.dcm", "OBXXXX1A.dcm", "OBXXXX1A_rle.dcm"]
 VENDOR_US += ["color3d_jpeg_baseline.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm", "SC_rgb.dcm"]
-
-# storescu proposes the uncompressed syntaxes and one compressed family per run
-PROPOSE = {
-    "1.2.840.10008.1.2.5": "-xr",
-    "1.2.840.10008.1.2.4.50": "-xy",
-    "1.2.840.10008.1.2.4.51": "-xx",
-    "1.2.840.10008.1.2.4.70": "-xs",
-    "1.2.840.10008.1.2.4.90": "-xv",
-    "1.2.840.10008.1.2.4.91": "-xw",
-    "1.2.840.10008.1.2.4.80": "-xt",
-    "1.2.840.10008.1.2.4.81": "-xu",
-    "1.2.840.10008.1.2.1.99": "-xd",
-    "1.2.840.10008.1.2.2": "-xb",
-}
 
 
 @pytest.fixture(autouse=True)
@@ -110,9 +96,7 @@ def syntax_of(path: Path) -> str:
 def send(files: list[Path], port: int, aet: str = "SCANNER", aec: str = "DATATOOL"):
     """storescu each group of files sharing a transfer syntax, proposing that syntax (the
     file's own: no conversion); returns (the files acknowledged with Success, the output)."""
-    groups: dict[str, list[Path]] = defaultdict(list)
-    for f in files:
-        groups[PROPOSE.get(syntax_of(f), "-xe")].append(f)
+    groups = storescu_groups(files)
     acked: list[Path] = []
     outputs = []
     for flag, group in groups.items():
