@@ -74,6 +74,7 @@ def _write_cine(path: Path, frames: int, encoded: bool) -> Path:
 
 
 def _peak_kib(tmp_path: Path, cine: Path, env: dict, *options: str) -> int:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     root = init_workspace(tmp_path / f"ws-{cine.parent.name}").root
     hwm = tmp_path / f"hwm-{cine.parent.name}"
     cmd = [sys.executable, "-c", _HWM, str(hwm), "ingest", str(cine), "-j", "0", *options]
@@ -88,11 +89,19 @@ def test_peak_memory_does_not_grow_with_the_frames_of_a_cine(tmp_path, cli_env, 
     """1000 and 2000 frames of 64 KiB: the longer cine may cost a few frames more, never the
     62 MiB (native) or 12 MiB (RLE) of pixel data its extra 1000 frames hold on disk. Before
     the fix the native cine was read whole (the pixel data's deferred value was loaded by a
-    header check): 125 MiB more at 2000 frames."""
+    header check): 125 MiB more at 2000 frames.
+
+    The bound is 16 frames (1 MiB), a twelfth of the RLE cine's extra data: the same ingest
+    measured twice here differs by up to ~200 KiB, and a clean-clone CI run once saw 508 KiB
+    between the two lengths (allocator and import noise, not frames). Each length is
+    measured twice and the lower figure kept, so one noisy run cannot fail the test."""
     peaks = {}
     for frames in (1000, 2000):
         cine = _write_cine(tmp_path / f"cine{frames}" / "c.dcm", frames, encoded)
         assert cine.stat().st_size > pipeline.STREAM_BYTES
-        peaks[frames] = _peak_kib(tmp_path, cine, cli_env, "--frames", "middle")
+        peaks[frames] = min(
+            _peak_kib(tmp_path / f"run{run}", cine, cli_env, "--frames", "middle")
+            for run in range(2)
+        )
     grown = peaks[2000] - peaks[1000]
-    assert grown < 4 * FRAME // KiB, (peaks, f"{grown} KiB more for 1000 more frames")
+    assert grown < 16 * FRAME // KiB, (peaks, f"{grown} KiB more for 1000 more frames")
