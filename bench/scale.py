@@ -291,9 +291,18 @@ def main() -> None:
     parser.add_argument("--db-url", default=os.environ.get("DATATOOL_DB_URL"),
                         help="the catalogue on this server (default: DATATOOL_DB_URL)")  # fmt: skip
     parser.add_argument("--postgres", action="store_true", help="start a PostgreSQL server")
+    parser.add_argument("--commands", default=None,
+                        help="only these commands (labels, comma-separated)")  # fmt: skip
     parser.add_argument("--consensus-method", default="staple", choices=["staple", "majority"],
                         help="consensus --method (STAPLE: about 0.3 s an image here)")  # fmt: skip
     args = parser.parse_args()
+    if args.commands:
+        wanted = [c.strip() for c in args.commands.split(",")]
+        unknown = sorted(set(wanted) - {label for label, _, _ in COMMANDS})
+        if unknown:
+            parser.error(f"unknown command(s) {unknown}; choose from "
+                         + ", ".join(label for label, _, _ in COMMANDS))  # fmt: skip
+        COMMANDS[:] = [c for c in COMMANDS if c[0] in wanted]
     sizes = sorted(int(s) for s in args.sizes.split(","))
     root = Path(tempfile.gettempdir()) / f"scale-{os.getpid()}"
     root.mkdir()

@@ -9,7 +9,7 @@ from functools import partial
 from datatool.analysis import shape
 from datatool.analysis.qa.flood import cap
 from datatool.analysis.qa.inputs import DraftMaker, _read_inputs
-from datatool.analysis.qa.measure import _jobs, _measure
+from datatool.analysis.qa.measure import _measure
 from datatool.analysis.qa.pairs import displaced, pair_spreads
 from datatool.analysis.qa.record import _record
 from datatool.analysis.qa.rules import Thresholds, _evaluate, model_agreement
@@ -71,8 +71,7 @@ def run_qa(
     protocol = load_protocol(ws.protocol_name)
     notes: list[str] = []
     inputs, predicted, reused = _read_inputs(ws, protocol, raters, run, drafts, notes, progress)
-    jobs = _jobs(inputs)
-    measures, thumbs = _measure(ws, protocol, jobs, workers, progress, t.swap_ratio)
+    measures, thumbs = _measure(ws, protocol, inputs, workers, progress, t.swap_ratio)
     agreement = model_agreement(protocol, inputs, measures, t) if inputs.drafts else {}
     trusted = set()
     for name, (median, n) in agreement.items():
@@ -127,7 +126,7 @@ def run_qa(
         run=run,
         raters=inputs.raters,
         labels=len(inputs.checked),
-        images=len(jobs),
+        images=len({lab.image_id for lab in inputs.checked}),
         drafts_predicted=predicted,
         drafts_reused=reused,
         thresholds=t,

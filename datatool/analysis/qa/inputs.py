@@ -3,6 +3,7 @@ their structures and the run's drafts."""
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ class DraftMaker(TypingProtocol):
     ) -> Any: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class _Label:
     annotation_id: int
     image_id: int
@@ -52,7 +53,7 @@ class _Label:
     mask_hash: str
 
 
-@dataclass
+@dataclass(slots=True)
 class _ImageInfo:
     rows: int
     cols: int
@@ -80,9 +81,9 @@ class _Inputs:
 
 def _latest_labels(session, kinds: Sequence[str]) -> list[_Label]:
     sub = latest_annotations_query().subquery()
-    return [
-        _Label(*row)
-        for row in session.execute(
+    return [  # the rater's name and kind interned: one string each, not one per label
+        _Label(aid, image_id, sys.intern(rater), sys.intern(kind), version, mask_hash)
+        for aid, image_id, rater, kind, version, mask_hash in session.execute(
             select(sub.c.id, sub.c.image_id, Rater.name, Rater.kind, sub.c.version, sub.c.mask_hash)
             .join(Rater, Rater.id == sub.c.rater_id)
             .where(Rater.kind.in_(list(kinds)))

@@ -3,10 +3,13 @@ every structure of the labels checked."""
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from datatool.analysis import shape
 from datatool.analysis.qa.inputs import _Inputs, _Label
@@ -22,6 +25,25 @@ THUMB_STEP = 6  # a label's thumbnail keeps every 6th row and column (wrong-imag
 _WORKER: dict[str, Any] = {}
 
 
+class Thumb(NamedTuple):
+    """A label's thumbnail (every THUMB_STEP-th row and column), zlib-compressed: a label map
+    is mostly background, so 8.4 KB of a 480 x 640 map's thumbnail keep in about 0.3 KB. Every
+    human label of a run of the checks waits in memory as one until the wrong-image check,
+    and the checks must stay under 1 GB at 30,000 images (issue 26)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    data: bytes
+
+    @classmethod
+    def of(cls, label: np.ndarray) -> Thumb:
+        small = np.ascontiguousarray(label[::THUMB_STEP, ::THUMB_STEP])
+        return cls(small.shape, small.dtype.str, zlib.compress(small.tobytes(), 1))
+
+    def array(self) -> np.ndarray:
+        return np.frombuffer(zlib.decompress(self.data), self.dtype).reshape(self.shape)
+
+
 def _init_worker(store_root: str, specs: tuple, swap_ratio: float) -> None:
     """``specs``: (value, max components, holes allowed, in view) per structure."""
     _WORKER["store"] = Store(Path(store_root))
@@ -33,17 +55,18 @@ def _measure_image(job: tuple) -> tuple[int, dict, dict]:
     """Every measure of one image's checked labels (the masks read once): per label and
     structure present, its centroid, extra components, holes, edge contact and, for each
     label it is compared with, which values of that label the structure's pixels hold; and a
-    thumbnail of each checked label (every THUMB_STEP-th pixel), to compare it with the labels
-    of the patient's other images."""
+    thumbnail of each checked human label (:class:`Thumb`), to compare it with the labels of
+    the patient's other images."""
     image_id, shape_rc, regions, labels, hashes, stats = job
     store: Store = _WORKER["store"]
     specs, ratio = _WORKER["specs"], _WORKER["swap_ratio"]
     masks = {a: store.get_array(h) for a, h in hashes.items()}
     out: dict[int, dict] = {}
-    thumbs: dict[int, Any] = {}
-    for annotation_id, compared in labels:
+    thumbs: dict[int, Thumb] = {}
+    for annotation_id, compared, human in labels:
         label = masks[annotation_id]
-        thumbs[annotation_id] = label[::THUMB_STEP, ::THUMB_STEP].copy()
+        if human:
+            thumbs[annotation_id] = Thumb.of(label)
         per: dict[int, dict] = {}
         for value, max_components, holes_allowed, in_view in specs:
             area, _, components, box = stats[annotation_id][value]
@@ -68,13 +91,13 @@ def _measure_image(job: tuple) -> tuple[int, dict, dict]:
     return image_id, out, thumbs
 
 
-def _jobs(inputs: _Inputs) -> list[tuple]:
+def _jobs(inputs: _Inputs) -> Iterator[tuple]:
     """One job per image: its labels to check, each with the labels it is compared with (the
-    human raters' labels but its own, and the draft)."""
+    human raters' labels but its own, and the draft) and whether it is a human label (only
+    those need a thumbnail: the wrong-image check compares human labels)."""
     by_image: dict[int, list[_Label]] = defaultdict(list)
     for lab in inputs.checked:
         by_image[lab.image_id].append(lab)
-    jobs = []
     for image_id, labels in sorted(by_image.items()):
         info = inputs.images[image_id]
         draft = inputs.drafts.get(image_id)
@@ -82,20 +105,23 @@ def _jobs(inputs: _Inputs) -> list[tuple]:
         checks = []
         for lab in labels:
             compared = [*_backers(inputs, lab), *([draft] if draft is not None else [])]
-            checks.append((lab.annotation_id, [c.annotation_id for c in compared]))
+            checks.append(
+                (
+                    lab.annotation_id,
+                    [c.annotation_id for c in compared],
+                    lab.kind == RaterKind.human,
+                )
+            )
             for x in (lab, *compared):
                 hashes[x.annotation_id] = x.mask_hash
-        jobs.append(
-            (
-                image_id,
-                (info.rows, info.cols),
-                info.regions,
-                checks,
-                hashes,
-                {i: inputs.stats[i] for i in hashes},
-            )
+        yield (
+            image_id,
+            (info.rows, info.cols),
+            info.regions,
+            checks,
+            hashes,
+            {i: inputs.stats[i] for i in hashes},
         )
-    return jobs
 
 
 def _backers(inputs: _Inputs, lab: _Label) -> list[_Label]:
@@ -114,17 +140,20 @@ def _others(inputs: _Inputs, lab: _Label) -> list[_Label]:
 def _measure(
     ws: Workspace,
     protocol: Protocol,
-    jobs: list[tuple],
+    inputs: _Inputs,
     workers: int | None,
     progress: Callable[[int, int], None] | None,
     swap_ratio: float = shape.SWAP_RATIO,
-) -> tuple[dict[int, dict], dict[int, Any]]:
-    """The measures per label (see :func:`_measure_image`) and the labels' thumbnails."""
+) -> tuple[dict[int, dict], dict[int, Thumb]]:
+    """The measures per label (see :func:`_measure_image`) and the human labels' thumbnails,
+    one job per image made as the workers ask for it (:func:`_jobs`)."""
     specs = tuple((s.value, s.max_components, s.holes, s.in_view) for s in protocol.structures)
     n = worker_count(workers, cap=8)
     results: dict[int, dict] = {}
-    thumbs: dict[int, Any] = {}
-    if len(jobs) >= POOL_FROM and n > 1:
+    thumbs: dict[int, Thumb] = {}
+    total = len({lab.image_id for lab in inputs.checked})
+    jobs = _jobs(inputs)
+    if total >= POOL_FROM and n > 1:
         with pool_context().Pool(
             n, initializer=_init_worker, initargs=(str(ws.store.root), specs, swap_ratio)
         ) as pool:
@@ -132,7 +161,7 @@ def _measure(
                 results.update(out)
                 thumbs.update(th)
                 if progress:
-                    progress(k, len(jobs))
+                    progress(k, total)
     else:
         _init_worker(str(ws.store.root), specs, swap_ratio)
         for k, job in enumerate(jobs, 1):
@@ -140,5 +169,5 @@ def _measure(
             results.update(out)
             thumbs.update(th)
             if progress:
-                progress(k, len(jobs))
+                progress(k, total)
     return results, thumbs

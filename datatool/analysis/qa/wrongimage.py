@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from datatool.analysis.qa.inputs import _Inputs, _Label
+from datatool.analysis.qa.measure import Thumb
 from datatool.analysis.qa.rules import IMAGE, _Found
 from datatool.core.catalogue import FlagReason, RaterKind
 from datatool.labels.matching import image_name
@@ -60,7 +61,7 @@ def _own_dice(a: np.ndarray, b: np.ndarray, swapped: Sequence[int]) -> float:
 
 def wrong_images(
     inputs: _Inputs,
-    thumbs: dict[int, np.ndarray],
+    thumbs: dict[int, Thumb],
     checked: set[tuple[int, FlagReason, str | None]],
     found: list[_Found],
     values: dict[str, int],
@@ -89,6 +90,8 @@ def wrong_images(
             by_patient[inputs.images[lab.image_id].patient].append(lab)
     flags = []
     for labels in by_patient.values():
+        # the patient's thumbnails unpacked while its labels are compared, then let go
+        small = {lab.annotation_id: thumbs[lab.annotation_id].array() for lab in labels}
         for lab in labels:
             own_labels = [
                 o
@@ -98,9 +101,9 @@ def wrong_images(
             if not own_labels:
                 continue
             checked.add((lab.annotation_id, FlagReason.wrong_image, None))
-            mine = thumbs[lab.annotation_id]
+            mine = small[lab.annotation_id]
             own = max(
-                _own_dice(mine, thumbs[o.annotation_id], swapped.get(lab.image_id, ()))
+                _own_dice(mine, small[o.annotation_id], swapped.get(lab.image_id, ()))
                 for o in own_labels
             )
             if own >= own_below:
@@ -110,7 +113,7 @@ def wrong_images(
             for o in labels:
                 if o.image_id == lab.image_id:
                     continue
-                d = overall_dice(mine, thumbs[o.annotation_id]) or 0.0
+                d = overall_dice(mine, small[o.annotation_id]) or 0.0
                 per_image[o.image_id] = max(per_image.get(o.image_id, 0.0), d)
                 if d > best:
                     best, best_label = d, o
