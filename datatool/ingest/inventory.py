@@ -19,6 +19,7 @@ from datatool.core.catalogue import (
 )
 from datatool.core.workspace import Workspace
 from datatool.ingest import deid
+from datatool.ingest.spoolfolders import pending_count
 
 
 @dataclass
@@ -156,7 +157,7 @@ def status(ws: Workspace) -> Status:
         quarantined=dict(sorted(quarantined.items())),
         blanked_without_room=blanked_without_room,
         received=received,
-        spooled=_spooled(ws),
+        spooled=pending_count(ws),
     )
 
 
@@ -216,11 +217,3 @@ def list_images(ws: Workspace, flt: ImageFilter | None = None) -> list[ImageRow]
         query = query.limit(flt.limit)
     with ws.session() as s:
         return [ImageRow(*row) for row in s.execute(query).all()]
-
-
-def _spooled(ws: Workspace) -> int:
-    """Objects the listener acknowledged that wait in its spool (imported here: the spool's
-    module brings the ingest pipeline and pydicom, which ``status`` does not otherwise need)."""
-    from datatool.ingest.spool import pending_count
-
-    return pending_count(ws)

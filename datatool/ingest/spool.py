@@ -52,6 +52,7 @@ from datatool.ingest.pipeline import (
     process_file,
     record_batch,
 )
+from datatool.ingest.spoolfolders import SpoolFolders
 
 SUFFIX = ".dcm"
 NOT_INGESTED = ("rejected", "quarantined", "conflict")  # logged, one line each
@@ -88,13 +89,8 @@ def parse_receipt(path: Path) -> Receipt | None:
     return Receipt(path.name.removesuffix(SUFFIX), title, at, path)
 
 
-class Spool:
+class Spool(SpoolFolders):
     """The spool folders of one workspace (see the module docstring)."""
-
-    def __init__(self, ws: Workspace):
-        self.root = ws.meta_dir / "spool"
-        self.partial = self.root / "partial"
-        self.incoming = self.root / "incoming"
 
     def prepare(self) -> int:
         """Make the folders; remove what a stopped listener left half-received in
@@ -306,14 +302,6 @@ class SpoolIngest:
             r.quarantined += 1
         else:
             r.conflicts += 1
-
-
-def pending_count(ws: Workspace) -> int:
-    """How many acknowledged objects wait in the spool (for ``datatool status``)."""
-    try:
-        return sum(1 for e in os.scandir(Spool(ws).incoming) if not e.name.startswith("."))
-    except FileNotFoundError:
-        return 0
 
 
 def for_the_listener(reason: str | None) -> str | None:
