@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 from alembic import command
@@ -38,7 +40,13 @@ from datatool.core.catalogue import (
     StructureStats,
     Study,
 )
-from datatool.core.workspace import alembic_config, key_fingerprint, open_workspace
+from datatool.core.workspace import (
+    SCHEMA_HEAD,
+    alembic_config,
+    init_workspace,
+    key_fingerprint,
+    open_workspace,
+)
 
 SCRIPT = ScriptDirectory.from_config(alembic_config("sqlite://"))
 ORDER = [r.revision for r in reversed(list(SCRIPT.walk_revisions()))]
@@ -249,6 +257,25 @@ CHECKS = {
     "0013": _check_0013,
     "0014": _check_0014,
 }
+
+
+def test_the_schema_head_named_in_the_code_is_alembics_head(tmp_path):
+    """A catalogue at SCHEMA_HEAD is opened without Alembic (a quarter of a second of every
+    command's start): the constant must name the newest migration, or a catalogue one
+    migration behind would be taken as current. Opening one at the head, in a fresh
+    process, leaves alembic unloaded; one at an earlier revision is still upgraded."""
+    assert SCHEMA_HEAD == HEAD
+    ws = tmp_path / "ws"
+    init_workspace(ws)
+    code = (
+        "import sys\n"
+        "from datatool.core.workspace import open_workspace\n"
+        f"open_workspace({str(ws)!r})\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'alembic'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]" and "upgrading" not in done.stderr
 
 
 def test_the_revisions_form_one_line_from_0001():
