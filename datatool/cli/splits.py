@@ -159,20 +159,33 @@ def _check_view(result: SplitCheck) -> Iterator[Block]:
     if result.ok:
         yield (
             f"split {result.name}: {result.images} images, no leakage, every image has "
-            "a reference label, hash intact"
+            f"a reference label, hash intact ({result.masks_hashed} reference masks hashed "
+            "now, the others unchanged since they last hashed intact)"
         )
 
 
 @split_app.command("check")
 @guarded
-def split_check(name: str, json_out: bool = JsonOpt, ws_path: Path | None = WorkspaceOpt):
+def split_check(
+    name: str,
+    deep: bool = typer.Option(
+        False,
+        "--deep",
+        help="Hash every reference mask again, also those unchanged on disk (size, time, "
+        "inode) since they last hashed intact; without it only new or touched ones are.",
+    ),
+    json_out: bool = JsonOpt,
+    ws_path: Path | None = WorkspaceOpt,
+):
     """No patient in two sets or folds, every image with a reference label, hash intact.
 
-    Exit code 1 when a problem is found.
+    Each reference mask must be in the store and hash to its name; one unchanged on disk
+    since it last did is not read again (--deep reads them all). Exit code 1 when a problem
+    is found.
     """
     from datatool.learning.splits import check_split
 
-    result = check_split(workspace(ws_path), name)
+    result = check_split(workspace(ws_path), name, deep=deep)
     render.problems([(name, p) for p in result.problems], "problem", style="red")
     if not json_out:
         render.notes(result.notes)

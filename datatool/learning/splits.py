@@ -42,6 +42,7 @@ from datatool.core.catalogue import (
     audit,
 )
 from datatool.core.errors import DatatoolError, UsageError
+from datatool.core.verified import verify_objects
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import latest_annotations_query, mask_hashes
 from datatool.labels.matching import image_name
@@ -204,6 +205,7 @@ class SplitCheck:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     images: int = 0
+    masks_hashed: int = 0  # reference masks read and hashed now (the rest unchanged since)
 
 
 # --------------------------------------------------------------------------- create
@@ -658,31 +660,31 @@ def _moved(rows, owner: dict[int, str]) -> list[str]:
     return _first_five(moved, "images moved to another patient")
 
 
-def _bad_masks(ws: Workspace, rows, mask_of: dict) -> list[str]:
-    """Frozen reference masks missing from the store or no longer hashing to their name."""
+def _bad_masks(ws: Workspace, rows, mask_of: dict, deep: bool) -> tuple[list[str], int]:
+    """Frozen reference masks missing from the store or no longer hashing to their name, and
+    how many were hashed now (:func:`datatool.core.verified.verify_objects`: those unchanged
+    since they last hashed intact are not, unless ``deep``)."""
+    digests = {m.image_id: mask_of[m.annotation_id] for m, *_ in rows if m.annotation_id in mask_of}
+    found = verify_objects(ws.store, ws.meta_dir, digests.values(), deep=deep)
+    missing, changed = set(found.missing), set(found.changed)
     bad = []
-    for m, *_ in rows:
-        digest = mask_of.get(m.annotation_id)
-        if digest is None:
-            continue
-        try:
-            intact = ws.store.verify(digest)
-        except FileNotFoundError:
-            bad.append(f"{image_name(m.image_id)}: its reference mask {digest[:12]} is missing")
-            continue
-        if not intact:
+    for image_id, digest in digests.items():
+        if digest in missing:
+            bad.append(f"{image_name(image_id)}: its reference mask {digest[:12]} is missing")
+        elif digest in changed:
             bad.append(
-                f"{image_name(m.image_id)}: its reference mask {digest[:12]} no longer "
+                f"{image_name(image_id)}: its reference mask {digest[:12]} no longer "
                 "hashes to its name (changed in the store)"
             )
-    return _first_five(bad, "reference masks missing or changed")
+    return _first_five(bad, "reference masks missing or changed"), found.hashed
 
 
-def check_split(ws: Workspace, name: str) -> SplitCheck:
+def check_split(ws: Workspace, name: str, deep: bool = False) -> SplitCheck:
     """Leakage and completeness: no patient in two sets or two folds (patients as the
     catalogue has them now, image -> series -> study -> patient, not as stored with the
     split), every image with a reference label whose mask is in the store and hashes to its
-    name, the content hash still matches."""
+    name, the content hash still matches. A mask unchanged on disk since it last hashed
+    intact is not hashed again unless ``deep`` (:mod:`datatool.core.verified`)."""
     with ws.session() as s:
         split = get_split(s, name)
         rows = split_members(s, split)
@@ -699,7 +701,8 @@ def check_split(ws: Workspace, name: str) -> SplitCheck:
         )
     problems = _moved(rows, owner)
     rows = [(m, owner.get(m.image_id, pseudonym), *rest) for m, pseudonym, *rest in rows]
-    problems += _bad_masks(ws, rows, mask_of)
+    bad, rehashed = _bad_masks(ws, rows, mask_of, deep)
+    problems += bad
     problems += _leakage(rows)
     missing = [image_name(m.image_id) for m, *_ in rows if m.annotation_id is None]
     if missing:
@@ -731,6 +734,7 @@ def check_split(ws: Workspace, name: str) -> SplitCheck:
         problems=problems,
         notes=notes,
         images=len(rows),
+        masks_hashed=rehashed,
     )
 
 

@@ -258,6 +258,29 @@ def test_check_verifies_every_frozen_reference_mask_in_the_store(ready):
     assert f"reference mask {digests[-1][:12]} no longer hashes" in text
 
 
+def test_check_hashes_only_the_masks_touched_since_they_last_hashed_intact(ready):
+    """At 30,000 images re-hashing every frozen mask at every check costs seconds (issue
+    26): the second check hashes none, a mask rewritten since is hashed (and found), and
+    ``--deep`` hashes every one."""
+    ws = ready
+    create_split(ws, "s", folds=0)
+    first = check_split(ws, "s")
+    assert first.ok and first.masks_hashed == first.images > 0
+    assert check_split(ws, "s").masks_hashed == 0
+    with ws.session() as s:
+        member = s.scalars(select(SplitMember).where(SplitMember.annotation_id.is_not(None)))
+        digest = s.get(Annotation, next(iter(member)).annotation_id).mask_hash
+    ws.store.path_for(digest).write_bytes(encode_png(np.full((4, 4), 3, np.uint8)))
+    touched = check_split(ws, "s")
+    assert touched.masks_hashed == 1 and not touched.ok
+    assert f"reference mask {digest[:12]} no longer hashes" in " ".join(touched.problems)
+    res = CliRunner().invoke(
+        app, ["split", "check", "s", "--deep", "--json", "--workspace", str(ws.root)]
+    )
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["masks_hashed"] == first.images
+
+
 def test_folds_beyond_the_patients_outside_the_test_set_are_refused(ready):
     with pytest.raises(UsageError, match="only 2 patient"):
         create_split(ready, "five", folds=5)  # 3 patients, 1 of them in the test set
