@@ -6,11 +6,17 @@ Orthanc's own verbose log: a WADO-RS request per study or instance, a C-GET per 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import random
 import re
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pydicom
@@ -19,11 +25,13 @@ from sqlalchemy import select
 
 from datatool.core.catalogue import Patient, SourceFile, Study
 from datatool.core.dimse import Peer
+from datatool.core.workspace import init_workspace
 from datatool.demo.orthanc import free_port
 from datatool.ingest import deid
 from datatool.ingest.pull import DicomWebSource, make_query, pull
 from datatool.ingest.pull_dimse import DimseSource
 from tests.ci import unavailable
+from tests.interrupt import integrity
 from tests.orthanc_server import orthanc
 
 # (file, storescu's option proposing its syntax): JPEG 2000 lossless, explicit VR little
@@ -361,3 +369,64 @@ def test_a_killed_pull_s_spool_is_removed_by_the_next(ws, demo_dir, tmp_path):
     assert report.ingest.ingested == 1 and report.ok
     assert not stale.exists()
     assert not list((ws.meta_dir / "spool").iterdir())
+
+
+PULL_COUNTS = {
+    "ingested files": "select count(*) from source_files where status = 'ingested'",
+    "distinct SOP instances": "select count(distinct sop_uid) from source_files",
+    "source files": "select count(*) from source_files",
+    "images": "select count(*) from images",
+    "studies": "select count(*) from studies",
+    "patients": "select count(*) from patients",
+}
+
+
+def _counts(root: Path) -> dict[str, int]:
+    con = sqlite3.connect(root / ".datatool" / "catalogue.sqlite")
+    try:
+        return {k: con.execute(q).fetchone()[0] for k, q in PULL_COUNTS.items()}
+    finally:
+        con.close()
+
+
+def test_kill_9_of_a_pull_at_seeded_moments_loses_nothing_and_doubles_nothing(
+    demo_dir, tmp_path, cli_env
+):
+    """A pull killed (SIGKILL, its whole process group) at seeded moments while it searches,
+    retrieves and ingests leaves a sound catalogue; the next pull removes the dead pull's
+    spool and ends with exactly the counts of an uninterrupted pull: every instance once."""
+    base = init_workspace(tmp_path / "base").root
+    with orthanc(tmp_path / "pacs") as server:
+        for path in sorted((demo_dir / "dicom").rglob("*.dcm")):
+            assert server.upload(path)["Status"] == "Success"
+
+        def args(root: Path) -> list[str]:
+            return [sys.executable, "-m", "datatool", "pull", "--dicomweb",
+                    server.dicomweb_url, "-j", "0", "--workspace", str(root)]  # fmt: skip
+
+        ref = shutil.copytree(base, tmp_path / "ref")
+        began = time.monotonic()
+        done = subprocess.run(args(ref), capture_output=True, text=True, env=cli_env, timeout=300)
+        seconds = time.monotonic() - began
+        assert done.returncode == 0, done.stderr
+        expected = _counts(ref)
+        assert expected["ingested files"] == expected["distinct SOP instances"] > 0
+        rng = random.Random(20261207)
+        cut_short = 0
+        for k in range(4):
+            root = shutil.copytree(base, tmp_path / f"kill{k}")
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+            proc = subprocess.Popen(args(root), env=cli_env, start_new_session=True, **quiet)
+            time.sleep(rng.uniform(0.3, 0.9) * seconds)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            assert integrity(root / ".datatool" / "catalogue.sqlite") == "ok"
+            cut_short += _counts(root)["source files"] < expected["source files"]
+            again = subprocess.run(args(root), capture_output=True, text=True, env=cli_env,
+                                   timeout=300)  # fmt: skip
+            assert again.returncode == 0, (k, again.stderr)
+            assert "Traceback" not in again.stderr
+            assert _counts(root) == expected, k
+            assert not list((root / ".datatool" / "spool").glob("pull-*")), k
+        assert cut_short, "no kill came before the pull had catalogued everything"
