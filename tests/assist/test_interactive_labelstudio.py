@@ -144,3 +144,36 @@ def test_connect_interactive_needs_the_clicks_tool(study, labelstudio_server):
     push(ws, "plain", local_root=srv.local_root, image_ids=[1], **_server(srv))
     with pytest.raises(DatatoolError, match=r"no smart KeyPointLabels tool.*--interactive"):
         connect_backend(ws, "plain", "http://127.0.0.1:9", interactive=True, **_server(srv))
+
+
+def test_connect_interactive_refuses_a_backend_serving_a_run_without_clicks(
+    study, labelstudio_server, tmp_path
+):
+    """The project has the clicks tool, but ``datatool serve`` serves the plain run (its
+    ``/health`` says ``interactive: false``): refused with one line that says what to serve,
+    before any backend is registered; connected without --interactive it is accepted."""
+    from datatool.assist.connect import connect_backend
+    from datatool.labels.annotations import add_rater
+    from tests.backend_server import PASSWORD, serve_subprocess
+
+    ws, run, version, _images = study
+    srv = labelstudio_server
+    add_rater(ws, "clicker")
+    pushed = push(ws, "clicker", local_root=srv.local_root, image_ids=[1], interactive=True,
+                  **_server(srv))  # fmt: skip
+    with serve_subprocess(ws.root, run, tmp_path / "serve.log") as (url, _):
+        env = {"DATATOOL_SERVE_USER": "datatool", "DATATOOL_SERVE_PASSWORD": PASSWORD}
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            with pytest.raises(DatatoolError) as refused:
+                connect_backend(ws, "clicker", url, interactive=True, **_server(srv))
+            assert str(refused.value) == (
+                f"the ML backend at {url} serves {version}, which was not trained with "
+                "--interactive: serve an interactive run ('datatool train --interactive'), "
+                "or connect without --interactive"
+            )
+            ls = LabelStudio(base_url=srv.url, api_key=srv.token)
+            assert not list(ls.ml.list(project=pushed.project_id))
+            plain = connect_backend(ws, "clicker", url, **_server(srv))
+    assert not plain.interactive and [p.project_id for p in plain.projects] == [pushed.project_id]
