@@ -159,9 +159,19 @@ def _check_view(result: SplitCheck) -> Iterator[Block]:
     if result.ok:
         yield (
             f"split {result.name}: {result.images} images, no leakage, every image has "
-            f"a reference label, hash intact ({result.masks_hashed} reference masks hashed "
-            "now, the others unchanged since they last hashed intact)"
+            f"a reference label, hash intact; {_hashed_now(result)}"
         )
+
+
+def _hashed_now(result: SplitCheck) -> str:
+    if result.masks_hashed == 0:
+        return "no reference mask changed on disk since it last hashed intact (--deep: hash all)"
+    if result.masks_hashed >= result.images:
+        return "every reference mask hashed"
+    return (
+        f"{result.masks_hashed} reference masks hashed, the others unchanged since they last "
+        "hashed intact"
+    )
 
 
 @split_app.command("check")
