@@ -475,8 +475,9 @@ def score(
     flips: bool = typer.Option(
         False,
         "--flips",
-        help="Whole-image drafts with test-time flips (the image and its mirror averaged, as "
-        "ITK-SNAP exports draft them); not stored. The study's frame is unchanged.",
+        help="Whole-image drafts with test-time flips (the image and its mirror averaged); "
+        "not stored. Drafts for raters (prelabel, serve, export itksnap --prefill) do not "
+        "use them: this measures whether they should. The study's frame is unchanged.",
     ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,

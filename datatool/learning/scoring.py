@@ -578,8 +578,9 @@ def score_run(
     """Score a run on its test set (or validation set or fold): the study's tables, the
     ANOVA, inference time and figures, written to ``out_dir/score.json`` and the catalogue;
     on the whole image also HD95, ASSD and NSD at ``tolerance`` mm. ``flips``: the
-    whole-image drafts with test-time flips (as raters' drafts get them; not stored, since
-    the stored drafts are the plain ones); the study's frame keeps its recipe."""
+    whole-image drafts with test-time flips (not stored, since the stored drafts are the
+    plain ones; the drafts raters get do not use flips yet: this measures whether they
+    should); the study's frame keeps its recipe."""
     subset = choice(ScoreSet, subset, "--set")
     if not (np.isfinite(tolerance) and tolerance >= 0):
         raise UsageError(f"--tolerance must be a distance in mm of 0 or more, not {tolerance}")
