@@ -166,12 +166,31 @@ _OUTSIDE = (
     "any other box are 0 either way (_box_area takes max(0, extent))"
 )
 _BLANK = "'XXXX' in place of '' for a missing value: it matches no pattern or code either"
+_SC = "datatool.learning.scoring."
 _S = "datatool.analysis.shape."
 _SHORTCUT = (
     "the shortcut (a hole needs a row that enters the structure twice) taken less often: the "
     "exact count that follows gives the same answer"
 )
 EQUIVALENT: dict[str, str] = {
+    # scoring
+    _SC + "x_per_image_metrics__mutmut_46": (
+        "F1 when precision or recall is nonzero, not both: they differ only when one is 0 and "
+        "the other not, and both are 0 (or None) exactly when tp is 0"
+    ),
+    _SC + "x__anova__mutmut_18": "pingouin.anova(detailed=None): read as False, its default",
+    _SC + "x__anova__mutmut_22": "pingouin.anova's detailed left out: False is its default",
+    _SC + "x__metric_rows__mutmut_14": (
+        "per_image_metrics over one class more than there are names: zip with the names "
+        "drops its result"
+    ),
+    _SC + "x__image_scores__mutmut_16": (
+        "to_dict('RECORDS'): pandas lower-cases the orient ('records')"
+    ),
+    _SC + "x__surfaces__mutmut_2": (
+        "the surface distances described over every row, one-empty rows too: theirs are "
+        "NaN, which metrics.describe leaves out"
+    ),
     # shape
     _S + "x_extra_component_px__mutmut_6": (
         "n < allowed as n <= allowed: at n == allowed the pixels beyond the allowed largest "
