@@ -172,6 +172,10 @@ _SHORTCUT = (
     "the shortcut (a hole needs a row that enters the structure twice) taken less often: the "
     "exact count that follows gives the same answer"
 )
+_SUM = (
+    "sum(dtype=None) of uint8 pixels: numpy's uint64 sums, the same counts (the int64 is "
+    "there for speed: uint64 @ int64 goes through float64, exact for these sizes, slower)"
+)
 EQUIVALENT: dict[str, str] = {
     # scoring
     _SC + "x_per_image_metrics__mutmut_46": (
@@ -196,6 +200,10 @@ EQUIVALENT: dict[str, str] = {
         "n < allowed as n <= allowed: at n == allowed the pixels beyond the allowed largest "
         "components are an empty slice, 0 either way"
     ),
+    _S + "x_centroid__mutmut_7": _SUM,
+    _S + "x_centroid__mutmut_9": _SUM,
+    _S + "x_centroid__mutmut_13": _SUM,
+    _S + "x_centroid__mutmut_15": _SUM,
     _S + "x_holes__mutmut_8": _SHORTCUT + " (a | in place of the & of a run's start)",
     _S + "x_holes__mutmut_15": _SHORTCUT + " (the starts of every row summed, not each row's)",
     "datatool.labels.masks.x__unknown_error__mutmut_12": (

@@ -160,8 +160,8 @@ def edge_contact(binary: np.ndarray, near: np.ndarray) -> tuple[int, int]:
 def centroid(binary: np.ndarray, x0: int = 0, y0: int = 0) -> tuple[float, float]:
     """(x, y) of the structure's centroid in image pixels (``binary`` cropped at x0, y0)."""
     u8 = binary.view(np.uint8)  # sums of uint8 are faster than counts of bools
-    rows = u8.sum(axis=1)  # numpy sums uint8 in 64 bits
-    cols = u8.sum(axis=0)
+    rows = u8.sum(axis=1, dtype=np.int64)  # int64, not numpy's uint64: a faster @ below
+    cols = u8.sum(axis=0, dtype=np.int64)
     area = int(rows.sum())
     return (
         float(cols @ np.arange(cols.size)) / area + x0,
