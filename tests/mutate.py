@@ -166,63 +166,46 @@ _OUTSIDE = (
     "any other box are 0 either way (_box_area takes max(0, extent))"
 )
 _BLANK = "'XXXX' in place of '' for a missing value: it matches no pattern or code either"
+_SC = "datatool.learning.scoring."
 _S = "datatool.analysis.shape."
-_PAD = "np.bincount's minlength changed: it only pads with zero counts, which are dropped"
-_THIN = (
-    "the test for a box under 3 pixels across weakened: the exact count that follows finds "
-    "no hole in such a box either (every region of it touches the box's border)"
-)
 _SHORTCUT = (
-    "the shortcut (a hole needs a row that enters the structure twice) taken less often or "
-    "summed in another dtype: the exact count that follows gives the same answer"
-)
-_NO_GAP = (
-    "the return when the box has no pixel outside the structure, never reached: a row "
-    "that enters the structure twice has a gap"
-)
-_HOLE_SIZES = (
-    "np.bincount's minlength (n + 1 is the labels' own count): at most a size of 0 more, "
-    "which no hole threshold (4 pixels, at least 1) counts"
+    "the shortcut (a hole needs a row that enters the structure twice) taken less often: the "
+    "exact count that follows gives the same answer"
 )
 _SUM = (
-    "sum(dtype=None) of uint8 pixels: numpy sums small unsigned ints in a 64-bit unsigned "
-    "accumulator anyway, the same counts"
+    "sum(dtype=None) of uint8 pixels: numpy's uint64 sums, the same counts (the int64 is "
+    "there for speed: uint64 @ int64 goes through float64, exact for these sizes, slower)"
 )
 EQUIVALENT: dict[str, str] = {
-    _S + "x_cross_counts__mutmut_16": (
-        "np.bincount(minlength=None) as minlength=1: it only pads with zero counts, which "
-        "are dropped (numpy 2.2 takes None with a deprecation warning)"
+    # scoring
+    _SC + "x_per_image_metrics__mutmut_46": (
+        "F1 when precision or recall is nonzero, not both: they differ only when one is 0 and "
+        "the other not, and both are 0 (or None) exactly when tp is 0"
+    ),
+    _SC + "x__anova__mutmut_18": "pingouin.anova(detailed=None): read as False, its default",
+    _SC + "x__anova__mutmut_22": "pingouin.anova's detailed left out: False is its default",
+    _SC + "x__metric_rows__mutmut_14": (
+        "per_image_metrics over one class more than there are names: zip with the names "
+        "drops its result"
+    ),
+    _SC + "x__image_scores__mutmut_16": (
+        "to_dict('RECORDS'): pandas lower-cases the orient ('records')"
+    ),
+    _SC + "x__surfaces__mutmut_2": (
+        "the surface distances described over every row, one-empty rows too: theirs are "
+        "NaN, which metrics.describe leaves out"
+    ),
+    # shape
+    _S + "x_extra_component_px__mutmut_6": (
+        "n < allowed as n <= allowed: at n == allowed the pixels beyond the allowed largest "
+        "components are an empty slice, 0 either way"
     ),
     _S + "x_centroid__mutmut_7": _SUM,
     _S + "x_centroid__mutmut_9": _SUM,
     _S + "x_centroid__mutmut_13": _SUM,
     _S + "x_centroid__mutmut_15": _SUM,
-    _S + "xǁSpreadǁof__mutmut_3": _DTYPE + " (the median of ints is a float all the same)",
-    _S + "x_cross_counts__mutmut_18": _PAD,
-    _S + "x_cross_counts__mutmut_19": _PAD,
-    _S + "x_extra_component_px__mutmut_6": (
-        "n < allowed as n <= allowed: at n == allowed the pixels beyond the allowed largest "
-        "components are an empty slice, 0 either way"
-    ),
-    _S + "x_holes__mutmut_1": _THIN,
-    _S + "x_holes__mutmut_2": _THIN,
-    _S + "x_holes__mutmut_12": _SHORTCUT,
-    _S + "x_holes__mutmut_19": _SHORTCUT,
-    _S + "x_holes__mutmut_20": _SHORTCUT,
-    _S + "x_holes__mutmut_21": _SHORTCUT,
-    _S + "x_holes__mutmut_22": _SHORTCUT,
-    _S + "x_holes__mutmut_35": _NO_GAP,
-    _S + "x_holes__mutmut_36": _NO_GAP,
-    _S + "x_holes__mutmut_39": _HOLE_SIZES,
-    _S + "x_holes__mutmut_41": _HOLE_SIZES,
-    _S + "x_holes__mutmut_42": _HOLE_SIZES,
-    _S + "x_holes__mutmut_43": _HOLE_SIZES,
-    _S + "x_edge_contact__mutmut_16": "binary_erosion's border_value left out: 0 is its default",
-    _S + "xǁSpreadǁof__mutmut_5": _DTYPE + " (the median of ints is a float all the same)",
-    _S + "x_disagreement__mutmut_5": (
-        "threshold < 0 as <= 0: at a threshold of 0 every Dice (0 or more) is already at or "
-        "above it, so None either way"
-    ),
+    _S + "x_holes__mutmut_8": _SHORTCUT + " (a | in place of the & of a run's start)",
+    _S + "x_holes__mutmut_15": _SHORTCUT + " (the starts of every row summed, not each row's)",
     "datatool.labels.masks.x__unknown_error__mutmut_12": (
         "the fallback for a map with no unknown value, never reached: a map is refused for "
         "its values only when one lies outside the protocol (a run of unknown values, below "

@@ -80,7 +80,7 @@ def cross_counts(
     own = int(np.count_nonzero(binary & (other == value)))
     if own * (1.0 + ratio) > area:
         return {value: own}
-    counts = np.bincount(other[binary], minlength=1)
+    counts = np.bincount(other[binary])
     return {int(v): int(n) for v, n in enumerate(counts) if n}
 
 
@@ -97,17 +97,15 @@ def holes(binary: np.ndarray, min_px: int = MIN_HOLE_PX) -> tuple[int, int]:
     """(holes of at least ``min_px`` pixels, their pixels): 4-connected regions of other pixels
     that the structure encloses (that do not reach the border of its bounding box, which
     ``binary`` is cropped to)."""
-    if binary.shape[0] < 3 or binary.shape[1] < 3:
+    if min(binary.shape) < 3:  # every gap of a box under 3 pixels across reaches its border
         return 0, 0
     # a hole needs a row that enters the structure twice: convex outlines have none
     starts = (binary[:, 1:] & ~binary[:, :-1]).view(np.uint8)
-    entries = starts.sum(axis=1, dtype=np.int64) + binary[:, 0]
+    entries = starts.sum(axis=1) + binary[:, 0]
     if int(entries.max()) < 2:
         return 0, 0
-    labelled, n = ndimage.label(~binary)
-    if n == 0:
-        return 0, 0
-    sizes = np.bincount(labelled.ravel(), minlength=n + 1)
+    labelled, _ = ndimage.label(~binary)  # such a row has a gap: one region at least
+    sizes = np.bincount(labelled.ravel())
     sizes[labelled[[0, -1], :]] = 0  # regions reaching the box's border are not enclosed
     sizes[labelled[:, [0, -1]]] = 0
     sizes[0] = 0
@@ -155,14 +153,14 @@ def edge_contact(binary: np.ndarray, near: np.ndarray) -> tuple[int, int]:
     touching = int(np.count_nonzero(binary & near))
     if not touching:
         return 0, 0
-    boundary = binary & ~ndimage.binary_erosion(binary, structure=EIGHT, border_value=0)
+    boundary = binary & ~ndimage.binary_erosion(binary, structure=EIGHT)  # border: 0
     return touching, int(np.count_nonzero(boundary))
 
 
 def centroid(binary: np.ndarray, x0: int = 0, y0: int = 0) -> tuple[float, float]:
     """(x, y) of the structure's centroid in image pixels (``binary`` cropped at x0, y0)."""
     u8 = binary.view(np.uint8)  # sums of uint8 are faster than counts of bools
-    rows = u8.sum(axis=1, dtype=np.int64)
+    rows = u8.sum(axis=1, dtype=np.int64)  # int64, not numpy's uint64: a faster @ below
     cols = u8.sum(axis=0, dtype=np.int64)
     area = int(rows.sum())
     return (
@@ -184,7 +182,7 @@ def dice(area_a: int, area_b: int, overlap: int) -> float | None:
 def disagreement(dice_value: float | None, threshold: float) -> float | None:
     """Severity of a Dice below ``threshold``: (threshold - Dice) / threshold, so a structure
     present in one label and absent in the other (Dice 0) scores 1."""
-    if dice_value is None or dice_value >= threshold or threshold <= 0:
+    if dice_value is None or dice_value >= threshold:  # no Dice is below a threshold <= 0
         return None
     return (threshold - dice_value) / threshold
 
@@ -249,7 +247,7 @@ class Spread:
     @classmethod
     def of(cls, values: Sequence[float]) -> Spread | None:
         """None when there are fewer than MIN_SIZE_SAMPLE values or they do not vary."""
-        arr = np.asarray([v for v in values if v is not None and v > 0], float)
+        arr = np.asarray([v for v in values if v is not None and v > 0])
         if arr.size < MIN_SIZE_SAMPLE:
             return None
         median = float(np.median(arr))

@@ -173,6 +173,50 @@ def test_no_anova_without_two_structures_with_two_images():
     assert _anova(one) is None
 
 
+def _pingouin_changed(monkeypatch, anova=lambda t: t, pairs=lambda t: t):
+    """pingouin's real ANOVA and pairwise tables, changed as another pingouin version might
+    write them (pingouin 0.7 names both p columns ``p_unc``; older ones ``p-unc``)."""
+    import pingouin
+
+    real_anova, real_pairs = pingouin.anova, pingouin.pairwise_tests
+    monkeypatch.setattr(pingouin, "anova", lambda **kwargs: anova(real_anova(**kwargs)))
+    monkeypatch.setattr(pingouin, "pairwise_tests", lambda **kwargs: pairs(real_pairs(**kwargs)))
+
+
+TWO = pd.DataFrame({"structure": ["a", "a", "b", "b"], "iou": [0.1, 0.2, 0.5, 0.7]})
+
+
+@pytest.mark.parametrize("p_name", ["p-unc", "p-val"])
+def test_the_anova_under_pingouins_older_column_names(monkeypatch, p_name):
+    """Two structures, two images each: F and p as scipy's f_oneway has them, the one pair's
+    t and p as scipy's t-test (one pair: a Bonferroni factor of 1), whatever the p columns
+    are called."""
+    _pingouin_changed(
+        monkeypatch,
+        anova=lambda t: t.rename(columns={"p_unc": p_name}),
+        pairs=lambda t: t.rename(columns={"p_unc": "p-unc"}),
+    )
+    anova = _anova(TWO)
+    f, p = stats.f_oneway([0.1, 0.2], [0.5, 0.7])
+    assert anova is not None and (anova.F, anova.p) == pytest.approx((f, p), rel=1e-9)
+    (pair,) = anova.pairwise_bonferroni
+    t, p_unc = stats.ttest_ind([0.1, 0.2], [0.5, 0.7])
+    assert (pair.a, pair.b) == ("a", "b")
+    assert (pair.t, pair.p_unc, pair.p_bonf) == pytest.approx((t, p_unc, p_unc), rel=1e-9)
+
+
+@pytest.mark.parametrize("column", ["F", "p_unc"])
+def test_no_anova_when_pingouins_table_lacks_f_or_p(monkeypatch, column):
+    _pingouin_changed(monkeypatch, anova=lambda t: t.drop(columns=[column]))
+    assert _anova(TWO) is None
+
+
+def test_no_anova_when_no_iou_varies():
+    """Every IoU 0 (an untrained model): pingouin's table has neither F nor p; no test."""
+    zero = pd.DataFrame({"structure": ["a", "a", "b", "b"], "iou": [0.0] * 4})
+    assert _anova(zero) is None
+
+
 def _refuse(constant: str):
     raise ValueError(f"{constant} is not JSON")
 
@@ -291,6 +335,62 @@ def test_per_image_scores_keep_no_nan():
     ]
     assert _image_scores(rows.iloc[0:0]) == []
     assert _finite(np.float64("nan")) is None and _finite(np.int64(3)) == 3.0
+
+
+def test_pooled_measures_where_the_counts_balance_by_hand():
+    """One row of eight pixels. Structure a: predicted at columns 0-1, in the reference at 0,
+    2 and 3: tp 1, fp 1, fn 2 (tp + fp equals fn). Structure b: predicted at 4-6, in the
+    reference at 4 and 7: tp 1, fp 2, fn 1 (fp equals tp + fn). Both: IoU 1/(1+1+2) = 1/4,
+    Dice 2/(2+1+2) = 2/5, F1 = 2/5; a's precision 1/2 and recall 1/3, b's the other way
+    round. Structure c is in neither map: no pooled IoU or Dice, no row."""
+    pred = np.array([[1, 1, 0, 0, 2, 2, 2, 0]], np.uint8)
+    ref = np.array([[1, 0, 1, 1, 2, 0, 0, 2]], np.uint8)
+    got = per_image_metrics(pred, ref, 4)
+    assert [(m.tp, m.fp, m.fn) for m in got[:2]] == [(1, 1, 2), (1, 2, 1)] and got[2] is None
+    a, b = got[0], got[1]
+    assert (a.iou, a.dice, a.precision, a.recall) == pytest.approx((1 / 4, 2 / 5, 1 / 2, 1 / 3))
+    assert (b.iou, b.dice, b.precision, b.recall) == pytest.approx((1 / 4, 2 / 5, 1 / 3, 1 / 2))
+    assert a.f1 == pytest.approx(2 / 5) and b.f1 == pytest.approx(2 / 5)
+    rows = _metric_rows(0, pred, ref, NAMES, ((1.0, 1.0), 1.0))
+    pa, pb, pc = _per_structure(pd.DataFrame(rows), NAMES, 1)
+    assert (pa.pooled_iou, pa.pooled_dice) == pytest.approx((1 / 4, 2 / 5), rel=1e-15)
+    assert (pb.pooled_iou, pb.pooled_dice) == pytest.approx((1 / 4, 2 / 5), rel=1e-15)
+    assert (pc.images, pc.pooled_iou, pc.pooled_dice) == (0, None, None)
+    # c is in no image: not one empty, both empty in the set's one image
+    assert (pc.surface["one_empty"], pc.surface["both_empty"]) == (0, 1)
+    assert pc.surface["hd95"]["n"] == 0 and pc.iou["n"] == 0
+    # a structure in neither map ahead of the others leaves their rows be: a absent, b found
+    # (IoU 1), c only predicted (IoU 0)
+    rows = _metric_rows(5, np.array([[0, 2, 3]], np.uint8), np.array([[0, 2, 0]], np.uint8), NAMES)
+    assert [(r["image_id"], r["structure"], r["iou"]) for r in rows] == [
+        (5, "b", 1.0),
+        (5, "c", 0.0),
+    ]
+
+
+NOTHING = {"n": 0, "mean": None, "sd": None, "median": None, "p25": None, "p75": None,
+           "min": None, "max": None}  # fmt: skip
+
+
+def test_a_set_where_no_structure_is_in_any_map():
+    """Every prediction and reference all background: the long table has no row and no
+    column; each structure is in no image, has no pooled measure, nothing to describe, and
+    is both empty in each of the set's three images."""
+    table = _metric_table([1, 2, 3], [np.zeros((2, 2), np.uint8)] * 3,
+                          [np.zeros((2, 2), np.uint8)] * 3, NAMES)  # fmt: skip
+    assert len(table) == 0 and list(table.columns) == []
+    for with_surfaces in (True, False):
+        got = _per_structure(table, NAMES, 3 if with_surfaces else None)
+        assert [s.structure for s in got] == NAMES
+        for s in got:
+            assert (s.images, s.pooled_iou, s.pooled_dice) == (0, None, None)
+            assert s.iou == s.dice == s.precision == s.recall == s.f1 == NOTHING
+            if with_surfaces:
+                want = {"hd95": NOTHING, "assd": NOTHING, "nsd": NOTHING,
+                        "one_empty": 0, "both_empty": 3}  # fmt: skip
+                assert s.surface == want
+            else:
+                assert s.surface is None
 
 
 # ---------------------------------------------------------------- a model that segments
