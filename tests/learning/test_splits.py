@@ -412,3 +412,116 @@ def test_whole_patients_dealt_by_hand():
     # A kept in the test set from an earlier split: B, C, D dealt round its 4 images
     subset_of, _ = _assign(population, w, 0, 1, None, kept={1: (2, None)})
     assert subset_of == {"A": 2, "B": 0, "C": 1, "D": 0}
+
+
+def _member(image_id, subset="train", fold=None, annotation_id=None):
+    """A split member as the catalogue holds it (not added to any session)."""
+    return SplitMember(image_id=image_id, subset=subset, fold=fold, annotation_id=annotation_id)
+
+
+def test_set_counts_by_hand():
+    """Five members of four patients: A (F; a left image with a label, a right one without),
+    B (M, no side, labelled), C (no sex, left, labelled), D (F, right): 4 patients, 2 of
+    them female and 1 male, 2 left and 2 right images, 3 with a reference label."""
+    from datatool.learning.splits import _counts
+
+    rows = [
+        (_member(1, annotation_id=5), "P-A", "F", "L", "h1"),
+        (_member(2), "P-A", "F", "R", "h2"),
+        (_member(3, annotation_id=7), "P-B", "M", None, "h3"),
+        (_member(4, annotation_id=8), "P-C", None, "L", "h4"),
+        (_member(5), "P-D", "F", "R", "h5"),
+    ]
+    counts = _counts(rows, 0.25)
+    assert counts.as_dict() == {
+        "patients": 4, "images": 5, "female": 2, "male": 1, "left_images": 2,
+        "right_images": 2, "with_reference": 3, "share": 0.25,
+    }  # fmt: skip
+    assert "share" not in _counts(rows).as_dict() and _counts(rows).share is None
+    assert _counts([]).as_dict() == {
+        "patients": 0, "images": 0, "female": 0, "male": 0, "left_images": 0,
+        "right_images": 0, "with_reference": 0,
+    }  # fmt: skip
+    men = _counts([(_member(9), "P-E", "M", "R", "h9")], 0.0).as_dict()
+    assert (men["female"], men["male"], men["left_images"], men["right_images"]) == (0, 1, 0, 1)
+    assert men["share"] == 0.0
+
+
+def test_leakage_word_for_word_by_hand():
+    """E is in test and train; A in train and val and folds 0 and 1; B's test image sits in
+    fold 2; C's two images share a set and fold; D is a test patient with no fold."""
+    from datatool.learning.splits import _leakage
+
+    rows = [
+        (_member(1, "test"), "P-E"),
+        (_member(2, "train", 0), "P-E"),
+        (_member(3, "train", 0), "P-A"),
+        (_member(4, "val", 1), "P-A"),
+        (_member(5, "test", 2), "P-B"),
+        (_member(6, "train", 0), "P-C"),
+        (_member(7, "train", 0), "P-C"),
+        (_member(8, "test"), "P-D"),
+    ]
+    assert _leakage(rows) == [
+        "img000005: a test image in fold 2",
+        "patient P-A is in train and val",
+        "patient P-E is in test and train",
+        "patient P-A is in folds [0, 1]",
+    ]
+    assert _leakage(rows[5:]) == []
+
+
+def test_moved_images_and_the_first_five_word_for_word_by_hand():
+    from datatool.learning.splits import _first_five, _moved
+
+    assert _first_five(["a", "b", "c", "d", "e"], "x") == ["a", "b", "c", "d", "e"]
+    assert _first_five(list("abcdef"), "things") == [*"abcde", "... and 1 more things"]
+    assert _first_five(list("abcdefg"), "x") == [*"abcde", "... and 2 more x"]
+    assert _first_five([], "x") == []
+    rows = [(_member(2), "P-A"), (_member(3), "P-A"), (_member(4), "P-B")]
+    owner = {2: "P-B", 3: "P-A"}  # image 4 is no longer in the catalogue's patients
+    assert _moved(rows, owner) == [
+        "img000002 now belongs to patient P-B, not P-A as frozen (its series was moved)",
+        "img000004 now belongs to patient None, not P-B as frozen (its series was moved)",
+    ]
+    many = [(_member(k), "P-A") for k in range(1, 8)]
+    moved = _moved(many, dict.fromkeys(range(1, 8), "P-Z"))
+    assert len(moved) == 6 and moved[4].startswith("img000005 now belongs to patient P-Z")
+    assert moved[5] == "... and 2 more images moved to another patient"
+
+
+def test_split_parameters_inherited_word_for_word_by_hand():
+    """A new split's parameters: the defaults (6:2:2, 5 folds, seed 0, no strata), those
+    given, or an extended split's; a split that extends another may change only the seed."""
+    from datatool.learning.splits import _inherit, _Params, _params
+
+    assert _inherit(None, None, None, None, None) == _Params("6:2:2", 5, 0, None)
+    assert _inherit(None, "3:1:1", 0, 7, "side") == _Params("3:1:1", 0, 7, "side")
+    base = Split(name="old", ratios="3:1:1", folds=4, seed=9, stratify="sex", reference="R1")
+    assert _params(base) == {
+        "ratios": "3:1:1", "folds": 4, "seed": 9, "stratify": "sex", "reference": "R1"
+    }  # fmt: skip
+    assert _inherit(base, None, None, None, None) == _Params("3:1:1", 4, 9, "sex")
+    # the same shares written otherwise, the same folds and strata: accepted, the base's kept
+    assert _inherit(base, "6:2:2", 4, 2, "sex") == _Params("3:1:1", 4, 2, "sex")
+    refusals = [
+        (("1:1:1", None, None), "--ratios 1:1:1: split 'old' was dealt 3:1:1, and a split that "
+         "extends it keeps its ratios (leave --ratios out)"),
+        ((None, 3, None), "--folds 3: split 'old' has 4 folds, and a split that extends it "
+         "keeps its folds (leave --folds out)"),
+        ((None, None, "side"), "--stratify side: split 'old' is stratified by sex, and a split "
+         "that extends it keeps that"),
+        ((None, None, "age"), "--stratify must be one of sex, side, not 'age'"),
+    ]  # fmt: skip
+    for (ratios, folds, stratify), message in refusals:
+        with pytest.raises(UsageError) as caught:
+            _inherit(base, ratios, folds, None, stratify)
+        assert str(caught.value) == message
+    plain = Split(name="flat", ratios="6:2:2", folds=0, seed=0, stratify=None)
+    assert _inherit(plain, None, 0, 0, None) == _Params("6:2:2", 0, 0, None)
+    with pytest.raises(UsageError) as caught:
+        _inherit(plain, None, None, None, "sex")
+    assert str(caught.value) == (
+        "--stratify sex: split 'flat' is stratified by nothing, and a split that extends it "
+        "keeps that"
+    )
