@@ -213,6 +213,17 @@ _SUM = (
     "sum(dtype=None) of uint8 pixels: numpy sums small unsigned ints in a 64-bit unsigned "
     "accumulator anyway, the same counts"
 )
+_SPL = "datatool.learning.splits."
+_STRATUM = (
+    "a stratum's key spelt otherwise: keys only group the patients, and each stratum is "
+    "dealt on its own whatever order the keys sort in"
+)
+_FOLDS_EQUAL = (
+    "the folds' equal weights changed alike: with equal targets, deal() gives each patient "
+    "to the least filled fold (ties to the lower) whatever the common weight or offset"
+)
+_SEL = "datatool.assist.selection."
+_FIRST_ROW = "limit(2) or limit(None) for limit(1): session.scalar takes the first row anyway"
 EQUIVALENT: dict[str, str] = {
     _S + "x_cross_counts__mutmut_16": (
         "np.bincount(minlength=None) as minlength=1: it only pads with zero counts, which "
@@ -319,6 +330,23 @@ EQUIVALENT: dict[str, str] = {
     _M + "x_bland_altman__mutmut_5": _DTYPE + " (one side float is enough: a - b is float)",
     _M + "x_bland_altman__mutmut_7": _DTYPE + " (one side float is enough: a - b is float)",
     _M + "x_bland_altman__mutmut_9": _DTYPE + " (one side float is enough: a - b is float)",
+    # splits
+    _SPL + "x__assign__mutmut_14": _STRATUM + " ('XX?XX' for a patient of no sex)",
+    _SPL + "x__assign__mutmut_29": _STRATUM + " ('XX?XX' for an image of no side)",
+    _SPL + "x__assign__mutmut_48": _STRATUM + " (sides joined by 'XXXX': 'LXXXXR' for 'LR')",
+    _SPL + "x__assign__mutmut_52": _STRATUM + " ('XXXX' for the one stratum of no strata)",
+    _SPL + "x__assign__mutmut_24": (
+        "each patient's images counted twice: every count and every kept patient's filling "
+        "doubles with them, and deal()'s choice (target - filled) / target is the same at "
+        "any scale (doubling is exact in floating point)"
+    ),
+    _SPL + "x__assign__mutmut_41": _FOLDS_EQUAL + " (every fold starting one image fuller)",
+    _SPL + "x__assign__mutmut_108": _FOLDS_EQUAL + " (a weight of folds, not 1 / folds)",
+    _SPL + "x__assign__mutmut_109": _FOLDS_EQUAL + " (a weight of 2 / folds, not 1 / folds)",
+    _SPL + "x_deal__mutmut_40": "float('-INF'): Python reads it case-insensitively, -inf",
+    # selection
+    _SEL + "x_latest_done_run__mutmut_3": _FIRST_ROW,
+    _SEL + "x_latest_done_run__mutmut_11": _FIRST_ROW,
 }
 
 KILLED = {1, 3}  # pytest's exit status: tests failed / internal error (a crash is a kill)

@@ -557,7 +557,7 @@ def split_name_of(session, split_id: int) -> str:
 def _counts(selected, share: float | None = None) -> SetCounts:
     patients = {pseudonym: sex for m, pseudonym, sex, _, _ in selected}
     sexes = Counter(patients.values())
-    sides = Counter(side or "?" for _, _, _, side, _ in selected)
+    sides = Counter(side for _, _, _, side, _ in selected)  # L and R are read; None is not
     return SetCounts(
         patients=len(patients),
         images=len(selected),
