@@ -110,6 +110,55 @@ def _unlabelled(ws: Workspace, rater: str) -> tuple[str, list[tuple[int, str, st
         return r.name, [(i, h, p, side) for i, h, p, side in rows]
 
 
+def per_patient_cap(n: int, per_patient: int | None) -> int:
+    """The most images of one patient on a list of ``n``: ``per_patient``, else a tenth of
+    ``n`` rounded up (1 or more, as ``n`` is); refused below 1."""
+    if n < 1:
+        raise UsageError("--n must be 1 or more")
+    cap = per_patient if per_patient is not None else math.ceil(n / 10)
+    if cap < 1:
+        raise UsageError("--per-patient must be 1 or more")
+    return cap
+
+
+def choose(
+    scored: list[tuple[float, float, tuple[int, str, str, str | None]]], n: int, cap: int
+) -> list[Candidate]:
+    """The top ``n`` of ``scored`` (entropy, score, (image id, store hash, pseudonym, side)),
+    highest entropy first, ties by image id, skipping an image once its patient has ``cap``
+    on the list."""
+    taken: dict[str, int] = {}
+    chosen: list[Candidate] = []
+    for entropy, score, (image_id, _, patient, side) in sorted(
+        scored, key=lambda x: (-x[0], x[2][0])
+    ):
+        if len(chosen) == n:
+            break
+        if taken.get(patient, 0) >= cap:
+            continue
+        taken[patient] = taken.get(patient, 0) + 1
+        chosen.append(
+            Candidate(
+                len(chosen) + 1, image_name(image_id), image_id, patient, side, entropy, score
+            )
+        )
+    return chosen
+
+
+def shortfall(rater: str, unlabelled: int, listed: int, n: int, cap: int) -> list[str]:
+    """The note of a list shorter than asked (why), or of a rater with nothing left."""
+    if not unlabelled:
+        return [f"rater {rater} has labelled every image"]
+    if listed < n:
+        why = (
+            f"only {unlabelled} unlabelled images"
+            if unlabelled <= n
+            else f"at most {cap} per patient (--per-patient)"
+        )
+        return [f"{listed} of {n} listed: {why}"]
+    return []
+
+
 def rank_next(
     ws: Workspace,
     rater: str,
@@ -121,11 +170,7 @@ def rank_next(
 ) -> NextImages:
     """Rank the rater's unlabelled images by the model's mean predictive entropy (see the
     module's docstring) and keep the top ``n``, at most ``per_patient`` per patient."""
-    if n < 1:
-        raise UsageError("--n must be 1 or more")
-    cap = per_patient if per_patient is not None else max(1, math.ceil(n / 10))
-    if cap < 1:
-        raise UsageError("--per-patient must be 1 or more")
+    cap = per_patient_cap(n, per_patient)
     name, todo = _unlabelled(ws, rater)
     scored = []
     for start in range(0, len(todo), STORE_CHUNK):
@@ -134,40 +179,16 @@ def rank_next(
         scored += [(d.entropy, d.score, row) for d, row in zip(drafts, chunk)]
         if progress:
             progress(start + len(chunk), len(todo))
-    scored.sort(key=lambda x: (-x[0], x[2][0]))
-    taken: dict[str, int] = {}
-    chosen: list[Candidate] = []
-    for entropy, score, (image_id, _, patient, side) in scored:
-        if len(chosen) == n:
-            break
-        if taken.get(patient, 0) >= cap:
-            continue
-        taken[patient] = taken.get(patient, 0) + 1
-        chosen.append(
-            Candidate(
-                len(chosen) + 1, image_name(image_id), image_id, patient, side, entropy, score
-            )
-        )
-    result = NextImages(
+    chosen = choose(scored, n, cap)
+    return NextImages(
         rater=name,
         run=model.run_id,
         model_version=model.model_version,
         unlabelled=len(todo),
         per_patient=cap,
         images=chosen,
+        notes=shortfall(name, len(todo), len(chosen), n, cap),
     )
-    if not todo:
-        result.notes.append(f"rater {name} has labelled every image")
-    elif len(chosen) < n:
-        result.notes.append(
-            f"{len(chosen)} of {n} listed: "
-            + (
-                f"only {len(todo)} unlabelled images"
-                if len(todo) <= n
-                else f"at most {cap} per patient (--per-patient)"
-            )
-        )
-    return result
 
 
 def next_images(

@@ -63,8 +63,7 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
         len(parts) != 3
         or not all(math.isfinite(p) and p >= 0 for p in parts)
         or not math.isfinite(total)  # 1e308:1e308:1e308 sums to inf: every share 0
-        or total <= 0
-        or parts[0] == 0
+        or parts[0] == 0  # (so the total is above 0)
     ):
         raise UsageError(
             f"--ratios takes three finite shares train:val:test such as 6:2:2, not {text[:40]!r}"
@@ -258,7 +257,7 @@ def _assign(
         p["sides"].add(side or "?")
     strata: dict[str, list[tuple[str, int]]] = defaultdict(list)
     filled: dict[str, list[int]] = defaultdict(lambda: [0] * len(weights))
-    fold_filled: dict[str, list[int]] = defaultdict(lambda: [0] * max(folds, 1))
+    fold_filled: dict[str, list[int]] = defaultdict(lambda: [0] * folds)  # used when folds
     subset_of: dict[str, int] = {}
     fold_of: dict[str, int] = {}
     for pseudonym, p in patients.items():
@@ -560,7 +559,7 @@ def split_name_of(session, split_id: int) -> str:
 def _counts(selected, share: float | None = None) -> SetCounts:
     patients = {pseudonym: sex for m, pseudonym, sex, _, _ in selected}
     sexes = Counter(patients.values())
-    sides = Counter(side or "?" for _, _, _, side, _ in selected)
+    sides = Counter(side for _, _, _, side, _ in selected)  # L and R are read; None is not
     return SetCounts(
         patients=len(patients),
         images=len(selected),

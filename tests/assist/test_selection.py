@@ -203,3 +203,86 @@ def test_the_ranking_word_for_word(uniform_ws):
     seen = []
     rank_next(uniform_ws, "N", model, n=2, progress=lambda i, total: seen.append((i, total)))
     assert seen[-1] == (6, 6)
+
+
+def test_the_newest_finished_run_with_a_checkpoint_by_hand(ws):
+    """Runs 1 and 2 done with a best checkpoint, 3 failed with one, 4 done without one: the
+    newest finished run with a checkpoint is 2; none at all is refused in full."""
+    from datatool.assist.selection import latest_done_run
+    from datatool.core.catalogue import Run, Split
+    from datatool.core.errors import DatatoolError
+
+    with pytest.raises(DatatoolError) as caught:
+        latest_done_run(ws)
+    assert str(caught.value) == "no finished training run: train one first ('datatool train')"
+    with ws.session() as s:
+        split = Split(name="s", content_hash="0" * 64, seed=0, ratios="6:2:2", folds=0)
+        s.add(split)
+        s.flush()
+        for status, best in [("done", "b1"), ("done", "b2"), ("failed", "b3"), ("done", None)]:
+            run = Run(split_id=split.id, split_hash="0" * 64, preset="tiny", config={}, seed=0,
+                      code_version="x", device="cpu", status=status)  # fmt: skip
+            run.best_checkpoint = best
+            s.add(run)
+    assert latest_done_run(ws) == 2
+
+
+def test_the_list_chosen_by_hand():
+    """Five ranked images: by entropy, highest first, ties by image id (images 1 and 2 at
+    0.9; their store hashes sort the other way), then 3 (0.7), 4 (0.5) and 5 (0.1). Patient
+    A has images 2, 3 and 4, B image 1, C image 5."""
+    from datatool.assist.selection import Candidate, choose
+
+    scored = [
+        (0.5, 0.4, (4, "h1", "P-A", "L")),
+        (0.9, 0.8, (2, "h2", "P-A", None)),
+        (0.9, 0.7, (1, "h9", "P-B", "R")),
+        (0.7, 0.6, (3, "h3", "P-A", "L")),
+        (0.1, 0.5, (5, "h0", "P-C", "R")),
+    ]
+    assert choose(scored, 5, 5) == [
+        Candidate(1, "img000001", 1, "P-B", "R", 0.9, 0.7),
+        Candidate(2, "img000002", 2, "P-A", None, 0.9, 0.8),
+        Candidate(3, "img000003", 3, "P-A", "L", 0.7, 0.6),
+        Candidate(4, "img000004", 4, "P-A", "L", 0.5, 0.4),
+        Candidate(5, "img000005", 5, "P-C", "R", 0.1, 0.5),
+    ]
+
+    def ids(n, cap):
+        listed = choose(scored, n, cap)
+        assert [c.rank for c in listed] == list(range(1, len(listed) + 1))
+        return [c.image_id for c in listed]
+
+    assert ids(6, 6) == [1, 2, 3, 4, 5]
+    assert ids(3, 1) == [1, 2, 5]  # A's images 3 and 4 skipped past the cap of 1
+    assert ids(4, 2) == [1, 2, 3, 5]  # A's third image skipped
+    assert ids(2, 2) == [1, 2]
+    assert ids(1, 1) == [1]
+    assert ids(5, 1) == [1, 2, 5]  # the cap runs out before n
+    assert choose([], 3, 1) == []
+
+
+def test_the_cap_and_the_notes_word_for_word_by_hand():
+    """The default cap is a tenth of --n rounded up; a short list says why: fewer unlabelled
+    images than asked (at most n of them), else the cap."""
+    from datatool.assist.selection import per_patient_cap, shortfall
+
+    for n, cap in [(1, 1), (9, 1), (10, 1), (11, 2), (20, 2), (21, 3), (100, 10), (101, 11)]:
+        assert per_patient_cap(n, None) == cap, n
+    assert per_patient_cap(5, 3) == 3 and per_patient_cap(1, 1) == 1 and per_patient_cap(2, 7) == 7
+    for n, per_patient, message in [(0, None, "--n must be 1 or more"),
+                                    (0, 0, "--n must be 1 or more"),
+                                    (-1, 5, "--n must be 1 or more"),
+                                    (3, 0, "--per-patient must be 1 or more"),
+                                    (3, -1, "--per-patient must be 1 or more")]:  # fmt: skip
+        with pytest.raises(UsageError) as caught:
+            per_patient_cap(n, per_patient)
+        assert str(caught.value) == message, (n, per_patient)
+    assert shortfall("N", 0, 0, 5, 1) == ["rater N has labelled every image"]
+    assert shortfall("N", 6, 6, 6, 6) == []
+    assert shortfall("N", 9, 3, 3, 1) == []
+    assert shortfall("N", 6, 2, 3, 1) == ["2 of 3 listed: at most 1 per patient (--per-patient)"]
+    assert shortfall("N", 6, 6, 7, 7) == ["6 of 7 listed: only 6 unlabelled images"]
+    assert shortfall("N", 6, 4, 6, 2) == ["4 of 6 listed: only 6 unlabelled images"]  # 6 <= 6
+    assert shortfall("N", 7, 4, 6, 2) == ["4 of 6 listed: at most 2 per patient (--per-patient)"]
+    assert shortfall("R2", 1, 0, 1, 1) == ["0 of 1 listed: only 1 unlabelled images"]

@@ -435,3 +435,220 @@ def test_whole_patients_dealt_by_hand():
     # A kept in the test set from an earlier split: B, C, D dealt round its 4 images
     subset_of, _ = _assign(population, w, 0, 1, None, kept={1: (2, None)})
     assert subset_of == {"A": 2, "B": 0, "C": 1, "D": 0}
+
+
+def _member(image_id, subset="train", fold=None, annotation_id=None):
+    """A split member as the catalogue holds it (not added to any session)."""
+    return SplitMember(image_id=image_id, subset=subset, fold=fold, annotation_id=annotation_id)
+
+
+def test_set_counts_by_hand():
+    """Five members of four patients: A (F; a left image with a label, a right one without),
+    B (M, no side, labelled), C (no sex, left, labelled), D (F, right): 4 patients, 2 of
+    them female and 1 male, 2 left and 2 right images, 3 with a reference label."""
+    from datatool.learning.splits import _counts
+
+    rows = [
+        (_member(1, annotation_id=5), "P-A", "F", "L", "h1"),
+        (_member(2), "P-A", "F", "R", "h2"),
+        (_member(3, annotation_id=7), "P-B", "M", None, "h3"),
+        (_member(4, annotation_id=8), "P-C", None, "L", "h4"),
+        (_member(5), "P-D", "F", "R", "h5"),
+    ]
+    counts = _counts(rows, 0.25)
+    assert counts.as_dict() == {
+        "patients": 4, "images": 5, "female": 2, "male": 1, "left_images": 2,
+        "right_images": 2, "with_reference": 3, "share": 0.25,
+    }  # fmt: skip
+    assert "share" not in _counts(rows).as_dict() and _counts(rows).share is None
+    assert _counts([]).as_dict() == {
+        "patients": 0, "images": 0, "female": 0, "male": 0, "left_images": 0,
+        "right_images": 0, "with_reference": 0,
+    }  # fmt: skip
+    men = _counts([(_member(9), "P-E", "M", "R", "h9")], 0.0).as_dict()
+    assert (men["female"], men["male"], men["left_images"], men["right_images"]) == (0, 1, 0, 1)
+    assert men["share"] == 0.0
+
+
+def test_leakage_word_for_word_by_hand():
+    """E is in test and train; A in train and val and folds 0 and 1; B's test image sits in
+    fold 2; C's two images share a set and fold; D is a test patient with no fold."""
+    from datatool.learning.splits import _leakage
+
+    rows = [
+        (_member(1, "test"), "P-E"),
+        (_member(2, "train", 0), "P-E"),
+        (_member(3, "train", 0), "P-A"),
+        (_member(4, "val", 1), "P-A"),
+        (_member(5, "test", 2), "P-B"),
+        (_member(6, "train", 0), "P-C"),
+        (_member(7, "train", 0), "P-C"),
+        (_member(8, "test"), "P-D"),
+    ]
+    assert _leakage(rows) == [
+        "img000005: a test image in fold 2",
+        "patient P-A is in train and val",
+        "patient P-E is in test and train",
+        "patient P-A is in folds [0, 1]",
+    ]
+    assert _leakage(rows[5:]) == []
+
+
+def test_moved_images_and_the_first_five_word_for_word_by_hand():
+    from datatool.learning.splits import _first_five, _moved
+
+    assert _first_five(["a", "b", "c", "d", "e"], "x") == ["a", "b", "c", "d", "e"]
+    assert _first_five(list("abcdef"), "things") == [*"abcde", "... and 1 more things"]
+    assert _first_five(list("abcdefg"), "x") == [*"abcde", "... and 2 more x"]
+    assert _first_five([], "x") == []
+    rows = [(_member(2), "P-A"), (_member(3), "P-A"), (_member(4), "P-B")]
+    owner = {2: "P-B", 3: "P-A"}  # image 4 is no longer in the catalogue's patients
+    assert _moved(rows, owner) == [
+        "img000002 now belongs to patient P-B, not P-A as frozen (its series was moved)",
+        "img000004 now belongs to patient None, not P-B as frozen (its series was moved)",
+    ]
+    many = [(_member(k), "P-A") for k in range(1, 8)]
+    moved = _moved(many, dict.fromkeys(range(1, 8), "P-Z"))
+    assert len(moved) == 6 and moved[4].startswith("img000005 now belongs to patient P-Z")
+    assert moved[5] == "... and 2 more images moved to another patient"
+
+
+def test_split_parameters_inherited_word_for_word_by_hand():
+    """A new split's parameters: the defaults (6:2:2, 5 folds, seed 0, no strata), those
+    given, or an extended split's; a split that extends another may change only the seed."""
+    from datatool.learning.splits import _inherit, _Params, _params
+
+    assert _inherit(None, None, None, None, None) == _Params("6:2:2", 5, 0, None)
+    assert _inherit(None, "3:1:1", 0, 7, "side") == _Params("3:1:1", 0, 7, "side")
+    base = Split(name="old", ratios="3:1:1", folds=4, seed=9, stratify="sex", reference="R1")
+    assert _params(base) == {
+        "ratios": "3:1:1", "folds": 4, "seed": 9, "stratify": "sex", "reference": "R1"
+    }  # fmt: skip
+    assert _inherit(base, None, None, None, None) == _Params("3:1:1", 4, 9, "sex")
+    # the same shares written otherwise, the same folds and strata: accepted, the base's kept
+    assert _inherit(base, "6:2:2", 4, 2, "sex") == _Params("3:1:1", 4, 2, "sex")
+    refusals = [
+        (("1:1:1", None, None), "--ratios 1:1:1: split 'old' was dealt 3:1:1, and a split that "
+         "extends it keeps its ratios (leave --ratios out)"),
+        ((None, 3, None), "--folds 3: split 'old' has 4 folds, and a split that extends it "
+         "keeps its folds (leave --folds out)"),
+        ((None, None, "side"), "--stratify side: split 'old' is stratified by sex, and a split "
+         "that extends it keeps that"),
+        ((None, None, "age"), "--stratify must be one of sex, side, not 'age'"),
+    ]  # fmt: skip
+    for (ratios, folds, stratify), message in refusals:
+        with pytest.raises(UsageError) as caught:
+            _inherit(base, ratios, folds, None, stratify)
+        assert str(caught.value) == message
+    plain = Split(name="flat", ratios="6:2:2", folds=0, seed=0, stratify=None)
+    assert _inherit(plain, None, 0, 0, None) == _Params("6:2:2", 0, 0, None)
+    with pytest.raises(UsageError) as caught:
+        _inherit(plain, None, None, None, "sex")
+    assert str(caught.value) == (
+        "--stratify sex: split 'flat' is stratified by nothing, and a split that extends it "
+        "keeps that"
+    )
+
+
+def _population(*patients):
+    """(image id, patient id, pseudonym, sex, side) rows: patients as (name, images, sex,
+    side), numbered from 1 in the order given."""
+    rows = []
+    for pid, (name, n, sex, side) in enumerate(patients, start=1):
+        rows += [(100 * pid + k, pid, name, sex, side) for k in range(n)]
+    return rows
+
+
+def test_patients_kept_from_an_earlier_split_dealt_round_by_hand():
+    """Every figure worked out here, relative shortfall (target - filled) / target, ties to
+    the lower set or fold."""
+    from datatool.learning.splits import _assign
+
+    w = [0.6, 0.2, 0.2]
+    # K1, K2 (1 image each) kept in train: 2 of 10 images, targets 6, 2, 2. X (5): shortfalls
+    # 4/6, 1, 1 -> val; Y (2): 4/6, -3/2, 1 -> test; Z (1): 4/6, -3/2, 0 -> train
+    pop = _population(("K1", 1, "F", "L"), ("K2", 1, "F", "L"), ("X", 5, "F", "L"),
+                      ("Y", 2, "F", "L"), ("Z", 1, "F", "L"))  # fmt: skip
+    kept = {1: (0, None), 2: (0, None)}
+    assert _assign(pop, w, 0, 1, None, kept) == ({"K1": 0, "K2": 0, "X": 1, "Y": 2, "Z": 0}, {})
+    # K1, K2 kept in val: 2 of 8 images, targets 4.8, 1.6, 1.6. X (3): 1, -1/4, 1 -> train;
+    # Y (2): 1.8/4.8, -1/4, 1 -> test; Z (1): 1.8/4.8, -1/4, -1/4 -> train
+    pop = _population(("K1", 1, "F", "L"), ("K2", 1, "F", "L"), ("X", 3, "F", "L"),
+                      ("Y", 2, "F", "L"), ("Z", 1, "F", "L"))  # fmt: skip
+    kept = {1: (1, None), 2: (1, None)}
+    assert _assign(pop, w, 0, 1, None, kept) == ({"K1": 1, "K2": 1, "X": 0, "Y": 2, "Z": 0}, {})
+    # K1 (1 image), K2 (2) kept in train, fold 1: 3 of 9 images, targets 5.4, 1.8, 1.8.
+    # X (3): 2.4/5.4, 1, 1 -> val; Y (2): 2.4/5.4, -2/3, 1 -> test; Z (1): 2.4/5.4, -2/3,
+    # -1/9 -> train. Folds of K1, K2 (3 images in fold 1), X and Z: targets 3.5, 3.5;
+    # X (3): 1, 0.5/3.5 -> fold 0; Z (1): 0.5/3.5 each -> fold 0
+    pop = _population(("K1", 1, "F", "L"), ("K2", 2, "F", "L"), ("X", 3, "F", "L"),
+                      ("Y", 2, "F", "L"), ("Z", 1, "F", "L"))  # fmt: skip
+    kept = {1: (0, 1), 2: (0, 1)}
+    assert _assign(pop, w, 2, 1, None, kept) == (
+        {"K1": 0, "K2": 0, "X": 1, "Y": 2, "Z": 0},
+        {"K1": 1, "K2": 1, "X": 0, "Z": 0},
+    )
+
+
+def test_images_sides_seeds_and_folds_dealt_by_hand():
+    import hashlib
+
+    from datatool.learning.options import Stratify
+    from datatool.learning.splits import _assign
+
+    # by images: A 7, B 2, C 1 over 3:1:0, targets 7.5, 2.5, 0. A -> train; B: 0.5/7.5, 1 ->
+    # val; C: 0.5/7.5, 0.5/2.5 -> val
+    pop = _population(("A", 7, "F", "L"), ("B", 2, "F", "L"), ("C", 1, "F", "L"))
+    assert _assign(pop, [0.75, 0.25, 0.0], 0, 1, None) == ({"A": 0, "B": 1, "C": 1}, {})
+    # by side: A (2 right images) alone in its stratum -> train; B and C (1 left each) over
+    # 6:2:2 of 2, the first in the keyed-hash order -> train, the other -> val
+    pop = _population(("A", 2, "F", "R"), ("B", 1, "F", "L"), ("C", 1, "M", "L"))
+    first = min("BC", key=lambda n: hashlib.sha256(f"1:{n}".encode()).hexdigest())
+    other = "C" if first == "B" else "B"
+    got = _assign(pop, [0.6, 0.2, 0.2], 0, 1, Stratify.side)
+    assert got == ({"A": 0, first: 0, other: 1}, {})
+    # one image each over 3:1:0 (targets 2.25, 0.75, 0): in the keyed-hash order of
+    # "seed:name" the first -> train, the second -> val, the third -> train
+    pop = _population(("A", 1, "F", "L"), ("B", 1, "M", "L"), ("C", 1, "M", "L"))
+    for seed in (1, 2, 7):
+        order = sorted("ABC", key=lambda n: hashlib.sha256(f"{seed}:{n}".encode()).hexdigest())
+        got = _assign(pop, [0.75, 0.25, 0.0], 0, seed, None)
+        assert got == ({order[0]: 0, order[1]: 1, order[2]: 0}, {}), seed
+    # as many folds as patients outside the test set: A 4, B 3, D 1 -> folds 0, 1, 2
+    pop = _population(("A", 4, "F", "L"), ("B", 3, "M", "L"), ("C", 2, "F", "L"),
+                      ("D", 1, "M", "L"))  # fmt: skip
+    assert _assign(pop, [0.6, 0.2, 0.2], 3, 1, None)[1] == {"A": 0, "B": 1, "D": 2}
+    # A kept in the test set (no fold): B 3, C 2, D 1 dealt round its 4 images to train,
+    # val, train; their folds (targets 3, 3): B -> 0, C -> 1, D: 0, 1/3 -> 1
+    got = _assign(pop, [0.6, 0.2, 0.2], 2, 1, None, kept={1: (2, None)})
+    assert got == ({"A": 2, "B": 0, "C": 1, "D": 0}, {"B": 0, "C": 1, "D": 1})
+
+
+def test_deal_at_its_edges_by_hand():
+    """No units: nothing dealt (a stratum whose patients all went to the test set has no
+    folds to deal). Bins filled past the new units: train holds 20 of 23 images (targets
+    13.8, 4.6, 4.6), so a (2) -> val (shortfalls -6.2/13.8, 1, 1: ties to the lower bin) and
+    b (1) -> test (2.6/4.6 against 1)."""
+    assert deal([], [0.6, 0.2, 0.2], 1) == {}
+    assert deal([], [0.5, 0.5], 1, filled=[3, 0]) == {}
+    assert deal([("a", 2), ("b", 1)], [0.6, 0.2, 0.2], 1, filled=[20, 0, 0]) == {"a": 1, "b": 2}
+    long = "5e-324:1." + "0" * 40 + ":1"  # passes the first check, underflows the second
+    assert _refused(long) == (
+        f"--ratios {long[:40]!r}: shares too far apart to divide; use e.g. 6:2:2"
+    )
+
+
+def test_folds_in_the_keyed_hash_order_by_hand():
+    """Four patients of one image each, all in train (ratios 1:0:0), over two folds: in the
+    keyed-hash order of "seed:name" they go to folds 0, 1, 0 (a tie at 1 image each: the
+    lower fold), 1."""
+    import hashlib
+
+    from datatool.learning.splits import _assign
+
+    pop = _population(*[(name, 1, "F", "L") for name in "ABCD"])
+    for seed in (1, 2, 4):
+        order = sorted("ABCD", key=lambda n: hashlib.sha256(f"{seed}:{n}".encode()).hexdigest())
+        subset_of, fold_of = _assign(pop, [1.0, 0.0, 0.0], 2, seed, None)
+        assert subset_of == dict.fromkeys("ABCD", 0)
+        assert fold_of == {order[0]: 0, order[1]: 1, order[2]: 0, order[3]: 1}, seed
