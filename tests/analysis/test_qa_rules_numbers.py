@@ -43,6 +43,9 @@ def test_beyond_the_rater_pairs_by_hand():
     z, severity = _beyond_pairs(spread, 15.5, 2.0)
     assert z == pytest.approx(2.698, rel=1e-12) and severity == pytest.approx(0.349, rel=1e-9)
     assert _beyond_pairs(spread, -4.5, 2.0) is None  # far below: not a disagreement
+    # under a threshold below 1: 8.0 is one MAD above, z = 0.6745, severity 0.1745 / 0.5
+    z, severity = _beyond_pairs(spread, 8.0, 0.5)
+    assert z == pytest.approx(0.6745) and severity == pytest.approx(0.349)
     assert _r(None) is None and _r(0.123456) == 0.1235 and _r(2.71828, 2) == 2.72
 
 
