@@ -272,6 +272,22 @@ def test_which_labels_are_fused_counted_and_recorded_by_hand(ws, tmp_path):
         )
         assert ann.image_id == ids[0]
         assert ann.source_ref == f"staple of annotation {r1.id} (v1), annotation {r2.id} (v1)"
+    # a rater whose name holds a colon, as a name may: rater:NAME is all after the first
+    add_rater(ws, "dr:x")
+    with ws.session() as s:
+        put = store_annotation(s, ws.store, s.get(type(images[1]), ids[1]), get_rater(s, "dr:x"),
+                               c, "itksnap", None, protocol)  # fmt: skip
+    single = make_consensus(ws, "rater:dr:x")
+    assert (single.raters, single.images, single.new_versions) == (["dr:x"], 1, 1)
+    with ws.session() as s:
+        (ann,) = s.scalars(
+            select(Annotation).where(Annotation.rater.has(name="consensus:rater:dr:x"))
+        ).all()
+        assert (
+            ann.image_id == ids[1]
+            and ann.source_ref == f"rater:dr:x of annotation {put.annotation_id} (v1)"
+        )
+        np.testing.assert_array_equal(ws.store.get_array(ann.mask_hash), c)
     with pytest.raises(UsageError) as caught:
         make_consensus(ws, "mean")
     assert str(caught.value) == "--method must be staple, majority or rater:NAME, not 'mean'"

@@ -15,6 +15,10 @@ def test_thresholds_refused_word_for_word():
 
     Thresholds().check()
     Thresholds(model_dice_below=1.0, rater_dice_below=1.0, max_flag_share=1.0).check()
+    # any value above 0 will do, 1 or under too
+    Thresholds(
+        size_z_above=1.0, pair_z_above=0.5, temporal_ratio=0.1, temporal_floor_mm=1.0
+    ).check()
     cases = [
         ({"model_dice_below": 0.0}, "--model-dice-below must lie in (0, 1], got 0.0"),
         ({"rater_dice_below": 1.5}, "--rater-dice-below must lie in (0, 1], got 1.5"),
@@ -68,7 +72,7 @@ def protocol(*relations, lateral=()):
         "by hand",
         structures=(
             Structure("nerve", NERVE, (255, 255, 0), max_components=1, holes=False, in_view=True),
-            Structure("vessel", VESSEL, (255, 0, 0)),
+            Structure("vessel", VESSEL, (255, 0, 0), holes=False),
             Structure("artery", ARTERY, (0, 0, 255)),
         ),
         relations=relations,
@@ -211,6 +215,11 @@ def test_the_model_is_compared_only_where_it_is_trusted_and_its_median_dice():
         (12, "nerve", "rater_disagreement"),
     ]
     assert checked == everything_checked(11) | everything_checked(12)
+    # a label of an image without a draft, checked first, changes none of it
+    c.image(0)
+    c.label(10, 0, "A", {NERVE: 50})
+    c.measure(10, NERVE, (80.0, 20.0))
+    c.checked.insert(0, c.checked.pop())
     agreement = model_agreement(protocol(), c.inputs(), c.measures, Thresholds())
     assert agreement == {"nerve": (approx(0.6), 2), "vessel": (0.0, 2), "artery": (None, 0)}
     # a draft of the artery of exactly 30 px is present: Dice 0 with each label (severity
@@ -304,6 +313,10 @@ def test_shape_flags_by_hand():
     c.measure(41, VESSEL, (50.0, 60.0), holes=(1, 3))
     c.measure(51, NERVE, (50.0, 20.0), holes=(1, 4), edge=(30, 20))
     c.measure(51, VESSEL, (50.0, 60.0), holes=(0, 6))
+    # no nerve, and a vessel (solid too) with a hole of 5 px: 5 / (40 + 5)
+    c.image(10)
+    c.label(101, 10, "A", {VESSEL: 40})
+    c.measure(101, VESSEL, (50.0, 60.0), holes=(1, 5))
     rows, checked, _ = c.evaluate()
     assert rows == [
         (41, 4, "nerve", "components", approx(0.12),
@@ -318,8 +331,11 @@ def test_shape_flags_by_hand():
          None),
         (51, 5, "nerve", "edge", 1.0, {"touching_px": 30, "outline_px": 20, "view": "image"},
          None),
+        (101, 10, "vessel", "holes", approx(5 / 45), {"holes": 1, "hole_px": 5, "area_px": 40},
+         None),
     ]  # fmt: skip
-    assert checked == everything_checked(41, False, False) | everything_checked(51, False, False)
+    assert checked == everything_checked(41, False, False) | everything_checked(
+        51, False, False) | everything_checked(101, False, False)  # fmt: skip
 
 
 def test_sizes_against_the_workspaces_spread_by_hand():
@@ -418,6 +434,15 @@ def test_rater_pairs_further_apart_than_the_workspaces_pairs_by_hand():
               "other_area_px": other_area, **pair}, None),
         ]  # fmt: skip
     assert rows == want
+    # A's nerve on the last image sharing 1300 px with B's (Dice 2600 / 4000 = 0.65 < 0.7):
+    # a rater disagreement, (0.7 - 0.65) / 0.7, and no pair flag on it besides
+    c.measures[1111][NERVE]["vs"] = {2111: {NERVE: 1300, 0: 700}}
+    rows, _, _ = c.evaluate()
+    assert [r for r in rows if r[0] == 1111 and r[2] == "nerve"] == [
+        (1111, 111, "nerve", "rater_disagreement", approx(0.05 / 0.7),
+         {"dice": 0.65, "threshold": 0.7, "area_px": 2000, "other_rater": "B",
+          "other_annotation": 2111, "other_area_px": 2000}, None),
+    ]  # fmt: skip
 
 
 def test_relations_broken_on_centroids_by_hand():
@@ -493,3 +518,72 @@ def test_lateral_relations_and_a_mirrored_image_by_hand():
           "leg": "L", "lateral_side": "left", "convention": "protocol"}, None),
     ]  # fmt: skip
     assert notes == []
+
+
+def test_ties_go_to_the_first_label_and_backing_at_the_threshold():
+    """Image 200: A (2001, checked), raters B (2002) and C (2003), the draft (2004).
+    nerve (100 px in A): 80 px on B's vessel and 10 on its nerve, the same on the draft's:
+    two swaps of severity (0.8 - 0.5) / 0.5 = 0.6; the first compared (B) is reported, whole
+    (the draft, Dice 2 * 10 / 110 with A, does not back A), and both low Dice are explained.
+    vessel (100 px in A, B, C and the draft): 50 shared with B and with C (Dice 0.5 each,
+    severity 0.2 / 0.7), B reported; the draft (Dice 1) backs A: halved, 1/7.
+    artery (100 px in each): the draft shares 20 (Dice 0.2, severity 0.3 / 0.5 = 0.6), B 70
+    (Dice exactly 0.7: B backs A, halved to 0.3), C none (Dice 0: severity 1, whole).
+    Image 201: D's label with the draft alone, which agrees: no flag, and no rater check."""
+    c = Case()
+    c.image(200)
+    c.image(201)
+    c.label(2001, 200, "A", {NERVE: 100, VESSEL: 100, ARTERY: 100})
+    c.label(2002, 200, "B", {NERVE: 10, VESSEL: 100, ARTERY: 100}, checked=False)
+    c.label(2003, 200, "C", {NERVE: 100, VESSEL: 100, ARTERY: 100}, checked=False)
+    c.label(2004, 200, "model:7", {NERVE: 10, VESSEL: 100, ARTERY: 100}, kind=MODEL,
+            checked=False)  # fmt: skip
+    on_vessel = {VESSEL: 80, NERVE: 10, 0: 10}
+    c.measure(2001, NERVE, (50.0, 20.0), {2002: on_vessel, 2003: {NERVE: 100}, 2004: on_vessel})
+    half = {VESSEL: 50, 0: 50}
+    c.measure(2001, VESSEL, (50.0, 60.0), {2002: half, 2003: half, 2004: {VESSEL: 100}})
+    c.measure(2001, ARTERY, (90.0, 60.0),
+              {2002: {ARTERY: 70, 0: 30}, 2003: {0: 100}, 2004: {ARTERY: 20, 0: 80}})  # fmt: skip
+    c.label(2011, 201, "D", {NERVE: 100})
+    c.label(2014, 201, "model:7", {NERVE: 100}, kind=MODEL, checked=False)
+    c.measure(2011, NERVE, (50.0, 20.0), {2014: {NERVE: 100}})
+    rows, checked, _ = c.evaluate()
+    assert rows == [
+        (2001, 200, "nerve", "swap", approx(0.6),
+         {"lies_on": "vessel", "source": "B", "source_annotation": 2002, "share_on_other": 0.8,
+          "share_on_own": 0.1, "area_px": 100}, None),
+        (2001, 200, "vessel", "rater_disagreement", approx(1 / 7),
+         {"dice": 0.5, "threshold": 0.7, "area_px": 100, "other_rater": "B",
+          "other_annotation": 2002, "other_area_px": 100, "model_backs": True,
+          "model_dice": 1.0}, None),
+        (2001, 200, "artery", "model_disagreement", approx(0.3),
+         {"dice": 0.2, "threshold": 0.5, "area_px": 100, "run": 7, "model_annotation": 2004,
+          "model_area_px": 100, "raters_back": ["B"]}, 7),
+        (2001, 200, "artery", "rater_disagreement", 1.0,
+         {"dice": 0.0, "threshold": 0.7, "area_px": 100, "other_rater": "C",
+          "other_annotation": 2003, "other_area_px": 100}, None),
+    ]  # fmt: skip
+    assert checked == everything_checked(2001) | everything_checked(2011, others=False)
+
+
+def test_a_workspace_whose_labels_show_the_other_side_is_one_note_and_no_flags():
+    """20 labels of left legs (the least that counts) all put the nerve right of the vessel,
+    against the protocol's left: the workspace's own convention is learned (no mirrored or
+    anatomy flag), and the note says so."""
+    from datatool.core.protocol import Relation
+
+    p = protocol(Relation("nerve", "lateral to", "vessel"), lateral=(("L", "left"), ("R", "right")))
+    c = Case()
+    for k in range(20):
+        c.image(300 + k, side="L")
+        c.label(3000 + k, 300 + k, "A", {NERVE: 100, VESSEL: 50})
+        c.measure(3000 + k, NERVE, (60.0, 40.0))
+        c.measure(3000 + k, VESSEL, (20.0, 40.0))
+    rows, _, notes = c.evaluate(p)
+    assert rows == []
+    assert notes == [
+        "'nerve lateral to vessel': 100 % of 20 labels of L legs show it on the image's right, "
+        "not the left, so the labels were checked against their own convention (no flags for "
+        "it): if that is the study's display, set lateral_side: {L: right, R: right} in "
+        "protocol hand"
+    ]
