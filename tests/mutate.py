@@ -312,6 +312,9 @@ EQUIVALENT: dict[str, str] = {
     _C + "x_staple_performance__mutmut_25": _MARGIN,
     _C + "x_staple_performance__mutmut_28": _MARGIN,
     _C + "x_staple_performance__mutmut_32": _MARGIN,
+    _C + "x_make_consensus__mutmut_103": (
+        "structure_conflicts for rater:NAME too: its one map has no pair to conflict"
+    ),
     _C + "x_staple_performance__mutmut_50": "crops[1].size: every rater's crop is the same box",
     _C + "x_staple_performance__mutmut_53": _NO_BACKGROUND,
     _C + "x_staple_performance__mutmut_58": (

@@ -101,8 +101,10 @@ def test_make_consensus_leaves_the_swapped_image_to_adjudication(ws, tmp_path):
                 store_annotation(s, ws.store, image, get_rater(s, name), mask, "itksnap", None,
                                  protocol)  # fmt: skip
     for method in ("staple", "majority"):
-        report = make_consensus(ws, method)
+        calls: list[tuple[int, int]] = []
+        report = make_consensus(ws, method, progress=lambda *x, seen=calls: seen.append(x))
         assert (report.images, report.new_versions, report.needs_adjudication) == (1, 1, 1)
+        assert calls == [(1, 2), (2, 2)]  # the image left to adjudication counts as done
         (adj,) = report.adjudication
         assert adj.image_id == ids[0] and not adj.earlier_consensus
         assert [(c.structure_a, c.structure_b) for c in adj.conflicts] == [
@@ -119,7 +121,9 @@ def test_make_consensus_leaves_the_swapped_image_to_adjudication(ws, tmp_path):
             assert (fused == AM).sum() == 9 * 20
         else:
             assert 9 * 20 <= (fused == AM).sum() <= 10 * 20
-        saved = json.loads(quality_path(ws, method).read_text())
+        text = quality_path(ws, method).read_text()
+        saved = json.loads(text)
+        assert text == json.dumps(saved, indent=2)  # for people to read: indented by 2
         assert saved["adjudication"][0]["image_id"] == ids[0]
         again = make_consensus(ws, method)
         assert (again.new_versions, again.unchanged, again.needs_adjudication) == (0, 1, 1)

@@ -198,7 +198,8 @@ def test_which_labels_are_fused_counted_and_recorded_by_hand(ws, tmp_path):
     skipped), 1 gold label left out; progress after each image fused, (1, 1). With the gold
     label: images 0 and 2 fused, image 1 skipped. The raters asked for alone (r1, r2): their
     majority of image 0 is their intersection, made from their two annotations; r3 is not
-    named. The run is audited with its counts; a model rater is never a source."""
+    named. The run is audited with its counts; a model rater is never a source. The raters
+    are registered r2, r3, r1 and reported by name."""
     from datatool.core.catalogue import AuditEntry, GoldTask, Rater
     from datatool.core.errors import DatatoolError, UsageError
 
@@ -208,7 +209,7 @@ def test_which_labels_are_fused_counted_and_recorded_by_hand(ws, tmp_path):
     ]
     ingest(ws, [tmp_path / "d"], workers=0)
     protocol = load_protocol(ws.protocol_name)
-    for name in ("r1", "r2", "r3"):
+    for name in ("r2", "r3", "r1"):  # registered out of order: reported by name
         add_rater(ws, name)
     add_rater(ws, "model:x", kind="model")
     a, b, c = three_raters_who_err_apart(TRUTH)
@@ -270,8 +271,9 @@ def test_which_labels_are_fused_counted_and_recorded_by_hand(ws, tmp_path):
             ).one()
             for n in ("r1", "r2")
         )
-        assert ann.image_id == ids[0]
-        assert ann.source_ref == f"staple of annotation {r1.id} (v1), annotation {r2.id} (v1)"
+        assert (ann.image_id, ann.source) == (ids[0], "consensus")
+        # the annotations in the order their raters were registered (r2 first)
+        assert ann.source_ref == f"staple of annotation {r2.id} (v1), annotation {r1.id} (v1)"
     # a rater whose name holds a colon, as a name may: rater:NAME is all after the first
     add_rater(ws, "dr:x")
     with ws.session() as s:

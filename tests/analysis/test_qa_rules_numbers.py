@@ -222,6 +222,19 @@ def test_the_model_is_compared_only_where_it_is_trusted_and_its_median_dice():
     c.checked.insert(0, c.checked.pop())
     agreement = model_agreement(protocol(), c.inputs(), c.measures, Thresholds())
     assert agreement == {"nerve": (approx(0.6), 2), "vessel": (0.0, 2), "artery": (None, 0)}
+    # a label with the vessel alone and its draft likewise (Dice 1): the nerve, absent in
+    # both, is skipped (the structures after it still count); a label with nothing measured
+    # (no record at all) whose draft holds 40 px of artery: Dice 0
+    d = Case()
+    d.image(400)
+    d.image(401)
+    d.label(4001, 400, "A", {VESSEL: 50})
+    d.label(4002, 400, "model:7", {VESSEL: 50}, kind=MODEL, checked=False)
+    d.measure(4001, VESSEL, (50.0, 60.0), {4002: {VESSEL: 50}})
+    d.label(4011, 401, "A", {})
+    d.label(4012, 401, "model:7", {ARTERY: 40}, kind=MODEL, checked=False)
+    assert model_agreement(protocol(), d.inputs(), d.measures, Thresholds()) == {
+        "nerve": (None, 0), "vessel": (1.0, 1), "artery": (0.0, 1)}  # fmt: skip
     # a draft of the artery of exactly 30 px is present: Dice 0 with each label (severity
     # 1), which the other rater, who has no artery either, backs: 0.5
     c.stats[13][ARTERY] = (30, None, 1, None)
