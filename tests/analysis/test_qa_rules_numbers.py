@@ -5,14 +5,29 @@ behaviour is in test_qa.py)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from datatool.analysis import shape
+from datatool.analysis.qa.inputs import _ImageInfo, _Inputs, _Label
+from datatool.analysis.qa.rules import (
+    IMAGE,
+    Thresholds,
+    _beyond_pairs,
+    _evaluate,
+    _r,
+    model_agreement,
+)
+from datatool.core.catalogue import FlagReason as R
 from datatool.core.errors import UsageError
+from datatool.core.protocol import Protocol, Relation, Structure
+
+# (imported here, not in the tests: mutmut's workers fork from a process that has collected
+# the tests, so each mutant then runs without importing the QA package again)
 
 
 def test_thresholds_refused_word_for_word():
-    from datatool.analysis.qa.rules import Thresholds
-
     Thresholds().check()
     Thresholds(model_dice_below=1.0, rater_dice_below=1.0, max_flag_share=1.0).check()
     # any value above 0 will do, 1 or under too
@@ -38,8 +53,6 @@ def test_thresholds_refused_word_for_word():
 def test_beyond_the_rater_pairs_by_hand():
     """Spread of 1..10 (median 5.5, MAD 2.5): 10.5 has z 1.349, 15.5 z 2.698; beyond 2 the
     severity is (2.698 - 2) / 2; only a value above the pairs' usual counts."""
-    from datatool.analysis import shape
-    from datatool.analysis.qa.rules import _beyond_pairs, _r
 
     spread = shape.Spread.of(list(range(1, 11)))
     assert _beyond_pairs(None, 100.0, 2.0) is None
@@ -65,8 +78,6 @@ HUMAN, MODEL, CONSENSUS = "human", "model", "consensus"
 
 
 def protocol(*relations, lateral=()):
-    from datatool.core.protocol import Protocol, Structure
-
     return Protocol(
         "hand",
         "by hand",
@@ -88,13 +99,10 @@ class Case:
         self.stats, self.measures, self.spreads = {}, {}, {}
 
     def image(self, image_id, mm=(None, None), side=None, regions=None, series=0):
-        from datatool.analysis.qa.inputs import _ImageInfo
-
         self.images[image_id] = _ImageInfo(480, 640, mm, regions, side, series)
 
     def label(self, ann, image_id, rater, areas, kind=HUMAN, checked=True, mm2=None):
         """``areas``: {value: pixels} (the others 0); ``mm2``: {value: mm²}."""
-        from datatool.analysis.qa.inputs import _Label
 
         lab = _Label(ann, image_id, rater, kind, 1, f"hash{ann}")
         mm2 = mm2 or {}
@@ -116,8 +124,6 @@ class Case:
         self.measures.setdefault(ann, {})[value] = {"centroid": centroid, "vs": vs or {}, **extra}
 
     def inputs(self):
-        from datatool.analysis.qa.inputs import _Inputs
-
         raters = sorted({lab.rater for labs in self.humans.values() for lab in labs})
         return _Inputs(self.checked, self.humans, self.images, self.stats, self.spreads,
                        self.drafts, raters)  # fmt: skip
@@ -125,7 +131,6 @@ class Case:
     def evaluate(self, p=None, t=None, trusted=("nerve", "vessel", "artery"), run=7):
         """(annotation, structure, reason, severity, evidence, run) of each flag, the checks
         that ran, the notes."""
-        from datatool.analysis.qa.rules import Thresholds, _evaluate
 
         notes: list[str] = []
         found, checked = _evaluate(p or protocol(), self.inputs(), self.measures,
@@ -136,8 +141,6 @@ class Case:
 
 
 def everything_checked(ann, others=True, draft=True):
-    from datatool.core.catalogue import FlagReason as R
-
     want = {(ann, r, None) for r in (R.components, R.holes, R.edge, R.anatomy, R.mirrored)}
     if others:
         want.add((ann, R.rater_disagreement, None))
@@ -205,7 +208,6 @@ def test_the_model_is_compared_only_where_it_is_trusted_and_its_median_dice():
     """Without the vessel among the trusted structures its model flags go (the check still
     counts as run). The model's agreement: nerve Dice 0.9 (A) and 0.3 (B), median 0.6 of 2;
     vessel 0 and 0; the artery is absent in both labels and under 30 px in the draft: none."""
-    from datatool.analysis.qa.rules import Thresholds, model_agreement
 
     c = agreement_case()
     rows, checked, _ = c.evaluate(trusted=("nerve", "artery"))
@@ -360,12 +362,13 @@ def test_sizes_against_the_workspaces_spread_by_hand():
     absent from every label (no mm² either, so judged in pixels, where a spread is known), is
     checked and not flagged; an uncalibrated image's nerve is judged in pixels, where no
     spread is known: not checked, though the label has its mm²."""
-    from datatool.analysis.shape import Spread
-    from datatool.core.catalogue import FlagReason as R
 
     c = Case()
-    c.spreads = {("nerve", "mm2"): Spread(12, 50.0, 5.0), ("vessel", "px"): Spread(11, 100.0, 10.0),
-                 ("artery", "px"): Spread(10, 40.0, 4.0)}  # fmt: skip
+    c.spreads = {
+        ("nerve", "mm2"): shape.Spread(12, 50.0, 5.0),
+        ("vessel", "px"): shape.Spread(11, 100.0, 10.0),
+        ("artery", "px"): shape.Spread(10, 40.0, 4.0),
+    }
     c.image(6, mm=(0.5, 0.4))
     c.image(7, mm=(0.5, 0.4))
     c.image(8, mm=(0.5, 0.4))
@@ -405,7 +408,6 @@ def test_rater_pairs_further_apart_than_the_workspaces_pairs_by_hand():
     The artery: 400 px, the same place, but on the last image B's is 700 px and 16 px right:
     offset z = 0.6745 * 16 / 2 (floor) = 5.396 and radius z 2.457; the worse counts, and the
     evidence holds both."""
-    import math
 
     c = Case()
     for k in range(1, 12):
@@ -463,9 +465,6 @@ def test_relations_broken_on_centroids_by_hand():
     at row 30 is wrong by 20 px, 20 x 0.25 mm (the rows' spacing) = 5 mm; severity 20 over
     the equivalent radii sqrt(100 / pi) + sqrt(50 / pi). Nerve deep to vessel holds there;
     a relation of a structure the label lacks (the artery) is not checked."""
-    import math
-
-    from datatool.core.protocol import Relation
 
     p = protocol(
         Relation("nerve", "superficial to", "vessel"),
@@ -497,10 +496,6 @@ def test_lateral_relations_and_a_mirrored_image_by_hand():
     consensus label puts the nerve at x 60, the vessel at x 20: not all labels disagree, so
     the consensus label breaks the relation by 40 px, 40 x 0.5 mm (the columns' spacing),
     severity 40 / (sqrt(100 / pi) + sqrt(50 / pi)). Image 135 (no leg): not checked."""
-    import math
-
-    from datatool.analysis.qa.rules import IMAGE
-    from datatool.core.protocol import Relation
 
     p = protocol(Relation("nerve", "lateral to", "vessel"), lateral=(("L", "left"), ("R", "right")))
     c = Case()
@@ -583,7 +578,6 @@ def test_a_workspace_whose_labels_show_the_other_side_is_one_note_and_no_flags()
     """20 labels of left legs (the least that counts) all put the nerve right of the vessel,
     against the protocol's left: the workspace's own convention is learned (no mirrored or
     anatomy flag), and the note says so."""
-    from datatool.core.protocol import Relation
 
     p = protocol(Relation("nerve", "lateral to", "vessel"), lateral=(("L", "left"), ("R", "right")))
     c = Case()
