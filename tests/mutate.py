@@ -194,6 +194,13 @@ _MARGIN = (
     "outside it, which the specificity adds back; STAPLE's figures move within its "
     "convergence tolerance (margins 7, 8, 9 and 30 give the whole image's figures to 1e-8)"
 )
+_ONE_MAP = (
+    "the method fuse is given for rater:NAME: fuse copies a single map before it reads the method"
+)
+_FIRST_ROW = (
+    "limit(None) or limit(2) for limit(1): Session.scalar reads the first row either way, "
+    "and only whether there is one counts"
+)
 _NO_BACKGROUND = (
     "the guard of a box with no estimated background and nothing outside it: that is every "
     "rater labelling the whole image, where STAPLE's figures are all NaN (checked), and NaN "
@@ -312,6 +319,9 @@ EQUIVALENT: dict[str, str] = {
     _C + "x_staple_performance__mutmut_25": _MARGIN,
     _C + "x_staple_performance__mutmut_28": _MARGIN,
     _C + "x_staple_performance__mutmut_32": _MARGIN,
+    _C + "x_make_consensus__mutmut_130": _FIRST_ROW,
+    _C + "x_make_consensus__mutmut_138": _FIRST_ROW,
+    _C + "x_make_consensus__mutmut_157": _ONE_MAP,
     _C + "x_make_consensus__mutmut_103": (
         "structure_conflicts for rater:NAME too: its one map has no pair to conflict"
     ),

@@ -127,6 +127,8 @@ def test_make_consensus_leaves_the_swapped_image_to_adjudication(ws, tmp_path):
         assert saved["adjudication"][0]["image_id"] == ids[0]
         again = make_consensus(ws, method)
         assert (again.new_versions, again.unchanged, again.needs_adjudication) == (0, 1, 1)
+        # the other image's consensus label is no earlier version of this one's
+        assert not again.adjudication[0].earlier_consensus
 
     runner = CliRunner()
     ws_args = ["--workspace", str(ws.root)]
