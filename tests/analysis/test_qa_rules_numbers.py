@@ -397,9 +397,10 @@ def test_sizes_against_the_workspaces_spread_by_hand():
 def test_rater_pairs_further_apart_than_the_workspaces_pairs_by_hand():
     """Eleven images, each labelled by A (1000 + image) and B (2000 + image), uncalibrated
     (pixels). The nerve (2000 px each, 1700 shared: Dice 0.85) has B's centroid 1, 2, ..., 10
-    px right of A's, and 20 px on the last image: offsets 1..10 and 20, median 6, deviations
-    5 4 3 2 1 0 1 2 3 4 14, MAD 3 (above the 2 px floor). z(20) = 0.6745 * 14 / 3 = 3.148 >
-    2: severity (3.148 - 2) / 2. z(10) = 0.899, and below the median z < 0: no flag.
+    px right of A's, and 20.123 px on the last image: offsets 1..10 and 20.123, median 6,
+    deviations 5 4 3 2 1 0 1 2 3 4 14.123, MAD 3 (above the 2 px floor). z(20.123) =
+    0.6745 * 14.123 / 3 = 3.175 (shown 3.18; the offset 20.12) > 2: severity (3.175 - 2) /
+    2. z(10) = 0.899, and below the median z < 0: no flag.
 
     The vessel: 400 px in both everywhere (radius difference 0: MAD 0, floored to 1 px) but
     on the last image, where B's holds 700 (the 400 of A's inside: Dice 800 / 1100): radius
@@ -411,7 +412,7 @@ def test_rater_pairs_further_apart_than_the_workspaces_pairs_by_hand():
 
     c = Case()
     for k in range(1, 12):
-        d = 20.0 if k == 11 else float(k)
+        d = 20.123 if k == 11 else float(k)
         last = k == 11
         i = 100 + k
         c.image(i)
@@ -428,7 +429,7 @@ def test_rater_pairs_further_apart_than_the_workspaces_pairs_by_hand():
     rows, _, _ = c.evaluate()
     rd = (math.sqrt(700) - math.sqrt(400)) / math.sqrt(math.pi)
     assert rd == pytest.approx(3.6433, abs=1e-4)
-    nerve = (0.6745 * 14 / 3 - 2) / 2
+    nerve = (0.6745 * 14.123 / 3 - 2) / 2
     vessel = (0.6745 * rd - 2) / 2
     artery = (0.6745 * 8 - 2) / 2
     want = []
@@ -439,7 +440,7 @@ def test_rater_pairs_further_apart_than_the_workspaces_pairs_by_hand():
         sized = {"area_ratio": ratio, "radius_diff": 3.64, "area_z": 2.46, "offset_unit": "px"}
         want += [
             (me, 111, "nerve", "rater_disagreement", approx(nerve),
-             {"offset": 20.0, "offset_unit": "px", "offset_z": 3.15, "dice": 0.85,
+             {"offset": 20.12, "offset_unit": "px", "offset_z": 3.18, "dice": 0.85,
               "area_px": 2000, "other_area_px": 2000, **pair}, None),
             (me, 111, "vessel", "rater_disagreement", approx(vessel),
              {**sized, "dice": 0.7273, "area_px": area, "other_area_px": other_area, **pair},
