@@ -272,6 +272,33 @@ def test_a_swap_against_a_rater_the_model_backs_counts_half():
           "model_dice": 1.0}, None),
     ]  # fmt: skip
     assert checked == everything_checked(21)
+    # the thresholds of a swap are the ones given: at least 0.9 of the nerve, or 10 times
+    # its share on B's nerve (0.8 < 10 x 0.1), and it is no swap
+    for t in (Thresholds(swap_min_share=0.9), Thresholds(swap_ratio=10.0)):
+        rows, _, _ = c.evaluate(t=t)
+        assert [r[3] for r in rows if r[2] == "nerve"] == ["rater_disagreement"]
+
+
+def test_a_swap_with_the_draft_that_backs_the_label_counts_whole():
+    """Under a model threshold of 0.3, A's nerve (100 px) lies 75 px on the draft's vessel and
+    25 on its nerve (25 px): share 0.75 >= 0.5 and >= 3 x 0.25, severity 0.5; the draft's
+    nerve Dice, 50 / 125 = 0.4, backs A, but a swap with the draft itself is not halved and
+    carries no backing. A has no vessel, the draft 75 px: Dice 0, severity 1."""
+    c = Case()
+    c.image(5)
+    c.label(51, 5, "A", {NERVE: 100})
+    c.label(53, 5, "model:7", {NERVE: 25, VESSEL: 75}, kind=MODEL, checked=False)
+    c.measure(51, NERVE, (50.0, 20.0), {53: {VESSEL: 75, NERVE: 25}})
+    rows, checked, _ = c.evaluate(t=Thresholds(model_dice_below=0.3))
+    assert rows == [
+        (51, 5, "nerve", "swap", 0.5,
+         {"lies_on": "vessel", "source": "model:7", "source_annotation": 53,
+          "share_on_other": 0.75, "share_on_own": 0.25, "area_px": 100}, 7),
+        (51, 5, "vessel", "model_disagreement", 1.0,
+         {"dice": 0.0, "threshold": 0.3, "area_px": 0, "run": 7, "model_annotation": 53,
+          "model_area_px": 75}, 7),
+    ]  # fmt: skip
+    assert checked == everything_checked(51, others=False)
 
 
 def test_the_worst_swap_wins_and_a_swap_with_the_model_counts_whole():
