@@ -600,6 +600,20 @@ def test_ties_go_to_the_first_label_and_backing_at_the_threshold():
           "other_annotation": 2003, "other_area_px": 100}, None),
     ]  # fmt: skip
     assert checked == everything_checked(2001) | everything_checked(2011, others=False)
+    # the worse of two disagreements: E's nerve shares 10 px with F's (Dice 0.1, severity
+    # 0.6 / 0.7) and 20 with G's (Dice 0.2, severity 0.5 / 0.7): F's is reported
+    e = Case()
+    e.image(202)
+    e.label(2021, 202, "E", {NERVE: 100})
+    e.label(2022, 202, "F", {NERVE: 100}, checked=False)
+    e.label(2023, 202, "G", {NERVE: 100}, checked=False)
+    e.measure(2021, NERVE, (50.0, 20.0), {2022: {NERVE: 10, 0: 90}, 2023: {NERVE: 20, 0: 80}})
+    rows, _, _ = e.evaluate()
+    assert rows == [
+        (2021, 202, "nerve", "rater_disagreement", approx(0.6 / 0.7),
+         {"dice": 0.1, "threshold": 0.7, "area_px": 100, "other_rater": "F",
+          "other_annotation": 2022, "other_area_px": 100}, None),
+    ]  # fmt: skip
 
 
 def test_a_workspace_whose_labels_show_the_other_side_is_one_note_and_no_flags():
