@@ -187,6 +187,12 @@ _SUM = (
     "sum(dtype=None) of uint8 pixels: numpy sums small unsigned ints in a 64-bit unsigned "
     "accumulator anyway, the same counts"
 )
+_Q = "datatool.analysis.qa.rules."
+_PAIRED = (
+    "a rater the pair check reaches has the structure and overlaps the label: a rater "
+    "without it (no measure, no overlap) gives Dice 0, a rater disagreement or a swap, and "
+    "the structure then gets no pair check at all"
+)
 _C = "datatool.analysis.consensus."
 _MARGIN = (
     "the box round the labels one row or column more or less past their last (every labelled "
@@ -312,6 +318,10 @@ EQUIVALENT: dict[str, str] = {
     _M + "x_bland_altman__mutmut_5": _DTYPE + " (one side float is enough: a - b is float)",
     _M + "x_bland_altman__mutmut_7": _DTYPE + " (one side float is enough: a - b is float)",
     _M + "x_bland_altman__mutmut_9": _DTYPE + " (one side float is enough: a - b is float)",
+    # qa
+    _Q + "x__pair_outlier__mutmut_14": _PAIRED + " (continue as break)",
+    _Q + "x__pair_outlier__mutmut_98": _PAIRED + " (overlap's default None)",
+    _Q + "x__pair_outlier__mutmut_100": _PAIRED + " (overlap's default None)",
     # consensus
     _C + "x_fused_annotation_ids__mutmut_4": (
         "'XXXX' for the '' of a label without source_ref: it names no annotation either"

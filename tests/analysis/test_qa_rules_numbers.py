@@ -453,6 +453,14 @@ def test_rater_pairs_further_apart_than_the_workspaces_pairs_by_hand():
             c.measure(me, VESSEL, (100.0, 60.0), {other: {VESSEL: 400, 0: own - 400}})
             at = 16.0 if last and me > 2000 else 0.0
             c.measure(me, ARTERY, (300.0 + at, 60.0), {other: {ARTERY: 400, 0: own - 400}})
+    # on the last image a third rater, C (3111, not checked), drew just what B drew: A's
+    # pairs with B and with C are alike, and the first (B) is reported; B and C agree
+    c.label(3111, 111, "C", {NERVE: 2000, VESSEL: 700, ARTERY: 700}, checked=False)
+    for value, area in ((NERVE, 2000), (VESSEL, 700), (ARTERY, 700)):
+        c.measures[3111] = c.measures.get(3111, {})
+        c.measures[3111][value] = {**c.measures[2111][value], "vs": {}}
+        c.measures[1111][value]["vs"][3111] = c.measures[1111][value]["vs"][2111]
+        c.measures[2111][value]["vs"][3111] = {value: area}
     rows, _, _ = c.evaluate()
     rd = (math.sqrt(700) - math.sqrt(400)) / math.sqrt(math.pi)
     assert rd == pytest.approx(3.6433, abs=1e-4)
@@ -479,7 +487,7 @@ def test_rater_pairs_further_apart_than_the_workspaces_pairs_by_hand():
     assert rows == want
     # A's nerve on the last image sharing 1300 px with B's (Dice 2600 / 4000 = 0.65 < 0.7):
     # a rater disagreement, (0.7 - 0.65) / 0.7, and no pair flag on it besides
-    c.measures[1111][NERVE]["vs"] = {2111: {NERVE: 1300, 0: 700}}
+    c.measures[1111][NERVE]["vs"] = {2111: {NERVE: 1300, 0: 700}, 3111: {NERVE: 1300, 0: 700}}
     rows, _, _ = c.evaluate()
     assert [r for r in rows if r[0] == 1111 and r[2] == "nerve"] == [
         (1111, 111, "nerve", "rater_disagreement", approx(0.05 / 0.7),
