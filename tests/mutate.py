@@ -322,6 +322,11 @@ EQUIVALENT: dict[str, str] = {
     _Q + "x__pair_outlier__mutmut_14": _PAIRED + " (continue as break)",
     _Q + "x__pair_outlier__mutmut_98": _PAIRED + " (overlap's default None)",
     _Q + "x__pair_outlier__mutmut_100": _PAIRED + " (overlap's default None)",
+    _Q + "x__pair_outlier__mutmut_103": _PAIRED + " (overlap's default 1)",
+    _Q + "x__beyond_pairs__mutmut_11": (
+        "z >= 0 for z > 0: at z = 0 size_severity finds nothing beyond a threshold above 0 "
+        "(Thresholds.check refuses any other)"
+    ),
     # consensus
     _C + "x_fused_annotation_ids__mutmut_4": (
         "'XXXX' for the '' of a label without source_ref: it names no annotation either"

@@ -98,8 +98,9 @@ class Case:
         self.checked, self.humans, self.images, self.drafts = [], {}, {}, {}
         self.stats, self.measures, self.spreads = {}, {}, {}
 
-    def image(self, image_id, mm=(None, None), side=None, regions=None, series=0):
-        self.images[image_id] = _ImageInfo(480, 640, mm, regions, side, series)
+    def image(self, image_id, mm=(None, None), side=None, regions=None, series=0, device=None):
+        device = device or (None, None)
+        self.images[image_id] = _ImageInfo(480, 640, mm, regions, side, series, device)
 
     def label(self, ann, image_id, rater, areas, kind=HUMAN, checked=True, mm2=None):
         """``areas``: {value: pixels} (the others 0); ``mm2``: {value: mm²}."""
@@ -644,3 +645,20 @@ def test_a_workspace_whose_labels_show_the_other_side_is_one_note_and_no_flags()
         "it): if that is the study's display, set lateral_side: {L: right, R: right} in "
         "protocol hand"
     ]
+
+
+def test_each_device_keeps_its_own_convention():
+    """Left legs on two devices, 20 labels each (one image and series apiece, too few for a
+    series' own convention): device X's all show the nerve right of the vessel, device Y's
+    left of it. Each device's 20 votes are its convention, so no label is mirrored and there
+    is no note (the leg's 40 votes are split evenly: no workspace-wide side)."""
+    p = protocol(Relation("nerve", "lateral to", "vessel"), lateral=(("L", "left"), ("R", "right")))
+    c = Case()
+    for k in range(40):
+        device, nerve_x = (("X", "1"), 60.0) if k < 20 else (("Y", "2"), 20.0)
+        c.image(500 + k, side="L", series=500 + k, device=device)
+        c.label(5000 + k, 500 + k, "A", {NERVE: 100, VESSEL: 50})
+        c.measure(5000 + k, NERVE, (nerve_x, 40.0))
+        c.measure(5000 + k, VESSEL, (80.0 - nerve_x, 40.0))
+    rows, _, notes = c.evaluate(p)
+    assert rows == [] and notes == []
