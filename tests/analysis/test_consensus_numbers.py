@@ -257,8 +257,12 @@ def test_which_labels_are_fused_counted_and_recorded_by_hand(ws, tmp_path):
         ).one()
         want = np.where(a == b, a, 0)  # two raters: a pixel they disagree on is background
         np.testing.assert_array_equal(ws.store.get_array(ann.mask_hash), want)
-    pair = make_consensus(ws, "staple", raters=["r2", "r1"], quality=False)
+    pair = make_consensus(ws, "staple", raters=["r2", "r1"])
     assert pair.raters == ["r2", "r1"] and (pair.images, pair.skipped_too_few_raters) == (1, 2)
+    # their quality: by structure in the protocol's order, then by rater name
+    assert [(q.structure, q.rater, q.images) for q in pair.quality] == [
+        ("femur", "r1", 1), ("femur", "r2", 1), ("sciatic nerve", "r1", 1),
+        ("sciatic nerve", "r2", 1)]  # fmt: skip
     with ws.session() as s:
         (ann,) = s.scalars(
             select(Annotation).where(Annotation.rater.has(name="consensus:staple"))
