@@ -323,6 +323,8 @@ EQUIVALENT: dict[str, str] = {
     _Q + "x__pair_outlier__mutmut_98": _PAIRED + " (overlap's default None)",
     _Q + "x__pair_outlier__mutmut_100": _PAIRED + " (overlap's default None)",
     _Q + "x__pair_outlier__mutmut_103": _PAIRED + " (overlap's default 1)",
+    _Q + "x__evaluate__mutmut_166": "holes' default (0, 1): no hole counted, no flag",
+    _Q + "x__evaluate__mutmut_193": "edge's default (0, 1): no pixel touching, no flag",
     _Q + "x__beyond_pairs__mutmut_11": (
         "z >= 0 for z > 0: at z = 0 size_severity finds nothing beyond a threshold above 0 "
         "(Thresholds.check refuses any other)"

@@ -356,10 +356,11 @@ def test_shape_flags_by_hand():
     c.measure(41, VESSEL, (50.0, 60.0), holes=(1, 3))
     c.measure(51, NERVE, (50.0, 20.0), holes=(1, 4), edge=(30, 20))
     c.measure(51, VESSEL, (50.0, 60.0), holes=(0, 6))
-    # no nerve, and a vessel (solid too) with a hole of 5 px: 5 / (40 + 5)
+    # no nerve, a vessel (solid too) with a hole of 5 px: 5 / (40 + 5), and an artery
     c.image(10)
-    c.label(101, 10, "A", {VESSEL: 40})
+    c.label(101, 10, "A", {VESSEL: 40, ARTERY: 30})
     c.measure(101, VESSEL, (50.0, 60.0), holes=(1, 5))
+    c.measure(101, ARTERY, (90.0, 60.0))
     rows, checked, _ = c.evaluate()
     assert rows == [
         (41, 4, "nerve", "components", approx(0.12),
@@ -377,23 +378,29 @@ def test_shape_flags_by_hand():
         (101, 10, "vessel", "holes", approx(5 / 45), {"holes": 1, "hole_px": 5, "area_px": 40},
          None),
     ]  # fmt: skip
+    # a record without holes (a structure that may have them) is no hole, even counting
+    # holes of any size
+    rows, _, _ = c.evaluate(t=Thresholds(min_hole_px=0))
+    assert [r for r in rows if r[3] == "holes" and r[2] == "artery"] == []
     assert checked == everything_checked(41, False, False) | everything_checked(
         51, False, False) | everything_checked(101, False, False)  # fmt: skip
 
 
 def test_sizes_against_the_workspaces_spread_by_hand():
     """Robust z = 0.6745 (value - median) / MAD, flagged beyond 3.5 with severity
-    (|z| - 3.5) / 3.5. A calibrated image's nerve of 80 mm² against median 50, MAD 5:
-    z = 0.6745 * 30 / 5 = 4.047, severity 0.547 / 3.5. Its vessel has no mm² (px then):
-    200 px against median 100, MAD 10: z = 6.745, severity 3.245 / 3.5. A nerve of 10 mm²
-    lies below: z = -5.396, severity 1.896 / 3.5. 60 mm² (z 1.349) is usual. The artery,
+    (|z| - 3.5) / 3.5; area, median and MAD shown to 2 decimals. A calibrated image's nerve
+    of 80.126 mm² (shown 80.13) against median 50.004, MAD 5.002 (shown 50.0 and 5.0):
+    z = 0.6745 * 30.122 / 5.002 = 4.062, severity 0.562 / 3.5. Its vessel has no mm² (px
+    then): 200 px against median 100, MAD 10: z = 6.745, severity 3.245 / 3.5. A nerve of 10
+    mm² lies below: z = 0.6745 * -40.004 / 5.002 = -5.394, severity 1.894 / 3.5. 60 mm²
+    (z 1.348) is usual. The artery,
     absent from every label (no mm² either, so judged in pixels, where a spread is known), is
     checked and not flagged; an uncalibrated image's nerve is judged in pixels, where no
     spread is known: not checked, though the label has its mm²."""
 
     c = Case()
     c.spreads = {
-        ("nerve", "mm2"): shape.Spread(12, 50.0, 5.0),
+        ("nerve", "mm2"): shape.Spread(12, 50.004, 5.002),
         ("vessel", "px"): shape.Spread(11, 100.0, 10.0),
         ("artery", "px"): shape.Spread(10, 40.0, 4.0),
     }
@@ -401,20 +408,20 @@ def test_sizes_against_the_workspaces_spread_by_hand():
     c.image(7, mm=(0.5, 0.4))
     c.image(8, mm=(0.5, 0.4))
     c.image(9, mm=(None, 0.4))
-    c.label(61, 6, "A", {NERVE: 400, VESSEL: 200}, mm2={NERVE: 80.0})
+    c.label(61, 6, "A", {NERVE: 400, VESSEL: 200}, mm2={NERVE: 80.126})
     c.label(71, 7, "A", {NERVE: 50}, mm2={NERVE: 10.0})
     c.label(81, 8, "A", {NERVE: 300}, mm2={NERVE: 60.0})
     c.label(91, 9, "A", {NERVE: 300}, mm2={NERVE: 80.0})
     rows, checked, _ = c.evaluate()
     assert rows == [
-        (61, 6, "nerve", "size", approx((0.6745 * 6 - 3.5) / 3.5),
-         {"area": 80.0, "unit": "mm2", "median": 50.0, "mad": 5.0, "robust_z": 4.05,
+        (61, 6, "nerve", "size", approx((0.6745 * 30.122 / 5.002 - 3.5) / 3.5),
+         {"area": 80.13, "unit": "mm2", "median": 50.0, "mad": 5.0, "robust_z": 4.06,
           "threshold": 3.5, "labels": 12}, None),
         (61, 6, "vessel", "size", approx((6.745 - 3.5) / 3.5),
          {"area": 200, "unit": "px", "median": 100.0, "mad": 10.0, "robust_z": 6.75,
           "threshold": 3.5, "labels": 11}, None),
-        (71, 7, "nerve", "size", approx((0.6745 * 8 - 3.5) / 3.5),
-         {"area": 10.0, "unit": "mm2", "median": 50.0, "mad": 5.0, "robust_z": -5.4,
+        (71, 7, "nerve", "size", approx((0.6745 * 40.004 / 5.002 - 3.5) / 3.5),
+         {"area": 10.0, "unit": "mm2", "median": 50.0, "mad": 5.0, "robust_z": -5.39,
           "threshold": 3.5, "labels": 12}, None),
     ]  # fmt: skip
     sizes = {(a, s) for a, r, s in checked if r == R.size}
