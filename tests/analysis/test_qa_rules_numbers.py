@@ -505,29 +505,30 @@ def test_rater_pairs_further_apart_than_the_workspaces_pairs_by_hand():
 
 
 def test_relations_broken_on_centroids_by_hand():
-    """Nerve superficial to vessel (up in the image): a nerve centred at row 50 under a vessel
-    at row 30 is wrong by 20 px, 20 x 0.25 mm (the rows' spacing) = 5 mm; severity 20 over
-    the equivalent radii sqrt(100 / pi) + sqrt(50 / pi). Nerve deep to vessel holds there;
-    a relation of a structure the label lacks (the artery) is not checked."""
-
+    """Nerve superficial to vessel (up in the image): a nerve centred at row 50.34 under a
+    vessel at row 30 is wrong by 20.34 px (shown 20.3), 20.34 x 0.25 mm (the rows' spacing)
+    = 5.085 mm (shown 5.08 or 5.09: 2 decimals); severity 20.34 over the equivalent radii
+    sqrt(100 / pi) + sqrt(50 / pi). Nerve deep to vessel holds there; a relation of a
+    structure the label lacks (the artery, listed first) is not checked."""
     p = protocol(
+        Relation("artery", "deep to", "nerve"),
         Relation("nerve", "superficial to", "vessel"),
         Relation("nerve", "deep to", "vessel"),
-        Relation("artery", "deep to", "nerve"),
     )
     c = Case()
     c.image(120, mm=(0.5, 0.25), side="L")
     c.label(1201, 120, "A", {NERVE: 100, VESSEL: 50})
-    c.measure(1201, NERVE, (10.04, 50.0))
+    c.measure(1201, NERVE, (10.04, 50.34))
     c.measure(1201, VESSEL, (9.96, 30.0))
     rows, _, _ = c.evaluate(p)
-    assert rows == [
-        (1201, 120, "nerve", "anatomy",
-         approx(20 / (math.sqrt(100 / math.pi) + math.sqrt(50 / math.pi))),
-         {"relation": "nerve superficial to vessel", "other": "vessel", "wrong_by_px": 20.0,
-          "wrong_by_mm": 5.0, "centroid": [10.0, 50.0], "other_centroid": [10.0, 30.0],
-          "leg": "L"}, None),
-    ]  # fmt: skip
+    (row,) = rows
+    assert row[:4] == (1201, 120, "nerve", "anatomy") and row[6] is None
+    assert row[4] == approx(20.34 / (math.sqrt(100 / math.pi) + math.sqrt(50 / math.pi)))
+    evidence = row[5]
+    assert evidence.pop("wrong_by_mm") in (5.08, 5.09)
+    assert evidence == {"relation": "nerve superficial to vessel", "other": "vessel",
+                        "wrong_by_px": 20.3, "centroid": [10.0, 50.3],
+                        "other_centroid": [10.0, 30.0], "leg": "L"}  # fmt: skip
 
 
 def test_lateral_relations_and_a_mirrored_image_by_hand():
@@ -570,6 +571,31 @@ def test_lateral_relations_and_a_mirrored_image_by_hand():
           "leg": "L", "lateral_side": "left", "convention": "protocol"}, None),
     ]  # fmt: skip
     assert notes == []
+    # a mirrored image's relations that are not lateral are still checked, without the
+    # lateral convention: nerve superficial to vessel, the nerve 20 rows under it (20 x 0.25
+    # = 5 mm)
+    p = protocol(
+        Relation("nerve", "lateral to", "vessel"),
+        Relation("nerve", "superficial to", "vessel"),
+        lateral=(("L", "left"), ("R", "right")),
+    )
+    m = Case()
+    m.image(136, mm=(0.5, 0.25), side="L")
+    m.label(1361, 136, "A", {NERVE: 100, VESSEL: 50})
+    m.measure(1361, NERVE, (60.0, 50.0))
+    m.measure(1361, VESSEL, (20.0, 30.0))
+    rows, _, _ = m.evaluate(p)
+    assert rows == [
+        (1361, 136, IMAGE, "mirrored", 1.0,
+         {"relations": ["nerve lateral to vessel"], "labels": 1, "labels_show": "right",
+          "lateral_side": "left", "convention": "protocol", "votes": 0, "share": None,
+          "leg": "L"}, None),
+        (1361, 136, "nerve", "anatomy",
+         approx(20 / (math.sqrt(100 / math.pi) + math.sqrt(50 / math.pi))),
+         {"relation": "nerve superficial to vessel", "other": "vessel", "wrong_by_px": 20.0,
+          "wrong_by_mm": 5.0, "centroid": [60.0, 50.0], "other_centroid": [20.0, 30.0],
+          "leg": "L"}, None),
+    ]  # fmt: skip
 
 
 def test_ties_go_to_the_first_label_and_backing_at_the_threshold():
