@@ -203,6 +203,11 @@ _MARGIN = (
 _ONE_MAP = (
     "the method fuse is given for rater:NAME: fuse copies a single map before it reads the method"
 )
+_SHORTCUT_C = (
+    "shape.cross_counts' shortcut (only the structure's own count, when it alone rules out "
+    "a swap) skipped, or its area counted again: the full counts give shape.swap the same "
+    "answer"
+)
 _FIRST_ROW = (
     "limit(None) or limit(2) for limit(1): Session.scalar reads the first row either way, "
     "and only whether there is one counts"
@@ -336,6 +341,11 @@ EQUIVALENT: dict[str, str] = {
     _C + "x_staple_performance__mutmut_25": _MARGIN,
     _C + "x_staple_performance__mutmut_28": _MARGIN,
     _C + "x_staple_performance__mutmut_32": _MARGIN,
+    _C + "x_structure_conflicts__mutmut_32": _SHORTCUT_C + " (value None: no shortcut)",
+    _C + "x_structure_conflicts__mutmut_63": _SHORTCUT_C + " (value None: no shortcut)",
+    _C + "x_structure_conflicts__mutmut_34": _SHORTCUT_C + " (area None: counted again)",
+    _C + "x_structure_conflicts__mutmut_39": _SHORTCUT_C + " (area left out: counted again)",
+    _C + "x_structure_conflicts__mutmut_65": _SHORTCUT_C + " (area None: counted again)",
     _C + "x_make_consensus__mutmut_130": _FIRST_ROW,
     _C + "x_make_consensus__mutmut_138": _FIRST_ROW,
     _C + "x_make_consensus__mutmut_157": _ONE_MAP,

@@ -164,3 +164,60 @@ def test_an_image_that_was_fused_before_says_it_keeps_its_earlier_version(ws, tm
                          protocol)  # fmt: skip
     report = make_consensus(ws, "staple", quality=False)
     assert report.needs_adjudication == 1 and report.adjudication[0].earlier_consensus
+
+
+def test_a_region_mostly_on_the_others_structure_but_not_three_times_more_is_no_conflict():
+    """A's adductor magnus (rows 5-14, 200 px): B names rows 5-10 of it semitendinosus (120
+    px, share 0.6) and 44 px of the rest adductor magnus (share 0.22): 0.6 is at least half
+    but under 3 x 0.22 = 0.66, so it is no swap, whichever rater comes first (B's
+    semitendinosus lies wholly on A's adductor magnus, but that alone is not a conflict)."""
+    b = np.zeros(SHAPE, np.uint8)
+    b[5:11, 5:25] = ST  # 120 px
+    b[11, 5:25] = AM  # 20 px
+    b[12:14, 5:17] = AM  # 24 px
+    assert (b == AM).sum() == 44 and (b[5:15, 5:25] == ST).sum() == 120
+    assert structure_conflicts([A, b], ["r1", "r2"], NAMES) == []
+    assert structure_conflicts([b, A], ["r2", "r1"], NAMES) == []
+
+
+def test_the_ratio_given_is_the_one_used():
+    """A as above; B names rows 5-10 of A's adductor magnus semitendinosus (120 px) and the
+    rest (rows 11-14, 80 px) adductor magnus, and draws adductor magnus over A's
+    semitendinosus too (rows 20-29, 200 px; B's adductor magnus: 280 px). A's adductor
+    magnus: 0.6 on B's semitendinosus, 0.4 on B's own; B's adductor magnus: 200 / 280 =
+    0.7143 on A's semitendinosus, 80 / 280 = 0.2857 on A's own. At the usual ratio 3 neither
+    is a swap; at ratio 1 both are, each with its way back (B's semitendinosus wholly on
+    A's adductor magnus, A's semitendinosus wholly on B's adductor magnus)."""
+    b = np.zeros(SHAPE, np.uint8)
+    b[5:11, 5:25] = ST
+    b[11:15, 5:25] = AM
+    b[20:30, 5:25] = AM
+    b[32:36, 30:34] = NERVE
+    assert structure_conflicts([A, b], ["r1", "r2"], NAMES) == []
+    assert structure_conflicts([A, b], ["r1", "r2"], NAMES, ratio=1.0) == [
+        StructureConflict("r1", "adductor magnus", "r2", "semitendinosus", 0.6, 1.0),
+        StructureConflict("r1", "semitendinosus", "r2", "adductor magnus", 1.0, 0.7143),
+    ]
+
+
+def test_a_swap_with_a_little_of_each_on_its_own_name_is_found():
+    """A's adductor magnus (rows 5-14) and semitendinosus (rows 15-24) touch; B swaps their
+    names and draws both one row lower: B's semitendinosus (rows 6-15) holds 180 px of A's
+    adductor magnus and 20 of A's semitendinosus (row 15); B's adductor magnus (rows 16-25)
+    180 of A's semitendinosus. Each way 180 / 200 = 0.9 on the other name against 0.1 or
+    0 on the same: two conflicts, 0.9 and 0.9 each."""
+    a = box(SHAPE, {AM: (5, 15, 5, 25), ST: (15, 25, 5, 25)})
+    b = box(SHAPE, {ST: (6, 16, 5, 25), AM: (16, 26, 5, 25)})
+    assert structure_conflicts([a, b], ["r1", "r2"], NAMES) == [
+        StructureConflict("r1", "adductor magnus", "r2", "semitendinosus", 0.9, 0.9),
+        StructureConflict("r1", "semitendinosus", "r2", "adductor magnus", 0.9, 0.9),
+    ]
+
+
+def test_a_region_mostly_on_the_others_nerve_is_no_conflict():
+    """B names 120 px of A's adductor magnus (rows 5-10) sciatic nerve and leaves 80 as
+    adductor magnus: 0.6 on the nerve against 0.4 on the same name, under 3 x 0.4: no
+    conflict, though B's nerve lies mostly (120 of 136 px) on A's adductor magnus."""
+    b = A.copy()
+    b[5:11, 5:25] = NERVE
+    assert structure_conflicts([A, b], ["r1", "r2"], NAMES) == []
