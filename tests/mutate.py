@@ -346,6 +346,7 @@ EQUIVALENT: dict[str, str] = {
     _C + "x_structure_conflicts__mutmut_34": _SHORTCUT_C + " (area None: counted again)",
     _C + "x_structure_conflicts__mutmut_39": _SHORTCUT_C + " (area left out: counted again)",
     _C + "x_structure_conflicts__mutmut_65": _SHORTCUT_C + " (area None: counted again)",
+    _C + "x_structure_conflicts__mutmut_70": _SHORTCUT_C + " (area left out: counted again)",
     _C + "x_make_consensus__mutmut_130": _FIRST_ROW,
     _C + "x_make_consensus__mutmut_138": _FIRST_ROW,
     _C + "x_make_consensus__mutmut_157": _ONE_MAP,

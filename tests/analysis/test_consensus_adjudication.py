@@ -221,3 +221,34 @@ def test_a_region_mostly_on_the_others_nerve_is_no_conflict():
     b = A.copy()
     b[5:11, 5:25] = NERVE
     assert structure_conflicts([A, b], ["r1", "r2"], NAMES) == []
+
+
+def test_a_swap_round_a_few_pixels_of_nerve_with_shares_to_four_decimals():
+    """As the swap above, but A calls 2 pixels inside its adductor magnus (row 8) nerve, and
+    B adds one pixel of semitendinosus below its own (row 16). A's adductor magnus (198 px)
+    holds 178 px of B's semitendinosus (rows 6-14 less the 2): 178 / 198 = 0.89899, shown
+    0.899; B's semitendinosus (201 px) lies 178 on A's adductor magnus, 2 on A's nerve:
+    178 / 201 = 0.88557, shown 0.8856. The lower muscles coincide."""
+    a = A.copy()
+    a[8, 8:10] = NERVE
+    b = swapped()
+    b[16, 5] = ST
+    assert structure_conflicts([a, b], ["r1", "r2"], NAMES) == [
+        StructureConflict("r1", "adductor magnus", "r2", "semitendinosus", 0.899, 0.8856),
+        StructureConflict("r1", "semitendinosus", "r2", "adductor magnus", 1.0, 1.0),
+    ]
+
+
+def test_a_structure_without_a_way_back_does_not_end_the_search():
+    """B draws semitendinosus over both of A's muscles (400 px): A's adductor magnus lies
+    wholly on it, but it lies as much on A's semitendinosus, its own name: no conflict.
+    The structures after it are still compared: B swaps A's nerve and artery (16 px each,
+    each wholly on the other's): two conflicts."""
+    a = box(SHAPE, {AM: (5, 15, 5, 25), ST: (20, 30, 5, 25), NERVE: (32, 36, 30, 34),
+                    ARTERY: (32, 36, 40, 44)})  # fmt: skip
+    b = box(SHAPE, {ST: (5, 30, 5, 25), ARTERY: (32, 36, 30, 34), NERVE: (32, 36, 40, 44)})
+    b[15:20, 5:25] = 0  # the gap between A's muscles stays background
+    assert structure_conflicts([a, b], ["r1", "r2"], NAMES) == [
+        StructureConflict("r1", "sciatic nerve", "r2", "femoral artery", 1.0, 1.0),
+        StructureConflict("r1", "femoral artery", "r2", "sciatic nerve", 1.0, 1.0),
+    ]
