@@ -340,6 +340,7 @@ EQUIVALENT: dict[str, str] = {
     ),
     _C + "x_staple_performance__mutmut_25": _MARGIN,
     _C + "x_staple_performance__mutmut_28": _MARGIN,
+    _C + "x_staple_performance__mutmut_29": _MARGIN,
     _C + "x_staple_performance__mutmut_32": _MARGIN,
     _C + "x_structure_conflicts__mutmut_32": _SHORTCUT_C + " (value None: no shortcut)",
     _C + "x_structure_conflicts__mutmut_63": _SHORTCUT_C + " (value None: no shortcut)",

@@ -302,3 +302,36 @@ def test_which_labels_are_fused_counted_and_recorded_by_hand(ws, tmp_path):
     assert str(caught.value) == (
         "consensus by staple needs labels of at least 2 raters; 1 registered (datatool rater add)"
     )
+
+
+def test_majority_counts_votes_where_staple_weighs_the_raters(ws, tmp_path):
+    """r1 labels the femur alone (150 px); r2 and r3 also label the same 8 px below it (Z)
+    and each a band of 150 px nobody else labels. Majority: Z has 2 votes of 3, so the
+    femur and Z (158 px); the bands, 1 vote each, are background. STAPLE estimates r2 and r3
+    as the less specific raters and r1's sensitivity as 1, so a pixel r1 leaves out is
+    background to it even where the other two agree: the femur alone."""
+    femur = box((40, 50), {1: (5, 15, 5, 20)})
+    r2, r3 = femur.copy(), femur.copy()
+    for m in (r2, r3):
+        m[20:22, 25:29] = 1  # Z
+    r2[25:40, 0:10] = 1
+    r3[25:40, 30:40] = 1
+    with_z = femur.copy()
+    with_z[20:22, 25:29] = 1
+    path = write_us(tmp_path / "d" / "v.dcm", np.full((40, 50), 90, np.uint8), patient_id="V1")
+    ingest(ws, [tmp_path / "d"], workers=0)
+    protocol = load_protocol(ws.protocol_name)
+    for name in ("r1", "r2", "r3"):
+        add_rater(ws, name)
+    with ws.session() as s:
+        image = image_for_dicom(s, ws.key, path)
+        for name, mask in (("r1", femur), ("r2", r2), ("r3", r3)):
+            store_annotation(s, ws.store, image, get_rater(s, name), mask, "itksnap", None,
+                             protocol)  # fmt: skip
+    for method, want in (("majority", with_z), ("staple", femur)):
+        assert make_consensus(ws, method, quality=False).new_versions == 1
+        with ws.session() as s:
+            (ann,) = s.scalars(
+                select(Annotation).where(Annotation.rater.has(name=f"consensus:{method}"))
+            ).all()
+            np.testing.assert_array_equal(ws.store.get_array(ann.mask_hash), want)
