@@ -351,6 +351,8 @@ EQUIVALENT: dict[str, str] = {
     _C + "x_make_consensus__mutmut_130": _FIRST_ROW,
     _C + "x_make_consensus__mutmut_138": _FIRST_ROW,
     _C + "x_make_consensus__mutmut_157": _ONE_MAP,
+    _C + "x_make_consensus__mutmut_159": _ONE_MAP,
+    _C + "x_make_consensus__mutmut_160": _ONE_MAP,
     _C + "x_make_consensus__mutmut_103": (
         "structure_conflicts for rater:NAME too: its one map has no pair to conflict"
     ),
