@@ -10,7 +10,7 @@ in the README; any other survivor makes the exit status 1.
     python tests/mutate.py                 # every module below (long: see the README)
     python tests/mutate.py metrics shape   # some of them
     python tests/mutate.py --list          # the modules and their tests
-    python tests/mutate.py --again rle     # the last pass's survivors only, new tests in
+    python tests/mutate.py --again rle     # the last pass's survivors (timeouts, no tests) only
 """
 
 from __future__ import annotations
