@@ -90,7 +90,8 @@ test: $(STAMP) $(LSSTAMP) lint typecheck
 # in a sandbox under build/mutate/ against the tests that check it; prints the kill rate per
 # module and every survivor not listed as equivalent (exit status 1 if there is one).
 # `make mutate MUTATE="metrics shape"` picks modules; `make mutate` runs them all (long: see
-# the README); `make mutate MUTATE="--again shape"` only the last pass's survivors.
+# the README); `make mutate MUTATE="--again shape"` only the last pass's survivors (and its
+# timeouts and the mutants no test reached).
 # `make mutate-ci` is the one small module that CI runs, so the habit cannot rot.
 MUTATE ?=
 MUTATE_CI := metrics-core

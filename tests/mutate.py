@@ -10,7 +10,7 @@ in the README; any other survivor makes the exit status 1.
     python tests/mutate.py                 # every module below (long: see the README)
     python tests/mutate.py metrics shape   # some of them
     python tests/mutate.py --list          # the modules and their tests
-    python tests/mutate.py --again rle     # the last pass's survivors only, new tests in
+    python tests/mutate.py --again rle     # the last pass's survivors (timeouts, no tests) only
 """
 
 from __future__ import annotations
@@ -67,11 +67,10 @@ MODULES: dict[str, Module] = {
     # its severities are checked by hand in test_shape.py too, so the QA tests (a workspace
     # and a trained run each) need not run against every mutant
     "shape": Module("datatool/analysis/shape.py", ("tests/analysis/test_shape.py",)),
-    # not the test against a trained run's drafts (it trains: minutes a mutant)
-    "qa": Module(
-        "datatool/analysis/qa/rules.py",
-        ("tests/analysis/test_qa.py", "-k", "not compared_with_the_runs_drafts"),
-    ),
+    # the rules on hand-built inputs; test_qa.py builds a 12-image workspace per test (40 s
+    # for its quick tests, which a survivor runs whole) and trains for the drafts' test: the
+    # suite runs it
+    "qa": Module("datatool/analysis/qa/rules.py", ("tests/analysis/test_qa_rules_numbers.py",)),
     "temporal": Module(
         "datatool/analysis/qa/temporal.py",
         ("tests/analysis/test_qa_temporal_numbers.py",),
@@ -211,7 +210,36 @@ _FOLDS_EQUAL = (
     "to the least filled fold (ties to the lower) whatever the common weight or offset"
 )
 _SEL = "datatool.assist.selection."
-_FIRST_ROW = "limit(2) or limit(None) for limit(1): session.scalar takes the first row anyway"
+_Q = "datatool.analysis.qa.rules."
+_PAIRED = (
+    "a rater the pair check reaches has the structure and overlaps the label: a rater "
+    "without it (no measure, no overlap) gives Dice 0, a rater disagreement or a swap, and "
+    "the structure then gets no pair check at all"
+)
+_C = "datatool.analysis.consensus."
+_MARGIN = (
+    "the box round the labels one row or column more or less past their last (every labelled "
+    "pixel still inside): only agreed background moves between the box and the pixels "
+    "outside it, which the specificity adds back; STAPLE's figures move within its "
+    "convergence tolerance (margins 7, 8, 9 and 30 give the whole image's figures to 1e-8)"
+)
+_ONE_MAP = (
+    "the method fuse is given for rater:NAME: fuse copies a single map before it reads the method"
+)
+_SHORTCUT_C = (
+    "shape.cross_counts' shortcut (only the structure's own count, when it alone rules out "
+    "a swap) skipped, or its area counted again: the full counts give shape.swap the same "
+    "answer"
+)
+_FIRST_ROW = (
+    "limit(None) or limit(2) for limit(1): Session.scalar reads the first row either way, "
+    "and only whether there is one counts"
+)
+_NO_BACKGROUND = (
+    "the guard of a box with no estimated background and nothing outside it: that is every "
+    "rater labelling the whole image, where STAPLE's figures are all NaN (checked), and NaN "
+    "passes through either branch"
+)
 EQUIVALENT: dict[str, str] = {
     # scoring
     _SC + "x_per_image_metrics__mutmut_46": (
@@ -330,9 +358,56 @@ EQUIVALENT: dict[str, str] = {
     # selection
     _SEL + "x_latest_done_run__mutmut_3": _FIRST_ROW,
     _SEL + "x_latest_done_run__mutmut_11": _FIRST_ROW,
+    # qa
+    _Q + "x__pair_outlier__mutmut_14": _PAIRED + " (continue as break)",
+    _Q + "x__pair_outlier__mutmut_98": _PAIRED + " (overlap's default None)",
+    _Q + "x__pair_outlier__mutmut_100": _PAIRED + " (overlap's default None)",
+    _Q + "x__pair_outlier__mutmut_103": _PAIRED + " (overlap's default 1)",
+    _Q + "x__evaluate__mutmut_166": "holes' default (0, 1): no hole counted, no flag",
+    _Q + "x__evaluate__mutmut_193": "edge's default (0, 1): no pixel touching, no flag",
+    _Q + "x__beyond_pairs__mutmut_11": (
+        "z >= 0 for z > 0: at z = 0 size_severity finds nothing beyond a threshold above 0 "
+        "(Thresholds.check refuses any other)"
+    ),
+    # consensus
+    _C + "x_fused_annotation_ids__mutmut_4": (
+        "'XXXX' for the '' of a label without source_ref: it names no annotation either"
+    ),
+    _C + "x_staple_performance__mutmut_25": _MARGIN,
+    _C + "x_staple_performance__mutmut_28": _MARGIN,
+    _C + "x_staple_performance__mutmut_29": _MARGIN,
+    _C + "x_staple_performance__mutmut_32": _MARGIN,
+    _C + "x_structure_conflicts__mutmut_32": _SHORTCUT_C + " (value None: no shortcut)",
+    _C + "x_structure_conflicts__mutmut_63": _SHORTCUT_C + " (value None: no shortcut)",
+    _C + "x_structure_conflicts__mutmut_34": _SHORTCUT_C + " (area None: counted again)",
+    _C + "x_structure_conflicts__mutmut_39": _SHORTCUT_C + " (area left out: counted again)",
+    _C + "x_structure_conflicts__mutmut_65": _SHORTCUT_C + " (area None: counted again)",
+    _C + "x_structure_conflicts__mutmut_70": _SHORTCUT_C + " (area left out: counted again)",
+    _C + "x_make_consensus__mutmut_130": _FIRST_ROW,
+    _C + "x_make_consensus__mutmut_138": _FIRST_ROW,
+    _C + "x_make_consensus__mutmut_157": _ONE_MAP,
+    _C + "x_make_consensus__mutmut_159": _ONE_MAP,
+    _C + "x_make_consensus__mutmut_160": _ONE_MAP,
+    _C + "x_make_consensus__mutmut_103": (
+        "structure_conflicts for rater:NAME too: its one map has no pair to conflict"
+    ),
+    _C + "x_staple_performance__mutmut_50": "crops[1].size: every rater's crop is the same box",
+    _C + "x_staple_performance__mutmut_53": _NO_BACKGROUND,
+    _C + "x_staple_performance__mutmut_58": (
+        "background - outside as the guard: it differs from background + outside only where "
+        "STAPLE's estimated background (a sum of 1 - probabilities, never all exactly 0 or 1 "
+        "where raters differ) equals the whole count of pixels outside the box exactly"
+    ),
 }
 
 KILLED = {1, 3}  # pytest's exit status: tests failed / internal error (a crash is a kill)
+TIMEOUTS = {24, -24, 36, 152, 255}  # mutmut's codes of a mutant stopped for its time
+NO_TESTS = {5, 33}  # no test reached the mutant (a test written since may)
+# mutmut stops a mutant after (its tests' time + 1 s) x this multiplier of wall-clock time
+# (mutmut's default 15). On a shared machine a mutant's tests at nice 19 get a sliver of a
+# core, and mutants whose tests take under a second timed out (and counted as killed):
+# 60 leaves room for that and still stops a mutant that loops within a few minutes.
+TIMEOUT_MULTIPLIER = 60.0
 STATUS = {
     0: "survived",
     1: "killed",
@@ -362,6 +437,13 @@ def _sandbox(name: str, module: Module) -> Path:
     for folder in ("model", "migrations", "schemas"):
         shutil.copytree(ROOT / folder, box / "datatool" / folder, ignore=ignore)
     shutil.copytree(ROOT / "tests", box / "tests", ignore=ignore)
+    _settings(box, module)
+    return box
+
+
+def _settings(box: Path, module: Module) -> None:
+    """The sandbox's pyproject.toml: the repository's, with this module's mutmut settings
+    (written again by ``--again``, so a pass picks up a changed timeout)."""
     settings = {
         "source_paths": ["datatool"],
         "only_mutate": [module.source],
@@ -371,11 +453,11 @@ def _sandbox(name: str, module: Module) -> Path:
         # server that has only imported the tests
         "process_isolation": "forkserver",
         "use_git_change_detection": False,
+        "timeout_multiplier": TIMEOUT_MULTIPLIER,
     }
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
     text = (ROOT / "pyproject.toml").read_text().replace("[tool.mutmut]", "[tool.mutmut-repo]")
     (box / "pyproject.toml").write_text(text + "\n".join(lines) + "\n")
-    return box
 
 
 def _results(box: Path, module: Module) -> dict[str, int | None]:
@@ -410,7 +492,8 @@ class Outcome:
 
 def _again(name: str, module: Module) -> tuple[Path, list[str]]:
     """The sandbox of an earlier pass with today's tests copied in, and the mutants that
-    survived it (or were not checked, or no test reached): the only ones run again."""
+    survived it, timed out (on a busy machine, no verdict), had no test or were not checked:
+    the only ones run again."""
     box = SANDBOXES / name
     before = _results(box, module)
     if not before:
@@ -419,9 +502,12 @@ def _again(name: str, module: Module) -> tuple[Path, list[str]]:
     for tests in (box / "tests", box / "mutants" / "tests"):
         shutil.rmtree(tests, ignore_errors=True)
         shutil.copytree(ROOT / "tests", tests, ignore=ignore)
+    _settings(box, module)
     wanted = tuple(f"{module.dotted}.x_{f}__mutmut_" for f in module.functions) or ("",)
     return box, sorted(
-        k for k, code in before.items() if code in (0, None, 5, 33) and k.startswith(wanted)
+        k
+        for k, code in before.items()
+        if (code in (0, None, *NO_TESTS) or code in TIMEOUTS) and k.startswith(wanted)
     )
 
 

@@ -101,8 +101,10 @@ def test_make_consensus_leaves_the_swapped_image_to_adjudication(ws, tmp_path):
                 store_annotation(s, ws.store, image, get_rater(s, name), mask, "itksnap", None,
                                  protocol)  # fmt: skip
     for method in ("staple", "majority"):
-        report = make_consensus(ws, method)
+        calls: list[tuple[int, int]] = []
+        report = make_consensus(ws, method, progress=lambda *x, seen=calls: seen.append(x))
         assert (report.images, report.new_versions, report.needs_adjudication) == (1, 1, 1)
+        assert calls == [(1, 2), (2, 2)]  # the image left to adjudication counts as done
         (adj,) = report.adjudication
         assert adj.image_id == ids[0] and not adj.earlier_consensus
         assert [(c.structure_a, c.structure_b) for c in adj.conflicts] == [
@@ -119,10 +121,14 @@ def test_make_consensus_leaves_the_swapped_image_to_adjudication(ws, tmp_path):
             assert (fused == AM).sum() == 9 * 20
         else:
             assert 9 * 20 <= (fused == AM).sum() <= 10 * 20
-        saved = json.loads(quality_path(ws, method).read_text())
+        text = quality_path(ws, method).read_text()
+        saved = json.loads(text)
+        assert text == json.dumps(saved, indent=2)  # for people to read: indented by 2
         assert saved["adjudication"][0]["image_id"] == ids[0]
         again = make_consensus(ws, method)
         assert (again.new_versions, again.unchanged, again.needs_adjudication) == (0, 1, 1)
+        # the other image's consensus label is no earlier version of this one's
+        assert not again.adjudication[0].earlier_consensus
 
     runner = CliRunner()
     ws_args = ["--workspace", str(ws.root)]
@@ -158,3 +164,91 @@ def test_an_image_that_was_fused_before_says_it_keeps_its_earlier_version(ws, tm
                          protocol)  # fmt: skip
     report = make_consensus(ws, "staple", quality=False)
     assert report.needs_adjudication == 1 and report.adjudication[0].earlier_consensus
+
+
+def test_a_region_mostly_on_the_others_structure_but_not_three_times_more_is_no_conflict():
+    """A's adductor magnus (rows 5-14, 200 px): B names rows 5-10 of it semitendinosus (120
+    px, share 0.6) and 44 px of the rest adductor magnus (share 0.22): 0.6 is at least half
+    but under 3 x 0.22 = 0.66, so it is no swap, whichever rater comes first (B's
+    semitendinosus lies wholly on A's adductor magnus, but that alone is not a conflict)."""
+    b = np.zeros(SHAPE, np.uint8)
+    b[5:11, 5:25] = ST  # 120 px
+    b[11, 5:25] = AM  # 20 px
+    b[12:14, 5:17] = AM  # 24 px
+    assert (b == AM).sum() == 44 and (b[5:15, 5:25] == ST).sum() == 120
+    assert structure_conflicts([A, b], ["r1", "r2"], NAMES) == []
+    assert structure_conflicts([b, A], ["r2", "r1"], NAMES) == []
+
+
+def test_the_ratio_given_is_the_one_used():
+    """A as above; B names rows 5-10 of A's adductor magnus semitendinosus (120 px) and the
+    rest (rows 11-14, 80 px) adductor magnus, and draws adductor magnus over A's
+    semitendinosus too (rows 20-29, 200 px; B's adductor magnus: 280 px). A's adductor
+    magnus: 0.6 on B's semitendinosus, 0.4 on B's own; B's adductor magnus: 200 / 280 =
+    0.7143 on A's semitendinosus, 80 / 280 = 0.2857 on A's own. At the usual ratio 3 neither
+    is a swap; at ratio 1 both are, each with its way back (B's semitendinosus wholly on
+    A's adductor magnus, A's semitendinosus wholly on B's adductor magnus)."""
+    b = np.zeros(SHAPE, np.uint8)
+    b[5:11, 5:25] = ST
+    b[11:15, 5:25] = AM
+    b[20:30, 5:25] = AM
+    b[32:36, 30:34] = NERVE
+    assert structure_conflicts([A, b], ["r1", "r2"], NAMES) == []
+    assert structure_conflicts([A, b], ["r1", "r2"], NAMES, ratio=1.0) == [
+        StructureConflict("r1", "adductor magnus", "r2", "semitendinosus", 0.6, 1.0),
+        StructureConflict("r1", "semitendinosus", "r2", "adductor magnus", 1.0, 0.7143),
+    ]
+
+
+def test_a_swap_with_a_little_of_each_on_its_own_name_is_found():
+    """A's adductor magnus (rows 5-14) and semitendinosus (rows 15-24) touch; B swaps their
+    names and draws both one row lower: B's semitendinosus (rows 6-15) holds 180 px of A's
+    adductor magnus and 20 of A's semitendinosus (row 15); B's adductor magnus (rows 16-25)
+    180 of A's semitendinosus. Each way 180 / 200 = 0.9 on the other name against 0.1 or
+    0 on the same: two conflicts, 0.9 and 0.9 each."""
+    a = box(SHAPE, {AM: (5, 15, 5, 25), ST: (15, 25, 5, 25)})
+    b = box(SHAPE, {ST: (6, 16, 5, 25), AM: (16, 26, 5, 25)})
+    assert structure_conflicts([a, b], ["r1", "r2"], NAMES) == [
+        StructureConflict("r1", "adductor magnus", "r2", "semitendinosus", 0.9, 0.9),
+        StructureConflict("r1", "semitendinosus", "r2", "adductor magnus", 0.9, 0.9),
+    ]
+
+
+def test_a_region_mostly_on_the_others_nerve_is_no_conflict():
+    """B names 120 px of A's adductor magnus (rows 5-10) sciatic nerve and leaves 80 as
+    adductor magnus: 0.6 on the nerve against 0.4 on the same name, under 3 x 0.4: no
+    conflict, though B's nerve lies mostly (120 of 136 px) on A's adductor magnus."""
+    b = A.copy()
+    b[5:11, 5:25] = NERVE
+    assert structure_conflicts([A, b], ["r1", "r2"], NAMES) == []
+
+
+def test_a_swap_round_a_few_pixels_of_nerve_with_shares_to_four_decimals():
+    """As the swap above, but A calls 2 pixels inside its adductor magnus (row 8) nerve, and
+    B adds one pixel of semitendinosus below its own (row 16). A's adductor magnus (198 px)
+    holds 178 px of B's semitendinosus (rows 6-14 less the 2): 178 / 198 = 0.89899, shown
+    0.899; B's semitendinosus (201 px) lies 178 on A's adductor magnus, 2 on A's nerve:
+    178 / 201 = 0.88557, shown 0.8856. The lower muscles coincide."""
+    a = A.copy()
+    a[8, 8:10] = NERVE
+    b = swapped()
+    b[16, 5] = ST
+    assert structure_conflicts([a, b], ["r1", "r2"], NAMES) == [
+        StructureConflict("r1", "adductor magnus", "r2", "semitendinosus", 0.899, 0.8856),
+        StructureConflict("r1", "semitendinosus", "r2", "adductor magnus", 1.0, 1.0),
+    ]
+
+
+def test_a_structure_without_a_way_back_does_not_end_the_search():
+    """B draws semitendinosus over both of A's muscles (400 px): A's adductor magnus lies
+    wholly on it, but it lies as much on A's semitendinosus, its own name: no conflict.
+    The structures after it are still compared: B swaps A's nerve and artery (16 px each,
+    each wholly on the other's): two conflicts."""
+    a = box(SHAPE, {AM: (5, 15, 5, 25), ST: (20, 30, 5, 25), NERVE: (32, 36, 30, 34),
+                    ARTERY: (32, 36, 40, 44)})  # fmt: skip
+    b = box(SHAPE, {ST: (5, 30, 5, 25), ARTERY: (32, 36, 30, 34), NERVE: (32, 36, 40, 44)})
+    b[15:20, 5:25] = 0  # the gap between A's muscles stays background
+    assert structure_conflicts([a, b], ["r1", "r2"], NAMES) == [
+        StructureConflict("r1", "sciatic nerve", "r2", "femoral artery", 1.0, 1.0),
+        StructureConflict("r1", "femoral artery", "r2", "sciatic nerve", 1.0, 1.0),
+    ]

@@ -189,3 +189,149 @@ def test_fusing_one_map_copies_it_and_an_unknown_method_is_refused():
     with pytest.raises(UsageError) as caught:
         fuse([TRUTH, TRUTH], "mean")
     assert str(caught.value) == "unknown fusion method 'mean'"
+
+
+def test_which_labels_are_fused_counted_and_recorded_by_hand(ws, tmp_path):
+    """Three images. Image 0: r1, r2 and r3 (erring apart). Image 1: r1 alone. Image 2: r1,
+    and r2 on a gold-standard task (left out unless asked). By majority of every human
+    rater: image 0 fused (1 image, 1 new version), images 1 and 2 have one label each (2
+    skipped), 1 gold label left out; progress after each image fused, (1, 1). With the gold
+    label: images 0 and 2 fused, image 1 skipped. The raters asked for alone (r1, r2): their
+    majority of image 0 is their intersection, made from their two annotations; r3 is not
+    named. The run is audited with its counts; a model rater is never a source. The raters
+    are registered r2, r3, r1 and reported by name."""
+    from datatool.core.catalogue import AuditEntry, GoldTask, Rater
+    from datatool.core.errors import DatatoolError, UsageError
+
+    files = [
+        write_us(tmp_path / "d" / f"{k}.dcm", np.full(SHAPE, 90, np.uint8), patient_id=f"G{k}")
+        for k in range(3)
+    ]
+    ingest(ws, [tmp_path / "d"], workers=0)
+    protocol = load_protocol(ws.protocol_name)
+    for name in ("r2", "r3", "r1"):  # registered out of order: reported by name
+        add_rater(ws, name)
+    add_rater(ws, "model:x", kind="model")
+    a, b, c = three_raters_who_err_apart(TRUTH)
+    with ws.session() as s:
+        images = [image_for_dicom(s, ws.key, f) for f in files]
+        ids = [i.id for i in images]
+
+        def put(image, name, mask):
+            rater = get_rater(s, name)
+            return store_annotation(s, ws.store, image, rater, mask, "itksnap", None, protocol)
+
+        for name, mask in (("r1", a), ("r2", b), ("r3", c), ("model:x", TRUTH)):
+            put(images[0], name, mask)
+        put(images[1], "r1", a)
+        put(images[1], "model:x", a)
+        reference = put(images[2], "r1", a)
+        put(images[2], "r2", b)
+        s.add(GoldTask(rater_id=get_rater(s, "r2").id, image_id=ids[2], tool="itksnap", seed=1,
+                       reference_annotation_id=reference.annotation_id))  # fmt: skip
+    calls = []
+    report = make_consensus(ws, "majority", progress=lambda *x: calls.append(x), quality=False)
+    assert (report.method, report.reference_rater, report.raters) == (
+        "majority", "consensus:majority", ["r1", "r2", "r3"])  # fmt: skip
+    assert (report.images, report.new_versions, report.unchanged) == (1, 1, 0)
+    assert (report.skipped_too_few_raters, report.gold_left_out) == (2, 1)
+    assert calls == [(1, 1)]
+    with ws.session() as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.command == "consensus")).one()
+        assert (entry.action, entry.details) == ("consensus", {
+            "method": "majority", "images": 1, "new_versions": 1, "unchanged": 0,
+            "needs_adjudication": [], "raters": ["r1", "r2", "r3"]})  # fmt: skip
+        target = s.scalars(select(Rater).where(Rater.name == "consensus:majority")).one()
+        assert target.kind == "consensus"
+    calls.clear()
+    report = make_consensus(ws, "majority", progress=lambda *x: calls.append(x),
+                            include_gold=True, quality=False)  # fmt: skip
+    assert (report.images, report.new_versions, report.unchanged) == (2, 1, 1)
+    assert (report.skipped_too_few_raters, report.gold_left_out) == (1, 0)
+    assert calls == [(1, 2), (2, 2)]
+    with ws.session() as s:
+        ann = s.scalars(
+            select(Annotation).where(
+                Annotation.rater.has(name="consensus:majority"), Annotation.image_id == ids[2]
+            )
+        ).one()
+        want = np.where(a == b, a, 0)  # two raters: a pixel they disagree on is background
+        np.testing.assert_array_equal(ws.store.get_array(ann.mask_hash), want)
+    pair = make_consensus(ws, "staple", raters=["r2", "r1"])
+    assert pair.raters == ["r2", "r1"] and (pair.images, pair.skipped_too_few_raters) == (1, 2)
+    # their quality: by structure in the protocol's order, then by rater name
+    assert [(q.structure, q.rater, q.images) for q in pair.quality] == [
+        ("femur", "r1", 1), ("femur", "r2", 1), ("sciatic nerve", "r1", 1),
+        ("sciatic nerve", "r2", 1)]  # fmt: skip
+    with ws.session() as s:
+        (ann,) = s.scalars(
+            select(Annotation).where(Annotation.rater.has(name="consensus:staple"))
+        ).all()
+        r1, r2 = (
+            s.scalars(
+                select(Annotation).where(
+                    Annotation.rater.has(name=n), Annotation.image_id == ids[0]
+                )
+            ).one()
+            for n in ("r1", "r2")
+        )
+        assert (ann.image_id, ann.source) == (ids[0], "consensus")
+        # the annotations in the order their raters were registered (r2 first)
+        assert ann.source_ref == f"staple of annotation {r2.id} (v1), annotation {r1.id} (v1)"
+    # a rater whose name holds a colon, as a name may: rater:NAME is all after the first
+    add_rater(ws, "dr:x")
+    with ws.session() as s:
+        put = store_annotation(s, ws.store, s.get(type(images[1]), ids[1]), get_rater(s, "dr:x"),
+                               c, "itksnap", None, protocol)  # fmt: skip
+    single = make_consensus(ws, "rater:dr:x")
+    assert (single.raters, single.images, single.new_versions) == (["dr:x"], 1, 1)
+    with ws.session() as s:
+        (ann,) = s.scalars(
+            select(Annotation).where(Annotation.rater.has(name="consensus:rater:dr:x"))
+        ).all()
+        assert (
+            ann.image_id == ids[1]
+            and ann.source_ref == f"rater:dr:x of annotation {put.annotation_id} (v1)"
+        )
+        np.testing.assert_array_equal(ws.store.get_array(ann.mask_hash), c)
+    with pytest.raises(UsageError) as caught:
+        make_consensus(ws, "mean")
+    assert str(caught.value) == "--method must be staple, majority or rater:NAME, not 'mean'"
+    with pytest.raises(DatatoolError) as caught:
+        make_consensus(ws, "staple", raters=["r3"])
+    assert str(caught.value) == (
+        "consensus by staple needs labels of at least 2 raters; 1 registered (datatool rater add)"
+    )
+
+
+def test_majority_counts_votes_where_staple_weighs_the_raters(ws, tmp_path):
+    """r1 labels the femur alone (150 px); r2 and r3 also label the same 8 px below it (Z)
+    and each a band of 150 px nobody else labels. Majority: Z has 2 votes of 3, so the
+    femur and Z (158 px); the bands, 1 vote each, are background. STAPLE estimates r2 and r3
+    as the less specific raters and r1's sensitivity as 1, so a pixel r1 leaves out is
+    background to it even where the other two agree: the femur alone."""
+    femur = box((40, 50), {1: (5, 15, 5, 20)})
+    r2, r3 = femur.copy(), femur.copy()
+    for m in (r2, r3):
+        m[20:22, 25:29] = 1  # Z
+    r2[25:40, 0:10] = 1
+    r3[25:40, 30:40] = 1
+    with_z = femur.copy()
+    with_z[20:22, 25:29] = 1
+    path = write_us(tmp_path / "d" / "v.dcm", np.full((40, 50), 90, np.uint8), patient_id="V1")
+    ingest(ws, [tmp_path / "d"], workers=0)
+    protocol = load_protocol(ws.protocol_name)
+    for name in ("r1", "r2", "r3"):
+        add_rater(ws, name)
+    with ws.session() as s:
+        image = image_for_dicom(s, ws.key, path)
+        for name, mask in (("r1", femur), ("r2", r2), ("r3", r3)):
+            store_annotation(s, ws.store, image, get_rater(s, name), mask, "itksnap", None,
+                             protocol)  # fmt: skip
+    for method, want in (("majority", with_z), ("staple", femur)):
+        assert make_consensus(ws, method, quality=False).new_versions == 1
+        with ws.session() as s:
+            (ann,) = s.scalars(
+                select(Annotation).where(Annotation.rater.has(name=f"consensus:{method}"))
+            ).all()
+            np.testing.assert_array_equal(ws.store.get_array(ann.mask_hash), want)

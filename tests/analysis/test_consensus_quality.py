@@ -112,8 +112,10 @@ def test_make_consensus_reports_each_raters_quality(rated):
     background = SHAPE[0] * SHAPE[1] - 200
     assert rows[("r3", "femur")].specificity["mean"] == pytest.approx(1 - BLOB / background)
     assert rows[("r2", "femur")].specificity["mean"] == pytest.approx(1.0)
-    saved = json.loads(quality_path(rated, "staple").read_text())
-    assert report.quality_file == str(quality_path(rated, "staple"))
+    # where the study report reads it: reports/consensus-METHOD/consensus.json
+    path = rated.root / "reports" / "consensus-staple" / "consensus.json"
+    assert quality_path(rated, "staple") == path and report.quality_file == str(path)
+    saved = json.loads(path.read_text())
     assert saved["quality"][1]["rater"] == "r2"
     assert saved["quality"][1]["sensitivity"]["mean"] == pytest.approx(0.5, abs=1e-3)
     # one rater as the reference: no quality to estimate, no file
@@ -147,3 +149,20 @@ def test_no_quality_makes_the_reference_alone(rated):
     result = CliRunner().invoke(app, ["consensus", "--no-quality", "-w", str(rated.root)])
     assert result.exit_code == 0, result.output
     assert "STAPLE sensitivity" not in result.output
+
+
+def test_a_structure_in_the_images_corner_is_measured_whole():
+    """The box round the labels starts at row and column 0 when a structure touches the
+    image's top left corner (it cannot start 8 pixels before). r1 labels rows 0-9, columns
+    0-19 (200 px); r2 only rows 0-4 (100 px); r3 as r1. STAPLE's truth is r1's: r2's
+    sensitivity 100 / 200 = 0.5, the others 1; nobody labels any background."""
+    r1 = box(SHAPE, {FEMUR: (0, 10, 0, 20)})
+    r2 = box(SHAPE, {FEMUR: (0, 5, 0, 20)})
+    sens, spec = staple_performance([r1, r2, r1.copy()], FEMUR)
+    assert sens == pytest.approx([1.0, 0.5, 1.0], abs=1e-3)
+    assert spec == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)
+    # and column 0 alone: columns 0-9 in r1 and r3, r2 holds column 0 only of them
+    c1 = box(SHAPE, {FEMUR: (15, 25, 0, 10)})
+    c2 = box(SHAPE, {FEMUR: (15, 25, 0, 1)})
+    sens, _ = staple_performance([c1, c2, c1.copy()], FEMUR)
+    assert sens == pytest.approx([1.0, 0.1, 1.0], abs=1e-3)
