@@ -206,8 +206,8 @@ def _inflate_bounded(data: bytes) -> bytes:
                     f"deflated data inflates beyond the {expected} bytes of pixel data its "
                     "header declares: refused (a decompression bomb?)"
                 )
-        elif pending:
-            raise BadDicom("deflated data holds no readable header: refused")
+        # no header: the stream ended (zlib leaves no unconsumed input after its end) or
+        # was cut short; what was inflated is parsed, and refused as what it is
     except zlib.error:
         raise BadDicom("deflated data does not inflate (corrupt file)") from None
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -414,16 +414,22 @@ def decode_frame(ds: Dataset, index: int, source: Dataset | Path | None = None) 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = pixel_array(ds if source is None else source, index=index if total > 1 else None)
+            frame = index if total > 1 else None
+            if source is None or isinstance(source, Dataset):
+                arr = pixel_array(ds if source is None else source, index=frame)
+            else:  # the file read afresh: one without preamble has no file meta to tell
+                # pydicom its transfer syntax, so it is told the one the dataset was read in
+                syntax = ds.file_meta.TransferSyntaxUID
+                arr = pixel_array(source, index=frame, transfer_syntax_uid=syntax)
             photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
             if photometric == "PALETTE COLOR":
                 arr = apply_color_lut(arr, ds)
     except BadDicom:
         raise
     except Exception as exc:
-        tsyntax = ds.file_meta.TransferSyntaxUID
         raise BadDicom(
-            f"cannot decode pixel data ({tsyntax.name}): {type(exc).__name__}: {_short(exc)}"
+            f"cannot decode pixel data ({ds.file_meta.TransferSyntaxUID.name}): "
+            f"{type(exc).__name__}: {_short(exc)}"
         ) from None
     return to_gray8(arr, ds)
 
