@@ -197,7 +197,13 @@ def run_agreement(
         i: (sp if surface_unit == "mm" and sp else (1.0, 1.0)) for i, sp in smp.spacing.items()
     }
     overlaps, surfaces = _overlaps(
-        ws, smp.items, smp.masks, smp.stats, wanted, spacing, tolerance if surface else None
+        ws.store.root,
+        smp.items,
+        smp.masks,
+        smp.stats,
+        wanted,
+        spacing,
+        tolerance if surface else None,
     )
     results: list[StructureAgreement] = []
     ratings: list[tuple[np.ndarray, np.ndarray]] = []
@@ -540,7 +546,7 @@ def _overlap_one(job: tuple) -> list[tuple[int, metrics.Surface]]:
 
 
 def _overlaps(
-    ws: Workspace,
+    store_root: Path,
     items,
     masks: dict,
     by_ann: dict,
@@ -579,7 +585,7 @@ def _overlaps(
                     union,
                 )
             )
-        jobs.append((str(ws.store.root), masks[ia], masks[ib], boxes, spacing[image_id], tolerance))
+        jobs.append((str(store_root), masks[ia], masks[ib], boxes, spacing[image_id], tolerance))
     workers = worker_count(cap=8)
     if len(jobs) >= POOL_FROM and workers > 1:
         with pool_context().Pool(workers) as pool:
