@@ -22,6 +22,7 @@ from datatool.ingest import pipeline
 from datatool.ingest.dicom import (
     INFLATE_SLACK,
     BadDicom,
+    _short,
     decode_frame,
     read_dataset,
     read_dataset_from,
@@ -346,6 +347,13 @@ def test_deflated_files_at_the_bounds_word_for_word():
             assert _refusal(_deflated_file(big)) == (
                 "deflated header larger than 16 MiB before the pixel data: refused"
             )
+    # a file meta without the Media Storage SOP Class UID (a careless writer's): read all
+    # the same, the meta written back as it was
+    sloppy = us_dataset(np.arange(16, dtype=np.uint8).reshape(4, 4))
+    del sloppy.file_meta.MediaStorageSOPClassUID
+    ds = read_dataset(_deflated_file(sloppy))
+    assert "MediaStorageSOPClassUID" not in ds.file_meta
+    assert decode_frame(ds, 0).tolist() == pixels
     no_rows = us_dataset(np.zeros((4, 4), np.uint8))
     del no_rows.Rows
     assert _refusal(_deflated_file(no_rows)) == "missing or invalid Rows/Columns/BitsAllocated"
@@ -403,9 +411,28 @@ def test_reading_from_disk_refuses_and_accepts_like_reading_bytes(tmp_path):
         read_dataset_from(path)
     assert str(caught.value) == want
 
+    # the same cut in a file without preamble: not taken for DICOM (the reason's type only)
+    data = _file(regions, preamble=False, implicit=True)
+    cut = data.index(b"\x18\x00\x11\x60") + 12
+    assert _refusal(data[:cut]) == "not a DICOM file (OSError)"
+    path.write_bytes(data[:cut])
+    with pytest.raises(BadDicom) as caught:
+        read_dataset_from(path)
+    assert str(caught.value) == "not a DICOM file (OSError)"
+
     large = us_dataset(np.zeros((320, 320), np.uint8))
     for preamble in (True, False):
         path.write_bytes(_file(large, preamble=preamble, implicit=True)[:-5000])
         with pytest.raises(BadDicom) as caught:
             read_dataset_from(path)
         assert str(caught.value) == "truncated file: it ends inside the pixel data"
+
+
+def test_reasons_quoted_in_a_message_are_one_line_of_at_most_120_characters():
+    assert _short(ValueError("a  value\n  that\tspans lines")) == "a value that spans lines"
+    exactly = "x" * 120
+    assert _short(ValueError(exactly)) == exactly
+    longer = "y" * 60 + " " + "z" * 60  # 121 characters
+    assert _short(ValueError(longer)) == "y" * 60 + " " + "z" * 58 + "…"
+    assert len(_short(ValueError(longer))) == 120
+    assert _short(ValueError("abcdef"), limit=4) == "abc…"
