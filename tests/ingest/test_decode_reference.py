@@ -402,6 +402,11 @@ def test_the_number_of_frames_and_the_pixel_bytes_a_header_declares():
 # --------------------------------------------------------------------------- gray by hand
 
 
+def assert_gray(got: np.ndarray, want) -> None:
+    assert got.dtype == np.uint8 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+
+
 def _header(rows: int, cols: int, **elements) -> Dataset:
     ds = Dataset()
     ds.Rows, ds.Columns = rows, cols
@@ -424,18 +429,18 @@ def test_colour_to_gray_in_integer_bt601_by_hand():
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, want)
     # 8-bit values in 16-bit entries (max 255) are taken as they are
-    np.testing.assert_array_equal(to_gray8(rgb.astype(np.uint16), _header(2, 3)), want)
+    assert_gray(to_gray8(rgb.astype(np.uint16), _header(2, 3)), want)
     # full-scale 16-bit: the high byte (256 x v + 255 >> 8 = v); a maximum of 256 is 1
-    np.testing.assert_array_equal(to_gray8(rgb.astype(np.uint16) * 256 + 255, _header(2, 3)), want)
+    assert_gray(to_gray8(rgb.astype(np.uint16) * 256 + 255, _header(2, 3)), want)
     ones = np.full((2, 3, 3), 256, np.uint16)
-    np.testing.assert_array_equal(to_gray8(ones, _header(2, 3)), np.ones((2, 3), np.uint8))
+    assert_gray(to_gray8(ones, _header(2, 3)), np.ones((2, 3), np.uint8))
     # any other type: stretched from 0 to the image's maximum (1000: 200 -> 51, 1000 -> 255),
     # below 0 black
     wide = np.zeros((2, 3, 3), np.int32)
     wide[0, 0], wide[0, 1], wide[1, 0] = 200, 1000, -100
     want_wide = np.array([[51, 255, 0], [0, 0, 0]], np.uint8)
-    np.testing.assert_array_equal(to_gray8(wide, _header(2, 3)), want_wide)
-    np.testing.assert_array_equal(to_gray8(wide * 0, _header(2, 3)), np.zeros((2, 3), np.uint8))
+    assert_gray(to_gray8(wide, _header(2, 3)), want_wide)
+    assert_gray(to_gray8(wide * 0, _header(2, 3)), np.zeros((2, 3), np.uint8))
 
 
 def test_monochrome_without_a_window_spans_its_stored_bits():
@@ -445,20 +450,20 @@ def test_monochrome_without_a_window_spans_its_stored_bits():
     (BitsAllocated's 16 then): 65535 -> 255, 257 -> 1, 32896 -> 128."""
     signed = np.array([[-32768, 32767], [0, -1]], np.int16)
     ds = _header(2, 2, BitsAllocated=16, BitsStored=16, PixelRepresentation=1)
-    np.testing.assert_array_equal(to_gray8(signed, ds), [[0, 255], [128, 127]])
+    assert_gray(to_gray8(signed, ds), [[0, 255], [128, 127]])
     ds.BitsStored = 12
     twelve = np.array([[-2048, 2047], [0, 0]], np.int16)
-    np.testing.assert_array_equal(to_gray8(twelve, ds), [[0, 255], [128, 128]])
+    assert_gray(to_gray8(twelve, ds), [[0, 255], [128, 128]])
     # 12 bits stored in 16: 4095 -> 255, 2048 -> 2048 x 255 / 4095 = 127.53 -> 128; a value
     # above the stored bits (stray high bits) is white, never wrapped round
     ds = _header(2, 2, BitsAllocated=16, BitsStored=12, PixelRepresentation=0)
     stray = np.array([[4095, 2048], [5000, 65535]], np.uint16)
-    np.testing.assert_array_equal(to_gray8(stray, ds), [[255, 128], [255, 255]])
+    assert_gray(to_gray8(stray, ds), [[255, 128], [255, 255]])
     unsigned = np.array([[65535, 257], [32896, 0]], np.uint16)
     ds = _header(2, 2, BitsAllocated=16, PhotometricInterpretation="MONOCHROME2")
-    np.testing.assert_array_equal(to_gray8(unsigned, ds), [[255, 1], [128, 0]])
+    assert_gray(to_gray8(unsigned, ds), [[255, 1], [128, 0]])
     ds.PhotometricInterpretation = "MONOCHROME1"
-    np.testing.assert_array_equal(to_gray8(unsigned, ds), [[0, 254], [127, 255]])
+    assert_gray(to_gray8(unsigned, ds), [[0, 254], [127, 255]])
     with pytest.raises(BadDicom) as caught:
         to_gray8(unsigned, _header(2, 3))
     assert str(caught.value) == "decoded frame is (2, 2), header says 2x3"

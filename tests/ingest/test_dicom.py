@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import shutil
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,6 @@ def test_read_header_inflates_a_deflated_file_only_as_far_as_its_header(us_file,
     """What matching reads of an original DICOM file (its SOP Instance UID): a deflated
     file gives the same as its plain twin, and a bomb is not inflated whole (pydicom's own
     dcmread, stop_before_pixels or not, inflates the whole stream first)."""
-    import tracemalloc
-
     src = us_file("OBXXXX1A.dcm")
     twin = tmp_path / "deflated.dcm"
     twin.write_bytes(_deflated(src))
@@ -72,7 +71,9 @@ def test_read_header_inflates_a_deflated_file_only_as_far_as_its_header(us_file,
     assert read_header(twin, specific_tags=["SOPInstanceUID"]).SOPInstanceUID == (
         plain.SOPInstanceUID
     )
-    assert "PixelData" not in read_header(twin) and "Rows" in read_header(twin)
+    for path in (src, twin):  # the tags asked for only; all the header, never the pixels
+        assert "Rows" not in read_header(path, specific_tags=["SOPInstanceUID"])
+        assert "PixelData" not in read_header(path) and "Rows" in read_header(path)
     bomb = deflate_bomb(tmp_path / "bomb.dcm", 300 * MiB)
     tracemalloc.start()
     try:
@@ -86,8 +87,6 @@ def test_read_header_inflates_a_deflated_file_only_as_far_as_its_header(us_file,
 
 
 def test_a_deflate_bomb_is_refused_before_it_inflates(tmp_path):
-    import tracemalloc
-
     bomb = deflate_bomb(tmp_path / "bomb.dcm", 64 * MiB)
     assert bomb.stat().st_size < 200_000
     data = bomb.read_bytes()
@@ -251,6 +250,42 @@ def test_every_refusal_of_a_plain_file_word_for_word():
     }
     for want, data in refusals.items():
         assert _refusal(data) == want, want
+
+
+def test_every_size_a_plain_file_may_have():
+    """One row; RGB (3 samples; 4 are refused); 1, 8, 16 and 32 bits; SamplesPerPixel
+    missing or empty (one sample). Over 4 GiB: RGB 4096 x 4096 x 3 x 86 frames = 4328521728
+    bytes. 1419 x 281 pixels of one bit x 86171 frames is 2^35 + 1 bits: 4 GiB (2^32 bytes)
+    and one bit, within the limit in whole bytes, and one byte more than 4 GiB to hold."""
+    one_row = us_dataset(np.arange(4, dtype=np.uint8).reshape(1, 4))
+    assert read_dataset(_file(one_row)).Rows == 1
+    rgb = _image()
+    rgb.SamplesPerPixel, rgb.PhotometricInterpretation, rgb.PlanarConfiguration = 3, "RGB", 0
+    rgb.PixelData = bytes(range(36))
+    assert read_dataset(_file(rgb)).SamplesPerPixel == 3
+    for bits in (1, 16, 32):
+        ds = _image()
+        ds.BitsAllocated = ds.BitsStored = bits
+        ds.HighBit = bits - 1
+        ds.PixelData = bytes(12 * bits // 8 + (bits == 1) * 2)
+        assert read_dataset(_file(ds)).BitsAllocated == bits
+    for samples in ("missing", None):
+        ds = _image()
+        if samples == "missing":
+            del ds.SamplesPerPixel
+        else:
+            ds.SamplesPerPixel = None
+        assert "PixelData" in read_dataset(_file(ds))
+    assert "PixelData" in read_dataset(_changed(Rows=96, Columns=1, BitsAllocated=1))  # 12 B
+    assert _refusal(_changed(SamplesPerPixel=4)) == "absurd image size 3x4x4, 1 frame(s), 8 bits"
+    rgb.Rows, rgb.Columns, rgb.NumberOfFrames = 4096, 4096, 86
+    assert _refusal(_file(rgb)) == (
+        "absurd image size 4096x4096x3, 86 frame(s) (over the 4 GiB limit)"
+    )
+    assert 1419 * 281 * 86171 == 2**35 + 1
+    assert _refusal(_changed(Rows=1419, Columns=281, NumberOfFrames=86171, BitsAllocated=1)) == (
+        "pixel data too short: 12 bytes for 4294967297 expected (truncated file?)"
+    )
 
 
 def test_what_reading_accepts_at_the_edges():
@@ -420,7 +455,34 @@ def test_reading_from_disk_refuses_and_accepts_like_reading_bytes(tmp_path):
         read_dataset_from(path)
     assert str(caught.value) == "not a DICOM file (OSError)"
 
+    # a small file's pixels are read at once: one cut short is too short
+    path.write_bytes(_file(_image())[:-1])
+    with pytest.raises(BadDicom) as caught:
+        read_dataset_from(path)
+    assert str(caught.value) == "pixel data too short: 11 bytes for 12 expected (truncated file?)"
+    # encapsulated pixel data (undefined length) of 70 KB, left on disk: not cut
+    jpeg = us_dataset(np.zeros((3, 4), np.uint8))
+    jpeg.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    jpeg.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8" + bytes(70_000) + b"\xff\xd9"])
+    jpeg["PixelData"].is_undefined_length = True
+    path.write_bytes(_file(jpeg))
+    assert read_dataset_from(path).file_meta.TransferSyntaxUID == pydicom.uid.JPEGBaseline8Bit
+
     large = us_dataset(np.zeros((320, 320), np.uint8))
+    path.write_bytes(_file(large))  # whole: its pixel data ends where the file does
+    assert read_dataset_from(path).Rows == 320
+    # a cine of 40 MB: its pixel data is never read to be checked
+    cine = us_dataset(np.zeros((1000, 1000), np.uint8))
+    cine.NumberOfFrames, cine.PixelData = 40, bytes(40_000_000)
+    path.write_bytes(_file(cine))
+    del cine
+    tracemalloc.start()
+    try:
+        assert read_dataset_from(path).NumberOfFrames == 40
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MiB, peak / MiB
     for preamble in (True, False):
         path.write_bytes(_file(large, preamble=preamble, implicit=True)[:-5000])
         with pytest.raises(BadDicom) as caught:
