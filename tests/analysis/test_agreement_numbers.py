@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pingouin  # at the top: mutmut's fork server imports it once for every mutant
 import pytest
 from scipy import stats
 from typer.testing import CliRunner
@@ -146,8 +147,6 @@ def test_the_hand_icc_reproduces_shrout_and_fleiss():
 def pingouin_icc21(y: np.ndarray) -> tuple[float, float, float]:
     """The same ICC from pingouin: the two-way random, absolute agreement, single measure
     row (``ICC2`` before pingouin 0.7, McGraw & Wong's ``ICC(A,1)`` since)."""
-    import pingouin
-
     n, k = y.shape
     long = pd.DataFrame(
         {
