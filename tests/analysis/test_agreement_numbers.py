@@ -585,4 +585,5 @@ def test_measures_structures_and_iccs_refused_or_noted_word_for_word():
     icc = _icc_or_note(_long_table(same, same, "A", "B"), "femur", notes)
     assert icc is not None and icc.ci_low is None
     assert notes == ["femur: the raters agree perfectly; pingouin gives no CI"]
-    assert _slug("Femoral artery (L) / 2") == "femoral_artery_l_2"
+    # a plot's file name: runs of anything but a-z and 0-9 one underscore, none at the ends
+    assert _slug("(Femoral)  artery, L/2.") == "femoral_artery_l_2"
