@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from datatool.analysis import metrics
 from datatool.analysis.agreement import (
+    POOL_FROM,
     SampleInfo,
     _choose_measure,
     _cine_notes,
@@ -587,3 +588,72 @@ def test_measures_structures_and_iccs_refused_or_noted_word_for_word():
     assert notes == ["femur: the raters agree perfectly; pingouin gives no CI"]
     # a plot's file name: runs of anything but a-z and 0-9 one underscore, none at the ends
     assert _slug("(Femoral)  artery, L/2.") == "femoral_artery_l_2"
+
+
+def sample_of(pairs: list[tuple[np.ndarray, np.ndarray]], mm: tuple[float, float], store: Store):
+    """A sample of these (A's map, B's map) pairs, every image at ``mm`` (y, x) per pixel."""
+    protocol = load_protocol("anterior_sciatic")
+    items, stats, masks = [], {}, {}
+    for k, pair in enumerate(pairs):
+        ids = (2 * k + 1, 2 * k + 2)
+        for ann, mask in zip(ids, pair):
+            masks[ann] = store.put_array(mask)
+            for row in structure_stats(mask, protocol, mm[1], mm[0]):
+                keys = ("value", "area_px", "area_mm2", "x0", "y0", "x1", "y1")
+                stats[(ann, row["structure"])] = StatsRow(
+                    ann, row["structure"], *map(row.get, keys)
+                )
+        items.append((k, *ids))
+    info = SampleInfo(1, None, 0, len(items), False, "2026-12-07T00:00:00")
+    spacing = dict.fromkeys(range(len(items)), mm)
+    return _Sample(info, "A", "B", items, stats, masks, len(items), spacing)
+
+
+# the maps of test_surface_distances_of_one_image_by_hand, with the semitendinosus one pixel
+# in both maps (overlap 1, every distance 0) and the artery one pixel in A's only
+CORNER_A = box((10, 12), {FEMUR: (0, 2, 0, 2), NERVE: (5, 7, 4, 6), ST: (8, 9, 8, 9),
+                          ARTERY: (0, 1, 10, 11)})  # fmt: skip
+CORNER_B = box((10, 12), {FEMUR: (1, 3, 0, 2), NERVE: (5, 7, 5, 7), ST: (8, 9, 8, 9)})
+CORNER_OVERLAPS = {"femur": 2, "adductor magnus": 0, "sciatic nerve": 2, "semitendinosus": 1,
+                   "femoral artery": 0}  # fmt: skip
+
+
+def assert_corner_surfaces(surfaces: dict, n: int) -> None:
+    """HD95, ASSD, NSD at 0.3 mm, worked out in test_surface_distances_of_one_image_by_hand."""
+    for name, want in (("femur", (0.2, 0.1, 1.0)), ("sciatic nerve", (0.5, 0.25, 0.5)),
+                       ("semitendinosus", (0.0, 0.0, 1.0))):  # fmt: skip
+        assert len(surfaces[name]) == n
+        for s in surfaces[name]:
+            assert (s.hd95, s.assd, s.nsd) == pytest.approx(want) and s.empty is None
+    for name, why in (
+        ("femoral artery", metrics.ONE_EMPTY),
+        ("adductor magnus", metrics.BOTH_EMPTY),
+    ):
+        assert [s.empty for s in surfaces[name]] == [why] * n
+
+
+def test_overlaps_and_surfaces_of_a_sample_by_hand(tmp_path):
+    """One image; then 400 copies of it, counted in worker processes (POOL_FROM)."""
+    store = Store(tmp_path / "store")
+    structures = load_protocol("anterior_sciatic").structures
+    for n in (1, POOL_FROM):
+        smp = sample_of([(CORNER_A, CORNER_B)] * n, (0.2, 0.5), store)
+        overlaps, surfaces = _overlaps(
+            store.root, smp.items, smp.masks, smp.stats, structures, smp.spacing, 0.3
+        )
+        assert overlaps == {name: [v] * n for name, v in CORNER_OVERLAPS.items()}
+        assert_corner_surfaces(surfaces, n)
+
+
+def test_a_structure_the_raters_agree_on_perfectly_is_noted_by_name():
+    """Three images, both raters 1, 2 and 3 px: ICC 1, no CI; Dice 1 on each."""
+    smp = _smp(3)
+    ra = rb = np.array([1.0, 2.0, 3.0])
+    notes: list[str] = []
+    got = _structure_agreement(
+        "femur", smp, _long_table(ra, rb, "A", "B"), ra, rb, ra, rb, [1, 2, 3], notes
+    )
+    assert notes == ["femur: the raters agree perfectly; pingouin gives no CI"]
+    assert got.icc is not None and got.icc.icc == pytest.approx(1.0) and got.icc.ci_low is None
+    assert (got.dice["mean"], got.iou["min"], got.both_absent, got.one_absent) == (1.0, 1.0, 0, 0)
+    assert got.mean_rating == {"A": 2.0, "B": 2.0}
