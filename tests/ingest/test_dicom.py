@@ -471,18 +471,19 @@ def test_reading_from_disk_refuses_and_accepts_like_reading_bytes(tmp_path):
     large = us_dataset(np.zeros((320, 320), np.uint8))
     path.write_bytes(_file(large))  # whole: its pixel data ends where the file does
     assert read_dataset_from(path).Rows == 320
-    # a cine of 40 MB: its pixel data is never read to be checked
-    cine = us_dataset(np.zeros((1000, 1000), np.uint8))
-    cine.NumberOfFrames, cine.PixelData = 40, bytes(40_000_000)
-    path.write_bytes(_file(cine))
-    del cine
-    tracemalloc.start()
-    try:
-        assert read_dataset_from(path).NumberOfFrames == 40
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 4 * MiB, peak / MiB
+    # a cine of 40 MB, with or without preamble: its pixel data is never read to be checked
+    for preamble in (True, False):
+        cine = us_dataset(np.zeros((1000, 1000), np.uint8))
+        cine.NumberOfFrames, cine.PixelData = 40, bytes(40_000_000)
+        path.write_bytes(_file(cine, preamble=preamble, implicit=True))
+        del cine
+        tracemalloc.start()
+        try:
+            assert read_dataset_from(path).NumberOfFrames == 40
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 * MiB, (preamble, peak / MiB)
     for preamble in (True, False):
         path.write_bytes(_file(large, preamble=preamble, implicit=True)[:-5000])
         with pytest.raises(BadDicom) as caught:
