@@ -386,7 +386,12 @@ def test_the_number_of_frames_and_the_pixel_bytes_a_header_declares():
     assert declared_pixel_bytes(ds) == 2  # 15 bits
     ds.Rows, ds.Columns = 1, 8
     assert declared_pixel_bytes(ds) == 1  # 8 bits, no byte more
-    for keyword, value in (("Rows", 0), ("Columns", 0), ("NumberOfFrames", -1)):
+    for keyword, value in (
+        ("Rows", 0),
+        ("Columns", 0),
+        ("NumberOfFrames", -1),
+        ("BitsAllocated", 0),
+    ):
         bad = us_dataset(np.zeros((3, 5), np.uint8))
         setattr(bad, keyword, value)
         with pytest.raises(ValueError, match=r"^non-positive size$"):
@@ -434,11 +439,11 @@ def test_colour_to_gray_in_integer_bt601_by_hand():
     assert_gray(to_gray8(rgb.astype(np.uint16) * 256 + 255, _header(2, 3)), want)
     ones = np.full((2, 3, 3), 256, np.uint16)
     assert_gray(to_gray8(ones, _header(2, 3)), np.ones((2, 3), np.uint8))
-    # any other type: stretched from 0 to the image's maximum (1000: 200 -> 51, 1000 -> 255),
-    # below 0 black
+    # any other type: stretched from 0 to the image's maximum (1000: 200 -> 51, 1000 -> 255,
+    # 2 -> 0.51 -> 1), below 0 black
     wide = np.zeros((2, 3, 3), np.int32)
-    wide[0, 0], wide[0, 1], wide[1, 0] = 200, 1000, -100
-    want_wide = np.array([[51, 255, 0], [0, 0, 0]], np.uint8)
+    wide[0, 0], wide[0, 1], wide[1, 0], wide[1, 1] = 200, 1000, -100, 2
+    want_wide = np.array([[51, 255, 0], [0, 1, 0]], np.uint8)
     assert_gray(to_gray8(wide, _header(2, 3)), want_wide)
     assert_gray(to_gray8(wide * 0, _header(2, 3)), np.zeros((2, 3), np.uint8))
 
@@ -467,3 +472,6 @@ def test_monochrome_without_a_window_spans_its_stored_bits():
     with pytest.raises(BadDicom) as caught:
         to_gray8(unsigned, _header(2, 3))
     assert str(caught.value) == "decoded frame is (2, 2), header says 2x3"
+    with pytest.raises(BadDicom) as caught:  # colour: rows and columns only
+        to_gray8(np.zeros((2, 3, 3), np.uint8), _header(4, 3))
+    assert str(caught.value) == "decoded frame is (2, 3), header says 4x3"
