@@ -350,6 +350,35 @@ def test_frames_are_read_from_the_source_given(tmp_path):
         assert decode_frame(read_dataset_from(path), 1, path).tolist() == second
 
 
+def test_a_file_that_only_names_the_deflated_syntax_is_not_inflated():
+    """A file without preamble whose comments quote the Deflated transfer syntax's UID is
+    read as it is."""
+    ds = _image()
+    ds.ImageComments = str(DeflatedExplicitVRLittleEndian)
+    read = read_dataset(_file(ds, preamble=False, implicit=True))
+    assert read.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert decode_frame(read, 0).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+
+
+def test_read_header_reads_a_large_deflated_file_no_further_than_16_mib(tmp_path):
+    """A deflated file of 48 MB on disk (incompressible pixels): its header is read from
+    the first 16 MiB only (held twice, and 16 MiB inflated: about 64 MiB whatever the
+    file's size; the whole file would be over 100)."""
+    image = us_dataset(np.zeros((1000, 1000), np.uint8))
+    image.NumberOfFrames, image.PixelData = 48, np.random.default_rng(0).bytes(48_000_000)
+    path = tmp_path / "deflated.dcm"
+    path.write_bytes(_deflated_file(image, level=1))
+    del image
+    assert path.stat().st_size > 48_000_000
+    tracemalloc.start()
+    try:
+        assert read_header(path, specific_tags=["Rows"]).Rows == 1000
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 80 * MiB, peak / MiB
+
+
 def test_read_header_never_reads_the_pixels_of_a_plain_file(tmp_path):
     cine = us_dataset(np.zeros((1000, 1000), np.uint8))
     cine.NumberOfFrames, cine.PixelData = 40, bytes(40_000_000)
@@ -365,7 +394,7 @@ def test_read_header_never_reads_the_pixels_of_a_plain_file(tmp_path):
     assert peak < 4 * MiB, peak / MiB
 
 
-def _deflated_file(ds, after_pixels: bytes = b"", cut: int | None = None) -> bytes:
+def _deflated_file(ds, after_pixels: bytes = b"", cut: int | None = None, level: int = 9) -> bytes:
     """The dataset as a Deflated Explicit VR Little Endian file, written here (pydicom's
     writer, zlib's raw deflate): ``after_pixels`` appended to the dataset before deflating,
     the deflated stream cut to ``cut`` bytes."""
@@ -381,7 +410,7 @@ def _deflated_file(ds, after_pixels: bytes = b"", cut: int | None = None) -> byt
     head = DicomBytesIO()
     head.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(head, ds.file_meta, enforce_standard=False)
-    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    packer = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
     stream = packer.compress(body.getvalue() + after_pixels) + packer.flush()
     return head.getvalue() + stream[:cut]
 
