@@ -218,7 +218,103 @@ _SUM = (
     "sum(dtype=None) of uint8 pixels: numpy sums small unsigned ints in a 64-bit unsigned "
     "accumulator anyway, the same counts"
 )
+# decode
+_DC = "datatool.ingest.dicom.x_"
+_FORCE = (
+    "read_preamble's force (None or True for False): the file was found deflated by "
+    "_is_deflated, which reads the preamble without force, so it has one"
+)
+_VR_GUESS = (
+    "the dataset read as Implicit VR (or None for False): pydicom's read_dataset looks at "
+    "the first element and reads Explicit VR all the same"
+)
+_ONE_MORE_ROUND = (
+    "the pixel tag's 4 bytes asked for with one byte more: a body that ends right after "
+    "them is inflated one round further and the same header found"
+)
+_HEAD_8K = (
+    "the first 8193 bytes (or the whole file) searched for the deflated syntax: the file "
+    "meta that names it lies in the first few hundred"
+)
+_NO_SYNTAX = (
+    "'XXXX' or None for '' when the file meta has no transfer syntax: not the deflated "
+    "UID either way"
+)
+_U8_CAST = (
+    "the cast of 8-bit colour values to uint8 left out: the luma that follows casts every "
+    "channel to uint16 anyway, the same values"
+)
+_ZEROS = (
+    "np.zeros without uint8 (float64 zeros) where the range is empty: reached from colour "
+    "(the luma casts to uint16) or from a VOI LUT of 0 bits, which no image has"
+)
 EQUIVALENT: dict[str, str] = {
+    # decode
+    _DC + "_check_geometry__mutmut_28": (
+        "frames < 0 for <= 0: n_frames never gives 0 (a NumberOfFrames of 0 is one frame)"
+    ),
+    _DC + "_check_geometry__mutmut_74": (
+        "undefined-length pixel data taken to end 1 byte (not 0) past its start: a file "
+        "pydicom reads holds at least its first item's tag there"
+    ),
+    _DC + "_header_before_pixels__mutmut_8": _VR_GUESS,
+    _DC + "_header_before_pixels__mutmut_15": _VR_GUESS,
+    _DC + "_header_before_pixels__mutmut_21": _ONE_MORE_ROUND,
+    _DC + "_header_before_pixels__mutmut_23": _ONE_MORE_ROUND,
+    _DC + "_header_before_pixels__mutmut_29": (
+        "the pixel tag unpacked as signed shorts: 0x7FE0 and 0x0010 are below 0x8000, the "
+        "same numbers"
+    ),
+    _DC + "_inflate_bounded__mutmut_7": _FORCE,
+    _DC + "_inflate_bounded__mutmut_10": _FORCE,
+    _DC + "_inflate_bounded__mutmut_73": (
+        "the last round inflates up to bound + 1 + len(body) rather than bound + 1 - "
+        "len(body): a stream beyond the bound is refused all the same (at most the header's "
+        "size more memory, 16 MiB)"
+    ),
+    _DC + "_inflate_bounded__mutmut_75": (
+        "the last round inflates 2 bytes past the bound rather than 1: one is enough to "
+        "refuse, and the refusal is the same"
+    ),
+    _DC + "_inflate_bounded__mutmut_94": (
+        "write_file_meta_info(enforce_standard=None): None is False to it"
+    ),
+    _DC + "_is_deflated__mutmut_2": _HEAD_8K,
+    _DC + "_is_deflated__mutmut_10": (
+        "read_preamble(force=None or True): a file without preamble is then read from its "
+        "first byte, where no file meta names the deflated syntax (a file meta follows a "
+        "preamble), so it is not deflated either way"
+    ),
+    _DC + "_is_deflated__mutmut_13": (
+        "read_preamble(force=True): as force=None, a file without preamble has no file "
+        "meta naming the deflated syntax"
+    ),
+    _DC + "_is_deflated__mutmut_19": _NO_SYNTAX,
+    _DC + "_is_deflated__mutmut_21": _NO_SYNTAX,
+    _DC + "_is_deflated__mutmut_25": _NO_SYNTAX,
+    _DC + "_rescale__mutmut_9": _ZEROS,
+    _DC + "_rescale__mutmut_11": _ZEROS,
+    _DC + "_rescale__mutmut_15": (
+        "the stretch in float64 rather than float32: for whole pixel values over a bit "
+        "range no float32 product falls within its rounding error (2e-5) of a half (x * 255 "
+        "/ (2^b - 1) is k/255 or k*17/273 apart from one); only the windowed values of a "
+        "VOI could differ, by one gray level, the float64 one being the exact one"
+    ),
+    _DC + "declared_pixel_bytes__mutmut_23": (
+        "min() without SamplesPerPixel: it is 1 or more (US is unsigned, 0 and empty read as 1)"
+    ),
+    _DC + "read_dataset_from__mutmut_9": _HEAD_8K,
+    _DC + "read_dataset_from__mutmut_29": (
+        "defer_size=0 (1 >> 16) for a file without preamble: pydicom then leaves every value "
+        "on disk and reads each when it is used, the same values"
+    ),
+    _DC + "read_header__mutmut_9": _HEAD_8K,
+    _DC + "read_header__mutmut_32": _FORCE,
+    _DC + "read_header__mutmut_35": _FORCE,
+    _DC + "read_header__mutmut_45": _VR_GUESS,
+    _DC + "read_header__mutmut_55": _VR_GUESS,
+    _DC + "to_gray8__mutmut_16": _U8_CAST,
+    _DC + "to_gray8__mutmut_19": _U8_CAST,
     _S + "x_cross_counts__mutmut_16": (
         "np.bincount(minlength=None) as minlength=1: it only pads with zero counts, which "
         "are dropped (numpy 2.2 takes None with a deprecation warning)"

@@ -610,38 +610,45 @@ def sample_of(pairs: list[tuple[np.ndarray, np.ndarray]], mm: tuple[float, float
 
 
 # the maps of test_surface_distances_of_one_image_by_hand, with the semitendinosus one pixel
-# in both maps (overlap 1, every distance 0) and the artery one pixel in A's only
+# in both maps (overlap 1, every distance 0), the artery one pixel in A's only and the
+# adductor one pixel in B's only; and an image that both raters left empty
 CORNER_A = box((10, 12), {FEMUR: (0, 2, 0, 2), NERVE: (5, 7, 4, 6), ST: (8, 9, 8, 9),
                           ARTERY: (0, 1, 10, 11)})  # fmt: skip
-CORNER_B = box((10, 12), {FEMUR: (1, 3, 0, 2), NERVE: (5, 7, 5, 7), ST: (8, 9, 8, 9)})
+CORNER_B = box((10, 12), {FEMUR: (1, 3, 0, 2), NERVE: (5, 7, 5, 7), ST: (8, 9, 8, 9),
+                          ADDUCTOR: (9, 10, 0, 1)})  # fmt: skip
+EMPTY = np.zeros((10, 12), np.uint8)
 CORNER_OVERLAPS = {"femur": 2, "adductor magnus": 0, "sciatic nerve": 2, "semitendinosus": 1,
                    "femoral artery": 0}  # fmt: skip
 
 
 def assert_corner_surfaces(surfaces: dict, n: int) -> None:
-    """HD95, ASSD, NSD at 0.3 mm, worked out in test_surface_distances_of_one_image_by_hand."""
+    """HD95, ASSD, NSD at 0.3 mm (worked out in test_surface_distances_of_one_image_by_hand)
+    of n pairs of the corner maps, each followed by the empty pair."""
     for name, want in (("femur", (0.2, 0.1, 1.0)), ("sciatic nerve", (0.5, 0.25, 0.5)),
                        ("semitendinosus", (0.0, 0.0, 1.0))):  # fmt: skip
-        assert len(surfaces[name]) == n
-        for s in surfaces[name]:
+        assert len(surfaces[name]) == 2 * n
+        for s in surfaces[name][::2]:
             assert (s.hd95, s.assd, s.nsd) == pytest.approx(want) and s.empty is None
     for name, why in (
         ("femoral artery", metrics.ONE_EMPTY),
-        ("adductor magnus", metrics.BOTH_EMPTY),
+        ("adductor magnus", metrics.ONE_EMPTY),
     ):
-        assert [s.empty for s in surfaces[name]] == [why] * n
+        assert [s.empty for s in surfaces[name][::2]] == [why] * n
+    for per in surfaces.values():
+        assert [s.empty for s in per[1::2]] == [metrics.BOTH_EMPTY] * n
 
 
 def test_overlaps_and_surfaces_of_a_sample_by_hand(tmp_path):
-    """One image; then 400 copies of it, counted in worker processes (POOL_FROM)."""
+    """One image and an empty one; then 200 pairs of them, counted in worker processes
+    (POOL_FROM items)."""
     store = Store(tmp_path / "store")
     structures = load_protocol("anterior_sciatic").structures
-    for n in (1, POOL_FROM):
-        smp = sample_of([(CORNER_A, CORNER_B)] * n, (0.2, 0.5), store)
+    for n in (1, POOL_FROM // 2):
+        smp = sample_of([(CORNER_A, CORNER_B), (EMPTY, EMPTY)] * n, (0.2, 0.5), store)
         overlaps, surfaces = _overlaps(
             store.root, smp.items, smp.masks, smp.stats, structures, smp.spacing, 0.3
         )
-        assert overlaps == {name: [v] * n for name, v in CORNER_OVERLAPS.items()}
+        assert overlaps == {name: [v, 0] * n for name, v in CORNER_OVERLAPS.items()}
         assert_corner_surfaces(surfaces, n)
 
 
