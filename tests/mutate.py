@@ -248,7 +248,34 @@ _ZEROS = (
     "np.zeros without uint8 (float64 zeros) where the range is empty: reached from colour "
     "(the luma casts to uint16) or from a VOI LUT of 0 bits, which no image has"
 )
+# agreement
+_AG = "datatool.analysis.agreement.x_"
+_POOL = (
+    "how the overlaps are shared among worker processes (the pool's size or chunks, from "
+    "how many items, or a pool of one): every item is counted by _overlap_one all the same, "
+    "in order"
+)
+_MARGIN = (
+    "the crop one row or column past the union of both boxes: it holds none of the "
+    "structure's pixels, and metrics.surface takes the crop's edge as outside anyway"
+)
 EQUIVALENT: dict[str, str] = {
+    # agreement
+    _AG + "_overlap_one__mutmut_59": _MARGIN,
+    _AG + "_overlap_one__mutmut_61": _MARGIN,
+    _AG + "_overlaps__mutmut_58": _POOL + " (cap=None: one per core)",
+    _AG + "_overlaps__mutmut_59": _POOL + " (cap=9)",
+    _AG + "_overlaps__mutmut_60": _POOL + " (a pool for small samples too)",
+    _AG + "_overlaps__mutmut_61": _POOL + " (exactly POOL_FROM items counted in-process)",
+    _AG + "_overlaps__mutmut_62": _POOL + " (a pool of one worker)",
+    _AG + "_overlaps__mutmut_63": _POOL + " (no pool below 3 workers)",
+    _AG + "_overlaps__mutmut_64": _POOL + " (Pool(None): one per core)",
+    _AG + "_overlaps__mutmut_68": _POOL + " (chunksize=None: the pool's own)",
+    _AG + "_overlaps__mutmut_71": _POOL + " (chunksize left out: the pool's own)",
+    _AG + "_overlaps__mutmut_72": _POOL + " (chunksize=65)",
+    _AG + "_slug__mutmut_12": (
+        ".strip('XX_XX'): strips X as well as _, and the name was lower-cased: no X left"
+    ),
     # decode
     _DC + "_check_geometry__mutmut_28": (
         "frames < 0 for <= 0: n_frames never gives 0 (a NumberOfFrames of 0 is one frame)"
