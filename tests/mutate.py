@@ -52,9 +52,31 @@ MODULES: dict[str, Module] = {
         ("tests/analysis/test_metrics.py",),
         ("overlap", "box_intersection", "dice_iou", "describe", "bland_altman"),
     ),
-    # the numbers tests only: test_agreement.py builds workspaces (minutes a mutant)
+    # its measures (ratings, Dice/IoU, Bland-Altman, ICCs and their notes, overlaps and
+    # surface distances, the measure chosen, the notes) against the numbers tests on a
+    # sample built by hand; the two that go through a catalogue (10-20 s a mutant at a load
+    # of 8, and run_agreement's and _load_sample's 435 mutants of plumbing: hours) and
+    # test_agreement*.py are left to the suite
     "agreement": Module(
-        "datatool/analysis/agreement.py", ("tests/analysis/test_agreement_numbers.py",)
+        "datatool/analysis/agreement.py",
+        (
+            "tests/analysis/test_agreement_numbers.py",
+            "-k",
+            "not numbers_in_mm2_then_px and not what_the_agreement_command_prints",
+        ),
+        (
+            "_slug",
+            "_prelabelled_notes",
+            "_cine_notes",
+            "_wanted_structures",
+            "_choose_measure",
+            "_ratings",
+            "_long_table",
+            "_structure_agreement",
+            "_icc_or_note",
+            "_overlap_one",
+            "_overlaps",
+        ),
     ),
     "consensus": Module(
         "datatool/analysis/consensus.py",
@@ -143,9 +165,17 @@ MODULES: dict[str, Module] = {
     "deid": Module(
         "datatool/ingest/deid.py", ("tests/ingest/test_deid.py", "-k", "not no_identity_reaches")
     ),
+    # not the ingest of every vendor file into two workspaces (the same images from disk
+    # and from memory: 3 s a mutant), nor the peak memory of whole ingests (subprocesses,
+    # which mutmut's per-test record cannot see); the files and refusals by hand cover it
     "decode": Module(
         "datatool/ingest/dicom.py",
-        ("tests/ingest/test_decode_reference.py", "tests/ingest/test_dicom.py"),
+        (
+            "tests/ingest/test_decode_reference.py",
+            "tests/ingest/test_dicom.py",
+            "-k",
+            "not large_files_decoded_from_disk and not peak_memory",
+        ),
     ),
     # the brush RLE both ways; the JSON export's checks (check_task, parse_export, ...)
     # compute no figure (tests/labels/labelstudio/test_sync.py reaches them)
@@ -240,7 +270,130 @@ _NO_BACKGROUND = (
     "rater labelling the whole image, where STAPLE's figures are all NaN (checked), and NaN "
     "passes through either branch"
 )
+# decode
+_DC = "datatool.ingest.dicom.x_"
+_FORCE = (
+    "read_preamble's force (None or True for False): the file was found deflated by "
+    "_is_deflated, which reads the preamble without force, so it has one"
+)
+_VR_GUESS = (
+    "the dataset read as Implicit VR (or None for False): pydicom's read_dataset looks at "
+    "the first element and reads Explicit VR all the same"
+)
+_ONE_MORE_ROUND = (
+    "the pixel tag's 4 bytes asked for with one byte more: a body that ends right after "
+    "them is inflated one round further and the same header found"
+)
+_HEAD_8K = (
+    "the first 8193 bytes (or the whole file) searched for the deflated syntax: the file "
+    "meta that names it lies in the first few hundred"
+)
+_NO_SYNTAX = (
+    "'XXXX' or None for '' when the file meta has no transfer syntax: not the deflated "
+    "UID either way"
+)
+_U8_CAST = (
+    "the cast of 8-bit colour values to uint8 left out: the luma that follows casts every "
+    "channel to uint16 anyway, the same values"
+)
+_ZEROS = (
+    "np.zeros without uint8 (float64 zeros) where the range is empty: reached from colour "
+    "(the luma casts to uint16) or from a VOI LUT of 0 bits, which no image has"
+)
+# agreement
+_AG = "datatool.analysis.agreement.x_"
+_POOL = (
+    "how the overlaps are shared among worker processes (the pool's size or chunks, from "
+    "how many items, or a pool of one): every item is counted by _overlap_one all the same, "
+    "in order"
+)
+_CROP_MARGIN = (
+    "the crop one row or column past the union of both boxes: it holds none of the "
+    "structure's pixels, and metrics.surface takes the crop's edge as outside anyway"
+)
 EQUIVALENT: dict[str, str] = {
+    # agreement
+    _AG + "_overlap_one__mutmut_59": _CROP_MARGIN,
+    _AG + "_overlap_one__mutmut_61": _CROP_MARGIN,
+    _AG + "_overlaps__mutmut_58": _POOL + " (cap=None: one per core)",
+    _AG + "_overlaps__mutmut_59": _POOL + " (cap=9)",
+    _AG + "_overlaps__mutmut_60": _POOL + " (a pool for small samples too)",
+    _AG + "_overlaps__mutmut_61": _POOL + " (exactly POOL_FROM items counted in-process)",
+    _AG + "_overlaps__mutmut_62": _POOL + " (a pool of one worker)",
+    _AG + "_overlaps__mutmut_63": _POOL + " (no pool below 3 workers)",
+    _AG + "_overlaps__mutmut_64": _POOL + " (Pool(None): one per core)",
+    _AG + "_overlaps__mutmut_68": _POOL + " (chunksize=None: the pool's own)",
+    _AG + "_overlaps__mutmut_71": _POOL + " (chunksize left out: the pool's own)",
+    _AG + "_overlaps__mutmut_72": _POOL + " (chunksize=65)",
+    _AG + "_slug__mutmut_12": (
+        ".strip('XX_XX'): strips X as well as _, and the name was lower-cased: no X left"
+    ),
+    # decode
+    _DC + "_check_geometry__mutmut_28": (
+        "frames < 0 for <= 0: n_frames never gives 0 (a NumberOfFrames of 0 is one frame)"
+    ),
+    _DC + "_check_geometry__mutmut_74": (
+        "undefined-length pixel data taken to end 1 byte (not 0) past its start: a file "
+        "pydicom reads holds at least its first item's tag there"
+    ),
+    _DC + "_header_before_pixels__mutmut_8": _VR_GUESS,
+    _DC + "_header_before_pixels__mutmut_15": _VR_GUESS,
+    _DC + "_header_before_pixels__mutmut_21": _ONE_MORE_ROUND,
+    _DC + "_header_before_pixels__mutmut_23": _ONE_MORE_ROUND,
+    _DC + "_header_before_pixels__mutmut_29": (
+        "the pixel tag unpacked as signed shorts: 0x7FE0 and 0x0010 are below 0x8000, the "
+        "same numbers"
+    ),
+    _DC + "_inflate_bounded__mutmut_7": _FORCE,
+    _DC + "_inflate_bounded__mutmut_10": _FORCE,
+    _DC + "_inflate_bounded__mutmut_73": (
+        "the last round inflates up to bound + 1 + len(body) rather than bound + 1 - "
+        "len(body): a stream beyond the bound is refused all the same (at most the header's "
+        "size more memory, 16 MiB)"
+    ),
+    _DC + "_inflate_bounded__mutmut_75": (
+        "the last round inflates 2 bytes past the bound rather than 1: one is enough to "
+        "refuse, and the refusal is the same"
+    ),
+    _DC + "_inflate_bounded__mutmut_94": (
+        "write_file_meta_info(enforce_standard=None): None is False to it"
+    ),
+    _DC + "_is_deflated__mutmut_2": _HEAD_8K,
+    _DC + "_is_deflated__mutmut_10": (
+        "read_preamble(force=None or True): a file without preamble is then read from its "
+        "first byte, where no file meta names the deflated syntax (a file meta follows a "
+        "preamble), so it is not deflated either way"
+    ),
+    _DC + "_is_deflated__mutmut_13": (
+        "read_preamble(force=True): as force=None, a file without preamble has no file "
+        "meta naming the deflated syntax"
+    ),
+    _DC + "_is_deflated__mutmut_19": _NO_SYNTAX,
+    _DC + "_is_deflated__mutmut_21": _NO_SYNTAX,
+    _DC + "_is_deflated__mutmut_25": _NO_SYNTAX,
+    _DC + "_rescale__mutmut_9": _ZEROS,
+    _DC + "_rescale__mutmut_11": _ZEROS,
+    _DC + "_rescale__mutmut_15": (
+        "the stretch in float64 rather than float32: for whole pixel values over a bit "
+        "range no float32 product falls within its rounding error (2e-5) of a half (x * 255 "
+        "/ (2^b - 1) is k/255 or k*17/273 apart from one); only the windowed values of a "
+        "VOI could differ, by one gray level, the float64 one being the exact one"
+    ),
+    _DC + "declared_pixel_bytes__mutmut_23": (
+        "min() without SamplesPerPixel: it is 1 or more (US is unsigned, 0 and empty read as 1)"
+    ),
+    _DC + "read_dataset_from__mutmut_9": _HEAD_8K,
+    _DC + "read_dataset_from__mutmut_29": (
+        "defer_size=0 (1 >> 16) for a file without preamble: pydicom then leaves every value "
+        "on disk and reads each when it is used, the same values"
+    ),
+    _DC + "read_header__mutmut_9": _HEAD_8K,
+    _DC + "read_header__mutmut_32": _FORCE,
+    _DC + "read_header__mutmut_35": _FORCE,
+    _DC + "read_header__mutmut_45": _VR_GUESS,
+    _DC + "read_header__mutmut_55": _VR_GUESS,
+    _DC + "to_gray8__mutmut_16": _U8_CAST,
+    _DC + "to_gray8__mutmut_19": _U8_CAST,
     # scoring
     _SC + "x_per_image_metrics__mutmut_46": (
         "F1 when precision or recall is nonzero, not both: they differ only when one is 0 and "

@@ -197,7 +197,13 @@ def run_agreement(
         i: (sp if surface_unit == "mm" and sp else (1.0, 1.0)) for i, sp in smp.spacing.items()
     }
     overlaps, surfaces = _overlaps(
-        ws, smp.items, smp.masks, smp.stats, wanted, spacing, tolerance if surface else None
+        ws.store.root,
+        smp.items,
+        smp.masks,
+        smp.stats,
+        wanted,
+        spacing,
+        tolerance if surface else None,
     )
     results: list[StructureAgreement] = []
     ratings: list[tuple[np.ndarray, np.ndarray]] = []
@@ -423,9 +429,9 @@ def _ratings(
     """Both raters' measure and area in px of one structure over the sample's images."""
     rows_a = [smp.stats[(ia, structure)] for _, ia, _ in smp.items]
     rows_b = [smp.stats[(ib, structure)] for _, _, ib in smp.items]
-    return (
-        np.array([getattr(r, measure) for r in rows_a], float),
-        np.array([getattr(r, measure) for r in rows_b], float),
+    return (  # numpy's own dtypes (int px, float mm²): every figure is computed in float
+        np.array([getattr(r, measure) for r in rows_a]),
+        np.array([getattr(r, measure) for r in rows_b]),
         np.array([r.area_px for r in rows_a]),
         np.array([r.area_px for r in rows_b]),
     )
@@ -531,16 +537,17 @@ def _overlap_one(job: tuple) -> list[tuple[int, metrics.Surface]]:
             empty = metrics.ONE_EMPTY if in_a or in_b else metrics.BOTH_EMPTY
             surface = metrics.Surface(nan, nan, nan, tolerance, empty)
         else:
-            # the union of both boxes and one pixel round it: the borders as in the image
+            # the union of both boxes holds every pixel of the structure in either map, and
+            # metrics.surface takes the crop's edge as outside: the borders as in the image
             x0, y0, x1, y1 = union
-            sa, sb = (m[max(y0 - 1, 0) : y1 + 2, max(x0 - 1, 0) : x1 + 2] == value for m in load())
+            sa, sb = (m[y0 : y1 + 1, x0 : x1 + 1] == value for m in load())
             surface = metrics.surface(sa, sb, spacing, tolerance)
         out.append((overlap, surface))
     return out
 
 
 def _overlaps(
-    ws: Workspace,
+    store_root: Path,
     items,
     masks: dict,
     by_ann: dict,
@@ -579,7 +586,7 @@ def _overlaps(
                     union,
                 )
             )
-        jobs.append((str(ws.store.root), masks[ia], masks[ib], boxes, spacing[image_id], tolerance))
+        jobs.append((str(store_root), masks[ia], masks[ib], boxes, spacing[image_id], tolerance))
     workers = worker_count(cap=8)
     if len(jobs) >= POOL_FROM and workers > 1:
         with pool_context().Pool(workers) as pool:

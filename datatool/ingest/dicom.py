@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_preamble
@@ -152,7 +152,7 @@ def _is_deflated(data: bytes) -> bool:
 def declared_pixel_bytes(ds: Dataset) -> int:
     """The bytes of native pixel data the header declares (all frames)."""
     rows, cols = int(ds.Rows), int(ds.Columns)
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    spp = int(ds.get("SamplesPerPixel") or 1)
     bits = int(ds.BitsAllocated)
     frames = n_frames(ds)
     if min(rows, cols, spp, bits, frames) <= 0:
@@ -206,8 +206,8 @@ def _inflate_bounded(data: bytes) -> bytes:
                     f"deflated data inflates beyond the {expected} bytes of pixel data its "
                     "header declares: refused (a decompression bomb?)"
                 )
-        elif pending:
-            raise BadDicom("deflated data holds no readable header: refused")
+        # no header: the stream ended (zlib leaves no unconsumed input after its end) or
+        # was cut short; what was inflated is parsed, and refused as what it is
     except zlib.error:
         raise BadDicom("deflated data does not inflate (corrupt file)") from None
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -267,14 +267,14 @@ def _validate(ds: Dataset, file_size: int | None = None) -> None:
         raise BadDicom("no readable DICOM elements (truncated or corrupt file)")
     try:
         for keyword in ("SOPClassUID", "SOPInstanceUID"):
-            if not str(ds.get(keyword, "") or "").strip():
+            if not str(ds.get(keyword) or "").strip():
                 raise BadDicom(f"missing {keyword} (truncated header?)")
         if str(ds.SOPClassUID) in NOT_IMAGES:
             raise BadDicom(f"not an image ({ds.SOPClassUID.name})")
         if "PixelData" not in ds:
             raise BadDicom("no pixel data (not an image, or the file is truncated)")
-        if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
-            ds.file_meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
+        # dcmread gives every dataset a file meta, empty for a file without preamble
+        if "TransferSyntaxUID" not in ds.file_meta:
             ds.file_meta.TransferSyntaxUID = (
                 pydicom.uid.ImplicitVRLittleEndian
                 if ds.is_implicit_VR
@@ -294,7 +294,7 @@ def _short(exc: BaseException, limit: int = 120) -> str:
 
 def n_frames(ds: Dataset) -> int:
     try:
-        value = int(ds.get("NumberOfFrames", 1) or 1)
+        value = int(ds.get("NumberOfFrames") or 1)  # missing, empty or 0: one frame
     except (TypeError, ValueError):
         raise BadDicom(f"invalid NumberOfFrames {ds.get('NumberOfFrames')!r}") from None
     return value
@@ -303,7 +303,7 @@ def n_frames(ds: Dataset) -> int:
 def _check_geometry(ds: Dataset, file_size: int | None = None) -> None:
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
-        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        spp = int(ds.get("SamplesPerPixel") or 1)
         bits = int(ds.BitsAllocated)
     except (AttributeError, TypeError, ValueError):
         raise BadDicom("missing or invalid Rows/Columns/BitsAllocated") from None
@@ -321,17 +321,16 @@ def _check_geometry(ds: Dataset, file_size: int | None = None) -> None:
     # keep_deferred: pydicom 3 otherwise reads a deferred value whole (a cine: every frame)
     element = ds.get_item(_PIXEL_TAG, keep_deferred=True)
     # a value left on disk (read_dataset_from) is a RawDataElement: its length and offset
-    deferred = isinstance(element, RawDataElement) and element.value is None
-    length = element.length if isinstance(element, RawDataElement) else 0
-    if isinstance(element, RawDataElement) and deferred and file_size is not None:
-        end = element.value_tell + (length if length != 0xFFFFFFFF else 0)
+    on_disk = element if isinstance(element, RawDataElement) and element.value is None else None
+    if on_disk is not None and file_size is not None:
+        end = on_disk.value_tell + (on_disk.length if on_disk.length != 0xFFFFFFFF else 0)
         if end > file_size:
             raise BadDicom("truncated file: it ends inside the pixel data")
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         expected = (
             rows * cols * spp * frames * bits // 8 if bits != 1 else (rows * cols * frames + 7) // 8
         )
-        have = length if deferred else len(ds.PixelData)
+        have = on_disk.length if on_disk is not None else len(ds.PixelData)
         if have < expected:
             raise BadDicom(
                 f"pixel data too short: {have} bytes for {expected} expected (truncated file?)"
@@ -354,7 +353,7 @@ def ultrasound_regions(ds: Dataset) -> list[Region]:
     """The SequenceOfUltrasoundRegions, clipped to the image; empty when absent."""
     rows, cols = int(ds.Rows), int(ds.Columns)
     regions: list[Region] = []
-    for item in ds.get("SequenceOfUltrasoundRegions", []) or []:
+    for item in ds.get("SequenceOfUltrasoundRegions") or []:
         try:
             x0 = max(0, int(item.RegionLocationMinX0))
             y0 = max(0, int(item.RegionLocationMinY0))
@@ -366,10 +365,7 @@ def ultrasound_regions(ds: Dataset) -> list[Region]:
             continue  # lies wholly outside the image
         mm_x = mm_y = None
         try:
-            if (
-                int(item.get("PhysicalUnitsXDirection", 0)) == CM
-                and int(item.get("PhysicalUnitsYDirection", 0)) == CM
-            ):
+            if int(item.PhysicalUnitsXDirection) == CM and int(item.PhysicalUnitsYDirection) == CM:
                 dx, dy = abs(float(item.PhysicalDeltaX)), abs(float(item.PhysicalDeltaY))
                 if dx > 0 and dy > 0:
                     mm_x, mm_y = dx * 10.0, dy * 10.0
@@ -410,20 +406,24 @@ def decode_frame(ds: Dataset, index: int, source: Dataset | Path | None = None) 
     """One frame as 8-bit grayscale (rows x cols, uint8). ``source`` is where the pixels
     are read from: the dataset (default), or the file's path, which reads only that frame
     from disk (for a file parsed by :func:`read_dataset_from`)."""
-    total = n_frames(ds)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = pixel_array(ds if source is None else source, index=index if total > 1 else None)
-            photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+            if source is None or isinstance(source, Dataset):
+                arr = pixel_array(ds if source is None else source, index=index)
+            else:  # the file read afresh: one without preamble has no file meta to tell
+                # pydicom its transfer syntax, so it is told the one the dataset was read in
+                syntax = ds.file_meta.TransferSyntaxUID
+                arr = pixel_array(source, index=index, transfer_syntax_uid=syntax)
+            photometric = str(ds.get("PhotometricInterpretation")).upper()
             if photometric == "PALETTE COLOR":
                 arr = apply_color_lut(arr, ds)
     except BadDicom:
         raise
     except Exception as exc:
-        tsyntax = ds.file_meta.TransferSyntaxUID
         raise BadDicom(
-            f"cannot decode pixel data ({tsyntax.name}): {type(exc).__name__}: {_short(exc)}"
+            f"cannot decode pixel data ({ds.file_meta.TransferSyntaxUID.name}): "
+            f"{type(exc).__name__}: {_short(exc)}"
         ) from None
     return to_gray8(arr, ds)
 
@@ -451,7 +451,7 @@ def to_gray8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
             luma += part
         luma >>= 8
         return luma.astype(np.uint8)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    photometric = str(ds.get("PhotometricInterpretation")).upper()
     if arr.dtype == np.uint8:
         gray = arr
     else:
@@ -465,7 +465,7 @@ def to_gray8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
             gray = _rescale(arr, lo, hi)
     if photometric == "MONOCHROME1":
         gray = 255 - gray
-    return np.ascontiguousarray(gray, dtype=np.uint8)
+    return np.ascontiguousarray(gray)  # uint8 on every path
 
 
 def _voi_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
