@@ -89,6 +89,24 @@ def _small_header(rows: int, cols: int, frames: int = 1) -> pydicom.Dataset:
     return ds
 
 
+def deflated_parts(ds, enforce_standard: bool = True) -> tuple[bytes, bytes]:
+    """A dataset as a Deflated Explicit VR Little Endian file, in two parts: the preamble and
+    file meta as they are written, and the dataset's bytes that are to be deflated (raw
+    deflate) after them."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    head = DicomBytesIO()
+    head.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(head, ds.file_meta, enforce_standard=enforce_standard)
+    return head.getvalue(), body.getvalue()
+
+
 def deflate_bomb(path: Path, pixel_bytes: int, rows: int = 64, cols: int = 64) -> Path:
     """A Deflated Explicit VR Little Endian file whose header declares a rows x cols image
     but whose deflated stream holds ``pixel_bytes`` of pixel data: a few hundred KB that
@@ -96,23 +114,12 @@ def deflate_bomb(path: Path, pixel_bytes: int, rows: int = 64, cols: int = 64) -
     import struct
     import zlib
 
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset, write_file_meta_info
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
-    ds = _small_header(rows, cols)
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    body = DicomBytesIO()
-    body.is_little_endian, body.is_implicit_VR = True, False
-    write_dataset(body, ds)
-    head = DicomBytesIO()
-    head.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(head, ds.file_meta)
+    head, body = deflated_parts(_small_header(rows, cols))
     packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
-        handle.write(head.getvalue())
-        handle.write(packer.compress(body.getvalue()))
+        handle.write(head)
+        handle.write(packer.compress(body))
         handle.write(packer.compress(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, pixel_bytes)))
         zeros = bytes(1 << 22)
         for _ in range(pixel_bytes // len(zeros)):

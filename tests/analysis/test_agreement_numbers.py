@@ -280,6 +280,19 @@ def assert_icc(got, want: dict, pingouin_ref: tuple[float, float, float]) -> Non
     assert (got.icc, got.ci_low, got.ci_high) == pytest.approx(pingouin_ref, rel=1e-9)
 
 
+def assert_structure(r, w: dict) -> None:
+    """One structure's figures against the independent reference's: ICC, Dice, IoU, the
+    absent counts, Bland-Altman and the mean rating."""
+    assert_icc(r.icc, w["icc"], w["pingouin"])
+    assert_described(r.dice, w["dice"])
+    assert_described(r.iou, w["iou"])
+    assert (r.both_absent, r.one_absent) == (w["both_absent"], w["one_absent"])
+    assert r.bland_altman["n"] == w["bland_altman"]["n"]
+    for key in ("bias", "sd", "loa_low", "loa_high"):
+        assert r.bland_altman[key] == pytest.approx(w["bland_altman"][key], rel=1e-12)
+    assert r.mean_rating == pytest.approx(w["mean_rating"], rel=1e-12)
+
+
 def assert_described(got: dict, want: dict) -> None:
     assert got["n"] == want["n"]
     for key in ("mean", "sd", "median", "p25", "p75", "min", "max"):
@@ -294,14 +307,7 @@ def check_report(report, names: list[str], unit: str) -> None:
     assert any("adductor magnus" in n and "left out" in n for n in report.notes)
     for r in report.structures:
         w = want["structures"][r.structure]
-        assert_icc(r.icc, w["icc"], w["pingouin"])
-        assert_described(r.dice, w["dice"])
-        assert_described(r.iou, w["iou"])
-        assert (r.both_absent, r.one_absent) == (w["both_absent"], w["one_absent"])
-        assert r.bland_altman["n"] == w["bland_altman"]["n"]
-        for key in ("bias", "sd", "loa_low", "loa_high"):
-            assert r.bland_altman[key] == pytest.approx(w["bland_altman"][key], rel=1e-12)
-        assert r.mean_rating == pytest.approx(w["mean_rating"], rel=1e-12)
+        assert_structure(r, w)
     assert_icc(report.overall_icc, want["overall"], want["overall_pingouin"])
 
 
@@ -454,14 +460,7 @@ def test_each_structure_s_figures_without_a_catalogue(tmp_path, calibrated):
         assert long["rater"].tolist() == ["A"] * n + ["B"] * n
         r = _structure_agreement(st.name, smp, long, ra, rb, pa, pb, overlaps[st.name], notes)
         assert r.structure == st.name
-        assert_icc(r.icc, w["icc"], w["pingouin"])
-        assert_described(r.dice, w["dice"])
-        assert_described(r.iou, w["iou"])
-        assert (r.both_absent, r.one_absent) == (w["both_absent"], w["one_absent"])
-        assert r.bland_altman["n"] == w["bland_altman"]["n"]
-        for key in ("bias", "sd", "loa_low", "loa_high"):
-            assert r.bland_altman[key] == pytest.approx(w["bland_altman"][key], rel=1e-12)
-        assert r.mean_rating == pytest.approx(w["mean_rating"], rel=1e-12)
+        assert_structure(r, w)
         longs.append(long.assign(target=long["target"].astype(str) + "|" + st.name))
     overall = _icc_or_note(pd.concat(longs), "all structures", notes)
     assert_icc(overall, want["overall"], want["overall_pingouin"])

@@ -30,7 +30,7 @@ from datatool.ingest.dicom import (
     read_header,
 )
 from datatool.ingest.pipeline import ingest
-from tests.badfiles import deflate_bomb, long_cine
+from tests.badfiles import deflate_bomb, deflated_parts, long_cine
 from tests.conftest import PYDICOM_DATA_US
 from tests.handmade import us_dataset
 from tests.memory import run_measured
@@ -400,19 +400,10 @@ def _deflated_file(ds, after_pixels: bytes = b"", cut: int | None = None, level:
     the deflated stream cut to ``cut`` bytes."""
     import zlib
 
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset, write_file_meta_info
-
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    body = DicomBytesIO()
-    body.is_little_endian, body.is_implicit_VR = True, False
-    write_dataset(body, ds)
-    head = DicomBytesIO()
-    head.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(head, ds.file_meta, enforce_standard=False)
+    head, body = deflated_parts(ds, enforce_standard=False)
     packer = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
-    stream = packer.compress(body.getvalue() + after_pixels) + packer.flush()
-    return head.getvalue() + stream[:cut]
+    stream = packer.compress(body + after_pixels) + packer.flush()
+    return head + stream[:cut]
 
 
 def _padding(size: int) -> bytes:
