@@ -59,6 +59,10 @@ COMMANDS: list[tuple[str, list[str], bool]] = [
     ("consensus", ["consensus", "--method", "{method}"], False),
     ("split create", ["split", "create", "scale-{size}"], False),
     ("split check", ["split", "check", "scale-{size}"], True),
+    # again: the reference masks hashed intact a moment ago are not read again (their file's
+    # size, time and inode unchanged: core/verified.py); --deep reads them all
+    ("split check again", ["split", "check", "scale-{size}"], True),
+    ("split check --deep", ["split", "check", "scale-{size}", "--deep"], True),
     ("qa", ["qa"], False),
     ("next", ["next", "--rater", "rater2", "--run", "{run}", "--n", "10"], True),
     ("report", ["report", "--out", "{root}/report-{size}.html"], True),
