@@ -68,6 +68,9 @@ def serve_subprocess(
     env.update(DATATOOL_SERVE_PASSWORD=PASSWORD, DATATOOL_SERVE_USER="datatool", COLUMNS="200")
 
     def limit_files() -> None:
+        # Ctrl-C's default action: a test run started in the background by a shell inherits
+        # SIGINT ignored, and serve would then not stop on the SIGINT below
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         if nofile is not None:
             _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
