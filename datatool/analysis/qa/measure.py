@@ -145,8 +145,9 @@ def _measure(
     progress: Callable[[int, int], None] | None,
     swap_ratio: float = shape.SWAP_RATIO,
 ) -> tuple[dict[int, dict], dict[int, Thumb]]:
-    """The measures per label (see :func:`_measure_image`) and the human labels' thumbnails,
-    one job per image made as the workers ask for it (:func:`_jobs`)."""
+    """The measures per label (see :func:`_measure_image`) and the human labels' thumbnails;
+    the jobs (:func:`_jobs`, one per image) are generated, never held as a list of objects
+    (the pool's feeder pickles them as it takes them)."""
     specs = tuple((s.value, s.max_components, s.holes, s.in_view) for s in protocol.structures)
     n = worker_count(workers, cap=8)
     results: dict[int, dict] = {}
