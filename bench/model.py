@@ -16,6 +16,10 @@ the raters' (issue 16):
     python bench/model.py --train cpu                              # 20 patients, seeds 0 and 1
     python bench/model.py --train paper --patients 200 --images-per-side 7-8 --seeds 0  # GPU
 
+``--train cpu --interactive`` trains with clicks (``train --interactive``) and also runs the
+simulated clicker (``score --clicks``) on the test set: per structure NoC and the IoU after
+0, 1, 3 and 5 clicks (issue 24; goal NoC <= 2, training within 15 minutes).
+
 ``--source-sizes`` times training on source images of the demo's size (480 x 640) and of
 600 x 800, through the training pipeline (resize to the preset's size once, as the cache does,
 then epochs of augmentation and steps): the preset fixes the input size, so the two rates
@@ -132,6 +136,11 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=None, help="with --train: a lever")
     parser.add_argument("--select", default=None, help="with --train: miou or min (a lever)")
     parser.add_argument(
+        "--interactive",
+        action="store_true",
+        help="with --train: train with clicks and run the simulated clicker (issue 24)",
+    )
+    parser.add_argument(
         "--loop",
         choices=[p.value for p in PresetName],
         help="retraining in the labelling loop with this preset (bench/loop.py): 3 rounds of "
@@ -189,6 +198,7 @@ def main() -> None:
                     ("loss", args.loss),
                     ("val_every", args.val_every),
                     ("selection", args.select),
+                    ("interactive", args.interactive or None),
                 )
                 if v is not None
             },

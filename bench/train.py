@@ -27,6 +27,7 @@ from pathlib import Path
 from datatool.analysis.consensus import make_consensus
 from datatool.core.workspace import init_workspace, open_workspace
 from datatool.demo.generator import write_demo_dataset
+from datatool.learning.click_scoring import ClickScore, score_clicks
 from datatool.learning.scoring import ScoreResult, score_run
 from datatool.learning.splits import create_split
 from datatool.learning.training import RunSummary, TrainConfig, train
@@ -66,6 +67,7 @@ class Trained:
     train_images: int
     score: ScoreResult
     flipped: ScoreResult | None = None  # the drafts with test-time flips
+    clicks: ClickScore | None = None  # an interactive run under the simulated clicker
 
     @property
     def images_per_s(self) -> float:
@@ -91,7 +93,14 @@ def train_and_score(
     flipped = score_run(
         ws, run.run, device=device, store_predictions=False, figures=False, flips=True
     )
-    return Trained(seed, run, seconds, cpu, load_before, load_after, train_images, score, flipped)
+    clicks = (
+        score_clicks(ws, run.run, device=device, out_dir=ws.root / "reports" / "bench-clicks")
+        if config.interactive
+        else None
+    )
+    return Trained(
+        seed, run, seconds, cpu, load_before, load_after, train_images, score, flipped, clicks
+    )
 
 
 def _f(value: float | None) -> str:
@@ -119,6 +128,27 @@ def report(t: Trained) -> list[str]:
             f"  {v.structure:16s} {_f(v.model_iou):>6s} {_f(v.raters_iou):>6s} {_f(v.ratio):>6s}"
             f"   {_f(v.whole_model_iou):>12s} {_f(v.whole_raters_iou):>6s} "
             f"{_f(v.whole_ratio):>6s} {_f(flipped.get(v.structure)):>6s}"
+        )
+    if t.clicks is not None:
+        lines += clicks_report(t.clicks)
+    return lines
+
+
+def clicks_report(c: ClickScore) -> list[str]:
+    """The simulated clicker's figures (issue 24's goal: NoC <= 2 and the IoU after 3
+    clicks at least the raters' for every structure)."""
+    lines = [
+        f"  clicks: {c.images} test images, up to {c.max_clicks} clicks, target "
+        f"{c.threshold} x the raters' IoU; {c.ms_per_click:.0f} ms a click",
+        f"  {'structure':16s} {'NoC':>5s} {'never':>6s} {'raters':>6s} "
+        + " ".join(f"{'IoU@' + str(k):>6s}" for k in (0, 1, 3, 5)),
+    ]
+    for s in c.structures:
+        lines.append(
+            f"  {s.structure:16s} {'-' if s.noc is None else f'{s.noc:.2f}':>5s} "
+            f"{_f(s.never_reached):>6s} "
+            f"{_f(s.raters_iou):>6s} "
+            + " ".join(f"{_f(s.iou_after.get(k)):>6s}" for k in (0, 1, 3, 5))
         )
     return lines
 

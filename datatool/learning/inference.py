@@ -70,6 +70,13 @@ class RunModel:
         return int(height), int(width)
 
     @property
+    def pad_multiple(self) -> int:
+        """What the input is padded to a multiple of: the network's output stride (its
+        deepest downsampling; the dilated stages keep it), at most :data:`PAD_MULTIPLE`. The
+        cpu preset's 240 x 320 is a multiple of its 16, so it runs unpadded, as trained."""
+        return min(int(self.config.get("output_stride", PAD_MULTIPLE)), PAD_MULTIPLE)
+
+    @property
     def model_version(self) -> str:
         """How a draft names its origin (Label Studio's ``model_version``)."""
         return f"datatool-run-{self.run_id}-split-{self.split_hash[:12]}"
@@ -124,14 +131,14 @@ def load_run_model(
     )
 
 
-def _batch_input(images: Sequence[np.ndarray], size: tuple[int, int]):
+def _batch_input(images: Sequence[np.ndarray], size: tuple[int, int], multiple: int = PAD_MULTIPLE):
     """uint8 images of any sizes -> a normalised B x 3 x H' x W' batch at the model's scale,
-    padded with black to a multiple of PAD_MULTIPLE."""
+    padded with black to a multiple of ``multiple`` (:attr:`RunModel.pad_multiple`)."""
     import torch
     import torch.nn.functional as F
 
     h, w = size
-    ph, pw = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
+    ph, pw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
     batch = torch.zeros(len(images), 1, ph, pw)
     for k, image in enumerate(images):
         x = torch.as_tensor(np.ascontiguousarray(image)).float().div_(255.0)[None, None]
@@ -146,7 +153,8 @@ def _probabilities(model: RunModel, images: Sequence[np.ndarray]):
     import torch
 
     h, w = model.resize
-    x = channels_last(_batch_input(images, (h, w)).to(model.device), model.device)
+    x = _batch_input(images, (h, w), model.pad_multiple)
+    x = channels_last(x.to(model.device), model.device)
     with autocast(model.device):
         logits = model.network(x)
     return torch.softmax(logits.float()[:, :, :h, :w], dim=1)

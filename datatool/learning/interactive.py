@@ -26,7 +26,7 @@ def click_input(model: RunModel, image: np.ndarray, clicks: Sequence[Click]):
     import torch
 
     h, w = model.resize
-    x = _batch_input([image], (h, w))
+    x = _batch_input([image], (h, w), model.pad_multiple)
     rows, cols = image.shape[:2]
     scaled = [c.scaled(h / rows, w / cols) for c in clicks]
     maps = click_maps(

@@ -121,3 +121,47 @@ def test_drafts_are_stored_once_per_checkpoint(trained):
     with ws.session() as s:
         stored = {i: ws.store.get_array(a.mask_hash) for i, a in drafts_of(s, run, ids).items()}
     np.testing.assert_array_equal(stored[ids[0]], predict(model, images[:1])[0].labels)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "tiny"])
+def test_a_preset_whose_frame_is_the_whole_image_drafts_exactly_what_it_was_trained_on(preset):
+    """The cpu preset trains on the whole 240 x 320 image (its crop keeps every pixel). Its
+    whole-image draft of an image at that size must be the frame's prediction itself: the
+    input padded to the network's stride (16), not to 32 (16 black rows under a 240-row
+    image change what the pyramid pooling sees: the nerve's whole-image IoU fell from 0.73 to
+    0.68 on a bench dataset). The tiny preset (stride 8) likewise."""
+    from datatool.learning.inference import RunModel, _probabilities
+    from datatool.learning.training import build_for
+    from datatool.model import PRESETS
+
+    config = PRESETS[preset].as_dict()
+    h, w = config["resize"]
+    torch.manual_seed(0)
+    network = build_for(config, 6).eval()
+    with torch.no_grad():  # a network whose batch statistics are not the identity
+        for m in network.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    model = RunModel(
+        run_id=1,
+        split="s",
+        split_hash="0" * 64,
+        preset=preset,
+        checkpoint="best",
+        config=config,
+        network=network,
+        device=torch.device("cpu"),
+        values=np.arange(6, dtype=np.uint8),
+    )
+    assert model.pad_multiple == config["output_stride"]
+    image = np.random.default_rng(0).integers(0, 256, (h, w), dtype=np.uint8)
+    with torch.no_grad():
+        whole = _probabilities(model, [image])[0]
+        x, _ = to_input(torch.as_tensor(image)[None], config["crop"])
+        frame = torch.softmax(network(x), 1)[0]
+    if preset == "cpu":  # the frame is the whole image
+        torch.testing.assert_close(whole, frame, atol=1e-5, rtol=0)
+    else:  # inside the 224 crop, away from its border, the same pixels
+        inner = centre_crop(whole, config["crop"])[:, 24:-24, 24:-24]
+        assert float((inner - frame[:, 24:-24, 24:-24]).abs().max()) < 0.2
