@@ -473,11 +473,12 @@ def score(
     ),
     max_clicks: int = typer.Option(10, min=1, max=100, help="With --clicks: clicks per structure."),
     flips: bool = typer.Option(
-        False,
-        "--flips",
-        help="Whole-image drafts with test-time flips (the image and its mirror averaged); "
-        "not stored. Drafts for raters (prelabel, serve, export itksnap --prefill) do not "
-        "use them: this measures whether they should. The study's frame is unchanged.",
+        True,
+        "--flips/--no-flips",
+        help="The whole-image drafts with test-time flips (the image and its mirror "
+        "averaged), as raters get them from prelabel, serve and export itksnap --prefill; "
+        "--no-flips scores plain drafts instead and stores none. The study's frame is "
+        "unchanged.",
     ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
@@ -509,8 +510,6 @@ def score(
             )
         render.show(clicked, _clicks_view, json_out, csv_out)
         return
-    if cv and flips:
-        raise typer.BadParameter("--flips scores one run: leave out --cv")
     if cv:
         result = score_cv(
             ws,
@@ -519,6 +518,7 @@ def score(
             device=device,
             store_predictions=store,
             tolerance=tolerance,
+            flips=flips,
         )
         render.show(result, _cv_view, json_out, csv_out)
         return

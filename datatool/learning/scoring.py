@@ -74,7 +74,7 @@ from datatool.learning.data import (
     to_input,
 )
 from datatool.learning.device import autocast, channels_last, resolve_device, synchronize
-from datatool.learning.inference import RunModel, predict
+from datatool.learning.inference import DRAFT_FLIPS, RunModel, predict
 from datatool.learning.options import CheckpointChoice, DeviceChoice, ScoreSet, choice
 from datatool.learning.splits import get_split
 from datatool.learning.training import (
@@ -573,14 +573,14 @@ def score_run(
     figures: bool = True,
     progress: Callable[[int, int], None] | None = None,
     tolerance: float = metrics.NSD_TOLERANCE_MM,
-    flips: bool = False,
+    flips: bool = DRAFT_FLIPS,
 ) -> ScoreResult:
     """Score a run on its test set (or validation set or fold): the study's tables, the
     ANOVA, inference time and figures, written to ``out_dir/score.json`` and the catalogue;
-    on the whole image also HD95, ASSD and NSD at ``tolerance`` mm. ``flips``: the
-    whole-image drafts with test-time flips (not stored, since the stored drafts are the
-    plain ones; the drafts raters get do not use flips yet: this measures whether they
-    should); the study's frame keeps its recipe."""
+    on the whole image also HD95, ASSD and NSD at ``tolerance`` mm. The whole image is
+    drafted as raters get drafts: with test-time flips (``flips``, :data:`DRAFT_FLIPS`);
+    ``flips=False`` scores plain drafts and stores none (the stored drafts are the ones
+    raters get). The study's frame keeps its recipe either way."""
     subset = choice(ScoreSet, subset, "--set")
     if not (np.isfinite(tolerance) and tolerance >= 0):
         raise UsageError(f"--tolerance must be a distance in mm of 0 or more, not {tolerance}")
@@ -622,7 +622,7 @@ def score_run(
         items,
         lut,
         names,
-        (run_id, digest, protocol) if store_predictions and not flips else None,
+        (run_id, digest, protocol) if store_predictions and flips == DRAFT_FLIPS else None,
         progress,
         (spacing, tolerance),
     )
@@ -653,7 +653,7 @@ def score_run(
         surface_unit=surface_unit,
         nsd_tolerance=tolerance,
     )
-    if store_predictions and not flips:
+    if store_predictions and flips == DRAFT_FLIPS:
         result.stored_predictions = stored
     out = Path(out_dir) if out_dir else ws.root / "reports" / f"run-{run_id}-{subset}"
     out.mkdir(parents=True, exist_ok=True)

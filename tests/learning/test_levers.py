@@ -32,8 +32,8 @@ def _images(ws, n: int = 3) -> list[np.ndarray]:
 
 def test_flipped_drafts_average_the_image_and_its_mirror(trained):
     ws, run = trained
-    plain = load_run_model(ws, run, device="cpu")
-    flipped = load_run_model(ws, run, device="cpu", flips=True)
+    plain = load_run_model(ws, run, device="cpu", flips=False)
+    flipped = load_run_model(ws, run, device="cpu")  # drafts use flips by default
     assert not plain.flips and flipped.flips
     images = _images(ws)
     got = predict(flipped, images, keep_probabilities=True)
@@ -112,14 +112,22 @@ def test_the_border_loss_weighs_mistakes_at_the_border_more():
             assert a > b * 1.2
 
 
-def test_score_with_flips_scores_the_flipped_drafts_and_stores_none(trained, tmp_path):
+def test_score_without_flips_scores_plain_drafts_and_stores_none(trained, tmp_path):
+    """score's whole image is the drafts as raters get them (flips); --no-flips measures the
+    plain ones, and stores none of them beside the drafts raters get."""
     from datatool.learning.scoring import score_run
 
     ws, run = trained
-    plain = score_run(ws, run, device="cpu", store_predictions=False, figures=False,
-                      out_dir=tmp_path / "a")  # fmt: skip
-    flipped = score_run(ws, run, device="cpu", store_predictions=True, figures=False,
-                        out_dir=tmp_path / "b", flips=True)  # fmt: skip
-    assert flipped.stored_predictions is None  # the stored drafts stay the plain ones
+    plain = score_run(ws, run, device="cpu", store_predictions=True, figures=False,
+                      out_dir=tmp_path / "a", flips=False)  # fmt: skip
+    flipped = score_run(ws, run, device="cpu", store_predictions=False, figures=False,
+                        out_dir=tmp_path / "b")  # fmt: skip
+    assert plain.stored_predictions is None  # the stored drafts are the flipped ones
     assert [s.iou for s in flipped.structures] == [s.iou for s in plain.structures]  # the frame
     assert [s.iou for s in flipped.whole_image] != [s.iou for s in plain.whole_image]
+    image = _images(ws, 1)
+    draft = predict(load_run_model(ws, run, device="cpu"), image, keep_probabilities=True)[0]
+    plain_draft = predict(
+        load_run_model(ws, run, device="cpu", flips=False), image, keep_probabilities=True
+    )[0]
+    assert not np.allclose(draft.probabilities, plain_draft.probabilities, atol=1e-3)
