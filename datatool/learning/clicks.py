@@ -23,6 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 CLICK_RADIUS = 5.0  # pixels of the network's input (the preset's size): a click's disc
+# what a drawing is made to agree with around a click the network did not honour: a disc this
+# small. The network's own 5-pixel disc would cut a 10-pixel hole in a small structure at
+# every negative click near its edge: issue 24 measured the femoral artery's IoU after 3
+# clicks at 0.77 with 5, 0.87 with 1 (NoC 1.00 and 0.61)
+HONOUR_RADIUS = 1.0
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ def honour_clicks(
     labels: np.ndarray,
     clicks: Sequence[Click],
     value_of: dict[str, int],
-    radius: float = CLICK_RADIUS,
+    radius: float = HONOUR_RADIUS,
 ) -> np.ndarray:
     """``labels`` (a label map) made to agree with the clicks, in their order: where a positive
     click on a structure lands on another label, the click's disc (``radius`` pixels) becomes
@@ -178,6 +183,7 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
 
 __all__ = [
     "CLICK_RADIUS",
+    "HONOUR_RADIUS",
     "Click",
     "click_channels",
     "click_maps",

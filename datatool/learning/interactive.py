@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from datatool.core.errors import UsageError
-from datatool.learning.clicks import CLICK_RADIUS, Click, click_maps, honour_clicks
+from datatool.learning.clicks import HONOUR_RADIUS, Click, click_maps, honour_clicks
 from datatool.learning.device import autocast, channels_last
 from datatool.learning.inference import RunModel, _batch_input
 
@@ -65,11 +65,11 @@ def honoured(
     model: RunModel, image: np.ndarray, labels: np.ndarray, clicks: Sequence[Click]
 ) -> np.ndarray:
     """The label map drawn for ``image`` made to agree with its clicks
-    (:func:`datatool.learning.clicks.honour_clicks`), each click's disc as large in the image
-    as in the network's input."""
+    (:func:`datatool.learning.clicks.honour_clicks`), each click's small disc as large in
+    the image as at the network's scale."""
     h, w = model.resize
     rows, cols = image.shape[:2]
-    radius = CLICK_RADIUS * (rows / h + cols / w) / 2
+    radius = HONOUR_RADIUS * (rows / h + cols / w) / 2
     value_of = {name: int(v) for name, v in zip(model.structures, model.values[1:])}
     return honour_clicks(labels, clicks, value_of, radius)
 

@@ -67,9 +67,9 @@ def test_noc_never_reached_and_iou_after_k_clicks_by_hand():
 def test_the_first_click_on_a_network_that_draws_nothing():
     """A 10 x 10 square of structure 1 (rows and columns 10-19) that the network misses
     whole: IoU 0 with no click. The clicker clicks the square's deepest point, the first in
-    raster order of the four at distance 5 from its border: (14, 14). The click's disc
-    (radius 5: the 81 lattice points with dy² + dx² <= 25) becomes the structure; two of its
-    points, (9, 14) and (14, 9), lie outside the square. IoU = 79 / (100 + 81 - 79)."""
+    raster order of the four at distance 5 from its border: (14, 14). The drawing is made to
+    agree with the click: its small disc (HONOUR_RADIUS 1: the 5 lattice points with
+    dy² + dx² <= 1, all inside the square) becomes the structure. IoU = 5 / 100."""
     refs = np.zeros((1, 32, 32), np.uint8)
     refs[0, 10:20, 10:20] = 1
     images = np.zeros((1, 32, 32), np.uint8)
@@ -78,7 +78,7 @@ def test_the_first_click_on_a_network_that_draws_nothing():
     curves = clicker_curves(Background(3), images, refs, 1, names, 32, cpu, max_clicks=1)
     assert curves.shape == (1, 2)
     assert curves[0, 0] == 0.0
-    assert curves[0, 1] == pytest.approx(79 / 102)
+    assert curves[0, 1] == pytest.approx(5 / 100)
 
 
 @pytest.fixture()

@@ -119,3 +119,7 @@ def test_a_drawing_is_made_to_agree_with_its_clicks():
     assert (honour_clicks(labels, [Click("nerve", 2, 2, True)], value_of) == labels).all()
     assert (honour_clicks(labels, [Click("nerve", 9, 9, False)], value_of) == labels).all()
     assert labels[15, 15] == 0  # the input is left as it was
+    # by default the disc is small (HONOUR_RADIUS): a negative click at a small structure's
+    # edge must not cut a hole of the network's 5-pixel click disc into it
+    default = honour_clicks(labels, [Click("nerve", 5, 2, False)], value_of)
+    assert int(((labels == 3) & (default == 0)).sum()) == 4  # (4,2) (5,1) (5,2) (5,3)
