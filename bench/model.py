@@ -40,6 +40,7 @@ import argparse
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -136,6 +137,15 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=None, help="with --train: a lever")
     parser.add_argument("--select", default=None, help="with --train: miou or min (a lever)")
     parser.add_argument(
+        "--ema", type=float, default=None, help="with --train: moving-average decay (a lever)"
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="with --train: build each dataset in KEEP/seed-N and leave it (a new folder)",
+    )
+    parser.add_argument(
         "--interactive",
         action="store_true",
         help="with --train: train with clicks and run the simulated clicker (issue 24)",
@@ -198,10 +208,12 @@ def main() -> None:
                     ("loss", args.loss),
                     ("val_every", args.val_every),
                     ("selection", args.select),
+                    ("ema", args.ema),
                     ("interactive", args.interactive or None),
                 )
                 if v is not None
             },
+            args.keep,
         )
         raise SystemExit(0 if met else 1)
     device = resolve_device(args.device)

@@ -17,6 +17,7 @@ Run by ``bench/model.py --train PRESET``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -89,7 +90,9 @@ def train_and_score(
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert run is not None
     load_after = os.getloadavg()[0]
-    score = score_run(ws, run.run, device=device, store_predictions=False, figures=False)
+    score = score_run(
+        ws, run.run, device=device, store_predictions=False, figures=False, flips=False
+    )
     flipped = score_run(
         ws, run.run, device=device, store_predictions=False, figures=False, flips=True
     )
@@ -113,7 +116,8 @@ def report(t: Trained) -> list[str]:
     c = t.run.config
     lines = [
         f"demo seed {t.seed}: preset {t.run.preset} (loss {c['loss']}, validation every "
-        f"{c.get('val_every', 1)}, selection {c.get('selection', 'miou')}), "
+        f"{c.get('val_every', 1)}, selection {c.get('selection', 'miou')}, moving average "
+        f"{c.get('ema') or 'none'}{', clicks in the decoder' if c.get('click_decoder') else ''}), "
         f"{t.train_images} training images, {t.run.epochs_done} epochs on {t.run.device}",
         f"  training: {t.seconds:.0f} s wall ({t.cpu_seconds:.0f} s CPU), "
         f"{t.images_per_s:.1f} images/s; load average {t.load_before:.1f} before, "
@@ -174,11 +178,17 @@ def main(
     seeds: list[int],
     epochs: int | None,
     levers: dict | None = None,
+    keep: Path | None = None,
 ) -> bool:
-    """Every dataset trained, scored and reported; True when the goal is met on all."""
+    """Every dataset trained, scored and reported; True when the goal is met on all. With
+    ``keep`` each dataset's folder (data and workspace) is ``keep/seed-N`` and stays."""
     results = []
     for seed in seeds:
-        with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        with contextlib.ExitStack() as stack:
+            if keep is None:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-train-"))
+            else:
+                tmp = str(keep / f"seed-{seed}")
             start = time.perf_counter()
             ws = build_workspace(Path(tmp), patients, per_side, seed)
             print(f"demo seed {seed}: set-up {time.perf_counter() - start:.0f} s", flush=True)

@@ -125,8 +125,18 @@ def train(
     loss: LossName | None = typer.Option(
         None,
         help="ce (cross-entropy, the study's), ce+dice (plus soft Dice over the structures, "
-        "so the background does not swamp a small one) or dice (default: the preset's: "
-        "paper and tiny ce, cpu ce+dice).",
+        "so the background does not swamp a small one), dice, or border+dice (soft Dice and "
+        "a cross-entropy that weighs pixels within 2 px of a border between classes x3: the "
+        "muscles' shared border) (default: the preset's: paper and tiny ce, cpu "
+        "border+dice).",
+    ),
+    ema: float | None = typer.Option(
+        None,
+        min=0.0,
+        max=0.999999,
+        help="Keep a moving average of the weights with this decay (e.g. 0.99), validated, "
+        "selected and drafted with instead of the trained weights; 0: none (default: the "
+        "preset's: none).",
     ),
     epochs: int | None = typer.Option(None, help="Epochs (default: the preset's)."),
     val_every: int | None = typer.Option(
@@ -208,6 +218,7 @@ def train(
         init_from=init_from,
         val_every=val_every,
         selection=select,
+        ema=ema,
     )
     progress = _TrainProgress(quiet=json_out)
     with progress.bar:

@@ -36,6 +36,7 @@ from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
 from datatool.learning.data import class_lut, load_arrays, split_items, to_input
 from datatool.learning.device import autocast, channels_last, resolve_device
+from datatool.learning.ema import WeightAverage
 from datatool.learning.options import (
     DEFAULT_PRESET,
     DeviceChoice,
@@ -73,6 +74,7 @@ class TrainConfig:
     init_from: int | None = None  # start from this finished run's weights (warmstart)
     val_every: int | None = None  # None: the preset's
     selection: str | None = None  # None: the preset's (SelectionName)
+    ema: float | None = None  # None: the preset's; 0: no moving average of the weights
 
     def resolved(self) -> dict:
         """The run's config as the catalogue records it: the preset's fields with this
@@ -90,10 +92,14 @@ class TrainConfig:
             rotation=p.rotation if self.rotation is None else self.rotation,
             loss=choice(LossName, self.loss, "--loss").value if self.loss else p.loss,
             interactive=self.interactive or p.interactive,
+            # an interactive run made now also feeds its clicks to the decoder (a run
+            # recorded before the field existed was trained without, and reads back so)
+            click_decoder=p.click_decoder or bool(self.interactive and p.decoder),
             val_every=p.val_every if self.val_every is None else self.val_every,
             selection=choice(SelectionName, self.selection, "--select").value
             if self.selection
             else p.selection,
+            ema=p.ema if self.ema is None else float(self.ema),
         )
         if (
             p.epochs < 1
@@ -102,9 +108,11 @@ class TrainConfig:
             or p.lr <= 0
             or p.output_stride not in (8, 16)
             or p.val_every < 1
+            or not 0 <= p.ema < 1
         ):
             raise UsageError(
-                "epochs, batch and --val-every must be >= 1, lr a number > 0, output stride 8 or 16"
+                "epochs, batch and --val-every must be >= 1, lr a number > 0, output stride 8 or "
+                "16, --ema 0 (none) or a decay below 1"
             )
         if not 0 <= self.seed <= SEED_MAX:  # the catalogue's column and torch's generator
             raise UsageError(f"--seed must be 0 .. {SEED_MAX}")
@@ -253,14 +261,26 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def _save_checkpoint(ws: Workspace, model, optimizer, epoch: int, best: _Best, config: dict) -> str:
+def _save_checkpoint(
+    ws: Workspace,
+    model,
+    optimizer,
+    epoch: int,
+    best: _Best,
+    config: dict,
+    average: WeightAverage | None = None,
+) -> str:
+    """The checkpoint's ``model`` is what inference loads: the moving average of the weights
+    when the run keeps one (the trained weights then go in ``raw``, for a resume)."""
     import torch
 
     buf = io.BytesIO()
+    extra = {"raw": _unwrap(model).state_dict()} if average is not None else {}
     torch.save(
         _plain(
             {
-                "model": _unwrap(model).state_dict(),
+                **extra,
+                "model": (average.network if average is not None else _unwrap(model)).state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch,
                 "best_val_miou": best.miou,
@@ -430,7 +450,7 @@ def _build(
 
         load_torchvision_resnet50(model, conf["pretrained"])
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(checkpoint.get("raw", checkpoint["model"]))
     elif init is not None:
         model.load_state_dict(init)
     model = channels_last(model.to(device), device)
@@ -442,6 +462,15 @@ def _build(
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
     return model, optimizer
+
+
+def _average(conf: dict, model, checkpoint: dict | None) -> WeightAverage | None:
+    """The run's moving average of the weights (``ema`` > 0), from the checkpoint when
+    resuming."""
+    if not conf.get("ema"):
+        return None
+    state = checkpoint["model"] if checkpoint is not None and "raw" in checkpoint else None
+    return WeightAverage(_unwrap(model), float(conf["ema"]), state)
 
 
 def _record_start(ws: Workspace, start: _Start, split: Split, device, world: int) -> int:
@@ -498,6 +527,12 @@ class _Loop:
     rank: int
     world: int
     steps: int
+    average: WeightAverage | None = None  # the moving average of the weights (--ema)
+
+    @property
+    def evaluated(self):
+        """The network validated and kept: the average when there is one."""
+        return self.average.network if self.average is not None else _unwrap(self.model)
 
 
 def _steps(n: int, batch: int, world: int) -> int:
@@ -555,6 +590,8 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
         loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         loop.optimizer.step()
+        if loop.average is not None:
+            loop.average.update(_unwrap(loop.model), epoch * loop.steps + step)
         total += float(loss.detach()) * len(idx)
         count += len(idx)
         if progress and rank == 0:
@@ -590,7 +627,7 @@ def _end_epoch(
     """Rank 0: validate (on the preset's schedule), select, checkpoint and record the epoch;
     ``best`` is updated."""
     val = (
-        evaluate(_unwrap(loop.model), data.val_x, data.val_y, loop.conf["crop"], loop.device, k)
+        evaluate(loop.evaluated, data.val_x, data.val_y, loop.conf["crop"], loop.device, k)
         if data.val_x is not None and validates(loop.conf, epoch)
         else NO_VALIDATION
     )
@@ -602,7 +639,7 @@ def _end_epoch(
     )
     if improved:
         best.miou, best.epoch, best.score = val.miou, epoch, score
-    last = _save_checkpoint(ws, loop.model, loop.optimizer, epoch, best, loop.conf)
+    last = _save_checkpoint(ws, loop.model, loop.optimizer, epoch, best, loop.conf, loop.average)
     if improved:
         best.checkpoint = last
     with ws.session() as s:
@@ -670,6 +707,7 @@ def train(
             rank,
             world,
             _steps(len(data.train_x), conf["batch"], world),
+            _average(conf, model, start.checkpoint),
         )
         for epoch in range(start.start_epoch, conf["epochs"]):
             started = time.perf_counter()

@@ -21,7 +21,15 @@ from datatool.learning.runs import lineage_in
 from datatool.learning.splits import get_split
 
 # the preset's fields that shape the network: weights move between runs that agree on them
-NETWORK_FIELDS = ("layers", "width", "output_stride", "aux", "head_channels", "decoder")
+NETWORK_FIELDS = (
+    "layers",
+    "width",
+    "output_stride",
+    "aux",
+    "head_channels",
+    "decoder",
+    "click_decoder",
+)
 
 
 def classes_of(protocol: Protocol) -> list[list]:

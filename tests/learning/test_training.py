@@ -141,7 +141,7 @@ def test_the_loss_is_recorded_and_a_resumed_run_keeps_it(ready):
         [h.train_loss for h in whole.history], rel=1e-5
     )
     default = train(ready, "s", config=TrainConfig(**cpu))
-    assert default.config["loss"] == "ce+dice" == PRESETS["cpu"].loss
+    assert default.config["loss"] == "border+dice" == PRESETS["cpu"].loss
     assert default.history[0].train_loss != pytest.approx(whole.history[0].train_loss, rel=1e-3)
     assert TrainConfig().resolved()["loss"] == "ce"  # the study's, by default
     with pytest.raises(UsageError, match=r"--loss must be one of ce, ce\+dice, dice"):

@@ -252,3 +252,35 @@ def test_an_interactive_network_takes_click_channels_or_the_image_alone():
         build_model(6, "cpu").eval()(torch.randn(1, 13, 64, 96))
     assert Preset.from_dict(preset.as_dict()).interactive
     assert not Preset.from_dict(PRESETS["cpu"].as_dict()).interactive
+
+
+def test_an_interactive_network_with_a_decoder_also_feeds_the_clicks_to_the_decoder():
+    """click_decoder: the click maps, max-pooled to the decoder's stride-4 grid, are inputs
+    of its fuse convolution (zero at first, like the click stem); a run recorded before the
+    field existed reads back without it, in the network it was trained as."""
+    from dataclasses import replace
+
+    from datatool.learning.training import TrainConfig
+
+    preset = replace(PRESETS["cpu"], interactive=True, click_decoder=True)
+    torch.manual_seed(0)
+    net = build_model(6, preset).eval()
+    fuse = net.decoder.fuse[0].weight
+    old = build_model(6, replace(PRESETS["cpu"], interactive=True)).decoder.fuse[0].weight
+    assert fuse.shape[1] == old.shape[1] + 10
+    image = torch.randn(1, 3, 64, 96)
+    clicks = torch.zeros(1, 10, 64, 96)
+    clicks[0, 4, 30:33, 40:43] = 1.0  # a positive click on the third structure
+    with torch.no_grad():
+        alone = net(image)
+        assert torch.allclose(net(torch.cat([image, clicks], 1)), alone)  # zero at first
+        fuse[:, -10:].normal_()  # the decoder's click inputs alone, the stem still zero
+        moved = (net(torch.cat([image, clicks], 1)) - alone).abs().sum(1)[0]
+        assert torch.equal(net(image), alone)  # no clicks: the draft as before
+    near, far = float(moved[24:40, 34:50].mean()), float(moved[:, 80:].mean())
+    assert near > 10 * far  # the click changes the drawing where it was placed
+    assert TrainConfig(preset="cpu", interactive=True).resolved()["click_decoder"] is True
+    assert TrainConfig(preset="tiny", interactive=True).resolved()["click_decoder"] is False
+    assert TrainConfig(preset="cpu").resolved()["click_decoder"] is False
+    recorded = {k: v for k, v in preset.as_dict().items() if k != "click_decoder"}
+    assert not Preset.from_dict(recorded).click_decoder
