@@ -131,3 +131,19 @@ def test_score_without_flips_scores_plain_drafts_and_stores_none(trained, tmp_pa
         load_run_model(ws, run, device="cpu", flips=False), image, keep_probabilities=True
     )[0]
     assert not np.allclose(draft.probabilities, plain_draft.probabilities, atol=1e-3)
+
+
+def test_train_help_names_the_cpu_presets_loss_and_average():
+    """The help text spells the presets' defaults out (the CLI does not import torch to read
+    them): it must say what the cpu preset really uses."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from datatool.cli import app
+    from datatool.model import PRESETS
+
+    out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    text = re.sub(r"[\s│]+", " ", out)
+    assert f"paper and tiny ce, cpu {PRESETS['cpu'].loss})" in text
+    assert PRESETS["cpu"].ema == 0 and "(default: the preset's: none)" in text
