@@ -83,6 +83,7 @@ class TrainConfig:
 
         preset = choice(PresetName, self.preset, "--preset")
         p = PRESETS[preset]
+        interactive = self.interactive or p.interactive
         p = replace(
             p,
             epochs=self.epochs or p.epochs,
@@ -91,10 +92,10 @@ class TrainConfig:
             output_stride=self.output_stride or p.output_stride,
             rotation=p.rotation if self.rotation is None else self.rotation,
             loss=choice(LossName, self.loss, "--loss").value if self.loss else p.loss,
-            interactive=self.interactive or p.interactive,
+            interactive=interactive,
             # an interactive run made now also feeds its clicks to the decoder (a run
             # recorded before the field existed was trained without, and reads back so)
-            click_decoder=p.click_decoder or bool(self.interactive and p.decoder),
+            click_decoder=p.click_decoder or bool(interactive and p.decoder),
             val_every=p.val_every if self.val_every is None else self.val_every,
             selection=choice(SelectionName, self.selection, "--select").value
             if self.selection
@@ -261,31 +262,24 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def _save_checkpoint(
-    ws: Workspace,
-    model,
-    optimizer,
-    epoch: int,
-    best: _Best,
-    config: dict,
-    average: WeightAverage | None = None,
-) -> str:
-    """The checkpoint's ``model`` is what inference loads: the moving average of the weights
-    when the run keeps one (the trained weights then go in ``raw``, for a resume)."""
+def _save_checkpoint(ws: Workspace, loop: _Loop, epoch: int, best: _Best) -> str:
+    """The checkpoint's ``model`` is what inference loads, the network validated
+    (``loop.evaluated``: the moving average of the weights when the run keeps one, the
+    trained weights then going in ``raw``, for a resume)."""
     import torch
 
     buf = io.BytesIO()
-    extra = {"raw": _unwrap(model).state_dict()} if average is not None else {}
+    extra = {"raw": _unwrap(loop.model).state_dict()} if loop.average is not None else {}
     torch.save(
         _plain(
             {
                 **extra,
-                "model": (average.network if average is not None else _unwrap(model)).state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "model": loop.evaluated.state_dict(),
+                "optimizer": loop.optimizer.state_dict(),
                 "epoch": epoch,
                 "best_val_miou": best.miou,
                 "best_score": best.score,  # what the selection rule compares
-                "config": config,
+                "config": loop.conf,
             }
         ),
         buf,
@@ -639,7 +633,7 @@ def _end_epoch(
     )
     if improved:
         best.miou, best.epoch, best.score = val.miou, epoch, score
-    last = _save_checkpoint(ws, loop.model, loop.optimizer, epoch, best, loop.conf, loop.average)
+    last = _save_checkpoint(ws, loop, epoch, best)
     if improved:
         best.checkpoint = last
     with ws.session() as s:
