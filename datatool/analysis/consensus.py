@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +42,14 @@ import SimpleITK as sitk
 from sqlalchemy import select
 
 from datatool.analysis import metrics, shape
+from datatool.analysis.consensus_cache import ConsensusCache, Worked
 from datatool.core.atomic import write_text_atomic
 from datatool.core.catalogue import Annotation, Image, Rater, RaterKind, audit
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.jsonable import to_jsonable
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
-from datatool.labels.annotations import get_rater, latest_annotations_query, store_annotation
+from datatool.labels.annotations import get_rater, latest_annotations_query, store_annotations
 from datatool.labels.gold import without_gold
 
 METHODS = ("staple", "majority")
@@ -280,54 +281,54 @@ def make_consensus(
         by_image.setdefault(ann.image_id, []).append(ann)
     todo = sorted(i for i, anns in by_image.items() if len(anns) >= needed)
     skipped = len(by_image) - len(todo)
-    created = unchanged = 0
     names = {r.id: r.name for r in sources}
     structure_names = {st.value: st.name for st in protocol.structures}
+    cache = None if single else ConsensusCache(ws.meta_dir, method, structure_names)
+    with ws.session() as s:
+        current = {
+            a.image_id: a.mask_hash for a in s.scalars(latest_annotations_query([target_id]))
+        }
     adjudication: list[Adjudication] = []
     # (rater, structure) -> per image: (sensitivity, specificity)
     per_rater: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    fusing = _Fusing(ws, protocol, target_id, cache)
+    refs: set[str] = set()
     for done, image_id in enumerate(todo, start=1):
         anns = sorted(by_image[image_id], key=lambda a: a.rater_id)
-        masks = [ws.store.get_array(a.mask_hash) for a in anns]
-        conflicts = (
-            []
-            if single
-            else structure_conflicts(masks, [names[a.rater_id] for a in anns], structure_names)
-        )
-        if quality and not single:
-            for st in protocol.structures:
-                performance = staple_performance(masks, st.value)
-                if performance is None:
-                    continue
-                for ann, sens, spec in zip(anns, *performance):
-                    per_rater.setdefault((names[ann.rater_id], st.name), []).append((sens, spec))
-        if conflicts:
-            with ws.session() as s:
-                earlier = s.scalar(
-                    select(Annotation.id)
-                    .where(Annotation.image_id == image_id, Annotation.rater_id == target_id)
-                    .limit(1)
-                )
-            adjudication.append(Adjudication(image_id, conflicts, earlier is not None))
-            if progress:
-                progress(done, len(todo))
-            continue
-        fused = fuse(masks, "staple" if single else method)
-        with ws.session() as s:
-            stored = store_annotation(
-                s,
-                ws.store,
-                s.get_one(Image, image_id),
-                s.get_one(Rater, target_id),
-                fused,
-                "consensus",
-                _fused_ref(method, anns),
-                protocol,
-            )
-        created += stored.created
-        unchanged += not stored.created
+        ref = _fused_ref(method, anns)
+        refs.add(ref)
+        if single:  # the rater's own label is the fused one
+            worked: Worked | None = Worked([], None, anns[0].mask_hash)
+        else:
+            assert cache is not None
+            worked = cache.get(ref, quality)
+        masks: list[np.ndarray] = []
+        if worked is None or not (worked.conflicts or current.get(image_id) == worked.fused):
+            masks = [ws.store.get_array(a.mask_hash) for a in anns]
+        if worked is None:  # not worked out before for these label versions
+            worked = _work_out(masks, [names[a.rater_id] for a in anns], structure_names, quality)
+        if quality and worked.performance is not None:
+            for value, (sensitivity, specificity) in worked.performance.items():
+                for ann, sens, spec in zip(anns, sensitivity, specificity):
+                    key = (names[ann.rater_id], structure_names[int(value)])
+                    per_rater.setdefault(key, []).append((sens, spec))
+        if worked.conflicts:
+            conflicts = [StructureConflict(*c) for c in worked.conflicts]
+            adjudication.append(Adjudication(image_id, conflicts, image_id in current))
+            if cache is not None:
+                cache.put(ref, worked)
+        elif masks:  # fused and stored (an unchanged result is a no-op)
+            fusing.add(image_id, fuse(masks, "staple" if single else method), ref, worked)
+        else:  # the consensus label of these versions is the latest already
+            fusing.unchanged += 1
         if progress:
             progress(done, len(todo))
+    fusing.flush()
+    created, unchanged = fusing.created, fusing.unchanged
+    if cache is not None:
+        if raters is None:
+            cache.keep_only(refs)
+        cache.save()
     with ws.session() as s:
         audit(
             s,
@@ -369,6 +370,61 @@ def make_consensus(
         report.quality_file = str(path)
         write_text_atomic(path, json.dumps(to_jsonable(report), indent=2))
     return report
+
+
+def _work_out(
+    masks: list[np.ndarray], raters: list[str], structures: dict[int, str], quality: bool
+) -> Worked:
+    """The conflicts between the raters' ``masks`` and (``quality``, two raters or more) STAPLE's
+    estimate of each rater's performance per structure; the fused mask comes later."""
+    conflicts = structure_conflicts(masks, raters, structures) if len(masks) > 1 else []
+    performance = None
+    if quality and len(masks) > 1:
+        performance = {}
+        for value in structures:
+            found = staple_performance(masks, value)
+            if found is not None:
+                performance[str(value)] = [list(found[0]), list(found[1])]
+    return Worked([list(astuple(c)) for c in conflicts], performance, None)
+
+
+class _Fusing:
+    """Fused masks stored as the consensus rater's next versions, ``BATCH`` images a
+    transaction; each image's cache entry is written with the stored mask's hash."""
+
+    BATCH = 64
+
+    def __init__(
+        self, ws: Workspace, protocol, target_id: int, cache: ConsensusCache | None
+    ) -> None:
+        self.ws, self.protocol, self.target_id, self.cache = ws, protocol, target_id, cache
+        self.pending: list[tuple[int, np.ndarray, str, Worked]] = []
+        self.created = self.unchanged = 0
+
+    def add(self, image_id: int, fused: np.ndarray, ref: str, worked: Worked) -> None:
+        self.pending.append((image_id, fused, ref, worked))
+        if len(self.pending) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        ids = [image_id for image_id, _, _, _ in self.pending]
+        with self.ws.session() as s:
+            images = {i.id: i for i in s.scalars(select(Image).where(Image.id.in_(ids)))}
+            stored = store_annotations(
+                s,
+                self.ws.store,
+                s.get_one(Rater, self.target_id),
+                [(images[i], fused, "consensus", ref) for i, fused, ref, _ in self.pending],
+                self.protocol,
+            )
+        for (_, _, ref, worked), result in zip(self.pending, stored):
+            self.created += result.created
+            self.unchanged += not result.created
+            if self.cache is not None:
+                self.cache.put(ref, replace(worked, fused=result.mask_hash))
+        self.pending = []
 
 
 def quality_path(ws: Workspace, method: str) -> Path:

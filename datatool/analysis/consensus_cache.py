@@ -1,0 +1,97 @@
+"""What ``consensus`` worked out for each image from a given set of rater labels, kept so that a
+re-run reads no mask of an image whose labels did not change.
+
+A rater's label version is never changed once stored, so everything consensus computes for an
+image follows from the versions it fused (their annotation ids, named in the consensus
+label's ``source_ref``) and the protocol's structures: the structures in conflict, STAPLE's
+estimate of each rater's sensitivity and specificity, and the fused mask's pixel hash. A
+re-run whose image has the same versions as an entry takes them from here instead of reading
+and fusing the masks again, which made the cost of a re-run follow the whole catalogue
+(36 ms of CPU an image) rather than the images that changed.
+
+The cache is a JSON file under the workspace's ``.datatool/cache``, one a method, keyed by
+the fused labels' reference (annotation ids and versions: no name, no path), written
+atomically when it changed. A cache written by another format, or for other structures, is
+an empty one. It only saves time: an image not in it is computed as always.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from datatool.core.atomic import PRIVATE_FILE, make_private_dirs, write_bytes_atomic
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Worked:
+    """What consensus found for one image from one set of label versions."""
+
+    conflicts: list[list]  # StructureConflict fields, in order
+    performance: dict[str, list[list[float]]] | None  # structure value -> [sens..], [spec..]
+    fused: str | None  # the fused mask's pixel hash (None: in conflict, nothing fused)
+
+
+class ConsensusCache:
+    """The entries of one method's cache file (see the module)."""
+
+    def __init__(self, meta_dir: Path, method: str, structures: dict[int, str]):
+        self.path = Path(meta_dir) / "cache" / f"consensus-{method.replace(':', '-')}.json"
+        self.key = [[value, name] for value, name in sorted(structures.items())]
+        self.entries: dict[str, dict] = self._load()
+        self.changed = False
+
+    def _load(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if data.get("format") != FORMAT or data.get("structures") != self.key:
+                return {}
+            entries = data["entries"]
+            return entries if isinstance(entries, dict) else {}
+        except (OSError, ValueError, TypeError, AttributeError, KeyError):
+            return {}
+
+    def get(self, ref: str, quality: bool) -> Worked | None:
+        """The entry for labels ``ref``; None when there is none, or when ``quality`` is
+        wanted and the entry was made without it."""
+        entry = self.entries.get(ref)
+        if not isinstance(entry, dict):
+            return None
+        try:
+            worked = Worked(entry["conflicts"], entry["performance"], entry["fused"])
+        except KeyError:
+            return None
+        if quality and worked.performance is None:
+            return None
+        return worked
+
+    def put(self, ref: str, worked: Worked) -> None:
+        entry = {
+            "conflicts": worked.conflicts,
+            "performance": worked.performance,
+            "fused": worked.fused,
+        }
+        if self.entries.get(ref) != entry:
+            self.entries[ref] = entry
+            self.changed = True
+
+    def keep_only(self, refs: set[str]) -> None:
+        """Forget the entries of labels no longer anybody's latest."""
+        stale = [ref for ref in self.entries if ref not in refs]
+        for ref in stale:
+            del self.entries[ref]
+        self.changed = self.changed or bool(stale)
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        make_private_dirs(self.path.parent)
+        text = json.dumps(
+            {"format": FORMAT, "structures": self.key, "entries": self.entries},
+            separators=(",", ":"),
+        )
+        write_bytes_atomic(self.path, text.encode("utf-8"), mode=PRIVATE_FILE)
+        self.changed = False
