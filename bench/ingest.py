@@ -114,6 +114,9 @@ def main() -> None:
     parser.add_argument(
         "--orthanc", action="store_true", help="also time Orthanc receiving the files (REST)"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="time each step this many times, keep the best"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="datatool-bench-") as tmp:
         scratch = Path(tmp)
@@ -124,16 +127,25 @@ def main() -> None:
         files = list(iter_files([data]))
         bare_decode(files[:20])  # warm the page cache and imports
         load_before = os.getloadavg()[0]
-        start_cpu = cpu()
-        t_bare, n_bare = bare_decode(files)
-        CPU["bare"] = cpu() - start_cpu
-        t0, n0 = timed_ingest(data, 0, scratch)
-        t1, n1 = timed_ingest(data, 1, scratch)
-        t2, n2 = timed_ingest(data, 2, scratch)
+        best: dict[str, tuple[float, int]] = {}
+        for round_ in range(args.repeat):  # steps interleaved: a burst of load hits all
+            start_cpu = cpu()
+            timed = {"bare": bare_decode(files)}
+            used = {"bare": cpu() - start_cpu}
+            for workers in (0, 1, 2):
+                timed[f"ingest {workers}"] = timed_ingest(data, workers, scratch / f"r{round_}")
+                used[f"ingest {workers}"] = CPU[f"ingest {workers}"]
+            for step, figure in timed.items():
+                if step not in best or figure[0] < best[step][0]:
+                    best[step], CPU[step] = figure, used[step]
+        (t_bare, n_bare), (t0, n0) = best["bare"], best["ingest 0"]
+        (t1, n1), (t2, n2) = best["ingest 1"], best["ingest 2"]
         load_after = os.getloadavg()[0]
         if args.orthanc:
             t_orthanc, orthanc_load = orthanc_rate(files, scratch)
     print(f"files: {len(files)}, images: {n1}; cores: {os.cpu_count()}")
+    if args.repeat > 1:
+        print(f"each figure the best of {args.repeat} runs (its CPU seconds those of that run)")
     print(f"load average (1 min) before: {load_before:.1f}, after: {load_after:.1f}")
     print(f"bare decode (1 process): {t_bare:6.2f} s  {n_bare / t_bare:7.1f} images/s")
     print(f"ingest, all in 1 process:{t0:6.2f} s  {n0 / t0:7.1f} images/s")
