@@ -270,14 +270,22 @@ def measure(bench: Bench, size: int, batch: int, run: int) -> dict:
           + ", ".join(f"{r} {ms:.1f} / {cpu:.1f} ms/image"
                       for r, ms, cpu in zip(RATERS, row["sync_ms"], row["sync_cpu_ms"]))
           + f" (load {load()})", flush=True)  # fmt: skip
+    row["commands"] = time_commands(bench, run)
+    return row
+
+
+def time_commands(bench: Bench, run: int, tag: str = "") -> dict[str, Timed]:
+    """Each command of COMMANDS once, printed as a table row with its goal (``tag``: added
+    to the new split's and report's names)."""
     print(f"  {'command':24s} {'wall s':>7s} {'CPU s':>7s} {'peak RSS MB':>12s} {'load':>5s}  goal")
-    row["commands"] = {}
+    timed: dict[str, Timed] = {}
     for label, args, read in COMMANDS:
         filled = [
-            a.format(size=bench.images, run=run, root=bench.root, method=bench.method) for a in args
+            a.format(size=f"{bench.images}{tag}", run=run, root=bench.root, method=bench.method)
+            for a in args
         ]
         t = bench.run(filled, check=False)
-        row["commands"][label] = t
+        timed[label] = t
         goal = []
         if read and t.seconds >= READ_GOAL_S:
             goal.append(f"over {READ_GOAL_S:.0f} s")
@@ -287,7 +295,23 @@ def measure(bench: Bench, size: int, batch: int, run: int) -> dict:
         failed = f"  exit {t.rc}: {last}" if t.rc not in (0, 1) else ""
         print(f"  {label:24s} {t.seconds:7.2f} {t.cpu:7.2f} {t.max_rss / 1e6:12.0f} "
               f"{load():>5s}  {', '.join(goal) or 'ok'}{failed}", flush=True)  # fmt: skip
-    return row
+    return timed
+
+
+def again(root: Path, db_url: str | None, method: str) -> None:
+    """The commands timed again on the catalogue a ``--keep`` run left in ``root``."""
+    bench = Bench(root, db_url)
+    bench.method = method
+    from sqlalchemy import create_engine, text
+
+    url = db_url or f"sqlite:///{bench.ws}/.datatool/catalogue.sqlite"
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        bench.images = int(conn.execute(text("SELECT count(*) FROM images")).scalar() or 0)
+        run = conn.execute(text("SELECT max(id) FROM runs WHERE status = 'done'")).scalar()
+    engine.dispose()
+    print(f"again on {root}: {bench.images} images; load {load()}", flush=True)
+    time_commands(bench, int(run or 0), tag=f"-again-{os.getpid()}")
 
 
 def main() -> None:
@@ -303,6 +327,11 @@ def main() -> None:
                         help="only these commands (labels, comma-separated)")  # fmt: skip
     parser.add_argument("--consensus-method", default="staple", choices=["staple", "majority"],
                         help="consensus --method (STAPLE: about 0.3 s an image here)")  # fmt: skip
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the folder (workspace, run) at the end for --again")  # fmt: skip
+    parser.add_argument("--again", type=Path, metavar="ROOT",
+                        help="time the commands again on the catalogue a --keep run left in "
+                        "ROOT (after a change to datatool), nothing added")  # fmt: skip
     args = parser.parse_args()
     if args.commands:
         wanted = [c.strip() for c in args.commands.split(",")]
@@ -311,6 +340,9 @@ def main() -> None:
             parser.error(f"unknown command(s) {unknown}; choose from "
                          + ", ".join(label for label, _, _ in COMMANDS))  # fmt: skip
         COMMANDS[:] = [c for c in COMMANDS if c[0] in wanted]
+    if args.again:
+        again(args.again, args.db_url, args.consensus_method)
+        return
     sizes = sorted(int(s) for s in args.sizes.split(","))
     root = Path(tempfile.gettempdir()) / f"scale-{os.getpid()}"
     root.mkdir()
@@ -344,7 +376,10 @@ def main() -> None:
     finally:
         if stop_pg:
             subprocess.run(stop_pg, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep and not stop_pg:
+            print(f"kept {root}: python bench/scale.py --again {root}", flush=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         print(f"\nper-image cost at {last['size']} vs {first['size']} images (goal within "
