@@ -20,6 +20,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from datatool.analysis import metrics
+from datatool.analysis.overlap_cache import OverlapCache, job_key
 from datatool.analysis.plots import bland_altman_png
 from datatool.analysis.sampling import (
     _cine_frames,
@@ -204,6 +205,7 @@ def run_agreement(
         wanted,
         spacing,
         tolerance if surface else None,
+        OverlapCache(ws.meta_dir),
     )
     results: list[StructureAgreement] = []
     ratings: list[tuple[np.ndarray, np.ndarray]] = []
@@ -554,10 +556,12 @@ def _overlaps(
     wanted,
     spacing: dict[int, tuple[float, float]],
     tolerance: float | None,
+    cache: OverlapCache | None = None,
 ) -> tuple[dict[str, list[int]], dict[str, list[metrics.Surface]]]:
     """Per structure, for each item: the overlap in pixels of the two raters' maps, counted
     only where the two structures' bounding boxes meet, and the surface distances at the
-    image's spacing; large samples in worker processes."""
+    image's spacing; large samples in worker processes. With ``cache``, an item measured
+    before from the same inputs is not measured again (``overlap_cache``)."""
     jobs = []
     for image_id, ia, ib in items:
         boxes = []
@@ -587,12 +591,22 @@ def _overlaps(
                 )
             )
         jobs.append((str(store_root), masks[ia], masks[ib], boxes, spacing[image_id], tolerance))
+    keys = [job_key(*job[1:]) for job in jobs] if cache is not None else []
+    known = [cache.get(key) for key in keys] if cache is not None else [None] * len(jobs)
+    todo = [job for job, found in zip(jobs, known) if found is None]
     workers = worker_count(cap=8)
-    if len(jobs) >= POOL_FROM and workers > 1:
+    if len(todo) >= POOL_FROM and workers > 1:
         with pool_context().Pool(workers) as pool:
-            counts = pool.map(_overlap_one, jobs, chunksize=64)
+            measured = pool.map(_overlap_one, todo, chunksize=64)
     else:
-        counts = [_overlap_one(job) for job in jobs]
+        measured = [_overlap_one(job) for job in todo]
+    fresh = iter(measured)
+    counts = [found if found is not None else next(fresh) for found in known]
+    if cache is not None:
+        for key, found, count in zip(keys, known, counts):
+            if found is None:
+                cache.put(key, count)
+        cache.save()
     return (
         {st.name: [c[k][0] for c in counts] for k, st in enumerate(wanted)},
         {st.name: [c[k][1] for c in counts] for k, st in enumerate(wanted)},
