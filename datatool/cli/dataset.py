@@ -130,6 +130,9 @@ def ingest(
     finish(report.exit_code)
 
 
+STATUS_PATIENTS_SHOWN = 50  # more patients than fit a screen: the CSV or JSON has them all
+
+
 def _status_view(data: Status) -> Iterator[Block]:
     cov = data.calibration_coverage
     yield f"workspace {data.workspace}"
@@ -152,7 +155,11 @@ def _status_view(data: Status) -> Iterator[Block]:
             "regions that cover (nearly) all of them (ingested before datatool quarantined "
             "such images): burned-in text may remain in them"
         )
-    table = Table("per patient", ["patient", "sex", "age", "studies", "series", "sides", "images"])
+    table = Table(
+        "per patient",
+        ["patient", "sex", "age", "studies", "series", "sides", "images"],
+        shown=STATUS_PATIENTS_SHOWN,
+    )
     for row in data.per_patient:
         table.add(row.patient, row.sex, row.age, row.studies, row.series, row.sides, row.images)
     yield table

@@ -183,6 +183,7 @@ class Table:
     rows: list[list[Any]] = field(default_factory=list)
     digits: int = 3
     name: str | None = None  # for the CSV file of a command with several tables
+    shown: int | None = None  # on the terminal at most this many rows (the CSV: all)
 
     def add(self, *cells: Any) -> None:
         if len(cells) != len(self.columns):
@@ -193,9 +194,14 @@ class Table:
         table = RichTable(title=plain(self.title) if self.title else None)
         for k, col in enumerate(self.columns):
             table.add_column(plain(col), justify="left" if k == 0 else "right")
-        for row in self.rows:
+        for row in self.rows[: self.shown]:
             table.add_row(*(plain(cell_text(v, self.digits)) for v in row))
         return table
+
+    @property
+    def hidden(self) -> int:
+        """Rows not printed on the terminal (``shown``)."""
+        return 0 if self.shown is None else max(len(self.rows) - self.shown, 0)
 
     def csv_text(self) -> str:
         samples = [
@@ -276,6 +282,12 @@ def show(
     for block in blocks:
         if isinstance(block, Table):
             out.print(block.rich())
+            if block.hidden:
+                out.print(
+                    f"... and {block.hidden} more rows: --csv FILE or --json lists them all",
+                    markup=False,
+                    highlight=False,
+                )
         else:  # a line: user text in it (paths, names) stays on it, as text
             out.print(safe(block), markup=False, highlight=False, emoji=False)
 

@@ -26,7 +26,6 @@ from sqlalchemy.orm import Session
 from datatool.core.catalogue import FileStatus, Image, SourceFile
 from datatool.core.errors import UsageError
 from datatool.ingest import deid
-from datatool.ingest.dicom import read_header
 from datatool.labels.quoting import clipped, excerpt
 
 NAME_RE = re.compile(r"img(\d{6,})")
@@ -215,6 +214,8 @@ def read_sop_instance_uid(dicom_path: Path) -> str:
         found = False
     if not found:
         raise NoImage(f"no DICOM file {clipped(dicom_path)} to match it to")
+    from datatool.ingest.dicom import read_header  # pydicom: only where a file is read
+
     try:
         # a deflated file is inflated only as far as its header: never a bomb's whole stream
         ds = read_header(Path(dicom_path), specific_tags=["SOPInstanceUID"])
