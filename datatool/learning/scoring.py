@@ -439,7 +439,7 @@ def _rater_labels(ws: Workspace, split_name: str, image_ids: list[int]) -> _Rate
                 for ann in s.scalars(select(Annotation).where(Annotation.id.in_(ids))):
                     if ann.rater_id in humans:
                         named.setdefault(ann.image_id, {})[ann.rater_id] = ann.mask_hash
-            query = latest_annotations_query(list(humans)).where(Annotation.image_id.in_(chunk))
+            query = latest_annotations_query(list(humans), image_ids=chunk)
             for ann in s.scalars(query):
                 latest.setdefault(ann.image_id, {})[ann.rater_id] = ann.mask_hash
     from_reference = {r for per in named.values() for r in per}

@@ -35,7 +35,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from datatool.core.catalogue import Annotation, Image, Rater, audit
+from datatool.core.catalogue import Image, Rater, audit
 from datatool.core.errors import UsageError
 from datatool.core.files import not_regular, skip_reason
 from datatool.core.protocol import Protocol, load_protocol
@@ -46,6 +46,7 @@ from datatool.labels.annotations import (
     DraftOrigin,
     SyncReport,
     draft_origin,
+    in_chunks,
     labelling_rater,
     latest_annotations_query,
     store_annotations,
@@ -328,12 +329,12 @@ def _targets(
 def _match_images(
     ws: Workspace, rater_id: int, targets: list[_Target], report: SyncReport
 ) -> tuple[list[_Match], dict[int, str]]:
-    """The catalogued image of every target (the others rejected with the reason), and the
-    images the rater has labels of already (image id -> its latest label map's hash)."""
+    """The catalogued image of every target (the others rejected with the reason), and which
+    of those images (a cine's: each frame) the rater has labels of already (image id -> its
+    latest label map's hash)."""
     matches: list[_Match] = []
     markers: dict[Path, dict[str, dict] | None] = {}
     with ws.session() as s:
-        latest = {a.image_id: a.mask_hash for a in s.scalars(latest_annotations_query([rater_id]))}
         for t, found in _resolve(s, ws.key, targets):
             if isinstance(found, NoImage):
                 report.rejected.append((str(t.path), str(found)))
@@ -361,6 +362,14 @@ def _match_images(
                     i.id: _draft_for(t.full, i.id, markers) for i in cine.frames.values()
                 }
             matches.append(match)
+        ids = sorted(
+            {m.image_id for m in matches}
+            | {i.id for m in matches if m.cine for i in m.cine.frames.values()}
+        )
+        latest: dict[int, str] = {}
+        for chunk in in_chunks(ids):  # these images' labels only, not every label of the rater
+            query = latest_annotations_query([rater_id], image_ids=chunk)
+            latest.update((a.image_id, a.mask_hash) for a in s.scalars(query))
     return matches, latest
 
 
@@ -377,9 +386,7 @@ def _copies(
     own = {
         a.image_id: a.mask_hash
         for a in s.scalars(
-            latest_annotations_query([rater_id]).where(
-                Annotation.image_id.in_([m.image_id for m, _ in ready])
-            )
+            latest_annotations_query([rater_id], image_ids=[m.image_id for m, _ in ready])
         )
     }
     candidates = [
@@ -593,9 +600,7 @@ def _not_over_own(
         return ready, digests, origins
     own = {
         a.image_id: a.mask_hash
-        for a in s.scalars(
-            latest_annotations_query([rater_id]).where(Annotation.image_id.in_(accepted))
-        )
+        for a in s.scalars(latest_annotations_query([rater_id], image_ids=accepted))
     }
     keep = []
     for k, ((m, _), digest) in enumerate(zip(ready, digests)):
