@@ -25,7 +25,6 @@ from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.store import encode_png
 from datatool.core.workspace import Workspace
-from datatool.labels.annotations import mask_hashes
 from datatool.labels.itksnap.formats import spacing_mm, write_image, write_segmentation
 from datatool.labels.matching import image_name
 from datatool.learning.options import ExportFormat, FileEnding, Subset, choice
@@ -257,7 +256,7 @@ def export_split(
     with ws.session() as s:
         split = get_split(s, name)
         rows = split_members(s, split)
-        masks = mask_hashes(s, [m.annotation_id for m, *_ in rows if m.annotation_id])
+        masks = {m.annotation_id: m.mask_hash for m, *_ in rows if m.annotation_id}
         folds, split_hash = split.folds, split.content_hash
         mm_of = {
             i: (x, y)

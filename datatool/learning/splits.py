@@ -27,6 +27,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Bundle
 
 from datatool.core.catalogue import (
     Annotation,
@@ -44,7 +45,7 @@ from datatool.core.catalogue import (
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.verified import verify_objects
 from datatool.core.workspace import Workspace
-from datatool.labels.annotations import latest_annotations_query, mask_hashes
+from datatool.labels.annotations import latest_annotations_query
 from datatool.labels.matching import image_name
 from datatool.learning.options import Stratify, Subset, choice
 
@@ -524,10 +525,24 @@ def create_split(
 # --------------------------------------------------------------------------- read
 
 
+# A member as the readers use it (image_id, annotation_id, subset, fold, and its reference
+# label's mask_hash): plain rows, not ORM entities (30,000 members: 0.63 -> 0.2 s)
+_MEMBER = Bundle(
+    "member",
+    SplitMember.image_id,
+    SplitMember.annotation_id,
+    SplitMember.subset,
+    SplitMember.fold,
+    Annotation.mask_hash,
+)
+
+
 def split_members(session, split: Split):
+    """(member, pseudonym, sex, side, image store hash) per member, by image id."""
     return session.execute(
-        select(SplitMember, Patient.pseudonym, Patient.sex, Series.side, Image.store_hash)
+        select(_MEMBER, Patient.pseudonym, Patient.sex, Series.side, Image.store_hash)
         .join(Image, SplitMember.image_id == Image.id)
+        .outerjoin(Annotation, SplitMember.annotation_id == Annotation.id)
         .join(Series, Image.series_id == Series.id)
         .join(Patient, SplitMember.patient_id == Patient.id)
         .where(SplitMember.split_id == split.id)
@@ -687,7 +702,7 @@ def check_split(ws: Workspace, name: str, deep: bool = False) -> SplitCheck:
     with ws.session() as s:
         split = get_split(s, name)
         rows = split_members(s, split)
-        mask_of = mask_hashes(s, [m.annotation_id for m, *_ in rows if m.annotation_id])
+        mask_of = {m.annotation_id: m.mask_hash for m, *_ in rows if m.annotation_id}
         params = _params(split)
         stored_hash = split.content_hash
         owner = _owners(s, split)
