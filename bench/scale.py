@@ -26,6 +26,12 @@ SIGTERM). ``--db-url URL`` (or DATATOOL_DB_URL) puts the catalogue on that serve
 
     python bench/scale.py --sizes 3000,10000          # SQLite
     python bench/scale.py --sizes 3000 --postgres     # the same on a PostgreSQL server
+    python bench/scale.py --sizes 3000 --commands status --keep     # kept for --alternate
+    python bench/scale.py --alternate /tmp/scale-A /tmp/scale-B     # batches in turn
+
+The per-image cost of one batch at each size drifts with the machine (a shared one: by a
+third between runs a quarter of an hour apart); ``--alternate`` adds batches to two kept
+catalogues in turn, which compares the sizes in the same minutes.
 """
 
 from __future__ import annotations
@@ -298,16 +304,55 @@ def time_commands(bench: Bench, run: int, tag: str = "") -> dict[str, Timed]:
     return timed
 
 
+def catalogue_size(bench: Bench, db_url: str | None) -> int:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url or f"sqlite:///{bench.ws}/.datatool/catalogue.sqlite")
+    with engine.connect() as conn:
+        size = int(conn.execute(text("SELECT count(*) FROM images")).scalar() or 0)
+    engine.dispose()
+    return size
+
+
+def alternate(roots: list[Path], rounds: int, batch: int) -> None:
+    """Add ``batch`` images (ingest, then sync of both raters) to each kept catalogue in
+    turn, ``rounds`` times: the per-image cost at two sizes in the same minutes. On a shared
+    machine the speed drifts by a third between runs a quarter of an hour apart; alternating
+    batches leaves the drift out of the comparison."""
+    benches = []
+    for k, root in enumerate(roots):
+        bench = Bench(root, None)
+        bench.base_units(root / "base")
+        bench.copies = 200_000 + 100_000 * k  # new identities, never those of the run
+        bench.images = catalogue_size(bench, None)
+        benches.append(bench)
+    totals: dict[int, list[list[float]]] = {k: [] for k in range(len(benches))}
+    for r in range(rounds):
+        for k, bench in enumerate(benches):
+            size = bench.images
+            n, ingest, syncs = bench.add(size + batch, f"alternate-{r}")
+            cpu = [1000 * ingest.cpu / n] + [1000 * t.cpu / n for t in syncs]
+            totals[k].append(cpu)
+            print(f"round {r + 1}, at {size} images: ingest {cpu[0]:.2f}, sync "
+                  + ", ".join(f"{c:.2f}" for c in cpu[1:])
+                  + f" ms of CPU an image (load {load()})", flush=True)  # fmt: skip
+    means = {k: [sum(c) / len(c) for c in zip(*rows)] for k, rows in totals.items()}
+    first, last = means[0], means[len(benches) - 1]
+    names = ["ingest", *(f"sync {r}" for r in RATERS)]
+    ratios = ", ".join(f"{name} {b / a:.2f}x" for name, a, b in zip(names, first, last))
+    print(f"mean CPU per image, the larger catalogue against the smaller: {ratios} "
+          "(goal within 25 %)")  # fmt: skip
+
+
 def again(root: Path, db_url: str | None, method: str) -> None:
     """The commands timed again on the catalogue a ``--keep`` run left in ``root``."""
     bench = Bench(root, db_url)
     bench.method = method
     from sqlalchemy import create_engine, text
 
-    url = db_url or f"sqlite:///{bench.ws}/.datatool/catalogue.sqlite"
-    engine = create_engine(url)
+    bench.images = catalogue_size(bench, db_url)
+    engine = create_engine(db_url or f"sqlite:///{bench.ws}/.datatool/catalogue.sqlite")
     with engine.connect() as conn:
-        bench.images = int(conn.execute(text("SELECT count(*) FROM images")).scalar() or 0)
         run = conn.execute(text("SELECT max(id) FROM runs WHERE status = 'done'")).scalar()
     engine.dispose()
     print(f"again on {root}: {bench.images} images; load {load()}", flush=True)
@@ -332,7 +377,14 @@ def main() -> None:
     parser.add_argument("--again", type=Path, metavar="ROOT",
                         help="time the commands again on the catalogue a --keep run left in "
                         "ROOT (after a change to datatool), nothing added")  # fmt: skip
+    parser.add_argument("--alternate", type=Path, nargs=2, metavar=("SMALL", "LARGE"),
+                        help="add --batch images to two kept catalogues (SQLite) in turn, "
+                        "--rounds times: their per-image cost in the same minutes")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="--alternate: rounds")
     args = parser.parse_args()
+    if args.alternate:
+        alternate(list(args.alternate), args.rounds, args.batch)
+        return
     if args.commands:
         wanted = [c.strip() for c in args.commands.split(",")]
         unknown = sorted(set(wanted) - {label for label, _, _ in COMMANDS})

@@ -419,14 +419,19 @@ class CatalogueBatch:
             if shas
             else {}
         )
+        # the status is checked here, not in SQL: with both in the query SQLite (which keeps
+        # no statistics) walked the status index, every ingested file (13.7 ms a batch at
+        # 30,000 files, 0.5 ms by the UID's index)
         self.ingested_uids = (
-            set(
-                session.scalars(
-                    select(SourceFile.sop_uid).where(
-                        SourceFile.sop_uid.in_(uids), SourceFile.status == FileStatus.ingested
+            {
+                uid
+                for uid, status in session.execute(
+                    select(SourceFile.sop_uid, SourceFile.status).where(
+                        SourceFile.sop_uid.in_(uids)
                     )
                 )
-            )
+                if status == FileStatus.ingested
+            }
             if uids
             else set()
         )

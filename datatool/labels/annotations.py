@@ -312,9 +312,8 @@ def close_superseded_flags(session: Session, replaced: dict[int, int], source: s
     flags = [
         flag
         for chunk in in_chunks(sorted(replaced))
-        for flag in session.scalars(
-            select(QAFlag).where(QAFlag.annotation_id.in_(chunk), QAFlag.status == FlagStatus.open)
-        )
+        for flag in session.scalars(select(QAFlag).where(QAFlag.annotation_id.in_(chunk)))
+        if flag.status == FlagStatus.open  # not in SQL: see matching.match_sop_uid
     ]
     if not flags:
         return 0

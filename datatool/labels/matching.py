@@ -171,10 +171,15 @@ def match_sop_uid(session: Session, key: bytes, sop_instance_uid: str) -> Image 
     """The catalogued image of a DICOM file's SOP Instance UID, or its :class:`Cine` when
     the file holds several frames."""
     keyed = deid.uid_for(key, sop_instance_uid.strip())
-    source = session.scalar(
-        select(SourceFile).where(
-            SourceFile.sop_uid == keyed, SourceFile.status == FileStatus.ingested
-        )
+    # by the UID's index alone: a filter on the status too lets SQLite (no statistics) walk
+    # the status index, every ingested file (see pipeline.CatalogueBatch)
+    source = next(
+        (
+            f
+            for f in session.scalars(select(SourceFile).where(SourceFile.sop_uid == keyed))
+            if f.status == FileStatus.ingested
+        ),
+        None,
     )
     if source is None:
         raise NoImage("its DICOM image was never ingested (run 'datatool ingest' on it first)")

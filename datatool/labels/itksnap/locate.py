@@ -297,11 +297,12 @@ def _resolve(session: Session, key: bytes, targets: list[_Target]):
         )
     for uid_chunk in in_chunks(uids):
         for row in session.execute(
-            select(SourceFile.sop_uid, *columns)
+            select(SourceFile.sop_uid, SourceFile.status, *columns)
             .join(Image, Image.source_file_id == SourceFile.id)
-            .where(SourceFile.status == FileStatus.ingested, SourceFile.sop_uid.in_(uid_chunk))
+            .where(SourceFile.sop_uid.in_(uid_chunk))  # the status below: see match_sop_uid
         ):
-            by_uid.setdefault(row.sop_uid, []).append(row)
+            if row.status == FileStatus.ingested:
+                by_uid.setdefault(row.sop_uid, []).append(row)
     rows = [*by_id.values(), *(r for found in by_uid.values() for r in found)]
     cines = cines_of(session, {r.source_file_id for r in rows if (r.n_frames or 1) > 1})
     for t in targets:
