@@ -392,10 +392,12 @@ def _clip(value: object, size: int) -> str | None:
 def known_hashes(session: Session) -> frozenset[str]:
     """Files whose bytes need no second look (quarantined ones are looked at again, since
     --allow-burned-in may now let them in)."""
-    rows = session.scalars(
+    # plain rows from the connection, not the ORM's: every file's hash (0.14 -> 0.06 s at
+    # 34,000 files, paid by every ingest whatever its size)
+    rows = session.connection().execute(
         select(SourceFile.sha256).where(SourceFile.status != FileStatus.quarantined)
     )
-    return frozenset(rows)
+    return frozenset(sha for (sha,) in rows)
 
 
 class CatalogueBatch:
