@@ -7,16 +7,22 @@ import datetime as dt
 import enum
 import math
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 _PLAIN = frozenset({str, int, bool, type(None)})  # exactly these types (not subclasses)
 
 
-@cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls) if not f.name.startswith("_"))
+_FIELDS: dict[type, tuple[str, ...]] = {}  # a dataclass's public field names, once a class
+
+
+def _field_names(cls: Any) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(
+            f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")
+        )
+    return names
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -25,6 +25,7 @@ import math
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Bundle
@@ -527,7 +528,7 @@ def create_split(
 
 # A member as the readers use it (image_id, annotation_id, subset, fold, and its reference
 # label's mask_hash): plain rows, not ORM entities (30,000 members: 0.63 -> 0.2 s)
-_MEMBER = Bundle(
+_MEMBER: Bundle[Any] = Bundle(
     "member",
     SplitMember.image_id,
     SplitMember.annotation_id,
