@@ -14,7 +14,6 @@ from datatool.analysis import consensus_cache
 from datatool.analysis.consensus import make_consensus
 from datatool.core.jsonable import to_jsonable
 from datatool.core.protocol import load_protocol
-from datatool.core.store import Store
 from datatool.ingest.pipeline import ingest
 from datatool.labels.annotations import add_rater, get_rater, store_annotation
 from datatool.labels.matching import image_for_dicom
@@ -26,20 +25,6 @@ R1 = box(SHAPE, {FEMUR: (10, 20, 10, 30), NERVE: (24, 30, 5, 15)})
 R2 = box(SHAPE, {FEMUR: (10, 16, 10, 30), NERVE: (24, 30, 5, 15)})  # 120 of r1's 200 px
 MUSCLES = box(SHAPE, {AM: (6, 15, 5, 25), ST: (20, 30, 5, 25)})
 SWAPPED = box(SHAPE, {ST: (6, 15, 5, 25), AM: (20, 30, 5, 25)})
-
-
-@pytest.fixture()
-def counted(monkeypatch):
-    """How many masks the store decoded (the real store, counted)."""
-    reads: list[str] = []
-    real = Store.get_array
-
-    def get_array(self, digest):
-        reads.append(digest)
-        return real(self, digest)
-
-    monkeypatch.setattr(Store, "get_array", get_array)
-    return reads
 
 
 @pytest.fixture()

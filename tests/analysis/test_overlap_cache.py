@@ -12,22 +12,7 @@ import pytest
 from datatool.analysis import overlap_cache
 from datatool.analysis.agreement import run_agreement
 from datatool.analysis.metrics import Surface
-from datatool.core.store import Store
 from tests.labels_util import ingest_demo_with_labels
-
-
-@pytest.fixture()
-def counted(monkeypatch):
-    """The masks the store decoded (the real store, counted)."""
-    reads: list[str] = []
-    real = Store.get_array
-
-    def get_array(self, digest):
-        reads.append(digest)
-        return real(self, digest)
-
-    monkeypatch.setattr(Store, "get_array", get_array)
-    return reads
 
 
 @pytest.fixture()
