@@ -283,7 +283,8 @@ def make_consensus(
     skipped = len(by_image) - len(todo)
     names = {r.id: r.name for r in sources}
     structure_names = {st.value: st.name for st in protocol.structures}
-    cache = None if single else ConsensusCache(ws.meta_dir, method, structure_names)
+    settings = [shape.SWAP_MIN_SHARE, shape.SWAP_RATIO, STAPLE_MARGIN]
+    cache = None if single else ConsensusCache(ws.meta_dir, method, structure_names, settings)
     with ws.session() as s:
         current = {
             a.image_id: a.mask_hash for a in s.scalars(latest_annotations_query([target_id]))

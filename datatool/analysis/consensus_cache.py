@@ -10,9 +10,11 @@ and fusing the masks again, which made the cost of a re-run follow the whole cat
 (36 ms of CPU an image) rather than the images that changed.
 
 The cache is a JSON file under the workspace's ``.datatool/cache``, one a method, keyed by
-the fused labels' reference (annotation ids and versions: no name, no path), written
-atomically when it changed. A cache written by another format, or for other structures, is
-an empty one. It only saves time: an image not in it is computed as always.
+the fused labels' reference (annotation ids and versions; rater and structure names, never
+a patient's identity or a path), written
+atomically when it changed. A cache written by another format, for other structures or
+under other settings of the swap rule and STAPLE, is an empty one. It only saves time: an
+image not in it is computed as always.
 """
 
 from __future__ import annotations
@@ -38,9 +40,18 @@ class Worked:
 class ConsensusCache:
     """The entries of one method's cache file (see the module)."""
 
-    def __init__(self, meta_dir: Path, method: str, structures: dict[int, str]):
+    def __init__(
+        self,
+        meta_dir: Path,
+        method: str,
+        structures: dict[int, str],
+        settings: list[float] | None = None,
+    ):
+        """``settings``: the constants the figures depend on (the swap rule's share and
+        ratio, STAPLE's margin): entries made under other ones are not used."""
         self.path = Path(meta_dir) / "cache" / f"consensus-{method.replace(':', '-')}.json"
         self.key = [[value, name] for value, name in sorted(structures.items())]
+        self.key.append(["settings", list(settings or [])])
         self.entries: dict[str, dict] = self._load()
         self.changed = False
 

@@ -24,7 +24,7 @@ from datatool.analysis.metrics import Surface
 from datatool.core.atomic import PRIVATE_FILE, make_private_dirs, write_bytes_atomic
 
 CACHE_NAME = "agreement-measures.json"
-FORMAT = 1
+FORMAT = 1  # a change to how a measure is computed (metrics.overlap, metrics.surface) bumps it
 KEEP = 20_000  # images' measures (about 300 bytes each)
 
 Measures = list[tuple[int, Surface]]  # per structure: overlap in pixels, surface distances

@@ -113,6 +113,14 @@ def test_a_cache_for_other_structures_or_broken_is_an_empty_one(three_images, co
     counted.clear()
     make_consensus(ws, "staple")
     assert len(counted) == 6
+    make_consensus(ws, "staple")  # written again, then made under another swap ratio
+    data = json.loads(path.read_text())
+    assert data["structures"][-1][0] == "settings"
+    data["structures"][-1][1][1] += 1.0
+    path.write_text(json.dumps(data))
+    counted.clear()
+    make_consensus(ws, "staple")
+    assert len(counted) == 6
     path.write_text("{not json")
     counted.clear()
     assert make_consensus(ws, "staple").unchanged == 2
