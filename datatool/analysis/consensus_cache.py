@@ -19,11 +19,10 @@ image not in it is computed as always.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from datatool.core.atomic import PRIVATE_FILE, make_private_dirs, write_bytes_atomic
+from datatool.core.jsoncache import read_entries, write_entries
 
 FORMAT = 1
 
@@ -52,18 +51,8 @@ class ConsensusCache:
         self.path = Path(meta_dir) / "cache" / f"consensus-{method.replace(':', '-')}.json"
         self.key = [[value, name] for value, name in sorted(structures.items())]
         self.key.append(["settings", list(settings or [])])
-        self.entries: dict[str, dict] = self._load()
+        self.entries: dict[str, dict] = read_entries(self.path, format=FORMAT, structures=self.key)
         self.changed = False
-
-    def _load(self) -> dict[str, dict]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            if data.get("format") != FORMAT or data.get("structures") != self.key:
-                return {}
-            entries = data["entries"]
-            return entries if isinstance(entries, dict) else {}
-        except (OSError, ValueError, TypeError, AttributeError, KeyError):
-            return {}
 
     def get(self, ref: str, quality: bool) -> Worked | None:
         """The entry for labels ``ref``; None when there is none, or when ``quality`` is
@@ -99,10 +88,5 @@ class ConsensusCache:
     def save(self) -> None:
         if not self.changed:
             return
-        make_private_dirs(self.path.parent)
-        text = json.dumps(
-            {"format": FORMAT, "structures": self.key, "entries": self.entries},
-            separators=(",", ":"),
-        )
-        write_bytes_atomic(self.path, text.encode("utf-8"), mode=PRIVATE_FILE)
+        write_entries(self.path, self.entries, format=FORMAT, structures=self.key)
         self.changed = False

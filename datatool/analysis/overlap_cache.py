@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 from datatool.analysis.metrics import Surface
-from datatool.core.atomic import PRIVATE_FILE, make_private_dirs, write_bytes_atomic
+from datatool.core.jsoncache import drop_oldest, read_entries, write_entries
 
 CACHE_NAME = "agreement-measures.json"
 FORMAT = 1  # a change to how a measure is computed (metrics.overlap, metrics.surface) bumps it
@@ -47,16 +47,8 @@ def _float(value: float | None) -> float:
 class OverlapCache:
     def __init__(self, meta_dir: Path):
         self.path = Path(meta_dir) / "cache" / CACHE_NAME
-        self.entries: dict[str, list] = self._load()
+        self.entries: dict[str, list] = read_entries(self.path, format=FORMAT)
         self.changed = False
-
-    def _load(self) -> dict[str, list]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            entries = data["entries"] if data.get("format") == FORMAT else {}
-            return entries if isinstance(entries, dict) else {}
-        except (OSError, ValueError, TypeError, AttributeError, KeyError):
-            return {}
 
     def get(self, key: str) -> Measures | None:
         entry = self.entries.get(key)
@@ -83,9 +75,6 @@ class OverlapCache:
     def save(self) -> None:
         if not self.changed:
             return
-        keys = list(self.entries)
-        entries = {k: self.entries[k] for k in keys[-KEEP:]}
-        make_private_dirs(self.path.parent)
-        text = json.dumps({"format": FORMAT, "entries": entries}, separators=(",", ":"))
-        write_bytes_atomic(self.path, text.encode("utf-8"), mode=PRIVATE_FILE)
+        drop_oldest(self.entries, KEEP)
+        write_entries(self.path, self.entries, format=FORMAT)
         self.changed = False

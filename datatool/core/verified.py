@@ -17,13 +17,12 @@ that was not hashed intact before.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datatool.core.atomic import PRIVATE_FILE, make_private_dirs, write_bytes_atomic
+from datatool.core.jsoncache import read_entries, write_entries
 from datatool.core.store import Store
 
 CACHE_NAME = "store-verified.json"
@@ -43,22 +42,13 @@ def _stamp(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def _load(path: Path) -> dict[str, list[int]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        entries = data["entries"] if data.get("format") == FORMAT else {}
-        return entries if isinstance(entries, dict) else {}
-    except (OSError, ValueError, TypeError, AttributeError, KeyError):
-        return {}
-
-
 def verify_objects(
     store: Store, meta_dir: Path, digests: Iterable[str], deep: bool = False
 ) -> Verified:
     """Each object in ``digests``: missing, changed (its pixels no longer hash to its name)
     or intact; hashed only when it is not known intact as it stands (see the module)."""
     path = Path(meta_dir) / "cache" / CACHE_NAME
-    entries = _load(path)
+    entries: dict[str, list[int]] = read_entries(path, format=FORMAT)
     known = {} if deep else dict(entries)
     found = Verified()
     for digest in dict.fromkeys(digests):
@@ -85,7 +75,5 @@ def verify_objects(
             found.changed.append(digest)
             entries.pop(digest, None)
     if deep or entries != known:
-        make_private_dirs(path.parent)
-        text = json.dumps({"format": FORMAT, "entries": entries}, separators=(",", ":"))
-        write_bytes_atomic(path, text.encode(), mode=PRIVATE_FILE, make_parents=False)
+        write_entries(path, entries, format=FORMAT)
     return found

@@ -17,11 +17,10 @@ unreadable cache is an empty one: it only saves time, it never decides what is s
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datatool.core.atomic import PRIVATE_FILE, write_bytes_atomic
+from datatool.core.jsoncache import drop_oldest, read_entries, write_entries
 from datatool.core.protocol import Protocol
 
 CACHE_NAME = "itksnap-decoded.json"
@@ -51,14 +50,7 @@ class Decoded:
     @classmethod
     def load(cls, meta_dir: Path) -> Decoded:
         path = Path(meta_dir) / "cache" / CACHE_NAME
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            entries = data["entries"] if data.get("format") == FORMAT else {}
-            if not isinstance(entries, dict):
-                entries = {}
-        except (OSError, ValueError, TypeError, AttributeError, KeyError):
-            entries = {}
-        return cls(path, entries)
+        return cls(path, read_entries(path, format=FORMAT))
 
     def get(self, key: str) -> tuple[str, list[str]] | None:
         found = self.entries.get(key)
@@ -82,12 +74,9 @@ class Decoded:
         written is left as it was (it only saves time)."""
         if not self.changed:
             return
-        keys = list(self.entries)
-        for old in keys[: max(0, len(keys) - MAX_ENTRIES)]:
-            del self.entries[old]
-        text = json.dumps({"format": FORMAT, "entries": self.entries}, separators=(",", ":"))
+        drop_oldest(self.entries, MAX_ENTRIES)
         try:
-            write_bytes_atomic(self.path, text.encode("utf-8"), mode=PRIVATE_FILE)
+            write_entries(self.path, self.entries, format=FORMAT)
         except OSError:
             return
         self.changed = False
