@@ -46,11 +46,22 @@ MODULES: dict[str, Module] = {
     # its unit tests only: quick enough for CI (the agreement tests cover it again, slowly)
     "metrics": Module("datatool/analysis/metrics.py", ("tests/analysis/test_metrics.py",)),
     # what CI runs (make mutate-ci): metrics' overlap measures and descriptives, about a
-    # minute; ICC and Shapiro-Wilk (pingouin, scipy) are left to the full pass
+    # minute; ICC and Shapiro-Wilk are "metrics-stats", and left to the full pass
     "metrics-core": Module(
         "datatool/analysis/metrics.py",
         ("tests/analysis/test_metrics.py",),
         ("overlap", "box_intersection", "dice_iou", "describe", "bland_altman"),
+    ),
+    # ICC(2,1) and Shapiro-Wilk, computed in numpy, against pingouin's and scipy's figures
+    "metrics-stats": Module(
+        "datatool/analysis/metrics.py",
+        (
+            "tests/analysis/test_metrics.py",
+            "tests/analysis/test_stats_oracles.py",
+            "-k",
+            "not do_not_import",
+        ),
+        ("normality", "_poly", "shapiro_wilk", "icc21", "icc21_matrix"),
     ),
     # its measures (ratings, Dice/IoU, Bland-Altman, ICCs and their notes, overlaps and
     # surface distances, the measure chosen, the notes) against the numbers tests on a
@@ -71,7 +82,7 @@ MODULES: dict[str, Module] = {
             "_wanted_structures",
             "_choose_measure",
             "_ratings",
-            "_long_table",
+            "_matrix",
             "_structure_agreement",
             "_icc_or_note",
             "_overlap_one",
@@ -485,11 +496,10 @@ EQUIVALENT: dict[str, str] = {
     _T + "12": "reshape(n, -2): numpy reads any negative size as the one unknown, like -1",
     _M + "x_describe__mutmut_3": _DTYPE,
     _M + "x_describe__mutmut_5": _DTYPE,
-    _M + "x_normality__mutmut_3": _DTYPE + " (scipy's Shapiro-Wilk casts to float itself)",
-    _M + "x_normality__mutmut_5": _DTYPE + " (scipy's Shapiro-Wilk casts to float itself)",
-    _M + "x_icc21__mutmut_64": "str.contains(case=None): pandas reads None as False, the same",
-    _M + "x_icc21__mutmut_71": "'single random raters' matched case-insensitively: the same",
-    _M + "x_icc21__mutmut_72": "'SINGLE RANDOM RATERS' matched case-insensitively: the same",
+    _M + "x_normality__mutmut_3": _DTYPE + " (shapiro_wilk casts to float itself)",
+    _M + "x_normality__mutmut_5": _DTYPE + " (shapiro_wilk casts to float itself)",
+    _M + "x_shapiro_wilk__mutmut_4": _DTYPE + " (W's sums are taken with float coefficients)",
+    _M + "x_shapiro_wilk__mutmut_6": _DTYPE + " (W's sums are taken with float coefficients)",
     _M + "x_bland_altman__mutmut_3": _DTYPE + " (one side float is enough: a - b is float)",
     _M + "x_bland_altman__mutmut_5": _DTYPE + " (one side float is enough: a - b is float)",
     _M + "x_bland_altman__mutmut_7": _DTYPE + " (one side float is enough: a - b is float)",

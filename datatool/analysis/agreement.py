@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from sqlalchemy import select
 
 from datatool.analysis import metrics
@@ -54,7 +53,8 @@ def _slug(name: str) -> str:
 
 CONVENTIONS: dict[str, str] = {
     "icc": "ICC(2,1): two-way random effects, absolute agreement, single measure "
-    "(pingouin); an empty structure is a rating of 0, so no image is dropped",
+    "(McGraw & Wong's ICC(A,1) and its CI; pingouin's figures); an empty structure is a "
+    "rating of 0, so no image is dropped",
     "overall": "ICC over all (image, structure) pairs of the listed structures",
     "dice_iou": "pairs where both raters left the structure empty are excluded "
     "(both_absent); one empty gives 0",
@@ -209,7 +209,7 @@ def run_agreement(
     )
     results: list[StructureAgreement] = []
     ratings: list[tuple[np.ndarray, np.ndarray]] = []
-    long_all: list[pd.DataFrame] = []
+    matrices: list[np.ndarray] = []
     for st in wanted:
         ra, rb, pa, pb = _ratings(smp, st.name, measure)
         if not pa.any() and not pb.any():
@@ -218,10 +218,9 @@ def run_agreement(
                 raise DatatoolError(message)
             notes.append(message + " (left out)")
             continue
-        long = _long_table(ra, rb, smp.rater_a, smp.rater_b)
-        long_all.append(long.assign(target=long["target"].astype(str) + "|" + st.name))
+        matrices.append(_matrix(ra, rb))
         agreement = _structure_agreement(
-            st.name, smp, long, ra, rb, pa, pb, overlaps[st.name], notes
+            st.name, smp, matrices[-1], ra, rb, pa, pb, overlaps[st.name], notes
         )
         described = metrics.describe_surfaces(surfaces[st.name])
         agreement.hd95, agreement.assd, agreement.nsd = (
@@ -234,7 +233,7 @@ def run_agreement(
     if not results:
         raise DatatoolError("no structure was labelled by either rater in these images")
     overall = (
-        _icc_or_note(pd.concat(long_all), "all structures", notes)
+        _icc_or_note(np.concatenate(matrices), "all structures", notes)
         if len(results) > 1
         else results[0].icc
     )
@@ -439,21 +438,15 @@ def _ratings(
     )
 
 
-def _long_table(ra: np.ndarray, rb: np.ndarray, name_a: str, name_b: str) -> pd.DataFrame:
-    n = len(ra)
-    return pd.DataFrame(
-        {
-            "target": np.tile(np.arange(n), 2),
-            "rater": [name_a] * n + [name_b] * n,
-            "rating": np.concatenate([ra, rb]),
-        }
-    )
+def _matrix(ra: np.ndarray, rb: np.ndarray) -> np.ndarray:
+    """The (image x rater) matrix of one structure's ratings, as ICC takes it."""
+    return np.column_stack([ra, rb]).astype(float)
 
 
 def _structure_agreement(
     name: str,
     smp: _Sample,
-    long: pd.DataFrame,
+    matrix: np.ndarray,
     ra: np.ndarray,
     rb: np.ndarray,
     pa: np.ndarray,
@@ -464,7 +457,7 @@ def _structure_agreement(
     pairs = [metrics.dice_iou(int(x), int(y), overlaps[k]) for k, (x, y) in enumerate(zip(pa, pb))]
     return StructureAgreement(
         structure=name,
-        icc=_icc_or_note(long, name, notes),
+        icc=_icc_or_note(matrix, name, notes),
         dice=metrics.describe([p[0] for p in pairs if p]),
         iou=metrics.describe([p[1] for p in pairs if p]),
         both_absent=int(sum(p is None for p in pairs)),
@@ -497,14 +490,19 @@ def _bland_altman_plots(
     ]
 
 
-def _icc_or_note(long: pd.DataFrame, what: str, notes: list[str]) -> metrics.ICC | None:
+def _icc_or_note(matrix: np.ndarray, what: str, notes: list[str]) -> metrics.ICC | None:
     try:
-        icc = metrics.icc21(long)
+        icc = metrics.icc21_matrix(matrix)
     except ValueError as exc:
         notes.append(f"{what}: no ICC ({exc})")
         return None
     if icc.ci_low is None:
-        notes.append(f"{what}: the raters agree perfectly; pingouin gives no CI")
+        why = (
+            "the raters agree perfectly"
+            if icc.icc == 1.0
+            else "the raters differ by the same amount on every target"
+        )
+        notes.append(f"{what}: {why}; no CI (no residual variance)")
     return icc
 
 

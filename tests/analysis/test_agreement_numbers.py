@@ -32,7 +32,7 @@ from datatool.analysis.agreement import (
     _choose_measure,
     _cine_notes,
     _icc_or_note,
-    _long_table,
+    _matrix,
     _overlap_one,
     _overlaps,
     _prelabelled_notes,
@@ -444,7 +444,7 @@ def test_each_structure_s_figures_without_a_catalogue(tmp_path, calibrated):
         store.root, smp.items, smp.masks, smp.stats, protocol.structures, spacing, None
     )
     want = expected_report(names, unit)
-    longs = []
+    matrices = []
     for st in protocol.structures:
         ra, rb, pa, pb = _ratings(smp, st.name, measure)
         # the areas in px, by hand from the rectangles
@@ -454,15 +454,13 @@ def test_each_structure_s_figures_without_a_catalogue(tmp_path, calibrated):
             assert not pa.any() and not pb.any()  # nobody labelled the adductor magnus
             continue
         w = want["structures"][st.name]
-        long = _long_table(ra, rb, "A", "B")
-        n = len(names)
-        assert long["target"].tolist() == [*range(n), *range(n)]
-        assert long["rater"].tolist() == ["A"] * n + ["B"] * n
-        r = _structure_agreement(st.name, smp, long, ra, rb, pa, pb, overlaps[st.name], notes)
+        matrix = _matrix(ra, rb)
+        assert matrix.dtype == float and matrix.tolist() == [[a, b] for a, b in zip(ra, rb)]
+        r = _structure_agreement(st.name, smp, matrix, ra, rb, pa, pb, overlaps[st.name], notes)
         assert r.structure == st.name
         assert_structure(r, w)
-        longs.append(long.assign(target=long["target"].astype(str) + "|" + st.name))
-    overall = _icc_or_note(pd.concat(longs), "all structures", notes)
+        matrices.append(matrix)
+    overall = _icc_or_note(np.concatenate(matrices), "all structures", notes)
     assert_icc(overall, want["overall"], want["overall_pingouin"])
     assert notes == (
         [] if calibrated else ["1 of 5 images have no mm calibration: areas in pixels"]
@@ -575,16 +573,19 @@ def test_measures_structures_and_iccs_refused_or_noted_word_for_word():
     assert notes == ["2 of 5 images have no mm calibration: areas in pixels"]
     # two targets are too few for an ICC; raters who agree on every target get no CI
     notes = []
-    assert (
-        _icc_or_note(_long_table(np.array([1.0, 2]), np.array([1.0, 3]), "A", "B"), "x", notes)
-        is None
-    )
+    assert _icc_or_note(_matrix(np.array([1.0, 2]), np.array([1.0, 3])), "x", notes) is None
     assert notes == ["x: no ICC (ICC needs at least 3 targets and 2 raters, got 2 and 2)"]
     notes = []
-    same = np.array([1.0, 2, 3])  # (pingouin's F is infinite: no CI)
-    icc = _icc_or_note(_long_table(same, same, "A", "B"), "femur", notes)
-    assert icc is not None and icc.ci_low is None
-    assert notes == ["femur: the raters agree perfectly; pingouin gives no CI"]
+    same = np.array([1.0, 2, 3])  # (F is infinite: no CI)
+    icc = _icc_or_note(_matrix(same, same), "femur", notes)
+    assert icc is not None and icc.ci_low is None and icc.ci_high is None
+    assert notes == ["femur: the raters agree perfectly; no CI (no residual variance)"]
+    notes = []  # B 1 px above A on every image: no residual variance either
+    icc = _icc_or_note(_matrix(same, same + 1), "nerve", notes)
+    assert icc is not None and icc.ci_low is None and 0 < icc.icc < 1
+    assert notes == [
+        "nerve: the raters differ by the same amount on every target; no CI (no residual variance)"
+    ]
     # a plot's file name: runs of anything but a-z and 0-9 one underscore, none at the ends
     assert _slug("(Femoral)  artery, L/2.") == "femoral_artery_l_2"
 
@@ -656,10 +657,8 @@ def test_a_structure_the_raters_agree_on_perfectly_is_noted_by_name():
     smp = _smp(3)
     ra = rb = np.array([1.0, 2.0, 3.0])
     notes: list[str] = []
-    got = _structure_agreement(
-        "femur", smp, _long_table(ra, rb, "A", "B"), ra, rb, ra, rb, [1, 2, 3], notes
-    )
-    assert notes == ["femur: the raters agree perfectly; pingouin gives no CI"]
+    got = _structure_agreement("femur", smp, _matrix(ra, rb), ra, rb, ra, rb, [1, 2, 3], notes)
+    assert notes == ["femur: the raters agree perfectly; no CI (no residual variance)"]
     assert got.icc is not None and got.icc.icc == pytest.approx(1.0) and got.icc.ci_low is None
     assert (got.dice["mean"], got.iou["min"], got.both_absent, got.one_absent) == (1.0, 1.0, 0, 0)
     assert got.mean_rating == {"A": 2.0, "B": 2.0}
