@@ -337,7 +337,7 @@ def gather(
     gold = _gold(ws)
     qa = _qa(ws, run_id)
     if run_section is not None:
-        stored.loss_figure(run_section, figures)
+        stored.loss_figure(ws, run_section, figures)
     if qa is None:
         missing.append(
             Missing(

@@ -6,12 +6,12 @@ report computes nothing a command computes."""
 from __future__ import annotations
 
 import json
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 from sqlalchemy import select
 
+from datatool.core.atomic import make_private_dirs
 from datatool.core.catalogue import AgreementSample, Rater, RaterKind, Run, Score
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.workspace import Workspace
@@ -201,7 +201,7 @@ def agreement_section(
                 )
             )
         overall = data.get("overall_icc") or {}
-        coverage = label_coverage(ws)
+        coverage = label_coverage(ws, per_structure=False)  # the drafts' counts only
         drafts = [
             DraftCount(c.rater, c.images_labelled, c.from_draft, c.draft_unchanged)
             for c in coverage.raters
@@ -496,15 +496,18 @@ def _score_figures(ws, run, results, path, rows, figures, missing, command, note
         figures.append(Figure(name, section, title, _rel(ws, png), png.read_bytes()))
 
 
-def loss_figure(run: RunSection, figures: list[Figure]) -> None:
+def loss_figure(ws: Workspace, run: RunSection, figures: list[Figure]) -> None:
+    """The run's loss curve, drawn from the catalogue into the workspace's cache
+    (``.datatool/cache/figures``), where the next report finds it when nothing changed."""
     from datatool.analysis.plots import loss_curve_png
 
     epochs = [(e.epoch - 1, e.train_loss, e.val_loss) for e in run.history]
     if not epochs:
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        path = loss_curve_png(Path(tmp) / "loss.png", epochs, f"run {run.run}")
-        data = path.read_bytes()
+    folder = ws.meta_dir / "cache" / "figures"
+    make_private_dirs(folder)
+    path = loss_curve_png(folder / f"loss-run-{run.run}.png", epochs, f"run {run.run}")
+    data = path.read_bytes()
     figures.append(
         Figure(
             "loss.png",
