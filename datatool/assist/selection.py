@@ -7,6 +7,8 @@ id. A cap per patient keeps one patient from filling the list: the ranking is wa
 top and an image is skipped once its patient has ``per_patient`` images on the list (default:
 a tenth of the list, at least 1, so a list spans at least ten patients where there are ten).
 The list may be shorter than asked when the cap or the images run out (a note says so).
+An image the run's checkpoint scored before is not drafted again (:mod:`.entropy_cache`): the
+network is loaded only when some image has no score yet.
 
 With ``push`` the chosen images go into the rater's own Label Studio project
 (``labels.labelstudio.push.push``); with ``drafts`` the run's drafts of them are stored
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from datatool.assist.entropy_cache import EntropyCache
 from datatool.core.catalogue import (
     Annotation,
     Image,
@@ -40,13 +43,16 @@ from datatool.core.workspace import Workspace
 from datatool.labels.annotations import get_rater, in_chunks
 from datatool.labels.matching import image_name
 from datatool.learning.inference import (
+    DRAFT_FLIPS,
     STORE_CHUNK,
     RunModel,
     ensure_drafts,
     load_run_model,
+    model_version_of,
     predict,
 )
 from datatool.learning.options import DeviceChoice
+from datatool.learning.runs import run_summary
 
 DEFAULT_N = 50
 
@@ -159,26 +165,62 @@ def shortfall(rater: str, unlabelled: int, listed: int, n: int, cap: int) -> lis
     return []
 
 
+class LazyRun:
+    """A run's identity, read from the catalogue; its network loaded on first use (importing
+    torch and reading the checkpoint: about 1 s), which a ranking whose every score is cached
+    never needs."""
+
+    def __init__(self, ws: Workspace, run_id: int, device: str = DeviceChoice.auto):
+        summary = run_summary(ws, run_id)
+        self.run_id = summary.run
+        self.model_version = model_version_of(summary.run, summary.split_hash)
+        self.checkpoint = summary.best_checkpoint  # its SHA-256; None: none yet
+        self._ws, self._device = ws, device
+        self._model: RunModel | None = None
+
+    def load(self) -> RunModel:
+        if self._model is None:
+            self._model = load_run_model(self._ws, self.run_id, device=self._device)
+        return self._model
+
+
 def rank_next(
     ws: Workspace,
     rater: str,
-    model: RunModel,
+    model: RunModel | LazyRun,
     n: int = DEFAULT_N,
     per_patient: int | None = None,
     batch: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    cache: EntropyCache | None = None,
 ) -> NextImages:
     """Rank the rater's unlabelled images by the model's mean predictive entropy (see the
-    module's docstring) and keep the top ``n``, at most ``per_patient`` per patient."""
+    module's docstring) and keep the top ``n``, at most ``per_patient`` per patient. With a
+    ``cache``, an image scored before by the same checkpoint is not drafted again."""
     cap = per_patient_cap(n, per_patient)
     name, todo = _unlabelled(ws, rater)
     scored = []
     for start in range(0, len(todo), STORE_CHUNK):
         chunk = todo[start : start + STORE_CHUNK]
-        drafts = predict(model, [ws.store.get_array(h) for _, h, _, _ in chunk], batch=batch)
-        scored += [(d.entropy, d.score, row) for d, row in zip(drafts, chunk)]
+        known: dict[str, tuple[float, float]] = {}
+        if cache:
+            for _, h, _, _ in chunk:
+                got = cache.get(h)
+                if got is not None:
+                    known[h] = got
+        new = [row for row in chunk if row[1] not in known]
+        if new:
+            network = model if isinstance(model, RunModel) else model.load()
+            drafts = predict(network, [ws.store.get_array(h) for _, h, _, _ in new], batch=batch)
+            for d, (_, h, _, _) in zip(drafts, new):
+                known[h] = (d.entropy, d.score)
+                if cache:
+                    cache.put(h, d.entropy, d.score)
+        scored += [(*known[row[1]], row) for row in chunk]
         if progress:
             progress(start + len(chunk), len(todo))
+    if cache:
+        cache.save()
     chosen = choose(scored, n, cap)
     return NextImages(
         rater=name,
@@ -212,8 +254,11 @@ def next_images(
     if drafts and not push:
         raise UsageError("--drafts goes with --push (drafts are added to the pushed tasks)")
     run_id = run if run is not None else latest_done_run(ws)
-    model = load_run_model(ws, run_id, device=device)
-    result = rank_next(ws, rater, model, n, per_patient, progress=progress)
+    model = LazyRun(ws, run_id, device)
+    if model.checkpoint is None:
+        model.load()  # says why there is none
+    cache = EntropyCache(ws.meta_dir, model.run_id, str(model.checkpoint), DRAFT_FLIPS)
+    result = rank_next(ws, rater, model, n, per_patient, progress=progress, cache=cache)
     with ws.session() as s:
         audit(
             s,
@@ -225,7 +270,7 @@ def next_images(
             listed=[c.image_id for c in result.images],
         )
     if push and result.images:
-        _push(ws, result, model, drafts, url, token, serve, local_root, device)
+        _push(ws, result, model.load(), drafts, url, token, serve, local_root, device)
     return result
 
 

@@ -398,7 +398,9 @@ def next_command(
     """List the unlabelled images (for this rater) most worth labelling next: every image the
     rater has not labelled is drafted by the run and ranked by the mean predictive entropy of
     its softmax over the image, highest first (where the model hesitates most); walking down
-    that ranking, an image is skipped once its patient has --per-patient images on the list."""
+    that ranking, an image is skipped once its patient has --per-patient images on the list.
+    An image the run's checkpoint scored before is not drafted again (the scores are kept in
+    the workspace's .datatool/cache)."""
     from datatool.assist.selection import next_images
 
     with progress_bar("next", enabled=not json_out) as progress:

@@ -83,7 +83,12 @@ class RunModel:
     @property
     def model_version(self) -> str:
         """How a draft names its origin (Label Studio's ``model_version``)."""
-        return f"datatool-run-{self.run_id}-split-{self.split_hash[:12]}"
+        return model_version_of(self.run_id, self.split_hash)
+
+
+def model_version_of(run_id: int, split_hash: str) -> str:
+    """The ``model_version`` of a run's drafts, from the catalogue alone (no network loaded)."""
+    return f"datatool-run-{run_id}-split-{split_hash[:12]}"
 
 
 @dataclass

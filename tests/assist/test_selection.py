@@ -172,6 +172,42 @@ def test_next_pushes_the_list_with_drafts(trained, tmp_path, labelstudio_server)
         next_images(ws, "NEW", run=run, drafts=True)
 
 
+class Refuses(torch.nn.Module):
+    def forward(self, x):
+        raise AssertionError("drafted an image whose score was cached")
+
+
+def test_a_cached_score_is_not_drafted_again(uniform_ws):
+    """The scores of a checkpoint are kept (``.datatool/cache/next-run-N.json``): asked
+    again, nothing is drafted and the list is the same; an image new since is drafted alone;
+    another checkpoint of the run starts afresh."""
+    from datatool.assist.entropy_cache import EntropyCache
+
+    def cache(checkpoint: str = "c1") -> EntropyCache:
+        return EntropyCache(uniform_ws.meta_dir, 0, checkpoint, True)
+
+    first = rank_next(uniform_ws, "N", known_model(), n=6, per_patient=6, cache=cache())
+    assert (uniform_ws.meta_dir / "cache" / "next-run-0.json").is_file()
+    refuses = known_model()
+    refuses.network = Refuses()
+    again = rank_next(uniform_ws, "N", refuses, n=6, per_patient=6, cache=cache())
+    assert again.images == first.images and again.unlabelled == 6
+    # one score forgotten (as if its image were new): only that image is drafted
+    partial = cache()
+    lost = next(iter(partial.entries))
+    del partial.entries[lost]
+    partial.changed = True
+    partial.save()
+    counted = known_model()
+    calls = []
+    counted.network.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    third = rank_next(uniform_ws, "N", counted, n=6, per_patient=6, cache=cache())
+    assert third.images == first.images and sum(calls) in (1, 2)  # 2: with its mirror (flips)
+    assert lost in cache().entries
+    with pytest.raises(AssertionError, match="cached"):  # another checkpoint: nothing known
+        rank_next(uniform_ws, "N", refuses, n=6, per_patient=6, cache=cache("c2"))
+
+
 def test_the_ranking_word_for_word(uniform_ws):
     """Every note and refusal in full, the fields of a listed image, the default cap (a tenth
     of --n, rounded up) and the model's names on the list."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -98,6 +100,19 @@ def test_next_lists_the_most_uncertain_unlabelled_images(trained, tmp_path):
     assert len({c["patient"] for c in data["images"]}) == 3  # three patients, one each
     entropies = [c["entropy"] for c in data["images"]]
     assert entropies == sorted(entropies, reverse=True)
+    # asked again, every image's score is in the run's cache: the same list, and neither the
+    # network nor torch is loaded (a process of its own, to see what it imports)
+    code = (
+        "import json, sys\n"
+        "from datatool.assist.selection import next_images\n"
+        "from datatool.core.jsonable import to_jsonable\n"
+        "from datatool.core.workspace import open_workspace\n"
+        f"got = next_images(open_workspace({str(ws.root)!r}), 'NEXT', n=3, run={run_id})\n"
+        "print(json.dumps([to_jsonable(got.images), 'torch' in sys.modules]))\n"
+    )
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == [data["images"], False]
     assert run(ws, "next", "--rater", "rater1", "--run", str(run_id)).exit_code == 0  # none left
 
 
