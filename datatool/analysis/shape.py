@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import ndimage
 
 from datatool.core.protocol import Relation
 
@@ -86,6 +85,8 @@ def cross_counts(
 
 def extra_component_px(binary: np.ndarray, allowed: int) -> tuple[int, int]:
     """(components, pixels outside the ``allowed`` largest components) of a binary map."""
+    from scipy import ndimage  # on first use: the report lists flags, measures none
+
     labelled, n = ndimage.label(binary, structure=EIGHT)
     if n <= allowed:
         return int(n), 0
@@ -104,6 +105,8 @@ def holes(binary: np.ndarray, min_px: int = MIN_HOLE_PX) -> tuple[int, int]:
     entries = starts.sum(axis=1) + binary[:, 0]
     if int(entries.max()) < 2:
         return 0, 0
+    from scipy import ndimage
+
     labelled, _ = ndimage.label(~binary)  # such a row has a gap: one region at least
     sizes = np.bincount(labelled.ravel())
     sizes[labelled[[0, -1], :]] = 0  # regions reaching the box's border are not enclosed
@@ -142,6 +145,8 @@ def _near_outside(shape: tuple[int, int], boxes: tuple[tuple[int, int, int, int]
             outside[y0 + 1 : y1 + 2, x0 + 1 : x1 + 2] = False
     else:
         outside[1:-1, 1:-1] = False
+    from scipy import ndimage
+
     near = ndimage.binary_dilation(outside, structure=EIGHT)[1:-1, 1:-1]
     near.flags.writeable = False
     return near
@@ -153,6 +158,8 @@ def edge_contact(binary: np.ndarray, near: np.ndarray) -> tuple[int, int]:
     touching = int(np.count_nonzero(binary & near))
     if not touching:
         return 0, 0
+    from scipy import ndimage
+
     boundary = binary & ~ndimage.binary_erosion(binary, structure=EIGHT)  # border: 0
     return touching, int(np.count_nonzero(boundary))
 

@@ -8,6 +8,7 @@ version is a no-op; a different map becomes the next version. Nothing is ever ov
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -456,55 +457,69 @@ class Coverage:
     raters: list[RaterCoverage]
 
 
-def label_coverage(ws: Workspace, rater: str | None = None) -> Coverage:
+def label_coverage(ws: Workspace, rater: str | None = None, per_structure: bool = True) -> Coverage:
     """Per rater: images labelled (latest versions), versions, how many of those started
     from a model draft (and were accepted unchanged), and per structure how many images have
-    it present or absent."""
+    it present or absent (left empty with ``per_structure`` False: the count, over every
+    label's structures, is most of the cost, 0.4 s at 30,000 images)."""
     protocol = load_protocol(ws.protocol_name)
     with ws.session() as s:
         total_images = s.scalar(select(func.count(Image.id))) or 0
         raters = (
             [get_rater(s, rater)] if rater else list(s.scalars(select(Rater).order_by(Rater.name)))
         )
+        ids = [r.id for r in raters]
+        # every rater's figures from three grouped queries (not four a rater: 0.4 s at 30,000)
+        latest = latest_annotations_query(ids).subquery()
+        drafted_col = latest.c.draft_version.is_not(None)
+        groups = s.execute(
+            select(
+                latest.c.rater_id, latest.c.source, drafted_col, latest.c.draft_unchanged,
+                func.count(),
+            ).group_by(latest.c.rater_id, latest.c.source, drafted_col, latest.c.draft_unchanged)
+        ).all()  # fmt: skip
+        versions = dict(
+            s.execute(
+                select(Annotation.rater_id, func.count(Annotation.id))
+                .where(Annotation.rater_id.in_(ids))
+                .group_by(Annotation.rater_id)
+            ).all()
+        )
+        present: Counter[tuple[int, str]] = Counter()
+        for rater_id, structure, n in (
+            s.execute(
+                select(latest.c.rater_id, StructureStats.structure, func.count())
+                .join(latest, StructureStats.annotation_id == latest.c.id)
+                .where(StructureStats.area_px > 0)
+                .group_by(latest.c.rater_id, StructureStats.structure)
+            )
+            if per_structure
+            else ()
+        ):
+            present[(rater_id, structure)] = n
         result = []
         for r in raters:
-            latest = latest_annotations_query([r.id]).subquery()
-            labelled = s.scalar(select(func.count()).select_from(latest)) or 0
-            versions = (
-                s.scalar(select(func.count(Annotation.id)).where(Annotation.rater_id == r.id)) or 0
-            )
-            present = dict(
-                s.execute(
-                    select(StructureStats.structure, func.count())
-                    .join(latest, StructureStats.annotation_id == latest.c.id)
-                    .where(StructureStats.area_px > 0)
-                    .group_by(StructureStats.structure)
-                ).all()
-            )
-            by_source: dict[str, int] = dict(
-                s.execute(select(latest.c.source, func.count()).group_by(latest.c.source)).all()
-            )
-            drafted = s.execute(
-                select(latest.c.draft_unchanged, func.count())
-                .where(latest.c.draft_version.is_not(None))
-                .group_by(latest.c.draft_unchanged)
-            ).all()
+            mine = [(src, drafted, same, n) for rid, src, drafted, same, n in groups if rid == r.id]
+            labelled = sum(n for *_, n in mine)
+            by_source: Counter[str] = Counter()
+            for src, _, _, n in mine:
+                by_source[src] += n
             result.append(
                 RaterCoverage(
                     rater=r.name,
                     kind=RaterKind(r.kind),
                     images_labelled=labelled,
                     images_total=total_images,
-                    versions=versions,
-                    sources=by_source,
+                    versions=versions.get(r.id, 0),
+                    sources=dict(by_source),
                     structures={
                         st.name: StructureCount(
-                            present.get(st.name, 0), labelled - present.get(st.name, 0)
+                            present[(r.id, st.name)], labelled - present[(r.id, st.name)]
                         )
-                        for st in protocol.structures
+                        for st in (protocol.structures if per_structure else ())
                     },
-                    from_draft=sum(n for _, n in drafted),
-                    draft_unchanged=sum(n for unchanged, n in drafted if unchanged),
+                    from_draft=sum(n for _, drafted, _, n in mine if drafted),
+                    draft_unchanged=sum(n for _, drafted, same, n in mine if drafted and same),
                 )
             )
     return Coverage(protocol=protocol.name, raters=result)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from sqlalchemy import select
@@ -80,6 +82,8 @@ def test_versions_chain_and_no_op(ws, us_file):
     assert cov.structures["femur"] == StructureCount(present=1, absent=0)
     assert cov.structures["femoral artery"] == StructureCount(present=0, absent=1)
     assert cov.sources == {"itksnap": 1}
+    light = label_coverage(ws, per_structure=False).raters[0]  # the same but the structures
+    assert light.structures == {} and replace(light, structures=cov.structures) == cov
 
 
 def test_raters(ws):
