@@ -110,14 +110,24 @@ def _raw(value: Any) -> str:
     return str(value)
 
 
+def _bytecode_cache():
+    """The compiled templates kept between runs (0.2 s a report; Jinja checks them against
+    the templates' source) in Jinja's per-user folder of the temporary directory (mode 700,
+    written atomically); None, compiling each time, where that folder cannot be had safely."""
+    import jinja2
+
+    try:
+        return jinja2.FileSystemBytecodeCache()
+    except (OSError, RuntimeError):
+        return None
+
+
 def _environment():
     import jinja2
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        # the compiled templates kept between runs (0.2 s a report), checked against the
-        # templates' source; Jinja's per-user folder under the temporary directory (mode 700)
-        bytecode_cache=jinja2.FileSystemBytecodeCache(),
+        bytecode_cache=_bytecode_cache(),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2")),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -181,3 +181,22 @@ def test_images_that_need_adjudication_are_named_in_the_quality_section(rated_co
         "Images that need adjudication, with no consensus label (two raters drew one region "
         f"under different names): {image_id} (1;"
     ) in md
+
+
+def test_the_compiled_templates_are_kept_only_in_a_private_folder(tmp_path, monkeypatch):
+    """Jinja's bytecode cache lives in its per-user folder of the temporary directory (made
+    mode 700); where that name is not this user's own folder (a link here) the report
+    compiles its templates each time."""
+    import os
+    import tempfile
+
+    from datatool.report.render import _bytecode_cache
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    kept = _bytecode_cache()
+    assert kept is not None and kept.directory == str(tmp_path / f"_jinja2-cache-{os.getuid()}")
+    assert (os.stat(kept.directory).st_mode & 0o777) == 0o700
+    os.chmod(kept.directory, 0o755)
+    os.rename(kept.directory, tmp_path / "moved")
+    (tmp_path / f"_jinja2-cache-{os.getuid()}").symlink_to(tmp_path / "moved")  # not a folder
+    assert _bytecode_cache() is None
