@@ -298,7 +298,10 @@ def time_commands(bench: Bench, run: int, tag: str = "") -> dict[str, Timed]:
         if t.max_rss >= GB:
             goal.append("over 1 GB")
         last = t.tail.strip().splitlines()[-1] if t.tail.strip() else ""
-        failed = f"  exit {t.rc}: {last}" if t.rc not in (0, 1) else ""
+        # exit 1 is also a command that found something (qa's flags, a split check's
+        # problems): shown when its last line is an error
+        errored = t.rc not in (0, 1) or (t.rc == 1 and last.startswith("error"))
+        failed = f"  exit {t.rc}: {last}" if errored else ""
         print(f"  {label:24s} {t.seconds:7.2f} {t.cpu:7.2f} {t.max_rss / 1e6:12.0f} "
               f"{load():>5s}  {', '.join(goal) or 'ok'}{failed}", flush=True)  # fmt: skip
     return timed
