@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from datatool.core.jsoncache import read_entries, write_entries
+from datatool.core.jsoncache import EntryCache
 
 FORMAT = 1
 
@@ -36,7 +36,7 @@ class Worked:
     fused: str | None  # the fused mask's pixel hash (None: in conflict, nothing fused)
 
 
-class ConsensusCache:
+class ConsensusCache(EntryCache):
     """The entries of one method's cache file (see the module)."""
 
     def __init__(
@@ -48,11 +48,10 @@ class ConsensusCache:
     ):
         """``settings``: the constants the figures depend on (the swap rule's share and
         ratio, STAPLE's margin): entries made under other ones are not used."""
-        self.path = Path(meta_dir) / "cache" / f"consensus-{method.replace(':', '-')}.json"
-        self.key = [[value, name] for value, name in sorted(structures.items())]
-        self.key.append(["settings", list(settings or [])])
-        self.entries: dict[str, dict] = read_entries(self.path, format=FORMAT, structures=self.key)
-        self.changed = False
+        key = [[value, name] for value, name in sorted(structures.items())]
+        key.append(["settings", list(settings or [])])
+        path = Path(meta_dir) / "cache" / f"consensus-{method.replace(':', '-')}.json"
+        super().__init__(path, format=FORMAT, structures=key)
 
     def get(self, ref: str, quality: bool) -> Worked | None:
         """The entry for labels ``ref``; None when there is none, or when ``quality`` is
@@ -74,9 +73,7 @@ class ConsensusCache:
             "performance": worked.performance,
             "fused": worked.fused,
         }
-        if self.entries.get(ref) != entry:
-            self.entries[ref] = entry
-            self.changed = True
+        self.set_entry(ref, entry)
 
     def keep_only(self, refs: set[str]) -> None:
         """Forget the entries of labels no longer anybody's latest."""
@@ -84,9 +81,3 @@ class ConsensusCache:
         for ref in stale:
             del self.entries[ref]
         self.changed = self.changed or bool(stale)
-
-    def save(self) -> None:
-        if not self.changed:
-            return
-        write_entries(self.path, self.entries, format=FORMAT, structures=self.key)
-        self.changed = False

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 from datatool.analysis.metrics import Surface
-from datatool.core.jsoncache import drop_oldest, read_entries, write_entries
+from datatool.core.jsoncache import EntryCache
 
 CACHE_NAME = "agreement-measures.json"
 FORMAT = 1  # a change to how a measure is computed (metrics.overlap, metrics.surface) bumps it
@@ -44,11 +44,13 @@ def _float(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
-class OverlapCache:
+class OverlapCache(EntryCache):
     def __init__(self, meta_dir: Path):
-        self.path = Path(meta_dir) / "cache" / CACHE_NAME
-        self.entries: dict[str, list] = read_entries(self.path, format=FORMAT)
-        self.changed = False
+        super().__init__(Path(meta_dir) / "cache" / CACHE_NAME, format=FORMAT)
+
+    def save(self) -> None:
+        self.keep = KEEP  # the module's, as it is when saving
+        super().save()
 
     def get(self, key: str) -> Measures | None:
         entry = self.entries.get(key)
@@ -67,14 +69,4 @@ class OverlapCache:
             [overlap, *(_number(v) for v in (s.hd95, s.assd, s.nsd, s.tolerance)), s.empty]
             for overlap, s in measures
         ]
-        if self.entries.get(key) != entry:
-            self.entries.pop(key, None)  # the newest last: the oldest are dropped first
-            self.entries[key] = entry
-            self.changed = True
-
-    def save(self) -> None:
-        if not self.changed:
-            return
-        drop_oldest(self.entries, KEEP)
-        write_entries(self.path, self.entries, format=FORMAT)
-        self.changed = False
+        self.set_entry(key, entry)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datatool.core.jsoncache import drop_oldest, read_entries, write_entries
+from datatool.core.jsoncache import EntryCache
 
 FORMAT = 1  # a change to how the entropy or the score is computed bumps it
 KEEP = 200_000  # images' scores (about 100 bytes each)
@@ -29,14 +29,17 @@ def cache_path(meta_dir: Path, run_id: int) -> Path:
     return Path(meta_dir) / "cache" / f"next-run-{run_id}.json"
 
 
-class EntropyCache:
+class EntropyCache(EntryCache):
     """The (entropy, score) of each image the run drafted, by pixel hash."""
 
     def __init__(self, meta_dir: Path, run_id: int, checkpoint: str, flips: bool):
-        self.path = cache_path(meta_dir, run_id)
-        self.header = {"format": FORMAT, "checkpoint": checkpoint, "flips": bool(flips)}
-        self.entries: dict[str, list] = read_entries(self.path, **self.header)
-        self.changed = False
+        super().__init__(
+            cache_path(meta_dir, run_id),
+            keep=KEEP,
+            format=FORMAT,
+            checkpoint=checkpoint,
+            flips=bool(flips),
+        )
 
     def get(self, pixel_hash: str) -> tuple[float, float] | None:
         entry = self.entries.get(pixel_hash)
@@ -47,13 +50,4 @@ class EntropyCache:
             return None
 
     def put(self, pixel_hash: str, entropy: float, score: float) -> None:
-        self.entries.pop(pixel_hash, None)  # the newest last: the oldest are dropped first
-        self.entries[pixel_hash] = [float(entropy), float(score)]
-        self.changed = True
-
-    def save(self) -> None:
-        if not self.changed:
-            return
-        drop_oldest(self.entries, KEEP)
-        write_entries(self.path, self.entries, **self.header)
-        self.changed = False
+        self.set_entry(pixel_hash, [float(entropy), float(score)])

@@ -2,8 +2,9 @@
 
 A cache only saves time: a file that is missing, unreadable, not JSON, or written under
 another header (its format, or what its entries were computed for) reads as no entries. A
-file is written atomically, compact, in a private folder. Used by ``core.verified``,
-``labels.itksnap.decoded``, ``analysis.consensus_cache`` and ``analysis.overlap_cache``.
+file is written atomically, compact, in a private folder. Used by ``core.verified``;
+:class:`EntryCache` by ``labels.itksnap.decoded``, ``analysis.consensus_cache``,
+``analysis.overlap_cache`` and ``assist.entropy_cache``.
 """
 
 from __future__ import annotations
@@ -40,3 +41,28 @@ def drop_oldest(entries: dict, keep: int) -> None:
     keys = list(entries)
     for old in keys[: max(0, len(keys) - keep)]:
         del entries[old]
+
+
+class EntryCache:
+    """One cache file's entries in memory: read under ``header``, changed by :meth:`put`
+    (the newest last), written by :meth:`save` when something changed, keeping the ``keep``
+    newest (None: all)."""
+
+    def __init__(self, path: Path, keep: int | None = None, **header: Any):
+        self.path, self.keep, self.header = Path(path), keep, header
+        self.entries: dict = read_entries(self.path, **header)
+        self.changed = False
+
+    def set_entry(self, key: str, entry: Any) -> None:
+        if self.entries.get(key) != entry:
+            self.entries.pop(key, None)  # re-entered last: the newest, dropped last
+            self.entries[key] = entry
+            self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        if self.keep is not None:
+            drop_oldest(self.entries, self.keep)
+        write_entries(self.path, self.entries, **self.header)
+        self.changed = False

@@ -17,10 +17,9 @@ unreadable cache is an empty one: it only saves time, it never decides what is s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from datatool.core.jsoncache import drop_oldest, read_entries, write_entries
+from datatool.core.jsoncache import EntryCache
 from datatool.core.protocol import Protocol
 
 CACHE_NAME = "itksnap-decoded.json"
@@ -39,18 +38,12 @@ def entry_key(file_sha256: str, shape: tuple[int, int], protocol: Protocol) -> s
     return f"{file_sha256}:{shape[0]}x{shape[1]}:{protocol.name}:{values}"
 
 
-@dataclass
-class Decoded:
+class Decoded(EntryCache):
     """The entries: key (:func:`entry_key`) -> [mask hash, geometry notes]."""
-
-    path: Path
-    entries: dict[str, list] = field(default_factory=dict)
-    changed: bool = False
 
     @classmethod
     def load(cls, meta_dir: Path) -> Decoded:
-        path = Path(meta_dir) / "cache" / CACHE_NAME
-        return cls(path, read_entries(path, format=FORMAT))
+        return cls(Path(meta_dir) / "cache" / CACHE_NAME, keep=MAX_ENTRIES, format=FORMAT)
 
     def get(self, key: str) -> tuple[str, list[str]] | None:
         found = self.entries.get(key)
@@ -64,19 +57,12 @@ class Decoded:
         return found[0], [str(n) for n in found[1]]
 
     def put(self, key: str, mask_hash: str, notes: list[str]) -> None:
-        if self.entries.get(key) != [mask_hash, notes]:
-            self.entries.pop(key, None)  # re-entered last: the newest
-            self.entries[key] = [mask_hash, list(notes)]
-            self.changed = True
+        self.set_entry(key, [mask_hash, list(notes)])
 
     def save(self) -> None:
         """Write the cache atomically when something changed; a cache that cannot be
         written is left as it was (it only saves time)."""
-        if not self.changed:
-            return
-        drop_oldest(self.entries, MAX_ENTRIES)
         try:
-            write_entries(self.path, self.entries, format=FORMAT)
+            super().save()
         except OSError:
             return
-        self.changed = False
