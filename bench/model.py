@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument(
         "--ema", type=float, default=None, help="with --train: moving-average decay (a lever)"
     )
+    parser.add_argument("--zoom", type=float, default=None, help="with --train: a lever")
+    parser.add_argument("--gain", type=float, default=None, help="with --train: a lever")
     parser.add_argument(
         "--keep",
         type=Path,
@@ -209,6 +211,8 @@ def main() -> None:
                     ("val_every", args.val_every),
                     ("selection", args.select),
                     ("ema", args.ema),
+                    ("zoom", args.zoom),
+                    ("gain", args.gain),
                     ("interactive", args.interactive or None),
                 )
                 if v is not None

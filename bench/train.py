@@ -117,7 +117,9 @@ def report(t: Trained) -> list[str]:
     lines = [
         f"demo seed {t.seed}: preset {t.run.preset} (loss {c['loss']}, validation every "
         f"{c.get('val_every', 1)}, selection {c.get('selection', 'miou')}, moving average "
-        f"{c.get('ema') or 'none'}{', clicks in the decoder' if c.get('click_decoder') else ''}), "
+        f"{c.get('ema') or 'none'}, zoom {c.get('zoom') or 'none'}, gain "
+        f"{c.get('gain') or 'none'}"
+        f"{', clicks in the decoder' if c.get('click_decoder') else ''}), "
         f"{t.train_images} training images, {t.run.epochs_done} epochs on {t.run.device}",
         f"  training: {t.seconds:.0f} s wall ({t.cpu_seconds:.0f} s CPU), "
         f"{t.images_per_s:.1f} images/s; load average {t.load_before:.1f} before, "

@@ -138,6 +138,22 @@ def train(
         "selected and drafted with instead of the trained weights; 0: none (default: the "
         "preset's: none).",
     ),
+    zoom: float | None = typer.Option(
+        None,
+        min=0.0,
+        max=0.99,
+        help="Zoom augmentation: each training sample scaled by a factor in "
+        "[1/(1+Z), 1+Z] (patients and depth settings differ in scale); 0: none (default: "
+        "the preset's).",
+    ),
+    gain: float | None = typer.Option(
+        None,
+        min=0.0,
+        max=0.99,
+        help="Brightness augmentation: each training image's gain in [1-G, 1+G] and gamma in "
+        "[1/(1+G), 1+G] (scanners' gain and depth compensation differ); 0: none (default: "
+        "the preset's).",
+    ),
     epochs: int | None = typer.Option(None, help="Epochs (default: the preset's)."),
     val_every: int | None = typer.Option(
         None,
@@ -153,7 +169,11 @@ def train(
         "the preset's).",
     ),
     batch: int | None = typer.Option(None, help="Batch size (default: the preset's, 8)."),
-    lr: float | None = typer.Option(None, help="Adam learning rate (paper: 5e-5)."),
+    lr: float | None = typer.Option(
+        None,
+        help="Adam learning rate (default: the preset's, paper 5e-5, cpu 3e-3; a tenth of it "
+        "for a warm start, --init-from).",
+    ),
     device: DeviceChoice = typer.Option(
         DeviceChoice.auto, help="auto (CUDA when available), cpu or cuda."
     ),
@@ -219,6 +239,8 @@ def train(
         val_every=val_every,
         selection=select,
         ema=ema,
+        zoom=zoom,
+        gain=gain,
     )
     progress = _TrainProgress(quiet=json_out)
     with progress.bar:

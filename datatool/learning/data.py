@@ -166,14 +166,17 @@ def uncrop(a: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- tensors
 
 
-def rotate(images, masks, angles):
-    """Rotate each sample by its own angle (radians) about its centre: images bilinear,
-    masks nearest neighbour, both filled with 0 outside. images: B x 1 x H x W float."""
+def rotate(images, masks, angles, scales=None):
+    """Rotate each sample by its own angle (radians) about its centre, and with ``scales``
+    (B factors) zoom it by its own factor (> 1: in): images bilinear, masks nearest
+    neighbour, both filled with 0 outside. images: B x 1 x H x W float."""
     import torch
     import torch.nn.functional as F
 
     b, _, h, w = images.shape
     cos, sin = torch.cos(angles), torch.sin(angles)
+    if scales is not None:  # the output samples a region 1/scale the size of the input's
+        cos, sin = cos / scales, sin / scales
     theta = torch.zeros(b, 2, 3, device=images.device, dtype=images.dtype)
     theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * h / w
     theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos
@@ -189,9 +192,11 @@ def rotate(images, masks, angles):
     return images, masks.round().long()
 
 
-def to_input(images_u8, size: int, angles=None, masks_u8=None, flips=None):
+def to_input(images_u8, size: int, angles=None, masks_u8=None, flips=None, scales=None, tones=None):
     """uint8 B x H x W (on the device) -> normalised B x 3 x size x size (and masks).
-    ``flips`` (bool, B) mirrors those samples left-right first; ``angles`` rotates each."""
+    ``flips`` (bool, B) mirrors those samples left-right first; ``angles`` rotates each and
+    ``scales`` zooms each (with ``angles``); ``tones`` (B x 2: gain, gamma) changes each
+    image's brightness, ``min(1, gain * x ** gamma)`` of its intensities x in [0, 1]."""
     if flips is not None:
         import torch
 
@@ -201,8 +206,11 @@ def to_input(images_u8, size: int, angles=None, masks_u8=None, flips=None):
             masks_u8 = torch.where(mirror, masks_u8.flip(-1), masks_u8)
     x = images_u8.unsqueeze(1).float().div_(255.0)
     y = masks_u8.long() if masks_u8 is not None else None
+    if tones is not None:
+        gain, gamma = tones[:, 0].view(-1, 1, 1, 1), tones[:, 1].view(-1, 1, 1, 1)
+        x = (x.pow(gamma) * gain).clamp_(max=1.0)
     if angles is not None:
-        x, y = rotate(x, masks_u8, angles)
+        x, y = rotate(x, masks_u8, angles, scales)
     x = centre_crop(x, size)
     x = ((x - GRAY_MEAN) / GRAY_STD).expand(-1, 3, -1, -1)
     return x, (centre_crop(y, size) if y is not None else None)

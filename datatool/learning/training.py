@@ -56,6 +56,12 @@ from datatool.learning.runs import (
 from datatool.learning.splits import SEED_MAX, get_split, split_name_of
 from datatool.learning.warmstart import classes_of, parent_weights
 
+# a warm start (--init-from) fine-tunes: its learning rate is the preset's times this unless
+# --lr is given (issue 23, bench/model.py --loop, cpu preset: at the preset's full rate the
+# first epochs undid the parent's learning, and the warm run needed 16 of 20 epochs to reach
+# the run from scratch)
+WARM_LR = 0.1
+
 
 @dataclass
 class TrainConfig:
@@ -75,6 +81,8 @@ class TrainConfig:
     val_every: int | None = None  # None: the preset's
     selection: str | None = None  # None: the preset's (SelectionName)
     ema: float | None = None  # None: the preset's; 0: no moving average of the weights
+    zoom: float | None = None  # None: the preset's; 0: no zoom augmentation
+    gain: float | None = None  # None: the preset's; 0: no brightness augmentation
 
     def resolved(self) -> dict:
         """The run's config as the catalogue records it: the preset's fields with this
@@ -88,7 +96,7 @@ class TrainConfig:
             p,
             epochs=self.epochs or p.epochs,
             batch=self.batch or p.batch,
-            lr=self.lr or p.lr,
+            lr=self.lr or (p.lr * WARM_LR if self.init_from is not None else p.lr),
             output_stride=self.output_stride or p.output_stride,
             rotation=p.rotation if self.rotation is None else self.rotation,
             loss=choice(LossName, self.loss, "--loss").value if self.loss else p.loss,
@@ -101,6 +109,8 @@ class TrainConfig:
             if self.selection
             else p.selection,
             ema=p.ema if self.ema is None else float(self.ema),
+            zoom=p.zoom if self.zoom is None else float(self.zoom),
+            gain=p.gain if self.gain is None else float(self.gain),
         )
         if (
             p.epochs < 1
@@ -110,10 +120,12 @@ class TrainConfig:
             or p.output_stride not in (8, 16)
             or p.val_every < 1
             or not 0 <= p.ema < 1
+            or not 0 <= p.zoom < 1
+            or not 0 <= p.gain < 1
         ):
             raise UsageError(
                 "epochs, batch and --val-every must be >= 1, lr a number > 0, output stride 8 or "
-                "16, --ema 0 (none) or a decay below 1"
+                "16, --ema 0 (none) or a decay below 1, --zoom and --gain 0 (none) up to 0.99"
             )
         if not 0 <= self.seed <= SEED_MAX:  # the catalogue's column and torch's generator
             raise UsageError(f"--seed must be 0 .. {SEED_MAX}")
@@ -541,6 +553,13 @@ def _steps(n: int, batch: int, world: int) -> int:
     return max(1, n // (batch * world))
 
 
+def _log_uniform(n: int, spread: float, gen):
+    """``n`` factors drawn log-uniformly in [1/(1+spread), 1+spread]."""
+    import torch
+
+    return torch.exp((torch.rand(n, generator=gen) * 2 - 1) * math.log1p(spread))
+
+
 def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
     """One epoch of training; returns the mean training loss per sample."""
     import torch
@@ -553,13 +572,20 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
     for group in loop.optimizer.param_groups:
         group["lr"] = learning_rate(preset, epoch)
     loop.model.train()
-    # every random draw of an epoch (order, angles, flips, dropout) comes from seeds of
-    # (seed, epoch): a resumed run repeats exactly what the uninterrupted one did
+    # every random draw of an epoch (order, angles, flips, zooms, tones, dropout) comes from
+    # seeds of (seed, epoch): a resumed run repeats exactly what the uninterrupted one did
     torch.manual_seed(conf["seed"] * 100_003 + epoch)
     gen = torch.Generator().manual_seed(conf["seed"] * 100_003 + epoch)
     order = torch.randperm(n, generator=gen)
     angles_all = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(conf["rotation"])
     flips_all = torch.rand(n, generator=gen) < 0.5 if preset.flip else None
+    scales_all = _log_uniform(n, preset.zoom, gen) if preset.zoom else None
+    tones_all = (
+        torch.stack([1 + (torch.rand(n, generator=gen) * 2 - 1) * preset.gain,
+                     _log_uniform(n, preset.gain, gen)], 1)
+        if preset.gain
+        else None
+    )  # fmt: skip
     clicks_rng = np.random.default_rng([conf["seed"], epoch]) if preset.interactive else None
     total, count = 0.0, 0
     for step in range(loop.steps):
@@ -574,6 +600,8 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
             angles_all[idx].to(device),
             loop.masks[on_device],
             None if flips_all is None else flips_all[idx].to(device),
+            None if scales_all is None else scales_all[idx].to(device),
+            None if tones_all is None else tones_all[idx].to(device),
         )
         if clicks_rng is not None:
             from datatool.learning.click_training import with_clicks

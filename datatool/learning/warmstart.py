@@ -3,7 +3,8 @@ a fresh initialisation, for the labelling loop (a batch of new labels, a few epo
 start over). The parent must be of the same preset (the same network: every field that
 shapes it) and the same protocol (the same structures, in the same order), and must be done;
 its selected (best) checkpoint is the starting point. The optimiser, the learning-rate
-schedule, the epochs and the seed are the new run's own.
+schedule, the epochs and the seed are the new run's own; its learning rate, unless given, is
+a tenth of the preset's (``training.WARM_LR``: it fine-tunes, it does not start over).
 
 A parent that trained (or selected) on an image that is in the new run's test set would
 inflate the new run's scores: such a start is refused, over the whole lineage."""

@@ -46,3 +46,26 @@ def test_to_input_normalises_crops_and_rotates_masks_with_nearest_neighbour():
     assert torch.equal(yr[0], y[0])  # angle 0: unchanged
     assert set(yr[1].unique().tolist()) <= {0, 3}  # no blended labels
     assert (xr[1] < x[1]).any()  # the rotated frame brings in black corners
+
+
+def test_to_input_zooms_masks_with_the_image_and_changes_brightness_by_gain_and_gamma():
+    torch = require("torch")
+    from datatool.learning.data import GRAY_MEAN, GRAY_STD, to_input
+
+    images = torch.full((3, 40, 40), 128, dtype=torch.uint8)
+    masks = torch.zeros((3, 40, 40), dtype=torch.uint8)
+    masks[:, 10:30, 10:30] = 2  # a 20 x 20 square about the centre
+    angles = torch.zeros(3)
+    _, y = to_input(images, 40, angles, masks, scales=torch.tensor([1.0, 1.5, 0.5]))
+    area = (y == 2).sum(dim=(1, 2)).tolist()
+    assert area[0] == 400  # factor 1: unchanged
+    assert 850 <= area[1] <= 950 and 90 <= area[2] <= 110  # x 1.5^2 and x 0.5^2
+    assert set(y.unique().tolist()) == {0, 2}  # nearest neighbour: no blended labels
+    tones = torch.tensor([[1.0, 1.0], [1.5, 1.0], [1.0, 2.0]])  # (gain, gamma)
+    x, _ = to_input(images, 40, tones=tones)
+    value = x[:, 0, 20, 20] * GRAY_STD + GRAY_MEAN
+    v = 128 / 255
+    assert torch.allclose(value, torch.tensor([v, min(1.0, 1.5 * v), v**2]), atol=1e-5)
+    bright = to_input(torch.full((1, 4, 4), 250, dtype=torch.uint8), 4,
+                      tones=torch.tensor([[1.5, 1.0]]))[0]  # fmt: skip
+    assert torch.allclose(bright * GRAY_STD + GRAY_MEAN, torch.ones_like(bright))  # clipped

@@ -85,6 +85,28 @@ def test_a_run_validates_on_its_schedule_and_selects_on_the_lowest_structure(tra
         TrainConfig(preset="tiny", selection="nerve").resolved()
 
 
+def test_zoom_and_gain_augment_training_and_are_recorded(trained):
+    """Augmentation beyond the study's rotation: recorded in the run (a config recorded before
+    the fields existed reads back as 0: none), and really applied (the same seed, another
+    first epoch)."""
+    from datatool.model import Preset
+
+    ws, _ = trained
+    base = {"preset": "tiny", "epochs": 1, "batch": 4, "device": "cpu", "max_images": 8}
+    plain = train(ws, "s", config=TrainConfig(**base))
+    again = train(ws, "s", config=TrainConfig(**base))
+    augmented = train(ws, "s", config=TrainConfig(**base, zoom=0.3, gain=0.3))
+    assert plain.config["zoom"] == 0 and plain.config["gain"] == 0
+    assert augmented.config["zoom"] == 0.3 and augmented.config["gain"] == 0.3
+    assert plain.history[0].train_loss == again.history[0].train_loss  # seeded draws
+    assert augmented.history[0].train_loss != plain.history[0].train_loss
+    old = {k: v for k, v in plain.config.items() if k not in ("zoom", "gain")}
+    assert Preset.from_dict(old).zoom == 0 and Preset.from_dict(old).gain == 0
+    for bad in ({"zoom": 1.0}, {"gain": -0.1}, {"zoom": float("nan")}):
+        with pytest.raises(UsageError, match="--zoom and --gain"):
+            TrainConfig(preset="tiny", **bad).resolved()
+
+
 def test_border_weights_mark_the_pixels_near_a_class_border():
     y = torch.zeros(1, 9, 9, dtype=torch.long)
     y[0, :, 5:] = 2  # a vertical border between columns 4 and 5

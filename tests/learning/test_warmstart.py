@@ -200,3 +200,16 @@ def test_cli_trains_from_a_parent_and_says_so(parent):
         app, ["train", "--resume", "1", "--init-from", "1", "--workspace", str(ws.root)]
     )
     assert res.exit_code == 2
+
+
+def test_a_warm_start_fine_tunes_at_a_tenth_of_the_preset_s_learning_rate():
+    from datatool.learning.training import WARM_LR
+    from datatool.model import PRESETS
+
+    assert WARM_LR == 0.1
+    for preset in ("cpu", "paper"):
+        fresh = TrainConfig(preset=preset).resolved()
+        warm = TrainConfig(preset=preset, init_from=3).resolved()
+        assert fresh["lr"] == PRESETS[preset].lr
+        assert warm["lr"] == pytest.approx(PRESETS[preset].lr * WARM_LR)
+    assert TrainConfig(preset="cpu", init_from=3, lr=1e-3).resolved()["lr"] == 1e-3
