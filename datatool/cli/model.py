@@ -144,7 +144,7 @@ def train(
         max=0.99,
         help="Zoom augmentation: each training sample scaled by a factor in "
         "[1/(1+Z), 1+Z] (patients and depth settings differ in scale); 0: none (default: "
-        "the preset's).",
+        "the preset's: cpu 0.15, paper and tiny 0).",
     ),
     gain: float | None = typer.Option(
         None,
@@ -152,7 +152,7 @@ def train(
         max=0.99,
         help="Brightness augmentation: each training image's gain in [1-G, 1+G] and gamma in "
         "[1/(1+G), 1+G] (scanners' gain and depth compensation differ); 0: none (default: "
-        "the preset's).",
+        "the preset's: cpu 0.2, paper and tiny 0).",
     ),
     epochs: int | None = typer.Option(None, help="Epochs (default: the preset's)."),
     val_every: int | None = typer.Option(

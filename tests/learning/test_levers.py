@@ -169,3 +169,7 @@ def test_train_help_names_the_cpu_presets_loss_and_average():
     text = re.sub(r"[\s│]+", " ", out)
     assert f"paper and tiny ce, cpu {PRESETS['cpu'].loss})" in text
     assert PRESETS["cpu"].ema == 0 and "(default: the preset's: none)" in text
+    p = PRESETS
+    assert p["paper"].zoom == p["tiny"].zoom == p["paper"].gain == p["tiny"].gain == 0
+    assert f"(default: the preset's: cpu {p['cpu'].zoom}, paper and tiny 0)" in text
+    assert f"(default: the preset's: cpu {p['cpu'].gain}, paper and tiny 0)" in text
