@@ -46,11 +46,7 @@ def _float(value: float | None) -> float:
 
 class OverlapCache(EntryCache):
     def __init__(self, meta_dir: Path):
-        super().__init__(Path(meta_dir) / "cache" / CACHE_NAME, format=FORMAT)
-
-    def save(self) -> None:
-        self.keep = KEEP  # the module's, as it is when saving
-        super().save()
+        super().__init__(Path(meta_dir) / "cache" / CACHE_NAME, keep=KEEP, format=FORMAT)
 
     def get(self, key: str) -> Measures | None:
         entry = self.entries.get(key)

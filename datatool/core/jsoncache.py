@@ -44,9 +44,9 @@ def drop_oldest(entries: dict, keep: int) -> None:
 
 
 class EntryCache:
-    """One cache file's entries in memory: read under ``header``, changed by :meth:`put`
-    (the newest last), written by :meth:`save` when something changed, keeping the ``keep``
-    newest (None: all)."""
+    """One cache file's entries in memory: read under ``header``, changed by
+    :meth:`set_entry` (the newest last), written by :meth:`save` when something changed,
+    keeping the ``keep`` newest (None: all)."""
 
     def __init__(self, path: Path, keep: int | None = None, **header: Any):
         self.path, self.keep, self.header = Path(path), keep, header

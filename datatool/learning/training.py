@@ -560,6 +560,15 @@ def _log_uniform(n: int, spread: float, gen):
     return torch.exp((torch.rand(n, generator=gen) * 2 - 1) * math.log1p(spread))
 
 
+def _tones(n: int, gain: float, gen):
+    """``n`` (gain, gamma) pairs: gains uniform in [1-gain, 1+gain], gammas log-uniform in
+    [1/(1+gain), 1+gain] (drawn in that order)."""
+    import torch
+
+    gains = 1 + (torch.rand(n, generator=gen) * 2 - 1) * gain
+    return torch.stack([gains, _log_uniform(n, gain, gen)], 1)
+
+
 def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
     """One epoch of training; returns the mean training loss per sample."""
     import torch
@@ -580,12 +589,7 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
     angles_all = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(conf["rotation"])
     flips_all = torch.rand(n, generator=gen) < 0.5 if preset.flip else None
     scales_all = _log_uniform(n, preset.zoom, gen) if preset.zoom else None
-    tones_all = (
-        torch.stack([1 + (torch.rand(n, generator=gen) * 2 - 1) * preset.gain,
-                     _log_uniform(n, preset.gain, gen)], 1)
-        if preset.gain
-        else None
-    )  # fmt: skip
+    tones_all = _tones(n, preset.gain, gen) if preset.gain else None
     clicks_rng = np.random.default_rng([conf["seed"], epoch]) if preset.interactive else None
     total, count = 0.0, 0
     for step in range(loop.steps):

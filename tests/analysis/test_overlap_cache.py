@@ -67,6 +67,7 @@ def test_entries_round_trip_with_the_stated_empty_cases(tmp_path, monkeypatch):
     assert math.isnan(back[2][1].tolerance) and back[2][1].empty == "not asked"
     # the oldest are dropped past KEEP; a broken file is an empty cache
     monkeypatch.setattr(overlap_cache, "KEEP", 2)
+    cache = overlap_cache.OverlapCache(tmp_path)  # a cache opened under the smaller KEEP
     for name in ("k1", "k2"):
         cache.put(name, measures[:1])
     cache.save()
