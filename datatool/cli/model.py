@@ -420,6 +420,7 @@ def _clicks_view(r: ClickScore) -> Iterator[Block]:
         f"run {r.run} on the {r.set} set of split {r.split} under the simulated clicker: "
         f"{r.images} images ({r.frame}), {r.checkpoint} checkpoint, up to {r.max_clicks} "
         f"clicks per structure, {r.ms_per_click:.0f} ms a click on {r.device}"
+        + (", each redraw with test-time flips (as serve redraws)" if r.flips else "")
     )
     after = [k for k in (0, 1, 3, 5) if k <= r.max_clicks]
     table = Table(
@@ -511,7 +512,7 @@ def score(
         help="The whole-image drafts with test-time flips (the image and its mirror "
         "averaged), as raters get them from prelabel, serve and export itksnap --prefill; "
         "--no-flips scores plain drafts instead and stores none. The study's frame is "
-        "unchanged.",
+        "unchanged. With --clicks: each redraw with the flips, as serve redraws (or without).",
     ),
     json_out: bool = JsonOpt,
     csv_out: Path | None = CsvOpt,
@@ -540,6 +541,7 @@ def score(
                 max_clicks=max_clicks,
                 out_dir=out_dir,
                 progress=progress,
+                flips=flips,
             )
         render.show(clicked, _clicks_view, json_out, csv_out)
         return

@@ -37,6 +37,7 @@ from datatool.core.workspace import Workspace
 from datatool.learning.clicks import Click, click_maps, honour_clicks, iou, next_click
 from datatool.learning.data import centre_crop, class_lut, load_arrays, to_input
 from datatool.learning.device import autocast, channels_last, resolve_device
+from datatool.learning.inference import DRAFT_FLIPS
 from datatool.learning.options import CheckpointChoice, DeviceChoice, ScoreSet, choice
 from datatool.learning.scoring import (
     _checkpoint_digest,
@@ -84,22 +85,33 @@ class ClickScore:
     structures: list[StructureClicks]
     ms_per_click: float  # the network's redraw, batched, per image and click
     device: str
+    flips: bool = DRAFT_FLIPS  # each redraw with test-time flips (the mirror averaged in)
     out_dir: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _forward(model, images: np.ndarray, maps: np.ndarray, crop: int, device) -> np.ndarray:
+def _forward(
+    model, images: np.ndarray, maps: np.ndarray, crop: int, device, flips: bool = DRAFT_FLIPS
+) -> np.ndarray:
     """Class maps (B x crop-frame) of images (B x H x W uint8) with click maps (B x 2K x
-    frame)."""
+    frame); with ``flips`` the mirrored input (image and clicks) goes through in the same
+    batch and its probabilities, mirrored back, are averaged in (as a redraw at the server,
+    :func:`datatool.learning.interactive.redraw_probabilities`)."""
     import torch
 
     x, _ = to_input(torch.as_tensor(images).to(device), crop)
     x = torch.cat([x, torch.as_tensor(maps).to(x)], 1)
+    if flips:
+        x = torch.cat([x, x.flip(-1)])
     with torch.no_grad(), autocast(device):
         logits = model(channels_last(x, device))
-    return logits.float().argmax(1).cpu().numpy().astype(np.uint8)
+    if not flips:
+        return logits.float().argmax(1).cpu().numpy().astype(np.uint8)
+    p = torch.softmax(logits.float(), 1)
+    n = len(images)
+    return ((p[:n] + p[n:].flip(-1)) / 2).argmax(1).cpu().numpy().astype(np.uint8)
 
 
 def clicker_curves(
@@ -111,9 +123,11 @@ def clicker_curves(
     crop: int,
     device,
     max_clicks: int = MAX_CLICKS,
+    flips: bool = DRAFT_FLIPS,
 ) -> np.ndarray:
     """IoU of class ``structure`` (1-based) after 0 .. max_clicks clicks on it, per image:
-    N x (max_clicks + 1). ``refs`` are the class maps in the frame."""
+    N x (max_clicks + 1). ``refs`` are the class maps in the frame; ``flips``: each redraw
+    with test-time flips, as a rater gets it."""
     n = len(images)
     frame = refs.shape[1:]
     curves = np.zeros((n, max_clicks + 1))
@@ -123,7 +137,7 @@ def clicker_curves(
     for step in range(max_clicks + 1):
         pred = np.concatenate(
             [
-                _forward(model, images[i : i + BATCH], maps[i : i + BATCH], crop, device)
+                _forward(model, images[i : i + BATCH], maps[i : i + BATCH], crop, device, flips)
                 for i in range(0, n, BATCH)
             ]
         )
@@ -174,9 +188,11 @@ def score_clicks(
     max_clicks: int = MAX_CLICKS,
     out_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    flips: bool = DRAFT_FLIPS,
 ) -> ClickScore:
     """The simulated clicker on a run's test (or validation) set, per structure; written to
-    ``clicks.json`` in ``out_dir`` (default ``reports/run-RUN-SET``)."""
+    ``clicks.json`` in ``out_dir`` (default ``reports/run-RUN-SET``). ``flips``: each redraw
+    with test-time flips, as ``serve`` redraws for a rater."""
     subset = choice(ScoreSet, subset, "--set")
     checkpoint = choice(CheckpointChoice, checkpoint, "--checkpoint")
     if not 1 <= max_clicks <= 100:
@@ -206,7 +222,9 @@ def score_clicks(
     for k, name in enumerate(names, start=1):
         keep = np.array([(r == k).any() for r in refs], bool)
         started = time.perf_counter()
-        curves = clicker_curves(model, images[keep], refs[keep], k, names, crop, dev, max_clicks)
+        curves = clicker_curves(
+            model, images[keep], refs[keep], k, names, crop, dev, max_clicks, flips
+        )
         seconds += time.perf_counter() - started
         forwards += int(keep.sum()) * (max_clicks + 1)
         raters = _mean_iou(raters_frame, name, set(labels.image_ids)) if labels.image_ids else None
@@ -226,6 +244,7 @@ def score_clicks(
         structures=out,
         ms_per_click=1000 * seconds / max(forwards, 1),
         device=str(dev),
+        flips=flips,
     )
     folder = Path(out_dir) if out_dir else ws.root / "reports" / f"run-{run_id}-{subset}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,10 @@ class Click:
             self.positive,
         )
 
+    def mirrored(self, cols: int) -> Click:
+        """The same click on the image mirrored left-right (``cols`` columns wide)."""
+        return Click(self.structure, self.y, cols - 1 - self.x, self.positive)
+
 
 def click_channels(n_structures: int) -> int:
     """The extra input channels of an interactive network: a positive and a negative map per

@@ -4,8 +4,13 @@ rater's clicks returns a new label map.
 The image goes in as for a draft (:mod:`datatool.learning.inference`: resized to the model's
 scale, padded to the network's stride); each click is moved to that scale and drawn into the
 click channels (:func:`datatool.learning.clicks.click_maps`), one forward pass, the class
-probabilities resized back to the image's own size, the arg max. The model is the loaded
-:class:`RunModel`: a redraw never reads the checkpoint again.
+probabilities resized back to the image's own size, the arg max. With the model's test-time
+flips (:data:`datatool.learning.inference.DRAFT_FLIPS`, as its drafts) the image mirrored
+left-right, with its clicks mirrored, goes through in the same batch and its probabilities,
+mirrored back, are averaged in: with no clicks a redraw is the draft the rater was given, and
+issue 24 measured fewer clicks with them on both demo datasets (mean NoC of the five
+structures 1.24 -> 1.15 and 0.94 -> 0.87). The model is the loaded :class:`RunModel`: a redraw never reads the checkpoint
+again.
 """
 
 from __future__ import annotations
@@ -52,12 +57,17 @@ def redraw_probabilities(model: RunModel, image: np.ndarray, clicks: Sequence[Cl
             "'datatool train --interactive'"
         )
     h, w = model.resize
+    rows, cols = image.shape[:2]
     with torch.no_grad():
         x = click_input(model, image, clicks)
+        if model.flips:  # the mirror in the same batch: one forward pass of two
+            mirror = np.ascontiguousarray(image[:, ::-1])
+            x = torch.cat([x, click_input(model, mirror, [c.mirrored(cols) for c in clicks])])
         with autocast(model.device):
             logits = model.network(x)
         p = torch.softmax(logits.float()[:, :, :h, :w], dim=1)
-        rows, cols = image.shape[:2]
+        if model.flips:
+            p = (p[:1] + p[1:].flip(-1)) / 2
         return F.interpolate(p, size=(rows, cols), mode="bilinear", align_corners=False)[0]
 
 

@@ -325,6 +325,7 @@ class ClicksSection:
     ms_per_click: float
     rows: list[ClickRow]
     source: str
+    flips: bool = False  # each redraw with test-time flips (clicks.json before them: without)
 
 
 @dataclass

@@ -470,6 +470,7 @@ def clicks_section(
                 ms_per_click=float(data["ms_per_click"]),
                 rows=rows,
                 source=_rel(ws, path),
+                flips=bool(data.get("flips", False)),
             )
         except (OSError, ValueError, KeyError, TypeError):
             continue

@@ -81,6 +81,31 @@ def test_the_first_click_on_a_network_that_draws_nothing():
     assert curves[0, 1] == pytest.approx(5 / 100)
 
 
+class LeftHalf(torch.nn.Module):
+    """A network that draws structure 1 on the left half of its input only: logit 3 there
+    (background 1 everywhere, structure 1 logit 0 on the right half)."""
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 2, *x.shape[-2:])
+        logits[:, 0] = 1.0
+        logits[:, 1, :, : x.shape[-1] // 2] = 3.0
+        return logits
+
+
+def test_each_redraw_averages_in_the_mirrored_input_with_flips():
+    """Structure 1 fills the 32 x 32 image. Plainly the network draws its left half: IoU 0.5.
+    With flips the mirror's drawing (its left half, the image's right half) is averaged in:
+    structure 1's probability is (e^3 / (e^3 + e) + 1 / (1 + e)) / 2 = (0.881 + 0.269) / 2 =
+    0.575 on either half, above background's 0.425: the whole square, IoU 1."""
+    refs = np.ones((1, 32, 32), np.uint8)
+    images = np.zeros((1, 32, 32), np.uint8)
+    cpu = torch.device("cpu")
+    plain = clicker_curves(LeftHalf(), images, refs, 1, ["femur"], 32, cpu, 1, flips=False)
+    mirrored = clicker_curves(LeftHalf(), images, refs, 1, ["femur"], 32, cpu, 1, flips=True)
+    assert plain[0, 0] == pytest.approx(0.5)
+    assert mirrored[0, 0] == pytest.approx(1.0)
+
+
 @pytest.fixture()
 def clicked(trained_interactive, tmp_path):
     ws0, run = trained_interactive
@@ -94,7 +119,7 @@ def test_score_clicks_writes_its_figures_and_the_report_shows_them(clicked, trai
     result = score_clicks(ws, run, device="cpu", max_clicks=2)
     assert result.run == run and result.set == "test" and result.max_clicks == 2
     assert result.threshold == 0.95 and result.raters == ["rater1", "rater2"]
-    assert result.ms_per_click > 0
+    assert result.ms_per_click > 0 and result.flips  # as serve redraws: with the flips
     saved = json.loads((ws.root / "reports" / f"run-{run}-test" / "clicks.json").read_text())
     assert saved == json.loads(json.dumps({**result.as_dict(), "out_dir": None}))
     assert result.out_dir == str(ws.root / "reports" / f"run-{run}-test")
@@ -112,6 +137,7 @@ def test_score_clicks_writes_its_figures_and_the_report_shows_them(clicked, trai
     page = Path(study_report(ws, run=run).out).read_text(encoding="utf-8")
     start = page.index('id="clicks-table"')
     table = page[start : page.index("</table>", start)]
+    assert "ms a click, each redraw with test-time flips as <code>serve</code> redraws" in page
     for st in result.structures:
         assert f">{st.structure}</td>" in table
         if st.noc is not None:
@@ -130,10 +156,11 @@ def test_score_clicks_writes_its_figures_and_the_report_shows_them(clicked, trai
 def test_the_cli_scores_clicks_as_json_and_refuses_cross_validation(clicked, cli_env):
     ws, run = clicked
     base = ["score", str(run), "--clicks", "--max-clicks", "1", "--device", "cpu"]
-    res = CliRunner().invoke(app, [*base, "--json", "--workspace", str(ws.root)], env=cli_env)
+    where = ["--json", "--workspace", str(ws.root)]
+    res = CliRunner().invoke(app, [*base, "--no-flips", *where], env=cli_env)
     assert res.exit_code == 0, res.output
     answer = json.loads(res.stdout)
-    assert answer["run"] == run and answer["max_clicks"] == 1
+    assert answer["run"] == run and answer["max_clicks"] == 1 and answer["flips"] is False
     assert [len(s["iou_curve"]) for s in answer["structures"]] == [2] * len(answer["structures"])
     res = CliRunner().invoke(app, [*base, "--cv", "--workspace", str(ws.root)], env=cli_env)
     assert res.exit_code == 2 and "--clicks scores one run" in res.output

@@ -69,3 +69,37 @@ def test_a_run_trained_without_clicks_is_refused(trained):
     assert not plain.interactive
     with pytest.raises(UsageError, match="not trained with clicks"):
         redraw(plain, np.zeros((64, 64), np.uint8), [Click("femur", 3, 3)])
+
+
+def test_a_redraw_with_flips_averages_in_the_mirrored_image_and_clicks(model):
+    """The run's test-time flips (as its drafts): the image mirrored left-right, each click
+    at its mirrored column, the probabilities mirrored back and averaged in."""
+    import dataclasses
+
+    from datatool.learning.interactive import redraw_probabilities
+
+    assert model.flips
+    plain = dataclasses.replace(model, flips=False)
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (300, 411), dtype=np.uint8)  # odd width: no centre column
+    clicks = [Click("sciatic nerve", 150, 100), Click("femur", 40, 380, False)]
+    mirrored = [Click("sciatic nerve", 150, 310), Click("femur", 40, 30, False)]
+    assert [c.mirrored(411) for c in clicks] == mirrored
+    both = redraw_probabilities(model, image, clicks)
+    one = redraw_probabilities(plain, image, clicks)
+    other = redraw_probabilities(plain, np.ascontiguousarray(image[:, ::-1]), mirrored)
+    assert both.shape == one.shape == (len(model.values), 300, 411)
+    torch.testing.assert_close(both, (one + other.flip(-1)) / 2, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(both, one, atol=1e-3)  # the mirror does change the drawing
+
+
+def test_a_redraw_without_clicks_is_the_draft_the_rater_was_given(model):
+    from datatool.learning.inference import predict
+    from datatool.learning.interactive import redraw_probabilities
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (240, 330), dtype=np.uint8)
+    (draft,) = predict(model, [image], keep_probabilities=True)
+    p = redraw_probabilities(model, image, [])
+    np.testing.assert_allclose(p.cpu().numpy(), draft.probabilities, atol=1e-5)
+    assert np.array_equal(redraw(model, image, []), draft.labels)
