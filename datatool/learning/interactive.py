@@ -9,8 +9,8 @@ flips (:data:`datatool.learning.inference.DRAFT_FLIPS`, as its drafts) the image
 left-right, with its clicks mirrored, goes through in the same batch and its probabilities,
 mirrored back, are averaged in: with no clicks a redraw is the draft the rater was given, and
 issue 24 measured fewer clicks with them on both demo datasets (mean NoC of the five
-structures 1.24 -> 1.15 and 0.94 -> 0.87). The model is the loaded :class:`RunModel`: a redraw never reads the checkpoint
-again.
+structures 1.24 -> 1.15 and 0.94 -> 0.87). The model is the loaded :class:`RunModel`: a
+redraw never reads the checkpoint again.
 """
 
 from __future__ import annotations
