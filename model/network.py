@@ -49,6 +49,10 @@ class Preset:
     # an interactive network with a decoder: the click maps also enter the decoder, at its
     # stride-4 grid (max-pooled), so a click can move a boundary where it was placed
     click_decoder: bool = False
+    # which structure of a training sample gets the simulated clicks: "uniform" (any it holds,
+    # alike; runs recorded before the field) or "errors" (drawn in proportion to how many
+    # pixels the network's own prediction gets wrong on each: the muscles' shared border)
+    click_choice: str = "uniform"
     val_every: int = 1  # validate every k-th epoch (and the last): cheaper epochs
     selection: str = "miou"  # the checkpoint kept: best validation mIoU, or "min": best
     # lowest per-structure IoU (no structure left behind, the nerve included)

@@ -34,6 +34,7 @@ from datatool.core.catalogue import Run, RunEpoch, RunStatus, Split, audit, utcn
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
+from datatool.learning.click_training import CLICK_ERRORS
 from datatool.learning.data import class_lut, load_arrays, split_items, to_input
 from datatool.learning.device import autocast, channels_last, resolve_device
 from datatool.learning.ema import WeightAverage
@@ -104,6 +105,8 @@ class TrainConfig:
             # an interactive run made now also feeds its clicks to the decoder (a run
             # recorded before the field existed was trained without, and reads back so)
             click_decoder=p.click_decoder or bool(interactive and p.decoder),
+            # and chooses the structure to click on by the prediction's errors
+            click_choice=CLICK_ERRORS if interactive else p.click_choice,
             val_every=p.val_every if self.val_every is None else self.val_every,
             selection=choice(SelectionName, self.selection, "--select").value
             if self.selection
@@ -610,7 +613,15 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
         if clicks_rng is not None:
             from datatool.learning.click_training import with_clicks
 
-            x = with_clicks(loop.model, x, y, _unwrap(loop.model).num_classes, clicks_rng, device)
+            x = with_clicks(
+                loop.model,
+                x,
+                y,
+                _unwrap(loop.model).num_classes,
+                clicks_rng,
+                device,
+                by_errors=preset.click_choice == CLICK_ERRORS,
+            )
         with autocast(device):
             loss = segmentation_loss(loop.model(channels_last(x, device)), y, loss=preset.loss)
         loop.optimizer.zero_grad(set_to_none=True)

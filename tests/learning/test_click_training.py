@@ -12,7 +12,7 @@ from tests.ci import require
 torch = require("torch")
 
 from datatool.core.catalogue import Run  # noqa: E402
-from datatool.learning.click_training import with_clicks  # noqa: E402
+from datatool.learning.click_training import _structure_of, with_clicks  # noqa: E402
 from datatool.learning.inference import load_run_model, predict  # noqa: E402
 from datatool.learning.scoring import score_run  # noqa: E402
 from datatool.learning.training import TrainConfig, load_checkpoint, run_summary, train  # noqa: E402
@@ -67,10 +67,32 @@ def test_a_structure_absent_and_not_drawn_gets_no_click():
     assert out[:, 3:].sum() == 0
 
 
+def test_the_structure_clicked_on_is_drawn_by_the_predictions_errors():
+    """Structure 1 drawn right, structure 2 (a 10 x 10 square) missed whole: by the errors,
+    1 is drawn with a chance of 1 / (1 + 101) (its 0 wrong pixels + 1, against 100 + 1);
+    alike, with a chance of 1/2. A structure the sample does not hold is never drawn, and
+    with no structure held, the ones the prediction spilled are the candidates."""
+    truth = np.zeros((32, 32), np.int64)
+    truth[0:10, 0:10] = 1
+    truth[20:30, 20:30] = 2
+    pred = np.where(truth == 1, 1, 0)
+    rng = np.random.default_rng(0)
+    by_errors = [_structure_of(truth, pred, 4, rng, True) for _ in range(2000)]
+    alike = [_structure_of(truth, pred, 4, rng, False) for _ in range(2000)]
+    assert set(by_errors) == set(alike) == {1, 2}  # never 3, which the sample lacks
+    assert by_errors.count(1) / 2000 == pytest.approx(1 / 102, abs=0.006)
+    assert alike.count(1) / 2000 == pytest.approx(0.5, abs=0.04)
+    spilled = np.zeros_like(truth)
+    spilled[5:8, 5:8] = 3
+    assert _structure_of(np.zeros_like(truth), spilled, 4, rng, True) == 3
+    assert _structure_of(np.zeros_like(truth), np.zeros_like(truth), 4, rng, True) == 0
+
+
 def test_an_interactive_run_is_recorded_and_read_like_any(trained_interactive, tmp_path):
     ws, run_id = trained_interactive
     run = run_summary(ws, run_id)
     assert run.config["interactive"] is True and run.epochs_done == 3
+    assert run.config["click_choice"] == "errors"  # the structure clicked on, by its errors
     state = load_checkpoint(ws, run.best_checkpoint)["model"]
     assert state["click_stem.weight"].shape[1] == 10  # 2 x 5 structures
     assert float(state["click_stem.weight"].abs().sum()) > 0  # it learned from clicks

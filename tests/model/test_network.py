@@ -284,3 +284,11 @@ def test_an_interactive_network_with_a_decoder_also_feeds_the_clicks_to_the_deco
     assert TrainConfig(preset="cpu").resolved()["click_decoder"] is False
     recorded = {k: v for k, v in preset.as_dict().items() if k != "click_decoder"}
     assert not Preset.from_dict(recorded).click_decoder
+    # the structure clicked on in training: by the errors for a run made now; a run recorded
+    # before the field was trained choosing each structure alike, and reads back so
+    made_now = TrainConfig(preset="tiny", interactive=True).resolved()
+    assert made_now["click_choice"] == "errors"
+    assert Preset.from_dict(made_now).click_choice == "errors"
+    before = {k: v for k, v in made_now.items() if k != "click_choice"}
+    assert Preset.from_dict(before).click_choice == "uniform"
+    assert TrainConfig(preset="cpu").resolved()["click_choice"] == "uniform"
