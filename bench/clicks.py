@@ -125,17 +125,17 @@ def bare_forward(ws, run: int, shape: tuple[int, int], repeats: int) -> dict[str
 
     from datatool.learning.clicks import Click
     from datatool.learning.inference import load_run_model
-    from datatool.learning.interactive import click_input
+    from datatool.learning.interactive import click_input, redraw_input
 
     # one thread by default: on this shared 2-core machine two OpenMP threads wait for each
     # other whenever one is descheduled (measured under load 12-15: 5 s a pass with two,
     # 0.1 s with one); the server answers from a worker thread of its own
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     model = load_run_model(ws, run, device="cpu")
-    click = Click("sciatic nerve", 200, 300)
-    x = click_input(model, np.zeros(shape, np.uint8), [click])
-    mirror = click_input(model, np.zeros(shape, np.uint8), [click.mirrored(shape[1])])
-    inputs = {"one image": x, "with flips": torch.cat([x, mirror])}
+    image, clicks = np.zeros(shape, np.uint8), [Click("sciatic nerve", 200, 300)]
+    x = click_input(model, image, clicks)
+    inputs = {"one image": x, "with flips": redraw_input(model, image, clicks)}
+    assert model.flips and inputs["with flips"].shape[0] == 2  # the server's redraw
     print(f"input {tuple(x.shape)}, {torch.get_num_threads()} thread(s)")
     times: dict[str, list[float]] = {name: [] for name in inputs}
     with torch.no_grad():

@@ -45,6 +45,20 @@ def click_input(model: RunModel, image: np.ndarray, clicks: Sequence[Click]):
     return channels_last(torch.cat([x, padded], 1).to(model.device), model.device)
 
 
+def redraw_input(model: RunModel, image: np.ndarray, clicks: Sequence[Click]):
+    """The network's input for a redraw: the image's (:func:`click_input`) and, with the
+    model's test-time flips, its mirror's in the same batch (the image and its clicks
+    mirrored left-right): 1 or 2 x (3 + 2 K) x H' x W'."""
+    import torch
+
+    x = click_input(model, image, clicks)
+    if not model.flips:
+        return x
+    cols = image.shape[1]
+    mirror = np.ascontiguousarray(image[:, ::-1])
+    return torch.cat([x, click_input(model, mirror, [c.mirrored(cols) for c in clicks])])
+
+
 def redraw_probabilities(model: RunModel, image: np.ndarray, clicks: Sequence[Click]):
     """Class probabilities (C x rows x cols, a torch tensor on the model's device) of the
     image given the clicks."""
@@ -59,10 +73,7 @@ def redraw_probabilities(model: RunModel, image: np.ndarray, clicks: Sequence[Cl
     h, w = model.resize
     rows, cols = image.shape[:2]
     with torch.no_grad():
-        x = click_input(model, image, clicks)
-        if model.flips:  # the mirror in the same batch: one forward pass of two
-            mirror = np.ascontiguousarray(image[:, ::-1])
-            x = torch.cat([x, click_input(model, mirror, [c.mirrored(cols) for c in clicks])])
+        x = redraw_input(model, image, clicks)  # the mirror in the same batch: one pass
         with autocast(model.device):
             logits = model.network(x)
         p = torch.softmax(logits.float()[:, :, :h, :w], dim=1)
@@ -114,4 +125,4 @@ def redraw(
     return out
 
 
-__all__ = ["click_input", "honoured", "redraw", "redraw_probabilities"]
+__all__ = ["click_input", "honoured", "redraw", "redraw_input", "redraw_probabilities"]
