@@ -442,6 +442,9 @@ def pull(
     report = PullReport(source=source.name)
     report.ingest.frames_mode = frames
     key = ws.key
+    # before anything else: a pull killed after it had catalogued everything leaves a spool
+    # that a next pull with nothing to retrieve must still remove
+    clean_stale_spools(ws.meta_dir / SPOOL)
     try:
         found = source.search(query)
         report.studies_found = len(found)
@@ -506,7 +509,6 @@ def _retrieve_and_ingest(
 ) -> None:
     root = ws.meta_dir / SPOOL
     make_private_dirs(root)
-    clean_stale_spools(root)
     spool = Path(tempfile.mkdtemp(prefix="pull-", dir=root))
     (spool / "pid").write_text(str(os.getpid()))
     batches: queue.Queue = queue.Queue(maxsize=QUEUED_BATCHES)
