@@ -35,7 +35,13 @@ from datatool.core.errors import UsageError
 from datatool.core.protocol import load_protocol
 from datatool.core.workspace import Workspace
 from datatool.learning.clicks import Click, click_maps, honour_clicks, iou, next_click
-from datatool.learning.data import centre_crop, class_lut, load_arrays, to_input
+from datatool.learning.data import (
+    centre_crop,
+    class_lut,
+    frame_description,
+    load_arrays,
+    to_input,
+)
 from datatool.learning.device import autocast, channels_last, resolve_device
 from datatool.learning.inference import DRAFT_FLIPS
 from datatool.learning.options import CheckpointChoice, DeviceChoice, ScoreSet, choice
@@ -236,7 +242,7 @@ def score_clicks(
         set=str(subset),
         split=run.split,
         checkpoint=str(checkpoint),
-        frame=f"resized to {resize[0]}x{resize[1]}, centre crop {crop}x{crop}",
+        frame=frame_description(resize, crop),
         images=len(items.image_ids),
         max_clicks=max_clicks,
         threshold=THRESHOLD,

@@ -147,6 +147,14 @@ def crop_offsets(shape: tuple[int, ...], size: int) -> tuple[int, int]:
     return max((h - size) // 2, 0), max((w - size) // 2, 0)
 
 
+def frame_description(resize: tuple[int, int], crop: int) -> str:
+    """The scored frame in words: the resized image and the window the centre crop keeps (a
+    side shorter than the crop is kept whole, so a 320 crop of 240 x 320 keeps all of it)."""
+    h, w = min(resize[0], crop), min(resize[1], crop)
+    kept = "the whole of it" if (h, w) == tuple(resize) else f"centre crop {h}x{w}"
+    return f"resized to {resize[0]}x{resize[1]}, {kept}"
+
+
 def centre_crop(a, size: int):
     """The centred ``size`` x ``size`` window of the last two axes (a numpy array or a
     tensor; a view, not a copy)."""
@@ -224,6 +232,7 @@ __all__ = [
     "class_lut",
     "crop_offsets",
     "fit_to",
+    "frame_description",
     "load_arrays",
     "resize_mask",
     "rotate",

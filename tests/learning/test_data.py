@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datatool.learning.data import centre_crop, crop_offsets, uncrop
+from datatool.learning.data import centre_crop, crop_offsets, frame_description, uncrop
 from tests.ci import require
 
 
@@ -16,6 +16,23 @@ from tests.ci import require
 )
 def test_crop_offsets_centre_the_window(shape, size, offsets):
     assert crop_offsets(shape, size) == offsets
+
+
+@pytest.mark.parametrize(
+    "resize,crop,words",
+    [
+        ((480, 640), 473, "resized to 480x640, centre crop 473x473"),
+        ((240, 320), 300, "resized to 240x320, centre crop 240x300"),
+        ((240, 320), 320, "resized to 240x320, the whole of it"),
+        ((240, 320), 224, "resized to 240x320, centre crop 224x224"),
+        ((240, 320), 512, "resized to 240x320, the whole of it"),
+    ],
+)
+def test_the_frame_is_described_as_the_crop_keeps_it(resize, crop, words):
+    """A crop larger than a side keeps that side whole, and the words say so."""
+    assert frame_description(resize, crop) == words
+    kept = centre_crop(np.zeros(resize), crop).shape
+    assert f"{kept[0]}x{kept[1]}" in words or "whole" in words
 
 
 def test_centre_crop_is_the_same_for_arrays_and_tensors_and_uncrop_inverts_it():
