@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from datatool.core.atomic import atomic_path, write_text_atomic
 from datatool.core.files import not_regular
 from datatool.core.protocol import Protocol
-from datatool.labels.itksnap import slicer
+from datatool.labels.itksnap import nifti, slicer
 from datatool.labels.masks import BadLabel
 
 #: Label map file endings, longest first (``x.seg.nrrd`` is a ``.seg.nrrd``, not a ``.nrrd``).
@@ -501,14 +501,23 @@ def read_label_file(
             f"size mismatch: label map is {size[0]}x{size[1]}, the image is "
             f"{int(shape[1])}x{int(shape[0])} (width x height)"
         )
-    try:
-        image = reader.Execute()
-    except RuntimeError:
-        raise BadLabel(unreadable) from None
-    size = image.GetSize()
+    # a plain NIfTI map whose header ITK read before, byte for byte: decoded without ITK
+    fast = nifti.fast_read(path) if plain_size is not None else None
+    if fast is not None:
+        values, geometry = fast
+    else:
+        try:
+            image = reader.Execute()
+        except RuntimeError:
+            raise BadLabel(unreadable) from None
+        values = sitk.GetArrayFromImage(image)
+        geometry = nifti.Geometry.of(image, values.dtype)
+        if plain_size is not None:
+            nifti.remember(path, geometry)
+    size = geometry.size
     if slices is None:
-        return _reorient(sitk.GetArrayFromImage(image).reshape(size[1], size[0]), image)
-    return _reorient(sitk.GetArrayFromImage(image).reshape(count, size[1], size[0]), image)
+        return _reorient(values.reshape(size[1], size[0]), geometry)
+    return _reorient(values.reshape(count, size[1], size[0]), geometry)
 
 
 def _read_slicer(
@@ -546,23 +555,24 @@ def _read_slicer(
             "its direction is not a rotation (sheared axes): not a label map of this "
             "image's pixel grid"
         ) from None
+    geometry = nifti.Geometry.of(image, painted.array.dtype)
     if slices is None:
-        label = _reorient(np.ascontiguousarray(painted.array[:, :, 0].T), image)
+        label = _reorient(np.ascontiguousarray(painted.array[:, :, 0].T), geometry)
     else:
-        label = _reorient(np.ascontiguousarray(painted.array.transpose(2, 1, 0)), image)
+        label = _reorient(np.ascontiguousarray(painted.array.transpose(2, 1, 0)), geometry)
     label.notes = painted.notes
     return label
 
 
-def _reorient(array: np.ndarray, image: sitk.Image) -> LabelFile:
+def _reorient(array: np.ndarray, geometry: nifti.Geometry) -> LabelFile:
     """Turn a map (or a stack of maps, slice first) whose direction is a signed permutation
     of the axes into identity direction (the orientation datatool writes); refuse any other
     direction. A stack's third axis must be the slice axis (backwards: turned around)."""
-    dim = image.GetDimension()
-    direction = np.array(image.GetDirection(), float).reshape(dim, dim)
-    spacing = np.array(image.GetSpacing(), float)[:2]
-    origin = np.array(image.GetOrigin(), float)[:2]
-    size = np.array(image.GetSize())[:2]
+    dim = geometry.dimension
+    direction = np.array(geometry.direction, float).reshape(dim, dim)
+    spacing = np.array(geometry.spacing, float)[:2]
+    origin = np.array(geometry.origin, float)[:2]
+    size = np.array(geometry.size)[:2]
     plane = direction[:2, :2]
     perm = np.rint(plane)
     if (
