@@ -15,7 +15,8 @@ import re
 import stat
 from collections import Counter
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -230,6 +231,19 @@ def _target(
 
 
 HASHED_BYTES = 8 << 20  # DICOM files up to this size are matched by their hash first
+HASH_THREADS = 2  # at most: hashing lets go of the GIL, so two files are hashed at a time
+
+
+def _sha256_of(path: Path) -> str | None:
+    """A regular file's SHA-256 when it is at most :data:`HASHED_BYTES` long; None for any
+    other (or one that cannot be read: read below, which says why)."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_size <= HASHED_BYTES:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def known_sop_uids(
@@ -238,18 +252,15 @@ def known_sop_uids(
     """Fill in the keyed SOP Instance UID of each target's DICOM file: a file whose bytes
     are those of a file ingested before (its SHA-256 in the catalogue) has that file's UID,
     with no DICOM parsing (the same bytes hold the same UID); any other is read as always.
-    Hashing a file of a few hundred kB costs a fraction of parsing its header. Files are read
-    outside the catalogue's transaction (``session``: opens one, for the lookup alone)."""
-    hashes: dict[int, str] = {}
-    for k, t in enumerate(targets):
-        if t.dicom is None or t.uid is not None:
-            continue
-        try:
-            st = os.stat(t.dicom)
-            if stat.S_ISREG(st.st_mode) and st.st_size <= HASHED_BYTES:
-                hashes[k] = hashlib.sha256(t.dicom.read_bytes()).hexdigest()
-        except (OSError, ValueError):
-            continue  # read below, which says why it cannot be
+    Hashing a file of a few hundred kB costs a fraction of parsing its header (and is done by
+    a few threads). Files are read outside the catalogue's transaction (``session``: opens
+    one, for the lookup alone)."""
+    todo = [(k, t.dicom) for k, t in enumerate(targets) if t.dicom is not None and t.uid is None]
+    threads = min(HASH_THREADS, os.cpu_count() or 1) if len(todo) >= 16 else 0
+    paths = [p for _, p in todo]
+    with ThreadPoolExecutor(threads) if threads else nullcontext() as pool:
+        sums = pool.map(_sha256_of, paths) if pool else map(_sha256_of, paths)
+        hashes = {k: sha for (k, _), sha in zip(todo, sums) if sha is not None}
     found: dict[str, str] = {}
     with session() as s:
         for chunk in in_chunks(sorted(set(hashes.values()))):

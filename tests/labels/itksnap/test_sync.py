@@ -828,3 +828,52 @@ def test_drafts_are_known_by_content_and_copies_of_another_raters_labels_are_ref
     assert (saved_b.new_versions, saved_b.rejected) == (1, [])
     b = _latest(ws, "B")[accepted]
     assert (b.draft_version, b.draft_unchanged) == (handed[accepted].model_version, True)
+
+
+def test_reading_threads_give_what_one_thread_gives(demo_dir, tmp_path, monkeypatch):
+    """The next batch's files are read by threads while one is stored: the same versions,
+    rejections and notes, in the files' order, as reading them one by one."""
+    import threading
+
+    from datatool.core.workspace import init_workspace, open_workspace
+    from datatool.labels.itksnap import sync as sync_module
+
+    labels = shutil.copytree(demo_dir / "labels" / "rater1", tmp_path / "labels")
+    maps = sorted(labels.rglob("*.nii.gz"))
+    maps[1].write_text("not a label map\n")  # bad files among the good, in several batches
+    bad = read_label_map(maps[5])
+    bad[:2, :2] = 9
+    write_segmentation(maps[5], bad, (0.2, 0.2))
+    readers: set[str] = set()
+    prepare = sync_module._prepare
+
+    def spy(*args):
+        readers.add(threading.current_thread().name)
+        return prepare(*args)
+
+    monkeypatch.setattr(sync_module, "_prepare", spy)
+    results = []
+    for threads in (2, 0):
+        monkeypatch.setattr(sync_module, "READ_THREADS", threads)
+        root = tmp_path / f"ws{threads}"
+        init_workspace(root)
+        ws = open_workspace(root)
+        try:
+            assert ingest(ws, [demo_dir / "dicom"], workers=0).images_added == N
+            add_rater(ws, "rater1")
+            report = sync_itksnap(ws, labels, "rater1", dicom_root=demo_dir / "dicom", batch_size=3)
+            stored = {i: (a.version, a.mask_hash) for i, a in _latest(ws, "rater1").items()}
+        finally:
+            ws.close()
+        results.append((report.new_versions, report.unchanged, report.rejected, report.notes))
+        results.append(stored)
+        if threads:
+            assert readers - {threading.main_thread().name}, "no file was read by a thread"
+            readers.clear()
+        else:
+            assert readers == {threading.main_thread().name}
+    assert results[0] == results[2] and results[1] == results[3]
+    assert results[0][0] == N - 2 and [Path(p).name for p, _ in results[0][2]] == [
+        maps[1].name,
+        maps[5].name,
+    ]
