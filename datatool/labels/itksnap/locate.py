@@ -256,7 +256,7 @@ def known_sop_uids(
     a few threads). Files are read outside the catalogue's transaction (``session``: opens
     one, for the lookup alone)."""
     todo = [(k, t.dicom) for k, t in enumerate(targets) if t.dicom is not None and t.uid is None]
-    threads = min(HASH_THREADS, os.cpu_count() or 1) if len(todo) >= 16 else 0
+    threads = min(HASH_THREADS, os.cpu_count() or 1) if len(todo) > 1 else 0
     paths = [p for _, p in todo]
     with ThreadPoolExecutor(threads) if threads else nullcontext() as pool:
         sums = pool.map(_sha256_of, paths) if pool else map(_sha256_of, paths)

@@ -28,8 +28,6 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -97,7 +95,6 @@ from datatool.labels.matching import (
 from datatool.labels.quoting import printable, utf8_name
 
 BATCH_SIZE = 64
-READ_THREADS = 2  # at most: threads reading the next batch's files while one is stored
 _SUFFIX_RE = r"(?:\.seg\.nrrd|\.nii\.gz|\.nrrd|\.nii|\.mha|\.mhd)"
 _EXPORTED_NAME = re.compile(r"img\d{6,}_seg" + _SUFFIX_RE, re.IGNORECASE)
 _EXPORTED_REL = re.compile(r"(?:img\d{6,}/)?img\d{6,}(?:_seg)?" + _SUFFIX_RE, re.IGNORECASE)
@@ -459,115 +456,49 @@ def _store_all(
     the unsaved model draft they were exported with. Label maps are read from under ``root``
     only (detached data files elsewhere are refused). A NIfTI file whose bytes decoded before
     to the rater's latest label of its image (``latest``: image id -> map hash) is counted
-    unchanged without decoding it again (``itksnap.decoded``).
-
-    The files of the next batch are read (decoded, validated, hashed) by a few threads while
-    this batch is stored (:data:`READ_THREADS`): decoding, hashing and the catalogue's I/O
-    let go of the GIL. Reports and notes come in the files' order whatever the threads do."""
+    unchanged without decoding it again (``itksnap.decoded``)."""
     progress.advance()
-    skipped = _Skipped()
+    not_labelled = unsaved = 0
     decoded = Decoded.load(ws.meta_dir)
     latest = latest or {}
-    batches = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]
-    threads = min(READ_THREADS, os.cpu_count() or 1) if len(todo) > batch_size else 0
-
-    def plan(batch: list[_Match], pool: ThreadPoolExecutor | None) -> list[_Planned]:
-        out = []
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        ready = []
+        keys: dict[int, tuple[str, list[str]]] = {}  # image id -> its file's cache entry
         for m in batch:
             if m.mask is not None:  # a cine's frame: read, validated and checked already
-                out.append(_Planned(m, None, None))
+                ready.append((m, m.mask))
                 continue
             if _unsaved_draft(m, checks.handouts):
                 if not accept_unchanged and m.image_id not in had_labels:
-                    skipped.unsaved += 1
+                    unsaved += 1
                     continue
                 m.accepted = True  # stored only where it is no other label of the rater
             key = _decoded_key(m, protocol)
             known = decoded.get(key) if key is not None and not m.accepted else None
             if known is not None and latest.get(m.image_id) == known[0]:
-                out.append(_Planned(m, key, None, known[1]))  # unchanged, not decoded again
+                report.notes.extend((str(m.path), note) for note in known[1])
+                report.unchanged += 1  # the same bytes as the latest label: not decoded again
                 continue
-            args = (m, protocol, allow_empty, m.image_id in had_labels, root)
-            out.append(_Planned(m, key, pool.submit(_prepare, *args) if pool else _done(*args)))
-        return out
-
-    with ThreadPoolExecutor(threads) if threads else nullcontext() as pool:
-        ahead = plan(batches[0], pool) if batches else []
-        for k, batch in enumerate(batches):
-            planned, ahead = ahead, plan(batches[k + 1], pool) if k + 1 < len(batches) else []
-            ready: list[tuple[_Match, np.ndarray]] = []
-            keys: dict[int, tuple[str, list[str]]] = {}  # image id -> its file's cache entry
-            digests: dict[int, str] = {}
-            for p in planned:
-                if p.known_notes is not None:
-                    report.notes.extend((str(p.match.path), note) for note in p.known_notes)
-                    report.unchanged += 1
-                    continue
-                if p.read is None:  # a cine's frame, read already
-                    if p.match.mask is not None:
-                        ready.append((p.match, p.match.mask))
-                    continue
-                mask, notes, digest, bad = p.read.result()
-                if bad is not None:
-                    report.rejected.append((str(p.match.path), bad))
-                    continue
-                report.notes.extend((str(p.match.path), note) for note in notes)
-                if mask is None:
-                    skipped.not_labelled += 1
-                    continue
-                ready.append((p.match, mask))
-                if digest is not None:
-                    digests[p.match.image_id] = digest
-                if p.key is not None and mask.any():  # an empty map is judged on each sync
-                    keys[p.match.image_id] = (p.key, notes)
-            if ready:
-                stored = _store_batch(ws, rater_id, protocol, ready, report, checks, digests)
-                for image_id, digest in stored:
-                    if image_id in keys:
-                        decoded.put(keys[image_id][0], digest, keys[image_id][1])
-            progress.advance(sum(m.files for m in batch))
+            try:
+                mask, notes = _read_mask(m, protocol, allow_empty, m.image_id in had_labels, root)
+            except BadLabel as exc:
+                report.rejected.append((str(m.path), str(exc)))
+                continue
+            report.notes.extend((str(m.path), note) for note in notes)
+            if mask is None:
+                not_labelled += 1
+            else:
+                ready.append((m, mask))
+                if key is not None and mask.any():  # an empty map is judged on each sync
+                    keys[m.image_id] = (key, notes)
+        if ready:
+            for image_id, digest in _store_batch(ws, rater_id, protocol, ready, report, checks):
+                if image_id in keys:
+                    decoded.put(keys[image_id][0], digest, keys[image_id][1])
+        progress.advance(sum(m.files for m in batch))
     decoded.save()
-    return skipped.not_labelled, skipped.unsaved
-
-
-@dataclass
-class _Skipped:
-    not_labelled: int = 0
-    unsaved: int = 0
-
-
-@dataclass
-class _Planned:
-    """A file of a batch: what reading it gives (``_prepare``'s, or a thread's future of
-    it; None for a cine's frame, read already), or, for a file whose bytes decoded before to
-    the rater's latest label, that entry's notes (counted unchanged, not decoded)."""
-
-    match: _Match
-    key: str | None
-    read: Future[_Read] | None
-    known_notes: list[str] | None = None
-
-
-def _done(*args) -> Future[_Read]:
-    """:func:`_prepare` in this thread, as a future that has its result already."""
-    future: Future[_Read] = Future()
-    future.set_result(_prepare(*args))
-    return future
-
-
-_Read = tuple[np.ndarray | None, list[str], str | None, str | None]
-
-
-def _prepare(
-    m: _Match, protocol: Protocol, allow_empty: bool, had_labels: bool, root: Path
-) -> _Read:
-    """(mask, notes, its pixel hash, None), or (None, [], None, the reason) for a bad file:
-    what a thread does with a file (see :func:`_read_mask`)."""
-    try:
-        mask, notes = _read_mask(m, protocol, allow_empty, had_labels, root)
-    except BadLabel as exc:
-        return None, [], None, str(exc)
-    return mask, notes, None if mask is None else pixel_digest(mask), None
+    return not_labelled, unsaved
 
 
 def _decoded_key(m: _Match, protocol: Protocol) -> str | None:
@@ -693,20 +624,17 @@ def _store_batch(
     ready: list[tuple[_Match, np.ndarray]],
     report: SyncReport,
     checks: _Checks,
-    known: dict[int, str] | None = None,
 ) -> list[tuple[int, str]]:
     """Store a batch of validated masks in one transaction: a mask equal to the rater's
     latest version is counted unchanged, any other becomes the next version (with the draft
     it started from: the marker's, else a handed-out draft it equals); a copy of another
     rater's current label is rejected unless allowed. Returns (image id, map hash) of each
-    map that is the rater's latest label now. ``known``: the pixel hashes of the batch's
-    maps by image id, where the reading threads worked them out."""
+    map that is the rater's latest label now."""
     ids = [m.image_id for m, _ in ready]
     with ws.session() as s:
         rater = s.get_one(Rater, rater_id)
         images = {im.id: im for im in s.scalars(select(Image).where(Image.id.in_(ids)))}
-        known = known or {}
-        digests = [known.get(m.image_id) or pixel_digest(mask) for m, mask in ready]
+        digests = [pixel_digest(mask) for _, mask in ready]
         origins: list[DraftOrigin | None] = []
         for (m, _), digest in zip(ready, digests):
             origin: DraftOrigin | None
