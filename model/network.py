@@ -53,6 +53,9 @@ class Preset:
     # alike; runs recorded before the field) or "errors" (drawn in proportion to how many
     # pixels the network's own prediction gets wrong on each: the muscles' shared border)
     click_choice: str = "uniform"
+    # the share of an interactive run's training samples drawn with no clicks (so the same
+    # network keeps drafting automatically): 0.5 for runs recorded before the field
+    auto_share: float = 0.5
     val_every: int = 1  # validate every k-th epoch (and the last): cheaper epochs
     selection: str = "miou"  # the checkpoint kept: best validation mIoU, or "min": best
     # lowest per-structure IoU (no structure left behind, the nerve included)

@@ -25,7 +25,9 @@ import numpy as np
 from datatool.learning.clicks import Click, click_maps, next_click
 from datatool.learning.device import autocast, channels_last
 
-AUTO_SHARE = 0.5  # share of the samples trained without clicks (automatic drafting)
+# share of the samples trained without clicks (automatic drafting), for runs made now (the
+# run config's auto_share; 0.5 before issue 24's third round, when runs recorded it not)
+AUTO_SHARE = 0.3
 MAX_ROUNDS = 3  # click rounds per batch: 1 .. MAX_ROUNDS, drawn per batch
 CLICK_ERRORS = "errors"  # the run config's click_choice: the structure drawn by its errors
 
@@ -47,18 +49,27 @@ def _structure_of(
     return int(present[rng.choice(len(present), p=errors / errors.sum())])
 
 
-def with_clicks(model, x, y, k: int, rng: np.random.Generator, device, by_errors: bool = True):
+def with_clicks(
+    model,
+    x,
+    y,
+    k: int,
+    rng: np.random.Generator,
+    device,
+    by_errors: bool = True,
+    auto_share: float = AUTO_SHARE,
+):
     """The batch's input with click channels: ``x`` (B x 3 x H x W, normalised) and ``y``
     (B x H x W class indices) -> B x (3 + 2 (k-1)) x H x W. ``by_errors``: the structure of
-    a sample to click on is drawn by the first prediction's errors (else each alike). The
-    model is put in evaluation mode while clicks are simulated and back in training mode
-    after."""
+    a sample to click on is drawn by the first prediction's errors (else each alike);
+    ``auto_share``: the chance of a sample to get no clicks at all. The model is put in
+    evaluation mode while clicks are simulated and back in training mode after."""
     import torch
 
     b, _, h, w = x.shape
     names = [str(c) for c in range(1, k)]
     maps = torch.zeros(b, 2 * (k - 1), h, w, device=x.device, dtype=x.dtype)
-    interactive = rng.random(b) >= AUTO_SHARE
+    interactive = rng.random(b) >= auto_share
     if not interactive.any():
         return torch.cat([x, maps], 1)
     truth = y.cpu().numpy()

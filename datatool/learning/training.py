@@ -34,7 +34,7 @@ from datatool.core.catalogue import Run, RunEpoch, RunStatus, Split, audit, utcn
 from datatool.core.errors import DatatoolError, UsageError
 from datatool.core.protocol import Protocol, load_protocol
 from datatool.core.workspace import Workspace
-from datatool.learning.click_training import CLICK_ERRORS
+from datatool.learning.click_training import AUTO_SHARE, CLICK_ERRORS
 from datatool.learning.data import class_lut, load_arrays, split_items, to_input
 from datatool.learning.device import autocast, channels_last, resolve_device
 from datatool.learning.ema import WeightAverage
@@ -107,6 +107,8 @@ class TrainConfig:
             click_decoder=p.click_decoder or bool(interactive and p.decoder),
             # and chooses the structure to click on by the prediction's errors
             click_choice=CLICK_ERRORS if interactive else p.click_choice,
+            # and trains fewer of its samples without clicks (more click rounds, same epochs)
+            auto_share=AUTO_SHARE if interactive else p.auto_share,
             val_every=p.val_every if self.val_every is None else self.val_every,
             selection=choice(SelectionName, self.selection, "--select").value
             if self.selection
@@ -621,6 +623,7 @@ def _train_epoch(loop: _Loop, epoch: int, progress: ProgressFn | None) -> float:
                 clicks_rng,
                 device,
                 by_errors=preset.click_choice == CLICK_ERRORS,
+                auto_share=preset.auto_share,
             )
         with autocast(device):
             loss = segmentation_loss(loop.model(channels_last(x, device)), y, loss=preset.loss)

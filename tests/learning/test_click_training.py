@@ -59,6 +59,18 @@ def test_clicks_are_simulated_from_the_networks_own_misses():
         assert net.seen[1][:, 3:].sum() > 0 and net.seen[0][:, 3:].sum() == 0
 
 
+@pytest.mark.parametrize("share", [0.3, 0.5])
+def test_the_share_of_samples_without_clicks_is_the_runs(share):
+    """``auto_share``: each sample's chance to be trained with no clicks (the run's)."""
+    k, b = 4, 400
+    y = torch.zeros(b, 16, 16, dtype=torch.long)
+    y[:, 4:12, 4:12] = 1
+    out = with_clicks(Background(k), torch.randn(b, 3, 16, 16), y, k, np.random.default_rng(5),
+                      torch.device("cpu"), auto_share=share)  # fmt: skip
+    without = float((out[:, 3:].flatten(1).sum(1) == 0).float().mean())
+    assert abs(without - share) < 0.07  # 400 draws: about 3 standard deviations
+
+
 def test_a_structure_absent_and_not_drawn_gets_no_click():
     k = 3
     y = torch.zeros(4, 32, 32, dtype=torch.long)
@@ -93,6 +105,7 @@ def test_an_interactive_run_is_recorded_and_read_like_any(trained_interactive, t
     run = run_summary(ws, run_id)
     assert run.config["interactive"] is True and run.epochs_done == 3
     assert run.config["click_choice"] == "errors"  # the structure clicked on, by its errors
+    assert run.config["auto_share"] == 0.3  # and 30 % of the samples without clicks
     state = load_checkpoint(ws, run.best_checkpoint)["model"]
     assert state["click_stem.weight"].shape[1] == 10  # 2 x 5 structures
     assert float(state["click_stem.weight"].abs().sum()) > 0  # it learned from clicks

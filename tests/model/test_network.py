@@ -292,3 +292,7 @@ def test_an_interactive_network_with_a_decoder_also_feeds_the_clicks_to_the_deco
     before = {k: v for k, v in made_now.items() if k != "click_choice"}
     assert Preset.from_dict(before).click_choice == "uniform"
     assert TrainConfig(preset="cpu").resolved()["click_choice"] == "uniform"
+    # and trains 30 % of its samples without clicks; one recorded before: half, as trained
+    assert made_now["auto_share"] == 0.3 and Preset.from_dict(made_now).auto_share == 0.3
+    older = {k: v for k, v in made_now.items() if k != "auto_share"}
+    assert Preset.from_dict(older).auto_share == 0.5
