@@ -188,6 +188,10 @@ MODULES: dict[str, Module] = {
             "not large_files_decoded_from_disk and not peak_memory",
         ),
     ),
+    # a plain NIfTI map decoded without ITK: the voxels and geometry ITK would give
+    "nifti": Module(
+        "datatool/labels/itksnap/nifti.py", ("tests/labels/itksnap/test_nifti_fast.py",)
+    ),
     # the brush RLE both ways; the JSON export's checks (check_task, parse_export, ...)
     # compute no figure (tests/labels/labelstudio/test_sync.py reaches them)
     "rle": Module(

@@ -155,26 +155,27 @@ def _header(path: Path) -> tuple[bytes, _Layout] | None:
 
 def fast_read(path: Path) -> tuple[np.ndarray, Geometry] | None:
     """A plain NIfTI map's array (as ITK's ``GetArrayFromImage``: slowest axis first) and
-    geometry, when ITK has read a map with the very same header bytes; else None."""
+    geometry, when ITK has read a map with the very same header bytes; else None. Only the
+    header is inflated to look it up: a map of a header never seen costs little more."""
     if not _known:
         return None
-    data = _contents(path)
-    if data is None:
+    found = _header(path)
+    if found is None:
         return None
-    layout = _layout(data[:348])
-    if layout is None:
-        return None
+    head, layout = found
     with _lock:
-        geometry = _known.get(data[: layout.offset])
+        geometry = _known.get(head)
     if geometry is None or np.dtype(layout.dtype).newbyteorder("=") != np.dtype(geometry.dtype):
         return None
     if int(np.prod(geometry.size)) != layout.count:
         return None
+    data = _contents(path)
+    if data is None or data[: layout.offset] != head:  # (changed since the header was read)
+        return None
     if len(data) < layout.offset + layout.count * np.dtype(layout.dtype).itemsize:
         return None  # short data: ITK's reader says what it makes of it
     values = np.frombuffer(data, layout.dtype, layout.count, layout.offset)
-    shape = tuple(reversed(geometry.size))
-    return values.astype(geometry.dtype).reshape(shape), geometry
+    return values.astype(geometry.dtype).reshape(tuple(reversed(geometry.size))), geometry
 
 
 def remember(path: Path, geometry: Geometry) -> None:
