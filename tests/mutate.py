@@ -326,6 +326,11 @@ _CROP_MARGIN = (
     "the crop one row or column past the union of both boxes: it holds none of the "
     "structure's pixels, and metrics.surface takes the crop's edge as outside anyway"
 )
+_NI = "datatool.labels.itksnap.nifti.x_"
+_NI_349 = (
+    "349 for 348: the header is cut to (or inflated to) 349 bytes, but only its first 348 "
+    "are read, and what follows is taken up to the voxel offset (at least 352) all the same"
+)
 EQUIVALENT: dict[str, str] = {
     # agreement
     _AG + "_overlap_one__mutmut_59": _CROP_MARGIN,
@@ -565,6 +570,17 @@ EQUIVALENT: dict[str, str] = {
         "STAPLE's estimated background (a sum of 1 - probabilities, never all exactly 0 or 1 "
         "where raters differ) equals the whole count of pixels outside the box exactly"
     ),
+    # nifti: the header is always looked at as exactly its 348 bytes
+    _NI + "_header__mutmut_7": _NI_349,
+    _NI + "_header__mutmut_17": _NI_349,
+    _NI + "_layout__mutmut_17": _NI_349,
+    _NI + "_layout__mutmut_11": "'I' for sizeof_hdr: 348 either way, any other size refused",
+    _NI + "_layout__mutmut_29": (
+        "'8H' for dim[]: a negative dimension read as a large one gives a header ITK never "
+        "read (it refuses it), so it is never remembered and never decoded here"
+    ),
+    _NI + "_layout__mutmut_39": "'H' for the datatype: every NIfTI datatype code is < 32768",
+    _NI + "remember__mutmut_9": "popitem(last=None): None is false, as False",
 }
 
 KILLED = {1, 3}  # pytest's exit status: tests failed / internal error (a crash is a kill)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +150,104 @@ def test_corrupt_gzip_data_is_refused_as_before(tmp_path):
     assert nifti.fast_read(second) is None
     with pytest.raises(BadLabel):
         read_label_file(second)
+
+
+def _header(order="<", size=348, magic=b"n+1\x00", dims=(3, 20, 16, 1), datatype=2, bitpix=8,
+            offset=352.0, slope=1.0, inter=0.0) -> bytes:  # fmt: skip
+    """A NIfTI-1 header by hand (no qform or sform: ITK's fallback geometry)."""
+    h = bytearray(348)
+    struct.pack_into(order + "i", h, 0, size)
+    padded = (list(dims) + [1] * 8)[:8]
+    struct.pack_into(order + "8h", h, 40, *padded)
+    struct.pack_into(order + "hh", h, 70, datatype, bitpix)
+    struct.pack_into(order + "8f", h, 76, 1.0, 0.5, 0.25, 1.0, 1.0, 1.0, 1.0, 1.0)
+    struct.pack_into(order + "f", h, 108, offset)
+    struct.pack_into(order + "2f", h, 112, slope, inter)
+    h[344:348] = magic
+    return bytes(h)
+
+
+def _nifti(path, header: bytes, values: np.ndarray) -> Path:
+    path.write_bytes(header + b"\0" * 4 + values.tobytes())
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes,decoded",
+    [
+        ({}, True),
+        ({"slope": 0.0}, True),  # 0: no scaling, as ITK reads it
+        ({"order": ">"}, True),  # big-endian
+        ({"dims": (2, 20, 16, 7)}, True),  # dims past dim[0] do not count
+        ({"size": 540}, False),
+        ({"magic": b"ni1\x00"}, False),  # a .hdr/.img pair
+        ({"slope": 2.0}, False),
+        ({"inter": 0.5}, False),
+        ({"dims": (4, 20, 16, 1, 1)}, False),
+        ({"dims": (1, 20)}, False),
+        ({"dims": (3, 20, 0, 1)}, False),
+        ({"datatype": 16, "bitpix": 32}, False),  # float32
+        ({"offset": 352.5}, False),
+    ],
+)
+def test_which_headers_are_decoded_here(changes, decoded):
+    layout = nifti._layout(_header(**changes))
+    assert (layout is not None) == decoded
+    if decoded:
+        order = changes.get("order", "<")
+        assert layout == nifti._Layout(352, 320, order + "u1")
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_a_hand_made_map_of_either_byte_order_reads_as_itk_reads_it(tmp_path, order):
+    rng = np.random.default_rng(11)
+    header = _header(order=order, datatype=4, bitpix=16)  # int16
+    dtype = np.dtype(order + "i2")
+    first, second = (
+        _nifti(tmp_path / f"{k}.nii", header, rng.integers(0, 6, (16, 20)).astype(dtype))
+        for k in range(2)
+    )
+    read_label_file(first)
+    fast = nifti.fast_read(second)
+    assert fast is not None
+    array, geometry = fast
+    want = sitk.GetArrayFromImage(sitk.ReadImage(str(second)))
+    assert array.shape == want.shape and array.dtype == want.dtype
+    np.testing.assert_array_equal(array, want)
+    assert geometry.spacing == pytest.approx((0.5, 0.25, 1.0))
+    got, itk = read_label_file(second), _by_itk(second)
+    np.testing.assert_array_equal(got.array, itk.array)
+    assert (got.spacing, got.origin) == (itk.spacing, itk.origin)
+    # int16 data two bytes short: not decoded here
+    short = tmp_path / "short.nii"
+    short.write_bytes(second.read_bytes()[:-2])
+    assert nifti.fast_read(short) is None
+
+
+def test_an_unknown_header_and_files_that_are_not_nifti_are_not_decoded(tmp_path):
+    rng = np.random.default_rng(2)
+    first = _write(tmp_path / "a.nii.gz", _maps(rng, np.int16, (1, 16, 20), 1)[0])
+    read_label_file(first)  # an int16 header is known
+    other = _write(tmp_path / "b.nii.gz", _maps(rng, np.uint8, (1, 16, 20), 1)[0])
+    assert nifti.fast_read(other) is None  # a uint8 header is not
+    junk = tmp_path / "junk.nii"
+    junk.write_bytes(bytes(range(256)) * 2)
+    assert nifti._header(junk) is None and nifti.fast_read(junk) is None
+    cut = tmp_path / "cut.nii.gz"  # gzip data ending inside the header's extension bytes
+    cut.write_bytes(gzip.compress(gzip.decompress(first.read_bytes())[:350]))
+    assert nifti._header(cut) is None and nifti.fast_read(cut) is None
+
+
+def test_the_headers_remembered_are_the_latest(tmp_path, monkeypatch):
+    monkeypatch.setattr(nifti, "_KEPT", 2)
+    files = [
+        _nifti(
+            tmp_path / f"{k}.nii", _header(dims=(3, 20 + k, 16, 1)), np.zeros((16, 20 + k), "u1")
+        )
+        for k in range(3)
+    ]
+    for path in files:
+        read_label_file(path)
+    assert len(nifti._known) == 2
+    assert nifti.fast_read(files[0]) is None  # the oldest forgotten
+    assert nifti.fast_read(files[1]) is not None and nifti.fast_read(files[2]) is not None
