@@ -11,9 +11,10 @@ fastest) and gets the geometry ITK gave the first: the same array and geometry a
 about a fifth of the time (``bench/sync.py``).
 
 Only what ITK would read as its raw values is decoded here: one value per voxel of an
-integer type, no scaling (``scl_slope`` 0 or 1, ``scl_inter`` 0), at most 3 dimensions; any
-other header, a file whose data does not hold every voxel, or gzip data that is not one
-plain member, goes to ITK (:func:`fast_read` returns None), which reads it or says why not.
+integer type, no scaling (``scl_slope`` 0 or 1, ``scl_inter`` 0), at most 3 dimensions, the
+voxels after the header's 352 bytes; any other header, a file whose data does not hold
+every voxel, or gzip data that is not one plain member, goes to ITK (:func:`fast_read`
+returns None), which reads it or says why not.
 """
 
 from __future__ import annotations
@@ -114,9 +115,11 @@ def _layout(header: bytes) -> _Layout | None:
         if kind is None or not 2 <= dims[0] <= 3 or slope not in (0.0, 1.0) or inter != 0.0:
             return None
         shape = dims[1 : dims[0] + 1]
-        if any(d < 1 for d in shape) or offset != int(offset):
+        # an offset inside the 352 bytes of header and extender is read differently by
+        # different readers: ITK's to say
+        if any(d < 1 for d in shape) or offset != int(offset) or offset < 352:
             return None
-        return _Layout(max(int(offset), 352), int(np.prod(shape)), order + kind)
+        return _Layout(int(offset), int(np.prod(shape)), order + kind)
     return None
 
 
