@@ -25,8 +25,8 @@ import numpy as np
 from datatool.learning.clicks import Click, click_maps, next_click
 from datatool.learning.device import autocast, channels_last
 
-# share of the samples trained without clicks (automatic drafting), for runs made now (the
-# run config's auto_share; 0.5 before issue 24's third round, when runs recorded it not)
+# share of the samples trained without clicks (automatic drafting) for runs made now, which
+# record it as auto_share; runs made before recorded nothing and trained half without clicks
 AUTO_SHARE = 0.3
 MAX_ROUNDS = 3  # click rounds per batch: 1 .. MAX_ROUNDS, drawn per batch
 CLICK_ERRORS = "errors"  # the run config's click_choice: the structure drawn by its errors

@@ -107,7 +107,7 @@ class TrainConfig:
             click_decoder=p.click_decoder or bool(interactive and p.decoder),
             # and chooses the structure to click on by the prediction's errors
             click_choice=CLICK_ERRORS if interactive else p.click_choice,
-            # and trains fewer of its samples without clicks (more click rounds, same epochs)
+            # and trains fewer of its samples without clicks (more practise clicks, same epochs)
             auto_share=AUTO_SHARE if interactive else p.auto_share,
             val_every=p.val_every if self.val_every is None else self.val_every,
             selection=choice(SelectionName, self.selection, "--select").value
