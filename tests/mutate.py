@@ -571,8 +571,8 @@ EQUIVALENT: dict[str, str] = {
         "where raters differ) equals the whole count of pixels outside the box exactly"
     ),
     # nifti: the header is always looked at as exactly its 348 bytes
-    _NI + "_header__mutmut_7": _NI_349,
-    _NI + "_header__mutmut_17": _NI_349,
+    _NI + "_header_of__mutmut_6": _NI_349,
+    _NI + "_header_of__mutmut_16": _NI_349,
     _NI + "_layout__mutmut_17": _NI_349,
     _NI + "_layout__mutmut_11": "'I' for sizeof_hdr: 348 either way, any other size refused",
     _NI + "_layout__mutmut_29": (

@@ -123,10 +123,9 @@ def _layout(header: bytes) -> _Layout | None:
     return None
 
 
-def _contents(path: Path) -> bytes | None:
-    """The file's bytes, gunzipped when it is gzip data; None when the gzip data is not one
+def _inflated(raw: bytes) -> bytes | None:
+    """A file's bytes, gunzipped when they are gzip data; None when the gzip data is not one
     whole member (ITK reads what this does not)."""
-    raw = path.read_bytes()
     if raw[:2] != b"\x1f\x8b":
         return raw
     inflater = _inflater()
@@ -138,9 +137,13 @@ def _contents(path: Path) -> bytes | None:
 
 
 def _header(path: Path) -> tuple[bytes, _Layout] | None:
-    """The bytes before a plain map's voxels (its header and extensions) and its layout,
-    inflating no more of a gzip file than those; None for any other file."""
-    raw = path.read_bytes()
+    """The bytes before a plain map's voxels (its header and extensions) and its layout;
+    None for any other file."""
+    return _header_of(path.read_bytes())
+
+
+def _header_of(raw: bytes) -> tuple[bytes, _Layout] | None:
+    """:func:`_header` of a file's bytes, inflating no more of gzip data than the header."""
     if raw[:2] != b"\x1f\x8b":
         layout = _layout(raw[:348])
         return None if layout is None else (raw[: layout.offset], layout)
@@ -162,7 +165,8 @@ def fast_read(path: Path) -> tuple[np.ndarray, Geometry] | None:
     header is inflated to look it up: a map of a header never seen costs little more."""
     if not _known:
         return None
-    found = _header(path)
+    raw = path.read_bytes()
+    found = _header_of(raw)
     if found is None:
         return None
     head, layout = found
@@ -172,11 +176,9 @@ def fast_read(path: Path) -> tuple[np.ndarray, Geometry] | None:
         return None
     if int(np.prod(geometry.size)) != layout.count:
         return None
-    data = _contents(path)
-    if data is None or data[: layout.offset] != head:  # (changed since the header was read)
-        return None
-    if len(data) < layout.offset + layout.count * np.dtype(layout.dtype).itemsize:
-        return None  # short data: ITK's reader says what it makes of it
+    data = _inflated(raw)
+    if data is None or len(data) < layout.offset + layout.count * np.dtype(layout.dtype).itemsize:
+        return None  # short data, or more than one gzip member: ITK's reader says
     values = np.frombuffer(data, layout.dtype, layout.count, layout.offset)
     return values.astype(geometry.dtype).reshape(tuple(reversed(geometry.size))), geometry
 
